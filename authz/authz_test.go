@@ -1,0 +1,284 @@
+package authz
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+)
+
+var (
+	pfx  = netip.MustParsePrefix
+	addr = netip.MustParseAddr
+)
+
+func mustPolicy(t testing.TB, rules []Rule) *Policy {
+	t.Helper()
+	p, err := New(rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestAWSScenario is the example from the AWS Client VPN administrator guide
+// ("Authorization rules: example scenarios"): a broad rule for the dev group,
+// a host route for managers, and 0.0.0.0/0 for everyone.
+func TestAWSScenario(t *testing.T) {
+	p := mustPolicy(t, []Rule{
+		{Network: pfx("10.0.0.0/16"), Group: "dev"},
+		{Network: pfx("10.0.2.119/32"), Group: "managers"},
+		{Network: pfx("0.0.0.0/0"), AllGroups: true},
+	})
+	dev := p.Groups([]string{"dev"})
+	managers := p.Groups([]string{"managers"})
+	both := p.Groups([]string{"dev", "managers"})
+	others := p.Groups([]string{"sales"})
+	for _, tc := range []struct {
+		who  string
+		g    Groups
+		dst  string
+		want bool
+	}{
+		{"dev", dev, "10.0.1.5", true},
+		{"dev", dev, "10.0.2.119", false}, // the /32 beats the /16
+		{"dev", dev, "8.8.8.8", true},
+		{"managers", managers, "10.0.2.119", true},
+		{"managers", managers, "10.0.1.5", false}, // the /16 beats 0/0
+		{"managers", managers, "8.8.8.8", true},
+		{"both", both, "10.0.1.5", true},
+		{"both", both, "10.0.2.119", true},
+		{"others", others, "10.0.1.5", false},
+		{"others", others, "10.0.2.119", false},
+		{"others", others, "8.8.8.8", true},
+		{"others", others, "10.1.0.1", true},
+		{"nobody", Groups{}, "10.0.0.0", false},
+		{"nobody", Groups{}, "192.168.1.1", true},
+	} {
+		if got := p.Allowed(addr(tc.dst), tc.g); got != tc.want {
+			t.Errorf("%s → %s: Allowed = %v, want %v", tc.who, tc.dst, got, tc.want)
+		}
+	}
+}
+
+func TestRulesOnSameNetworkAddUp(t *testing.T) {
+	p := mustPolicy(t, []Rule{
+		{Network: pfx("172.31.0.0/16"), Group: "a"},
+		{Network: pfx("172.31.0.0/16"), Group: "b"},
+		{Network: pfx("172.31.5.0/24"), Group: "c"},
+		{Network: pfx("172.31.5.0/24"), AllGroups: true},
+	})
+	for _, tc := range []struct {
+		groups []string
+		dst    string
+		want   bool
+	}{
+		{[]string{"a"}, "172.31.1.1", true},
+		{[]string{"b"}, "172.31.1.1", true},
+		{[]string{"c"}, "172.31.1.1", false},
+		{nil, "172.31.5.9", true}, // AllGroups on the /24
+		{[]string{"a"}, "172.31.5.9", true},
+		{[]string{"a"}, "172.32.0.1", false}, // no rule: default deny
+	} {
+		if got := p.Allowed(addr(tc.dst), p.Groups(tc.groups)); got != tc.want {
+			t.Errorf("%v → %s: Allowed = %v, want %v", tc.groups, tc.dst, got, tc.want)
+		}
+	}
+}
+
+func TestNoRulesDeniesAll(t *testing.T) {
+	p := mustPolicy(t, nil)
+	for _, d := range []string{"0.0.0.0", "10.0.0.1", "255.255.255.255"} {
+		if p.Allowed(addr(d), p.Groups([]string{"x"})) {
+			t.Errorf("empty policy allows %s", d)
+		}
+	}
+}
+
+func TestRuleWithoutGroupDeniesItsNetwork(t *testing.T) {
+	p := mustPolicy(t, []Rule{
+		{Network: pfx("0.0.0.0/0"), AllGroups: true},
+		{Network: pfx("10.9.0.0/16")},
+	})
+	if p.Allowed(addr("10.9.1.1"), Groups{}) {
+		t.Error("rule with no group authorized someone")
+	}
+	if !p.Allowed(addr("10.8.1.1"), Groups{}) {
+		t.Error("0.0.0.0/0 for all groups does not apply")
+	}
+}
+
+func TestNewRejects(t *testing.T) {
+	for _, r := range []Rule{
+		{Network: pfx("10.0.0.1/16"), AllGroups: true},
+		{Network: pfx("fd00::/8"), AllGroups: true},
+		{Network: pfx("::ffff:10.0.0.0/104"), AllGroups: true},
+		{AllGroups: true},
+	} {
+		if _, err := New([]Rule{r}); !errors.Is(err, ErrBadRule) {
+			t.Errorf("New(%+v) = %v, want ErrBadRule", r, err)
+		}
+	}
+}
+
+func TestNonIPv4DestinationDenied(t *testing.T) {
+	p := mustPolicy(t, []Rule{{Network: pfx("0.0.0.0/0"), AllGroups: true}})
+	for _, d := range []netip.Addr{addr("::1"), addr("::ffff:10.0.0.1"), {}} {
+		if p.Allowed(d, Groups{}) {
+			t.Errorf("Allowed(%v) = true", d)
+		}
+	}
+}
+
+func TestGroupsFromAnotherPolicyCountAsNone(t *testing.T) {
+	rules := []Rule{
+		{Network: pfx("10.0.0.0/8"), Group: "dev"},
+		{Network: pfx("0.0.0.0/0"), AllGroups: true},
+	}
+	p1, p2 := mustPolicy(t, rules), mustPolicy(t, rules)
+	g1 := p1.Groups([]string{"dev"})
+	if !p1.Allowed(addr("10.1.1.1"), g1) {
+		t.Fatal("dev denied 10.1.1.1 under its own policy")
+	}
+	if p2.Allowed(addr("10.1.1.1"), g1) {
+		t.Error("Groups from p1 grant access under p2")
+	}
+	if !p2.Allowed(addr("8.8.8.8"), g1) {
+		t.Error("Groups from p1 lose all-groups access under p2")
+	}
+	if g1 != p1.Groups([]string{"ops", "dev"}) {
+		t.Error("Groups not comparable by value")
+	}
+	if !p1.Groups([]string{"ops"}).Empty() || g1.Empty() {
+		t.Error("Empty wrong")
+	}
+}
+
+// TestManyGroups uses more groups than fit inline.
+func TestManyGroups(t *testing.T) {
+	var rules []Rule
+	for i := range 300 {
+		rules = append(rules, Rule{Network: pfx(fmt.Sprintf("10.%d.%d.0/24", i/256, i%256)), Group: fmt.Sprintf("g%d", i)})
+	}
+	p := mustPolicy(t, rules)
+	for _, i := range []int{0, 63, 64, 127, 128, 129, 200, 299} {
+		g := p.Groups([]string{fmt.Sprintf("g%d", i)})
+		for _, j := range []int{0, 63, 64, 127, 128, 129, 200, 299} {
+			dst := addr(fmt.Sprintf("10.%d.%d.7", j/256, j%256))
+			if got := p.Allowed(dst, g); got != (i == j) {
+				t.Errorf("g%d → %v: Allowed = %v", i, dst, got)
+			}
+		}
+	}
+	if a, b := p.Groups([]string{"g250", "g5"}), p.Groups([]string{"g5", "g250", "nope"}); a != b {
+		t.Error("equal group sets compare unequal")
+	}
+}
+
+// slowAllowed is the rule semantics written as directly as possible.
+func slowAllowed(rules []Rule, dst netip.Addr, groups []string) bool {
+	best := -1
+	for _, r := range rules {
+		if r.Network.Contains(dst) && r.Network.Bits() > best {
+			best = r.Network.Bits()
+		}
+	}
+	for _, r := range rules {
+		if r.Network.Bits() != best || !r.Network.Contains(dst) {
+			continue
+		}
+		if r.AllGroups {
+			return true
+		}
+		for _, g := range groups {
+			if r.Group != "" && g == r.Group {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func TestDifferential(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	// Addresses are drawn near a few bases so that random prefixes overlap.
+	bases := []uint32{0x0a000000, 0x0a00ff00, 0xac1f0000, 0xc0a80100}
+	randAddr := func() netip.Addr {
+		u := bases[rng.IntN(len(bases))] ^ rng.Uint32()>>(8+rng.IntN(25))
+		return netip.AddrFrom4([4]byte{byte(u >> 24), byte(u >> 16), byte(u >> 8), byte(u)})
+	}
+	names := make([]string, 140) // more than the inline words hold
+	for i := range names {
+		names[i] = fmt.Sprintf("group-%d", i)
+	}
+	var allowed, denied int
+	for round := range 300 {
+		var rules []Rule
+		for range rng.IntN(40) {
+			r := Rule{Network: netip.PrefixFrom(randAddr(), rng.IntN(33)).Masked()}
+			switch rng.IntN(10) {
+			case 0:
+				r.AllGroups = true
+			case 1:
+			default:
+				r.Group = names[rng.IntN(len(names))]
+			}
+			rules = append(rules, r)
+		}
+		p := mustPolicy(t, rules)
+		for range 200 {
+			var user []string
+			for range rng.IntN(4) {
+				user = append(user, names[rng.IntN(len(names))])
+			}
+			g := p.Groups(user)
+			dst := randAddr()
+			got, want := p.Allowed(dst, g), slowAllowed(rules, dst, user)
+			if got != want {
+				t.Fatalf("round %d: rules %v, groups %v, dst %v: Allowed = %v, want %v", round, rules, user, dst, got, want)
+			}
+			if got {
+				allowed++
+			} else {
+				denied++
+			}
+		}
+	}
+	// Both answers must be common, or the test proves little.
+	if allowed < 5000 || denied < 5000 {
+		t.Errorf("differential drew %d allows and %d denies", allowed, denied)
+	}
+}
+
+func benchPolicy(tb testing.TB) (*Policy, Groups) {
+	rules := []Rule{
+		{Network: pfx("0.0.0.0/0"), AllGroups: true},
+		{Network: pfx("10.0.0.0/16"), Group: "dev"},
+		{Network: pfx("10.0.2.119/32"), Group: "managers"},
+	}
+	for i := range 50 {
+		rules = append(rules, Rule{Network: pfx(fmt.Sprintf("172.%d.%d.0/24", 16+i%16, i)), Group: fmt.Sprintf("team%d", i)})
+	}
+	p := mustPolicy(tb, rules)
+	return p, p.Groups([]string{"dev", "team3"})
+}
+
+func TestAllowedAllocs(t *testing.T) {
+	p, g := benchPolicy(t)
+	dst := addr("10.0.2.119")
+	if n := testing.AllocsPerRun(1000, func() { p.Allowed(dst, g) }); n != 0 {
+		t.Errorf("Allowed allocates %v times per call", n)
+	}
+}
+
+func BenchmarkAllowed(b *testing.B) {
+	p, g := benchPolicy(b)
+	dsts := []netip.Addr{addr("10.0.2.119"), addr("10.0.1.5"), addr("172.19.3.4"), addr("8.8.8.8")}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		p.Allowed(dsts[i&3], g)
+		i++
+	}
+}

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/cvpn/cvpn/authz"
+	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/ippool"
+	"github.com/cvpn/cvpn/nat"
+	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
+	"github.com/cvpn/cvpn/tunnel"
+	"github.com/cvpn/cvpn/tunnel/datacrypto"
+)
+
+// endpoint is a validated endpoint file with the files it names loaded.
+type endpoint struct {
+	Config     *config.Endpoint
+	Server     *pki.Identity
+	ClientCAs  *x509.CertPool
+	ControlKey *tlscrypt.StaticKey
+	Ciphers    []datacrypto.Cipher
+	Policy     *tunnel.Policy
+}
+
+// loadEndpoint reads the endpoint file and loads and checks every file it names, so that nothing
+// is applied unless all of it is good.
+func loadEndpoint(path string) (*endpoint, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	ep := &endpoint{Config: cfg}
+	ep.Server, err = pki.LoadIdentity(cfg.ServerCertificate.CertFile, cfg.ServerCertificate.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("server_certificate: %w", err)
+	}
+	if now := time.Now(); now.After(ep.Server.Cert.NotAfter) {
+		return nil, fmt.Errorf("server_certificate.cert_file: %s expired on %s", cfg.ServerCertificate.CertFile, ep.Server.Cert.NotAfter.Format(time.RFC3339))
+	}
+	ep.ClientCAs, _, err = pki.LoadCertPool(cfg.Authentication.Certificate.ClientRootCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("authentication.certificate.client_root_ca_file: %w", err)
+	}
+	if f := cfg.ControlChannel.TLSCryptKeyFile; f != "" {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("control_channel.tls_crypt_key_file: %w", err)
+		}
+		if ep.ControlKey, err = tlscrypt.ParseStaticKey(data); err != nil {
+			return nil, fmt.Errorf("control_channel.tls_crypt_key_file: %s: %w", f, err)
+		}
+	}
+	for i, name := range cfg.DataCiphers {
+		c, err := datacrypto.ParseCipher(name)
+		if err != nil {
+			return nil, fmt.Errorf("data_ciphers[%d]: %w", i, err)
+		}
+		ep.Ciphers = append(ep.Ciphers, c)
+	}
+	ep.Policy, err = policyOf(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return ep, nil
+}
+
+// policyOf builds the per-packet policy snapshot from the file.
+func policyOf(cfg *config.Endpoint) (*tunnel.Policy, error) {
+	rules := make([]authz.Rule, 0, len(cfg.AuthorizationRules))
+	for _, r := range cfg.AuthorizationRules {
+		rules = append(rules, authz.Rule{Network: r.TargetNetworkCIDR, Group: r.AccessGroupID, AllGroups: r.AuthorizeAllGroups})
+	}
+	az, err := authz.New(rules)
+	if err != nil {
+		return nil, fmt.Errorf("authorization_rules: %w", err)
+	}
+	p := &tunnel.Policy{Authz: az, SplitTunnel: cfg.SplitTunnel}
+	for _, r := range cfg.Routes {
+		p.Routes = append(p.Routes, r.DestinationCIDRBlock)
+	}
+	return p, nil
+}
+
+// cmdServe runs the endpoint until SIGTERM or SIGINT; SIGHUP reloads the policy.
+func cmdServe(args []string, stderr io.Writer) int {
+	path, err := configFlag("serve", args, stderr)
+	if err != nil {
+		return exitInvalid
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel()}))
+	ep, err := loadEndpoint(path)
+	if err != nil {
+		printConfigError(stderr, err)
+		return exitInvalid
+	}
+	if err := serve(path, ep, log); err != nil {
+		log.Error("cvpn stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func logLevel() slog.Level {
+	if os.Getenv("CVPN_DEBUG") != "" {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
+}
+
+func serve(path string, ep *endpoint, log *slog.Logger) error {
+	cfg := ep.Config
+	cert, err := ep.Server.TLSCertificate()
+	if err != nil {
+		return err
+	}
+	pool, err := ippool.New(cfg.ClientCIDRBlock)
+	if err != nil {
+		return fmt.Errorf("client_cidr_block: %w", err)
+	}
+	natTable, err := nat.New(nat.Config{Addr: cfg.TargetNetwork.SNATAddress})
+	if err != nil {
+		return fmt.Errorf("target_network.snat_address: %w", err)
+	}
+	var udp []netip.AddrPort
+	for _, l := range cfg.Transport {
+		if l.Protocol != config.ProtocolUDP {
+			log.Warn("transport not served yet; skipping", "listener", l.String())
+			continue
+		}
+		udp = append(udp, netip.AddrPortFrom(cfg.ListenAddress, l.Port))
+	}
+	host, err := tunnel.SetupHost(tunnel.HostConfig{
+		TUNName:   cfg.TUN.Name,
+		MTU:       cfg.TUN.MTU,
+		Interface: cfg.TargetNetwork.Interface,
+		SNAT:      cfg.TargetNetwork.SNATAddress,
+	}, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := host.Close(); err != nil {
+			log.Error("removing host state", "err", err)
+		}
+	}()
+	srv, err := tunnel.New(tunnel.Config{
+		UDP:         udp,
+		Certificate: cert,
+		ClientCAs:   ep.ClientCAs,
+		ControlKey:  ep.ControlKey,
+		Ciphers:     ep.Ciphers,
+		Pool:        pool,
+		NAT:         natTable,
+		Device:      host.Device,
+		Policy:      ep.Policy,
+		Ping:        cfg.Keepalive.Ping,
+		PingRestart: cfg.Keepalive.PingRestart,
+		Log:         log,
+	})
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	go func() {
+		for sig := range sigs {
+			if sig == syscall.SIGHUP {
+				reload(path, cfg, srv, log)
+				continue
+			}
+			log.Info("stopping", "signal", sig.String())
+			srv.Close()
+			return
+		}
+	}()
+	log.Info("cvpn listening", "udp", udp, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
+		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name)
+	srv.Run()
+	log.Info("cvpn stopped", "drops", srv.Drops())
+	return nil
+}
+
+// reload re-reads the endpoint file and swaps the policy; an invalid file leaves the old one.
+func reload(path string, running *config.Endpoint, srv *tunnel.Server, log *slog.Logger) {
+	ep, err := loadEndpoint(path)
+	if err != nil {
+		log.Error("reload refused: the endpoint file is invalid; the running policy stays", "err", err)
+		return
+	}
+	if ep.Config.ClientCIDRBlock != running.ClientCIDRBlock {
+		log.Error("reload refused: client_cidr_block cannot change on a running endpoint",
+			"running", running.ClientCIDRBlock, "file", ep.Config.ClientCIDRBlock)
+		return
+	}
+	srv.Reload(ep.Policy)
+	log.Info("reloaded policy", "rules", len(ep.Config.AuthorizationRules), "routes", len(ep.Config.Routes))
+}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cvpn/cvpn/ippool"
+)
+
+// cmdValidate loads an endpoint file and everything it names, and prints a summary.
+func cmdValidate(args []string, stdout, stderr io.Writer) int {
+	path, err := configFlag("validate", args, stderr)
+	if err != nil {
+		return exitInvalid
+	}
+	ep, err := loadEndpoint(path)
+	if err != nil {
+		printConfigError(stderr, err)
+		return exitInvalid
+	}
+	pool, _ := ippool.New(ep.Config.ClientCIDRBlock)
+	fmt.Fprintf(stdout, "%s: valid\n", path)
+	for _, l := range ep.Config.Transport {
+		fmt.Fprintf(stdout, "listener   %s:%d/%s\n", ep.Config.ListenAddress, l.Port, l.Protocol)
+	}
+	fmt.Fprintf(stdout, "clients    %s: %d concurrent connections\n", ep.Config.ClientCIDRBlock, pool.Capacity())
+	for _, r := range ep.Config.Routes {
+		fmt.Fprintf(stdout, "route      %s\n", r.DestinationCIDRBlock)
+	}
+	for _, r := range ep.Config.AuthorizationRules {
+		who := "group " + r.AccessGroupID
+		if r.AuthorizeAllGroups {
+			who = "all groups"
+		}
+		fmt.Fprintf(stdout, "authorize  %s -> %s\n", who, r.TargetNetworkCIDR)
+	}
+	return 0
+}
+
+// printConfigError prints each joined error on its own line.
+func printConfigError(w io.Writer, err error) {
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		for _, e := range joined.Unwrap() {
+			printConfigError(w, e)
+		}
+		return
+	}
+	fmt.Fprintln(w, err)
+}

@@ -1,0 +1,470 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// This file is the schema: which keys exist, what each must hold, the
+// defaults, and the rules that relate one key to another.
+
+var topKeys = []string{
+	"description", "client_cidr_block", "vpc_cidr_blocks", "listen_address",
+	"transport", "server_certificate", "control_channel", "authentication",
+	"data_ciphers", "target_network", "tun", "routes", "authorization_rules",
+	"split_tunnel", "keepalive",
+}
+
+// Limits.
+const (
+	minClientPrefix = 12 // AWS Client VPN allows client CIDR blocks /12../22
+	maxClientPrefix = 22
+	minMTU          = 576 // RFC 791 minimum reassembly size
+	maxMTU          = 9000
+	maxKeepalive    = 24 * 60 * 60 // seconds; also keeps Duration far from overflow
+	ifNameMax       = 15           // Linux IFNAMSIZ less the NUL
+)
+
+// placed remembers where a value that passed its own checks came from, for
+// rules that compare it with other keys.
+type placed struct {
+	path string
+	line int
+}
+
+// endpoint walks the top-level mapping. It returns nil only when root is not
+// a mapping; otherwise the result is meaningful only if no error was
+// reported.
+func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
+	top, ok := d.mapping(root, "", 0, topKeys...)
+	if !ok {
+		return nil
+	}
+	ep := &Endpoint{
+		ListenAddress: netip.IPv4Unspecified(),
+		Transport:     []Listener{{Protocol: ProtocolUDP, Port: defaultPort}},
+		DataCiphers:   slices.Clone(defaultDataCiphers),
+		TUN:           TUN{Name: defaultTUNName, MTU: defaultMTU},
+		SplitTunnel:   true,
+		Keepalive:     Keepalive{Ping: defaultPing * time.Second, PingRestart: defaultPingRestart * time.Second},
+	}
+
+	if n, path, ok := top.get("description"); ok {
+		ep.Description, _ = d.str(n, path)
+	}
+	var client placed
+	if n, path, ok := d.required(top, "client_cidr_block", ""); ok {
+		if p, ok := d.prefix(n, path); ok {
+			if b := p.Bits(); b < minClientPrefix || b > maxClientPrefix {
+				d.errorf(path, n.Line, "%s: prefix length must be /%d to /%d, got /%d", p, minClientPrefix, maxClientPrefix, b)
+			} else {
+				ep.ClientCIDRBlock, client = p, placed{path, n.Line}
+			}
+		}
+	}
+	vpcAt, vpcOK := d.vpcCIDRBlocks(top, ep)
+	if n, path, ok := top.get("listen_address"); ok {
+		if a, ok := d.addr(n, path, false); ok {
+			ep.ListenAddress = a
+		}
+	}
+	if n, path, ok := top.get("transport"); ok {
+		ep.Transport = d.transport(n, path)
+	}
+	if n, path, ok := d.required(top, "server_certificate", ""); ok {
+		if m, ok := d.mapping(n, path, top.keyLine("server_certificate"), "cert_file", "key_file"); ok {
+			if n, path, ok := d.required(m, "cert_file", ""); ok {
+				ep.ServerCertificate.CertFile, _ = d.fileRef(n, path)
+			}
+			if n, path, ok := d.required(m, "key_file", ""); ok {
+				ep.ServerCertificate.KeyFile, _ = d.fileRef(n, path)
+			}
+		}
+	}
+	if n, path, ok := top.get("control_channel"); ok {
+		if m, ok := d.mapping(n, path, top.keyLine("control_channel"), "tls_crypt_key_file"); ok {
+			if n, path, ok := m.get("tls_crypt_key_file"); ok {
+				ep.ControlChannel.TLSCryptKeyFile, _ = d.fileRef(n, path)
+			}
+		}
+	}
+	d.authentication(top, ep)
+	if n, path, ok := top.get("data_ciphers"); ok {
+		ep.DataCiphers = d.dataCiphers(n, path)
+	}
+	var snat placed
+	var ifName string
+	if n, path, ok := d.required(top, "target_network", ""); ok {
+		if m, ok := d.mapping(n, path, top.keyLine("target_network"), "interface", "snat_address"); ok {
+			if n, path, ok := d.required(m, "interface", " (the interface facing the private network)"); ok {
+				if s, ok := d.ifName(n, path); ok {
+					ep.TargetNetwork.Interface, ifName = s, s
+				}
+			}
+			if n, path, ok := d.required(m, "snat_address", " (the endpoint's own IPv4 address in the private network)"); ok {
+				if a, ok := d.addr(n, path, true); ok {
+					ep.TargetNetwork.SNATAddress, snat = a, placed{path, n.Line}
+				}
+			}
+		}
+	}
+	var tunName placed
+	if n, path, ok := top.get("tun"); ok {
+		if m, ok := d.mapping(n, path, top.keyLine("tun"), "name", "mtu"); ok {
+			if n, path, ok := m.get("name"); ok {
+				if s, ok := d.ifName(n, path); ok {
+					ep.TUN.Name, tunName = s, placed{path, n.Line}
+				}
+			}
+			if n, path, ok := m.get("mtu"); ok {
+				if v, ok := d.integer(n, path, minMTU, maxMTU); ok {
+					ep.TUN.MTU = int(v)
+				}
+			}
+		}
+	}
+	var routeAt []placed
+	if n, path, ok := top.get("routes"); ok {
+		ep.Routes, routeAt = d.routes(n, path)
+	}
+	if n, path, ok := top.get("authorization_rules"); ok {
+		ep.AuthorizationRules = d.authorizationRules(n, path)
+	}
+	if n, path, ok := top.get("split_tunnel"); ok {
+		if v, ok := d.boolean(n, path); ok {
+			ep.SplitTunnel = v
+		}
+	}
+	if n, path, ok := top.get("keepalive"); ok {
+		d.keepalive(n, path, top.keyLine("keepalive"), ep)
+	}
+
+	// Rules across keys, checked on values that passed their own checks.
+	if client.path != "" {
+		for i, v := range ep.VPCCIDRBlocks {
+			if v.Overlaps(ep.ClientCIDRBlock) {
+				d.errorf(client.path, client.line, "%s overlaps %s %s; client addresses must lie outside the private network",
+					ep.ClientCIDRBlock, vpcAt[i].path, v)
+			}
+		}
+		for i, r := range ep.Routes {
+			if r.DestinationCIDRBlock.Overlaps(ep.ClientCIDRBlock) {
+				d.errorf(routeAt[i].path, routeAt[i].line, "%s overlaps client_cidr_block %s; a pushed route must not cover client addresses (for a full tunnel use split_tunnel: false)",
+					r.DestinationCIDRBlock, ep.ClientCIDRBlock)
+			}
+		}
+	}
+	// With a bad vpc_cidr_blocks entry the address may belong to it, so the
+	// check would only add noise.
+	if snat.path != "" && vpcOK && len(ep.VPCCIDRBlocks) > 0 {
+		inside := slices.ContainsFunc(ep.VPCCIDRBlocks, func(p netip.Prefix) bool { return p.Contains(ep.TargetNetwork.SNATAddress) })
+		if !inside {
+			d.errorf(snat.path, snat.line, "%s is not inside any of vpc_cidr_blocks (%s)", ep.TargetNetwork.SNATAddress, joinPrefixes(ep.VPCCIDRBlocks))
+		}
+	}
+	if tunName.path != "" && ifName != "" && ep.TUN.Name == ifName {
+		d.errorf(tunName.path, tunName.line, "%q is also target_network.interface; the tunnel needs its own device", ep.TUN.Name)
+	}
+	return ep
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
+}
+
+// vpcCIDRBlocks fills ep.VPCCIDRBlocks with the valid entries and returns
+// where each came from; ok is false when any entry (or the key) was bad.
+func (d *decoder) vpcCIDRBlocks(top mapping, ep *Endpoint) (at []placed, ok bool) {
+	n, path, ok := d.required(top, "vpc_cidr_blocks", " (the private networks behind the endpoint)")
+	if !ok {
+		return nil, false
+	}
+	items, ok := d.nonEmptyList(n, path)
+	if !ok {
+		return nil, false
+	}
+	first := map[netip.Prefix]string{}
+	for i, item := range items {
+		ipath := index(path, i)
+		p, good := d.prefix(item, ipath)
+		if !good {
+			ok = false
+			continue
+		}
+		if prev, dup := first[p]; dup {
+			d.errorf(ipath, item.Line, "%s is already listed at %s", p, prev)
+			continue
+		}
+		first[p] = ipath
+		ep.VPCCIDRBlocks = append(ep.VPCCIDRBlocks, p)
+		at = append(at, placed{ipath, item.Line})
+	}
+	return at, ok
+}
+
+func (d *decoder) transport(n *yaml.Node, path string) []Listener {
+	items, ok := d.nonEmptyList(n, path)
+	if !ok {
+		return nil
+	}
+	var out []Listener
+	first := map[Listener]string{}
+	for i, item := range items {
+		ipath := index(path, i)
+		m, ok := d.mapping(item, ipath, item.Line, "protocol", "port")
+		if !ok {
+			continue
+		}
+		var l Listener
+		good := true
+		if n, path, ok := d.required(m, "protocol", " (udp or tcp)"); ok {
+			if s, ok := d.str(n, path); ok {
+				switch p := strings.ToLower(s); p {
+				case ProtocolUDP, ProtocolTCP:
+					l.Protocol = p
+				default:
+					d.errorf(path, n.Line, "%q is not udp or tcp", s)
+					good = false
+				}
+			} else {
+				good = false
+			}
+		} else {
+			good = false
+		}
+		if n, path, ok := d.required(m, "port", ""); ok {
+			if v, ok := d.integer(n, path, 1, 65535); ok {
+				l.Port = uint16(v)
+			} else {
+				good = false
+			}
+		} else {
+			good = false
+		}
+		if !good {
+			continue
+		}
+		if prev, dup := first[l]; dup {
+			d.errorf(ipath, item.Line, "%s is already listed at %s", l, prev)
+			continue
+		}
+		first[l] = ipath
+		out = append(out, l)
+	}
+	return out
+}
+
+func (d *decoder) authentication(top mapping, ep *Endpoint) {
+	n, path, ok := d.required(top, "authentication", " (set certificate.client_root_ca_file under it to the CA that signs client certificates)")
+	if !ok {
+		return
+	}
+	m, ok := d.mapping(n, path, top.keyLine("authentication"), "certificate")
+	if !ok {
+		return
+	}
+	n, path, ok = d.required(m, "certificate", " (mutual TLS is the only authentication method so far)")
+	if !ok {
+		return
+	}
+	cm, ok := d.mapping(n, path, m.keyLine("certificate"), "client_root_ca_file")
+	if !ok {
+		return
+	}
+	if n, path, ok := d.required(cm, "client_root_ca_file", " (the CA bundle that signs client certificates)"); ok {
+		if f, ok := d.fileRef(n, path); ok {
+			ep.Authentication.Certificate = &CertificateAuthentication{ClientRootCAFile: f}
+		}
+	}
+}
+
+// dataCiphers accepts cipher names in any case and returns them in canonical
+// spelling, in the file's order.
+func (d *decoder) dataCiphers(n *yaml.Node, path string) []string {
+	items, ok := d.nonEmptyList(n, path)
+	if !ok {
+		return nil
+	}
+	var out []string
+	first := map[string]string{}
+	for i, item := range items {
+		ipath := index(path, i)
+		s, ok := d.str(item, ipath)
+		if !ok {
+			continue
+		}
+		idx := slices.IndexFunc(defaultDataCiphers, func(c string) bool { return strings.EqualFold(c, s) })
+		if idx < 0 {
+			d.errorf(ipath, item.Line, "%q is not supported (supported: %s)", s, strings.Join(defaultDataCiphers, ", "))
+			continue
+		}
+		c := defaultDataCiphers[idx]
+		if prev, dup := first[c]; dup {
+			d.errorf(ipath, item.Line, "%s is already listed at %s", c, prev)
+			continue
+		}
+		first[c] = ipath
+		out = append(out, c)
+	}
+	return out
+}
+
+// ifName checks a Linux network interface name (net/core/dev.c
+// dev_valid_name).
+func (d *decoder) ifName(n *yaml.Node, path string) (string, bool) {
+	s, ok := d.nonEmpty(n, path)
+	if !ok {
+		return "", false
+	}
+	switch {
+	case len(s) > ifNameMax:
+		d.errorf(path, n.Line, "%q is longer than %d bytes, the Linux limit for interface names", s, ifNameMax)
+		return "", false
+	case s == "." || s == "..":
+		d.errorf(path, n.Line, "%q is not a valid interface name", s)
+		return "", false
+	case strings.ContainsFunc(s, func(r rune) bool { return r == '/' || r == ':' || r <= ' ' || r == 0x7f }):
+		d.errorf(path, n.Line, "%q is not a valid interface name (no '/', ':', spaces or control characters)", s)
+		return "", false
+	}
+	return s, true
+}
+
+func (d *decoder) routes(n *yaml.Node, path string) ([]Route, []placed) {
+	items, ok := d.list(n, path)
+	if !ok {
+		return nil, nil
+	}
+	var (
+		out   []Route
+		at    []placed
+		first = map[netip.Prefix]string{}
+	)
+	for i, item := range items {
+		ipath := index(path, i)
+		m, ok := d.mapping(item, ipath, item.Line, "destination_cidr_block", "description")
+		if !ok {
+			continue
+		}
+		var r Route
+		if n, path, ok := m.get("description"); ok {
+			r.Description, _ = d.str(n, path)
+		}
+		n, dpath, ok := d.required(m, "destination_cidr_block", "")
+		if !ok {
+			continue
+		}
+		p, ok := d.prefix(n, dpath)
+		if !ok {
+			continue
+		}
+		if prev, dup := first[p]; dup {
+			d.errorf(dpath, n.Line, "%s is already routed by %s", p, prev)
+			continue
+		}
+		first[p] = ipath
+		r.DestinationCIDRBlock = p
+		out = append(out, r)
+		at = append(at, placed{dpath, n.Line})
+	}
+	return out, at
+}
+
+func (d *decoder) authorizationRules(n *yaml.Node, path string) []AuthorizationRule {
+	items, ok := d.list(n, path)
+	if !ok {
+		return nil
+	}
+	var out []AuthorizationRule
+	first := map[AuthorizationRule]string{}
+	for i, item := range items {
+		ipath := index(path, i)
+		m, ok := d.mapping(item, ipath, item.Line, "target_network_cidr", "access_group_id", "authorize_all_groups", "description")
+		if !ok {
+			continue
+		}
+		var r AuthorizationRule
+		good := true
+		if n, path, ok := d.required(m, "target_network_cidr", ""); ok {
+			r.TargetNetworkCIDR, ok = d.prefix(n, path)
+			good = good && ok
+		} else {
+			good = false
+		}
+		// who is known when the group keys that are present are valid.
+		who := true
+		if n, path, ok := m.get("access_group_id"); ok {
+			r.AccessGroupID, ok = d.nonEmpty(n, path)
+			who = who && ok
+		}
+		if n, path, ok := m.get("authorize_all_groups"); ok {
+			r.AuthorizeAllGroups, ok = d.boolean(n, path)
+			who = who && ok
+		}
+		if n, path, ok := m.get("description"); ok {
+			r.Description, _ = d.str(n, path)
+		}
+		if !who {
+			continue
+		}
+		switch {
+		case r.AccessGroupID != "" && r.AuthorizeAllGroups:
+			d.errorf(ipath, item.Line, "set access_group_id or authorize_all_groups: true, not both")
+			continue
+		case r.AccessGroupID == "" && !r.AuthorizeAllGroups:
+			d.errorf(ipath, item.Line, "needs access_group_id or authorize_all_groups: true")
+			continue
+		}
+		if !good {
+			continue
+		}
+		key := r
+		key.Description = ""
+		if prev, dup := first[key]; dup {
+			d.errorf(ipath, item.Line, "same network and group as %s", prev)
+			continue
+		}
+		first[key] = ipath
+		out = append(out, r)
+	}
+	return out
+}
+
+func (d *decoder) keepalive(n *yaml.Node, path string, line int, ep *Endpoint) {
+	m, ok := d.mapping(n, path, line, "ping_seconds", "ping_restart_seconds")
+	if !ok {
+		return
+	}
+	ping, restart := int64(defaultPing), int64(defaultPingRestart)
+	restartSet := false
+	if n, path, ok := m.get("ping_seconds"); ok {
+		if ping, ok = d.integer(n, path, 1, maxKeepalive); !ok {
+			return
+		}
+	}
+	if n, path, ok := m.get("ping_restart_seconds"); ok {
+		if restart, ok = d.integer(n, path, 1, maxKeepalive); !ok {
+			return
+		}
+		restartSet = true
+	}
+	if restart <= ping {
+		what := fmt.Sprint(restart)
+		if !restartSet {
+			what += " (the default)"
+		}
+		d.errorf(join(path, "ping_restart_seconds"), m.keyLine("ping_restart_seconds"),
+			"%s must be greater than ping_seconds (%d)", what, ping)
+		return
+	}
+	ep.Keepalive = Keepalive{Ping: time.Duration(ping) * time.Second, PingRestart: time.Duration(restart) * time.Second}
+}

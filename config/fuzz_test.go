@@ -1,0 +1,48 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+)
+
+// FuzzParse checks that no input makes Parse panic, and that every failure
+// is a list of ValidationErrors with sane lines.
+func FuzzParse(f *testing.F) {
+	good, err := os.ReadFile("testdata/good.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add([]byte(base))
+	f.Add([]byte("tun: {mtu: 1400\n"))
+	f.Add([]byte("a: &x [*x]\n"))
+	f.Add([]byte("routes: [{destination_cidr_block: 10.0.1.1/24}, ~, []]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ep, err := Parse(data, "testdata")
+		if err == nil {
+			if ep == nil {
+				t.Fatal("Parse returned neither an endpoint nor an error")
+			}
+			return
+		}
+		if ep != nil {
+			t.Fatal("Parse returned an endpoint and an error")
+		}
+		lines := strings.Count(string(data), "\n") + 2
+		errs := []error{err}
+		if u, ok := err.(interface{ Unwrap() []error }); ok {
+			errs = u.Unwrap()
+		}
+		for _, e := range errs {
+			var ve *ValidationError
+			if !errors.As(e, &ve) {
+				t.Fatalf("%v is not a *ValidationError", e)
+			}
+			if ve.Line < 0 || ve.Line > lines {
+				t.Fatalf("line %d outside the %d-line input: %v", ve.Line, lines, ve)
+			}
+		}
+	})
+}

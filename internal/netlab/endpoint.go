@@ -1,0 +1,124 @@
+package netlab
+
+import (
+	"crypto/rand"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
+)
+
+// Endpoint is a throwaway endpoint directory: PKI, tls-crypt key and endpoint.yaml.
+type Endpoint struct {
+	Dir    string
+	Config string // path of endpoint.yaml
+	CA     *pki.Identity
+	TLSKey []byte // tls-crypt key file contents
+}
+
+// EndpointOptions shape the endpoint file. Zero values give the lab defaults.
+type EndpointOptions struct {
+	ClientCIDR string // default 10.2.0.0/22
+	TLSCrypt   bool
+	// Rules replaces the default authorization rule (all groups to 10.0.0.0/16); YAML flow items.
+	Rules []string
+	// Extra is appended to the file verbatim.
+	Extra string
+}
+
+// WriteEndpoint creates the endpoint directory in dir.
+func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
+	now := time.Now()
+	ca, err := pki.NewCA("cvpn lab CA", pki.ECDSAP256, 48*time.Hour, now)
+	if err != nil {
+		return nil, err
+	}
+	srv, err := pki.IssueServer(ca, "cvpn-lab-server", []string{"server.cvpn.test"}, pki.ECDSAP256, 24*time.Hour, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := pki.WriteIdentity(srv, filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), ca.CertPEM, 0o644); err != nil {
+		return nil, err
+	}
+	e := &Endpoint{Dir: dir, Config: filepath.Join(dir, "endpoint.yaml"), CA: ca}
+	if o.ClientCIDR == "" {
+		o.ClientCIDR = "10.2.0.0/22"
+	}
+	if len(o.Rules) == 0 {
+		o.Rules = []string{"{target_network_cidr: 10.0.0.0/16, authorize_all_groups: true}"}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "description: cvpn lab endpoint\n")
+	fmt.Fprintf(&b, "client_cidr_block: %s\n", o.ClientCIDR)
+	fmt.Fprintf(&b, "vpc_cidr_blocks: [10.0.0.0/16]\n")
+	fmt.Fprintf(&b, "listen_address: 0.0.0.0\n")
+	fmt.Fprintf(&b, "transport: [{protocol: udp, port: 443}]\n")
+	fmt.Fprintf(&b, "server_certificate: {cert_file: server.crt, key_file: server.key}\n")
+	if o.TLSCrypt {
+		k, err := tlscrypt.GenerateStaticKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		e.TLSKey = k.Marshal()
+		if err := os.WriteFile(filepath.Join(dir, "tc.key"), e.TLSKey, 0o600); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&b, "control_channel: {tls_crypt_key_file: tc.key}\n")
+	}
+	fmt.Fprintf(&b, "authentication:\n  certificate: {client_root_ca_file: ca.crt}\n")
+	fmt.Fprintf(&b, "data_ciphers: [AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305]\n")
+	fmt.Fprintf(&b, "target_network: {interface: eth1, snat_address: %s}\n", SNATAddress)
+	fmt.Fprintf(&b, "tun: {name: cvpn0}\n")
+	fmt.Fprintf(&b, "routes: [{destination_cidr_block: %s}]\n", VPCPrefix)
+	fmt.Fprintf(&b, "authorization_rules:\n")
+	for _, r := range o.Rules {
+		fmt.Fprintf(&b, "  - %s\n", r)
+	}
+	fmt.Fprintf(&b, "split_tunnel: true\n")
+	fmt.Fprintf(&b, "keepalive: {ping_seconds: 10, ping_restart_seconds: 60}\n")
+	b.WriteString(o.Extra)
+	if err := os.WriteFile(e.Config, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// ProfileOptions shape a client profile.
+type ProfileOptions struct {
+	Groups []string
+	// CA signs the client certificate; nil uses the endpoint's CA.
+	CA *pki.Identity
+	// Extra lines appended to the profile.
+	Extra string
+}
+
+// ClientProfile issues a client certificate and writes an AWS-style .ovpn for it that dials
+// server:443 over UDP. It returns the profile's path.
+func (e *Endpoint) ClientProfile(name string, server netip.Addr, o ProfileOptions) (string, error) {
+	ca := o.CA
+	if ca == nil {
+		ca = e.CA
+	}
+	id, err := pki.IssueClient(ca, name, o.Groups, pki.ECDSAP256, 24*time.Hour, time.Now())
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "client\ndev tun\nproto udp\nremote %s 443\nremote-cert-tls server\n", server)
+	fmt.Fprintf(&b, "cipher AES-256-GCM\nreneg-sec 0\nnobind\nresolv-retry 5\nconnect-retry 1\nverb 3\n")
+	fmt.Fprintf(&b, "<ca>\n%s</ca>\n<cert>\n%s</cert>\n<key>\n%s</key>\n", e.CA.CertPEM, id.CertPEM, id.KeyPEM)
+	if e.TLSKey != nil {
+		fmt.Fprintf(&b, "<tls-crypt>\n%s</tls-crypt>\n", e.TLSKey)
+	}
+	b.WriteString(o.Extra)
+	path := filepath.Join(e.Dir, name+".ovpn")
+	return path, os.WriteFile(path, []byte(b.String()), 0o600)
+}

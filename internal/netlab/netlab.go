@@ -1,0 +1,223 @@
+// Package netlab builds throwaway test topologies out of network namespaces and veth pairs, and
+// runs cvpn and the stock openvpn client inside them. The end-to-end tests and `make demo` share it.
+//
+// Topology (one lab; names carry a random id so labs can run in parallel):
+//
+//	client n (ns cv<id>cN)              server (ns cv<id>s)                 VPC host (ns cv<id>v)
+//	eth0 172.31.N.2/24  <-- veth -->  cN 172.31.N.1/24
+//	                                    eth1 10.0.1.1/24  <-- veth -->  eth0 10.0.1.10/24 (+ extra /32s)
+//
+// The VPC host has no route to the client CIDR: it can only answer the endpoint's SNAT address.
+// Every address lives inside namespaces the lab created; nothing leaves the machine.
+package netlab
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Fixed addresses of the lab.
+var (
+	VPCPrefix   = netip.MustParsePrefix("10.0.1.0/24")
+	ServerVPC   = netip.MustParseAddr("10.0.1.1")
+	SNATAddress = netip.MustParseAddr("10.0.1.2")
+	VPCHost     = netip.MustParseAddr("10.0.1.10")
+)
+
+// Lab is one topology. Close removes it.
+type Lab struct {
+	ID      string
+	Server  string // namespace names
+	VPC     string
+	Clients []string
+
+	mu    sync.Mutex
+	procs []*Proc
+}
+
+// New creates the server and VPC namespaces and the link between them.
+func New() (*Lab, error) {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	l := &Lab{ID: id, Server: "cv" + id + "s", VPC: "cv" + id + "v"}
+	steps := [][]string{
+		{"ip", "netns", "add", l.Server},
+		{"ip", "netns", "add", l.VPC},
+		{"ip", "-n", l.Server, "link", "set", "lo", "up"},
+		{"ip", "-n", l.VPC, "link", "set", "lo", "up"},
+		{"ip", "-n", l.Server, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", l.VPC},
+		{"ip", "-n", l.Server, "addr", "add", ServerVPC.String() + "/24", "dev", "eth1"},
+		{"ip", "-n", l.Server, "link", "set", "eth1", "up"},
+		{"ip", "-n", l.VPC, "addr", "add", VPCHost.String() + "/24", "dev", "eth0"},
+		{"ip", "-n", l.VPC, "link", "set", "eth0", "up"},
+	}
+	for _, s := range steps {
+		if err := run(s...); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// AddVPCAddress gives the VPC host one more address (to stand for another host in the VPC).
+func (l *Lab) AddVPCAddress(p netip.Prefix) error {
+	return run("ip", "-n", l.VPC, "addr", "add", p.String(), "dev", "eth0")
+}
+
+// AddClient creates client namespace n and its link to the server; it returns the server address
+// the client dials.
+func (l *Lab) AddClient() (ns string, server netip.Addr, err error) {
+	n := len(l.Clients) + 1
+	ns = fmt.Sprintf("cv%sc%d", l.ID, n)
+	server = netip.AddrFrom4([4]byte{172, 31, byte(n), 1})
+	client := netip.AddrFrom4([4]byte{172, 31, byte(n), 2})
+	dev := fmt.Sprintf("c%d", n)
+	steps := [][]string{
+		{"ip", "netns", "add", ns},
+		{"ip", "-n", ns, "link", "set", "lo", "up"},
+		{"ip", "-n", l.Server, "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"ip", "-n", l.Server, "addr", "add", server.String() + "/24", "dev", dev},
+		{"ip", "-n", l.Server, "link", "set", dev, "up"},
+		{"ip", "-n", ns, "addr", "add", client.String() + "/24", "dev", "eth0"},
+		{"ip", "-n", ns, "link", "set", "eth0", "up"},
+	}
+	l.Clients = append(l.Clients, ns)
+	for _, s := range steps {
+		if err := run(s...); err != nil {
+			return "", netip.Addr{}, err
+		}
+	}
+	return ns, server, nil
+}
+
+// Command returns a command that runs in namespace ns.
+func (l *Lab) Command(ctx context.Context, ns string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, args...)...)
+}
+
+// Output runs a command in ns and returns its combined output.
+func (l *Lab) Output(ctx context.Context, ns string, args ...string) (string, error) {
+	out, err := l.Command(ctx, ns, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s in %s: %w: %s", strings.Join(args, " "), ns, err, bytes.TrimSpace(out))
+	}
+	return string(out), nil
+}
+
+// Proc is a background process in a namespace whose output is captured.
+type Proc struct {
+	Name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+// Start runs a long-lived command in ns; Close stops it.
+func (l *Lab) Start(name, ns string, args ...string) (*Proc, error) {
+	p := &Proc{Name: name, out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+	p.cmd.Stdout = p.out
+	p.cmd.Stderr = p.out
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	l.mu.Lock()
+	l.procs = append(l.procs, p)
+	l.mu.Unlock()
+	return p, nil
+}
+
+// Output is what the process printed so far.
+func (p *Proc) Output() string { return p.out.String() }
+
+// Exited reports whether the process has ended.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// WaitFor waits until the output contains s, the process exits, or the timeout passes.
+func (p *Proc) WaitFor(s string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if strings.Contains(p.Output(), s) {
+			return nil
+		}
+		if p.Exited() {
+			return fmt.Errorf("%s exited (%v) before printing %q", p.Name, p.err, s)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not print %q within %s", p.Name, s, timeout)
+}
+
+// Stop sends SIGTERM and waits up to 10 s, then kills.
+func (p *Proc) Stop() error {
+	if p.Exited() {
+		return p.err
+	}
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+	return p.err
+}
+
+// Close stops every process and deletes the namespaces (their veths go with them).
+func (l *Lab) Close() {
+	l.mu.Lock()
+	procs := l.procs
+	l.procs = nil
+	l.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		_ = procs[i].Stop()
+	}
+	for _, ns := range append(append([]string{}, l.Clients...), l.Server, l.VPC) {
+		_ = run("ip", "netns", "del", ns)
+	}
+}
+
+func run(args ...string) error {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

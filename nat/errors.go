@@ -1,0 +1,55 @@
+package nat
+
+import "errors"
+
+// Sentinels. Outbound and Inbound return an error that wraps one of them
+// (test with errors.Is) and names the reason for the drop. Those errors are
+// built once, so dropping a packet allocates nothing, and err.Error() is a
+// fixed string fit for a drop-counter label.
+var (
+	// ErrMalformed: the packet is not a well-formed IPv4 packet, or its
+	// transport header is truncated.
+	ErrMalformed = errors.New("nat: malformed packet")
+	// ErrUnsupported: well formed, but not something the NAT translates
+	// (another protocol, an ICMP type other than echo and the errors it
+	// translates).
+	ErrUnsupported = errors.New("nat: unsupported packet")
+	// ErrTableFull: a new mapping is needed and Config.MaxEntries are live.
+	ErrTableFull = errors.New("nat: mapping table full")
+	// ErrNoFreePort: a new mapping is needed and every port (or ICMP
+	// identifier) toward that destination address, port and protocol is taken.
+	ErrNoFreePort = errors.New("nat: no free port toward destination")
+	// ErrNoMapping: an inbound packet (or an outbound ICMP error) matches no
+	// live mapping, or is not addressed to the SNAT address.
+	ErrNoMapping = errors.New("nat: no mapping")
+	// ErrConfig: New was given an unusable Config.
+	ErrConfig = errors.New("nat: invalid config")
+)
+
+// dropError is a reason for a drop, specific but prebuilt, wrapping a sentinel.
+type dropError struct {
+	msg  string
+	kind error
+}
+
+func (e *dropError) Error() string { return e.msg }
+func (e *dropError) Unwrap() error { return e.kind }
+
+var (
+	errShortIPv4      = &dropError{"nat: IPv4 header truncated", ErrMalformed}
+	errNotIPv4        = &dropError{"nat: IP version is not 4", ErrMalformed}
+	errBadIHL         = &dropError{"nat: IPv4 header length below 20", ErrMalformed}
+	errBadTotalLength = &dropError{"nat: IPv4 total length disagrees with packet", ErrMalformed}
+	errShortTCP       = &dropError{"nat: TCP header truncated", ErrMalformed}
+	errShortUDP       = &dropError{"nat: UDP header truncated", ErrMalformed}
+	errShortICMP      = &dropError{"nat: ICMP header truncated", ErrMalformed}
+	errShortEmbedded  = &dropError{"nat: packet embedded in ICMP error truncated", ErrMalformed}
+	errProto          = &dropError{"nat: protocol is not TCP, UDP or ICMP", ErrUnsupported}
+	errICMPType       = &dropError{"nat: ICMP type not translated", ErrUnsupported}
+	errEmbeddedProto  = &dropError{"nat: ICMP error embeds a packet of a protocol not translated", ErrUnsupported}
+	errEmbeddedFrag   = &dropError{"nat: ICMP error embeds a non-first fragment", ErrUnsupported}
+	errNotSNATAddr    = &dropError{"nat: inbound packet not addressed to the SNAT address", ErrNoMapping}
+	errNoInbound      = &dropError{"nat: inbound packet matches no mapping", ErrNoMapping}
+	errNoFragment     = &dropError{"nat: inbound fragment follows no translated first fragment", ErrNoMapping}
+	errNoEmbedded     = &dropError{"nat: ICMP error embeds a packet of no mapping", ErrNoMapping}
+)

@@ -1,0 +1,329 @@
+// Package channel runs the control channel of one OpenVPN session: the session ids, the replay
+// state of the control-packet wrapping, and one reliable layer plus a TLS byte-stream bridge per
+// key state (key_id 0..7). It turns authenticated control packets into an in-order byte stream that
+// crypto/tls reads through Conn, and turns what crypto/tls writes into reliable control packets.
+//
+// It is the same for both roles: the server engine (package tunnel) and the load generator (bench)
+// use it. It does not run TLS, choose keys or parse key-method messages; the owner does that over
+// the net.Conn that Key returns. It owns no socket: packets leave through Config.Send.
+//
+// Concurrency: mu guards all state. Input is called by the owner's receive goroutine; Conn.Write
+// by the TLS goroutines; retransmissions fire from a timer. None of them blocks on the network.
+package channel
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tls/reliable"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
+)
+
+// Limits of the control channel.
+const (
+	// MaxPayload is the largest TLS payload put in one control packet: a 2.6 peer keeps control
+	// packets within 1250 bytes including IPv6+UDP overhead; ours stay well under that even with
+	// tls-auth SHA512, four piggybacked acks and the TCP length prefix.
+	MaxPayload = 1000
+	// maxBuffered bounds the TLS bytes waiting to be read from one key state.
+	maxBuffered = 256 << 10
+	// pushAcksMax is how many acks ride on an outgoing reliable packet (CONTROL_SEND_ACK_MAX).
+	pushAcksMax = 4
+)
+
+// Errors.
+var (
+	ErrClosed       = errors.New("channel: closed")
+	ErrWrongSession = errors.New("channel: packet for another session")
+	ErrReplay       = errors.New("channel: replayed control packet")
+	ErrKeyID        = errors.New("channel: key id out of sync")
+	ErrOverflow     = errors.New("channel: peer sent more than the receive buffer holds")
+)
+
+// Config describes one session's control channel.
+type Config struct {
+	LocalSID  packet.SessionID
+	RemoteSID packet.SessionID
+	Wrapper   tlscrypt.Wrapper
+	// Send transmits one wire packet; it must not block for long and must not call back into the
+	// Channel. It is called with the channel's lock held.
+	Send func(wire []byte)
+	Now  func() time.Time
+	Log  *slog.Logger
+	// NewKey is called (with the lock held, so it must only start work) when the peer starts a
+	// renegotiation with a soft reset for a new key id.
+	NewKey func(k *Key)
+	// Replay says the wrapping carries replay ids to check (tls-auth, tls-crypt).
+	Replay bool
+	// SendPID is the next replay id to send; zero starts at 1.
+	SendPID uint32
+}
+
+// Channel is one session's control channel.
+type Channel struct {
+	cfg Config
+
+	mu      sync.Mutex
+	closed  bool
+	sendPID uint32
+	replay  tlscrypt.ReplayWindow
+	keys    [8]*Key
+	current uint8
+	timer   *time.Timer
+	scratch []byte
+	wire    []byte
+	acks    []uint32
+	due     []reliable.Message
+}
+
+// Key is the control state of one key id: its reliable layer and the TLS byte stream over it.
+type Key struct {
+	ch    *Channel
+	ID    uint8
+	rel   *reliable.Layer
+	conn  *Conn
+	ready bool // own reset acknowledged (or skipped by the cookie handshake)
+}
+
+// New returns the channel of a session. first is the key id 0 state; established says the hard
+// resets (id 0 both ways) were already exchanged, as after the UDP cookie handshake.
+func New(cfg Config, established bool) *Channel {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.SendPID == 0 {
+		cfg.SendPID = 1
+	}
+	c := &Channel{cfg: cfg, sendPID: cfg.SendPID}
+	var first uint32
+	if established {
+		first = 1
+	}
+	c.keys[0] = c.newKey(0, first, first)
+	c.keys[0].ready = established
+	return c
+}
+
+func (c *Channel) newKey(id uint8, firstSend, firstRecv uint32) *Key {
+	k := &Key{ch: c, ID: id, rel: reliable.New(reliable.Config{}, firstSend, firstRecv)}
+	k.conn = &Conn{key: k}
+	k.conn.cond.L = &c.mu
+	return k
+}
+
+// Key returns the state of key id, or nil.
+func (c *Channel) Key(id uint8) *Key {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.keys[id&7]
+}
+
+// Conn is the TLS byte stream of this key state.
+func (k *Key) Conn() *Conn { return k.conn }
+
+// QueueReset queues this side's reset (hard reset from a client, soft reset from either) as message 0.
+func (c *Channel) QueueReset(k *Key, op packet.Opcode) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k.rel.Queue(op, nil)
+	c.flushLocked()
+}
+
+// StartRenegotiation begins a soft reset for the next key id and returns its state.
+func (c *Channel) StartRenegotiation() *Key {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id := nextKeyID(c.current)
+	k := c.newKey(id, 0, 0)
+	c.installKeyLocked(k)
+	k.rel.Queue(packet.SoftResetV1, nil)
+	c.flushLocked()
+	return k
+}
+
+func nextKeyID(id uint8) uint8 {
+	id = (id + 1) & 7
+	if id == 0 {
+		id = 1
+	}
+	return id
+}
+
+// installKeyLocked makes k the current key; the previous one stays for its lame-duck period and
+// any older one is closed.
+func (c *Channel) installKeyLocked(k *Key) {
+	prev := c.current
+	for i, old := range c.keys {
+		if old != nil && uint8(i) != prev && uint8(i) != k.ID {
+			old.conn.closeLocked()
+			c.keys[i] = nil
+		}
+	}
+	c.keys[k.ID] = k
+	c.current = k.ID
+}
+
+// Input processes one unwrapped control packet that arrived with replay id pid and timestamp ts.
+func (c *Channel) Input(p *packet.Control, pid, ts uint32) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return ErrClosed
+	}
+	if p.SessionID != c.cfg.RemoteSID {
+		return ErrWrongSession
+	}
+	if p.NumAcks > 0 && p.RemoteSessionID != c.cfg.LocalSID {
+		return ErrWrongSession
+	}
+	if c.cfg.Replay && !c.replay.Check(pid, ts) {
+		return ErrReplay
+	}
+	k := c.keys[p.KeyID&7]
+	if k == nil {
+		if p.Opcode != packet.SoftResetV1 || p.KeyID == 0 {
+			return fmt.Errorf("%w: %s for key %d", ErrKeyID, p.Opcode, p.KeyID)
+		}
+		// The peer renegotiates: answer with our own soft reset for the same key id.
+		k = c.newKey(p.KeyID, 0, 0)
+		c.installKeyLocked(k)
+		k.rel.Queue(packet.SoftResetV1, nil)
+		k.ready = true
+		if c.cfg.NewKey != nil {
+			c.cfg.NewKey(k)
+		}
+	}
+	now := c.cfg.Now()
+	k.rel.Ack(p.Acks[:p.NumAcks], now)
+	if !k.ready && k.rel.Unacked() == 0 && k.rel.Backlog() == 0 {
+		k.ready = true
+	}
+	if p.Opcode.IsReliable() {
+		var payload []byte
+		if len(p.Payload) > 0 {
+			payload = append([]byte(nil), p.Payload...)
+		}
+		if k.rel.Receive(reliable.Message{ID: p.PacketID, Opcode: p.Opcode, Payload: payload}) {
+			if p.Opcode == packet.HardResetClientV2 || p.Opcode == packet.HardResetServerV2 || p.Opcode == packet.SoftResetV1 {
+				k.rel.ResendNow(now)
+			}
+		}
+		for m, ok := k.rel.Next(); ok; m, ok = k.rel.Next() {
+			if len(m.Payload) == 0 {
+				continue
+			}
+			if len(k.conn.in)+len(m.Payload) > maxBuffered {
+				return ErrOverflow
+			}
+			k.conn.in = append(k.conn.in, m.Payload...)
+			k.conn.cond.Broadcast()
+		}
+	}
+	c.flushLocked()
+	return nil
+}
+
+// Flush sends whatever is due now (new messages, retransmissions, owed acks).
+func (c *Channel) Flush() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.flushLocked()
+}
+
+func (c *Channel) flushLocked() {
+	if c.closed {
+		return
+	}
+	now := c.cfg.Now()
+	var next time.Time
+	for _, k := range c.keys {
+		if k == nil {
+			continue
+		}
+		c.due = k.rel.Due(c.due[:0], now)
+		for _, m := range c.due {
+			c.acks = k.rel.TakeAcks(c.acks[:0], pushAcksMax)
+			c.sendLocked(k, m.Opcode, m.ID, m.Payload)
+		}
+		for k.rel.PendingAcks() > 0 {
+			c.acks = k.rel.TakeAcks(c.acks[:0], packet.MaxAcks)
+			c.sendLocked(k, packet.AckV1, 0, nil)
+		}
+		if d := k.rel.NextDeadline(now); !d.IsZero() && (next.IsZero() || d.Before(next)) {
+			next = d
+		}
+	}
+	if next.IsZero() {
+		return
+	}
+	wait := max(next.Sub(now), 10*time.Millisecond)
+	if c.timer == nil {
+		c.timer = time.AfterFunc(wait, c.Flush)
+	} else {
+		c.timer.Reset(wait)
+	}
+}
+
+// sendLocked builds, wraps and sends one control packet carrying c.acks.
+func (c *Channel) sendLocked(k *Key, op packet.Opcode, id uint32, payload []byte) {
+	p := packet.Control{
+		Opcode:    op,
+		KeyID:     k.ID,
+		SessionID: c.cfg.LocalSID,
+		PacketID:  id,
+		Payload:   payload,
+	}
+	p.NumAcks = copy(p.Acks[:], c.acks)
+	if p.NumAcks > 0 {
+		p.RemoteSessionID = c.cfg.RemoteSID
+	}
+	c.scratch = p.Append(c.scratch[:0])
+	wire, err := c.cfg.Wrapper.Wrap(c.wire[:0], c.scratch, c.sendPID, uint32(c.cfg.Now().Unix()))
+	if err != nil {
+		c.cfg.Log.Error("control channel: wrap failed", "err", err)
+		return
+	}
+	c.wire = wire
+	c.sendPID++
+	c.cfg.Send(wire)
+}
+
+// Close stops retransmissions and unblocks every reader of every key state.
+func (c *Channel) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.closed = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	for _, k := range c.keys {
+		if k != nil {
+			k.conn.closeLocked()
+		}
+	}
+}
+
+// Idle reports whether everything queued on key id was sent and acknowledged.
+func (c *Channel) Idle(id uint8) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := c.keys[id&7]
+	return k == nil || k.rel.Idle()
+}
+
+// Current is the key id of the newest key state.
+func (c *Channel) Current() uint8 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.current
+}

@@ -1,0 +1,123 @@
+package channel
+
+import (
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/cvpn/cvpn/tls/packet"
+)
+
+// Conn is the byte stream of one key state as crypto/tls sees it: Read returns the payloads of
+// reliable control messages in order, Write queues bytes as new P_CONTROL_V1 messages. Deadlines
+// are honoured on Read; Write never blocks.
+type Conn struct {
+	key    *Key
+	cond   sync.Cond // L is the channel's mu
+	in     []byte
+	closed bool
+
+	deadline time.Time
+	dtimer   *time.Timer
+}
+
+var _ net.Conn = (*Conn)(nil)
+
+// Read blocks until control payload bytes arrive, the conn closes or the read deadline passes.
+func (c *Conn) Read(p []byte) (int, error) {
+	ch := c.key.ch
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	for len(c.in) == 0 {
+		if c.closed {
+			return 0, io.EOF
+		}
+		if !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
+			return 0, timeoutError{}
+		}
+		c.cond.Wait()
+	}
+	n := copy(p, c.in)
+	c.in = c.in[n:]
+	if len(c.in) == 0 {
+		c.in = nil
+	}
+	return n, nil
+}
+
+// Write splits p into control messages of at most MaxPayload bytes and queues them.
+func (c *Conn) Write(p []byte) (int, error) {
+	ch := c.key.ch
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if c.closed || ch.closed {
+		return 0, net.ErrClosed
+	}
+	n := len(p)
+	for len(p) > 0 {
+		m := min(len(p), MaxPayload)
+		c.key.rel.Queue(packet.ControlV1, append([]byte(nil), p[:m]...))
+		p = p[m:]
+	}
+	ch.flushLocked()
+	return n, nil
+}
+
+// Close ends the stream: blocked and later reads return EOF.
+func (c *Conn) Close() error {
+	c.key.ch.mu.Lock()
+	defer c.key.ch.mu.Unlock()
+	c.closeLocked()
+	return nil
+}
+
+func (c *Conn) closeLocked() {
+	c.closed = true
+	if c.dtimer != nil {
+		c.dtimer.Stop()
+	}
+	c.cond.Broadcast()
+}
+
+// SetDeadline sets the read deadline; writes never block.
+func (c *Conn) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }
+
+// SetReadDeadline makes blocked and future reads fail with a timeout after t.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	ch := c.key.ch
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	c.deadline = t
+	if c.dtimer != nil {
+		c.dtimer.Stop()
+		c.dtimer = nil
+	}
+	if !t.IsZero() {
+		c.dtimer = time.AfterFunc(time.Until(t), func() {
+			ch.mu.Lock()
+			c.cond.Broadcast()
+			ch.mu.Unlock()
+		})
+	}
+	c.cond.Broadcast()
+	return nil
+}
+
+// SetWriteDeadline is accepted and ignored: writes never block.
+func (c *Conn) SetWriteDeadline(time.Time) error { return nil }
+
+// LocalAddr and RemoteAddr are placeholders; the peer's address lives with the owner.
+func (c *Conn) LocalAddr() net.Addr  { return controlAddr{} }
+func (c *Conn) RemoteAddr() net.Addr { return controlAddr{} }
+
+type controlAddr struct{}
+
+func (controlAddr) Network() string { return "openvpn-control" }
+func (controlAddr) String() string  { return "control-channel" }
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "channel: read deadline exceeded" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }

@@ -1,0 +1,10 @@
+// Package tlscrypt owns the OpenVPN static key file (struct key2, wire §3.5)
+// and the protection of control packets on the wire: --tls-crypt (wire §3.6),
+// --tls-auth (wire §3.5) and no protection, behind one Wrapper interface. It
+// also owns the sliding replay window for their long-form replay packet-ids.
+//
+// It does not parse the control packet inside the wrapping (see tls/packet),
+// does not decide which wrapping a session uses, and does not implement
+// tls-crypt-v2 client-key unwrapping or dynamic tls-crypt key derivation; both
+// of those end in a StaticKey passed to NewTLSCrypt.
+package tlscrypt

@@ -1,0 +1,89 @@
+package tunnel
+
+import (
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/cvpn/cvpn/authz"
+	"github.com/cvpn/cvpn/tls/channel"
+	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/replay"
+)
+
+// client is one session: its control channel and its data-plane state.
+//
+// Ownership: the fields set before the client is published in the tables (id, l, localSID,
+// remoteSID, ctl, since) never change. addr, peerID, commonName, groupNames, cipher and dataV2 are
+// written once by the handshake goroutine before the first data key is stored, and read by the data
+// path only after it loads that key (the atomic store/load orders them). authzFor/groups belong to
+// the receive goroutine of the client's listener; each dataKey's replay window too.
+type client struct {
+	id        uint64
+	srv       *Server
+	l         *udpListener
+	localSID  packet.SessionID
+	remoteSID packet.SessionID
+	ctl       *channel.Channel
+	since     time.Time
+
+	addrPort atomic.Pointer[netip.AddrPort]
+	udpAddr  atomic.Pointer[net.UDPAddr]
+
+	addr       netip.Addr
+	peerID     uint32
+	commonName string
+	groupNames []string
+	cipher     datacrypto.Cipher
+	dataV2     bool
+	ekm        bool
+	proto      uint32 // IV_PROTO bits the client announced
+
+	keys    [8]atomic.Pointer[dataKey]
+	sendKey atomic.Pointer[dataKey]
+
+	authzFor *authz.Policy
+	groups   authz.Groups
+
+	lastRecv atomic.Int64 // unix nanoseconds of the last authenticated packet
+	lastSend atomic.Int64 // unix nanoseconds of the last data packet sent
+	rxBytes  atomic.Uint64
+	txBytes  atomic.Uint64
+
+	authenticated atomic.Bool
+	closed        atomic.Bool
+	pushed        atomic.Bool
+}
+
+// dataKey is the data-channel state of one key id.
+type dataKey struct {
+	id      uint8
+	keys    *datacrypto.Keys
+	replay  replay.Window // owned by the receive goroutine of the client's listener
+	sendPID atomic.Uint32
+	created time.Time
+}
+
+func (c *client) remote() netip.AddrPort {
+	if p := c.addrPort.Load(); p != nil {
+		return *p
+	}
+	return netip.AddrPort{}
+}
+
+func (c *client) setRemote(ap netip.AddrPort) {
+	c.addrPort.Store(&ap)
+	c.udpAddr.Store(net.UDPAddrFromAddrPort(ap))
+}
+
+// groupsFor returns the client's groups as a bitset of the given policy, recomputing it when a
+// reload swapped the policy. Called only by the client's receive goroutine.
+func (c *client) groupsFor(p *authz.Policy) authz.Groups {
+	if c.authzFor != p {
+		c.groups = p.Groups(c.groupNames)
+		c.authzFor = p
+	}
+	return c.groups
+}

@@ -1,0 +1,212 @@
+package tunnel
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/cvpn/cvpn/nat"
+	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tunnel/datacrypto"
+)
+
+// Data channel payloads that are not IP packets (ping.c, occ.c).
+var (
+	pingMagic = []byte{0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48}
+	occMagic  = []byte{0x28, 0x7f, 0x34, 0x6b, 0xd4, 0xef, 0x7a, 0x81, 0x2d, 0x56, 0xb8, 0xd3, 0xaf, 0xc5, 0x45, 0x9c}
+)
+
+const (
+	occExit = 6
+	// tunOffset is where packets start in TUN buffers: room for the virtio-net header the TUN
+	// writes in front and, on the way out, for the data header, packet-id and tag sealed in place.
+	tunOffset = 64
+	// tunWriteOffset is the headroom given to the TUN on writes (>= its virtio-net header).
+	tunWriteOffset = 16
+	// sealHeadroom is the V2 header, packet-id and tag in front of a sealed payload.
+	sealHeadroom = 4 + datacrypto.Overhead
+)
+
+// receiveData authenticates a data packet from a client and queues its IP packet for the TUN.
+// It runs on the listener's receive goroutine, which owns the replay windows it touches.
+func (s *Server) receiveData(l *udpListener, pkt []byte, op packet.Opcode, kid uint8, from netip.AddrPort) {
+	var c *client
+	hdr := 1
+	if op == packet.DataV2 {
+		hdr = 4
+		if len(pkt) < 4 {
+			s.drops.add(DropMalformed, "from", from)
+			return
+		}
+		pid := int(pkt[1])<<16 | int(pkt[2])<<8 | int(pkt[3])
+		if pid < len(s.peers) {
+			c = s.peers[pid].Load()
+		}
+	} else {
+		c = s.lookupAddr(from)
+	}
+	if c == nil {
+		s.drops.add(DropNoSession, "from", from)
+		return
+	}
+	if c.remote() != from {
+		s.drops.add(DropWrongSource, "from", from)
+		return
+	}
+	k := c.keys[kid].Load()
+	if k == nil {
+		s.drops.add(DropNoKey, "from", from)
+		return
+	}
+	id, pt, err := k.keys.Open(pkt, hdr)
+	if err != nil {
+		s.drops.add(DropDecrypt, "from", from)
+		return
+	}
+	if !k.replay.Check(id) {
+		s.drops.add(DropReplay, "from", from)
+		return
+	}
+	c.lastRecv.Store(s.clockNano())
+	c.rxBytes.Add(uint64(len(pkt)))
+	if k != c.sendKey.Load() && k.id != 0 {
+		// The client uses a renegotiated key: it has it, so send with it too.
+		c.sendKey.Store(k)
+	}
+	if len(pt) == len(pingMagic) && bytes.Equal(pt, pingMagic) {
+		return
+	}
+	if len(pt) == len(occMagic)+1 && bytes.Equal(pt[:len(occMagic)], occMagic) {
+		if pt[len(occMagic)] == occExit {
+			s.disconnect(c, "client sent explicit exit notification")
+		}
+		return
+	}
+	if len(pt) < 20 || pt[0]>>4 != 4 {
+		s.drops.add(DropNotIPv4, "cn", c.commonName)
+		return
+	}
+	src := netip.AddrFrom4([4]byte(pt[12:16]))
+	if src != c.addr {
+		s.drops.add(DropSpoofedSource, "cn", c.commonName, "src", src)
+		return
+	}
+	dst := netip.AddrFrom4([4]byte(pt[16:20]))
+	if !s.policy.Load().Authz.Allowed(dst, c.groupsFor(s.policy.Load().Authz)) {
+		s.drops.add(DropUnauthorized, "cn", c.commonName, "dst", dst)
+		return
+	}
+	if err := s.cfg.NAT.Outbound(pt); err != nil {
+		s.drops.add(DropNAT, "cn", c.commonName, "err", err)
+		return
+	}
+	// Hand the TUN a slice whose packet starts at tunWriteOffset, without copying.
+	start := hdr + datacrypto.Overhead - tunWriteOffset
+	l.tunBatch = append(l.tunBatch, pkt[start:hdr+datacrypto.Overhead+len(pt)])
+}
+
+// writeTUN writes a batch of client packets into the TUN.
+func (s *Server) writeTUN(batch [][]byte) {
+	if len(batch) == 0 {
+		return
+	}
+	if _, err := s.cfg.Device.Write(batch, tunWriteOffset); err != nil && !errors.Is(err, net.ErrClosed) {
+		s.log.Debug("tun write", "err", err)
+	}
+}
+
+// tunLoop reads packets from the private network, reverses their NAT, and seals and sends each
+// to its client.
+func (s *Server) tunLoop() {
+	batch := s.cfg.Device.BatchSize()
+	bufs := make([][]byte, batch)
+	sizes := make([]int, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, tunOffset+65535+32)
+	}
+	out := make([]outPacket, 0, batch)
+	for {
+		n, err := s.cfg.Device.Read(bufs, sizes, tunOffset)
+		if err != nil {
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				return
+			}
+			s.log.Debug("tun read", "err", err)
+			continue
+		}
+		out = out[:0]
+		for i := range n {
+			pkt := bufs[i][tunOffset : tunOffset+sizes[i]]
+			if len(pkt) < 20 || pkt[0]>>4 != 4 {
+				continue // IPv6 neighbour discovery and the like
+			}
+			addr, err := s.cfg.NAT.Inbound(pkt)
+			if err != nil {
+				if errors.Is(err, nat.ErrNoMapping) {
+					s.drops.add(DropNoMapping)
+				} else {
+					s.drops.add(DropMalformed, "err", err)
+				}
+				continue
+			}
+			idx, ok := s.cfg.Pool.Index(addr)
+			var c *client
+			if ok {
+				c = s.peers[idx].Load()
+			}
+			if c == nil {
+				s.drops.add(DropNoClient, "address", addr)
+				continue
+			}
+			if p, ok := s.seal(c, bufs[i], tunOffset, len(pkt)); ok {
+				out = append(out, outPacket{c: c, pkt: p})
+			}
+		}
+		for _, o := range out {
+			o.c.l.send(o.pkt, o.c.udpAddr.Load())
+		}
+	}
+}
+
+type outPacket struct {
+	c   *client
+	pkt []byte
+}
+
+// seal encrypts buf[off:off+n] for c in place, using the headroom in front of it.
+func (s *Server) seal(c *client, buf []byte, off, n int) ([]byte, bool) {
+	k := c.sendKey.Load()
+	if k == nil {
+		return nil, false
+	}
+	var p []byte
+	if c.dataV2 {
+		p = buf[off-sealHeadroom : off+n]
+		p[0] = packet.Header(packet.DataV2, k.id)
+		p[1], p[2], p[3] = byte(c.peerID>>16), byte(c.peerID>>8), byte(c.peerID)
+		p = k.keys.Seal(p, 4, k.sendPID.Add(1))
+	} else {
+		p = buf[off-1-datacrypto.Overhead : off+n]
+		p[0] = packet.Header(packet.DataV1, k.id)
+		p = k.keys.Seal(p, 1, k.sendPID.Add(1))
+	}
+	c.lastSend.Store(s.clockNano())
+	c.txBytes.Add(uint64(len(p)))
+	return p, true
+}
+
+// sendPing sends the keepalive ping to a client.
+func (s *Server) sendPing(c *client) {
+	buf := make([]byte, tunOffset+len(pingMagic)+32)
+	copy(buf[tunOffset:], pingMagic)
+	if p, ok := s.seal(c, buf, tunOffset, len(pingMagic)); ok {
+		c.l.send(p, c.udpAddr.Load())
+	}
+}

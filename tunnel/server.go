@@ -1,0 +1,270 @@
+// Package tunnel is the cvpn engine: it terminates OpenVPN sessions on UDP listeners, runs each
+// session's control channel (TLS, key-method 2, push) and data channel (AEAD, replay, keepalive),
+// enforces authorization on every client packet, source-NATs client traffic into the TUN device
+// facing the private network and sends replies back to the right client.
+//
+// Files by stage: server.go (lifecycle, tables), udp.go (link receive and dispatch, the stateless
+// cookie handshake), handshake.go (TLS, key-method 2, authentication, push), data.go (the packet
+// path both ways), timers.go (keepalive, reaping, expiry), host_linux.go (TUN and netlink setup).
+// ARCHITECTURE.md at the repository root draws the goroutines and who owns which state.
+package tunnel
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/cvpn/cvpn/authz"
+	"github.com/cvpn/cvpn/ippool"
+	"github.com/cvpn/cvpn/nat"
+	"github.com/cvpn/cvpn/tls/cookie"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
+	"github.com/cvpn/cvpn/tunnel/datacrypto"
+)
+
+// Config is everything the engine needs; cmd/cvpn builds it from the endpoint file.
+type Config struct {
+	// UDP lists the addresses to listen on.
+	UDP []netip.AddrPort
+	// Certificate is the server's TLS identity; ClientCAs verifies client certificates.
+	Certificate tls.Certificate
+	ClientCAs   *x509.CertPool
+	// ControlKey, when set, protects the control channel with tls-crypt.
+	ControlKey *tlscrypt.StaticKey
+	// Ciphers are the data ciphers in the server's order of preference.
+	Ciphers []datacrypto.Cipher
+	Pool    *ippool.Pool
+	NAT     *nat.Table
+	Device  tun.Device
+	// Policy holds the per-packet configuration; Reload swaps it.
+	Policy *Policy
+	// Ping and PingRestart are pushed to clients and drive the server's own keepalive and reaping.
+	Ping, PingRestart time.Duration
+	// HandWindow bounds a TLS handshake and key exchange (OpenVPN --hand-window, 60 s).
+	HandWindow time.Duration
+	// MaxHandshakes bounds sessions that have proved their address but not finished authenticating.
+	MaxHandshakes int
+	Log           *slog.Logger
+	Now           func() time.Time
+}
+
+// Policy is the per-packet configuration: an immutable snapshot swapped atomically on reload.
+type Policy struct {
+	Authz       *authz.Policy
+	Routes      []netip.Prefix
+	SplitTunnel bool
+	DNS         []netip.Addr
+}
+
+// Server is one running endpoint.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	drops   dropCounters
+	tlsConf *tls.Config
+	wrapper tlscrypt.Wrapper
+	replay  bool
+	cookies *cookie.Jar
+	limiter *tokenBucket
+	policy  atomic.Pointer[Policy]
+
+	// mu guards byAddr and handshakes. peers is indexed by peer-id, which is the pool index of the
+	// client's address: the data path reads it without a lock.
+	mu         sync.Mutex
+	byAddr     map[netip.AddrPort]*client
+	handshakes int
+	peers      []atomic.Pointer[client]
+
+	listeners []*udpListener
+	wg        sync.WaitGroup
+	done      chan struct{}
+	closeOnce sync.Once
+	nextID    atomic.Uint64
+}
+
+// New validates cfg and opens the listeners; Run starts serving.
+func New(cfg Config) (*Server, error) {
+	if cfg.Pool == nil || cfg.NAT == nil || cfg.Device == nil || cfg.Policy == nil || cfg.Policy.Authz == nil {
+		return nil, errors.New("tunnel: config needs Pool, NAT, Device and Policy")
+	}
+	if len(cfg.Ciphers) == 0 {
+		return nil, errors.New("tunnel: config names no data cipher")
+	}
+	if len(cfg.UDP) == 0 {
+		return nil, errors.New("tunnel: config has no listener")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Ping <= 0 {
+		cfg.Ping = 10 * time.Second
+	}
+	if cfg.PingRestart <= cfg.Ping {
+		cfg.PingRestart = 6 * cfg.Ping
+	}
+	if cfg.HandWindow <= 0 {
+		cfg.HandWindow = 60 * time.Second
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = 1024
+	}
+	s := &Server{
+		cfg:    cfg,
+		log:    cfg.Log,
+		byAddr: make(map[netip.AddrPort]*client),
+		peers:  make([]atomic.Pointer[client], cfg.Pool.Size()),
+		done:   make(chan struct{}),
+	}
+	s.drops = dropCounters{log: cfg.Log, now: cfg.Now, every: 10 * time.Second}
+	s.policy.Store(cfg.Policy)
+	s.tlsConf = &tls.Config{
+		Certificates:           []tls.Certificate{cfg.Certificate},
+		ClientAuth:             tls.RequireAndVerifyClientCert,
+		ClientCAs:              cfg.ClientCAs,
+		MinVersion:             tls.VersionTLS12,
+		SessionTicketsDisabled: true,
+	}
+	if cfg.ControlKey != nil {
+		s.wrapper = tlscrypt.NewTLSCrypt(cfg.ControlKey, true)
+		s.replay = true
+	} else {
+		s.wrapper = tlscrypt.NewPlain()
+	}
+	var secret [32]byte
+	if _, err := rand.Read(secret[:]); err != nil {
+		return nil, fmt.Errorf("tunnel: cookie secret: %w", err)
+	}
+	s.cookies = cookie.NewJar(secret, cfg.Now)
+	// OpenVPN's --connect-freq-initial default: 100 stateless replies per 10 s.
+	s.limiter = newTokenBucket(10, 100, cfg.Now)
+	for _, ap := range cfg.UDP {
+		l, err := listenUDP(s, ap)
+		if err != nil {
+			s.closeListeners()
+			return nil, err
+		}
+		s.listeners = append(s.listeners, l)
+	}
+	return s, nil
+}
+
+// Addrs returns the bound listener addresses (useful with port 0).
+func (s *Server) Addrs() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, l := range s.listeners {
+		out = append(out, l.addr)
+	}
+	return out
+}
+
+// Run serves until Close. It starts one receive goroutine per listener, the TUN reader and the
+// timer loop, and returns when they have all stopped.
+func (s *Server) Run() {
+	for _, l := range s.listeners {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); l.receiveLoop() }()
+	}
+	s.wg.Add(2)
+	go func() { defer s.wg.Done(); s.tunLoop() }()
+	go func() { defer s.wg.Done(); s.timerLoop() }()
+	<-s.done
+	s.wg.Wait()
+}
+
+// Close disconnects every client and stops the goroutines. The Device is closed by its owner
+// after Close returns... except that a blocked TUN read only returns once the device closes, so
+// Close closes it too.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		for _, c := range s.clients() {
+			s.disconnect(c, "server shutting down")
+		}
+		close(s.done)
+		s.closeListeners()
+		s.cfg.Device.Close()
+	})
+}
+
+func (s *Server) closeListeners() {
+	for _, l := range s.listeners {
+		l.close()
+	}
+}
+
+// Reload swaps the per-packet policy; connected clients get it on their next packet.
+func (s *Server) Reload(p *Policy) { s.policy.Store(p) }
+
+// Drops returns the drop counters by reason.
+func (s *Server) Drops() map[string]uint64 { return s.drops.snapshot() }
+
+// ClientInfo describes one connected client.
+type ClientInfo struct {
+	CommonName string
+	Remote     netip.AddrPort
+	Address    netip.Addr
+	Cipher     string
+	Since      time.Time
+}
+
+// Clients lists the connected (authenticated) clients.
+func (s *Server) Clients() []ClientInfo {
+	var out []ClientInfo
+	for _, c := range s.clients() {
+		if !c.addr.IsValid() {
+			continue
+		}
+		out = append(out, ClientInfo{CommonName: c.commonName, Remote: c.remote(), Address: c.addr, Cipher: c.cipher.String(), Since: c.since})
+	}
+	return out
+}
+
+func (s *Server) clients() []*client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*client, 0, len(s.byAddr))
+	for _, c := range s.byAddr {
+		out = append(out, c)
+	}
+	return out
+}
+
+// tokenBucket is a small clock-injected limiter for handshake replies.
+type tokenBucket struct {
+	mu     sync.Mutex
+	rate   float64 // tokens per second
+	burst  float64
+	tokens float64
+	last   time.Time
+	now    func() time.Time
+}
+
+func newTokenBucket(rate, burst float64, now func() time.Time) *tokenBucket {
+	return &tokenBucket{rate: rate, burst: burst, tokens: burst, now: now}
+}
+
+func (b *tokenBucket) allow() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	if !b.last.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
