@@ -14,7 +14,7 @@ import (
 //     checksums, it neither breaks nor repairs them).
 
 func fuzzSeeds(f *testing.F) {
-	t := &testing.T{}
+	t := f
 	for _, p := range [][]byte{
 		tcpPacket(t, clientA, 40000, server, 443, "S"),
 		udpPacket(t, clientA, 4000, server, 53, "q"),
@@ -29,6 +29,9 @@ func fuzzSeeds(f *testing.F) {
 		{0x45, 0, 0, 20},
 	} {
 		f.Add(p)
+		if len(p) < 40 {
+			continue
+		}
 		first, second := fragment(p, 8)
 		f.Add(first)
 		f.Add(second)
@@ -90,7 +93,11 @@ func checksumsOK(p []byte) [4]bool {
 		ihl := int(inner[0]&0x0f) * 4
 		if ihl >= 20 && len(inner) >= ihl {
 			ok[2] = ipHeaderOK(inner)
-			if tl := int(binary.BigEndian.Uint16(inner[2:])); tl == len(inner) && tl >= ihl+8 && inner[9] != protoTCP || tl == len(inner) && tl >= ihl+20 {
+			minLen := ihl + 8
+			if inner[9] == protoTCP {
+				minLen = ihl + 20
+			}
+			if tl := int(binary.BigEndian.Uint16(inner[2:])); tl == len(inner) && tl >= minLen {
 				ok[3] = transportOK(inner)
 			}
 		}

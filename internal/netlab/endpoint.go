@@ -27,6 +27,8 @@ type EndpointOptions struct {
 	TLSCrypt   bool
 	// Rules replaces the default authorization rule (all groups to 10.0.0.0/16); YAML flow items.
 	Rules []string
+	// Keepalive replaces the default keepalive mapping (YAML flow).
+	Keepalive string
 	// Extra is appended to the file verbatim.
 	Extra string
 }
@@ -83,7 +85,10 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 		fmt.Fprintf(&b, "  - %s\n", r)
 	}
 	fmt.Fprintf(&b, "split_tunnel: true\n")
-	fmt.Fprintf(&b, "keepalive: {ping_seconds: 10, ping_restart_seconds: 60}\n")
+	if o.Keepalive == "" {
+		o.Keepalive = "{ping_seconds: 10, ping_restart_seconds: 60}"
+	}
+	fmt.Fprintf(&b, "keepalive: %s\n", o.Keepalive)
 	b.WriteString(o.Extra)
 	if err := os.WriteFile(e.Config, []byte(b.String()), 0o644); err != nil {
 		return nil, err

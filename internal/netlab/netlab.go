@@ -168,7 +168,16 @@ func (p *Proc) WaitFor(s string, timeout time.Duration) error {
 	return fmt.Errorf("%s did not print %q within %s", p.Name, s, timeout)
 }
 
-// Stop sends SIGTERM and waits up to 10 s, then kills.
+// Kill ends the process at once (SIGKILL), as a crash or a pulled cable would, and waits for it.
+func (p *Proc) Kill() {
+	if p.Exited() {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
+// Stop sends SIGINT and waits up to 10 s, then kills.
 func (p *Proc) Stop() error {
 	if p.Exited() {
 		return p.err

@@ -1,0 +1,39 @@
+SHELL := /bin/bash
+# cvpn: `make help` lists the targets. `make test` is what CI runs (as root).
+GO      ?= go
+BIN     := bin/cvpn
+PKGS    := $(shell $(GO) list ./... | grep -v /e2e)
+STATICCHECK_VERSION ?= 2025.1.1
+
+.PHONY: help build test unit e2e fuzz bench-once lint demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build bin/cvpn
+	$(GO) build -o $(BIN) ./cmd/cvpn
+
+test: unit e2e fuzz bench-once ## everything CI runs: unit tests (race), end-to-end tests (root), fuzz smoke, benchmarks once
+
+unit: ## unit tests with the race detector
+	$(GO) test -race -count=1 $(PKGS)
+
+e2e: ## end-to-end tests: the stock openvpn client against cvpn in network namespaces (root)
+	$(GO) test -count=1 -timeout 15m ./e2e
+
+fuzz: ## run every fuzz target briefly (FUZZTIME=2s)
+	./scripts/fuzz-smoke.sh
+
+bench-once: ## run every Go benchmark once so none rots
+	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x $(PKGS) >/dev/null
+
+lint: ## gofmt, go vet, staticcheck
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+demo: build ## as root: namespaces, throwaway PKI, cvpn, the stock client, ping and iperf3, then teardown
+	$(GO) run ./internal/demo --cvpn $(BIN)
+
+clean: ## remove build output
+	rm -rf bin
