@@ -273,3 +273,22 @@ func TestIndexAllocs(t *testing.T) {
 		t.Errorf("Index allocates %v times", n)
 	}
 }
+
+func BenchmarkAllocateRelease(b *testing.B) {
+	p := mustPool(b, "10.16.0.0/12")
+	for range 1000 {
+		if _, err := p.Allocate(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		a, err := p.Allocate()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Release(a); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
