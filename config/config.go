@@ -5,10 +5,17 @@
 // It owns the file's schema, its defaults and every check that can be made
 // from the file alone: types, ranges, CIDR masking, overlaps, references
 // between keys, and that the files it names exist and are readable. Every
-// problem is reported with its key path and line. It does not read the
-// contents of the certificate, key and CA files it names (pki and the
-// control channel do, when they load them), and it does not touch the
-// network or the OS (cmd wires the result into the engine).
+// problem is reported with its key path and line. It also owns the rule
+// of what may change when a running endpoint reloads its file
+// (CheckReload). It does not read the contents of the certificate, key,
+// CRL and CA files it names (pki and the control channel do, when cmd
+// loads them; Endpoint.KeyError lets cmd report their problems in the same
+// form), and it does not touch the network or the OS (cmd wires the result
+// into the engine).
+//
+// Each field of Endpoint documents its YAML key, its default and its AWS
+// Client VPN counterpart; the README's configuration reference is written
+// from them.
 package config
 
 import (
@@ -32,49 +39,143 @@ const (
 	CipherChaCha20Poly1305 = "CHACHA20-POLY1305"
 )
 
+// tls-auth HMAC digests, as OpenVPN spells them in --auth.
+const (
+	DigestSHA1   = "SHA1"
+	DigestSHA256 = "SHA256"
+	DigestSHA512 = "SHA512"
+)
+
 // Endpoint is a parsed, validated endpoint file. An Endpoint returned by
 // Load or Parse has every default filled in, every file path absolute, and
 // satisfies every rule this package checks.
 type Endpoint struct {
-	// Description is free text for operators; "" when absent.
+	// Description (description) is free text for operators; "" when
+	// absent. AWS: Description.
 	Description string
-	// ClientCIDRBlock is the IPv4 block client tunnel addresses come from,
-	// /12 to /22, disjoint from VPCCIDRBlocks and from every route.
+	// RemoteHostname (remote_hostname) is the public DNS name or IP
+	// address clients dial. Exported client profiles put it in their
+	// remote lines, and `cvpn init` puts it in the server certificate's
+	// SAN. Optional ("" when absent), but a profile cannot be exported
+	// without it. AWS: the endpoint's DnsName.
+	RemoteHostname string
+	// ClientCIDRBlock (client_cidr_block, required) is the IPv4 block
+	// client tunnel addresses come from, /12 to /22, disjoint from
+	// VPCCIDRBlocks and from every route. It cannot change on reload
+	// (CheckReload). AWS: ClientCidrBlock.
 	ClientCIDRBlock netip.Prefix
-	// VPCCIDRBlocks are the private networks behind the endpoint (IPv4,
-	// at least one).
+	// VPCCIDRBlocks (vpc_cidr_blocks, required) are the private networks
+	// behind the endpoint (IPv4, at least one). AWS: the CIDR of the VPC
+	// of the associated target network.
 	VPCCIDRBlocks []netip.Prefix
-	// ListenAddress is the local address the listeners bind; 0.0.0.0 by
-	// default.
+	// ListenAddress (listen_address) is the local address the listeners
+	// bind; 0.0.0.0 by default. AWS: none.
 	ListenAddress netip.Addr
-	// Transport lists the sockets to listen on; [{udp 443}] by default.
-	// No two share a protocol and port.
+	// Transport (transport) lists the sockets to listen on, any mix of
+	// udp and tcp on any ports (443 and 1194 are the usual ones);
+	// [{protocol: udp, port: 443}] by default. No two share a protocol
+	// and port. AWS: TransportProtocol and VpnPort (one of each).
 	Transport []Listener
-	// ServerCertificate is the endpoint's own TLS identity.
+	// ServerCertificate (server_certificate, required) is the endpoint's
+	// own TLS identity. AWS: ServerCertificateArn.
 	ServerCertificate ServerCertificate
-	// ControlChannel holds control channel protection options.
+	// ControlChannel (control_channel) holds control channel protection
+	// options. AWS: none (AWS does not use tls-auth or tls-crypt).
 	ControlChannel ControlChannel
-	// Authentication says how clients prove who they are.
+	// Authentication (authentication, required) says how clients prove
+	// who they are. AWS: AuthenticationOptions.
 	Authentication Authentication
-	// DataCiphers are the data channel AEADs the server accepts, in
-	// server preference order, in canonical spelling (the Cipher
-	// constants). Default: AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305.
+	// DataCiphers (data_ciphers) are the data channel AEADs the server
+	// accepts, in server preference order, in canonical spelling (the
+	// Cipher constants; the file may use any case). Default: AES-256-GCM,
+	// AES-128-GCM, CHACHA20-POLY1305. AWS: none (AES-256-GCM).
 	DataCiphers []string
-	// TargetNetwork is where client traffic leaves the endpoint.
+	// TargetNetwork (target_network, required) is where client traffic
+	// leaves the endpoint. AWS: AssociateClientVpnTargetNetwork.
 	TargetNetwork TargetNetwork
-	// TUN is the tunnel interface.
+	// TUN (tun) is the tunnel interface. AWS: none.
 	TUN TUN
-	// Routes are pushed to clients.
+	// Routes (routes) are pushed to clients. AWS: CreateClientVpnRoute.
 	Routes []Route
-	// AuthorizationRules say which groups may reach which networks. None
-	// means no client may reach anything (AWS semantics: default deny).
+	// AuthorizationRules (authorization_rules) say which groups may reach
+	// which networks. None means no client may reach anything (AWS
+	// semantics: default deny). AWS: AuthorizeClientVpnIngress.
 	AuthorizationRules []AuthorizationRule
-	// SplitTunnel, when true (the default), sends only Routes through the
-	// tunnel; when false clients send all traffic (redirect-gateway).
+	// SplitTunnel (split_tunnel), when true (the default), sends only
+	// Routes through the tunnel; when false clients send all traffic
+	// (pushed redirect-gateway def1). AWS: SplitTunnel (default false
+	// there).
 	SplitTunnel bool
-	// Keepalive sets the ping interval and the silence after which a
-	// session is restarted.
+	// DNSServers (dns_servers) are up to two IPv4 resolvers pushed to
+	// clients (dhcp-option DNS); none by default, and then clients keep
+	// their own. AWS: DnsServers.
+	DNSServers []netip.Addr
+	// SessionTimeout (session_timeout_hours) is the longest a client
+	// session may last before the client must authenticate again: 8, 10,
+	// 12 or 24 hours; 24 by default. AWS: SessionTimeoutHours.
+	SessionTimeout time.Duration
+	// ClientLoginBanner (client_login_banner) is text shown to clients
+	// that can show it when a session is established: up to 1400
+	// characters of UTF-8, newlines and tabs allowed, no other control
+	// characters; "" (no banner) by default. AWS:
+	// ClientLoginBannerOptions.BannerText.
+	ClientLoginBanner string
+	// BandwidthLimitMbps (bandwidth_limit_mbps) caps each client
+	// connection's throughput, in megabits per second, in each direction.
+	// A non-negative number (fractions allowed, at most 100000); 0 means
+	// unlimited; 10 by default. AWS: the fixed 10 Mbps per connection
+	// quota.
+	BandwidthLimitMbps float64
+	// BandwidthLimits (bandwidth_limits) override BandwidthLimitMbps for
+	// the clients of a group; a client in several listed groups gets the
+	// highest of their limits. At most one entry per group. AWS: none.
+	BandwidthLimits []BandwidthLimit
+	// Reneg (reneg_seconds) is how often the server renegotiates a
+	// session's data channel keys (OpenVPN reneg-sec): 0 disables it,
+	// otherwise 60 to 604800 seconds; 3600 by default, as in OpenVPN.
+	// Exported profiles set reneg-sec 0, leaving the schedule to the
+	// server. AWS: none.
+	Reneg time.Duration
+	// Keepalive (keepalive) sets the ping interval and the silence after
+	// which a session is restarted. AWS: none.
 	Keepalive Keepalive
+	// ConnectionLog (connection_log) records client connections. Accepted
+	// now, written by a later issue. AWS: ConnectionLogOptions.
+	ConnectionLog ConnectionLog
+	// Admin (admin) is the local administration interface. Accepted now,
+	// served by a later issue. AWS: none (the AWS API).
+	Admin Admin
+
+	// file is the name given to Load, for KeyError and CheckReload.
+	file string
+	// keyLines maps each key path present in the file to its line.
+	keyLines map[string]int
+}
+
+// KeyLine returns the line of the key at path (such as
+// "server_certificate.cert_file" or "routes[2].destination_cidr_block"), or
+// 0 when the key is not in the file (a default) or the Endpoint was not
+// made by Load or Parse.
+func (e *Endpoint) KeyLine(path string) int { return e.keyLines[path] }
+
+// KeyError reports a problem found outside this package with the value at
+// path (for example a certificate file whose content is wrong) in the same
+// form as a validation problem: with the file name and the key's line.
+func (e *Endpoint) KeyError(path string, err error) *ValidationError {
+	return &ValidationError{File: e.file, Path: path, Line: e.KeyLine(path), Msg: err.Error()}
+}
+
+// CheckReload reports whether next may replace running in a running
+// endpoint. client_cidr_block cannot change once clients hold addresses
+// from it (AWS makes it immutable after creation); the error then is a
+// *ValidationError naming client_cidr_block. Everything else may change.
+func CheckReload(running, next *Endpoint) error {
+	if running.ClientCIDRBlock != next.ClientCIDRBlock {
+		return &ValidationError{File: next.file, Path: "client_cidr_block", Line: next.KeyLine("client_cidr_block"),
+			Msg: fmt.Sprintf("cannot change on a running endpoint (running %s, file %s); restart the endpoint to change it, which disconnects every client",
+				running.ClientCIDRBlock, next.ClientCIDRBlock)}
+	}
+	return nil
 }
 
 // Listener is one transport socket.
@@ -87,17 +188,51 @@ type Listener struct {
 func (l Listener) String() string { return fmt.Sprintf("%s/%d", l.Protocol, l.Port) }
 
 // ServerCertificate names the endpoint's certificate and private key files
-// (absolute paths).
+// (absolute paths). The certificate (cert_file) must carry extended key
+// usage serverAuth and be within its validity period; the key (key_file)
+// must be its key. cmd checks the content when it loads them.
 type ServerCertificate struct {
 	CertFile string
 	KeyFile  string
 }
 
-// ControlChannel holds options of the TLS control channel.
+// KeyDirection is OpenVPN's key-direction of a tls-auth key. Its values are
+// OpenVPN's numbers, with -1 for "absent".
+type KeyDirection int
+
+// Key directions.
+const (
+	// KeyDirectionBidirectional (tls_auth_key_direction absent): both
+	// sides use the same HMAC key.
+	KeyDirectionBidirectional KeyDirection = -1
+	// KeyDirectionNormal (0) is what servers usually use; clients then use
+	// KeyDirectionInverse.
+	KeyDirectionNormal KeyDirection = 0
+	// KeyDirectionInverse (1).
+	KeyDirectionInverse KeyDirection = 1
+)
+
+// ControlChannel holds options of the TLS control channel (control_channel).
+// TLSCryptKeyFile and TLSAuthKeyFile exclude each other;
+// TLSCryptV2ServerKeyFile may go with either (OpenVPN servers accept
+// tls-crypt-v2 clients and legacy ones side by side).
 type ControlChannel struct {
-	// TLSCryptKeyFile is an OpenVPN static key file for tls-crypt; ""
-	// when tls-crypt is off.
+	// TLSCryptKeyFile (tls_crypt_key_file) is an OpenVPN static key file
+	// for tls-crypt; "" when tls-crypt is off.
 	TLSCryptKeyFile string
+	// TLSAuthKeyFile (tls_auth_key_file) is an OpenVPN static key file
+	// for tls-auth; "" when tls-auth is off.
+	TLSAuthKeyFile string
+	// TLSAuthKeyDirection (tls_auth_key_direction: 0 or 1) is the
+	// server's key-direction; KeyDirectionBidirectional when absent.
+	// Exported profiles carry the opposite direction.
+	TLSAuthKeyDirection KeyDirection
+	// TLSAuthDigest (tls_auth_digest) is the tls-auth HMAC digest: one of
+	// the Digest constants, DigestSHA1 by default (OpenVPN's --auth).
+	TLSAuthDigest string
+	// TLSCryptV2ServerKeyFile (tls_crypt_v2_server_key_file) is an OpenVPN
+	// tls-crypt-v2 server key; "" when off.
+	TLSCryptV2ServerKeyFile string
 }
 
 // Authentication holds the client authentication methods. Mutual TLS is the
@@ -107,54 +242,96 @@ type Authentication struct {
 	Certificate *CertificateAuthentication
 }
 
-// CertificateAuthentication is mutual TLS: a client must present a
-// certificate that chains to the CA bundle in ClientRootCAFile.
+// CertificateAuthentication is mutual TLS (authentication.certificate): a
+// client must present a certificate that chains to the CA bundle in
+// ClientRootCAFile and is not revoked by CRLFile.
 type CertificateAuthentication struct {
-	ClientRootCAFile string // absolute path
+	// ClientRootCAFile (client_root_ca_file, required) is the PEM bundle
+	// of CAs that sign client certificates; every certificate in it must
+	// be a CA. Absolute path. AWS: ClientRootCertificateChainArn.
+	ClientRootCAFile string
+	// CRLFile (crl_file) is a PEM certificate revocation list signed by a
+	// CA of ClientRootCAFile; "" when absent. `cvpn client revoke` writes
+	// it. Absolute path. AWS: ImportClientVpnClientCertificateRevocationList.
+	CRLFile string
 }
 
-// TargetNetwork is the interface facing the private network and the
-// endpoint's own address there, which client traffic is source-NATed to.
+// TargetNetwork is where client traffic leaves the endpoint
+// (target_network).
 type TargetNetwork struct {
-	Interface   string
-	SNATAddress netip.Addr // IPv4, inside one of VPCCIDRBlocks
+	// Interface (interface, required) faces the private network.
+	Interface string
+	// SNATAddress (snat_address, required) is the endpoint's own IPv4
+	// address there, which client traffic is source-NATed to; it must lie
+	// inside one of VPCCIDRBlocks.
+	SNATAddress netip.Addr
 }
 
-// TUN is the tunnel device.
+// TUN is the tunnel device (tun).
 type TUN struct {
-	Name string // default "cvpn0"
-	MTU  int    // 576..9000, default 1500
+	Name string // name: default "cvpn0"
+	MTU  int    // mtu: 576..9000, default 1500
 }
 
-// Route is one destination pushed to clients.
+// Route is one destination pushed to clients (routes[i]).
 type Route struct {
-	DestinationCIDRBlock netip.Prefix
-	Description          string
+	DestinationCIDRBlock netip.Prefix // destination_cidr_block, required, host bits clear
+	Description          string       // description
 }
 
 // AuthorizationRule allows a group (or every authenticated client) to reach a
-// network. Exactly one of AccessGroupID != "" and AuthorizeAllGroups holds.
+// network (authorization_rules[i]). Exactly one of AccessGroupID != "" and
+// AuthorizeAllGroups holds.
 type AuthorizationRule struct {
-	TargetNetworkCIDR  netip.Prefix
-	AccessGroupID      string
-	AuthorizeAllGroups bool
-	Description        string
+	TargetNetworkCIDR  netip.Prefix // target_network_cidr, required, host bits clear
+	AccessGroupID      string       // access_group_id: a client certificate OU
+	AuthorizeAllGroups bool         // authorize_all_groups
+	Description        string       // description
+}
+
+// BandwidthLimit is a per-group override of BandwidthLimitMbps
+// (bandwidth_limits[i]).
+type BandwidthLimit struct {
+	AccessGroupID string  // access_group_id, required
+	Mbps          float64 // mbps, required: as bandwidth_limit_mbps, 0 = unlimited
 }
 
 // Keepalive is OpenVPN's keepalive: send a ping after Ping of silence,
 // restart the session after PingRestart of silence. PingRestart > Ping.
 type Keepalive struct {
-	Ping        time.Duration // default 10s
-	PingRestart time.Duration // default 60s
+	Ping        time.Duration // ping_seconds: default 10s
+	PingRestart time.Duration // ping_restart_seconds: default 60s
+}
+
+// ConnectionLog is the connection log (connection_log), a placeholder that a
+// later issue fills.
+type ConnectionLog struct {
+	// Enabled (enabled) turns the log on; false by default.
+	Enabled bool
+	// File (file) is where the log goes, an absolute path; required when
+	// Enabled. The file need not exist, but its directory must.
+	File string
+}
+
+// Admin is the administration interface (admin), a placeholder that a later
+// issue fills.
+type Admin struct {
+	// ListenAddress (listen_address, required in admin) is the IP:port the
+	// interface binds, such as 127.0.0.1:9443; the zero AddrPort when
+	// admin is absent. It must not be a tcp transport listener's socket.
+	ListenAddress netip.AddrPort
 }
 
 // Defaults applied when keys are absent.
 const (
-	defaultPort        = 443
-	defaultTUNName     = "cvpn0"
-	defaultMTU         = 1500
-	defaultPing        = 10 // seconds
-	defaultPingRestart = 60 // seconds
+	defaultPort               = 443
+	defaultTUNName            = "cvpn0"
+	defaultMTU                = 1500
+	defaultPing               = 10 // seconds
+	defaultPingRestart        = 60 // seconds
+	defaultSessionTimeout     = 24 // hours
+	defaultBandwidthLimitMbps = 10
+	defaultReneg              = 3600 // seconds, OpenVPN's reneg-sec default
 )
 
 // defaultDataCiphers is also the list of supported ciphers.

@@ -47,6 +47,7 @@ func TestLoadGood(t *testing.T) {
 	}
 	want := &Endpoint{
 		Description:     "dev VPN",
+		RemoteHostname:  "vpn.example.com",
 		ClientCIDRBlock: netip.MustParsePrefix("10.2.0.0/22"),
 		VPCCIDRBlocks:   []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16"), netip.MustParsePrefix("172.16.0.0/12")},
 		ListenAddress:   netip.MustParseAddr("192.0.2.1"),
@@ -55,8 +56,16 @@ func TestLoadGood(t *testing.T) {
 			CertFile: abs(t, "testdata/pki/server.crt"),
 			KeyFile:  abs(t, "testdata/pki/server.key"),
 		},
-		ControlChannel: ControlChannel{TLSCryptKeyFile: abs(t, "testdata/pki/tc.key")},
-		Authentication: Authentication{Certificate: &CertificateAuthentication{ClientRootCAFile: abs(t, "testdata/pki/ca.crt")}},
+		ControlChannel: ControlChannel{
+			TLSCryptKeyFile:         abs(t, "testdata/pki/tc.key"),
+			TLSAuthKeyDirection:     KeyDirectionBidirectional,
+			TLSAuthDigest:           DigestSHA1,
+			TLSCryptV2ServerKeyFile: abs(t, "testdata/pki/tc-v2.key"),
+		},
+		Authentication: Authentication{Certificate: &CertificateAuthentication{
+			ClientRootCAFile: abs(t, "testdata/pki/ca.crt"),
+			CRLFile:          abs(t, "testdata/pki/crl.pem"),
+		}},
 		DataCiphers:    []string{CipherChaCha20Poly1305, CipherAES256GCM},
 		TargetNetwork:  TargetNetwork{Interface: "eth1", SNATAddress: netip.MustParseAddr("10.0.1.2")},
 		TUN:            TUN{Name: "vpn0", MTU: 1400},
@@ -68,9 +77,22 @@ func TestLoadGood(t *testing.T) {
 			{TargetNetworkCIDR: netip.MustParsePrefix("10.0.1.0/24"), AccessGroupID: "dev", Description: "developers reach the app subnet"},
 			{TargetNetworkCIDR: netip.MustParsePrefix("172.16.0.0/12"), AuthorizeAllGroups: true},
 		},
-		SplitTunnel: false,
-		Keepalive:   Keepalive{Ping: 5 * time.Second, PingRestart: 30 * time.Second},
+		SplitTunnel:        false,
+		DNSServers:         []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")},
+		SessionTimeout:     12 * time.Hour,
+		ClientLoginBanner:  "Authorized use only.\nSessions are logged.\n",
+		BandwidthLimitMbps: 25.5,
+		BandwidthLimits:    []BandwidthLimit{{AccessGroupID: "dev", Mbps: 100}, {AccessGroupID: "ops", Mbps: 0}},
+		Reneg:              0,
+		Keepalive:          Keepalive{Ping: 5 * time.Second, PingRestart: 30 * time.Second},
+		ConnectionLog:      ConnectionLog{Enabled: true, File: abs(t, "testdata/connections.log")},
+		Admin:              Admin{ListenAddress: netip.MustParseAddrPort("127.0.0.1:9443")},
 	}
+	if got.file != "testdata/good.yaml" || got.KeyLine("routes[1].destination_cidr_block") != 30 || got.KeyLine("admin.listen_address") != 55 {
+		t.Errorf("file %q, line of routes[1].destination_cidr_block %d (want 30), of admin.listen_address %d (want 55)",
+			got.file, got.KeyLine("routes[1].destination_cidr_block"), got.KeyLine("admin.listen_address"))
+	}
+	got.file, got.keyLines = "", nil
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Load(good.yaml) =\n%+v\nwant\n%+v", got, want)
 	}
@@ -99,7 +121,15 @@ func TestDefaults(t *testing.T) {
 	if want := (Keepalive{Ping: 10 * time.Second, PingRestart: 60 * time.Second}); got.Keepalive != want {
 		t.Errorf("Keepalive = %+v, want %+v", got.Keepalive, want)
 	}
-	if got.ControlChannel.TLSCryptKeyFile != "" || got.Description != "" || got.Routes != nil || got.AuthorizationRules != nil {
+	if want := (ControlChannel{TLSAuthKeyDirection: KeyDirectionBidirectional, TLSAuthDigest: DigestSHA1}); got.ControlChannel != want {
+		t.Errorf("ControlChannel = %+v, want %+v", got.ControlChannel, want)
+	}
+	if got.SessionTimeout != 24*time.Hour || got.BandwidthLimitMbps != 10 || got.Reneg != time.Hour {
+		t.Errorf("SessionTimeout %v BandwidthLimitMbps %v Reneg %v, want 24h 10 1h", got.SessionTimeout, got.BandwidthLimitMbps, got.Reneg)
+	}
+	if got.Description != "" || got.RemoteHostname != "" || got.Routes != nil || got.AuthorizationRules != nil ||
+		got.DNSServers != nil || got.ClientLoginBanner != "" || got.BandwidthLimits != nil ||
+		got.ConnectionLog != (ConnectionLog{}) || got.Admin != (Admin{}) || got.Authentication.Certificate.CRLFile != "" {
 		t.Errorf("optional keys not empty: %+v", got)
 	}
 	// The defaults are not shared between endpoints.
@@ -318,6 +348,100 @@ func TestRules(t *testing.T) {
 		{name: "keepalive ping zero", append: "keepalive:\n  ping_seconds: 0\n",
 			path: "keepalive.ping_seconds", line: 18, msg: "0 is outside 1..86400"},
 
+		// remote_hostname
+		{name: "remote hostname with space", append: "remote_hostname: vpn example.com\n",
+			path: "remote_hostname", line: 17, msg: `"vpn example.com" is not an IP address or DNS name: ' ' is not allowed`},
+		{name: "remote hostname mistyped address", append: "remote_hostname: 192.0.2.300\n",
+			path: "remote_hostname", line: 17, msg: "last label is all digits"},
+		{name: "remote hostname unspecified", append: "remote_hostname: 0.0.0.0\n",
+			path: "remote_hostname", line: 17, msg: "not an address clients can dial"},
+		{name: "remote hostname long label", append: "remote_hostname: " + strings.Repeat("a", 64) + ".com\n",
+			path: "remote_hostname", line: 17, msg: "longer than 63 bytes"},
+
+		// control_channel
+		{name: "tls-auth and tls-crypt", append: "control_channel:\n  tls_crypt_key_file: pki/tc.key\n  tls_auth_key_file: pki/ta.key\n",
+			path: "control_channel.tls_auth_key_file", line: 19, msg: "not both"},
+		{name: "tls-auth key absent", append: "control_channel: {tls_auth_key_file: pki/nope.key}\n",
+			path: "control_channel.tls_auth_key_file", line: 17, msg: "no such file or directory"},
+		{name: "tls-auth direction 2", append: "control_channel: {tls_auth_key_file: pki/ta.key, tls_auth_key_direction: 2}\n",
+			path: "control_channel.tls_auth_key_direction", line: 17, msg: "must be 0 or 1 (leave it out for a bidirectional key), got the integer 2"},
+		{name: "tls-auth direction without key", append: "control_channel: {tls_crypt_key_file: pki/tc.key, tls_auth_key_direction: 0}\n",
+			path: "control_channel.tls_auth_key_direction", line: 17, msg: "applies only with tls_auth_key_file"},
+		{name: "tls-auth digest unknown", append: "control_channel: {tls_auth_key_file: pki/ta.key, tls_auth_digest: MD5}\n",
+			path: "control_channel.tls_auth_digest", line: 17, msg: `"MD5" is not supported (supported: SHA1, SHA256, SHA512)`},
+		{name: "tls-auth digest without key", append: "control_channel:\n  tls_auth_digest: SHA256\n",
+			path: "control_channel.tls_auth_digest", line: 18, msg: "applies only with tls_auth_key_file"},
+		{name: "tls-crypt-v2 key absent", append: "control_channel: {tls_crypt_v2_server_key_file: pki/nope.key}\n",
+			path: "control_channel.tls_crypt_v2_server_key_file", line: 17, msg: "no such file or directory"},
+
+		// crl_file
+		{name: "crl absent", replace: [2]string{"    client_root_ca_file: pki/ca.crt\n", "    client_root_ca_file: pki/ca.crt\n    crl_file: pki/nope.pem\n"},
+			path: "authentication.certificate.crl_file", line: 9, msg: "no such file or directory"},
+
+		// dns_servers
+		{name: "dns three servers", append: "dns_servers: [10.0.0.2, 10.0.0.3, 10.0.0.4]\n",
+			path: "dns_servers", line: 17, msg: "lists 3 servers; at most 2 can be pushed"},
+		{name: "dns IPv6", append: "dns_servers: [fd00::53]\n",
+			path: "dns_servers[0]", line: 17, msg: "fd00::53 is not an IPv4 address"},
+		{name: "dns not an address", append: "dns_servers:\n  - 10.0.0.2\n  - resolver\n",
+			path: "dns_servers[1]", line: 19, msg: `"resolver" is not an IP address`},
+		{name: "dns duplicate", append: "dns_servers: [10.0.0.2, 10.0.0.2]\n",
+			path: "dns_servers[1]", line: 17, msg: "already listed at dns_servers[0]"},
+		{name: "dns unspecified", append: "dns_servers: [0.0.0.0]\n",
+			path: "dns_servers[0]", line: 17, msg: "not a unicast address"},
+
+		// session_timeout_hours
+		{name: "session timeout 9", append: "session_timeout_hours: 9\n",
+			path: "session_timeout_hours", line: 17, msg: "9 is not 8, 10, 12 or 24"},
+		{name: "session timeout 48", append: "session_timeout_hours: 48\n",
+			path: "session_timeout_hours", line: 17, msg: "48 is not 8, 10, 12 or 24"},
+		{name: "session timeout text", append: "session_timeout_hours: 24h\n",
+			path: "session_timeout_hours", line: 17, msg: "must be an integer"},
+
+		// client_login_banner
+		{name: "banner too long", append: "client_login_banner: " + strings.Repeat("é", 1401) + "\n",
+			path: "client_login_banner", line: 17, msg: "is 1401 characters long; at most 1400 are allowed"},
+		{name: "banner control character", append: "client_login_banner: \"hi\\athere\"\n",
+			path: "client_login_banner", line: 17, msg: "control character U+0007 at byte 2"},
+		{name: "banner empty", append: "client_login_banner: ''\n",
+			path: "client_login_banner", line: 17, msg: "must not be empty"},
+
+		// bandwidth_limit_mbps and bandwidth_limits
+		{name: "bandwidth negative", append: "bandwidth_limit_mbps: -1\n",
+			path: "bandwidth_limit_mbps", line: 17, msg: "-1 is negative (0 means no limit)"},
+		{name: "bandwidth text", append: "bandwidth_limit_mbps: 10M\n",
+			path: "bandwidth_limit_mbps", line: 17, msg: `must be a number, got the string "10M"`},
+		{name: "bandwidth infinite", append: "bandwidth_limit_mbps: .inf\n",
+			path: "bandwidth_limit_mbps", line: 17, msg: "must be a finite number"},
+		{name: "bandwidth huge", append: "bandwidth_limit_mbps: 1e6\n",
+			path: "bandwidth_limit_mbps", line: 17, msg: "1e6 is more than 100000"},
+		{name: "group bandwidth duplicate", append: "bandwidth_limits:\n  - {access_group_id: dev, mbps: 5}\n  - {access_group_id: dev, mbps: 6}\n",
+			path: "bandwidth_limits[1].access_group_id", line: 19, msg: `group "dev" already has a limit at bandwidth_limits[0]`},
+		{name: "group bandwidth missing mbps", append: "bandwidth_limits: [{access_group_id: dev}]\n",
+			path: "bandwidth_limits[0].mbps", line: 17, msg: "required"},
+		{name: "group bandwidth negative", append: "bandwidth_limits: [{access_group_id: dev, mbps: -2.5}]\n",
+			path: "bandwidth_limits[0].mbps", line: 17, msg: "negative"},
+
+		// reneg_seconds
+		{name: "reneg too short", append: "reneg_seconds: 10\n",
+			path: "reneg_seconds", line: 17, msg: "10 is shorter than 60 seconds; use 0 to turn renegotiation off"},
+		{name: "reneg negative", append: "reneg_seconds: -1\n",
+			path: "reneg_seconds", line: 17, msg: "-1 is outside 0..604800"},
+
+		// connection_log and admin placeholders
+		{name: "connection log without file", append: "connection_log:\n  enabled: true\n",
+			path: "connection_log.file", line: 17, msg: "required when enabled is true"},
+		{name: "connection log in a missing directory", append: "connection_log: {file: nodir/conn.log}\n",
+			path: "connection_log.file", line: 17, msg: "no such file or directory"},
+		{name: "connection log is a directory", append: "connection_log: {file: pki}\n",
+			path: "connection_log.file", line: 17, msg: "is not a regular file"},
+		{name: "admin without address", append: "admin: {}\n",
+			path: "admin.listen_address", line: 17, msg: "required"},
+		{name: "admin address without port", append: "admin: {listen_address: 127.0.0.1}\n",
+			path: "admin.listen_address", line: 17, msg: `"127.0.0.1" is not an IP:port`},
+		{name: "admin on a tcp listener", append: "transport: [{protocol: tcp, port: 443}]\nadmin:\n  listen_address: 127.0.0.1:443\n",
+			path: "admin.listen_address", line: 19, msg: "127.0.0.1:443 is also the tcp/443 listener's socket"},
+
 		// Unknown and duplicate keys.
 		{name: "unknown top-level key", append: "clinet_cidr_block: 10.3.0.0/22\n",
 			path: "clinet_cidr_block", line: 17, msg: `unknown key "clinet_cidr_block" (did you mean "client_cidr_block"?)`},
@@ -504,5 +628,92 @@ func TestSyntaxErrorLines(t *testing.T) {
 		if len(errs) != 1 || errs[0].Path != "" || errs[0].Line != tc.line || !strings.HasPrefix(errs[0].Msg, "invalid YAML: ") {
 			t.Errorf("Parse(%q) = %v; want one invalid YAML error at line %d", tc.doc, err, tc.line)
 		}
+	}
+}
+
+func TestTLSAuthWithTLSCryptV2(t *testing.T) {
+	doc := base + "control_channel:\n  tls_auth_key_file: pki/ta.key\n  tls_auth_key_direction: 0\n  tls_auth_digest: sha256\n" +
+		"  tls_crypt_v2_server_key_file: pki/tc-v2.key\n"
+	ep, err := Parse([]byte(doc), "testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ControlChannel{
+		TLSAuthKeyFile:          abs(t, "testdata/pki/ta.key"),
+		TLSAuthKeyDirection:     KeyDirectionNormal,
+		TLSAuthDigest:           DigestSHA256,
+		TLSCryptV2ServerKeyFile: abs(t, "testdata/pki/tc-v2.key"),
+	}
+	if ep.ControlChannel != want {
+		t.Errorf("ControlChannel = %+v, want %+v", ep.ControlChannel, want)
+	}
+	// A tls-auth key without a direction is bidirectional.
+	ep, err = Parse([]byte(base+"control_channel: {tls_auth_key_file: pki/ta.key}\n"), "testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ep.ControlChannel.TLSAuthKeyDirection != KeyDirectionBidirectional || ep.ControlChannel.TLSAuthDigest != DigestSHA1 {
+		t.Errorf("ControlChannel = %+v, want bidirectional SHA1", ep.ControlChannel)
+	}
+}
+
+func TestCheckReload(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "endpoint.yaml")
+	write := func(doc string) *Endpoint {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ep, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ep
+	}
+	for _, f := range []string{"server.crt", "server.key", "ca.crt"} {
+		if err := os.MkdirAll(filepath.Join(dir, "pki"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "pki", f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running := write(base)
+
+	// Anything but the client CIDR block may change.
+	next := write(strings.Replace(base, "10.0.1.0/24", "10.0.2.0/24", 1) + "split_tunnel: false\ndns_servers: [10.0.0.2]\n")
+	if err := CheckReload(running, next); err != nil {
+		t.Errorf("CheckReload with new routes and DNS: %v", err)
+	}
+
+	next = write("description: moved\n" + strings.Replace(base, "10.2.0.0/22", "10.3.0.0/22", 1))
+	err := CheckReload(running, next)
+	var ve *ValidationError
+	if !errors.As(err, &ve) {
+		t.Fatalf("CheckReload = %v, want a *ValidationError", err)
+	}
+	if ve.Path != "client_cidr_block" || ve.Line != 2 || ve.File != path {
+		t.Errorf("got path %q line %d file %q, want client_cidr_block line 2 in %s", ve.Path, ve.Line, ve.File, path)
+	}
+	want := path + ":2: client_cidr_block: cannot change on a running endpoint (running 10.2.0.0/22, file 10.3.0.0/22)"
+	if !strings.HasPrefix(err.Error(), want) {
+		t.Errorf("error = %q, want it to start with %q", err, want)
+	}
+}
+
+func TestKeyError(t *testing.T) {
+	ep, err := Load("testdata/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := ep.KeyError("server_certificate.key_file", errors.New("key does not match")).Error()
+	if want := "testdata/good.yaml:12: server_certificate.key_file: key does not match"; got != want {
+		t.Errorf("KeyError = %q, want %q", got, want)
+	}
+	// A key that is not in the file has no line.
+	got = ep.KeyError("tun.nope", errors.New("x")).Error()
+	if want := "testdata/good.yaml: tun.nope: x"; got != want {
+		t.Errorf("KeyError = %q, want %q", got, want)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -24,9 +25,10 @@ import (
 
 // decoder collects problems while walking the document.
 type decoder struct {
-	file string // for ValidationError.File
-	dir  string // relative file paths are resolved against it
-	errs []*ValidationError
+	file     string // for ValidationError.File
+	dir      string // relative file paths are resolved against it
+	errs     []*ValidationError
+	keyLines map[string]int // line of every key path seen, for Endpoint.KeyLine
 }
 
 func (d *decoder) errorf(path string, line int, format string, args ...any) {
@@ -97,7 +99,7 @@ func (d *decoder) syntaxError(err error) {
 }
 
 func parse(data []byte, dir, file string) (*Endpoint, error) {
-	d := &decoder{file: file, dir: dir}
+	d := &decoder{file: file, dir: dir, keyLines: map[string]int{}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil && err != io.EOF {
@@ -122,6 +124,7 @@ func parse(data []byte, dir, file string) (*Endpoint, error) {
 	if err := d.result(); err != nil {
 		return nil, err
 	}
+	ep.file, ep.keyLines = file, d.keyLines
 	return ep, nil
 }
 
@@ -214,6 +217,7 @@ func (d *decoder) mapping(n *yaml.Node, path string, line int, known ...string) 
 		}
 		m.values[k.Value] = resolve(v)
 		m.lines[k.Value] = k.Line
+		d.keyLines[kp] = k.Line
 	}
 	return m, true
 }
@@ -278,6 +282,27 @@ func (d *decoder) integer(n *yaml.Node, path string, lo, hi int64) (int64, bool)
 	return v, true
 }
 
+// number returns a non-negative int or float scalar no greater than hi.
+func (d *decoder) number(n *yaml.Node, path string, hi float64) (float64, bool) {
+	var v float64
+	if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!int" && n.ShortTag() != "!!float") || n.Decode(&v) != nil {
+		d.errorf(path, n.Line, "must be a number, got %s", describe(n))
+		return 0, false
+	}
+	switch {
+	case math.IsNaN(v) || math.IsInf(v, 0):
+		d.errorf(path, n.Line, "must be a finite number, got %s", n.Value)
+		return 0, false
+	case v < 0:
+		d.errorf(path, n.Line, "%s is negative (0 means no limit)", n.Value)
+		return 0, false
+	case v > hi:
+		d.errorf(path, n.Line, "%s is more than %g", n.Value, hi)
+		return 0, false
+	}
+	return v, true
+}
+
 func (d *decoder) boolean(n *yaml.Node, path string) (bool, bool) {
 	var v bool
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&v) != nil {
@@ -295,6 +320,7 @@ func (d *decoder) list(n *yaml.Node, path string) ([]*yaml.Node, bool) {
 	items := make([]*yaml.Node, len(n.Content))
 	for i, c := range n.Content {
 		items[i] = resolve(c)
+		d.keyLines[index(path, i)] = c.Line
 	}
 	return items, true
 }
@@ -389,6 +415,44 @@ func (d *decoder) fileRef(n *yaml.Node, path string) (string, bool) {
 		return "", false
 	}
 	f.Close()
+	return abs, true
+}
+
+// outputFile resolves a file name that cvpn will write, against the config's
+// directory. The file need not exist, but its directory must, and an
+// existing file must be a regular file.
+func (d *decoder) outputFile(n *yaml.Node, path string) (string, bool) {
+	s, ok := d.nonEmpty(n, path)
+	if !ok {
+		return "", false
+	}
+	p := s
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(d.dir, p)
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		d.errorf(path, n.Line, "resolve %s: %v", s, err)
+		return "", false
+	}
+	name := abs
+	if s != abs {
+		name = fmt.Sprintf("%s (resolved to %s)", s, abs)
+	}
+	if fi, err := os.Stat(abs); err == nil && !fi.Mode().IsRegular() {
+		d.errorf(path, n.Line, "%s is not a regular file", name)
+		return "", false
+	}
+	dir := filepath.Dir(abs)
+	fi, err := os.Stat(dir)
+	if err != nil {
+		d.errorf(path, n.Line, "%s: directory %s: %v", name, dir, unwrapPathError(err))
+		return "", false
+	}
+	if !fi.IsDir() {
+		d.errorf(path, n.Line, "%s: %s is not a directory", name, dir)
+		return "", false
+	}
 	return abs, true
 }
 

@@ -2,10 +2,13 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -14,10 +17,12 @@ import (
 // defaults, and the rules that relate one key to another.
 
 var topKeys = []string{
-	"description", "client_cidr_block", "vpc_cidr_blocks", "listen_address",
+	"description", "remote_hostname", "client_cidr_block", "vpc_cidr_blocks", "listen_address",
 	"transport", "server_certificate", "control_channel", "authentication",
 	"data_ciphers", "target_network", "tun", "routes", "authorization_rules",
-	"split_tunnel", "keepalive",
+	"split_tunnel", "dns_servers", "session_timeout_hours", "client_login_banner",
+	"bandwidth_limit_mbps", "bandwidth_limits", "reneg_seconds", "keepalive",
+	"connection_log", "admin",
 }
 
 // Limits.
@@ -28,7 +33,16 @@ const (
 	maxMTU          = 9000
 	maxKeepalive    = 24 * 60 * 60 // seconds; also keeps Duration far from overflow
 	ifNameMax       = 15           // Linux IFNAMSIZ less the NUL
+	maxDNSServers   = 2            // AWS Client VPN pushes at most two
+	maxBannerRunes  = 1400         // AWS ClientLoginBannerOptions.BannerText
+	maxBandwidth    = 100000       // Mbps; far above any one connection
+	minReneg        = 60           // seconds; shorter only burns CPU on handshakes
+	maxReneg        = 7 * 24 * 60 * 60
 )
+
+// sessionTimeouts are the values AWS Client VPN allows for
+// SessionTimeoutHours.
+var sessionTimeouts = []int64{8, 10, 12, 24}
 
 // placed remembers where a value that passed its own checks came from, for
 // rules that compare it with other keys.
@@ -52,10 +66,20 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 		TUN:           TUN{Name: defaultTUNName, MTU: defaultMTU},
 		SplitTunnel:   true,
 		Keepalive:     Keepalive{Ping: defaultPing * time.Second, PingRestart: defaultPingRestart * time.Second},
+		ControlChannel: ControlChannel{
+			TLSAuthKeyDirection: KeyDirectionBidirectional,
+			TLSAuthDigest:       DigestSHA1,
+		},
+		SessionTimeout:     defaultSessionTimeout * time.Hour,
+		BandwidthLimitMbps: defaultBandwidthLimitMbps,
+		Reneg:              defaultReneg * time.Second,
 	}
 
 	if n, path, ok := top.get("description"); ok {
 		ep.Description, _ = d.str(n, path)
+	}
+	if n, path, ok := top.get("remote_hostname"); ok {
+		ep.RemoteHostname, _ = d.hostname(n, path)
 	}
 	var client placed
 	if n, path, ok := d.required(top, "client_cidr_block", ""); ok {
@@ -87,11 +111,7 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 		}
 	}
 	if n, path, ok := top.get("control_channel"); ok {
-		if m, ok := d.mapping(n, path, top.keyLine("control_channel"), "tls_crypt_key_file"); ok {
-			if n, path, ok := m.get("tls_crypt_key_file"); ok {
-				ep.ControlChannel.TLSCryptKeyFile, _ = d.fileRef(n, path)
-			}
-		}
+		d.controlChannel(n, path, top.keyLine("control_channel"), ep)
 	}
 	d.authentication(top, ep)
 	if n, path, ok := top.get("data_ciphers"); ok {
@@ -140,8 +160,47 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 			ep.SplitTunnel = v
 		}
 	}
+	if n, path, ok := top.get("dns_servers"); ok {
+		ep.DNSServers = d.dnsServers(n, path)
+	}
+	if n, path, ok := top.get("session_timeout_hours"); ok {
+		if v, ok := d.integer(n, path, math.MinInt64, math.MaxInt64); ok {
+			if !slices.Contains(sessionTimeouts, v) {
+				d.errorf(path, n.Line, "%d is not 8, 10, 12 or 24 (the session timeouts AWS Client VPN offers)", v)
+			} else {
+				ep.SessionTimeout = time.Duration(v) * time.Hour
+			}
+		}
+	}
+	if n, path, ok := top.get("client_login_banner"); ok {
+		ep.ClientLoginBanner, _ = d.banner(n, path)
+	}
+	if n, path, ok := top.get("bandwidth_limit_mbps"); ok {
+		if v, ok := d.number(n, path, maxBandwidth); ok {
+			ep.BandwidthLimitMbps = v
+		}
+	}
+	if n, path, ok := top.get("bandwidth_limits"); ok {
+		ep.BandwidthLimits = d.bandwidthLimits(n, path)
+	}
+	if n, path, ok := top.get("reneg_seconds"); ok {
+		if v, ok := d.integer(n, path, 0, maxReneg); ok {
+			if v != 0 && v < minReneg {
+				d.errorf(path, n.Line, "%d is shorter than %d seconds; use 0 to turn renegotiation off", v, minReneg)
+			} else {
+				ep.Reneg = time.Duration(v) * time.Second
+			}
+		}
+	}
 	if n, path, ok := top.get("keepalive"); ok {
 		d.keepalive(n, path, top.keyLine("keepalive"), ep)
+	}
+	if n, path, ok := top.get("connection_log"); ok {
+		d.connectionLog(n, path, top.keyLine("connection_log"), ep)
+	}
+	var admin placed
+	if n, path, ok := top.get("admin"); ok {
+		admin = d.admin(n, path, top.keyLine("admin"), ep)
 	}
 
 	// Rules across keys, checked on values that passed their own checks.
@@ -169,6 +228,15 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	}
 	if tunName.path != "" && ifName != "" && ep.TUN.Name == ifName {
 		d.errorf(tunName.path, tunName.line, "%q is also target_network.interface; the tunnel needs its own device", ep.TUN.Name)
+	}
+	if admin.path != "" {
+		a := ep.Admin.ListenAddress
+		for _, l := range ep.Transport {
+			sameAddr := a.Addr() == ep.ListenAddress || a.Addr().IsUnspecified() || ep.ListenAddress.IsUnspecified()
+			if l.Protocol == ProtocolTCP && l.Port == a.Port() && sameAddr {
+				d.errorf(admin.path, admin.line, "%s is also the %s listener's socket (%s:%d)", a, l, ep.ListenAddress, l.Port)
+			}
+		}
 	}
 	return ep
 }
@@ -276,14 +344,19 @@ func (d *decoder) authentication(top mapping, ep *Endpoint) {
 	if !ok {
 		return
 	}
-	cm, ok := d.mapping(n, path, m.keyLine("certificate"), "client_root_ca_file")
+	cm, ok := d.mapping(n, path, m.keyLine("certificate"), "client_root_ca_file", "crl_file")
 	if !ok {
 		return
 	}
+	ca := &CertificateAuthentication{}
 	if n, path, ok := d.required(cm, "client_root_ca_file", " (the CA bundle that signs client certificates)"); ok {
 		if f, ok := d.fileRef(n, path); ok {
-			ep.Authentication.Certificate = &CertificateAuthentication{ClientRootCAFile: f}
+			ca.ClientRootCAFile = f
+			ep.Authentication.Certificate = ca
 		}
+	}
+	if n, path, ok := cm.get("crl_file"); ok {
+		ca.CRLFile, _ = d.fileRef(n, path)
 	}
 }
 
@@ -467,4 +540,254 @@ func (d *decoder) keepalive(n *yaml.Node, path string, line int, ep *Endpoint) {
 		return
 	}
 	ep.Keepalive = Keepalive{Ping: time.Duration(ping) * time.Second, PingRestart: time.Duration(restart) * time.Second}
+}
+
+// controlChannel walks control_channel. tls-auth and tls-crypt exclude each
+// other (OpenVPN refuses both); tls-crypt-v2 may go with either, since a
+// server accepts v2 clients and legacy ones side by side.
+func (d *decoder) controlChannel(n *yaml.Node, path string, line int, ep *Endpoint) {
+	m, ok := d.mapping(n, path, line, "tls_crypt_key_file", "tls_auth_key_file", "tls_auth_key_direction",
+		"tls_auth_digest", "tls_crypt_v2_server_key_file")
+	if !ok {
+		return
+	}
+	cc := &ep.ControlChannel
+	// Presence, not validity, decides the exclusion and the tls-auth-only
+	// keys: a missing file is its own error.
+	_, _, crypt := m.get("tls_crypt_key_file")
+	_, _, auth := m.get("tls_auth_key_file")
+	if n, path, ok := m.get("tls_crypt_key_file"); ok {
+		cc.TLSCryptKeyFile, _ = d.fileRef(n, path)
+	}
+	if n, path, ok := m.get("tls_auth_key_file"); ok {
+		if crypt {
+			d.errorf(path, n.Line, "set tls_auth_key_file or tls_crypt_key_file, not both (tls_crypt_v2_server_key_file may go with either)")
+		} else {
+			cc.TLSAuthKeyFile, _ = d.fileRef(n, path)
+		}
+	}
+	if n, path, ok := m.get("tls_auth_key_direction"); ok {
+		var v int64
+		switch {
+		case !auth:
+			d.errorf(path, n.Line, "applies only with tls_auth_key_file")
+		case n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&v) != nil || (v != 0 && v != 1):
+			d.errorf(path, n.Line, "must be 0 or 1 (leave it out for a bidirectional key), got %s", describe(n))
+		default:
+			cc.TLSAuthKeyDirection = KeyDirection(v)
+		}
+	}
+	if n, path, ok := m.get("tls_auth_digest"); ok {
+		if !auth {
+			d.errorf(path, n.Line, "applies only with tls_auth_key_file")
+		} else if s, ok := d.str(n, path); ok {
+			digests := []string{DigestSHA1, DigestSHA256, DigestSHA512}
+			i := slices.IndexFunc(digests, func(dg string) bool { return strings.EqualFold(dg, s) })
+			if i < 0 {
+				d.errorf(path, n.Line, "%q is not supported (supported: %s)", s, strings.Join(digests, ", "))
+			} else {
+				cc.TLSAuthDigest = digests[i]
+			}
+		}
+	}
+	if n, path, ok := m.get("tls_crypt_v2_server_key_file"); ok {
+		cc.TLSCryptV2ServerKeyFile, _ = d.fileRef(n, path)
+	}
+}
+
+// hostname accepts an IP address or a DNS host name (RFC 1123 labels), the
+// forms an OpenVPN client's remote line takes.
+func (d *decoder) hostname(n *yaml.Node, path string) (string, bool) {
+	s, ok := d.nonEmpty(n, path)
+	if !ok {
+		return "", false
+	}
+	if err := CheckRemoteHostname(s); err != nil {
+		d.errorf(path, n.Line, "%v", err)
+		return "", false
+	}
+	return s, true
+}
+
+// CheckRemoteHostname applies the rule of remote_hostname to s: an IP
+// address clients can dial, or a DNS host name. cvpn init uses it to check
+// its --remote flag before it signs anything.
+func CheckRemoteHostname(s string) error {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if a.Zone() != "" || a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("%s is not an address clients can dial", s)
+		}
+		return nil
+	}
+	if err := checkHostname(s); err != nil {
+		return fmt.Errorf("%q is not an IP address or DNS name: %v", s, err)
+	}
+	return nil
+}
+
+// checkHostname checks a DNS host name: at most 253 bytes, labels of 1 to 63
+// letters, digits and hyphens that neither start nor end with a hyphen, and
+// a last label that is not all digits (which would be a mistyped address).
+func checkHostname(s string) error {
+	name := strings.TrimSuffix(s, ".")
+	if len(name) > 253 {
+		return fmt.Errorf("longer than 253 bytes")
+	}
+	labels := strings.Split(name, ".")
+	for _, label := range labels {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("label %q is empty or longer than 63 bytes", label)
+		}
+		for _, c := range []byte(label) {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Errorf("%q is not allowed in a host name", c)
+			}
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("label %q starts or ends with '-'", label)
+		}
+	}
+	last := labels[len(labels)-1]
+	if strings.Trim(last, "0123456789") == "" {
+		return fmt.Errorf("the last label is all digits")
+	}
+	return nil
+}
+
+func (d *decoder) dnsServers(n *yaml.Node, path string) []netip.Addr {
+	items, ok := d.list(n, path)
+	if !ok {
+		return nil
+	}
+	if len(items) > maxDNSServers {
+		d.errorf(path, n.Line, "lists %d servers; at most %d can be pushed", len(items), maxDNSServers)
+		return nil
+	}
+	var out []netip.Addr
+	first := map[netip.Addr]string{}
+	for i, item := range items {
+		ipath := index(path, i)
+		a, ok := d.addr(item, ipath, true)
+		if !ok {
+			continue
+		}
+		if a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+			d.errorf(ipath, item.Line, "%s is not a unicast address", a)
+			continue
+		}
+		if prev, dup := first[a]; dup {
+			d.errorf(ipath, item.Line, "%s is already listed at %s", a, prev)
+			continue
+		}
+		first[a] = ipath
+		out = append(out, a)
+	}
+	return out
+}
+
+// banner checks client_login_banner: AWS's limit of 1400 characters, and no
+// control characters but newline and tab, since clients print it.
+func (d *decoder) banner(n *yaml.Node, path string) (string, bool) {
+	s, ok := d.nonEmpty(n, path)
+	if !ok {
+		return "", false
+	}
+	if !utf8.ValidString(s) {
+		d.errorf(path, n.Line, "is not valid UTF-8")
+		return "", false
+	}
+	if c := utf8.RuneCountInString(s); c > maxBannerRunes {
+		d.errorf(path, n.Line, "is %d characters long; at most %d are allowed", c, maxBannerRunes)
+		return "", false
+	}
+	if i := strings.IndexFunc(s, func(r rune) bool { return unicode.IsControl(r) && r != '\n' && r != '\t' }); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(s[i:])
+		d.errorf(path, n.Line, "holds the control character %U at byte %d; only newlines and tabs are allowed", r, i)
+		return "", false
+	}
+	return s, true
+}
+
+func (d *decoder) bandwidthLimits(n *yaml.Node, path string) []BandwidthLimit {
+	items, ok := d.list(n, path)
+	if !ok {
+		return nil
+	}
+	var out []BandwidthLimit
+	first := map[string]string{}
+	for i, item := range items {
+		ipath := index(path, i)
+		m, ok := d.mapping(item, ipath, item.Line, "access_group_id", "mbps")
+		if !ok {
+			continue
+		}
+		var l BandwidthLimit
+		good := true
+		if n, gpath, ok := d.required(m, "access_group_id", ""); ok {
+			if l.AccessGroupID, ok = d.nonEmpty(n, gpath); ok {
+				if prev, dup := first[l.AccessGroupID]; dup {
+					d.errorf(gpath, n.Line, "group %q already has a limit at %s", l.AccessGroupID, prev)
+					good = false
+				} else {
+					first[l.AccessGroupID] = ipath
+				}
+			} else {
+				good = false
+			}
+		} else {
+			good = false
+		}
+		if n, mpath, ok := d.required(m, "mbps", " (megabits per second; 0 for no limit)"); ok {
+			if l.Mbps, ok = d.number(n, mpath, maxBandwidth); !ok {
+				good = false
+			}
+		} else {
+			good = false
+		}
+		if good {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func (d *decoder) connectionLog(n *yaml.Node, path string, line int, ep *Endpoint) {
+	m, ok := d.mapping(n, path, line, "enabled", "file")
+	if !ok {
+		return
+	}
+	if n, path, ok := m.get("enabled"); ok {
+		ep.ConnectionLog.Enabled, _ = d.boolean(n, path)
+	}
+	if n, path, ok := m.get("file"); ok {
+		ep.ConnectionLog.File, _ = d.outputFile(n, path)
+	} else if ep.ConnectionLog.Enabled {
+		d.errorf(path, m.keyLine("file"), "required when enabled is true")
+	}
+}
+
+func (d *decoder) admin(n *yaml.Node, path string, line int, ep *Endpoint) placed {
+	m, ok := d.mapping(n, path, line, "listen_address")
+	if !ok {
+		return placed{}
+	}
+	n, path, ok = d.required(m, "listen_address", " (the IP:port the admin interface binds, such as 127.0.0.1:9443)")
+	if !ok {
+		return placed{}
+	}
+	s, ok := d.str(n, path)
+	if !ok {
+		return placed{}
+	}
+	a, err := netip.ParseAddrPort(s)
+	if err != nil {
+		d.errorf(path, n.Line, "%q is not an IP:port like 127.0.0.1:9443", s)
+		return placed{}
+	}
+	if a.Port() == 0 {
+		d.errorf(path, n.Line, "port 0 is outside 1..65535")
+		return placed{}
+	}
+	ep.Admin.ListenAddress = a
+	return placed{path, n.Line}
 }

@@ -18,3 +18,27 @@ var (
 	// basic constraints with cA=TRUE, or a key usage without certSign).
 	ErrNotCA = errors.New("certificate is not a CA")
 )
+
+// Sentinel errors of revocation and certificate checks.
+var (
+	// ErrNoCRL means a file does not hold a parsable CRL.
+	ErrNoCRL = errors.New("no X509 CRL")
+	// ErrNotIssuedBy means a certificate or CRL is not signed by the CA it
+	// was checked against.
+	ErrNotIssuedBy = errors.New("not issued by")
+	// ErrAlreadyRevoked means Revoke was asked to revoke a listed
+	// certificate.
+	ErrAlreadyRevoked = errors.New("already revoked")
+	// ErrCRLExpired means a CRL's nextUpdate has passed.
+	ErrCRLExpired = errors.New("CRL expired")
+	// ErrCRLNotYetValid means a CRL's thisUpdate is in the future.
+	ErrCRLNotYetValid = errors.New("CRL not valid")
+	// ErrExpired means a certificate's notAfter has passed.
+	ErrExpired = errors.New("certificate expired")
+	// ErrNotYetValid means a certificate's notBefore is in the future.
+	ErrNotYetValid = errors.New("certificate not valid")
+	// ErrNoServerAuth means a certificate used as the server's lacks the
+	// serverAuth extended key usage (or a key usage extension) that
+	// OpenVPN clients check with remote-cert-tls server.
+	ErrNoServerAuth = errors.New("not a TLS server certificate")
+)

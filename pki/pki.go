@@ -1,12 +1,15 @@
 // Package pki is cvpn's built-in certificate authority: it creates a CA,
-// issues server and client certificates from it, and loads and writes PEM
-// identities and CA bundles with crypto/x509.
+// issues server and client certificates from it, revokes them with a CRL,
+// and loads and writes PEM identities, CA bundles and CRLs with crypto/x509.
 //
 // It owns key generation, certificate templates (key usages, extended key
-// usages, SANs, groups as Subject OU) and PEM file handling. It does not own
-// revocation, certificate verification policy during a handshake (the control
-// channel does that with the pool LoadCertPool returns), or where files live
-// on disk (cmd decides paths).
+// usages, SANs, groups as Subject OU), CRL signing and lookup (NewCRL,
+// Revoke, RefreshCRL, LoadCRL, CRL.IsRevoked), the checks that make a loaded
+// file fit for its role (CheckServerCertificate, LoadCertPool's CA check)
+// and PEM file handling. It does not own certificate verification policy
+// during a handshake (the control channel does that with the pool
+// LoadCertPool returns and the CRL LoadCRL returns), or where files live on
+// disk (cmd decides paths).
 //
 // Conventions: ECDSA P-256 keys unless RSA-2048 is asked for, SHA-256
 // signatures, 128-bit random serial numbers, PKCS#8 private keys in PEM.

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"crypto/tls"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -23,7 +24,8 @@ import (
 type client struct {
 	id        uint64
 	srv       *Server
-	l         *udpListener
+	link      link
+	tcp       *tcpLink // non-nil for a TCP session
 	localSID  packet.SessionID
 	remoteSID packet.SessionID
 	ctl       *channel.Channel
@@ -40,8 +42,11 @@ type client struct {
 	dataV2     bool
 	ekm        bool
 	proto      uint32 // IV_PROTO bits the client announced
+	framing    framing
 
 	keys    [8]atomic.Pointer[dataKey]
+	tlsConn atomic.Pointer[tls.Conn] // TLS of the newest key state, for server-sent control messages
+	renegAt atomic.Int64             // unix nanoseconds when the server starts the next renegotiation
 	sendKey atomic.Pointer[dataKey]
 
 	authzFor *authz.Policy
@@ -64,6 +69,11 @@ type dataKey struct {
 	replay  replay.Window // owned by the receive goroutine of the client's listener
 	sendPID atomic.Uint32
 	created time.Time
+}
+
+// newerThan reports whether k is a later key than o (key ids wrap 7 -> 1).
+func (k *dataKey) newerThan(o *dataKey) bool {
+	return o == nil || k.created.After(o.created)
 }
 
 func (c *client) remote() netip.AddrPort {

@@ -29,13 +29,12 @@ const (
 	sealHeadroom = 4 + datacrypto.Overhead
 )
 
-// receiveData authenticates a data packet from a client and queues its IP packet for the TUN.
-// It runs on the listener's receive goroutine, which owns the replay windows it touches.
+// receiveData authenticates a data packet from a UDP client and queues its IP packet for the TUN.
+// It runs on the listener's receive goroutine, which owns the replay windows it touches. A packet
+// that authenticates from a new address moves the session there (floating, for NAT rebinding).
 func (s *Server) receiveData(l *udpListener, pkt []byte, op packet.Opcode, kid uint8, from netip.AddrPort) {
 	var c *client
-	hdr := 1
 	if op == packet.DataV2 {
-		hdr = 4
 		if len(pkt) < 4 {
 			s.drops.add(DropMalformed, "from", from)
 			return
@@ -47,64 +46,98 @@ func (s *Server) receiveData(l *udpListener, pkt []byte, op packet.Opcode, kid u
 	} else {
 		c = s.lookupAddr(from)
 	}
-	if c == nil {
+	if c == nil || c.tcp != nil {
 		s.drops.add(DropNoSession, "from", from)
 		return
 	}
-	if c.remote() != from {
+	floating := c.remote() != from
+	if floating && op != packet.DataV2 {
 		s.drops.add(DropWrongSource, "from", from)
 		return
+	}
+	pt, hdr, ok := s.openData(c, pkt, op, kid, from)
+	if !ok {
+		return
+	}
+	if floating {
+		s.float(c, from)
+	}
+	if ip, ok := s.deliverData(c, pkt, pt, hdr); ok {
+		l.tunBatch = append(l.tunBatch, ip)
+	}
+}
+
+// openData authenticates and decrypts a data packet of c in place and checks its packet-id.
+// The caller's goroutine must own c's replay windows (the UDP listener's, or the TCP reader's).
+func (s *Server) openData(c *client, pkt []byte, op packet.Opcode, kid uint8, from netip.AddrPort) (pt []byte, hdr int, ok bool) {
+	hdr = 1
+	if op == packet.DataV2 {
+		hdr = 4
 	}
 	k := c.keys[kid].Load()
 	if k == nil {
 		s.drops.add(DropNoKey, "from", from)
-		return
+		return nil, 0, false
 	}
 	id, pt, err := k.keys.Open(pkt, hdr)
 	if err != nil {
 		s.drops.add(DropDecrypt, "from", from)
-		return
+		return nil, 0, false
 	}
 	if !k.replay.Check(id) {
 		s.drops.add(DropReplay, "from", from)
-		return
+		return nil, 0, false
 	}
 	c.lastRecv.Store(s.clockNano())
 	c.rxBytes.Add(uint64(len(pkt)))
-	if k != c.sendKey.Load() && k.id != 0 {
-		// The client uses a renegotiated key: it has it, so send with it too.
+	if k != c.sendKey.Load() && k.newerThan(c.sendKey.Load()) {
+		// The client sends with a renegotiated key, so it has it: send with it too.
 		c.sendKey.Store(k)
 	}
+	return pt, hdr, true
+}
+
+// deliverData handles a decrypted payload: keepalive and OCC messages stop here; an IP packet is
+// unframed, checked against the client's address and the authorization rules, source-NATed, and
+// returned as a slice of pkt that starts tunWriteOffset bytes before the IP header.
+func (s *Server) deliverData(c *client, pkt, pt []byte, hdr int) ([]byte, bool) {
+	pt, ok := c.framing.strip(pt)
+	if !ok {
+		s.drops.add(DropCompressed, "cn", c.commonName)
+		return nil, false
+	}
 	if len(pt) == len(pingMagic) && bytes.Equal(pt, pingMagic) {
-		return
+		return nil, false
 	}
 	if len(pt) == len(occMagic)+1 && bytes.Equal(pt[:len(occMagic)], occMagic) {
 		if pt[len(occMagic)] == occExit {
 			s.disconnect(c, "client sent explicit exit notification")
 		}
-		return
+		return nil, false
 	}
 	if len(pt) < 20 || pt[0]>>4 != 4 {
 		s.drops.add(DropNotIPv4, "cn", c.commonName)
-		return
+		return nil, false
 	}
 	src := netip.AddrFrom4([4]byte(pt[12:16]))
 	if src != c.addr {
 		s.drops.add(DropSpoofedSource, "cn", c.commonName, "src", src)
-		return
+		return nil, false
 	}
 	dst := netip.AddrFrom4([4]byte(pt[16:20]))
-	if !s.policy.Load().Authz.Allowed(dst, c.groupsFor(s.policy.Load().Authz)) {
+	pol := s.policy.Load()
+	if !pol.Authz.Allowed(dst, c.groupsFor(pol.Authz)) {
 		s.drops.add(DropUnauthorized, "cn", c.commonName, "dst", dst)
-		return
+		return nil, false
 	}
 	if err := s.cfg.NAT.Outbound(pt); err != nil {
 		s.drops.add(DropNAT, "cn", c.commonName, "err", err)
-		return
+		return nil, false
 	}
-	// Hand the TUN a slice whose packet starts at tunWriteOffset, without copying.
-	start := hdr + datacrypto.Overhead - tunWriteOffset
-	l.tunBatch = append(l.tunBatch, pkt[start:hdr+datacrypto.Overhead+len(pt)])
+	// pt lies inside pkt; hand the TUN a slice whose packet starts at tunWriteOffset, without
+	// copying. The header, packet-id and tag in front of the payload give at least 21 bytes.
+	start := cap(pkt) - cap(pt) - tunWriteOffset
+	return pkt[start : start+tunWriteOffset+len(pt)], true
 }
 
 // writeTUN writes a batch of client packets into the TUN.
@@ -170,7 +203,7 @@ func (s *Server) tunLoop() {
 			}
 		}
 		for _, o := range out {
-			o.c.l.send(o.pkt, o.c.udpAddr.Load())
+			o.c.link.send(o.pkt)
 		}
 	}
 }
@@ -186,6 +219,7 @@ func (s *Server) seal(c *client, buf []byte, off, n int) ([]byte, bool) {
 	if k == nil {
 		return nil, false
 	}
+	off, n = c.framing.add(buf, off, n)
 	var p []byte
 	if c.dataV2 {
 		p = buf[off-sealHeadroom : off+n]
@@ -204,9 +238,9 @@ func (s *Server) seal(c *client, buf []byte, off, n int) ([]byte, bool) {
 
 // sendPing sends the keepalive ping to a client.
 func (s *Server) sendPing(c *client) {
-	buf := make([]byte, tunOffset+len(pingMagic)+32)
+	buf := make([]byte, tunOffset+len(pingMagic)+datacrypto.Overhead+2)
 	copy(buf[tunOffset:], pingMagic)
 	if p, ok := s.seal(c, buf, tunOffset, len(pingMagic)); ok {
-		c.l.send(p, c.udpAddr.Load())
+		c.link.send(p)
 	}
 }

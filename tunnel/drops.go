@@ -32,6 +32,8 @@ const (
 	DropNoClient                          // packet from the private network for a client that left
 	DropTLSHandshake                      // TLS handshake failed (bad certificate, timeout, protocol)
 	DropHandshakeLimit                    // too many handshakes in progress
+	DropCompressed                        // client sent a compressed payload (cvpn never decompresses)
+	DropTCPBackpressure                   // a TCP client does not read fast enough; its queue is full
 	numDropReasons
 )
 
@@ -56,6 +58,8 @@ var dropNames = [numDropReasons]string{
 	DropNoClient:        "no_client",
 	DropTLSHandshake:    "tls_handshake_failed",
 	DropHandshakeLimit:  "handshake_limit",
+	DropCompressed:      "compressed_payload",
+	DropTCPBackpressure: "tcp_backpressure",
 }
 
 func (r DropReason) String() string {

@@ -75,7 +75,7 @@ func (s *Server) runKey(c *client, k *channel.Key) {
 		return
 	}
 	_, _ = rand.Read(reply.Random2[:])
-	reply.Options = keymethod.ServerOptionsString("UDPv4", c.cipher.String(), c.cipher.KeySize()*8)
+	reply.Options = keymethod.ServerOptionsString(c.link.proto(), c.cipher.String(), c.cipher.KeySize()*8)
 	if _, err := conn.Write(reply.Append(nil)); err != nil {
 		return
 	}
@@ -100,8 +100,10 @@ func (s *Server) runKey(c *client, k *channel.Key) {
 	}
 	dk := &dataKey{id: k.ID, keys: keys, created: s.cfg.Now()}
 	c.keys[k.ID].Store(dk)
+	c.tlsConn.Store(conn)
 	if k.ID == 0 {
 		c.sendKey.Store(dk)
+		c.renegAt.Store(s.cfg.Now().Add(s.cfg.Reneg).UnixNano())
 		s.publish(c)
 		log.Info("client connected", "cn", cn, "groups", groups, "address", c.addr, "peer_id", c.peerID,
 			"cipher", c.cipher, "tls", tls.VersionName(state.Version), "key_derivation", map[bool]string{true: "tls-ekm", false: "prf"}[c.ekm],
@@ -110,6 +112,7 @@ func (s *Server) runKey(c *client, k *channel.Key) {
 			s.sendPushReply(c, conn)
 		}
 	} else {
+		c.renegAt.Store(s.cfg.Now().Add(s.cfg.Reneg).UnixNano())
 		log.Info("client renegotiated", "cn", cn)
 	}
 	s.controlLoop(c, conn, k)
@@ -153,6 +156,7 @@ func (s *Server) admit(c *client, cn string, groups []string, msg *keymethod.Cli
 	c.dataV2 = peer.Proto&keymethod.ProtoDataV2 != 0
 	c.ekm = peer.Proto&keymethod.ProtoTLSKeyExport != 0
 	c.proto = peer.Proto
+	c.framing = chooseFraming(msg.Options, peer)
 	addr, err := s.cfg.Pool.Allocate()
 	if err != nil {
 		return &authFailure{fmt.Sprintf("no free client address (all %d in use)", s.cfg.Pool.Capacity())}
@@ -269,6 +273,9 @@ func (s *Server) sendPushReply(c *client, conn *tls.Conn) {
 	}
 	for _, d := range pol.DNS {
 		opts = append(opts, "dhcp-option DNS "+d.String())
+	}
+	if f := c.framing.pushOption(); f != "" {
+		opts = append(opts, f)
 	}
 	opts = append(opts,
 		fmt.Sprintf("ifconfig %s %s", c.addr, net.IP(mask)),

@@ -33,13 +33,14 @@ import (
 
 // Config is everything the engine needs; cmd/cvpn builds it from the endpoint file.
 type Config struct {
-	// UDP lists the addresses to listen on.
+	// UDP and TCP list the addresses to listen on.
 	UDP []netip.AddrPort
+	TCP []netip.AddrPort
 	// Certificate is the server's TLS identity; ClientCAs verifies client certificates.
 	Certificate tls.Certificate
 	ClientCAs   *x509.CertPool
-	// ControlKey, when set, protects the control channel with tls-crypt.
-	ControlKey *tlscrypt.StaticKey
+	// ControlWrapper protects the control channel (tls-crypt, tls-auth); nil means none.
+	ControlWrapper tlscrypt.Wrapper
 	// Ciphers are the data ciphers in the server's order of preference.
 	Ciphers []datacrypto.Cipher
 	Pool    *ippool.Pool
@@ -49,6 +50,8 @@ type Config struct {
 	Policy *Policy
 	// Ping and PingRestart are pushed to clients and drive the server's own keepalive and reaping.
 	Ping, PingRestart time.Duration
+	// Reneg is how often the server renegotiates a session's data keys (OpenVPN reneg-sec); 0 never.
+	Reneg time.Duration
 	// HandWindow bounds a TLS handshake and key exchange (OpenVPN --hand-window, 60 s).
 	HandWindow time.Duration
 	// MaxHandshakes bounds sessions that have proved their address but not finished authenticating.
@@ -77,14 +80,16 @@ type Server struct {
 	limiter *tokenBucket
 	policy  atomic.Pointer[Policy]
 
-	// mu guards byAddr and handshakes. peers is indexed by peer-id, which is the pool index of the
+	// mu guards all, byAddr and handshakes. peers is indexed by peer-id, which is the pool index of the
 	// client's address: the data path reads it without a lock.
 	mu         sync.Mutex
-	byAddr     map[netip.AddrPort]*client
+	all        map[uint64]*client
+	byAddr     map[netip.AddrPort]*client // UDP sessions by address
 	handshakes int
 	peers      []atomic.Pointer[client]
 
 	listeners []*udpListener
+	tcp       []*tcpListener
 	wg        sync.WaitGroup
 	done      chan struct{}
 	closeOnce sync.Once
@@ -99,7 +104,7 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.Ciphers) == 0 {
 		return nil, errors.New("tunnel: config names no data cipher")
 	}
-	if len(cfg.UDP) == 0 {
+	if len(cfg.UDP) == 0 && len(cfg.TCP) == 0 {
 		return nil, errors.New("tunnel: config has no listener")
 	}
 	if cfg.Log == nil {
@@ -123,6 +128,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:    cfg,
 		log:    cfg.Log,
+		all:    make(map[uint64]*client),
 		byAddr: make(map[netip.AddrPort]*client),
 		peers:  make([]atomic.Pointer[client], cfg.Pool.Size()),
 		done:   make(chan struct{}),
@@ -136,11 +142,9 @@ func New(cfg Config) (*Server, error) {
 		MinVersion:             tls.VersionTLS12,
 		SessionTicketsDisabled: true,
 	}
-	if cfg.ControlKey != nil {
-		s.wrapper = tlscrypt.NewTLSCrypt(cfg.ControlKey, true)
-		s.replay = true
-	} else {
-		s.wrapper = tlscrypt.NewPlain()
+	s.wrapper, s.replay = cfg.ControlWrapper, true
+	if s.wrapper == nil {
+		s.wrapper, s.replay = tlscrypt.NewPlain(), false
 	}
 	var secret [32]byte
 	if _, err := rand.Read(secret[:]); err != nil {
@@ -157,6 +161,14 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.listeners = append(s.listeners, l)
 	}
+	for _, ap := range cfg.TCP {
+		l, err := listenTCP(s, ap)
+		if err != nil {
+			s.closeListeners()
+			return nil, err
+		}
+		s.tcp = append(s.tcp, l)
+	}
 	return s, nil
 }
 
@@ -169,12 +181,25 @@ func (s *Server) Addrs() []netip.AddrPort {
 	return out
 }
 
+// TCPAddrs returns the bound TCP listener addresses.
+func (s *Server) TCPAddrs() []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, l := range s.tcp {
+		out = append(out, l.addr)
+	}
+	return out
+}
+
 // Run serves until Close. It starts one receive goroutine per listener, the TUN reader and the
 // timer loop, and returns when they have all stopped.
 func (s *Server) Run() {
 	for _, l := range s.listeners {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); l.receiveLoop() }()
+	}
+	for _, l := range s.tcp {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); l.acceptLoop() }()
 	}
 	s.wg.Add(2)
 	go func() { defer s.wg.Done(); s.tunLoop() }()
@@ -183,12 +208,24 @@ func (s *Server) Run() {
 	s.wg.Wait()
 }
 
-// Close disconnects every client and stops the goroutines. The Device is closed by its owner
-// after Close returns... except that a blocked TUN read only returns once the device closes, so
-// Close closes it too.
+// Close tells every client to reconnect (RESTART, so it comes back as soon as the endpoint is up
+// again), disconnects them and stops the goroutines. It closes the Device too, since a blocked TUN
+// read only returns then.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
-		for _, c := range s.clients() {
+		clients := s.clients()
+		for _, c := range clients {
+			if conn := c.tlsConn.Load(); conn != nil {
+				_, _ = conn.Write([]byte("RESTART\x00"))
+			}
+		}
+		deadline := time.Now().Add(time.Second)
+		for _, c := range clients {
+			for time.Now().Before(deadline) && !c.ctl.Idle(c.ctl.Current()) {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		for _, c := range clients {
 			s.disconnect(c, "server shutting down")
 		}
 		close(s.done)
@@ -199,6 +236,9 @@ func (s *Server) Close() {
 
 func (s *Server) closeListeners() {
 	for _, l := range s.listeners {
+		l.close()
+	}
+	for _, l := range s.tcp {
 		l.close()
 	}
 }
@@ -233,8 +273,8 @@ func (s *Server) Clients() []ClientInfo {
 func (s *Server) clients() []*client {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]*client, 0, len(s.byAddr))
-	for _, c := range s.byAddr {
+	out := make([]*client, 0, len(s.all))
+	for _, c := range s.all {
 		out = append(out, c)
 	}
 	return out

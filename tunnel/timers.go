@@ -42,6 +42,31 @@ func (s *Server) tick(now time.Time) {
 		if now.Sub(time.Unix(0, c.lastSend.Load())) >= s.cfg.Ping {
 			s.sendPing(c)
 		}
+		s.rekey(c, now)
 	}
 	s.cfg.NAT.Expire()
 }
+
+// rekey starts a server-initiated renegotiation when the session's key is due, and moves sending
+// to a renegotiated key that the client has had for a while even if it sent nothing with it.
+func (s *Server) rekey(c *client, now time.Time) {
+	if s.cfg.Reneg > 0 {
+		if at := c.renegAt.Load(); at != 0 && now.UnixNano() >= at && c.ctl.Idle(c.ctl.Current()) {
+			c.renegAt.Store(0) // set again when the new key is installed
+			k := c.ctl.StartRenegotiation()
+			go s.runKey(c, k)
+		}
+	}
+	send := c.sendKey.Load()
+	for i := range c.keys {
+		k := c.keys[i].Load()
+		if k != nil && k.newerThan(send) && now.Sub(k.created) > lameDuckSwitch {
+			c.sendKey.Store(k)
+			send = k
+		}
+	}
+}
+
+// lameDuckSwitch is how long the server keeps sending with the old key after a renegotiation
+// when the client has not yet used the new one.
+const lameDuckSwitch = 5 * time.Second

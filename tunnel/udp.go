@@ -181,30 +181,51 @@ func (s *Server) sendCookieReset(l *udpListener, p *packet.Control, from netip.A
 	l.send(wire, net.UDPAddrFromAddrPort(from))
 }
 
-// newClient creates the session of a client that proved its address, replacing any session the
-// same address had, and starts its handshake goroutine.
+// newClient creates the session of a UDP client that proved its address, replacing any session
+// the same address had, and starts its handshake goroutine.
 func (s *Server) newClient(l *udpListener, from netip.AddrPort, local, remote packet.SessionID) *client {
+	c := s.newSession(nil, from, local, remote, true)
+	if c == nil {
+		return nil
+	}
+	c.link = udpLink{l: l, c: c}
+	go s.runKey(c, c.ctl.Key(0))
+	return c
+}
+
+// newSession creates and registers a session. l is its link (nil for UDP, set by the caller before
+// any packet is sent); established says the hard resets were already exchanged (UDP cookie flow).
+func (s *Server) newSession(l link, from netip.AddrPort, local, remote packet.SessionID, established bool) *client {
+	var reset packet.Opcode
+	if !established {
+		reset = packet.HardResetServerV2
+	}
 	c := &client{
 		id:        s.nextID.Add(1),
 		srv:       s,
-		l:         l,
+		link:      l,
 		localSID:  local,
 		remoteSID: remote,
 		since:     s.cfg.Now(),
 	}
 	c.setRemote(from)
 	c.lastRecv.Store(s.cfg.Now().UnixNano())
+	sendPID := uint32(1)
+	if established {
+		sendPID = 2 // the cookie reply used 1
+	}
 	c.ctl = channel.New(channel.Config{
 		LocalSID:  local,
 		RemoteSID: remote,
 		Wrapper:   s.wrapper,
 		Replay:    s.replay,
-		SendPID:   2, // the cookie reply used 1
-		Send:      func(wire []byte) { l.send(wire, c.udpAddr.Load()) },
+		SendPID:   sendPID,
+		Send:      func(wire []byte) { c.link.send(wire) },
 		Now:       s.cfg.Now,
 		Log:       s.log,
 		NewKey:    func(k *channel.Key) { go s.runKey(c, k) },
-	}, true)
+		Reset:     reset,
+	}, established)
 
 	s.mu.Lock()
 	if s.handshakes >= s.cfg.MaxHandshakes {
@@ -212,15 +233,36 @@ func (s *Server) newClient(l *udpListener, from netip.AddrPort, local, remote pa
 		s.drops.add(DropHandshakeLimit, "from", from)
 		return nil
 	}
-	old := s.byAddr[from]
-	s.byAddr[from] = c
+	var old *client
+	if l == nil { // UDP: one session per address
+		old = s.byAddr[from]
+		s.byAddr[from] = c
+	}
+	s.all[c.id] = c
 	s.handshakes++
 	s.mu.Unlock()
 	if old != nil {
 		s.disconnect(old, "replaced by a new session from the same address")
 	}
-	go s.runKey(c, c.ctl.Key(0))
 	return c
+}
+
+// float moves a UDP session to a new address after a packet from there authenticated.
+func (s *Server) float(c *client, to netip.AddrPort) {
+	from := c.remote()
+	s.mu.Lock()
+	if other := s.byAddr[to]; other != nil && other != c {
+		s.mu.Unlock()
+		s.disconnect(other, "another session floated to its address")
+		s.mu.Lock()
+	}
+	if s.byAddr[from] == c {
+		delete(s.byAddr, from)
+	}
+	s.byAddr[to] = c
+	c.setRemote(to)
+	s.mu.Unlock()
+	s.log.Info("client floated", "cn", c.commonName, "from", from, "to", to)
 }
 
 // disconnect tears a client down once: tables, control channel, address and NAT state.
@@ -232,11 +274,15 @@ func (s *Server) disconnect(c *client, reason string) {
 	if s.byAddr[c.remote()] == c {
 		delete(s.byAddr, c.remote())
 	}
+	delete(s.all, c.id)
 	if !c.authenticated.Load() {
 		s.handshakes--
 	}
 	s.mu.Unlock()
 	c.ctl.Close()
+	if c.link != nil {
+		c.link.close()
+	}
 	if c.addr.IsValid() {
 		if idx, ok := s.cfg.Pool.Index(c.addr); ok {
 			s.peers[idx].CompareAndSwap(c, nil)

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/cvpn/cvpn/authz"
 	"github.com/cvpn/cvpn/config"
@@ -23,12 +22,20 @@ import (
 
 // endpoint is a validated endpoint file with the files it names loaded.
 type endpoint struct {
-	Config     *config.Endpoint
-	Server     *pki.Identity
-	ClientCAs  *x509.CertPool
-	ControlKey *tlscrypt.StaticKey
-	Ciphers    []datacrypto.Cipher
-	Policy     *tunnel.Policy
+	Config        *config.Endpoint
+	Server        *pki.Identity
+	ClientCAs     *x509.CertPool
+	ClientCACerts []*x509.Certificate // the certificates of ClientCAs, in file order
+	// CRL is authentication.certificate.crl_file; nil when absent (a nil
+	// *pki.CRL revokes nothing).
+	CRL *pki.CRL
+	// ControlKey is the tls-crypt key; TLSAuthKey the tls-auth key (at most
+	// one of them is set); TLSCryptV2ServerKey the tls-crypt-v2 server key.
+	ControlKey          *tlscrypt.StaticKey
+	TLSAuthKey          *tlscrypt.StaticKey
+	TLSCryptV2ServerKey *tlsCryptV2ServerKey
+	Ciphers             []datacrypto.Cipher
+	Policy              *tunnel.Policy
 }
 
 // loadEndpoint reads the endpoint file and loads and checks every file it names, so that nothing
@@ -39,25 +46,8 @@ func loadEndpoint(path string) (*endpoint, error) {
 		return nil, err
 	}
 	ep := &endpoint{Config: cfg}
-	ep.Server, err = pki.LoadIdentity(cfg.ServerCertificate.CertFile, cfg.ServerCertificate.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("server_certificate: %w", err)
-	}
-	if now := time.Now(); now.After(ep.Server.Cert.NotAfter) {
-		return nil, fmt.Errorf("server_certificate.cert_file: %s expired on %s", cfg.ServerCertificate.CertFile, ep.Server.Cert.NotAfter.Format(time.RFC3339))
-	}
-	ep.ClientCAs, _, err = pki.LoadCertPool(cfg.Authentication.Certificate.ClientRootCAFile)
-	if err != nil {
-		return nil, fmt.Errorf("authentication.certificate.client_root_ca_file: %w", err)
-	}
-	if f := cfg.ControlChannel.TLSCryptKeyFile; f != "" {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return nil, fmt.Errorf("control_channel.tls_crypt_key_file: %w", err)
-		}
-		if ep.ControlKey, err = tlscrypt.ParseStaticKey(data); err != nil {
-			return nil, fmt.Errorf("control_channel.tls_crypt_key_file: %s: %w", f, err)
-		}
+	if err := ep.loadFiles(timeNow()); err != nil {
+		return nil, err
 	}
 	for i, name := range cfg.DataCiphers {
 		c, err := datacrypto.ParseCipher(name)
@@ -83,7 +73,7 @@ func policyOf(cfg *config.Endpoint) (*tunnel.Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authorization_rules: %w", err)
 	}
-	p := &tunnel.Policy{Authz: az, SplitTunnel: cfg.SplitTunnel}
+	p := &tunnel.Policy{Authz: az, SplitTunnel: cfg.SplitTunnel, DNS: cfg.DNSServers}
 	for _, r := range cfg.Routes {
 		p.Routes = append(p.Routes, r.DestinationCIDRBlock)
 	}
@@ -130,13 +120,18 @@ func serve(path string, ep *endpoint, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("target_network.snat_address: %w", err)
 	}
-	var udp []netip.AddrPort
+	var udp, tcp []netip.AddrPort
 	for _, l := range cfg.Transport {
-		if l.Protocol != config.ProtocolUDP {
-			log.Warn("transport not served yet; skipping", "listener", l.String())
-			continue
+		ap := netip.AddrPortFrom(cfg.ListenAddress, l.Port)
+		if l.Protocol == config.ProtocolTCP {
+			tcp = append(tcp, ap)
+		} else {
+			udp = append(udp, ap)
 		}
-		udp = append(udp, netip.AddrPortFrom(cfg.ListenAddress, l.Port))
+	}
+	var wrapper tlscrypt.Wrapper
+	if ep.ControlKey != nil {
+		wrapper = tlscrypt.NewTLSCrypt(ep.ControlKey, true)
 	}
 	host, err := tunnel.SetupHost(tunnel.HostConfig{
 		TUNName:   cfg.TUN.Name,
@@ -153,18 +148,19 @@ func serve(path string, ep *endpoint, log *slog.Logger) error {
 		}
 	}()
 	srv, err := tunnel.New(tunnel.Config{
-		UDP:         udp,
-		Certificate: cert,
-		ClientCAs:   ep.ClientCAs,
-		ControlKey:  ep.ControlKey,
-		Ciphers:     ep.Ciphers,
-		Pool:        pool,
-		NAT:         natTable,
-		Device:      host.Device,
-		Policy:      ep.Policy,
-		Ping:        cfg.Keepalive.Ping,
-		PingRestart: cfg.Keepalive.PingRestart,
-		Log:         log,
+		UDP:            udp,
+		TCP:            tcp,
+		Certificate:    cert,
+		ClientCAs:      ep.ClientCAs,
+		ControlWrapper: wrapper,
+		Ciphers:        ep.Ciphers,
+		Pool:           pool,
+		NAT:            natTable,
+		Device:         host.Device,
+		Policy:         ep.Policy,
+		Ping:           cfg.Keepalive.Ping,
+		PingRestart:    cfg.Keepalive.PingRestart,
+		Log:            log,
 	})
 	if err != nil {
 		return err
@@ -183,7 +179,7 @@ func serve(path string, ep *endpoint, log *slog.Logger) error {
 			return
 		}
 	}()
-	log.Info("cvpn listening", "udp", udp, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
+	log.Info("cvpn listening", "udp", udp, "tcp", tcp, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
 		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name)
 	srv.Run()
 	log.Info("cvpn stopped", "drops", srv.Drops())
@@ -197,9 +193,8 @@ func reload(path string, running *config.Endpoint, srv *tunnel.Server, log *slog
 		log.Error("reload refused: the endpoint file is invalid; the running policy stays", "err", err)
 		return
 	}
-	if ep.Config.ClientCIDRBlock != running.ClientCIDRBlock {
-		log.Error("reload refused: client_cidr_block cannot change on a running endpoint",
-			"running", running.ClientCIDRBlock, "file", ep.Config.ClientCIDRBlock)
+	if err := config.CheckReload(running, ep.Config); err != nil {
+		log.Error("reload refused; the running policy stays", "err", err)
 		return
 	}
 	srv.Reload(ep.Policy)

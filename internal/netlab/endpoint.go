@@ -27,6 +27,10 @@ type EndpointOptions struct {
 	TLSCrypt   bool
 	// Rules replaces the default authorization rule (all groups to 10.0.0.0/16); YAML flow items.
 	Rules []string
+	// Transport replaces the default listener list (YAML flow), e.g. "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]".
+	Transport string
+	// SplitTunnel false pushes redirect-gateway.
+	FullTunnel bool
 	// Keepalive replaces the default keepalive mapping (YAML flow).
 	Keepalive string
 	// Extra is appended to the file verbatim.
@@ -62,7 +66,10 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 	fmt.Fprintf(&b, "client_cidr_block: %s\n", o.ClientCIDR)
 	fmt.Fprintf(&b, "vpc_cidr_blocks: [10.0.0.0/16]\n")
 	fmt.Fprintf(&b, "listen_address: 0.0.0.0\n")
-	fmt.Fprintf(&b, "transport: [{protocol: udp, port: 443}]\n")
+	if o.Transport == "" {
+		o.Transport = "[{protocol: udp, port: 443}]"
+	}
+	fmt.Fprintf(&b, "transport: %s\n", o.Transport)
 	fmt.Fprintf(&b, "server_certificate: {cert_file: server.crt, key_file: server.key}\n")
 	if o.TLSCrypt {
 		k, err := tlscrypt.GenerateStaticKey(rand.Reader)
@@ -84,7 +91,7 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 	for _, r := range o.Rules {
 		fmt.Fprintf(&b, "  - %s\n", r)
 	}
-	fmt.Fprintf(&b, "split_tunnel: true\n")
+	fmt.Fprintf(&b, "split_tunnel: %v\n", !o.FullTunnel)
 	if o.Keepalive == "" {
 		o.Keepalive = "{ping_seconds: 10, ping_restart_seconds: 60}"
 	}
@@ -101,6 +108,9 @@ type ProfileOptions struct {
 	Groups []string
 	// CA signs the client certificate; nil uses the endpoint's CA.
 	CA *pki.Identity
+	// Proto is "udp" (default) or "tcp"; Port defaults to 443.
+	Proto string
+	Port  int
 	// Extra lines appended to the profile.
 	Extra string
 }
@@ -117,7 +127,13 @@ func (e *Endpoint) ClientProfile(name string, server netip.Addr, o ProfileOption
 		return "", err
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "client\ndev tun\nproto udp\nremote %s 443\nremote-cert-tls server\n", server)
+	if o.Proto == "" {
+		o.Proto = "udp"
+	}
+	if o.Port == 0 {
+		o.Port = 443
+	}
+	fmt.Fprintf(&b, "client\ndev tun\nproto %s\nremote %s %d\nremote-cert-tls server\n", o.Proto, server, o.Port)
 	fmt.Fprintf(&b, "cipher AES-256-GCM\nreneg-sec 0\nnobind\nresolv-retry 5\nconnect-retry 1\nverb 3\n")
 	fmt.Fprintf(&b, "<ca>\n%s</ca>\n<cert>\n%s</cert>\n<key>\n%s</key>\n", e.CA.CertPEM, id.CertPEM, id.KeyPEM)
 	if e.TLSKey != nil {

@@ -78,7 +78,10 @@ func (l *Lab) AddVPCAddress(p netip.Prefix) error {
 // AddClient creates client namespace n and its link to the server; it returns the server address
 // the client dials.
 func (l *Lab) AddClient() (ns string, server netip.Addr, err error) {
+	l.mu.Lock()
 	n := len(l.Clients) + 1
+	l.Clients = append(l.Clients, fmt.Sprintf("cv%sc%d", l.ID, n))
+	l.mu.Unlock()
 	ns = fmt.Sprintf("cv%sc%d", l.ID, n)
 	server = netip.AddrFrom4([4]byte{172, 31, byte(n), 1})
 	client := netip.AddrFrom4([4]byte{172, 31, byte(n), 2})
@@ -92,7 +95,6 @@ func (l *Lab) AddClient() (ns string, server netip.Addr, err error) {
 		{"ip", "-n", ns, "addr", "add", client.String() + "/24", "dev", "eth0"},
 		{"ip", "-n", ns, "link", "set", "eth0", "up"},
 	}
-	l.Clients = append(l.Clients, ns)
 	for _, s := range steps {
 		if err := run(s...); err != nil {
 			return "", netip.Addr{}, err
@@ -201,7 +203,10 @@ func (l *Lab) Close() {
 	for i := len(procs) - 1; i >= 0; i-- {
 		_ = procs[i].Stop()
 	}
-	for _, ns := range append(append([]string{}, l.Clients...), l.Server, l.VPC) {
+	l.mu.Lock()
+	nss := append(append([]string{}, l.Clients...), l.Server, l.VPC)
+	l.mu.Unlock()
+	for _, ns := range nss {
 		_ = run("ip", "netns", "del", ns)
 	}
 }

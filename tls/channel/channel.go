@@ -61,6 +61,10 @@ type Config struct {
 	Replay bool
 	// SendPID is the next replay id to send; zero starts at 1.
 	SendPID uint32
+	// Reset, for a channel that is not yet established, is this side's hard reset opcode: it is
+	// queued as message 0 and leaves with the first flush, so a server's reset carries the ack of
+	// the client's (a 2.6 client refuses a bare ack before it knows the server's session id).
+	Reset packet.Opcode
 }
 
 // Channel is one session's control channel.
@@ -108,6 +112,9 @@ func New(cfg Config, established bool) *Channel {
 	}
 	c.keys[0] = c.newKey(0, first, first)
 	c.keys[0].ready = established
+	if !established && cfg.Reset != 0 {
+		c.keys[0].rel.Queue(cfg.Reset, nil)
+	}
 	return c
 }
 

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/pem"
+	"flag"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
+)
+
+// updateExamplePKI regenerates examples/pki. The files are committed so the examples are
+// stable; run this only when they near expiry (TestExamplePKIFresh says when):
+//
+//	go test ./cmd/cvpn -run TestExamplePKI -update-example-pki
+var updateExamplePKI = flag.Bool("update-example-pki", false, "regenerate the throwaway PKI under examples/pki")
+
+const examplesDir = "../../examples"
+
+// examplePKIHeader starts every file of examples/pki. PEM readers (Go's, OpenSSL's) and the
+// OpenVPN static key reader skip text before the first BEGIN line.
+const examplePKIHeader = "# EXAMPLE ONLY: published with cvpn, so every key here is public. Never use it for a real endpoint.\n"
+
+// examplePKIEpoch is the "now" the example PKI is made at; with the long lifetimes below its
+// certificates stay valid into the 2050s.
+var examplePKIEpoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func TestExamplePKI(t *testing.T) {
+	if !*updateExamplePKI {
+		t.Skip("pass -update-example-pki to regenerate examples/pki")
+	}
+	dir := filepath.Join(examplesDir, "pki")
+	const years = 365 * day
+	now := examplePKIEpoch
+	mk := func(id *pki.Identity, err error) *pki.Identity {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	ca := mk(pki.NewCA("cvpn EXAMPLE CA - DO NOT USE", pki.ECDSAP256, 30*years, now))
+	otherCA := mk(pki.NewCA("cvpn EXAMPLE other CA - DO NOT USE", pki.ECDSAP256, 30*years, now))
+	server := mk(pki.IssueServer(ca, "vpn.example.com", []string{"vpn.example.com"}, pki.ECDSAP256, 29*years, now))
+	alice := mk(pki.IssueClient(ca, "alice", []string{"dev"}, pki.ECDSAP256, 29*years, now))
+	expired := mk(pki.IssueServer(ca, "vpn.example.com", []string{"vpn.example.com"}, pki.ECDSAP256, day, now.Add(day)))
+	other := mk(pki.IssueServer(otherCA, "other.example.com", nil, pki.ECDSAP256, 29*years, now))
+
+	for _, f := range []string{"ca.crt", "server.crt", "server.key", "expired.crt", "expired.key", "other.key",
+		"tc.key", "ta.key", "tc-v2-server.key", "crl.pem", "other-ca-crl.pem", "clients/alice.crt", "clients/alice.key"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+	}
+	write := func(name string, data []byte) {
+		t.Helper()
+		data = append([]byte(examplePKIHeader), data...)
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("ca.crt", ca.CertPEM)
+	write("server.crt", server.CertPEM)
+	write("server.key", server.KeyPEM)
+	write("clients/alice.crt", alice.CertPEM)
+	write("clients/alice.key", alice.KeyPEM)
+	write("expired.crt", expired.CertPEM)
+	write("expired.key", expired.KeyPEM)
+	write("other.key", other.KeyPEM)
+	for _, name := range []string{"tc.key", "ta.key"} {
+		k, err := tlscrypt.GenerateStaticKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(name, k.Marshal())
+	}
+	v2 := make([]byte, 128)
+	if _, err := rand.Read(v2); err != nil {
+		t.Fatal(err)
+	}
+	write("tc-v2-server.key", pem.EncodeToMemory(&pem.Block{Type: tlsCryptV2ServerKeyPEM, Bytes: v2}))
+	for name, signer := range map[string]*pki.Identity{"crl.pem": ca, "other-ca-crl.pem": otherCA} {
+		crl, err := pki.NewCRL(signer, now, 29*years)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(name, crl.PEM)
+	}
+}
+
+// TestExamplePKIFresh fails ten years before the example PKI expires, so it is regenerated
+// long before the examples rot.
+func TestExamplePKIFresh(t *testing.T) {
+	horizon := time.Now().Add(10 * 365 * day)
+	for _, f := range []string{"ca.crt", "server.crt", "clients/alice.crt"} {
+		certs, err := pki.LoadCertificates(filepath.Join(examplesDir, "pki", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if certs[0].NotAfter.Before(horizon) {
+			t.Errorf("examples/pki/%s expires %s; regenerate: go test ./cmd/cvpn -run TestExamplePKI -update-example-pki", f, certs[0].NotAfter)
+		}
+	}
+	crl, err := pki.LoadCRL(filepath.Join(examplesDir, "pki", "crl.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if crl.List.NextUpdate.Before(horizon) {
+		t.Errorf("examples/pki/crl.pem expires %s; regenerate it", crl.List.NextUpdate)
+	}
+}
+
+// expectLine is the first line of each broken example: the key path its one error names.
+var expectLine = regexp.MustCompile(`^# expect: (\S+)$`)
+
+func TestBrokenExamples(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(examplesDir, "broken", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 20 {
+		t.Fatalf("found %d broken examples, want one per rule (at least 20)", len(files))
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first, _, _ := strings.Cut(string(data), "\n")
+			m := expectLine.FindStringSubmatch(first)
+			if m == nil {
+				t.Fatalf("first line %q is not # expect: KEY.PATH", first)
+			}
+			code, stdout, stderr := runCmd(t, "validate", "--config", f)
+			if code != exitInvalid {
+				t.Errorf("exit %d, want %d\nstdout:\n%s", code, exitInvalid, stdout)
+			}
+			lines := nonEmptyLines(stderr)
+			if len(lines) != 1 {
+				t.Fatalf("%d error lines, want exactly 1:\n%s", len(lines), stderr)
+			}
+			want := regexp.MustCompile(`^` + regexp.QuoteMeta(f) + `:\d+: ` + regexp.QuoteMeta(m[1]) + `: \S`)
+			if !want.MatchString(lines[0]) {
+				t.Errorf("error line\n  %s\ndoes not name %s with its file and line", lines[0], m[1])
+			}
+			if stdout != "" {
+				t.Errorf("stdout not empty:\n%s", stdout)
+			}
+		})
+	}
+}
+
+func TestGoodExample(t *testing.T) {
+	f := filepath.Join(examplesDir, "endpoint.yaml")
+	code, stdout, stderr := runCmd(t, "validate", "--config", f)
+	if code != 0 {
+		t.Fatalf("exit %d, want 0\nstderr:\n%s", code, stderr)
+	}
+	for _, want := range []string{
+		f + ": valid",
+		"listener   0.0.0.0:443/udp",
+		"listener   0.0.0.0:443/tcp",
+		"listener   0.0.0.0:1194/udp",
+		"clients    10.2.0.0/22: 1021 concurrent connections",
+		"route      10.0.0.0/16",
+		"authorize  group dev -> 10.0.1.0/24",
+		"authorize  all groups -> 10.0.2.0/24",
+	} {
+		if !strings.Contains(stdout, want+"\n") {
+			t.Errorf("summary lacks %q:\n%s", want, stdout)
+		}
+	}
+	if stderr != "" {
+		t.Errorf("stderr not empty:\n%s", stderr)
+	}
+}
+
+func nonEmptyLines(s string) []string {
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader([]byte(s)))
+	for sc.Scan() {
+		if strings.TrimSpace(sc.Text()) != "" {
+			out = append(out, sc.Text())
+		}
+	}
+	return out
+}

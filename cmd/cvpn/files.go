@@ -1,0 +1,139 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
+)
+
+// loadFiles loads every file the endpoint names and checks that each is fit
+// for its role at now: the server certificate is current, carries serverAuth
+// and matches its key; every client root is a CA and not all of them have
+// expired; the CRL is signed by one of them and current; the control channel
+// keys parse. Every problem comes back joined, each a *config.ValidationError
+// naming the key (and its line) whose file is wrong, so that `cvpn validate`
+// prints one line per problem.
+func (ep *endpoint) loadFiles(now time.Time) error {
+	cfg := ep.Config
+	var errs []error
+	bad := func(path string, err error) { errs = append(errs, cfg.KeyError(path, err)) }
+
+	sc := cfg.ServerCertificate
+	certs, certErr := pki.LoadCertificates(sc.CertFile)
+	if certErr != nil {
+		bad("server_certificate.cert_file", certErr)
+	} else if err := pki.CheckServerCertificate(certs[0], now); err != nil {
+		bad("server_certificate.cert_file", fmt.Errorf("%s: %w", sc.CertFile, err))
+		certErr = err
+	}
+	_, keyErr := pki.LoadPrivateKey(sc.KeyFile)
+	if keyErr != nil {
+		bad("server_certificate.key_file", keyErr)
+	}
+	if certErr == nil && keyErr == nil {
+		id, err := pki.LoadIdentity(sc.CertFile, sc.KeyFile)
+		if err != nil {
+			bad("server_certificate.key_file", err) // the key is not the certificate's
+		} else {
+			ep.Server = id
+		}
+	}
+
+	auth := cfg.Authentication.Certificate
+	pool, cas, err := pki.LoadCertPool(auth.ClientRootCAFile)
+	if err != nil {
+		bad("authentication.certificate.client_root_ca_file", err)
+	} else if i := slices.IndexFunc(cas, func(ca *x509.Certificate) bool { return pki.CheckValidity(ca, now) == nil }); i < 0 {
+		bad("authentication.certificate.client_root_ca_file", fmt.Errorf("%s: no CA in it is valid now: %w", auth.ClientRootCAFile, pki.CheckValidity(cas[0], now)))
+	} else {
+		ep.ClientCAs, ep.ClientCACerts = pool, cas
+	}
+	if auth.CRLFile != "" {
+		crl, err := pki.LoadCRL(auth.CRLFile)
+		switch {
+		case err != nil:
+			bad("authentication.certificate.crl_file", err)
+		case ep.ClientCACerts != nil:
+			if _, err := crl.Verify(ep.ClientCACerts, now); err != nil {
+				hint := ""
+				if errors.Is(err, pki.ErrCRLExpired) {
+					hint = " (clients are refused while it is expired; re-sign it with cvpn client refresh-crl)"
+				}
+				bad("authentication.certificate.crl_file", fmt.Errorf("%s: %w%s", auth.CRLFile, err, hint))
+			} else {
+				ep.CRL = crl
+			}
+		}
+	}
+
+	cc := cfg.ControlChannel
+	if f := cc.TLSCryptKeyFile; f != "" {
+		ep.ControlKey, err = loadStaticKey(f)
+		if err != nil {
+			bad("control_channel.tls_crypt_key_file", err)
+		}
+	}
+	if f := cc.TLSAuthKeyFile; f != "" {
+		ep.TLSAuthKey, err = loadStaticKey(f)
+		if err != nil {
+			bad("control_channel.tls_auth_key_file", err)
+		}
+	}
+	if f := cc.TLSCryptV2ServerKeyFile; f != "" {
+		ep.TLSCryptV2ServerKey, err = loadTLSCryptV2ServerKey(f)
+		if err != nil {
+			bad("control_channel.tls_crypt_v2_server_key_file", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func loadStaticKey(file string) (*tlscrypt.StaticKey, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	k, err := tlscrypt.ParseStaticKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return k, nil
+}
+
+// tlsCryptV2ServerKey is an OpenVPN tls-crypt-v2 server key: the AES-256-CTR
+// key and the HMAC-SHA256 key that wrap client keys, 64-byte slots each
+// (OpenVPN's struct key, of which each algorithm uses a prefix).
+type tlsCryptV2ServerKey struct {
+	Cipher [64]byte
+	HMAC   [64]byte
+}
+
+// tlsCryptV2ServerKeyPEM is the PEM type `openvpn --genkey tls-crypt-v2-server` writes.
+const tlsCryptV2ServerKeyPEM = "OpenVPN tls-crypt-v2 server key"
+
+func loadTLSCryptV2ServerKey(file string) (*tlsCryptV2ServerKey, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	b, _ := pem.Decode(data)
+	switch {
+	case b == nil:
+		return nil, fmt.Errorf("%s: no %q PEM block (make one with openvpn --genkey tls-crypt-v2-server FILE)", file, tlsCryptV2ServerKeyPEM)
+	case b.Type != tlsCryptV2ServerKeyPEM:
+		return nil, fmt.Errorf("%s: found a %q PEM block, want %q", file, b.Type, tlsCryptV2ServerKeyPEM)
+	case len(b.Bytes) != 128:
+		return nil, fmt.Errorf("%s: key is %d bytes, want 128", file, len(b.Bytes))
+	}
+	k := new(tlsCryptV2ServerKey)
+	copy(k.Cipher[:], b.Bytes[:64])
+	copy(k.HMAC[:], b.Bytes[64:])
+	return k, nil
+}

@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cvpn/cvpn/internal/netlab"
+)
+
+// profileVariant is one stock client profile the interoperability matrix runs.
+type profileVariant struct {
+	name  string
+	proto string
+	extra string
+	// authFailed, when set, is the AUTH_FAILED reason the client must be told; the client must
+	// not connect.
+	authFailed string
+}
+
+// matrixVariants are the profile variants served by one tls-crypt endpoint on UDP and TCP 443.
+// The README's interoperability table lists them.
+var matrixVariants = []profileVariant{
+	{name: "udp", proto: "udp"},
+	{name: "tcp", proto: "tcp"},
+	{name: "aes-256-gcm", extra: "data-ciphers AES-256-GCM\n"},
+	{name: "aes-128-gcm", extra: "data-ciphers AES-128-GCM\n"},
+	{name: "chacha20-poly1305", extra: "data-ciphers CHACHA20-POLY1305\n"},
+	{name: "tcp-chacha20", proto: "tcp", extra: "data-ciphers CHACHA20-POLY1305\n"},
+	{name: "comp-lzo", extra: "comp-lzo\n"},
+	{name: "comp-lzo-no", extra: "comp-lzo no\n"},
+	{name: "compress", extra: "compress\n"},
+	{name: "compress-stub-v2", extra: "compress stub-v2\n"},
+	{name: "compress-lz4-v2", extra: "compress lz4-v2\n"},
+	{name: "tcp-comp-lzo", proto: "tcp", extra: "comp-lzo no\n"},
+	{name: "max-packet-size-145", extra: "max-packet-size 145\n"},
+	{name: "no-shared-cipher", extra: "data-ciphers AES-256-CBC\n", authFailed: "AUTH_FAILED,Data channel cipher negotiation failed (no shared cipher)"},
+}
+
+// TestInteropMatrix runs the stock openvpn 2.6 client with each profile variant against one cvpn
+// endpoint: each must connect and pass traffic (or be refused with the expected reason).
+func TestInteropMatrix(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, netlab.EndpointOptions{
+		TLSCrypt:  true,
+		Transport: "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]",
+	})
+	for i, v := range matrixVariants {
+		port := 6000 + i
+		t.Run(v.name, func(t *testing.T) {
+			t.Parallel()
+			sub := *s
+			sub.t = t
+			o := netlab.ProfileOptions{Proto: v.proto, Extra: v.extra}
+			if v.authFailed != "" {
+				c := sub.start("client-"+v.name, o)
+				if err := c.proc.WaitFor(v.authFailed, 30*time.Second); err != nil {
+					t.Fatalf("%v\nclient log:\n%s", err, c.proc.Output())
+				}
+				if strings.Contains(c.proc.Output(), "Initialization Sequence Completed") {
+					t.Fatal("client connected although it must be refused")
+				}
+				return
+			}
+			c := sub.connect("client-"+v.name, o)
+			sub.ping(c, netlab.VPCHost.String())
+			_, r := sub.iperf(c, port, "4M", false)
+			if r.End.SumReceived.Bytes < 1e6 {
+				t.Fatalf("moved %d bytes through the tunnel", r.End.SumReceived.Bytes)
+			}
+		})
+	}
+}
+
+// TestClientRekeyKeepsTraffic renegotiates three times (client reneg-sec 4) while a ping runs every
+// 0.2 s: no ping may be lost.
+func TestClientRekeyKeepsTraffic(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true})
+	c := s.connect("rekeyer", netlab.ProfileOptions{Extra: "reneg-sec 4\n"})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := s.lab.Output(ctx, c.ns, "ping", "-c", "70", "-i", "0.2", "-W", "2", netlab.VPCHost.String())
+	if err != nil {
+		t.Fatalf("ping across renegotiations: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, " 0% packet loss") {
+		t.Fatalf("pings lost across renegotiations:\n%s", out)
+	}
+	if n := strings.Count(s.srv.Output(), "client renegotiated"); n < 3 {
+		t.Fatalf("%d renegotiations in 14 s with reneg-sec 4, want >= 3\n%s", n, s.srv.Output())
+	}
+}
+
+// TestExplicitExitFreesAtOnce stops a client with explicit-exit-notify: the server ends the session
+// when told, not after ping-restart.
+func TestExplicitExitFreesAtOnce(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true})
+	c := s.connect("leaver", netlab.ProfileOptions{Extra: "explicit-exit-notify 1\n"})
+	s.ping(c, netlab.VPCHost.String())
+	_ = c.proc.Stop()
+	if err := s.srv.WaitFor(`reason="client sent EXIT"`, 5*time.Second); err != nil {
+		if err2 := s.srv.WaitFor("explicit exit notification", time.Second); err2 != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFullTunnel pushes redirect-gateway: the client's default route goes through cvpn and it still
+// reaches cvpn itself and the VPC.
+func TestFullTunnel(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true, FullTunnel: true})
+	c := s.connect("roamer", netlab.ProfileOptions{})
+	if !strings.Contains(c.proc.Output(), "redirect-gateway def1") {
+		t.Fatalf("redirect-gateway not pushed:\n%s", c.proc.Output())
+	}
+	out, err := s.lab.Output(context.Background(), c.ns, "ip", "route", "get", "10.0.9.9")
+	if err != nil || !strings.Contains(out, "dev tun0") {
+		t.Fatalf("route to an arbitrary address does not use the tunnel: %v\n%s", err, out)
+	}
+	s.ping(c, netlab.VPCHost.String())
+}
+
+// TestShutdownTellsClientsToRestart stops cvpn: connected clients are told RESTART and reconnect
+// when it is back.
+func TestShutdownTellsClientsToRestart(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true})
+	c := s.connect("patient", netlab.ProfileOptions{})
+	if err := s.srv.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.proc.WaitFor("server-pushed-connection-reset", 5*time.Second); err != nil {
+		t.Fatalf("client not told to restart: %v\n%s", err, c.proc.Output())
+	}
+}

@@ -1,0 +1,164 @@
+package tunnel
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+
+	"github.com/cvpn/cvpn/tls/packet"
+)
+
+// maxTCPPacket bounds one framed packet; OpenVPN calls anything larger a bad encapsulated length.
+const maxTCPPacket = 4096
+
+// tcpListener accepts OpenVPN-over-TCP connections. Each connection is one session.
+type tcpListener struct {
+	srv  *Server
+	addr netip.AddrPort
+	ln   *net.TCPListener
+}
+
+func listenTCP(s *Server, ap netip.AddrPort) (*tcpListener, error) {
+	ln, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(ap))
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: listen tcp %s: %w", ap, err)
+	}
+	return &tcpListener{srv: s, addr: ln.Addr().(*net.TCPAddr).AddrPort(), ln: ln}, nil
+}
+
+func (t *tcpListener) close() { t.ln.Close() }
+
+func (t *tcpListener) acceptLoop() {
+	for {
+		conn, err := t.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			t.srv.log.Warn("tcp accept failed", "listener", t.addr, "err", err)
+			continue
+		}
+		_ = conn.SetNoDelay(true)
+		t.srv.wg.Add(1)
+		go func() {
+			defer t.srv.wg.Done()
+			t.srv.serveTCP(conn)
+		}()
+	}
+}
+
+// serveTCP runs one TCP session: it reads length-framed packets, creates the session on the
+// client's hard reset (statefully: the connection itself proves the address), and feeds control
+// and data packets to it. The goroutine owns the session's replay windows.
+func (s *Server) serveTCP(conn *net.TCPConn) {
+	from := conn.RemoteAddr().(*net.TCPAddr).AddrPort()
+	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	tl := newTCPLink(conn, &s.drops)
+	defer tl.close()
+	r := bufio.NewReaderSize(conn, 64<<10)
+	buf := make([]byte, maxTCPPacket+64)
+	scratch := make([]byte, 0, maxTCPPacket+64)
+	var c *client
+	var batch [][]byte
+	defer func() {
+		if c != nil {
+			s.disconnect(c, "tcp connection closed")
+		}
+	}()
+	for {
+		var lenb [2]byte
+		if _, err := io.ReadFull(r, lenb[:]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint16(lenb[:]))
+		if n == 0 || n > maxTCPPacket {
+			s.drops.add(DropMalformed, "from", from, "err", "bad encapsulated packet length")
+			return
+		}
+		pkt := buf[:n]
+		if _, err := io.ReadFull(r, pkt); err != nil {
+			return
+		}
+		op, kid := packet.SplitHeader(pkt[0])
+		switch {
+		case op.IsData():
+			if c == nil {
+				s.drops.add(DropNoSession, "from", from)
+				return
+			}
+			pt, hdr, ok := s.openData(c, pkt, op, kid, from)
+			if !ok {
+				continue
+			}
+			if ip, ok := s.deliverData(c, pkt, pt, hdr); ok {
+				batch = append(batch[:0], ip)
+				s.writeTUN(batch)
+			}
+		case op.IsControl():
+			if op == packet.HardResetClientV1 {
+				s.drops.add(DropKeyMethod1, "from", from)
+				return
+			}
+			plain, pid, ts, err := s.wrapper.Unwrap(scratch[:0], pkt)
+			if err != nil {
+				s.drops.add(DropControlAuth, "from", from, "err", err)
+				return
+			}
+			p, err := packet.ParseControl(plain)
+			if err != nil {
+				s.drops.add(DropMalformed, "from", from, "err", err)
+				return
+			}
+			if c == nil {
+				if p.Opcode != packet.HardResetClientV2 || kid != 0 || p.SessionID.IsZero() {
+					s.drops.add(DropNoSession, "from", from, "opcode", p.Opcode)
+					return
+				}
+				if c = s.newTCPClient(tl, from, &p, pid, ts); c == nil {
+					return
+				}
+				continue
+			}
+			if err := c.ctl.Input(&p, pid, ts); err != nil {
+				s.drops.add(DropControlRejected, "from", from, "err", err)
+				continue
+			}
+			c.lastRecv.Store(s.clockNano())
+		default:
+			s.drops.add(DropMalformed, "from", from)
+			return
+		}
+		if c != nil && c.closed.Load() {
+			c = nil // already torn down (EXIT, refusal, reaping)
+			return
+		}
+	}
+}
+
+// newTCPClient creates the session of a TCP client from its hard reset and answers with the
+// server's reset as reliable message 0.
+func (s *Server) newTCPClient(tl *tcpLink, from netip.AddrPort, p *packet.Control, pid, ts uint32) *client {
+	var local packet.SessionID
+	for local.IsZero() {
+		if _, err := rand.Read(local[:]); err != nil {
+			return nil
+		}
+	}
+	c := s.newSession(tl, from, local, p.SessionID, false)
+	if c == nil {
+		return nil
+	}
+	c.tcp = tl
+	if err := c.ctl.Input(p, pid, ts); err != nil {
+		s.drops.add(DropControlRejected, "from", from, "err", err)
+		s.disconnect(c, "bad hard reset")
+		return nil
+	}
+	go s.runKey(c, c.ctl.Key(0))
+	return c
+}
