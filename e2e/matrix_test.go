@@ -137,3 +137,28 @@ func TestShutdownTellsClientsToRestart(t *testing.T) {
 		t.Fatalf("client not told to restart: %v\n%s", err, c.proc.Output())
 	}
 }
+
+// TestTLSAuthProfiles runs tls-auth endpoints: with key-direction, bidirectional, other digests,
+// and with tiny control packets (max-packet-size 145).
+func TestTLSAuthProfiles(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name, dir, digest, extra string
+	}{
+		{name: "direction-0", dir: "0"},
+		{name: "bidirectional", dir: ""},
+		{name: "sha256", dir: "0", digest: "SHA256"},
+		{name: "sha512-max-packet-size-145", dir: "1", digest: "SHA512", extra: "max-packet-size 145\n"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			s := newSetup(t, netlab.EndpointOptions{TLSAuth: true, TLSAuthDirection: c.dir, TLSAuthDigest: c.digest,
+				Transport: "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]"})
+			u := s.connect("udp-"+c.name, netlab.ProfileOptions{Extra: c.extra})
+			s.ping(u, netlab.VPCHost.String())
+			tc := s.connect("tcp-"+c.name, netlab.ProfileOptions{Proto: "tcp", Extra: c.extra})
+			s.ping(tc, netlab.VPCHost.String())
+		})
+	}
+}

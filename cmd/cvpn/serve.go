@@ -1,13 +1,18 @@
 package main
 
 import (
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/cvpn/cvpn/authz"
@@ -129,9 +134,9 @@ func serve(path string, ep *endpoint, log *slog.Logger) error {
 			udp = append(udp, ap)
 		}
 	}
-	var wrapper tlscrypt.Wrapper
-	if ep.ControlKey != nil {
-		wrapper = tlscrypt.NewTLSCrypt(ep.ControlKey, true)
+	wrapper, err := controlWrapper(ep)
+	if err != nil {
+		return err
 	}
 	host, err := tunnel.SetupHost(tunnel.HostConfig{
 		TUNName:   cfg.TUN.Name,
@@ -153,6 +158,7 @@ func serve(path string, ep *endpoint, log *slog.Logger) error {
 		Certificate:    cert,
 		ClientCAs:      ep.ClientCAs,
 		ControlWrapper: wrapper,
+		Reneg:          cfg.Reneg,
 		Ciphers:        ep.Ciphers,
 		Pool:           pool,
 		NAT:            natTable,
@@ -199,4 +205,27 @@ func reload(path string, running *config.Endpoint, srv *tunnel.Server, log *slog
 	}
 	srv.Reload(ep.Policy)
 	log.Info("reloaded policy", "rules", len(ep.Config.AuthorizationRules), "routes", len(ep.Config.Routes))
+}
+
+// controlWrapper builds the control-channel protection the endpoint file asks for.
+func controlWrapper(ep *endpoint) (tlscrypt.Wrapper, error) {
+	cc := ep.Config.ControlChannel
+	switch {
+	case ep.ControlKey != nil:
+		return tlscrypt.NewTLSCrypt(ep.ControlKey, true), nil
+	case ep.TLSAuthKey != nil:
+		var h func() hash.Hash
+		switch strings.ToUpper(cc.TLSAuthDigest) {
+		case "", "SHA1":
+			h = sha1.New
+		case "SHA256":
+			h = sha256.New
+		case "SHA512":
+			h = sha512.New
+		default:
+			return nil, fmt.Errorf("control_channel.tls_auth_digest: %q is not SHA1, SHA256 or SHA512", cc.TLSAuthDigest)
+		}
+		return tlscrypt.NewTLSAuth(ep.TLSAuthKey, int(cc.TLSAuthKeyDirection), h), nil
+	}
+	return nil, nil
 }

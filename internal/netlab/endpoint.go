@@ -19,12 +19,21 @@ type Endpoint struct {
 	Config string // path of endpoint.yaml
 	CA     *pki.Identity
 	TLSKey []byte // tls-crypt key file contents
+	// AuthKey is the tls-auth key file; the client profile inlines it with the opposite direction.
+	AuthKey       []byte
+	AuthDirection string
+	AuthDigest    string
 }
 
 // EndpointOptions shape the endpoint file. Zero values give the lab defaults.
 type EndpointOptions struct {
 	ClientCIDR string // default 10.2.0.0/22
 	TLSCrypt   bool
+	// TLSAuth protects the control channel with tls-auth instead; TLSAuthDirection is "0", "1" or
+	// "" (bidirectional) for the server; TLSAuthDigest is SHA1 (default), SHA256 or SHA512.
+	TLSAuth          bool
+	TLSAuthDirection string
+	TLSAuthDigest    string
 	// Rules replaces the default authorization rule (all groups to 10.0.0.0/16); YAML flow items.
 	Rules []string
 	// Transport replaces the default listener list (YAML flow), e.g. "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]".
@@ -82,6 +91,23 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 		}
 		fmt.Fprintf(&b, "control_channel: {tls_crypt_key_file: tc.key}\n")
 	}
+	if o.TLSAuth {
+		k, err := tlscrypt.GenerateStaticKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		e.AuthKey, e.AuthDirection, e.AuthDigest = k.Marshal(), o.TLSAuthDirection, o.TLSAuthDigest
+		if err := os.WriteFile(filepath.Join(dir, "ta.key"), e.AuthKey, 0o600); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(&b, "control_channel:\n  tls_auth_key_file: ta.key\n")
+		if o.TLSAuthDirection != "" {
+			fmt.Fprintf(&b, "  tls_auth_key_direction: %s\n", o.TLSAuthDirection)
+		}
+		if o.TLSAuthDigest != "" {
+			fmt.Fprintf(&b, "  tls_auth_digest: %s\n", o.TLSAuthDigest)
+		}
+	}
 	fmt.Fprintf(&b, "authentication:\n  certificate: {client_root_ca_file: ca.crt}\n")
 	fmt.Fprintf(&b, "data_ciphers: [AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305]\n")
 	fmt.Fprintf(&b, "target_network: {interface: eth1, snat_address: %s}\n", SNATAddress)
@@ -138,6 +164,18 @@ func (e *Endpoint) ClientProfile(name string, server netip.Addr, o ProfileOption
 	fmt.Fprintf(&b, "<ca>\n%s</ca>\n<cert>\n%s</cert>\n<key>\n%s</key>\n", e.CA.CertPEM, id.CertPEM, id.KeyPEM)
 	if e.TLSKey != nil {
 		fmt.Fprintf(&b, "<tls-crypt>\n%s</tls-crypt>\n", e.TLSKey)
+	}
+	if e.AuthKey != nil {
+		fmt.Fprintf(&b, "<tls-auth>\n%s</tls-auth>\n", e.AuthKey)
+		switch e.AuthDirection {
+		case "0":
+			b.WriteString("key-direction 1\n")
+		case "1":
+			b.WriteString("key-direction 0\n")
+		}
+		if e.AuthDigest != "" {
+			fmt.Fprintf(&b, "auth %s\n", e.AuthDigest)
+		}
 	}
 	b.WriteString(o.Extra)
 	path := filepath.Join(e.Dir, name+".ovpn")
