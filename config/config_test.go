@@ -66,9 +66,9 @@ func TestLoadGood(t *testing.T) {
 			ClientRootCAFile: abs(t, "testdata/pki/ca.crt"),
 			CRLFile:          abs(t, "testdata/pki/crl.pem"),
 		}},
-		DataCiphers:    []string{CipherChaCha20Poly1305, CipherAES256GCM},
-		TargetNetwork:  TargetNetwork{Interface: "eth1", SNATAddress: netip.MustParseAddr("10.0.1.2")},
-		TUN:            TUN{Name: "vpn0", MTU: 1400},
+		DataCiphers:   []string{CipherChaCha20Poly1305, CipherAES256GCM},
+		TargetNetwork: TargetNetwork{Interface: "eth1", SNATAddress: netip.MustParseAddr("10.0.1.2")},
+		TUN:           TUN{Name: "vpn0", MTU: 1400},
 		Routes: []Route{
 			{DestinationCIDRBlock: netip.MustParsePrefix("10.0.1.0/24"), Description: "app subnet"},
 			{DestinationCIDRBlock: netip.MustParsePrefix("172.16.0.0/12")},
@@ -423,8 +423,8 @@ func TestRules(t *testing.T) {
 			path: "bandwidth_limits[0].mbps", line: 17, msg: "negative"},
 
 		// reneg_seconds
-		{name: "reneg too short", append: "reneg_seconds: 10\n",
-			path: "reneg_seconds", line: 17, msg: "10 is shorter than 60 seconds; use 0 to turn renegotiation off"},
+		{name: "reneg too short", append: "reneg_seconds: 5\n",
+			path: "reneg_seconds", line: 17, msg: "5 is shorter than 10 seconds; use 0 to turn renegotiation off"},
 		{name: "reneg negative", append: "reneg_seconds: -1\n",
 			path: "reneg_seconds", line: 17, msg: "-1 is outside 0..604800"},
 

@@ -36,7 +36,7 @@ const (
 	maxDNSServers   = 2            // AWS Client VPN pushes at most two
 	maxBannerRunes  = 1400         // AWS ClientLoginBannerOptions.BannerText
 	maxBandwidth    = 100000       // Mbps; far above any one connection
-	minReneg        = 60           // seconds; shorter only burns CPU on handshakes
+	minReneg        = 10           // seconds; shorter only burns CPU on handshakes
 	maxReneg        = 7 * 24 * 60 * 60
 )
 

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -160,5 +161,107 @@ func TestTLSAuthProfiles(t *testing.T) {
 			tc := s.connect("tcp-"+c.name, netlab.ProfileOptions{Proto: "tcp", Extra: c.extra})
 			s.ping(tc, netlab.VPCHost.String())
 		})
+	}
+}
+
+// TestServerRekeyKeepsTraffic has the server renegotiate every 10 s (reneg_seconds, its minimum)
+// while a ping runs every 0.2 s: nothing may be lost across three renegotiations.
+func TestServerRekeyKeepsTraffic(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true, Extra: "reneg_seconds: 10\n"})
+	c := s.connect("rekeyed", netlab.ProfileOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := s.lab.Output(ctx, c.ns, "ping", "-c", "170", "-i", "0.2", "-W", "2", netlab.VPCHost.String())
+	if err != nil || !strings.Contains(out, " 0% packet loss") {
+		t.Fatalf("pings lost across server renegotiations: %v\n%s", err, out)
+	}
+	if n := strings.Count(s.srv.Output(), "client renegotiated"); n < 3 {
+		t.Fatalf("%d renegotiations in 34 s with reneg_seconds 10, want >= 3\n%s", n, s.srv.Output())
+	}
+}
+
+// TestFloatingClient changes the client's source address mid-session, as NAT rebinding does: the
+// session follows once a packet from the new address authenticates.
+func TestFloatingClient(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true})
+	c := s.connect("floater", netlab.ProfileOptions{})
+	s.ping(c, netlab.VPCHost.String())
+	// The client is unbound (nobind): its datagrams take the source the route gives them.
+	ctx := context.Background()
+	out, err := s.lab.Output(ctx, c.ns, "ip", "-4", "route", "show", "dev", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var server, newSrc string
+	for _, f := range strings.Fields(out) {
+		if strings.HasSuffix(f, ".0/24") {
+			base := strings.TrimSuffix(f, ".0/24")
+			server, newSrc = base+".1", base+".3"
+		}
+	}
+	if server == "" {
+		t.Fatalf("cannot find the client's subnet in:\n%s", out)
+	}
+	for _, args := range [][]string{
+		{"ip", "addr", "add", newSrc + "/24", "dev", "eth0"},
+		{"ip", "route", "replace", server, "dev", "eth0", "src", newSrc},
+	} {
+		if _, err := s.lab.Output(ctx, c.ns, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.ping(c, netlab.VPCHost.String())
+	if err := s.srv.WaitFor("client floated", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(s.srv.Output(), "to="+newSrc+":") {
+		t.Fatalf("session did not move to %s:\n%s", newSrc, s.srv.Output())
+	}
+	s.ping(c, netlab.VPCHost.String())
+}
+
+// TestTwentyClients connects twenty stock clients at once, half over UDP and half over TCP, and has
+// all of them pass traffic at the same time.
+func TestTwentyClients(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true, Transport: "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]"})
+	clients := make([]*vpnClient, 20)
+	for i := range clients {
+		proto := "udp"
+		if i%2 == 1 {
+			proto = "tcp"
+		}
+		clients[i] = s.start(fmt.Sprintf("user%02d", i), netlab.ProfileOptions{Proto: proto})
+	}
+	for i, c := range clients {
+		if err := c.proc.WaitFor("Initialization Sequence Completed", 60*time.Second); err != nil {
+			t.Fatalf("client %d: %v\n%s", i, err, c.proc.Output())
+		}
+	}
+	errs := make(chan error, len(clients))
+	for _, c := range clients {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			out, err := s.lab.Output(ctx, c.ns, "ping", "-c", "10", "-i", "0.2", "-W", "2", netlab.VPCHost.String())
+			if err == nil && !strings.Contains(out, " 0% packet loss") {
+				err = fmt.Errorf("loss:\n%s", out)
+			}
+			errs <- err
+		}()
+	}
+	for range clients {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	addrs := map[string]bool{}
+	for _, c := range clients {
+		addrs[s.tunAddress(c)] = true
+	}
+	if len(addrs) != len(clients) {
+		t.Fatalf("%d distinct addresses for %d clients", len(addrs), len(clients))
 	}
 }
