@@ -71,17 +71,11 @@ func (s *Server) serveTCP(conn *net.TCPConn) {
 		}
 	}()
 	for {
-		var lenb [2]byte
-		if _, err := io.ReadFull(r, lenb[:]); err != nil {
-			return
-		}
-		n := int(binary.BigEndian.Uint16(lenb[:]))
-		if n == 0 || n > maxTCPPacket {
-			s.drops.add(DropMalformed, "from", from, "err", "bad encapsulated packet length")
-			return
-		}
-		pkt := buf[:n]
-		if _, err := io.ReadFull(r, pkt); err != nil {
+		pkt, err := readFrame(r, buf)
+		if err != nil {
+			if errors.Is(err, errFrameLength) {
+				s.drops.add(DropMalformed, "from", from, "err", err)
+			}
 			return
 		}
 		op, kid := packet.SplitHeader(pkt[0])
@@ -161,4 +155,24 @@ func (s *Server) newTCPClient(tl *tcpLink, from netip.AddrPort, p *packet.Contro
 	}
 	go s.runKey(c, c.ctl.Key(0))
 	return c
+}
+
+// errFrameLength is a TCP frame whose length is 0 or larger than any OpenVPN packet.
+var errFrameLength = errors.New("tunnel: bad encapsulated packet length")
+
+// readFrame reads one length-prefixed packet (2-byte big-endian length, then the packet) into buf,
+// which must hold maxTCPPacket bytes. A bad length ends the stream: framing cannot resync.
+func readFrame(r io.Reader, buf []byte) ([]byte, error) {
+	var lenb [2]byte
+	if _, err := io.ReadFull(r, lenb[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(lenb[:]))
+	if n == 0 || n > maxTCPPacket || n > len(buf) {
+		return nil, errFrameLength
+	}
+	if _, err := io.ReadFull(r, buf[:n]); err != nil {
+		return nil, err
+	}
+	return buf[:n], nil
 }
