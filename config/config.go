@@ -132,7 +132,7 @@ type Endpoint struct {
 	BandwidthLimits []BandwidthLimit
 	// Reneg (reneg_seconds) is how often the server renegotiates a
 	// session's data channel keys (OpenVPN reneg-sec): 0 disables it,
-	// otherwise 60 to 604800 seconds; 3600 by default, as in OpenVPN.
+	// otherwise 10 to 604800 seconds; 3600 by default, as in OpenVPN.
 	// Exported profiles set reneg-sec 0, leaving the schedule to the
 	// server. AWS: none.
 	Reneg time.Duration

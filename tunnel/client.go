@@ -10,6 +10,7 @@ import (
 	"github.com/cvpn/cvpn/authz"
 	"github.com/cvpn/cvpn/tls/channel"
 	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tunnel/bucket"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 	"github.com/cvpn/cvpn/tunnel/replay"
 )
@@ -49,8 +50,15 @@ type client struct {
 	renegAt atomic.Int64             // unix nanoseconds when the server starts the next renegotiation
 	sendKey atomic.Pointer[dataKey]
 
-	authzFor *authz.Policy
-	groups   authz.Groups
+	// Owned by the goroutine that receives the client's packets (its listener's, or its TCP
+	// reader): the policy the fields below were computed for, the user's groups as that policy
+	// numbers them, and the upload bucket.
+	upFor  *Policy
+	groups authz.Groups
+	up     bucket.Bucket
+	// Owned by the TUN reader: the download bucket and the policy it was set for.
+	downFor *Policy
+	down    bucket.Bucket
 
 	lastRecv atomic.Int64 // unix nanoseconds of the last authenticated packet
 	lastSend atomic.Int64 // unix nanoseconds of the last data packet sent
@@ -88,12 +96,21 @@ func (c *client) setRemote(ap netip.AddrPort) {
 	c.udpAddr.Store(net.UDPAddrFromAddrPort(ap))
 }
 
-// groupsFor returns the client's groups as a bitset of the given policy, recomputing it when a
-// reload swapped the policy. Called only by the client's receive goroutine.
-func (c *client) groupsFor(p *authz.Policy) authz.Groups {
-	if c.authzFor != p {
-		c.groups = p.Groups(c.groupNames)
-		c.authzFor = p
+// uplinkPolicy refreshes what the receive goroutine caches from the policy (groups, upload limit)
+// when a reload swapped it, and returns the client's groups.
+func (c *client) uplinkPolicy(p *Policy) authz.Groups {
+	if c.upFor != p {
+		c.groups = p.Authz.Groups(c.groupNames)
+		c.up.Set(p.limitFor(c.groupNames))
+		c.upFor = p
 	}
 	return c.groups
+}
+
+// downlinkPolicy refreshes the download limit when a reload swapped the policy.
+func (c *client) downlinkPolicy(p *Policy) {
+	if c.downFor != p {
+		c.down.Set(p.limitFor(c.groupNames))
+		c.downFor = p
+	}
 }

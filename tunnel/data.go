@@ -126,13 +126,30 @@ func (s *Server) deliverData(c *client, pkt, pt []byte, hdr int) ([]byte, bool) 
 	}
 	dst := netip.AddrFrom4([4]byte(pt[16:20]))
 	pol := s.policy.Load()
-	if !pol.Authz.Allowed(dst, c.groupsFor(pol.Authz)) {
+	groups := c.uplinkPolicy(pol)
+	local := s.cfg.Pool.Prefix().Contains(dst)
+	switch {
+	case local && !pol.ClientToClient:
+		s.drops.add(DropNoRoute, "cn", c.commonName, "dst", dst)
+		return nil, false
+	case !local && !pol.routed(dst):
+		s.drops.add(DropNoRoute, "cn", c.commonName, "dst", dst)
+		return nil, false
+	case !pol.Authz.Allowed(dst, groups):
 		s.drops.add(DropUnauthorized, "cn", c.commonName, "dst", dst)
 		return nil, false
-	}
-	if err := s.cfg.NAT.Outbound(pt); err != nil {
-		s.drops.add(DropNAT, "cn", c.commonName, "err", err)
+	case !c.up.Allow(s.clockNano(), len(pt)):
+		s.drops.add(DropRateLimit, "cn", c.commonName)
 		return nil, false
+	}
+	clampMSS(pt, s.mss)
+	// Client-to-client packets keep their addresses: the kernel routes the client CIDR back into
+	// the TUN, and the TUN reader delivers them to the other client.
+	if !local {
+		if err := s.cfg.NAT.Outbound(pt); err != nil {
+			s.drops.add(DropNAT, "cn", c.commonName, "err", err)
+			return nil, false
+		}
 	}
 	// pt lies inside pkt; hand the TUN a slice whose packet starts at tunWriteOffset, without
 	// copying. The header, packet-id and tag in front of the payload give at least 21 bytes.
@@ -175,19 +192,24 @@ func (s *Server) tunLoop() {
 			continue
 		}
 		out = out[:0]
+		pol := s.policy.Load()
+		now := s.clockNano()
 		for i := range n {
 			pkt := bufs[i][tunOffset : tunOffset+sizes[i]]
 			if len(pkt) < 20 || pkt[0]>>4 != 4 {
 				continue // IPv6 neighbour discovery and the like
 			}
-			addr, err := s.cfg.NAT.Inbound(pkt)
-			if err != nil {
-				if errors.Is(err, nat.ErrNoMapping) {
-					s.drops.add(DropNoMapping)
-				} else {
-					s.drops.add(DropMalformed, "err", err)
+			addr := netip.AddrFrom4([4]byte(pkt[16:20]))
+			if !s.cfg.Pool.Prefix().Contains(addr) {
+				var err error
+				if addr, err = s.cfg.NAT.Inbound(pkt); err != nil {
+					if errors.Is(err, nat.ErrNoMapping) {
+						s.drops.add(DropNoMapping)
+					} else {
+						s.drops.add(DropNAT, "err", err)
+					}
+					continue
 				}
-				continue
 			}
 			idx, ok := s.cfg.Pool.Index(addr)
 			var c *client
@@ -198,6 +220,12 @@ func (s *Server) tunLoop() {
 				s.drops.add(DropNoClient, "address", addr)
 				continue
 			}
+			c.downlinkPolicy(pol)
+			if !c.down.Allow(now, len(pkt)) {
+				s.drops.add(DropRateLimit, "cn", c.commonName)
+				continue
+			}
+			clampMSS(pkt, s.mss)
 			if p, ok := s.seal(c, bufs[i], tunOffset, len(pkt)); ok {
 				out = append(out, outPacket{c: c, pkt: p})
 			}

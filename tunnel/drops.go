@@ -18,7 +18,7 @@ const (
 	DropBadCookie                         // third handshake packet with a cookie that does not verify
 	DropKeyMethod1                        // P_CONTROL_HARD_RESET_CLIENT_V1: key-method 1 is not supported
 	DropWrongDirection                    // server-only opcode received
-	DropRateLimited                       // handshake reply refused by the rate limiter
+	DropHandshakeRateLimited                       // handshake reply refused by the rate limiter
 	DropControlRejected                   // control packet refused by the session (replay, wrong sid, key id)
 	DropNoKey                             // data packet for a key id without keys
 	DropDecrypt                           // data packet failed authentication
@@ -34,6 +34,8 @@ const (
 	DropHandshakeLimit                    // too many handshakes in progress
 	DropCompressed                        // client sent a compressed payload (cvpn never decompresses)
 	DropTCPBackpressure                   // a TCP client does not read fast enough; its queue is full
+	DropNoRoute                           // destination covered by no route (split tunnel), or client-to-client not enabled
+	DropRateLimit                         // over the connection's bandwidth limit
 	numDropReasons
 )
 
@@ -44,7 +46,7 @@ var dropNames = [numDropReasons]string{
 	DropBadCookie:       "bad_cookie",
 	DropKeyMethod1:      "key_method_1",
 	DropWrongDirection:  "wrong_direction",
-	DropRateLimited:     "handshake_rate_limited",
+	DropHandshakeRateLimited:     "handshake_rate_limited",
 	DropControlRejected: "control_rejected",
 	DropNoKey:           "no_data_key",
 	DropDecrypt:         "decrypt_failed",
@@ -60,6 +62,8 @@ var dropNames = [numDropReasons]string{
 	DropHandshakeLimit:  "handshake_limit",
 	DropCompressed:      "compressed_payload",
 	DropTCPBackpressure: "tcp_backpressure",
+	DropNoRoute:         "no_route",
+	DropRateLimit:       "bandwidth_limit",
 }
 
 func (r DropReason) String() string {

@@ -52,6 +52,9 @@ type Config struct {
 	Ping, PingRestart time.Duration
 	// Reneg is how often the server renegotiates a session's data keys (OpenVPN reneg-sec); 0 never.
 	Reneg time.Duration
+	// MSS is the largest TCP MSS clients and private hosts may announce through the tunnel (SYNs
+	// are clamped); 0 means 1400, which keeps a 1500-byte path free of fragments.
+	MSS int
 	// HandWindow bounds a TLS handshake and key exchange (OpenVPN --hand-window, 60 s).
 	HandWindow time.Duration
 	// MaxHandshakes bounds sessions that have proved their address but not finished authenticating.
@@ -61,11 +64,63 @@ type Config struct {
 }
 
 // Policy is the per-packet configuration: an immutable snapshot swapped atomically on reload.
+// Build it with NewPolicy.
 type Policy struct {
-	Authz       *authz.Policy
-	Routes      []netip.Prefix
-	SplitTunnel bool
-	DNS         []netip.Addr
+	Authz *authz.Policy
+	// Routes are pushed to clients; in split-tunnel mode only destinations they cover are
+	// forwarded. ClientToClient (a `target: local` route to the client CIDR) lets clients reach
+	// each other, still subject to Authz.
+	Routes         []netip.Prefix
+	ClientToClient bool
+	SplitTunnel    bool
+	DNS            []netip.Addr
+	// Bandwidth is each connection's limit in bits per second, per direction (0 = unlimited);
+	// GroupBandwidth overrides it for members of a group (the largest override of a user's groups
+	// applies).
+	Bandwidth      float64
+	GroupBandwidth map[string]float64
+
+	routeTable *authz.Policy // Routes as a longest-prefix table; nil in full-tunnel mode
+}
+
+// NewPolicy validates and completes a policy snapshot.
+func NewPolicy(p Policy) (*Policy, error) {
+	if p.Authz == nil {
+		return nil, errors.New("tunnel: policy without authorization rules")
+	}
+	if p.SplitTunnel {
+		rules := make([]authz.Rule, 0, len(p.Routes))
+		for _, r := range p.Routes {
+			rules = append(rules, authz.Rule{Network: r, AllGroups: true})
+		}
+		t, err := authz.New(rules)
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: routes: %w", err)
+		}
+		p.routeTable = t
+	}
+	return &p, nil
+}
+
+// routed reports whether dst is covered by a route (always, in full-tunnel mode).
+func (p *Policy) routed(dst netip.Addr) bool {
+	return p.routeTable == nil || p.routeTable.Allowed(dst, authz.Groups{})
+}
+
+// limitFor returns the bandwidth limit of a user with these groups.
+func (p *Policy) limitFor(groups []string) float64 {
+	limit, found := p.Bandwidth, false
+	for _, g := range groups {
+		if l, ok := p.GroupBandwidth[g]; ok {
+			if l == 0 {
+				return 0 // an unlimited group wins
+			}
+			if !found || l > limit {
+				limit, found = l, true
+			}
+		}
+	}
+	return limit
 }
 
 // Server is one running endpoint.
@@ -79,6 +134,7 @@ type Server struct {
 	cookies *cookie.Jar
 	limiter *tokenBucket
 	policy  atomic.Pointer[Policy]
+	mss     uint16
 
 	// mu guards all, byAddr and handshakes. peers is indexed by peer-id, which is the pool index of the
 	// client's address: the data path reads it without a lock.
@@ -132,6 +188,10 @@ func New(cfg Config) (*Server, error) {
 		byAddr: make(map[netip.AddrPort]*client),
 		peers:  make([]atomic.Pointer[client], cfg.Pool.Size()),
 		done:   make(chan struct{}),
+	}
+	s.mss = 1400
+	if cfg.MSS > 0 {
+		s.mss = uint16(cfg.MSS)
 	}
 	s.drops = dropCounters{log: cfg.Log, now: cfg.Now, every: 10 * time.Second}
 	s.policy.Store(cfg.Policy)

@@ -140,7 +140,7 @@ func (s *Server) receiveControl(l *udpListener, pkt []byte, op packet.Opcode, ki
 	switch {
 	case p.Opcode == packet.HardResetClientV2 && kid == 0 && !p.SessionID.IsZero():
 		if !s.limiter.allow() {
-			s.drops.add(DropRateLimited, "from", from)
+			s.drops.add(DropHandshakeRateLimited, "from", from)
 			return
 		}
 		s.sendCookieReset(l, &p, from)

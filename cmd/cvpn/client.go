@@ -66,6 +66,18 @@ func storeOf(cfg *config.Endpoint, caKey string) clientStore {
 func (s clientStore) certFile(name string) string { return filepath.Join(s.dir, name+".crt") }
 func (s clientStore) keyFile(name string) string  { return filepath.Join(s.dir, name+".key") }
 
+// loadCA loads the issuing CA: client_root_ca_file and its key.
+func (s clientStore) loadCA() (*pki.Identity, error) {
+	ca, err := pki.LoadCA(s.caCert, s.caKey)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("load the issuing CA: %w (pass --ca-key FILE if the CA key is kept elsewhere)", err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load the issuing CA: %w", err)
+	}
+	return ca, nil
+}
+
 // loadClientCert reads the certificate of the client called name.
 func (s clientStore) loadClientCert(name string) (*x509.Certificate, error) {
 	certs, err := pki.LoadCertificates(s.certFile(name))
@@ -144,9 +156,9 @@ func clientIssue(args []string, stdout, stderr io.Writer) int {
 		return exitInvalid
 	}
 	store := storeOf(cfg, *caKey)
-	ca, err := pki.LoadCA(store.caCert, store.caKey)
+	ca, err := store.loadCA()
 	if err != nil {
-		fmt.Fprintln(stderr, "cvpn client issue: load the issuing CA:", err)
+		fmt.Fprintln(stderr, "cvpn client issue:", err)
 		return exitRuntime
 	}
 	kt, err := keyTypeOf(*keyType, ca)
@@ -286,9 +298,9 @@ func clientRevoke(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "cvpn client revoke:", err)
 		return exitRuntime
 	}
-	ca, err := pki.LoadCA(store.caCert, store.caKey)
+	ca, err := store.loadCA()
 	if err != nil {
-		fmt.Fprintln(stderr, "cvpn client revoke: load the issuing CA:", err)
+		fmt.Fprintln(stderr, "cvpn client revoke:", err)
 		return exitRuntime
 	}
 	unlock, err := lockDir(filepath.Dir(crlFile))
@@ -341,9 +353,9 @@ func clientRefreshCRL(args []string, stdout, stderr io.Writer) int {
 		return exitInvalid
 	}
 	store := storeOf(cfg, *caKey)
-	ca, err := pki.LoadCA(store.caCert, store.caKey)
+	ca, err := store.loadCA()
 	if err != nil {
-		fmt.Fprintln(stderr, "cvpn client refresh-crl: load the issuing CA:", err)
+		fmt.Fprintln(stderr, "cvpn client refresh-crl:", err)
 		return exitRuntime
 	}
 	validity := time.Duration(*crlDays) * day

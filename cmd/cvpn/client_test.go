@@ -283,3 +283,19 @@ func TestRevokeWithoutCRLFile(t *testing.T) {
 	mustRun(t, "client", "revoke", "alice", "--config", cfgPath)
 	mustRun(t, "validate", "--config", cfgPath)
 }
+
+func TestClientCAKeyElsewhere(t *testing.T) {
+	cfgPath := newEndpoint(t)
+	pkiDir := filepath.Join(filepath.Dir(cfgPath), "pki")
+	offline := filepath.Join(t.TempDir(), "ca.key")
+	if err := os.Rename(filepath.Join(pkiDir, "ca.key"), offline); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCmd(t, "client", "issue", "alice", "--config", cfgPath)
+	if code != exitRuntime || !strings.Contains(stderr, "pass --ca-key FILE") {
+		t.Errorf("issue without the CA key: exit %d, stderr %q", code, stderr)
+	}
+	mustRun(t, "client", "issue", "alice", "--config", cfgPath, "--ca-key", offline)
+	mustRun(t, "client", "revoke", "alice", "--config", cfgPath, "--ca-key", offline)
+	mustRun(t, "client", "refresh-crl", "--config", cfgPath, "--ca-key", offline)
+}

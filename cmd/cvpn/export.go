@@ -230,9 +230,13 @@ func (p *profile) render() []byte {
 		line("# endpoint: %s", d)
 	}
 	if p.client != "" {
-		line("# client: %s (groups %s). This file holds the client's private key: keep it private.", p.client, groupList(p.groups))
+		groups := "no groups"
+		if len(p.groups) > 0 {
+			groups = "groups " + strings.Join(p.groups, ",")
+		}
+		line("# client: %s (%s). This file holds the client's private key: keep it private.", p.client, groups)
 	} else {
-		line("# No client identity: add <cert> and <key> (cvpn export-client-config --client NAME does).")
+		line("# No client identity: add the client's cert and key blocks (cvpn export-client-config --client NAME does).")
 	}
 	line("client")
 	line("dev tun")

@@ -78,11 +78,20 @@ func policyOf(cfg *config.Endpoint) (*tunnel.Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authorization_rules: %w", err)
 	}
-	p := &tunnel.Policy{Authz: az, SplitTunnel: cfg.SplitTunnel, DNS: cfg.DNSServers}
+	p := tunnel.Policy{
+		Authz:          az,
+		SplitTunnel:    cfg.SplitTunnel,
+		DNS:            cfg.DNSServers,
+		Bandwidth:      cfg.BandwidthLimitMbps * 1e6,
+		GroupBandwidth: map[string]float64{},
+	}
+	for _, b := range cfg.BandwidthLimits {
+		p.GroupBandwidth[b.AccessGroupID] = b.Mbps * 1e6
+	}
 	for _, r := range cfg.Routes {
 		p.Routes = append(p.Routes, r.DestinationCIDRBlock)
 	}
-	return p, nil
+	return tunnel.NewPolicy(p)
 }
 
 // cmdServe runs the endpoint until SIGTERM or SIGINT; SIGHUP reloads the policy.
@@ -159,6 +168,7 @@ func serve(path string, ep *endpoint, log *slog.Logger) error {
 		ClientCAs:      ep.ClientCAs,
 		ControlWrapper: wrapper,
 		Reneg:          cfg.Reneg,
+		MSS:            cfg.TUN.MTU - 100, // room for the tunnel's own headers on a path of the same MTU
 		Ciphers:        ep.Ciphers,
 		Pool:           pool,
 		NAT:            natTable,

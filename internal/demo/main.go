@@ -55,7 +55,7 @@ func run(bin string) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	ep, err := netlab.WriteEndpoint(dir, netlab.EndpointOptions{TLSCrypt: true})
+	ep, err := netlab.WriteEndpoint(dir, netlab.EndpointOptions{TLSCrypt: true, BandwidthMbps: "10"})
 	if err != nil {
 		return err
 	}
@@ -107,7 +107,7 @@ func run(bin string) error {
 		return err
 	}
 
-	step("iperf3 (TCP, 3 s) from the client to the private host through the tunnel")
+	step("iperf3 (TCP, 3 s) from the client to the private host through the tunnel (limit: bandwidth_limit_mbps 10)")
 	iperfSrv, err := lab.Start("iperf3 -s", lab.VPC, "iperf3", "-s", "-1", "-B", netlab.VPCHost.String())
 	if err != nil {
 		return err

@@ -40,6 +40,9 @@ type EndpointOptions struct {
 	Transport string
 	// SplitTunnel false pushes redirect-gateway.
 	FullTunnel bool
+	// BandwidthMbps is bandwidth_limit_mbps; "" writes 0 (unlimited) so throughput tests are not
+	// capped by the product default of 10.
+	BandwidthMbps string
 	// Keepalive replaces the default keepalive mapping (YAML flow).
 	Keepalive string
 	// Extra is appended to the file verbatim.
@@ -118,6 +121,10 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 		fmt.Fprintf(&b, "  - %s\n", r)
 	}
 	fmt.Fprintf(&b, "split_tunnel: %v\n", !o.FullTunnel)
+	if o.BandwidthMbps == "" {
+		o.BandwidthMbps = "0"
+	}
+	fmt.Fprintf(&b, "bandwidth_limit_mbps: %s\n", o.BandwidthMbps)
 	if o.Keepalive == "" {
 		o.Keepalive = "{ping_seconds: 10, ping_restart_seconds: 60}"
 	}

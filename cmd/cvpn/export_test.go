@@ -1,0 +1,283 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
+)
+
+// inline returns the body of <tag>...</tag> in an .ovpn profile, and whether it is there.
+func inline(profile, tag string) (string, bool) {
+	_, rest, ok := strings.Cut(profile, "<"+tag+">\n")
+	if !ok {
+		return "", false
+	}
+	body, _, ok := strings.Cut(rest, "</"+tag+">")
+	return body, ok
+}
+
+// directives returns the profile's option lines outside inline blocks, without comments.
+func directives(profile string) []string {
+	var out []string
+	inBlock := false
+	for _, l := range strings.Split(profile, "\n") {
+		switch {
+		case strings.HasPrefix(l, "</"):
+			inBlock = false
+		case strings.HasPrefix(l, "<"):
+			inBlock = true
+		case !inBlock && l != "" && !strings.HasPrefix(l, "#"):
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func TestExportClientConfig(t *testing.T) {
+	cfgPath := newEndpoint(t, "--transport", "udp/443,tcp/443,udp/1194")
+	dir := filepath.Dir(cfgPath)
+	p := func(name string) string { return filepath.Join(dir, "pki", name) }
+	mustRun(t, "client", "issue", "alice", "--group", "dev", "--config", cfgPath)
+
+	profile := mustRun(t, "export-client-config", "--config", cfgPath, "--client", "alice")
+	got := directives(profile)
+	want := []string{
+		"client", "dev tun", "proto udp",
+		"remote vpn.example.com 443", "remote vpn.example.com 1194",
+		"resolv-retry infinite", "nobind", "persist-key", "persist-tun",
+		"remote-cert-tls server", "verify-x509-name vpn.example.com name",
+		"cipher AES-256-GCM", "data-ciphers AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305",
+		"reneg-sec 0", "verb 3",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("directives:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if ca, ok := inline(profile, "ca"); !ok || ca != readFile(t, p("ca.crt")) {
+		t.Errorf("<ca> is not pki/ca.crt:\n%s", ca)
+	}
+	if cert, ok := inline(profile, "cert"); !ok || cert != readFile(t, p("clients/alice.crt")) {
+		t.Errorf("<cert> is not alice.crt:\n%s", cert)
+	}
+	key, ok := inline(profile, "key")
+	if !ok {
+		t.Fatal("no <key>")
+	}
+	keyFile := filepath.Join(t.TempDir(), "k")
+	if err := os.WriteFile(keyFile, []byte(key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.LoadIdentity(p("clients/alice.crt"), keyFile); err != nil {
+		t.Errorf("<key> is not alice's key: %v", err)
+	}
+	tc, ok := inline(profile, "tls-crypt")
+	if !ok {
+		t.Fatal("no <tls-crypt>")
+	}
+	k1, err1 := tlscrypt.ParseStaticKey([]byte(tc))
+	k2, err2 := tlscrypt.ParseStaticKey([]byte(readFile(t, p("tc.key"))))
+	if err1 != nil || err2 != nil || *k1 != *k2 {
+		t.Errorf("<tls-crypt> is not pki/tc.key (%v, %v)", err1, err2)
+	}
+
+	// TCP: only the tcp listener.
+	profile = mustRun(t, "export-client-config", "--config", cfgPath, "--protocol", "tcp")
+	got = directives(profile)
+	if !slices.Contains(got, "proto tcp") || !slices.Contains(got, "remote vpn.example.com 443") || slices.Contains(got, "remote vpn.example.com 1194") {
+		t.Errorf("tcp profile:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+// TestExportCarriesNoEndpointSecret checks that a profile holds no private key but the named
+// client's: never the CA key, the server key, another client's key or the tls-crypt-v2 key.
+func TestExportCarriesNoEndpointSecret(t *testing.T) {
+	cfgPath := newEndpoint(t)
+	dir := filepath.Dir(cfgPath)
+	p := func(name string) string { return filepath.Join(dir, "pki", name) }
+	mustRun(t, "client", "issue", "alice", "--config", cfgPath)
+	mustRun(t, "client", "issue", "bob", "--config", cfgPath)
+	// A tls-crypt-v2 server key alongside tls-crypt.
+	v2 := make([]byte, 128)
+	rand.Read(v2)
+	if err := os.WriteFile(p("v2.key"), pem.EncodeToMemory(&pem.Block{Type: tlsCryptV2ServerKeyPEM, Bytes: v2}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yml := strings.Replace(readFile(t, cfgPath), "  tls_crypt_key_file: pki/tc.key\n",
+		"  tls_crypt_key_file: pki/tc.key\n  tls_crypt_v2_server_key_file: pki/v2.key\n", 1)
+	if err := os.WriteFile(cfgPath, []byte(yml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	secrets := map[string]string{"CA key": p("ca.key"), "server key": p("server.key"), "bob's key": p("clients/bob.key"), "tls-crypt-v2 server key": p("v2.key")}
+	for _, client := range []string{"", "alice"} {
+		args := []string{"export-client-config", "--config", cfgPath}
+		if client != "" {
+			args = append(args, "--client", client)
+		}
+		profile := mustRun(t, args...)
+		for what, f := range secrets {
+			for rest := []byte(readFile(t, f)); ; {
+				var b *pem.Block
+				if b, rest = pem.Decode(rest); b == nil {
+					break
+				}
+				body := pem.EncodeToMemory(&pem.Block{Type: b.Type, Bytes: b.Bytes})
+				if strings.Contains(profile, string(body)) {
+					t.Errorf("profile for %q holds the %s", client, what)
+				}
+			}
+		}
+		keys := strings.Count(profile, "PRIVATE KEY-----") / 2
+		if client == "" && (keys != 0 || strings.Contains(profile, "<cert>") || strings.Contains(profile, "<key>")) {
+			t.Errorf("profile without a client holds %d private keys or a <cert>/<key>", keys)
+		}
+		if client == "alice" && keys != 1 {
+			t.Errorf("profile for alice holds %d private keys, want 1", keys)
+		}
+		if strings.Contains(profile, "tls-crypt-v2") {
+			t.Error("profile mentions tls-crypt-v2")
+		}
+	}
+}
+
+func TestExportTLSAuth(t *testing.T) {
+	cfgPath := newEndpoint(t)
+	dir := filepath.Dir(cfgPath)
+	k, err := tlscrypt.GenerateStaticKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "pki", "ta.key"), k.Marshal(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	orig := readFile(t, cfgPath)
+	for _, tc := range []struct {
+		name, control string
+		want, absent  []string
+	}{
+		{"direction 0, SHA256", "  tls_auth_key_file: pki/ta.key\n  tls_auth_key_direction: 0\n  tls_auth_digest: SHA256\n",
+			[]string{"key-direction 1", "auth SHA256"}, nil},
+		{"direction 1", "  tls_auth_key_file: pki/ta.key\n  tls_auth_key_direction: 1\n",
+			[]string{"key-direction 0"}, []string{"auth SHA1"}},
+		{"bidirectional", "  tls_auth_key_file: pki/ta.key\n  tls_auth_digest: SHA512\n",
+			[]string{"auth SHA512"}, []string{"key-direction 0", "key-direction 1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			yml := strings.Replace(orig, "  tls_crypt_key_file: pki/tc.key\n", tc.control, 1)
+			if err := os.WriteFile(cfgPath, []byte(yml), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			profile := mustRun(t, "export-client-config", "--config", cfgPath)
+			got := directives(profile)
+			for _, w := range tc.want {
+				if !slices.Contains(got, w) {
+					t.Errorf("profile lacks %q:\n%s", w, strings.Join(got, "\n"))
+				}
+			}
+			for _, a := range tc.absent {
+				if slices.Contains(got, a) {
+					t.Errorf("profile has %q", a)
+				}
+			}
+			body, ok := inline(profile, "tls-auth")
+			if !ok {
+				t.Fatal("no <tls-auth>")
+			}
+			if got, err := tlscrypt.ParseStaticKey([]byte(body)); err != nil || *got != *k {
+				t.Errorf("<tls-auth> is not ta.key: %v", err)
+			}
+			if strings.Contains(profile, "<tls-crypt>") {
+				t.Error("profile has <tls-crypt> too")
+			}
+		})
+	}
+}
+
+func TestExportRefuses(t *testing.T) {
+	cfgPath := newEndpoint(t)
+	mustRun(t, "client", "issue", "alice", "--config", cfgPath)
+	mustRun(t, "client", "issue", "bob", "--config", cfgPath)
+	mustRun(t, "client", "revoke", "bob", "--config", cfgPath)
+	orig := readFile(t, cfgPath)
+	edited := func(t *testing.T, from, to string) string {
+		t.Helper()
+		if !strings.Contains(orig, from) {
+			t.Fatalf("endpoint.yaml lacks %q", from)
+		}
+		f := filepath.Join(filepath.Dir(cfgPath), "edited.yaml")
+		if err := os.WriteFile(f, []byte(strings.Replace(orig, from, to, 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	v2 := make([]byte, 128)
+	if err := os.WriteFile(filepath.Join(filepath.Dir(cfgPath), "pki", "v2.key"), pem.EncodeToMemory(&pem.Block{Type: tlsCryptV2ServerKeyPEM, Bytes: v2}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		config func(t *testing.T) string
+		args   []string
+		code   int
+		want   string
+	}{
+		{"no tcp listener", nil, []string{"--protocol", "tcp"}, exitInvalid, "--protocol tcp: the endpoint has no tcp listener (transport: udp/443)"},
+		{"bad protocol", nil, []string{"--protocol", "sctp"}, exitInvalid, `--protocol "sctp": want udp or tcp`},
+		{"unknown client", nil, []string{"--client", "zed"}, exitRuntime, `no client named "zed"`},
+		{"bad client name", nil, []string{"--client", "../x"}, exitInvalid, "client name"},
+		{"revoked client", nil, []string{"--client", "bob"}, exitRuntime, `client "bob": revoked on`},
+		{"stray argument", nil, []string{"alice"}, exitInvalid, "unexpected arguments"},
+		{"no remote_hostname", func(t *testing.T) string { return edited(t, "remote_hostname: vpn.example.com\n", "") },
+			nil, exitInvalid, "remote_hostname: not set"},
+		{"invalid endpoint", func(t *testing.T) string {
+			return edited(t, "client_cidr_block: 10.2.0.0/22", "client_cidr_block: 10.2.0.0/24")
+		},
+			nil, exitInvalid, "client_cidr_block: 10.2.0.0/24: prefix length"},
+		{"only tls-crypt-v2", func(t *testing.T) string {
+			return edited(t, "  tls_crypt_key_file: pki/tc.key\n", "  tls_crypt_v2_server_key_file: pki/v2.key\n")
+		}, nil, exitRuntime, "control_channel.tls_crypt_v2_server_key_file: tls-crypt-v2 needs a key per client"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := cfgPath
+			if tc.config != nil {
+				f = tc.config(t)
+			}
+			code, stdout, stderr := runCmd(t, append([]string{"export-client-config", "--config", f}, tc.args...)...)
+			if code != tc.code || !strings.Contains(stderr, tc.want) {
+				t.Errorf("exit %d, want %d; stderr %q, want it to contain %q", code, tc.code, stderr, tc.want)
+			}
+			if stdout != "" {
+				t.Errorf("a refused export printed:\n%s", stdout)
+			}
+		})
+	}
+}
+
+func TestQuoteOption(t *testing.T) {
+	for in, want := range map[string]string{
+		"vpn.example.com": "vpn.example.com",
+		"my server":       `"my server"`,
+		`a"b\c`:           `"a\"b\\c"`,
+		"#x":              `"#x"`,
+	} {
+		if got := quoteOption(in); got != want {
+			t.Errorf("quoteOption(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
