@@ -12,58 +12,58 @@ type DropReason int
 
 // Drop reasons.
 const (
-	DropMalformed       DropReason = iota // too short, unknown opcode, unparsable
-	DropControlAuth                       // tls-auth/tls-crypt unwrap failed (forged, corrupt, wrong key)
-	DropNoSession                         // control or data packet for no known session
-	DropBadCookie                         // third handshake packet with a cookie that does not verify
-	DropKeyMethod1                        // P_CONTROL_HARD_RESET_CLIENT_V1: key-method 1 is not supported
-	DropWrongDirection                    // server-only opcode received
-	DropHandshakeRateLimited                       // handshake reply refused by the rate limiter
-	DropControlRejected                   // control packet refused by the session (replay, wrong sid, key id)
-	DropNoKey                             // data packet for a key id without keys
-	DropDecrypt                           // data packet failed authentication
-	DropReplay                            // data packet id seen before or too old
-	DropWrongSource                       // data packet from an address other than the session's
-	DropNotIPv4                           // tunnel payload is not an IPv4 packet
-	DropSpoofedSource                     // client sent a packet with a source other than its address
-	DropUnauthorized                      // no authorization rule allows the destination
-	DropNAT                               // NAT refused the packet (unsupported protocol, table full)
-	DropNoMapping                         // packet from the private network matches no NAT mapping
-	DropNoClient                          // packet from the private network for a client that left
-	DropTLSHandshake                      // TLS handshake failed (bad certificate, timeout, protocol)
-	DropHandshakeLimit                    // too many handshakes in progress
-	DropCompressed                        // client sent a compressed payload (cvpn never decompresses)
-	DropTCPBackpressure                   // a TCP client does not read fast enough; its queue is full
-	DropNoRoute                           // destination covered by no route (split tunnel), or client-to-client not enabled
-	DropRateLimit                         // over the connection's bandwidth limit
+	DropMalformed            DropReason = iota // too short, unknown opcode, unparsable
+	DropControlAuth                            // tls-auth/tls-crypt unwrap failed (forged, corrupt, wrong key)
+	DropNoSession                              // control or data packet for no known session
+	DropBadCookie                              // third handshake packet with a cookie that does not verify
+	DropKeyMethod1                             // P_CONTROL_HARD_RESET_CLIENT_V1: key-method 1 is not supported
+	DropWrongDirection                         // server-only opcode received
+	DropHandshakeRateLimited                   // handshake reply refused by the rate limiter
+	DropControlRejected                        // control packet refused by the session (replay, wrong sid, key id)
+	DropNoKey                                  // data packet for a key id without keys
+	DropDecrypt                                // data packet failed authentication
+	DropReplay                                 // data packet id seen before or too old
+	DropWrongSource                            // data packet from an address other than the session's
+	DropNotIPv4                                // tunnel payload is not an IPv4 packet
+	DropSpoofedSource                          // client sent a packet with a source other than its address
+	DropUnauthorized                           // no authorization rule allows the destination
+	DropNAT                                    // NAT refused the packet (unsupported protocol, table full)
+	DropNoMapping                              // packet from the private network matches no NAT mapping
+	DropNoClient                               // packet from the private network for a client that left
+	DropTLSHandshake                           // TLS handshake failed (bad certificate, timeout, protocol)
+	DropHandshakeLimit                         // too many handshakes in progress
+	DropCompressed                             // client sent a compressed payload (cvpn never decompresses)
+	DropTCPBackpressure                        // a TCP client does not read fast enough; its queue is full
+	DropNoRoute                                // destination covered by no route (split tunnel), or client-to-client not enabled
+	DropRateLimit                              // over the connection's bandwidth limit
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
-	DropMalformed:       "malformed",
-	DropControlAuth:     "control_auth_failed",
-	DropNoSession:       "no_session",
-	DropBadCookie:       "bad_cookie",
-	DropKeyMethod1:      "key_method_1",
-	DropWrongDirection:  "wrong_direction",
-	DropHandshakeRateLimited:     "handshake_rate_limited",
-	DropControlRejected: "control_rejected",
-	DropNoKey:           "no_data_key",
-	DropDecrypt:         "decrypt_failed",
-	DropReplay:          "replay",
-	DropWrongSource:     "wrong_source",
-	DropNotIPv4:         "not_ipv4",
-	DropSpoofedSource:   "spoofed_source",
-	DropUnauthorized:    "unauthorized",
-	DropNAT:             "nat_refused",
-	DropNoMapping:       "no_nat_mapping",
-	DropNoClient:        "no_client",
-	DropTLSHandshake:    "tls_handshake_failed",
-	DropHandshakeLimit:  "handshake_limit",
-	DropCompressed:      "compressed_payload",
-	DropTCPBackpressure: "tcp_backpressure",
-	DropNoRoute:         "no_route",
-	DropRateLimit:       "bandwidth_limit",
+	DropMalformed:            "malformed",
+	DropControlAuth:          "control_auth_failed",
+	DropNoSession:            "no_session",
+	DropBadCookie:            "bad_cookie",
+	DropKeyMethod1:           "key_method_1",
+	DropWrongDirection:       "wrong_direction",
+	DropHandshakeRateLimited: "handshake_rate_limited",
+	DropControlRejected:      "control_rejected",
+	DropNoKey:                "no_data_key",
+	DropDecrypt:              "decrypt_failed",
+	DropReplay:               "replay",
+	DropWrongSource:          "wrong_source",
+	DropNotIPv4:              "not_ipv4",
+	DropSpoofedSource:        "spoofed_source",
+	DropUnauthorized:         "unauthorized",
+	DropNAT:                  "nat_refused",
+	DropNoMapping:            "no_nat_mapping",
+	DropNoClient:             "no_client",
+	DropTLSHandshake:         "tls_handshake_failed",
+	DropHandshakeLimit:       "handshake_limit",
+	DropCompressed:           "compressed_payload",
+	DropTCPBackpressure:      "tcp_backpressure",
+	DropNoRoute:              "no_route",
+	DropRateLimit:            "bandwidth_limit",
 }
 
 func (r DropReason) String() string {
