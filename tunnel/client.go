@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -38,6 +39,7 @@ type client struct {
 	addr       netip.Addr
 	peerID     uint32
 	commonName string
+	cert       *x509.Certificate
 	groupNames []string
 	cipher     datacrypto.Cipher
 	dataV2     bool
@@ -66,6 +68,7 @@ type client struct {
 	txBytes  atomic.Uint64
 
 	authenticated atomic.Bool
+	timedOut      atomic.Bool
 	closed        atomic.Bool
 	pushed        atomic.Bool
 }

@@ -62,6 +62,9 @@ func (s *Server) runKey(c *client, k *channel.Key) {
 
 	var failure *authFailure
 	if k.ID == 0 {
+		if len(state.PeerCertificates) > 0 {
+			c.cert = state.PeerCertificates[0]
+		}
 		failure = s.admit(c, cn, groups, &msg, &peer)
 	} else if cn != c.commonName {
 		failure = &authFailure{"renegotiation presented another identity"}
@@ -296,6 +299,9 @@ func (s *Server) sendPushReply(c *client, conn *tls.Conn) {
 			return
 		}
 	}
+	if s.cfg.Banner != "" {
+		_, _ = conn.Write([]byte("INFO," + printable(s.cfg.Banner) + "\x00"))
+	}
 }
 
 // pushMessages splits options into PUSH_REPLY messages of at most size bytes, marking all but the
@@ -315,4 +321,15 @@ func pushMessages(opts []string, size int) []string {
 		cur += ",push-continuation 1"
 	}
 	return append(msgs, cur)
+}
+
+// printable replaces what a client refuses in a control message (CR, LF, other control bytes)
+// with spaces.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
 }

@@ -39,6 +39,14 @@ type Config struct {
 	// Certificate is the server's TLS identity; ClientCAs verifies client certificates.
 	Certificate tls.Certificate
 	ClientCAs   *x509.CertPool
+	// Revoked, when set, refuses client certificates it reports revoked (the CRL). SetRevoker
+	// replaces it at run time and cuts off connected clients it revokes.
+	Revoked Revoker
+	// SessionTimeout ends a session this long after it started (AWS session_timeout_hours); the
+	// client is told RESTART and reconnects, authenticating again. 0 means never.
+	SessionTimeout time.Duration
+	// Banner is sent to each client after its configuration (as INFO); empty sends nothing.
+	Banner string
 	// ControlWrapper protects the control channel (tls-crypt, tls-auth); nil means none.
 	ControlWrapper tlscrypt.Wrapper
 	// Ciphers are the data ciphers in the server's order of preference.
@@ -61,6 +69,11 @@ type Config struct {
 	MaxHandshakes int
 	Log           *slog.Logger
 	Now           func() time.Time
+}
+
+// Revoker reports whether a client certificate was revoked.
+type Revoker interface {
+	IsRevoked(cert *x509.Certificate) bool
 }
 
 // Policy is the per-packet configuration: an immutable snapshot swapped atomically on reload.
@@ -134,6 +147,7 @@ type Server struct {
 	cookies *cookie.Jar
 	limiter *tokenBucket
 	policy  atomic.Pointer[Policy]
+	revoker atomic.Pointer[Revoker]
 	mss     uint16
 
 	// mu guards all, byAddr and handshakes. peers is indexed by peer-id, which is the pool index of the
@@ -195,12 +209,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.drops = dropCounters{log: cfg.Log, now: cfg.Now, every: 10 * time.Second}
 	s.policy.Store(cfg.Policy)
+	if cfg.Revoked != nil {
+		s.revoker.Store(&cfg.Revoked)
+	}
 	s.tlsConf = &tls.Config{
 		Certificates:           []tls.Certificate{cfg.Certificate},
 		ClientAuth:             tls.RequireAndVerifyClientCert,
 		ClientCAs:              cfg.ClientCAs,
 		MinVersion:             tls.VersionTLS12,
 		SessionTicketsDisabled: true,
+		VerifyConnection:       s.verifyConnection,
 	}
 	s.wrapper, s.replay = cfg.ControlWrapper, true
 	if s.wrapper == nil {
@@ -305,6 +323,30 @@ func (s *Server) closeListeners() {
 
 // Reload swaps the per-packet policy; connected clients get it on their next packet.
 func (s *Server) Reload(p *Policy) { s.policy.Store(p) }
+
+// verifyConnection refuses revoked client certificates during the TLS handshake.
+func (s *Server) verifyConnection(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) > 0 && s.isRevoked(cs.PeerCertificates[0]) {
+		return fmt.Errorf("client certificate %q (serial %s) is revoked", cs.PeerCertificates[0].Subject.CommonName, cs.PeerCertificates[0].SerialNumber)
+	}
+	return nil
+}
+
+func (s *Server) isRevoked(cert *x509.Certificate) bool {
+	r := s.revoker.Load()
+	return r != nil && *r != nil && (*r).IsRevoked(cert)
+}
+
+// SetRevoker replaces the revocation list and disconnects connected clients it revokes; other
+// clients are not disturbed.
+func (s *Server) SetRevoker(r Revoker) {
+	s.revoker.Store(&r)
+	for _, c := range s.clients() {
+		if c.cert != nil && s.isRevoked(c.cert) {
+			s.disconnect(c, "certificate revoked")
+		}
+	}
+}
 
 // Drops returns the drop counters by reason.
 func (s *Server) Drops() map[string]uint64 { return s.drops.snapshot() }

@@ -35,6 +35,16 @@ func (s *Server) tick(now time.Time) {
 			}
 			continue
 		}
+		if s.cfg.SessionTimeout > 0 && now.Sub(c.since) > s.cfg.SessionTimeout && !c.timedOut.Swap(true) {
+			if conn := c.tlsConn.Load(); conn != nil {
+				_, _ = conn.Write([]byte("RESTART\x00"))
+			}
+			go func() {
+				time.Sleep(time.Second) // let the RESTART reach the client
+				s.disconnect(c, "session timeout")
+			}()
+			continue
+		}
 		if idle > s.cfg.PingRestart {
 			s.disconnect(c, "ping-restart: no packet from the client for "+idle.Round(time.Second).String())
 			continue

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cvpn/cvpn/authz"
 	"github.com/cvpn/cvpn/config"
@@ -168,6 +169,9 @@ func serve(path string, ep *endpoint, log *slog.Logger) error {
 		ClientCAs:      ep.ClientCAs,
 		ControlWrapper: wrapper,
 		Reneg:          cfg.Reneg,
+		Revoked:        ep.CRL,
+		SessionTimeout: cfg.SessionTimeout,
+		Banner:         cfg.ClientLoginBanner,
 		MSS:            cfg.TUN.MTU - 100, // room for the tunnel's own headers on a path of the same MTU
 		Ciphers:        ep.Ciphers,
 		Pool:           pool,
@@ -195,6 +199,11 @@ func serve(path string, ep *endpoint, log *slog.Logger) error {
 			return
 		}
 	}()
+	if f := cfg.Authentication.Certificate.CRLFile; f != "" {
+		stop := make(chan struct{})
+		defer close(stop)
+		go watchCRL(f, ep.ClientCACerts, srv, log, stop)
+	}
 	log.Info("cvpn listening", "udp", udp, "tcp", tcp, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
 		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name)
 	srv.Run()
@@ -238,4 +247,46 @@ func controlWrapper(ep *endpoint) (tlscrypt.Wrapper, error) {
 		return tlscrypt.NewTLSAuth(ep.TLSAuthKey, int(cc.TLSAuthKeyDirection), h), nil
 	}
 	return nil, nil
+}
+
+// crlPoll is how often the CRL file is checked for a new version.
+const crlPoll = 2 * time.Second
+
+// watchCRL reloads the CRL when its file changes (cvpn client revoke replaces it by rename) and
+// hands it to the server, which cuts off connected clients it revokes. A CRL that fails to load or
+// verify is logged and the previous one stays.
+func watchCRL(file string, cas []*x509.Certificate, srv *tunnel.Server, log *slog.Logger, stop <-chan struct{}) {
+	stamp := func() string {
+		fi, err := os.Stat(file)
+		if err != nil {
+			return ""
+		}
+		return fmt.Sprint(fi.ModTime().UnixNano(), fi.Size(), fi.Sys())
+	}
+	last := stamp()
+	t := time.NewTicker(crlPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		now := stamp()
+		if now == last || now == "" {
+			continue
+		}
+		crl, err := pki.LoadCRL(file)
+		if err == nil {
+			_, err = crl.Verify(cas, time.Now())
+		}
+		if err != nil {
+			log.Error("new CRL refused; the previous one stays in force", "file", file, "err", err)
+			last = now
+			continue
+		}
+		last = now
+		srv.SetRevoker(crl)
+		log.Info("CRL reloaded", "file", file, "revoked", crl.Len())
+	}
 }
