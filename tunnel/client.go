@@ -11,6 +11,7 @@ import (
 	"github.com/cvpn/cvpn/authz"
 	"github.com/cvpn/cvpn/tls/channel"
 	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
 	"github.com/cvpn/cvpn/tunnel/bucket"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 	"github.com/cvpn/cvpn/tunnel/replay"
@@ -27,7 +28,8 @@ type client struct {
 	id        uint64
 	srv       *Server
 	link      link
-	tcp       *tcpLink // non-nil for a TCP session
+	tcp       *tcpLink         // non-nil for a TCP session
+	wrap      tlscrypt.Wrapper // the client's own tls-crypt-v2 key; nil: the endpoint's wrapping
 	localSID  packet.SessionID
 	remoteSID packet.SessionID
 	ctl       *channel.Channel
@@ -35,6 +37,7 @@ type client struct {
 
 	addrPort atomic.Pointer[netip.AddrPort]
 	udpAddr  atomic.Pointer[net.UDPAddr]
+	oob      atomic.Pointer[[]byte] // IP_PKTINFO naming the local address this UDP client talks to
 
 	addr       netip.Addr
 	peerID     uint32
@@ -93,6 +96,8 @@ func (c *client) remote() netip.AddrPort {
 	}
 	return netip.AddrPort{}
 }
+
+func (c *client) setOOB(oob []byte) { c.oob.Store(&oob) }
 
 func (c *client) setRemote(ap netip.AddrPort) {
 	c.addrPort.Store(&ap)

@@ -49,6 +49,9 @@ type Config struct {
 	Banner string
 	// ControlWrapper protects the control channel (tls-crypt, tls-auth); nil means none.
 	ControlWrapper tlscrypt.Wrapper
+	// TLSCryptV2 accepts tls-crypt-v2 clients (each with its own key, wrapped by this one). With it
+	// and no ControlWrapper, unprotected control packets are refused.
+	TLSCryptV2 *tlscrypt.V2ServerKey
 	// Ciphers are the data ciphers in the server's order of preference.
 	Ciphers []datacrypto.Cipher
 	Pool    *ippool.Pool
@@ -144,6 +147,7 @@ type Server struct {
 	tlsConf *tls.Config
 	wrapper tlscrypt.Wrapper
 	replay  bool
+	v2      *tlscrypt.V2ServerKey
 	cookies *cookie.Jar
 	limiter *tokenBucket
 	policy  atomic.Pointer[Policy]
@@ -220,6 +224,7 @@ func New(cfg Config) (*Server, error) {
 		SessionTicketsDisabled: true,
 		VerifyConnection:       s.verifyConnection,
 	}
+	s.v2 = cfg.TLSCryptV2
 	s.wrapper, s.replay = cfg.ControlWrapper, true
 	if s.wrapper == nil {
 		s.wrapper, s.replay = tlscrypt.NewPlain(), false
@@ -343,7 +348,14 @@ func (s *Server) SetRevoker(r Revoker) {
 	s.revoker.Store(&r)
 	for _, c := range s.clients() {
 		if c.cert != nil && s.isRevoked(c.cert) {
-			s.disconnect(c, "certificate revoked")
+			// Tell the client why, so the stock client stops rather than retrying forever.
+			if conn := c.tlsConn.Load(); conn != nil {
+				_, _ = conn.Write([]byte("AUTH_FAILED,client certificate revoked\x00"))
+			}
+			go func() {
+				time.Sleep(500 * time.Millisecond) // let the message leave first
+				s.disconnect(c, "certificate revoked")
+			}()
 		}
 	}
 }

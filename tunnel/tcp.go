@@ -11,6 +11,7 @@ import (
 	"net/netip"
 
 	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
 )
 
 // maxTCPPacket bounds one framed packet; OpenVPN calls anything larger a bad encapsulated length.
@@ -98,7 +99,7 @@ func (s *Server) serveTCP(conn *net.TCPConn) {
 				s.drops.add(DropKeyMethod1, "from", from)
 				return
 			}
-			plain, pid, ts, err := s.wrapper.Unwrap(scratch[:0], pkt)
+			plain, pid, ts, w, err := s.unwrapControl(scratch[:0], pkt, c)
 			if err != nil {
 				s.drops.add(DropControlAuth, "from", from, "err", err)
 				return
@@ -109,11 +110,12 @@ func (s *Server) serveTCP(conn *net.TCPConn) {
 				return
 			}
 			if c == nil {
-				if p.Opcode != packet.HardResetClientV2 || kid != 0 || p.SessionID.IsZero() {
+				reset := p.Opcode == packet.HardResetClientV2 || p.Opcode == packet.HardResetClientV3
+				if !reset || kid != 0 || p.SessionID.IsZero() {
 					s.drops.add(DropNoSession, "from", from, "opcode", p.Opcode)
 					return
 				}
-				if c = s.newTCPClient(tl, from, &p, pid, ts); c == nil {
+				if c = s.newStatefulClient(tl, from, &p, pid, ts, w); c == nil {
 					return
 				}
 				continue
@@ -134,20 +136,28 @@ func (s *Server) serveTCP(conn *net.TCPConn) {
 	}
 }
 
-// newTCPClient creates the session of a TCP client from its hard reset and answers with the
-// server's reset as reliable message 0.
-func (s *Server) newTCPClient(tl *tcpLink, from netip.AddrPort, p *packet.Control, pid, ts uint32) *client {
+// newStatefulClient creates a session from a client's hard reset at once, without the cookie
+// round trip: for TCP (the connection proves the address) and for tls-crypt-v2 clients that cannot
+// resend their key. The server's reset, acking the client's, leaves as reliable message 0.
+func (s *Server) newStatefulClient(l link, from netip.AddrPort, p *packet.Control, pid, ts uint32, w tlscrypt.Wrapper) *client {
 	var local packet.SessionID
 	for local.IsZero() {
 		if _, err := rand.Read(local[:]); err != nil {
 			return nil
 		}
 	}
-	c := s.newSession(tl, from, local, p.SessionID, false)
+	c := s.newSession(l, from, local, p.SessionID, false, w)
 	if c == nil {
 		return nil
 	}
-	c.tcp = tl
+	switch lk := l.(type) {
+	case *tcpLink:
+		c.tcp = lk
+	case udpLink:
+		lk.c = c
+		c.link = lk
+		c.setOOB(lk.l.replyOOB())
+	}
 	if err := c.ctl.Input(p, pid, ts); err != nil {
 		s.drops.add(DropControlRejected, "from", from, "err", err)
 		s.disconnect(c, "bad hard reset")

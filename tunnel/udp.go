@@ -6,11 +6,14 @@ import (
 	"net"
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/sys/unix"
 
 	"github.com/cvpn/cvpn/tls/channel"
 	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
 )
 
 const (
@@ -27,10 +30,16 @@ type udpListener struct {
 	conn *net.UDPConn
 	pc   *ipv4.PacketConn
 
+	// pktinfo is set when the socket is bound to the unspecified address: replies must then leave
+	// from the address each client sent to, which IP_PKTINFO reports and sets (a multihomed host
+	// would otherwise answer from whatever address routing picks, and clients drop that).
+	pktinfo bool
+
 	// Owned by the receive goroutine.
 	msgs     []ipv4.Message
 	scratch  []byte
 	tunBatch [][]byte
+	curDst   netip.Addr // the local address the current datagram was sent to
 }
 
 func listenUDP(s *Server, ap netip.AddrPort) (*udpListener, error) {
@@ -47,9 +56,19 @@ func listenUDP(s *Server, ap netip.AddrPort) (*udpListener, error) {
 		pc:      ipv4.NewPacketConn(conn),
 		scratch: make([]byte, 0, udpBufSize),
 	}
+	if ap.Addr().IsUnspecified() {
+		if err := l.pc.SetControlMessage(ipv4.FlagDst, true); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("tunnel: udp %s: IP_PKTINFO: %w", ap, err)
+		}
+		l.pktinfo = true
+	}
 	l.msgs = make([]ipv4.Message, udpBatch)
 	for i := range l.msgs {
 		l.msgs[i].Buffers = [][]byte{make([]byte, udpBufSize)}
+		if l.pktinfo {
+			l.msgs[i].OOB = make([]byte, 64)
+		}
 	}
 	return l, nil
 }
@@ -57,8 +76,41 @@ func listenUDP(s *Server, ap netip.AddrPort) (*udpListener, error) {
 func (l *udpListener) close() { l.conn.Close() }
 
 // send transmits one packet to a client; it never blocks for long (UDP).
-func (l *udpListener) send(pkt []byte, to *net.UDPAddr) {
-	_, _ = l.conn.WriteToUDP(pkt, to)
+// send transmits one packet to a client from the local address oob names (nil: any).
+func (l *udpListener) send(pkt []byte, to *net.UDPAddr, oob []byte) {
+	if oob == nil {
+		_, _ = l.conn.WriteToUDP(pkt, to)
+		return
+	}
+	_, _, _ = l.conn.WriteMsgUDP(pkt, oob, to)
+}
+
+// replyOOB is the control message that makes replies leave from the address the current datagram
+// was sent to; nil when the socket is bound to one address anyway.
+func (l *udpListener) replyOOB() []byte {
+	if !l.pktinfo || !l.curDst.IsValid() {
+		return nil
+	}
+	return (&ipv4.ControlMessage{Src: l.curDst.AsSlice()}).Marshal()
+}
+
+// pktinfoDst extracts the destination address from an IP_PKTINFO control message without
+// allocating: cmsghdr (len, level, type) then struct in_pktinfo {ifindex, spec_dst, addr}.
+func pktinfoDst(oob []byte) netip.Addr {
+	const hdr = unix.SizeofCmsghdr
+	for len(oob) >= hdr {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		n := int(h.Len)
+		if n < hdr || n > len(oob) {
+			return netip.Addr{}
+		}
+		if h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && n >= hdr+unix.SizeofInet4Pktinfo {
+			info := (*unix.Inet4Pktinfo)(unsafe.Pointer(&oob[hdr]))
+			return netip.AddrFrom4(info.Addr)
+		}
+		oob = oob[(n+7)&^7:]
+	}
+	return netip.Addr{}
 }
 
 func (l *udpListener) receiveLoop() {
@@ -81,6 +133,9 @@ func (l *udpListener) receiveLoop() {
 			}
 			from := ua.AddrPort()
 			from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+			if l.pktinfo {
+				l.curDst = pktinfoDst(m.OOB[:m.NN])
+			}
 			l.srv.handleDatagram(l, m.Buffers[0][:m.N], from)
 		}
 		l.srv.writeTUN(l.tunBatch)
@@ -119,7 +174,8 @@ func (s *Server) receiveControl(l *udpListener, pkt []byte, op packet.Opcode, ki
 		s.drops.add(DropWrongDirection, "from", from, "opcode", op)
 		return
 	}
-	plain, pid, ts, err := s.wrapper.Unwrap(l.scratch[:0], pkt)
+	c := s.lookupAddr(from)
+	plain, pid, ts, w, err := s.unwrapControl(l.scratch[:0], pkt, c)
 	if err != nil {
 		s.drops.add(DropControlAuth, "from", from, "err", err)
 		return
@@ -129,7 +185,7 @@ func (s *Server) receiveControl(l *udpListener, pkt []byte, op packet.Opcode, ki
 		s.drops.add(DropMalformed, "from", from, "err", err)
 		return
 	}
-	if c := s.lookupAddr(from); c != nil && p.SessionID == c.remoteSID {
+	if c != nil && p.SessionID == c.remoteSID {
 		if err := c.ctl.Input(&p, pid, ts); err != nil {
 			s.drops.add(DropControlRejected, "from", from, "err", err)
 			return
@@ -137,19 +193,25 @@ func (s *Server) receiveControl(l *udpListener, pkt []byte, op packet.Opcode, ki
 		c.lastRecv.Store(s.cfg.Now().UnixNano())
 		return
 	}
+	reset := p.Opcode == packet.HardResetClientV2 || p.Opcode == packet.HardResetClientV3
 	switch {
-	case p.Opcode == packet.HardResetClientV2 && kid == 0 && !p.SessionID.IsZero():
+	case reset && kid == 0 && !p.SessionID.IsZero():
 		if !s.limiter.allow() {
 			s.drops.add(DropHandshakeRateLimited, "from", from)
 			return
 		}
-		s.sendCookieReset(l, &p, from)
-	case (p.Opcode == packet.ControlV1 || p.Opcode == packet.AckV1) && kid == 0 && p.NumAcks > 0:
+		if p.Opcode == packet.HardResetClientV3 && !tlscrypt.EarlyNegotiation(pid) {
+			// A tls-crypt-v2 client older than 2.6 will not resend its key: keep state now.
+			s.newStatefulClient(udpLink{l: l}, from, &p, pid, ts, w)
+			return
+		}
+		s.sendCookieReset(l, &p, from, w)
+	case (p.Opcode == packet.ControlV1 || p.Opcode == packet.AckV1 || p.Opcode == packet.ControlWKCV1) && kid == 0 && p.NumAcks > 0:
 		if !s.cookies.Valid(from, p.SessionID, p.RemoteSessionID) {
 			s.drops.add(DropBadCookie, "from", from)
 			return
 		}
-		c := s.newClient(l, from, p.RemoteSessionID, p.SessionID)
+		c := s.newClient(l, from, p.RemoteSessionID, p.SessionID, w)
 		if c == nil {
 			return
 		}
@@ -161,9 +223,50 @@ func (s *Server) receiveControl(l *udpListener, pkt []byte, op packet.Opcode, ki
 	}
 }
 
+// unwrapControl authenticates a control packet for session c (nil for an unknown sender). It
+// returns the plain layout, the replay ids, and the wrapper that accepted it: the endpoint's
+// (tls-crypt, tls-auth or none), or for tls-crypt-v2 the client's own key, unwrapped from the WKc
+// the packet carries (or kept by its session).
+func (s *Server) unwrapControl(dst, pkt []byte, c *client) (plain []byte, pid, ts uint32, w tlscrypt.Wrapper, err error) {
+	op, _ := packet.SplitHeader(pkt[0])
+	if c != nil && c.wrap != nil {
+		w = c.wrap
+	}
+	if op == packet.HardResetClientV3 || op == packet.ControlWKCV1 {
+		if s.v2 == nil {
+			return nil, 0, 0, nil, errNoTLSCryptV2
+		}
+		wrapped, wkc, err := tlscrypt.SplitWKc(pkt)
+		if err != nil {
+			return nil, 0, 0, nil, err
+		}
+		if w == nil {
+			kc, _, err := s.v2.UnwrapClientKey(wkc)
+			if err != nil {
+				return nil, 0, 0, nil, err
+			}
+			w = tlscrypt.NewTLSCrypt(kc, true)
+		}
+		pkt = wrapped
+	}
+	if w == nil {
+		if s.v2 != nil && !s.replay {
+			return nil, 0, 0, nil, errNeedTLSCryptV2
+		}
+		w = s.wrapper
+	}
+	plain, pid, ts, err = w.Unwrap(dst, pkt)
+	return plain, pid, ts, w, err
+}
+
+var (
+	errNoTLSCryptV2   = errors.New("tls-crypt-v2 packet but no tls_crypt_v2_server_key_file configured")
+	errNeedTLSCryptV2 = errors.New("unwrapped control packet; this endpoint requires tls-crypt-v2")
+)
+
 // sendCookieReset answers a client's hard reset with P_CONTROL_HARD_RESET_SERVER_V2 whose session
 // id is the cookie: it acks the client's message 0 and is itself message 0.
-func (s *Server) sendCookieReset(l *udpListener, p *packet.Control, from netip.AddrPort) {
+func (s *Server) sendCookieReset(l *udpListener, p *packet.Control, from netip.AddrPort, w tlscrypt.Wrapper) {
 	reply := packet.Control{
 		Opcode:          packet.HardResetServerV2,
 		SessionID:       s.cookies.Make(from, p.SessionID),
@@ -172,30 +275,36 @@ func (s *Server) sendCookieReset(l *udpListener, p *packet.Control, from netip.A
 		PacketID:        0,
 	}
 	reply.Acks[0] = p.PacketID
+	if p.Opcode == packet.HardResetClientV3 {
+		// Ask the client to resend its key with its next packet (P_CONTROL_WKC_V1), since the
+		// server keeps nothing until then.
+		reply.Payload = tlscrypt.EarlyNegTLV
+	}
 	plain := reply.Append(nil)
-	wire, err := s.wrapper.Wrap(nil, plain, 1, uint32(s.cfg.Now().Unix()))
+	wire, err := w.Wrap(nil, plain, 1, uint32(s.cfg.Now().Unix()))
 	if err != nil {
 		s.log.Error("wrap cookie reset", "err", err)
 		return
 	}
-	l.send(wire, net.UDPAddrFromAddrPort(from))
+	l.send(wire, net.UDPAddrFromAddrPort(from), l.replyOOB())
 }
 
 // newClient creates the session of a UDP client that proved its address, replacing any session
 // the same address had, and starts its handshake goroutine.
-func (s *Server) newClient(l *udpListener, from netip.AddrPort, local, remote packet.SessionID) *client {
-	c := s.newSession(nil, from, local, remote, true)
+func (s *Server) newClient(l *udpListener, from netip.AddrPort, local, remote packet.SessionID, w tlscrypt.Wrapper) *client {
+	c := s.newSession(nil, from, local, remote, true, w)
 	if c == nil {
 		return nil
 	}
 	c.link = udpLink{l: l, c: c}
+	c.setOOB(l.replyOOB())
 	go s.runKey(c, c.ctl.Key(0))
 	return c
 }
 
 // newSession creates and registers a session. l is its link (nil for UDP, set by the caller before
 // any packet is sent); established says the hard resets were already exchanged (UDP cookie flow).
-func (s *Server) newSession(l link, from netip.AddrPort, local, remote packet.SessionID, established bool) *client {
+func (s *Server) newSession(l link, from netip.AddrPort, local, remote packet.SessionID, established bool, w tlscrypt.Wrapper) *client {
 	var reset packet.Opcode
 	if !established {
 		reset = packet.HardResetServerV2
@@ -208,6 +317,10 @@ func (s *Server) newSession(l link, from netip.AddrPort, local, remote packet.Se
 		remoteSID: remote,
 		since:     s.cfg.Now(),
 	}
+	replay := s.replay
+	if w != s.wrapper {
+		c.wrap, replay = w, true // the client's own tls-crypt-v2 key
+	}
 	c.setRemote(from)
 	c.lastRecv.Store(s.cfg.Now().UnixNano())
 	sendPID := uint32(1)
@@ -217,8 +330,8 @@ func (s *Server) newSession(l link, from netip.AddrPort, local, remote packet.Se
 	c.ctl = channel.New(channel.Config{
 		LocalSID:  local,
 		RemoteSID: remote,
-		Wrapper:   s.wrapper,
-		Replay:    s.replay,
+		Wrapper:   w,
+		Replay:    replay,
 		SendPID:   sendPID,
 		Send:      func(wire []byte) { c.link.send(wire) },
 		Now:       s.cfg.Now,
@@ -234,7 +347,7 @@ func (s *Server) newSession(l link, from netip.AddrPort, local, remote packet.Se
 		return nil
 	}
 	var old *client
-	if l == nil { // UDP: one session per address
+	if _, tcp := l.(*tcpLink); !tcp { // UDP: one session per address
 		old = s.byAddr[from]
 		s.byAddr[from] = c
 	}
@@ -261,6 +374,7 @@ func (s *Server) float(c *client, to netip.AddrPort) {
 	}
 	s.byAddr[to] = c
 	c.setRemote(to)
+	c.setOOB(c.link.(udpLink).l.replyOOB())
 	s.mu.Unlock()
 	s.log.Info("client floated", "cn", c.commonName, "from", from, "to", to)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/ecdsa"
+	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
 )
 
 // Client identities need no database: the issued certificates are the index. Each client is
@@ -65,6 +67,11 @@ func storeOf(cfg *config.Endpoint, caKey string) clientStore {
 
 func (s clientStore) certFile(name string) string { return filepath.Join(s.dir, name+".crt") }
 func (s clientStore) keyFile(name string) string  { return filepath.Join(s.dir, name+".key") }
+
+// v2KeyFile is the client's own tls-crypt-v2 key, when it has one.
+func (s clientStore) v2KeyFile(name string) string {
+	return filepath.Join(s.dir, name+".tls-crypt-v2.key")
+}
 
 // loadCA loads the issuing CA: client_root_ca_file and its key.
 func (s clientStore) loadCA() (*pki.Identity, error) {
@@ -131,6 +138,7 @@ func clientIssue(args []string, stdout, stderr io.Writer) int {
 	keyType := fl.String("key-type", "", "ecdsa-p256 or rsa2048 (default: the CA's key type)")
 	days := fl.Int("days", defaultClientDays, "days the certificate is valid (at most until the CA expires)")
 	caKey := fl.String("ca-key", "", "CA private key (default: client_root_ca_file with extension .key)")
+	v2 := fl.Bool("tls-crypt-v2", false, "also issue the client its own tls-crypt-v2 key (needs control_channel.tls_crypt_v2_server_key_file)")
 	pos, err := parseInterleaved(fl, args)
 	if err != nil {
 		return exitInvalid
@@ -160,6 +168,18 @@ func clientIssue(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "cvpn client issue:", err)
 		return exitRuntime
+	}
+	var v2Server *tlscrypt.V2ServerKey
+	if *v2 {
+		f := cfg.ControlChannel.TLSCryptV2ServerKeyFile
+		if f == "" {
+			fmt.Fprintln(stderr, "cvpn client issue: --tls-crypt-v2: the endpoint has no control_channel.tls_crypt_v2_server_key_file")
+			return exitInvalid
+		}
+		if v2Server, err = loadTLSCryptV2ServerKey(f); err != nil {
+			fmt.Fprintln(stderr, "cvpn client issue: control_channel.tls_crypt_v2_server_key_file:", err)
+			return exitInvalid
+		}
 	}
 	kt, err := keyTypeOf(*keyType, ca)
 	if err != nil {
@@ -191,6 +211,17 @@ func clientIssue(args []string, stdout, stderr io.Writer) int {
 	if err := pki.WriteIdentity(id, store.certFile(name), store.keyFile(name)); err != nil {
 		fmt.Fprintln(stderr, "cvpn client issue:", err)
 		return exitRuntime
+	}
+	if v2Server != nil {
+		ck, err := tlscrypt.NewV2ClientKey(rand.Reader, v2Server, nil)
+		if err == nil {
+			err = writeNewFile(store.v2KeyFile(name), ck.Marshal(), 0o600)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "cvpn client issue: tls-crypt-v2 key:", err)
+			return exitRuntime
+		}
+		fmt.Fprintf(stdout, "  tls-crypt-v2 key %s\n", store.v2KeyFile(name))
 	}
 	for _, g := range groups {
 		if !groupUsed(cfg, g) {
@@ -475,4 +506,17 @@ func clientList(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "no clients in %s yet (cvpn client issue NAME)\n", store.dir)
 	}
 	return code
+}
+
+// writeNewFile writes data to a file that must not exist yet, with mode perm.
+func writeNewFile(name string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
-	"encoding/pem"
 	"flag"
 	"os"
 	"path/filepath"
@@ -82,11 +81,11 @@ func TestExamplePKI(t *testing.T) {
 		}
 		write(name, k.Marshal())
 	}
-	v2 := make([]byte, 128)
-	if _, err := rand.Read(v2); err != nil {
+	v2, err := tlscrypt.GenerateV2ServerKey(rand.Reader)
+	if err != nil {
 		t.Fatal(err)
 	}
-	write("tc-v2-server.key", pem.EncodeToMemory(&pem.Block{Type: tlsCryptV2ServerKeyPEM, Bytes: v2}))
+	write("tc-v2-server.key", v2.Marshal())
 	for name, signer := range map[string]*pki.Identity{"crl.pem": ca, "other-ca-crl.pem": otherCA} {
 		crl, err := pki.NewCRL(signer, now, 29*years)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 	"unicode"
@@ -96,10 +97,17 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 			p.keyDirection = 1 - int(cc.TLSAuthKeyDirection) // the client uses the other direction
 		}
 		p.authDigest = cc.TLSAuthDigest
-	case ep.TLSCryptV2ServerKey != nil:
+	}
+	if ep.TLSCryptV2ServerKey != nil && *client != "" {
+		// A client issued with --tls-crypt-v2 gets its own key, which replaces the shared one.
+		if data, err := os.ReadFile(storeOf(cfg, "").v2KeyFile(*client)); err == nil {
+			p.tlsCryptV2, p.tlsCrypt, p.tlsAuth = data, nil, nil
+		}
+	}
+	if ep.TLSCryptV2ServerKey != nil && ep.ControlKey == nil && ep.TLSAuthKey == nil && p.tlsCryptV2 == nil {
 		fmt.Fprintln(stderr, cfg.KeyError("control_channel.tls_crypt_v2_server_key_file", errors.New(
-			"tls-crypt-v2 needs a key per client, which cvpn does not issue yet; "+
-				"set tls_crypt_key_file (or tls_auth_key_file) alongside it for exported profiles")))
+			"this endpoint accepts only tls-crypt-v2 clients: name a client issued with "+
+				"`cvpn client issue NAME --tls-crypt-v2` (or add tls_crypt_key_file for shared profiles)")))
 		return exitRuntime
 	}
 	if *client != "" {
@@ -212,6 +220,7 @@ type profile struct {
 	serverName   string // the server certificate's CN
 	ciphers      []string
 	caPEM        []byte
+	tlsCryptV2   []byte // the client's own tls-crypt-v2 key, or
 	tlsCrypt     []byte // tls-crypt key file, or
 	tlsAuth      []byte // tls-auth key file, with
 	keyDirection int    // the client's key-direction, -1 for none (bidirectional)
@@ -269,6 +278,8 @@ func (p *profile) render() []byte {
 		block("key", p.keyPEM)
 	}
 	switch {
+	case p.tlsCryptV2 != nil:
+		block("tls-crypt-v2", p.tlsCryptV2)
 	case p.tlsCrypt != nil:
 		block("tls-crypt", p.tlsCrypt)
 	case p.tlsAuth != nil:

@@ -112,9 +112,11 @@ func TestExportCarriesNoEndpointSecret(t *testing.T) {
 	mustRun(t, "client", "issue", "alice", "--config", cfgPath)
 	mustRun(t, "client", "issue", "bob", "--config", cfgPath)
 	// A tls-crypt-v2 server key alongside tls-crypt.
-	v2 := make([]byte, 128)
-	rand.Read(v2)
-	if err := os.WriteFile(p("v2.key"), pem.EncodeToMemory(&pem.Block{Type: tlsCryptV2ServerKeyPEM, Bytes: v2}), 0o600); err != nil {
+	v2, err := tlscrypt.GenerateV2ServerKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p("v2.key"), v2.Marshal(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	yml := strings.Replace(readFile(t, cfgPath), "  tls_crypt_key_file: pki/tc.key\n",
@@ -225,8 +227,11 @@ func TestExportRefuses(t *testing.T) {
 		}
 		return f
 	}
-	v2 := make([]byte, 128)
-	if err := os.WriteFile(filepath.Join(filepath.Dir(cfgPath), "pki", "v2.key"), pem.EncodeToMemory(&pem.Block{Type: tlsCryptV2ServerKeyPEM, Bytes: v2}), 0o600); err != nil {
+	v2, err := tlscrypt.GenerateV2ServerKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(cfgPath), "pki", "v2.key"), v2.Marshal(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -250,7 +255,7 @@ func TestExportRefuses(t *testing.T) {
 			nil, exitInvalid, "client_cidr_block: 10.2.0.0/24: prefix length"},
 		{"only tls-crypt-v2", func(t *testing.T) string {
 			return edited(t, "  tls_crypt_key_file: pki/tc.key\n", "  tls_crypt_v2_server_key_file: pki/v2.key\n")
-		}, nil, exitRuntime, "control_channel.tls_crypt_v2_server_key_file: tls-crypt-v2 needs a key per client"},
+		}, nil, exitRuntime, "control_channel.tls_crypt_v2_server_key_file: this endpoint accepts only tls-crypt-v2 clients"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

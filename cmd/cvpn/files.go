@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -107,33 +106,17 @@ func loadStaticKey(file string) (*tlscrypt.StaticKey, error) {
 	return k, nil
 }
 
-// tlsCryptV2ServerKey is an OpenVPN tls-crypt-v2 server key: the AES-256-CTR
-// key and the HMAC-SHA256 key that wrap client keys, 64-byte slots each
-// (OpenVPN's struct key, of which each algorithm uses a prefix).
-type tlsCryptV2ServerKey struct {
-	Cipher [64]byte
-	HMAC   [64]byte
-}
-
 // tlsCryptV2ServerKeyPEM is the PEM type `openvpn --genkey tls-crypt-v2-server` writes.
 const tlsCryptV2ServerKeyPEM = "OpenVPN tls-crypt-v2 server key"
 
-func loadTLSCryptV2ServerKey(file string) (*tlsCryptV2ServerKey, error) {
+func loadTLSCryptV2ServerKey(file string) (*tlscrypt.V2ServerKey, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
 	}
-	b, _ := pem.Decode(data)
-	switch {
-	case b == nil:
-		return nil, fmt.Errorf("%s: no %q PEM block (make one with openvpn --genkey tls-crypt-v2-server FILE)", file, tlsCryptV2ServerKeyPEM)
-	case b.Type != tlsCryptV2ServerKeyPEM:
-		return nil, fmt.Errorf("%s: found a %q PEM block, want %q", file, b.Type, tlsCryptV2ServerKeyPEM)
-	case len(b.Bytes) != 128:
-		return nil, fmt.Errorf("%s: key is %d bytes, want 128", file, len(b.Bytes))
+	k, err := tlscrypt.ParseV2ServerKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (make one with openvpn --genkey tls-crypt-v2-server FILE)", file, err)
 	}
-	k := new(tlsCryptV2ServerKey)
-	copy(k.Cipher[:], b.Bytes[:64])
-	copy(k.HMAC[:], b.Bytes[64:])
 	return k, nil
 }

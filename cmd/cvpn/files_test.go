@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/pem"
 	"os"
 	"path/filepath"
@@ -35,7 +36,7 @@ func TestValidateReportsEveryFileProblem(t *testing.T) {
 	for i, want := range []string{
 		"server_certificate.key_file: pki: " + filepath.Join(dir, "pki", "ca.key") + ": private key does not match certificate",
 		"authentication.certificate.client_root_ca_file: pki: " + filepath.Join(dir, "pki", "clients", "alice.crt") + `: certificate 1 (subject CN "alice"): certificate is not a CA`,
-		"control_channel.tls_crypt_v2_server_key_file: " + v2 + ": key is 100 bytes, want 128",
+		"control_channel.tls_crypt_v2_server_key_file: " + v2 + ": tlscrypt: tls-crypt-v2 server key: wrong tls-crypt-v2 key length: 100 bytes, want 128",
 	} {
 		if !strings.HasPrefix(lines[i], cfgPath+":") || !strings.Contains(lines[i], ": "+want) {
 			t.Errorf("line %d:\n  %s\nwant it to contain\n  %s", i+1, lines[i], want)
@@ -77,7 +78,7 @@ func TestLoadTLSCryptV2ServerKey(t *testing.T) {
 		return f
 	}
 	k, err := loadTLSCryptV2ServerKey(write("good", pem.EncodeToMemory(&pem.Block{Type: tlsCryptV2ServerKeyPEM, Bytes: good})))
-	if err != nil || k.Cipher[0] != 0 || k.HMAC[0] != 64 {
+	if err != nil || !bytes.Equal(k.Marshal(), readFileBytes(t, filepath.Join(dir, "good"))) {
 		t.Errorf("good key: %v", err)
 	}
 	for name, data := range map[string][]byte{
@@ -89,4 +90,13 @@ func TestLoadTLSCryptV2ServerKey(t *testing.T) {
 			t.Errorf("%s: err = %v, want an error naming the file", name, err)
 		}
 	}
+}
+
+func readFileBytes(t *testing.T, f string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

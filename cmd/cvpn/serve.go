@@ -39,7 +39,7 @@ type endpoint struct {
 	// one of them is set); TLSCryptV2ServerKey the tls-crypt-v2 server key.
 	ControlKey          *tlscrypt.StaticKey
 	TLSAuthKey          *tlscrypt.StaticKey
-	TLSCryptV2ServerKey *tlsCryptV2ServerKey
+	TLSCryptV2ServerKey *tlscrypt.V2ServerKey
 	Ciphers             []datacrypto.Cipher
 	Policy              *tunnel.Policy
 }
@@ -168,6 +168,7 @@ func serve(path string, ep *endpoint, log *slog.Logger) error {
 		Certificate:    cert,
 		ClientCAs:      ep.ClientCAs,
 		ControlWrapper: wrapper,
+		TLSCryptV2:     ep.TLSCryptV2ServerKey,
 		Reneg:          cfg.Reneg,
 		Revoked:        ep.CRL,
 		SessionTimeout: cfg.SessionTimeout,

@@ -94,6 +94,9 @@ func (l *Lab) AddClient() (ns string, server netip.Addr, err error) {
 		{"ip", "-n", l.Server, "link", "set", dev, "up"},
 		{"ip", "-n", ns, "addr", "add", client.String() + "/24", "dev", "eth0"},
 		{"ip", "-n", ns, "link", "set", "eth0", "up"},
+		// Through the endpoint's host, a client reaches every link address of the endpoint (so
+		// one exported profile's remote works from any client host); nothing routes further.
+		{"ip", "-n", ns, "route", "add", "default", "via", server.String()},
 	}
 	for _, s := range steps {
 		if err := run(s...); err != nil {
