@@ -280,11 +280,11 @@ func (s *Server) sendPushReply(c *client, conn *tls.Conn) {
 	if f := c.framing.pushOption(); f != "" {
 		opts = append(opts, f)
 	}
-	opts = append(opts,
-		fmt.Sprintf("ifconfig %s %s", c.addr, net.IP(mask)),
-		fmt.Sprintf("peer-id %d", c.peerID),
-		"cipher "+c.cipher.String(),
-	)
+	opts = append(opts, fmt.Sprintf("ifconfig %s %s", c.addr, net.IP(mask)))
+	if c.dataV2 { // as OpenVPN: peer-id only to clients that announced P_DATA_V2
+		opts = append(opts, fmt.Sprintf("peer-id %d", c.peerID))
+	}
+	opts = append(opts, "cipher "+c.cipher.String())
 	// protocol-flags is understood by clients announcing cc-exit; older EKM clients get key-derivation.
 	switch {
 	case c.proto&keymethod.ProtoCCExit != 0 && c.ekm:

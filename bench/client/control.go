@@ -1,0 +1,92 @@
+package client
+
+import (
+	"crypto/tls"
+	"fmt"
+	"strings"
+
+	"github.com/cvpn/cvpn/tls/keymethod"
+)
+
+// maxPendingControl bounds an unterminated control message, as the 2048-byte TLS read buffer
+// of an OpenVPN client does (wire §10).
+const maxPendingControl = 2048
+
+// controlLoop reads the control messages of one key state until its TLS stream ends (wire §10).
+// Before Connect returns, the push reply or refusal goes to Connect; afterwards AUTH_FAILED,
+// RESTART and HALT end the session, and further PUSH_REPLYs (auth-token refreshes) are ignored.
+func (s *Session) controlLoop(conn *tls.Conn, pending []byte) {
+	var reply PushReply
+	buf := make([]byte, 1024)
+	for {
+		var msgs []string
+		var rest []byte
+		msgs, rest = keymethod.SplitMessages(pending)
+		pending = append(pending[:0], rest...)
+		for _, m := range msgs {
+			s.controlMessage(m, &reply)
+		}
+		if len(pending) > maxPendingControl {
+			s.fail(fmt.Errorf("client: control message longer than %d bytes", maxPendingControl))
+			return
+		}
+		n, err := conn.Read(buf)
+		if err != nil {
+			if !s.connected.Load() {
+				s.fail(fmt.Errorf("client: control channel: %w", err))
+			}
+			return
+		}
+		pending = append(pending, buf[:n]...)
+	}
+}
+
+// controlMessage handles one control message; reply accumulates a push reply split over
+// several messages.
+func (s *Session) controlMessage(m string, reply *PushReply) {
+	verb, arg, _ := strings.Cut(m, ",")
+	switch verb {
+	case pushReplyPrefix:
+		if s.connected.Load() {
+			s.log.Debug("later PUSH_REPLY ignored", "msg", m)
+			return
+		}
+		complete, err := reply.Parse(m)
+		if err != nil {
+			s.fail(err)
+			return
+		}
+		if complete {
+			select {
+			case s.pushed <- pushResult{reply: *reply}:
+			default:
+			}
+			*reply = PushReply{}
+		}
+	case "AUTH_FAILED":
+		if arg == "" {
+			arg = "no reason given"
+		}
+		s.fail(fmt.Errorf("%w: %s", ErrAuthFailed, arg))
+	case "RESTART":
+		s.fail(fmt.Errorf("%w: %q", ErrRestart, m))
+	case "HALT":
+		s.fail(fmt.Errorf("%w: %q", ErrHalt, m))
+	case "INFO", "INFO_PRE", "AUTH_PENDING":
+		s.log.Info("server message", "msg", m)
+	default:
+		s.log.Debug("control message ignored", "msg", m)
+	}
+}
+
+// fail ends the session with err. Before Connect returns, Connect receives err and ends it.
+func (s *Session) fail(err error) {
+	if !s.connected.Load() {
+		select {
+		case s.pushed <- pushResult{err: err}:
+			return
+		default:
+		}
+	}
+	s.shutdown(err)
+}

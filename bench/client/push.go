@@ -1,0 +1,301 @@
+package client
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// PushReply is the configuration a server pushed (openvpn-wire.md §10.1), gathered over all the
+// messages of one reply. Options keeps every option as sent, in order; the fields below decode
+// the ones this client acts on or a load test reports. A field stays zero when its option was not
+// pushed.
+type PushReply struct {
+	// Options are the pushed options in order, across continuation messages, without the
+	// PUSH_REPLY prefix and the push-continuation markers. Options this client does not know
+	// are kept here and otherwise ignored, as OpenVPN clients skip them.
+	Options []string
+
+	Topology     string       // "subnet", "net30" or "p2p"; "" means OpenVPN's default, net30
+	Ifconfig     netip.Prefix // own tunnel address: with the pushed netmask under topology subnet, else /32
+	IfconfigPeer netip.Addr   // the remote end of "ifconfig LOCAL REMOTE" (topology net30 or p2p)
+	RouteGateway netip.Addr
+	Routes       []Route
+	// RedirectGateway is set when "redirect-gateway" was pushed (full tunnel).
+	RedirectGateway bool
+	DNS             []netip.Addr // dhcp-option DNS
+
+	PeerID    uint32 // from "peer-id N"; valid only if HasPeerID
+	HasPeerID bool
+	Cipher    string // "cipher NAME": the negotiated data cipher
+	// ProtocolFlags are the words of "protocol-flags" (cc-exit, tls-ekm, dyn-tls-crypt).
+	ProtocolFlags []string
+	// KeyDerivation is the argument of "key-derivation" (tls-ekm), pushed instead of
+	// protocol-flags to clients that do not announce cc-exit.
+	KeyDerivation string
+
+	Ping        time.Duration
+	PingRestart time.Duration
+	TunMTU      int
+}
+
+// Route is one pushed "route NETWORK [NETMASK] [GATEWAY] [METRIC]". Gateway is invalid when the
+// route names none or a keyword (vpn_gateway, net_gateway, remote_host); Metric is -1 when absent.
+type Route struct {
+	Network netip.Prefix
+	Gateway netip.Addr
+	Metric  int
+}
+
+// EKM reports whether the server asked for data keys from the TLS exporter (wire §7.1), by
+// "protocol-flags ... tls-ekm" or "key-derivation tls-ekm".
+func (r *PushReply) EKM() bool {
+	return r.KeyDerivation == "tls-ekm" || r.hasFlag("tls-ekm")
+}
+
+// CCExit reports whether the server understands EXIT on the control channel (protocol-flags cc-exit).
+func (r *PushReply) CCExit() bool { return r.hasFlag("cc-exit") }
+
+func (r *PushReply) hasFlag(f string) bool {
+	for _, x := range r.ProtocolFlags {
+		if x == f {
+			return true
+		}
+	}
+	return false
+}
+
+// pushReplyPrefix starts every push reply message.
+const pushReplyPrefix = "PUSH_REPLY"
+
+// Parse adds one PUSH_REPLY message to r and reports whether the reply is complete. A message
+// ending in "push-continuation 2" announces another one (push.c:send_push_reply); the last ends
+// in "push-continuation 1" or carries no marker. Once the reply is complete the options are
+// decoded into the fields; an option this client relies on that does not parse (ifconfig,
+// route, peer-id, ping, ...) is an error wrapping ErrPushReply that names it. Parse a new reply
+// into a fresh PushReply.
+func (r *PushReply) Parse(msg string) (complete bool, err error) {
+	rest, ok := strings.CutPrefix(msg, pushReplyPrefix)
+	if !ok || (rest != "" && rest[0] != ',') {
+		return false, fmt.Errorf("%w: message does not start with %s: %.40q", ErrPushReply, pushReplyPrefix, msg)
+	}
+	complete = true
+	for opt := range strings.SplitSeq(rest, ",") {
+		opt = strings.TrimSpace(opt)
+		if opt == "" {
+			continue
+		}
+		if arg, ok := strings.CutPrefix(opt, "push-continuation"); ok && (arg == "" || arg[0] == ' ' || arg[0] == '\t') {
+			complete = strings.TrimSpace(arg) != "2"
+			continue
+		}
+		r.Options = append(r.Options, opt)
+	}
+	if !complete {
+		return false, nil
+	}
+	return true, r.decode()
+}
+
+// ParsePushReply parses the messages of one push reply, which must end complete.
+func ParsePushReply(msgs ...string) (PushReply, error) {
+	var r PushReply
+	for i, m := range msgs {
+		complete, err := r.Parse(m)
+		if err != nil {
+			return r, err
+		}
+		if complete != (i == len(msgs)-1) {
+			return r, fmt.Errorf("%w: message %d of %d: continuation markers do not match the message count", ErrPushReply, i+1, len(msgs))
+		}
+	}
+	if len(msgs) == 0 {
+		return r, fmt.Errorf("%w: no message", ErrPushReply)
+	}
+	return r, nil
+}
+
+// decode fills the fields from Options. ifconfig is read after the whole reply because its
+// second argument is a netmask or a peer address depending on a topology pushed anywhere in it.
+func (r *PushReply) decode() error {
+	opts := r.Options
+	*r = PushReply{Options: opts}
+	var ifconfig []string
+	for _, opt := range opts {
+		f := strings.Fields(opt)
+		name, args := f[0], f[1:]
+		bad := func(why string) error {
+			return fmt.Errorf("%w: option %q: %s", ErrPushReply, opt, why)
+		}
+		switch name {
+		case "topology":
+			if len(args) != 1 {
+				return bad("want one argument")
+			}
+			r.Topology = args[0]
+		case "ifconfig":
+			if len(args) != 2 {
+				return bad("want an address and a netmask or peer address")
+			}
+			ifconfig = args
+		case "route-gateway":
+			if len(args) != 1 {
+				return bad("want one argument")
+			}
+			if args[0] != "dhcp" {
+				a, err := parseIPv4(args[0])
+				if err != nil {
+					return bad(err.Error())
+				}
+				r.RouteGateway = a
+			}
+		case "route":
+			rt, err := parseRoute(args)
+			if err != nil {
+				return bad(err.Error())
+			}
+			r.Routes = append(r.Routes, rt)
+		case "redirect-gateway":
+			r.RedirectGateway = true
+		case "dhcp-option":
+			if len(args) == 2 && args[0] == "DNS" {
+				a, err := netip.ParseAddr(args[1])
+				if err != nil {
+					return bad(err.Error())
+				}
+				r.DNS = append(r.DNS, a)
+			}
+		case "peer-id":
+			if len(args) != 1 {
+				return bad("want one argument")
+			}
+			n, err := strconv.ParseUint(args[0], 10, 32)
+			if err != nil || n >= maxPeerID {
+				return bad("peer-id must be 0..16777214")
+			}
+			r.PeerID, r.HasPeerID = uint32(n), true
+		case "cipher":
+			if len(args) != 1 {
+				return bad("want one argument")
+			}
+			r.Cipher = args[0]
+		case "protocol-flags":
+			r.ProtocolFlags = append([]string(nil), args...)
+		case "key-derivation":
+			if len(args) != 1 {
+				return bad("want one argument")
+			}
+			r.KeyDerivation = args[0]
+		case "ping", "ping-restart", "tun-mtu":
+			if len(args) != 1 {
+				return bad("want one argument")
+			}
+			n, err := strconv.ParseUint(args[0], 10, 31)
+			if err != nil {
+				return bad("want a non-negative number")
+			}
+			switch name {
+			case "ping":
+				r.Ping = time.Duration(n) * time.Second
+			case "ping-restart":
+				r.PingRestart = time.Duration(n) * time.Second
+			default:
+				r.TunMTU = int(n)
+			}
+		}
+	}
+	if ifconfig != nil {
+		local, err := parseIPv4(ifconfig[0])
+		if err != nil {
+			return fmt.Errorf("%w: ifconfig: %v", ErrPushReply, err)
+		}
+		second, err := parseIPv4(ifconfig[1])
+		if err != nil {
+			return fmt.Errorf("%w: ifconfig: %v", ErrPushReply, err)
+		}
+		if r.Topology == "subnet" {
+			bits, ok := maskBits(second)
+			if !ok {
+				return fmt.Errorf("%w: ifconfig: %s is not a netmask", ErrPushReply, second)
+			}
+			r.Ifconfig = netip.PrefixFrom(local, bits)
+		} else {
+			r.Ifconfig = netip.PrefixFrom(local, 32)
+			r.IfconfigPeer = second
+		}
+	}
+	return nil
+}
+
+// maxPeerID is OpenVPN's MAX_PEER_ID, the value meaning "no peer-id".
+const maxPeerID = 0xFFFFFF
+
+func parseIPv4(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if !a.Is4() {
+		return netip.Addr{}, fmt.Errorf("%s is not an IPv4 address", s)
+	}
+	return a, nil
+}
+
+// maskBits returns the prefix length of a contiguous IPv4 netmask.
+func maskBits(m netip.Addr) (int, bool) {
+	b := m.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	ones := 0
+	for v&0x80000000 != 0 {
+		ones++
+		v <<= 1
+	}
+	return ones, v == 0
+}
+
+// parseRoute decodes the arguments of "route NETWORK [NETMASK] [GATEWAY] [METRIC]"; a "default"
+// netmask or gateway word counts as absent, as in OpenVPN.
+func parseRoute(args []string) (Route, error) {
+	rt := Route{Metric: -1}
+	if len(args) < 1 || len(args) > 4 {
+		return rt, fmt.Errorf("want 1 to 4 arguments")
+	}
+	network, err := parseIPv4(args[0])
+	if err != nil {
+		return rt, err
+	}
+	bits := 32
+	if len(args) > 1 && args[1] != "default" {
+		m, err := parseIPv4(args[1])
+		if err != nil {
+			return rt, err
+		}
+		var ok bool
+		if bits, ok = maskBits(m); !ok {
+			return rt, fmt.Errorf("%s is not a netmask", m)
+		}
+	}
+	rt.Network = netip.PrefixFrom(network, bits)
+	if rt.Network.Masked() != rt.Network {
+		return rt, fmt.Errorf("network %s has host bits outside netmask /%d", network, bits)
+	}
+	if len(args) > 2 {
+		switch args[2] {
+		case "default", "vpn_gateway", "net_gateway", "remote_host":
+		default:
+			if rt.Gateway, err = parseIPv4(args[2]); err != nil {
+				return rt, err
+			}
+		}
+	}
+	if len(args) > 3 && args[3] != "default" {
+		m, err := strconv.ParseUint(args[3], 10, 31)
+		if err != nil {
+			return rt, fmt.Errorf("metric %q is not a number", args[3])
+		}
+		rt.Metric = int(m)
+	}
+	return rt, nil
+}
