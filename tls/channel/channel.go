@@ -91,7 +91,13 @@ type Key struct {
 	rel   *reliable.Layer
 	conn  *Conn
 	ready bool // own reset acknowledged (or skipped by the cookie handshake)
+	// recent holds the ids acked most recently (newest last). They ride again on outgoing
+	// packets with room, as OpenVPN's ack MRU does, so a lost ack costs no retransmission round.
+	recent []uint32
 }
+
+// recentAcksMax is the size of the re-ack list (OpenVPN's RELIABLE_ACK_SIZE).
+const recentAcksMax = 8
 
 // New returns the channel of a session. first is the key id 0 state; established says the hard
 // resets (id 0 both ways) were already exchanged, as after the UDP cookie handshake.
@@ -288,6 +294,19 @@ func (c *Channel) sendLocked(k *Key, op packet.Opcode, id uint32, payload []byte
 		Payload:   payload,
 	}
 	p.NumAcks = copy(p.Acks[:], c.acks)
+	for _, id := range c.acks {
+		k.remember(id)
+	}
+	room := pushAcksMax
+	if op == packet.AckV1 {
+		room = packet.MaxAcks
+	}
+	for i := len(k.recent) - 1; i >= 0 && p.NumAcks < room; i-- {
+		if !contains(p.Acks[:p.NumAcks], k.recent[i]) {
+			p.Acks[p.NumAcks] = k.recent[i]
+			p.NumAcks++
+		}
+	}
 	if p.NumAcks > 0 {
 		p.RemoteSessionID = c.cfg.RemoteSID
 	}
@@ -349,4 +368,27 @@ func (c *Channel) AckLater(keyID uint8, id uint32) {
 		return
 	}
 	k.rel.Receive(reliable.Message{ID: id})
+}
+
+// remember adds id to the re-ack list, dropping the oldest when full.
+func (k *Key) remember(id uint32) {
+	for i, r := range k.recent {
+		if r == id {
+			k.recent = append(k.recent[:i], k.recent[i+1:]...)
+			break
+		}
+	}
+	if len(k.recent) == recentAcksMax {
+		k.recent = append(k.recent[:0], k.recent[1:]...)
+	}
+	k.recent = append(k.recent, id)
+}
+
+func contains(ids []uint32, id uint32) bool {
+	for _, x := range ids {
+		if x == id {
+			return true
+		}
+	}
+	return false
 }
