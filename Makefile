@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO      ?= go
 BIN     := bin/cvpn
 PKGS    := $(shell $(GO) list ./... | grep -v /e2e)
-STATICCHECK_VERSION ?= 2025.1.1
+STATICCHECK_VERSION ?= v0.8.2
 
 .PHONY: help build test unit e2e fuzz bench-once lint demo clean
 

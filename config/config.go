@@ -273,11 +273,21 @@ type TUN struct {
 	MTU  int    // mtu: 576..9000, default 1500
 }
 
-// Route is one destination pushed to clients (routes[i]).
+// Route is one destination pushed to clients (routes[i]). AWS:
+// CreateClientVpnRoute.
 type Route struct {
 	DestinationCIDRBlock netip.Prefix // destination_cidr_block, required, host bits clear
 	Description          string       // description
+	// Local is `target: local` (AWS: TargetVpcSubnetId "local"): the route
+	// to the client CIDR itself, which lets clients reach each other (still
+	// subject to the authorization rules). It is allowed only with
+	// destination_cidr_block equal to client_cidr_block, and is not pushed:
+	// the client's own ifconfig subnet already covers it.
+	Local bool
 }
+
+// RouteTargetLocal is the only value of routes[i].target.
+const RouteTargetLocal = "local"
 
 // AuthorizationRule allows a group (or every authenticated client) to reach a
 // network (authorization_rules[i]). Exactly one of AccessGroupID != "" and

@@ -317,6 +317,22 @@ func TestRules(t *testing.T) {
 			path: "routes[0].destination_cidr_block", line: 13, msg: "required"},
 		{name: "routes not a list", replace: [2]string{"routes:\n  - destination_cidr_block: 10.0.1.0/24\n", "routes: 10.0.1.0/24\n"},
 			path: "routes", line: 12, msg: "must be a list"},
+		{name: "route target unknown", replace: [2]string{"  - destination_cidr_block: 10.0.1.0/24\n", "  - destination_cidr_block: 10.0.1.0/24\n    target: subnet-0a1b2c\n"},
+			path: "routes[0].target", line: 14, msg: `"subnet-0a1b2c" is not a route target; the only one is "local"`},
+		{name: "route target in capitals", replace: [2]string{"  - destination_cidr_block: 10.0.1.0/24\n", "  - {destination_cidr_block: 10.2.0.0/22, target: LOCAL}\n"},
+			path: "routes[0].target", line: 13, msg: `"LOCAL" is not a route target`},
+		{name: "route target not a string", replace: [2]string{"  - destination_cidr_block: 10.0.1.0/24\n", "  - destination_cidr_block: 10.2.0.0/22\n    target: [local]\n"},
+			path: "routes[0].target", line: 14, msg: "must be a string, got a list"},
+		{name: "local route to the VPC", replace: [2]string{"  - destination_cidr_block: 10.0.1.0/24\n", "  - {destination_cidr_block: 10.0.1.0/24, target: local}\n"},
+			path: "routes[0].target", line: 13, msg: `"local" routes only the client CIDR: destination_cidr_block is 10.0.1.0/24, client_cidr_block is 10.2.0.0/22`},
+		{name: "local route to part of the client cidr", replace: [2]string{"  - destination_cidr_block: 10.0.1.0/24\n",
+			"  - destination_cidr_block: 10.0.1.0/24\n  - destination_cidr_block: 10.2.0.0/23\n    target: local\n"},
+			path: "routes[1].target", line: 15, msg: "destination_cidr_block is 10.2.0.0/23, client_cidr_block is 10.2.0.0/22"},
+		{name: "client cidr routed without target local", replace: [2]string{"destination_cidr_block: 10.0.1.0/24", "destination_cidr_block: 10.2.0.0/22"},
+			path: "routes[0].destination_cidr_block", line: 13, msg: "for client-to-client traffic add target: local to a route to exactly 10.2.0.0/22"},
+		{name: "local route and a plain route to the client cidr", replace: [2]string{"  - destination_cidr_block: 10.0.1.0/24\n",
+			"  - {destination_cidr_block: 10.2.0.0/22, target: local}\n  - destination_cidr_block: 10.2.0.0/22\n"},
+			path: "routes[1].destination_cidr_block", line: 14, msg: "10.2.0.0/22 is already routed by routes[0]"},
 
 		// authorization_rules
 		{name: "rule with group and all", replace: [2]string{"    access_group_id: dev\n", "    access_group_id: dev\n    authorize_all_groups: true\n"},
@@ -715,5 +731,30 @@ func TestKeyError(t *testing.T) {
 	got = ep.KeyError("tun.nope", errors.New("x")).Error()
 	if want := "testdata/good.yaml: tun.nope: x"; got != want {
 		t.Errorf("KeyError = %q, want %q", got, want)
+	}
+}
+
+// TestLocalRoute: `target: local` on a route to exactly the client CIDR is the client-to-client
+// route (AWS: CreateClientVpnRoute with TargetVpcSubnetId "local"); the overlap rule allows it.
+func TestLocalRoute(t *testing.T) {
+	doc := strings.Replace(base, "  - destination_cidr_block: 10.0.1.0/24\n",
+		"  - destination_cidr_block: 10.0.1.0/24\n  - destination_cidr_block: 10.2.0.0/22\n    target: local\n    description: client to client\n", 1)
+	ep, err := Parse([]byte(doc), "testdata")
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	want := []Route{
+		{DestinationCIDRBlock: netip.MustParsePrefix("10.0.1.0/24")},
+		{DestinationCIDRBlock: netip.MustParsePrefix("10.2.0.0/22"), Local: true, Description: "client to client"},
+	}
+	if !reflect.DeepEqual(ep.Routes, want) {
+		t.Errorf("Routes = %+v, want %+v", ep.Routes, want)
+	}
+	if got := ep.KeyLine("routes[1].target"); got != 15 {
+		t.Errorf("line of routes[1].target = %d, want 15", got)
+	}
+	// In full-tunnel mode too.
+	if _, err := Parse([]byte(doc+"split_tunnel: false\n"), "testdata"); err != nil {
+		t.Errorf("Parse with split_tunnel: false: %v", err)
 	}
 }

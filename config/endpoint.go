@@ -148,7 +148,7 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 			}
 		}
 	}
-	var routeAt []placed
+	var routeAt []routePlaces
 	if n, path, ok := top.get("routes"); ok {
 		ep.Routes, routeAt = d.routes(n, path)
 	}
@@ -212,9 +212,15 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 			}
 		}
 		for i, r := range ep.Routes {
-			if r.DestinationCIDRBlock.Overlaps(ep.ClientCIDRBlock) {
-				d.errorf(routeAt[i].path, routeAt[i].line, "%s overlaps client_cidr_block %s; a pushed route must not cover client addresses (for a full tunnel use split_tunnel: false)",
-					r.DestinationCIDRBlock, ep.ClientCIDRBlock)
+			switch {
+			case r.Local && r.DestinationCIDRBlock != ep.ClientCIDRBlock:
+				d.errorf(routeAt[i].target.path, routeAt[i].target.line, "%q routes only the client CIDR: destination_cidr_block is %s, client_cidr_block is %s",
+					RouteTargetLocal, r.DestinationCIDRBlock, ep.ClientCIDRBlock)
+			case r.Local:
+				// The one route that may (must) cover client addresses.
+			case r.DestinationCIDRBlock.Overlaps(ep.ClientCIDRBlock):
+				d.errorf(routeAt[i].dest.path, routeAt[i].dest.line, "%s overlaps client_cidr_block %s; a pushed route must not cover client addresses (for client-to-client traffic add target: local to a route to exactly %s; for a full tunnel use split_tunnel: false)",
+					r.DestinationCIDRBlock, ep.ClientCIDRBlock, ep.ClientCIDRBlock)
 			}
 		}
 	}
@@ -412,25 +418,47 @@ func (d *decoder) ifName(n *yaml.Node, path string) (string, bool) {
 	return s, true
 }
 
-func (d *decoder) routes(n *yaml.Node, path string) ([]Route, []placed) {
+// routePlaces says where a route's keys are, for the rules that compare it
+// with client_cidr_block; target.path is empty unless the route is local.
+type routePlaces struct {
+	dest, target placed
+}
+
+func (d *decoder) routes(n *yaml.Node, path string) ([]Route, []routePlaces) {
 	items, ok := d.list(n, path)
 	if !ok {
 		return nil, nil
 	}
 	var (
 		out   []Route
-		at    []placed
+		at    []routePlaces
 		first = map[netip.Prefix]string{}
 	)
 	for i, item := range items {
 		ipath := index(path, i)
-		m, ok := d.mapping(item, ipath, item.Line, "destination_cidr_block", "description")
+		m, ok := d.mapping(item, ipath, item.Line, "destination_cidr_block", "target", "description")
 		if !ok {
 			continue
 		}
-		var r Route
+		var (
+			r      Route
+			where  routePlaces
+			target = true // the target key is absent or valid
+		)
 		if n, path, ok := m.get("description"); ok {
 			r.Description, _ = d.str(n, path)
+		}
+		if n, tpath, ok := m.get("target"); ok {
+			switch s, ok := d.str(n, tpath); {
+			case !ok:
+				target = false
+			case s != RouteTargetLocal:
+				d.errorf(tpath, n.Line, "%q is not a route target; the only one is %q (client-to-client, with destination_cidr_block equal to client_cidr_block); leave target out for a route into the private network",
+					s, RouteTargetLocal)
+				target = false
+			default:
+				r.Local, where.target = true, placed{tpath, n.Line}
+			}
 		}
 		n, dpath, ok := d.required(m, "destination_cidr_block", "")
 		if !ok {
@@ -445,9 +473,12 @@ func (d *decoder) routes(n *yaml.Node, path string) ([]Route, []placed) {
 			continue
 		}
 		first[p] = ipath
-		r.DestinationCIDRBlock = p
+		if !target {
+			continue
+		}
+		r.DestinationCIDRBlock, where.dest = p, placed{dpath, n.Line}
 		out = append(out, r)
-		at = append(at, placed{dpath, n.Line})
+		at = append(at, where)
 	}
 	return out, at
 }

@@ -12,9 +12,8 @@ import (
 
 // peer is one end of a simulated lossy, reordering, duplicating link.
 type peer struct {
-	l    *Layer
-	got  [][]byte
-	acks []uint32
+	l   *Layer
+	got [][]byte
 }
 
 type wireMsg struct {
