@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"os"
 
+	"golang.org/x/net/ipv4"
+
 	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
@@ -177,6 +179,7 @@ func (s *Server) tunLoop() {
 		bufs[i] = make([]byte, tunOffset+65535+32)
 	}
 	out := make([]outPacket, 0, batch)
+	batches := make(map[*udpListener]*udpSendBatch)
 	for {
 		n, err := s.cfg.Device.Read(bufs, sizes, tunOffset)
 		if err != nil {
@@ -230,8 +233,50 @@ func (s *Server) tunLoop() {
 				out = append(out, outPacket{c: c, pkt: p})
 			}
 		}
-		for _, o := range out {
+		s.sendBatch(out, batches)
+	}
+}
+
+// udpBatch collects the sealed packets of one TUN read that leave through one UDP listener, so
+// they go out with one sendmmsg.
+type udpSendBatch struct {
+	msgs []ipv4.Message
+	n    int
+}
+
+// sendBatch sends sealed packets: UDP ones batched per listener, TCP ones through their links.
+func (s *Server) sendBatch(out []outPacket, batches map[*udpListener]*udpSendBatch) {
+	for _, o := range out {
+		u, ok := o.c.link.(udpLink)
+		if !ok {
 			o.c.link.send(o.pkt)
+			continue
+		}
+		b := batches[u.l]
+		if b == nil {
+			b = &udpSendBatch{msgs: make([]ipv4.Message, udpBatch)}
+			for i := range b.msgs {
+				b.msgs[i].Buffers = make([][]byte, 1)
+			}
+			batches[u.l] = b
+		}
+		if b.n == len(b.msgs) {
+			u.l.writeBatch(b.msgs[:b.n])
+			b.n = 0
+		}
+		m := &b.msgs[b.n]
+		m.Buffers[0] = o.pkt
+		m.Addr = o.c.udpAddr.Load()
+		m.OOB = *o.c.oob.Load()
+		b.n++
+	}
+	for l, b := range batches {
+		if b.n > 0 {
+			l.writeBatch(b.msgs[:b.n])
+			for i := range b.msgs[:b.n] {
+				b.msgs[i].Buffers[0] = nil
+			}
+			b.n = 0
 		}
 	}
 }

@@ -85,6 +85,20 @@ func (l *udpListener) send(pkt []byte, to *net.UDPAddr, oob []byte) {
 	_, _, _ = l.conn.WriteMsgUDP(pkt, oob, to)
 }
 
+// writeBatch sends messages with sendmmsg, retrying the rest after a partial send.
+func (l *udpListener) writeBatch(msgs []ipv4.Message) {
+	for len(msgs) > 0 {
+		n, err := l.pc.WriteBatch(msgs, 0)
+		if err != nil {
+			if n <= 0 {
+				// Skip the message the kernel refused (e.g. an unreachable address) and go on.
+				n = 1
+			}
+		}
+		msgs = msgs[n:]
+	}
+}
+
 // replyOOB is the control message that makes replies leave from the address the current datagram
 // was sent to; nil when the socket is bound to one address anyway.
 func (l *udpListener) replyOOB() []byte {

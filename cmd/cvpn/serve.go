@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/x509"
+	"flag"
 	"fmt"
 	"hash"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -90,6 +92,12 @@ func policyOf(cfg *config.Endpoint) (*tunnel.Policy, error) {
 		p.GroupBandwidth[b.AccessGroupID] = b.Mbps * 1e6
 	}
 	for _, r := range cfg.Routes {
+		if r.Local {
+			// target: local (the client CIDR) enables client-to-client traffic. It is not pushed:
+			// the subnet of the client's own ifconfig already covers it.
+			p.ClientToClient = true
+			continue
+		}
 		p.Routes = append(p.Routes, r.DestinationCIDRBlock)
 	}
 	return tunnel.NewPolicy(p)
@@ -97,11 +105,34 @@ func policyOf(cfg *config.Endpoint) (*tunnel.Policy, error) {
 
 // cmdServe runs the endpoint until SIGTERM or SIGINT; SIGHUP reloads the policy.
 func cmdServe(args []string, stderr io.Writer) int {
-	path, err := configFlag("serve", args, stderr)
-	if err != nil {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "endpoint.yaml", "endpoint file")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (for performance work)")
+	if err := fs.Parse(args); err != nil {
+		return exitInvalid
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "cvpn serve: unexpected arguments:", fs.Args())
 		return exitInvalid
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel()}))
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "cvpn serve: --cpuprofile:", err)
+			return exitInvalid
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "cvpn serve: --cpuprofile:", err)
+			return exitInvalid
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	return serveFile(*path, log, stderr)
+}
+
+func serveFile(path string, log *slog.Logger, stderr io.Writer) int {
 	ep, err := loadEndpoint(path)
 	if err != nil {
 		printConfigError(stderr, err)

@@ -36,6 +36,9 @@ type EndpointOptions struct {
 	TLSAuthDigest    string
 	// Rules replaces the default authorization rule (all groups to 10.0.0.0/16); YAML flow items.
 	Rules []string
+	// Routes replaces the default route list (10.0.1.0/24); YAML flow items, e.g.
+	// "{destination_cidr_block: 10.2.0.0/22, target: local}".
+	Routes []string
 	// Transport replaces the default listener list (YAML flow), e.g. "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]".
 	Transport string
 	// SplitTunnel false pushes redirect-gateway.
@@ -43,6 +46,9 @@ type EndpointOptions struct {
 	// BandwidthMbps is bandwidth_limit_mbps; "" writes 0 (unlimited) so throughput tests are not
 	// capped by the product default of 10.
 	BandwidthMbps string
+	// DefaultBandwidth leaves bandwidth_limit_mbps out of the file, so the product default (10)
+	// applies; BandwidthMbps is then ignored.
+	DefaultBandwidth bool
 	// Keepalive replaces the default keepalive mapping (YAML flow).
 	Keepalive string
 	// Extra is appended to the file verbatim.
@@ -115,7 +121,13 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 	fmt.Fprintf(&b, "data_ciphers: [AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305]\n")
 	fmt.Fprintf(&b, "target_network: {interface: eth1, snat_address: %s}\n", SNATAddress)
 	fmt.Fprintf(&b, "tun: {name: cvpn0}\n")
-	fmt.Fprintf(&b, "routes: [{destination_cidr_block: %s}]\n", VPCPrefix)
+	if len(o.Routes) == 0 {
+		o.Routes = []string{fmt.Sprintf("{destination_cidr_block: %s}", VPCPrefix)}
+	}
+	fmt.Fprintf(&b, "routes:\n")
+	for _, r := range o.Routes {
+		fmt.Fprintf(&b, "  - %s\n", r)
+	}
 	fmt.Fprintf(&b, "authorization_rules:\n")
 	for _, r := range o.Rules {
 		fmt.Fprintf(&b, "  - %s\n", r)
@@ -124,7 +136,9 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 	if o.BandwidthMbps == "" {
 		o.BandwidthMbps = "0"
 	}
-	fmt.Fprintf(&b, "bandwidth_limit_mbps: %s\n", o.BandwidthMbps)
+	if !o.DefaultBandwidth {
+		fmt.Fprintf(&b, "bandwidth_limit_mbps: %s\n", o.BandwidthMbps)
+	}
 	if o.Keepalive == "" {
 		o.Keepalive = "{ping_seconds: 10, ping_restart_seconds: 60}"
 	}

@@ -6,6 +6,7 @@
 //	client n (ns cv<id>cN)              server (ns cv<id>s)                 VPC host (ns cv<id>v)
 //	eth0 172.31.N.2/24  <-- veth -->  cN 172.31.N.1/24
 //	                                    eth1 10.0.1.1/24  <-- veth -->  eth0 10.0.1.10/24 (+ extra /32s)
+//	                                    route 10.0.2.0/24 dev eth1          eth0 10.0.2.10/24 (AddVPCSubnet)
 //
 // The VPC host has no route to the client CIDR: it can only answer the endpoint's SNAT address.
 // Every address lives inside namespaces the lab created; nothing leaves the machine.
@@ -31,6 +32,10 @@ var (
 	ServerVPC   = netip.MustParseAddr("10.0.1.1")
 	SNATAddress = netip.MustParseAddr("10.0.1.2")
 	VPCHost     = netip.MustParseAddr("10.0.1.10")
+	// VPCHost2Prefix is the VPC host's address in a second subnet; AddVPCSubnet(VPCHost2Prefix)
+	// adds it.
+	VPCHost2Prefix = netip.MustParsePrefix("10.0.2.10/24")
+	VPCHost2       = VPCHost2Prefix.Addr()
 )
 
 // Lab is one topology. Close removes it.
@@ -73,6 +78,17 @@ func New() (*Lab, error) {
 // AddVPCAddress gives the VPC host one more address (to stand for another host in the VPC).
 func (l *Lab) AddVPCAddress(p netip.Prefix) error {
 	return run("ip", "-n", l.VPC, "addr", "add", p.String(), "dev", "eth0")
+}
+
+// AddVPCSubnet puts the VPC host into another subnet of the VPC as well: host (e.g. 10.0.2.10/24)
+// goes on its eth0, and the server namespace routes that subnet straight out of eth1, as a VPC
+// router would. The host reaches the SNAT address on-link in 10.0.1.0/24, so replies need nothing
+// more.
+func (l *Lab) AddVPCSubnet(host netip.Prefix) error {
+	if err := run("ip", "-n", l.VPC, "addr", "add", host.String(), "dev", "eth0"); err != nil {
+		return err
+	}
+	return run("ip", "-n", l.Server, "route", "add", host.Masked().String(), "dev", "eth1")
 }
 
 // AddClient creates client namespace n and its link to the server; it returns the server address
@@ -171,6 +187,15 @@ func (p *Proc) WaitFor(s string, timeout time.Duration) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("%s did not print %q within %s", p.Name, s, timeout)
+}
+
+// Signal sends sig to the process (to cvpn, SIGHUP reloads the policy). `ip netns exec` execs
+// the command, so the signal reaches it and not a wrapper.
+func (p *Proc) Signal(sig os.Signal) error {
+	if p.Exited() {
+		return fmt.Errorf("%s exited (%v) before %v", p.Name, p.err, sig)
+	}
+	return p.cmd.Process.Signal(sig)
 }
 
 // Kill ends the process at once (SIGKILL), as a crash or a pulled cable would, and waits for it.

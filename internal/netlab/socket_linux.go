@@ -11,26 +11,48 @@ import (
 // ListenUDPIn opens a UDP socket inside namespace ns. A socket keeps the namespace it was created
 // in, so the caller's goroutine can use it from anywhere.
 func ListenUDPIn(ns string) (*net.UDPConn, error) {
+	var conn *net.UDPConn
+	err := inNamespace(ns, func() (err error) {
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{})
+		return err
+	})
+	return conn, err
+}
+
+// DialUDPIn opens a connected UDP socket to raddr inside namespace ns. A connected socket reports
+// the ICMP errors that answer its datagrams: a Read after a port unreachable fails with
+// ECONNREFUSED.
+func DialUDPIn(ns string, raddr *net.UDPAddr) (*net.UDPConn, error) {
+	var conn *net.UDPConn
+	err := inNamespace(ns, func() (err error) {
+		conn, err = net.DialUDP("udp4", nil, raddr)
+		return err
+	})
+	return conn, err
+}
+
+// inNamespace runs open on a thread switched into namespace ns, then switches the thread back.
+func inNamespace(ns string, open func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
-		return nil, fmt.Errorf("current netns: %w", err)
+		return fmt.Errorf("current netns: %w", err)
 	}
 	defer orig.Close()
 	target, err := netns.GetFromName(ns)
 	if err != nil {
-		return nil, fmt.Errorf("netns %s: %w", ns, err)
+		return fmt.Errorf("netns %s: %w", ns, err)
 	}
 	defer target.Close()
 	if err := netns.Set(target); err != nil {
-		return nil, fmt.Errorf("enter netns %s: %w", ns, err)
+		return fmt.Errorf("enter netns %s: %w", ns, err)
 	}
-	conn, lerr := net.ListenUDP("udp4", &net.UDPAddr{})
+	oerr := open()
 	if err := netns.Set(orig); err != nil {
 		// The thread is in the wrong namespace: let it die with the goroutine rather than reuse it.
 		runtime.LockOSThread()
-		return nil, fmt.Errorf("leave netns %s: %w", ns, err)
+		return fmt.Errorf("leave netns %s: %w", ns, err)
 	}
-	return conn, lerr
+	return oerr
 }
