@@ -52,6 +52,11 @@ func (s *Server) receiveData(l *udpListener, pkt []byte, op packet.Opcode, kid u
 		s.drops.add(DropNoSession, "from", from)
 		return
 	}
+	if u, ok := c.link.(udpLink); !ok || u.l != l {
+		// Another listener's session: its replay windows belong to that listener's goroutine.
+		s.drops.add(DropWrongSource, "from", from)
+		return
+	}
 	floating := c.remote() != from
 	if floating && op != packet.DataV2 {
 		s.drops.add(DropWrongSource, "from", from)

@@ -97,6 +97,11 @@ type Config struct {
 	Log *slog.Logger
 	// Now is the clock for keepalive, certificate validity and handshake timing; nil means time.Now.
 	Now func() time.Time
+	// OnPacket, when set, receives every IP packet the server sends, on the session's receive
+	// goroutine, instead of the queue ReadPacket reads (which then stays empty). ip aliases the
+	// receive buffer and is valid only during the call; OnPacket must not block. A load
+	// generator uses it to handle thousands of sessions without a reader goroutine each.
+	OnPacket func(s *Session, ip []byte)
 }
 
 // Session is one connected client. WritePacket and ReadPacket may be called concurrently with

@@ -149,7 +149,8 @@ func (s *Session) sendData(payload []byte) error {
 }
 
 // ReadPacket returns the next IP packet from the server into buf. If buf is too short the
-// packet is truncated and io.ErrShortBuffer returned with the bytes copied.
+// packet is truncated and io.ErrShortBuffer returned with the bytes copied. With
+// Config.OnPacket set nothing is queued, and ReadPacket only returns when the session ends.
 func (s *Session) ReadPacket(buf []byte) (int, error) {
 	return s.ReadPacketContext(context.Background(), buf)
 }
@@ -260,6 +261,10 @@ func (s *Session) receiveData(pb *pktBuf, wire []byte, op packet.Opcode, kid uin
 	}
 	s.stats.rxPackets.Add(1)
 	s.stats.rxBytes.Add(uint64(len(pt)))
+	if s.cfg.OnPacket != nil {
+		s.cfg.OnPacket(s, pt)
+		return false
+	}
 	// pt aliases pb.b (Open works in place given the tail room): its offset follows from the
 	// capacities.
 	pb.off, pb.n = len(pb.b)-cap(pt), len(pt)
