@@ -1,0 +1,200 @@
+package tunnel
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"net/netip"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"github.com/cvpn/cvpn/authz"
+	"github.com/cvpn/cvpn/ippool"
+	"github.com/cvpn/cvpn/nat"
+	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tunnel/datacrypto"
+)
+
+// pathFixture is a server with one authenticated client wired by hand, to measure and check the
+// per-packet path without a handshake.
+type pathFixture struct {
+	s      *Server
+	c      *client
+	client *datacrypto.Keys // the client's side of the data keys
+	vpc    netip.Addr
+}
+
+func newPathFixture(tb testing.TB, mbps float64) *pathFixture {
+	tb.Helper()
+	pool, err := ippool.New(netip.MustParsePrefix("10.2.0.0/22"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	natTable, err := nat.New(nat.Config{Addr: netip.MustParseAddr("10.0.1.2")})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	az, err := authz.New([]authz.Rule{{Network: netip.MustParsePrefix("10.0.0.0/16"), Group: "dev"}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	pol, err := NewPolicy(Policy{Authz: az, SplitTunnel: true, Routes: []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24")}, Bandwidth: mbps * 1e6})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := New(Config{
+		UDP:         []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")},
+		Certificate: tls.Certificate{},
+		Ciphers:     []datacrypto.Cipher{datacrypto.AES256GCM},
+		Pool:        pool,
+		NAT:         natTable,
+		Device:      tuntest.NewChannelTUN().TUN(),
+		Policy:      pol,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.closeListeners)
+	var k2 datacrypto.Key2
+	_, _ = rand.Read(k2[:])
+	server, _ := datacrypto.NewKeys(datacrypto.AES256GCM, &k2, datacrypto.Server)
+	clientKeys, _ := datacrypto.NewKeys(datacrypto.AES256GCM, &k2, datacrypto.Client)
+	addr, _ := pool.Allocate()
+	idx, _ := pool.Index(addr)
+	c := &client{srv: s, addr: addr, peerID: uint32(idx), groupNames: []string{"dev"}, dataV2: true, cipher: datacrypto.AES256GCM}
+	c.link = udpLink{l: s.listeners[0], c: c}
+	c.setRemote(netip.MustParseAddrPort("127.0.0.1:9"))
+	c.setOOB(nil)
+	dk := &dataKey{keys: server}
+	c.keys[0].Store(dk)
+	c.sendKey.Store(dk)
+	s.peers[idx].Store(c)
+	return &pathFixture{s: s, c: c, client: clientKeys, vpc: netip.MustParseAddr("10.0.1.10")}
+}
+
+// udpPacket builds an IPv4/UDP packet from the client to dst at buf[off:].
+func udpPacket(buf []byte, off int, src, dst netip.Addr, payload int) []byte {
+	p := buf[off : off+28+payload]
+	clear(p)
+	p[0], p[2], p[3], p[8], p[9] = 0x45, byte((28+payload)>>8), byte(28+payload), 64, 17
+	copy(p[12:16], src.AsSlice())
+	copy(p[16:20], dst.AsSlice())
+	p[20], p[21], p[22], p[23] = 0x9c, 0x40, 0, 53 // ports 40000 -> 53
+	p[24], p[25] = byte((8+payload)>>8), byte(8+payload)
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(p[i])<<8 | uint32(p[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	p[10], p[11] = byte(^sum>>8), byte(^sum)
+	return p
+}
+
+// sealFromClient builds a P_DATA_V2 packet the client would send, in buf.
+func (f *pathFixture) sealFromClient(buf []byte, pid uint32, dst netip.Addr) []byte {
+	const hdr = 4
+	udpPacket(buf, hdr+datacrypto.Overhead, f.c.addr, dst, 1372)
+	pkt := buf[:hdr+datacrypto.Overhead+1400]
+	pkt[0] = packet.Header(packet.DataV2, 0)
+	pkt[1], pkt[2], pkt[3] = byte(f.c.peerID>>16), byte(f.c.peerID>>8), byte(f.c.peerID)
+	return f.client.Seal(pkt, hdr, pid)
+}
+
+// TestReceivePathNoAllocs: decrypt, replay, authz, routes, bucket, MSS and NAT allocate nothing.
+func TestReceivePathNoAllocs(t *testing.T) {
+	f := newPathFixture(t, 0)
+	l := f.s.listeners[0]
+	buf := make([]byte, 2048)
+	pid := uint32(0)
+	from := f.c.remote()
+	allocs := testing.AllocsPerRun(1000, func() {
+		pid++
+		pkt := f.sealFromClient(buf, pid, f.vpc)
+		l.tunBatch = l.tunBatch[:0]
+		f.s.receiveData(l, pkt, packet.DataV2, 0, from)
+		if len(l.tunBatch) != 1 {
+			t.Fatalf("packet %d not delivered; drops %v", pid, f.s.Drops())
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("receive path allocates %v times per packet", allocs)
+	}
+	got := l.tunBatch[0][tunWriteOffset:]
+	if src := netip.AddrFrom4([4]byte(got[12:16])); src != netip.MustParseAddr("10.0.1.2") {
+		t.Fatalf("source after NAT = %s, want the SNAT address", src)
+	}
+}
+
+// TestReceivePathPolicy checks the drops on the path: unauthorized, unrouted, spoofed, replayed.
+func TestReceivePathPolicy(t *testing.T) {
+	f := newPathFixture(t, 0)
+	l := f.s.listeners[0]
+	buf := make([]byte, 2048)
+	from := f.c.remote()
+	send := func(pid uint32, dst netip.Addr) int {
+		l.tunBatch = l.tunBatch[:0]
+		f.s.receiveData(l, f.sealFromClient(buf, pid, dst), packet.DataV2, 0, from)
+		return len(l.tunBatch)
+	}
+	if send(1, f.vpc) != 1 {
+		t.Fatal("authorized packet dropped")
+	}
+	if send(1, f.vpc) != 0 || f.s.Drops()["replay"] != 1 {
+		t.Fatalf("replayed packet not dropped: %v", f.s.Drops())
+	}
+	if send(2, netip.MustParseAddr("10.0.2.10")) != 0 || f.s.Drops()["no_route"] != 1 {
+		t.Fatalf("unrouted destination not dropped: %v", f.s.Drops())
+	}
+	f.c.groupNames = []string{"guest"}
+	f.s.Reload(f.s.policy.Load().clone())
+	if send(3, f.vpc) != 0 || f.s.Drops()["unauthorized"] != 1 {
+		t.Fatalf("destination without a rule for the user's groups not dropped: %v", f.s.Drops())
+	}
+}
+
+// clone returns a copy of the policy, as a reload would install.
+func (p *Policy) clone() *Policy { q := *p; return &q }
+
+// TestBandwidthLimitDrops: a 1 Mbit/s client can send its burst, then is limited.
+func TestBandwidthLimitDrops(t *testing.T) {
+	f := newPathFixture(t, 1)
+	l := f.s.listeners[0]
+	buf := make([]byte, 2048)
+	passed := 0
+	for pid := uint32(1); pid <= 100; pid++ {
+		l.tunBatch = l.tunBatch[:0]
+		f.s.receiveData(l, f.sealFromClient(buf, pid, f.vpc), packet.DataV2, 0, f.c.remote())
+		passed += len(l.tunBatch)
+	}
+	// Burst: max(16 KiB, 1 Mbit/s * 50 ms) = 16 KiB, i.e. 11 packets of 1400 bytes.
+	if passed < 10 || passed > 13 || f.s.Drops()["bandwidth_limit"] == 0 {
+		t.Fatalf("%d of 100 back-to-back packets passed a 1 Mbit/s limit; drops %v", passed, f.s.Drops())
+	}
+}
+
+func BenchmarkReceivePath(b *testing.B) {
+	f := newPathFixture(b, 0)
+	l := f.s.listeners[0]
+	buf := make([]byte, 2048)
+	pid := uint32(0)
+	from := f.c.remote()
+	b.SetBytes(1400)
+	for b.Loop() {
+		pid++
+		pkt := f.sealFromClient(buf, pid, f.vpc)
+		l.tunBatch = l.tunBatch[:0]
+		f.s.receiveData(l, pkt, packet.DataV2, 0, from)
+	}
+}
+
+func BenchmarkSeal(b *testing.B) {
+	f := newPathFixture(b, 0)
+	buf := make([]byte, tunOffset+1500+64)
+	b.SetBytes(1400)
+	for b.Loop() {
+		udpPacket(buf, tunOffset, f.vpc, f.c.addr, 1372)
+		f.s.seal(f.c, buf, tunOffset, 1400)
+	}
+}
