@@ -242,11 +242,33 @@ func (s *Server) tunLoop() {
 	}
 }
 
-// udpBatch collects the sealed packets of one TUN read that leave through one UDP listener, so
-// they go out with one sendmmsg.
+// udpSendBatch collects the sealed packets of one TUN read that leave through one UDP listener, so
+// they go out with one sendmmsg. With UDP GSO, consecutive same-size packets to one client share
+// one message: the kernel cuts them apart (UDP_SEGMENT), which costs far less than a send each.
 type udpSendBatch struct {
 	msgs []ipv4.Message
+	gso  [][]byte // coalescing buffer per message slot, allocated on first use
+	oob  [][]byte // control-message buffer per slot
 	n    int
+	// the group being built in msgs[n] (count > 0), for coalescing
+	c     *client
+	seg   int
+	count int
+	first []byte
+}
+
+const (
+	gsoMaxSegments = 64
+	gsoMaxBytes    = 65000
+)
+
+func newUDPSendBatch() *udpSendBatch {
+	b := &udpSendBatch{msgs: make([]ipv4.Message, udpBatch), gso: make([][]byte, udpBatch), oob: make([][]byte, udpBatch)}
+	for i := range b.msgs {
+		b.msgs[i].Buffers = make([][]byte, 1)
+		b.oob[i] = make([]byte, 0, 128)
+	}
+	return b
 }
 
 // sendBatch sends sealed packets: UDP ones batched per listener, TCP ones through their links.
@@ -259,31 +281,81 @@ func (s *Server) sendBatch(out []outPacket, batches map[*udpListener]*udpSendBat
 		}
 		b := batches[u.l]
 		if b == nil {
-			b = &udpSendBatch{msgs: make([]ipv4.Message, udpBatch)}
-			for i := range b.msgs {
-				b.msgs[i].Buffers = make([][]byte, 1)
-			}
+			b = newUDPSendBatch()
 			batches[u.l] = b
 		}
-		if b.n == len(b.msgs) {
-			u.l.writeBatch(b.msgs[:b.n])
-			b.n = 0
-		}
-		m := &b.msgs[b.n]
-		m.Buffers[0] = o.pkt
-		m.Addr = o.c.udpAddr.Load()
-		m.OOB = *o.c.oob.Load()
-		b.n++
+		b.add(u.l, o.c, o.pkt)
 	}
 	for l, b := range batches {
-		if b.n > 0 {
-			l.writeBatch(b.msgs[:b.n])
-			for i := range b.msgs[:b.n] {
-				b.msgs[i].Buffers[0] = nil
-			}
-			b.n = 0
-		}
+		b.flush(l)
 	}
+}
+
+// add appends a packet for c, joining the open group when GSO allows.
+func (b *udpSendBatch) add(l *udpListener, c *client, pkt []byte) {
+	if b.count > 0 && l.gso && c == b.c && b.count < gsoMaxSegments && len(pkt) <= b.seg &&
+		len(b.first) == b.seg && b.total()+len(pkt) <= gsoMaxBytes {
+		if b.count == 1 {
+			// Start coalescing: copy the first packet into this slot's buffer.
+			if b.gso[b.n] == nil {
+				b.gso[b.n] = make([]byte, 0, 65536)
+			}
+			b.gso[b.n] = append(b.gso[b.n][:0], b.first...)
+		}
+		b.gso[b.n] = append(b.gso[b.n], pkt...)
+		b.count++
+		if len(pkt) < b.seg {
+			b.closeGroup() // a shorter segment can only be the last
+		}
+		return
+	}
+	b.closeGroup()
+	if b.n == len(b.msgs) {
+		b.flush(l)
+	}
+	b.c, b.seg, b.count, b.first = c, len(pkt), 1, pkt
+}
+
+func (b *udpSendBatch) total() int {
+	if b.count == 1 {
+		return len(b.first)
+	}
+	return len(b.gso[b.n])
+}
+
+// closeGroup turns the open group into message n.
+func (b *udpSendBatch) closeGroup() {
+	if b.count == 0 {
+		return
+	}
+	m := &b.msgs[b.n]
+	m.Addr = b.c.udpAddr.Load()
+	oob := append(b.oob[b.n][:0], *b.c.oob.Load()...)
+	if b.count == 1 {
+		m.Buffers[0] = b.first
+	} else {
+		m.Buffers[0] = b.gso[b.n]
+		oob = appendUDPSegment(oob, uint16(b.seg))
+	}
+	b.oob[b.n] = oob
+	m.OOB = oob
+	if len(oob) == 0 {
+		m.OOB = nil
+	}
+	b.n++
+	b.count, b.c, b.first = 0, nil, nil
+}
+
+func (b *udpSendBatch) flush(l *udpListener) {
+	b.closeGroup()
+	if b.n == 0 {
+		return
+	}
+	l.writeBatch(b.msgs[:b.n])
+	for i := range b.msgs[:b.n] {
+		b.msgs[i].Buffers[0] = nil
+	}
+	b.n = 0
 }
 
 type outPacket struct {

@@ -34,12 +34,15 @@ type udpListener struct {
 	// from the address each client sent to, which IP_PKTINFO reports and sets (a multihomed host
 	// would otherwise answer from whatever address routing picks, and clients drop that).
 	pktinfo bool
+	// gso is set while the kernel takes UDP_SEGMENT (UDP GSO) sends on this socket.
+	gso bool
 
 	// Owned by the receive goroutine.
 	msgs     []ipv4.Message
 	scratch  []byte
 	tunBatch [][]byte
 	curDst   netip.Addr // the local address the current datagram was sent to
+	split    [][]byte   // per message slot: room for the datagrams of a GRO read, split apart
 }
 
 func listenUDP(s *Server, ap netip.AddrPort) (*udpListener, error) {
@@ -63,12 +66,13 @@ func listenUDP(s *Server, ap netip.AddrPort) (*udpListener, error) {
 		}
 		l.pktinfo = true
 	}
+	l.gso = udpGSOSupported(conn)
+	enableUDPGRO(conn)
 	l.msgs = make([]ipv4.Message, udpBatch)
+	l.split = make([][]byte, udpBatch)
 	for i := range l.msgs {
 		l.msgs[i].Buffers = [][]byte{make([]byte, udpBufSize)}
-		if l.pktinfo {
-			l.msgs[i].OOB = make([]byte, 64)
-		}
+		l.msgs[i].OOB = make([]byte, 128)
 	}
 	return l, nil
 }
@@ -90,13 +94,45 @@ func (l *udpListener) writeBatch(msgs []ipv4.Message) {
 	for len(msgs) > 0 {
 		n, err := l.pc.WriteBatch(msgs, 0)
 		if err != nil {
+			if l.gso && errors.Is(err, unix.EIO) {
+				// The route's device cannot take UDP GSO: stop coalescing. The segments of this
+				// message are lost; TCP inside the tunnel resends them.
+				l.gso = false
+				l.srv.log.Warn("UDP GSO refused by the kernel; sending datagrams one by one", "listener", l.addr)
+			}
 			if n <= 0 {
-				// Skip the message the kernel refused (e.g. an unreachable address) and go on.
-				n = 1
+				n = 1 // skip the message the kernel refused and go on
 			}
 		}
 		msgs = msgs[n:]
 	}
+}
+
+// udpGSOSupported reports whether the kernel offers UDP_SEGMENT on this socket.
+func udpGSOSupported(conn *net.UDPConn) bool {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	_ = rc.Control(func(fd uintptr) {
+		_, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+		ok = err == nil
+	})
+	return ok
+}
+
+// appendUDPSegment appends a UDP_SEGMENT control message (the GSO segment size) to oob.
+func appendUDPSegment(oob []byte, size uint16) []byte {
+	space := unix.CmsgSpace(2)
+	start := len(oob)
+	oob = append(oob, make([]byte, space)...)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[start]))
+	h.Level = unix.SOL_UDP
+	h.Type = unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&oob[start+unix.SizeofCmsghdr])) = size
+	return oob
 }
 
 // replyOOB is the control message that makes replies leave from the address the current datagram
@@ -108,24 +144,45 @@ func (l *udpListener) replyOOB() []byte {
 	return (&ipv4.ControlMessage{Src: l.curDst.AsSlice()}).Marshal()
 }
 
-// pktinfoDst extracts the destination address from an IP_PKTINFO control message without
-// allocating: cmsghdr (len, level, type) then struct in_pktinfo {ifindex, spec_dst, addr}.
-func pktinfoDst(oob []byte) netip.Addr {
+// parseCmsgs reads, without allocating, the two control messages the receive path asks for: the
+// destination address (IP_PKTINFO: cmsghdr then struct in_pktinfo {ifindex, spec_dst, addr}) and
+// the segment size of a GRO-coalesced read (UDP_GRO: an int).
+func parseCmsgs(oob []byte) (dst netip.Addr, groSize int) {
 	const hdr = unix.SizeofCmsghdr
 	for len(oob) >= hdr {
 		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[0]))
 		n := int(h.Len)
 		if n < hdr || n > len(oob) {
-			return netip.Addr{}
+			break
 		}
-		if h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && n >= hdr+unix.SizeofInet4Pktinfo {
+		switch {
+		case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO && n >= hdr+unix.SizeofInet4Pktinfo:
 			info := (*unix.Inet4Pktinfo)(unsafe.Pointer(&oob[hdr]))
-			return netip.AddrFrom4(info.Addr)
+			dst = netip.AddrFrom4(info.Addr)
+		case h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && n >= hdr+4:
+			groSize = int(*(*int32)(unsafe.Pointer(&oob[hdr])))
 		}
 		oob = oob[(n+7)&^7:]
 	}
-	return netip.Addr{}
+	return dst, groSize
 }
+
+// enableUDPGRO asks the kernel to coalesce consecutive datagrams of a flow into one read.
+func enableUDPGRO(conn *net.UDPConn) bool {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	_ = rc.Control(func(fd uintptr) {
+		ok = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+	})
+	return ok
+}
+
+// splitGap is the room left after each datagram split off a GRO read: the in-place AEAD open
+// writes the tag just past the ciphertext.
+const splitGap = 32
 
 func (l *udpListener) receiveLoop() {
 	for {
@@ -147,10 +204,32 @@ func (l *udpListener) receiveLoop() {
 			}
 			from := ua.AddrPort()
 			from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+			dst, seg := parseCmsgs(m.OOB[:m.NN])
 			if l.pktinfo {
-				l.curDst = pktinfoDst(m.OOB[:m.NN])
+				l.curDst = dst
 			}
-			l.srv.handleDatagram(l, m.Buffers[0][:m.N], from)
+			data := m.Buffers[0][:m.N]
+			if seg <= 0 || seg >= len(data) {
+				l.srv.handleDatagram(l, data, from)
+				continue
+			}
+			// A GRO read holds several datagrams back to back: give each its own room, since
+			// the packets are opened and handed to the TUN in place.
+			if l.split[i] == nil {
+				l.split[i] = make([]byte, udpBufSize+udpBatch*splitGap*2)
+			}
+			buf := l.split[i]
+			off := 0
+			for len(data) > 0 {
+				k := min(seg, len(data))
+				if off+k+splitGap > len(buf) {
+					break
+				}
+				copy(buf[off:], data[:k])
+				l.srv.handleDatagram(l, buf[off:off+k:off+k+splitGap], from)
+				data = data[k:]
+				off += k + splitGap
+			}
 		}
 		l.srv.writeTUN(l.tunBatch)
 	}
