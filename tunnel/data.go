@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 
 	"golang.org/x/net/ipv4"
 
@@ -150,18 +151,45 @@ func (s *Server) deliverData(c *client, pkt, pt []byte, hdr int) ([]byte, bool) 
 		return nil, false
 	}
 	clampMSS(pt, s.mss)
-	// Client-to-client packets keep their addresses: the kernel routes the client CIDR back into
-	// the TUN, and the TUN reader delivers them to the other client.
-	if !local {
-		if err := s.cfg.NAT.Outbound(pt); err != nil {
-			s.drops.add(DropNAT, "cn", c.commonName, "err", err)
-			return nil, false
-		}
+	if local {
+		s.deliverLocal(c, pt)
+		return nil, false
+	}
+	if err := s.cfg.NAT.Outbound(pt); err != nil {
+		s.drops.add(DropNAT, "cn", c.commonName, "err", err)
+		return nil, false
 	}
 	// pt lies inside pkt; hand the TUN a slice whose packet starts at tunWriteOffset, without
 	// copying. The header, packet-id and tag in front of the payload give at least 21 bytes.
 	start := cap(pkt) - cap(pt) - tunWriteOffset
 	return pkt[start : start+tunWriteOffset+len(pt)], true
+}
+
+// localBufs carries client-to-client packets, which need more headroom than the receive buffer
+// leaves in front of the payload to be sealed for the other client.
+var localBufs = sync.Pool{New: func() any { b := make([]byte, tunOffset+65536+64); return &b }}
+
+// deliverLocal sends a packet from one client straight to another (a `target: local` route),
+// without NAT and without the kernel: the addresses stay the clients' own. Only the sender's
+// upload limit applies.
+func (s *Server) deliverLocal(from *client, pt []byte) {
+	dst := netip.AddrFrom4([4]byte(pt[16:20]))
+	idx, ok := s.cfg.Pool.Index(dst)
+	var to *client
+	if ok {
+		to = s.peers[idx].Load()
+	}
+	if to == nil {
+		s.drops.add(DropNoClient, "address", dst)
+		return
+	}
+	bp := localBufs.Get().(*[]byte)
+	defer localBufs.Put(bp)
+	buf := *bp
+	n := copy(buf[tunOffset:], pt)
+	if p, ok := s.seal(to, buf, tunOffset, n); ok {
+		to.link.send(p)
+	}
 }
 
 // writeTUN writes a batch of client packets into the TUN.
@@ -207,17 +235,14 @@ func (s *Server) tunLoop() {
 			if len(pkt) < 20 || pkt[0]>>4 != 4 {
 				continue // IPv6 neighbour discovery and the like
 			}
-			addr := netip.AddrFrom4([4]byte(pkt[16:20]))
-			if !s.cfg.Pool.Prefix().Contains(addr) {
-				var err error
-				if addr, err = s.cfg.NAT.Inbound(pkt); err != nil {
-					if errors.Is(err, nat.ErrNoMapping) {
-						s.drops.add(DropNoMapping)
-					} else {
-						s.drops.add(DropNAT, "err", err)
-					}
-					continue
+			addr, err := s.cfg.NAT.Inbound(pkt)
+			if err != nil {
+				if errors.Is(err, nat.ErrNoMapping) {
+					s.drops.add(DropNoMapping)
+				} else {
+					s.drops.add(DropNAT, "err", err)
 				}
+				continue
 			}
 			idx, ok := s.cfg.Pool.Index(addr)
 			var c *client
