@@ -265,3 +265,17 @@ func TestTwentyClients(t *testing.T) {
 		t.Fatalf("%d distinct addresses for %d clients", len(addrs), len(clients))
 	}
 }
+
+// TestPushedDNSAndBanner pushes dns_servers and shows client_login_banner to the stock client.
+func TestPushedDNSAndBanner(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true,
+		Extra: "dns_servers: [10.0.1.53]\nclient_login_banner: \"Authorized use only.\\nConnections are logged.\"\n"})
+	c := s.connect("reader", netlab.ProfileOptions{Extra: "verb 4\n"})
+	if err := c.proc.WaitFor("dhcp-option DNS 10.0.1.53", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.proc.WaitFor("Authorized use only. Connections are logged.", 5*time.Second); err != nil {
+		t.Fatalf("banner not shown: %v", err)
+	}
+}
