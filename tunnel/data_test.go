@@ -168,8 +168,8 @@ func TestBandwidthLimitDrops(t *testing.T) {
 		f.s.receiveData(l, f.sealFromClient(buf, pid, f.vpc), packet.DataV2, 0, f.c.remote())
 		passed += len(l.tunBatch)
 	}
-	// Burst: max(16 KiB, 1 Mbit/s * 250 ms) = 31250 bytes, i.e. 22 packets of 1400 bytes.
-	if passed < 21 || passed > 24 || f.s.Drops()["bandwidth_limit"] == 0 {
+	// Burst: max(16 KiB, 1 Mbit/s * 300 ms) = 37500 bytes, i.e. 26 packets of 1400 bytes.
+	if passed < 25 || passed > 28 || f.s.Drops()["bandwidth_limit"] == 0 {
 		t.Fatalf("%d of 100 back-to-back packets passed a 1 Mbit/s limit; drops %v", passed, f.s.Drops())
 	}
 }

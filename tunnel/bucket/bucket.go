@@ -15,11 +15,13 @@ type Bucket struct {
 }
 
 // BurstDuration is how much traffic at the full rate a bucket lets through at once. Measured with
-// iperf3 TCP through the tunnel at a 25 Mbit/s limit (e2e TestBandwidthLimit25): a 50 ms burst
-// gave 27% of the limit (bursts of drops push TCP into retransmission timeouts), 200 ms gave 94%,
-// 250 ms 96-99%, 500 ms 99-100% with a larger overshoot at the start. Dropping with a 250 ms burst
-// keeps TCP within a few percent of the limit without queueing packets in the server.
-const BurstDuration = 250 * time.Millisecond
+// iperf3 TCP (10 s, receiver goodput) through the tunnel at a 10 Mbit/s limit: a 50 ms burst gave
+// 2.5 Mbit/s (whole windows dropped push TCP into 200 ms retransmission timeouts), 100 ms 5,
+// 200 ms 9.5, 300 ms 9.7-9.8, 500 ms 9.9-10.1, 1 s 10.5 (over the limit from the start-up burst).
+// A bounded 20 ms queue behind a 50 ms bucket gave the same goodput as 250 ms of burst with a third
+// to half the retransmissions; dropping keeps the server free of per-connection queues, so cvpn
+// drops, with 300 ms.
+const BurstDuration = 300 * time.Millisecond
 
 // minBurst keeps small limits able to pass a few full-size packets back to back.
 const minBurst = 16 << 10

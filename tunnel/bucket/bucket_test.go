@@ -28,14 +28,14 @@ func TestRateOverTime(t *testing.T) {
 
 func TestBurstThenRefill(t *testing.T) {
 	var b Bucket
-	b.Set(8e6) // 1 MB/s, burst 250 KB
+	b.Set(8e6) // 1 MB/s, burst 300 KB
 	now := int64(1e9)
 	n := 0
 	for b.Allow(now, 1000) {
 		n++
 	}
-	if n != 250 {
-		t.Fatalf("burst passed %d KB, want 250", n)
+	if n != 300 {
+		t.Fatalf("burst passed %d KB, want 300", n)
 	}
 	if !b.Allow(now+int64(time.Millisecond), 1000) {
 		t.Fatal("1 ms at 1 MB/s did not refill 1000 bytes")
