@@ -26,6 +26,10 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "clients    %s: %d concurrent connections\n", ep.Config.ClientCIDRBlock, pool.Capacity())
 	for _, r := range ep.Config.Routes {
+		if r.Local {
+			fmt.Fprintf(stdout, "route      %s (local: client-to-client)\n", r.DestinationCIDRBlock)
+			continue
+		}
 		fmt.Fprintf(stdout, "route      %s\n", r.DestinationCIDRBlock)
 	}
 	for _, r := range ep.Config.AuthorizationRules {
