@@ -196,4 +196,13 @@ func TestTLSCryptV2(t *testing.T) {
 	s.ping(u, netlab.VPCHost.String())
 	tc := s.connectExported("carol", "tcp", true)
 	s.ping(tc, netlab.VPCHost.String())
+
+	// A client key made by openvpn itself from the same server key works as it is.
+	cli(t, "client", "issue", "dave", "--config", s.config)
+	daveKey := filepath.Join(s.dir, "pki", "clients", "dave.tls-crypt-v2.key")
+	if out, err := exec.Command("openvpn", "--tls-crypt-v2", v2, "--genkey", "tls-crypt-v2-client", daveKey).CombinedOutput(); err != nil {
+		t.Fatalf("openvpn --genkey tls-crypt-v2-client: %v\n%s", err, out)
+	}
+	d := s.connectExported("dave", "udp", true)
+	s.ping(d, netlab.VPCHost.String())
 }
