@@ -26,7 +26,6 @@ func (a *authFailure) Error() string { return a.reason }
 // and then the control messages (PUSH_REQUEST, EXIT) until the key state or the client ends.
 func (s *Server) runKey(c *client, k *channel.Key) {
 	conn := tls.Server(k.Conn(), s.tlsConf)
-	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandWindow)
 	defer cancel()
 	log := s.log.With("remote", c.remote(), "key_id", k.ID)
@@ -224,35 +223,71 @@ func (s *Server) refuse(c *client, conn *tls.Conn, k *channel.Key, reason string
 	s.disconnect(c, "refused: "+reason)
 }
 
-// controlLoop handles the control messages of an established key state.
+// controlIdle is how long a control-message reader waits for more before it parks: an idle
+// session keeps no goroutine for its control channel, and the channel starts one when a message
+// arrives.
+const controlIdle = 250 * time.Millisecond
+
+// keyReader reads the control messages of an established key state. Its goroutine comes and goes.
+type keyReader struct {
+	s       *Server
+	c       *client
+	conn    *tls.Conn
+	k       *channel.Key
+	pending []byte // a message split across reads
+}
+
+// controlLoop handles the control messages of an established key state until it parks.
 func (s *Server) controlLoop(c *client, conn *tls.Conn, k *channel.Key) {
-	buf := make([]byte, 4096)
-	var pending []byte
+	r := &keyReader{s: s, c: c, conn: conn, k: k}
+	k.SetWake(r.run)
+	r.run()
+}
+
+func (r *keyReader) run() {
+	buf := make([]byte, 2048)
 	for {
-		n, err := conn.Read(buf)
+		_ = r.k.Conn().SetReadDeadline(time.Now().Add(controlIdle))
+		n, err := r.conn.Read(buf)
+		if n > 0 && !r.handle(buf[:n]) {
+			return
+		}
 		if err != nil {
-			return
-		}
-		var msgs []string
-		msgs, pending = keymethod.SplitMessages(append(pending, buf[:n]...))
-		if len(pending) > 2048 {
-			s.disconnect(c, "oversized control message")
-			return
-		}
-		for _, m := range msgs {
-			switch {
-			case m == "PUSH_REQUEST":
-				if !c.pushed.Load() {
-					s.sendPushReply(c, conn)
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				if r.k.Park() {
+					return
 				}
-			case m == "EXIT" || strings.HasPrefix(m, "EXIT,"):
-				s.disconnect(c, "client sent EXIT")
-				return
-			default:
-				s.log.Debug("control message ignored", "cn", c.commonName, "msg", m)
+				continue
 			}
+			return
 		}
 	}
+}
+
+// handle processes received control-channel bytes; false ends the key state's reader for good.
+func (r *keyReader) handle(b []byte) bool {
+	s, c := r.s, r.c
+	var msgs []string
+	msgs, r.pending = keymethod.SplitMessages(append(r.pending, b...))
+	if len(r.pending) > 2048 {
+		s.disconnect(c, "oversized control message")
+		return false
+	}
+	for _, m := range msgs {
+		switch {
+		case m == "PUSH_REQUEST":
+			if !c.pushed.Load() {
+				s.sendPushReply(c, r.conn)
+			}
+		case m == "EXIT" || strings.HasPrefix(m, "EXIT,"):
+			s.disconnect(c, "client sent EXIT")
+			return false
+		default:
+			s.log.Debug("control message ignored", "cn", c.commonName, "msg", m)
+		}
+	}
+	return true
 }
 
 // sendPushReply sends the client its configuration.

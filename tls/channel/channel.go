@@ -78,11 +78,14 @@ type Channel struct {
 	keys    [8]*Key
 	current uint8
 	timer   *time.Timer
-	scratch []byte
-	wire    []byte
 	acks    []uint32
 	due     []reliable.Message
 }
+
+// sendBuf holds a packet while it is built and wrapped; pooled, so an idle session keeps none.
+type sendBuf struct{ plain, wire []byte }
+
+var sendBufs = sync.Pool{New: func() any { return &sendBuf{plain: make([]byte, 0, 1400), wire: make([]byte, 0, 1500)} }}
 
 // Key is the control state of one key id: its reliable layer and the TLS byte stream over it.
 type Key struct {
@@ -91,6 +94,9 @@ type Key struct {
 	rel   *reliable.Layer
 	conn  *Conn
 	ready bool // own reset acknowledged (or skipped by the cookie handshake)
+	// parked says no goroutine reads this key's stream; wake starts one when payload arrives.
+	parked bool
+	wake   func()
 	// recent holds the ids acked most recently (newest last). They ride again on outgoing
 	// packets with room, as OpenVPN's ack MRU does, so a lost ack costs no retransmission round.
 	recent []uint32
@@ -136,6 +142,26 @@ func (c *Channel) Key(id uint8) *Key {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.keys[id&7]
+}
+
+// SetWake registers fn, started as a new goroutine when payload arrives while the key is parked.
+func (k *Key) SetWake(fn func()) {
+	k.ch.mu.Lock()
+	defer k.ch.mu.Unlock()
+	k.wake = fn
+}
+
+// Park records that the key's reader goroutine is leaving, so an idle session holds no goroutine
+// (and no stack) for its control channel. It reports false, leaving the key unparked, when payload
+// is already waiting: the caller must keep reading.
+func (k *Key) Park() bool {
+	k.ch.mu.Lock()
+	defer k.ch.mu.Unlock()
+	if len(k.conn.in) > 0 || k.conn.closed {
+		return false
+	}
+	k.parked = true
+	return true
 }
 
 // Conn is the TLS byte stream of this key state.
@@ -237,6 +263,10 @@ func (c *Channel) Input(p *packet.Control, pid, ts uint32) error {
 			}
 			k.conn.in = append(k.conn.in, m.Payload...)
 			k.conn.cond.Broadcast()
+			if k.parked && k.wake != nil {
+				k.parked = false
+				go k.wake()
+			}
 		}
 	}
 	c.flushLocked()
@@ -310,13 +340,15 @@ func (c *Channel) sendLocked(k *Key, op packet.Opcode, id uint32, payload []byte
 	if p.NumAcks > 0 {
 		p.RemoteSessionID = c.cfg.RemoteSID
 	}
-	c.scratch = p.Append(c.scratch[:0])
-	wire, err := c.cfg.Wrapper.Wrap(c.wire[:0], c.scratch, c.sendPID, uint32(c.cfg.Now().Unix()))
+	bufs := sendBufs.Get().(*sendBuf)
+	defer sendBufs.Put(bufs)
+	bufs.plain = p.Append(bufs.plain[:0])
+	wire, err := c.cfg.Wrapper.Wrap(bufs.wire[:0], bufs.plain, c.sendPID, uint32(c.cfg.Now().Unix()))
 	if err != nil {
 		c.cfg.Log.Error("control channel: wrap failed", "err", err)
 		return
 	}
-	c.wire = wire
+	bufs.wire = wire
 	c.sendPID++
 	c.cfg.Send(wire)
 }

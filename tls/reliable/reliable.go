@@ -114,7 +114,9 @@ func (l *Layer) Ack(ids []uint32, now time.Time) {
 			if l.inflight[i].ID != id {
 				continue
 			}
-			l.inflight = append(l.inflight[:i], l.inflight[i+1:]...)
+			copy(l.inflight[i:], l.inflight[i+1:])
+			l.inflight[len(l.inflight)-1] = outMsg{} // drop the payload reference the tail kept
+			l.inflight = l.inflight[:len(l.inflight)-1]
 			// Messages older than the acked one were probably lost: count it toward a fast resend.
 			for j := 0; j < i && j < len(l.inflight); j++ {
 				m := &l.inflight[j]
@@ -197,6 +199,12 @@ func (l *Layer) Due(dst []Message, now time.Time) []Message {
 		l.inflight = append(l.inflight, outMsg{Message: l.backlog[0], due: now, timeout: l.cfg.InitialTimeout})
 		l.backlog[0] = Message{}
 		l.backlog = l.backlog[1:]
+	}
+	if len(l.backlog) == 0 {
+		l.backlog = nil // let the drained array go
+	}
+	if len(l.inflight) == 0 {
+		l.inflight = nil
 	}
 	for i := range l.inflight {
 		m := &l.inflight[i]
