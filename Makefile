@@ -5,7 +5,7 @@ BIN     := bin/cvpn
 PKGS    := $(shell $(GO) list ./... | grep -v /e2e)
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: help build test unit e2e fuzz bench-once lint demo clean
+.PHONY: help build test unit e2e fuzz bench-once lint demo clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+bench: build ## as root: cvpn vs the stock openvpn server side by side (~30 min); ratio table, JSON and SVG in bench/results (BENCHFLAGS adds flags)
+	$(GO) build -o bin/cvpn-bench ./cmd/cvpn-bench
+	bin/cvpn-bench run --cvpn $(BIN) --out bench/results $(BENCHFLAGS)
 
 demo: build ## as root: namespaces, throwaway PKI, cvpn, the stock client, ping and iperf3, then teardown
 	$(GO) run ./internal/demo --cvpn $(BIN)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net/netip"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
@@ -196,5 +197,28 @@ func BenchmarkSeal(b *testing.B) {
 	for b.Loop() {
 		udpPacket(buf, tunOffset, f.vpc, f.c.addr, 1372)
 		f.s.seal(f.c, buf, tunOffset, 1400)
+	}
+}
+
+// TestHandshakeLimiterRefund: completed handshakes give their token back, so only resets that
+// never complete are limited.
+func TestHandshakeLimiterRefund(t *testing.T) {
+	now := time.Unix(1000, 0)
+	b := newTokenBucket(10, 3, func() time.Time { return now })
+	for i := range 3 {
+		if !b.allow() {
+			t.Fatalf("reply %d refused within the burst", i)
+		}
+	}
+	if b.allow() {
+		t.Fatal("reply beyond the burst allowed")
+	}
+	b.refund()
+	if !b.allow() {
+		t.Fatal("refunded token not usable")
+	}
+	now = now.Add(100 * time.Millisecond)
+	if !b.allow() {
+		t.Fatal("no token after 100 ms at 10/s")
 	}
 }

@@ -408,6 +408,14 @@ func newTokenBucket(rate, burst float64, now func() time.Time) *tokenBucket {
 	return &tokenBucket{rate: rate, burst: burst, tokens: burst, now: now}
 }
 
+// refund returns a token: OpenVPN's connect-freq-initial limits only resets that never complete
+// the 3-way handshake, so a completed one gives its token back (mudp.c).
+func (b *tokenBucket) refund() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tokens = min(b.burst, b.tokens+1)
+}
+
 func (b *tokenBucket) allow() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -308,6 +308,7 @@ func (s *Server) receiveControl(l *udpListener, pkt []byte, op packet.Opcode, ki
 		if c == nil {
 			return
 		}
+		s.limiter.refund()
 		if err := c.ctl.Input(&p, pid, ts); err != nil {
 			s.drops.add(DropControlRejected, "from", from, "err", err)
 		}

@@ -5,6 +5,7 @@
 //	cvpn-bench fixtures  a throwaway PKI, tls-crypt key, cvpn endpoint and equivalent openvpn config
 //	cvpn-bench run       the harness behind `make bench`: namespaces, cvpn and the stock openvpn
 //	                     server side by side, a table of ratios, JSON and SVG under bench/results
+//	cvpn-bench report    the table of a results file again, and its chart redrawn
 //
 // It is the composition root of package bench: flags, signals and files live here only.
 package main
@@ -43,6 +44,7 @@ commands:
   sink      serve as the traffic target in the private network
   fixtures  write a throwaway PKI, tls-crypt key, cvpn endpoint and openvpn server config
   run       the side-by-side benchmark of cvpn and the stock openvpn server (root)
+  report    print the table of a results JSON file and draw its chart again
 
 "cvpn-bench <command> -h" lists a command's flags.
 Exit status: 0 on success, 2 for a usage error, 1 otherwise.
@@ -65,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdFixtures(args[1:], stdout, stderr)
 	case "run":
 		err = cmdRun(ctx, args[1:], stdout, stderr)
+	case "report":
+		err = cmdReport(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -114,6 +118,7 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	settle := fs.Duration("settle", 2*time.Second, "pause after the ramp before reading the server's memory")
 	hold := fs.Duration("hold", 0, "keep the sessions idle (keepalives only) this long after the ramp")
 	duration := fs.Duration("duration", 0, "measured traffic phase (0: no traffic)")
+	warmup := fs.Duration("warmup", 0, "traffic before the measured phase that is not counted")
 	pacedMbps := fs.Float64("paced-mbps", 0, "aggregate Mbit/s of a paced phase before the measured one (0: none)")
 	pacedDur := fs.Duration("paced-duration", 3*time.Second, "length of the paced phase")
 	idle := fs.Duration("idle-probe", 2*time.Second, "probe-only phase before the traffic (unloaded round trip)")
@@ -138,7 +143,7 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Sessions: *sessions, RampRate: *ramp, Concurrency: *concurrency, HandshakeTimeout: *hsTimeout,
 		Settle: *settle, Hold: *hold, Duration: *duration, IdleProbe: *idle, PacketSize: *size,
 		RateMbps: *rate, Senders: *senders, ProbeRate: *probeRate, ServerPID: *pid,
-		PacedMbps: *pacedMbps, PacedDuration: *pacedDur,
+		PacedMbps: *pacedMbps, PacedDuration: *pacedDur, Warmup: *warmup,
 	}
 	var err error
 	if cfg.Server, err = netip.ParseAddrPort(*server); err != nil {

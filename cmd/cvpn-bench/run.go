@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,7 +29,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	duration := fs.Duration("duration", 10*time.Second, "traffic phase of each sessions and limit run")
 	iperfSecs := fs.Int("iperf-seconds", 10, "length of each iperf3 transfer")
 	big := fs.Int("big", 10000, "sessions of the big scenario")
-	bigOpenVPN := fs.Bool("big-openvpn", false, "run the big scenario against the stock server too")
+	bigOpenVPN := fs.Bool("big-openvpn", true, "run the big scenario against the stock server too (it holds 10,000 sessions on this machine)")
 	bigRounds := fs.Int("big-rounds", 1, "rounds of the big scenario")
 	bigHold := fs.Duration("big-hold", 30*time.Second, "how long the big scenario holds its idle sessions")
 	limit := fs.Float64("limit-mbps", 10, "cvpn bandwidth_limit_mbps in the limit scenario")
@@ -36,6 +37,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	openvpnExtra := fs.String("openvpn-extra", "", "lines appended to the stock server's configuration (\\n separates lines)")
 	cvpnExtra := fs.String("cvpn-extra", "", "YAML appended to cvpn's endpoint file (\\n separates lines)")
 	timeout := fs.Duration("timeout", 3*time.Hour, "bound on the whole run")
+	logDir := fs.String("log-dir", "", "`directory` to keep every server's and load generator's output in")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -48,8 +50,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		IperfSeconds: *iperfSecs, Big: *big, BigOpenVPN: *bigOpenVPN, BigRounds: *bigRounds, BigHold: *bigHold,
 		LimitMbps: *limit, LimitSessions: *limitSessions,
 		OpenVPNExtra: unescapeLines(*openvpnExtra), CVPNExtra: unescapeLines(*cvpnExtra),
-		PacedMbps: *paced,
-		Out:       stderr,
+		PacedMbps: *paced, LogDir: *logDir,
+		Out: stderr,
 	}
 	for s := range strings.SplitSeq(*servers, ",") {
 		if s = strings.TrimSpace(s); s != "" {
@@ -101,6 +103,44 @@ func writeResults(dir string, res *bench.Results, stdout io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "wrote %s.json and %s.svg\n", base, base)
+	return nil
+}
+
+// cmdReport recomputes the table of a results file from its measurements, prints it, and
+// optionally writes the chart and the updated file.
+func cmdReport(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	in := fs.String("in", "", "results `file` (JSON) written by run, required")
+	svg := fs.String("svg", "", "write the chart to `file`")
+	rewrite := fs.Bool("rewrite", false, "write the recomputed table back into the results file")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *in == "" {
+		return usageError{errors.New("--in is required")}
+	}
+	b, err := os.ReadFile(*in)
+	if err != nil {
+		return err
+	}
+	var res bench.Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("%s: %w", *in, err)
+	}
+	res.Retable()
+	fmt.Fprint(stdout, res.TableText())
+	for _, n := range res.Notes {
+		fmt.Fprintf(stdout, "note: %s\n", n)
+	}
+	if *svg != "" {
+		if err := os.WriteFile(*svg, []byte(res.SVG()), 0o644); err != nil {
+			return err
+		}
+	}
+	if *rewrite {
+		return writeJSON(*in, &res, stdout)
+	}
 	return nil
 }
 

@@ -1,0 +1,849 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cvpn/cvpn/internal/netlab"
+)
+
+// Scenario names, in the order the harness runs them.
+const (
+	ScenarioIperf    = "iperf"    // one stock openvpn client, iperf3 TCP up and down
+	ScenarioSessions = "sessions" // N bench sessions: ramp, then traffic
+	ScenarioLimit    = "limit"    // cvpn with bandwidth_limit_mbps, sessions offered twice the limit
+	ScenarioBig      = "big"      // many idle sessions held with keepalives, then a little traffic
+)
+
+// HarnessConfig describes a side-by-side run.
+type HarnessConfig struct {
+	CVPNBin string // bin/cvpn
+	Self    string // this program (cvpn-bench), run as `load` and `sink` inside the namespaces
+	Rounds  int    // A/B rounds per scenario; default 2
+	// Scenarios to run; nil runs all. Servers to run them against; nil means both.
+	Scenarios []string
+	Servers   []ServerKind
+	// PacedMbps is the aggregate offered load of the paced phase of the sessions scenarios,
+	// which measures the round trip under a load both servers carry; default 100.
+	PacedMbps float64
+	// Sessions are the session counts of the sessions scenario; default 1, 64, 1000.
+	Sessions []int
+	// Duration is each sessions scenario's traffic phase; default 10 s.
+	Duration time.Duration
+	// IperfSeconds is each iperf3 direction's length; default 10.
+	IperfSeconds int
+	// Big is the session count of the big scenario (cvpn; default 10000); BigOpenVPN runs it
+	// against the stock server too; BigRounds defaults to 1; BigHold is how long the idle
+	// sessions are held (default 30 s, three keepalive intervals).
+	Big        int
+	BigOpenVPN bool
+	BigRounds  int
+	BigHold    time.Duration
+	// LimitMbps is cvpn's bandwidth_limit_mbps in the limit scenario (default 10); each of
+	// LimitSessions sessions (default 8) offers LimitOffered Mbit/s (default 2x the limit).
+	LimitMbps     float64
+	LimitSessions int
+	LimitOffered  float64
+	// OpenVPNExtra and CVPNExtra are appended to the server configurations.
+	OpenVPNExtra, CVPNExtra string
+	// Out receives progress and the table.
+	Out io.Writer
+	// LogDir, when set, receives every server's and load generator's output, one file per
+	// measurement.
+	LogDir string
+}
+
+func (c *HarnessConfig) defaults() error {
+	if c.CVPNBin == "" || c.Self == "" {
+		return errors.New("bench: HarnessConfig needs CVPNBin and Self")
+	}
+	for _, p := range []*string{&c.CVPNBin, &c.Self} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return err
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return fmt.Errorf("bench: %w", err)
+		}
+		*p = abs
+	}
+	if c.Rounds <= 0 {
+		c.Rounds = 2
+	}
+	if c.Scenarios == nil {
+		c.Scenarios = []string{ScenarioIperf, ScenarioSessions, ScenarioLimit, ScenarioBig}
+	}
+	for _, s := range c.Scenarios {
+		if !slices.Contains([]string{ScenarioIperf, ScenarioSessions, ScenarioLimit, ScenarioBig}, s) {
+			return fmt.Errorf("bench: unknown scenario %q", s)
+		}
+	}
+	if c.Sessions == nil {
+		c.Sessions = []int{1, 64, 1000}
+	}
+	if c.Servers == nil {
+		c.Servers = []ServerKind{CVPN, OpenVPN}
+	}
+	for _, k := range c.Servers {
+		if k != CVPN && k != OpenVPN {
+			return fmt.Errorf("bench: unknown server %q", k)
+		}
+	}
+	if c.PacedMbps <= 0 {
+		c.PacedMbps = 100
+	}
+	if c.Duration <= 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.IperfSeconds <= 0 {
+		c.IperfSeconds = 10
+	}
+	if c.Big <= 0 {
+		c.Big = 10000
+	}
+	if c.BigRounds <= 0 {
+		c.BigRounds = 1
+	}
+	if c.BigHold <= 0 {
+		c.BigHold = 30 * time.Second
+	}
+	if c.LimitMbps <= 0 {
+		c.LimitMbps = 10
+	}
+	if c.LimitSessions <= 0 {
+		c.LimitSessions = 8
+	}
+	if c.LimitOffered <= 0 {
+		c.LimitOffered = 2 * c.LimitMbps
+	}
+	if c.Out == nil {
+		c.Out = io.Discard
+	}
+	return nil
+}
+
+// Measurement is one server's result of one scenario in one round.
+type Measurement struct {
+	Scenario string             `json:"scenario"` // e.g. "sessions-1000"
+	Server   ServerKind         `json:"server"`
+	Round    int                `json:"round"`
+	Metrics  map[string]float64 `json:"metrics"`
+	Load     *LoadReport        `json:"load,omitempty"`
+	Iperf    []IperfResult      `json:"iperf,omitempty"`
+	Error    string             `json:"error,omitempty"`
+}
+
+// IperfResult is one iperf3 transfer through the stock client's tunnel.
+type IperfResult struct {
+	Direction    string  `json:"direction"` // "upload" (client to VPC) or "download"
+	Bytes        int64   `json:"bytes"`     // received
+	Mbps         float64 `json:"mbps"`
+	Retransmits  int64   `json:"retransmits"`
+	ServerCPU    float64 `json:"server_cpu_seconds"`
+	CPUSecPerGB  float64 `json:"server_cpu_seconds_per_gb"`
+	ServerRSSKiB int64   `json:"server_rss_kib"`
+}
+
+// Machine describes where the numbers were taken.
+type Machine struct {
+	NProc       int    `json:"nproc"`
+	CPUModel    string `json:"cpu_model"`
+	MemTotalMiB int64  `json:"mem_total_mib"`
+	Kernel      string `json:"kernel"`
+	GoVersion   string `json:"go_version"`
+	OpenVPN     string `json:"openvpn_version"`
+	Iperf3      string `json:"iperf3_version"`
+	CVPNCommit  string `json:"cvpn_commit,omitempty"`
+}
+
+// Row is one line of the ratio table: medians over rounds and cvpn's ratio to openvpn.
+type Row struct {
+	Scenario string    `json:"scenario"`
+	Metric   string    `json:"metric"`
+	Unit     string    `json:"unit"`
+	Better   string    `json:"better"` // "higher", "lower" or "" (informational)
+	CVPN     *float64  `json:"cvpn,omitempty"`
+	OpenVPN  *float64  `json:"openvpn,omitempty"`
+	Ratio    *float64  `json:"ratio_cvpn_to_openvpn,omitempty"`
+	CVPNRuns []float64 `json:"cvpn_runs,omitempty"`
+	OVPNRuns []float64 `json:"openvpn_runs,omitempty"`
+	Chart    bool      `json:"chart,omitempty"` // drawn in the SVG
+}
+
+// Results is everything a run produced; it is the JSON file under bench/results.
+type Results struct {
+	Date         time.Time      `json:"date"`
+	Machine      Machine        `json:"machine"`
+	Config       map[string]any `json:"config"`
+	Notes        []string       `json:"notes"`
+	Table        []Row          `json:"table"`
+	Measurements []Measurement  `json:"measurements"`
+	Seconds      float64        `json:"seconds"`
+}
+
+// metricDef says how a metric reads in the table.
+type metricDef struct {
+	key, label, unit, better string
+	chart                    bool // drawn in the SVG
+}
+
+var iperfMetrics = []metricDef{
+	{"up_mbps", "TCP upload", "Mbit/s", "higher", true},
+	{"up_cpu_s_per_gb", "server CPU, upload", "s/GB", "lower", true},
+	{"down_mbps", "TCP download", "Mbit/s", "higher", true},
+	{"down_cpu_s_per_gb", "server CPU, download", "s/GB", "lower", true},
+	{"server_rcvbuf_drops", "server socket overflow drops", "pkts", "lower", false},
+}
+
+var sessionMetrics = []metricDef{
+	{"connected", "sessions connected", "", "", false},
+	{"handshakes_per_s", "handshakes/s (ramp)", "1/s", "higher", true},
+	{"handshake_p50_ms", "handshake latency p50", "ms", "lower", false},
+	{"handshake_p99_ms", "handshake latency p99", "ms", "lower", false},
+	{"cpu_ms_per_handshake", "server CPU per handshake", "ms", "lower", true},
+	{"rss_kib_per_session", "server RSS per session", "KiB", "lower", true},
+	{"mbps", "aggregate throughput", "Mbit/s", "higher", true},
+	{"pps", "aggregate packets", "pkt/s", "higher", false},
+	{"loss_pct", "loss (offered flat out)", "%", "lower", true},
+	{"cpu_s_per_gb", "server CPU per GB", "s/GB", "lower", true},
+	{"server_rcvbuf_drops", "server socket overflow drops", "pkts", "lower", false},
+	{"rtt_idle_p50_us", "RTT idle p50", "µs", "lower", true},
+	{"rtt_paced_p50_us", "RTT at paced load p50", "µs", "lower", false},
+	{"rtt_paced_p99_us", "RTT at paced load p99", "µs", "lower", true},
+	{"paced_loss_pct", "loss at paced load", "%", "lower", false},
+	{"rtt_load_p50_us", "RTT flat out p50", "µs", "lower", false},
+	{"rtt_load_p99_us", "RTT flat out p99", "µs", "lower", false},
+}
+
+var bigMetrics = []metricDef{
+	{"connected", "sessions connected", "", "higher", false},
+	{"alive_after_hold", "sessions alive after hold", "", "higher", false},
+	{"handshakes_per_s", "handshakes/s (ramp)", "1/s", "higher", true},
+	{"cpu_ms_per_handshake", "server CPU per handshake", "ms", "lower", true},
+	{"rss_kib_per_session", "server RSS per idle session", "KiB", "lower", true},
+	{"mbps", "aggregate throughput", "Mbit/s", "higher", true},
+	{"min_session_mbps", "slowest session", "Mbit/s", "higher", false},
+}
+
+var limitMetrics = []metricDef{
+	{"limit_mbps", "configured limit", "Mbit/s", "", false},
+	{"offered_mbps", "offered per session", "Mbit/s", "", false},
+	{"session_mbps_mean", "per-session mean", "Mbit/s", "", false},
+	{"session_mbps_min", "per-session min", "Mbit/s", "", false},
+	{"session_mbps_max", "per-session max", "Mbit/s", "", false},
+	{"deviation_pct", "mean |rate - limit| / limit", "%", "lower", false},
+}
+
+// harness is one run in progress.
+type harness struct {
+	cfg  HarnessConfig
+	fx   *Fixtures
+	labs map[ServerKind]*Lab
+	tmp  string
+	res  *Results
+	dco  string // what the stock server said about data channel offload
+}
+
+// RunHarness runs the side-by-side benchmark. It always removes what it created; ctx ending
+// (SIGINT) stops it at the next step with what was measured so far.
+func RunHarness(ctx context.Context, cfg HarnessConfig) (*Results, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if err := checkRoot(); err != nil {
+		return nil, err
+	}
+	for _, bin := range []string{"openvpn", "iperf3", "ip", "iptables"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("bench: %s not found (apt-get install openvpn iperf3 iproute2 iptables)", bin)
+		}
+	}
+	start := time.Now()
+	h := &harness{cfg: cfg, labs: map[ServerKind]*Lab{}}
+	var err error
+	if h.tmp, err = os.MkdirTemp("", "cvpn-bench-"); err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(h.tmp)
+	if h.fx, err = WriteFixtures(h.tmp, FixtureOptions{LimitMbps: cfg.LimitMbps, OpenVPNExtra: cfg.OpenVPNExtra, CVPNExtra: cfg.CVPNExtra}); err != nil {
+		return nil, err
+	}
+	h.res = &Results{Date: start.UTC(), Machine: describeMachine(), Config: map[string]any{
+		"rounds": cfg.Rounds, "scenarios": cfg.Scenarios, "servers": cfg.Servers, "sessions": cfg.Sessions, "paced_mbps": cfg.PacedMbps,
+		"traffic_seconds": cfg.Duration.Seconds(), "iperf_seconds": cfg.IperfSeconds,
+		"big": cfg.Big, "big_openvpn": cfg.BigOpenVPN, "big_hold_seconds": cfg.BigHold.Seconds(),
+		"limit_mbps": cfg.LimitMbps, "limit_sessions": cfg.LimitSessions, "limit_offered_mbps": cfg.LimitOffered,
+		"client_cidr": h.fx.ClientCIDR.String(), "packet_size": 1400,
+		"openvpn_config": readFile(h.fx.OpenVPNConfig), "cvpn_config": readFile(h.fx.CVPNConfig),
+	}}
+	defer func() {
+		for _, l := range h.labs {
+			l.Close()
+		}
+	}()
+	for _, kind := range cfg.Servers {
+		l, err := NewLab(ctx, kind, h.fx, LabOptions{})
+		if err != nil {
+			return nil, err
+		}
+		h.labs[kind] = l
+		sink, err := l.Start("sink", l.Net.VPC, cfg.Self, "sink", "--quiet", "--listen", SinkAddr.String())
+		if err != nil {
+			return nil, err
+		}
+		if err := sink.WaitFor(ctx, "sink listening", 10*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	for _, kind := range cfg.Servers {
+		h.logf("lab ready: %s in namespace %s", kind, h.labs[kind].Net.Server)
+	}
+
+	kinds := cfg.Servers
+	only := func(ks ...ServerKind) []ServerKind {
+		var out []ServerKind
+		for _, k := range ks {
+			if slices.Contains(kinds, k) {
+				out = append(out, k)
+			}
+		}
+		return out
+	}
+	for _, sc := range cfg.Scenarios {
+		switch sc {
+		case ScenarioIperf:
+			h.rounds(ctx, "iperf", kinds, cfg.Rounds, h.iperf)
+		case ScenarioSessions:
+			for _, n := range cfg.Sessions {
+				h.rounds(ctx, fmt.Sprintf("sessions-%d", n), kinds, cfg.Rounds, func(ctx context.Context, kind ServerKind, m *Measurement) error {
+					return h.sessions(ctx, kind, n, m)
+				})
+			}
+		case ScenarioLimit:
+			h.rounds(ctx, "limit", only(CVPN), cfg.Rounds, h.limit)
+		case ScenarioBig:
+			ks := only(CVPN)
+			if cfg.BigOpenVPN {
+				ks = kinds
+			}
+			h.rounds(ctx, fmt.Sprintf("big-%d", cfg.Big), ks, cfg.BigRounds, h.big)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	h.res.Seconds = time.Since(start).Seconds()
+	h.res.Retable()
+	h.res.Notes = h.notes()
+	if ctx.Err() != nil {
+		return h.res, fmt.Errorf("bench: interrupted after %s: %w", time.Since(start).Round(time.Second), ctx.Err())
+	}
+	return h.res, nil
+}
+
+// saveLog writes a process's output into LogDir, if set.
+func (h *harness) saveLog(name, out string) {
+	if h.cfg.LogDir == "" {
+		return
+	}
+	if err := os.MkdirAll(h.cfg.LogDir, 0o755); err == nil {
+		_ = os.WriteFile(filepath.Join(h.cfg.LogDir, name+".log"), []byte(out), 0o644)
+	}
+}
+
+func (h *harness) logf(format string, args ...any) {
+	fmt.Fprintf(h.cfg.Out, "%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+// rounds runs one scenario: for each round, each server in turn (A/B/A/B), each on a fresh
+// server process.
+func (h *harness) rounds(ctx context.Context, scenario string, kinds []ServerKind, n int, f func(context.Context, ServerKind, *Measurement) error) {
+	for r := 1; r <= n; r++ {
+		for _, kind := range kinds {
+			if ctx.Err() != nil {
+				return
+			}
+			m := Measurement{Scenario: scenario, Server: kind, Round: r, Metrics: map[string]float64{}}
+			t0 := time.Now()
+			if err := f(ctx, kind, &m); err != nil {
+				m.Error = err.Error()
+				h.logf("%-16s %-7s round %d: FAILED after %s: %v", scenario, kind, r, time.Since(t0).Round(time.Second), err)
+			} else {
+				h.logf("%-16s %-7s round %d: %s (%s)", scenario, kind, r, brief(&m), time.Since(t0).Round(time.Second))
+			}
+			h.res.Measurements = append(h.res.Measurements, m)
+		}
+	}
+}
+
+// brief is a progress line's summary of a measurement.
+func brief(m *Measurement) string {
+	keys := []string{"up_mbps", "up_cpu_s_per_gb", "down_mbps", "down_cpu_s_per_gb", "connected", "handshakes_per_s",
+		"cpu_ms_per_handshake", "rss_kib_per_session", "mbps", "loss_pct", "rtt_load_p50_us", "alive_after_hold", "session_mbps_mean", "deviation_pct"}
+	var parts []string
+	for _, k := range keys {
+		if v, ok := m.Metrics[k]; ok {
+			parts = append(parts, fmt.Sprintf("%s=%s", k, fmtNum(v)))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// udpRcvbufErrors reads the UDP receive-buffer drop counter of namespace ns (/proc/net/snmp is
+// per namespace): datagrams the kernel dropped because the server's socket was full.
+func udpRcvbufErrors(ctx context.Context, ns string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "cat", "/proc/net/snmp").Output()
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for line := range strings.SplitSeq(string(out), "\n") {
+		rest, ok := strings.CutPrefix(line, "Udp: ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "RcvbufErrors" && i < len(f) {
+				return strconv.ParseUint(f[i], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("bench: no Udp RcvbufErrors in /proc/net/snmp")
+}
+
+// withServer starts the lab's server, runs f with its pid, and stops it; a server that died
+// during f turns into an error with the end of its output.
+func (h *harness) withServer(ctx context.Context, kind ServerKind, limit bool, m *Measurement, f func(pid int) error) error {
+	l := h.labs[kind]
+	srv, err := l.StartServer(ctx, ServerOptions{CVPNBin: h.cfg.CVPNBin, Limit: limit})
+	if err != nil {
+		return err
+	}
+	if kind == OpenVPN && h.dco == "" {
+		for line := range strings.SplitSeq(srv.Output(), "\n") {
+			if strings.Contains(strings.ToLower(line), "dco") {
+				h.dco = strings.TrimSpace(line)
+				break
+			}
+		}
+	}
+	drops0, _ := udpRcvbufErrors(ctx, l.Net.Server)
+	ferr := f(srv.PID())
+	if drops1, err := udpRcvbufErrors(ctx, l.Net.Server); err == nil && m != nil {
+		m.Metrics["server_rcvbuf_drops"] = float64(drops1 - drops0)
+	}
+	died := srv.Exited()
+	_ = srv.Stop()
+	h.saveLog(fmt.Sprintf("%s-%d", kind, time.Now().UnixNano()), srv.Output())
+	if died {
+		return fmt.Errorf("%s exited during the measurement (%v); its output ends:\n%s", kind, ferr, tail(srv.Output(), 3000))
+	}
+	return ferr
+}
+
+func (h *harness) iperf(ctx context.Context, kind ServerKind, m *Measurement) error {
+	l := h.labs[kind]
+	return h.withServer(ctx, kind, false, m, func(pid int) error {
+		cl, err := l.StartStockClient(ctx, fmt.Sprintf("iperf-%s-%d", kind, m.Round))
+		if err != nil {
+			return err
+		}
+		defer func() { _ = cl.Stop() }()
+		for i, dir := range []string{"upload", "download"} {
+			r, err := h.iperfOnce(ctx, l, pid, 5201+i, dir == "download")
+			if err != nil {
+				return fmt.Errorf("iperf3 %s: %w", dir, err)
+			}
+			m.Iperf = append(m.Iperf, r)
+			p := "up"
+			if dir == "download" {
+				p = "down"
+			}
+			m.Metrics[p+"_mbps"] = r.Mbps
+			m.Metrics[p+"_cpu_s_per_gb"] = r.CPUSecPerGB
+		}
+		return nil
+	})
+}
+
+// iperfOnce runs one iperf3 TCP transfer between the stock client and the VPC host and reads
+// the server process's CPU time around it.
+func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse bool) (IperfResult, error) {
+	r := IperfResult{Direction: "upload"}
+	if reverse {
+		r.Direction = "download"
+	}
+	srv, err := l.Start("iperf3 server", l.Net.VPC, "iperf3", "-s", "-1", "--forceflush", "-p", strconv.Itoa(port), "-B", netlab.VPCHost.String())
+	if err != nil {
+		return r, err
+	}
+	defer srv.Kill()
+	if err := srv.WaitFor(ctx, "Server listening", 10*time.Second); err != nil {
+		return r, err
+	}
+	args := []string{"iperf3", "-c", netlab.VPCHost.String(), "-p", strconv.Itoa(port), "-t", strconv.Itoa(h.cfg.IperfSeconds),
+		"-J", "--connect-timeout", "5000"}
+	if reverse {
+		args = append(args, "-R")
+	}
+	before, err := SampleProc(pid)
+	if err != nil {
+		return r, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Duration(h.cfg.IperfSeconds+30)*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(cctx, "ip", append([]string{"netns", "exec", l.StockNS}, args...)...).Output()
+	after, serr := SampleProc(pid)
+	if err != nil {
+		return r, fmt.Errorf("%w: %s", err, tail(string(out), 1500))
+	}
+	if serr != nil {
+		return r, serr
+	}
+	var rep struct {
+		End struct {
+			SumSent struct {
+				Retransmits int64 `json:"retransmits"`
+			} `json:"sum_sent"`
+			SumReceived struct {
+				Bytes         int64   `json:"bytes"`
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		return r, fmt.Errorf("iperf3 output: %w: %s", err, tail(string(out), 500))
+	}
+	if rep.Error != "" {
+		return r, errors.New(rep.Error)
+	}
+	r.Bytes = rep.End.SumReceived.Bytes
+	r.Mbps = rep.End.SumReceived.BitsPerSecond / 1e6
+	r.Retransmits = rep.End.SumSent.Retransmits
+	r.ServerCPU = (after.CPU - before.CPU).Seconds()
+	r.ServerRSSKiB = after.RSSKiB
+	if r.Bytes > 0 {
+		r.CPUSecPerGB = r.ServerCPU / (float64(r.Bytes) / 1e9)
+	}
+	return r, nil
+}
+
+// loadArgs are the flags of one `cvpn-bench load` run in the bench namespace.
+type loadArgs struct {
+	sessions  int
+	duration  time.Duration
+	hold      time.Duration
+	rateMbps  float64
+	pacedMbps float64
+	paced     time.Duration // 0: the load generator's default
+	probeRate float64       // 0: the load generator's default
+	warmup    time.Duration
+}
+
+// runLoad runs the load generator as a process in the lab's bench namespace and reads its
+// JSON report.
+func (h *harness) runLoad(ctx context.Context, kind ServerKind, pid int, a loadArgs) (*LoadReport, error) {
+	l := h.labs[kind]
+	out := filepath.Join(h.tmp, fmt.Sprintf("load-%s-%d.json", kind, time.Now().UnixNano()))
+	args := []string{h.cfg.Self, "load", "--quiet",
+		"--server", l.BenchServer.String(), "--sink", SinkAddr.String(),
+		"--ca", h.fx.CACertFile, "--issuer-cert", h.fx.CACertFile, "--issuer-key", h.fx.CAKeyFile,
+		"--tls-crypt", h.fx.TLSCryptFile, "--server-pid", strconv.Itoa(pid),
+		"--sessions", strconv.Itoa(a.sessions), "--duration", a.duration.String(), "--hold", a.hold.String(),
+		"--rate-mbps", strconv.FormatFloat(a.rateMbps, 'f', -1, 64), "--json", out,
+		"--paced-mbps", strconv.FormatFloat(a.pacedMbps, 'f', -1, 64),
+	}
+	if a.warmup > 0 {
+		args = append(args, "--warmup", a.warmup.String())
+	}
+	if a.paced > 0 {
+		args = append(args, "--paced-duration", a.paced.String())
+	}
+	if a.probeRate > 0 {
+		args = append(args, "--probe-rate", strconv.FormatFloat(a.probeRate, 'f', -1, 64))
+	}
+	// Bounds: OpenVPN's reset limiter (and cvpn's copy of it) admits 10 new sessions a second
+	// after a burst of 100, so a ramp can take N/10 s; then the phases; then closing.
+	limit := time.Duration(a.sessions)*150*time.Millisecond + a.duration + a.hold + 3*time.Minute
+	cctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	p, err := l.Start("load", l.BenchNS, args...)
+	if err != nil {
+		return nil, err
+	}
+	werr := p.Wait(cctx)
+	h.saveLog(fmt.Sprintf("load-%s-%d", kind, time.Now().UnixNano()), p.Output())
+	b, rerr := os.ReadFile(out)
+	if rerr != nil {
+		return nil, fmt.Errorf("load generator (%v) wrote no report; its output ends:\n%s", werr, tail(p.Output(), 2000))
+	}
+	var rep LoadReport
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return nil, fmt.Errorf("load report: %w", err)
+	}
+	if werr != nil {
+		return &rep, fmt.Errorf("load generator: %v; its output ends:\n%s", werr, tail(p.Output(), 2000))
+	}
+	return &rep, nil
+}
+
+func (h *harness) sessions(ctx context.Context, kind ServerKind, n int, m *Measurement) error {
+	return h.withServer(ctx, kind, false, m, func(pid int) error {
+		rep, err := h.runLoad(ctx, kind, pid, loadArgs{sessions: n, duration: h.cfg.Duration, pacedMbps: h.cfg.PacedMbps, warmup: time.Second})
+		m.Load = rep
+		if rep != nil {
+			sessionMetricsOf(rep, m.Metrics)
+		}
+		return err
+	})
+}
+
+func sessionMetricsOf(rep *LoadReport, out map[string]float64) {
+	out["connected"] = float64(rep.SessionsConnected)
+	out["handshakes_per_s"] = rep.HandshakesPerSecond
+	out["handshake_p50_ms"] = rep.HandshakeMs.P50
+	out["handshake_p99_ms"] = rep.HandshakeMs.P99
+	// Per-session memory and CPU need enough sessions to rise above a process's fixed costs
+	// and the 10 ms CPU tick.
+	if p := rep.ServerProc; p != nil && rep.SessionsConnected >= 64 {
+		out["cpu_ms_per_handshake"] = p.CPUPerHSMs
+		out["rss_kib_per_session"] = p.RSSPerSessKB
+		if p.CPUPerGB > 0 {
+			out["cpu_s_per_gb"] = p.CPUPerGB
+		}
+	}
+	if t := rep.Traffic; t != nil {
+		out["mbps"] = t.Mbps
+		out["pps"] = t.PPS
+		out["loss_pct"] = 100 * t.Loss
+		out["rtt_idle_p50_us"] = t.RTTIdleUs.P50
+		if t.PacedMbps > 0 {
+			out["rtt_paced_p50_us"] = t.RTTPacedUs.P50
+			out["rtt_paced_p99_us"] = t.RTTPacedUs.P99
+			out["paced_loss_pct"] = 100 * t.PacedLoss
+		}
+		out["rtt_load_p50_us"] = t.RTTLoadUs.P50
+		out["rtt_load_p99_us"] = t.RTTLoadUs.P99
+		out["min_session_mbps"] = t.PerSessionMbps.Min
+	}
+}
+
+func (h *harness) limit(ctx context.Context, kind ServerKind, m *Measurement) error {
+	return h.withServer(ctx, kind, true, m, func(pid int) error {
+		// Two seconds of warm-up spend the buckets' burst (300 ms at the limit) before the
+		// count starts; one probe per session per second keeps probes out of the rate.
+		n := h.cfg.LimitSessions
+		rep, err := h.runLoad(ctx, kind, pid, loadArgs{sessions: n, duration: h.cfg.Duration, rateMbps: h.cfg.LimitOffered,
+			warmup: 2 * time.Second, probeRate: float64(n)})
+		m.Load = rep
+		if rep == nil || rep.Traffic == nil {
+			return err
+		}
+		t := rep.Traffic
+		m.Metrics["limit_mbps"] = h.cfg.LimitMbps
+		m.Metrics["offered_mbps"] = h.cfg.LimitOffered
+		m.Metrics["session_mbps_mean"] = t.PerSessionMbps.Mean
+		m.Metrics["session_mbps_min"] = t.PerSessionMbps.Min
+		m.Metrics["session_mbps_max"] = t.PerSessionMbps.Max
+		m.Metrics["deviation_pct"] = 100 * math.Abs(t.PerSessionMbps.Mean-h.cfg.LimitMbps) / h.cfg.LimitMbps
+		return err
+	})
+}
+
+func (h *harness) big(ctx context.Context, kind ServerKind, m *Measurement) error {
+	return h.withServer(ctx, kind, false, m, func(pid int) error {
+		rep, err := h.runLoad(ctx, kind, pid, loadArgs{sessions: h.cfg.Big, hold: h.cfg.BigHold, duration: 5 * time.Second})
+		m.Load = rep
+		if rep != nil {
+			sessionMetricsOf(rep, m.Metrics)
+			m.Metrics["alive_after_hold"] = float64(rep.SessionsAlive)
+		}
+		return err
+	})
+}
+
+// Retable recomputes the table from the measurements (for results written by an older
+// version, or after editing the metric definitions).
+func (r *Results) Retable() { r.Table = tableOf(r.Measurements) }
+
+// tableOf computes the medians and ratios, in scenario order.
+func tableOf(ms []Measurement) []Row {
+	var rows []Row
+	var scenarios []string
+	for _, m := range ms {
+		if !slices.Contains(scenarios, m.Scenario) {
+			scenarios = append(scenarios, m.Scenario)
+		}
+	}
+	for _, sc := range scenarios {
+		defs := sessionMetrics
+		switch {
+		case sc == "iperf":
+			defs = iperfMetrics
+		case sc == "limit":
+			defs = limitMetrics
+		case strings.HasPrefix(sc, "big-"):
+			defs = bigMetrics
+		}
+		for _, d := range defs {
+			row := Row{Scenario: sc, Metric: d.label, Unit: d.unit, Better: d.better, Chart: d.chart}
+			for _, m := range ms {
+				if m.Scenario != sc || m.Error != "" {
+					continue
+				}
+				v, ok := m.Metrics[d.key]
+				if !ok {
+					continue
+				}
+				if m.Server == CVPN {
+					row.CVPNRuns = append(row.CVPNRuns, v)
+				} else {
+					row.OVPNRuns = append(row.OVPNRuns, v)
+				}
+			}
+			if len(row.CVPNRuns) == 0 && len(row.OVPNRuns) == 0 {
+				continue
+			}
+			if len(row.CVPNRuns) > 0 {
+				row.CVPN = ptr(median(row.CVPNRuns))
+			}
+			if len(row.OVPNRuns) > 0 {
+				row.OpenVPN = ptr(median(row.OVPNRuns))
+			}
+			if row.CVPN != nil && row.OpenVPN != nil && *row.OpenVPN != 0 {
+				row.Ratio = ptr(*row.CVPN / *row.OpenVPN)
+			}
+			rows = append(rows, row)
+		}
+	}
+	return rows
+}
+
+func ptr(v float64) *float64 { return &v }
+
+// notes are what a reader of the numbers must know.
+func (h *harness) notes() []string {
+	n := []string{
+		"ratio = cvpn / openvpn (medians over rounds); 'better' says which direction favours cvpn",
+		"both servers run as shipped: UDP 443, tls-crypt, AES-256-GCM, topology subnet, keepalive 10/60; openvpn's SNAT is kernel MASQUERADE (iptables) in its own namespaces",
+		"the load generator, the sink, the stock client, iperf3 and the server share the machine's cores, so absolute numbers are lower than on separate hosts; only the ratios are the point",
+		"server CPU is utime+stime of the server process from /proc/<pid>/stat (10 ms ticks); openvpn's kernel work (TUN, MASQUERADE, conntrack) is not in it, cvpn's userspace NAT is",
+		"handshakes/s beyond 100 sessions: cvpn's stateless-reset limiter (tunnel/server.go, a copy of OpenVPN's connect-freq-initial 100 per 10 s) also counts resets whose 3-way handshake completes, which OpenVPN refunds (reflect_filter_rate_limit_decrease), so cvpn ramps at 10 sessions/s after the first 100; server CPU per handshake shows capacity regardless",
+		"server CPU per handshake is the server's CPU over the ramp divided by the sessions, so a long ramp also charges the upkeep (keepalives, timers) of the sessions already up: cvpn's limited ramps of 1000 and 10000 sessions last 100 s and 1000 s, openvpn's a few seconds and about 70 s",
+		"sessions scenarios: 2 s of probes only (RTT idle), 3 s at a paced aggregate load both servers carry (RTT at paced load), then the measured phase flat out (1400-byte UDP packets round-robin over the sessions; loss is what the server could not take, its RTT is mostly queueing in full socket buffers)",
+	}
+	if h.dco != "" {
+		n = append(n, "stock server data channel: "+h.dco)
+	}
+	return n
+}
+
+// Table renders the rows as text.
+func (r *Results) TableText() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-16s %-38s %12s %12s %9s  %s\n", "scenario", "metric", "cvpn", "openvpn", "ratio", "better")
+	last := ""
+	for _, row := range r.Table {
+		sc := row.Scenario
+		if sc == last {
+			sc = ""
+		}
+		last = row.Scenario
+		metric := row.Metric
+		if row.Unit != "" {
+			metric += " (" + row.Unit + ")"
+		}
+		f := func(p *float64) string {
+			if p == nil {
+				return "-"
+			}
+			return fmtNum(*p)
+		}
+		ratio := "-"
+		if row.Ratio != nil {
+			ratio = fmt.Sprintf("%.2fx", *row.Ratio)
+		}
+		fmt.Fprintf(&b, "%-16s %-38s %12s %12s %9s  %s\n", sc, metric, f(row.CVPN), f(row.OpenVPN), ratio, row.Better)
+	}
+	return b.String()
+}
+
+func fmtNum(v float64) string {
+	a := math.Abs(v)
+	switch {
+	case v == math.Trunc(v) && a < 1e7:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case a >= 100:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case a >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	default:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	}
+}
+
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+// describeMachine reads what identifies this machine and the software under test.
+func describeMachine() Machine {
+	m := Machine{NProc: runtime.NumCPU(), GoVersion: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
+				f := strings.Fields(v)
+				if len(f) > 0 {
+					kb, _ := strconv.ParseInt(f[0], 10, 64)
+					m.MemTotalMiB = kb / 1024
+				}
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	first := func(args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, _ := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+		line, _, _ := strings.Cut(string(out), "\n")
+		return strings.TrimSpace(line)
+	}
+	m.OpenVPN = first("openvpn", "--version")
+	m.Iperf3 = first("iperf3", "--version")
+	m.CVPNCommit = first("git", "describe", "--always", "--dirty", "--abbrev=12")
+	if strings.Contains(m.CVPNCommit, "fatal") {
+		m.CVPNCommit = ""
+	}
+	return m
+}

@@ -1,0 +1,340 @@
+package bench
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cvpn/cvpn/internal/netlab"
+	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
+)
+
+// ServerKind names a server under test.
+type ServerKind string
+
+// The two servers the benchmark compares.
+const (
+	CVPN    ServerKind = "cvpn"
+	OpenVPN ServerKind = "openvpn"
+)
+
+// The benchmark's fixed addresses inside each lab (see internal/netlab for the topology).
+var (
+	// DefaultClientCIDR holds 16k clients, enough for the 10,000-session run, and is the same
+	// for both servers.
+	DefaultClientCIDR = netip.MustParsePrefix("10.64.0.0/18")
+	// SinkAddr is where the sink listens in the VPC namespace.
+	SinkAddr = netip.AddrPortFrom(netlab.VPCHost, 9000)
+)
+
+// serverPort is where both servers listen (UDP).
+const serverPort = 443
+
+// Fixtures are the files both servers and every client share: one PKI and tls-crypt key, cvpn's
+// endpoint files and the equivalent stock openvpn server configuration.
+type Fixtures struct {
+	Dir        string
+	Endpoint   *netlab.Endpoint
+	ClientCIDR netip.Prefix
+	// CVPNConfig has bandwidth_limit_mbps 0; CVPNLimitConfig the limit scenario's value.
+	CVPNConfig, CVPNLimitConfig string
+	OpenVPNConfig               string // server.conf in Dir
+	CACertFile, CAKeyFile       string // the CA that signs clients (and the server)
+	TLSCryptFile                string
+	TLSCrypt                    *tlscrypt.StaticKey
+	RootCAs                     *x509.CertPool
+}
+
+// FixtureOptions shape the fixtures; zero values give the benchmark's defaults.
+type FixtureOptions struct {
+	ClientCIDR netip.Prefix // default DefaultClientCIDR
+	LimitMbps  float64      // bandwidth_limit_mbps of CVPNLimitConfig; default 10
+	// OpenVPNExtra and CVPNExtra are appended to the server configurations verbatim (for
+	// example `connect-freq-initial 100000 10`).
+	OpenVPNExtra, CVPNExtra string
+}
+
+// WriteFixtures writes the fixtures into dir.
+func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
+	if !o.ClientCIDR.IsValid() {
+		o.ClientCIDR = DefaultClientCIDR
+	}
+	if o.LimitMbps == 0 {
+		o.LimitMbps = 10
+	}
+	ep, err := netlab.WriteEndpoint(dir, netlab.EndpointOptions{
+		ClientCIDR: o.ClientCIDR.String(),
+		TLSCrypt:   true,
+		Extra:      o.CVPNExtra,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bench: endpoint: %w", err)
+	}
+	fx := &Fixtures{
+		Dir:             dir,
+		Endpoint:        ep,
+		ClientCIDR:      o.ClientCIDR,
+		CVPNConfig:      ep.Config,
+		CVPNLimitConfig: filepath.Join(dir, "endpoint-limit.yaml"),
+		OpenVPNConfig:   filepath.Join(dir, "server.conf"),
+		CACertFile:      filepath.Join(dir, "ca.crt"),
+		CAKeyFile:       filepath.Join(dir, "ca.key"),
+		TLSCryptFile:    filepath.Join(dir, "tc.key"),
+		RootCAs:         x509.NewCertPool(),
+	}
+	fx.RootCAs.AddCert(ep.CA.Cert)
+	if fx.TLSCrypt, err = tlscrypt.ParseStaticKey(ep.TLSKey); err != nil {
+		return nil, fmt.Errorf("bench: tls-crypt key: %w", err)
+	}
+	if err := os.WriteFile(fx.CAKeyFile, ep.CA.KeyPEM, 0o600); err != nil {
+		return nil, err
+	}
+	yaml, err := os.ReadFile(ep.Config)
+	if err != nil {
+		return nil, err
+	}
+	const unlimited = "bandwidth_limit_mbps: 0\n"
+	if !strings.Contains(string(yaml), unlimited) {
+		return nil, fmt.Errorf("bench: %s has no %q line to change for the limit scenario", ep.Config, strings.TrimSpace(unlimited))
+	}
+	limited := strings.Replace(string(yaml), unlimited, fmt.Sprintf("bandwidth_limit_mbps: %g\n", o.LimitMbps), 1)
+	if err := os.WriteFile(fx.CVPNLimitConfig, []byte(limited), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(fx.OpenVPNConfig, []byte(openvpnConfig(o.ClientCIDR, o.OpenVPNExtra)), 0o644); err != nil {
+		return nil, err
+	}
+	return fx, nil
+}
+
+// openvpnConfig is the stock server configured as cvpn's endpoint file is: UDP 443, tls-crypt,
+// AES-256-GCM, topology subnet over the same client CIDR, the VPC route pushed, keepalive
+// 10/60, room for every client of the CIDR. The kernel does its SNAT (MASQUERADE, set up by the
+// lab). Everything else is OpenVPN's default, including connect-freq-initial (100 per 10 s),
+// which cvpn copies.
+func openvpnConfig(cidr netip.Prefix, extra string) string {
+	bits := cidr.Bits()
+	vpc := netlab.VPCPrefix
+	return fmt.Sprintf(`# stock openvpn server, equivalent to the cvpn endpoint.yaml next to it
+port %d
+proto udp4
+dev tun
+topology subnet
+server %s %s
+push "route %s %s"
+ca ca.crt
+cert server.crt
+key server.key
+dh none
+tls-crypt tc.key
+data-ciphers AES-256-GCM
+keepalive 10 60
+max-clients %d
+verb 3
+%s`, serverPort, cidr.Addr(), netmask(bits), vpc.Addr(), netmask(vpc.Bits()), 1<<(32-bits)-3, extra)
+}
+
+func netmask(bits int) netip.Addr {
+	v := ^uint32(0) << (32 - bits)
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// Identities issues n client certificates from the fixtures' CA (CN bench-<i>), spread over the
+// CPUs; issuing happens before a ramp so that it does not count in it.
+func Identities(ca *pki.Identity, n int) ([]tls.Certificate, error) {
+	certs := make([]tls.Certificate, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	workers := runtime.GOMAXPROCS(0)
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < n; i += workers {
+				id, err := pki.IssueClient(ca, fmt.Sprintf("bench-%d", i), nil, pki.ECDSAP256, 48*time.Hour, time.Now().Add(-time.Hour))
+				if err == nil {
+					certs[i], err = id.TLSCertificate()
+				}
+				errs[i] = err
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("bench: issue client certificates: %w", err)
+	}
+	return certs, nil
+}
+
+// Lab is one server under test in its own namespaces: the server namespace, the VPC namespace,
+// a client namespace for the stock openvpn client and one for the load generator. Each server
+// kind gets its own lab so that the kernel NAT of one cannot tax the other.
+type Lab struct {
+	Kind ServerKind
+	Net  *netlab.Lab
+	fx   *Fixtures
+
+	StockNS, BenchNS         string
+	StockServer, BenchServer netip.AddrPort // the server as each client namespace dials it
+	// NAT says how the stock server's client traffic reaches the VPC: "masquerade" (iptables)
+	// or "route" (a return route in the VPC namespace, when iptables is missing and
+	// LabOptions.RouteIfNoIptables allows it).
+	NAT string
+
+	mu    sync.Mutex
+	procs []*Proc
+}
+
+// LabOptions shape a lab.
+type LabOptions struct {
+	// RouteIfNoIptables lets the openvpn lab use a return route instead of MASQUERADE when the
+	// iptables command is missing (the short test; the benchmark insists on MASQUERADE).
+	RouteIfNoIptables bool
+}
+
+// NewLab builds the namespaces of one server kind. Close removes them and stops every process
+// started through the lab.
+func NewLab(ctx context.Context, kind ServerKind, fx *Fixtures, o LabOptions) (*Lab, error) {
+	if err := checkRoot(); err != nil {
+		return nil, err
+	}
+	nl, err := netlab.New()
+	if err != nil {
+		return nil, fmt.Errorf("bench: lab: %w", err)
+	}
+	l := &Lab{Kind: kind, Net: nl, fx: fx}
+	var s1, s2 netip.Addr
+	if l.StockNS, s1, err = nl.AddClient(); err == nil {
+		l.BenchNS, s2, err = nl.AddClient()
+	}
+	if err != nil {
+		nl.Close()
+		return nil, fmt.Errorf("bench: lab: %w", err)
+	}
+	l.StockServer = netip.AddrPortFrom(s1, serverPort)
+	l.BenchServer = netip.AddrPortFrom(s2, serverPort)
+	if kind == OpenVPN {
+		if err := l.kernelNAT(ctx, o); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// kernelNAT sets up what the stock server relies on: IPv4 forwarding, and MASQUERADE of the
+// client CIDR out of the VPC interface.
+func (l *Lab) kernelNAT(ctx context.Context, o LabOptions) error {
+	if err := run(ctx, "ip", "netns", "exec", l.Net.Server, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"); err != nil {
+		return fmt.Errorf("bench: enable forwarding: %w", err)
+	}
+	if _, err := exec.LookPath("iptables"); err != nil {
+		if !o.RouteIfNoIptables {
+			return errors.New("bench: iptables not found: the stock server's SNAT is kernel MASQUERADE (apt-get install iptables)")
+		}
+		l.NAT = "route"
+		return run(ctx, "ip", "-n", l.Net.VPC, "route", "add", l.fx.ClientCIDR.String(), "via", netlab.ServerVPC.String())
+	}
+	l.NAT = "masquerade"
+	return run(ctx, "ip", "netns", "exec", l.Net.Server, "iptables", "-t", "nat", "-A", "POSTROUTING",
+		"-s", l.fx.ClientCIDR.String(), "-o", "eth1", "-j", "MASQUERADE")
+}
+
+// Start runs a process in namespace ns; Close stops it if it still runs.
+func (l *Lab) Start(name, ns string, args ...string) (*Proc, error) {
+	p, err := StartProc(name, ns, args...)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.procs = append(l.procs, p)
+	l.mu.Unlock()
+	return p, nil
+}
+
+// ServerOptions choose how a server starts.
+type ServerOptions struct {
+	CVPNBin    string // path of bin/cvpn
+	OpenVPNBin string // default: openvpn on PATH
+	Limit      bool   // cvpn with the bandwidth limit
+}
+
+// StartServer starts the lab's server and waits until it serves.
+func (l *Lab) StartServer(ctx context.Context, o ServerOptions) (*Proc, error) {
+	var p *Proc
+	var err error
+	var ready string
+	switch l.Kind {
+	case CVPN:
+		conf := l.fx.CVPNConfig
+		if o.Limit {
+			conf = l.fx.CVPNLimitConfig
+		}
+		if o.CVPNBin == "" {
+			return nil, errors.New("bench: no cvpn binary given")
+		}
+		p, err = l.Start("cvpn", l.Net.Server, o.CVPNBin, "serve", "--config", conf)
+		ready = "cvpn listening"
+	case OpenVPN:
+		if o.Limit {
+			return nil, errors.New("bench: the stock openvpn server has no per-client bandwidth limit")
+		}
+		bin := o.OpenVPNBin
+		if bin == "" {
+			if bin, err = exec.LookPath("openvpn"); err != nil {
+				return nil, errors.New("bench: openvpn not found (apt-get install openvpn)")
+			}
+		}
+		p, err = l.Start("openvpn server", l.Net.Server, bin, "--cd", l.fx.Dir, "--config", l.fx.OpenVPNConfig)
+		ready = "Initialization Sequence Completed"
+	default:
+		return nil, fmt.Errorf("bench: unknown server kind %q", l.Kind)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := p.WaitFor(ctx, ready, 20*time.Second); err != nil {
+		_ = p.Stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// StartStockClient starts the stock openvpn client in the stock client namespace with a fresh
+// AWS-style profile and waits until its tunnel is up.
+func (l *Lab) StartStockClient(ctx context.Context, name string) (*Proc, error) {
+	profile, err := l.fx.Endpoint.ClientProfile(name, l.StockServer.Addr(), netlab.ProfileOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("bench: client profile: %w", err)
+	}
+	p, err := l.Start("openvpn client "+name, l.StockNS, "openvpn", "--config", profile)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.WaitFor(ctx, "Initialization Sequence Completed", 30*time.Second); err != nil {
+		_ = p.Stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// Close stops every process the lab started, newest first, and deletes its namespaces.
+func (l *Lab) Close() {
+	l.mu.Lock()
+	procs := l.procs
+	l.procs = nil
+	l.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		_ = procs[i].Stop()
+	}
+	l.Net.Close()
+}
