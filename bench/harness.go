@@ -303,7 +303,7 @@ func RunHarness(ctx context.Context, cfg HarnessConfig) (*Results, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := sink.WaitFor(ctx, "sink listening", 10*time.Second); err != nil {
+		if err := sink.WaitForContext(ctx, "sink listening", 10*time.Second); err != nil {
 			return nil, err
 		}
 	}
@@ -497,7 +497,7 @@ func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse 
 		return r, err
 	}
 	defer srv.Kill()
-	if err := srv.WaitFor(ctx, "Server listening", 10*time.Second); err != nil {
+	if err := srv.WaitForContext(ctx, "Server listening", 10*time.Second); err != nil {
 		return r, err
 	}
 	args := []string{"iperf3", "-c", netlab.VPCHost.String(), "-p", strconv.Itoa(port), "-t", strconv.Itoa(h.cfg.IperfSeconds),

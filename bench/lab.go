@@ -189,9 +189,6 @@ type Lab struct {
 	// or "route" (a return route in the VPC namespace, when iptables is missing and
 	// LabOptions.RouteIfNoIptables allows it).
 	NAT string
-
-	mu    sync.Mutex
-	procs []*Proc
 }
 
 // LabOptions shape a lab.
@@ -251,14 +248,7 @@ func (l *Lab) kernelNAT(ctx context.Context, o LabOptions) error {
 
 // Start runs a process in namespace ns; Close stops it if it still runs.
 func (l *Lab) Start(name, ns string, args ...string) (*Proc, error) {
-	p, err := StartProc(name, ns, args...)
-	if err != nil {
-		return nil, err
-	}
-	l.mu.Lock()
-	l.procs = append(l.procs, p)
-	l.mu.Unlock()
-	return p, nil
+	return l.Net.Start(name, ns, args...)
 }
 
 // ServerOptions choose how a server starts.
@@ -302,7 +292,7 @@ func (l *Lab) StartServer(ctx context.Context, o ServerOptions) (*Proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := p.WaitFor(ctx, ready, 20*time.Second); err != nil {
+	if err := p.WaitForContext(ctx, ready, 20*time.Second); err != nil {
 		_ = p.Stop()
 		return nil, err
 	}
@@ -320,7 +310,7 @@ func (l *Lab) StartStockClient(ctx context.Context, name string) (*Proc, error) 
 	if err != nil {
 		return nil, err
 	}
-	if err := p.WaitFor(ctx, "Initialization Sequence Completed", 30*time.Second); err != nil {
+	if err := p.WaitForContext(ctx, "Initialization Sequence Completed", 30*time.Second); err != nil {
 		_ = p.Stop()
 		return nil, err
 	}
@@ -328,13 +318,4 @@ func (l *Lab) StartStockClient(ctx context.Context, name string) (*Proc, error) 
 }
 
 // Close stops every process the lab started, newest first, and deletes its namespaces.
-func (l *Lab) Close() {
-	l.mu.Lock()
-	procs := l.procs
-	l.procs = nil
-	l.mu.Unlock()
-	for i := len(procs) - 1; i >= 0; i-- {
-		_ = procs[i].Stop()
-	}
-	l.Net.Close()
-}
+func (l *Lab) Close() { l.Net.Close() }

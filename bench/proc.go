@@ -7,135 +7,20 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
+
+	"github.com/cvpn/cvpn/internal/netlab"
 )
 
-// Proc is a process the harness started (in a namespace, through `ip netns exec`, which execs
-// in place: the pid is the program's own). Its output is kept, up to maxOutput bytes.
-type Proc struct {
-	Name string
-	cmd  *exec.Cmd
-	out  *capped
-	done chan struct{}
-	err  error
-}
-
-const maxOutput = 8 << 20
+// Proc is a process the harness started; see netlab.Proc.
+type Proc = netlab.Proc
 
 // StartProc runs args in namespace ns ("" runs it here) in its own process group.
 func StartProc(name, ns string, args ...string) (*Proc, error) {
-	if ns != "" {
-		args = append([]string{"ip", "netns", "exec", ns}, args...)
-	}
-	p := &Proc{Name: name, out: &capped{}, done: make(chan struct{})}
-	p.cmd = exec.Command(args[0], args[1:]...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: start %s: %w", name, err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	return p, nil
+	return netlab.StartProc(name, ns, args...)
 }
 
-// PID is the process id.
-func (p *Proc) PID() int { return p.cmd.Process.Pid }
-
-// Output is what the process printed so far.
-func (p *Proc) Output() string { return p.out.String() }
-
-// Exited reports whether the process ended.
-func (p *Proc) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// Wait waits for the process to end, or for ctx (then kills it).
-func (p *Proc) Wait(ctx context.Context) error {
-	select {
-	case <-p.done:
-		return p.err
-	case <-ctx.Done():
-		p.Kill()
-		return fmt.Errorf("bench: %s: %w", p.Name, ctx.Err())
-	}
-}
-
-// WaitFor waits until the output contains s, the process exits, ctx ends or timeout passes.
-func (p *Proc) WaitFor(ctx context.Context, s string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if strings.Contains(p.Output(), s) {
-			return nil
-		}
-		if p.Exited() {
-			return fmt.Errorf("bench: %s exited (%v) before printing %q:\n%s", p.Name, p.err, s, tail(p.Output(), 2000))
-		}
-		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
-			return err
-		}
-	}
-	return fmt.Errorf("bench: %s did not print %q within %s:\n%s", p.Name, s, timeout, tail(p.Output(), 2000))
-}
-
-// Stop sends SIGTERM to the process group and waits up to 10 s, then kills it.
-func (p *Proc) Stop() error {
-	if p.Exited() {
-		return p.err
-	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		p.Kill()
-	}
-	return p.err
-}
-
-// Kill ends the process group at once and waits for the process.
-func (p *Proc) Kill() {
-	if p.Exited() {
-		return
-	}
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	<-p.done
-}
-
-// capped is a concurrency-safe buffer that stops growing at maxOutput.
-type capped struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (c *capped) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := len(p)
-	if room := max(maxOutput-c.b.Len(), 0); room < len(p) {
-		p = p[:room]
-	}
-	c.b.Write(p)
-	return n, nil // what does not fit is dropped, not refused: the child must never block
-}
-
-func (c *capped) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.String()
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "..." + s[len(s)-n:]
-}
+func tail(s string, n int) string { return netlab.Tail(s, n) }
 
 // run runs a short command and returns its error with its output.
 func run(ctx context.Context, args ...string) error {

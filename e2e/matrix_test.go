@@ -279,3 +279,21 @@ func TestPushedDNSAndBanner(t *testing.T) {
 		t.Fatalf("banner not shown: %v", err)
 	}
 }
+
+// TestCompressingClientRefused: a client that ignores the pushed stub and really compresses is
+// told why and disconnected, instead of keeping a tunnel that passes nothing.
+func TestCompressingClientRefused(t *testing.T) {
+	t.Parallel()
+	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true})
+	c := s.connect("squeezer", netlab.ProfileOptions{Extra: "compress lz4-v2\nallow-compression yes\npull-filter ignore \"compress\"\n"})
+	// Compressible traffic: zero-filled pings.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, _ = s.lab.Output(ctx, c.ns, "ping", "-c", "3", "-s", "1200", "-p", "00", "-W", "1", netlab.VPCHost.String())
+	if err := c.proc.WaitFor("AUTH_FAILED,this server does not support compression", 10*time.Second); err != nil {
+		t.Fatalf("compressing client not refused: %v", err)
+	}
+	if err := s.srv.WaitFor(`reason="client compresses its traffic"`, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -61,6 +61,7 @@ type client struct {
 	upFor  *Policy
 	groups authz.Groups
 	up     bucket.Bucket
+	denied []netip.Addr // destinations whose denial was logged
 	// Owned by the TUN reader: the download bucket and the policy it was set for.
 	downFor *Policy
 	down    bucket.Bucket
@@ -72,6 +73,7 @@ type client struct {
 
 	authenticated atomic.Bool
 	timedOut      atomic.Bool
+	refused       atomic.Bool
 	closed        atomic.Bool
 	pushed        atomic.Bool
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/net/ipv4"
 
@@ -112,6 +113,7 @@ func (s *Server) deliverData(c *client, pkt, pt []byte, hdr int) ([]byte, bool) 
 	pt, ok := c.framing.strip(pt)
 	if !ok {
 		s.drops.add(DropCompressed, "cn", c.commonName)
+		s.refuseCompression(c)
 		return nil, false
 	}
 	if len(pt) == len(pingMagic) && bytes.Equal(pt, pingMagic) {
@@ -145,6 +147,7 @@ func (s *Server) deliverData(c *client, pkt, pt []byte, hdr int) ([]byte, bool) 
 		return nil, false
 	case !pol.Authz.Allowed(dst, groups):
 		s.drops.add(DropUnauthorized, "cn", c.commonName, "dst", dst)
+		s.logDenial(c, dst)
 		return nil, false
 	case !c.up.Allow(s.clockNano(), len(pt)):
 		s.drops.add(DropRateLimit, "cn", c.commonName)
@@ -191,6 +194,43 @@ func (s *Server) deliverLocal(from *client, pt []byte) {
 		to.link.send(p)
 	}
 }
+
+// refuseCompression ends the session of a client that compresses although the server pushed a
+// stub (it ignores pushed options, e.g. with pull-filter): cvpn never decompresses, and silently
+// dropping its traffic would leave the user with a tunnel that looks up and passes nothing.
+func (s *Server) refuseCompression(c *client) {
+	if c.refused.Swap(true) {
+		return
+	}
+	if conn := c.tlsConn.Load(); conn != nil {
+		_, _ = conn.Write([]byte("AUTH_FAILED,this server does not support compression: remove comp-lzo/compress from the profile or accept the pushed compress stub\x00"))
+	}
+	go func() {
+		time.Sleep(time.Second) // let the message reach the client
+		s.disconnect(c, "client compresses its traffic")
+	}()
+}
+
+// logDenial logs the first denial of each destination per connection (up to deniedLogMax
+// destinations), through a server-wide rate limit. Called from the client's receive goroutine.
+func (s *Server) logDenial(c *client, dst netip.Addr) {
+	for _, d := range c.denied {
+		if d == dst {
+			return
+		}
+	}
+	if len(c.denied) >= deniedLogMax {
+		return
+	}
+	c.denied = append(c.denied, dst)
+	if s.denialLog.allow() {
+		s.log.Info("access denied by authorization rules", "cn", c.commonName, "groups", c.groupNames,
+			"address", c.addr, "dst", dst)
+	}
+}
+
+// deniedLogMax bounds the destinations whose first denial is logged for one connection.
+const deniedLogMax = 16
 
 // writeTUN writes a batch of client packets into the TUN.
 func (s *Server) writeTUN(batch [][]byte) {

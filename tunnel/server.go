@@ -150,9 +150,11 @@ type Server struct {
 	v2      *tlscrypt.V2ServerKey
 	cookies *cookie.Jar
 	limiter *tokenBucket
-	policy  atomic.Pointer[Policy]
-	revoker atomic.Pointer[Revoker]
-	mss     uint16
+	// denialLog limits the "access denied" lines all connections together may log.
+	denialLog *tokenBucket
+	policy    atomic.Pointer[Policy]
+	revoker   atomic.Pointer[Revoker]
+	mss       uint16
 
 	// mu guards all, byAddr and handshakes. peers is indexed by peer-id, which is the pool index of the
 	// client's address: the data path reads it without a lock.
@@ -236,6 +238,7 @@ func New(cfg Config) (*Server, error) {
 	s.cookies = cookie.NewJar(secret, cfg.Now)
 	// OpenVPN's --connect-freq-initial default: 100 stateless replies per 10 s.
 	s.limiter = newTokenBucket(10, 100, cfg.Now)
+	s.denialLog = newTokenBucket(5, 50, cfg.Now)
 	for _, ap := range cfg.UDP {
 		l, err := listenUDP(s, ap)
 		if err != nil {

@@ -19,11 +19,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
-	"time"
 )
 
 // Fixed addresses of the lab.
@@ -136,90 +134,16 @@ func (l *Lab) Output(ctx context.Context, ns string, args ...string) (string, er
 	return string(out), nil
 }
 
-// Proc is a background process in a namespace whose output is captured.
-type Proc struct {
-	Name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-	err  error
-}
-
 // Start runs a long-lived command in ns; Close stops it.
 func (l *Lab) Start(name, ns string, args ...string) (*Proc, error) {
-	p := &Proc{Name: name, out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
-	p.cmd.Stdout = p.out
-	p.cmd.Stderr = p.out
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
+	p, err := StartProc(name, ns, args...)
+	if err != nil {
+		return nil, err
 	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	l.mu.Lock()
 	l.procs = append(l.procs, p)
 	l.mu.Unlock()
 	return p, nil
-}
-
-// Output is what the process printed so far.
-func (p *Proc) Output() string { return p.out.String() }
-
-// Exited reports whether the process has ended.
-func (p *Proc) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// WaitFor waits until the output contains s, the process exits, or the timeout passes.
-func (p *Proc) WaitFor(s string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if strings.Contains(p.Output(), s) {
-			return nil
-		}
-		if p.Exited() {
-			return fmt.Errorf("%s exited (%v) before printing %q", p.Name, p.err, s)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s did not print %q within %s", p.Name, s, timeout)
-}
-
-// Signal sends sig to the process (to cvpn, SIGHUP reloads the policy). `ip netns exec` execs
-// the command, so the signal reaches it and not a wrapper.
-func (p *Proc) Signal(sig os.Signal) error {
-	if p.Exited() {
-		return fmt.Errorf("%s exited (%v) before %v", p.Name, p.err, sig)
-	}
-	return p.cmd.Process.Signal(sig)
-}
-
-// Kill ends the process at once (SIGKILL), as a crash or a pulled cable would, and waits for it.
-func (p *Proc) Kill() {
-	if p.Exited() {
-		return
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-}
-
-// Stop sends SIGINT and waits up to 10 s, then kills.
-func (p *Proc) Stop() error {
-	if p.Exited() {
-		return p.err
-	}
-	_ = p.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-	return p.err
 }
 
 // Close stops every process and deletes the namespaces (their veths go with them).
@@ -245,21 +169,4 @@ func run(args ...string) error {
 		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return nil
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
