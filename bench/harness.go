@@ -748,8 +748,8 @@ func (h *harness) notes() []string {
 		"both servers run as shipped: UDP 443, tls-crypt, AES-256-GCM, topology subnet, keepalive 10/60; openvpn's SNAT is kernel MASQUERADE (iptables) in its own namespaces",
 		"the load generator, the sink, the stock client, iperf3 and the server share the machine's cores, so absolute numbers are lower than on separate hosts; only the ratios are the point",
 		"server CPU is utime+stime of the server process from /proc/<pid>/stat (10 ms ticks); openvpn's kernel work (TUN, MASQUERADE, conntrack) is not in it, cvpn's userspace NAT is",
-		"handshakes/s beyond 100 sessions: cvpn's stateless-reset limiter (tunnel/server.go, a copy of OpenVPN's connect-freq-initial 100 per 10 s) also counts resets whose 3-way handshake completes, which OpenVPN refunds (reflect_filter_rate_limit_decrease), so cvpn ramps at 10 sessions/s after the first 100; server CPU per handshake shows capacity regardless",
-		"server CPU per handshake is the server's CPU over the ramp divided by the sessions, so a long ramp also charges the upkeep (keepalives, timers) of the sessions already up: cvpn's limited ramps of 1000 and 10000 sessions last 100 s and 1000 s, openvpn's a few seconds and about 70 s",
+		"both servers limit stateless reset replies to 100 per 10 s and refund the ones whose 3-way handshake completes (OpenVPN's connect-freq-initial, reflect_filter_rate_limit_decrease), so legitimate ramps are not throttled",
+		"server CPU per handshake is the server's CPU over the ramp divided by the sessions, so a long ramp also charges the upkeep (keepalives, timers) of the sessions already up",
 		"sessions scenarios: 2 s of probes only (RTT idle), 3 s at a paced aggregate load both servers carry (RTT at paced load), then the measured phase flat out (1400-byte UDP packets round-robin over the sessions; loss is what the server could not take, its RTT is mostly queueing in full socket buffers)",
 	}
 	if h.dco != "" {
