@@ -5,15 +5,22 @@ BIN     := bin/cvpn
 PKGS    := $(shell $(GO) list ./... | grep -v /e2e)
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: help build test unit e2e fuzz bench-once lint demo clean bench
+.PHONY: help build deps test unit e2e fuzz bench-once lint demo bench clean
+
+# Debian packages the end-to-end tests, the demo and the benchmark run.
+DEB_PACKAGES := openvpn iperf3 iproute2 iputils-ping iptables bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## build bin/cvpn
 	$(GO) build -o $(BIN) ./cmd/cvpn
 
-test: unit e2e fuzz bench-once ## everything CI runs: unit tests (race), end-to-end tests (root), fuzz smoke, benchmarks once
+deps: ## install the Debian packages the tests, demo and benchmark need, if any is missing (root)
+	@missing=""; for c in openvpn iperf3 ip ping iptables; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES); fi
+
+test: deps unit e2e fuzz bench-once ## everything CI runs: unit tests (race), end-to-end tests (root), fuzz smoke, benchmarks once
 
 unit: ## unit tests with the race detector
 	$(GO) test -race -count=1 $(PKGS)
@@ -32,11 +39,11 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-bench: build ## as root: cvpn vs the stock openvpn server side by side (~30 min); ratio table, JSON and SVG in bench/results (BENCHFLAGS adds flags)
+bench: deps build ## as root: cvpn vs the stock openvpn server side by side (~10 min); ratio table, JSON and SVG in bench/results (BENCHFLAGS adds flags)
 	$(GO) build -o bin/cvpn-bench ./cmd/cvpn-bench
 	bin/cvpn-bench run --cvpn $(BIN) --out bench/results $(BENCHFLAGS)
 
-demo: build ## as root: namespaces, throwaway PKI, cvpn, the stock client, ping and iperf3, then teardown
+demo: deps build ## as root: namespaces, throwaway PKI, cvpn, the stock client, ping and iperf3, then teardown
 	$(GO) run ./internal/demo --cvpn $(BIN)
 
 clean: ## remove build output

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -66,6 +67,16 @@ var dropNames = [numDropReasons]string{
 	DropRateLimit:            "bandwidth_limit",
 }
 
+// expected reports whether a refusal is part of normal operation (policy at work, IPv6 from
+// dual-stack clients) rather than a sign of a fault or an attack; those log at Info, not Warn.
+func (r DropReason) expected() bool {
+	switch r {
+	case DropNotIPv4, DropUnauthorized, DropNoRoute, DropRateLimit, DropNoMapping, DropNoClient:
+		return true
+	}
+	return false
+}
+
 func (r DropReason) String() string {
 	if r < 0 || r >= numDropReasons {
 		return "unknown"
@@ -101,7 +112,11 @@ func (d *dropCounters) add(r DropReason, attrs ...any) {
 	since := total - st.count
 	st.at, st.count = now, total
 	d.mu.Unlock()
-	d.log.Warn("packet dropped", append([]any{"reason", r.String(), "count_since_last_log", since, "total", total}, attrs...)...)
+	level := slog.LevelWarn
+	if r.expected() {
+		level = slog.LevelInfo
+	}
+	d.log.Log(context.Background(), level, "packet dropped", append([]any{"reason", r.String(), "count_since_last_log", since, "total", total}, attrs...)...)
 }
 
 // snapshot returns the counters by reason name.

@@ -132,7 +132,7 @@ func run(bin string) error {
 		}
 	}
 
-	step("stopping cvpn (SIGINT); its log:")
+	step("stopping cvpn (SIGTERM); its log:")
 	_ = srv.Stop()
 	fmt.Println(indent(srv.Output()))
 	return nil
