@@ -35,7 +35,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	cvpnBin = filepath.Join(dir, "cvpn")
-	build := exec.Command("go", "build", "-o", cvpnBin, "../cmd/cvpn")
+	args := []string{"build", "-o", cvpnBin}
+	if os.Getenv("CVPN_E2E_RACE") != "" {
+		args = append(args, "-race") // CVPN_E2E_RACE=1: run the end-to-end tests against a race-detecting build
+	}
+	build := exec.Command("go", append(args, "../cmd/cvpn")...)
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building cvpn:", err)

@@ -66,8 +66,10 @@ func TestInteropMatrix(t *testing.T) {
 			}
 			c := sub.connect("client-"+v.name, o)
 			sub.ping(c, netlab.VPCHost.String())
+			// Traffic must pass; how fast is the benchmark's business (max-packet-size 145 also
+			// shrinks data packets to about 100 bytes of payload).
 			_, r := sub.iperf(c, port, "2s", false)
-			if r.End.SumReceived.Bytes < 1e6 {
+			if r.End.SumReceived.Bytes < 256<<10 {
 				t.Fatalf("moved %d bytes through the tunnel in 2 s", r.End.SumReceived.Bytes)
 			}
 		})
