@@ -16,14 +16,7 @@ import (
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 )
 
-// Data channel payloads that are not IP packets (ping.c, occ.c).
-var (
-	pingMagic = []byte{0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48}
-	occMagic  = []byte{0x28, 0x7f, 0x34, 0x6b, 0xd4, 0xef, 0x7a, 0x81, 0x2d, 0x56, 0xb8, 0xd3, 0xaf, 0xc5, 0x45, 0x9c}
-)
-
 const (
-	occExit = 6
 	// tunOffset is where packets start in TUN buffers: room for the virtio-net header the TUN
 	// writes in front and, on the way out, for the data header, packet-id and tag sealed in place.
 	tunOffset = 64
@@ -116,11 +109,11 @@ func (s *Server) deliverData(c *client, pkt, pt []byte, hdr int) ([]byte, bool) 
 		s.refuseCompression(c)
 		return nil, false
 	}
-	if len(pt) == len(pingMagic) && bytes.Equal(pt, pingMagic) {
+	if len(pt) == len(packet.PingMagic) && bytes.Equal(pt, packet.PingMagic) {
 		return nil, false
 	}
-	if len(pt) == len(occMagic)+1 && bytes.Equal(pt[:len(occMagic)], occMagic) {
-		if pt[len(occMagic)] == occExit {
+	if len(pt) == len(packet.OCCMagic)+1 && bytes.Equal(pt[:len(packet.OCCMagic)], packet.OCCMagic) {
+		if pt[len(packet.OCCMagic)] == packet.OCCExit {
 			s.disconnect(c, "client sent explicit exit notification")
 		}
 		return nil, false
@@ -453,9 +446,9 @@ func (s *Server) seal(c *client, buf []byte, off, n int) ([]byte, bool) {
 
 // sendPing sends the keepalive ping to a client.
 func (s *Server) sendPing(c *client) {
-	buf := make([]byte, tunOffset+len(pingMagic)+datacrypto.Overhead+2)
-	copy(buf[tunOffset:], pingMagic)
-	if p, ok := s.seal(c, buf, tunOffset, len(pingMagic)); ok {
+	buf := make([]byte, tunOffset+len(packet.PingMagic)+datacrypto.Overhead+2)
+	copy(buf[tunOffset:], packet.PingMagic)
+	if p, ok := s.seal(c, buf, tunOffset, len(packet.PingMagic)); ok {
 		c.link.send(p)
 	}
 }

@@ -16,12 +16,8 @@ import (
 	"github.com/cvpn/cvpn/tunnel/replay"
 )
 
-// Data channel payloads that are not IP packets (wire §9.1, §9.2).
-var (
-	pingMagic = []byte{0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48}
-	occMagic  = []byte{0x28, 0x7f, 0x34, 0x6b, 0xd4, 0xef, 0x7a, 0x81, 0x2d, 0x56, 0xb8, 0xd3, 0xaf, 0xc5, 0x45, 0x9c}
-	occExit   = append(append([]byte(nil), occMagic...), 6)
-)
+// occExit is the whole OCC explicit-exit payload.
+var occExit = append(append([]byte(nil), packet.OCCMagic...), packet.OCCExit)
 
 const (
 	// maxDatagram is the largest datagram the session receives or sends: a 1500-byte tunnel
@@ -256,7 +252,7 @@ func (s *Session) receiveData(pb *pktBuf, wire []byte, op packet.Opcode, kid uin
 	if s.next.Load() == k {
 		s.promote(k) // the server sends with the renegotiated key: it has it
 	}
-	if bytes.Equal(pt, pingMagic) || (len(pt) == len(occMagic)+1 && bytes.Equal(pt[:len(occMagic)], occMagic)) {
+	if bytes.Equal(pt, packet.PingMagic) || (len(pt) == len(packet.OCCMagic)+1 && bytes.Equal(pt[:len(packet.OCCMagic)], packet.OCCMagic)) {
 		return false
 	}
 	s.stats.rxPackets.Add(1)
@@ -301,7 +297,7 @@ func (s *Session) keepaliveTick() {
 		return
 	}
 	if p := s.push.Ping; p > 0 && now.Sub(time.Unix(0, s.lastSend.Load())) >= p {
-		_ = s.sendData(pingMagic)
+		_ = s.sendData(packet.PingMagic)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -1,0 +1,13 @@
+package packet
+
+// Data-channel payloads that are not IP packets (ping.c, occ.c; wire §9.1, §9.2). Server and
+// client both recognise them after decryption and unframing.
+var (
+	// PingMagic is the whole payload of a keepalive ping.
+	PingMagic = []byte{0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48}
+	// OCCMagic starts an OCC message; the byte after it is the OCC opcode.
+	OCCMagic = []byte{0x28, 0x7f, 0x34, 0x6b, 0xd4, 0xef, 0x7a, 0x81, 0x2d, 0x56, 0xb8, 0xd3, 0xaf, 0xc5, 0x45, 0x9c}
+)
+
+// OCCExit is the OCC opcode of an explicit exit notification.
+const OCCExit = 6
