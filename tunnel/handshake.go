@@ -43,6 +43,11 @@ func (s *Server) runKey(c *client, k *channel.Key) {
 	msg, err := readKeyMethod(conn)
 	if err != nil {
 		log.Warn("key exchange failed", "err", err)
+		if errors.Is(err, keymethod.ErrKeyMethod) {
+			// TLS is up, so the client can be told why (a key-method 1 peer, or a stranger).
+			s.refuse(c, conn, k, "unsupported key method: cvpn speaks key-method 2 (OpenVPN 2.x default)")
+			return
+		}
 		if k.ID == 0 {
 			s.disconnect(c, "key exchange failed")
 		}
