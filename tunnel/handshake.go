@@ -44,7 +44,13 @@ func (s *Server) runKey(c *client, k *channel.Key) {
 	if err != nil {
 		log.Warn("key exchange failed", "err", err)
 		if errors.Is(err, keymethod.ErrKeyMethod) {
-			// TLS is up, so the client can be told why (a key-method 1 peer, or a stranger).
+			// TLS is up, so the client can be told why. It reads a key-method block before any
+			// control message, so one goes first (its randoms are never used).
+			var reply keymethod.ServerMessage
+			_, _ = rand.Read(reply.Random1[:])
+			_, _ = rand.Read(reply.Random2[:])
+			reply.Options = keymethod.ServerOptionsString(c.link.proto(), s.cfg.Ciphers[0].String(), s.cfg.Ciphers[0].KeySize()*8)
+			_, _ = conn.Write(reply.Append(nil))
 			s.refuse(c, conn, k, "unsupported key method: cvpn speaks key-method 2 (OpenVPN 2.x default)")
 			return
 		}

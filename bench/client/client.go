@@ -89,6 +89,9 @@ type Config struct {
 	PeerInfo map[string]string
 	// MaxTLSVersion caps the TLS version (tls.VersionTLS12 or tls.VersionTLS13); zero means 1.3.
 	MaxTLSVersion uint16
+	// KeyMethod, for negative tests, replaces the key-method byte of the key-method block; zero
+	// sends 2, the only method OpenVPN 2.x speaks.
+	KeyMethod byte
 	// Dial returns the socket the session uses; the Session owns and closes it. The socket may
 	// be connected to Server or not (then datagrams from other sources are ignored). nil means
 	// net.DialUDP to Server. Tests use it to open the socket inside a network namespace.

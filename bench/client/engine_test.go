@@ -330,6 +330,23 @@ func TestEngineUnsupportedCipher(t *testing.T) {
 	}
 }
 
+// TestEngineUnsupportedKeyMethod: a key-method block of another method is refused with a reason.
+func TestEngineUnsupportedKeyMethod(t *testing.T) {
+	e := newEngine(t, engineOptions{tlsCrypt: true})
+	cfg := e.config(t, "key-method-1")
+	cfg.KeyMethod = 1
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := Connect(ctx, cfg)
+	if err == nil {
+		s.Close()
+		t.Fatal("Connect with key method 1 succeeded")
+	}
+	if !errors.Is(err, ErrAuthFailed) || !strings.Contains(err.Error(), "unsupported key method") {
+		t.Fatalf("err = %v, want ErrAuthFailed about the key method", err)
+	}
+}
+
 func TestEngineTwoSessions(t *testing.T) {
 	e := newEngine(t, engineOptions{tlsCrypt: true})
 	a := connect(t, e.config(t, "alice"))

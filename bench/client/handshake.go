@@ -219,7 +219,11 @@ func (s *Session) exchangeKeys(ctx context.Context, k *channel.Key) (*keyExchang
 	}
 	kx.client.Options = s.optionsString()
 	kx.client.PeerInfo = s.peerInfo()
-	if _, err := conn.Write(kx.client.Append(nil)); err != nil {
+	block := kx.client.Append(nil)
+	if s.cfg.KeyMethod != 0 {
+		block[4] = s.cfg.KeyMethod // after the 4 zero bytes
+	}
+	if _, err := conn.Write(block); err != nil {
 		return nil, fmt.Errorf("client: key %d: send key-method 2: %w", k.ID, err)
 	}
 
