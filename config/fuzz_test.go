@@ -30,7 +30,9 @@ func FuzzParse(f *testing.F) {
 		if ep != nil {
 			t.Fatal("Parse returned an endpoint and an error")
 		}
-		lines := strings.Count(string(data), "\n") + 2
+		// YAML breaks lines at LF, CRLF and a lone CR alike.
+		lines := strings.Count(strings.ReplaceAll(string(data), "\r\n", "\n"), "\n") +
+			strings.Count(strings.ReplaceAll(string(data), "\r\n", "\n"), "\r") + 2
 		errs := []error{err}
 		if u, ok := err.(interface{ Unwrap() []error }); ok {
 			errs = u.Unwrap()
