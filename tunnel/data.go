@@ -142,7 +142,7 @@ func (s *Server) deliverData(c *client, pkt, pt []byte, hdr int) ([]byte, bool) 
 		s.drops.add(DropUnauthorized, "cn", c.commonName, "dst", dst)
 		s.logDenial(c, dst)
 		return nil, false
-	case !c.up.Allow(s.clockNano(), len(pt)):
+	case !c.up.Allow(c.lastRecv.Load(), len(pt)): // the time openData just took
 		s.drops.add(DropRateLimit, "cn", c.commonName)
 		return nil, false
 	}
