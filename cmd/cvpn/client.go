@@ -143,13 +143,8 @@ func clientIssue(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return exitInvalid
 	}
-	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "cvpn client issue: want exactly one NAME, got", len(pos))
-		return exitInvalid
-	}
-	name := pos[0]
-	if err := checkClientName(name); err != nil {
-		fmt.Fprintln(stderr, "cvpn client issue:", err)
+	name, ok := oneClientName("cvpn client issue", pos, stderr)
+	if !ok {
 		return exitInvalid
 	}
 	if *days <= 0 {
@@ -302,13 +297,8 @@ func clientRevoke(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return exitInvalid
 	}
-	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "cvpn client revoke: want exactly one NAME, got", len(pos))
-		return exitInvalid
-	}
-	name := pos[0]
-	if err := checkClientName(name); err != nil {
-		fmt.Fprintln(stderr, "cvpn client revoke:", err)
+	name, ok := oneClientName("cvpn client revoke", pos, stderr)
+	if !ok {
 		return exitInvalid
 	}
 	if *crlDays <= 0 {
@@ -519,4 +509,18 @@ func writeNewFile(name string, data []byte, perm os.FileMode) error {
 		return err
 	}
 	return f.Close()
+}
+
+// oneClientName is the single NAME argument of a client command, checked; it reports a problem
+// on stderr, prefixed with the command.
+func oneClientName(cmd string, pos []string, stderr io.Writer) (string, bool) {
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, cmd+": want exactly one NAME, got", len(pos))
+		return "", false
+	}
+	if err := checkClientName(pos[0]); err != nil {
+		fmt.Fprintln(stderr, cmd+":", err)
+		return "", false
+	}
+	return pos[0], true
 }
