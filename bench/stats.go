@@ -99,16 +99,19 @@ type Latency struct {
 	Max   float64 `json:"max"`
 }
 
+// quantile is the nearest-rank p-quantile of sorted, non-empty xs.
+func quantile(xs []float64, p float64) float64 {
+	i := int(math.Ceil(p*float64(len(xs)))) - 1
+	return xs[max(0, min(i, len(xs)-1))]
+}
+
 // summarize gives exact percentiles of xs (sorted in place).
 func summarize(xs []float64) Latency {
 	if len(xs) == 0 {
 		return Latency{}
 	}
 	slices.Sort(xs)
-	q := func(p float64) float64 {
-		i := int(math.Ceil(p*float64(len(xs)))) - 1
-		return xs[max(0, min(i, len(xs)-1))]
-	}
+	q := func(p float64) float64 { return quantile(xs, p) }
 	return Latency{Count: uint64(len(xs)), P50: q(0.5), P90: q(0.9), P99: q(0.99), Max: xs[len(xs)-1]}
 }
 
@@ -127,10 +130,7 @@ func spreadOf(xs []float64) Spread {
 		return Spread{}
 	}
 	slices.Sort(xs)
-	q := func(p float64) float64 {
-		i := int(math.Ceil(p*float64(len(xs)))) - 1
-		return xs[max(0, min(i, len(xs)-1))]
-	}
+	q := func(p float64) float64 { return quantile(xs, p) }
 	var sum float64
 	for _, x := range xs {
 		sum += x

@@ -379,12 +379,12 @@ func (d *decoder) addr(n *yaml.Node, path string, v4 bool) (netip.Addr, bool) {
 	return a, true
 }
 
-// fileRef resolves a file name against the config's directory and checks that
-// it is a readable regular file. Content is checked by whoever loads it.
-func (d *decoder) fileRef(n *yaml.Node, path string) (string, bool) {
+// resolve turns a file name from the config into an absolute path, against the config's
+// directory, and the name to use in messages.
+func (d *decoder) resolve(n *yaml.Node, path string) (abs, name string, ok bool) {
 	s, ok := d.nonEmpty(n, path)
 	if !ok {
-		return "", false
+		return "", "", false
 	}
 	p := s
 	if !filepath.IsAbs(p) {
@@ -393,11 +393,21 @@ func (d *decoder) fileRef(n *yaml.Node, path string) (string, bool) {
 	abs, err := filepath.Abs(p)
 	if err != nil {
 		d.errorf(path, n.Line, "resolve %s: %v", s, err)
-		return "", false
+		return "", "", false
 	}
-	name := abs
+	name = abs
 	if s != abs {
 		name = fmt.Sprintf("%s (resolved to %s)", s, abs)
+	}
+	return abs, name, true
+}
+
+// fileRef resolves a file name against the config's directory and checks that
+// it is a readable regular file. Content is checked by whoever loads it.
+func (d *decoder) fileRef(n *yaml.Node, path string) (string, bool) {
+	abs, name, ok := d.resolve(n, path)
+	if !ok {
+		return "", false
 	}
 	// Stat before Open: opening a FIFO would block.
 	fi, err := os.Stat(abs)
@@ -422,22 +432,9 @@ func (d *decoder) fileRef(n *yaml.Node, path string) (string, bool) {
 // directory. The file need not exist, but its directory must, and an
 // existing file must be a regular file.
 func (d *decoder) outputFile(n *yaml.Node, path string) (string, bool) {
-	s, ok := d.nonEmpty(n, path)
+	abs, name, ok := d.resolve(n, path)
 	if !ok {
 		return "", false
-	}
-	p := s
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(d.dir, p)
-	}
-	abs, err := filepath.Abs(p)
-	if err != nil {
-		d.errorf(path, n.Line, "resolve %s: %v", s, err)
-		return "", false
-	}
-	name := abs
-	if s != abs {
-		name = fmt.Sprintf("%s (resolved to %s)", s, abs)
 	}
 	if fi, err := os.Stat(abs); err == nil && !fi.Mode().IsRegular() {
 		d.errorf(path, n.Line, "%s is not a regular file", name)
