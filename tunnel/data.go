@@ -183,7 +183,7 @@ func (s *Server) deliverLocal(from *client, pt []byte) {
 	defer localBufs.Put(bp)
 	buf := *bp
 	n := copy(buf[tunOffset:], pt)
-	if p, ok := s.seal(to, buf, tunOffset, n); ok {
+	if p, ok := s.seal(to, buf, tunOffset, n, from.lastRecv.Load()); ok {
 		to.link.send(p)
 	}
 }
@@ -292,7 +292,7 @@ func (s *Server) tunLoop() {
 				continue
 			}
 			clampMSS(pkt, s.mss)
-			if p, ok := s.seal(c, bufs[i], tunOffset, len(pkt)); ok {
+			if p, ok := s.seal(c, bufs[i], tunOffset, len(pkt), now); ok {
 				out = append(out, outPacket{c: c, pkt: p})
 			}
 		}
@@ -421,8 +421,9 @@ type outPacket struct {
 	pkt []byte
 }
 
-// seal encrypts buf[off:off+n] for c in place, using the headroom in front of it.
-func (s *Server) seal(c *client, buf []byte, off, n int) ([]byte, bool) {
+// seal encrypts buf[off:off+n] for c in place, using the headroom in front of it; now (unix
+// nanoseconds, taken once per batch by the caller) stamps the client's last send.
+func (s *Server) seal(c *client, buf []byte, off, n int, now int64) ([]byte, bool) {
 	k := c.sendKey.Load()
 	if k == nil {
 		return nil, false
@@ -439,7 +440,7 @@ func (s *Server) seal(c *client, buf []byte, off, n int) ([]byte, bool) {
 		p[0] = packet.Header(packet.DataV1, k.id)
 		p = k.keys.Seal(p, 1, k.sendPID.Add(1))
 	}
-	c.lastSend.Store(s.clockNano())
+	c.lastSend.Store(now)
 	c.txBytes.Add(uint64(len(p)))
 	return p, true
 }
@@ -448,7 +449,7 @@ func (s *Server) seal(c *client, buf []byte, off, n int) ([]byte, bool) {
 func (s *Server) sendPing(c *client) {
 	buf := make([]byte, tunOffset+len(packet.PingMagic)+datacrypto.Overhead+2)
 	copy(buf[tunOffset:], packet.PingMagic)
-	if p, ok := s.seal(c, buf, tunOffset, len(packet.PingMagic)); ok {
+	if p, ok := s.seal(c, buf, tunOffset, len(packet.PingMagic), s.clockNano()); ok {
 		c.link.send(p)
 	}
 }

@@ -196,7 +196,7 @@ func BenchmarkSeal(b *testing.B) {
 	b.SetBytes(1400)
 	for b.Loop() {
 		udpPacket(buf, tunOffset, f.vpc, f.c.addr, 1372)
-		f.s.seal(f.c, buf, tunOffset, 1400)
+		f.s.seal(f.c, buf, tunOffset, 1400, 1)
 	}
 }
 
