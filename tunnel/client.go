@@ -3,7 +3,6 @@ package tunnel
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"net"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -36,7 +35,6 @@ type client struct {
 	since     time.Time
 
 	addrPort atomic.Pointer[netip.AddrPort]
-	udpAddr  atomic.Pointer[net.UDPAddr]
 	oob      atomic.Pointer[[]byte] // IP_PKTINFO naming the local address this UDP client talks to
 
 	addr       netip.Addr
@@ -103,7 +101,6 @@ func (c *client) setOOB(oob []byte) { c.oob.Store(&oob) }
 
 func (c *client) setRemote(ap netip.AddrPort) {
 	c.addrPort.Store(&ap)
-	c.udpAddr.Store(net.UDPAddrFromAddrPort(ap))
 }
 
 // uplinkPolicy refreshes what the receive goroutine caches from the policy (groups, upload limit)

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/ipv4"
-
 	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
@@ -304,7 +302,7 @@ func (s *Server) tunLoop() {
 // they go out with one sendmmsg. With UDP GSO, consecutive same-size packets to one client share
 // one message: the kernel cuts them apart (UDP_SEGMENT), which costs far less than a send each.
 type udpSendBatch struct {
-	msgs []ipv4.Message
+	msgs *mmsgs
 	gso  [][]byte // coalescing buffer per message slot, allocated on first use
 	oob  [][]byte // control-message buffer per slot
 	n    int
@@ -321,9 +319,8 @@ const (
 )
 
 func newUDPSendBatch() *udpSendBatch {
-	b := &udpSendBatch{msgs: make([]ipv4.Message, udpBatch), gso: make([][]byte, udpBatch), oob: make([][]byte, udpBatch)}
-	for i := range b.msgs {
-		b.msgs[i].Buffers = make([][]byte, 1)
+	b := &udpSendBatch{msgs: newMmsgs(udpBatch), gso: make([][]byte, udpBatch), oob: make([][]byte, udpBatch)}
+	for i := range b.oob {
 		b.oob[i] = make([]byte, 0, 128)
 	}
 	return b
@@ -351,7 +348,7 @@ func (s *Server) sendBatch(out []outPacket, batches map[*udpListener]*udpSendBat
 
 // add appends a packet for c, joining the open group when GSO allows.
 func (b *udpSendBatch) add(l *udpListener, c *client, pkt []byte) {
-	if b.count > 0 && l.gso && c == b.c && b.count < gsoMaxSegments && len(pkt) <= b.seg &&
+	if b.count > 0 && l.gso.Load() && c == b.c && b.count < gsoMaxSegments && len(pkt) <= b.seg &&
 		len(b.first) == b.seg && b.total()+len(pkt) <= gsoMaxBytes {
 		if b.count == 1 {
 			// Start coalescing: copy the first packet into this slot's buffer.
@@ -368,7 +365,7 @@ func (b *udpSendBatch) add(l *udpListener, c *client, pkt []byte) {
 		return
 	}
 	b.closeGroup()
-	if b.n == len(b.msgs) {
+	if b.n == len(b.msgs.hdrs) {
 		b.flush(l)
 	}
 	b.c, b.seg, b.count, b.first = c, len(pkt), 1, pkt
@@ -386,20 +383,14 @@ func (b *udpSendBatch) closeGroup() {
 	if b.count == 0 {
 		return
 	}
-	m := &b.msgs[b.n]
-	m.Addr = b.c.udpAddr.Load()
 	oob := append(b.oob[b.n][:0], *b.c.oob.Load()...)
-	if b.count == 1 {
-		m.Buffers[0] = b.first
-	} else {
-		m.Buffers[0] = b.gso[b.n]
+	pkt := b.first
+	if b.count > 1 {
+		pkt = b.gso[b.n]
 		oob = appendUDPSegment(oob, uint16(b.seg))
 	}
 	b.oob[b.n] = oob
-	m.OOB = oob
-	if len(oob) == 0 {
-		m.OOB = nil
-	}
+	b.msgs.set(b.n, pkt, b.c.remote(), oob)
 	b.n++
 	b.count, b.c, b.first = 0, nil, nil
 }
@@ -409,9 +400,9 @@ func (b *udpSendBatch) flush(l *udpListener) {
 	if b.n == 0 {
 		return
 	}
-	l.writeBatch(b.msgs[:b.n])
-	for i := range b.msgs[:b.n] {
-		b.msgs[i].Buffers[0] = nil
+	l.writeBatch(b.msgs, b.n)
+	for i := range b.n {
+		b.msgs.clear(i)
 	}
 	b.n = 0
 }

@@ -55,7 +55,7 @@ func newPathFixture(tb testing.TB, mbps float64) *pathFixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(s.closeListeners)
+	tb.Cleanup(func() { s.closeListeners(); s.waker.close() })
 	var k2 datacrypto.Key2
 	_, _ = rand.Read(k2[:])
 	server, _ := datacrypto.NewKeys(datacrypto.AES256GCM, &k2, datacrypto.Server)

@@ -23,7 +23,7 @@ type udpLink struct {
 	c *client
 }
 
-func (u udpLink) send(pkt []byte) { u.l.send(pkt, u.c.udpAddr.Load(), *u.c.oob.Load()) }
+func (u udpLink) send(pkt []byte) { u.l.send(pkt, u.c.remote(), *u.c.oob.Load()) }
 func (u udpLink) proto() string   { return "UDPv4" }
 func (u udpLink) close()          {}
 

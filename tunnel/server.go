@@ -168,6 +168,8 @@ type Server struct {
 	tcp       []*tcpListener
 	wg        sync.WaitGroup
 	done      chan struct{}
+	waker     *waker // fired by Close: data-plane socket waits return
+	ran       atomic.Bool
 	closeOnce sync.Once
 	nextID    atomic.Uint64
 }
@@ -209,6 +211,11 @@ func New(cfg Config) (*Server, error) {
 		peers:  make([]atomic.Pointer[client], cfg.Pool.Size()),
 		done:   make(chan struct{}),
 	}
+	w, err := newWaker()
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: %w", err)
+	}
+	s.waker = w
 	s.mss = 1400
 	if cfg.MSS > 0 {
 		s.mss = uint16(cfg.MSS)
@@ -243,6 +250,7 @@ func New(cfg Config) (*Server, error) {
 		l, err := listenUDP(s, ap)
 		if err != nil {
 			s.closeListeners()
+			s.waker.close()
 			return nil, err
 		}
 		s.listeners = append(s.listeners, l)
@@ -251,6 +259,7 @@ func New(cfg Config) (*Server, error) {
 		l, err := listenTCP(s, ap)
 		if err != nil {
 			s.closeListeners()
+			s.waker.close()
 			return nil, err
 		}
 		s.tcp = append(s.tcp, l)
@@ -279,6 +288,7 @@ func (s *Server) TCPAddrs() []netip.AddrPort {
 // Run serves until Close. It starts one receive goroutine per listener, the TUN reader and the
 // timer loop, and returns when they have all stopped.
 func (s *Server) Run() {
+	s.ran.Store(true)
 	for _, l := range s.listeners {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); l.receiveLoop() }()
@@ -292,6 +302,7 @@ func (s *Server) Run() {
 	go func() { defer s.wg.Done(); s.timerLoop() }()
 	<-s.done
 	s.wg.Wait()
+	s.waker.close()
 }
 
 // Close tells every client to reconnect (RESTART, so it comes back as soon as the endpoint is up
@@ -315,8 +326,12 @@ func (s *Server) Close() {
 			s.disconnect(c, "server shutting down")
 		}
 		close(s.done)
+		s.waker.wake()
 		s.closeListeners()
 		s.cfg.Device.Close()
+		if !s.ran.Load() {
+			s.waker.close() // no loop waits on it
+		}
 	})
 }
 

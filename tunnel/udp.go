@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
-	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
 
 	"github.com/cvpn/cvpn/tls/channel"
@@ -27,99 +27,70 @@ const (
 type udpListener struct {
 	srv  *Server
 	addr netip.AddrPort
-	conn *net.UDPConn
-	pc   *ipv4.PacketConn
+	sock *udpSocket
 
 	// pktinfo is set when the socket is bound to the unspecified address: replies must then leave
 	// from the address each client sent to, which IP_PKTINFO reports and sets (a multihomed host
 	// would otherwise answer from whatever address routing picks, and clients drop that).
 	pktinfo bool
 	// gso is set while the kernel takes UDP_SEGMENT (UDP GSO) sends on this socket.
-	gso bool
+	gso atomic.Bool
 
 	// Owned by the receive goroutine.
-	msgs     []ipv4.Message
-	scratch  []byte
+	in       *mmsgs
+	scratch  []byte // unwrapped control packets
 	tunBatch [][]byte
 	curDst   netip.Addr // the local address the current datagram was sent to
 	split    [][]byte   // per message slot: room for the datagrams of a GRO read, split apart
 }
 
 func listenUDP(s *Server, ap netip.AddrPort) (*udpListener, error) {
-	conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(ap))
+	sock, err := openUDPSocket(ap, s.waker)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: listen udp %s: %w", ap, err)
 	}
-	_ = conn.SetReadBuffer(4 << 20)
-	_ = conn.SetWriteBuffer(4 << 20)
 	l := &udpListener{
-		srv:     s,
-		addr:    conn.LocalAddr().(*net.UDPAddr).AddrPort(),
-		conn:    conn,
-		pc:      ipv4.NewPacketConn(conn),
+		srv:  s,
+		addr: sock.local,
+		sock: sock,
+		in:   newRecvMmsgs(udpBatch, udpBufSize, 128),
+
 		scratch: make([]byte, 0, udpBufSize),
 	}
 	if ap.Addr().IsUnspecified() {
-		if err := l.pc.SetControlMessage(ipv4.FlagDst, true); err != nil {
-			conn.Close()
+		if err := sock.setsockoptInt(unix.IPPROTO_IP, unix.IP_PKTINFO, 1); err != nil {
+			sock.close()
 			return nil, fmt.Errorf("tunnel: udp %s: IP_PKTINFO: %w", ap, err)
 		}
 		l.pktinfo = true
 	}
-	l.gso = udpGSOSupported(conn)
-	enableUDPGRO(conn)
-	l.msgs = make([]ipv4.Message, udpBatch)
+	_, err = sock.getsockoptInt(unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+	l.gso.Store(err == nil)
+	// Ask the kernel to coalesce consecutive datagrams of a flow into one read (UDP GRO); an old
+	// kernel without it just delivers them one by one.
+	_ = sock.setsockoptInt(unix.IPPROTO_UDP, unix.UDP_GRO, 1)
 	l.split = make([][]byte, udpBatch)
-	for i := range l.msgs {
-		l.msgs[i].Buffers = [][]byte{make([]byte, udpBufSize)}
-		l.msgs[i].OOB = make([]byte, 128)
-	}
 	return l, nil
 }
 
-func (l *udpListener) close() { l.conn.Close() }
+func (l *udpListener) close() { l.sock.close() }
 
-// send transmits one packet to a client; it never blocks for long (UDP).
 // send transmits one packet to a client from the local address oob names (nil: any).
-func (l *udpListener) send(pkt []byte, to *net.UDPAddr, oob []byte) {
-	if oob == nil {
-		_, _ = l.conn.WriteToUDP(pkt, to)
-		return
+func (l *udpListener) send(pkt []byte, to netip.AddrPort, oob []byte) {
+	if err := l.sock.sendTo(pkt, to, oob); err != nil && !errors.Is(err, net.ErrClosed) {
+		l.srv.log.Debug("udp send", "listener", l.addr, "to", to, "err", err)
 	}
-	_, _, _ = l.conn.WriteMsgUDP(pkt, oob, to)
 }
 
-// writeBatch sends messages with sendmmsg, retrying the rest after a partial send.
-func (l *udpListener) writeBatch(msgs []ipv4.Message) {
-	for len(msgs) > 0 {
-		n, err := l.pc.WriteBatch(msgs, 0)
-		if err != nil {
-			if l.gso && errors.Is(err, unix.EIO) {
-				// The route's device cannot take UDP GSO: stop coalescing. The segments of this
-				// message are lost; TCP inside the tunnel resends them.
-				l.gso = false
-				l.srv.log.Warn("UDP GSO refused by the kernel; sending datagrams one by one", "listener", l.addr)
-			}
-			if n <= 0 {
-				n = 1 // skip the message the kernel refused and go on
-			}
+// writeBatch sends the first n messages of m with sendmmsg.
+func (l *udpListener) writeBatch(m *mmsgs, n int) {
+	_ = l.sock.send(m, n, func(_ int, err error) {
+		if errors.Is(err, unix.EIO) && l.gso.CompareAndSwap(true, false) {
+			// The route's device cannot take UDP GSO: stop coalescing. The segments of this
+			// message are lost; TCP inside the tunnel resends them.
+			l.srv.log.Warn("UDP GSO refused by the kernel; sending datagrams one by one", "listener", l.addr)
 		}
-		msgs = msgs[n:]
-	}
-}
-
-// udpGSOSupported reports whether the kernel offers UDP_SEGMENT on this socket.
-func udpGSOSupported(conn *net.UDPConn) bool {
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return false
-	}
-	ok := false
-	_ = rc.Control(func(fd uintptr) {
-		_, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
-		ok = err == nil
 	})
-	return ok
 }
 
 // appendUDPSegment appends a UDP_SEGMENT control message (the GSO segment size) to oob.
@@ -135,13 +106,27 @@ func appendUDPSegment(oob []byte, size uint16) []byte {
 	return oob
 }
 
+// appendPktinfo appends an IP_PKTINFO control message that makes a datagram leave from src.
+func appendPktinfo(oob []byte, src netip.Addr) []byte {
+	space := unix.CmsgSpace(unix.SizeofInet4Pktinfo)
+	start := len(oob)
+	oob = append(oob, make([]byte, space)...)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[start]))
+	h.Level = unix.IPPROTO_IP
+	h.Type = unix.IP_PKTINFO
+	h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
+	info := (*unix.Inet4Pktinfo)(unsafe.Pointer(&oob[start+unix.SizeofCmsghdr]))
+	info.Spec_dst = src.As4()
+	return oob
+}
+
 // replyOOB is the control message that makes replies leave from the address the current datagram
 // was sent to; nil when the socket is bound to one address anyway.
 func (l *udpListener) replyOOB() []byte {
 	if !l.pktinfo || !l.curDst.IsValid() {
 		return nil
 	}
-	return (&ipv4.ControlMessage{Src: l.curDst.AsSlice()}).Marshal()
+	return appendPktinfo(nil, l.curDst)
 }
 
 // parseCmsgs reads, without allocating, the two control messages the receive path asks for: the
@@ -167,26 +152,13 @@ func parseCmsgs(oob []byte) (dst netip.Addr, groSize int) {
 	return dst, groSize
 }
 
-// enableUDPGRO asks the kernel to coalesce consecutive datagrams of a flow into one read.
-func enableUDPGRO(conn *net.UDPConn) bool {
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return false
-	}
-	ok := false
-	_ = rc.Control(func(fd uintptr) {
-		ok = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
-	})
-	return ok
-}
-
 // splitGap is the room left after each datagram split off a GRO read: the in-place AEAD open
 // writes the tag just past the ciphertext.
 const splitGap = 32
 
 func (l *udpListener) receiveLoop() {
 	for {
-		n, err := l.pc.ReadBatch(l.msgs, 0)
+		n, err := l.sock.recv(l.in)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -196,20 +168,19 @@ func (l *udpListener) receiveLoop() {
 			continue
 		}
 		l.tunBatch = l.tunBatch[:0]
+		datagrams := 0
 		for i := range n {
-			m := &l.msgs[i]
-			ua, ok := m.Addr.(*net.UDPAddr)
-			if !ok || m.N == 0 {
+			data := l.in.data(i)
+			from := l.in.from(i)
+			if len(data) == 0 || !from.IsValid() {
 				continue
 			}
-			from := ua.AddrPort()
-			from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-			dst, seg := parseCmsgs(m.OOB[:m.NN])
+			dst, seg := parseCmsgs(l.in.oob(i))
 			if l.pktinfo {
 				l.curDst = dst
 			}
-			data := m.Buffers[0][:m.N]
 			if seg <= 0 || seg >= len(data) {
+				datagrams++
 				l.srv.handleDatagram(l, data, from)
 				continue
 			}
@@ -226,12 +197,16 @@ func (l *udpListener) receiveLoop() {
 					break
 				}
 				copy(buf[off:], data[:k])
+				datagrams++
 				l.srv.handleDatagram(l, buf[off:off+k:off+k+splitGap], from)
 				data = data[k:]
 				off += k + splitGap
 			}
 		}
 		l.srv.writeTUN(l.tunBatch)
+		if datagrams >= 2 && n < len(l.in.hdrs) {
+			coalesce() // a busy flow: let the next read gather a batch
+		}
 	}
 }
 
@@ -380,7 +355,7 @@ func (s *Server) sendCookieReset(l *udpListener, p *packet.Control, from netip.A
 		s.log.Error("wrap cookie reset", "err", err)
 		return
 	}
-	l.send(wire, net.UDPAddrFromAddrPort(from), l.replyOOB())
+	l.send(wire, from, l.replyOOB())
 }
 
 // newClient creates the session of a UDP client that proved its address, replacing any session
