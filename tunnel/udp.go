@@ -204,8 +204,8 @@ func (l *udpListener) receiveLoop() {
 			}
 		}
 		l.srv.writeTUN(l.tunBatch)
-		if datagrams >= 2 && n < len(l.in.hdrs) {
-			coalesce() // a busy flow: let the next read gather a batch
+		if datagrams >= coalesceMinBatch && n < len(l.in.hdrs) {
+			coalesce() // busy: let the next read gather a batch
 		}
 	}
 }
