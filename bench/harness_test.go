@@ -19,7 +19,8 @@ import (
 
 // TestLoadAgainstBothServers is the load generator's short end-to-end check, run by `make test`:
 // a few bench sessions connect to cvpn and to the stock openvpn server, each in its own
-// namespaces with the same PKI, and pass traffic to a sink in the private network and back.
+// namespaces with the same PKI, over UDP and over TCP, and pass traffic to a sink in the private
+// network and back.
 func TestLoadAgainstBothServers(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("this test needs root: it creates network namespaces and runs cvpn and openvpn with TUN devices (run go test as root, as CI does)")
@@ -42,15 +43,23 @@ func TestLoadAgainstBothServers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, kind := range []ServerKind{CVPN, OpenVPN} {
-		t.Run(string(kind), func(t *testing.T) {
+	for _, tc := range []struct {
+		kind ServerKind
+		tcp  bool
+	}{{CVPN, false}, {OpenVPN, false}, {CVPN, true}, {OpenVPN, true}} {
+		kind := tc.kind
+		name := string(kind) + "/udp"
+		if tc.tcp {
+			name = string(kind) + "/tcp"
+		}
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			lab, err := NewLab(ctx, kind, fx, LabOptions{RouteIfNoIptables: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer lab.Close()
-			srv, err := lab.StartServer(ctx, ServerOptions{CVPNBin: bin})
+			srv, err := lab.StartServer(ctx, ServerOptions{CVPNBin: bin, TCP: tc.tcp})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -81,8 +90,12 @@ func TestLoadAgainstBothServers(t *testing.T) {
 				Identity:  func(i int) (tls.Certificate, error) { return certs[i], nil },
 				RootCAs:   fx.RootCAs,
 				TLSCrypt:  fx.TLSCrypt,
+				TCP:       tc.tcp,
 				Dial: func(context.Context) (net.PacketConn, error) {
 					return netlab.ListenUDPIn(lab.BenchNS)
+				},
+				DialTCP: func(context.Context) (net.Conn, error) {
+					return netlab.DialTCPIn(lab.BenchNS, lab.BenchServer)
 				},
 				ServerPID: srv.PID(),
 				Log:       slog.New(slog.NewTextHandler(testWriter{t}, nil)),

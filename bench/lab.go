@@ -38,7 +38,7 @@ var (
 	SinkAddr = netip.AddrPortFrom(netlab.VPCHost, 9000)
 )
 
-// serverPort is where both servers listen (UDP).
+// serverPort is where both servers listen (UDP; TCP in the TCP configurations).
 const serverPort = 443
 
 // Fixtures are the files both servers and every client share: one PKI and tls-crypt key, cvpn's
@@ -50,10 +50,13 @@ type Fixtures struct {
 	// CVPNConfig has bandwidth_limit_mbps 0; CVPNLimitConfig the limit scenario's value.
 	CVPNConfig, CVPNLimitConfig string
 	OpenVPNConfig               string // server.conf in Dir
-	CACertFile, CAKeyFile       string // the CA that signs clients (and the server)
-	TLSCryptFile                string
-	TLSCrypt                    *tlscrypt.StaticKey
-	RootCAs                     *x509.CertPool
+	// CVPNTCPConfig and OpenVPNTCPConfig are CVPNConfig and OpenVPNConfig on TCP 443 instead
+	// of UDP 443, for load over TCP.
+	CVPNTCPConfig, OpenVPNTCPConfig string
+	CACertFile, CAKeyFile           string // the CA that signs clients (and the server)
+	TLSCryptFile                    string
+	TLSCrypt                        *tlscrypt.StaticKey
+	RootCAs                         *x509.CertPool
 }
 
 // FixtureOptions shape the fixtures; zero values give the benchmark's defaults.
@@ -82,16 +85,18 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 		return nil, fmt.Errorf("bench: endpoint: %w", err)
 	}
 	fx := &Fixtures{
-		Dir:             dir,
-		Endpoint:        ep,
-		ClientCIDR:      o.ClientCIDR,
-		CVPNConfig:      ep.Config,
-		CVPNLimitConfig: filepath.Join(dir, "endpoint-limit.yaml"),
-		OpenVPNConfig:   filepath.Join(dir, "server.conf"),
-		CACertFile:      filepath.Join(dir, "ca.crt"),
-		CAKeyFile:       filepath.Join(dir, "ca.key"),
-		TLSCryptFile:    filepath.Join(dir, "tc.key"),
-		RootCAs:         x509.NewCertPool(),
+		Dir:              dir,
+		Endpoint:         ep,
+		ClientCIDR:       o.ClientCIDR,
+		CVPNConfig:       ep.Config,
+		CVPNLimitConfig:  filepath.Join(dir, "endpoint-limit.yaml"),
+		OpenVPNConfig:    filepath.Join(dir, "server.conf"),
+		CVPNTCPConfig:    filepath.Join(dir, "endpoint-tcp.yaml"),
+		OpenVPNTCPConfig: filepath.Join(dir, "server-tcp.conf"),
+		CACertFile:       filepath.Join(dir, "ca.crt"),
+		CAKeyFile:        filepath.Join(dir, "ca.key"),
+		TLSCryptFile:     filepath.Join(dir, "tc.key"),
+		RootCAs:          x509.NewCertPool(),
 	}
 	fx.RootCAs.AddCert(ep.CA.Cert)
 	if fx.TLSCrypt, err = tlscrypt.ParseStaticKey(ep.TLSKey); err != nil {
@@ -112,7 +117,18 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 	if err := os.WriteFile(fx.CVPNLimitConfig, []byte(limited), 0o644); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(fx.OpenVPNConfig, []byte(openvpnConfig(o.ClientCIDR, o.OpenVPNExtra)), 0o644); err != nil {
+	const udpListener = "transport: [{protocol: udp, port: 443}]\n"
+	if !strings.Contains(string(yaml), udpListener) {
+		return nil, fmt.Errorf("bench: %s has no %q line to change for TCP", ep.Config, strings.TrimSpace(udpListener))
+	}
+	tcp := strings.Replace(string(yaml), udpListener, "transport: [{protocol: tcp, port: 443}]\n", 1)
+	if err := os.WriteFile(fx.CVPNTCPConfig, []byte(tcp), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(fx.OpenVPNConfig, []byte(openvpnConfig(o.ClientCIDR, "udp4", o.OpenVPNExtra)), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(fx.OpenVPNTCPConfig, []byte(openvpnConfig(o.ClientCIDR, "tcp4-server", o.OpenVPNExtra)), 0o644); err != nil {
 		return nil, err
 	}
 	return fx, nil
@@ -123,12 +139,12 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 // 10/60, room for every client of the CIDR. The kernel does its SNAT (MASQUERADE, set up by the
 // lab). Everything else is OpenVPN's default, including connect-freq-initial (100 per 10 s),
 // which cvpn copies.
-func openvpnConfig(cidr netip.Prefix, extra string) string {
+func openvpnConfig(cidr netip.Prefix, proto, extra string) string {
 	bits := cidr.Bits()
 	vpc := netlab.VPCPrefix
 	return fmt.Sprintf(`# stock openvpn server, equivalent to the cvpn endpoint.yaml next to it
 port %d
-proto udp4
+proto %s
 dev tun
 topology subnet
 server %s %s
@@ -142,7 +158,7 @@ data-ciphers AES-256-GCM
 keepalive 10 60
 max-clients %d
 verb 3
-%s`, serverPort, cidr.Addr(), netmask(bits), vpc.Addr(), netmask(vpc.Bits()), 1<<(32-bits)-3, extra)
+%s`, serverPort, proto, cidr.Addr(), netmask(bits), vpc.Addr(), netmask(vpc.Bits()), 1<<(32-bits)-3, extra)
 }
 
 func netmask(bits int) netip.Addr {
@@ -256,6 +272,7 @@ type ServerOptions struct {
 	CVPNBin    string // path of bin/cvpn
 	OpenVPNBin string // default: openvpn on PATH
 	Limit      bool   // cvpn with the bandwidth limit
+	TCP        bool   // listen on TCP 443 instead of UDP 443
 }
 
 // StartServer starts the lab's server and waits until it serves.
@@ -266,8 +283,13 @@ func (l *Lab) StartServer(ctx context.Context, o ServerOptions) (*Proc, error) {
 	switch l.Kind {
 	case CVPN:
 		conf := l.fx.CVPNConfig
-		if o.Limit {
+		switch {
+		case o.Limit && o.TCP:
+			return nil, errors.New("bench: the limit scenario runs over UDP only")
+		case o.Limit:
 			conf = l.fx.CVPNLimitConfig
+		case o.TCP:
+			conf = l.fx.CVPNTCPConfig
 		}
 		if o.CVPNBin == "" {
 			return nil, errors.New("bench: no cvpn binary given")
@@ -284,7 +306,11 @@ func (l *Lab) StartServer(ctx context.Context, o ServerOptions) (*Proc, error) {
 				return nil, errors.New("bench: openvpn not found (apt-get install openvpn)")
 			}
 		}
-		p, err = l.Start("openvpn server", l.Net.Server, bin, "--cd", l.fx.Dir, "--config", l.fx.OpenVPNConfig)
+		conf := l.fx.OpenVPNConfig
+		if o.TCP {
+			conf = l.fx.OpenVPNTCPConfig
+		}
+		p, err = l.Start("openvpn server", l.Net.Server, bin, "--cd", l.fx.Dir, "--config", conf)
 		ready = "Initialization Sequence Completed"
 	default:
 		return nil, fmt.Errorf("bench: unknown server kind %q", l.Kind)

@@ -26,7 +26,7 @@ import (
 // LoadConfig describes one load-generator run: N sessions ramped up against one server, then
 // optionally traffic to a sink in the private network behind it.
 type LoadConfig struct {
-	// Server is the OpenVPN server's UDP address. Required.
+	// Server is the OpenVPN server's address (UDP, or TCP with TCP set). Required.
 	Server netip.AddrPort
 	// Sink is the bench sink's address in the private network; required when Duration > 0.
 	Sink netip.AddrPort
@@ -71,8 +71,12 @@ type LoadConfig struct {
 	TLSCrypt *tlscrypt.StaticKey
 	// Ciphers announced; nil means AES-256-GCM only, which is what the benchmark compares.
 	Ciphers []datacrypto.Cipher
-	// Dial opens each session's socket; nil dials Server from the current namespace.
-	Dial func(ctx context.Context) (net.PacketConn, error)
+	// TCP connects the sessions over TCP instead of UDP.
+	TCP bool
+	// Dial opens each session's UDP socket, DialTCP its TCP connection; nil dials Server from
+	// the current namespace.
+	Dial    func(ctx context.Context) (net.PacketConn, error)
+	DialTCP func(ctx context.Context) (net.Conn, error)
 	// ServerPID, when set, is the server process whose memory and CPU time are sampled.
 	ServerPID int
 	// Log receives progress lines; nil discards.
@@ -352,6 +356,8 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 				t0 := time.Now()
 				s, err := client.Connect(hctx, client.Config{
 					Server:      cfg.Server,
+					TCP:         cfg.TCP,
+					DialTCP:     cfg.DialTCP,
 					Certificate: cert,
 					RootCAs:     cfg.RootCAs,
 					TLSCrypt:    cfg.TLSCrypt,

@@ -7,12 +7,12 @@
 // TLS client with `remote-cert-tls server` checks (§5), the client key-method 2 block and
 // peer-info (§6), PUSH_REQUEST/PUSH_REPLY (§10.1), data-key derivation by EKM or PRF (§7), the
 // data channel (§8), keepalive (§13), answering server-initiated renegotiation (§12) and EXIT
-// (§9.3). It does not own a TUN device, routes, DNS, compression framing (it announces none),
-// tls-auth, tls-crypt-v2, dynamic tls-crypt, TCP or reconnection: a failed session stays failed
-// and the caller dials a new one.
+// (§9.3), over UDP or TCP (packets framed with their 2-byte length, §1). It does not own a TUN
+// device, routes, DNS, compression framing (it announces none), tls-auth, tls-crypt-v2, dynamic
+// tls-crypt or reconnection: a failed session stays failed and the caller dials a new one.
 //
 // Goroutines of one Session (two while it runs, plus one per renegotiation in progress):
-//   - receive: reads the UDP socket; feeds control packets to the channel, opens data packets in
+//   - receive: reads the UDP socket or the TCP connection; feeds control packets to the channel, opens data packets in
 //     place, checks replay, drops pings and queues IP packets for ReadPacket (a small bounded
 //     queue of pooled buffers; a full queue drops and counts).
 //   - control, one per live key state: reads the TLS plaintext of its key (PUSH_REPLY,
@@ -68,8 +68,10 @@ const (
 
 // Config describes one client session.
 type Config struct {
-	// Server is the UDP address of the OpenVPN server.
+	// Server is the address of the OpenVPN server: UDP, or TCP with TCP set.
 	Server netip.AddrPort
+	// TCP connects over TCP (OpenVPN proto tcp-client) instead of UDP.
+	TCP bool
 	// Certificate is the client identity for mutual TLS; empty sends no certificate.
 	Certificate tls.Certificate
 	// RootCAs verifies the server certificate, which must also carry keyUsage and extended key
@@ -96,6 +98,9 @@ type Config struct {
 	// be connected to Server or not (then datagrams from other sources are ignored). nil means
 	// net.DialUDP to Server. Tests use it to open the socket inside a network namespace.
 	Dial func(ctx context.Context) (net.PacketConn, error)
+	// DialTCP returns the TCP connection to Server when TCP is set; the Session owns and closes
+	// it. nil means a net.Dialer from the current namespace.
+	DialTCP func(ctx context.Context) (net.Conn, error)
 	// Log receives handshake and lifecycle events, never per-packet ones; nil discards.
 	Log *slog.Logger
 	// Now is the clock for keepalive, certificate validity and handshake timing; nil means time.Now.
@@ -200,17 +205,11 @@ func Connect(ctx context.Context, cfg Config) (*Session, error) {
 		ctx, cancel = context.WithTimeout(ctx, DefaultHandWindow)
 		defer cancel()
 	}
-	dial := cfg.Dial
-	if dial == nil {
-		dial = func(context.Context) (net.PacketConn, error) {
-			return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(cfg.Server))
-		}
-	}
-	pc, err := dial(ctx)
+	l, err := dialLink(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("client: dial %s: %w", cfg.Server, err)
 	}
-	s := newSession(cfg, pc)
+	s := newSession(cfg, l)
 	if err := s.connect(ctx); err != nil {
 		s.shutdown(err)
 		s.wg.Wait()
@@ -223,12 +222,41 @@ func Connect(ctx context.Context, cfg Config) (*Session, error) {
 	return s, nil
 }
 
-func newSession(cfg Config, pc net.PacketConn) *Session {
+// dialLink opens the session's transport.
+func dialLink(ctx context.Context, cfg Config) (*link, error) {
+	if cfg.TCP {
+		dial := cfg.DialTCP
+		if dial == nil {
+			dial = func(ctx context.Context) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "tcp", cfg.Server.String())
+			}
+		}
+		conn, err := dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return newStreamLink(conn, cfg.Server), nil
+	}
+	dial := cfg.Dial
+	if dial == nil {
+		dial = func(context.Context) (net.PacketConn, error) {
+			return net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(cfg.Server))
+		}
+	}
+	pc, err := dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newLink(pc, cfg.Server), nil
+}
+
+func newSession(cfg Config, l *link) *Session {
 	s := &Session{
 		cfg:    cfg,
 		log:    cfg.Log.With("server", cfg.Server),
 		now:    cfg.Now,
-		link:   newLink(pc, cfg.Server),
+		link:   l,
 		in:     make(chan *pktBuf, queueLen),
 		pushed: make(chan pushResult, 1),
 		done:   make(chan struct{}),

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -318,13 +319,22 @@ func (s *Session) keepaliveWait(now time.Time) time.Duration {
 	return max(wait, 10*time.Millisecond)
 }
 
-// link is the session's UDP socket, connected to the server or not.
+// link is the session's transport: a UDP socket, connected to the server or not, or a TCP
+// connection that frames each packet with its 2-byte length (OpenVPN proto tcp-client).
 type link struct {
 	pc        net.PacketConn
 	udp       *net.UDPConn // pc, when it is one: its AddrPort calls do not allocate
 	connected bool
 	server    netip.AddrPort
 	to        net.Addr
+
+	stream net.Conn // set for TCP (pc is then nil)
+	wmu    sync.Mutex
+	wbuf   []byte // a frame being written, under wmu
+	// The receive side of a stream: bytes read but not yet returned, rbuf[rstart:rend]. A read
+	// deadline can interrupt a frame halfway; the partial frame waits here for the next read.
+	rbuf         []byte
+	rstart, rend int
 }
 
 func newLink(pc net.PacketConn, server netip.AddrPort) *link {
@@ -338,9 +348,25 @@ func newLink(pc net.PacketConn, server netip.AddrPort) *link {
 	return l
 }
 
+// maxFrame is the largest packet a TCP frame can carry (its length is 16 bits).
+const maxFrame = 1<<16 - 1
+
+func newStreamLink(conn net.Conn, server netip.AddrPort) *link {
+	return &link{stream: conn, server: server, rbuf: make([]byte, 2*(2+maxFrame))}
+}
+
 func (l *link) write(b []byte) error {
 	var err error
 	switch {
+	case l.stream != nil:
+		if len(b) > maxFrame {
+			return fmt.Errorf("client: %d-byte packet does not fit a TCP frame", len(b))
+		}
+		l.wmu.Lock()
+		l.wbuf = append(l.wbuf[:0], byte(len(b)>>8), byte(len(b)))
+		l.wbuf = append(l.wbuf, b...)
+		_, err = l.stream.Write(l.wbuf)
+		l.wmu.Unlock()
 	case l.connected:
 		_, err = l.udp.Write(b)
 	case l.udp != nil:
@@ -351,8 +377,12 @@ func (l *link) write(b []byte) error {
 	return err
 }
 
-// read returns the next datagram from the server, skipping any from elsewhere.
+// read returns the next packet from the server, skipping datagrams from elsewhere. A packet
+// longer than b is cut to len(b).
 func (l *link) read(b []byte) (int, error) {
+	if l.stream != nil {
+		return l.readFrame(b)
+	}
 	for {
 		switch {
 		case l.connected:
@@ -379,5 +409,47 @@ func (l *link) read(b []byte) (int, error) {
 	}
 }
 
-func (l *link) setReadDeadline(t time.Time) error { return l.pc.SetReadDeadline(t) }
-func (l *link) close() error                      { return l.pc.Close() }
+// readFrame returns the next length-framed packet of the stream. Only the receive goroutine (or
+// the handshake before it starts) reads, so the buffer needs no lock.
+func (l *link) readFrame(b []byte) (int, error) {
+	for {
+		if avail := l.rend - l.rstart; avail >= 2 {
+			size := int(l.rbuf[l.rstart])<<8 | int(l.rbuf[l.rstart+1])
+			if avail >= 2+size {
+				n := copy(b, l.rbuf[l.rstart+2:l.rstart+2+size])
+				l.rstart += 2 + size
+				if l.rstart == l.rend {
+					l.rstart, l.rend = 0, 0
+				}
+				return n, nil
+			}
+		}
+		if len(l.rbuf)-l.rstart < 2+maxFrame {
+			// Not room for the largest frame after rstart: move the partial frame to the front.
+			l.rend = copy(l.rbuf, l.rbuf[l.rstart:l.rend])
+			l.rstart = 0
+		}
+		k, err := l.stream.Read(l.rbuf[l.rend:])
+		l.rend += k
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = fmt.Errorf("client: the server closed the TCP connection: %w", net.ErrClosed)
+			}
+			return 0, err
+		}
+	}
+}
+
+func (l *link) setReadDeadline(t time.Time) error {
+	if l.stream != nil {
+		return l.stream.SetReadDeadline(t)
+	}
+	return l.pc.SetReadDeadline(t)
+}
+
+func (l *link) close() error {
+	if l.stream != nil {
+		return l.stream.Close()
+	}
+	return l.pc.Close()
+}

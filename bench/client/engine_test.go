@@ -7,8 +7,10 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -35,13 +37,14 @@ var (
 	vpcHost    = netip.MustParseAddr("10.0.1.10")
 )
 
-// engine is an in-process cvpn server on 127.0.0.1 with a fake TUN on the VPC side.
+// engine is an in-process cvpn server on 127.0.0.1 (UDP and TCP) with a fake TUN on the VPC side.
 type engine struct {
-	srv  *tunnel.Server
-	addr netip.AddrPort
-	tun  *tuntest.ChannelTUN
-	pki  *testPKI
-	key  *tlscrypt.StaticKey // tls-crypt key, or nil
+	srv     *tunnel.Server
+	addr    netip.AddrPort
+	tcpAddr netip.AddrPort
+	tun     *tuntest.ChannelTUN
+	pki     *testPKI
+	key     *tlscrypt.StaticKey // tls-crypt key, or nil
 }
 
 type engineOptions struct {
@@ -83,6 +86,7 @@ func newEngine(t *testing.T, o engineOptions) *engine {
 	}
 	e.srv, err = tunnel.New(tunnel.Config{
 		UDP:            []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")},
+		TCP:            []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")},
 		Certificate:    cert,
 		ClientCAs:      e.pki.roots,
 		ControlWrapper: wrapper,
@@ -98,6 +102,7 @@ func newEngine(t *testing.T, o engineOptions) *engine {
 		t.Fatal(err)
 	}
 	e.addr = e.srv.Addrs()[0]
+	e.tcpAddr = e.srv.TCPAddrs()[0]
 	ran := make(chan struct{})
 	go func() { defer close(ran); e.srv.Run() }()
 	t.Cleanup(func() {
@@ -257,6 +262,43 @@ func TestEngineVariants(t *testing.T) {
 			}
 			for seq := uint16(1); seq <= 3; seq++ {
 				pingThroughEngine(t, e, s, seq)
+			}
+		})
+	}
+}
+
+// TestEngineTCP: sessions over TCP, with tls-crypt and without, pass traffic, renegotiate and
+// leave with EXIT.
+func TestEngineTCP(t *testing.T) {
+	for _, tlsCrypt := range []bool{true, false} {
+		t.Run(fmt.Sprintf("tls-crypt=%v", tlsCrypt), func(t *testing.T) {
+			t.Parallel()
+			e := newEngine(t, engineOptions{tlsCrypt: tlsCrypt, reneg: 2 * time.Second})
+			cfg := e.config(t, "tcp-client")
+			cfg.TCP, cfg.Server = true, e.tcpAddr
+			s := connect(t, cfg)
+			if s.link.stream == nil {
+				t.Fatal("the session does not run over TCP")
+			}
+			seen := map[uint8]bool{}
+			seq := uint16(1)
+			for deadline := time.Now().Add(20 * time.Second); len(seen) < 2 && time.Now().Before(deadline); seq++ {
+				seen[s.sendKey.Load().id] = true
+				pingThroughEngine(t, e, s, seq)
+				time.Sleep(200 * time.Millisecond)
+			}
+			if len(seen) < 2 {
+				t.Fatalf("sent with key ids %v in 20 s, want a renegotiated one too", seen)
+			}
+			local := s.link.stream.LocalAddr().(*net.TCPAddr).AddrPort()
+			if clients := e.srv.Clients(); len(clients) != 1 || clients[0].Remote != local {
+				t.Fatalf("server lists %+v, want one client at the TCP connection's address %v", clients, local)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if !waitFor(3*time.Second, func() bool { return len(e.srv.Clients()) == 0 }) {
+				t.Fatalf("server still lists %+v after EXIT", e.srv.Clients())
 			}
 		})
 	}
@@ -477,5 +519,89 @@ func TestConnectNoServer(t *testing.T) {
 	}
 	if !waitFor(2*time.Second, func() bool { return sessionGoroutines() <= before }) {
 		t.Fatalf("%d session goroutines left", sessionGoroutines()-before)
+	}
+}
+
+// TestStreamFraming: frames split across reads, several frames in one read, a read deadline in
+// the middle of a frame (the partial frame is kept), and a frame longer than the caller's buffer.
+func TestStreamFraming(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	l := newStreamLink(a, netip.MustParseAddrPort("127.0.0.1:1194"))
+	frame := func(p []byte) []byte { return append([]byte{byte(len(p) >> 8), byte(len(p))}, p...) }
+	send := func(chunks ...[]byte) {
+		go func() {
+			for _, c := range chunks {
+				_, _ = b.Write(c)
+			}
+		}()
+	}
+	buf := make([]byte, 100)
+	read := func(want string) {
+		t.Helper()
+		_ = l.setReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := l.read(buf)
+		if err != nil || string(buf[:n]) != want {
+			t.Fatalf("read %q, %v; want %q", buf[:n], err, want)
+		}
+	}
+
+	one, two := frame([]byte("first packet")), frame([]byte("second"))
+	send(one[:1], one[1:5], append(one[5:], two...))
+	read("first packet")
+	read("second")
+
+	three := frame([]byte("interrupted frame"))
+	send(three[:7])
+	_ = l.setReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := l.read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read of half a frame: %v, want the deadline", err)
+	}
+	send(three[7:])
+	read("interrupted frame")
+
+	long := bytes.Repeat([]byte("x"), 300)
+	send(frame(long), frame([]byte("after")))
+	_ = l.setReadDeadline(time.Now().Add(2 * time.Second))
+	if n, err := l.read(buf); err != nil || n != len(buf) {
+		t.Fatalf("long frame: %d, %v; want it cut to %d bytes", n, err, len(buf))
+	}
+	read("after")
+
+	// Writes from several goroutines never interleave inside a frame.
+	got := make(chan []byte, 1)
+	go func() {
+		r := newStreamLink(b, netip.AddrPort{})
+		var all []byte
+		p := make([]byte, 2048)
+		for range 40 {
+			n, err := r.read(p)
+			if err != nil {
+				break
+			}
+			all = append(all, p[:n]...)
+		}
+		got <- all
+	}()
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 10 {
+				_ = l.write(bytes.Repeat([]byte{byte('a' + i)}, 1000))
+			}
+		}()
+	}
+	wg.Wait()
+	all := <-got
+	if len(all) != 40*1000 {
+		t.Fatalf("read %d bytes, want %d", len(all), 40*1000)
+	}
+	for i := 0; i < len(all); i += 1000 {
+		if c := all[i]; bytes.Count(all[i:i+1000], []byte{c}) != 1000 {
+			t.Fatalf("packet at %d mixes writers", i)
+		}
 	}
 }

@@ -270,7 +270,11 @@ func (s *Session) exchangeKeys(ctx context.Context, k *channel.Key) (*keyExchang
 // optionsString is the client's OCC options string (wire §6.2); servers only log mismatches.
 func (s *Session) optionsString() string {
 	c := s.cfg.Ciphers[0]
-	srv := keymethod.ServerOptionsString("UDPv4", c.String(), c.KeySize()*8)
+	proto := "UDPv4"
+	if s.cfg.TCP {
+		proto = "TCPv4_CLIENT"
+	}
+	srv := keymethod.ServerOptionsString(proto, c.String(), c.KeySize()*8)
 	return strings.TrimSuffix(srv, "tls-server") + "tls-client"
 }
 

@@ -109,7 +109,8 @@ func parse(fs *flag.FlagSet, args []string) error {
 func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	server := fs.String("server", "", "server `address:port` (UDP), required")
+	server := fs.String("server", "", "server `address:port`, required")
+	proto := fs.String("proto", "udp", "transport to the server: udp or tcp")
 	sink := fs.String("sink", "", "sink `address:port` in the private network; required with --duration")
 	sessions := fs.Int("sessions", 1, "sessions to connect")
 	ramp := fs.Float64("ramp", 0, "session starts per second (0: as fast as --concurrency allows)")
@@ -148,6 +149,13 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var err error
 	if cfg.Server, err = netip.ParseAddrPort(*server); err != nil {
 		return usageError{fmt.Errorf("--server: %w", err)}
+	}
+	switch *proto {
+	case "udp":
+	case "tcp":
+		cfg.TCP = true
+	default:
+		return usageError{fmt.Errorf("--proto %q: want udp or tcp", *proto)}
 	}
 	if *sink != "" {
 		if cfg.Sink, err = netip.ParseAddrPort(*sink); err != nil {
@@ -275,9 +283,10 @@ func cmdFixtures(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s: ca.crt ca.key server.crt server.key tc.key %s %s %s\n", fx.Dir,
-		filepath.Base(fx.CVPNConfig), filepath.Base(fx.CVPNLimitConfig), filepath.Base(fx.OpenVPNConfig))
-	fmt.Fprintf(stdout, "load: cvpn-bench load --ca %s --issuer-cert %s --issuer-key %s --tls-crypt %s --server ADDR:443 ...\n",
+	fmt.Fprintf(stdout, "wrote %s: ca.crt ca.key server.crt server.key tc.key %s %s %s %s %s\n", fx.Dir,
+		filepath.Base(fx.CVPNConfig), filepath.Base(fx.CVPNLimitConfig), filepath.Base(fx.CVPNTCPConfig),
+		filepath.Base(fx.OpenVPNConfig), filepath.Base(fx.OpenVPNTCPConfig))
+	fmt.Fprintf(stdout, "load: cvpn-bench load --ca %s --issuer-cert %s --issuer-key %s --tls-crypt %s --server ADDR:443 [--proto tcp] ...\n",
 		fx.CACertFile, fx.CACertFile, fx.CAKeyFile, fx.TLSCryptFile)
 	return nil
 }

@@ -3,7 +3,9 @@ package netlab
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -26,6 +28,16 @@ func DialUDPIn(ns string, raddr *net.UDPAddr) (*net.UDPConn, error) {
 	var conn *net.UDPConn
 	err := inNamespace(ns, func() (err error) {
 		conn, err = net.DialUDP("udp4", nil, raddr)
+		return err
+	})
+	return conn, err
+}
+
+// DialTCPIn opens a TCP connection to raddr from inside namespace ns.
+func DialTCPIn(ns string, raddr netip.AddrPort) (net.Conn, error) {
+	var conn net.Conn
+	err := inNamespace(ns, func() (err error) {
+		conn, err = net.DialTimeout("tcp4", raddr.String(), 10*time.Second)
 		return err
 	})
 	return conn, err
