@@ -28,7 +28,7 @@ unit: ## unit tests with the race detector
 e2e: ## end-to-end tests: the stock openvpn client against cvpn in network namespaces (root)
 	$(GO) test -count=1 -timeout 15m ./e2e
 
-fuzz: ## run every fuzz target briefly (FUZZTIME=2s)
+fuzz: ## run every fuzz target briefly (FUZZTIME=50000x inputs each)
 	./scripts/fuzz-smoke.sh
 
 bench-once: ## run every Go benchmark once so none rots
