@@ -2,7 +2,6 @@ package tlscrypt
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -14,11 +13,8 @@ import (
 	"encoding/pem"
 	"flag"
 	"math/big"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -82,18 +78,7 @@ func TestOpenVPNFixtures(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var pkts [][]byte
-			for line := range strings.Lines(string(data)) {
-				line = strings.TrimSpace(line)
-				if line == "" || strings.HasPrefix(line, "#") {
-					continue
-				}
-				b, err := hex.DecodeString(line)
-				if err != nil {
-					t.Fatal(err)
-				}
-				pkts = append(pkts, b)
-			}
+			pkts := parseHexLines(t, data)
 			if len(pkts) != 2 {
 				t.Fatalf("fixture has %d packets, want 2", len(pkts))
 			}
@@ -174,24 +159,9 @@ func checkClientNext(t *testing.T, srv Wrapper, wire []byte, csid packet.Session
 // message 0 for our session id. This exercises the server-to-client key
 // slots, which the fixtures (client-to-server only) cannot.
 func TestOpenVPNLive(t *testing.T) {
-	bin, err := exec.LookPath("openvpn")
-	if err != nil {
-		bin = "/usr/sbin/openvpn"
-		if _, err := os.Stat(bin); err != nil {
-			t.Skip("openvpn binary not installed")
-		}
-	}
-	if testing.Short() && !*updateInterop {
-		t.Skip("runs an openvpn process; skipped in -short mode")
-	}
+	bin := openvpnBinary(t)
 	k, _ := readFixtureKey(t)
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.crt")
-	upFile := filepath.Join(dir, "up.txt")
-	writeTestCA(t, caFile)
-	if err := os.WriteFile(upFile, []byte("user\npass\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile, upFile := liveClientFiles(t)
 	keyFile, err := filepath.Abs(genkeyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -213,44 +183,9 @@ func TestOpenVPNLive(t *testing.T) {
 }
 
 func liveExchange(t *testing.T, bin string, m interopMode, k *StaticKey, keyFile, caFile, upFile string) [][]byte {
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	port := conn.LocalAddr().(*net.UDPAddr).Port
-
-	ctx, cancel := context.WithCancel(t.Context())
-	args := []string{
-		"--client", "--dev", "null", "--proto", "udp", "--nobind",
-		"--remote", "127.0.0.1", strconv.Itoa(port),
-		"--ca", caFile, "--auth-user-pass", upFile, "--verb", "3",
-	}
-	cmd := exec.CommandContext(ctx, bin, append(args, m.clientArgs(keyFile)...)...)
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start openvpn: %v", err)
-	}
-	defer func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("openvpn output:\n%s", log.String())
-		}
-	}()
-
+	c := startLiveClient(t, bin, caFile, upFile, append([]string{"--verb", "3"}, m.clientArgs(keyFile)...)...)
 	srv := m.server(k)
-	buf := make([]byte, 4096)
-	read := func() ([]byte, *net.UDPAddr) {
-		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		n, addr, err := conn.ReadFromUDP(buf)
-		if err != nil {
-			t.Fatalf("read from openvpn: %v", err)
-		}
-		return bytes.Clone(buf[:n]), addr
-	}
-
+	read, conn := c.read, c.conn
 	first, addr := read()
 	reset := checkClientReset(t, srv, first)
 

@@ -32,13 +32,78 @@ func openvpnBinary(t *testing.T) string {
 	if err != nil {
 		bin = "/usr/sbin/openvpn"
 		if _, err := os.Stat(bin); err != nil {
-			t.Skip("openvpn binary not installed")
+			t.Fatal("openvpn 2.6 is not installed (apt-get install openvpn); CI installs it")
 		}
 	}
 	if testing.Short() && !*updateInterop {
 		t.Skip("runs openvpn processes; skipped in -short mode")
 	}
 	return bin
+}
+
+// liveClientFiles writes what a live stock client needs besides its key: a CA file (it never gets
+// as far as checking the server) and an auth-user-pass file.
+func liveClientFiles(t *testing.T) (caFile, upFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	caFile = filepath.Join(dir, "ca.crt")
+	upFile = filepath.Join(dir, "up.txt")
+	writeTestCA(t, caFile)
+	if err := os.WriteFile(upFile, []byte("user\npass\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return caFile, upFile
+}
+
+// liveClient is a stock openvpn client started against a UDP socket on loopback, on which the
+// test plays the server.
+type liveClient struct {
+	t    *testing.T
+	conn *net.UDPConn
+	buf  []byte
+}
+
+// startLiveClient starts openvpn with the common client options and args; cleanup stops it and
+// logs its output if the test failed.
+func startLiveClient(t *testing.T, bin, caFile, upFile string, args ...string) *liveClient {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	port := conn.LocalAddr().(*net.UDPAddr).Port
+	ctx, cancel := context.WithCancel(t.Context())
+	cmd := exec.CommandContext(ctx, bin, append([]string{
+		"--client", "--dev", "null", "--proto", "udp", "--nobind",
+		"--remote", "127.0.0.1", strconv.Itoa(port),
+		"--ca", caFile, "--auth-user-pass", upFile,
+	}, args...)...)
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("start openvpn: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("openvpn output:\n%s", log.String())
+		}
+	})
+	return &liveClient{t: t, conn: conn, buf: make([]byte, 4096)}
+}
+
+// read returns the client's next datagram and its address.
+func (c *liveClient) read() ([]byte, *net.UDPAddr) {
+	c.t.Helper()
+	_ = c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, addr, err := c.conn.ReadFromUDP(c.buf)
+	if err != nil {
+		c.t.Fatalf("read from openvpn: %v", err)
+	}
+	return bytes.Clone(c.buf[:n]), addr
 }
 
 func parseHexLines(t testing.TB, data []byte) [][]byte {
@@ -190,13 +255,7 @@ func TestV2OpenVPNPacketFixtures(t *testing.T) {
 func TestV2OpenVPNClientLive(t *testing.T) {
 	bin := openvpnBinary(t)
 	srv, cli := readV2Fixtures(t)
-	dir := t.TempDir()
-	caFile := filepath.Join(dir, "ca.crt")
-	upFile := filepath.Join(dir, "up.txt")
-	writeTestCA(t, caFile)
-	if err := os.WriteFile(upFile, []byte("user\npass\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	caFile, upFile := liveClientFiles(t)
 	keyFile, err := filepath.Abs(v2ClientFixture)
 	if err != nil {
 		t.Fatal(err)
@@ -219,42 +278,8 @@ func TestV2OpenVPNClientLive(t *testing.T) {
 }
 
 func v2LiveExchange(t *testing.T, bin string, srv *V2ServerKey, cli *V2ClientKey, keyFile, caFile, upFile string, tlv bool) [][]byte {
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	port := conn.LocalAddr().(*net.UDPAddr).Port
-
-	ctx, cancel := context.WithCancel(t.Context())
-	cmd := exec.CommandContext(ctx, bin,
-		"--client", "--dev", "null", "--proto", "udp", "--nobind",
-		"--remote", "127.0.0.1", strconv.Itoa(port),
-		"--ca", caFile, "--auth-user-pass", upFile, "--verb", "4",
-		"--tls-crypt-v2", keyFile)
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start openvpn: %v", err)
-	}
-	defer func() {
-		cancel()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("openvpn output:\n%s", log.String())
-		}
-	}()
-
-	buf := make([]byte, 4096)
-	read := func() ([]byte, *net.UDPAddr) {
-		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		n, addr, err := conn.ReadFromUDP(buf)
-		if err != nil {
-			t.Fatalf("read from openvpn: %v", err)
-		}
-		return bytes.Clone(buf[:n]), addr
-	}
-
+	c := startLiveClient(t, bin, caFile, upFile, "--verb", "4", "--tls-crypt-v2", keyFile)
+	read, conn := c.read, c.conn
 	first, addr := read()
 	r := checkV3Reset(t, srv, cli, first)
 
