@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"hash"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -67,8 +68,12 @@ type LoadConfig struct {
 	Identity func(i int) (tls.Certificate, error)
 	// RootCAs verify the server. Required.
 	RootCAs *x509.CertPool
-	// TLSCrypt wraps the control channel when set.
-	TLSCrypt *tlscrypt.StaticKey
+	// TLSCrypt wraps the control channel when set; TLSAuth signs it instead (client.Config has
+	// the details).
+	TLSCrypt             *tlscrypt.StaticKey
+	TLSAuth              *tlscrypt.StaticKey
+	TLSAuthBidirectional bool
+	TLSAuthDigest        func() hash.Hash
 	// Ciphers announced; nil means AES-256-GCM only, which is what the benchmark compares.
 	Ciphers []datacrypto.Cipher
 	// TCP connects the sessions over TCP instead of UDP.
@@ -355,15 +360,18 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 				defer cancel()
 				t0 := time.Now()
 				s, err := client.Connect(hctx, client.Config{
-					Server:      cfg.Server,
-					TCP:         cfg.TCP,
-					DialTCP:     cfg.DialTCP,
-					Certificate: cert,
-					RootCAs:     cfg.RootCAs,
-					TLSCrypt:    cfg.TLSCrypt,
-					Ciphers:     cfg.Ciphers,
-					Dial:        cfg.Dial,
-					OnPacket:    l.onPacket,
+					Server:               cfg.Server,
+					TCP:                  cfg.TCP,
+					DialTCP:              cfg.DialTCP,
+					Certificate:          cert,
+					RootCAs:              cfg.RootCAs,
+					TLSCrypt:             cfg.TLSCrypt,
+					TLSAuth:              cfg.TLSAuth,
+					TLSAuthBidirectional: cfg.TLSAuthBidirectional,
+					TLSAuthDigest:        cfg.TLSAuthDigest,
+					Ciphers:              cfg.Ciphers,
+					Dial:                 cfg.Dial,
+					OnPacket:             l.onPacket,
 				})
 				results <- result{i: i, s: s, d: time.Since(t0), err: err}
 			}()

@@ -7,9 +7,10 @@
 // TLS client with `remote-cert-tls server` checks (§5), the client key-method 2 block and
 // peer-info (§6), PUSH_REQUEST/PUSH_REPLY (§10.1), data-key derivation by EKM or PRF (§7), the
 // data channel (§8), keepalive (§13), answering server-initiated renegotiation (§12) and EXIT
-// (§9.3), over UDP or TCP (packets framed with their 2-byte length, §1). It does not own a TUN
-// device, routes, DNS, compression framing (it announces none), tls-auth, tls-crypt-v2, dynamic
-// tls-crypt or reconnection: a failed session stays failed and the caller dials a new one.
+// (§9.3), over UDP or TCP (packets framed with their 2-byte length, §1), with the control channel
+// plain, under tls-crypt or under tls-auth. It does not own a TUN device, routes, DNS, compression
+// framing (it announces none), tls-crypt-v2, dynamic tls-crypt or reconnection: a failed session
+// stays failed and the caller dials a new one.
 //
 // Goroutines of one Session (two while it runs, plus one per renegotiation in progress):
 //   - receive: reads the UDP socket or the TCP connection; feeds control packets to the channel, opens data packets in
@@ -34,6 +35,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"hash"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -79,6 +81,13 @@ type Config struct {
 	RootCAs *x509.CertPool
 	// TLSCrypt, when set, wraps the control channel with tls-crypt in the client direction.
 	TLSCrypt *tlscrypt.StaticKey
+	// TLSAuth, when set, authenticates the control channel with tls-auth instead (an HMAC, no
+	// encryption), with key-direction 1 as clients of a key-direction 0 server use, or with the
+	// key's first HMAC key both ways when TLSAuthBidirectional is set (no key-direction on
+	// either side). TLSAuthDigest is the HMAC's hash; nil means SHA1, OpenVPN's default --auth.
+	TLSAuth              *tlscrypt.StaticKey
+	TLSAuthBidirectional bool
+	TLSAuthDigest        func() hash.Hash
 	// Ciphers are the data ciphers announced in IV_CIPHERS, in order of preference; nil means
 	// AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305 (the 2.6 default data-ciphers). A pushed
 	// cipher outside this list fails Connect with ErrCipher.
@@ -193,6 +202,9 @@ func Connect(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Proto == 0 {
 		cfg.Proto = DefaultProto
 	}
+	if cfg.TLSCrypt != nil && cfg.TLSAuth != nil {
+		return nil, errors.New("client: Config sets both TLSCrypt and TLSAuth; a server uses one")
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
@@ -262,9 +274,16 @@ func newSession(cfg Config, l *link) *Session {
 		done:   make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	if cfg.TLSCrypt != nil {
+	switch {
+	case cfg.TLSCrypt != nil:
 		s.wrapper = tlscrypt.NewTLSCrypt(cfg.TLSCrypt, false)
-	} else {
+	case cfg.TLSAuth != nil:
+		dir := tlscrypt.DirectionInverse
+		if cfg.TLSAuthBidirectional {
+			dir = tlscrypt.DirectionBidirectional
+		}
+		s.wrapper = tlscrypt.NewTLSAuth(cfg.TLSAuth, dir, cfg.TLSAuthDigest)
+	default:
 		s.wrapper = tlscrypt.NewPlain()
 	}
 	s.tlsConf = &tls.Config{

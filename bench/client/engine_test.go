@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"net"
 	"net/netip"
 	"os"
@@ -45,11 +49,16 @@ type engine struct {
 	tun     *tuntest.ChannelTUN
 	pki     *testPKI
 	key     *tlscrypt.StaticKey // tls-crypt key, or nil
+	authKey *tlscrypt.StaticKey // tls-auth key, or nil
 }
 
 type engineOptions struct {
 	tlsCrypt bool
-	reneg    time.Duration // server-initiated renegotiation interval; 0 never
+	// tlsAuth, when set, protects the control channel with tls-auth (this digest; the key
+	// direction is tlsAuthDir) instead.
+	tlsAuth    func() hash.Hash
+	tlsAuthDir int
+	reneg      time.Duration // server-initiated renegotiation interval; 0 never
 	// serverID replaces the server certificate issued by the engine's CA.
 	serverID func(p *testPKI) *pki.Identity
 }
@@ -71,6 +80,12 @@ func newEngine(t *testing.T, o engineOptions) *engine {
 			t.Fatal(err)
 		}
 		wrapper = tlscrypt.NewTLSCrypt(e.key, true)
+	}
+	if o.tlsAuth != nil {
+		if e.authKey, err = tlscrypt.GenerateStaticKey(rand.Reader); err != nil {
+			t.Fatal(err)
+		}
+		wrapper = tlscrypt.NewTLSAuth(e.authKey, o.tlsAuthDir, o.tlsAuth)
 	}
 	pool, err := ippool.New(clientCIDR)
 	if err != nil {
@@ -302,6 +317,45 @@ func TestEngineTCP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestEngineTLSAuth: the control channel under tls-auth, with key directions 0 (server) and 1
+// (client) and with none, and a client whose digest differs from the server's never connects.
+func TestEngineTLSAuth(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		serverDir     int
+		bidirectional bool
+		digest        func() hash.Hash
+	}{
+		{"sha256 key-direction 0/1", tlscrypt.DirectionNormal, false, sha256.New},
+		{"sha1 bidirectional", tlscrypt.DirectionBidirectional, true, sha1.New},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEngine(t, engineOptions{tlsAuth: tc.digest, tlsAuthDir: tc.serverDir})
+			cfg := e.config(t, "tls-auth-client")
+			cfg.TLSAuth, cfg.TLSAuthBidirectional, cfg.TLSAuthDigest = e.authKey, tc.bidirectional, tc.digest
+			s := connect(t, cfg)
+			pingThroughEngine(t, e, s, 1)
+		})
+	}
+	t.Run("digest mismatch", func(t *testing.T) {
+		t.Parallel()
+		e := newEngine(t, engineOptions{tlsAuth: sha256.New, tlsAuthDir: tlscrypt.DirectionNormal})
+		cfg := e.config(t, "wrong-digest")
+		cfg.TLSAuth, cfg.TLSAuthDigest = e.authKey, sha512.New
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if s, err := Connect(ctx, cfg); err == nil {
+			s.Close()
+			t.Fatal("connected with a tls-auth digest the server does not use")
+		}
+		cfg.TLSCrypt = e.authKey
+		if _, err := Connect(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "both TLSCrypt and TLSAuth") {
+			t.Fatalf("TLSCrypt and TLSAuth together: %v", err)
+		}
+	})
 }
 
 func TestEngineRefusesForeignCA(t *testing.T) {

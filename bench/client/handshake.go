@@ -45,7 +45,7 @@ func (s *Session) connect(ctx context.Context) error {
 		LocalSID:  s.localSID,
 		RemoteSID: s.remoteSID,
 		Wrapper:   s.wrapper,
-		Replay:    s.cfg.TLSCrypt != nil,
+		Replay:    s.cfg.TLSCrypt != nil || s.cfg.TLSAuth != nil,
 		SendPID:   nextPID,
 		Send:      s.sendControl,
 		Now:       s.now,

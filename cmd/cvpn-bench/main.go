@@ -12,6 +12,9 @@ package main
 
 import (
 	"context"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -133,6 +136,9 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	issuerCert := fs.String("issuer-cert", "", "CA certificate `file` to issue one client certificate per session (with --issuer-key)")
 	issuerKey := fs.String("issuer-key", "", "CA key `file` (with --issuer-cert)")
 	tc := fs.String("tls-crypt", "", "tls-crypt static key `file` (OpenVPN format)")
+	ta := fs.String("tls-auth", "", "tls-auth static key `file` (OpenVPN format), used with key-direction 1")
+	taDigest := fs.String("tls-auth-digest", "SHA1", "tls-auth HMAC: SHA1, SHA256 or SHA512 (the server's --auth)")
+	taBidir := fs.Bool("tls-auth-bidirectional", false, "tls-auth without key-direction (the server sets none either)")
 	pid := fs.Int("server-pid", 0, "server process to sample memory and CPU of (same PID namespace)")
 	jsonOut := fs.String("json", "", "write the report as JSON to `file` (- for stdout)")
 	timeout := fs.Duration("timeout", 0, "bound on the whole run (0: none beyond the per-phase bounds)")
@@ -176,6 +182,29 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if cfg.TLSCrypt, err = tlscrypt.ParseStaticKey(b); err != nil {
 			return fmt.Errorf("--tls-crypt %s: %w", *tc, err)
 		}
+	}
+	if *ta != "" {
+		if *tc != "" {
+			return usageError{errors.New("give --tls-crypt or --tls-auth, not both")}
+		}
+		switch strings.ToUpper(*taDigest) {
+		case "SHA1":
+			cfg.TLSAuthDigest = sha1.New
+		case "SHA256":
+			cfg.TLSAuthDigest = sha256.New
+		case "SHA512":
+			cfg.TLSAuthDigest = sha512.New
+		default:
+			return usageError{fmt.Errorf("--tls-auth-digest %q: want SHA1, SHA256 or SHA512", *taDigest)}
+		}
+		b, err := os.ReadFile(*ta)
+		if err != nil {
+			return fmt.Errorf("--tls-auth: %w", err)
+		}
+		if cfg.TLSAuth, err = tlscrypt.ParseStaticKey(b); err != nil {
+			return fmt.Errorf("--tls-auth %s: %w", *ta, err)
+		}
+		cfg.TLSAuthBidirectional = *taBidir
 	}
 	switch {
 	case *cert != "" && *issuerCert != "":
