@@ -228,12 +228,14 @@ func (u *udpSocket) send(m *mmsgs, n int, onErr func(index int, err error)) erro
 		case 0:
 			i += int(k)
 		case unix.EINTR:
-		case unix.EAGAIN, unix.ENOBUFS:
+		case unix.EAGAIN:
 			if err := u.wait(unix.POLLOUT); err != nil {
 				return err
 			}
 		default:
-			// sendmmsg reports an error only when the first message failed: skip it.
+			// sendmmsg reports an error only when the first message failed: skip it. ENOBUFS
+			// (the device queue is full) lands here too: waiting for POLLOUT would spin, since
+			// the socket buffer has room, and UDP may drop.
 			if onErr != nil {
 				onErr(i, os.NewSyscallError("sendmmsg", errno))
 			}
@@ -264,7 +266,7 @@ func (u *udpSocket) sendTo(pkt []byte, to netip.AddrPort, oob []byte) error {
 		case 0:
 			return nil
 		case unix.EINTR:
-		case unix.EAGAIN, unix.ENOBUFS:
+		case unix.EAGAIN:
 			if err := u.wait(unix.POLLOUT); err != nil {
 				return err
 			}
