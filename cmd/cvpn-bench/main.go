@@ -12,9 +12,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -187,16 +184,11 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if *tc != "" {
 			return usageError{errors.New("give --tls-crypt or --tls-auth, not both")}
 		}
-		switch strings.ToUpper(*taDigest) {
-		case "SHA1":
-			cfg.TLSAuthDigest = sha1.New
-		case "SHA256":
-			cfg.TLSAuthDigest = sha256.New
-		case "SHA512":
-			cfg.TLSAuthDigest = sha512.New
-		default:
+		digest, err := tlscrypt.AuthDigest(*taDigest)
+		if err != nil {
 			return usageError{fmt.Errorf("--tls-auth-digest %q: want SHA1, SHA256 or SHA512", *taDigest)}
 		}
+		cfg.TLSAuthDigest = digest
 		b, err := os.ReadFile(*ta)
 		if err != nil {
 			return fmt.Errorf("--tls-auth: %w", err)

@@ -1,13 +1,9 @@
 package main
 
 import (
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/x509"
 	"flag"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -16,7 +12,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 	"time"
 
@@ -280,15 +275,8 @@ func controlWrapper(ep *endpoint) (tlscrypt.Wrapper, error) {
 	case ep.ControlKey != nil:
 		return tlscrypt.NewTLSCrypt(ep.ControlKey, true), nil
 	case ep.TLSAuthKey != nil:
-		var h func() hash.Hash
-		switch strings.ToUpper(cc.TLSAuthDigest) {
-		case "", "SHA1":
-			h = sha1.New
-		case "SHA256":
-			h = sha256.New
-		case "SHA512":
-			h = sha512.New
-		default:
+		h, err := tlscrypt.AuthDigest(cc.TLSAuthDigest)
+		if err != nil {
 			return nil, fmt.Errorf("control_channel.tls_auth_digest: %q is not SHA1, SHA256 or SHA512", cc.TLSAuthDigest)
 		}
 		return tlscrypt.NewTLSAuth(ep.TLSAuthKey, int(cc.TLSAuthKeyDirection), h), nil

@@ -3,9 +3,13 @@ package tlscrypt
 import (
 	"crypto/hmac"
 	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/binary"
+	"fmt"
 	"hash"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -20,6 +24,20 @@ const (
 	// DirectionBidirectional (-1, direction absent): keys[0].hmac both ways.
 	DirectionBidirectional = -1
 )
+
+// AuthDigest returns the tls-auth HMAC hash OpenVPN's --auth names: SHA1 (also for ""), SHA256
+// or SHA512, in any case.
+func AuthDigest(name string) (func() hash.Hash, error) {
+	switch strings.ToUpper(name) {
+	case "", "SHA1":
+		return sha1.New, nil
+	case "SHA256":
+		return sha256.New, nil
+	case "SHA512":
+		return sha512.New, nil
+	}
+	return nil, fmt.Errorf("tlscrypt: tls-auth digest %q is not SHA1, SHA256 or SHA512", name)
+}
 
 // tls-auth wire layout (wire §3.5), H = digest size:
 //

@@ -457,3 +457,15 @@ func FuzzTLSAuthUnwrap(f *testing.F) {
 	k := testKey()
 	fuzzUnwrap(f, NewTLSAuth(k, 1, sha256.New), NewTLSAuth(k, 0, sha256.New))
 }
+
+func TestAuthDigest(t *testing.T) {
+	for name, size := range map[string]int{"": 20, "SHA1": 20, "sha256": 32, "SHA512": 64} {
+		h, err := AuthDigest(name)
+		if err != nil || h().Size() != size {
+			t.Errorf("AuthDigest(%q): %v, want a %d-byte hash", name, err, size)
+		}
+	}
+	if _, err := AuthDigest("MD5"); err == nil {
+		t.Error("AuthDigest(MD5) accepted")
+	}
+}
