@@ -93,30 +93,29 @@ func (l *udpListener) writeBatch(m *mmsgs, n int) {
 	})
 }
 
+// appendCmsg appends a control message of the given level and type with n bytes of data to oob
+// and returns oob and the data to fill in.
+func appendCmsg(oob []byte, level, typ int32, n int) ([]byte, []byte) {
+	start := len(oob)
+	oob = append(oob, make([]byte, unix.CmsgSpace(n))...)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[start]))
+	h.Level, h.Type = level, typ
+	h.SetLen(unix.CmsgLen(n))
+	data := start + unix.SizeofCmsghdr
+	return oob, oob[data : data+n]
+}
+
 // appendUDPSegment appends a UDP_SEGMENT control message (the GSO segment size) to oob.
 func appendUDPSegment(oob []byte, size uint16) []byte {
-	space := unix.CmsgSpace(2)
-	start := len(oob)
-	oob = append(oob, make([]byte, space)...)
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[start]))
-	h.Level = unix.SOL_UDP
-	h.Type = unix.UDP_SEGMENT
-	h.SetLen(unix.CmsgLen(2))
-	*(*uint16)(unsafe.Pointer(&oob[start+unix.SizeofCmsghdr])) = size
+	oob, data := appendCmsg(oob, unix.SOL_UDP, unix.UDP_SEGMENT, 2)
+	*(*uint16)(unsafe.Pointer(&data[0])) = size
 	return oob
 }
 
 // appendPktinfo appends an IP_PKTINFO control message that makes a datagram leave from src.
 func appendPktinfo(oob []byte, src netip.Addr) []byte {
-	space := unix.CmsgSpace(unix.SizeofInet4Pktinfo)
-	start := len(oob)
-	oob = append(oob, make([]byte, space)...)
-	h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[start]))
-	h.Level = unix.IPPROTO_IP
-	h.Type = unix.IP_PKTINFO
-	h.SetLen(unix.CmsgLen(unix.SizeofInet4Pktinfo))
-	info := (*unix.Inet4Pktinfo)(unsafe.Pointer(&oob[start+unix.SizeofCmsghdr]))
-	info.Spec_dst = src.As4()
+	oob, data := appendCmsg(oob, unix.IPPROTO_IP, unix.IP_PKTINFO, unix.SizeofInet4Pktinfo)
+	(*unix.Inet4Pktinfo)(unsafe.Pointer(&data[0])).Spec_dst = src.As4()
 	return oob
 }
 
