@@ -169,7 +169,6 @@ type Server struct {
 	wg        sync.WaitGroup
 	done      chan struct{}
 	waker     *waker // fired by Close: data-plane socket waits return
-	ran       atomic.Bool
 	closeOnce sync.Once
 	nextID    atomic.Uint64
 }
@@ -288,7 +287,6 @@ func (s *Server) TCPAddrs() []netip.AddrPort {
 // Run serves until Close. It starts one receive goroutine per listener, the TUN reader and the
 // timer loop, and returns when they have all stopped.
 func (s *Server) Run() {
-	s.ran.Store(true)
 	for _, l := range s.listeners {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); l.receiveLoop() }()
@@ -302,7 +300,6 @@ func (s *Server) Run() {
 	go func() { defer s.wg.Done(); s.timerLoop() }()
 	<-s.done
 	s.wg.Wait()
-	s.waker.close()
 }
 
 // Close tells every client to reconnect (RESTART, so it comes back as soon as the endpoint is up
@@ -328,10 +325,10 @@ func (s *Server) Close() {
 		close(s.done)
 		s.waker.wake()
 		s.closeListeners()
+		// Only waits on a UDP socket use the waker, under the socket's read lock; the sockets
+		// are closed now, so nothing waits on it any more.
+		s.waker.close()
 		s.cfg.Device.Close()
-		if !s.ran.Load() {
-			s.waker.close() // no loop waits on it
-		}
 	})
 }
 

@@ -120,21 +120,22 @@ func newRecvMmsgs(n, bufSize, oobSize int) *mmsgs {
 	for i := range n {
 		m.bufs[i] = make([]byte, bufSize)
 		m.oobs[i] = make([]byte, oobSize)
+		m.iovs[i].Base = &m.bufs[i][0]
+		m.iovs[i].SetLen(bufSize)
+		h := &m.hdrs[i].Hdr
+		h.Iov = &m.iovs[i]
+		h.SetIovlen(1)
+		h.Name = (*byte)(unsafe.Pointer(&m.names[i]))
+		h.Control = &m.oobs[i][0]
 	}
 	return m
 }
 
-// armRecv points every header at its slot's buffers again (the kernel overwrote the lengths).
+// armRecv resets the lengths the kernel overwrote in the last receive.
 func (m *mmsgs) armRecv() {
 	for i := range m.hdrs {
 		h := &m.hdrs[i].Hdr
-		m.iovs[i].Base = &m.bufs[i][0]
-		m.iovs[i].SetLen(len(m.bufs[i]))
-		h.Iov = &m.iovs[i]
-		h.SetIovlen(1)
-		h.Name = (*byte)(unsafe.Pointer(&m.names[i]))
 		h.Namelen = unix.SizeofSockaddrInet4
-		h.Control = &m.oobs[i][0]
 		h.SetControllen(len(m.oobs[i]))
 		h.Flags = 0
 		m.hdrs[i].Len = 0
