@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"hash"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -70,10 +69,8 @@ type LoadConfig struct {
 	RootCAs *x509.CertPool
 	// TLSCrypt wraps the control channel when set; TLSAuth signs it instead (client.Config has
 	// the details).
-	TLSCrypt             *tlscrypt.StaticKey
-	TLSAuth              *tlscrypt.StaticKey
-	TLSAuthBidirectional bool
-	TLSAuthDigest        func() hash.Hash
+	TLSCrypt *tlscrypt.StaticKey
+	TLSAuth  *client.TLSAuth
 	// Ciphers announced; nil means AES-256-GCM only, which is what the benchmark compares.
 	Ciphers []datacrypto.Cipher
 	// TCP connects the sessions over TCP instead of UDP.
@@ -360,18 +357,16 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 				defer cancel()
 				t0 := time.Now()
 				s, err := client.Connect(hctx, client.Config{
-					Server:               cfg.Server,
-					TCP:                  cfg.TCP,
-					DialTCP:              cfg.DialTCP,
-					Certificate:          cert,
-					RootCAs:              cfg.RootCAs,
-					TLSCrypt:             cfg.TLSCrypt,
-					TLSAuth:              cfg.TLSAuth,
-					TLSAuthBidirectional: cfg.TLSAuthBidirectional,
-					TLSAuthDigest:        cfg.TLSAuthDigest,
-					Ciphers:              cfg.Ciphers,
-					Dial:                 cfg.Dial,
-					OnPacket:             l.onPacket,
+					Server:      cfg.Server,
+					TCP:         cfg.TCP,
+					DialTCP:     cfg.DialTCP,
+					Certificate: cert,
+					RootCAs:     cfg.RootCAs,
+					TLSCrypt:    cfg.TLSCrypt,
+					TLSAuth:     cfg.TLSAuth,
+					Ciphers:     cfg.Ciphers,
+					Dial:        cfg.Dial,
+					OnPacket:    l.onPacket,
 				})
 				results <- result{i: i, s: s, d: time.Since(t0), err: err}
 			}()

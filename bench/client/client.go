@@ -81,13 +81,8 @@ type Config struct {
 	RootCAs *x509.CertPool
 	// TLSCrypt, when set, wraps the control channel with tls-crypt in the client direction.
 	TLSCrypt *tlscrypt.StaticKey
-	// TLSAuth, when set, authenticates the control channel with tls-auth instead (an HMAC, no
-	// encryption), with key-direction 1 as clients of a key-direction 0 server use, or with the
-	// key's first HMAC key both ways when TLSAuthBidirectional is set (no key-direction on
-	// either side). TLSAuthDigest is the HMAC's hash; nil means SHA1, OpenVPN's default --auth.
-	TLSAuth              *tlscrypt.StaticKey
-	TLSAuthBidirectional bool
-	TLSAuthDigest        func() hash.Hash
+	// TLSAuth, when set, authenticates the control channel with tls-auth instead.
+	TLSAuth *TLSAuth
 	// Ciphers are the data ciphers announced in IV_CIPHERS, in order of preference; nil means
 	// AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305 (the 2.6 default data-ciphers). A pushed
 	// cipher outside this list fails Connect with ErrCipher.
@@ -119,6 +114,16 @@ type Config struct {
 	// receive buffer and is valid only during the call; OnPacket must not block. A load
 	// generator uses it to handle thousands of sessions without a reader goroutine each.
 	OnPacket func(s *Session, ip []byte)
+}
+
+// TLSAuth is tls-auth protection of the control channel: an HMAC, no encryption.
+type TLSAuth struct {
+	Key *tlscrypt.StaticKey
+	// Bidirectional uses the key's first HMAC key both ways (no key-direction on either side);
+	// otherwise the client uses key-direction 1, as clients of a key-direction 0 server do.
+	Bidirectional bool
+	// Digest is the HMAC's hash; nil means SHA1, OpenVPN's default --auth.
+	Digest func() hash.Hash
 }
 
 // Session is one connected client. WritePacket and ReadPacket may be called concurrently with
@@ -279,10 +284,10 @@ func newSession(cfg Config, l *link) *Session {
 		s.wrapper = tlscrypt.NewTLSCrypt(cfg.TLSCrypt, false)
 	case cfg.TLSAuth != nil:
 		dir := tlscrypt.DirectionInverse
-		if cfg.TLSAuthBidirectional {
+		if cfg.TLSAuth.Bidirectional {
 			dir = tlscrypt.DirectionBidirectional
 		}
-		s.wrapper = tlscrypt.NewTLSAuth(cfg.TLSAuth, dir, cfg.TLSAuthDigest)
+		s.wrapper = tlscrypt.NewTLSAuth(cfg.TLSAuth.Key, dir, cfg.TLSAuth.Digest)
 	default:
 		s.wrapper = tlscrypt.NewPlain()
 	}

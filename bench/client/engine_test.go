@@ -335,7 +335,7 @@ func TestEngineTLSAuth(t *testing.T) {
 			t.Parallel()
 			e := newEngine(t, engineOptions{tlsAuth: tc.digest, tlsAuthDir: tc.serverDir})
 			cfg := e.config(t, "tls-auth-client")
-			cfg.TLSAuth, cfg.TLSAuthBidirectional, cfg.TLSAuthDigest = e.authKey, tc.bidirectional, tc.digest
+			cfg.TLSAuth = &TLSAuth{Key: e.authKey, Bidirectional: tc.bidirectional, Digest: tc.digest}
 			s := connect(t, cfg)
 			pingThroughEngine(t, e, s, 1)
 		})
@@ -344,7 +344,7 @@ func TestEngineTLSAuth(t *testing.T) {
 		t.Parallel()
 		e := newEngine(t, engineOptions{tlsAuth: sha256.New, tlsAuthDir: tlscrypt.DirectionNormal})
 		cfg := e.config(t, "wrong-digest")
-		cfg.TLSAuth, cfg.TLSAuthDigest = e.authKey, sha512.New
+		cfg.TLSAuth = &TLSAuth{Key: e.authKey, Digest: sha512.New}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if s, err := Connect(ctx, cfg); err == nil {

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/cvpn/cvpn/bench"
+	"github.com/cvpn/cvpn/bench/client"
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
 )
@@ -92,6 +93,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 type usageError struct{ error }
+
+// readStaticKey reads an OpenVPN static key file named by a flag.
+func readStaticKey(flag, path string) (*tlscrypt.StaticKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", flag, err)
+	}
+	k, err := tlscrypt.ParseStaticKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", flag, path, err)
+	}
+	return k, nil
+}
 
 func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
@@ -172,12 +186,8 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("--ca: %w", err)
 	}
 	if *tc != "" {
-		b, err := os.ReadFile(*tc)
-		if err != nil {
-			return fmt.Errorf("--tls-crypt: %w", err)
-		}
-		if cfg.TLSCrypt, err = tlscrypt.ParseStaticKey(b); err != nil {
-			return fmt.Errorf("--tls-crypt %s: %w", *tc, err)
+		if cfg.TLSCrypt, err = readStaticKey("--tls-crypt", *tc); err != nil {
+			return err
 		}
 	}
 	if *ta != "" {
@@ -188,15 +198,11 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return usageError{fmt.Errorf("--tls-auth-digest %q: want SHA1, SHA256 or SHA512", *taDigest)}
 		}
-		cfg.TLSAuthDigest = digest
-		b, err := os.ReadFile(*ta)
+		key, err := readStaticKey("--tls-auth", *ta)
 		if err != nil {
-			return fmt.Errorf("--tls-auth: %w", err)
+			return err
 		}
-		if cfg.TLSAuth, err = tlscrypt.ParseStaticKey(b); err != nil {
-			return fmt.Errorf("--tls-auth %s: %w", *ta, err)
-		}
-		cfg.TLSAuthBidirectional = *taBidir
+		cfg.TLSAuth = &client.TLSAuth{Key: key, Bidirectional: *taBidir, Digest: digest}
 	}
 	switch {
 	case *cert != "" && *issuerCert != "":
