@@ -1,4 +1,4 @@
-package tunnel
+package dataplane
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ func TestFramingRoundTrip(t *testing.T) {
 		{0x2a, 0x18},
 		{7},
 	}
-	for _, f := range []framing{frameNone, frameLZO, frameStub, frameStubV2} {
+	for _, f := range []Framing{frameNone, frameLZO, frameStub, frameStubV2} {
 		for _, p := range payloads {
 			buf := make([]byte, 64)
 			copy(buf[16:], p)
@@ -31,7 +31,7 @@ func TestFramingRoundTrip(t *testing.T) {
 func TestFramingKnownBytes(t *testing.T) {
 	ip := []byte{0x45, 0x00, 0x01}
 	cases := []struct {
-		f    framing
+		f    Framing
 		want []byte
 	}{
 		{frameNone, []byte{0x45, 0x00, 0x01}},
@@ -49,7 +49,7 @@ func TestFramingKnownBytes(t *testing.T) {
 	}
 	// Compressed payloads are refused, not passed on.
 	for _, c := range []struct {
-		f framing
+		f Framing
 		p []byte
 	}{
 		{frameLZO, []byte{0x66, 1, 2}},
@@ -68,15 +68,15 @@ func TestChooseFraming(t *testing.T) {
 	cases := []struct {
 		opts string
 		peer *keymethod.PeerInfo
-		want framing
+		want Framing
 	}{
 		{"V4,dev-type tun,link-mtu 1549,tun-mtu 1500,proto UDPv4,cipher AES-256-GCM,auth [null-digest],keysize 256,key-method 2,tls-client", &stock, frameNone},
 		{"V4,dev-type tun,link-mtu 1550,tun-mtu 1500,proto UDPv4,comp-lzo,cipher AES-256-GCM,auth [null-digest],keysize 256,key-method 2,tls-client", &stock, frameStubV2},
 		{"V4,dev-type tun,proto UDPv4,comp-lzo,cipher BF-CBC,key-method 2,tls-client", &old, frameLZO},
 	}
 	for _, c := range cases {
-		if got := chooseFraming(c.opts, c.peer); got != c.want {
-			t.Errorf("chooseFraming(%q) = %v, want %v", c.opts, got, c.want)
+		if got := ChooseFraming(c.opts, c.peer); got != c.want {
+			t.Errorf("ChooseFraming(%q) = %v, want %v", c.opts, got, c.want)
 		}
 	}
 }
@@ -86,7 +86,7 @@ func FuzzFramingStrip(f *testing.F) {
 	f.Add([]byte{0xFB, 0x45}, uint8(2))
 	f.Add([]byte{0x50, 0x00, 0x45}, uint8(3))
 	f.Fuzz(func(t *testing.T, p []byte, kind uint8) {
-		fr := framing(kind % 4)
+		fr := Framing(kind % 4)
 		out, ok := fr.strip(append([]byte(nil), p...))
 		if ok && len(out) > len(p) {
 			t.Fatalf("strip grew the payload")

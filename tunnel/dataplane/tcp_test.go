@@ -1,4 +1,4 @@
-package tunnel
+package dataplane
 
 import (
 	"bytes"

@@ -1,9 +1,9 @@
-package tunnel
+package dataplane
 
 import (
 	"crypto/rand"
-	"crypto/tls"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,16 +14,31 @@ import (
 	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/sock"
 )
 
-// pathFixture is a server with one authenticated client wired by hand, to measure and check the
-// per-packet path without a handshake.
+// pathFixture is a data plane with one authenticated peer wired by hand, to measure and check
+// the per-packet path without a handshake.
 type pathFixture struct {
-	s      *Server
-	c      *client
+	p      *Plane
+	l      *UDPListener
+	peer   *Peer
+	owner  *eventRecorder
 	client *datacrypto.Keys // the client's side of the data keys
 	vpc    netip.Addr
 }
+
+// nopControl drops control packets: these tests drive the data path only.
+type nopControl struct{}
+
+func (nopControl) UDPControl(*UDPListener, []byte, netip.AddrPort, netip.Addr) {}
+func (nopControl) TCPControl(*TCPStream, []byte) bool                          { return false }
+func (nopControl) TCPClosed(*TCPStream)                                        {}
+
+// eventRecorder is a peer's owner that records the events the data path reports.
+type eventRecorder struct{ got atomic.Uint32 }
+
+func (e *eventRecorder) PeerEvent(ev Event) { e.got.Or(uint32(ev)) }
 
 func newPathFixture(tb testing.TB, mbps float64) *pathFixture {
 	tb.Helper()
@@ -43,34 +58,27 @@ func newPathFixture(tb testing.TB, mbps float64) *pathFixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s, err := New(Config{
-		UDP:         []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")},
-		Certificate: tls.Certificate{},
-		Ciphers:     []datacrypto.Cipher{datacrypto.AES256GCM},
-		Pool:        pool,
-		NAT:         natTable,
-		Device:      tuntest.NewChannelTUN().TUN(),
-		Policy:      pol,
-	})
+	p, err := New(Config{Pool: pool, NAT: natTable, Device: tuntest.NewChannelTUN().TUN(), Policy: pol, Control: nopControl{}})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { s.closeListeners(); s.waker.close() })
+	l, err := p.ListenUDP(sock.Host, netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close(); p.Wait() })
 	var k2 datacrypto.Key2
 	_, _ = rand.Read(k2[:])
 	server, _ := datacrypto.NewKeys(datacrypto.AES256GCM, &k2, datacrypto.Server)
 	clientKeys, _ := datacrypto.NewKeys(datacrypto.AES256GCM, &k2, datacrypto.Client)
 	addr, _ := pool.Allocate()
 	idx, _ := pool.Index(addr)
-	c := &client{srv: s, addr: addr, peerID: uint32(idx), groupNames: []string{"dev"}, dataV2: true, cipher: datacrypto.AES256GCM}
-	c.link = udpLink{l: s.listeners[0], c: c}
-	c.setRemote(netip.MustParseAddrPort("127.0.0.1:9"))
-	c.setOOB(nil)
-	dk := &dataKey{keys: server}
-	c.keys[0].Store(dk)
-	c.sendKey.Store(dk)
-	s.peers[idx].Store(c)
-	return &pathFixture{s: s, c: c, client: clientKeys, vpc: netip.MustParseAddr("10.0.1.10")}
+	owner := &eventRecorder{}
+	peer := NewPeer(owner, l.NewLink(netip.MustParseAddrPort("127.0.0.1:9"), netip.Addr{}), time.Now())
+	peer.SetIdentity(&Identity{Addr: addr, PeerID: uint32(idx), User: "alice", Groups: []string{"dev"}, DataV2: true, Cipher: datacrypto.AES256GCM})
+	peer.InstallKey(&DataKey{Keys: server}, true)
+	p.Publish(peer)
+	return &pathFixture{p: p, l: l, peer: peer, owner: owner, client: clientKeys, vpc: netip.MustParseAddr("10.0.1.10")}
 }
 
 // udpPacket builds an IPv4/UDP packet from the client to dst at buf[off:].
@@ -96,27 +104,27 @@ func udpPacket(buf []byte, off int, src, dst netip.Addr, payload int) []byte {
 // sealFromClient builds a P_DATA_V2 packet the client would send, in buf.
 func (f *pathFixture) sealFromClient(buf []byte, pid uint32, dst netip.Addr) []byte {
 	const hdr = 4
-	udpPacket(buf, hdr+datacrypto.Overhead, f.c.addr, dst, 1372)
+	udpPacket(buf, hdr+datacrypto.Overhead, f.peer.Identity().Addr, dst, 1372)
 	pkt := buf[:hdr+datacrypto.Overhead+1400]
 	pkt[0] = packet.Header(packet.DataV2, 0)
-	pkt[1], pkt[2], pkt[3] = byte(f.c.peerID>>16), byte(f.c.peerID>>8), byte(f.c.peerID)
+	pkt[1], pkt[2], pkt[3] = byte(f.peer.Identity().PeerID>>16), byte(f.peer.Identity().PeerID>>8), byte(f.peer.Identity().PeerID)
 	return f.client.Seal(pkt, hdr, pid)
 }
 
 // TestReceivePathNoAllocs: decrypt, replay, authz, routes, bucket, MSS and NAT allocate nothing.
 func TestReceivePathNoAllocs(t *testing.T) {
 	f := newPathFixture(t, 0)
-	l := f.s.listeners[0]
+	l := f.l
 	buf := make([]byte, 2048)
 	pid := uint32(0)
-	from := f.c.remote()
+	from := f.peer.link.Remote()
 	allocs := testing.AllocsPerRun(1000, func() {
 		pid++
 		pkt := f.sealFromClient(buf, pid, f.vpc)
 		l.tunBatch = l.tunBatch[:0]
-		f.s.receiveData(l, pkt, packet.DataV2, 0, from)
+		l.receiveData(pkt, packet.DataV2, 0, from, netip.Addr{})
 		if len(l.tunBatch) != 1 {
-			t.Fatalf("packet %d not delivered; drops %v", pid, f.s.Drops())
+			t.Fatalf("packet %d not delivered; drops %v", pid, f.p.drops.Snapshot())
 		}
 	})
 	if allocs != 0 {
@@ -131,27 +139,29 @@ func TestReceivePathNoAllocs(t *testing.T) {
 // TestReceivePathPolicy checks the drops on the path: unauthorized, unrouted, spoofed, replayed.
 func TestReceivePathPolicy(t *testing.T) {
 	f := newPathFixture(t, 0)
-	l := f.s.listeners[0]
+	l := f.l
 	buf := make([]byte, 2048)
-	from := f.c.remote()
+	from := f.peer.link.Remote()
 	send := func(pid uint32, dst netip.Addr) int {
 		l.tunBatch = l.tunBatch[:0]
-		f.s.receiveData(l, f.sealFromClient(buf, pid, dst), packet.DataV2, 0, from)
+		l.receiveData(f.sealFromClient(buf, pid, dst), packet.DataV2, 0, from, netip.Addr{})
 		return len(l.tunBatch)
 	}
 	if send(1, f.vpc) != 1 {
 		t.Fatal("authorized packet dropped")
 	}
-	if send(1, f.vpc) != 0 || f.s.Drops()["replay"] != 1 {
-		t.Fatalf("replayed packet not dropped: %v", f.s.Drops())
+	if send(1, f.vpc) != 0 || f.p.drops.Snapshot()["replay"] != 1 {
+		t.Fatalf("replayed packet not dropped: %v", f.p.drops.Snapshot())
 	}
-	if send(2, netip.MustParseAddr("10.0.2.10")) != 0 || f.s.Drops()["no_route"] != 1 {
-		t.Fatalf("unrouted destination not dropped: %v", f.s.Drops())
+	if send(2, netip.MustParseAddr("10.0.2.10")) != 0 || f.p.drops.Snapshot()["no_route"] != 1 {
+		t.Fatalf("unrouted destination not dropped: %v", f.p.drops.Snapshot())
 	}
-	f.c.groupNames = []string{"guest"}
-	f.s.Reload(f.s.policy.Load().clone())
-	if send(3, f.vpc) != 0 || f.s.Drops()["unauthorized"] != 1 {
-		t.Fatalf("destination without a rule for the user's groups not dropped: %v", f.s.Drops())
+	id := *f.peer.Identity()
+	id.Groups = []string{"guest"}
+	f.peer.SetIdentity(&id)
+	f.p.SetPolicy(f.p.Policy().clone())
+	if send(3, f.vpc) != 0 || f.p.drops.Snapshot()["unauthorized"] != 1 {
+		t.Fatalf("destination without a rule for the user's groups not dropped: %v", f.p.drops.Snapshot())
 	}
 }
 
@@ -161,32 +171,32 @@ func (p *Policy) clone() *Policy { q := *p; return &q }
 // TestBandwidthLimitDrops: a 1 Mbit/s client can send its burst, then is limited.
 func TestBandwidthLimitDrops(t *testing.T) {
 	f := newPathFixture(t, 1)
-	l := f.s.listeners[0]
+	l := f.l
 	buf := make([]byte, 2048)
 	passed := 0
 	for pid := uint32(1); pid <= 100; pid++ {
 		l.tunBatch = l.tunBatch[:0]
-		f.s.receiveData(l, f.sealFromClient(buf, pid, f.vpc), packet.DataV2, 0, f.c.remote())
+		l.receiveData(f.sealFromClient(buf, pid, f.vpc), packet.DataV2, 0, f.peer.link.Remote(), netip.Addr{})
 		passed += len(l.tunBatch)
 	}
 	// Burst: max(16 KiB, 1 Mbit/s * 300 ms) = 37500 bytes, i.e. 26 packets of 1400 bytes.
-	if passed < 25 || passed > 28 || f.s.Drops()["bandwidth_limit"] == 0 {
-		t.Fatalf("%d of 100 back-to-back packets passed a 1 Mbit/s limit; drops %v", passed, f.s.Drops())
+	if passed < 25 || passed > 28 || f.p.drops.Snapshot()["bandwidth_limit"] == 0 {
+		t.Fatalf("%d of 100 back-to-back packets passed a 1 Mbit/s limit; drops %v", passed, f.p.drops.Snapshot())
 	}
 }
 
 func BenchmarkReceivePath(b *testing.B) {
 	f := newPathFixture(b, 0)
-	l := f.s.listeners[0]
+	l := f.l
 	buf := make([]byte, 2048)
 	pid := uint32(0)
-	from := f.c.remote()
+	from := f.peer.link.Remote()
 	b.SetBytes(1400)
 	for b.Loop() {
 		pid++
 		pkt := f.sealFromClient(buf, pid, f.vpc)
 		l.tunBatch = l.tunBatch[:0]
-		f.s.receiveData(l, pkt, packet.DataV2, 0, from)
+		l.receiveData(pkt, packet.DataV2, 0, from, netip.Addr{})
 	}
 }
 
@@ -195,8 +205,8 @@ func BenchmarkSeal(b *testing.B) {
 	buf := make([]byte, tunOffset+1500+64)
 	b.SetBytes(1400)
 	for b.Loop() {
-		udpPacket(buf, tunOffset, f.vpc, f.c.addr, 1372)
-		f.s.seal(f.c, buf, tunOffset, 1400, 1)
+		udpPacket(buf, tunOffset, f.vpc, f.peer.Identity().Addr, 1372)
+		f.p.seal(f.peer, buf, tunOffset, 1400, 1)
 	}
 }
 
@@ -204,21 +214,21 @@ func BenchmarkSeal(b *testing.B) {
 // never complete are limited.
 func TestHandshakeLimiterRefund(t *testing.T) {
 	now := time.Unix(1000, 0)
-	b := newTokenBucket(10, 3, func() time.Time { return now })
+	b := NewRateLimiter(10, 3, func() time.Time { return now })
 	for i := range 3 {
-		if !b.allow() {
+		if !b.Allow() {
 			t.Fatalf("reply %d refused within the burst", i)
 		}
 	}
-	if b.allow() {
+	if b.Allow() {
 		t.Fatal("reply beyond the burst allowed")
 	}
-	b.refund()
-	if !b.allow() {
+	b.Refund()
+	if !b.Allow() {
 		t.Fatal("refunded token not usable")
 	}
 	now = now.Add(100 * time.Millisecond)
-	if !b.allow() {
+	if !b.Allow() {
 		t.Fatal("no token after 100 ms at 10/s")
 	}
 }

@@ -1,4 +1,4 @@
-package tunnel
+package dataplane
 
 import "encoding/binary"
 

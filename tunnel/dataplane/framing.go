@@ -1,4 +1,4 @@
-package tunnel
+package dataplane
 
 import (
 	"strings"
@@ -6,13 +6,13 @@ import (
 	"github.com/cvpn/cvpn/tls/keymethod"
 )
 
-// framing is the compression framing a client puts on data-channel payloads. cvpn never
+// Framing is the compression framing a client puts on data-channel payloads. cvpn never
 // compresses; it only removes and adds the framing byte so that clients configured with
 // compression options still pass traffic (comp.h, compstub.c, lzo.c).
-type framing uint8
+type Framing uint8
 
 const (
-	frameNone   framing = iota // no compression option: no framing byte
+	frameNone   Framing = iota // no compression option: no framing byte
 	frameLZO                   // comp-lzo: 0xFA prefix on uncompressed payloads
 	frameStub                  // compress (stub): first byte moved to the end, 0xFB in front
 	frameStubV2                // compress stub-v2 / lz4-v2: no prefix unless the payload starts with 0x50
@@ -27,8 +27,8 @@ const (
 	minPayloadForSwap = 2
 )
 
-// pushOption is what the server pushes so the client keeps (or switches to) this framing.
-func (f framing) pushOption() string {
+// PushOption is what the server pushes so the client keeps (or switches to) this framing.
+func (f Framing) PushOption() string {
 	switch f {
 	case frameLZO:
 		return "comp-lzo no"
@@ -40,18 +40,18 @@ func (f framing) pushOption() string {
 	return ""
 }
 
-func (f framing) String() string {
+func (f Framing) String() string {
 	if f == frameNone {
 		return "none"
 	}
-	return f.pushOption()
+	return f.PushOption()
 }
 
-// chooseFraming picks the framing for a client from its options string and peer-info, as OpenVPN's
+// ChooseFraming picks the framing for a client from its options string and peer-info, as OpenVPN's
 // `compress migrate` does: a client with any compression option (its OCC string then carries
 // ",comp-lzo") is moved to stub-v2 framing when it supports it, else to comp-lzo no. A client with
 // no compression option gets none.
-func chooseFraming(options string, peer *keymethod.PeerInfo) framing {
+func ChooseFraming(options string, peer *keymethod.PeerInfo) Framing {
 	if !strings.Contains(options+",", ",comp-lzo,") {
 		return frameNone
 	}
@@ -66,7 +66,7 @@ func chooseFraming(options string, peer *keymethod.PeerInfo) framing {
 
 // strip removes the framing from a received payload in place. It reports false for a compressed
 // payload, which cvpn refuses rather than decompresses.
-func (f framing) strip(pt []byte) ([]byte, bool) {
+func (f Framing) strip(pt []byte) ([]byte, bool) {
 	switch f {
 	case frameLZO:
 		if len(pt) < 1 || pt[0] != lzoNoCompress {
@@ -92,7 +92,7 @@ func (f framing) strip(pt []byte) ([]byte, bool) {
 
 // add frames buf[off:off+n] in place, using the headroom before off and one byte of tail room,
 // and returns the framed payload's new offset and length.
-func (f framing) add(buf []byte, off, n int) (int, int) {
+func (f Framing) add(buf []byte, off, n int) (int, int) {
 	switch f {
 	case frameLZO:
 		buf[off-1] = lzoNoCompress

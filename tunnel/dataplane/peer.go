@@ -1,0 +1,192 @@
+package dataplane
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"github.com/cvpn/cvpn/authz"
+	"github.com/cvpn/cvpn/tunnel/bucket"
+	"github.com/cvpn/cvpn/tunnel/counters"
+	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/replay"
+)
+
+// Identity is what the data path needs to know about an authenticated session. The session
+// layer builds it once, before the peer is published, and never changes it: any goroutine may
+// read it without a lock.
+type Identity struct {
+	// Addr is the client's tunnel address; PeerID its P_DATA_V2 peer-id (the pool index of Addr).
+	Addr   netip.Addr
+	PeerID uint32
+	// User names the session in logs; Groups are the user's groups for authorization and limits.
+	User   string
+	Groups []string
+	Cipher datacrypto.Cipher
+	// DataV2 says the client announced P_DATA_V2, so packets to it carry the peer-id.
+	DataV2  bool
+	Framing Framing
+	// Ping and PingRestart are the keepalive values pushed to this client.
+	Ping, PingRestart time.Duration
+}
+
+// Event is something the data path noticed that the session layer must act on. The data path
+// never acts on it itself (no TLS writes, no teardown): it tells the peer's Owner.
+type Event uint8
+
+// Events.
+const (
+	EventExit       Event = 1 << iota // the client sent an explicit-exit notification
+	EventCompressed                   // the client compresses although a stub was pushed
+	EventSilent                       // nothing arrived from the client for its ping-restart time
+	EventRekey                        // a data key's packet ids near their end: renegotiate now
+)
+
+// Owner is the session a peer belongs to. PeerEvent must not block: it records the event and
+// wakes the session layer.
+type Owner interface {
+	PeerEvent(e Event)
+}
+
+// Peer is the data-plane state of one session.
+//
+// Ownership: owner and link are set by NewPeer and never change. ident is stored once, before
+// Publish makes the peer reachable. keys and sendKey are atomics written by the session layer
+// (new keys) and the timer (lame-duck switch, retirement). Each key's replay window belongs to the
+// goroutine that receives the peer's packets (its UDP listener's or its TCP stream's); so do
+// upFor, groups, up and denied. downFor and down belong to the TUN reader.
+type Peer struct {
+	owner Owner
+	link  Link
+	ident atomic.Pointer[Identity]
+
+	keys    [8]atomic.Pointer[DataKey]
+	sendKey atomic.Pointer[DataKey]
+
+	lastRecv atomic.Int64 // unix nanoseconds of the last authenticated packet
+	lastSend atomic.Int64 // unix nanoseconds of the last data packet sent
+	Traffic  counters.Traffic
+	notified atomic.Uint32 // events already reported (each is reported once)
+
+	upFor   *Policy
+	groups  authz.Groups
+	up      bucket.Bucket
+	denied  []netip.Addr
+	downFor *Policy
+	down    bucket.Bucket
+}
+
+// NewPeer returns the data-plane state of a session that talks over link.
+func NewPeer(owner Owner, link Link, now time.Time) *Peer {
+	p := &Peer{owner: owner, link: link}
+	p.lastRecv.Store(now.UnixNano())
+	return p
+}
+
+// Owner is the session the peer belongs to.
+func (p *Peer) Owner() Owner { return p.owner }
+
+// Link is the peer's link.
+func (p *Peer) Link() Link { return p.link }
+
+// SetIdentity stores the peer's identity; call it once, before Publish.
+func (p *Peer) SetIdentity(id *Identity) { p.ident.Store(id) }
+
+// Identity returns the published identity, or nil before authentication.
+func (p *Peer) Identity() *Identity { return p.ident.Load() }
+
+// LastReceived is when the last authenticated packet arrived.
+func (p *Peer) LastReceived() time.Time { return time.Unix(0, p.lastRecv.Load()) }
+
+// Touch records that an authenticated control packet arrived at now.
+func (p *Peer) Touch(now time.Time) { p.lastRecv.Store(now.UnixNano()) }
+
+// notify reports e to the owner once per peer.
+func (p *Peer) notify(e Event) {
+	if p.notified.Or(uint32(e))&uint32(e) == 0 {
+		p.owner.PeerEvent(e)
+	}
+}
+
+// Rearm allows e to be reported again (after the session layer acted on it, e.g. a renegotiation
+// that will need another one later).
+func (p *Peer) Rearm(e Event) { p.notified.And(^uint32(e)) }
+
+// DataKey is the data-channel state of one key id.
+type DataKey struct {
+	ID      uint8
+	Keys    *datacrypto.Keys
+	Created time.Time
+	replay  replay.Window // owned by the goroutine that receives the peer's packets
+	sendPID atomic.Uint32
+}
+
+// Packet-id limits. A key must never seal two packets with one packet id (the AEAD nonce), so
+// the server renegotiates long before the 32-bit id wraps, as the stock client does at
+// 0xFF000000 (ssl.c, packet_id.h), and stops sending with a key that reaches the last id.
+const (
+	RekeyPacketID = 0xFF000000
+	lastPacketID  = 0xFFFFFFFF
+)
+
+// nextPacketID takes the next packet id to send with k. It never returns an id twice and never
+// wraps: once the last id is taken it reports false forever. A compare-and-swap rather than an
+// add, so that no goroutine (TUN reader, timer, another client's local delivery) can take an id
+// past the last.
+func (k *DataKey) nextPacketID() (uint32, bool) {
+	for {
+		cur := k.sendPID.Load()
+		if cur == lastPacketID {
+			return 0, false
+		}
+		if k.sendPID.CompareAndSwap(cur, cur+1) {
+			return cur + 1, true
+		}
+	}
+}
+
+// InstallKey makes k usable for receiving; send says it becomes the send key at once (the first
+// key of a session). A renegotiated key becomes the send key when the client uses it, or after
+// the lame-duck delay.
+func (p *Peer) InstallKey(k *DataKey, send bool) {
+	p.keys[k.ID&7].Store(k)
+	if send {
+		p.sendKey.Store(k)
+	}
+	p.Rearm(EventRekey)
+}
+
+// newerThan reports whether k is a later key than o (key ids wrap 7 -> 1).
+func (k *DataKey) newerThan(o *DataKey) bool {
+	return o == nil || k.Created.After(o.Created)
+}
+
+// Keys reports the installed key ids, for tests and listings.
+func (p *Peer) Keys() []uint8 {
+	var ids []uint8
+	for i := range p.keys {
+		if p.keys[i].Load() != nil {
+			ids = append(ids, uint8(i))
+		}
+	}
+	return ids
+}
+
+// uplinkPolicy refreshes what the receive goroutine caches from the policy (groups, upload
+// limit) when a reload swapped it, and returns the peer's groups.
+func (p *Peer) uplinkPolicy(pol *Policy, id *Identity) authz.Groups {
+	if p.upFor != pol {
+		p.groups = pol.Authz.Groups(id.Groups)
+		p.up.Set(pol.limitFor(id.Groups))
+		p.upFor = pol
+	}
+	return p.groups
+}
+
+// downlinkPolicy refreshes the download limit when a reload swapped the policy.
+func (p *Peer) downlinkPolicy(pol *Policy, id *Identity) {
+	if p.downFor != pol {
+		p.down.Set(pol.limitFor(id.Groups))
+		p.downFor = pol
+	}
+}

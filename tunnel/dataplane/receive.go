@@ -1,0 +1,175 @@
+package dataplane
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+
+	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tunnel/counters"
+)
+
+// openData authenticates and decrypts a data packet of peer in place and checks its packet-id.
+// The caller's goroutine must own peer's replay windows (its UDP listener's, or its TCP
+// stream's).
+func (p *Plane) openData(peer *Peer, pkt []byte, op packet.Opcode, kid uint8, from netip.AddrPort) (pt []byte, ok bool) {
+	hdr := 1
+	if op == packet.DataV2 {
+		hdr = 4
+	}
+	k := peer.keys[kid].Load()
+	if k == nil {
+		p.drop(counters.NoKey, from)
+		return nil, false
+	}
+	id, pt, err := k.Keys.Open(pkt, hdr)
+	if err != nil {
+		p.drop(counters.Decrypt, from)
+		return nil, false
+	}
+	if !k.replay.Check(id) {
+		p.drop(counters.Replay, from)
+		return nil, false
+	}
+	peer.lastRecv.Store(p.clockNano())
+	peer.Traffic.Received(len(pkt))
+	if send := peer.sendKey.Load(); k != send && k.newerThan(send) {
+		// The client sends with a renegotiated key, so it has it: send with it too.
+		peer.sendKey.Store(k)
+	}
+	if id >= RekeyPacketID {
+		peer.notify(EventRekey) // the client's ids run out: a new key is due
+	}
+	return pt, true
+}
+
+// deliverData handles a decrypted payload: keepalive and OCC messages stop here; an IP packet is
+// unframed, checked against the client's address and the authorization rules, source-NATed, and
+// returned as a slice of pkt that starts tunWriteOffset bytes before the IP header.
+func (p *Plane) deliverData(peer *Peer, pkt, pt []byte) ([]byte, bool) {
+	id := peer.ident.Load()
+	pt, ok := id.Framing.strip(pt)
+	if !ok {
+		p.dropUser(counters.Compressed, id)
+		peer.notify(EventCompressed)
+		return nil, false
+	}
+	if len(pt) == len(packet.PingMagic) && bytes.Equal(pt, packet.PingMagic) {
+		return nil, false
+	}
+	if len(pt) == len(packet.OCCMagic)+1 && bytes.Equal(pt[:len(packet.OCCMagic)], packet.OCCMagic) {
+		if pt[len(packet.OCCMagic)] == packet.OCCExit {
+			peer.notify(EventExit)
+		}
+		return nil, false
+	}
+	if len(pt) < 20 || pt[0]>>4 != 4 {
+		p.dropUser(counters.NotIPv4, id)
+		return nil, false
+	}
+	src := netip.AddrFrom4([4]byte(pt[12:16]))
+	if src != id.Addr {
+		p.dropUser(counters.SpoofedSource, id)
+		return nil, false
+	}
+	dst := netip.AddrFrom4([4]byte(pt[16:20]))
+	pol := p.policy.Load()
+	groups := peer.uplinkPolicy(pol, id)
+	local := p.cfg.Pool.Prefix().Contains(dst)
+	switch {
+	case local && !pol.ClientToClient, !local && !pol.routed(dst):
+		if p.drops.Add(counters.NoRoute) {
+			p.drops.Detail(counters.NoRoute, "user", id.User, "dst", dst)
+		}
+		return nil, false
+	case !pol.Authz.Allowed(dst, groups):
+		if p.drops.Add(counters.Unauthorized) {
+			p.drops.Detail(counters.Unauthorized, "user", id.User, "dst", dst)
+		}
+		p.logDenial(peer, id, dst)
+		return nil, false
+	case !peer.up.Allow(peer.lastRecv.Load(), len(pt)): // the time openData just took
+		p.dropUser(counters.RateLimit, id)
+		return nil, false
+	}
+	clampMSS(pt, p.mss)
+	if local {
+		p.deliverLocal(peer, pt)
+		return nil, false
+	}
+	if err := p.cfg.NAT.Outbound(pt); err != nil {
+		if p.drops.Add(counters.NAT) {
+			p.drops.Detail(counters.NAT, "user", id.User, "err", err)
+		}
+		return nil, false
+	}
+	// pt lies inside pkt; hand the TUN a slice whose packet starts at tunWriteOffset, without
+	// copying. The header, packet-id and tag in front of the payload give at least 21 bytes.
+	start := cap(pkt) - cap(pt) - tunWriteOffset
+	return pkt[start : start+tunWriteOffset+len(pt)], true
+}
+
+// dropUser counts a refusal with the session's user as its detail.
+func (p *Plane) dropUser(r counters.Reason, id *Identity) {
+	if p.drops.Add(r) {
+		p.drops.Detail(r, "user", id.User, "address", id.Addr)
+	}
+}
+
+// localBufs carries client-to-client packets, which need more headroom than the receive buffer
+// leaves in front of the payload to be sealed for the other client.
+var localBufs = sync.Pool{New: func() any { b := make([]byte, tunOffset+65536+64); return &b }}
+
+// deliverLocal sends a packet from one client straight to another (a `target: local` route),
+// without NAT and without the kernel: the addresses stay the clients' own. Only the sender's
+// upload limit applies.
+func (p *Plane) deliverLocal(from *Peer, pt []byte) {
+	dst := netip.AddrFrom4([4]byte(pt[16:20]))
+	to := p.peerByAddr(dst)
+	if to == nil {
+		if p.drops.Add(counters.NoClient) {
+			p.drops.Detail(counters.NoClient, "address", dst)
+		}
+		return
+	}
+	bp := localBufs.Get().(*[]byte)
+	defer localBufs.Put(bp)
+	buf := *bp
+	n := copy(buf[tunOffset:], pt)
+	if pkt, ok := p.seal(to, buf, tunOffset, n, from.lastRecv.Load()); ok {
+		to.link.Send(pkt)
+	}
+}
+
+// logDenial logs the first denial of each destination per connection (up to deniedLogMax
+// destinations), through a server-wide rate limit. Called from the peer's receive goroutine.
+func (p *Plane) logDenial(peer *Peer, id *Identity, dst netip.Addr) {
+	for _, d := range peer.denied {
+		if d == dst {
+			return
+		}
+	}
+	if len(peer.denied) >= deniedLogMax {
+		return
+	}
+	peer.denied = append(peer.denied, dst)
+	if p.denialLog.Allow() {
+		p.log.Info("access denied by authorization rules", "user", id.User, "groups", id.Groups,
+			"address", id.Addr, "dst", dst)
+	}
+}
+
+// deniedLogMax bounds the destinations whose first denial is logged for one connection.
+const deniedLogMax = 16
+
+// writeTUN writes a batch of client packets into the TUN.
+func (p *Plane) writeTUN(batch [][]byte) {
+	if len(batch) == 0 {
+		return
+	}
+	if _, err := p.cfg.Device.Write(batch, tunWriteOffset); err != nil && !errors.Is(err, net.ErrClosed) {
+		p.log.Debug("tun write", "err", err)
+	}
+}

@@ -1,0 +1,235 @@
+package dataplane
+
+import (
+	"errors"
+	"net"
+	"os"
+
+	"github.com/cvpn/cvpn/nat"
+	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tunnel/counters"
+	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/sock"
+)
+
+const (
+	// tunOffset is where packets start in TUN buffers: room for the virtio-net header the TUN
+	// writes in front and, on the way out, for the data header, packet-id and tag sealed in place.
+	tunOffset = 64
+	// tunWriteOffset is the headroom given to the TUN on writes (>= its virtio-net header).
+	tunWriteOffset = 16
+	// sealHeadroom is the V2 header, packet-id and tag in front of a sealed payload.
+	sealHeadroom = 4 + datacrypto.Overhead
+)
+
+// tunLoop reads packets from the private network, reverses their NAT, and seals and sends each
+// to its client.
+func (p *Plane) tunLoop() {
+	batch := p.cfg.Device.BatchSize()
+	bufs := make([][]byte, batch)
+	sizes := make([]int, batch)
+	for i := range bufs {
+		bufs[i] = make([]byte, tunOffset+65535+32)
+	}
+	out := &sendBatches{byListener: make(map[*UDPListener]*udpSendBatch)}
+	for {
+		n, err := p.cfg.Device.Read(bufs, sizes, tunOffset)
+		if err != nil {
+			if p.closed() || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+				return
+			}
+			p.log.Debug("tun read", "err", err)
+			continue
+		}
+		pol := p.policy.Load()
+		now := p.clockNano()
+		for i := range n {
+			pkt := bufs[i][tunOffset : tunOffset+sizes[i]]
+			if len(pkt) < 20 || pkt[0]>>4 != 4 {
+				continue // IPv6 neighbour discovery and the like
+			}
+			addr, err := p.cfg.NAT.Inbound(pkt)
+			if err != nil {
+				r := counters.NAT
+				if errors.Is(err, nat.ErrNoMapping) {
+					r = counters.NoMapping
+				}
+				p.drops.Add(r)
+				continue
+			}
+			peer := p.peerByAddr(addr)
+			if peer == nil {
+				if p.drops.Add(counters.NoClient) {
+					p.drops.Detail(counters.NoClient, "address", addr)
+				}
+				continue
+			}
+			peer.downlinkPolicy(pol, peer.ident.Load())
+			if !peer.down.Allow(now, len(pkt)) {
+				p.dropUser(counters.RateLimit, peer.ident.Load())
+				continue
+			}
+			clampMSS(pkt, p.mss)
+			if sealed, ok := p.seal(peer, bufs[i], tunOffset, len(pkt), now); ok {
+				peer.link.queue(out, peer, sealed)
+			}
+		}
+		out.flush()
+	}
+}
+
+// seal encrypts buf[off:off+n] for peer in place, using the headroom in front of it; now (unix
+// nanoseconds, taken once per batch by the caller) stamps the peer's last send. It refuses to
+// seal with a key whose packet ids ran out: a nonce is never used twice.
+func (p *Plane) seal(peer *Peer, buf []byte, off, n int, now int64) ([]byte, bool) {
+	k := peer.sendKey.Load()
+	id := peer.ident.Load()
+	if k == nil || id == nil {
+		return nil, false
+	}
+	pid, ok := k.nextPacketID()
+	if !ok {
+		peer.notify(EventRekey)
+		p.dropUser(counters.PacketIDExhausted, id)
+		return nil, false
+	}
+	if pid >= RekeyPacketID {
+		peer.notify(EventRekey)
+	}
+	off, n = id.Framing.add(buf, off, n)
+	var pkt []byte
+	if id.DataV2 {
+		pkt = buf[off-sealHeadroom : off+n]
+		pkt[0] = packet.Header(packet.DataV2, k.ID)
+		pkt[1], pkt[2], pkt[3] = byte(id.PeerID>>16), byte(id.PeerID>>8), byte(id.PeerID)
+		pkt = k.Keys.Seal(pkt, 4, pid)
+	} else {
+		pkt = buf[off-1-datacrypto.Overhead : off+n]
+		pkt[0] = packet.Header(packet.DataV1, k.ID)
+		pkt = k.Keys.Seal(pkt, 1, pid)
+	}
+	peer.lastSend.Store(now)
+	peer.Traffic.Sent(len(pkt))
+	return pkt, true
+}
+
+// Ping sends the keepalive ping to a peer.
+func (p *Plane) Ping(peer *Peer) {
+	buf := make([]byte, tunOffset+len(packet.PingMagic)+datacrypto.Overhead+2)
+	copy(buf[tunOffset:], packet.PingMagic)
+	if pkt, ok := p.seal(peer, buf, tunOffset, len(packet.PingMagic), p.clockNano()); ok {
+		peer.link.Send(pkt)
+	}
+}
+
+// sendBatches collects the sealed packets of one TUN read: UDP ones per listener, so each
+// listener sends them with one batched write.
+type sendBatches struct {
+	byListener map[*UDPListener]*udpSendBatch
+}
+
+func (b *sendBatches) udp(u *udpLink, peer *Peer, pkt []byte) {
+	sb := b.byListener[u.l]
+	if sb == nil {
+		sb = newUDPSendBatch()
+		b.byListener[u.l] = sb
+	}
+	sb.add(u, peer, pkt)
+}
+
+func (b *sendBatches) flush() {
+	for l, sb := range b.byListener {
+		sb.flush(l)
+		if l.p.closed() || !l.open() {
+			delete(b.byListener, l) // a listener closed by a reload
+		}
+	}
+}
+
+// udpSendBatch collects the sealed packets that leave through one UDP listener. With UDP GSO,
+// consecutive same-size packets to one client share one message: the kernel cuts them apart
+// (UDP_SEGMENT), which costs far less than a send each.
+type udpSendBatch struct {
+	msgs []sock.Message
+	gso  [][]byte // coalescing buffer per message slot, allocated on first use
+	n    int
+	// the group being built in msgs[n] (count > 0), for coalescing
+	peer  *Peer
+	dst   *udpDest
+	seg   int
+	count int
+	first []byte
+}
+
+const (
+	gsoMaxSegments = 64
+	gsoMaxBytes    = 65000
+)
+
+func newUDPSendBatch() *udpSendBatch {
+	return &udpSendBatch{msgs: make([]sock.Message, udpBatch), gso: make([][]byte, udpBatch)}
+}
+
+// add appends a packet for peer, joining the open group when GSO allows.
+func (b *udpSendBatch) add(u *udpLink, peer *Peer, pkt []byte) {
+	if b.count > 0 && u.l.conn.GSO() && peer == b.peer && b.count < gsoMaxSegments && len(pkt) <= b.seg &&
+		len(b.first) == b.seg && b.total()+len(pkt) <= gsoMaxBytes {
+		if b.count == 1 {
+			// Start coalescing: copy the first packet into this slot's buffer.
+			if b.gso[b.n] == nil {
+				b.gso[b.n] = make([]byte, 0, 65536)
+			}
+			b.gso[b.n] = append(b.gso[b.n][:0], b.first...)
+		}
+		b.gso[b.n] = append(b.gso[b.n], pkt...)
+		b.count++
+		if len(pkt) < b.seg {
+			b.closeGroup() // a shorter segment can only be the last
+		}
+		return
+	}
+	b.closeGroup()
+	if b.n == len(b.msgs) {
+		b.flush(u.l)
+	}
+	b.peer, b.dst, b.seg, b.count, b.first = peer, u.dst.Load(), len(pkt), 1, pkt
+}
+
+func (b *udpSendBatch) total() int {
+	if b.count == 1 {
+		return len(b.first)
+	}
+	return len(b.gso[b.n])
+}
+
+// closeGroup turns the open group into message n.
+func (b *udpSendBatch) closeGroup() {
+	if b.count == 0 {
+		return
+	}
+	m := &b.msgs[b.n]
+	m.Buf, m.Addr, m.Local, m.Segment = b.first, b.dst.remote, b.dst.local, 0
+	if b.count > 1 {
+		m.Buf, m.Segment = b.gso[b.n], b.seg
+	}
+	b.n++
+	b.count, b.peer, b.dst, b.first = 0, nil, nil, nil
+}
+
+func (b *udpSendBatch) flush(l *UDPListener) {
+	b.closeGroup()
+	if b.n == 0 {
+		return
+	}
+	if _, err := l.conn.WriteBatch(b.msgs[:b.n]); err != nil {
+		if errors.Is(err, sock.ErrGSO) {
+			l.p.log.Warn("UDP GSO refused by the kernel; sending datagrams one by one", "listener", l.addr)
+		} else if !errors.Is(err, net.ErrClosed) {
+			l.p.log.Debug("udp send", "listener", l.addr, "err", err)
+		}
+	}
+	for i := range b.n {
+		b.msgs[i] = sock.Message{}
+	}
+	b.n = 0
+}

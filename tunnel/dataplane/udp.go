@@ -1,0 +1,287 @@
+package dataplane
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tunnel/counters"
+	"github.com/cvpn/cvpn/tunnel/sock"
+)
+
+const (
+	// udpBatch is how many datagrams one read or write moves.
+	udpBatch = 64
+	// udpBufSize holds the largest datagram plus tail room for in-place AEAD.
+	udpBufSize = 65536
+	// splitGap is the room left after each datagram split off a GRO read: the in-place AEAD open
+	// writes the tag just past the ciphertext.
+	splitGap = 32
+)
+
+// UDPListener is one UDP socket, its receive goroutine's private state, and the published
+// sessions of its clients by address. Sessions never move between listeners, so each
+// listener's receive goroutine alone owns the replay windows of its sessions.
+type UDPListener struct {
+	p    *Plane
+	conn sock.Conn
+	addr netip.AddrPort
+	shut atomic.Bool
+
+	mu     sync.Mutex
+	byAddr map[netip.AddrPort]*Peer // published sessions by client address
+
+	// Owned by the receive goroutine.
+	in       []sock.Message
+	tunBatch [][]byte
+	split    [][]byte // per message slot: room for the datagrams of a GRO read, split apart
+}
+
+func newUDPListener(p *Plane, conn sock.Conn) *UDPListener {
+	l := &UDPListener{p: p, conn: conn, addr: conn.LocalAddr(), byAddr: make(map[netip.AddrPort]*Peer)}
+	l.in = make([]sock.Message, udpBatch)
+	for i := range l.in {
+		l.in[i].Buf = make([]byte, udpBufSize)
+	}
+	l.split = make([][]byte, udpBatch)
+	return l
+}
+
+// Addr is the bound address.
+func (l *UDPListener) Addr() netip.AddrPort { return l.addr }
+
+// Proto is "udp".
+func (l *UDPListener) Proto() string { return "udp" }
+
+func (l *UDPListener) close() {
+	l.shut.Store(true)
+	l.conn.Close()
+}
+
+// open reports whether the listener was not closed.
+func (l *UDPListener) open() bool { return !l.shut.Load() }
+
+// Lookup returns the published session of the client at from, or nil.
+func (l *UDPListener) Lookup(from netip.AddrPort) *Peer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.byAddr[from]
+}
+
+// Peers returns the published sessions of this listener.
+func (l *UDPListener) Peers() []*Peer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]*Peer, 0, len(l.byAddr))
+	for _, p := range l.byAddr {
+		out = append(out, p)
+	}
+	return out
+}
+
+// Send transmits one packet to a client from the local address the client dialled (invalid:
+// any). Used for control packets; data leaves in batches.
+func (l *UDPListener) Send(pkt []byte, to netip.AddrPort, local netip.Addr) {
+	msg := [1]sock.Message{{Buf: pkt, Addr: to, Local: local}}
+	if _, err := l.conn.WriteBatch(msg[:]); err != nil && !errors.Is(err, net.ErrClosed) {
+		l.p.log.Debug("udp send", "listener", l.addr, "to", to, "err", err)
+	}
+}
+
+// NewLink returns the link of a session whose client is at remote and dialled local.
+func (l *UDPListener) NewLink(remote netip.AddrPort, local netip.Addr) Link {
+	u := &udpLink{l: l}
+	u.dst.Store(&udpDest{remote: remote, local: local})
+	return u
+}
+
+func (l *UDPListener) receiveLoop() {
+	for {
+		n, err := l.conn.ReadBatch(l.in)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || l.p.closed() {
+				return
+			}
+			l.p.log.Warn("udp receive failed", "listener", l.addr, "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		l.tunBatch = l.tunBatch[:0]
+		datagrams := 0
+		for i := range n {
+			m := &l.in[i]
+			data := m.Buf[:m.N]
+			if len(data) == 0 || !m.Addr.IsValid() {
+				continue
+			}
+			seg := m.Segment
+			if seg <= 0 || seg >= len(data) {
+				datagrams++
+				l.handleDatagram(data, m.Addr, m.Local)
+				continue
+			}
+			// A GRO read holds several datagrams back to back: give each its own room, since
+			// the packets are opened and handed to the TUN in place.
+			if l.split[i] == nil {
+				l.split[i] = make([]byte, udpBufSize+udpBatch*splitGap*2)
+			}
+			buf := l.split[i]
+			off := 0
+			for len(data) > 0 {
+				k := min(seg, len(data))
+				if off+k+splitGap > len(buf) {
+					break
+				}
+				copy(buf[off:], data[:k])
+				datagrams++
+				l.handleDatagram(buf[off:off+k:off+k+splitGap], m.Addr, m.Local)
+				data = data[k:]
+				off += k + splitGap
+			}
+		}
+		l.p.writeTUN(l.tunBatch)
+		if datagrams >= coalesceMinBatch && n < len(l.in) {
+			coalesce() // busy: let the next read gather a batch
+		}
+	}
+}
+
+// handleDatagram classifies one datagram from a client.
+func (l *UDPListener) handleDatagram(pkt []byte, from netip.AddrPort, local netip.Addr) {
+	op, kid := packet.SplitHeader(pkt[0])
+	switch {
+	case op.IsData():
+		l.receiveData(pkt, op, kid, from, local)
+	case op.IsControl():
+		l.p.cfg.Control.UDPControl(l, pkt, from, local)
+	default:
+		if l.p.drops.Add(counters.Malformed) {
+			l.p.drops.Detail(counters.Malformed, "from", from)
+		}
+	}
+}
+
+// receiveData authenticates a data packet from a UDP client and queues its IP packet for the
+// TUN. A packet that authenticates from a new address moves the session there (floating, for
+// NAT rebinding), unless another session holds that address: then it is dropped and the owner
+// keeps its session.
+func (l *UDPListener) receiveData(pkt []byte, op packet.Opcode, kid uint8, from netip.AddrPort, local netip.Addr) {
+	p := l.p
+	var peer *Peer
+	if op == packet.DataV2 {
+		if len(pkt) < 4 {
+			p.drop(counters.Malformed, from)
+			return
+		}
+		peer = p.peerByID(int(pkt[1])<<16 | int(pkt[2])<<8 | int(pkt[3]))
+	} else {
+		peer = l.Lookup(from)
+	}
+	if peer == nil {
+		p.drop(counters.NoSession, from)
+		return
+	}
+	u, ok := peer.link.(*udpLink)
+	if !ok || u.l != l {
+		// Another listener's (or a TCP) session: its replay windows belong to that goroutine.
+		p.drop(counters.WrongListener, from)
+		return
+	}
+	dst := u.dst.Load()
+	floating := dst.remote != from
+	if floating && op != packet.DataV2 {
+		p.drop(counters.WrongSource, from)
+		return
+	}
+	pt, ok := p.openData(peer, pkt, op, kid, from)
+	if !ok {
+		return
+	}
+	if floating && !l.float(peer, u, from, local) {
+		return
+	}
+	if ip, ok := p.deliverData(peer, pkt, pt); ok {
+		l.tunBatch = append(l.tunBatch, ip)
+	}
+}
+
+// float moves a published UDP session to a new address after a packet from there
+// authenticated. It refuses (and counts) a move onto an address another session holds, as the
+// stock server does (multi.c, multi_process_float): the holder must not be disturbed by another
+// client's packets, whether they come from a NAT that rebound or from an attacker.
+func (l *UDPListener) float(peer *Peer, u *udpLink, to netip.AddrPort, local netip.Addr) bool {
+	l.mu.Lock()
+	if other := l.byAddr[to]; other != nil && other != peer {
+		l.mu.Unlock()
+		l.p.drop(counters.FloatConflict, to)
+		return false
+	}
+	from := u.dst.Load().remote
+	if l.byAddr[from] == peer {
+		delete(l.byAddr, from)
+	}
+	l.byAddr[to] = peer
+	u.dst.Store(&udpDest{remote: to, local: local})
+	l.mu.Unlock()
+	if id := peer.Identity(); id != nil {
+		l.p.log.Info("client floated", "user", id.User, "from", from, "to", to)
+	}
+	return true
+}
+
+// udpDest is where a UDP session's packets go: the client's address and the local address it
+// dialled. Replaced as a whole when the client floats.
+type udpDest struct {
+	remote netip.AddrPort
+	local  netip.Addr
+}
+
+// udpLink sends through a shared UDP socket to the client's current address.
+type udpLink struct {
+	l   *UDPListener
+	dst atomic.Pointer[udpDest]
+}
+
+func (u *udpLink) Send(pkt []byte) {
+	d := u.dst.Load()
+	u.l.Send(pkt, d.remote, d.local)
+}
+
+func (u *udpLink) Remote() netip.AddrPort                       { return u.dst.Load().remote }
+func (u *udpLink) Proto() string                                { return "UDPv4" }
+func (u *udpLink) Listener() Listener                           { return u.l }
+func (u *udpLink) Close()                                       {}
+func (u *udpLink) queue(b *sendBatches, peer *Peer, pkt []byte) { b.udp(u, peer, pkt) }
+
+func (u *udpLink) publish(peer *Peer) *Peer {
+	l := u.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	remote := u.dst.Load().remote
+	old := l.byAddr[remote]
+	l.byAddr[remote] = peer
+	if old == peer {
+		return nil
+	}
+	return old
+}
+
+func (u *udpLink) unpublish(peer *Peer) {
+	l := u.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if remote := u.dst.Load().remote; l.byAddr[remote] == peer {
+		delete(l.byAddr, remote)
+	}
+}
+
+// drop counts a refusal with the sender as its detail.
+func (p *Plane) drop(r counters.Reason, from netip.AddrPort) {
+	if p.drops.Add(r) {
+		p.drops.Detail(r, "from", from)
+	}
+}

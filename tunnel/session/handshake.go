@@ -1,0 +1,319 @@
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cvpn/cvpn/tls/channel"
+	"github.com/cvpn/cvpn/tls/keymethod"
+	"github.com/cvpn/cvpn/tunnel/counters"
+	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/dataplane"
+)
+
+// runKey drives one key state of a session: the TLS handshake over the control channel, the
+// key-method 2 exchange, admission (key 0) or the identity check (renegotiation), data-key
+// installation, and then the control messages (PUSH_REQUEST, EXIT) until the key state or the
+// session ends.
+func (s *Session) runKey(k *channel.Key) {
+	m := s.m
+	deadline := s.since.Add(m.cfg.HandWindow)
+	if k.ID != 0 {
+		s.mu.Lock()
+		deadline = s.renegSince.Add(m.cfg.HandWindow)
+		s.mu.Unlock()
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	failed := func(reason string) {
+		if k.ID == 0 {
+			s.teardown(reason)
+		} else {
+			s.renegotiationFailed(k.ID)
+		}
+	}
+	conn := tls.Server(k.Conn(), s.set.tls)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		if s.state.Load() != stateClosed {
+			m.drop(counters.TLSHandshake, s.link.Remote(), "err", err)
+		}
+		failed("tls handshake failed")
+		return
+	}
+	_ = k.Conn().SetReadDeadline(deadline)
+	msg, err := readKeyMethod(conn)
+	if err != nil {
+		m.log.Warn("key exchange failed", "remote", s.link.Remote(), "key_id", k.ID, "err", err)
+		if errors.Is(err, keymethod.ErrKeyMethod) {
+			// TLS is up, so the client can be told why. It reads a key-method block before any
+			// control message, so one goes first (its randoms are never used).
+			var reply keymethod.ServerMessage
+			_, _ = rand.Read(reply.Random1[:])
+			_, _ = rand.Read(reply.Random2[:])
+			c := s.set.Ciphers[0]
+			reply.Options = keymethod.ServerOptionsString(s.link.Proto(), c.String(), c.KeySize()*8)
+			_, _ = conn.Write(reply.Append(nil))
+			s.tlsConn.Store(conn)
+			s.goodbye(authFailed("unsupported key method: cvpn speaks key-method 2 (OpenVPN 2.x default)"), "unsupported key method")
+			return
+		}
+		failed("key exchange failed")
+		return
+	}
+	_ = k.Conn().SetReadDeadline(time.Time{})
+	peer := keymethod.ParsePeerInfo(msg.PeerInfo)
+	state := conn.ConnectionState()
+
+	var adm *admission
+	var refusal error
+	if k.ID == 0 {
+		adm, refusal = s.admit(ctx, &state, &msg, &peer)
+	} else if info := s.info.Load(); info == nil || !sameCertificate(info, &state) {
+		refusal = &Refusal{"renegotiation presented another identity"}
+	}
+
+	// The server's key-method 2 block always answers the client's, even before AUTH_FAILED: the
+	// client reads it as the next TLS record.
+	cipher := s.set.Ciphers[0]
+	if adm != nil {
+		cipher = adm.ident.Cipher
+	} else if info := s.peer.Identity(); info != nil {
+		cipher = info.Cipher
+	}
+	var reply keymethod.ServerMessage
+	if _, err := rand.Read(reply.Random1[:]); err != nil {
+		failed("random")
+		return
+	}
+	_, _ = rand.Read(reply.Random2[:])
+	reply.Options = keymethod.ServerOptionsString(s.link.Proto(), cipher.String(), cipher.KeySize()*8)
+	if _, err := conn.Write(reply.Append(nil)); err != nil {
+		failed("key exchange failed")
+		return
+	}
+	if refusal != nil {
+		var r *Refusal
+		if !errors.As(refusal, &r) {
+			m.log.Error("admission failed", "remote", s.link.Remote(), "err", refusal)
+			r = &Refusal{"authentication failed"}
+		}
+		m.log.Warn("client refused", "remote", s.link.Remote(), "key_id", k.ID, "reason", r.Message)
+		s.tlsConn.Store(conn)
+		s.goodbye(authFailed(r.Message), "refused: "+r.Message)
+		return
+	}
+
+	ekm := s.ekm()
+	if adm != nil {
+		ekm = adm.ekm
+	}
+	key2, err := s.deriveKey2(ekm, &state, &msg, &reply)
+	if err != nil {
+		m.log.Error("derive data keys", "err", err)
+		failed("key derivation failed")
+		return
+	}
+	keys, err := datacrypto.NewKeys(cipher, key2, datacrypto.Server)
+	if err != nil {
+		m.log.Error("install data keys", "err", err)
+		failed("key installation failed")
+		return
+	}
+	dk := &dataplane.DataKey{ID: k.ID, Keys: keys, Created: m.cfg.Now()}
+	s.tlsConn.Store(conn)
+	if k.ID == 0 {
+		if !s.establish(adm, dk) {
+			return
+		}
+		info := s.info.Load()
+		m.log.Info("client connected", "user", info.User, "cn", info.CommonName, "groups", info.Groups, "address", info.Address,
+			"peer_id", info.PeerID, "remote", s.link.Remote(), "cipher", info.Cipher, "tls", tls.VersionName(state.Version),
+			"key_derivation", map[bool]string{true: "tls-ekm", false: "prf"}[ekm], "version", info.Version)
+		if peer.Proto&keymethod.ProtoRequestPush != 0 {
+			s.sendPushReply(conn)
+		}
+	} else {
+		s.peer.InstallKey(dk, false)
+		s.renegotiated(m.cfg.Now())
+		m.log.Info("client renegotiated", "user", s.user(), "key_id", k.ID)
+	}
+	s.controlLoop(conn, k)
+}
+
+// admission is what admit decided for key 0.
+type admission struct {
+	info  *Info
+	ident *dataplane.Identity
+	ekm   bool
+	proto uint32 // IV_PROTO bits the client announced
+}
+
+// admit authenticates and authorizes the client of key 0 through the hooks, negotiates its
+// cipher and assigns its address and peer-id. The certificate was verified by TLS against the
+// client root CA.
+func (s *Session) admit(ctx context.Context, state *tls.ConnectionState, msg *keymethod.ClientMessage, peer *keymethod.PeerInfo) (*admission, error) {
+	m := s.m
+	req := &AuthRequest{Username: msg.Username, Password: msg.Password, HasUserPass: msg.HasUserPass,
+		Peer: peer, Remote: s.link.Remote(), Transport: s.link.Proto()}
+	if len(state.PeerCertificates) > 0 {
+		req.Certificate = state.PeerCertificates[0]
+	}
+	user, err := m.hooks.Authenticate(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	cipher, ok := negotiateCipher(s.set.Ciphers, msg, peer)
+	if !ok {
+		return nil, &Refusal{"Data channel cipher negotiation failed (no shared cipher)"}
+	}
+	addr, err := m.cfg.Pool.Allocate()
+	if err != nil {
+		return nil, &Refusal{fmt.Sprintf("no free client address (all %d in use)", m.cfg.Pool.Capacity())}
+	}
+	s.mu.Lock()
+	closed := s.state.Load() == stateClosed
+	if !closed {
+		s.addr = addr // released by teardown from now on
+	}
+	s.mu.Unlock()
+	if closed {
+		_ = m.cfg.Pool.Release(addr)
+		return nil, &Refusal{"session ended"}
+	}
+	idx, _ := m.cfg.Pool.Index(addr)
+	info := &Info{
+		ID:          s.id,
+		User:        user.Name,
+		Groups:      user.Groups,
+		Certificate: req.Certificate,
+		Address:     addr,
+		PeerID:      uint32(idx),
+		Cipher:      cipher.String(),
+		Transport:   s.link.Proto(),
+		Version:     peer.Version,
+		Platform:    peer.Platform,
+		Since:       s.since,
+		Listener:    s.link.Listener().Addr(),
+	}
+	if req.Certificate != nil {
+		info.CommonName = req.Certificate.Subject.CommonName
+	}
+	if err := m.hooks.OnConnect(ctx, info); err != nil {
+		return nil, err
+	}
+	set := s.set
+	return &admission{
+		info: info,
+		ident: &dataplane.Identity{
+			Addr:        addr,
+			PeerID:      uint32(idx),
+			User:        user.Name,
+			Groups:      user.Groups,
+			Cipher:      cipher,
+			DataV2:      peer.Proto&keymethod.ProtoDataV2 != 0,
+			Framing:     dataplane.ChooseFraming(msg.Options, peer),
+			Ping:        set.Ping,
+			PingRestart: set.PingRestart,
+		},
+		ekm:   peer.Proto&keymethod.ProtoTLSKeyExport != 0,
+		proto: peer.Proto,
+	}, nil
+}
+
+// establish publishes an admitted session: identity and first key on the peer, out of the
+// pending tables, into the data plane. A session the client had at the same address before is
+// replaced only now, when the new one has authenticated. It reports false when the session was
+// torn down meanwhile.
+func (s *Session) establish(adm *admission, dk *dataplane.DataKey) bool {
+	m := s.m
+	s.info.Store(adm.info)
+	s.proto.Store(adm.proto)
+	s.ekmFlag.Store(adm.ekm)
+	s.peer.SetIdentity(adm.ident)
+	s.peer.InstallKey(dk, true)
+	if !m.established(s) {
+		return false
+	}
+	s.renegotiated(m.cfg.Now())
+	if old := sessionOf(m.plane.Publish(s.peer)); old != nil && old != s {
+		old.teardown("replaced by a new session from the same address")
+	}
+	if s.state.Load() == stateClosed { // lost a race with teardown: undo
+		m.plane.Remove(s.peer)
+		return false
+	}
+	return true
+}
+
+// ekm reports whether the session's data keys come from the TLS exporter.
+func (s *Session) ekm() bool { return s.ekmFlag.Load() }
+
+// sameCertificate reports whether a renegotiation presented the identity the session was
+// admitted with.
+func sameCertificate(info *Info, state *tls.ConnectionState) bool {
+	if len(state.PeerCertificates) == 0 {
+		return info.Certificate == nil
+	}
+	return info.Certificate != nil && state.PeerCertificates[0].Subject.CommonName == info.CommonName
+}
+
+// readKeyMethod reads TLS records until a whole client key-method 2 block has arrived.
+func readKeyMethod(conn net.Conn) (keymethod.ClientMessage, error) {
+	var buf []byte
+	tmp := make([]byte, 4096)
+	for {
+		n, err := conn.Read(tmp)
+		buf = append(buf, tmp[:n]...)
+		if n > 0 {
+			msg, perr := keymethod.ParseClient(buf)
+			if perr == nil {
+				return msg, nil
+			}
+			if !errors.Is(perr, keymethod.ErrIncomplete) {
+				return msg, perr
+			}
+		}
+		if err != nil {
+			return keymethod.ClientMessage{}, fmt.Errorf("read key-method 2: %w", err)
+		}
+		if len(buf) > 64<<10 {
+			return keymethod.ClientMessage{}, errors.New("key-method 2 block too large")
+		}
+	}
+}
+
+// negotiateCipher walks the server's ciphers in order and takes the first the client announced
+// (IV_CIPHERS; IV_NCP=2 means AES-256-GCM and AES-128-GCM; else the cipher of its options string).
+func negotiateCipher(server []datacrypto.Cipher, msg *keymethod.ClientMessage, peer *keymethod.PeerInfo) (datacrypto.Cipher, bool) {
+	client := peer.Ciphers
+	if len(client) == 0 && peer.NCP >= 2 {
+		client = []string{"AES-256-GCM", "AES-128-GCM"}
+	}
+	if len(client) == 0 {
+		for _, opt := range strings.Split(msg.Options, ",") {
+			if name, ok := strings.CutPrefix(opt, "cipher "); ok {
+				client = []string{name}
+			}
+		}
+	}
+	for _, sc := range server {
+		if slices.ContainsFunc(client, func(n string) bool { return strings.EqualFold(n, sc.String()) }) {
+			return sc, true
+		}
+	}
+	return 0, false
+}
+
+func (s *Session) deriveKey2(ekm bool, state *tls.ConnectionState, msg *keymethod.ClientMessage, reply *keymethod.ServerMessage) (*datacrypto.Key2, error) {
+	if ekm {
+		return datacrypto.DeriveEKM(state.ExportKeyingMaterial)
+	}
+	return datacrypto.DerivePRF(&msg.PreMaster, &msg.Random1, &reply.Random1, &msg.Random2, &reply.Random2, s.remoteSID, s.localSID), nil
+}

@@ -1,0 +1,399 @@
+// Package session is the control plane of the cvpn engine: it creates sessions from client
+// resets (the stateless UDP cookie handshake of OpenVPN 2.6, or at once on TCP), runs each
+// session's TLS handshake and key-method 2 exchange, admits the client through the Hooks
+// (authentication, a client-connect handler), assigns its address and cipher, pushes its
+// configuration, renegotiates its data keys, and ends it through one goodbye path
+// (AUTH_FAILED, RESTART or HALT, then teardown).
+//
+// A session is completely built (link, control channel, data-plane peer) before any table can
+// reach it, and reaches the data plane's tables (dataplane.Plane.Publish) only once it
+// authenticated: until then it is pending, kept apart from established sessions, so nothing
+// unauthenticated can displace an authenticated session. What other goroutines read about a
+// session is the immutable Info published at admission, or atomics.
+//
+// It does not move data packets (package dataplane) and it does not know where users come from
+// (Hooks).
+//
+// Lock order: Manager.mu, then Session.mu; neither is held while calling into the control
+// channel, the data plane or the hooks.
+package session
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cvpn/cvpn/ippool"
+	"github.com/cvpn/cvpn/nat"
+	"github.com/cvpn/cvpn/tls/cookie"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
+	"github.com/cvpn/cvpn/tunnel/counters"
+	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/dataplane"
+)
+
+// Settings are what a running endpoint may change without disconnecting anyone: new handshakes
+// see a new snapshot; established sessions keep what they negotiated.
+type Settings struct {
+	// Certificate is the server's TLS identity; ClientCAs verifies client certificates.
+	Certificate tls.Certificate
+	ClientCAs   *x509.CertPool
+	// Wrapper protects the control channel (tls-crypt, tls-auth); nil means none.
+	Wrapper tlscrypt.Wrapper
+	// TLSCryptV2 accepts tls-crypt-v2 clients (each with its own key, wrapped by this one). With
+	// it and no Wrapper, unprotected control packets are refused.
+	TLSCryptV2 *tlscrypt.V2ServerKey
+	// Ciphers are the data ciphers in the server's order of preference.
+	Ciphers []datacrypto.Cipher
+	// Ping and PingRestart are pushed to clients and drive the server's keepalive and reaping.
+	Ping, PingRestart time.Duration
+	// Reneg is how often the server renegotiates a session's data keys (OpenVPN reneg-sec); 0
+	// never (renegotiation still happens before packet ids run out).
+	Reneg time.Duration
+	// SessionTimeout ends a session this long after it started (AWS session_timeout_hours); the
+	// client is told RESTART and reconnects, authenticating again. 0 means never.
+	SessionTimeout time.Duration
+	// Banner is sent to each client after its configuration (as INFO); empty sends nothing.
+	Banner string
+}
+
+// settings is a Settings snapshot with what is derived from it.
+type settings struct {
+	Settings
+	tls     *tls.Config
+	wrapper tlscrypt.Wrapper // never nil: plain when none
+	replay  bool             // the wrapper carries replay ids
+}
+
+// Revoker reports whether a client certificate was revoked.
+type Revoker interface {
+	IsRevoked(cert *x509.Certificate) bool
+}
+
+// Config is what the session layer needs.
+type Config struct {
+	Pool     *ippool.Pool
+	NAT      *nat.Table
+	Hooks    Hooks // nil: CertificateHooks
+	Settings Settings
+	Revoked  Revoker
+	// HandWindow bounds a TLS handshake and key exchange, and a renegotiation with its retries
+	// (OpenVPN --hand-window, 60 s).
+	HandWindow time.Duration
+	// MaxHandshakes bounds sessions that have not finished authenticating; MaxPerSource bounds
+	// them per client IP address.
+	MaxHandshakes int
+	MaxPerSource  int
+	Drops         *counters.Drops
+	Log           *slog.Logger
+	Now           func() time.Time
+}
+
+// Manager owns every session of the endpoint.
+type Manager struct {
+	cfg     Config
+	log     *slog.Logger
+	drops   *counters.Drops
+	hooks   Hooks
+	plane   *dataplane.Plane
+	set     atomic.Pointer[settings]
+	revoker atomic.Pointer[Revoker]
+	cookies *cookie.Jar
+	limiter *dataplane.RateLimiter
+	work    chan *Session
+	nextID  atomic.Uint64
+
+	// mu guards the fields below.
+	mu        sync.Mutex
+	sessions  map[uint64]*Session
+	pending   map[pendingKey]*Session // UDP sessions not yet authenticated
+	perSource map[netip.Addr]int      // sessions not yet authenticated, by client IP
+	unauth    int                     // sessions not yet authenticated
+	closing   bool
+	gone      sync.WaitGroup // sessions not yet torn down
+}
+
+// pendingKey finds a pending UDP session: its listener and client address.
+type pendingKey struct {
+	l    *dataplane.UDPListener
+	from netip.AddrPort
+}
+
+// New returns a session manager; Bind gives it its data plane before any listener opens.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Pool == nil || cfg.NAT == nil {
+		return nil, errors.New("session: config needs Pool and NAT")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.HandWindow <= 0 {
+		cfg.HandWindow = 60 * time.Second
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = 1024
+	}
+	if cfg.MaxPerSource <= 0 {
+		cfg.MaxPerSource = 32
+	}
+	if cfg.Drops == nil {
+		cfg.Drops = new(counters.Drops)
+	}
+	if cfg.Hooks == nil {
+		cfg.Hooks = CertificateHooks{}
+	}
+	m := &Manager{
+		cfg:       cfg,
+		log:       cfg.Log,
+		drops:     cfg.Drops,
+		hooks:     cfg.Hooks,
+		work:      make(chan *Session, 1024),
+		sessions:  make(map[uint64]*Session),
+		pending:   make(map[pendingKey]*Session),
+		perSource: make(map[netip.Addr]int),
+	}
+	if err := m.Reconfigure(cfg.Settings); err != nil {
+		return nil, err
+	}
+	if cfg.Revoked != nil {
+		m.revoker.Store(&cfg.Revoked)
+	}
+	var secret [32]byte
+	if _, err := rand.Read(secret[:]); err != nil {
+		return nil, fmt.Errorf("session: cookie secret: %w", err)
+	}
+	m.cookies = cookie.NewJar(secret, cfg.Now)
+	// OpenVPN's --connect-freq-initial default: 100 stateless replies per 10 s.
+	m.limiter = dataplane.NewRateLimiter(10, 100, cfg.Now)
+	return m, nil
+}
+
+// Bind gives the manager its data plane. Call it once, before any listener opens.
+func (m *Manager) Bind(p *dataplane.Plane) { m.plane = p }
+
+// Reconfigure validates and swaps the settings; new handshakes use them.
+func (m *Manager) Reconfigure(s Settings) error {
+	if len(s.Ciphers) == 0 {
+		return errors.New("session: settings name no data cipher")
+	}
+	if s.Ping <= 0 {
+		s.Ping = 10 * time.Second
+	}
+	if s.PingRestart <= s.Ping {
+		s.PingRestart = 6 * s.Ping
+	}
+	st := &settings{Settings: s, wrapper: s.Wrapper, replay: true}
+	if st.wrapper == nil {
+		st.wrapper, st.replay = tlscrypt.NewPlain(), false
+	}
+	st.tls = &tls.Config{
+		Certificates:           []tls.Certificate{s.Certificate},
+		ClientAuth:             tls.RequireAndVerifyClientCert,
+		ClientCAs:              s.ClientCAs,
+		MinVersion:             tls.VersionTLS12,
+		SessionTicketsDisabled: true,
+		VerifyConnection:       m.verifyConnection,
+	}
+	m.set.Store(st)
+	return nil
+}
+
+// Settings returns the current settings.
+func (m *Manager) Settings() Settings { return m.set.Load().Settings }
+
+// verifyConnection refuses revoked client certificates during the TLS handshake.
+func (m *Manager) verifyConnection(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) > 0 && m.isRevoked(cs.PeerCertificates[0]) {
+		return fmt.Errorf("client certificate %q (serial %s) is revoked", cs.PeerCertificates[0].Subject.CommonName, cs.PeerCertificates[0].SerialNumber)
+	}
+	return nil
+}
+
+func (m *Manager) isRevoked(cert *x509.Certificate) bool {
+	r := m.revoker.Load()
+	return r != nil && *r != nil && (*r).IsRevoked(cert)
+}
+
+// SetRevoker replaces the revocation list and ends the sessions it revokes (AUTH_FAILED);
+// other sessions are not disturbed.
+func (m *Manager) SetRevoker(r Revoker) {
+	m.revoker.Store(&r)
+	for _, s := range m.all() {
+		if info := s.info.Load(); info != nil && info.Certificate != nil && m.isRevoked(info.Certificate) {
+			s.goodbye(authFailed("client certificate revoked"), "certificate revoked")
+		}
+	}
+}
+
+// all returns every session, pending or established.
+func (m *Manager) all() []*Session {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*Session, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		out = append(out, s)
+	}
+	return out
+}
+
+// Established returns the established sessions' Info, with their current remote address and
+// traffic.
+func (m *Manager) Established() []Status {
+	var out []Status
+	for _, s := range m.all() {
+		info := s.info.Load()
+		if info == nil || s.state.Load() != stateEstablished {
+			continue
+		}
+		out = append(out, Status{Info: info, Remote: s.link.Remote(), Traffic: s.peer.Traffic.Snapshot()})
+	}
+	return out
+}
+
+// Status is an established session as listed: its Info and what changes.
+type Status struct {
+	*Info
+	Remote  netip.AddrPort
+	Traffic counters.TrafficSnapshot
+}
+
+// Terminate ends the established sessions matching match with HALT (the client does not
+// reconnect by itself); it returns how many.
+func (m *Manager) Terminate(match func(*Info) bool, reason string) int {
+	n := 0
+	for _, s := range m.all() {
+		if info := s.info.Load(); info != nil && match(info) {
+			s.goodbye(halt("terminated by the administrator"), reason)
+			n++
+		}
+	}
+	return n
+}
+
+// EndListener ends the sessions of a listener that is going away (RESTART: clients reconnect
+// to a listener that remains).
+func (m *Manager) EndListener(l dataplane.Listener) {
+	for _, s := range m.all() {
+		if s.link.Listener() == l {
+			s.goodbye(restart(), "listener removed")
+		}
+	}
+}
+
+// Close tells every client to reconnect (RESTART, so it comes back as soon as the endpoint is
+// up again) and waits, at most wait, until every session was torn down.
+func (m *Manager) Close(wait time.Duration) {
+	m.mu.Lock()
+	m.closing = true
+	m.mu.Unlock()
+	for _, s := range m.all() {
+		s.goodbye(restart(), "server shutting down")
+	}
+	done := make(chan struct{})
+	go func() { m.gone.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		for _, s := range m.all() {
+			s.teardown("server shutting down")
+		}
+		<-done
+	}
+}
+
+// Run handles the events the data plane reports until stop is closed.
+func (m *Manager) Run(stop <-chan struct{}) {
+	for {
+		select {
+		case <-stop:
+			return
+		case s := <-m.work:
+			s.handleEvents()
+		}
+	}
+}
+
+// Tick does one round of session timer work at now: hand windows, session timeouts,
+// renegotiation schedules and retries, and events the work queue could not take.
+func (m *Manager) Tick(now time.Time) {
+	for _, s := range m.all() {
+		s.tick(now)
+	}
+}
+
+// register adds a fully built session to the tables, if the bounds allow. A pending UDP
+// session at the same listener and address that the new one replaces is returned.
+func (m *Manager) register(s *Session, key *pendingKey) (replaced *Session, ok bool) {
+	src := s.link.Remote().Addr()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closing {
+		return nil, false
+	}
+	if key != nil {
+		replaced = m.pending[*key]
+	}
+	unauth, per := m.unauth, m.perSource[src]
+	if replaced != nil {
+		unauth, per = unauth-1, per-1
+	}
+	if unauth >= m.cfg.MaxHandshakes || per >= m.cfg.MaxPerSource {
+		return nil, false
+	}
+	if replaced != nil {
+		m.leavePendingLocked(replaced) // the caller tears it down
+	}
+	m.sessions[s.id] = s
+	s.registered = true
+	if key != nil {
+		m.pending[*key] = s
+		s.pendingKey = key
+	}
+	m.unauth++
+	m.perSource[src]++
+	m.gone.Add(1)
+	return replaced, true
+}
+
+// established moves s out of the pending tables once it authenticated. It reports false when
+// s was torn down meanwhile.
+func (m *Manager) established(s *Session) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.sessions[s.id]; !ok {
+		return false
+	}
+	m.leavePendingLocked(s)
+	return s.state.CompareAndSwap(statePending, stateEstablished)
+}
+
+// leavePendingLocked removes s from the bounds on unauthenticated sessions.
+func (m *Manager) leavePendingLocked(s *Session) {
+	if s.pendingKey != nil && m.pending[*s.pendingKey] == s {
+		delete(m.pending, *s.pendingKey)
+	}
+	if s.state.Load() == statePending && !s.countedOut {
+		s.countedOut = true
+		m.unauth--
+		src := s.link.Remote().Addr()
+		if m.perSource[src]--; m.perSource[src] <= 0 {
+			delete(m.perSource, src)
+		}
+	}
+}
+
+// forgetLocked removes s from every table of the manager.
+func (m *Manager) forgetLocked(s *Session) {
+	m.leavePendingLocked(s)
+	delete(m.sessions, s.id)
+}
