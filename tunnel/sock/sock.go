@@ -1,0 +1,99 @@
+// Package sock owns the data plane's sockets: batched UDP I/O outside Go's netpoller, the control
+// messages that go with it (IP_PKTINFO, UDP_SEGMENT, UDP_GRO), and the seam through which the
+// engine opens its listeners (Network), so that tests can swap in the in-memory network of
+// package socktest. It does not own what the packets mean.
+package sock
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+)
+
+// MaxBatch is the most datagrams one ReadBatch returns and one recvmmsg or sendmmsg moves.
+// WriteBatch takes any number of messages and sends them MaxBatch at a time.
+const MaxBatch = 64
+
+// Message is one datagram of a batch, or with Segment > 0 several datagrams of one size.
+type Message struct {
+	// Buf, on receive, is the buffer offered to the kernel (its whole length); a datagram longer
+	// than Buf is cut to it. With UDP GRO on (Host listeners), a read may bring up to 64 KiB, so
+	// offer that much. On send, Buf is the datagram, or with Segment > 0 several segments of that
+	// size back to back (the last may be shorter).
+	Buf []byte
+	// N, on receive, is how many bytes were written into Buf.
+	N int
+	// Addr, on receive, is the sender; on send, the destination.
+	Addr netip.AddrPort
+	// Local, on receive, is the local address the datagram was sent to: reported per datagram
+	// when the socket is bound to the unspecified address, else the bound address. On send, it is
+	// the source address to use; the zero Addr (or the bound address) lets the kernel choose.
+	// Replies must leave from the address the client dialled, and a multihomed host's routing
+	// would otherwise pick any of its addresses.
+	Local netip.Addr
+	// Segment, on receive, is the UDP GRO segment size: Buf[:N] holds datagrams of Segment
+	// bytes back to back, the last possibly shorter (0: Buf[:N] is one datagram; a read never
+	// reports Segment >= N). On send, it asks for Buf to leave as datagrams of Segment bytes
+	// (0: Buf is one datagram). Segment is always honoured: by the kernel (UDP GSO) while GSO()
+	// holds, else by the Conn, one datagram per segment. Keep a message to at most 64 segments
+	// (UDP_MAX_SEGMENTS, which every kernel with UDP GSO accepts) of at most 65535 bytes.
+	Segment int
+}
+
+// Conn is a UDP socket driven in batches. Its methods are safe for concurrent use.
+type Conn interface {
+	// ReadBatch waits for at least one datagram and fills msgs[:n] (at most MaxBatch) with the
+	// datagrams that are there. It returns net.ErrClosed once the Conn is closed.
+	ReadBatch(msgs []Message) (n int, err error)
+	// WriteBatch sends every message, waiting while the socket's send buffer is full. A message
+	// the kernel refuses is skipped and the rest are still tried; n counts the messages all of
+	// whose datagrams the kernel took, and err is the first refusal. When the kernel refuses UDP
+	// GSO (EIO: the route's device cannot segment), the Conn resends that message's segments one
+	// by one, GSO() turns false for good, and this one call returns an error wrapping ErrGSO. It
+	// returns net.ErrClosed once the Conn is closed.
+	WriteBatch(msgs []Message) (n int, err error)
+	// LocalAddr is the address the socket is bound to (the port chosen when 0 was asked for).
+	LocalAddr() netip.AddrPort
+	// GSO reports whether the kernel segments messages with Segment > 0 (UDP GSO); while it does
+	// not, building such messages only costs a copy, so callers stop coalescing.
+	GSO() bool
+	// Close makes blocked and later calls return net.ErrClosed at once and releases the socket.
+	// It is idempotent.
+	Close() error
+}
+
+// Network opens listeners: Host opens real sockets; socktest.Network is an in-memory network for
+// tests.
+type Network interface {
+	ListenUDP(ap netip.AddrPort) (Conn, error)
+	ListenTCP(ap netip.AddrPort) (net.Listener, error)
+}
+
+// Host is the host's network. UDP listeners are non-blocking sockets driven with recvmmsg and
+// sendmmsg outside the netpoller, with 4 MiB buffers, IP_PKTINFO when bound to the unspecified
+// address, UDP GRO on and UDP GSO when the kernel has it; TCP listeners are net.ListenTCP("tcp4").
+// Only IPv4 addresses are supported for now.
+var Host Network = host{}
+
+// ErrGSO says the kernel refused UDP GSO on a Conn: its GSO() is false from then on, and the
+// message was sent as one datagram per segment instead.
+var ErrGSO = errors.New("sock: the kernel refused UDP GSO; segmenting in userspace from now on")
+
+// errNotIPv4 refuses IPv6 listeners, which the engine does not handle yet.
+var errNotIPv4 = errors.New("only IPv4 addresses are supported")
+
+type host struct{}
+
+func (host) ListenUDP(ap netip.AddrPort) (Conn, error) { return listenUDP(ap) }
+
+func (host) ListenTCP(ap netip.AddrPort) (net.Listener, error) {
+	if !ap.Addr().Unmap().Is4() {
+		return nil, &net.OpError{Op: "listen", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: errNotIPv4}
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	ln, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(ap))
+	if err != nil {
+		return nil, err // a *net.OpError that names the operation and the address
+	}
+	return ln, nil
+}

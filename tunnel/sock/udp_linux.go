@@ -1,0 +1,455 @@
+package sock
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// udpConn is a UDP socket that the data plane drives with its own system calls, outside Go's
+// netpoller. The netpoller registers a socket edge-triggered, so while the receive loop is busy or
+// sleeping to coalesce a batch, each arriving datagram woke the runtime's idle thread in
+// epoll_wait only for it to find nobody waiting: at 70,000 datagrams a second that was tens of
+// thousands of context switches a second and about a third of the server's CPU on upload
+// (ARCHITECTURE.md, "Data-plane I/O"). Here a read calls recvmmsg until EAGAIN and then waits in
+// ppoll on the socket and on the Conn's wake eventfd, so the kernel wakes exactly the thread that
+// reads.
+//
+// Every system call on fd or wakeFD holds mu for reading; Close fires the eventfd first (so waits
+// in ppoll return), then takes mu for writing and closes both descriptors, so a descriptor number
+// is never closed, and perhaps reused by the process, under a call in flight.
+//
+// Lock order: rmu or smu, then mu.
+type udpConn struct {
+	fd      int
+	wakeFD  int // an eventfd: readable once Close fired it
+	local   netip.AddrPort
+	pktinfo bool // bound to the unspecified address: IP_PKTINFO reports each datagram's destination
+	gso     atomic.Bool
+
+	mu        sync.RWMutex
+	closed    bool // guarded by mu
+	closeOnce sync.Once
+
+	rmu  sync.Mutex
+	recv *mmsgBatch // guarded by rmu; allocated on first use
+
+	smu  sync.Mutex
+	send *mmsgBatch // guarded by smu; allocated on first use
+
+	// refuse, when set (by tests only), plays a kernel that refuses a message: it sees each
+	// sendmmsg's messages and returns how many of them go to the system call, and the errno for
+	// the first message when none do, as sendmmsg reports a refusal.
+	refuse func(hdrs []unix.Mmsghdr) (int, unix.Errno)
+}
+
+// mmsgBatch is the kernel's view of a batch: the headers recvmmsg or sendmmsg take and, per
+// slot, its one I/O vector, its address and its control-message room. The headers point into the
+// batch's own arrays, which never move; only the I/O vectors change per call, pointing at the
+// caller's buffers for the duration of the call.
+type mmsgBatch struct {
+	hdrs  [MaxBatch]unix.Mmsghdr
+	iovs  [MaxBatch]unix.Iovec
+	names [MaxBatch]unix.RawSockaddrInet4
+	oobs  [MaxBatch][cmsgRoom]byte
+
+	// Send only, per slot: the index of the message it carries, whether it is that message's
+	// last datagram, and whether it asks the kernel to segment (UDP_SEGMENT).
+	owner [MaxBatch]int
+	last  [MaxBatch]bool
+	gso   [MaxBatch]bool
+}
+
+func newMmsgBatch() *mmsgBatch {
+	b := new(mmsgBatch)
+	for i := range b.hdrs {
+		h := &b.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		h.Iov = &b.iovs[i]
+		h.SetIovlen(1)
+		h.Control = &b.oobs[i][0]
+	}
+	return b
+}
+
+// release drops the batch's references to the caller's buffers.
+func (b *mmsgBatch) release(n int) {
+	for i := range n {
+		b.iovs[i] = unix.Iovec{}
+	}
+}
+
+// listenUDP opens a non-blocking IPv4 UDP socket bound to ap.
+func listenUDP(ap netip.AddrPort) (Conn, error) {
+	fail := func(err error) (Conn, error) {
+		return nil, &net.OpError{Op: "listen", Net: "udp", Addr: net.UDPAddrFromAddrPort(ap), Err: err}
+	}
+	if !ap.Addr().Unmap().Is4() {
+		return fail(errNotIPv4)
+	}
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return fail(os.NewSyscallError("socket", err))
+	}
+	c := &udpConn{fd: fd, wakeFD: -1}
+	bad := func(err error) (Conn, error) {
+		unix.Close(fd)
+		if c.wakeFD >= 0 {
+			unix.Close(c.wakeFD)
+		}
+		return fail(err)
+	}
+	// Larger buffers ride out bursts while the receive loop is busy or coalescing; the kernel caps
+	// them at net.core.rmem_max and wmem_max, which is fine.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		return bad(os.NewSyscallError("bind", err))
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return bad(os.NewSyscallError("getsockname", err))
+	}
+	in4, ok := sa.(*unix.SockaddrInet4)
+	if !ok {
+		return bad(errors.New("getsockname: not an IPv4 address"))
+	}
+	c.local = netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port))
+	if ap.Addr().IsUnspecified() {
+		// Replies must leave from the address each client sent to, which IP_PKTINFO reports
+		// and, on send, sets.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1); err != nil {
+			return bad(os.NewSyscallError("setsockopt IP_PKTINFO", err))
+		}
+		c.pktinfo = true
+	}
+	// UDP GSO (kernels since 4.18): the option is readable exactly when sends may carry it.
+	_, err = unix.GetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+	c.gso.Store(err == nil)
+	// Ask the kernel to coalesce consecutive datagrams of a flow into one read (UDP GRO, 5.0);
+	// an older kernel just delivers them one by one.
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+	c.wakeFD, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return bad(os.NewSyscallError("eventfd", err))
+	}
+	return c, nil
+}
+
+func (c *udpConn) LocalAddr() netip.AddrPort { return c.local }
+
+func (c *udpConn) GSO() bool { return c.gso.Load() }
+
+func (c *udpConn) Close() error {
+	c.closeOnce.Do(func() {
+		one := [8]byte{1} // an eventfd takes a native-endian uint64; any nonzero value wakes
+		_, _ = unix.Write(c.wakeFD, one[:])
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.closed = true
+		unix.Close(c.fd)
+		unix.Close(c.wakeFD)
+	})
+	return nil
+}
+
+func (c *udpConn) ReadBatch(msgs []Message) (int, error) {
+	msgs = msgs[:min(len(msgs), MaxBatch)]
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	if c.recv == nil {
+		c.recv = newMmsgBatch()
+	}
+	b := c.recv
+	for i := range msgs {
+		b.iovs[i].Base = unsafe.SliceData(msgs[i].Buf)
+		b.iovs[i].SetLen(len(msgs[i].Buf))
+		h := &b.hdrs[i].Hdr
+		h.Namelen = unix.SizeofSockaddrInet4
+		h.SetControllen(cmsgRoom)
+		h.Flags = 0
+		b.hdrs[i].Len = 0
+	}
+	defer b.release(len(msgs))
+	for {
+		r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&b.hdrs[0])),
+			uintptr(len(msgs)), 0, 0, 0)
+		switch errno {
+		case 0:
+			n := int(r)
+			for i := range n {
+				c.fill(&msgs[i], b, i)
+			}
+			return n, nil
+		case unix.EINTR:
+		case unix.EAGAIN:
+			if err := c.wait(unix.POLLIN); err != nil {
+				return 0, err
+			}
+		default:
+			return 0, os.NewSyscallError("recvmmsg", errno)
+		}
+	}
+}
+
+// fill reports what the kernel wrote into slot i.
+func (c *udpConn) fill(m *Message, b *mmsgBatch, i int) {
+	h := &b.hdrs[i]
+	m.N = int(h.Len)
+	m.Addr = netip.AddrPort{}
+	if sa := &b.names[i]; sa.Family == unix.AF_INET {
+		p := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order
+		m.Addr = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
+	}
+	dst, seg := parseCmsgs(b.oobs[i][:h.Hdr.Controllen])
+	m.Local = c.local.Addr()
+	if c.pktinfo {
+		m.Local = dst
+	}
+	if seg <= 0 || seg >= m.N {
+		seg = 0
+	}
+	m.Segment = seg
+}
+
+// target checks a message's addresses and returns its destination and the source to ask for
+// (invalid: the kernel chooses).
+func (c *udpConn) target(m *Message) (unix.RawSockaddrInet4, netip.Addr, error) {
+	to := m.Addr.Addr().Unmap()
+	if !to.Is4() {
+		return unix.RawSockaddrInet4{}, netip.Addr{}, fmt.Errorf("sock: send to %v: %w", m.Addr, errNotIPv4)
+	}
+	src := m.Local.Unmap()
+	switch {
+	case !src.IsValid() || src == c.local.Addr():
+		src = netip.Addr{} // the socket's own address anyway: no control message needed
+	case !src.Is4():
+		return unix.RawSockaddrInet4{}, netip.Addr{}, fmt.Errorf("sock: send from %v: %w", m.Local, errNotIPv4)
+	}
+	if segmented(m) && m.Segment > 0xffff {
+		return unix.RawSockaddrInet4{}, netip.Addr{}, fmt.Errorf("sock: segment size %d out of range", m.Segment)
+	}
+	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: to.As4()}
+	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
+	p[0], p[1] = byte(m.Addr.Port()>>8), byte(m.Addr.Port())
+	return sa, src, nil
+}
+
+// segmented says whether m leaves as more than one datagram.
+func segmented(m *Message) bool { return m.Segment > 0 && len(m.Buf) > m.Segment }
+
+func (c *udpConn) WriteBatch(msgs []Message) (int, error) {
+	if len(msgs) == 1 && !segmented(&msgs[0]) {
+		return c.writeOne(&msgs[0])
+	}
+	c.smu.Lock()
+	defer c.smu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if len(msgs) == 0 {
+		if c.closed {
+			return 0, net.ErrClosed
+		}
+		return 0, nil
+	}
+	if c.send == nil {
+		c.send = newMmsgBatch()
+	}
+	b := c.send
+	var (
+		sent     int
+		first    error // the first refusal
+		gsoErr   error
+		refused  = -1 // the last message a datagram of which was refused
+		msg, off int  // where the next slot starts: a message, and an offset into its Buf when segmenting in userspace
+	)
+	for msg < len(msgs) {
+		if c.closed {
+			return sent, net.ErrClosed
+		}
+		k, nextMsg, nextOff, err := c.fillSend(b, msgs, msg, off)
+		if err != nil && first == nil {
+			first = err
+		}
+		if k == 0 { // msg failed its checks: skip it
+			msg, off = nextMsg, nextOff
+			continue
+		}
+		resume := false
+		for j := 0; j < k && !resume; {
+			r, errno := c.sendmmsg(b.hdrs[j:k])
+			switch {
+			case errno == 0:
+				for range r {
+					if b.last[j] && b.owner[j] != refused {
+						sent++
+					}
+					j++
+				}
+			case errno == unix.EINTR:
+			case errno == unix.EAGAIN:
+				if err := c.wait(unix.POLLOUT); err != nil {
+					b.release(k)
+					return sent, err
+				}
+			case errno == unix.EIO && b.gso[j]:
+				// The route's device cannot take UDP GSO. Nothing of this message left; send
+				// it again, from this slot on, segmented here.
+				if c.gso.CompareAndSwap(true, false) {
+					gsoErr = fmt.Errorf("%w: %w", ErrGSO, os.NewSyscallError("sendmmsg", errno))
+				}
+				msg, off = b.owner[j], 0
+				resume = true
+			default:
+				// sendmmsg reports an error only when the first message failed: skip it.
+				// ENOBUFS (the device queue is full) lands here too: waiting for POLLOUT would
+				// spin, since the socket buffer has room, and UDP may drop.
+				refused = b.owner[j]
+				if first == nil {
+					first = os.NewSyscallError("sendmmsg", errno)
+				}
+				j++
+			}
+		}
+		b.release(k)
+		if !resume {
+			msg, off = nextMsg, nextOff
+		}
+	}
+	switch {
+	case gsoErr != nil && first != nil:
+		return sent, errors.Join(gsoErr, first)
+	case gsoErr != nil:
+		return sent, gsoErr
+	}
+	return sent, first
+}
+
+func (c *udpConn) sendmmsg(hdrs []unix.Mmsghdr) (int, unix.Errno) {
+	if c.refuse != nil {
+		n, errno := c.refuse(hdrs)
+		if n == 0 {
+			return 0, errno
+		}
+		hdrs = hdrs[:n]
+	}
+	r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&hdrs[0])),
+		uintptr(len(hdrs)), 0, 0, 0)
+	return int(r), errno
+}
+
+// fillSend fills the slots of b with msgs from message msg at offset off (not 0 only while the
+// Conn cuts that message's segments) and returns how many slots it filled and where the next fill
+// starts. A message that fails its checks ends the fill; when it comes first, it fills nothing
+// and its error is returned, so that refusals are reported in order.
+func (c *udpConn) fillSend(b *mmsgBatch, msgs []Message, msg, off int) (k, nextMsg, nextOff int, err error) {
+	nextMsg, nextOff = msg, off
+	for k < MaxBatch && nextMsg < len(msgs) {
+		cur := nextMsg
+		m := &msgs[cur]
+		sa, src, err := c.target(m)
+		if err != nil {
+			if k == 0 {
+				return 0, cur + 1, 0, err
+			}
+			break
+		}
+		data, seg := m.Buf, 0
+		switch {
+		case segmented(m) && c.gso.Load():
+			seg = m.Segment
+			nextMsg++
+		case segmented(m):
+			end := min(nextOff+m.Segment, len(m.Buf))
+			data = m.Buf[nextOff:end]
+			if nextOff = end; nextOff == len(m.Buf) {
+				nextMsg, nextOff = nextMsg+1, 0
+			}
+		default:
+			nextMsg++
+		}
+		b.names[k] = sa
+		b.iovs[k].Base = unsafe.SliceData(data)
+		b.iovs[k].SetLen(len(data))
+		h := &b.hdrs[k].Hdr
+		h.Namelen = unix.SizeofSockaddrInet4
+		h.SetControllen(putSendCmsgs(b.oobs[k][:], src, seg))
+		h.Flags = 0
+		b.hdrs[k].Len = 0
+		b.owner[k], b.last[k], b.gso[k] = cur, nextMsg != cur, seg > 0
+		k++
+	}
+	return k, nextMsg, nextOff, nil
+}
+
+// writeOne sends one datagram with sendmsg, its headers on the stack: a control packet from a
+// handshake goroutine does not queue behind the batch of another sender.
+func (c *udpConn) writeOne(m *Message) (int, error) {
+	sa, src, err := c.target(m)
+	if err != nil {
+		return 0, err
+	}
+	var oob [cmsgRoom]byte
+	iov := unix.Iovec{Base: unsafe.SliceData(m.Buf)}
+	iov.SetLen(len(m.Buf))
+	h := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet4, Iov: &iov}
+	h.SetIovlen(1)
+	if n := putSendCmsgs(oob[:], src, 0); n > 0 {
+		h.Control = &oob[0]
+		h.SetControllen(n)
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for {
+		if c.closed {
+			return 0, net.ErrClosed
+		}
+		_, _, errno := unix.Syscall(unix.SYS_SENDMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&h)), 0)
+		switch errno {
+		case 0:
+			return 1, nil
+		case unix.EINTR:
+		case unix.EAGAIN:
+			if err := c.wait(unix.POLLOUT); err != nil {
+				return 0, err
+			}
+		default:
+			return 0, os.NewSyscallError("sendmsg", errno)
+		}
+	}
+}
+
+// wait blocks in ppoll until the socket has the events or Close fired the wake eventfd, and
+// returns net.ErrClosed for the latter. The caller holds mu for reading.
+func (c *udpConn) wait(events int16) error {
+	fds := [2]unix.PollFd{{Fd: int32(c.fd), Events: events}, {Fd: int32(c.wakeFD), Events: unix.POLLIN}}
+	for {
+		_, err := unix.Ppoll(fds[:], nil, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return os.NewSyscallError("ppoll", err)
+		}
+		if fds[1].Revents != 0 {
+			return net.ErrClosed
+		}
+		return nil
+	}
+}

@@ -1,0 +1,516 @@
+package sock
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func listen(t *testing.T, ap string) *udpConn {
+	t.Helper()
+	c, err := Host.ListenUDP(netip.MustParseAddrPort(ap))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*udpConn)
+}
+
+// setGRO turns UDP GRO on a test socket on or off, so that a test sees either the datagrams the
+// sender cut or the kernel's coalesced reads.
+func setGRO(t *testing.T, c *udpConn, on bool) {
+	t.Helper()
+	v := 0
+	if on {
+		v = 1
+	}
+	if err := unix.SetsockoptInt(c.fd, unix.IPPROTO_UDP, unix.UDP_GRO, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// datagram is what a test reads: one datagram, split out of a GRO read if need be.
+type datagram struct {
+	data  []byte
+	from  netip.AddrPort
+	local netip.Addr
+}
+
+// readN reads until want datagrams arrived, splitting GRO reads, and fails after 5 s.
+func readN(t *testing.T, c Conn, want int) []datagram {
+	t.Helper()
+	msgs := make([]Message, 8)
+	for i := range msgs {
+		msgs[i].Buf = make([]byte, 65536)
+	}
+	var got []datagram
+	timer := time.AfterFunc(5*time.Second, func() { c.Close() })
+	defer timer.Stop()
+	for len(got) < want {
+		n, err := c.ReadBatch(msgs)
+		if err != nil {
+			t.Fatalf("after %d of %d datagrams: %v", len(got), want, err)
+		}
+		for _, m := range msgs[:n] {
+			for _, d := range split(m) {
+				got = append(got, datagram{bytes.Clone(d), m.Addr, m.Local})
+			}
+		}
+	}
+	return got
+}
+
+// split returns the datagrams of a read.
+func split(m Message) [][]byte {
+	data := m.Buf[:m.N]
+	if m.Segment == 0 {
+		return [][]byte{data}
+	}
+	var out [][]byte
+	for len(data) > 0 {
+		k := min(m.Segment, len(data))
+		out = append(out, data[:k])
+		data = data[k:]
+	}
+	return out
+}
+
+func sizes(ds []datagram) []int {
+	var out []int
+	for _, d := range ds {
+		out = append(out, len(d.data))
+	}
+	return out
+}
+
+func TestBatchRoundTrip(t *testing.T) {
+	a := listen(t, "127.0.0.1:0")
+	b := listen(t, "127.0.0.1:0")
+	if a.LocalAddr().Port() == 0 || a.LocalAddr().Addr() != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("local address %v: want 127.0.0.1 and the kernel's port", a.LocalAddr())
+	}
+	var out []Message
+	for i := range 5 {
+		out = append(out, Message{Buf: bytes.Repeat([]byte{byte(i + 1)}, 100*(i+1)), Addr: b.LocalAddr()})
+	}
+	if n, err := a.WriteBatch(out); n != 5 || err != nil {
+		t.Fatalf("WriteBatch: %d, %v; want 5, nil", n, err)
+	}
+	got := readN(t, b, 5)
+	for i, d := range got {
+		if d.from != a.LocalAddr() || d.local != b.LocalAddr().Addr() {
+			t.Errorf("datagram %d from %v to %v, want from %v to %v", i, d.from, d.local, a.LocalAddr(), b.LocalAddr().Addr())
+		}
+		if !bytes.Equal(d.data, out[i].Buf) {
+			t.Errorf("datagram %d: %d bytes of %d, want %d bytes of %d", i, len(d.data), d.data[0], len(out[i].Buf), out[i].Buf[0])
+		}
+	}
+}
+
+// More messages than a batch holds go out in several sendmmsg calls, in order.
+func TestWriteBatchLongerThanMaxBatch(t *testing.T) {
+	a := listen(t, "127.0.0.1:0")
+	b := listen(t, "127.0.0.1:0")
+	out := make([]Message, 3*MaxBatch+5)
+	for i := range out {
+		out[i] = Message{Buf: []byte{byte(i), byte(i >> 8)}, Addr: b.LocalAddr()}
+	}
+	if n, err := a.WriteBatch(out); n != len(out) || err != nil {
+		t.Fatalf("WriteBatch: %d, %v; want %d, nil", n, err, len(out))
+	}
+	for i, d := range readN(t, b, len(out)) {
+		if !bytes.Equal(d.data, out[i].Buf) {
+			t.Fatalf("datagram %d is %x, want %x", i, d.data, out[i].Buf)
+		}
+	}
+}
+
+// A socket on the unspecified address learns each datagram's destination (IP_PKTINFO) and answers
+// from it, on both send paths (one message, and a batch).
+func TestPktinfoReply(t *testing.T) {
+	srv := listen(t, "0.0.0.0:0")
+	peer := listen(t, "127.0.0.1:0")
+	to := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), srv.LocalAddr().Port())
+	if _, err := peer.WriteBatch([]Message{{Buf: []byte("hello"), Addr: to}}); err != nil {
+		t.Fatal(err)
+	}
+	req := readN(t, srv, 1)[0]
+	if req.local != to.Addr() || req.from != peer.LocalAddr() || string(req.data) != "hello" {
+		t.Fatalf("read %q from %v to %v, want %q from %v to %v", req.data, req.from, req.local, "hello", peer.LocalAddr(), to.Addr())
+	}
+	if _, err := srv.WriteBatch([]Message{{Buf: []byte("one"), Addr: req.from, Local: req.local}}); err != nil {
+		t.Fatal(err)
+	}
+	batch := []Message{
+		{Buf: []byte("two"), Addr: req.from, Local: req.local},
+		{Buf: []byte("three"), Addr: req.from, Local: req.local},
+		{Buf: []byte("chosen"), Addr: req.from}, // no Local: the kernel picks 127.0.0.1
+	}
+	if n, err := srv.WriteBatch(batch); n != 3 || err != nil {
+		t.Fatalf("WriteBatch: %d, %v", n, err)
+	}
+	want := map[string]netip.AddrPort{
+		"one": to, "two": to, "three": to,
+		"chosen": netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), to.Port()),
+	}
+	for _, d := range readN(t, peer, 4) {
+		if w, ok := want[string(d.data)]; !ok || d.from != w {
+			t.Errorf("reply %q came from %v, want %v", d.data, d.from, w)
+		}
+	}
+}
+
+// One message with Segment leaves as one datagram per segment (UDP GSO).
+func TestGSOSend(t *testing.T) {
+	a := listen(t, "127.0.0.1:0")
+	if !a.GSO() {
+		t.Fatal("no UDP GSO (kernels since 4.18 have it)")
+	}
+	b := listen(t, "127.0.0.1:0")
+	setGRO(t, b, false)
+	payload := segments(500, 3, 200)
+	if n, err := a.WriteBatch([]Message{{Buf: payload, Addr: b.LocalAddr(), Segment: 500}}); n != 1 || err != nil {
+		t.Fatalf("WriteBatch: %d, %v", n, err)
+	}
+	checkSegments(t, readN(t, b, 4), []int{500, 500, 500, 200})
+}
+
+// segments returns count segments of size bytes and a last one of tail bytes; each starts with
+// its index.
+func segments(size, count, tail int) []byte {
+	p := make([]byte, size*count+tail)
+	for i := range p {
+		p[i] = byte(i / size)
+	}
+	return p
+}
+
+func checkSegments(t *testing.T, got []datagram, want []int) {
+	t.Helper()
+	if s := sizes(got); !slices.Equal(s, want) {
+		t.Fatalf("datagrams of %v bytes, want %v", s, want)
+	}
+	for i, d := range got {
+		if d.data[0] != byte(i) {
+			t.Errorf("datagram %d starts with %d", i, d.data[0])
+		}
+	}
+}
+
+// A receiver with UDP GRO gets the segments of a GSO send as one read that reports the segment
+// size.
+func TestGROReadReportsSegment(t *testing.T) {
+	a := listen(t, "127.0.0.1:0")
+	b := listen(t, "127.0.0.1:0") // GRO is on for Host listeners
+	payload := segments(500, 3, 200)
+	if _, err := a.WriteBatch([]Message{{Buf: payload, Addr: b.LocalAddr(), Segment: 500}}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := []Message{{Buf: make([]byte, 65536)}}
+	n, err := b.ReadBatch(msgs)
+	if err != nil || n != 1 {
+		t.Fatalf("ReadBatch: %d, %v", n, err)
+	}
+	if m := msgs[0]; m.N != len(payload) || m.Segment != 500 || !bytes.Equal(m.Buf[:m.N], payload) {
+		t.Fatalf("read %d bytes with segment %d, want %d bytes with segment 500", m.N, m.Segment, len(payload))
+	}
+}
+
+// Without kernel GSO the Conn cuts segments itself, across sendmmsg calls when a message has more
+// segments than a batch has slots, and keeps the order of the messages around it.
+func TestUserspaceSegmentation(t *testing.T) {
+	a := listen(t, "127.0.0.1:0")
+	b := listen(t, "127.0.0.1:0")
+	setGRO(t, b, false)
+	a.gso.Store(false)
+	big := segments(10, 2*MaxBatch+3, 5)
+	out := []Message{
+		{Buf: []byte{0xaa}, Addr: b.LocalAddr()},
+		{Buf: big, Addr: b.LocalAddr(), Segment: 10},
+		{Buf: []byte{0xbb, 0xbb}, Addr: b.LocalAddr(), Segment: 10}, // shorter than a segment: one datagram
+	}
+	if n, err := a.WriteBatch(out); n != 3 || err != nil {
+		t.Fatalf("WriteBatch: %d, %v", n, err)
+	}
+	got := readN(t, b, 1+2*MaxBatch+4+1)
+	if !bytes.Equal(got[0].data, out[0].Buf) || !bytes.Equal(got[len(got)-1].data, out[2].Buf) {
+		t.Fatalf("first %x and last %x, want %x and %x", got[0].data, got[len(got)-1].data, out[0].Buf, out[2].Buf)
+	}
+	want := slices.Repeat([]int{10}, 2*MaxBatch+3)
+	checkSegments(t, got[1:len(got)-1], append(want, 5))
+}
+
+// When the kernel refuses GSO (EIO), the message goes out segment by segment, the Conn stops
+// asking for GSO, and the call says so once.
+func TestGSORefused(t *testing.T) {
+	a := listen(t, "127.0.0.1:0")
+	b := listen(t, "127.0.0.1:0")
+	setGRO(t, b, false)
+	var refused int
+	a.refuse = func(hdrs []unix.Mmsghdr) (int, unix.Errno) {
+		for i := range hdrs {
+			if hdrs[i].Hdr.Controllen > 0 { // the only control message here is UDP_SEGMENT
+				if i == 0 {
+					refused++
+					return 0, unix.EIO
+				}
+				return i, 0
+			}
+		}
+		return len(hdrs), 0
+	}
+	payload := segments(300, 2, 100)
+	out := []Message{
+		{Buf: []byte("before"), Addr: b.LocalAddr()},
+		{Buf: payload, Addr: b.LocalAddr(), Segment: 300},
+		{Buf: payload, Addr: b.LocalAddr(), Segment: 300},
+	}
+	n, err := a.WriteBatch(out)
+	if n != 3 || !errors.Is(err, ErrGSO) || !errors.Is(err, unix.EIO) {
+		t.Fatalf("WriteBatch: %d, %v; want 3 and ErrGSO", n, err)
+	}
+	if a.GSO() || refused != 1 {
+		t.Fatalf("GSO() %v after %d refusals, want false after 1", a.GSO(), refused)
+	}
+	got := readN(t, b, 7)
+	if string(got[0].data) != "before" {
+		t.Fatalf("first datagram %q", got[0].data)
+	}
+	checkSegments(t, got[1:4], []int{300, 300, 100})
+	checkSegments(t, got[4:7], []int{300, 300, 100})
+	if n, err := a.WriteBatch(out[1:2]); n != 1 || err != nil {
+		t.Fatalf("WriteBatch after the fallback: %d, %v; want 1, nil (ErrGSO is reported once)", n, err)
+	}
+	checkSegments(t, readN(t, b, 3), []int{300, 300, 100})
+}
+
+// A message the kernel or the checks refuse is skipped; the rest go, and the first error is
+// returned.
+func TestWriteBatchSkipsRefused(t *testing.T) {
+	a := listen(t, "127.0.0.1:0")
+	b := listen(t, "127.0.0.1:0")
+	var calls int
+	a.refuse = func(hdrs []unix.Mmsghdr) (int, unix.Errno) {
+		calls++
+		if calls == 2 { // the second call starts at the message after the IPv6 one
+			return 0, unix.ENOBUFS
+		}
+		return len(hdrs), 0
+	}
+	out := []Message{
+		{Buf: []byte("0"), Addr: b.LocalAddr()},
+		{Buf: []byte("v6"), Addr: netip.MustParseAddrPort("[2001:db8::1]:1194")},
+		{Buf: []byte("2"), Addr: b.LocalAddr()},
+		{Buf: []byte("3"), Addr: b.LocalAddr()},
+		{Buf: []byte("4"), Addr: b.LocalAddr(), Local: netip.MustParseAddr("2001:db8::2")},
+	}
+	n, err := a.WriteBatch(out)
+	if n != 2 || !errors.Is(err, errNotIPv4) {
+		t.Fatalf("WriteBatch: %d, %v; want 2 and the IPv6 refusal first", n, err)
+	}
+	got := readN(t, b, 2)
+	if string(got[0].data) != "0" || string(got[1].data) != "3" {
+		t.Fatalf("got %q and %q, want 0 and 3 (2 was refused with ENOBUFS)", got[0].data, got[1].data)
+	}
+	if _, err := a.WriteBatch(out[1:2]); !errors.Is(err, errNotIPv4) {
+		t.Fatalf("one IPv6 message: %v", err)
+	}
+}
+
+// A read blocked in ppoll returns when the Conn closes, and a closed Conn refuses further calls
+// instead of touching a descriptor number the process may have reused.
+func TestWakeAndClose(t *testing.T) {
+	u := listen(t, "127.0.0.1:0")
+	done := make(chan error, 1)
+	go func() {
+		_, err := u.ReadBatch([]Message{{Buf: make([]byte, 2048)}})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("ReadBatch returned before any datagram or Close: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if err := u.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("ReadBatch during Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ReadBatch still blocked 5 s after Close")
+	}
+	if err := u.Close(); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	one := []Message{{Buf: []byte("x"), Addr: u.LocalAddr()}}
+	if _, err := u.WriteBatch(one); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("WriteBatch of one after Close: %v", err)
+	}
+	if _, err := u.WriteBatch(append(one, one...)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("WriteBatch of two after Close: %v", err)
+	}
+	if _, err := u.ReadBatch([]Message{{Buf: make([]byte, 64)}}); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("ReadBatch after Close: %v", err)
+	}
+}
+
+// Readers and writers racing Close all end with net.ErrClosed (run with -race).
+func TestCloseUnderLoad(t *testing.T) {
+	a := listen(t, "127.0.0.1:0")
+	var wg sync.WaitGroup
+	errs := make(chan error, 5)
+	for w := range 4 {
+		wg.Go(func() {
+			out := []Message{{Buf: make([]byte, 100), Addr: a.LocalAddr()}}
+			if w%2 == 1 {
+				out = append(out, out[0], out[0])
+			}
+			for {
+				if _, err := a.WriteBatch(out); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		msgs := []Message{{Buf: make([]byte, 2048)}, {Buf: make([]byte, 2048)}}
+		for {
+			if _, err := a.ReadBatch(msgs); err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
+	time.Sleep(20 * time.Millisecond)
+	a.Close()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("call ended with %v, want net.ErrClosed", err)
+		}
+	}
+}
+
+func TestRejectsIPv6(t *testing.T) {
+	if c, err := Host.ListenUDP(netip.MustParseAddrPort("[::1]:0")); !errors.Is(err, errNotIPv4) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("IPv6 UDP listener: %v, want the IPv4-only refusal", err)
+	}
+	if ln, err := Host.ListenTCP(netip.MustParseAddrPort("[::1]:0")); !errors.Is(err, errNotIPv4) {
+		if ln != nil {
+			ln.Close()
+		}
+		t.Fatalf("IPv6 TCP listener: %v, want the IPv4-only refusal", err)
+	}
+	// An IPv4-mapped address is IPv4.
+	c, err := Host.ListenUDP(netip.MustParseAddrPort("[::ffff:127.0.0.1]:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := c.LocalAddr().Addr(); got != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("mapped listener bound to %v", got)
+	}
+}
+
+func TestListenUDPBusyPort(t *testing.T) {
+	a := listen(t, "127.0.0.1:0")
+	if c, err := Host.ListenUDP(a.LocalAddr()); !errors.Is(err, unix.EADDRINUSE) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("second listener on %v: %v, want EADDRINUSE", a.LocalAddr(), err)
+	}
+}
+
+func TestHostTCPEcho(t *testing.T) {
+	ln, err := Host.ListenTCP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo %q, %v", buf, err)
+	}
+}
+
+// Reads and writes allocate nothing per batch, on every send path: one message, a batch with
+// IP_PKTINFO, and UDP GSO.
+func TestNoAllocs(t *testing.T) {
+	srv := listen(t, "0.0.0.0:0")
+	peer := listen(t, "127.0.0.1:0")
+	setGRO(t, peer, false)
+	var a, b Conn = srv, peer
+	src := netip.MustParseAddr("127.0.0.1")
+	pkt := make([]byte, 1000)
+	batch := make([]Message, 4)
+	for i := range batch {
+		batch[i] = Message{Buf: pkt, Addr: b.LocalAddr(), Local: src}
+	}
+	one := []Message{{Buf: pkt, Addr: b.LocalAddr(), Local: src}}
+	gso := []Message{{Buf: make([]byte, 4*500), Addr: b.LocalAddr(), Local: src, Segment: 500}}
+	in := make([]Message, 8)
+	for i := range in {
+		in[i].Buf = make([]byte, 2048)
+	}
+	read := func(want int) {
+		for got := 0; got < want; {
+			n, err := b.ReadBatch(in)
+			if err != nil {
+				panic(err)
+			}
+			got += n
+		}
+	}
+	allocs := testing.AllocsPerRun(200, func() {
+		if n, err := a.WriteBatch(batch); n != 4 || err != nil {
+			panic(fmt.Sprint(n, err))
+		}
+		read(4)
+		if n, err := a.WriteBatch(one); n != 1 || err != nil {
+			panic(fmt.Sprint(n, err))
+		}
+		read(1)
+		if n, err := a.WriteBatch(gso); n != 1 || err != nil {
+			panic(fmt.Sprint(n, err))
+		}
+		read(4)
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per round trip, want 0", allocs)
+	}
+}
