@@ -109,7 +109,7 @@ func (s *Session) WritePacket(ip []byte) error {
 	return nil
 }
 
-// sendData seals payload in a pooled buffer and sends it (wire §8.2).
+// sendData seals payload in a pooled buffer and sends it (protocol §8.2).
 func (s *Session) sendData(payload []byte) error {
 	k := s.sendKey.Load()
 	if k == nil {
@@ -284,7 +284,7 @@ func (s *Session) startKeepalive() {
 }
 
 // keepaliveTick sends the ping when nothing was sent for `ping` and ends the session when
-// nothing arrived for `ping-restart` (wire §13), then rearms itself.
+// nothing arrived for `ping-restart` (protocol §13), then rearms itself.
 func (s *Session) keepaliveTick() {
 	if s.Err() != nil {
 		return
