@@ -2,13 +2,17 @@ SHELL := /bin/bash
 # cvpn: `make help` lists the targets. `make test` is what CI runs (as root).
 GO      ?= go
 BIN     := bin/cvpn
-PKGS    := $(shell $(GO) list ./... | grep -v /e2e)
+# PKGS is expanded where it is used, so `make deps` works before Go can load the module.
+PKGS     = $(shell $(GO) list ./... | grep -v /e2e)
 STATICCHECK_VERSION ?= v0.8.2
 
 .PHONY: help build deps test unit e2e fuzz bench-once lint demo bench clean
 
-# Debian packages the end-to-end tests, the demo and the benchmark run.
-DEB_PACKAGES := openvpn iperf3 iproute2 iputils-ping iptables bench
+# Debian packages the tests, the demo and the benchmark run: the stock client and server (openvpn),
+# iperf3, ip (iproute2), ping (iputils-ping), the stock server's MASQUERADE (iptables), packet
+# captures while debugging (tcpdump), unshare, setpriv and mount (util-linux), and the CA bundle that
+# `go mod download` needs (ca-certificates). Each must exist in Debian: `apt-cache policy NAME`.
+DEB_PACKAGES := openvpn iperf3 iproute2 iputils-ping iptables tcpdump util-linux ca-certificates
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -16,9 +20,14 @@ help: ## list the targets
 build: ## build bin/cvpn
 	$(GO) build -o $(BIN) ./cmd/cvpn
 
-deps: ## install the Debian packages the tests, demo and benchmark need, if any is missing (root)
-	@missing=""; for c in openvpn iperf3 ip ping iptables; do command -v $$c >/dev/null || missing=1; done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PACKAGES); fi
+deps: ## install the Debian packages the tests, demo and benchmark need, those not installed yet (root)
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -qx 'install ok installed' || echo "$$p"; \
+	done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	echo "deps: installing" $$missing; \
+	if [ "$$(id -u)" != 0 ]; then echo "deps: not root: run 'make deps' as root, or apt-get install" $$missing; exit 1; fi; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing
 
 test: deps unit e2e fuzz bench-once ## everything CI runs: unit tests (race), end-to-end tests (root), fuzz smoke, benchmarks once
 

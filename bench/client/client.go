@@ -3,11 +3,12 @@
 // tunnel/replay). It is the engine of the load generator and of in-process engine tests: Connect
 // runs the whole handshake and returns a Session that moves IP packets through the tunnel.
 //
-// It owns the client side of the protocol: the hard reset with the 2.6 cookie flow (wire §4), the
-// TLS client with `remote-cert-tls server` checks (§5), the client key-method 2 block and
-// peer-info (§6), PUSH_REQUEST/PUSH_REPLY (§10.1), data-key derivation by EKM or PRF (§7), the
-// data channel (§8), keepalive (§13), answering server-initiated renegotiation (§12) and EXIT
-// (§9.3), over UDP or TCP (packets framed with their 2-byte length, §1), with the control channel
+// It owns the client side of the protocol: the hard reset with the 2.6 cookie flow
+// (docs/protocol.md §4), the TLS client with `remote-cert-tls server` checks (protocol §5), the
+// client key-method 2 block and peer-info (protocol §6), PUSH_REQUEST/PUSH_REPLY (protocol §10.1),
+// data-key derivation by EKM or PRF (protocol §7), the data channel (protocol §8), keepalive
+// (protocol §13), answering server-initiated renegotiation (protocol §12) and EXIT (protocol §9.3),
+// over UDP or TCP (packets framed with their 2-byte length, protocol §1), with the control channel
 // plain, under tls-crypt or under tls-auth. It does not own a TUN device, routes, DNS, compression
 // framing (it announces none), tls-crypt-v2, dynamic tls-crypt or reconnection: a failed session
 // stays failed and the caller dials a new one.
@@ -54,7 +55,7 @@ import (
 // client implements (DATA_V2, REQUEST_PUSH, TLS_KEY_EXPORT, CC_EXIT).
 const DefaultProto = keymethod.ProtoDataV2 | keymethod.ProtoRequestPush | keymethod.ProtoTLSKeyExport | keymethod.ProtoCCExit
 
-// Protocol timings (OpenVPN defaults, wire §10.1, §12, §13).
+// Protocol timings (OpenVPN defaults, protocol §10.1, §12, §13).
 const (
 	// DefaultHandWindow bounds Connect when its context has no deadline, and each renegotiation.
 	DefaultHandWindow = 60 * time.Second
@@ -311,7 +312,7 @@ func newSession(cfg Config, l *link) *Session {
 
 // verifyServer checks the server certificate chain against RootCAs and what
 // `remote-cert-tls server` demands of the leaf: a keyUsage extension and extendedKeyUsage
-// serverAuth (wire §5). A leaf without any EKU passes x509 verification but not this check.
+// serverAuth (protocol §5). A leaf without any EKU passes x509 verification but not this check.
 func (s *Session) verifyServer(cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) == 0 {
 		return fmt.Errorf("%w: no certificate", ErrServerCert)
@@ -385,7 +386,7 @@ func (s *Session) Close() error {
 	return nil
 }
 
-// sendExit tells the server the client leaves (wire §9.3).
+// sendExit tells the server the client leaves (protocol §9.3).
 func (s *Session) sendExit() {
 	if !s.push.CCExit() {
 		_ = s.sendData(occExit)

@@ -9,10 +9,10 @@ import (
 )
 
 // maxPendingControl bounds an unterminated control message, as the 2048-byte TLS read buffer
-// of an OpenVPN client does (wire §10).
+// of an OpenVPN client does (protocol §10).
 const maxPendingControl = 2048
 
-// controlLoop reads the control messages of one key state until its TLS stream ends (wire §10).
+// controlLoop reads the control messages of one key state until its TLS stream ends (protocol §10).
 // Before Connect returns, the push reply or refusal goes to Connect; afterwards AUTH_FAILED,
 // RESTART and HALT end the session, and further PUSH_REPLYs (auth-token refreshes) are ignored.
 func (s *Session) controlLoop(conn *tls.Conn, pending []byte) {

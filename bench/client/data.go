@@ -28,7 +28,7 @@ const (
 	// tailRoom follows a datagram in its buffer so that AEAD open and seal work in place.
 	tailRoom = 16
 	// MaxPacketSize is the largest IP packet WritePacket sends.
-	MaxPacketSize = maxDatagram - datacrypto.HeaderV2 - datacrypto.Overhead
+	MaxPacketSize = maxDatagram - packet.DataV2HeaderLen - datacrypto.Overhead
 	// queueLen is how many opened packets wait for ReadPacket before more are dropped.
 	queueLen = 32
 )
@@ -109,7 +109,7 @@ func (s *Session) WritePacket(ip []byte) error {
 	return nil
 }
 
-// sendData seals payload in a pooled buffer and sends it (wire §8.2).
+// sendData seals payload in a pooled buffer and sends it (protocol §8.2).
 func (s *Session) sendData(payload []byte) error {
 	k := s.sendKey.Load()
 	if k == nil {
@@ -120,20 +120,16 @@ func (s *Session) sendData(payload []byte) error {
 		k.sendPID.Store(^uint32(0))
 		return ErrPacketIDExhausted
 	}
-	hdr := datacrypto.HeaderV1
+	op := packet.DataV1
 	if s.dataV2 {
-		hdr = datacrypto.HeaderV2
+		op = packet.DataV2
 	}
+	hdr := packet.DataHeaderLen(op)
 	pb := getPkt()
 	defer putPkt(pb)
 	p := pb.b[:hdr+datacrypto.Overhead+len(payload)]
 	copy(p[hdr+datacrypto.Overhead:], payload)
-	if s.dataV2 {
-		p[0] = packet.Header(packet.DataV2, k.id)
-		p[1], p[2], p[3] = byte(s.peerID>>16), byte(s.peerID>>8), byte(s.peerID)
-	} else {
-		p[0] = packet.Header(packet.DataV1, k.id)
-	}
+	packet.PutDataHeader(p, op, k.id, s.peerID)
 	p = k.keys.Seal(p, hdr, pid)
 	if err := s.link.write(p); err != nil {
 		if s.Err() != nil {
@@ -192,10 +188,15 @@ func (s *Session) receiveLoop() {
 			continue
 		}
 		wire := pb.b[:n]
-		op, kid := packet.SplitHeader(wire[0])
+		op, _ := packet.SplitHeader(wire[0])
 		switch {
 		case op.IsData():
-			if s.receiveData(pb, wire, op, kid) {
+			h, err := packet.ParseDataHeader(wire)
+			if err != nil {
+				s.stats.drop(dropMalformed)
+				continue
+			}
+			if s.receiveData(pb, wire, h) {
 				pb = getPkt() // the queue owns the old one
 			}
 		case op.IsControl():
@@ -228,19 +229,15 @@ func (s *Session) receiveControl(wire []byte) {
 	s.lastRecv.Store(s.now().UnixNano())
 }
 
-// receiveData opens a data packet in place and queues its IP packet; it reports whether the
-// queue took pb.
-func (s *Session) receiveData(pb *pktBuf, wire []byte, op packet.Opcode, kid uint8) bool {
-	hdr := datacrypto.HeaderV1
-	if op == packet.DataV2 {
-		hdr = datacrypto.HeaderV2
-	}
-	k := s.keys[kid].Load()
+// receiveData opens a data packet with header h in place and queues its IP packet; it reports
+// whether the queue took pb. The peer-id is not checked: the server's is only a lookup key.
+func (s *Session) receiveData(pb *pktBuf, wire []byte, h packet.DataHeader) bool {
+	k := s.keys[h.KeyID].Load()
 	if k == nil {
 		s.stats.drop(dropNoKey)
 		return false
 	}
-	id, pt, err := k.keys.Open(wire, hdr)
+	id, pt, err := k.keys.Open(wire, h.Len())
 	if err != nil {
 		s.stats.drop(dropDecrypt)
 		return false
@@ -287,7 +284,7 @@ func (s *Session) startKeepalive() {
 }
 
 // keepaliveTick sends the ping when nothing was sent for `ping` and ends the session when
-// nothing arrived for `ping-restart` (wire §13), then rearms itself.
+// nothing arrived for `ping-restart` (protocol §13), then rearms itself.
 func (s *Session) keepaliveTick() {
 	if s.Err() != nil {
 		return

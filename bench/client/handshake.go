@@ -53,7 +53,7 @@ func (s *Session) connect(ctx context.Context) error {
 		NewKey:    s.onRenegotiation,
 	}, true)
 	// The server's reset (message 0) is acked inside our first P_CONTROL_V1: that packet
-	// proves the cookie (wire §4 step 4).
+	// proves the cookie (protocol §4 step 4).
 	s.ch.AckLater(0, 0)
 	s.lastRecv.Store(s.now().UnixNano())
 	s.wg.Add(2)
@@ -171,7 +171,7 @@ func (s *Session) serverReset(wire []byte) (packet.SessionID, bool) {
 const cookieReprove = time.Second
 
 // reproveCookie covers the loss of our first P_CONTROL_V1: the server keeps no state until a
-// packet acking its reset arrives (wire §4 step 4), and the channel puts each ack on one packet
+// packet acking its reset arrives (protocol §4 step 4), and the channel puts each ack on one packet
 // only, so the retransmitted P_CONTROL_V1 would come without it and be dropped forever. Until the
 // server's first packet on the channel arrives, a bare P_ACK_V1 for its reset goes out every
 // cookieReprove; the server accepts that as the proof too and creates the session.
@@ -205,7 +205,7 @@ type keyExchange struct {
 }
 
 // exchangeKeys runs TLS over key state k, sends the client key-method 2 block and reads the
-// server's (wire §5, §6).
+// server's (protocol §5, §6).
 func (s *Session) exchangeKeys(ctx context.Context, k *channel.Key) (*keyExchange, error) {
 	conn := tls.Client(k.Conn(), s.tlsConf)
 	if err := conn.HandshakeContext(ctx); err != nil {
@@ -267,7 +267,7 @@ func (s *Session) exchangeKeys(ctx context.Context, k *channel.Key) (*keyExchang
 	return kx, nil
 }
 
-// optionsString is the client's OCC options string (wire §6.2); servers only log mismatches.
+// optionsString is the client's OCC options string (protocol §6.2); servers only log mismatches.
 func (s *Session) optionsString() string {
 	c := s.cfg.Ciphers[0]
 	proto := "UDPv4"
@@ -278,7 +278,7 @@ func (s *Session) optionsString() string {
 	return strings.TrimSuffix(srv, "tls-server") + "tls-client"
 }
 
-// peerInfo builds the newline-separated peer-info (wire §6.3): what a 2.6 client sends for
+// peerInfo builds the newline-separated peer-info (protocol §6.3): what a 2.6 client sends for
 // this configuration, then Config.PeerInfo additions and replacements in key order.
 func (s *Session) peerInfo() string {
 	names := make([]string, len(s.cfg.Ciphers))
@@ -338,7 +338,7 @@ func (s *Session) awaitPush(ctx context.Context, conn *tls.Conn) (PushReply, err
 }
 
 // applyPush takes the session parameters from the reply: the cipher (pushed, else the one in the
-// server's options string as a 2.6 client falls back to, wire §11; either must be one of ours),
+// server's options string as a 2.6 client falls back to, protocol §11; either must be one of ours),
 // key derivation and peer-id.
 func (s *Session) applyPush(r *PushReply, serverOptions string) error {
 	name := r.Cipher
@@ -364,7 +364,7 @@ func (s *Session) applyPush(r *PushReply, serverOptions string) error {
 	return nil
 }
 
-// newDataKey derives and builds the data keys of one key state (wire §7): the TLS exporter when
+// newDataKey derives and builds the data keys of one key state (protocol §7): the TLS exporter when
 // the server pushed tls-ekm, else the OpenVPN PRF over the key-method randoms and session ids.
 func (s *Session) newDataKey(kx *keyExchange) (*dataKey, error) {
 	var key2 *datacrypto.Key2
@@ -386,8 +386,9 @@ func (s *Session) newDataKey(kx *keyExchange) (*dataKey, error) {
 	return &dataKey{keys: keys}, nil
 }
 
-// onRenegotiation is the channel's NewKey: the server started a soft reset for key k (wire §12).
-// It runs with the channel's lock held from the receive goroutine, so it only starts work.
+// onRenegotiation is the channel's NewKey: the server started a soft reset for key k
+// (protocol §12). It runs with the channel's lock held from the receive goroutine, so it only
+// starts work.
 func (s *Session) onRenegotiation(k *channel.Key) {
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.renegotiate(k) }()

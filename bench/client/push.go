@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// PushReply is the configuration a server pushed (openvpn-wire.md §10.1), gathered over all the
+// PushReply is the configuration a server pushed (docs/protocol.md §10.1), gathered over all the
 // messages of one reply. Options keeps every option as sent, in order; the fields below decode
 // the ones this client acts on or a load test reports. A field stays zero when its option was not
 // pushed.
@@ -49,7 +49,7 @@ type Route struct {
 	Metric  int
 }
 
-// EKM reports whether the server asked for data keys from the TLS exporter (wire §7.1), by
+// EKM reports whether the server asked for data keys from the TLS exporter (protocol §7.1), by
 // "protocol-flags ... tls-ekm" or "key-derivation tls-ekm".
 func (r *PushReply) EKM() bool {
 	return r.KeyDerivation == "tls-ekm" || r.hasFlag("tls-ekm")

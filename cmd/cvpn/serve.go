@@ -146,8 +146,8 @@ func serveFile(path, memProfile string, log *slog.Logger, stderr io.Writer) int 
 		return exitInvalid
 	}
 	if err := serve(path, ep, memProfile, log); err != nil {
-		log.Error("cvpn stopped", "err", err)
-		return 1
+		printServeError(stderr, err)
+		return exitRuntime
 	}
 	return 0
 }
@@ -159,7 +159,7 @@ func logLevel() slog.Level {
 	return slog.LevelInfo
 }
 
-func serve(path string, ep *endpoint, memProfile string, log *slog.Logger) error {
+func serve(path string, ep *endpoint, memProfile string, log *slog.Logger) (err error) {
 	cfg := ep.Config
 	cert, err := ep.Server.TLSCertificate()
 	if err != nil {
@@ -186,20 +186,16 @@ func serve(path string, ep *endpoint, memProfile string, log *slog.Logger) error
 	if err != nil {
 		return err
 	}
-	host, err := tunnel.SetupHost(tunnel.HostConfig{
-		TUNName:   cfg.TUN.Name,
-		MTU:       cfg.TUN.MTU,
-		Interface: cfg.TargetNetwork.Interface,
-		SNAT:      cfg.TargetNetwork.SNATAddress,
-	}, log)
+	// Signals are caught from here on, so that a stop during setup still removes the host state:
+	// the handler below acts on it once the engine exists.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	host, err := setupHost(hostConfig(cfg), log)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := host.Close(); err != nil {
-			log.Error("removing host state", "err", err)
-		}
-	}()
+	defer closeHost(host, &err, log)
 	srv, err := tunnel.New(tunnel.Config{
 		UDP:            udp,
 		TCP:            tcp,
@@ -215,18 +211,15 @@ func serve(path string, ep *endpoint, memProfile string, log *slog.Logger) error
 		Ciphers:        ep.Ciphers,
 		Pool:           pool,
 		NAT:            natTable,
-		Device:         host.Device,
+		Device:         host.Device(),
 		Policy:         ep.Policy,
 		Ping:           cfg.Keepalive.Ping,
 		PingRestart:    cfg.Keepalive.PingRestart,
 		Log:            log,
 	})
 	if err != nil {
-		return err
+		return engineError(err, cfg)
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	go func() {
 		for sig := range sigs {
 			if sig == syscall.SIGHUP {

@@ -388,7 +388,7 @@ func (c *Channel) Current() uint8 {
 
 // AckLater records that message id of key keyID, already delivered or skipped (below the receive
 // window), must be acknowledged again, without sending anything now: the ack rides on the next
-// packet the channel sends. The client of the UDP cookie handshake (wire §4) creates its channel
+// packet the channel sends. The client of the UDP cookie handshake (docs/protocol.md §4) creates its channel
 // as established after it saw the server's hard reset, and calls AckLater(0, 0) so that the ack of
 // that reset travels inside its first P_CONTROL_V1, as OpenVPN 2.6 clients send it. Ids at or
 // above the next expected one are ignored: those are acked when they arrive.

@@ -1,5 +1,5 @@
 // Package cookie owns the stateless HMAC cookie of the OpenVPN 2.6 UDP 3-way
-// handshake (wire §4): the server's session id in its reply to a client reset
+// handshake (docs/protocol.md §4): the server's session id in its reply to a client reset
 // is a MAC of the client's address, its session id and a coarse time slot, so
 // the server keeps no state until the client echoes the cookie back from the
 // same address.
@@ -106,7 +106,7 @@ func (j *Jar) make(slot int64, addr netip.AddrPort, clientSID packet.SessionID) 
 }
 
 // truncate returns the first 8 bytes of mac as a session id, mapping the
-// all-zero value (which means "none" on the wire, wire §3.2) to 00..01. The
+// all-zero value (which means "none" on the wire, protocol §3.2) to 00..01. The
 // mapping is deterministic, so Valid recomputes the same value.
 func truncate(mac []byte) packet.SessionID {
 	var c packet.SessionID

@@ -1,8 +1,9 @@
 // Package keymethod encodes and decodes the key-method-2 messages that client
 // and server exchange as their first TLS application data
-// (openvpn-wire.md §6), parses the client's peer-info (§6.3), builds the
-// server's OCC options string (§6.2), and splits the NUL-terminated text
-// messages that follow on the control channel (§10).
+// (docs/protocol.md §6), parses the client's peer-info (protocol §6.3), builds
+// the server's OCC options string (protocol §6.2), and splits the
+// NUL-terminated text messages that follow on the control channel
+// (protocol §10).
 //
 // It does not derive keys (tunnel/datacrypto does, from the randoms here),
 // authenticate credentials, or negotiate ciphers; it only moves bytes to and
@@ -38,7 +39,7 @@ const (
 	keyMethodMask = 0x0f
 )
 
-// ClientMessage is the client's key-method-2 block (§6.1):
+// ClientMessage is the client's key-method-2 block (protocol §6.1):
 //
 //	[4]  00 00 00 00 (ignored)     [1]  key method 0x02
 //	[48] pre_master                [32] random1       [32] random2

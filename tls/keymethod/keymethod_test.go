@@ -28,7 +28,7 @@ func sampleClient() ClientMessage {
 	return m
 }
 
-// sampleClientHex is sampleClient() encoded by hand from §6.1.
+// sampleClientHex is sampleClient() encoded by hand from protocol §6.1.
 var sampleClientHex = "00000000" + "02" +
 	strings.Repeat("aa", 48) + strings.Repeat("bb", 32) + strings.Repeat("cc", 32) +
 	"0005" + "56342c78" + "00" + // "V4,x\0"

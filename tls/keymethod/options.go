@@ -21,8 +21,8 @@ const (
 	occChachBlock = 1
 )
 
-// ServerOptionsString builds the server's OCC options string (§6.2) for an
-// AEAD data cipher, e.g. for ("UDPv4", "AES-256-GCM", 256):
+// ServerOptionsString builds the server's OCC options string (protocol §6.2)
+// for an AEAD data cipher, e.g. for ("UDPv4", "AES-256-GCM", 256):
 //
 //	V4,dev-type tun,link-mtu 1549,tun-mtu 1500,proto UDPv4,cipher AES-256-GCM,auth [null-digest],keysize 256,key-method 2,tls-server
 //

@@ -5,8 +5,8 @@ import (
 	"strings"
 )
 
-// IV_PROTO bits a client announces in peer-info (§6.3, ssl.h). Bit 0 is
-// reserved; bits 10-12 are OpenVPN 2.7+ and never sent by 2.6.
+// IV_PROTO bits a client announces in peer-info (protocol §6.3, ssl.h). Bit 0
+// is reserved; bits 10-12 are OpenVPN 2.7+ and never sent by 2.6.
 const (
 	ProtoDataV2       = 1 << 1 // understands P_DATA_V2 and a pushed peer-id
 	ProtoRequestPush  = 1 << 2 // server may send PUSH_REPLY without waiting for PUSH_REQUEST
@@ -19,8 +19,8 @@ const (
 	ProtoDynTLSCrypt  = 1 << 9 // supports dynamic tls-crypt
 )
 
-// PeerInfo is the decoded client peer-info (§6.3). Numeric fields are 0 and
-// flags false when absent or malformed; Raw holds every KEY=VALUE line,
+// PeerInfo is the decoded client peer-info (protocol §6.3). Numeric fields are
+// 0 and flags false when absent or malformed; Raw holds every KEY=VALUE line,
 // including the ones decoded into fields.
 type PeerInfo struct {
 	Version  string   // IV_VER

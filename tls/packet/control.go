@@ -6,7 +6,7 @@ import (
 )
 
 // SessionID is the 8-byte random identifier each side picks for a session
-// (wire §3.2). It is never all-zero on the wire.
+// (protocol §3.2). It is never all-zero on the wire.
 type SessionID [8]byte
 
 // IsZero reports whether s is all-zero, which no valid peer sends.
@@ -19,7 +19,7 @@ func (s SessionID) String() string { return hex.EncodeToString(s[:]) }
 // (RELIABLE_ACK_SIZE in OpenVPN).
 const MaxAcks = 8
 
-// Sizes of the plain layout fields (wire §3.1).
+// Sizes of the plain layout fields (protocol §3.1).
 const (
 	headerLen    = 1 // opcode|key_id
 	sessionIDLen = 8
@@ -29,7 +29,7 @@ const (
 	fixedLen     = headerLen + sessionIDLen + ackCountLen // present in every control packet
 )
 
-// Control is a control packet in the plain layout (wire §3.1), i.e. after
+// Control is a control packet in the plain layout (protocol §3.1), i.e. after
 // tls-auth/tls-crypt is removed:
 //
 //	[1]  opcode<<3 | key_id

@@ -2,7 +2,8 @@ package packet
 
 import "strconv"
 
-// Opcode is the high 5 bits of the first byte of every OpenVPN packet (wire §2).
+// Opcode is the high 5 bits of the first byte of every OpenVPN packet
+// (protocol §2).
 type Opcode uint8
 
 // Opcodes of OpenVPN 2.6 (ssl_pkt.h names in comments).
@@ -20,7 +21,7 @@ const (
 	ControlWKCV1      Opcode = 11 // P_CONTROL_WKC_V1: P_CONTROL_V1 with the WKc appended
 )
 
-// Header bit layout (wire §2): opcode<<3 | key_id.
+// Header bit layout (protocol §2): opcode<<3 | key_id.
 const (
 	opcodeShift = 3
 	keyIDMask   = 0x07

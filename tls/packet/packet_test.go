@@ -23,7 +23,7 @@ var (
 	ssid = SessionID{0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8}
 )
 
-// Known-answer vectors for the plain layout (wire §3.1).
+// Known-answer vectors for the plain layout (protocol §3.1).
 var controlVectors = []struct {
 	name string
 	wire string
@@ -105,7 +105,7 @@ func TestParseControlVectors(t *testing.T) {
 }
 
 func TestParseControlExampleLengths(t *testing.T) {
-	// The §3.1 examples give exact sizes.
+	// The protocol §3.1 examples give exact sizes.
 	if n := len(mustHex(t, controlVectors[0].wire)); n != 14 {
 		t.Errorf("client reset is %d bytes, want 14", n)
 	}
@@ -236,7 +236,7 @@ func TestOpcode(t *testing.T) {
 }
 
 func TestHeader(t *testing.T) {
-	// Byte values from the wire §2 table (key id 0).
+	// Byte values from the protocol §2 table (key id 0).
 	want := map[Opcode]byte{
 		HardResetClientV1: 0x08, HardResetServerV1: 0x10, SoftResetV1: 0x18, ControlV1: 0x20,
 		AckV1: 0x28, DataV1: 0x30, HardResetClientV2: 0x38, HardResetServerV2: 0x40,

@@ -1,6 +1,6 @@
 package packet
 
-// Data-channel payloads that are not IP packets (ping.c, occ.c; wire §9.1, §9.2). Server and
+// Data-channel payloads that are not IP packets (ping.c, occ.c; protocol §9.1, §9.2). Server and
 // client both recognise them after decryption and unframing.
 var (
 	// PingMagic is the whole payload of a keepalive ping.

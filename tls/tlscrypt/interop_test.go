@@ -153,11 +153,12 @@ func checkClientNext(t *testing.T, srv Wrapper, wire []byte, csid packet.Session
 }
 
 // TestOpenVPNLive runs the stock openvpn client against a UDP socket on
-// loopback for each mode and plays the server's first step (wire §4 step 3):
-// it unwraps the client reset, answers with a server reset wrapped by our
-// server-side Wrapper, and checks that the client accepted it by acking
-// message 0 for our session id. This exercises the server-to-client key
-// slots, which the fixtures (client-to-server only) cannot.
+// loopback for each mode and plays the server's first step
+// (protocol §4 step 3): it unwraps the client reset, answers with a server
+// reset wrapped by our server-side Wrapper, and checks that the client accepted
+// it by acking message 0 for our session id. This exercises the
+// server-to-client key slots, which the fixtures (client-to-server only)
+// cannot.
 func TestOpenVPNLive(t *testing.T) {
 	bin := openvpnBinary(t)
 	k, _ := readFixtureKey(t)

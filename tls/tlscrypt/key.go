@@ -10,7 +10,7 @@ import (
 // StaticKeySize is the size of an OpenVPN static key (struct key2).
 const StaticKeySize = 256
 
-// StaticKey is an OpenVPN static key in the struct key2 layout (wire §3.5),
+// StaticKey is an OpenVPN static key in the struct key2 layout (protocol §3.5),
 // as read from a --tls-auth, --tls-crypt or --secret key file:
 //
 //	[0:64]    keys[0].cipher

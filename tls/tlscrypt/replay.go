@@ -6,7 +6,7 @@ const ReplayWindowSize = 64
 
 // ReplayWindow is the receive-side replay check for the long-form replay
 // packet-ids (counter + timestamp) that tls-auth and tls-crypt carry
-// (wire §3.5, packet_id.c:packet_id_test):
+// (protocol §3.5, packet_id.c:packet_id_test):
 //
 //   - pid 0 is never valid;
 //   - a timestamp older than the current one is rejected;

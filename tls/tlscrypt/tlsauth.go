@@ -39,7 +39,7 @@ func AuthDigest(name string) (func() hash.Hash, error) {
 	return nil, fmt.Errorf("tlscrypt: tls-auth digest %q is not SHA1, SHA256 or SHA512", name)
 }
 
-// tls-auth wire layout (wire §3.5), H = digest size:
+// tls-auth wire layout (protocol §3.5), H = digest size:
 //
 //	[1]  opcode|key_id
 //	[8]  own session id
@@ -49,7 +49,7 @@ func AuthDigest(name string) (func() hash.Hash, error) {
 //	[..] rest: ack count onwards, as in the plain layout
 const maxDigest = 64 // size of the .hmac slot in struct key
 
-// NewTLSAuth returns the --tls-auth Wrapper for k (wire §3.5). direction is
+// NewTLSAuth returns the --tls-auth Wrapper for k (protocol §3.5). direction is
 // DirectionNormal, DirectionInverse or DirectionBidirectional; h is the
 // --auth digest (sha1.New, sha256.New, sha512.New; nil means SHA1, OpenVPN's
 // default). The HMAC key is the first digest-size bytes of the chosen .hmac

@@ -10,7 +10,7 @@ import (
 	"sync"
 )
 
-// tls-crypt wire layout (wire §3.6, tls_crypt.h offsets):
+// tls-crypt wire layout (protocol §3.6, tls_crypt.h offsets):
 //
 //	[1]  opcode|key_id   \
 //	[8]  own session id   |  authenticated, clear
@@ -29,7 +29,7 @@ const (
 	keyLen            = 32                         // AES-256 and HMAC-SHA256 key bytes taken from a slot
 )
 
-// NewTLSCrypt returns the --tls-crypt Wrapper for k (wire §3.6). Roles are
+// NewTLSCrypt returns the --tls-crypt Wrapper for k (protocol §3.6). Roles are
 // fixed: the server encrypts with Ke=k[0:32], Ka=k[64:96] and decrypts with
 // Ke=k[128:160], Ka=k[192:224]; the client uses the inverse. A nil k yields a
 // Wrapper whose methods return ErrNilKey.

@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-// tls-crypt-v2 (wire §3.7, OpenVPN doc/tls-crypt-v2.txt) gives every client
+// tls-crypt-v2 (protocol §3.7, OpenVPN doc/tls-crypt-v2.txt) gives every client
 // its own tls-crypt key Kc. The server keeps no per-client state: the client
 // sends Kc wrapped with the server key after its first packets, and the
 // server unwraps it.
@@ -64,13 +64,13 @@ const (
 )
 
 // Opcodes whose packets carry a WKc after the tls-crypt wrapped part
-// (wire §2, ssl_pkt.h).
+// (protocol §2, ssl_pkt.h).
 const (
 	opHardResetClientV3 = 10 // P_CONTROL_HARD_RESET_CLIENT_V3
 	opControlWKCV1      = 11 // P_CONTROL_WKC_V1
 )
 
-// Early negotiation (wire §3.7 and §4 item 5, ssl_pkt.h EARLY_NEG_*). A
+// Early negotiation (protocol §3.7 and §4 step 5, ssl_pkt.h EARLY_NEG_*). A
 // tls-crypt-v2 client that can resend its WKc starts its tls-crypt replay
 // counter at EarlyNegStart, so its V3 reset carries replay pid
 // EarlyNegStart+1 (retransmissions +2, +3, ...). A server that answers with
@@ -354,10 +354,10 @@ func (k *V2ServerKey) xorCTR(dst, src, iv []byte) {
 }
 
 // SplitWKc splits a P_CONTROL_HARD_RESET_CLIENT_V3 or P_CONTROL_WKC_V1 packet
-// (wire §3.7) into the tls-crypt wrapped packet in front, to be unwrapped
+// (protocol §3.7) into the tls-crypt wrapped packet in front, to be unwrapped
 // with Kc, and the WKc appended to it in the clear:
 //
-//	[..] opcode|key_id, sid, replay pid/time, tag, ciphertext  (tls-crypt, §3.6)
+//	[..] opcode|key_id, sid, replay pid/time, tag, ciphertext  (tls-crypt, protocol §3.6)
 //	[L]  WKc, whose last 2 bytes are L (uint16 big-endian)
 //
 // Both results alias pkt; wrapped has its capacity cut at its length, so an

@@ -132,7 +132,7 @@ type v3Reset struct {
 }
 
 // checkV3Reset takes a P_CONTROL_HARD_RESET_CLIENT_V3 apart as a server does
-// (wire §3.7): split off WKc, unwrap Kc with the server key, tls-crypt
+// (protocol §3.7): split off WKc, unwrap Kc with the server key, tls-crypt
 // unwrap the rest with Kc. It also checks that our client-side tls-crypt
 // reproduces the packet byte for byte.
 func checkV3Reset(t *testing.T, srv *V2ServerKey, cli *V2ClientKey, wire []byte) v3Reset {
@@ -220,7 +220,7 @@ func checkWKCV1(t *testing.T, srv *V2ServerKey, r v3Reset, wire []byte, ssid *pa
 		t.Errorf("WKC_V1 replay pid = %#x, want above %#x in the early-negotiation range", pid, r.pid)
 	}
 	// Normally the first ClientHello fragment; an empty WKC_V1 is also
-	// legal (wire §4 item 5), so only check the record type when present.
+	// legal (protocol §4 step 5), so only check the record type when present.
 	if len(c.Payload) > 0 && c.Payload[0] != 0x16 {
 		t.Errorf("WKC_V1 payload %x..., want a TLS handshake record", c.Payload[:min(8, len(c.Payload))])
 	}
@@ -247,7 +247,7 @@ func TestV2OpenVPNPacketFixtures(t *testing.T) {
 
 // TestV2OpenVPNClientLive runs the stock openvpn client with the fixture
 // tls-crypt-v2 client key against a UDP socket on loopback and plays the
-// server's stateless step (wire §4 items 2, 3 and 5) with our primitives:
+// server's stateless step (protocol §4 steps 2, 3 and 5) with our primitives:
 // split and unwrap its V3 reset, answer with a reset wrapped with Kc, and
 // check what the client sends next. With EarlyNegTLV in our reset it must
 // resend its WKc in a P_CONTROL_WKC_V1; without it, it sends a plain

@@ -101,7 +101,7 @@ func TestV2OpenVPNKeyFixtures(t *testing.T) {
 	}
 }
 
-// v2WrapModel is the slow obvious WKc construction (wire §3.7), built from
+// v2WrapModel is the slow obvious WKc construction (protocol §3.7), built from
 // crypto/cipher's CTR and crypto/hmac directly, to check wrapClientKey
 // against.
 func v2WrapModel(server *[V2ServerKeySize]byte, kc []byte, md []byte) []byte {

@@ -150,8 +150,8 @@ func TestUnwrapWrongRole(t *testing.T) {
 }
 
 // TestTLSCryptKnownLayout builds the wire form independently with the stdlib
-// (cipher.NewCTR, crypto/hmac) from the §3.6 description and the key slices
-// named in the brief, and checks Wrap produces exactly those bytes.
+// (cipher.NewCTR, crypto/hmac) from the protocol §3.6 description and the key
+// slices named in the brief, and checks Wrap produces exactly those bytes.
 func TestTLSCryptKnownLayout(t *testing.T) {
 	k := testKey()
 	plain := plainPackets()[5] // 14-byte header + 17 payload bytes: crosses a block
@@ -187,8 +187,8 @@ func TestTLSCryptKnownLayout(t *testing.T) {
 	}
 }
 
-// TestTLSAuthKnownLayout does the same for tls-auth (§3.5): server dir 0 sends
-// with file[64:64+H].
+// TestTLSAuthKnownLayout does the same for tls-auth (protocol §3.5): server dir
+// 0 sends with file[64:64+H].
 func TestTLSAuthKnownLayout(t *testing.T) {
 	k := testKey()
 	plain := plainPackets()[1]

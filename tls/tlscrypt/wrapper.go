@@ -25,7 +25,7 @@ type Wrapper interface {
 }
 
 // Plain layout prefix shared by every wrapping: opcode|key_id and the
-// sender's session id stay in the clear at the front (wire §3.1).
+// sender's session id stay in the clear at the front (protocol §3.1).
 const prefixLen = 1 + 8
 
 // replayLen is the long-form replay packet-id plus timestamp.

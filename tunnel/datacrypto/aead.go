@@ -9,7 +9,7 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 )
 
-// Sizes of the AEAD data packet fields (§8.2).
+// Sizes of the AEAD data packet fields (protocol §8.2).
 const (
 	packetIDSize   = 4
 	tagSize        = 16
@@ -27,7 +27,7 @@ const (
 )
 
 // Role says which side of the session a Keys is for, which selects the
-// key2 direction used to send and to receive (§7).
+// key2 direction used to send and to receive (protocol §7).
 type Role uint8
 
 const (
@@ -96,7 +96,7 @@ func newAEAD(c Cipher, key []byte) (cipher.AEAD, error) {
 // Cipher reports the cipher the keys were built for.
 func (k *Keys) Cipher() Cipher { return k.cipher }
 
-// Seal protects one data packet in place and returns it (§8.2).
+// Seal protects one data packet in place and returns it (protocol §8.2).
 //
 // On entry buf[:hdr] holds the opcode header the caller wrote (hdr is HeaderV1
 // or HeaderV2), buf[hdr:hdr+Overhead] is scratch, and buf[hdr+Overhead:] is the
@@ -145,10 +145,10 @@ func (k *Keys) Seal(buf []byte, hdr int, packetID uint32) []byte {
 	return buf[:hdr+Overhead+len(plaintext)]
 }
 
-// Open authenticates and decrypts one data packet in place (§8.2). pkt starts
-// at the opcode byte and hdr is HeaderV1 or HeaderV2. It returns the packet-id
-// (for the caller's replay window, checked after authentication) and the
-// plaintext, which aliases pkt.
+// Open authenticates and decrypts one data packet in place (protocol §8.2). pkt
+// starts at the opcode byte and hdr is HeaderV1 or HeaderV2. It returns the
+// packet-id (for the caller's replay window, checked after authentication) and
+// the plaintext, which aliases pkt.
 //
 // Open overwrites pkt (and, when present, 16 bytes of tail room past len(pkt));
 // on error the contents of pkt are unspecified. With cap(pkt) >= len(pkt)+16 it
@@ -208,7 +208,8 @@ func (k *Keys) openShifted(pkt []byte, hdr int, packetID uint32) (uint32, []byte
 
 // aad returns the additional authenticated data of a packet: for P_DATA_V2 the
 // four header bytes and the packet-id, for P_DATA_V1 the packet-id alone (the
-// opcode byte is not authenticated, §8.2). Both are contiguous in the packet.
+// opcode byte is not authenticated, protocol §8.2). Both are contiguous in the
+// packet.
 func aad(pkt []byte, hdr int) []byte {
 	if hdr == HeaderV2 {
 		return pkt[:HeaderV2+packetIDSize]

@@ -55,9 +55,10 @@ var (
 
 // The vectors were produced with Python's cryptography package (OpenSSL
 // underneath), independent of Go's crypto, from key2[i] = i, packet-id
-// 0x01020304 and plaintext katPT, following §8.2: key = key2 cipher slot of the
-// sending direction, nonce = packet-id || hmac slot[0:8], AAD = V2 header ||
-// packet-id or (V1) packet-id, wire = header || packet-id || tag || ciphertext.
+// 0x01020304 and plaintext katPT, following protocol §8.2: key = key2 cipher
+// slot of the sending direction, nonce = packet-id || hmac slot[0:8], AAD = V2
+// header || packet-id or (V1) packet-id, wire = header || packet-id || tag ||
+// ciphertext.
 var katVectors = []struct {
 	cipher             Cipher
 	serverV2, clientV1 string
@@ -99,8 +100,9 @@ func TestSealKnownAnswer(t *testing.T) {
 	}
 }
 
-// independentSeal computes the wire packet straight from the §8.2 description
-// with the standard library, without any of the in-place tricks of Seal.
+// independentSeal computes the wire packet straight from the protocol §8.2
+// description with the standard library, without any of the in-place tricks of
+// Seal.
 func independentSeal(t *testing.T, c Cipher, k *Key2, r Role, hdr []byte, packetID uint32, pt []byte) []byte {
 	t.Helper()
 	cipherOff, hmacOff := 128, 192 // server sends server→client
@@ -206,8 +208,9 @@ func TestTamper(t *testing.T) {
 					bad[i] ^= bit
 					_, _, err := client.Open(bad, len(hdr))
 					if len(hdr) == HeaderV1 && i == 0 {
-						// The P_DATA_V1 opcode byte is not in the AAD (§8.2); the
-						// receiver's key_id lookup is what protects it.
+						// The P_DATA_V1 opcode byte is not in the AAD
+						// (protocol §8.2); the receiver's key_id lookup is what
+						// protects it.
 						if err != nil {
 							t.Errorf("%v V1: flipped opcode bit failed: %v", c, err)
 						}

@@ -1,14 +1,14 @@
 // Package datacrypto owns the data-channel keys of one OpenVPN key_state and
-// the AEAD protection of data packets (openvpn-wire.md §7, §8.2).
+// the AEAD protection of data packets (docs/protocol.md §7, §8.2).
 //
-// It derives the 256-byte key2 block either from the TLS exporter (EKM, §7.1)
-// or from the legacy OpenVPN PRF (§7.2), selects the per-direction cipher key
-// and implicit IV for a role, and seals/opens P_DATA_V1 and P_DATA_V2 packets in
-// place without allocating.
+// It derives the 256-byte key2 block either from the TLS exporter (EKM,
+// protocol §7.1) or from the legacy OpenVPN PRF (protocol §7.2), selects the
+// per-direction cipher key and implicit IV for a role, and seals/opens
+// P_DATA_V1 and P_DATA_V2 packets in place without allocating.
 //
 // It does not own the replay window (package tunnel/replay), packet-id
 // allocation, key_id selection, compression framing or the CBC+HMAC ciphers
-// (§8.3), which cvpn does not support.
+// (protocol §8.3), which cvpn does not support.
 package datacrypto
 
 import (
@@ -21,7 +21,7 @@ import (
 // valid cipher.
 type Cipher uint8
 
-// The AEAD ciphers a 2.6 client offers by default (IV_CIPHERS, §11).
+// The AEAD ciphers a 2.6 client offers by default (IV_CIPHERS, protocol §11).
 const (
 	AES128GCM Cipher = iota + 1
 	AES256GCM

@@ -9,9 +9,9 @@ import (
 )
 
 // Key2 is OpenVPN's struct key2: two directions of {cipher[64], hmac[64]}
-// (§7). Keys take the first KeySize bytes of a cipher slot; AEAD ciphers take
-// their 8-byte implicit IV from the first bytes of the hmac slot of the same
-// direction.
+// (protocol §7). Keys take the first KeySize bytes of a cipher slot; AEAD
+// ciphers take their 8-byte implicit IV from the first bytes of the hmac slot
+// of the same direction.
 //
 //	[  0: 64] client→server cipher   [ 64:128] client→server hmac
 //	[128:192] server→client cipher   [192:256] server→client hmac
@@ -25,12 +25,13 @@ const (
 	s2cHMAC   = 192
 )
 
-// ekmLabel is the RFC 5705 exporter label for data-channel keys (§7.1).
+// ekmLabel is the RFC 5705 exporter label for data-channel keys
+// (protocol §7.1).
 const ekmLabel = "EXPORTER-OpenVPN-datakeys"
 
 // DeriveEKM derives key2 from the TLS keying-material exporter of the
 // key_state's own TLS session: label "EXPORTER-OpenVPN-datakeys", no context,
-// 256 bytes (§7.1). export is typically
+// 256 bytes (protocol §7.1). export is typically
 // (*tls.ConnectionState).ExportKeyingMaterial; nil context means "no context".
 // The exporter's output is wiped after it is copied.
 func DeriveEKM(export func(label string, context []byte, length int) ([]byte, error)) (*Key2, error) {
@@ -47,14 +48,14 @@ func DeriveEKM(export func(label string, context []byte, length int) ([]byte, er
 	return k, nil
 }
 
-// PRF labels (§7.2). No trailing space or NUL.
+// PRF labels (protocol §7.2). No trailing space or NUL.
 const (
 	masterLabel    = "OpenVPN master secret"
 	expansionLabel = "OpenVPN key expansion"
 )
 
-// DerivePRF derives key2 with the legacy OpenVPN PRF (§7.2), used when the
-// server does not push tls-ekm:
+// DerivePRF derives key2 with the legacy OpenVPN PRF (protocol §7.2), used when
+// the server does not push tls-ekm:
 //
 //	master = PRF(preMaster, "OpenVPN master secret" || clientRandom1 || serverRandom1)        48 bytes
 //	key2   = PRF(master, "OpenVPN key expansion" || clientRandom2 || serverRandom2

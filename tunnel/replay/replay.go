@@ -1,11 +1,11 @@
 // Package replay implements the data-channel replay window of one key_state
-// and direction (openvpn-wire.md §8.4): a sliding bitmap over the most recent
+// and direction (docs/protocol.md §8.4): a sliding bitmap over the most recent
 // WindowSize packet-ids.
 //
 // It owns only the accept/reject decision for 32-bit short-form packet-ids.
 // It does not do OpenVPN's 15-second time-based expiry of old slots, nor the
 // long-form (id, time) ids of tls-auth/tls-crypt control packets; callers check
-// packet-ids only after the packet authenticated (§8.2).
+// packet-ids only after the packet authenticated (protocol §8.2).
 package replay
 
 // WindowSize is how many packet-ids behind the highest one seen are still

@@ -1,0 +1,124 @@
+package endpoint
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/tls/tlscrypt"
+)
+
+// loadFiles loads every file the endpoint names and checks that each is fit
+// for its role at now: the server certificate is current, carries serverAuth
+// and matches its key; every client root is a CA and not all of them have
+// expired; the CRL is signed by one of them and current; the control channel
+// keys parse. Every problem comes back joined, each a *config.ValidationError
+// naming the key (and its line) whose file is wrong, so that `cvpn validate`
+// prints one line per problem.
+func (ep *Endpoint) loadFiles(now time.Time) error {
+	cfg := ep.Config
+	var errs []error
+	bad := func(path string, err error) { errs = append(errs, cfg.KeyError(path, err)) }
+
+	sc := cfg.ServerCertificate
+	certs, certErr := pki.LoadCertificates(sc.CertFile)
+	if certErr != nil {
+		bad("server_certificate.cert_file", certErr)
+	} else if err := pki.CheckServerCertificate(certs[0], now); err != nil {
+		bad("server_certificate.cert_file", fmt.Errorf("%s: %w", sc.CertFile, err))
+		certErr = err
+	}
+	_, keyErr := pki.LoadPrivateKey(sc.KeyFile)
+	if keyErr != nil {
+		bad("server_certificate.key_file", keyErr)
+	}
+	if certErr == nil && keyErr == nil {
+		id, err := pki.LoadIdentity(sc.CertFile, sc.KeyFile)
+		if err != nil {
+			bad("server_certificate.key_file", err) // the key is not the certificate's
+		} else {
+			ep.Server = id
+		}
+	}
+
+	auth := cfg.Authentication.Certificate
+	pool, cas, err := pki.LoadCertPool(auth.ClientRootCAFile)
+	if err != nil {
+		bad("authentication.certificate.client_root_ca_file", err)
+	} else if i := slices.IndexFunc(cas, func(ca *x509.Certificate) bool { return pki.CheckValidity(ca, now) == nil }); i < 0 {
+		bad("authentication.certificate.client_root_ca_file", fmt.Errorf("%s: no CA in it is valid now: %w", auth.ClientRootCAFile, pki.CheckValidity(cas[0], now)))
+	} else {
+		ep.ClientCAs, ep.ClientCACerts = pool, cas
+	}
+	if auth.CRLFile != "" {
+		crl, err := pki.LoadCRL(auth.CRLFile)
+		switch {
+		case err != nil:
+			bad("authentication.certificate.crl_file", err)
+		case ep.ClientCACerts != nil:
+			if _, err := crl.Verify(ep.ClientCACerts, now); err != nil {
+				hint := ""
+				if errors.Is(err, pki.ErrCRLExpired) {
+					hint = " (clients are refused while it is expired; re-sign it with cvpn client refresh-crl)"
+				}
+				bad("authentication.certificate.crl_file", fmt.Errorf("%s: %w%s", auth.CRLFile, err, hint))
+			} else {
+				ep.CRL = crl
+			}
+		}
+	}
+
+	cc := cfg.ControlChannel
+	if f := cc.TLSCryptKeyFile; f != "" {
+		ep.ControlKey, err = LoadStaticKey(f)
+		if err != nil {
+			bad("control_channel.tls_crypt_key_file", err)
+		}
+	}
+	if f := cc.TLSAuthKeyFile; f != "" {
+		ep.TLSAuthKey, err = LoadStaticKey(f)
+		if err != nil {
+			bad("control_channel.tls_auth_key_file", err)
+		}
+	}
+	if f := cc.TLSCryptV2ServerKeyFile; f != "" {
+		ep.TLSCryptV2ServerKey, err = LoadTLSCryptV2ServerKey(f)
+		if err != nil {
+			bad("control_channel.tls_crypt_v2_server_key_file", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// LoadStaticKey reads an OpenVPN static key file (tls-crypt or tls-auth); a key that does not
+// parse is an error naming the file.
+func LoadStaticKey(file string) (*tlscrypt.StaticKey, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	k, err := tlscrypt.ParseStaticKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return k, nil
+}
+
+// LoadTLSCryptV2ServerKey reads a tls-crypt-v2 server key file (the PEM block
+// `openvpn --genkey tls-crypt-v2-server` writes); a key that does not parse is an error naming
+// the file and how to make one.
+func LoadTLSCryptV2ServerKey(file string) (*tlscrypt.V2ServerKey, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	k, err := tlscrypt.ParseV2ServerKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (make one with openvpn --genkey tls-crypt-v2-server FILE)", file, err)
+	}
+	return k, nil
+}

@@ -1,0 +1,198 @@
+// Package host owns the kernel state that attaches the endpoint to the private network: the TUN
+// device, the host route that sends the SNAT address into it, the proxy neighbour entry that
+// answers ARP for the SNAT address on the target interface, and the sysctls the endpoint needs
+// (net.ipv4.ip_forward, and net.ipv4.neigh.<interface>.proxy_delay so that ARP is answered at
+// once). Setup adds them in that order; if a step fails it removes what the earlier steps added
+// and restores every sysctl it changed before it returns. Close does the same for a running
+// endpoint.
+//
+// It does not own the packets that cross the TUN (package tunnel reads and writes the device),
+// NAT, the listeners, or the endpoint file: Config carries the few values it needs. The seams
+// speak netip.Addr; only IPv4 is built.
+package host
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Config says how the endpoint attaches to the private network.
+type Config struct {
+	TUNName string // tun.name
+	MTU     int    // tun.mtu
+	// Interface (target_network.interface) faces the private network; SNAT
+	// (target_network.snat_address) is the endpoint's own address in one of its subnets.
+	Interface string
+	SNAT      netip.Addr
+
+	// procSys is where the sysctls live; "" means /proc/sys. Tests point it at a directory of
+	// their own.
+	procSys string
+}
+
+// Host is the kernel state Setup added. Close removes exactly that, newest first.
+type Host struct {
+	dev     tun.Device
+	log     *slog.Logger
+	procSys string
+
+	mu   sync.Mutex // guards undo
+	undo []undoStep // in the order the state was added
+}
+
+// undoStep removes one piece of state; what names it for errors.
+type undoStep struct {
+	what string
+	fn   func() error
+}
+
+func newHost(cfg Config, log *slog.Logger) *Host {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	root := cfg.procSys
+	if root == "" {
+		root = "/proc/sys"
+	}
+	return &Host{log: log, procSys: root}
+}
+
+// Device is the TUN device; nil on a nil Host.
+func (h *Host) Device() tun.Device {
+	if h == nil {
+		return nil
+	}
+	return h.dev
+}
+
+// Close removes what Setup added, newest first: it restores the sysctls, deletes the neighbour
+// entry and the route, and closes the TUN device (which removes it). It is safe on a nil Host and
+// safe to call again; later calls do nothing. The error names each step that failed.
+func (h *Host) Close() error {
+	if h == nil {
+		return nil
+	}
+	h.mu.Lock()
+	steps := h.undo
+	h.undo = nil
+	h.mu.Unlock()
+	var failed errorList
+	for i := len(steps) - 1; i >= 0; i-- {
+		if err := steps[i].fn(); err != nil {
+			failed = append(failed, fmt.Errorf("%s: %w", steps[i].what, err))
+			continue
+		}
+		h.log.Debug("host: undone", "step", steps[i].what)
+	}
+	if len(failed) == 0 {
+		return nil
+	}
+	return fmt.Errorf("host: %w", failed)
+}
+
+// added records how to remove a piece of state that a step has just added.
+func (h *Host) added(what string, fn func() error) {
+	h.mu.Lock()
+	h.undo = append(h.undo, undoStep{what: what, fn: fn})
+	h.mu.Unlock()
+}
+
+// abandon undoes a failed Setup and returns its error as an *Error, with the failure to undo
+// attached if there was one.
+func (h *Host) abandon(err error) error {
+	e, ok := err.(*Error)
+	if !ok {
+		e = &Error{Op: "host setup", Err: err}
+	}
+	if cerr := h.Close(); cerr != nil {
+		e.Cleanup = cerr
+	}
+	return e
+}
+
+// setSysctls makes the kernel forward IPv4 and answer ARP for the SNAT address on iface at once
+// rather than after the random proxy delay (up to 0.8 s by default), which the first packets of
+// every flow would otherwise wait for.
+func (h *Host) setSysctls(iface string) error {
+	if err := h.setSysctl("net/ipv4/ip_forward", "1"); err != nil {
+		return err
+	}
+	return h.setSysctl("net/ipv4/neigh/"+iface+"/proxy_delay", "0")
+}
+
+// setSysctl sets the sysctl at key (a path below /proc/sys) to value and records how to restore
+// its previous value. A sysctl that already has the value is left alone, so an operator (or a
+// service manager) may set them beforehand where /proc/sys is not writable.
+func (h *Host) setSysctl(key, value string) error {
+	path := filepath.Join(h.procSys, key)
+	name := sysctlName(key)
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return sysctlError("read sysctl "+name, name, value, err)
+	}
+	prev := strings.TrimSpace(string(old))
+	if prev == value {
+		return nil
+	}
+	if err := writeSysctl(path, value); err != nil {
+		return sysctlError(fmt.Sprintf("set sysctl %s=%s (it is %s)", name, value, prev), name, value, err)
+	}
+	h.log.Debug("host: sysctl set", "name", name, "value", value, "was", prev)
+	h.added("restore sysctl "+name+"="+prev, func() error {
+		err := writeSysctl(path, prev)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil // the interface went away, and its setting with it
+		}
+		return err
+	})
+	return nil
+}
+
+// writeSysctl writes value to an existing sysctl file (never creating one).
+func writeSysctl(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(value)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// sysctlName is the name sysctl(8) uses for key: dots between the path's parts, or the path
+// itself when a part (an interface such as eth0.100) has a dot of its own.
+func sysctlName(key string) string {
+	if strings.Contains(key, ".") {
+		return key
+	}
+	return strings.ReplaceAll(key, "/", ".")
+}
+
+// sysctlError explains a sysctl that could not be read or written, and how to set it beforehand.
+func sysctlError(op, name, value string, err error) *Error {
+	beforehand := fmt.Sprintf("set %s=%s beforehand (sysctl -w, a sysctl.d file, or the service manager); cvpn leaves a sysctl that already has its value alone", name, value)
+	e := &Error{Op: op, Err: err}
+	switch {
+	case errors.Is(err, unix.EROFS):
+		e.Fix = "/proc/sys is read-only here (a container?): " + beforehand
+	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
+		e.Fix = "run cvpn serve as root, or " + beforehand
+	case errors.Is(err, fs.ErrNotExist):
+		e.Fix = "this kernel has no such sysctl (is the interface there, and IPv4 enabled?)"
+	default:
+		e.Fix = beforehand
+	}
+	return e
+}

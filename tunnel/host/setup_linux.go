@@ -1,0 +1,242 @@
+package host
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// tunClone is the TUN clone device; opening it and TUNSETIFF create a TUN.
+const tunClone = "/dev/net/tun"
+
+// Setup creates the TUN device and the routing that makes the SNAT address reachable through it,
+// and sets the sysctls. On error it has removed everything it added and restored every sysctl it
+// changed; the error is an *Error naming the step that failed and how to fix it.
+func Setup(cfg Config, log *slog.Logger) (*Host, error) {
+	h := newHost(cfg, log)
+	if err := h.setup(cfg); err != nil {
+		return nil, h.abandon(err)
+	}
+	return h, nil
+}
+
+func (h *Host) setup(cfg Config) error {
+	if !cfg.SNAT.Is4() {
+		return &Error{Op: "target_network.snat_address", Err: fmt.Errorf("%s is not an IPv4 address", cfg.SNAT), Fix: "only IPv4 is supported"}
+	}
+	// Everything that can be checked without changing the host is checked first.
+	target, err := targetLink(cfg.Interface)
+	if err != nil {
+		return err
+	}
+	if err := checkSNATOnLink(target, cfg.SNAT); err != nil {
+		return err
+	}
+	if err := h.createTUN(cfg.TUNName, cfg.MTU); err != nil {
+		return err
+	}
+	name, err := h.dev.Name()
+	if err != nil {
+		return &Error{Op: fmt.Sprintf("name of TUN device %q", cfg.TUNName), Err: err}
+	}
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return &Error{Op: fmt.Sprintf("find TUN device %q", name), Err: err}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return &Error{Op: fmt.Sprintf("set TUN device %q up", name), Err: err}
+	}
+	if err := h.addRoute(link, cfg.SNAT); err != nil {
+		return err
+	}
+	if err := h.addProxyNeighbour(target, cfg.SNAT); err != nil {
+		return err
+	}
+	return h.setSysctls(cfg.Interface)
+}
+
+// targetLink finds target_network.interface.
+func targetLink(name string) (netlink.Link, error) {
+	link, err := netlink.LinkByName(name)
+	if err == nil {
+		return link, nil
+	}
+	op := fmt.Sprintf("target_network.interface %q", name)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) || errors.Is(err, unix.ENODEV) {
+		return nil, &Error{Op: op, Err: ErrNoInterface,
+			Fix: "list the interfaces with `ip link show` and name the one that faces the private network"}
+	}
+	return nil, &Error{Op: op, Err: err}
+}
+
+// createTUN creates the TUN device. It opens the clone device itself rather than calling
+// tun.CreateTUN, which leaks the descriptor when TUNSETIFF fails, and keeps the system error for
+// the explanation.
+func (h *Host) createTUN(name string, mtu int) error {
+	op := fmt.Sprintf("create TUN device %q", name)
+	fd, err := unix.Open(tunClone, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &Error{Op: op + ": open " + tunClone, Err: err, Fix: tunOpenFix(err)}
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return &Error{Op: op, Err: err, Fix: "choose another tun.name"}
+	}
+	// The flags tun.CreateTUN sets, which tun.CreateTUNFromFile reads back: IP packets without
+	// packet information, and a virtio-net header so that reads and writes carry GSO
+	// super-packets.
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return &Error{Op: op, Err: err, Fix: tunSetFix(err)}
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return &Error{Op: op, Err: err}
+	}
+	file := os.NewFile(uintptr(fd), tunClone)
+	dev, err := tun.CreateTUNFromFile(file, mtu)
+	if err != nil {
+		file.Close()
+		return &Error{Op: fmt.Sprintf("%s with mtu %d", op, mtu), Err: err}
+	}
+	h.dev = dev
+	h.log.Debug("host: TUN created", "name", name, "mtu", mtu)
+	h.added(fmt.Sprintf("close TUN device %q", name), func() error {
+		if err := dev.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+			return err
+		}
+		return nil
+	})
+	return nil
+}
+
+// tunOpenFix explains a failure to open the TUN clone device.
+func tunOpenFix(err error) string {
+	switch {
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENXIO):
+		return "this kernel offers no TUN devices here: load the module (modprobe tun), or pass /dev/net/tun into the container"
+	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
+		return "cvpn serve needs root, or CAP_NET_ADMIN and read-write access to " + tunClone
+	}
+	return ""
+}
+
+// tunSetFix explains a failed TUNSETIFF.
+func tunSetFix(err error) string {
+	switch {
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+		return "cvpn serve needs root or CAP_NET_ADMIN to create it"
+	case errors.Is(err, unix.EBUSY):
+		return "the device is in use by another process (another cvpn?): stop it or choose another tun.name"
+	case errors.Is(err, unix.EINVAL):
+		return "a network device of that name exists and is not a TUN device cvpn can use: choose another tun.name"
+	}
+	return ""
+}
+
+// addRoute routes the SNAT address into the TUN, so that replies to it reach the engine.
+func (h *Host) addRoute(link netlink.Link, snat netip.Addr) error {
+	name := link.Attrs().Name
+	route := &netlink.Route{
+		LinkIndex: link.Attrs().Index,
+		Dst:       &net.IPNet{IP: snat.AsSlice(), Mask: net.CIDRMask(snat.BitLen(), snat.BitLen())},
+		Scope:     netlink.SCOPE_LINK,
+	}
+	what := fmt.Sprintf("route %s dev %s", netip.PrefixFrom(snat, snat.BitLen()), name)
+	if err := netlink.RouteAdd(route); err != nil {
+		e := &Error{Op: "add " + what, Err: err}
+		if errors.Is(err, unix.EEXIST) {
+			e.Fix = fmt.Sprintf("a route to %s exists already (another cvpn, or one left behind): remove it with `ip route del %s` or choose another target_network.snat_address", snat, snat)
+		}
+		return e
+	}
+	h.log.Debug("host: route added", "route", what)
+	h.added("delete "+what, func() error {
+		// The route goes with the TUN device if that was removed first.
+		if err := netlink.RouteDel(route); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENODEV) {
+			return err
+		}
+		return nil
+	})
+	return nil
+}
+
+// addProxyNeighbour makes the kernel answer ARP for the SNAT address on the target interface,
+// so that hosts in the private network reach it without a route of their own.
+func (h *Host) addProxyNeighbour(target netlink.Link, snat netip.Addr) error {
+	iface := target.Attrs().Name
+	neigh := &netlink.Neigh{
+		LinkIndex: target.Attrs().Index,
+		Family:    netlink.FAMILY_V4,
+		Flags:     netlink.NTF_PROXY,
+		IP:        snat.AsSlice(),
+	}
+	what := fmt.Sprintf("proxy neighbour %s dev %s", snat, iface)
+	if err := netlink.NeighAdd(neigh); err != nil {
+		e := &Error{Op: "add " + what, Err: err}
+		if errors.Is(err, unix.EEXIST) {
+			e.Fix = fmt.Sprintf("the entry exists already (another cvpn, or one left behind): remove it with `ip neigh del proxy %s dev %s`", snat, iface)
+		}
+		return e
+	}
+	h.log.Debug("host: proxy neighbour added", "neigh", what)
+	h.added("delete "+what, func() error {
+		if err := netlink.NeighDel(neigh); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
+			return err
+		}
+		return nil
+	})
+	return nil
+}
+
+// checkSNATOnLink verifies that the SNAT address lies in a subnet of the interface and is not the
+// interface's own address.
+func checkSNATOnLink(link netlink.Link, snat netip.Addr) error {
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return &Error{Op: fmt.Sprintf("addresses of %s", link.Attrs().Name), Err: err}
+	}
+	var own []netip.Prefix
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok {
+			continue
+		}
+		ones, _ := a.Mask.Size()
+		own = append(own, netip.PrefixFrom(ip, ones))
+	}
+	return checkSNAT(link.Attrs().Name, own, snat)
+}
+
+// checkSNAT is checkSNATOnLink over the interface's addresses (each with its prefix length).
+func checkSNAT(iface string, addrs []netip.Prefix, snat netip.Addr) error {
+	const op = "target_network.snat_address"
+	var subnets []string
+	for _, a := range addrs {
+		p := a.Masked()
+		if a.Addr() == snat {
+			return &Error{Op: op, Err: fmt.Errorf("%s is %s's own address", snat, iface), Fix: fmt.Sprintf("use a free address in %s", p)}
+		}
+		if p.Contains(snat) {
+			return nil
+		}
+		subnets = append(subnets, p.String())
+	}
+	if len(subnets) == 0 {
+		return &Error{Op: op, Err: fmt.Errorf("%s is not inside a subnet of %s, which has no IPv4 address", snat, iface),
+			Fix: fmt.Sprintf("give %s its address in the private network, then use a free address of that subnet", iface)}
+	}
+	return &Error{Op: op, Err: fmt.Errorf("%s is not inside a subnet of %s (%s)", snat, iface, strings.Join(subnets, ", ")),
+		Fix: "use a free address in one of them"}
+}
