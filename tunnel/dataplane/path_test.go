@@ -122,7 +122,7 @@ func TestReceivePathNoAllocs(t *testing.T) {
 		pid++
 		pkt := f.sealFromClient(buf, pid, f.vpc)
 		l.tunBatch = l.tunBatch[:0]
-		l.receiveData(pkt, packet.DataV2, 0, from, netip.Addr{})
+		l.receiveData(pkt, from, netip.Addr{})
 		if len(l.tunBatch) != 1 {
 			t.Fatalf("packet %d not delivered; drops %v", pid, f.p.drops.Snapshot())
 		}
@@ -144,7 +144,7 @@ func TestReceivePathPolicy(t *testing.T) {
 	from := f.peer.link.Remote()
 	send := func(pid uint32, dst netip.Addr) int {
 		l.tunBatch = l.tunBatch[:0]
-		l.receiveData(f.sealFromClient(buf, pid, dst), packet.DataV2, 0, from, netip.Addr{})
+		l.receiveData(f.sealFromClient(buf, pid, dst), from, netip.Addr{})
 		return len(l.tunBatch)
 	}
 	if send(1, f.vpc) != 1 {
@@ -176,7 +176,7 @@ func TestBandwidthLimitDrops(t *testing.T) {
 	passed := 0
 	for pid := uint32(1); pid <= 100; pid++ {
 		l.tunBatch = l.tunBatch[:0]
-		l.receiveData(f.sealFromClient(buf, pid, f.vpc), packet.DataV2, 0, f.peer.link.Remote(), netip.Addr{})
+		l.receiveData(f.sealFromClient(buf, pid, f.vpc), f.peer.link.Remote(), netip.Addr{})
 		passed += len(l.tunBatch)
 	}
 	// Burst: max(16 KiB, 1 Mbit/s * 300 ms) = 37500 bytes, i.e. 26 packets of 1400 bytes.
@@ -196,7 +196,7 @@ func BenchmarkReceivePath(b *testing.B) {
 		pid++
 		pkt := f.sealFromClient(buf, pid, f.vpc)
 		l.tunBatch = l.tunBatch[:0]
-		l.receiveData(pkt, packet.DataV2, 0, from, netip.Addr{})
+		l.receiveData(pkt, from, netip.Addr{})
 	}
 }
 

@@ -14,17 +14,13 @@ import (
 // openData authenticates and decrypts a data packet of peer in place and checks its packet-id.
 // The caller's goroutine must own peer's replay windows (its UDP listener's, or its TCP
 // stream's).
-func (p *Plane) openData(peer *Peer, pkt []byte, op packet.Opcode, kid uint8, from netip.AddrPort) (pt []byte, ok bool) {
-	hdr := 1
-	if op == packet.DataV2 {
-		hdr = 4
-	}
-	k := peer.keys[kid].Load()
+func (p *Plane) openData(peer *Peer, pkt []byte, h packet.DataHeader, from netip.AddrPort) (pt []byte, ok bool) {
+	k := peer.keys[h.KeyID&7].Load()
 	if k == nil {
 		p.drop(counters.NoKey, from)
 		return nil, false
 	}
-	id, pt, err := k.Keys.Open(pkt, hdr)
+	id, pt, err := k.Keys.Open(pkt, h.Len())
 	if err != nil {
 		p.drop(counters.Decrypt, from)
 		return nil, false

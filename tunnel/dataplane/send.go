@@ -18,8 +18,6 @@ const (
 	tunOffset = 64
 	// tunWriteOffset is the headroom given to the TUN on writes (>= its virtio-net header).
 	tunWriteOffset = 16
-	// sealHeadroom is the V2 header, packet-id and tag in front of a sealed payload.
-	sealHeadroom = 4 + datacrypto.Overhead
 )
 
 // tunLoop reads packets from the private network, reverses their NAT, and seals and sends each
@@ -97,17 +95,14 @@ func (p *Plane) seal(peer *Peer, buf []byte, off, n int, now int64) ([]byte, boo
 		peer.notify(EventRekey)
 	}
 	off, n = id.Framing.add(buf, off, n)
-	var pkt []byte
+	op := packet.DataV1
 	if id.DataV2 {
-		pkt = buf[off-sealHeadroom : off+n]
-		pkt[0] = packet.Header(packet.DataV2, k.ID)
-		pkt[1], pkt[2], pkt[3] = byte(id.PeerID>>16), byte(id.PeerID>>8), byte(id.PeerID)
-		pkt = k.Keys.Seal(pkt, 4, pid)
-	} else {
-		pkt = buf[off-1-datacrypto.Overhead : off+n]
-		pkt[0] = packet.Header(packet.DataV1, k.ID)
-		pkt = k.Keys.Seal(pkt, 1, pid)
+		op = packet.DataV2
 	}
+	hdr := packet.DataHeaderLen(op)
+	pkt := buf[off-hdr-datacrypto.Overhead : off+n]
+	packet.PutDataHeader(pkt, op, k.ID, id.PeerID)
+	pkt = k.Keys.Seal(pkt, hdr, pid)
 	peer.lastSend.Store(now)
 	peer.Traffic.Sent(len(pkt))
 	return pkt, true

@@ -182,15 +182,24 @@ func (s *TCPStream) readLoop() {
 			}
 			return
 		}
-		op, kid := packet.SplitHeader(pkt[0])
+		op, _ := packet.SplitHeader(pkt[0])
 		switch {
 		case op.IsData():
 			peer := s.peer.Load()
-			if peer == nil || peer.Identity() == nil {
+			if peer == nil {
 				p.drop(counters.NoSession, s.remote)
 				return
 			}
-			pt, ok := p.openData(peer, pkt, op, kid, s.remote)
+			h, err := packet.ParseDataHeader(pkt)
+			if err != nil {
+				p.drop(counters.Malformed, s.remote)
+				continue
+			}
+			if peer.Identity() == nil { // data before the session authenticated
+				p.drop(counters.NoKey, s.remote)
+				continue
+			}
+			pt, ok := p.openData(peer, pkt, h, s.remote)
 			if !ok {
 				continue
 			}

@@ -152,10 +152,10 @@ func (l *UDPListener) receiveLoop() {
 
 // handleDatagram classifies one datagram from a client.
 func (l *UDPListener) handleDatagram(pkt []byte, from netip.AddrPort, local netip.Addr) {
-	op, kid := packet.SplitHeader(pkt[0])
+	op, _ := packet.SplitHeader(pkt[0])
 	switch {
 	case op.IsData():
-		l.receiveData(pkt, op, kid, from, local)
+		l.receiveData(pkt, from, local)
 	case op.IsControl():
 		l.p.cfg.Control.UDPControl(l, pkt, from, local)
 	default:
@@ -169,15 +169,16 @@ func (l *UDPListener) handleDatagram(pkt []byte, from netip.AddrPort, local neti
 // TUN. A packet that authenticates from a new address moves the session there (floating, for
 // NAT rebinding), unless another session holds that address: then it is dropped and the owner
 // keeps its session.
-func (l *UDPListener) receiveData(pkt []byte, op packet.Opcode, kid uint8, from netip.AddrPort, local netip.Addr) {
+func (l *UDPListener) receiveData(pkt []byte, from netip.AddrPort, local netip.Addr) {
 	p := l.p
+	h, err := packet.ParseDataHeader(pkt)
+	if err != nil {
+		p.drop(counters.Malformed, from)
+		return
+	}
 	var peer *Peer
-	if op == packet.DataV2 {
-		if len(pkt) < 4 {
-			p.drop(counters.Malformed, from)
-			return
-		}
-		peer = p.peerByID(int(pkt[1])<<16 | int(pkt[2])<<8 | int(pkt[3]))
+	if h.Opcode == packet.DataV2 {
+		peer = p.peerByID(int(h.PeerID))
 	} else {
 		peer = l.Lookup(from)
 	}
@@ -193,11 +194,11 @@ func (l *UDPListener) receiveData(pkt []byte, op packet.Opcode, kid uint8, from 
 	}
 	dst := u.dst.Load()
 	floating := dst.remote != from
-	if floating && op != packet.DataV2 {
+	if floating && h.Opcode != packet.DataV2 {
 		p.drop(counters.WrongSource, from)
 		return
 	}
-	pt, ok := p.openData(peer, pkt, op, kid, from)
+	pt, ok := p.openData(peer, pkt, h, from)
 	if !ok {
 		return
 	}

@@ -30,7 +30,8 @@ func (s *Session) runKey(k *channel.Key) {
 		deadline = s.renegSince.Add(m.cfg.HandWindow)
 		s.mu.Unlock()
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	// The deadline is on the injected clock; the context runs on the real one.
+	ctx, cancel := context.WithTimeout(context.Background(), deadline.Sub(m.cfg.Now()))
 	defer cancel()
 	failed := func(reason string) {
 		if k.ID == 0 {
@@ -47,7 +48,9 @@ func (s *Session) runKey(k *channel.Key) {
 		failed("tls handshake failed")
 		return
 	}
-	_ = k.Conn().SetReadDeadline(deadline)
+	if d, ok := ctx.Deadline(); ok {
+		_ = k.Conn().SetReadDeadline(d)
+	}
 	msg, err := readKeyMethod(conn)
 	if err != nil {
 		m.log.Warn("key exchange failed", "remote", s.link.Remote(), "key_id", k.ID, "err", err)
