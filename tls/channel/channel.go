@@ -77,6 +77,7 @@ type Channel struct {
 	replay  tlscrypt.ReplayWindow
 	keys    [8]*Key
 	current uint8
+	prev    uint8 // the key current was before the newest renegotiation
 	timer   *time.Timer
 	acks    []uint32
 	due     []reliable.Message
@@ -196,9 +197,13 @@ func nextKeyID(id uint8) uint8 {
 }
 
 // installKeyLocked makes k the current key; the previous one stays for its lame-duck period and
-// any older one is closed.
+// any older one is closed. A previous key that was abandoned (a failed renegotiation) does not
+// count: the key before it stays.
 func (c *Channel) installKeyLocked(k *Key) {
 	prev := c.current
+	if c.keys[prev] == nil {
+		prev = c.prev
+	}
 	for i, old := range c.keys {
 		if old != nil && uint8(i) != prev && uint8(i) != k.ID {
 			old.conn.closeLocked()
@@ -206,7 +211,20 @@ func (c *Channel) installKeyLocked(k *Key) {
 		}
 	}
 	c.keys[k.ID] = k
-	c.current = k.ID
+	c.prev, c.current = prev, k.ID
+}
+
+// Abandon drops the state of key id, a renegotiation that failed: its stream is closed, and
+// the key before it stays as the one control messages use. The next renegotiation takes the
+// next key id, as OpenVPN does, so a peer never mistakes it for the failed one.
+func (c *Channel) Abandon(id uint8) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	id &= 7
+	if k := c.keys[id]; k != nil && id != 0 {
+		k.conn.closeLocked()
+		c.keys[id] = nil
+	}
 }
 
 // Input processes one unwrapped control packet that arrived with replay id pid and timestamp ts.
@@ -379,10 +397,13 @@ func (c *Channel) Idle(id uint8) bool {
 	return k == nil || k.rel.Idle()
 }
 
-// Current is the key id of the newest key state.
+// Current is the key id of the newest key state that was not abandoned.
 func (c *Channel) Current() uint8 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.keys[c.current] == nil {
+		return c.prev
+	}
 	return c.current
 }
 

@@ -26,8 +26,13 @@ func (s *Session) runKey(k *channel.Key) {
 	m := s.m
 	deadline := s.since.Add(m.cfg.HandWindow)
 	if k.ID != 0 {
+		// Each renegotiation attempt gets a third of the hand window, so a failed one is
+		// retried within it; the session ends when the window passes without a new key.
 		s.mu.Lock()
 		deadline = s.renegSince.Add(m.cfg.HandWindow)
+		if try := s.renegTry.Add(m.cfg.HandWindow / 3); try.Before(deadline) {
+			deadline = try
+		}
 		s.mu.Unlock()
 	}
 	// The deadline is on the injected clock; the context runs on the real one.

@@ -194,10 +194,14 @@ func (s *Session) renegotiated(now time.Time) {
 // the hand window since the first attempt has passed.
 func (s *Session) renegotiationFailed(id uint8) {
 	s.mu.Lock()
-	if s.renegKey == id {
+	current := s.renegKey == id
+	if current {
 		s.renegTry = time.Time{}
 	}
 	s.mu.Unlock()
+	if current {
+		s.ctl.Abandon(id)
+	}
 }
 
 // user names the session in logs.
