@@ -23,8 +23,8 @@ import (
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
 	"github.com/cvpn/cvpn/tunnel/counters"
-	"github.com/cvpn/cvpn/tunnel/dataplane"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/dataplane"
 	"github.com/cvpn/cvpn/tunnel/sock/socktest"
 )
 
@@ -152,7 +152,7 @@ func (e *testEngine) clientConfig(t *testing.T, cn string, from, server netip.Ad
 	}
 	return client.Config{
 		Server: server, Certificate: cert, RootCAs: e.roots, TLSCrypt: e.key,
-		Log: testLogger(t).With("side", "client", "cn", cn),
+		Log:  testLogger(t).With("side", "client", "cn", cn),
 		Dial: func(context.Context) (net.PacketConn, error) { return e.net.ListenPacket(from) },
 	}
 }
