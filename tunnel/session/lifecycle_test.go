@@ -16,6 +16,7 @@ import (
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
+	"github.com/cvpn/cvpn/tunnel/counters"
 	"github.com/cvpn/cvpn/tunnel/dataplane"
 )
 
@@ -253,5 +254,30 @@ func TestFailedRenegotiationRetriedThenSessionEnds(t *testing.T) {
 	})
 	if len(e.m.Established()) != 0 {
 		t.Fatal("the session is still listed")
+	}
+}
+
+// TestPendingSessionsBoundedPerSource: stateful resets from one IP address (any ports) hold at
+// most MaxPerSource pending sessions; another address still gets its handshake.
+func TestPendingSessionsBoundedPerSource(t *testing.T) {
+	e := newTestEngine(t, engineOptions{})
+	limit := e.m.cfg.MaxPerSource
+	attacker := netip.MustParseAddr("203.0.113.66")
+	for port := range uint16(3 * limit) {
+		e.net.Inject(netip.AddrPortFrom(attacker, 20000+port), port443, e.v3Reset(t))
+	}
+	pending := func() (n, fromAttacker int) {
+		e.m.mu.Lock()
+		defer e.m.mu.Unlock()
+		return e.m.unauth, e.m.perSource[attacker]
+	}
+	waitFor(t, "the resets are handled", func() bool {
+		_, a := pending()
+		return a == limit && e.m.drops.Count(counters.HandshakeLimit) == uint64(2*limit)
+	})
+	alice := connect(t, e.clientConfig(t, "alice", netip.MustParseAddrPort("203.0.113.67:40000"), port443))
+	e.ping(t, alice, 1)
+	if n, a := pending(); n != limit || a != limit {
+		t.Fatalf("%d pending sessions, %d from the attacker; want %d and %d", n, a, limit, limit)
 	}
 }
