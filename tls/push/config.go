@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cvpn/cvpn/tls/packet"
 )
 
 // MaxMessageLen is the longest PUSH_REPLY message Messages makes, markers
@@ -109,8 +111,8 @@ func (c *Config) Options() ([]string, error) {
 		opts = append(opts, "ifconfig "+c.Ifconfig.Addr().String()+" "+netmask(c.Ifconfig.Bits()).String())
 	}
 	if c.HasPeerID {
-		if c.PeerID >= maxPeerID {
-			return nil, fmt.Errorf("%w: peer-id %d is not below %d", ErrOption, c.PeerID, maxPeerID)
+		if c.PeerID >= packet.NoPeerID {
+			return nil, fmt.Errorf("%w: peer-id %d is not below %d", ErrOption, c.PeerID, packet.NoPeerID)
 		}
 		opts = append(opts, "peer-id "+strconv.FormatUint(uint64(c.PeerID), 10))
 	}

@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cvpn/cvpn/tls/packet"
 )
 
 // Reply is the configuration a server pushed (protocol §10.1), gathered over
@@ -190,7 +192,7 @@ func (r *Reply) decode() error {
 				return bad("want one argument")
 			}
 			n, err := strconv.ParseUint(args[0], 10, 32)
-			if err != nil || n >= maxPeerID {
+			if err != nil || n >= uint64(packet.NoPeerID) {
 				return bad("peer-id must be 0..16777214")
 			}
 			r.PeerID, r.HasPeerID = uint32(n), true
@@ -246,10 +248,6 @@ func (r *Reply) decode() error {
 	}
 	return nil
 }
-
-// maxPeerID is OpenVPN's MAX_PEER_ID (openvpn.h), the value meaning "no
-// peer-id"; a pushed peer-id is below it.
-const maxPeerID = 0xFFFFFF
 
 func parseIPv4(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cvpn/cvpn/tls/packet"
 )
 
 // Real push replies: the first from OpenVPN 2.6 (`server 10.8.0.0
@@ -183,7 +185,7 @@ func FuzzParseReply(f *testing.F) {
 		if r.Ifconfig.IsValid() && (!r.Ifconfig.Addr().Is4() || r.Ifconfig.Bits() < 0) {
 			t.Fatalf("bad ifconfig %v", r.Ifconfig)
 		}
-		if r.HasPeerID && r.PeerID >= maxPeerID {
+		if r.HasPeerID && r.PeerID >= packet.NoPeerID {
 			t.Fatalf("peer-id %d out of range", r.PeerID)
 		}
 		for _, rt := range r.Routes {
