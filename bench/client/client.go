@@ -1,7 +1,8 @@
 // Package client is an OpenVPN 2.6 client over UDP, built from the same codec and crypto packages
-// as the cvpn server (tls/packet, tls/tlscrypt, tls/channel, tls/keymethod, tunnel/datacrypto,
-// tunnel/replay). It is the engine of the load generator and of in-process engine tests: Connect
-// runs the whole handshake and returns a Session that moves IP packets through the tunnel.
+// as the cvpn server (tls/packet, tls/tlscrypt, tls/channel, tls/keymethod, tls/push,
+// tunnel/datacrypto, tunnel/replay). It is the engine of the load generator and of in-process
+// engine tests: Connect runs the whole handshake and returns a Session that moves IP packets
+// through the tunnel.
 //
 // It owns the client side of the protocol: the hard reset with the 2.6 cookie flow
 // (docs/protocol.md §4), the TLS client with `remote-cert-tls server` checks (protocol §5), the
@@ -47,6 +48,7 @@ import (
 	"github.com/cvpn/cvpn/tls/channel"
 	"github.com/cvpn/cvpn/tls/keymethod"
 	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tls/push"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 )
@@ -143,7 +145,7 @@ type Session struct {
 	ch                  *channel.Channel
 
 	// Set by Connect before it returns; read-only afterwards.
-	push      PushReply
+	push      push.Reply
 	cipher    datacrypto.Cipher
 	ekm       bool
 	dataV2    bool
@@ -179,7 +181,7 @@ type Session struct {
 }
 
 type pushResult struct {
-	reply PushReply
+	reply push.Reply
 	err   error
 }
 
@@ -347,7 +349,7 @@ func (s *Session) verifyServer(cs tls.ConnectionState) error {
 func (s *Session) Address() netip.Prefix { return s.push.Ifconfig }
 
 // Push returns the parsed PUSH_REPLY. Its slices must not be modified.
-func (s *Session) Push() PushReply { return s.push }
+func (s *Session) Push() push.Reply { return s.push }
 
 // Cipher is the data cipher in use.
 func (s *Session) Cipher() datacrypto.Cipher { return s.cipher }

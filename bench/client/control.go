@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/cvpn/cvpn/tls/keymethod"
+	"github.com/cvpn/cvpn/tls/push"
 )
 
 // maxPendingControl bounds an unterminated control message, as the 2048-byte TLS read buffer
@@ -16,7 +17,7 @@ const maxPendingControl = 2048
 // Before Connect returns, the push reply or refusal goes to Connect; afterwards AUTH_FAILED,
 // RESTART and HALT end the session, and further PUSH_REPLYs (auth-token refreshes) are ignored.
 func (s *Session) controlLoop(conn *tls.Conn, pending []byte) {
-	var reply PushReply
+	var reply push.Reply
 	buf := make([]byte, 1024)
 	for {
 		var msgs []string
@@ -43,10 +44,10 @@ func (s *Session) controlLoop(conn *tls.Conn, pending []byte) {
 
 // controlMessage handles one control message; reply accumulates a push reply split over
 // several messages.
-func (s *Session) controlMessage(m string, reply *PushReply) {
+func (s *Session) controlMessage(m string, reply *push.Reply) {
 	verb, arg, _ := strings.Cut(m, ",")
 	switch verb {
-	case pushReplyPrefix:
+	case push.ReplyPrefix:
 		if s.connected.Load() {
 			s.log.Debug("later PUSH_REPLY ignored", "msg", m)
 			return
@@ -61,7 +62,7 @@ func (s *Session) controlMessage(m string, reply *PushReply) {
 			case s.pushed <- pushResult{reply: *reply}:
 			default:
 			}
-			*reply = PushReply{}
+			*reply = push.Reply{}
 		}
 	case "AUTH_FAILED":
 		if arg == "" {

@@ -1,6 +1,10 @@
 package client
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/cvpn/cvpn/tls/push"
+)
 
 // Errors of Connect and of an established Session. Connect and the read and write methods wrap
 // them with detail; test with errors.Is.
@@ -12,8 +16,8 @@ var (
 	// lacks what `remote-cert-tls server` requires (keyUsage, extendedKeyUsage serverAuth).
 	ErrServerCert = errors.New("client: server certificate refused")
 	// ErrPushReply means a PUSH_REPLY could not be parsed or names an option value this client
-	// cannot use.
-	ErrPushReply = errors.New("client: bad PUSH_REPLY")
+	// cannot use. It is push.ErrReply, which the parser's errors wrap.
+	ErrPushReply = push.ErrReply
 	// ErrCipher means the server chose a data cipher that is not in Config.Ciphers.
 	ErrCipher = errors.New("client: server chose a data cipher the client did not offer")
 	// ErrRestart and ErrHalt mean the server sent RESTART or HALT (protocol §10.3).

@@ -18,6 +18,7 @@ import (
 	"github.com/cvpn/cvpn/tls/channel"
 	"github.com/cvpn/cvpn/tls/keymethod"
 	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tls/push"
 	"github.com/cvpn/cvpn/tls/reliable"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 )
@@ -318,21 +319,21 @@ func (s *Session) peerInfo() string {
 
 // awaitPush sends PUSH_REQUEST every 5 s until the control goroutine of key 0 delivers a
 // complete PUSH_REPLY or a refusal.
-func (s *Session) awaitPush(ctx context.Context, conn *tls.Conn) (PushReply, error) {
+func (s *Session) awaitPush(ctx context.Context, conn *tls.Conn) (push.Reply, error) {
 	t := time.NewTicker(pushRequestInterval)
 	defer t.Stop()
 	for {
 		if _, err := conn.Write([]byte("PUSH_REQUEST\x00")); err != nil {
-			return PushReply{}, fmt.Errorf("client: send PUSH_REQUEST: %w", err)
+			return push.Reply{}, fmt.Errorf("client: send PUSH_REQUEST: %w", err)
 		}
 		select {
 		case r := <-s.pushed:
 			return r.reply, r.err
 		case <-t.C:
 		case <-ctx.Done():
-			return PushReply{}, fmt.Errorf("client: waiting for PUSH_REPLY: %w", ctx.Err())
+			return push.Reply{}, fmt.Errorf("client: waiting for PUSH_REPLY: %w", ctx.Err())
 		case <-s.done:
-			return PushReply{}, s.err
+			return push.Reply{}, s.err
 		}
 	}
 }
@@ -340,7 +341,7 @@ func (s *Session) awaitPush(ctx context.Context, conn *tls.Conn) (PushReply, err
 // applyPush takes the session parameters from the reply: the cipher (pushed, else the one in the
 // server's options string as a 2.6 client falls back to, protocol §11; either must be one of ours),
 // key derivation and peer-id.
-func (s *Session) applyPush(r *PushReply, serverOptions string) error {
+func (s *Session) applyPush(r *push.Reply, serverOptions string) error {
 	name := r.Cipher
 	if name == "" {
 		for opt := range strings.SplitSeq(serverOptions, ",") {

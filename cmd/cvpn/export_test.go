@@ -273,16 +273,3 @@ func TestExportRefuses(t *testing.T) {
 		})
 	}
 }
-
-func TestQuoteOption(t *testing.T) {
-	for in, want := range map[string]string{
-		"vpn.example.com": "vpn.example.com",
-		"my server":       `"my server"`,
-		`a"b\c`:           `"a\"b\\c"`,
-		"#x":              `"#x"`,
-	} {
-		if got := quoteOption(in); got != want {
-			t.Errorf("quoteOption(%q) = %s, want %s", in, got, want)
-		}
-	}
-}

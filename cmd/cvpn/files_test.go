@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/pem"
 	"os"
 	"path/filepath"
@@ -9,6 +8,9 @@ import (
 	"testing"
 	"time"
 )
+
+// tlsCryptV2ServerKeyPEM is the PEM type `openvpn --genkey tls-crypt-v2-server` writes.
+const tlsCryptV2ServerKeyPEM = "OpenVPN tls-crypt-v2 server key"
 
 // TestValidateReportsEveryFileProblem checks that the file content checks report every
 // problem at once, one line each, naming the key and its line.
@@ -62,41 +64,4 @@ func TestValidateClock(t *testing.T) {
 	if _, _, stderr := runCmd(t, "validate", "--config", cfgPath); !strings.Contains(stderr, "certificate not valid until") {
 		t.Errorf("stderr lacks not-yet-valid:\n%s", stderr)
 	}
-}
-
-func TestLoadTLSCryptV2ServerKey(t *testing.T) {
-	dir := t.TempDir()
-	good := make([]byte, 128)
-	for i := range good {
-		good[i] = byte(i)
-	}
-	write := func(name string, data []byte) string {
-		f := filepath.Join(dir, name)
-		if err := os.WriteFile(f, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
-	k, err := loadTLSCryptV2ServerKey(write("good", pem.EncodeToMemory(&pem.Block{Type: tlsCryptV2ServerKeyPEM, Bytes: good})))
-	if err != nil || !bytes.Equal(k.Marshal(), readFileBytes(t, filepath.Join(dir, "good"))) {
-		t.Errorf("good key: %v", err)
-	}
-	for name, data := range map[string][]byte{
-		"not PEM":  []byte("hello"),
-		"client":   pem.EncodeToMemory(&pem.Block{Type: "OpenVPN tls-crypt-v2 client key", Bytes: good}),
-		"too long": pem.EncodeToMemory(&pem.Block{Type: tlsCryptV2ServerKeyPEM, Bytes: append(good, 0)}),
-	} {
-		if _, err := loadTLSCryptV2ServerKey(write(name, data)); err == nil || !strings.Contains(err.Error(), filepath.Join(dir, name)) {
-			t.Errorf("%s: err = %v, want an error naming the file", name, err)
-		}
-	}
-}
-
-func readFileBytes(t *testing.T, f string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -13,92 +12,13 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
-	"time"
 
-	"github.com/cvpn/cvpn/authz"
 	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/endpoint"
 	"github.com/cvpn/cvpn/ippool"
 	"github.com/cvpn/cvpn/nat"
-	"github.com/cvpn/cvpn/pki"
-	"github.com/cvpn/cvpn/tls/tlscrypt"
 	"github.com/cvpn/cvpn/tunnel"
-	"github.com/cvpn/cvpn/tunnel/datacrypto"
 )
-
-// endpoint is a validated endpoint file with the files it names loaded.
-type endpoint struct {
-	Config        *config.Endpoint
-	Server        *pki.Identity
-	ClientCAs     *x509.CertPool
-	ClientCACerts []*x509.Certificate // the certificates of ClientCAs, in file order
-	// CRL is authentication.certificate.crl_file; nil when absent (a nil
-	// *pki.CRL revokes nothing).
-	CRL *pki.CRL
-	// ControlKey is the tls-crypt key; TLSAuthKey the tls-auth key (at most
-	// one of them is set); TLSCryptV2ServerKey the tls-crypt-v2 server key.
-	ControlKey          *tlscrypt.StaticKey
-	TLSAuthKey          *tlscrypt.StaticKey
-	TLSCryptV2ServerKey *tlscrypt.V2ServerKey
-	Ciphers             []datacrypto.Cipher
-	Policy              *tunnel.Policy
-}
-
-// loadEndpoint reads the endpoint file and loads and checks every file it names, so that nothing
-// is applied unless all of it is good.
-func loadEndpoint(path string) (*endpoint, error) {
-	cfg, err := config.Load(path)
-	if err != nil {
-		return nil, err
-	}
-	ep := &endpoint{Config: cfg}
-	if err := ep.loadFiles(timeNow()); err != nil {
-		return nil, err
-	}
-	for i, name := range cfg.DataCiphers {
-		c, err := datacrypto.ParseCipher(name)
-		if err != nil {
-			return nil, fmt.Errorf("data_ciphers[%d]: %w", i, err)
-		}
-		ep.Ciphers = append(ep.Ciphers, c)
-	}
-	ep.Policy, err = policyOf(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return ep, nil
-}
-
-// policyOf builds the per-packet policy snapshot from the file.
-func policyOf(cfg *config.Endpoint) (*tunnel.Policy, error) {
-	rules := make([]authz.Rule, 0, len(cfg.AuthorizationRules))
-	for _, r := range cfg.AuthorizationRules {
-		rules = append(rules, authz.Rule{Network: r.TargetNetworkCIDR, Group: r.AccessGroupID, AllGroups: r.AuthorizeAllGroups})
-	}
-	az, err := authz.New(rules)
-	if err != nil {
-		return nil, fmt.Errorf("authorization_rules: %w", err)
-	}
-	p := tunnel.Policy{
-		Authz:          az,
-		SplitTunnel:    cfg.SplitTunnel,
-		DNS:            cfg.DNSServers,
-		Bandwidth:      cfg.BandwidthLimitMbps * 1e6,
-		GroupBandwidth: map[string]float64{},
-	}
-	for _, b := range cfg.BandwidthLimits {
-		p.GroupBandwidth[b.AccessGroupID] = b.Mbps * 1e6
-	}
-	for _, r := range cfg.Routes {
-		if r.Local {
-			// target: local (the client CIDR) enables client-to-client traffic. It is not pushed:
-			// the subnet of the client's own ifconfig already covers it.
-			p.ClientToClient = true
-			continue
-		}
-		p.Routes = append(p.Routes, r.DestinationCIDRBlock)
-	}
-	return tunnel.NewPolicy(p)
-}
 
 // cmdServe runs the endpoint until SIGTERM or SIGINT; SIGHUP reloads the policy.
 func cmdServe(args []string, stderr io.Writer) int {
@@ -159,7 +79,7 @@ func logLevel() slog.Level {
 	return slog.LevelInfo
 }
 
-func serve(path string, ep *endpoint, memProfile string, log *slog.Logger) (err error) {
+func serve(path string, ep *endpoint.Endpoint, memProfile string, log *slog.Logger) (err error) {
 	cfg := ep.Config
 	cert, err := ep.Server.TLSCertificate()
 	if err != nil {
@@ -182,7 +102,7 @@ func serve(path string, ep *endpoint, memProfile string, log *slog.Logger) (err 
 			udp = append(udp, ap)
 		}
 	}
-	wrapper, err := controlWrapper(ep)
+	wrapper, err := ep.ControlWrapper()
 	if err != nil {
 		return err
 	}
@@ -237,7 +157,7 @@ func serve(path string, ep *endpoint, memProfile string, log *slog.Logger) (err 
 	if f := cfg.Authentication.Certificate.CRLFile; f != "" {
 		stop := make(chan struct{})
 		defer close(stop)
-		go watchCRL(f, ep.ClientCACerts, srv, log, stop)
+		go endpoint.WatchCRL(f, ep.ClientCACerts, srv, log, stop)
 	}
 	log.Info("cvpn listening", "udp", udp, "tcp", tcp, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
 		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name)
@@ -259,64 +179,6 @@ func reload(path string, running *config.Endpoint, srv *tunnel.Server, log *slog
 	}
 	srv.Reload(ep.Policy)
 	log.Info("reloaded policy", "rules", len(ep.Config.AuthorizationRules), "routes", len(ep.Config.Routes))
-}
-
-// controlWrapper builds the control-channel protection the endpoint file asks for.
-func controlWrapper(ep *endpoint) (tlscrypt.Wrapper, error) {
-	cc := ep.Config.ControlChannel
-	switch {
-	case ep.ControlKey != nil:
-		return tlscrypt.NewTLSCrypt(ep.ControlKey, true), nil
-	case ep.TLSAuthKey != nil:
-		h, err := tlscrypt.AuthDigest(cc.TLSAuthDigest)
-		if err != nil {
-			return nil, fmt.Errorf("control_channel.tls_auth_digest: %q is not SHA1, SHA256 or SHA512", cc.TLSAuthDigest)
-		}
-		return tlscrypt.NewTLSAuth(ep.TLSAuthKey, int(cc.TLSAuthKeyDirection), h), nil
-	}
-	return nil, nil
-}
-
-// crlPoll is how often the CRL file is checked for a new version.
-const crlPoll = 2 * time.Second
-
-// watchCRL reloads the CRL when its file changes (cvpn client revoke replaces it by rename) and
-// hands it to the server, which cuts off connected clients it revokes. A CRL that fails to load or
-// verify is logged and the previous one stays.
-func watchCRL(file string, cas []*x509.Certificate, srv *tunnel.Server, log *slog.Logger, stop <-chan struct{}) {
-	stamp := func() string {
-		fi, err := os.Stat(file)
-		if err != nil {
-			return ""
-		}
-		return fmt.Sprint(fi.ModTime().UnixNano(), fi.Size(), fi.Sys())
-	}
-	last := stamp()
-	t := time.NewTicker(crlPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-		}
-		now := stamp()
-		if now == last || now == "" {
-			continue
-		}
-		crl, err := pki.LoadCRL(file)
-		if err == nil {
-			_, err = crl.Verify(cas, time.Now())
-		}
-		if err != nil {
-			log.Error("new CRL refused; the previous one stays in force", "file", file, "err", err)
-			last = now
-			continue
-		}
-		last = now
-		srv.SetRevoker(crl)
-		log.Info("CRL reloaded", "file", file, "revoked", crl.Len())
-	}
 }
 
 // writeHeapProfile writes the live heap (after a GC) for memory work.

@@ -1,4 +1,4 @@
-package client
+package push
 
 import (
 	"fmt"
@@ -6,34 +6,47 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cvpn/cvpn/tls/packet"
 )
 
-// PushReply is the configuration a server pushed (docs/protocol.md §10.1), gathered over all the
-// messages of one reply. Options keeps every option as sent, in order; the fields below decode
-// the ones this client acts on or a load test reports. A field stays zero when its option was not
-// pushed.
-type PushReply struct {
-	// Options are the pushed options in order, across continuation messages, without the
-	// PUSH_REPLY prefix and the push-continuation markers. Options this client does not know
-	// are kept here and otherwise ignored, as OpenVPN clients skip them.
+// Reply is the configuration a server pushed (protocol §10.1), gathered over
+// all the messages of one reply. Options keeps every option as sent, in order;
+// the fields decode the ones cvpn's client acts on or a load test reports. A
+// field stays zero when its option was not pushed.
+type Reply struct {
+	// Options are the pushed options in order, across continuation messages,
+	// without the PUSH_REPLY prefix and the push-continuation markers. Options
+	// that are not decoded below stay here, as OpenVPN clients skip the ones
+	// they do not know.
 	Options []string
 
-	Topology     string       // "subnet", "net30" or "p2p"; "" means OpenVPN's default, net30
-	Ifconfig     netip.Prefix // own tunnel address: with the pushed netmask under topology subnet, else /32
-	IfconfigPeer netip.Addr   // the remote end of "ifconfig LOCAL REMOTE" (topology net30 or p2p)
-	RouteGateway netip.Addr
+	// Topology is "subnet", "net30" or "p2p"; "" means OpenVPN's default,
+	// net30.
+	Topology string
+	// Ifconfig is the own tunnel address: with the pushed netmask under
+	// topology subnet, else /32.
+	Ifconfig netip.Prefix
+	// IfconfigPeer is the remote end of "ifconfig LOCAL REMOTE" (topology
+	// net30 or p2p).
+	IfconfigPeer netip.Addr
+	RouteGateway netip.Addr // invalid for "route-gateway dhcp"
 	Routes       []Route
 	// RedirectGateway is set when "redirect-gateway" was pushed (full tunnel).
 	RedirectGateway bool
 	DNS             []netip.Addr // dhcp-option DNS
+	// Compression is the compression framing option as pushed ("comp-lzo no",
+	// "compress", "compress stub-v2", ...), "" when none was (protocol §9.4).
+	Compression string
 
 	PeerID    uint32 // from "peer-id N"; valid only if HasPeerID
 	HasPeerID bool
 	Cipher    string // "cipher NAME": the negotiated data cipher
-	// ProtocolFlags are the words of "protocol-flags" (cc-exit, tls-ekm, dyn-tls-crypt).
+	// ProtocolFlags are the words of "protocol-flags" (cc-exit, tls-ekm,
+	// dyn-tls-crypt).
 	ProtocolFlags []string
-	// KeyDerivation is the argument of "key-derivation" (tls-ekm), pushed instead of
-	// protocol-flags to clients that do not announce cc-exit.
+	// KeyDerivation is the argument of "key-derivation" (tls-ekm), pushed
+	// instead of protocol-flags to clients that do not announce cc-exit.
 	KeyDerivation string
 
 	Ping        time.Duration
@@ -41,24 +54,26 @@ type PushReply struct {
 	TunMTU      int
 }
 
-// Route is one pushed "route NETWORK [NETMASK] [GATEWAY] [METRIC]". Gateway is invalid when the
-// route names none or a keyword (vpn_gateway, net_gateway, remote_host); Metric is -1 when absent.
+// Route is one pushed "route NETWORK [NETMASK] [GATEWAY] [METRIC]". Gateway is
+// invalid when the route names none or a keyword (vpn_gateway, net_gateway,
+// remote_host); Metric is -1 when absent.
 type Route struct {
 	Network netip.Prefix
 	Gateway netip.Addr
 	Metric  int
 }
 
-// EKM reports whether the server asked for data keys from the TLS exporter (protocol §7.1), by
-// "protocol-flags ... tls-ekm" or "key-derivation tls-ekm".
-func (r *PushReply) EKM() bool {
+// EKM reports whether the server asked for data keys from the TLS exporter
+// (protocol §7.1), by "protocol-flags ... tls-ekm" or "key-derivation tls-ekm".
+func (r *Reply) EKM() bool {
 	return r.KeyDerivation == "tls-ekm" || r.hasFlag("tls-ekm")
 }
 
-// CCExit reports whether the server understands EXIT on the control channel (protocol-flags cc-exit).
-func (r *PushReply) CCExit() bool { return r.hasFlag("cc-exit") }
+// CCExit reports whether the server understands EXIT on the control channel
+// (protocol-flags cc-exit).
+func (r *Reply) CCExit() bool { return r.hasFlag("cc-exit") }
 
-func (r *PushReply) hasFlag(f string) bool {
+func (r *Reply) hasFlag(f string) bool {
 	for _, x := range r.ProtocolFlags {
 		if x == f {
 			return true
@@ -67,19 +82,21 @@ func (r *PushReply) hasFlag(f string) bool {
 	return false
 }
 
-// pushReplyPrefix starts every push reply message.
-const pushReplyPrefix = "PUSH_REPLY"
+// ReplyPrefix starts every push reply message; the options follow, each after
+// a comma.
+const ReplyPrefix = "PUSH_REPLY"
 
-// Parse adds one PUSH_REPLY message to r and reports whether the reply is complete. A message
-// ending in "push-continuation 2" announces another one (push.c:send_push_reply); the last ends
-// in "push-continuation 1" or carries no marker. Once the reply is complete the options are
-// decoded into the fields; an option this client relies on that does not parse (ifconfig,
-// route, peer-id, ping, ...) is an error wrapping ErrPushReply that names it. Parse a new reply
-// into a fresh PushReply.
-func (r *PushReply) Parse(msg string) (complete bool, err error) {
-	rest, ok := strings.CutPrefix(msg, pushReplyPrefix)
+// Parse adds one PUSH_REPLY message (without its NUL) to r and reports whether
+// the reply is complete. A message ending in "push-continuation 2" announces
+// another one (push.c:send_push_reply); the last ends in "push-continuation 1"
+// or carries no marker. Once the reply is complete the options are decoded into
+// the fields; a decoded option that does not parse (ifconfig, route, peer-id,
+// ping, ...) is an error wrapping ErrReply that names it. Parse a new reply
+// into a fresh Reply.
+func (r *Reply) Parse(msg string) (complete bool, err error) {
+	rest, ok := strings.CutPrefix(msg, ReplyPrefix)
 	if !ok || (rest != "" && rest[0] != ',') {
-		return false, fmt.Errorf("%w: message does not start with %s: %.40q", ErrPushReply, pushReplyPrefix, msg)
+		return false, fmt.Errorf("%w: message does not start with %s: %.40q", ErrReply, ReplyPrefix, msg)
 	}
 	complete = true
 	for opt := range strings.SplitSeq(rest, ",") {
@@ -99,35 +116,36 @@ func (r *PushReply) Parse(msg string) (complete bool, err error) {
 	return true, r.decode()
 }
 
-// ParsePushReply parses the messages of one push reply, which must end complete.
-func ParsePushReply(msgs ...string) (PushReply, error) {
-	var r PushReply
+// ParseReply parses the messages of one push reply, which must end complete.
+func ParseReply(msgs ...string) (Reply, error) {
+	var r Reply
 	for i, m := range msgs {
 		complete, err := r.Parse(m)
 		if err != nil {
 			return r, err
 		}
 		if complete != (i == len(msgs)-1) {
-			return r, fmt.Errorf("%w: message %d of %d: continuation markers do not match the message count", ErrPushReply, i+1, len(msgs))
+			return r, fmt.Errorf("%w: message %d of %d: continuation markers do not match the message count", ErrReply, i+1, len(msgs))
 		}
 	}
 	if len(msgs) == 0 {
-		return r, fmt.Errorf("%w: no message", ErrPushReply)
+		return r, fmt.Errorf("%w: no message", ErrReply)
 	}
 	return r, nil
 }
 
-// decode fills the fields from Options. ifconfig is read after the whole reply because its
-// second argument is a netmask or a peer address depending on a topology pushed anywhere in it.
-func (r *PushReply) decode() error {
+// decode fills the fields from Options. ifconfig is read after the whole reply
+// because its second argument is a netmask or a peer address depending on a
+// topology pushed anywhere in it.
+func (r *Reply) decode() error {
 	opts := r.Options
-	*r = PushReply{Options: opts}
+	*r = Reply{Options: opts}
 	var ifconfig []string
 	for _, opt := range opts {
 		f := strings.Fields(opt)
 		name, args := f[0], f[1:]
 		bad := func(why string) error {
-			return fmt.Errorf("%w: option %q: %s", ErrPushReply, opt, why)
+			return fmt.Errorf("%w: option %q: %s", ErrReply, opt, why)
 		}
 		switch name {
 		case "topology":
@@ -159,6 +177,8 @@ func (r *PushReply) decode() error {
 			r.Routes = append(r.Routes, rt)
 		case "redirect-gateway":
 			r.RedirectGateway = true
+		case "comp-lzo", "compress":
+			r.Compression = opt
 		case "dhcp-option":
 			if len(args) == 2 && args[0] == "DNS" {
 				a, err := netip.ParseAddr(args[1])
@@ -172,7 +192,7 @@ func (r *PushReply) decode() error {
 				return bad("want one argument")
 			}
 			n, err := strconv.ParseUint(args[0], 10, 32)
-			if err != nil || n >= maxPeerID {
+			if err != nil || n >= uint64(packet.NoPeerID) {
 				return bad("peer-id must be 0..16777214")
 			}
 			r.PeerID, r.HasPeerID = uint32(n), true
@@ -209,16 +229,16 @@ func (r *PushReply) decode() error {
 	if ifconfig != nil {
 		local, err := parseIPv4(ifconfig[0])
 		if err != nil {
-			return fmt.Errorf("%w: ifconfig: %v", ErrPushReply, err)
+			return fmt.Errorf("%w: ifconfig: %v", ErrReply, err)
 		}
 		second, err := parseIPv4(ifconfig[1])
 		if err != nil {
-			return fmt.Errorf("%w: ifconfig: %v", ErrPushReply, err)
+			return fmt.Errorf("%w: ifconfig: %v", ErrReply, err)
 		}
 		if r.Topology == "subnet" {
 			bits, ok := maskBits(second)
 			if !ok {
-				return fmt.Errorf("%w: ifconfig: %s is not a netmask", ErrPushReply, second)
+				return fmt.Errorf("%w: ifconfig: %s is not a netmask", ErrReply, second)
 			}
 			r.Ifconfig = netip.PrefixFrom(local, bits)
 		} else {
@@ -228,9 +248,6 @@ func (r *PushReply) decode() error {
 	}
 	return nil
 }
-
-// maxPeerID is OpenVPN's MAX_PEER_ID, the value meaning "no peer-id".
-const maxPeerID = 0xFFFFFF
 
 func parseIPv4(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
@@ -255,8 +272,9 @@ func maskBits(m netip.Addr) (int, bool) {
 	return ones, v == 0
 }
 
-// parseRoute decodes the arguments of "route NETWORK [NETMASK] [GATEWAY] [METRIC]"; a "default"
-// netmask or gateway word counts as absent, as in OpenVPN.
+// parseRoute decodes the arguments of "route NETWORK [NETMASK] [GATEWAY]
+// [METRIC]"; a "default" netmask, gateway or metric counts as absent, as in
+// OpenVPN (route.c).
 func parseRoute(args []string) (Route, error) {
 	rt := Route{Metric: -1}
 	if len(args) < 1 || len(args) > 4 {

@@ -1,4 +1,4 @@
-package client
+package push
 
 import (
 	"errors"
@@ -7,25 +7,27 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cvpn/cvpn/tls/packet"
 )
 
-// Real push replies: the first from OpenVPN 2.6 (`server 10.8.0.0 255.255.255.0`, topology subnet,
-// keepalive 10 60), the next from cvpn (tunnel.sendPushReply).
+// Real push replies: the first from OpenVPN 2.6 (`server 10.8.0.0
+// 255.255.255.0`, topology subnet, keepalive 10 60), the next from cvpn.
 const (
 	openvpnReply = "PUSH_REPLY,route-gateway 10.8.0.1,topology subnet,ping 10,ping-restart 60,ifconfig 10.8.0.2 255.255.255.0,peer-id 0,cipher AES-256-GCM,protocol-flags cc-exit tls-ekm dyn-tls-crypt,tun-mtu 1500"
 	cvpnReply    = "PUSH_REPLY,route-gateway 10.2.0.1,topology subnet,ping 10,ping-restart 60,route 10.0.1.0 255.255.255.0,dhcp-option DNS 10.0.0.2,ifconfig 10.2.0.2 255.255.252.0,peer-id 0,cipher AES-128-GCM,protocol-flags cc-exit"
 )
 
-func TestParsePushReply(t *testing.T) {
+func TestParseReply(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		msgs []string
-		want PushReply
+		want Reply
 	}{
 		{
 			name: "openvpn 2.6 server",
 			msgs: []string{openvpnReply},
-			want: PushReply{
+			want: Reply{
 				Topology: "subnet", Ifconfig: netip.MustParsePrefix("10.8.0.2/24"),
 				RouteGateway: netip.MustParseAddr("10.8.0.1"),
 				PeerID:       0, HasPeerID: true, Cipher: "AES-256-GCM",
@@ -36,7 +38,7 @@ func TestParsePushReply(t *testing.T) {
 		{
 			name: "cvpn",
 			msgs: []string{cvpnReply},
-			want: PushReply{
+			want: Reply{
 				Topology: "subnet", Ifconfig: netip.MustParsePrefix("10.2.0.2/22"),
 				RouteGateway: netip.MustParseAddr("10.2.0.1"),
 				Routes:       []Route{{Network: netip.MustParsePrefix("10.0.1.0/24"), Metric: -1}},
@@ -51,7 +53,7 @@ func TestParsePushReply(t *testing.T) {
 				"PUSH_REPLY,route 192.168.0.0 255.255.0.0 10.8.0.5 5,redirect-gateway def1 bypass-dhcp,push-continuation 2",
 				"PUSH_REPLY,ifconfig 10.8.0.6 10.8.0.5,key-derivation tls-ekm,peer-id 16777214,push-continuation 1",
 			},
-			want: PushReply{
+			want: Reply{
 				Ifconfig: netip.MustParsePrefix("10.8.0.6/32"), IfconfigPeer: netip.MustParseAddr("10.8.0.5"),
 				Routes:          []Route{{Network: netip.MustParsePrefix("192.168.0.0/16"), Gateway: netip.MustParseAddr("10.8.0.5"), Metric: 5}},
 				RedirectGateway: true, KeyDerivation: "tls-ekm", PeerID: 0xFFFFFE, HasPeerID: true,
@@ -63,7 +65,7 @@ func TestParsePushReply(t *testing.T) {
 				"PUSH_REPLY,ifconfig 10.9.0.2 255.255.255.128,push-continuation 2",
 				"PUSH_REPLY,topology subnet,route 10.1.0.0 255.255.0.0 vpn_gateway,push-continuation 1",
 			},
-			want: PushReply{
+			want: Reply{
 				Topology: "subnet", Ifconfig: netip.MustParsePrefix("10.9.0.2/25"),
 				Routes: []Route{{Network: netip.MustParsePrefix("10.1.0.0/16"), Metric: -1}},
 			},
@@ -71,14 +73,14 @@ func TestParsePushReply(t *testing.T) {
 		{
 			name: "empty reply, unknown options and stray spaces",
 			msgs: []string{"PUSH_REPLY,,  dns server 0 address 1.1.1.1 ,block-outside-dns,route-gateway dhcp"},
-			want: PushReply{},
+			want: Reply{},
 		},
-		{name: "bare", msgs: []string{"PUSH_REPLY"}, want: PushReply{}},
+		{name: "bare", msgs: []string{"PUSH_REPLY"}, want: Reply{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := ParsePushReply(tc.msgs...)
+			got, err := ParseReply(tc.msgs...)
 			if err != nil {
-				t.Fatalf("ParsePushReply: %v", err)
+				t.Fatalf("ParseReply: %v", err)
 			}
 			got.Options = nil
 			if !reflect.DeepEqual(got, tc.want) {
@@ -88,8 +90,8 @@ func TestParsePushReply(t *testing.T) {
 	}
 }
 
-func TestPushReplyOptionsKept(t *testing.T) {
-	r, err := ParsePushReply(
+func TestReplyOptionsKept(t *testing.T) {
+	r, err := ParseReply(
 		"PUSH_REPLY,route-gateway 10.8.0.1,block-outside-dns,push-continuation 2",
 		"PUSH_REPLY,ifconfig 10.8.0.2 255.255.255.0,push-continuation 1")
 	if err != nil {
@@ -108,14 +110,14 @@ func TestPushReplyOptionsKept(t *testing.T) {
 	}
 }
 
-func TestPushReplyFlags(t *testing.T) {
+func TestReplyFlags(t *testing.T) {
 	for msg, want := range map[string][2]bool{
 		"PUSH_REPLY,protocol-flags cc-exit tls-ekm": {true, true},
 		"PUSH_REPLY,protocol-flags cc-exit":         {false, true},
 		"PUSH_REPLY,key-derivation tls-ekm":         {true, false},
 		"PUSH_REPLY,cipher AES-256-GCM":             {false, false},
 	} {
-		r, err := ParsePushReply(msg)
+		r, err := ParseReply(msg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +127,7 @@ func TestPushReplyFlags(t *testing.T) {
 	}
 }
 
-func TestParsePushReplyErrors(t *testing.T) {
+func TestParseReplyErrors(t *testing.T) {
 	for _, tc := range []struct {
 		msgs []string
 		want string
@@ -145,29 +147,30 @@ func TestParsePushReplyErrors(t *testing.T) {
 		{[]string{"PUSH_REPLY", "PUSH_REPLY"}, "continuation markers"},
 		{nil, "no message"},
 	} {
-		_, err := ParsePushReply(tc.msgs...)
-		if !errors.Is(err, ErrPushReply) || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%q: err = %v, want ErrPushReply mentioning %q", tc.msgs, err, tc.want)
+		_, err := ParseReply(tc.msgs...)
+		if !errors.Is(err, ErrReply) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: err = %v, want ErrReply mentioning %q", tc.msgs, err, tc.want)
 		}
 	}
 }
 
-// FuzzParsePushReply: Parse never panics; a reply it accepts re-encodes, as one message of its
-// options, to the same PushReply; decoded fields are consistent with the options.
-func FuzzParsePushReply(f *testing.F) {
+// FuzzParseReply: Parse never panics and its errors wrap ErrReply; the options
+// of a reply it accepts are clean, its decoded fields are consistent, and the
+// options framed again by Split parse to the same Reply.
+func FuzzParseReply(f *testing.F) {
 	f.Add(openvpnReply, "")
 	f.Add(cvpnReply, "")
 	f.Add("PUSH_REPLY,route 1.2.3.0 255.255.255.0 vpn_gateway 3,push-continuation 2", "PUSH_REPLY,topology subnet,ifconfig 1.2.3.4 255.255.255.0")
 	f.Add("PUSH_REPLY,push-continuation", "PUSH_REPLY, ,\t,peer-id 007")
 	f.Fuzz(func(t *testing.T, first, second string) {
-		var r PushReply
+		var r Reply
 		complete, err := r.Parse(first)
 		if err == nil && !complete {
 			complete, err = r.Parse(second)
 		}
 		if err != nil {
-			if !errors.Is(err, ErrPushReply) {
-				t.Fatalf("error %v does not wrap ErrPushReply", err)
+			if !errors.Is(err, ErrReply) {
+				t.Fatalf("error %v does not wrap ErrReply", err)
 			}
 			return
 		}
@@ -182,7 +185,7 @@ func FuzzParsePushReply(f *testing.F) {
 		if r.Ifconfig.IsValid() && (!r.Ifconfig.Addr().Is4() || r.Ifconfig.Bits() < 0) {
 			t.Fatalf("bad ifconfig %v", r.Ifconfig)
 		}
-		if r.HasPeerID && r.PeerID >= maxPeerID {
+		if r.HasPeerID && r.PeerID >= packet.NoPeerID {
 			t.Fatalf("peer-id %d out of range", r.PeerID)
 		}
 		for _, rt := range r.Routes {
@@ -190,12 +193,10 @@ func FuzzParsePushReply(f *testing.F) {
 				t.Fatalf("route %v not masked", rt.Network)
 			}
 		}
-		again, err := ParsePushReply(pushReplyPrefix + "," + strings.Join(r.Options, ","))
-		if len(r.Options) == 0 {
-			again, err = ParsePushReply(pushReplyPrefix)
-		}
+		msgs := Split(r.Options, MaxMessageLen)
+		again, err := ParseReply(msgs...)
 		if err != nil || !reflect.DeepEqual(again, r) {
-			t.Fatalf("re-encoded reply parsed to %+v, %v\nwant %+v", again, err, r)
+			t.Fatalf("re-encoded reply %q parsed to %+v, %v\nwant %+v", msgs, again, err, r)
 		}
 	})
 }

@@ -1,0 +1,226 @@
+// Package profile renders client profiles: the .ovpn file the stock OpenVPN 2.6 client uses as
+// is, with everything inline. Like AWS ExportClientVpnClientConfiguration, a profile carries
+// only what a client needs: the CA that signed the server certificate, the control-channel key
+// every client shares (or the client's own tls-crypt-v2 key), and, when a client is named, that
+// client's own certificate and key. Never the CA key, the server key or the tls-crypt-v2 server
+// key.
+//
+// It does not read the endpoint file or the client store (packages endpoint and
+// endpoint/clientstore load them), choose listeners for a protocol, or write files: cmd/cvpn
+// does that.
+package profile
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/endpoint"
+	"github.com/cvpn/cvpn/pki"
+)
+
+// Profile is what goes into a client profile.
+type Profile struct {
+	Description string   // the endpoint's description, as a comment
+	Remote      string   // the name or address clients dial (remote)
+	Proto       string   // udp or tcp (proto)
+	Ports       []uint16 // one remote line each
+	ServerName  string   // the server certificate's CN (verify-x509-name)
+	Ciphers     []string // data-ciphers, the first also as cipher
+	CAPEM       []byte   // <ca>
+	// At most one control-channel key is rendered, in this order of preference.
+	TLSCryptV2   []byte // the client's own tls-crypt-v2 key, or
+	TLSCrypt     []byte // the tls-crypt key file, or
+	TLSAuth      []byte // the tls-auth key file, with
+	KeyDirection int    // the client's key-direction, -1 for none (bidirectional)
+	AuthDigest   string // the tls-auth HMAC digest (auth)
+	// Client is the name of the client whose identity the profile holds; "" for a profile
+	// without one, which the user completes with their own cert and key.
+	Client  string
+	Groups  []string
+	CertPEM []byte
+	KeyPEM  []byte
+}
+
+// New starts the profile of ep for clients dialling proto on ports: the remote, the server's
+// name, the CA clients trust at now, the data ciphers and the control-channel key every client
+// shares. A server certificate that cannot be named or verified in a profile is an error
+// naming server_certificate.cert_file (a *config.ValidationError).
+func New(ep *endpoint.Endpoint, proto string, ports []uint16, now time.Time) (*Profile, error) {
+	cfg := ep.Config
+	p := &Profile{Remote: cfg.RemoteHostname, Proto: proto, Ports: ports, Ciphers: cfg.DataCiphers, Description: cfg.Description}
+	p.ServerName = ep.Server.Cert.Subject.CommonName
+	if err := CheckToken("the server certificate's CN", p.ServerName); err != nil {
+		return nil, cfg.KeyError("server_certificate.cert_file", err)
+	}
+	var err error
+	if p.CAPEM, err = ServerRootPEM(ep, now); err != nil {
+		return nil, cfg.KeyError("server_certificate.cert_file", err)
+	}
+	cc := cfg.ControlChannel
+	switch {
+	case ep.ControlKey != nil:
+		p.TLSCrypt = ep.ControlKey.Marshal()
+	case ep.TLSAuthKey != nil:
+		p.TLSAuth = ep.TLSAuthKey.Marshal()
+		p.KeyDirection = -1
+		if cc.TLSAuthKeyDirection != config.KeyDirectionBidirectional {
+			p.KeyDirection = 1 - int(cc.TLSAuthKeyDirection) // the client uses the other direction
+		}
+		p.AuthDigest = cc.TLSAuthDigest
+	}
+	return p, nil
+}
+
+// SetTLSCryptV2Key gives the profile the client's own tls-crypt-v2 key, which replaces the
+// shared control-channel key.
+func (p *Profile) SetTLSCryptV2Key(key []byte) {
+	p.TLSCryptV2, p.TLSCrypt, p.TLSAuth = key, nil, nil
+}
+
+// SetClient puts the identity of the client called name in the profile.
+func (p *Profile) SetClient(name string, id *pki.Identity) {
+	p.Client, p.Groups, p.CertPEM, p.KeyPEM = name, pki.Groups(id.Cert), id.CertPEM, id.KeyPEM
+}
+
+// CheckClient refuses to export a client the server would refuse at now: one that does not
+// chain to client_root_ca_file, is not for clientAuth, has expired or is revoked.
+func CheckClient(ep *endpoint.Endpoint, cert *x509.Certificate, now time.Time) error {
+	_, err := cert.Verify(x509.VerifyOptions{
+		Roots:       ep.ClientCAs,
+		CurrentTime: now,
+		KeyUsages:   []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+	if err != nil {
+		return fmt.Errorf("the server would refuse its certificate: %w", err)
+	}
+	if at, ok := ep.CRL.RevokedAt(cert); ok {
+		return fmt.Errorf("revoked on %s (serial %X)", at.UTC().Format(time.RFC3339), cert.SerialNumber)
+	}
+	return nil
+}
+
+// ServerRootPEM returns the root CA that the server certificate chains to at now, for the
+// profile's <ca>: a CA of client_root_ca_file (as cvpn init makes it) or a self-signed CA in the
+// server certificate file after the leaf. The server sends any intermediates itself.
+func ServerRootPEM(ep *endpoint.Endpoint, now time.Time) ([]byte, error) {
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, c := range ep.ClientCACerts {
+		roots.AddCert(c)
+	}
+	rest := ep.Server.CertPEM
+	for first := true; ; first = false {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if first || b.Type != "CERTIFICATE" || err != nil {
+			continue
+		}
+		if bytes.Equal(c.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(c) == nil {
+			roots.AddCert(c)
+		} else {
+			inter.AddCert(c)
+		}
+	}
+	chains, err := ep.Server.Cert.Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inter,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot find the CA clients should trust: the server certificate chains neither to "+
+			"client_root_ca_file nor to a root appended to its own file: %w", err)
+	}
+	chain := chains[0]
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: chain[len(chain)-1].Raw}), nil
+}
+
+// CheckToken refuses a value that cannot be written on one line of an OpenVPN config.
+func CheckToken(what, s string) error {
+	if s == "" {
+		return fmt.Errorf("%s is empty; verify-x509-name needs it", what)
+	}
+	if strings.ContainsFunc(s, unicode.IsControl) {
+		return fmt.Errorf("%s %q holds control characters and cannot go in a profile", what, s)
+	}
+	return nil
+}
+
+// quoteOption quotes a value for an OpenVPN config line when it needs it: OpenVPN splits lines
+// on white space and reads backslash escapes and double quotes (options.c parse_line).
+func quoteOption(s string) string {
+	if s != "" && !strings.ContainsAny(s, " \t\"\\'#;") {
+		return s
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+// Render writes the profile as an OpenVPN 2.6 client config with every file inline.
+func (p *Profile) Render() []byte {
+	var b bytes.Buffer
+	line := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	line("# cvpn client profile for OpenVPN 2.6")
+	if d := strings.TrimSpace(p.Description); d != "" && !strings.ContainsFunc(d, unicode.IsControl) {
+		line("# endpoint: %s", d)
+	}
+	if p.Client != "" {
+		groups := "no groups"
+		if len(p.Groups) > 0 {
+			groups = "groups " + strings.Join(p.Groups, ",")
+		}
+		line("# client: %s (%s). This file holds the client's private key: keep it private.", p.Client, groups)
+	} else {
+		line("# No client identity: add the client's cert and key blocks (cvpn export-client-config --client NAME does).")
+	}
+	line("client")
+	line("dev tun")
+	line("proto %s", p.Proto)
+	for _, port := range p.Ports {
+		line("remote %s %d", quoteOption(p.Remote), port)
+	}
+	line("resolv-retry infinite")
+	line("nobind")
+	line("persist-key")
+	line("persist-tun")
+	line("remote-cert-tls server")
+	line("verify-x509-name %s name", quoteOption(p.ServerName))
+	line("cipher %s", p.Ciphers[0])
+	line("data-ciphers %s", strings.Join(p.Ciphers, ":"))
+	line("reneg-sec 0")
+	if p.TLSAuth != nil && p.AuthDigest != config.DigestSHA1 {
+		line("auth %s", p.AuthDigest)
+	}
+	line("verb 3")
+	block := func(tag string, data []byte) {
+		line("<%s>", tag)
+		b.Write(bytes.TrimRight(data, "\n"))
+		line("")
+		line("</%s>", tag)
+	}
+	block("ca", p.CAPEM)
+	if p.Client != "" {
+		block("cert", p.CertPEM)
+		block("key", p.KeyPEM)
+	}
+	switch {
+	case p.TLSCryptV2 != nil:
+		block("tls-crypt-v2", p.TLSCryptV2)
+	case p.TLSCrypt != nil:
+		block("tls-crypt", p.TLSCrypt)
+	case p.TLSAuth != nil:
+		if p.KeyDirection >= 0 {
+			line("key-direction %d", p.KeyDirection)
+		}
+		block("tls-auth", p.TLSAuth)
+	}
+	return b.Bytes()
+}
