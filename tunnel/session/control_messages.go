@@ -1,16 +1,16 @@
 package session
 
 import (
+	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
-	"crypto/tls"
-
 	"github.com/cvpn/cvpn/tls/channel"
 	"github.com/cvpn/cvpn/tls/keymethod"
+	"github.com/cvpn/cvpn/tls/push"
 )
 
 // controlIdle is how long a control-message reader waits for more before it parks: an idle
@@ -92,40 +92,36 @@ func (s *Session) sendPushReply(conn *tls.Conn) {
 	id := s.peer.Identity()
 	proto := s.proto.Load()
 	ekm := s.ekm()
-	mask := net.CIDRMask(m.cfg.Pool.Prefix().Bits(), 32)
-	opts := []string{
-		"route-gateway " + m.cfg.Pool.Gateway().String(),
-		"topology subnet",
-		fmt.Sprintf("ping %d", int(id.Ping.Seconds())),
-		fmt.Sprintf("ping-restart %d", int(id.PingRestart.Seconds())),
+	cfg := push.Config{
+		RouteGateway:    m.cfg.Pool.Gateway(),
+		Topology:        "subnet",
+		Ping:            id.Ping,
+		PingRestart:     id.PingRestart,
+		RedirectGateway: !pol.SplitTunnel,
+		Routes:          pol.Routes,
+		DNS:             pol.DNS,
+		Compression:     id.Framing.PushOption(),
+		Ifconfig:        netip.PrefixFrom(id.Addr, m.cfg.Pool.Prefix().Bits()),
+		PeerID:          id.PeerID,
+		HasPeerID:       id.DataV2, // as OpenVPN: peer-id only to clients that announced P_DATA_V2
+		Cipher:          id.Cipher.String(),
 	}
-	if !pol.SplitTunnel {
-		opts = append(opts, "redirect-gateway def1")
-	}
-	for _, r := range pol.Routes {
-		opts = append(opts, fmt.Sprintf("route %s %s", r.Addr(), net.IP(net.CIDRMask(r.Bits(), 32))))
-	}
-	for _, d := range pol.DNS {
-		opts = append(opts, "dhcp-option DNS "+d.String())
-	}
-	if f := id.Framing.PushOption(); f != "" {
-		opts = append(opts, f)
-	}
-	opts = append(opts, fmt.Sprintf("ifconfig %s %s", id.Addr, net.IP(mask)))
-	if id.DataV2 { // as OpenVPN: peer-id only to clients that announced P_DATA_V2
-		opts = append(opts, fmt.Sprintf("peer-id %d", id.PeerID))
-	}
-	opts = append(opts, "cipher "+id.Cipher.String())
 	// protocol-flags is understood by clients announcing cc-exit; older EKM clients get key-derivation.
 	switch {
 	case proto&keymethod.ProtoCCExit != 0 && ekm:
-		opts = append(opts, "protocol-flags cc-exit tls-ekm")
+		cfg.ProtocolFlags = []string{"cc-exit", "tls-ekm"}
 	case proto&keymethod.ProtoCCExit != 0:
-		opts = append(opts, "protocol-flags cc-exit")
+		cfg.ProtocolFlags = []string{"cc-exit"}
 	case ekm:
-		opts = append(opts, "key-derivation tls-ekm")
+		cfg.KeyDerivation = "tls-ekm"
 	}
-	for _, msg := range pushMessages(opts, 1024) {
+	msgs, err := cfg.Messages()
+	if err != nil {
+		m.log.Error("building the push reply", "user", id.User, "err", err)
+		s.goodbye(authFailed("the server could not build this client's configuration"), "push reply: "+err.Error())
+		return
+	}
+	for _, msg := range msgs {
 		if _, err := conn.Write([]byte(msg + "\x00")); err != nil {
 			return
 		}
@@ -133,25 +129,6 @@ func (s *Session) sendPushReply(conn *tls.Conn) {
 	if b := s.set.Banner; b != "" {
 		_, _ = conn.Write([]byte("INFO," + printable(b) + "\x00"))
 	}
-}
-
-// pushMessages splits options into PUSH_REPLY messages of at most size bytes, marking all but the
-// last with push-continuation 2 and the last with push-continuation 1 when split (push.c).
-func pushMessages(opts []string, size int) []string {
-	const cont = ",push-continuation 2"
-	var msgs []string
-	cur := "PUSH_REPLY"
-	for _, o := range opts {
-		if len(cur)+1+len(o)+len(cont) > size && cur != "PUSH_REPLY" {
-			msgs = append(msgs, cur+cont)
-			cur = "PUSH_REPLY"
-		}
-		cur += "," + o
-	}
-	if len(msgs) > 0 {
-		cur += ",push-continuation 1"
-	}
-	return append(msgs, cur)
 }
 
 // printable replaces what a client refuses in a control message (CR, LF, other control bytes)

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"crypto/tls"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -11,8 +12,6 @@ import (
 	"github.com/cvpn/cvpn/tls/tlscrypt"
 	"github.com/cvpn/cvpn/tunnel/counters"
 	"github.com/cvpn/cvpn/tunnel/dataplane"
-
-	"crypto/tls"
 )
 
 // Session states.
