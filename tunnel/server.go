@@ -45,6 +45,9 @@ type Revoker = session.Revoker
 // Hooks are the admission steps (authentication, on-connect, on-disconnect).
 type Hooks = session.Hooks
 
+// Settings are what Reconfigure may change on a running server.
+type Settings = session.Settings
+
 // Config is everything the engine needs; cmd/cvpn builds it from the endpoint file.
 type Config struct {
 	// UDP and TCP list the addresses to listen on.
@@ -92,8 +95,8 @@ type Config struct {
 }
 
 // Settings returns the part of cfg that a running server may change (Reconfigure).
-func (cfg *Config) Settings() session.Settings {
-	return session.Settings{
+func (cfg *Config) Settings() Settings {
+	return Settings{
 		Certificate:    cfg.Certificate,
 		ClientCAs:      cfg.ClientCAs,
 		Wrapper:        cfg.ControlWrapper,
@@ -315,8 +318,9 @@ func (s *Server) Close() {
 func (s *Server) Reload(p *Policy) { s.plane.SetPolicy(p) }
 
 // Reconfigure swaps what new handshakes use (certificate, CA, control-channel keys, ciphers,
-// timeouts, banner); established sessions keep what they negotiated.
-func (s *Server) Reconfigure(set session.Settings) error { return s.sessions.Reconfigure(set) }
+// keepalive, banner); established sessions keep what they negotiated, except the session
+// timeout and the renegotiation interval, which apply to them too.
+func (s *Server) Reconfigure(set Settings) error { return s.sessions.Reconfigure(set) }
 
 // SetRevoker replaces the revocation list and disconnects connected clients it revokes; other
 // clients are not disturbed.

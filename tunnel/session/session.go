@@ -122,7 +122,9 @@ func (s *Session) tick(now time.Time) {
 	default:
 		return
 	}
-	if t := s.set.SessionTimeout; t > 0 && now.Sub(s.since) > t {
+	// The session timeout and the renegotiation interval are read from the current settings,
+	// so a reload applies them to established sessions too.
+	if t := s.m.set.Load().SessionTimeout; t > 0 && now.Sub(s.since) > t {
 		s.goodbye(restart(), "session timeout")
 		return
 	}
@@ -183,7 +185,7 @@ func (s *Session) peerRenegotiates(k *channel.Key) {
 func (s *Session) renegotiated(now time.Time) {
 	s.mu.Lock()
 	s.renegSince, s.renegTry = time.Time{}, time.Time{}
-	if r := s.set.Reneg; r > 0 {
+	if r := s.m.set.Load().Reneg; r > 0 {
 		s.renegAt = now.Add(r)
 	}
 	s.mu.Unlock()
