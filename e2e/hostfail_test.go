@@ -193,3 +193,51 @@ func copyExecutable(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestServeRestoresHostState: a cvpn that starts and stops leaves the server namespace as it found
+// it, including a proxy neighbour entry for the SNAT address that was there before it started
+// (the kernel accepts adding it again, so cvpn must not take it for its own and delete it).
+func TestServeRestoresHostState(t *testing.T) {
+	lab, err := netlab.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lab.Close)
+	ep, err := netlab.WriteEndpoint(t.TempDir(), netlab.EndpointOptions{TLSCrypt: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	serverOutput(ctx, t, lab, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward && echo 80 > /proc/sys/net/ipv4/neigh/eth1/proxy_delay")
+	serverOutput(ctx, t, lab, "ip", "neigh", "add", "proxy", netlab.SNATAddress.String(), "dev", "eth1")
+	before := serverState(ctx, t, lab)
+
+	srv, err := lab.Start("cvpn", lab.Server, cvpnBin, "serve", "--config", ep.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.WaitFor("cvpn listening", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	running := map[string]string{}
+	for _, k := range serverStateKeys {
+		running[k] = serverOutput(ctx, t, lab, strings.Fields(k)...)
+	}
+	if !strings.Contains(running["ip -d link"], "cvpn0") || running["cat /proc/sys/net/ipv4/ip_forward"] != "1\n" ||
+		running["cat /proc/sys/net/ipv4/neigh/eth1/proxy_delay"] != "0\n" {
+		t.Errorf("the running endpoint has not set the host up: %v", running)
+	}
+	if err := srv.Stop(); err != nil {
+		t.Errorf("cvpn serve: %v\n%s", err, srv.Output())
+	}
+	after := serverState(ctx, t, lab)
+	for _, k := range serverStateKeys {
+		if before[k] != after[k] {
+			t.Errorf("%s changed:\nbefore:\n%s\nafter:\n%s", k, before[k], after[k])
+		}
+	}
+	if !strings.Contains(after["ip neigh show proxy"], netlab.SNATAddress.String()) {
+		t.Errorf("the proxy neighbour entry that was there before is gone:\n%s", after["ip neigh show proxy"])
+	}
+}

@@ -183,12 +183,21 @@ func (h *Host) addProxyNeighbour(target netlink.Link, snat netip.Addr) error {
 		IP:        snat.AsSlice(),
 	}
 	what := fmt.Sprintf("proxy neighbour %s dev %s", snat, iface)
-	if err := netlink.NeighAdd(neigh); err != nil {
-		e := &Error{Op: "add " + what, Err: err}
-		if errors.Is(err, unix.EEXIST) {
-			e.Fix = fmt.Sprintf("the entry exists already (another cvpn, or one left behind): remove it with `ip neigh del proxy %s dev %s`", snat, iface)
+	// The kernel adds a proxy entry that exists already without complaint, so look first: an
+	// entry that was there before (the operator's, or one a killed cvpn left) is used as it is
+	// and left in place, since Close removes only what Setup added.
+	existing, err := netlink.NeighProxyList(target.Attrs().Index, netlink.FAMILY_V4)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return &Error{Op: "list proxy neighbours of " + iface, Err: err}
+	}
+	for _, n := range existing {
+		if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == snat {
+			h.log.Info("host: the proxy neighbour entry exists already; using it and leaving it in place", "neigh", what)
+			return nil
 		}
-		return e
+	}
+	if err := netlink.NeighAdd(neigh); err != nil {
+		return &Error{Op: "add " + what, Err: err}
 	}
 	h.log.Debug("host: proxy neighbour added", "neigh", what)
 	h.added("delete "+what, func() error {
