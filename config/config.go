@@ -6,12 +6,13 @@
 // from the file alone: types, ranges, CIDR masking, overlaps, references
 // between keys, and that the files it names exist and are readable. Every
 // problem is reported with its key path and line. It also owns the rule
-// of what may change when a running endpoint reloads its file
-// (CheckReload). It does not read the contents of the certificate, key,
-// CRL and CA files it names (pki and the control channel do, when cmd
-// loads them; Endpoint.KeyError lets cmd report their problems in the same
-// form), and it does not touch the network or the OS (cmd wires the result
-// into the engine).
+// of what may change when a running endpoint reloads its file: Diff names
+// the keys that differ, CheckReload refuses those that need a restart. It
+// does not read the contents of the certificate, key, CRL and CA files it
+// names (package endpoint does, and tells Diff when one changed in place;
+// Endpoint.KeyError lets it report their problems in the same form), and
+// it does not touch the network or the OS (package endpoint wires the
+// result into the engine).
 //
 // Each field of Endpoint documents its YAML key, its default and its AWS
 // Client VPN counterpart; the README's configuration reference is written
@@ -91,9 +92,11 @@ type Endpoint struct {
 	// AES-128-GCM, CHACHA20-POLY1305. AWS: none (AES-256-GCM).
 	DataCiphers []string
 	// TargetNetwork (target_network, required) is where client traffic
-	// leaves the endpoint. AWS: AssociateClientVpnTargetNetwork.
+	// leaves the endpoint. It cannot change on reload (CheckReload). AWS:
+	// AssociateClientVpnTargetNetwork.
 	TargetNetwork TargetNetwork
-	// TUN (tun) is the tunnel interface. AWS: none.
+	// TUN (tun) is the tunnel interface. It cannot change on reload
+	// (CheckReload). AWS: none.
 	TUN TUN
 	// Routes (routes) are pushed to clients. AWS: CreateClientVpnRoute.
 	Routes []Route
@@ -163,19 +166,6 @@ func (e *Endpoint) KeyLine(path string) int { return e.keyLines[path] }
 // form as a validation problem: with the file name and the key's line.
 func (e *Endpoint) KeyError(path string, err error) *ValidationError {
 	return &ValidationError{File: e.file, Path: path, Line: e.KeyLine(path), Msg: err.Error()}
-}
-
-// CheckReload reports whether next may replace running in a running
-// endpoint. client_cidr_block cannot change once clients hold addresses
-// from it (AWS makes it immutable after creation); the error then is a
-// *ValidationError naming client_cidr_block. Everything else may change.
-func CheckReload(running, next *Endpoint) error {
-	if running.ClientCIDRBlock != next.ClientCIDRBlock {
-		return &ValidationError{File: next.file, Path: "client_cidr_block", Line: next.KeyLine("client_cidr_block"),
-			Msg: fmt.Sprintf("cannot change on a running endpoint (running %s, file %s); restart the endpoint to change it, which disconnects every client",
-				running.ClientCIDRBlock, next.ClientCIDRBlock)}
-	}
-	return nil
 }
 
 // Listener is one transport socket.

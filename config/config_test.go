@@ -673,51 +673,6 @@ func TestTLSAuthWithTLSCryptV2(t *testing.T) {
 	}
 }
 
-func TestCheckReload(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "endpoint.yaml")
-	write := func(doc string) *Endpoint {
-		t.Helper()
-		if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		ep, err := Load(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ep
-	}
-	for _, f := range []string{"server.crt", "server.key", "ca.crt"} {
-		if err := os.MkdirAll(filepath.Join(dir, "pki"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, "pki", f), []byte("x"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	running := write(base)
-
-	// Anything but the client CIDR block may change.
-	next := write(strings.Replace(base, "10.0.1.0/24", "10.0.2.0/24", 1) + "split_tunnel: false\ndns_servers: [10.0.0.2]\n")
-	if err := CheckReload(running, next); err != nil {
-		t.Errorf("CheckReload with new routes and DNS: %v", err)
-	}
-
-	next = write("description: moved\n" + strings.Replace(base, "10.2.0.0/22", "10.3.0.0/22", 1))
-	err := CheckReload(running, next)
-	var ve *ValidationError
-	if !errors.As(err, &ve) {
-		t.Fatalf("CheckReload = %v, want a *ValidationError", err)
-	}
-	if ve.Path != "client_cidr_block" || ve.Line != 2 || ve.File != path {
-		t.Errorf("got path %q line %d file %q, want client_cidr_block line 2 in %s", ve.Path, ve.Line, ve.File, path)
-	}
-	want := path + ":2: client_cidr_block: cannot change on a running endpoint (running 10.2.0.0/22, file 10.3.0.0/22)"
-	if !strings.HasPrefix(err.Error(), want) {
-		t.Errorf("error = %q, want it to start with %q", err, want)
-	}
-}
-
 func TestKeyError(t *testing.T) {
 	ep, err := Load("testdata/good.yaml")
 	if err != nil {

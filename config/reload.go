@@ -1,0 +1,164 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+)
+
+// What a running endpoint does when it re-reads its file (SIGHUP) is decided here, key by key:
+// every key of the file is in reloadKeys, either applied live (restart == "") or refused with
+// the reason a restart is needed. A reload that would change a refused key is refused as a
+// whole, so the running endpoint never runs half of a file.
+
+// reloadKey is one key of the endpoint file as a reload sees it.
+type reloadKey struct {
+	path string
+	// restart says why a change needs a restart; "" when the running endpoint applies it.
+	restart string
+	// file says the value names a file whose content a reload compares too.
+	file bool
+	// equal reports whether the key has the same value in a and b.
+	equal func(a, b *Endpoint) bool
+	// show formats the key's value for a refusal; only restart keys need it.
+	show func(e *Endpoint) string
+}
+
+// Why the refused keys need a restart: each is built into host state or handed out at start.
+const (
+	restartPool = "client addresses are handed out from it"
+	restartTUN  = "the TUN device is created with it at start"
+	restartHost = "the host route and proxy neighbour entry are set up with it at start"
+)
+
+// reloadKeys lists every key of the file in file order (the order of Endpoint's fields).
+// TestDiffCoversEveryField fails when a field of Endpoint is missing here.
+var reloadKeys = []reloadKey{
+	{path: "description", equal: same(func(e *Endpoint) string { return e.Description })},
+	{path: "remote_hostname", equal: same(func(e *Endpoint) string { return e.RemoteHostname })},
+	{path: "client_cidr_block", restart: restartPool, equal: same(func(e *Endpoint) any { return e.ClientCIDRBlock }),
+		show: func(e *Endpoint) string { return e.ClientCIDRBlock.String() }},
+	{path: "vpc_cidr_blocks", equal: sameList(func(e *Endpoint) []any { return anys(e.VPCCIDRBlocks) })},
+	{path: "listen_address", equal: same(func(e *Endpoint) any { return e.ListenAddress })},
+	// The listeners are a set: their order means nothing to a running endpoint.
+	{path: "transport", equal: func(a, b *Endpoint) bool { return sameSet(a.Transport, b.Transport) }},
+	{path: "server_certificate.cert_file", file: true, equal: same(func(e *Endpoint) string { return e.ServerCertificate.CertFile })},
+	{path: "server_certificate.key_file", file: true, equal: same(func(e *Endpoint) string { return e.ServerCertificate.KeyFile })},
+	{path: "control_channel.tls_crypt_key_file", file: true, equal: same(func(e *Endpoint) string { return e.ControlChannel.TLSCryptKeyFile })},
+	{path: "control_channel.tls_auth_key_file", file: true, equal: same(func(e *Endpoint) string { return e.ControlChannel.TLSAuthKeyFile })},
+	{path: "control_channel.tls_auth_key_direction", equal: same(func(e *Endpoint) any { return e.ControlChannel.TLSAuthKeyDirection })},
+	{path: "control_channel.tls_auth_digest", equal: same(func(e *Endpoint) string { return e.ControlChannel.TLSAuthDigest })},
+	{path: "control_channel.tls_crypt_v2_server_key_file", file: true, equal: same(func(e *Endpoint) string { return e.ControlChannel.TLSCryptV2ServerKeyFile })},
+	{path: "authentication.certificate.client_root_ca_file", file: true, equal: same(func(e *Endpoint) string { return certAuth(e).ClientRootCAFile })},
+	{path: "authentication.certificate.crl_file", file: true, equal: same(func(e *Endpoint) string { return certAuth(e).CRLFile })},
+	{path: "data_ciphers", equal: sameList(func(e *Endpoint) []any { return anys(e.DataCiphers) })},
+	{path: "target_network.interface", restart: restartHost, equal: same(func(e *Endpoint) string { return e.TargetNetwork.Interface }),
+		show: func(e *Endpoint) string { return strconv.Quote(e.TargetNetwork.Interface) }},
+	{path: "target_network.snat_address", restart: restartHost, equal: same(func(e *Endpoint) any { return e.TargetNetwork.SNATAddress }),
+		show: func(e *Endpoint) string { return e.TargetNetwork.SNATAddress.String() }},
+	{path: "tun.name", restart: restartTUN, equal: same(func(e *Endpoint) string { return e.TUN.Name }),
+		show: func(e *Endpoint) string { return strconv.Quote(e.TUN.Name) }},
+	{path: "tun.mtu", restart: restartTUN, equal: same(func(e *Endpoint) int { return e.TUN.MTU }),
+		show: func(e *Endpoint) string { return strconv.Itoa(e.TUN.MTU) }},
+	{path: "routes", equal: sameList(func(e *Endpoint) []any { return anys(e.Routes) })},
+	{path: "authorization_rules", equal: sameList(func(e *Endpoint) []any { return anys(e.AuthorizationRules) })},
+	{path: "split_tunnel", equal: same(func(e *Endpoint) bool { return e.SplitTunnel })},
+	{path: "dns_servers", equal: sameList(func(e *Endpoint) []any { return anys(e.DNSServers) })},
+	{path: "session_timeout_hours", equal: same(func(e *Endpoint) any { return e.SessionTimeout })},
+	{path: "client_login_banner", equal: same(func(e *Endpoint) string { return e.ClientLoginBanner })},
+	{path: "bandwidth_limit_mbps", equal: same(func(e *Endpoint) float64 { return e.BandwidthLimitMbps })},
+	{path: "bandwidth_limits", equal: sameList(func(e *Endpoint) []any { return anys(e.BandwidthLimits) })},
+	{path: "reneg_seconds", equal: same(func(e *Endpoint) any { return e.Reneg })},
+	{path: "keepalive.ping_seconds", equal: same(func(e *Endpoint) any { return e.Keepalive.Ping })},
+	{path: "keepalive.ping_restart_seconds", equal: same(func(e *Endpoint) any { return e.Keepalive.PingRestart })},
+	// Accepted placeholders that nothing serves yet: a change has nothing to restart.
+	{path: "connection_log.enabled", equal: same(func(e *Endpoint) bool { return e.ConnectionLog.Enabled })},
+	{path: "connection_log.file", equal: same(func(e *Endpoint) string { return e.ConnectionLog.File })},
+	{path: "admin.listen_address", equal: same(func(e *Endpoint) any { return e.Admin.ListenAddress })},
+}
+
+// Diff compares the running endpoint file with the next one key by key and returns the YAML
+// paths of the keys that differ, in file order: changed may be applied to the running endpoint,
+// refused cannot change while it runs (CheckReload says why). Lists compare in order, except
+// transport, whose listeners are a set.
+//
+// A key naming a file also differs when its path stays but fileChanged(path) reports that the
+// file's content did (a certificate renewed in place); fileChanged may be nil, and is asked only
+// about keys whose path is the same in both.
+func Diff(running, next *Endpoint, fileChanged func(key string) bool) (changed, refused []string) {
+	for _, k := range reloadKeys {
+		differs := !k.equal(running, next)
+		if !differs && k.file && fileChanged != nil {
+			differs = fileChanged(k.path)
+		}
+		switch {
+		case !differs:
+		case k.restart != "":
+			refused = append(refused, k.path)
+		default:
+			changed = append(changed, k.path)
+		}
+	}
+	return changed, refused
+}
+
+// CheckReload reports whether next may replace running in a running endpoint. Keys built into
+// the host state or the address pool at start (client_cidr_block, tun.name, tun.mtu,
+// target_network.interface, target_network.snat_address) cannot change; each one that differs
+// is a *ValidationError naming the key, its line in next, both values and that a restart is
+// needed, and they come back joined. Every other key may change (Diff lists them).
+func CheckReload(running, next *Endpoint) error {
+	var errs []error
+	for _, k := range reloadKeys {
+		if k.restart == "" || k.equal(running, next) {
+			continue
+		}
+		errs = append(errs, &ValidationError{File: next.file, Path: k.path, Line: next.KeyLine(k.path),
+			Msg: fmt.Sprintf("cannot change on a running endpoint (running %s, file %s): %s; restart the endpoint to change it, which disconnects every client",
+				k.show(running), k.show(next), k.restart)})
+	}
+	return errors.Join(errs...)
+}
+
+func same[T comparable](get func(*Endpoint) T) func(a, b *Endpoint) bool {
+	return func(a, b *Endpoint) bool { return get(a) == get(b) }
+}
+
+func sameList(get func(*Endpoint) []any) func(a, b *Endpoint) bool {
+	return func(a, b *Endpoint) bool { return slices.Equal(get(a), get(b)) }
+}
+
+// anys turns a list of comparable values into []any, so that one sameList serves them all.
+func anys[T comparable](s []T) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
+
+// sameSet reports whether a and b hold the same values, in any order.
+func sameSet[T comparable](a, b []T) bool {
+	count := make(map[T]int, len(a))
+	for _, v := range a {
+		count[v]++
+	}
+	for _, v := range b {
+		count[v]--
+	}
+	for _, n := range count {
+		if n != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// certAuth is the certificate authentication of e; the zero value when it has none.
+func certAuth(e *Endpoint) CertificateAuthentication {
+	if e.Authentication.Certificate == nil {
+		return CertificateAuthentication{}
+	}
+	return *e.Authentication.Certificate
+}

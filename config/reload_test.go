@@ -1,0 +1,311 @@
+package config
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// goodFile is testdata/good.yaml, which sets every key.
+func goodFile(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("testdata/good.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// edit applies old, new, ... replacements (each once) to doc; each old must be in it.
+func edit(t *testing.T, doc string, oldnew ...string) string {
+	t.Helper()
+	for i := 0; i < len(oldnew); i += 2 {
+		if !strings.Contains(doc, oldnew[i]) {
+			t.Fatalf("the file lacks %q", oldnew[i])
+		}
+		doc = strings.Replace(doc, oldnew[i], oldnew[i+1], 1)
+	}
+	return doc
+}
+
+func parseDoc(t *testing.T, doc string) *Endpoint {
+	t.Helper()
+	ep, err := Parse([]byte(doc), "testdata")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, doc)
+	}
+	return ep
+}
+
+// TestDiff covers every key class: each key that a reload applies, the keys that need a restart,
+// lists compared in order and the listener set compared as a set.
+func TestDiff(t *testing.T) {
+	const tlsAuth = "  tls_crypt_key_file: pki/tc.key\n"
+	for _, tc := range []struct {
+		name    string
+		running []string // edits of good.yaml for the running file
+		next    []string // edits of the running file for the next one
+		changed []string
+		refused []string
+	}{
+		{name: "same file"},
+		{name: "description", next: []string{`description: "dev VPN"`, `description: "ops VPN"`}, changed: []string{"description"}},
+		{name: "remote_hostname", next: []string{"remote_hostname: vpn.example.com", "remote_hostname: vpn2.example.com"}, changed: []string{"remote_hostname"}},
+		{name: "vpc_cidr_blocks", next: []string{"[10.0.0.0/16, 172.16.0.0/12]", "[10.0.0.0/16, 172.16.0.0/12, 192.168.0.0/16]"}, changed: []string{"vpc_cidr_blocks"}},
+		{name: "listen_address", next: []string{"listen_address: 192.0.2.1", "listen_address: 192.0.2.2"}, changed: []string{"listen_address"}},
+		{name: "transport added", next: []string{"  - {protocol: tcp, port: 443}\n", "  - {protocol: tcp, port: 443}\n  - {protocol: udp, port: 443}\n"},
+			changed: []string{"transport"}},
+		{name: "transport removed", next: []string{"  - {protocol: tcp, port: 443}\n", ""}, changed: []string{"transport"}},
+		{name: "transport port", next: []string{"{protocol: tcp, port: 443}", "{protocol: tcp, port: 8443}"}, changed: []string{"transport"}},
+		{name: "transport reordered is no change", next: []string{
+			"  - {protocol: udp, port: 1194}\n  - {protocol: tcp, port: 443}\n", "  - {protocol: tcp, port: 443}\n  - {protocol: udp, port: 1194}\n"}},
+		{name: "server certificate", next: []string{"cert_file: pki/server.crt", "cert_file: pki/ca.crt"}, changed: []string{"server_certificate.cert_file"}},
+		{name: "server key", next: []string{"key_file: pki/server.key", "key_file: pki/tc.key"}, changed: []string{"server_certificate.key_file"}},
+		{name: "tls-crypt key", next: []string{"tls_crypt_key_file: pki/tc.key", "tls_crypt_key_file: pki/ta.key"}, changed: []string{"control_channel.tls_crypt_key_file"}},
+		{name: "tls-crypt to tls-auth", next: []string{tlsAuth, "  tls_auth_key_file: pki/ta.key\n"},
+			changed: []string{"control_channel.tls_crypt_key_file", "control_channel.tls_auth_key_file"}},
+		{name: "tls-auth direction", running: []string{tlsAuth, "  tls_auth_key_file: pki/ta.key\n"},
+			next:    []string{"  tls_auth_key_file: pki/ta.key\n", "  tls_auth_key_file: pki/ta.key\n  tls_auth_key_direction: 1\n"},
+			changed: []string{"control_channel.tls_auth_key_direction"}},
+		{name: "tls-auth digest", running: []string{tlsAuth, "  tls_auth_key_file: pki/ta.key\n"},
+			next:    []string{"  tls_auth_key_file: pki/ta.key\n", "  tls_auth_key_file: pki/ta.key\n  tls_auth_digest: sha256\n"},
+			changed: []string{"control_channel.tls_auth_digest"}},
+		{name: "tls-crypt-v2 server key", next: []string{"tls_crypt_v2_server_key_file: pki/tc-v2.key", "tls_crypt_v2_server_key_file: pki/ta.key"},
+			changed: []string{"control_channel.tls_crypt_v2_server_key_file"}},
+		{name: "client root CA", next: []string{"client_root_ca_file: pki/ca.crt", "client_root_ca_file: pki/server.crt"},
+			changed: []string{"authentication.certificate.client_root_ca_file"}},
+		{name: "CRL removed", next: []string{"    crl_file: pki/crl.pem\n", ""}, changed: []string{"authentication.certificate.crl_file"}},
+		{name: "data_ciphers order", next: []string{"[CHACHA20-POLY1305, aes-256-gcm]", "[AES-256-GCM, CHACHA20-POLY1305]"}, changed: []string{"data_ciphers"}},
+		{name: "data_ciphers spelling is no change", next: []string{"[CHACHA20-POLY1305, aes-256-gcm]", "[chacha20-poly1305, AES-256-GCM]"}},
+		{name: "data_ciphers one", next: []string{"[CHACHA20-POLY1305, aes-256-gcm]", "[CHACHA20-POLY1305]"}, changed: []string{"data_ciphers"}},
+		{name: "target interface", next: []string{"interface: eth1", "interface: eth2"}, refused: []string{"target_network.interface"}},
+		{name: "SNAT address", next: []string{"snat_address: 10.0.1.2", "snat_address: 10.0.1.3"}, refused: []string{"target_network.snat_address"}},
+		{name: "tun name", next: []string{"name: vpn0", "name: vpn1"}, refused: []string{"tun.name"}},
+		{name: "tun mtu", next: []string{"mtu: 1400", "mtu: 1500"}, refused: []string{"tun.mtu"}},
+		{name: "client CIDR", next: []string{"client_cidr_block: 10.2.0.0/22", "client_cidr_block: 10.4.0.0/22"}, refused: []string{"client_cidr_block"}},
+		{name: "routes", next: []string{"description: app subnet", "description: the app subnet"}, changed: []string{"routes"}},
+		{name: "authorization_rules", next: []string{"    access_group_id: dev\n", "    access_group_id: ops\n"}, changed: []string{"authorization_rules"}},
+		{name: "split_tunnel", next: []string{"split_tunnel: false", "split_tunnel: true"}, changed: []string{"split_tunnel"}},
+		{name: "dns_servers", next: []string{"[10.0.0.2, 10.0.0.3]", "[10.0.0.2]"}, changed: []string{"dns_servers"}},
+		{name: "session_timeout_hours", next: []string{"session_timeout_hours: 12", "session_timeout_hours: 8"}, changed: []string{"session_timeout_hours"}},
+		{name: "client_login_banner", next: []string{"Sessions are logged.", "Sessions are recorded."}, changed: []string{"client_login_banner"}},
+		{name: "bandwidth_limit_mbps", next: []string{"bandwidth_limit_mbps: 25.5", "bandwidth_limit_mbps: 30"}, changed: []string{"bandwidth_limit_mbps"}},
+		{name: "bandwidth_limits", next: []string{"mbps: 100", "mbps: 50"}, changed: []string{"bandwidth_limits"}},
+		{name: "reneg_seconds", next: []string{"reneg_seconds: 0", "reneg_seconds: 60"}, changed: []string{"reneg_seconds"}},
+		{name: "keepalive ping", next: []string{"ping_seconds: 5", "ping_seconds: 6"}, changed: []string{"keepalive.ping_seconds"}},
+		{name: "keepalive ping restart", next: []string{"ping_restart_seconds: 30", "ping_restart_seconds: 40"}, changed: []string{"keepalive.ping_restart_seconds"}},
+		{name: "connection_log", next: []string{"enabled: true", "enabled: false", "file: connections.log", "file: other.log"},
+			changed: []string{"connection_log.enabled", "connection_log.file"}},
+		{name: "admin", next: []string{"listen_address: 127.0.0.1:9443", "listen_address: 127.0.0.1:9444"}, changed: []string{"admin.listen_address"}},
+		{name: "live and refused at once", next: []string{"cert_file: pki/server.crt", "cert_file: pki/ca.crt", "name: vpn0", "name: vpn1",
+			"[CHACHA20-POLY1305, aes-256-gcm]", "[CHACHA20-POLY1305]"},
+			changed: []string{"server_certificate.cert_file", "data_ciphers"}, refused: []string{"tun.name"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runningDoc := edit(t, goodFile(t), tc.running...)
+			running, next := parseDoc(t, runningDoc), parseDoc(t, edit(t, runningDoc, tc.next...))
+			changed, refused := Diff(running, next, nil)
+			if !slices.Equal(changed, tc.changed) || !slices.Equal(refused, tc.refused) {
+				t.Errorf("Diff = changed %q refused %q, want changed %q refused %q", changed, refused, tc.changed, tc.refused)
+			}
+			err := CheckReload(running, next)
+			if (err != nil) != (len(tc.refused) > 0) {
+				t.Errorf("CheckReload = %v, want an error exactly when a key is refused (%q)", err, tc.refused)
+			}
+		})
+	}
+}
+
+// TestDiffFileContent: a file renewed in place (same path) is a change of its key; Diff asks
+// only about file keys whose path stayed.
+func TestDiffFileContent(t *testing.T) {
+	doc := goodFile(t)
+	running := parseDoc(t, doc)
+	next := parseDoc(t, edit(t, doc, "tls_crypt_key_file: pki/tc.key", "tls_crypt_key_file: pki/ta.key"))
+	var asked []string
+	changed, refused := Diff(running, next, func(key string) bool {
+		asked = append(asked, key)
+		return key == "server_certificate.cert_file" || key == "authentication.certificate.crl_file"
+	})
+	wantAsked := []string{"server_certificate.cert_file", "server_certificate.key_file", "control_channel.tls_auth_key_file",
+		"control_channel.tls_crypt_v2_server_key_file", "authentication.certificate.client_root_ca_file", "authentication.certificate.crl_file"}
+	if !slices.Equal(asked, wantAsked) {
+		t.Errorf("asked about %q, want %q", asked, wantAsked)
+	}
+	want := []string{"server_certificate.cert_file", "control_channel.tls_crypt_key_file", "authentication.certificate.crl_file"}
+	if !slices.Equal(changed, want) || refused != nil {
+		t.Errorf("Diff = changed %q refused %q, want changed %q and nothing refused", changed, refused, want)
+	}
+}
+
+// TestDiffCoversEveryField changes each field of Endpoint in turn and checks that Diff reports
+// exactly one key for it, and a key of its own: a field added to Endpoint without a reload rule
+// fails here.
+func TestDiffCoversEveryField(t *testing.T) {
+	running := parseDoc(t, goodFile(t))
+	leaf := func(ty reflect.Type) bool {
+		switch ty {
+		case reflect.TypeFor[netip.Addr](), reflect.TypeFor[netip.Prefix](), reflect.TypeFor[netip.AddrPort](), reflect.TypeFor[time.Duration]():
+			return true
+		}
+		return ty.Kind() != reflect.Struct && ty.Kind() != reflect.Pointer
+	}
+	// walk calls set with a copy of v in which the leaf field name (and only it) has changed.
+	var walk func(v reflect.Value, name string, set func(name string, nv reflect.Value))
+	walk = func(v reflect.Value, name string, set func(name string, nv reflect.Value)) {
+		switch {
+		case leaf(v.Type()):
+			set(name, changedValue(t, v))
+		case v.Kind() == reflect.Pointer:
+			walk(v.Elem(), name, func(name string, nv reflect.Value) {
+				p := reflect.New(v.Type().Elem())
+				p.Elem().Set(nv)
+				set(name, p)
+			})
+		default:
+			for i := range v.NumField() {
+				f := v.Type().Field(i)
+				if !f.IsExported() {
+					continue
+				}
+				walk(v.Field(i), name+"."+f.Name, func(name string, nv reflect.Value) {
+					cp := reflect.New(v.Type()).Elem()
+					cp.Set(v)
+					cp.Field(i).Set(nv)
+					set(name, cp)
+				})
+			}
+		}
+	}
+	owner := map[string]string{} // key -> the field that changed it
+	walk(reflect.ValueOf(*running), "Endpoint", func(field string, nv reflect.Value) {
+		next := nv.Interface().(Endpoint)
+		changed, refused := Diff(running, &next, nil)
+		keys := append(changed, refused...)
+		if len(keys) != 1 {
+			t.Errorf("%s changed: Diff reports %q, want exactly one key", field, keys)
+			return
+		}
+		if prev, ok := owner[keys[0]]; ok {
+			t.Errorf("%s and %s both change key %s", prev, field, keys[0])
+		}
+		owner[keys[0]] = field
+	})
+	if len(owner) != len(reloadKeys) {
+		t.Errorf("the fields of Endpoint change %d keys, reloadKeys has %d rules", len(owner), len(reloadKeys))
+	}
+}
+
+// changedValue returns a value of v's type that differs from v.
+func changedValue(t *testing.T, v reflect.Value) reflect.Value {
+	t.Helper()
+	nv := reflect.New(v.Type()).Elem()
+	switch x := v.Interface().(type) {
+	case netip.Addr:
+		nv.Set(reflect.ValueOf(netip.MustParseAddr("198.51.100.77")))
+		if x == nv.Interface() {
+			t.Fatal("changedValue: same address")
+		}
+		return nv
+	case netip.Prefix:
+		nv.Set(reflect.ValueOf(netip.MustParsePrefix("198.51.100.0/24")))
+		return nv
+	case netip.AddrPort:
+		nv.Set(reflect.ValueOf(netip.AddrPortFrom(x.Addr(), x.Port()+1)))
+		return nv
+	}
+	switch v.Kind() {
+	case reflect.String:
+		nv.SetString(v.String() + "x")
+	case reflect.Bool:
+		nv.SetBool(!v.Bool())
+	case reflect.Int, reflect.Int64:
+		nv.SetInt(v.Int() + 1)
+	case reflect.Uint16:
+		nv.SetUint(v.Uint() + 1)
+	case reflect.Float64:
+		nv.SetFloat(v.Float() + 1)
+	case reflect.Slice:
+		// One element more (a zero one) than v has.
+		nv.Set(reflect.AppendSlice(reflect.MakeSlice(v.Type(), 0, v.Len()+1), v))
+		nv.Set(reflect.Append(nv, reflect.New(v.Type().Elem()).Elem()))
+	default:
+		t.Fatalf("changedValue: no rule for %s", v.Type())
+	}
+	return nv
+}
+
+// TestCheckReload: every refused key is named with its line, both values, and that a restart is
+// needed; a file that changes only live keys passes.
+func TestCheckReload(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "endpoint.yaml")
+	write := func(doc string) *Endpoint {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		ep, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ep
+	}
+	for _, f := range []string{"server.crt", "server.key", "ca.crt"} {
+		if err := os.MkdirAll(filepath.Join(dir, "pki"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "pki", f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	running := write(base)
+
+	// Routes, DNS and the split tunnel may change.
+	next := write(strings.Replace(base, "10.0.1.0/24", "10.0.2.0/24", 1) + "split_tunnel: false\ndns_servers: [10.0.0.2]\n")
+	if err := CheckReload(running, next); err != nil {
+		t.Errorf("CheckReload with new routes and DNS: %v", err)
+	}
+
+	next = write("description: moved\n" + strings.Replace(strings.Replace(base, "10.2.0.0/22", "10.3.0.0/22", 1),
+		"snat_address: 10.0.1.2", "snat_address: 10.0.1.3", 1) + "tun:\n  name: vpn1\n  mtu: 1400\n")
+	err := CheckReload(running, next)
+	var got []*ValidationError
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		var ve *ValidationError
+		if !errors.As(e, &ve) {
+			t.Fatalf("CheckReload error %v is not a *ValidationError", e)
+		}
+		got = append(got, ve)
+	}
+	want := []struct {
+		path   string
+		line   int
+		values string
+	}{
+		{"client_cidr_block", 2, "(running 10.2.0.0/22, file 10.3.0.0/22)"},
+		{"target_network.snat_address", 12, "(running 10.0.1.2, file 10.0.1.3)"},
+		{"tun.name", 19, `(running "cvpn0", file "vpn1")`},
+		{"tun.mtu", 20, "(running 1500, file 1400)"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("CheckReload = %v, want %d problems", err, len(want))
+	}
+	for i, w := range want {
+		ve := got[i]
+		if ve.Path != w.path || ve.Line != w.line || ve.File != path {
+			t.Errorf("problem %d: path %q line %d file %q, want %q line %d in %s", i, ve.Path, ve.Line, ve.File, w.path, w.line, path)
+		}
+		prefix := path + ":" + strconv.Itoa(w.line) + ": " + w.path + ": cannot change on a running endpoint " + w.values
+		if !strings.HasPrefix(ve.Error(), prefix) || !strings.Contains(ve.Error(), "restart the endpoint to change it") {
+			t.Errorf("problem %d = %q, want it to start with %q and say a restart is needed", i, ve, prefix)
+		}
+	}
+}
