@@ -98,7 +98,7 @@ func (m *Manager) UDPControl(l *dataplane.UDPListener, pkt []byte, from netip.Ad
 			// Its address is unproven, so it may not replace anything (register refuses a
 			// second pending session at the address only if the bounds are full; an
 			// established one is never touched until the new session authenticates).
-			m.startStateful(l.NewLink(from, local), &key, &p, pid, ts, w)
+			m.startStateful(l.NewLink(from, local), &key, nil, &p, pid, ts, w)
 			return
 		}
 		m.sendCookieReset(l, &p, from, local, w)
@@ -157,7 +157,7 @@ func (m *Manager) TCPControl(st *dataplane.TCPStream, pkt []byte) bool {
 		m.drop(counters.NoSession, from, "opcode", p.Opcode)
 		return false
 	}
-	return m.startStateful(st, nil, &p, pid, ts, w) != nil
+	return m.startStateful(st, nil, st.Attach, &p, pid, ts, w) != nil
 }
 
 // TCPClosed ends the session of a TCP stream that closed.
@@ -170,7 +170,8 @@ func (m *Manager) TCPClosed(st *dataplane.TCPStream) {
 // startStateful creates a session from a client's hard reset at once, without the cookie round
 // trip: for TCP (the connection proves the address) and for tls-crypt-v2 clients that cannot
 // resend their key. The server's reset, acking the client's, leaves as reliable message 0.
-func (m *Manager) startStateful(link dataplane.Link, key *pendingKey, p *packet.Control, pid, ts uint32, w tlscrypt.Wrapper) *Session {
+// attach (for a TCP stream) makes the session's peer the stream's before anything is sent.
+func (m *Manager) startStateful(link dataplane.Link, key *pendingKey, attach func(*dataplane.Peer), p *packet.Control, pid, ts uint32, w tlscrypt.Wrapper) *Session {
 	var local packet.SessionID
 	for local.IsZero() {
 		if _, err := rand.Read(local[:]); err != nil {
@@ -194,8 +195,8 @@ func (m *Manager) startStateful(link dataplane.Link, key *pendingKey, p *packet.
 		s.discard()
 		return nil
 	}
-	if st, ok := link.(*dataplane.TCPStream); ok {
-		st.Attach(s.peer)
+	if attach != nil {
+		attach(s.peer)
 	}
 	if err := s.ctl.Input(p, pid, ts); err != nil {
 		m.drop(counters.ControlRejected, link.Remote(), "err", err)
