@@ -95,9 +95,9 @@ func (m *Manager) UDPControl(l *dataplane.UDPListener, pkt []byte, from netip.Ad
 		}
 		if p.Opcode == packet.HardResetClientV3 && !tlscrypt.EarlyNegotiation(pid) {
 			// A tls-crypt-v2 client older than 2.6 will not resend its key: keep state now.
-			// Its address is unproven, so it may not replace anything (register refuses a
-			// second pending session at the address only if the bounds are full; an
-			// established one is never touched until the new session authenticates).
+			// Its address is unproven, so it replaces nothing: not a handshake in progress at
+			// the address, and not the established session there, which only a session that
+			// authenticates may replace.
 			m.startStateful(l.NewLink(from, local), &key, nil, &p, pid, ts, w)
 			return
 		}
