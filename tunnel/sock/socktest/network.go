@@ -52,6 +52,7 @@ type portKey struct {
 // Ephemeral ports, as Linux's ip_local_port_range.
 const firstEphemeral, lastEphemeral = 32768, 60999
 
+// NewNetwork returns a network with nothing bound and no filter.
 func NewNetwork() *Network {
 	return &Network{
 		udp:      make(map[netip.AddrPort]*endpoint),
