@@ -121,6 +121,9 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 			t.Fatal(err)
 		}
 	}
+	if _, err := e.plane.ListenTCP(e.net, port443); err != nil {
+		t.Fatal(err)
+	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(3)
@@ -304,6 +307,29 @@ func TestInMemoryEngine(t *testing.T) {
 	}
 	s.Close()
 	waitFor(t, "alice's session ends after EXIT", func() bool { return len(e.m.Established()) == 0 && e.m.cfg.Pool.InUse() == 0 })
+}
+
+// TestInMemoryEngineTCP: the same over a TCP stream; the stream's end ends the session.
+func TestInMemoryEngineTCP(t *testing.T) {
+	e := newTestEngine(t, engineOptions{})
+	from := netip.MustParseAddrPort("203.0.113.6:40001")
+	cfg := e.clientConfig(t, "dave", from, port443)
+	cfg.TCP = true
+	var conn net.Conn
+	cfg.DialTCP = func(ctx context.Context) (net.Conn, error) {
+		c, err := e.net.DialTCP(ctx, from, port443)
+		conn = c
+		return c, err
+	}
+	s := connect(t, cfg)
+	for seq := range byte(3) {
+		e.ping(t, s, seq)
+	}
+	if st := e.established()["dave"]; st.Transport != "TCPv4_SERVER" || st.Remote != from {
+		t.Fatalf("listing %+v does not show dave's TCP session", st)
+	}
+	conn.Close() // no EXIT: the connection just ends
+	waitFor(t, "dave's session ends with its stream", func() bool { return len(e.m.Established()) == 0 && e.m.cfg.Pool.InUse() == 0 })
 }
 
 // TestTwoListenersNoHalfBuiltSession: a client that finishes the cookie exchange on 443 while
