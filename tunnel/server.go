@@ -198,47 +198,41 @@ func (s *Server) SetListeners(udp, tcp []netip.AddrPort) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var opened []dataplane.Listener
-	undo := func() {
+	open := func(proto string, want []netip.AddrPort, have map[netip.AddrPort]dataplane.Listener,
+		listen func(netip.AddrPort) (dataplane.Listener, error)) (map[netip.AddrPort]dataplane.Listener, error) {
+		next := make(map[netip.AddrPort]dataplane.Listener)
+		for _, ap := range want {
+			if l, ok := have[ap]; ok {
+				next[ap] = l
+				continue
+			}
+			l, err := listen(ap)
+			if err != nil {
+				return nil, fmt.Errorf("listen %s %s: %w", proto, ap, err)
+			}
+			opened = append(opened, l)
+			next[ap] = l
+		}
+		return next, nil
+	}
+	newUDP, err := open("udp", udp, s.udp, func(ap netip.AddrPort) (dataplane.Listener, error) { return s.plane.ListenUDP(s.network, ap) })
+	var newTCP map[netip.AddrPort]dataplane.Listener
+	if err == nil {
+		newTCP, err = open("tcp", tcp, s.tcp, func(ap netip.AddrPort) (dataplane.Listener, error) { return s.plane.ListenTCP(s.network, ap) })
+	}
+	if err != nil {
 		for _, l := range opened {
 			s.plane.CloseListener(l)
 		}
+		return err
 	}
-	newUDP := make(map[netip.AddrPort]dataplane.Listener)
-	for _, ap := range udp {
-		if l, ok := s.udp[ap]; ok {
-			newUDP[ap] = l
-			continue
-		}
-		l, err := s.plane.ListenUDP(s.network, ap)
-		if err != nil {
-			undo()
-			return fmt.Errorf("listen udp %s: %w", ap, err)
-		}
-		opened = append(opened, l)
-		newUDP[ap] = l
-	}
-	newTCP := make(map[netip.AddrPort]dataplane.Listener)
-	for _, ap := range tcp {
-		if l, ok := s.tcp[ap]; ok {
-			newTCP[ap] = l
-			continue
-		}
-		l, err := s.plane.ListenTCP(s.network, ap)
-		if err != nil {
-			undo()
-			return fmt.Errorf("listen tcp %s: %w", ap, err)
-		}
-		opened = append(opened, l)
-		newTCP[ap] = l
-	}
-	for ap, l := range s.udp {
-		if _, keep := newUDP[ap]; !keep {
-			s.closeListener(l)
-		}
-	}
-	for ap, l := range s.tcp {
-		if _, keep := newTCP[ap]; !keep {
-			s.closeListener(l)
+	for _, old := range []struct {
+		have, next map[netip.AddrPort]dataplane.Listener
+	}{{s.udp, newUDP}, {s.tcp, newTCP}} {
+		for ap, l := range old.have {
+			if _, keep := old.next[ap]; !keep {
+				s.closeListener(l)
+			}
 		}
 	}
 	s.udp, s.tcp = newUDP, newTCP

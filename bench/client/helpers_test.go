@@ -3,45 +3,22 @@ package client
 import (
 	"crypto/x509"
 	"encoding/binary"
-	"io"
 	"log/slog"
 	"net/netip"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/cvpn/cvpn/internal/testlog"
 	"github.com/cvpn/cvpn/pki"
 )
 
-// testLogger logs to t until the test ends; later lines (from goroutines that outlive a
-// subtest) are dropped rather than panicking.
-func testLogger(t *testing.T) *slog.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testWriter struct {
-	mu   sync.Mutex
-	t    *testing.T
-	done bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	}
-	return len(p), nil
-}
-
-var _ io.Writer = (*testWriter)(nil)
+// testLogger logs to t until the test ends.
+func testLogger(t *testing.T) *slog.Logger { return testlog.New(t) }
 
 // testPKI is a CA with its pool.
 type testPKI struct {

@@ -200,16 +200,9 @@ func (p *Plane) ListenUDP(network sock.Network, ap netip.AddrPort) (*UDPListener
 		return nil, err
 	}
 	l := newUDPListener(p, conn)
-	p.mu.Lock()
-	if p.closed() {
-		p.mu.Unlock()
-		conn.Close()
-		return nil, net.ErrClosed
+	if err := p.start(l, func() { p.udp = append(p.udp, l) }, l.receiveLoop); err != nil {
+		return nil, err
 	}
-	p.udp = append(p.udp, l)
-	p.wg.Add(1)
-	p.mu.Unlock()
-	go func() { defer p.wg.Done(); l.receiveLoop() }()
 	return l, nil
 }
 
@@ -220,17 +213,26 @@ func (p *Plane) ListenTCP(network sock.Network, ap netip.AddrPort) (*TCPListener
 		return nil, err
 	}
 	l := &TCPListener{p: p, ln: ln, addr: addrPortOf(ln.Addr())}
+	if err := p.start(l, func() { p.tcp = append(p.tcp, l) }, l.acceptLoop); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// start adds an opened listener to the plane (add runs under p.mu) and runs its loop, unless
+// the plane was closed meanwhile: then the listener is closed again.
+func (p *Plane) start(l Listener, add, loop func()) error {
 	p.mu.Lock()
 	if p.closed() {
 		p.mu.Unlock()
-		ln.Close()
-		return nil, net.ErrClosed
+		l.close()
+		return net.ErrClosed
 	}
-	p.tcp = append(p.tcp, l)
+	add()
 	p.wg.Add(1)
 	p.mu.Unlock()
-	go func() { defer p.wg.Done(); l.acceptLoop() }()
-	return l, nil
+	go func() { defer p.wg.Done(); loop() }()
+	return nil
 }
 
 // CloseListener stops one listener (UDP or TCP); its sessions are the caller's to end.

@@ -5,10 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
-	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/cvpn/cvpn/authz"
 	"github.com/cvpn/cvpn/bench/client"
+	"github.com/cvpn/cvpn/internal/testlog"
 	"github.com/cvpn/cvpn/ippool"
 	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/pki"
@@ -100,7 +99,7 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := testLogger(t)
+	log := testlog.New(t)
 	e.m, err = New(Config{
 		Pool: pool, NAT: natTable, Log: log.With("side", "server"), Now: e.clock.Now, HandWindow: o.handWindow,
 		Settings: Settings{
@@ -155,7 +154,7 @@ func (e *testEngine) clientConfig(t *testing.T, cn string, from, server netip.Ad
 	}
 	return client.Config{
 		Server: server, Certificate: cert, RootCAs: e.roots, TLSCrypt: e.key,
-		Log:  testLogger(t).With("side", "client", "cn", cn),
+		Log:  testlog.New(t).With("side", "client", "cn", cn),
 		Dial: func(context.Context) (net.PacketConn, error) { return e.net.ListenPacket(from) },
 	}
 }
@@ -267,27 +266,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	w := &testWriter{t: t}
-	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testWriter struct {
-	mu   sync.Mutex
-	t    *testing.T
-	done bool
-}
-
-func (w *testWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.done {
-		w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	}
-	return len(p), nil
 }
 
 // TestInMemoryEngine: a client connects through the socket fake, its traffic crosses the data
