@@ -101,16 +101,21 @@ func (p *Peer) LastReceived() time.Time { return time.Unix(0, p.lastRecv.Load())
 // Touch records that an authenticated control packet arrived at now.
 func (p *Peer) Touch(now time.Time) { p.lastRecv.Store(now.UnixNano()) }
 
-// notify reports e to the owner once per peer.
+// notify reports e to the owner once per peer (EventRekey is reported once per key instead:
+// rekeyDue).
 func (p *Peer) notify(e Event) {
 	if p.notified.Or(uint32(e))&uint32(e) == 0 {
 		p.owner.PeerEvent(e)
 	}
 }
 
-// Rearm allows e to be reported again (after the session layer acted on it, e.g. a renegotiation
-// that will need another one later).
-func (p *Peer) Rearm(e Event) { p.notified.And(^uint32(e)) }
+// rekeyDue reports, once per key, that k's packet ids (sent or received) passed RekeyPacketID:
+// the session must renegotiate. A key installed later reports for itself.
+func (p *Peer) rekeyDue(k *DataKey) {
+	if !k.rekeyAsked.Load() && !k.rekeyAsked.Swap(true) {
+		p.owner.PeerEvent(EventRekey)
+	}
+}
 
 // DataKey is the data-channel state of one key id.
 type DataKey struct {
@@ -119,6 +124,8 @@ type DataKey struct {
 	Created time.Time
 	replay  replay.Window // owned by the goroutine that receives the peer's packets
 	sendPID atomic.Uint32
+	// rekeyAsked is set once this key asked for a renegotiation.
+	rekeyAsked atomic.Bool
 }
 
 // Packet-id limits. A key must never seal two packets with one packet id (the AEAD nonce), so
@@ -153,7 +160,6 @@ func (p *Peer) InstallKey(k *DataKey, send bool) {
 	if send {
 		p.sendKey.Store(k)
 	}
-	p.Rearm(EventRekey)
 }
 
 // newerThan reports whether k is a later key than o (key ids wrap 7 -> 1).

@@ -36,7 +36,7 @@ func (p *Plane) openData(peer *Peer, pkt []byte, h packet.DataHeader, from netip
 		peer.sendKey.Store(k)
 	}
 	if id >= RekeyPacketID {
-		peer.notify(EventRekey) // the client's ids run out: a new key is due
+		peer.rekeyDue(k) // the client's ids run out: a new key is due
 	}
 	return pt, true
 }

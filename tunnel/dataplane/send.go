@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"sync"
 
 	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/tls/packet"
@@ -87,12 +88,12 @@ func (p *Plane) seal(peer *Peer, buf []byte, off, n int, now int64) ([]byte, boo
 	}
 	pid, ok := k.nextPacketID()
 	if !ok {
-		peer.notify(EventRekey)
+		peer.rekeyDue(k)
 		p.dropUser(counters.PacketIDExhausted, id)
 		return nil, false
 	}
 	if pid >= RekeyPacketID {
-		peer.notify(EventRekey)
+		peer.rekeyDue(k)
 	}
 	off, n = id.Framing.add(buf, off, n)
 	op := packet.DataV1
@@ -110,12 +111,20 @@ func (p *Plane) seal(peer *Peer, buf []byte, off, n int, now int64) ([]byte, boo
 
 // Ping sends the keepalive ping to a peer.
 func (p *Plane) Ping(peer *Peer) {
-	buf := make([]byte, tunOffset+len(packet.PingMagic)+datacrypto.Overhead+2)
+	bp := pingBufs.Get().(*[]byte)
+	defer pingBufs.Put(bp)
+	buf := *bp
 	copy(buf[tunOffset:], packet.PingMagic)
 	if pkt, ok := p.seal(peer, buf, tunOffset, len(packet.PingMagic), p.clockNano()); ok {
 		peer.link.Send(pkt)
 	}
 }
+
+// pingBufs hold a ping while it is sealed and sent (a TCP link copies it into its frame).
+var pingBufs = sync.Pool{New: func() any {
+	b := make([]byte, tunOffset+len(packet.PingMagic)+datacrypto.Overhead+2)
+	return &b
+}}
 
 // sendBatches collects the sealed packets of one TUN read: UDP ones per listener, so each
 // listener sends them with one batched write.

@@ -86,11 +86,19 @@ func (l *UDPListener) Peers() []*Peer {
 // Send transmits one packet to a client from the local address the client dialled (invalid:
 // any). Used for control packets; data leaves in batches.
 func (l *UDPListener) Send(pkt []byte, to netip.AddrPort, local netip.Addr) {
-	msg := [1]sock.Message{{Buf: pkt, Addr: to, Local: local}}
-	if _, err := l.conn.WriteBatch(msg[:]); err != nil && !errors.Is(err, net.ErrClosed) {
+	msg := oneMessage.Get().(*[1]sock.Message)
+	msg[0] = sock.Message{Buf: pkt, Addr: to, Local: local}
+	_, err := l.conn.WriteBatch(msg[:])
+	msg[0] = sock.Message{}
+	oneMessage.Put(msg)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
 		l.p.log.Debug("udp send", "listener", l.addr, "to", to, "err", err)
 	}
 }
+
+// oneMessage holds the batch of one that Send passes through the Conn interface, which would
+// otherwise be allocated for every control packet and keepalive.
+var oneMessage = sync.Pool{New: func() any { return new([1]sock.Message) }}
 
 // NewLink returns the link of a session whose client is at remote and dialled local.
 func (l *UDPListener) NewLink(remote netip.AddrPort, local netip.Addr) Link {
