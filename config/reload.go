@@ -121,6 +121,19 @@ func CheckReload(running, next *Endpoint) error {
 	return errors.Join(errs...)
 }
 
+// ReloadKeys returns every key of the file in file order: live are the keys a running endpoint
+// applies when it reloads its file, restart those whose change refuses the reload.
+func ReloadKeys() (live, restart []string) {
+	for _, k := range reloadKeys {
+		if k.restart != "" {
+			restart = append(restart, k.path)
+		} else {
+			live = append(live, k.path)
+		}
+	}
+	return live, restart
+}
+
 func same[T comparable](get func(*Endpoint) T) func(a, b *Endpoint) bool {
 	return func(a, b *Endpoint) bool { return get(a) == get(b) }
 }

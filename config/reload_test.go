@@ -309,3 +309,14 @@ func TestCheckReload(t *testing.T) {
 		}
 	}
 }
+
+func TestReloadKeys(t *testing.T) {
+	live, restart := ReloadKeys()
+	wantRestart := []string{"client_cidr_block", "target_network.interface", "target_network.snat_address", "tun.name", "tun.mtu"}
+	if !slices.Equal(restart, wantRestart) {
+		t.Errorf("restart keys %q, want %q", restart, wantRestart)
+	}
+	if len(live)+len(restart) != len(reloadKeys) || !slices.Contains(live, "server_certificate.cert_file") || slices.Contains(live, "tun.name") {
+		t.Errorf("live keys %q", live)
+	}
+}

@@ -1,26 +1,24 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 
-	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/endpoint"
-	"github.com/cvpn/cvpn/ippool"
-	"github.com/cvpn/cvpn/nat"
-	"github.com/cvpn/cvpn/tunnel"
 )
 
-// cmdServe runs the endpoint until SIGTERM or SIGINT; SIGHUP reloads the policy.
+// cmdServe runs the endpoint (package endpoint) until SIGTERM or SIGINT; SIGHUP reloads the
+// endpoint file.
 func cmdServe(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -65,12 +63,48 @@ func serveFile(path, memProfile string, log *slog.Logger, stderr io.Writer) int 
 		printConfigError(stderr, err)
 		return exitInvalid
 	}
-	if err := serve(path, ep, memProfile, log); err != nil {
+	// Signals are caught from here on, so that a stop during host setup still removes the host
+	// state: the endpoint stops as soon as it has started. SIGHUP reloads, one at a time; one
+	// that arrives during a reload is kept for after it.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reload := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case sig := <-sigs:
+				if sig == syscall.SIGHUP {
+					select {
+					case reload <- struct{}{}:
+					default: // one is pending already and will read the file as it is then
+					}
+					continue
+				}
+				log.Info("stopping", "signal", sig.String())
+				if memProfile != "" {
+					writeHeapProfile(memProfile, log)
+				}
+				cancel()
+				return
+			}
+		}
+	}()
+	err = endpoint.Serve(ctx, path, ep, reload, endpoint.Options{Log: log, Now: timeNow, Host: setupHost})
+	if err != nil {
 		printServeError(stderr, err)
 		return exitRuntime
 	}
 	return 0
 }
+
+// setupHost sets the host up; nil means the real one (package tunnel/host). Tests replace it so
+// that serve runs without root.
+var setupHost endpoint.HostSetup
 
 func logLevel() slog.Level {
 	if os.Getenv("CVPN_DEBUG") != "" {
@@ -79,106 +113,9 @@ func logLevel() slog.Level {
 	return slog.LevelInfo
 }
 
-func serve(path string, ep *endpoint.Endpoint, memProfile string, log *slog.Logger) (err error) {
-	cfg := ep.Config
-	cert, err := ep.Server.TLSCertificate()
-	if err != nil {
-		return err
-	}
-	pool, err := ippool.New(cfg.ClientCIDRBlock)
-	if err != nil {
-		return fmt.Errorf("client_cidr_block: %w", err)
-	}
-	natTable, err := nat.New(nat.Config{Addr: cfg.TargetNetwork.SNATAddress})
-	if err != nil {
-		return fmt.Errorf("target_network.snat_address: %w", err)
-	}
-	var udp, tcp []netip.AddrPort
-	for _, l := range cfg.Transport {
-		ap := netip.AddrPortFrom(cfg.ListenAddress, l.Port)
-		if l.Protocol == config.ProtocolTCP {
-			tcp = append(tcp, ap)
-		} else {
-			udp = append(udp, ap)
-		}
-	}
-	wrapper, err := ep.ControlWrapper()
-	if err != nil {
-		return err
-	}
-	// Signals are caught from here on, so that a stop during setup still removes the host state:
-	// the handler below acts on it once the engine exists.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
-	host, err := setupHost(hostConfig(cfg), log)
-	if err != nil {
-		return err
-	}
-	defer closeHost(host, &err, log)
-	srv, err := tunnel.New(tunnel.Config{
-		UDP:            udp,
-		TCP:            tcp,
-		Certificate:    cert,
-		ClientCAs:      ep.ClientCAs,
-		ControlWrapper: wrapper,
-		TLSCryptV2:     ep.TLSCryptV2ServerKey,
-		Reneg:          cfg.Reneg,
-		Revoked:        ep.CRL,
-		SessionTimeout: cfg.SessionTimeout,
-		Banner:         cfg.ClientLoginBanner,
-		MSS:            cfg.TUN.MTU - 100, // room for the tunnel's own headers on a path of the same MTU
-		Ciphers:        ep.Ciphers,
-		Pool:           pool,
-		NAT:            natTable,
-		Device:         host.Device(),
-		Policy:         ep.Policy,
-		Ping:           cfg.Keepalive.Ping,
-		PingRestart:    cfg.Keepalive.PingRestart,
-		Log:            log,
-	})
-	if err != nil {
-		return engineError(err, cfg)
-	}
-	go func() {
-		for sig := range sigs {
-			if sig == syscall.SIGHUP {
-				reload(path, cfg, srv, log)
-				continue
-			}
-			log.Info("stopping", "signal", sig.String())
-			if memProfile != "" {
-				writeHeapProfile(memProfile, log)
-			}
-			srv.Close()
-			return
-		}
-	}()
-	if f := cfg.Authentication.Certificate.CRLFile; f != "" {
-		stop := make(chan struct{})
-		defer close(stop)
-		go endpoint.WatchCRL(f, ep.ClientCACerts, srv, log, stop)
-	}
-	log.Info("cvpn listening", "udp", udp, "tcp", tcp, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
-		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name)
-	srv.Run()
-	log.Info("cvpn stopped", "drops", srv.Drops())
-	return nil
-}
-
-// reload re-reads the endpoint file and swaps the policy; an invalid file leaves the old one.
-func reload(path string, running *config.Endpoint, srv *tunnel.Server, log *slog.Logger) {
-	ep, err := loadEndpoint(path)
-	if err != nil {
-		log.Error("reload refused: the endpoint file is invalid; the running policy stays", "err", err)
-		return
-	}
-	if err := config.CheckReload(running, ep.Config); err != nil {
-		log.Error("reload refused; the running policy stays", "err", err)
-		return
-	}
-	srv.Reload(ep.Policy)
-	log.Info("reloaded policy", "rules", len(ep.Config.AuthorizationRules), "routes", len(ep.Config.Routes))
+// printServeError prints why serve failed as one line.
+func printServeError(stderr io.Writer, err error) {
+	fmt.Fprintln(stderr, "cvpn serve:", strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " "))
 }
 
 // writeHeapProfile writes the live heap (after a GC) for memory work.

@@ -12,6 +12,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
+	"github.com/cvpn/cvpn/endpoint"
 	"github.com/cvpn/cvpn/tunnel/host"
 )
 
@@ -29,7 +30,7 @@ func (f *fakeHost) Close() error       { f.closed++; return f.closeErr }
 func useFakeHost(t *testing.T, f *fakeHost) {
 	t.Helper()
 	saved := setupHost
-	setupHost = func(host.Config, *slog.Logger) (hostState, error) { return f, nil }
+	setupHost = func(host.Config, *slog.Logger) (endpoint.Host, error) { return f, nil }
 	t.Cleanup(func() { setupHost = saved })
 }
 

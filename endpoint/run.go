@@ -1,0 +1,275 @@
+package endpoint
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/ippool"
+	"github.com/cvpn/cvpn/nat"
+	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/tunnel"
+	"github.com/cvpn/cvpn/tunnel/host"
+	"github.com/cvpn/cvpn/tunnel/sock"
+)
+
+// Host is the host state a running endpoint stands on: the TUN device, and a way to remove all
+// of it. *host.Host is one.
+type Host interface {
+	Device() tun.Device
+	Close() error
+}
+
+// HostSetup sets the host up for an endpoint; host.Setup is the real one.
+type HostSetup func(host.Config, *slog.Logger) (Host, error)
+
+// Options are what a running endpoint needs besides its file.
+type Options struct {
+	// Log receives the lifecycle and reload lines; nil discards them.
+	Log *slog.Logger
+	// Now is the clock the files are checked at on reload and the CRL is verified at; nil
+	// means time.Now.
+	Now func() time.Time
+	// Host sets the host up (TUN, route, neighbour, sysctls); nil means host.Setup. Tests pass
+	// a fake so that no root is needed.
+	Host HostSetup
+	// Network opens the listeners; nil means the host's sockets. Tests pass socktest's.
+	Network sock.Network
+
+	// crlPoll is how often the CRL file is checked; 0 means every two seconds.
+	crlPoll time.Duration
+}
+
+// Running is an endpoint that serves: its host state, its engine and its CRL watcher, built
+// from an endpoint file that Reload may replace.
+type Running struct {
+	opts Options
+	log  *slog.Logger
+	host Host
+	srv  *tunnel.Server
+
+	// crl is the revocation list in force: the file's at start or at the last reload, or
+	// what the CRL watcher loaded since. It is what a reload compares the file's CRL with.
+	crl atomic.Pointer[pki.CRL]
+
+	// mu serialises Reload and Run's teardown, and guards the fields below.
+	mu      sync.Mutex
+	cur     *Endpoint // the running endpoint file; its CRL field is stale (crl is current)
+	stopped bool      // Run has returned: nothing more to reload
+	// The CRL watcher: closing crlStop stops it, crlDone is closed once it has.
+	crlStop, crlDone chan struct{}
+}
+
+// Serve starts the endpoint ep, loaded from path, and serves until ctx is done. Each value
+// received from reload re-reads path and applies it (Reload, which logs the outcome). It
+// returns an error only when the endpoint cannot start (Start); once it has started, Serve
+// always removes the host state again before it returns.
+func Serve(ctx context.Context, path string, ep *Endpoint, reload <-chan struct{}, opts Options) error {
+	r, err := Start(ep, opts)
+	if err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			r.Stop()
+			<-done
+			return nil
+		case <-done:
+			return nil
+		case <-reload:
+			_, _ = r.Reload(path) // logged
+		}
+	}
+}
+
+// Start sets the host up for ep, starts the engine on it (listeners open, not serving yet: Run
+// serves) and the CRL watcher. When anything fails, what was set up is removed again and the
+// error says on one line what failed and, where it can, how to fix it.
+func Start(ep *Endpoint, opts Options) (r *Running, err error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Host == nil {
+		opts.Host = setupHost
+	}
+	cfg := ep.Config
+	ecfg, err := engineConfig(ep)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := ippool.New(cfg.ClientCIDRBlock)
+	if err != nil {
+		return nil, fmt.Errorf("client_cidr_block: %w", err)
+	}
+	natTable, err := nat.New(nat.Config{Addr: cfg.TargetNetwork.SNATAddress})
+	if err != nil {
+		return nil, fmt.Errorf("target_network.snat_address: %w", err)
+	}
+	h, err := opts.Host(hostConfig(cfg), opts.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = closeHost(h, err)
+		}
+	}()
+	ecfg.Pool, ecfg.NAT, ecfg.Device = pool, natTable, h.Device()
+	ecfg.Network, ecfg.Log, ecfg.Now = opts.Network, opts.Log, opts.Now
+	srv, err := tunnel.New(ecfg)
+	if err != nil {
+		return nil, engineError(err, cfg)
+	}
+	r = &Running{opts: opts, log: opts.Log, host: h, srv: srv, cur: ep}
+	r.crl.Store(ep.CRL)
+	r.watchCRL(ep)
+	opts.Log.Info("cvpn listening", "udp", ecfg.UDP, "tcp", ecfg.TCP, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
+		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name)
+	return r, nil
+}
+
+// setupHost is host.Setup as a HostSetup.
+func setupHost(cfg host.Config, log *slog.Logger) (Host, error) {
+	h, err := host.Setup(cfg, log)
+	if err != nil {
+		return nil, err // not a typed nil in an interface
+	}
+	return h, nil
+}
+
+// Run serves until Stop; then it stops the CRL watcher, removes the host state (a failure to is
+// logged) and logs the drop counters.
+func (r *Running) Run() {
+	r.srv.Run()
+	r.mu.Lock()
+	r.stopped = true
+	r.stopCRLWatch()
+	r.mu.Unlock()
+	if err := r.host.Close(); err != nil {
+		r.log.Error("removing host state", "err", err)
+	}
+	r.log.Info("cvpn stopped", "drops", r.srv.Drops())
+}
+
+// Stop tells every client to reconnect (RESTART) and makes Run return.
+func (r *Running) Stop() { r.srv.Close() }
+
+// Server is the engine, for listing and terminating sessions.
+func (r *Running) Server() *tunnel.Server { return r.srv }
+
+// Endpoint returns the endpoint file in force (the last one Reload applied).
+func (r *Running) Endpoint() *Endpoint {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.current()
+}
+
+// current is cur with the CRL in force; r.mu is held.
+func (r *Running) current() *Endpoint {
+	ep := *r.cur
+	ep.CRL = r.crl.Load()
+	return &ep
+}
+
+// engineConfig maps the endpoint file to the engine's configuration, all but what is built once
+// at start (pool, NAT, TUN device) and the seams (network, log, clock). A reload takes its
+// Settings and listeners from it too, so the two cannot drift apart.
+func engineConfig(ep *Endpoint) (tunnel.Config, error) {
+	cfg := ep.Config
+	cert, err := ep.Server.TLSCertificate()
+	if err != nil {
+		return tunnel.Config{}, cfg.KeyError("server_certificate.cert_file", err)
+	}
+	wrapper, err := ep.ControlWrapper()
+	if err != nil {
+		return tunnel.Config{}, err
+	}
+	udp, tcp := listeners(cfg)
+	return tunnel.Config{
+		UDP:            udp,
+		TCP:            tcp,
+		Certificate:    cert,
+		ClientCAs:      ep.ClientCAs,
+		ControlWrapper: wrapper,
+		TLSCryptV2:     ep.TLSCryptV2ServerKey,
+		Reneg:          cfg.Reneg,
+		Revoked:        ep.CRL,
+		SessionTimeout: cfg.SessionTimeout,
+		Banner:         cfg.ClientLoginBanner,
+		MSS:            cfg.TUN.MTU - 100, // room for the tunnel's own headers on a path of the same MTU
+		Ciphers:        ep.Ciphers,
+		Policy:         ep.Policy,
+		Ping:           cfg.Keepalive.Ping,
+		PingRestart:    cfg.Keepalive.PingRestart,
+	}, nil
+}
+
+// listeners returns the UDP and TCP listener addresses of the file, in its order.
+func listeners(cfg *config.Endpoint) (udp, tcp []netip.AddrPort) {
+	for _, l := range cfg.Transport {
+		ap := netip.AddrPortFrom(cfg.ListenAddress, l.Port)
+		if l.Protocol == config.ProtocolTCP {
+			tcp = append(tcp, ap)
+		} else {
+			udp = append(udp, ap)
+		}
+	}
+	return udp, tcp
+}
+
+// crlTarget is where the CRL watcher hands a new list: into force, and remembered as the list in
+// force.
+type crlTarget struct{ r *Running }
+
+func (t crlTarget) SetRevoker(rv tunnel.Revoker) {
+	if c, ok := rv.(*pki.CRL); ok {
+		t.r.crl.Store(c)
+	}
+	t.r.srv.SetRevoker(rv)
+}
+
+// watchCRL starts the CRL watcher on ep's CRL file, checking new lists against ep's client root
+// CAs; nothing when ep has no CRL file. r.mu is held, or r is not shared yet.
+func (r *Running) watchCRL(ep *Endpoint) {
+	file := ep.Config.Authentication.Certificate.CRLFile
+	if file == "" {
+		return
+	}
+	poll := r.opts.crlPoll
+	if poll == 0 {
+		poll = crlPoll
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	r.crlStop, r.crlDone = stop, done
+	go func() {
+		defer close(done)
+		watchCRL(file, ep.ClientCACerts, crlTarget{r}, r.log, stop, poll, r.opts.Now)
+	}()
+}
+
+// stopCRLWatch stops the CRL watcher and waits until it has, so that it hands over nothing
+// more. r.mu is held.
+func (r *Running) stopCRLWatch() {
+	if r.crlStop == nil {
+		return
+	}
+	close(r.crlStop)
+	<-r.crlDone
+	r.crlStop, r.crlDone = nil, nil
+}
