@@ -2,12 +2,17 @@ package main
 
 import (
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
@@ -118,5 +123,99 @@ func TestPrintServeErrorIsOneLine(t *testing.T) {
 	printServeError(&b, errors.Join(errors.New("first"), errors.New("second")))
 	if got, want := b.String(), "cvpn serve: first; second\n"; got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// lockedBuffer is a strings.Builder that serve's logger and the test may use at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// waitLog waits until the log holds want.
+func waitLog(t *testing.T, log *lockedBuffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(log.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the log lacks %q:\n%s", want, log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestServeSignals: SIGHUP reloads the endpoint file (a live key applies, a refused one is named
+// and nothing applies), and SIGTERM stops serve with status 0 after removing the host state.
+func TestServeSignals(t *testing.T) {
+	f := &fakeHost{dev: tuntest.NewChannelTUN().TUN()}
+	useFakeHost(t, f)
+	free, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := free.LocalAddr().(*net.UDPAddr).Port
+	free.Close()
+	path := newEndpoint(t, "--transport", "udp/"+strconv.Itoa(port))
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(extra string) {
+		t.Helper()
+		if err := os.WriteFile(path, append(slices.Clip(orig), "listen_address: 127.0.0.1\n"+extra...), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("")
+	var log lockedBuffer
+	code := make(chan int, 1)
+	go func() { code <- run([]string{"serve", "--config", path}, io.Discard, &log) }()
+	waitLog(t, &log, "cvpn listening")
+
+	write("client_login_banner: hello\n")
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, &log, `msg="reload applied" changed=client_login_banner`)
+
+	write("client_login_banner: bye\ntun: {name: vpn1}\n")
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, &log, `refused=tun.name`)
+	if !strings.Contains(log.String(), "the running configuration stays") {
+		t.Errorf("the refusal does not say the running configuration stays:\n%s", log.String())
+	}
+
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case c := <-code:
+		if c != 0 {
+			t.Errorf("serve exited with %d after SIGTERM, want 0:\n%s", c, log.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop after SIGTERM")
+	}
+	if f.closed != 1 {
+		t.Errorf("host state closed %d times, want 1", f.closed)
+	}
+	for _, want := range []string{`msg=stopping signal=terminated`, "cvpn stopped"} {
+		if !strings.Contains(log.String(), want) {
+			t.Errorf("the log lacks %q:\n%s", want, log.String())
+		}
 	}
 }
