@@ -1,12 +1,16 @@
-// Package endpoint loads an endpoint: the validated endpoint file together with every file it
-// names (the server identity, the client root CAs, the CRL, the control-channel keys), checked
-// for their roles at one instant, and the pieces the engine is built from: the per-packet
-// policy snapshot and the control-channel wrapper. It also watches the CRL file of a running
-// endpoint.
+// Package endpoint loads and runs an endpoint. Load reads the validated endpoint file together
+// with every file it names (the server identity, the client root CAs, the CRL, the
+// control-channel keys), checked for their roles at one instant, and builds what the engine is
+// made of: the per-packet policy snapshot and the control-channel wrapper. Start and Serve run
+// it: host setup (package tunnel/host), the engine (package tunnel) and the CRL watcher, and a
+// clean teardown. Running.Reload re-reads the file and applies what changed key by key, or
+// nothing: config.Diff and config.CheckReload say which keys may change, this package compares
+// the content of the files they name and applies the rest to the engine.
 //
-// It owns no sockets, sessions or signals and writes no files: the schema and its validation
-// are package config, the engine is package tunnel, issuing and revoking clients is package
-// endpoint/clientstore, client profiles are package endpoint/profile, and cmd/cvpn wires them.
+// It owns no signals, flags or exit statuses (cmd/cvpn maps them), and writes no files: the
+// schema and its validation are package config, the engine is package tunnel, issuing and
+// revoking clients is package endpoint/clientstore, client profiles are package
+// endpoint/profile.
 package endpoint
 
 import (
