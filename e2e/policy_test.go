@@ -137,7 +137,7 @@ func TestAuthorizationByGroup(t *testing.T) {
 	edited := strings.Replace(file, "authorization_rules:\n",
 		"authorization_rules:\n  - {target_network_cidr: 10.0.0.0/16, access_group_id: dev}\n", 1)
 	s.reload(edited)
-	if err := waitCount(s.srv, "reloaded policy", 1, 5*time.Second); err != nil {
+	if err := waitCount(s.srv, "reload applied", 1, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	s.ping(dev, host2)
@@ -155,7 +155,7 @@ func TestAuthorizationByGroup(t *testing.T) {
 	s.ping(dev, host2)
 	s.ping(dev, host1)
 	s.noPing(none, host1)
-	if n := strings.Count(s.srv.Output(), "reloaded policy"); n != 1 {
+	if n := strings.Count(s.srv.Output(), "reload applied"); n != 1 {
 		t.Errorf("cvpn reloaded %d times, want 1", n)
 	}
 
@@ -347,7 +347,7 @@ func TestClientToClient(t *testing.T) {
 
 	// Without the local route, clients cannot reach each other; the private network still works.
 	s.reload(strings.Replace(s.endpointFile(), "  - {destination_cidr_block: 10.2.0.0/22, target: local}\n", "", 1))
-	if err := waitCount(s.srv, "reloaded policy", 1, 5*time.Second); err != nil {
+	if err := waitCount(s.srv, "reload applied", 1, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	s.noPing(a, ba)
