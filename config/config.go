@@ -142,6 +142,12 @@ type Endpoint struct {
 	// Keepalive (keepalive) sets the ping interval and the silence after
 	// which a session is restarted. AWS: none.
 	Keepalive Keepalive
+	// MaxConnectionsPerUser (max_connections_per_user) is how many
+	// sessions one identity may hold at once, over UDP and TCP together:
+	// the username where there is one, else the certificate's common name.
+	// A new session beyond it replaces that identity's oldest, which is
+	// told why. 0 means unlimited; 5 by default. AWS: none.
+	MaxConnectionsPerUser int
 	// ConnectionLog (connection_log) records client connections. Accepted
 	// now, written by a later issue. AWS: ConnectionLogOptions.
 	ConnectionLog ConnectionLog
@@ -324,14 +330,15 @@ type Admin struct {
 
 // Defaults applied when keys are absent.
 const (
-	defaultPort               = 443
-	defaultTUNName            = "cvpn0"
-	defaultMTU                = 1500
-	defaultPing               = 10 // seconds
-	defaultPingRestart        = 60 // seconds
-	defaultSessionTimeout     = 24 // hours
-	defaultBandwidthLimitMbps = 10
-	defaultReneg              = 3600 // seconds, OpenVPN's reneg-sec default
+	defaultPort                  = 443
+	defaultTUNName               = "cvpn0"
+	defaultMTU                   = 1500
+	defaultPing                  = 10 // seconds
+	defaultPingRestart           = 60 // seconds
+	defaultSessionTimeout        = 24 // hours
+	defaultBandwidthLimitMbps    = 10
+	defaultReneg                 = 3600 // seconds, OpenVPN's reneg-sec default
+	defaultMaxConnectionsPerUser = 5
 )
 
 // defaultDataCiphers is also the list of supported ciphers.

@@ -77,19 +77,20 @@ func TestLoadGood(t *testing.T) {
 			{TargetNetworkCIDR: netip.MustParsePrefix("10.0.1.0/24"), AccessGroupID: "dev", Description: "developers reach the app subnet"},
 			{TargetNetworkCIDR: netip.MustParsePrefix("172.16.0.0/12"), AuthorizeAllGroups: true},
 		},
-		SplitTunnel:        false,
-		DNSServers:         []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")},
-		SessionTimeout:     12 * time.Hour,
-		ClientLoginBanner:  "Authorized use only.\nSessions are logged.\n",
-		BandwidthLimitMbps: 25.5,
-		BandwidthLimits:    []BandwidthLimit{{AccessGroupID: "dev", Mbps: 100}, {AccessGroupID: "ops", Mbps: 0}},
-		Reneg:              0,
-		Keepalive:          Keepalive{Ping: 5 * time.Second, PingRestart: 30 * time.Second},
-		ConnectionLog:      ConnectionLog{Enabled: true, File: abs(t, "testdata/connections.log")},
-		Admin:              Admin{ListenAddress: netip.MustParseAddrPort("127.0.0.1:9443")},
+		SplitTunnel:           false,
+		DNSServers:            []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")},
+		SessionTimeout:        12 * time.Hour,
+		ClientLoginBanner:     "Authorized use only.\nSessions are logged.\n",
+		BandwidthLimitMbps:    25.5,
+		BandwidthLimits:       []BandwidthLimit{{AccessGroupID: "dev", Mbps: 100}, {AccessGroupID: "ops", Mbps: 0}},
+		Reneg:                 0,
+		MaxConnectionsPerUser: 2,
+		Keepalive:             Keepalive{Ping: 5 * time.Second, PingRestart: 30 * time.Second},
+		ConnectionLog:         ConnectionLog{Enabled: true, File: abs(t, "testdata/connections.log")},
+		Admin:                 Admin{ListenAddress: netip.MustParseAddrPort("127.0.0.1:9443")},
 	}
-	if got.file != "testdata/good.yaml" || got.KeyLine("routes[1].destination_cidr_block") != 30 || got.KeyLine("admin.listen_address") != 55 {
-		t.Errorf("file %q, line of routes[1].destination_cidr_block %d (want 30), of admin.listen_address %d (want 55)",
+	if got.file != "testdata/good.yaml" || got.KeyLine("routes[1].destination_cidr_block") != 30 || got.KeyLine("admin.listen_address") != 56 {
+		t.Errorf("file %q, line of routes[1].destination_cidr_block %d (want 30), of admin.listen_address %d (want 56)",
 			got.file, got.KeyLine("routes[1].destination_cidr_block"), got.KeyLine("admin.listen_address"))
 	}
 	got.file, got.keyLines = "", nil
@@ -443,6 +444,11 @@ func TestRules(t *testing.T) {
 			path: "reneg_seconds", line: 17, msg: "5 is shorter than 10 seconds; use 0 to turn renegotiation off"},
 		{name: "reneg negative", append: "reneg_seconds: -1\n",
 			path: "reneg_seconds", line: 17, msg: "-1 is outside 0..604800"},
+		// max_connections_per_user
+		{name: "connections per user negative", append: "max_connections_per_user: -1\n",
+			path: "max_connections_per_user", line: 17, msg: "-1 is outside 0..1048576"},
+		{name: "connections per user not a number", append: "max_connections_per_user: many\n",
+			path: "max_connections_per_user", line: 17, msg: "many"},
 
 		// connection_log and admin placeholders
 		{name: "connection log without file", append: "connection_log:\n  enabled: true\n",

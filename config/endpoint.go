@@ -21,7 +21,7 @@ var topKeys = []string{
 	"transport", "server_certificate", "control_channel", "authentication",
 	"data_ciphers", "target_network", "tun", "routes", "authorization_rules",
 	"split_tunnel", "dns_servers", "session_timeout_hours", "client_login_banner",
-	"bandwidth_limit_mbps", "bandwidth_limits", "reneg_seconds", "keepalive",
+	"bandwidth_limit_mbps", "bandwidth_limits", "reneg_seconds", "keepalive", "max_connections_per_user",
 	"connection_log", "admin",
 }
 
@@ -37,7 +37,9 @@ const (
 	maxBannerRunes  = 1400         // AWS ClientLoginBannerOptions.BannerText
 	maxBandwidth    = 100000       // Mbps; far above any one connection
 	minReneg        = 10           // seconds; shorter only burns CPU on handshakes
-	maxReneg        = 7 * 24 * 60 * 60
+	// maxConnectionsPerUser bounds max_connections_per_user; 0 there means unlimited.
+	maxConnectionsPerUser = 1 << 20
+	maxReneg              = 7 * 24 * 60 * 60
 )
 
 // sessionTimeouts are the values AWS Client VPN allows for
@@ -70,9 +72,10 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 			TLSAuthKeyDirection: KeyDirectionBidirectional,
 			TLSAuthDigest:       DigestSHA1,
 		},
-		SessionTimeout:     defaultSessionTimeout * time.Hour,
-		BandwidthLimitMbps: defaultBandwidthLimitMbps,
-		Reneg:              defaultReneg * time.Second,
+		SessionTimeout:        defaultSessionTimeout * time.Hour,
+		BandwidthLimitMbps:    defaultBandwidthLimitMbps,
+		Reneg:                 defaultReneg * time.Second,
+		MaxConnectionsPerUser: defaultMaxConnectionsPerUser,
 	}
 
 	if n, path, ok := top.get("description"); ok {
@@ -194,6 +197,11 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	}
 	if n, path, ok := top.get("keepalive"); ok {
 		d.keepalive(n, path, top.keyLine("keepalive"), ep)
+	}
+	if n, path, ok := top.get("max_connections_per_user"); ok {
+		if v, ok := d.integer(n, path, 0, maxConnectionsPerUser); ok {
+			ep.MaxConnectionsPerUser = int(v)
+		}
 	}
 	if n, path, ok := top.get("connection_log"); ok {
 		d.connectionLog(n, path, top.keyLine("connection_log"), ep)

@@ -85,6 +85,7 @@ var keyActions = map[string]action{
 	"bandwidth_limit_mbps":                           applyPolicy,
 	"bandwidth_limits":                               applyPolicy,
 	"reneg_seconds":                                  applySettings,
+	"max_connections_per_user":                       applySettings,
 	"keepalive.ping_seconds":                         applySettings,
 	"keepalive.ping_restart_seconds":                 applySettings,
 	"connection_log.enabled":                         0,

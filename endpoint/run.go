@@ -202,21 +202,22 @@ func engineConfig(ep *Endpoint) (tunnel.Config, error) {
 	}
 	udp, tcp := listeners(cfg)
 	return tunnel.Config{
-		UDP:            udp,
-		TCP:            tcp,
-		Certificate:    cert,
-		ClientCAs:      ep.ClientCAs,
-		ControlWrapper: wrapper,
-		TLSCryptV2:     ep.TLSCryptV2ServerKey,
-		Reneg:          cfg.Reneg,
-		Revoked:        ep.CRL,
-		SessionTimeout: cfg.SessionTimeout,
-		Banner:         cfg.ClientLoginBanner,
-		MSS:            cfg.TUN.MTU - 100, // room for the tunnel's own headers on a path of the same MTU
-		Ciphers:        ep.Ciphers,
-		Policy:         ep.Policy,
-		Ping:           cfg.Keepalive.Ping,
-		PingRestart:    cfg.Keepalive.PingRestart,
+		UDP:                   udp,
+		TCP:                   tcp,
+		Certificate:           cert,
+		ClientCAs:             ep.ClientCAs,
+		ControlWrapper:        wrapper,
+		TLSCryptV2:            ep.TLSCryptV2ServerKey,
+		Reneg:                 cfg.Reneg,
+		MaxConnectionsPerUser: cfg.MaxConnectionsPerUser,
+		Revoked:               ep.CRL,
+		SessionTimeout:        cfg.SessionTimeout,
+		Banner:                cfg.ClientLoginBanner,
+		MSS:                   cfg.TUN.MTU - 100, // room for the tunnel's own headers on a path of the same MTU
+		Ciphers:               ep.Ciphers,
+		Policy:                ep.Policy,
+		Ping:                  cfg.Keepalive.Ping,
+		PingRestart:           cfg.Keepalive.PingRestart,
 	}, nil
 }
 

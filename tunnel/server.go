@@ -84,6 +84,8 @@ type Config struct {
 	// Reneg is how often the server renegotiates a session's data keys; 0 never (it still does
 	// before packet ids run out).
 	Reneg time.Duration
+	// MaxConnectionsPerUser bounds the sessions of one user; 0 means unlimited.
+	MaxConnectionsPerUser int
 	// MSS clamps TCP SYNs through the tunnel; 0 means 1400.
 	MSS int
 	// HandWindow bounds a TLS handshake and key exchange (OpenVPN --hand-window, 60 s).
@@ -97,16 +99,17 @@ type Config struct {
 // Settings returns the part of cfg that a running server may change (Reconfigure).
 func (cfg *Config) Settings() Settings {
 	return Settings{
-		Certificate:    cfg.Certificate,
-		ClientCAs:      cfg.ClientCAs,
-		Wrapper:        cfg.ControlWrapper,
-		TLSCryptV2:     cfg.TLSCryptV2,
-		Ciphers:        cfg.Ciphers,
-		Ping:           cfg.Ping,
-		PingRestart:    cfg.PingRestart,
-		Reneg:          cfg.Reneg,
-		SessionTimeout: cfg.SessionTimeout,
-		Banner:         cfg.Banner,
+		Certificate:           cfg.Certificate,
+		ClientCAs:             cfg.ClientCAs,
+		Wrapper:               cfg.ControlWrapper,
+		TLSCryptV2:            cfg.TLSCryptV2,
+		Ciphers:               cfg.Ciphers,
+		Ping:                  cfg.Ping,
+		PingRestart:           cfg.PingRestart,
+		Reneg:                 cfg.Reneg,
+		SessionTimeout:        cfg.SessionTimeout,
+		MaxConnectionsPerUser: cfg.MaxConnectionsPerUser,
+		Banner:                cfg.Banner,
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -58,6 +60,8 @@ func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
 type engineOptions struct {
 	reneg      time.Duration
 	handWindow time.Duration
+	perUser    int       // MaxConnectionsPerUser
+	serverLog  io.Writer // when set, the server logs here instead of to the test
 }
 
 func newTestEngine(t *testing.T, o engineOptions) *testEngine {
@@ -100,11 +104,15 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 		t.Fatal(err)
 	}
 	log := testlog.New(t)
+	if o.serverLog != nil {
+		log = slog.New(slog.NewTextHandler(o.serverLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	e.m, err = New(Config{
 		Pool: pool, NAT: natTable, Log: log.With("side", "server"), Now: e.clock.Now, HandWindow: o.handWindow,
 		Settings: Settings{
 			Certificate: cert, ClientCAs: e.roots, Wrapper: tlscrypt.NewTLSCrypt(e.key, true), TLSCryptV2: e.v2,
 			Ciphers: []datacrypto.Cipher{datacrypto.AES256GCM, datacrypto.ChaCha20Poly1305}, Reneg: o.reneg,
+			MaxConnectionsPerUser: o.perUser,
 		},
 	})
 	if err != nil {

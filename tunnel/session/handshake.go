@@ -47,7 +47,13 @@ func (s *Session) runKey(k *channel.Key) {
 	}
 	conn := tls.Server(k.Conn(), s.set.tls)
 	if err := conn.HandshakeContext(ctx); err != nil {
-		if s.state.Load() != stateClosed {
+		switch {
+		case s.state.Load() == stateClosed:
+		case certificateRefused(err):
+			// A refused identity is always recorded, apart from the rate-limited log of
+			// garbage packets; handshake rates per source bound how often.
+			m.log.Warn("authentication refused", "remote", s.link.Remote(), "key_id", k.ID, "reason", err)
+		default:
 			m.drop(counters.TLSHandshake, s.link.Remote(), "err", err)
 		}
 		failed("tls handshake failed")
@@ -112,7 +118,7 @@ func (s *Session) runKey(k *channel.Key) {
 			m.log.Error("admission failed", "remote", s.link.Remote(), "err", refusal)
 			r = &Refusal{"authentication failed"}
 		}
-		m.log.Warn("client refused", "remote", s.link.Remote(), "key_id", k.ID, "reason", r.Message)
+		m.log.Warn("authentication refused", "remote", s.link.Remote(), "key_id", k.ID, "user", adm.userOf(), "reason", r.Message)
 		s.tlsConn.Store(conn)
 		s.goodbye(authFailed(r.Message), "refused: "+r.Message)
 		return
@@ -246,8 +252,14 @@ func (s *Session) establish(adm *admission, dk *dataplane.DataKey) bool {
 	s.ekmFlag.Store(adm.ekm)
 	s.peer.SetIdentity(adm.ident)
 	s.peer.InstallKey(dk, true)
-	if !m.established(s) {
+	displaced, ok := m.established(s)
+	if !ok {
 		return false
+	}
+	for _, old := range displaced {
+		limit := m.set.Load().MaxConnectionsPerUser
+		old.goodbye(halt(fmt.Sprintf("replaced by a newer session of %s (at most %d at once)", adm.info.User, limit)),
+			"connection limit of the user reached; a newer session replaces this one")
 	}
 	s.renegotiated(m.cfg.Now())
 	if old := sessionOf(m.plane.Publish(s.peer)); old != nil && old != s {
@@ -258,6 +270,24 @@ func (s *Session) establish(adm *admission, dk *dataplane.DataKey) bool {
 		return false
 	}
 	return true
+}
+
+// certificateRefused reports whether a TLS handshake failed because the client's certificate
+// was refused (missing, not from the client CA, expired, revoked) rather than for a transport
+// reason (timeout, garbage, a closed session).
+func certificateRefused(err error) bool {
+	var verify *tls.CertificateVerificationError
+	var revoked *revokedError
+	return errors.As(err, &verify) || errors.As(err, &revoked) ||
+		strings.Contains(err.Error(), "didn't provide a certificate")
+}
+
+// userOf names the user of an admission, "" before one.
+func (a *admission) userOf() string {
+	if a == nil {
+		return ""
+	}
+	return a.info.User
 }
 
 // ekm reports whether the session's data keys come from the TLS exporter.

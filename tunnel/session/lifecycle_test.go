@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -280,4 +282,99 @@ func TestPendingSessionsBoundedPerSource(t *testing.T) {
 	if n, a := pending(); n != limit || a != limit {
 		t.Fatalf("%d pending sessions, %d from the attacker; want %d and %d", n, a, limit, limit)
 	}
+}
+
+// TestConnectionsPerUserReplaceOldest: with a limit of two sessions per user, a third session
+// of the same user (another certificate, another transport, the same common name) replaces the
+// oldest, which is told why; the second stays.
+func TestConnectionsPerUserReplaceOldest(t *testing.T) {
+	e := newTestEngine(t, engineOptions{perUser: 2})
+	first := connect(t, e.clientConfig(t, "alice", netip.MustParseAddrPort("203.0.113.50:40000"), port443))
+	second := connect(t, e.clientConfig(t, "alice", netip.MustParseAddrPort("203.0.113.51:40000"), port1194))
+	bob := connect(t, e.clientConfig(t, "bob", netip.MustParseAddrPort("203.0.113.52:40000"), port443))
+	e.ping(t, first, 1)
+	cfg := e.clientConfig(t, "alice", netip.MustParseAddrPort("203.0.113.53:40001"), port443)
+	cfg.TCP = true
+	cfg.DialTCP = func(ctx context.Context) (net.Conn, error) {
+		return e.net.DialTCP(ctx, netip.MustParseAddrPort("203.0.113.53:40001"), port443)
+	}
+	third := connect(t, cfg)
+	select {
+	case <-first.Done():
+		if err := first.Err(); !errors.Is(err, client.ErrHalt) || !strings.Contains(err.Error(), "at most 2") {
+			t.Fatalf("the oldest session ended with %v, want HALT naming the limit", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the oldest session of the user was not replaced")
+	}
+	e.ping(t, second, 2)
+	e.ping(t, third, 3)
+	e.ping(t, bob, 4)
+	n := 0
+	for _, st := range e.m.Established() {
+		if st.User == "alice" {
+			n++
+		}
+	}
+	if n != 2 || len(e.m.Established()) != 3 {
+		t.Fatalf("%d sessions of alice, %d in all; want 2 and 3", n, len(e.m.Established()))
+	}
+}
+
+// TestRefusedAuthenticationsAlwaysLogged: every refused identity is logged with its reason
+// and source, however many arrive together (the garbage-packet log is rate limited; this is
+// not).
+func TestRefusedAuthenticationsAlwaysLogged(t *testing.T) {
+	var logs lockedBuffer
+	e := newTestEngine(t, engineOptions{serverLog: &logs})
+	other, err := pki.NewCA("another CA", pki.ECDSAP256, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		id, err := pki.IssueClient(other, "mallory", nil, pki.ECDSAP256, 30*time.Minute, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		from := netip.AddrPortFrom(netip.MustParseAddr("203.0.113.60"), uint16(40000+i))
+		cfg := e.clientConfig(t, "mallory", from, port443)
+		if cfg.Certificate, err = id.TLSCertificate(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if s, err := client.Connect(ctx, cfg); err == nil {
+			s.Close()
+			t.Fatal("a client of another CA connected")
+		}
+		cancel()
+	}
+	waitFor(t, "three refusals are logged", func() bool {
+		return strings.Count(logs.String(), `msg="authentication refused"`) == 3
+	})
+	for i := range 3 {
+		if want := fmt.Sprintf("remote=203.0.113.60:%d", 40000+i); !strings.Contains(logs.String(), want) {
+			t.Errorf("no refusal logged for %s", want)
+		}
+	}
+	if !strings.Contains(logs.String(), "unknown authority") {
+		t.Errorf("the refusals do not say why:\n%s", logs.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for the server's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

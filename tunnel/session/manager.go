@@ -19,6 +19,7 @@
 package session
 
 import (
+	"cmp"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -26,6 +27,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -62,6 +64,10 @@ type Settings struct {
 	SessionTimeout time.Duration
 	// Banner is sent to each client after its configuration (as INFO); empty sends nothing.
 	Banner string
+	// MaxConnectionsPerUser is how many established sessions one user may hold, over every
+	// listener; a new session beyond it replaces the user's oldest (HALT, with the reason).
+	// 0 means unlimited.
+	MaxConnectionsPerUser int
 }
 
 // settings is a Settings snapshot with what is derived from it.
@@ -214,9 +220,16 @@ func (m *Manager) Settings() Settings { return m.set.Load().Settings }
 // verifyConnection refuses revoked client certificates during the TLS handshake.
 func (m *Manager) verifyConnection(cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) > 0 && m.isRevoked(cs.PeerCertificates[0]) {
-		return fmt.Errorf("client certificate %q (serial %s) is revoked", cs.PeerCertificates[0].Subject.CommonName, cs.PeerCertificates[0].SerialNumber)
+		return &revokedError{cs.PeerCertificates[0]}
 	}
 	return nil
+}
+
+// revokedError refuses a revoked client certificate.
+type revokedError struct{ cert *x509.Certificate }
+
+func (e *revokedError) Error() string {
+	return fmt.Sprintf("client certificate %q (serial %s) is revoked", e.cert.Subject.CommonName, e.cert.SerialNumber)
 }
 
 func (m *Manager) isRevoked(cert *x509.Certificate) bool {
@@ -366,15 +379,40 @@ func (m *Manager) register(s *Session, key *pendingKey) (replaced *Session, ok b
 }
 
 // established moves s out of the pending tables once it authenticated. It reports false when
-// s was torn down meanwhile.
-func (m *Manager) established(s *Session) bool {
+// s was torn down meanwhile. Otherwise it returns the sessions s displaces because its user
+// holds more than MaxConnectionsPerUser: that user's oldest, for the caller to end.
+func (m *Manager) established(s *Session) (displaced []*Session, ok bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.sessions[s.id]; !ok {
-		return false
+		return nil, false
 	}
 	m.leavePendingLocked(s)
-	return s.state.CompareAndSwap(statePending, stateEstablished)
+	if !s.state.CompareAndSwap(statePending, stateEstablished) {
+		return nil, false
+	}
+	limit := s.m.set.Load().MaxConnectionsPerUser
+	if limit <= 0 {
+		return nil, true
+	}
+	user := s.info.Load().User
+	var same []*Session
+	for _, o := range m.sessions {
+		if o != s && o.state.Load() == stateEstablished && o.info.Load().User == user {
+			same = append(same, o)
+		}
+	}
+	if len(same) < limit {
+		return nil, true
+	}
+	// Oldest first: by start, then by id (ids grow with time).
+	slices.SortFunc(same, func(a, b *Session) int {
+		if c := a.since.Compare(b.since); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.id, b.id)
+	})
+	return same[:len(same)-limit+1], true
 }
 
 // leavePendingLocked removes s from the bounds on unauthenticated sessions.
