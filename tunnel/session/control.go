@@ -89,7 +89,7 @@ func (m *Manager) UDPControl(l *dataplane.UDPListener, pkt []byte, from netip.Ad
 	reset := p.Opcode == packet.HardResetClientV2 || p.Opcode == packet.HardResetClientV3
 	switch {
 	case reset && kid == 0 && !p.SessionID.IsZero():
-		if !m.limiter.Allow() {
+		if !m.resets.Allow(from.Addr()) {
 			m.drop(counters.HandshakeRateLimited, from)
 			return
 		}
@@ -119,7 +119,6 @@ func (m *Manager) UDPControl(l *dataplane.UDPListener, pkt []byte, from netip.Ad
 			// its handshake. Only an unauthenticated session is replaced here.
 			replaced.teardown("replaced by a new handshake from the same address")
 		}
-		m.limiter.Refund()
 		s.input(&p, pid, ts, from)
 		s.start()
 	default:

@@ -26,6 +26,7 @@ import (
 	"github.com/cvpn/cvpn/tunnel/counters"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 	"github.com/cvpn/cvpn/tunnel/dataplane"
+	"github.com/cvpn/cvpn/tunnel/limiter"
 	"github.com/cvpn/cvpn/tunnel/sock/socktest"
 )
 
@@ -62,6 +63,7 @@ type engineOptions struct {
 	handWindow time.Duration
 	perUser    int       // MaxConnectionsPerUser
 	serverLog  io.Writer // when set, the server logs here instead of to the test
+	resets     *limiter.Config
 }
 
 func newTestEngine(t *testing.T, o engineOptions) *testEngine {
@@ -103,12 +105,16 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var resets limiter.Config
+	if o.resets != nil {
+		resets = *o.resets
+	}
 	log := testlog.New(t)
 	if o.serverLog != nil {
 		log = slog.New(slog.NewTextHandler(o.serverLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	e.m, err = New(Config{
-		Pool: pool, NAT: natTable, Log: log.With("side", "server"), Now: e.clock.Now, HandWindow: o.handWindow,
+		Pool: pool, NAT: natTable, Log: log.With("side", "server"), Now: e.clock.Now, HandWindow: o.handWindow, Resets: resets,
 		Settings: Settings{
 			Certificate: cert, ClientCAs: e.roots, Wrapper: tlscrypt.NewTLSCrypt(e.key, true), TLSCryptV2: e.v2,
 			Ciphers: []datacrypto.Cipher{datacrypto.AES256GCM, datacrypto.ChaCha20Poly1305}, Reneg: o.reneg,

@@ -20,6 +20,7 @@ import (
 	"github.com/cvpn/cvpn/tls/tlscrypt"
 	"github.com/cvpn/cvpn/tunnel/counters"
 	"github.com/cvpn/cvpn/tunnel/dataplane"
+	"github.com/cvpn/cvpn/tunnel/limiter"
 )
 
 // v3Reset builds a tls-crypt-v2 P_CONTROL_HARD_RESET_CLIENT_V3 of a client too old for early
@@ -38,6 +39,19 @@ func (e *testEngine) v3Reset(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	return append(wire, ck.WKc...)
+}
+
+// resetFrom builds a client's P_CONTROL_HARD_RESET_CLIENT_V2 under the endpoint's tls-crypt
+// key, as any holder of a profile can.
+func (e *testEngine) resetFrom(t *testing.T) []byte {
+	t.Helper()
+	p := packet.Control{Opcode: packet.HardResetClientV2}
+	_, _ = rand.Read(p.SessionID[:])
+	wire, err := tlscrypt.NewTLSCrypt(e.key, false).Wrap(nil, p.Append(nil), 1, uint32(time.Now().Unix()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wire
 }
 
 // TestUnauthenticatedResetDisplacesNothing: a spoofed stateful reset from an authenticated
@@ -259,28 +273,74 @@ func TestFailedRenegotiationRetriedThenSessionEnds(t *testing.T) {
 	}
 }
 
-// TestPendingSessionsBoundedPerSource: stateful resets from one IP address (any ports) hold at
-// most MaxPerSource pending sessions; another address still gets its handshake.
+// TestPendingSessionsBoundedPerSource: stateful resets from one address (any ports) hold at
+// most MaxPerSource pending sessions, from one /24 at most MaxPerNetwork; another network still
+// gets its handshake. The reset rate limit is lifted here, to reach the bounds behind it.
 func TestPendingSessionsBoundedPerSource(t *testing.T) {
-	e := newTestEngine(t, engineOptions{})
-	limit := e.m.cfg.MaxPerSource
+	e := newTestEngine(t, engineOptions{resets: &limiter.Config{
+		Addr: limiter.Rate{PerSecond: 1e6, Burst: 1e6}, Net: limiter.Rate{PerSecond: 1e6, Burst: 1e6}, Total: limiter.Rate{PerSecond: 1e6, Burst: 1e6}}})
+	perAddr, perNet := e.m.cfg.MaxPerSource, e.m.cfg.MaxPerNetwork
 	attacker := netip.MustParseAddr("203.0.113.66")
-	for port := range uint16(3 * limit) {
+	for port := range uint16(3 * perAddr) {
 		e.net.Inject(netip.AddrPortFrom(attacker, 20000+port), port443, e.v3Reset(t))
 	}
-	pending := func() (n, fromAttacker int) {
+	for i := range 3 * perNet {
+		e.net.Inject(netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(100 + i%100)}), uint16(30000+i)), port443, e.v3Reset(t))
+	}
+	count := func(p netip.Prefix) int {
 		e.m.mu.Lock()
 		defer e.m.mu.Unlock()
-		return e.m.unauth, e.m.perSource[attacker]
+		return e.m.perSource[p]
 	}
 	waitFor(t, "the resets are handled", func() bool {
-		_, a := pending()
-		return a == limit && e.m.drops.Count(counters.HandshakeLimit) == uint64(2*limit)
+		return e.m.drops.Count(counters.HandshakeLimit)+uint64(count(netip.MustParsePrefix("203.0.113.0/24"))) == uint64(3*perAddr+3*perNet)
 	})
-	alice := connect(t, e.clientConfig(t, "alice", netip.MustParseAddrPort("203.0.113.67:40000"), port443))
+	if a, n := count(netip.PrefixFrom(attacker, 32)), count(netip.MustParsePrefix("203.0.113.0/24")); a != perAddr || n != perNet {
+		t.Fatalf("pending: %d from the address, %d from its /24; want %d and %d", a, n, perAddr, perNet)
+	}
+	alice := connect(t, e.clientConfig(t, "alice", netip.MustParseAddrPort("198.51.100.67:40000"), port443))
 	e.ping(t, alice, 1)
-	if n, a := pending(); n != limit || a != limit {
-		t.Fatalf("%d pending sessions, %d from the attacker; want %d and %d", n, a, limit, limit)
+}
+
+// TestResetFloodFromOneHost: thousands of resets from one host get it a handful of replies
+// and do not keep a client on another host from connecting meanwhile.
+func TestResetFloodFromOneHost(t *testing.T) {
+	e := newTestEngine(t, engineOptions{})
+	flood := netip.MustParseAddr("198.51.100.99")
+	var replies atomic.Int64
+	e.net.SetFilter(func(src, dst netip.AddrPort, pkt []byte) (netip.AddrPort, bool) {
+		if dst.Addr() == flood {
+			replies.Add(1)
+		}
+		return src, true
+	})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		reset := e.resetFrom(t)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			e.net.Inject(netip.AddrPortFrom(flood, uint16(1024+i%60000)), port443, reset)
+			if i%200 == 199 {
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+	}()
+	alice := connect(t, e.clientConfig(t, "alice", netip.MustParseAddrPort("192.0.2.77:40000"), port443))
+	e.ping(t, alice, 1)
+	time.Sleep(time.Second)
+	close(stop)
+	<-done
+	if n := e.m.drops.Count(counters.HandshakeRateLimited); n < 1000 {
+		t.Fatalf("only %d resets limited: the flood did not run", n)
+	}
+	if r := replies.Load(); r > 20+10*5 {
+		t.Fatalf("the flooding host got %d replies, want at most its burst and rate", r)
 	}
 }
 
@@ -359,6 +419,15 @@ func TestRefusedAuthenticationsAlwaysLogged(t *testing.T) {
 	if !strings.Contains(logs.String(), "unknown authority") {
 		t.Errorf("the refusals do not say why:\n%s", logs.String())
 	}
+	// Refused sessions give their handshake slots back: at once when TLS refused them, and
+	// any a retransmitted third packet re-created when the hand window passes.
+	e.clock.Advance(2 * time.Minute)
+	e.m.Tick(e.clock.Now())
+	waitFor(t, "the refused sessions leave the bounds", func() bool {
+		e.m.mu.Lock()
+		defer e.m.mu.Unlock()
+		return e.m.unauth == 0 && len(e.m.perSource) == 0 && len(e.m.sessions) == 0
+	})
 }
 
 // lockedBuffer is a bytes.Buffer safe for the server's goroutines.

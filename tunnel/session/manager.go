@@ -39,6 +39,7 @@ import (
 	"github.com/cvpn/cvpn/tunnel/counters"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 	"github.com/cvpn/cvpn/tunnel/dataplane"
+	"github.com/cvpn/cvpn/tunnel/limiter"
 )
 
 // Settings are what a running endpoint may change without disconnecting anyone: new handshakes
@@ -94,12 +95,17 @@ type Config struct {
 	// (OpenVPN --hand-window, 60 s).
 	HandWindow time.Duration
 	// MaxHandshakes bounds sessions that have not finished authenticating; MaxPerSource bounds
-	// them per client IP address.
+	// them per client address, MaxPerNetwork per client network (/24, or /48 for IPv6). They
+	// count only sessions whose address is proven (cookie echoed, or TCP).
 	MaxHandshakes int
 	MaxPerSource  int
-	Drops         *counters.Drops
-	Log           *slog.Logger
-	Now           func() time.Time
+	MaxPerNetwork int
+	// Resets limits the stateless replies to client resets (and stateful tls-crypt-v2 resets)
+	// per source address, per source network and in total; zero means DefaultResets.
+	Resets limiter.Config
+	Drops  *counters.Drops
+	Log    *slog.Logger
+	Now    func() time.Time
 }
 
 // Manager owns every session of the endpoint.
@@ -112,7 +118,7 @@ type Manager struct {
 	set     atomic.Pointer[settings]
 	revoker atomic.Pointer[Revoker]
 	cookies *cookie.Jar
-	limiter *dataplane.RateLimiter
+	resets  *limiter.Sources
 	work    chan *Session
 	nextID  atomic.Uint64
 
@@ -120,10 +126,21 @@ type Manager struct {
 	mu        sync.Mutex
 	sessions  map[uint64]*Session
 	pending   map[pendingKey]*Session // UDP sessions not yet authenticated
-	perSource map[netip.Addr]int      // sessions not yet authenticated, by client IP
+	perSource map[netip.Prefix]int    // sessions not yet authenticated, by client address and network (limiter.Prefixes)
 	unauth    int                     // sessions not yet authenticated
 	closing   bool
 	gone      sync.WaitGroup // sessions not yet torn down
+}
+
+// DefaultResets limits replies to resets. OpenVPN's --connect-freq-initial allows 100 per 10 s
+// for everyone together (mudp.c), so one host can keep the others out; here each address gets
+// 10 a second (a burst of 20), each /24 50 (a burst of 100), and the total is high enough
+// (20,000 a second: a stateless reply costs a few microseconds) that a spoofed flood from many
+// addresses meets the per-network limits long before it could crowd out real clients.
+var DefaultResets = limiter.Config{
+	Addr:  limiter.Rate{PerSecond: 10, Burst: 20},
+	Net:   limiter.Rate{PerSecond: 50, Burst: 100},
+	Total: limiter.Rate{PerSecond: 20000, Burst: 40000},
 }
 
 // pendingKey finds a pending UDP session: its listener and client address.
@@ -152,6 +169,15 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.MaxPerSource <= 0 {
 		cfg.MaxPerSource = 32
 	}
+	if cfg.MaxPerNetwork <= 0 {
+		cfg.MaxPerNetwork = 2 * cfg.MaxPerSource
+	}
+	if cfg.Resets.Total.Burst == 0 {
+		cfg.Resets = DefaultResets
+	}
+	if cfg.Resets.Now == nil {
+		cfg.Resets.Now = cfg.Now
+	}
 	if cfg.Drops == nil {
 		cfg.Drops = new(counters.Drops)
 	}
@@ -166,7 +192,7 @@ func New(cfg Config) (*Manager, error) {
 		work:      make(chan *Session, 1024),
 		sessions:  make(map[uint64]*Session),
 		pending:   make(map[pendingKey]*Session),
-		perSource: make(map[netip.Addr]int),
+		perSource: make(map[netip.Prefix]int),
 	}
 	if err := m.Reconfigure(cfg.Settings); err != nil {
 		return nil, err
@@ -179,8 +205,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("session: cookie secret: %w", err)
 	}
 	m.cookies = cookie.NewJar(secret, cfg.Now)
-	// OpenVPN's --connect-freq-initial default: 100 stateless replies per 10 s.
-	m.limiter = dataplane.NewRateLimiter(10, 100, cfg.Now)
+	m.resets = limiter.New(cfg.Resets)
 	return m, nil
 }
 
@@ -347,7 +372,7 @@ func (m *Manager) Tick(now time.Time) {
 // register adds a fully built session to the tables, if the bounds allow. A pending UDP
 // session at the same listener and address that the new one replaces is returned.
 func (m *Manager) register(s *Session, key *pendingKey) (replaced *Session, ok bool) {
-	src := s.link.Remote().Addr()
+	addr, network := limiter.Prefixes(s.link.Remote().Addr())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closing {
@@ -356,11 +381,11 @@ func (m *Manager) register(s *Session, key *pendingKey) (replaced *Session, ok b
 	if key != nil {
 		replaced = m.pending[*key]
 	}
-	unauth, per := m.unauth, m.perSource[src]
+	unauth, perAddr, perNet := m.unauth, m.perSource[addr], m.perSource[network]
 	if replaced != nil {
-		unauth, per = unauth-1, per-1
+		unauth, perAddr, perNet = unauth-1, perAddr-1, perNet-1
 	}
-	if unauth >= m.cfg.MaxHandshakes || per >= m.cfg.MaxPerSource {
+	if unauth >= m.cfg.MaxHandshakes || perAddr >= m.cfg.MaxPerSource || perNet >= m.cfg.MaxPerNetwork {
 		return nil, false
 	}
 	if replaced != nil {
@@ -373,7 +398,8 @@ func (m *Manager) register(s *Session, key *pendingKey) (replaced *Session, ok b
 		s.pendingKey = key
 	}
 	m.unauth++
-	m.perSource[src]++
+	m.perSource[addr]++
+	m.perSource[network]++
 	m.gone.Add(1)
 	return replaced, true
 }
@@ -420,12 +446,15 @@ func (m *Manager) leavePendingLocked(s *Session) {
 	if s.pendingKey != nil && m.pending[*s.pendingKey] == s {
 		delete(m.pending, *s.pendingKey)
 	}
-	if s.state.Load() == statePending && !s.countedOut {
+	if s.registered && !s.countedOut {
 		s.countedOut = true
 		m.unauth--
-		src := s.link.Remote().Addr()
-		if m.perSource[src]--; m.perSource[src] <= 0 {
-			delete(m.perSource, src)
+		addr, network := limiter.Prefixes(s.link.Remote().Addr())
+		if m.perSource[addr]--; m.perSource[addr] <= 0 {
+			delete(m.perSource, addr)
+		}
+		if m.perSource[network]--; m.perSource[network] <= 0 {
+			delete(m.perSource, network)
 		}
 	}
 }

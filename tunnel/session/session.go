@@ -270,8 +270,8 @@ func (s *Session) teardown(reason string) {
 		prev := s.state.Swap(stateClosed)
 		m.mu.Lock()
 		registered := s.registered
-		s.registered = false
 		m.forgetLocked(s)
+		s.registered = false
 		m.mu.Unlock()
 		if m.plane != nil {
 			m.plane.Remove(s.peer)
