@@ -43,6 +43,7 @@ const (
 	FloatConflict                      // data packet that would move its session onto an address another session holds
 	PacketIDExhausted                  // a send key reached its last packet id before a new key was ready
 	WrongListener                      // packet for a session of another listener
+	HostAddress                        // destination is the endpoint host itself (allow_host_access is off), or the gateway address and not a ping
 	NumReasons
 )
 
@@ -74,6 +75,7 @@ var names = [NumReasons]string{
 	FloatConflict:        "float_conflict",
 	PacketIDExhausted:    "packet_id_exhausted",
 	WrongListener:        "wrong_listener",
+	HostAddress:          "host_address",
 }
 
 func (r Reason) String() string {

@@ -24,8 +24,18 @@ type Policy struct {
 	// applies).
 	Bandwidth      float64
 	GroupBandwidth map[string]float64
+	// Host are the destinations that are the endpoint host itself: its addresses on every
+	// interface, the loopback range, its broadcast and multicast destinations and the SNAT
+	// address (package tunnel/host finds them; WithHost replaces them when they change).
+	// Packets to them are dropped (counters.HostAddress) unless AllowHostAccess
+	// (allow_host_access) lets them through routes and Authz like any destination. The client
+	// CIDR's gateway address belongs to the endpoint whatever these say: it answers ping and
+	// nothing else.
+	Host            []netip.Prefix
+	AllowHostAccess bool
 
 	routeTable *authz.Policy // Routes as a longest-prefix table; nil in full-tunnel mode
+	host       hostSet       // Host, for lookups
 }
 
 // NewPolicy validates and completes a policy snapshot.
@@ -44,7 +54,18 @@ func NewPolicy(p Policy) (*Policy, error) {
 		}
 		p.routeTable = t
 	}
+	p.host = newHostSet(p.Host)
 	return &p, nil
+}
+
+// WithHost returns a copy of the policy whose host destinations are host (Policy.Host), for
+// when the host's addresses change; invalid prefixes are left out. The copy is a new snapshot:
+// SetPolicy installs it.
+func (p *Policy) WithHost(host []netip.Prefix) *Policy {
+	q := *p
+	q.Host = host
+	q.host = newHostSet(host)
+	return &q
 }
 
 // routed reports whether dst is covered by a route (always, in full-tunnel mode).

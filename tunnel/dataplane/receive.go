@@ -42,8 +42,10 @@ func (p *Plane) openData(peer *Peer, pkt []byte, h packet.DataHeader, from netip
 }
 
 // deliverData handles a decrypted payload: keepalive and OCC messages stop here; an IP packet is
-// unframed, checked against the client's address and the authorization rules, source-NATed, and
-// returned as a slice of pkt that starts tunWriteOffset bytes before the IP header.
+// unframed, checked against the client's address, answered here when it pings the gateway
+// address, refused when it is for the endpoint host itself (host.go), checked against the
+// routes and the authorization rules, source-NATed, and returned as a slice of pkt that starts
+// tunWriteOffset bytes before the IP header.
 func (p *Plane) deliverData(peer *Peer, pkt, pt []byte) ([]byte, bool) {
 	id := peer.ident.Load()
 	pt, ok := id.Framing.strip(pt)
@@ -73,6 +75,14 @@ func (p *Plane) deliverData(peer *Peer, pkt, pt []byte) ([]byte, bool) {
 	dst := netip.AddrFrom4([4]byte(pt[16:20]))
 	pol := p.policy.Load()
 	groups := peer.uplinkPolicy(pol, id)
+	if gw := p.cfg.Pool.Gateway(); dst == gw {
+		p.answerGateway(peer, id, pkt, pt, gw)
+		return nil, false
+	}
+	if !pol.AllowHostAccess && pol.host.contains(dst) {
+		p.dropHost(id, dst)
+		return nil, false
+	}
 	local := p.cfg.Pool.Prefix().Contains(dst)
 	switch {
 	case local && !pol.ClientToClient, !local && !pol.routed(dst):
