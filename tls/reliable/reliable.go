@@ -6,12 +6,21 @@
 // which messages are due to be (re)sent at a given time and which acks are owed, and builds the
 // packets. The caller serialises access; a Layer is not safe for concurrent use.
 //
+// The send side is bounded: the payload bytes held for sending (queued, or sent and not yet
+// acknowledged) never exceed Config.MaxQueued, so a peer that withholds its acks costs a fixed
+// amount of memory however much the caller tries to send; a write beyond the bound is refused
+// with ErrFull. Stream bytes (Append) fill the newest queued message before a new one starts, as
+// OpenVPN fills each control packet from the TLS output buffer up to its payload size (ssl.c,
+// tls_process), so many small TLS records cost few messages. OldestUnacked tells the caller how
+// long the peer has left a message unacknowledged.
+//
 // Facts (OpenVPN 2.6, reliable.c and ssl_pkt.h): ids start at 0 (the reset) and grow by one per new
 // message per direction; every received message is acked individually, duplicates again; a peer
 // keeps at most 6 unacked messages and accepts ids only in [next, next+12).
 package reliable
 
 import (
+	"errors"
 	"time"
 
 	"github.com/cvpn/cvpn/tls/packet"
@@ -28,13 +37,23 @@ const (
 	fastRetransmitAcks = 3
 	// maxPendingAcks bounds the acks owed; beyond it the oldest are forgotten (the peer retransmits).
 	maxPendingAcks = 64
+	// DefaultMaxQueued bounds the payload bytes held for sending. A server's largest legitimate
+	// flight (its TLS handshake flight with the certificate chain and the client CA names, or a
+	// PUSH_REPLY with its continuations) is a few KiB; this leaves room for ten times that.
+	DefaultMaxQueued = 64 << 10
 )
 
-// Config sets the windows and the first retransmission timeout.
+// ErrFull says a message was refused because the bytes held for sending would pass MaxQueued.
+var ErrFull = errors.New("reliable: send backlog full")
+
+// Config sets the windows, the first retransmission timeout and the send bound.
 type Config struct {
 	SendWindow     int
 	RecvWindow     int
 	InitialTimeout time.Duration
+	// MaxQueued bounds the payload bytes queued or sent and not yet acknowledged; zero means
+	// DefaultMaxQueued.
+	MaxQueued int
 }
 
 // Message is one reliable control message: its opcode and payload (TLS ciphertext or empty).
@@ -47,6 +66,7 @@ type Message struct {
 type outMsg struct {
 	Message
 	sent      bool
+	first     time.Time // when it was first sent
 	due       time.Time
 	timeout   time.Duration
 	laterAcks int
@@ -64,6 +84,7 @@ type Layer struct {
 	nextSendID uint32
 	inflight   []outMsg // in id order, at most cfg.SendWindow, oldest first
 	backlog    []Message
+	queued     int // payload bytes in inflight and backlog, at most cfg.MaxQueued
 
 	nextRecvID uint32
 	recv       []inMsg // ring indexed by id % RecvWindow
@@ -84,6 +105,9 @@ func New(cfg Config, firstSend, firstRecv uint32) *Layer {
 	if cfg.InitialTimeout <= 0 {
 		cfg.InitialTimeout = DefaultInitialTimeout
 	}
+	if cfg.MaxQueued <= 0 {
+		cfg.MaxQueued = DefaultMaxQueued
+	}
 	return &Layer{
 		cfg:        cfg,
 		nextSendID: firstSend,
@@ -92,14 +116,78 @@ func New(cfg Config, firstSend, firstRecv uint32) *Layer {
 	}
 }
 
-// Queue adds a new outgoing reliable message. It is sent when the send window has room.
-func (l *Layer) Queue(op packet.Opcode, payload []byte) {
-	l.backlog = append(l.backlog, Message{ID: l.nextSendID, Opcode: op, Payload: payload})
+// Queue adds a new outgoing reliable message, which keeps payload. It is sent when the send
+// window has room. It fails with ErrFull, queuing nothing, when the payload would take the bytes
+// held for sending past the bound; an empty message (a reset) always fits.
+func (l *Layer) Queue(op packet.Opcode, payload []byte) error {
+	if len(payload) > l.cfg.MaxQueued-l.queued {
+		return ErrFull
+	}
+	// Clipped, so that Append never writes into the caller's spare capacity.
+	l.backlog = append(l.backlog, Message{ID: l.nextSendID, Opcode: op, Payload: payload[:len(payload):len(payload)]})
 	l.nextSendID++
+	l.queued += len(payload)
+	return nil
 }
+
+// Append queues stream bytes (a copy of p) as op messages of at most maxPayload bytes each,
+// filling the newest queued message first when it has the same opcode and has not been sent:
+// the peer sees one byte stream, so where messages split does not matter. It fails with ErrFull,
+// queuing nothing, when p would take the bytes held for sending past the bound.
+func (l *Layer) Append(op packet.Opcode, p []byte, maxPayload int) error {
+	if len(p) > l.cfg.MaxQueued-l.queued {
+		return ErrFull
+	}
+	l.queued += len(p)
+	if n := len(l.backlog); n > 0 && l.backlog[n-1].Opcode == op {
+		tail := &l.backlog[n-1]
+		if room := maxPayload - len(tail.Payload); room > 0 {
+			m := min(room, len(p))
+			tail.Payload = grow(tail.Payload, p[:m], maxPayload)
+			p = p[m:]
+		}
+	}
+	for len(p) > 0 {
+		m := min(len(p), maxPayload)
+		l.backlog = append(l.backlog, Message{ID: l.nextSendID, Opcode: op, Payload: append([]byte(nil), p[:m]...)})
+		l.nextSendID++
+		p = p[m:]
+	}
+	return nil
+}
+
+// grow appends p to b, doubling b's capacity when it must but never beyond limit, so a message
+// filled by many small writes holds at most twice its bytes and never more than limit.
+func grow(b, p []byte, limit int) []byte {
+	if len(b)+len(p) > cap(b) {
+		nb := make([]byte, len(b), min(limit, max(2*cap(b), len(b)+len(p))))
+		copy(nb, b)
+		b = nb
+	}
+	return append(b, p...)
+}
+
+// Queued reports the payload bytes held for sending: queued, or sent and not yet acknowledged.
+func (l *Layer) Queued() int { return l.queued }
+
+// Room reports how many more payload bytes the bound admits.
+func (l *Layer) Room() int { return l.cfg.MaxQueued - l.queued }
 
 // Backlog reports how many messages wait for room in the send window.
 func (l *Layer) Backlog() int { return len(l.backlog) }
+
+// OldestUnacked is when the oldest message that was sent and not yet acknowledged was first sent;
+// zero when there is none. Retransmissions do not change it: it tells how long the peer has left
+// the message unacknowledged.
+func (l *Layer) OldestUnacked() time.Time {
+	var t time.Time
+	for i := range l.inflight {
+		if m := &l.inflight[i]; m.sent && (t.IsZero() || m.first.Before(t)) {
+			t = m.first
+		}
+	}
+	return t
+}
 
 // Unacked reports how many messages were sent and not yet acknowledged.
 func (l *Layer) Unacked() int { return len(l.inflight) }
@@ -114,6 +202,7 @@ func (l *Layer) Ack(ids []uint32, now time.Time) {
 			if l.inflight[i].ID != id {
 				continue
 			}
+			l.queued -= len(l.inflight[i].Payload)
 			copy(l.inflight[i:], l.inflight[i+1:])
 			l.inflight[len(l.inflight)-1] = outMsg{} // drop the payload reference the tail kept
 			l.inflight = l.inflight[:len(l.inflight)-1]
@@ -213,6 +302,8 @@ func (l *Layer) Due(dst []Message, now time.Time) []Message {
 		}
 		if m.sent {
 			m.timeout = min(2*m.timeout, maxTimeout)
+		} else {
+			m.first = now
 		}
 		m.sent = true
 		m.due = now.Add(m.timeout)
