@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -151,25 +152,74 @@ func parseCRLDER(der []byte) (*CRL, error) {
 	return c, nil
 }
 
-// ParseCRL parses a CRL in PEM ("X509 CRL" block) or DER form.
+// ParseCRL parses a file holding exactly one CRL, in PEM ("X509 CRL" block) or DER form.
 func ParseCRL(data []byte) (*CRL, error) {
-	der := data
-	if b, _ := pem.Decode(data); b != nil {
+	crls, err := ParseCRLs(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(crls) != 1 {
+		return nil, fmt.Errorf("holds %d CRLs, want one", len(crls))
+	}
+	return crls[0], nil
+}
+
+// ParseCRLs parses every CRL in data: each "X509 CRL" PEM block in order, the way OpenVPN's
+// crl-verify reads a CRL file (one CRL per issuing CA, intermediates included:
+// backend_tls_ctx_reload_crl in src/openvpn/ssl_openssl.c), or a single DER CRL. A file with
+// no CRL, a PEM block of another type or a CRL that does not parse wraps ErrNoCRL. Delta CRLs
+// (RFC 5280 section 5.2.4) are refused: OpenVPN does not ask OpenSSL to use them either, and a
+// delta read as a complete list would drop every entry of its base.
+func ParseCRLs(data []byte) ([]*CRL, error) {
+	if !bytes.Contains(data, []byte("-----BEGIN")) {
+		c, err := parseCRLDER(data)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrNoCRL, err)
+		}
+		return []*CRL{c}, checkComplete(c, 1)
+	}
+	var crls []*CRL
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			if bytes.Contains(rest, []byte("-----BEGIN")) {
+				return nil, fmt.Errorf("%w: malformed PEM after CRL %d", ErrNoCRL, len(crls))
+			}
+			break
+		}
 		if b.Type != "X509 CRL" {
 			return nil, fmt.Errorf("%w: found a %q PEM block", ErrNoCRL, b.Type)
 		}
-		der = b.Bytes
-	} else if bytes.Contains(data, []byte("-----BEGIN")) {
+		c, err := parseCRLDER(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: CRL %d: %v", ErrNoCRL, len(crls)+1, err)
+		}
+		if err := checkComplete(c, len(crls)+1); err != nil {
+			return nil, err
+		}
+		crls = append(crls, c)
+	}
+	if len(crls) == 0 {
 		return nil, fmt.Errorf("%w: malformed PEM", ErrNoCRL)
 	}
-	c, err := parseCRLDER(der)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoCRL, err)
-	}
-	return c, nil
+	return crls, nil
 }
 
-// LoadCRL reads a CRL file (PEM or DER).
+// oidDeltaCRLIndicator marks a delta CRL (RFC 5280 section 5.2.4).
+var oidDeltaCRLIndicator = asn1.ObjectIdentifier{2, 5, 29, 27}
+
+// checkComplete refuses a delta CRL, the n-th of its file.
+func checkComplete(c *CRL, n int) error {
+	for _, e := range c.List.Extensions {
+		if e.Id.Equal(oidDeltaCRLIndicator) {
+			return fmt.Errorf("%w: CRL %d (issuer %q) is a delta CRL; give the complete CRL", ErrNoCRL, n, c.List.Issuer.CommonName)
+		}
+	}
+	return nil
+}
+
+// LoadCRL reads a CRL file holding one CRL (PEM or DER).
 func LoadCRL(file string) (*CRL, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
@@ -182,12 +232,40 @@ func LoadCRL(file string) (*CRL, error) {
 	return c, nil
 }
 
-// WriteCRL replaces file with c's PEM (mode 0644) atomically: it writes a
-// temporary file in the same directory and renames it over file, so a
-// server watching file never reads half a CRL.
-func WriteCRL(c *CRL, file string) (err error) {
-	if c == nil || len(c.PEM) == 0 {
+// LoadCRLs reads a CRL file holding one or more CRLs (ParseCRLs).
+func LoadCRLs(file string) ([]*CRL, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("pki: read CRL: %w", err)
+	}
+	crls, err := ParseCRLs(data)
+	if err != nil {
+		return nil, fmt.Errorf("pki: %s: %w", file, err)
+	}
+	return crls, nil
+}
+
+// WriteCRL replaces file with c's PEM (mode 0644) atomically: see WriteCRLs.
+func WriteCRL(c *CRL, file string) error {
+	if c == nil {
 		return errors.New("pki: write CRL: empty CRL")
+	}
+	return WriteCRLs([]*CRL{c}, file)
+}
+
+// WriteCRLs replaces file with the PEM of crls, in order (mode 0644), atomically: it writes a
+// temporary file in the same directory and renames it over file, so a server watching file
+// never reads half a CRL.
+func WriteCRLs(crls []*CRL, file string) (err error) {
+	var data []byte
+	for _, c := range crls {
+		if c == nil || len(c.PEM) == 0 {
+			return errors.New("pki: write CRL: empty CRL")
+		}
+		data = append(data, c.PEM...)
+	}
+	if len(data) == 0 {
+		return errors.New("pki: write CRL: no CRL")
 	}
 	f, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".tmp-*")
 	if err != nil {
@@ -203,7 +281,7 @@ func WriteCRL(c *CRL, file string) (err error) {
 		f.Close()
 		return fmt.Errorf("pki: write CRL: %w", err)
 	}
-	if _, err := f.Write(c.PEM); err != nil {
+	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return fmt.Errorf("pki: write CRL: %w", err)
 	}
@@ -260,11 +338,8 @@ func (c *CRL) Verify(cas []*x509.Certificate, now time.Time) (*x509.Certificate,
 	if signer == nil {
 		return nil, fmt.Errorf("pki: CRL (issuer %q): %w any CA of the bundle", c.List.Issuer.CommonName, ErrNotIssuedBy)
 	}
-	if now.Before(c.List.ThisUpdate) {
-		return nil, fmt.Errorf("pki: CRL number %v: %w until %s", c.List.Number, ErrCRLNotYetValid, c.List.ThisUpdate.UTC().Format(time.RFC3339))
-	}
-	if !c.List.NextUpdate.IsZero() && now.After(c.List.NextUpdate) {
-		return nil, fmt.Errorf("pki: CRL number %v: %w on %s", c.List.Number, ErrCRLExpired, c.List.NextUpdate.UTC().Format(time.RFC3339))
+	if err := c.checkTime(now); err != nil {
+		return nil, fmt.Errorf("pki: %w", err)
 	}
 	return signer, nil
 }

@@ -33,6 +33,12 @@ var (
 	ErrCRLExpired = errors.New("CRL expired")
 	// ErrCRLNotYetValid means a CRL's thisUpdate is in the future.
 	ErrCRLNotYetValid = errors.New("CRL not valid")
+	// ErrRevoked means a certificate, or a CA certificate above it, is listed in the CRL of its
+	// issuer.
+	ErrRevoked = errors.New("revoked")
+	// ErrNoIssuerCRL means a certificate's issuer has no CRL in the set that checks it, so its
+	// revocation status is unknown.
+	ErrNoIssuerCRL = errors.New("no CRL of its issuer")
 	// ErrExpired means a certificate's notAfter has passed.
 	ErrExpired = errors.New("certificate expired")
 	// ErrNotYetValid means a certificate's notBefore is in the future.

@@ -4,12 +4,15 @@
 //
 // It owns key generation, certificate templates (key usages, extended key
 // usages, SANs, groups as Subject OU), CRL signing and lookup (NewCRL,
-// Revoke, RefreshCRL, LoadCRL, CRL.IsRevoked), the checks that make a loaded
-// file fit for its role (CheckServerCertificate, LoadCertPool's CA check)
-// and PEM file handling. It does not own certificate verification policy
-// during a handshake (the control channel does that with the pool
-// LoadCertPool returns and the CRL LoadCRL returns), or where files live on
-// disk (cmd decides paths).
+// Revoke, RefreshCRL, LoadCRL, CRL.IsRevoked), CRL files of several CRLs
+// (one per issuing CA) checked against their issuers and a certificate's
+// chain checked against them as OpenVPN's crl-verify does (LoadCRLSet,
+// CRLSet.Check), the checks that make a loaded file fit for its role
+// (CheckServerCertificate, LoadCertPool's CA check) and PEM file handling.
+// It does not own certificate verification policy during a handshake (the
+// control channel does that with the pool LoadCertPool returns and the CRL
+// set LoadCRLSet returns), when a CRL is re-signed, or where files live on
+// disk (cmd and endpoint decide).
 //
 // Conventions: ECDSA P-256 keys unless RSA-2048 is asked for, SHA-256
 // signatures, 128-bit random serial numbers, PKCS#8 private keys in PEM.
