@@ -43,6 +43,8 @@ const (
 	FloatConflict                      // data packet that would move its session onto an address another session holds
 	PacketIDExhausted                  // a send key reached its last packet id before a new key was ready
 	WrongListener                      // packet for a session of another listener
+	TCPSilent                          // a TCP connection sent no complete first packet in time
+	TCPLimit                           // too many unauthenticated TCP connections from the source, or in all
 	HostAddress                        // destination is the endpoint host itself (allow_host_access is off), or the gateway address and not a ping
 	NumReasons
 )
@@ -75,6 +77,8 @@ var names = [NumReasons]string{
 	FloatConflict:        "float_conflict",
 	PacketIDExhausted:    "packet_id_exhausted",
 	WrongListener:        "wrong_listener",
+	TCPSilent:            "tcp_silent",
+	TCPLimit:             "tcp_limit",
 	HostAddress:          "host_address",
 }
 

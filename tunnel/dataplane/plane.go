@@ -53,6 +53,11 @@ type Config struct {
 	Drops   *counters.Drops
 	// MSS is the largest TCP MSS announced through the tunnel (SYNs are clamped); 0 means 1400.
 	MSS int
+	// TCP bounds connections that have not authenticated: FirstPacket is how long one may take
+	// to send its first complete packet (0: 5 s); PerSource and Total cap them per client
+	// address and in all (0: 16 and 4096). From the first packet on, the session's hand window
+	// applies.
+	TCP TCPLimits
 	Log *slog.Logger
 	Now func() time.Time
 }
@@ -71,9 +76,12 @@ type Plane struct {
 	// denialLog limits the "access denied" lines all connections together may log.
 	denialLog *RateLimiter
 
-	mu  sync.Mutex // guards udp and tcp
+	mu  sync.Mutex // guards udp, tcp and the unauthenticated TCP counts
 	udp []*UDPListener
 	tcp []*TCPListener
+	// tcpUnauth counts unauthenticated TCP connections by client address; tcpUnauthAll in all.
+	tcpUnauth    map[netip.Addr]int
+	tcpUnauthAll int
 
 	wg   sync.WaitGroup
 	done chan struct{}
@@ -102,6 +110,16 @@ func New(cfg Config) (*Plane, error) {
 		peers:     make([]atomic.Pointer[Peer], cfg.Pool.Size()),
 		denialLog: NewRateLimiter(5, 50, cfg.Now),
 		done:      make(chan struct{}),
+		tcpUnauth: make(map[netip.Addr]int),
+	}
+	if p.cfg.TCP.FirstPacket <= 0 {
+		p.cfg.TCP.FirstPacket = 5 * time.Second
+	}
+	if p.cfg.TCP.PerSource <= 0 {
+		p.cfg.TCP.PerSource = 16
+	}
+	if p.cfg.TCP.Total <= 0 {
+		p.cfg.TCP.Total = 4096
 	}
 	if cfg.MSS > 0 {
 		p.mss = uint16(cfg.MSS)

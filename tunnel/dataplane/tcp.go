@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -43,6 +44,13 @@ const tcpQueueLen = 1024
 // tcpWriteTimeout ends a TCP session whose peer stops reading.
 const tcpWriteTimeout = 30 * time.Second
 
+// TCPLimits bound TCP connections that have not authenticated (Config.TCP).
+type TCPLimits struct {
+	FirstPacket time.Duration
+	PerSource   int
+	Total       int
+}
+
 // TCPListener accepts OpenVPN-over-TCP connections. Each connection is one session.
 type TCPListener struct {
 	p    *Plane
@@ -58,21 +66,46 @@ func (t *TCPListener) Proto() string { return "tcp" }
 
 func (t *TCPListener) close() { t.ln.Close() }
 
+// Accept backoff: after a failed accept (out of descriptors, say) the loop waits, doubling from
+// acceptBackoffMin to acceptBackoffMax while accepts keep failing, and logs at most one line per
+// acceptLogEvery with the failures since.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+	acceptLogEvery   = 10 * time.Second
+)
+
 func (t *TCPListener) acceptLoop() {
+	var backoff time.Duration
+	var failed int
+	var logged time.Time
 	for {
 		conn, err := t.ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || t.p.closed() {
 				return
 			}
-			t.p.log.Warn("tcp accept failed", "listener", t.addr, "err", err)
-			time.Sleep(10 * time.Millisecond)
+			failed++
+			if now := time.Now(); now.Sub(logged) >= acceptLogEvery {
+				t.p.log.Warn("tcp accept failed", "listener", t.addr, "err", err, "failures", failed)
+				logged, failed = now, 0
+			}
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			select {
+			case <-time.After(backoff):
+			case <-t.p.done:
+				return
+			}
 			continue
 		}
-		if tc, ok := conn.(*net.TCPConn); ok {
-			_ = tc.SetNoDelay(true)
+		backoff = 0
+		remote := addrPortOf(conn.RemoteAddr())
+		if !t.p.admitTCP(remote.Addr()) {
+			t.p.drop(counters.TCPLimit, remote)
+			conn.Close()
+			continue
 		}
-		s := newTCPStream(t, conn)
+		s := newTCPStream(t, conn, remote)
 		t.p.wg.Add(1)
 		go func() {
 			defer t.p.wg.Done()
@@ -81,8 +114,32 @@ func (t *TCPListener) acceptLoop() {
 	}
 }
 
+// admitTCP counts a new unauthenticated connection from addr, if the caps allow it.
+func (p *Plane) admitTCP(addr netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tcpUnauthAll >= p.cfg.TCP.Total || p.tcpUnauth[addr] >= p.cfg.TCP.PerSource {
+		return false
+	}
+	p.tcpUnauthAll++
+	p.tcpUnauth[addr]++
+	return true
+}
+
+// releaseTCP uncounts an unauthenticated connection from addr.
+func (p *Plane) releaseTCP(addr netip.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.tcpUnauthAll--
+	if p.tcpUnauth[addr]--; p.tcpUnauth[addr] <= 0 {
+		delete(p.tcpUnauth, addr)
+	}
+}
+
 // TCPStream is one OpenVPN-over-TCP connection: the link of its session. Its reader goroutine
-// owns the session's replay windows; a writer goroutine drains a bounded queue.
+// owns the session's replay windows; a writer goroutine, started with the first packet to send,
+// drains a bounded queue. A connection that never sends costs its reader goroutine only: no
+// buffers, no writer.
 type TCPStream struct {
 	l      *TCPListener
 	conn   net.Conn
@@ -91,14 +148,25 @@ type TCPStream struct {
 	out    chan []byte
 	done   chan struct{}
 	once   sync.Once
+	writer sync.Once
+	// counted says the stream still counts as unauthenticated (Plane.admitTCP); cleared once,
+	// when its session is published or the stream ends.
+	counted atomic.Bool
 }
 
 var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
-func newTCPStream(l *TCPListener, conn net.Conn) *TCPStream {
-	s := &TCPStream{l: l, conn: conn, remote: addrPortOf(conn.RemoteAddr()), out: make(chan []byte, tcpQueueLen), done: make(chan struct{})}
-	go s.writeLoop()
+func newTCPStream(l *TCPListener, conn net.Conn, remote netip.AddrPort) *TCPStream {
+	s := &TCPStream{l: l, conn: conn, remote: remote, done: make(chan struct{})}
+	s.counted.Store(true)
 	return s
+}
+
+// authenticated takes the stream out of the unauthenticated counts, once.
+func (s *TCPStream) authenticated() {
+	if s.counted.Swap(false) {
+		s.l.p.releaseTCP(s.remote.Addr())
+	}
 }
 
 // Attach makes peer the stream's session: its data packets go to it from now on.
@@ -112,11 +180,22 @@ func (s *TCPStream) Proto() string          { return "TCPv4_SERVER" }
 func (s *TCPStream) Listener() Listener     { return s.l }
 
 func (s *TCPStream) queue(_ *sendBatches, _ *Peer, pkt []byte) { s.Send(pkt) }
-func (s *TCPStream) publish(*Peer) *Peer                       { return nil }
-func (s *TCPStream) unpublish(*Peer)                           {}
+
+// publish: the stream's session authenticated, so the stream no longer counts against the caps
+// on unauthenticated connections.
+func (s *TCPStream) publish(*Peer) *Peer {
+	s.authenticated()
+	return nil
+}
+
+func (s *TCPStream) unpublish(*Peer) {}
 
 // Send frames pkt with its 2-byte length and queues it for the writer.
 func (s *TCPStream) Send(pkt []byte) {
+	s.writer.Do(func() {
+		s.out = make(chan []byte, tcpQueueLen)
+		go s.writeLoop()
+	})
 	bp := framePool.Get().(*[]byte)
 	b := binary.BigEndian.AppendUint16((*bp)[:0], uint16(len(pkt)))
 	b = append(b, pkt...)
@@ -164,23 +243,39 @@ func (s *TCPStream) Close() {
 
 // readLoop reads length-framed packets: control packets go to the session layer (which creates
 // the session on the client's hard reset: the connection itself proves the address), data
-// packets to the stream's session.
+// packets to the stream's session. The first packet must arrive whole within
+// TCPLimits.FirstPacket; its buffers are allocated only once its length arrived.
 func (s *TCPStream) readLoop() {
 	p := s.l.p
 	defer func() {
 		s.Close()
+		s.authenticated() // uncount, if still counted
 		p.cfg.Control.TCPClosed(s)
 	}()
-	r := bufio.NewReaderSize(s.conn, 64<<10)
+	_ = s.conn.SetReadDeadline(time.Now().Add(p.cfg.TCP.FirstPacket))
+	var lenb [2]byte
+	if _, err := io.ReadFull(s.conn, lenb[:]); err != nil {
+		if isTimeout(err) {
+			p.drop(counters.TCPSilent, s.remote)
+		}
+		return
+	}
+	r := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(lenb[:]), s.conn), 64<<10)
 	buf := make([]byte, maxTCPPacket+64)
 	var batch [][]byte
-	for {
+	for first := true; ; first = false {
 		pkt, err := readFrame(r, buf)
 		if err != nil {
-			if errors.Is(err, errFrameLength) {
+			switch {
+			case errors.Is(err, errFrameLength):
 				p.drop(counters.Malformed, s.remote)
+			case first && isTimeout(err):
+				p.drop(counters.TCPSilent, s.remote)
 			}
 			return
+		}
+		if first {
+			_ = s.conn.SetReadDeadline(time.Time{})
 		}
 		op, _ := packet.SplitHeader(pkt[0])
 		switch {
@@ -216,6 +311,12 @@ func (s *TCPStream) readLoop() {
 			return
 		}
 	}
+}
+
+// isTimeout reports whether err is a deadline that passed.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // errFrameLength is a TCP frame whose length is 0 or larger than any OpenVPN packet.
