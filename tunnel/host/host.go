@@ -4,7 +4,8 @@
 // (net.ipv4.ip_forward, and net.ipv4.neigh.<interface>.proxy_delay so that ARP is answered at
 // once). Setup adds them in that order; if a step fails it removes what the earlier steps added
 // and restores every sysctl it changed before it returns. Close does the same for a running
-// endpoint.
+// endpoint. It also finds the host's own destinations, which clients must not reach
+// (WatchOwnAddrs: the kernel's local routing table, kept current).
 //
 // It does not own the packets that cross the TUN (package tunnel reads and writes the device),
 // NAT, the listeners, or the endpoint file: Config carries the few values it needs. The seams
