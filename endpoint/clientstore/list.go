@@ -33,15 +33,15 @@ type Client struct {
 }
 
 // List reads every client certificate in the clients directory, in name order, with its status
-// at now against cas (client_root_ca_file, see LoadCAs) and the CRL file. Problems that leave
+// at now against cas (client_root_ca_file, see LoadCAs) and the CRLs of the CRL file. Problems that leave
 // the listing incomplete or a status unknown (an unreadable CRL, an unreadable certificate)
 // come back in problems, in order, beside the clients that could be read; err is set only when
 // the directory itself cannot be read. A clients directory that does not exist yet holds no
 // clients.
 func (s Store) List(cas []*x509.Certificate, now time.Time) (clients []Client, problems []error, err error) {
-	var crl *pki.CRL
+	var crls []*pki.CRL
 	if s.CRLFile != "" {
-		if crl, err = pki.LoadCRL(s.CRLFile); err != nil {
+		if crls, err = pki.LoadCRLs(s.CRLFile); err != nil {
 			problems = append(problems, fmt.Errorf("revocation status unknown: %w", err))
 		}
 	}
@@ -62,7 +62,7 @@ func (s Store) List(cas []*x509.Certificate, now time.Time) (clients []Client, p
 		c := certs[0]
 		status := Valid
 		switch {
-		case crl.IsRevoked(c):
+		case slices.ContainsFunc(crls, func(crl *pki.CRL) bool { return crl.IsRevoked(c) }):
 			status = Revoked
 		case now.After(c.NotAfter):
 			status = Expired

@@ -322,3 +322,69 @@ func TestGroupsWithoutRule(t *testing.T) {
 		t.Errorf("GroupsWithoutRule = %q, want dve and ops", got)
 	}
 }
+
+// TestCRLFileOfSeveralCAs: revoking and re-signing rewrite only the store CA's CRL in a file
+// that also holds another CA's (an intermediate's), which stays as it was and where it was; a
+// file without the CA's CRL gets one appended on revocation, and cannot be refreshed.
+func TestCRLFileOfSeveralCAs(t *testing.T) {
+	now := time.Now()
+	s, ca := newStore(t, 3650, now)
+	other, err := pki.NewCA("other", pki.ECDSAP256, 365*day, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCRL, err := pki.NewCRL(other, now, 30*day)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine, err := pki.LoadCRL(s.CRLFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.WriteCRLs([]*pki.CRL{otherCRL, mine}, s.CRLFile); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Issue(ca, Request{Name: "bob"}, now); err != nil {
+		t.Fatal(err)
+	}
+	bob, err := s.ClientCert("bob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Revoke(ca, bob, 10*day, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RefreshCRL(ca, 20*day, now.Add(day)); err != nil {
+		t.Fatal(err)
+	}
+	crls, err := pki.LoadCRLs(s.CRLFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(crls) != 2 || string(crls[0].PEM) != string(otherCRL.PEM) {
+		t.Fatalf("the file holds %d CRLs, the other CA's first and unchanged: %v", len(crls), len(crls) > 0 && string(crls[0].PEM) == string(otherCRL.PEM))
+	}
+	if got := crls[1]; got.List.Number.Cmp(big.NewInt(3)) != 0 || !got.IsRevoked(bob) || got.List.CheckSignatureFrom(ca.Cert) != nil {
+		t.Errorf("the CA's CRL: number %v, bob revoked %v", got.List.Number, got.IsRevoked(bob))
+	}
+	cas, err := s.LoadCAs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if clients, problems, err := s.List(cas, now); err != nil || len(problems) != 0 || len(clients) != 1 || clients[0].Status != Revoked {
+		t.Errorf("List over two CRLs: %+v, %v, %v; want bob revoked", clients, problems, err)
+	}
+
+	if err := pki.WriteCRLs([]*pki.CRL{otherCRL}, s.CRLFile); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RefreshCRL(ca, 20*day, now); err == nil || !strings.Contains(err.Error(), `no CRL of CA "ca"`) {
+		t.Errorf("RefreshCRL without the CA's CRL in the file: %v, want refused naming the CA", err)
+	}
+	if _, err := s.Revoke(ca, bob, 10*day, now); err != nil {
+		t.Fatal(err)
+	}
+	if crls, err := pki.LoadCRLs(s.CRLFile); err != nil || len(crls) != 2 || !crls[1].IsRevoked(bob) || crls[1].List.Number.Cmp(big.NewInt(1)) != 0 {
+		t.Errorf("revoking into a file without the CA's CRL: %d CRLs (%v), want the CA's new one appended", len(crls), err)
+	}
+}
