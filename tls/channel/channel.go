@@ -9,6 +9,14 @@
 //
 // Concurrency: mu guards all state. Input is called by the owner's receive goroutine; Conn.Write
 // by the TLS goroutines; retransmissions fire from a timer. None of them blocks on the network.
+//
+// Abuse bounds (a peer that authenticated can still be hostile): the bytes held for sending are
+// bounded per key state and in all (MaxKeyBacklog, MaxBacklog), so a peer that withholds its acks
+// while making our TLS write (TLS 1.3 KeyUpdate requests, each answered by a KeyUpdate) costs a
+// fixed amount of memory: the write past the bound fails and so does the channel. A message the
+// peer leaves unacknowledged for AckTimeout (the hand window) fails the channel too. The owner
+// learns either through Config.Fail and ends the session. Control packets from the peer pass a
+// token bucket (RateBurst, RateLimit); the excess is dropped and counted.
 package channel
 
 import (
@@ -16,6 +24,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cvpn/cvpn/tls/packet"
@@ -33,6 +42,23 @@ const (
 	maxBuffered = 256 << 10
 	// pushAcksMax is how many acks ride on an outgoing reliable packet (CONTROL_SEND_ACK_MAX).
 	pushAcksMax = 4
+
+	// DefaultMaxKeyBacklog and DefaultMaxBacklog bound the TLS bytes held for sending, queued or
+	// sent and unacknowledged, per key state and over all of a session's key states (at most two
+	// live at once: the current one and its lame duck). The largest legitimate burst of TLS
+	// output is the server's handshake flight (certificate chain, client CA names) or a
+	// PUSH_REPLY with its continuations: a few KiB.
+	DefaultMaxKeyBacklog = reliable.DefaultMaxQueued
+	DefaultMaxBacklog    = 96 << 10
+
+	// DefaultRateBurst and DefaultRateLimit bound the control packets accepted from a peer: a
+	// bucket of 100 packets refilled at 10 a second. Measured over UDP with tls-crypt and a
+	// renegotiation every 4 s for 20 s, the stock 2.6 client sent 31 control packets for its
+	// handshake and five renegotiations, at most 6 in any second; the Go client of bench/client
+	// sends 10 for a handshake and 8 for each renegotiation, at most 10 in any second. A lossy
+	// link adds retransmissions of at most a send window (6) per round.
+	DefaultRateBurst = 100
+	DefaultRateLimit = 10.0
 )
 
 // Errors.
@@ -42,6 +68,13 @@ var (
 	ErrReplay       = errors.New("channel: replayed control packet")
 	ErrKeyID        = errors.New("channel: key id out of sync")
 	ErrOverflow     = errors.New("channel: peer sent more than the receive buffer holds")
+	// ErrBacklogFull fails a write, and the channel, when the bytes held for sending would pass
+	// MaxKeyBacklog or MaxBacklog: the peer does not acknowledge what it is sent.
+	ErrBacklogFull = errors.New("channel: send backlog full")
+	// ErrStalled fails the channel when the peer left a message unacknowledged for AckTimeout.
+	ErrStalled = errors.New("channel: peer stopped acknowledging")
+	// ErrRateLimited drops a control packet beyond the peer's rate limit.
+	ErrRateLimited = errors.New("channel: control packet rate limit exceeded")
 )
 
 // Config describes one session's control channel.
@@ -65,6 +98,29 @@ type Config struct {
 	// queued as message 0 and leaves with the first flush, so a server's reset carries the ack of
 	// the client's (a 2.6 client refuses a bare ack before it knows the server's session id).
 	Reset packet.Opcode
+
+	// MaxKeyBacklog and MaxBacklog bound the TLS bytes held for sending (queued, or sent and not
+	// yet acknowledged) per key state and over all key states; zero means DefaultMaxKeyBacklog
+	// and DefaultMaxBacklog. A Conn.Write past either fails with ErrBacklogFull and fails the
+	// channel.
+	MaxKeyBacklog, MaxBacklog int
+	// AckTimeout fails the channel with ErrStalled when a message sent to the peer stays
+	// unacknowledged this long; a server passes its hand window (OpenVPN --hand-window, 60 s).
+	// Zero never does.
+	AckTimeout time.Duration
+	// Fail is told once why the channel failed (ErrBacklogFull or ErrStalled, wrapped); the
+	// owner ends the session. It is called without the channel's lock held, on the goroutine
+	// that found the failure (a TLS writer, the retransmission timer, the receive goroutine), so
+	// it must not block; it may call into the channel. Nil: nobody is told, the channel only
+	// refuses writes from then on.
+	Fail func(err error)
+	// RateBurst and RateLimit bound the control packets accepted from the peer, after their
+	// authentication and replay checks: a token bucket of RateBurst packets refilled at
+	// RateLimit packets a second. Input drops the excess with ErrRateLimited and counts it
+	// (RateLimited). Zero means DefaultRateBurst and DefaultRateLimit; a negative RateLimit
+	// turns the limit off.
+	RateBurst int
+	RateLimit float64
 }
 
 // Channel is one session's control channel.
@@ -81,6 +137,12 @@ type Channel struct {
 	timer   *time.Timer
 	acks    []uint32
 	due     []reliable.Message
+	bucket  packetBucket
+	// err is why the channel failed (nil while it works); reported says Fail was called with it.
+	err      error
+	reported bool
+
+	rateLimited atomic.Uint64 // control packets dropped by the rate limit
 }
 
 // sendBuf holds a packet while it is built and wrapped; pooled, so an idle session keeps none.
@@ -118,7 +180,19 @@ func New(cfg Config, established bool) *Channel {
 	if cfg.SendPID == 0 {
 		cfg.SendPID = 1
 	}
-	c := &Channel{cfg: cfg, sendPID: cfg.SendPID}
+	if cfg.MaxKeyBacklog <= 0 {
+		cfg.MaxKeyBacklog = DefaultMaxKeyBacklog
+	}
+	if cfg.MaxBacklog <= 0 {
+		cfg.MaxBacklog = DefaultMaxBacklog
+	}
+	if cfg.RateBurst <= 0 {
+		cfg.RateBurst = DefaultRateBurst
+	}
+	if cfg.RateLimit == 0 {
+		cfg.RateLimit = DefaultRateLimit
+	}
+	c := &Channel{cfg: cfg, sendPID: cfg.SendPID, bucket: packetBucket{rate: cfg.RateLimit, burst: float64(cfg.RateBurst)}}
 	var first uint32
 	if established {
 		first = 1
@@ -126,13 +200,13 @@ func New(cfg Config, established bool) *Channel {
 	c.keys[0] = c.newKey(0, first, first)
 	c.keys[0].ready = established
 	if !established && cfg.Reset != 0 {
-		c.keys[0].rel.Queue(cfg.Reset, nil)
+		_ = c.keys[0].rel.Queue(cfg.Reset, nil)
 	}
 	return c
 }
 
 func (c *Channel) newKey(id uint8, firstSend, firstRecv uint32) *Key {
-	k := &Key{ch: c, ID: id, rel: reliable.New(reliable.Config{}, firstSend, firstRecv)}
+	k := &Key{ch: c, ID: id, rel: reliable.New(reliable.Config{MaxQueued: c.cfg.MaxKeyBacklog}, firstSend, firstRecv)}
 	k.conn = &Conn{key: k}
 	k.conn.cond.L = &c.mu
 	return k
@@ -171,19 +245,19 @@ func (k *Key) Conn() *Conn { return k.conn }
 // QueueReset queues this side's reset (hard reset from a client, soft reset from either) as message 0.
 func (c *Channel) QueueReset(k *Key, op packet.Opcode) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	k.rel.Queue(op, nil)
+	defer c.unlock()
+	_ = k.rel.Queue(op, nil) // an empty message always fits
 	c.flushLocked()
 }
 
 // StartRenegotiation begins a soft reset for the next key id and returns its state.
 func (c *Channel) StartRenegotiation() *Key {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	defer c.unlock()
 	id := nextKeyID(c.current)
 	k := c.newKey(id, 0, 0)
 	c.installKeyLocked(k)
-	k.rel.Queue(packet.SoftResetV1, nil)
+	_ = k.rel.Queue(packet.SoftResetV1, nil)
 	c.flushLocked()
 	return k
 }
@@ -230,7 +304,7 @@ func (c *Channel) Abandon(id uint8) {
 // Input processes one unwrapped control packet that arrived with replay id pid and timestamp ts.
 func (c *Channel) Input(p *packet.Control, pid, ts uint32) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	defer c.unlock()
 	if c.closed {
 		return ErrClosed
 	}
@@ -243,6 +317,13 @@ func (c *Channel) Input(p *packet.Control, pid, ts uint32) error {
 	if c.cfg.Replay && !c.replay.Check(pid, ts) {
 		return ErrReplay
 	}
+	// Only packets that passed every check take a token, so replays and forgeries cannot use
+	// up the peer's allowance.
+	now := c.cfg.Now()
+	if !c.bucket.allow(now) {
+		c.rateLimited.Add(1)
+		return ErrRateLimited
+	}
 	k := c.keys[p.KeyID&7]
 	if k == nil {
 		if p.Opcode != packet.SoftResetV1 || p.KeyID == 0 {
@@ -251,13 +332,12 @@ func (c *Channel) Input(p *packet.Control, pid, ts uint32) error {
 		// The peer renegotiates: answer with our own soft reset for the same key id.
 		k = c.newKey(p.KeyID, 0, 0)
 		c.installKeyLocked(k)
-		k.rel.Queue(packet.SoftResetV1, nil)
+		_ = k.rel.Queue(packet.SoftResetV1, nil)
 		k.ready = true
 		if c.cfg.NewKey != nil {
 			c.cfg.NewKey(k)
 		}
 	}
-	now := c.cfg.Now()
 	k.rel.Ack(p.Acks[:p.NumAcks], now)
 	if !k.ready && k.rel.Unacked() == 0 && k.rel.Backlog() == 0 {
 		k.ready = true
@@ -294,8 +374,75 @@ func (c *Channel) Input(p *packet.Control, pid, ts uint32) error {
 // Flush sends whatever is due now (new messages, retransmissions, owed acks).
 func (c *Channel) Flush() {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	defer c.unlock()
 	c.flushLocked()
+}
+
+// unlock releases mu and then tells Config.Fail about a failure found while it was held, once.
+// Every method that can fail the channel (a write past the backlog bound, a flush that finds
+// the peer stalled) unlocks through it.
+func (c *Channel) unlock() {
+	var report error
+	if c.err != nil && !c.reported && !c.closed {
+		c.reported = true
+		report = c.err
+	}
+	c.mu.Unlock()
+	if report != nil && c.cfg.Fail != nil {
+		c.cfg.Fail(report)
+	}
+}
+
+// failLocked records why the channel failed; the first reason stands.
+func (c *Channel) failLocked(err error) {
+	if c.err == nil {
+		c.err = err
+	}
+}
+
+// Err reports why the channel failed (ErrBacklogFull or ErrStalled, wrapped), or nil.
+func (c *Channel) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Queued reports the TLS bytes held for sending over all key states: queued, or sent and not yet
+// acknowledged. It never exceeds MaxBacklog.
+func (c *Channel) Queued() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queuedLocked()
+}
+
+func (c *Channel) queuedLocked() int {
+	n := 0
+	for _, k := range c.keys {
+		if k != nil {
+			n += k.rel.Queued()
+		}
+	}
+	return n
+}
+
+// RateLimited reports how many control packets the rate limit dropped.
+func (c *Channel) RateLimited() uint64 { return c.rateLimited.Load() }
+
+// queueLocked queues p, written to key k's stream, or fails the channel when the bytes held for
+// sending would pass a bound.
+func (c *Channel) queueLocked(k *Key, p []byte) error {
+	if c.err != nil {
+		return c.err
+	}
+	if held := c.queuedLocked(); len(p) > c.cfg.MaxBacklog-held {
+		c.failLocked(fmt.Errorf("%w: %d bytes held for sending over all key states, %d more refused (limit %d)", ErrBacklogFull, held, len(p), c.cfg.MaxBacklog))
+		return c.err
+	}
+	if err := k.rel.Append(packet.ControlV1, p, MaxPayload); err != nil {
+		c.failLocked(fmt.Errorf("%w: %d bytes held for sending on key %d, %d more refused (limit %d)", ErrBacklogFull, k.rel.Queued(), k.ID, len(p), c.cfg.MaxKeyBacklog))
+		return c.err
+	}
+	return nil
 }
 
 func (c *Channel) flushLocked() {
@@ -313,12 +460,24 @@ func (c *Channel) flushLocked() {
 			c.acks = k.rel.TakeAcks(c.acks[:0], pushAcksMax)
 			c.sendLocked(k, m.Opcode, m.ID, m.Payload)
 		}
+		clear(c.due) // keep no payload alive past its ack
 		for k.rel.PendingAcks() > 0 {
 			c.acks = k.rel.TakeAcks(c.acks[:0], packet.MaxAcks)
 			c.sendLocked(k, packet.AckV1, 0, nil)
 		}
 		if d := k.rel.NextDeadline(now); !d.IsZero() && (next.IsZero() || d.Before(next)) {
 			next = d
+		}
+		// A peer that acknowledges nothing for the hand window is gone or hostile: OpenVPN
+		// gives each key state the hand window to finish (ssl.c, tls_process), and a message
+		// still unacknowledged after it will not be.
+		if oldest := k.rel.OldestUnacked(); c.cfg.AckTimeout > 0 && c.err == nil && !oldest.IsZero() {
+			d := oldest.Add(c.cfg.AckTimeout)
+			if !now.Before(d) {
+				c.failLocked(fmt.Errorf("%w: a message of key %d unacknowledged for %s", ErrStalled, k.ID, now.Sub(oldest).Round(time.Second)))
+			} else if next.IsZero() || d.Before(next) {
+				next = d
+			}
 		}
 	}
 	if next.IsZero() {

@@ -5,13 +5,12 @@ import (
 	"net"
 	"sync"
 	"time"
-
-	"github.com/cvpn/cvpn/tls/packet"
 )
 
 // Conn is the byte stream of one key state as crypto/tls sees it: Read returns the payloads of
-// reliable control messages in order, Write queues bytes as new P_CONTROL_V1 messages. Deadlines
-// are honoured on Read; Write never blocks.
+// reliable control messages in order, Write queues bytes as P_CONTROL_V1 messages. Deadlines
+// are honoured on Read; Write never blocks: past the send backlog's bound it fails (and so does
+// the channel) instead of waiting for acks.
 type Conn struct {
 	key    *Key
 	cond   sync.Cond // L is the channel's mu
@@ -46,22 +45,22 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Write splits p into control messages of at most MaxPayload bytes and queues them.
+// Write queues p as control messages of at most MaxPayload bytes, topping up the newest one that
+// has not been sent yet. It fails with ErrBacklogFull, queuing nothing, when the bytes held for
+// sending would pass the key's or the channel's bound; the channel has then failed and refuses
+// every later write.
 func (c *Conn) Write(p []byte) (int, error) {
 	ch := c.key.ch
 	ch.mu.Lock()
-	defer ch.mu.Unlock()
+	defer ch.unlock()
 	if c.closed || ch.closed {
 		return 0, net.ErrClosed
 	}
-	n := len(p)
-	for len(p) > 0 {
-		m := min(len(p), MaxPayload)
-		c.key.rel.Queue(packet.ControlV1, append([]byte(nil), p[:m]...))
-		p = p[m:]
+	if err := ch.queueLocked(c.key, p); err != nil {
+		return 0, err
 	}
 	ch.flushLocked()
-	return n, nil
+	return len(p), nil
 }
 
 // Close ends the stream: blocked and later reads return EOF.
