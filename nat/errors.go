@@ -14,7 +14,11 @@ var (
 	// (another protocol, an ICMP type other than echo and the errors it
 	// translates).
 	ErrUnsupported = errors.New("nat: unsupported packet")
-	// ErrTableFull: a new mapping is needed and Config.MaxEntries are live.
+	// ErrClientQuota: a new mapping is needed, the client already holds
+	// Config.MaxPerClient and none of them may be recycled yet.
+	ErrClientQuota = errors.New("nat: client at its mapping quota")
+	// ErrTableFull: a new mapping is needed, Config.MaxEntries are live and
+	// none of the client's own may be recycled.
 	ErrTableFull = errors.New("nat: mapping table full")
 	// ErrNoFreePort: a new mapping is needed and every port (or ICMP
 	// identifier) toward that destination address, port and protocol is taken.

@@ -16,7 +16,8 @@ import "net/netip"
 //
 // The error says why a packet was dropped: it wraps ErrNoMapping,
 // ErrMalformed or ErrUnsupported. On error pkt is unchanged. Inbound never
-// creates a mapping and does not allocate.
+// creates a mapping, refreshes one only when it is an established TCP
+// connection, and does not allocate.
 func (t *Table) Inbound(pkt []byte) (netip.Addr, error) {
 	h, err := parseIPv4(pkt)
 	if err != nil {
@@ -72,10 +73,11 @@ func (t *Table) Inbound(pkt []byte) (netip.Addr, error) {
 		t.inMu.RUnlock()
 		return netip.Addr{}, errNoInbound
 	}
-	touch(m, now)
 	t.inMu.RUnlock()
-	if h.proto == protoTCP {
-		trackTCP(m, l4[tcpFlags], true)
+	// Only an established TCP connection's replies refresh its mapping; see
+	// the package comment.
+	if h.proto == protoTCP && established(trackTCP(m, l4[tcpFlags], true)) {
+		touch(m, now)
 	}
 	client := m.out.client
 	setAddr(pkt, ipDst, t.addr, client)

@@ -7,10 +7,10 @@
 // UDP and ICMP echo, the ICMP errors (destination unreachable, time exceeded,
 // parameter problem) that embed a translated packet, and fragments.
 //
-// The package owns the mapping table, its timeouts and the checksum
-// arithmetic. It does not own authorization (authz), routing, TTL handling,
-// anti-spoofing (the caller checks a client sends from its own address
-// before calling Outbound), nor when to call Expire.
+// The package owns the mapping table, its timeouts, each client's share of
+// it and the checksum arithmetic. It does not own authorization (authz),
+// routing, TTL handling, anti-spoofing (the caller checks a client sends from
+// its own address before calling Outbound), nor when to call Expire.
 //
 // Mappings are endpoint-dependent: a client's source port (or echo
 // identifier) is kept unless another client already uses it toward the same
@@ -18,6 +18,27 @@
 // Packets are rewritten in place and checksums adjusted incrementally
 // (RFC 1624), so the NAT never reads a payload and preserves a bad checksum
 // as bad.
+//
+// Timeouts follow the NAT behavioural RFCs. A TCP mapping is established,
+// and idles out after 2 h 4 min (RFC 5382 REQ-5), only once the three-way
+// handshake went through it: the client's SYN, the private network's
+// SYN-ACK, the client's ACK (the TCP session tracking of RFC 7857 §2, with
+// the whole handshake required, not only a SYN each way). Before that, and from the first
+// FIN or RST on, it is transitory: 4 min. UDP mappings last 5 min (RFC 4787
+// REQ-5), ICMP echo ones 60 s (RFC 5508 REQ-2). Only the client's packets
+// refresh a mapping (RFC 4787 REQ-6 requires outbound refresh and leaves
+// inbound refresh optional), except an established TCP connection, whose
+// replies refresh it too. So nothing the private network sends alone keeps a
+// mapping alive or moves it to a longer timeout.
+//
+// Each client may hold at most Config.MaxPerClient mappings, so that no one
+// client can take the table from the others (RFC 6888 REQ-4 asks the same of
+// carrier-grade NATs, per subscriber). A client at its quota, or in a full
+// table, gets room only from its own mappings: one that expired, or one idle
+// for Config.RecycleIdle that is not an established TCP connection, is
+// recycled for the new flow; otherwise the new flow is refused
+// (ErrClientQuota, ErrTableFull). A full table first sweeps out every expired
+// mapping. No client's flow ever takes another client's live mapping.
 //
 // Outbound and Inbound may run at the same time on different goroutines:
 // lookups of an existing mapping take only a read lock, on a different lock
@@ -32,13 +53,28 @@ import (
 	"time"
 )
 
-// Default timeouts, the Linux conntrack ones where they exist.
+// Defaults of Config.
 const (
-	DefaultMaxEntries            = 65536
-	DefaultTCPEstablishedTimeout = 2 * time.Hour
+	DefaultMaxEntries = 65536
+	// DefaultMaxPerClient is DefaultMaxEntries shared out among the 1,024
+	// addresses of a /22, the smallest client CIDR an endpoint may have.
+	DefaultMaxPerClient = DefaultMaxEntries / 1024
+	// RFC 5382 REQ-5: the established connection idle-timeout must not be
+	// less than 2 hours 4 minutes (TCP's two-hour keepalive plus its
+	// retries), the transitory one not less than 4 minutes (2 MSL).
+	DefaultTCPEstablishedTimeout = 2*time.Hour + 4*time.Minute
 	DefaultTCPTransitoryTimeout  = 4 * time.Minute
-	DefaultUDPTimeout            = 60 * time.Second
-	DefaultICMPTimeout           = 30 * time.Second
+	// RFC 4787 REQ-5: a UDP mapping must not expire in less than two
+	// minutes; five or more is recommended.
+	DefaultUDPTimeout = 5 * time.Minute
+	// RFC 5508 REQ-2: an ICMP query session must not expire in less than
+	// 60 seconds.
+	DefaultICMPTimeout = 60 * time.Second
+	// DefaultRecycleIdle is how long a client's mapping must have been idle
+	// before a new flow of the same client may take its place: far longer
+	// than a DNS answer or a TCP SYN retry takes, far shorter than any
+	// timeout.
+	DefaultRecycleIdle = 30 * time.Second
 )
 
 const (
@@ -49,8 +85,13 @@ const (
 	touchSlack = 100 * time.Millisecond
 	// sweepInterval is the least time between the sweeps a full table
 	// triggers, so a flood of new flows into a full table costs one sweep
-	// per interval, not one per packet.
+	// per interval, not one per packet. Expired mappings are therefore
+	// swept out at most this late.
 	sweepInterval = time.Second
+	// recycleScan bounds how many of a client's mappings one new flow looks
+	// at for one to recycle, so that a flood of new flows from a client at
+	// a large quota costs a bounded amount per packet.
+	recycleScan = 32
 	// fragTimeout is how long a translated first fragment lets later
 	// fragments of the same datagram through (the Linux ipfrag_time).
 	fragTimeout = 30 * time.Second
@@ -63,15 +104,23 @@ type Config struct {
 	Addr netip.Addr
 	// MaxEntries caps the number of mappings; 0 means DefaultMaxEntries.
 	MaxEntries int
+	// MaxPerClient caps the number of mappings of one client address; 0
+	// means DefaultMaxPerClient, and more than MaxEntries means MaxEntries.
+	MaxPerClient int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Idle timeouts; 0 means the matching default. A TCP mapping uses the
-	// transitory timeout until the private network has answered and again
-	// once either side sent FIN or RST; the established one in between.
+	// established timeout between the end of the three-way handshake and the
+	// first FIN or RST, the transitory one otherwise.
 	TCPEstablishedTimeout time.Duration
 	TCPTransitoryTimeout  time.Duration
 	UDPTimeout            time.Duration
 	ICMPTimeout           time.Duration
+	// RecycleIdle is how long a mapping must have been idle before a new
+	// flow of its client, at its quota or in a full table, may replace it;
+	// established TCP connections are never replaced before they expire. 0
+	// means DefaultRecycleIdle.
+	RecycleIdle time.Duration
 }
 
 // outKey is a flow as the client sent it. For ICMP echo, clientPort is the
@@ -90,10 +139,12 @@ type inKey struct {
 	proto               uint8
 }
 
-// TCP state bits of mapping.state.
+// TCP state bits of mapping.state: the handshake as the NAT sees it.
 const (
-	tcpReplied = 1 << iota // the private network has sent a packet
-	tcpClosing             // FIN or RST seen in either direction
+	tcpSynOut      = 1 << iota // the client sent a SYN
+	tcpSynIn                   // the private network answered that SYN with a SYN-ACK
+	tcpEstablished             // the client acknowledged the SYN-ACK
+	tcpClosing                 // FIN or RST seen in either direction
 )
 
 // mapping is one translated flow. Its keys and extPort never change once it
@@ -101,11 +152,12 @@ const (
 type mapping struct {
 	out     outKey
 	extPort uint16
-	// lastSeen is the time of the last packet, in nanoseconds since
-	// Table.epoch, kept to within touchSlack.
+	// lastSeen is the time of the last packet that refreshed the mapping,
+	// in nanoseconds since Table.epoch, kept to within touchSlack.
 	lastSeen atomic.Int64
 	state    atomic.Uint32 // TCP state bits
-	// prev and next link the mappings of one client; guarded by Table.outMu.
+	// prev and next link the mappings of one client (clientFlows); guarded
+	// by Table.outMu.
 	prev, next *mapping
 }
 
@@ -113,14 +165,67 @@ func (m *mapping) inKey() inKey {
 	return inKey{remote: m.out.remote, remotePort: m.out.remotePort, extPort: m.extPort, proto: m.out.proto}
 }
 
+// clientFlows lists one client's mappings. New mappings join at the back,
+// and the recycling scan moves each mapping it passes over (one still in
+// use) to the back, so the front gathers the mappings left alone longest:
+// the CLOCK (second chance) replacement order, with "idle for RecycleIdle"
+// as the reference bit. Guarded by Table.outMu.
+type clientFlows struct {
+	head, tail *mapping
+	n          int
+}
+
+func (f *clientFlows) pushBack(m *mapping) {
+	m.prev, m.next = f.tail, nil
+	if f.tail != nil {
+		f.tail.next = m
+	} else {
+		f.head = m
+	}
+	f.tail = m
+	f.n++
+}
+
+func (f *clientFlows) remove(m *mapping) {
+	if m.prev != nil {
+		m.prev.next = m.next
+	} else {
+		f.head = m.next
+	}
+	if m.next != nil {
+		m.next.prev = m.prev
+	} else {
+		f.tail = m.prev
+	}
+	m.prev, m.next = nil, nil
+	f.n--
+}
+
+// Stats counts what a Table did since it was made.
+type Stats struct {
+	// Mappings is the number in the table now, idle ones not yet removed
+	// included.
+	Mappings int
+	// Recycled counts mappings replaced by a new flow of their own client,
+	// at its quota or in a full table.
+	Recycled uint64
+	// QuotaRefused counts new flows refused because their client was at its
+	// quota with nothing to recycle (ErrClientQuota).
+	QuotaRefused uint64
+	// FullRefused counts new flows refused because the table was full and
+	// their client had nothing to recycle (ErrTableFull).
+	FullRefused uint64
+}
+
 // Table is a NAT mapping table. Its methods are safe for concurrent use.
 type Table struct {
-	addr  uint32 // the SNAT address
-	max   int
-	now   func() time.Time
-	epoch time.Time
+	addr         uint32 // the SNAT address
+	max          int
+	maxPerClient int
+	now          func() time.Time
+	epoch        time.Time
 	// Timeouts in nanoseconds.
-	tcpEstablished, tcpTransitory, udpTimeout, icmpTimeout int64
+	tcpEstablished, tcpTransitory, udpTimeout, icmpTimeout, recycleIdle int64
 
 	// Lock order: outMu, then inMu.
 	//
@@ -131,13 +236,14 @@ type Table struct {
 	// removed.
 	outMu   sync.RWMutex
 	out     map[outKey]*mapping
-	clients map[uint32]*mapping // the head of each client's list
+	clients map[uint32]*clientFlows
 	// nextPort is where the next search for a free port starts.
 	nextPort uint16
 	// lastSweep is when a full table last swept (ns since epoch).
 	lastSweep int64
 	// dead is scratch space for removal, kept to avoid allocating.
-	dead []*mapping
+	dead  []*mapping
+	stats Stats // all but Mappings
 
 	inMu sync.RWMutex
 	in   map[inKey]*mapping
@@ -153,7 +259,10 @@ func New(cfg Config) (*Table, error) {
 	if cfg.MaxEntries < 0 {
 		return nil, fmt.Errorf("nat: MaxEntries %d is negative: %w", cfg.MaxEntries, ErrConfig)
 	}
-	for _, d := range []time.Duration{cfg.TCPEstablishedTimeout, cfg.TCPTransitoryTimeout, cfg.UDPTimeout, cfg.ICMPTimeout} {
+	if cfg.MaxPerClient < 0 {
+		return nil, fmt.Errorf("nat: MaxPerClient %d is negative: %w", cfg.MaxPerClient, ErrConfig)
+	}
+	for _, d := range []time.Duration{cfg.TCPEstablishedTimeout, cfg.TCPTransitoryTimeout, cfg.UDPTimeout, cfg.ICMPTimeout, cfg.RecycleIdle} {
 		if d < 0 {
 			return nil, fmt.Errorf("nat: timeout %v is negative: %w", d, ErrConfig)
 		}
@@ -167,19 +276,25 @@ func New(cfg Config) (*Table, error) {
 	t := &Table{
 		addr:           addrToUint(cfg.Addr),
 		max:            cfg.MaxEntries,
+		maxPerClient:   cfg.MaxPerClient,
 		now:            cfg.Now,
 		tcpEstablished: orDefault(cfg.TCPEstablishedTimeout, DefaultTCPEstablishedTimeout),
 		tcpTransitory:  orDefault(cfg.TCPTransitoryTimeout, DefaultTCPTransitoryTimeout),
 		udpTimeout:     orDefault(cfg.UDPTimeout, DefaultUDPTimeout),
 		icmpTimeout:    orDefault(cfg.ICMPTimeout, DefaultICMPTimeout),
+		recycleIdle:    orDefault(cfg.RecycleIdle, DefaultRecycleIdle),
 		out:            map[outKey]*mapping{},
 		in:             map[inKey]*mapping{},
-		clients:        map[uint32]*mapping{},
+		clients:        map[uint32]*clientFlows{},
 		nextPort:       1024,
 	}
 	if t.max == 0 {
 		t.max = DefaultMaxEntries
 	}
+	if t.maxPerClient == 0 {
+		t.maxPerClient = DefaultMaxPerClient
+	}
+	t.maxPerClient = min(t.maxPerClient, t.max)
 	if t.now == nil {
 		t.now = time.Now
 	}
@@ -199,10 +314,24 @@ func (t *Table) Len() int {
 	return len(t.out)
 }
 
+// Stats returns the table's counters.
+func (t *Table) Stats() Stats {
+	t.outMu.RLock()
+	defer t.outMu.RUnlock()
+	s := t.stats
+	s.Mappings = len(t.out)
+	return s
+}
+
+// established reports whether a TCP state has the long timeout.
+func established(state uint32) bool {
+	return state&(tcpEstablished|tcpClosing) == tcpEstablished
+}
+
 func (t *Table) timeout(m *mapping) int64 {
 	switch m.out.proto {
 	case protoTCP:
-		if m.state.Load()&(tcpReplied|tcpClosing) == tcpReplied {
+		if established(m.state.Load()) {
 			return t.tcpEstablished
 		}
 		return t.tcpTransitory
@@ -217,6 +346,17 @@ func (t *Table) expired(m *mapping, now int64) bool {
 	return now-m.lastSeen.Load() > t.timeout(m)
 }
 
+// recyclable reports whether a new flow of m's own client may take m's
+// place: m expired, or has been idle for recycleIdle and is not an
+// established TCP connection.
+func (t *Table) recyclable(m *mapping, now int64) bool {
+	idle := now - m.lastSeen.Load()
+	if idle > t.timeout(m) {
+		return true
+	}
+	return idle >= t.recycleIdle && !established(m.state.Load()) // only TCP has state bits
+}
+
 // touch records a packet of m at now.
 func touch(m *mapping, now int64) {
 	if now-m.lastSeen.Load() > int64(touchSlack) {
@@ -224,18 +364,47 @@ func touch(m *mapping, now int64) {
 	}
 }
 
-// trackTCP updates m's state for a TCP segment with the given flags.
-func trackTCP(m *mapping, flags byte, inbound bool) {
-	s := m.state.Load()
+// nextTCPState is the state a TCP mapping in state s moves to on a segment
+// with the given flags, from the client (inbound false) or to it.
+//
+// Only the client's SYN starts a connection, only a SYN-ACK answering it
+// counts as the reply, and only the client's ACK after that establishes
+// it, so a lone packet from the private network (a SYN-ACK nobody asked for)
+// changes nothing. FIN or RST in either direction closes it for good: the
+// mapping stays for the transitory timeout (RFC 7857 §2), and later data does
+// not make it established again;
+// a new SYN from the client after that, or over an established connection
+// whose end the NAT missed, starts a new connection on the same ports.
+func nextTCPState(s uint32, flags byte, inbound bool) uint32 {
+	syn, ack := flags&tcpSYN != 0, flags&tcpACK != 0
 	switch {
-	case flags&(tcpSYN|tcpACK) == tcpSYN && !inbound && s&tcpClosing != 0:
-		// A new connection reusing the ports of a closed one (as after
-		// TIME-WAIT) starts over.
-		m.state.Store(0)
-	case flags&(tcpFIN|tcpRST) != 0 && s&tcpClosing == 0:
-		m.state.Or(tcpClosing)
-	case inbound && s&tcpReplied == 0:
-		m.state.Or(tcpReplied)
+	case flags&(tcpFIN|tcpRST) != 0:
+		return s | tcpClosing
+	case syn && !ack && !inbound:
+		if s&(tcpEstablished|tcpClosing) != 0 {
+			return tcpSynOut
+		}
+		return s | tcpSynOut
+	case s&tcpClosing != 0:
+		return s
+	case syn && ack && inbound && s&tcpSynOut != 0:
+		return s | tcpSynIn
+	case !syn && ack && !inbound && s&tcpSynIn != 0:
+		return s | tcpEstablished
+	}
+	return s
+}
+
+// trackTCP moves m's state for a TCP segment with the given flags and
+// returns the new state. Outbound and Inbound may call it at once for one
+// mapping, so it retries until its change applies to the latest state.
+func trackTCP(m *mapping, flags byte, inbound bool) uint32 {
+	for {
+		s := m.state.Load()
+		n := nextTCPState(s, flags, inbound)
+		if n == s || m.state.CompareAndSwap(s, n) {
+			return n
+		}
 	}
 }
 
@@ -272,8 +441,10 @@ func (t *Table) ForgetClient(client netip.Addr) {
 	c := addrToUint(client)
 	t.outMu.Lock()
 	dead := t.dead[:0]
-	for m := t.clients[c]; m != nil; m = m.next {
-		dead = append(dead, m)
+	if f := t.clients[c]; f != nil {
+		for m := f.head; m != nil; m = m.next {
+			dead = append(dead, m)
+		}
 	}
 	t.removeLocked(dead)
 	clear(dead)
@@ -299,29 +470,24 @@ func (t *Table) removeLocked(ms []*mapping) {
 }
 
 func (t *Table) link(m *mapping) {
-	head := t.clients[m.out.client]
-	m.next = head
-	if head != nil {
-		head.prev = m
+	f := t.clients[m.out.client]
+	if f == nil {
+		f = &clientFlows{}
+		t.clients[m.out.client] = f
 	}
-	t.clients[m.out.client] = m
+	f.pushBack(m)
 }
 
 func (t *Table) unlink(m *mapping) {
-	if m.prev != nil {
-		m.prev.next = m.next
-	} else if m.next != nil {
-		t.clients[m.out.client] = m.next
-	} else {
+	f := t.clients[m.out.client]
+	f.remove(m)
+	if f.n == 0 {
 		delete(t.clients, m.out.client)
 	}
-	if m.next != nil {
-		m.next.prev = m.prev
-	}
-	m.prev, m.next = nil, nil
 }
 
-// lookupOut returns the live mapping for k, creating it if needed.
+// lookupOut returns the live mapping for k, creating it if needed, and
+// refreshes it.
 func (t *Table) lookupOut(k outKey, now int64) (*mapping, error) {
 	t.outMu.RLock()
 	m := t.out[k]
@@ -341,11 +507,8 @@ func (t *Table) lookupOut(k outKey, now int64) (*mapping, error) {
 		}
 		t.removeOne(m)
 	}
-	if len(t.out) >= t.max && now-t.lastSweep >= int64(sweepInterval) {
-		t.expireLocked(now)
-	}
-	if len(t.out) >= t.max {
-		return nil, ErrTableFull
+	if err := t.makeRoom(k.client, now); err != nil {
+		return nil, err
 	}
 	ext, ok := t.freePort(k, now)
 	if !ok {
@@ -359,6 +522,52 @@ func (t *Table) lookupOut(k outKey, now int64) (*mapping, error) {
 	t.out[k] = m
 	t.link(m)
 	return m, nil
+}
+
+// makeRoom makes client's next mapping fit: under the client's quota and in
+// the table. At its quota, the client recycles one of its own mappings or is
+// refused. In a full table, expired mappings go first (a sweep, at most one
+// per sweepInterval), then one of the client's own recyclable ones; another
+// client's live mapping never does. t.outMu must be held for writing.
+func (t *Table) makeRoom(client uint32, now int64) error {
+	if f := t.clients[client]; f != nil && f.n >= t.maxPerClient {
+		if !t.recycle(f, now) {
+			t.stats.QuotaRefused++
+			return ErrClientQuota
+		}
+	}
+	if len(t.out) < t.max {
+		return nil
+	}
+	if now-t.lastSweep >= int64(sweepInterval) {
+		t.expireLocked(now)
+		if len(t.out) < t.max {
+			return nil
+		}
+	}
+	if f := t.clients[client]; f != nil && t.recycle(f, now) {
+		return nil
+	}
+	t.stats.FullRefused++
+	return ErrTableFull
+}
+
+// recycle removes one of f's mappings that recyclable allows, looking from
+// the front at no more than recycleScan of them and moving each it passes
+// over to the back. It reports whether it removed one. t.outMu must be held
+// for writing.
+func (t *Table) recycle(f *clientFlows, now int64) bool {
+	for range min(f.n, recycleScan) {
+		m := f.head
+		if t.recyclable(m, now) {
+			t.removeOne(m)
+			t.stats.Recycled++
+			return true
+		}
+		f.remove(m)
+		f.pushBack(m)
+	}
+	return false
 }
 
 func (t *Table) removeOne(m *mapping) {

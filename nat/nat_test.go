@@ -18,7 +18,9 @@ func TestNewConfig(t *testing.T) {
 		{},
 		{Addr: netip.MustParseAddr("fd00::1")},
 		{Addr: snatAddr, MaxEntries: -1},
+		{Addr: snatAddr, MaxPerClient: -1},
 		{Addr: snatAddr, UDPTimeout: -time.Second},
+		{Addr: snatAddr, RecycleIdle: -time.Second},
 	} {
 		if _, err := New(cfg); !errors.Is(err, ErrConfig) {
 			t.Errorf("New(%+v) = %v, want ErrConfig", cfg, err)
@@ -28,8 +30,21 @@ func TestNewConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tab.max != DefaultMaxEntries || tab.udpTimeout != int64(DefaultUDPTimeout) || tab.tcpEstablished != int64(DefaultTCPEstablishedTimeout) {
+	if tab.max != DefaultMaxEntries || tab.maxPerClient != DefaultMaxPerClient || tab.udpTimeout != int64(DefaultUDPTimeout) ||
+		tab.tcpEstablished != int64(DefaultTCPEstablishedTimeout) || tab.tcpTransitory != int64(DefaultTCPTransitoryTimeout) ||
+		tab.icmpTimeout != int64(DefaultICMPTimeout) || tab.recycleIdle != int64(DefaultRecycleIdle) {
 		t.Error("defaults not applied")
+	}
+	// The RFC floors: RFC 5382 REQ-5, RFC 4787 REQ-5 (and its recommended
+	// five minutes), RFC 5508 REQ-2.
+	if DefaultTCPEstablishedTimeout < 2*time.Hour+4*time.Minute || DefaultTCPTransitoryTimeout < 4*time.Minute ||
+		DefaultUDPTimeout < 5*time.Minute || DefaultICMPTimeout < 60*time.Second {
+		t.Error("a default timeout is below its RFC's floor")
+	}
+	// A quota above the table's size is the table's size.
+	tab, err = New(Config{Addr: snatAddr, MaxEntries: 100, MaxPerClient: 1000})
+	if err != nil || tab.maxPerClient != 100 {
+		t.Errorf("MaxPerClient 1000 in a table of 100: %v, quota %d", err, tab.maxPerClient)
 	}
 }
 
@@ -262,22 +277,30 @@ func TestAdjustMatchesRecompute(t *testing.T) {
 func TestExpiry(t *testing.T) {
 	t.Run("udp", func(t *testing.T) {
 		tab, clk := newTable(t, Config{})
-		p := udpPacket(t, clientA, 4000, server, 53, "q")
-		if err := tab.Outbound(p); err != nil {
+		out := func() error { return tab.Outbound(udpPacket(t, clientA, 4000, server, 53, "q")) }
+		reply := func() error {
+			_, err := tab.Inbound(udpPacket(t, server, 53, snatAddr, 4000, "a"))
+			return err
+		}
+		if err := out(); err != nil {
 			t.Fatal(err)
 		}
-		clk.Advance(59 * time.Second)
-		if _, err := tab.Inbound(udpPacket(t, server, 53, snatAddr, 4000, "a")); err != nil {
+		clk.Advance(DefaultUDPTimeout - time.Second)
+		if err := reply(); err != nil {
 			t.Fatalf("reply within the timeout: %v", err)
 		}
-		// The reply refreshed the mapping.
-		clk.Advance(59 * time.Second)
-		if _, err := tab.Inbound(udpPacket(t, server, 53, snatAddr, 4000, "a")); err != nil {
+		// The client's packet refreshed the mapping ...
+		if err := out(); err != nil {
+			t.Fatal(err)
+		}
+		clk.Advance(DefaultUDPTimeout - time.Second)
+		if err := reply(); err != nil {
 			t.Fatalf("reply within the refreshed timeout: %v", err)
 		}
-		clk.Advance(61 * time.Second)
-		if _, err := tab.Inbound(udpPacket(t, server, 53, snatAddr, 4000, "a")); !errors.Is(err, ErrNoMapping) {
-			t.Fatalf("reply after the timeout: %v, want ErrNoMapping", err)
+		// ... the replies did not (RFC 4787 REQ-6: outbound refresh).
+		clk.Advance(2 * time.Second)
+		if err := reply(); !errors.Is(err, ErrNoMapping) {
+			t.Fatalf("reply after the timeout, refreshed only by replies: %v, want ErrNoMapping", err)
 		}
 		if tab.Len() != 1 {
 			t.Errorf("Len before Expire = %d, want 1 (lazy)", tab.Len())
@@ -289,33 +312,39 @@ func TestExpiry(t *testing.T) {
 	})
 	t.Run("tcp", func(t *testing.T) {
 		tab, clk := newTable(t, Config{})
+		out := func(flags string) {
+			t.Helper()
+			if err := tab.Outbound(tcpPacket(t, clientA, 40000, server, 443, flags)); err != nil {
+				t.Fatal(err)
+			}
+		}
 		reply := func(flags string) error {
 			_, err := tab.Inbound(tcpPacket(t, server, 443, snatAddr, 40000, flags))
 			return err
 		}
-		if err := tab.Outbound(tcpPacket(t, clientA, 40000, server, 443, "S")); err != nil {
-			t.Fatal(err)
-		}
+		out("S")
 		// Unanswered: transitory timeout.
 		clk.Advance(DefaultTCPTransitoryTimeout + time.Second)
 		if err := reply("SA"); !errors.Is(err, ErrNoMapping) {
 			t.Fatalf("SYN-ACK after the transitory timeout: %v", err)
 		}
-		// A new SYN replaces the idle mapping; answered, it is established.
-		if err := tab.Outbound(tcpPacket(t, clientA, 40000, server, 443, "S")); err != nil {
-			t.Fatal(err)
-		}
+		// A new SYN replaces the idle mapping; the handshake establishes it.
+		out("S")
 		if err := reply("SA"); err != nil {
 			t.Fatal(err)
 		}
-		clk.Advance(time.Hour)
+		out("A")
+		clk.Advance(2 * time.Hour)
 		if err := reply("A"); err != nil {
-			t.Fatalf("established after an hour idle: %v", err)
+			t.Fatalf("established after two hours idle: %v", err)
+		}
+		// The reply of an established connection refreshed it.
+		clk.Advance(2 * time.Hour)
+		if err := reply("PA"); err != nil {
+			t.Fatalf("established, two hours after a reply: %v", err)
 		}
 		// FIN moves it back to the transitory timeout.
-		if err := tab.Outbound(tcpPacket(t, clientA, 40000, server, 443, "FA")); err != nil {
-			t.Fatal(err)
-		}
+		out("FA")
 		clk.Advance(DefaultTCPTransitoryTimeout - time.Second)
 		if err := reply("FA"); err != nil {
 			t.Fatalf("FIN within the transitory timeout: %v", err)
@@ -325,9 +354,7 @@ func TestExpiry(t *testing.T) {
 			t.Fatalf("after FIN and the transitory timeout: %v", err)
 		}
 		// RST from the far side closes too.
-		if err := tab.Outbound(tcpPacket(t, clientA, 40000, server, 443, "S")); err != nil {
-			t.Fatal(err)
-		}
+		out("S")
 		if err := reply("R"); err != nil {
 			t.Fatal(err)
 		}
@@ -352,7 +379,7 @@ func TestExpiry(t *testing.T) {
 		if err := tab.Outbound(udpPacket(t, clientA, 4000, server, 53, "q")); err != nil {
 			t.Fatal(err)
 		}
-		clk.Advance(2 * time.Minute)
+		clk.Advance(DefaultUDPTimeout + time.Second)
 		p := udpPacket(t, clientB, 4000, server, 53, "q")
 		if err := tab.Outbound(p); err != nil || portOf(t, p, true) != 4000 {
 			t.Fatalf("B after A idled: %v, port %d, want 4000", err, portOf(t, p, true))
@@ -364,13 +391,13 @@ func TestExpiry(t *testing.T) {
 }
 
 func TestTableFull(t *testing.T) {
-	tab, clk := newTable(t, Config{MaxEntries: 3})
-	for i := range 3 {
-		if err := tab.Outbound(udpPacket(t, clientA, uint16(4000+i), server, 53, "q")); err != nil {
+	tab, clk := newTable(t, Config{MaxEntries: 3, MaxPerClient: 2})
+	for i, c := range []netip.Addr{clientA, clientA, clientB} {
+		if err := tab.Outbound(udpPacket(t, c, uint16(4000+i), server, 53, "q")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	p := udpPacket(t, clientA, 5000, server, 53, "q")
+	p := udpPacket(t, clientB, 5000, server, 53, "q")
 	orig := append([]byte(nil), p...)
 	if err := tab.Outbound(p); !errors.Is(err, ErrTableFull) {
 		t.Fatalf("fourth flow: %v, want ErrTableFull", err)
@@ -389,6 +416,9 @@ func TestTableFull(t *testing.T) {
 	}
 	if tab.Len() != 1 {
 		t.Errorf("Len = %d, want 1", tab.Len())
+	}
+	if st := tab.Stats(); st.FullRefused != 1 || st.QuotaRefused != 0 || st.Recycled != 0 || st.Mappings != 1 {
+		t.Errorf("Stats = %+v, want one refusal for a full table and one mapping", st)
 	}
 }
 
@@ -788,10 +818,11 @@ func TestDifferential(t *testing.T) {
 	}
 }
 
-// TestConcurrent runs Outbound, Inbound, Expire and ForgetClient at once;
+// TestConcurrent runs Outbound, Inbound, Expire and ForgetClient at once,
+// with clients over their quota (so mappings are recycled and refused);
 // run it with -race.
 func TestConcurrent(t *testing.T) {
-	tab, clk := newTable(t, Config{MaxEntries: 500})
+	tab, clk := newTable(t, Config{MaxEntries: 500, MaxPerClient: 3, RecycleIdle: time.Second})
 	const flows = 200
 	outs := make([][]byte, flows)
 	ins := make([][]byte, flows)
@@ -806,7 +837,7 @@ func TestConcurrent(t *testing.T) {
 		b := buf()
 		for i := range 20000 {
 			b = append(b[:0], outs[i%flows]...)
-			if err := tab.Outbound(b); err != nil && !errors.Is(err, ErrTableFull) {
+			if err := tab.Outbound(b); err != nil && !errors.Is(err, ErrTableFull) && !errors.Is(err, ErrClientQuota) {
 				t.Error(err)
 				return
 			}
@@ -831,6 +862,27 @@ func TestConcurrent(t *testing.T) {
 		}
 	})
 	wg.Wait()
+	// The tables agree with each other and every client is within its quota.
+	sum := 0
+	for c, f := range tab.clients {
+		if f.n > 3 {
+			t.Errorf("client %v holds %d mappings, over its quota of 3", addrFromUint(c), f.n)
+		}
+		n := 0
+		for m := f.head; m != nil; m = m.next {
+			if m.out.client != c || tab.out[m.out] != m || tab.in[m.inKey()] != m {
+				t.Errorf("client %v lists a mapping the table does not hold: %+v", addrFromUint(c), m.out)
+			}
+			n++
+		}
+		if n != f.n {
+			t.Errorf("client %v lists %d mappings, counts %d", addrFromUint(c), n, f.n)
+		}
+		sum += n
+	}
+	if sum != len(tab.out) || len(tab.in) != len(tab.out) {
+		t.Errorf("clients list %d mappings, out holds %d, in %d", sum, len(tab.out), len(tab.in))
+	}
 }
 
 func TestNoAllocs(t *testing.T) {
@@ -871,13 +923,56 @@ func TestNoAllocs(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _ = tab.Outbound(junk); _, _ = tab.Inbound(junk) }); n != 0 {
 		t.Errorf("drops allocate %v times", n)
 	}
+	// Nor does the TCP state tracking: a whole handshake, data and FIN on an
+	// existing mapping.
+	var segs [][]byte
+	for _, s := range []struct {
+		in    bool
+		flags string
+	}{{false, "S"}, {true, "SA"}, {false, "A"}, {true, "PA"}, {false, "PA"}, {true, "FA"}, {false, "FA"}} {
+		if s.in {
+			segs = append(segs, tcpPacket(t, server, 443, snatAddr, 40000, s.flags))
+		} else {
+			segs = append(segs, tcpPacket(t, clientA, 40000, server, 443, s.flags))
+		}
+	}
+	buf := make([]byte, len(segs[0]))
+	if n := testing.AllocsPerRun(100, func() {
+		for i, seg := range segs {
+			copy(buf, seg)
+			var err error
+			if i%2 == 1 {
+				_, err = tab.Inbound(buf)
+			} else {
+				err = tab.Outbound(buf)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}); n != 0 {
+		t.Errorf("a TCP connection's segments allocate %v times", n)
+	}
+	// Nor does refusing a client at its quota.
+	full, _ := newTable(t, Config{MaxPerClient: 1})
+	if err := full.Outbound(udpPacket(t, clientA, 1, server, 53, "q")); err != nil {
+		t.Fatal(err)
+	}
+	refused := udpPacket(t, clientA, 2, server, 53, "q")
+	if n := testing.AllocsPerRun(1000, func() {
+		if err := full.Outbound(refused); !errors.Is(err, ErrClientQuota) {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("a refusal at the quota allocates %v times", n)
+	}
 	// Nor does an ICMP error.
 	sent := udpPacket(t, clientA, 40000, server, 53, "q")
 	if err := tab.Outbound(sent); err != nil {
 		t.Fatal(err)
 	}
 	icmpErr := icmpError(t, router, snatAddr, 3, 3, sent)
-	buf := make([]byte, len(icmpErr))
+	buf = make([]byte, len(icmpErr))
 	if n := testing.AllocsPerRun(1000, func() {
 		copy(buf, icmpErr)
 		if _, err := tab.Inbound(buf); err != nil {
@@ -956,7 +1051,7 @@ func BenchmarkBothDirections(b *testing.B) {
 }
 
 func BenchmarkNewFlow(b *testing.B) {
-	tab, err := New(Config{Addr: snatAddr, MaxEntries: 1 << 30})
+	tab, err := New(Config{Addr: snatAddr, MaxEntries: 1 << 30, MaxPerClient: 1 << 30})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -5,14 +5,15 @@ package nat
 // identifier (ICMP echo request) becomes the mapping's external one, which is
 // the client's own unless another client already uses it toward the same
 // destination. The IPv4, TCP, UDP and ICMP checksums are adjusted. It creates
-// the mapping if none is live.
+// the mapping if none is live (within the client's quota) and refreshes it.
 //
 // It also translates an ICMP error the client sends about a packet it got
 // through the NAT, and non-first fragments (only their source address).
 // The error says why a packet was dropped: it wraps ErrMalformed,
-// ErrUnsupported, ErrTableFull or ErrNoFreePort (or ErrNoMapping for an ICMP
-// error about no known flow). On error pkt is unchanged. Outbound does not
-// allocate when the mapping exists.
+// ErrUnsupported, ErrClientQuota, ErrTableFull or ErrNoFreePort (or
+// ErrNoMapping for an ICMP error about no known flow). On error pkt is
+// unchanged. Outbound does not allocate when the mapping exists or when it
+// drops the packet.
 func (t *Table) Outbound(pkt []byte) error {
 	h, err := parseIPv4(pkt)
 	if err != nil {
