@@ -109,6 +109,15 @@ type Endpoint struct {
 	// (pushed redirect-gateway def1). AWS: SplitTunnel (default false
 	// there).
 	SplitTunnel bool
+	// AllowHostAccess (allow_host_access) lets clients reach the endpoint
+	// host's own addresses (those of every interface, loopback, broadcast
+	// and multicast, and the SNAT address) through the routes and
+	// authorization rules like any destination. false by default: packets
+	// to them are dropped, so a rule for the whole VPC does not open the
+	// host's own services (sshd) to clients. Either way the client CIDR's
+	// gateway address answers ping and nothing else. AWS: none (the
+	// endpoint is not a host there).
+	AllowHostAccess bool
 	// DNSServers (dns_servers) are up to two IPv4 resolvers pushed to
 	// clients (dhcp-option DNS); none by default, and then clients keep
 	// their own. AWS: DnsServers.

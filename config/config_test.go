@@ -119,6 +119,9 @@ func TestDefaults(t *testing.T) {
 	if !got.SplitTunnel {
 		t.Error("SplitTunnel = false, want true")
 	}
+	if got.AllowHostAccess {
+		t.Error("AllowHostAccess = true, want false: the host is no destination unless the file says so")
+	}
 	if want := (Keepalive{Ping: 10 * time.Second, PingRestart: 60 * time.Second}); got.Keepalive != want {
 		t.Errorf("Keepalive = %+v, want %+v", got.Keepalive, want)
 	}
@@ -356,6 +359,10 @@ func TestRules(t *testing.T) {
 		// split_tunnel
 		{name: "split tunnel not a bool", append: "split_tunnel: maybe\n",
 			path: "split_tunnel", line: 17, msg: "must be true or false"},
+
+		// allow_host_access
+		{name: "allow host access not a bool", append: "allow_host_access: sometimes\n",
+			path: "allow_host_access", line: 17, msg: "must be true or false"},
 
 		// keepalive
 		{name: "keepalive restart not above ping", append: "keepalive: {ping_seconds: 60, ping_restart_seconds: 60}\n",

@@ -20,7 +20,7 @@ var topKeys = []string{
 	"description", "remote_hostname", "client_cidr_block", "vpc_cidr_blocks", "listen_address",
 	"transport", "server_certificate", "control_channel", "authentication",
 	"data_ciphers", "target_network", "tun", "routes", "authorization_rules",
-	"split_tunnel", "dns_servers", "session_timeout_hours", "client_login_banner",
+	"split_tunnel", "allow_host_access", "dns_servers", "session_timeout_hours", "client_login_banner",
 	"bandwidth_limit_mbps", "bandwidth_limits", "reneg_seconds", "keepalive", "max_connections_per_user",
 	"connection_log", "admin",
 }
@@ -161,6 +161,11 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	if n, path, ok := top.get("split_tunnel"); ok {
 		if v, ok := d.boolean(n, path); ok {
 			ep.SplitTunnel = v
+		}
+	}
+	if n, path, ok := top.get("allow_host_access"); ok {
+		if v, ok := d.boolean(n, path); ok {
+			ep.AllowHostAccess = v
 		}
 	}
 	if n, path, ok := top.get("dns_servers"); ok {

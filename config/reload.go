@@ -64,6 +64,7 @@ var reloadKeys = []reloadKey{
 	{path: "routes", equal: sameList(func(e *Endpoint) []any { return anys(e.Routes) })},
 	{path: "authorization_rules", equal: sameList(func(e *Endpoint) []any { return anys(e.AuthorizationRules) })},
 	{path: "split_tunnel", equal: same(func(e *Endpoint) bool { return e.SplitTunnel })},
+	{path: "allow_host_access", equal: same(func(e *Endpoint) bool { return e.AllowHostAccess })},
 	{path: "dns_servers", equal: sameList(func(e *Endpoint) []any { return anys(e.DNSServers) })},
 	{path: "session_timeout_hours", equal: same(func(e *Endpoint) any { return e.SessionTimeout })},
 	{path: "client_login_banner", equal: same(func(e *Endpoint) string { return e.ClientLoginBanner })},

@@ -93,6 +93,8 @@ func TestDiff(t *testing.T) {
 		{name: "routes", next: []string{"description: app subnet", "description: the app subnet"}, changed: []string{"routes"}},
 		{name: "authorization_rules", next: []string{"    access_group_id: dev\n", "    access_group_id: ops\n"}, changed: []string{"authorization_rules"}},
 		{name: "split_tunnel", next: []string{"split_tunnel: false", "split_tunnel: true"}, changed: []string{"split_tunnel"}},
+		{name: "allow_host_access", next: []string{"split_tunnel: false", "split_tunnel: false\nallow_host_access: true"}, changed: []string{"allow_host_access"}},
+		{name: "allow_host_access false is the default", next: []string{"split_tunnel: false", "split_tunnel: false\nallow_host_access: false"}},
 		{name: "dns_servers", next: []string{"[10.0.0.2, 10.0.0.3]", "[10.0.0.2]"}, changed: []string{"dns_servers"}},
 		{name: "session_timeout_hours", next: []string{"session_timeout_hours: 12", "session_timeout_hours: 8"}, changed: []string{"session_timeout_hours"}},
 		{name: "client_login_banner", next: []string{"Sessions are logged.", "Sessions are recorded."}, changed: []string{"client_login_banner"}},

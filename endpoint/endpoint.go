@@ -88,6 +88,8 @@ func PolicyOf(cfg *config.Endpoint) (*tunnel.Policy, error) {
 		Bandwidth:      cfg.BandwidthLimitMbps * 1e6,
 		GroupBandwidth: map[string]float64{},
 	}
+	// Host, the host's own addresses, is the running endpoint's to add: they change.
+	p.AllowHostAccess = cfg.AllowHostAccess
 	for _, b := range cfg.BandwidthLimits {
 		p.GroupBandwidth[b.AccessGroupID] = b.Mbps * 1e6
 	}

@@ -79,6 +79,7 @@ var keyActions = map[string]action{
 	"routes":                                         applyPolicy,
 	"authorization_rules":                            applyPolicy,
 	"split_tunnel":                                   applyPolicy,
+	"allow_host_access":                              applyPolicy,
 	"dns_servers":                                    applyPolicy,
 	"session_timeout_hours":                          applySettings,
 	"client_login_banner":                            applySettings,
@@ -234,7 +235,7 @@ func (r *Running) reload(path string) (*ReloadReport, error) {
 		}
 	}
 	if todo&applyPolicy != 0 {
-		r.srv.Reload(next.Policy)
+		r.policy.setFile(next.Policy) // with the host's own addresses
 	}
 	if todo&applyRevoker != 0 {
 		r.stopCRLWatch()

@@ -42,6 +42,9 @@ type Options struct {
 	Host HostSetup
 	// Network opens the listeners; nil means the host's sockets. Tests pass socktest's.
 	Network sock.Network
+	// HostAddrs finds and watches the host's own addresses, which clients are kept from; nil
+	// means host.WatchOwnAddrs.
+	HostAddrs HostAddrs
 
 	// crlPoll is how often the CRL file is checked; 0 means every two seconds.
 	crlPoll time.Duration
@@ -54,6 +57,10 @@ type Running struct {
 	log  *slog.Logger
 	host Host
 	srv  *tunnel.Server
+	// policy hands the engine the file's policy with the host's own addresses, which
+	// stopHostAddrs stops watching.
+	policy        *hostPolicy
+	stopHostAddrs func()
 
 	// crl is the revocation list in force: the file's at start or at the last reload, or
 	// what the CRL watcher loaded since. It is what a reload compares the file's CRL with.
@@ -108,6 +115,9 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	if opts.Host == nil {
 		opts.Host = setupHost
 	}
+	if opts.HostAddrs == nil {
+		opts.HostAddrs = watchHostAddrs
+	}
 	cfg := ep.Config
 	ecfg, err := engineConfig(ep)
 	if err != nil {
@@ -132,11 +142,23 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	}()
 	ecfg.Pool, ecfg.NAT, ecfg.Device = pool, natTable, h.Device()
 	ecfg.Network, ecfg.Log, ecfg.Now = opts.Network, opts.Log, opts.Now
+	pol := newHostPolicy(ep.Policy, cfg.TargetNetwork.SNATAddress, opts.Log)
+	own, stopHostAddrs, err := opts.HostAddrs(pol.setOwn, opts.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			stopHostAddrs()
+		}
+	}()
+	ecfg.Policy = pol.first(own)
 	srv, err := tunnel.New(ecfg)
 	if err != nil {
 		return nil, engineError(err, cfg)
 	}
-	r = &Running{opts: opts, log: opts.Log, host: h, srv: srv, cur: ep}
+	pol.attach(srv, ecfg.Policy)
+	r = &Running{opts: opts, log: opts.Log, host: h, srv: srv, policy: pol, stopHostAddrs: stopHostAddrs, cur: ep}
 	r.crl.Store(ep.CRL)
 	r.watchCRL(ep)
 	opts.Log.Info("cvpn listening", "udp", ecfg.UDP, "tcp", ecfg.TCP, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
@@ -153,14 +175,15 @@ func setupHost(cfg host.Config, log *slog.Logger) (Host, error) {
 	return h, nil
 }
 
-// Run serves until Stop; then it stops the CRL watcher, removes the host state (a failure to is
-// logged) and logs the drop counters.
+// Run serves until Stop; then it stops the CRL watcher and the address watch, removes the host
+// state (a failure to is logged) and logs the drop counters.
 func (r *Running) Run() {
 	r.srv.Run()
 	r.mu.Lock()
 	r.stopped = true
 	r.stopCRLWatch()
 	r.mu.Unlock()
+	r.stopHostAddrs()
 	if err := r.host.Close(); err != nil {
 		r.log.Error("removing host state", "err", err)
 	}

@@ -207,7 +207,7 @@ func TestWatchRefreshes(t *testing.T) {
 	f := &fakeAddrs{}
 	f.set("10.0.1.1/32")
 	var r recorder
-	_, w, err := f.source(30 * time.Millisecond).watch(r.changed, nil)
+	_, w, err := f.source(30*time.Millisecond).watch(r.changed, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,169 @@
+package endpoint
+
+import (
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"github.com/cvpn/cvpn/bench/client"
+	"github.com/cvpn/cvpn/tunnel/host"
+	"github.com/cvpn/cvpn/tunnel/sock/socktest"
+)
+
+// fakeHostAddrs stands in for the host's address watch.
+type fakeHostAddrs struct {
+	own     []netip.Prefix
+	err     error
+	mu      sync.Mutex
+	changed func([]netip.Prefix)
+	stopped bool
+}
+
+func (f *fakeHostAddrs) watch(changed func([]netip.Prefix), _ *slog.Logger) ([]netip.Prefix, func(), error) {
+	if f.err != nil {
+		return nil, nil, f.err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.changed = changed
+	return f.own, func() { f.mu.Lock(); defer f.mu.Unlock(); f.stopped = true }, nil
+}
+
+// startWithHostAddrs starts the lab's endpoint as lab.start does, with a fake address watch.
+func (l *lab) startWithHostAddrs(addrs *fakeHostAddrs) error {
+	l.t.Helper()
+	ep, err := Load(l.path, time.Now())
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	l.net = socktest.NewNetwork()
+	l.host = &fakeHost{tun: tuntest.NewChannelTUN(), closed: make(chan struct{})}
+	l.run, err = Start(ep, Options{
+		Log:       slog.New(slog.NewTextHandler(l.logs, nil)),
+		Host:      func(host.Config, *slog.Logger) (Host, error) { return l.host, nil },
+		Network:   l.net,
+		HostAddrs: addrs.watch,
+	})
+	if err != nil {
+		return err
+	}
+	l.done = make(chan struct{})
+	go func() { defer close(l.done); l.run.Run() }()
+	l.t.Cleanup(func() {
+		l.run.Stop()
+		<-l.done
+		if l.t.Failed() {
+			l.t.Logf("endpoint log:\n%s", l.logs.String())
+		}
+	})
+	return nil
+}
+
+// reaches sends a packet from s to dst and reports whether it left the TUN; a refused one
+// must be counted as host_address.
+func (l *lab) reaches(s *client.Session, dst netip.Addr, seq byte) bool {
+	l.t.Helper()
+	before := l.run.Server().Drops()["host_address"]
+	if err := s.WritePacket(ipv4UDP(s.Address().Addr(), dst, 40000, seq)); err != nil {
+		l.t.Fatalf("WritePacket: %v", err)
+	}
+	deadline := time.After(2 * time.Second)
+	for {
+		select {
+		case out := <-l.host.tun.Inbound:
+			if got := netip.AddrFrom4([4]byte(out[16:20])); got != dst {
+				l.t.Fatalf("a packet to %s left the TUN while waiting for one to %s", got, dst)
+			}
+			return true
+		case <-time.After(10 * time.Millisecond):
+			if l.run.Server().Drops()["host_address"] > before {
+				return false
+			}
+		case <-deadline:
+			l.t.Fatalf("the packet to %s neither left the TUN nor was counted as host_address: %v", dst, l.run.Server().Drops())
+		}
+	}
+}
+
+// TestHostAddressesKeptFromClients: the running endpoint keeps clients authorized for the
+// whole VPC from the host's own addresses and the SNAT address; an address the host gains is
+// refused from then on; a reload of the rules keeps them; allow_host_access: true on reload
+// lets them through; stopping the endpoint stops the watch.
+func TestHostAddressesKeptFromClients(t *testing.T) {
+	l := newLab(t)
+	hostVPC := netip.MustParseAddr("10.0.1.1")
+	addrs := &fakeHostAddrs{own: []netip.Prefix{netip.MustParsePrefix("10.0.1.1/32"), netip.MustParsePrefix("127.0.0.0/8")}}
+	if err := l.startWithHostAddrs(addrs); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := l.connect(clientOptions{})
+	l.ping(s, 1)
+	if l.reaches(s, hostVPC, 2) {
+		t.Fatal("a client reached the host's VPC address")
+	}
+	if l.reaches(s, snatAddr, 3) {
+		t.Fatal("a client reached the SNAT address")
+	}
+
+	extra := netip.MustParseAddr("10.0.1.3")
+	if !l.reaches(s, extra, 4) {
+		t.Fatal("10.0.1.3 refused before the host has it")
+	}
+	addrs.changed(append(addrs.own[:2:2], netip.PrefixFrom(extra, 32)))
+	if l.reaches(s, extra, 5) {
+		t.Fatal("a client reached the address the host gained")
+	}
+	if !strings.Contains(l.logs.String(), "the host's own addresses changed") {
+		t.Errorf("the change was not logged:\n%s", l.logs.String())
+	}
+
+	// A reload that changes the rules keeps the host's addresses in the new policy.
+	if _, err := l.reload("bandwidth_limit_mbps: 0", "bandwidth_limit_mbps: 50"); err != nil {
+		t.Fatal(err)
+	}
+	if l.reaches(s, extra, 6) || l.reaches(s, hostVPC, 7) {
+		t.Fatal("a reload let a client reach the host")
+	}
+	l.ping(s, 8)
+
+	rep, err := l.reload("bandwidth_limit_mbps: 0", "bandwidth_limit_mbps: 50\nallow_host_access: true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(rep.Changed, ",") != "allow_host_access" {
+		t.Errorf("reload changed %q, want allow_host_access", rep.Changed)
+	}
+	if !l.reaches(s, hostVPC, 9) {
+		t.Fatal("allow_host_access: true, but the host's VPC address was refused")
+	}
+
+	l.run.Stop()
+	<-l.done
+	addrs.mu.Lock()
+	defer addrs.mu.Unlock()
+	if !addrs.stopped {
+		t.Error("the address watch was not stopped with the endpoint")
+	}
+}
+
+// TestStartFailsWithoutHostAddrs: an endpoint that cannot learn the host's addresses does not
+// start (it could not keep clients from them), and removes the host state it set up.
+func TestStartFailsWithoutHostAddrs(t *testing.T) {
+	l := newLab(t)
+	want := errors.New("list the host's own addresses (local routing table): permission denied")
+	err := l.startWithHostAddrs(&fakeHostAddrs{err: want})
+	if !errors.Is(err, want) {
+		t.Fatalf("Start = %v, want %v", err, want)
+	}
+	select {
+	case <-l.host.closed:
+	default:
+		t.Error("the host state was not removed")
+	}
+}
