@@ -42,6 +42,10 @@ func NewPolicy(p Policy) (*Policy, error) { return dataplane.NewPolicy(p) }
 // Revoker reports whether a client certificate was revoked.
 type Revoker = session.Revoker
 
+// RevocationChecker is a Revoker that decides each TLS handshake itself and says why it
+// refuses (an expired CRL refuses everyone its CA issued).
+type RevocationChecker = session.RevocationChecker
+
 // Hooks are the admission steps (authentication, on-connect, on-disconnect).
 type Hooks = session.Hooks
 

@@ -84,6 +84,16 @@ type Revoker interface {
 	IsRevoked(cert *x509.Certificate) bool
 }
 
+// RevocationChecker is a Revoker that decides each TLS handshake (renegotiations too) itself
+// and says why it refuses: besides a listed certificate, a CRL past its next update or missing
+// for an issuer refuses, as OpenVPN checks the CRL at every handshake (key_state_init in
+// src/openvpn/ssl.c). SetRevoker still ends only the sessions IsRevoked reports.
+type RevocationChecker interface {
+	Revoker
+	// CheckRevocation returns nil when cert may be admitted, or why not.
+	CheckRevocation(cert *x509.Certificate) error
+}
+
 // Config is what the session layer needs.
 type Config struct {
 	Pool     *ippool.Pool
@@ -244,18 +254,38 @@ func (m *Manager) Settings() Settings { return m.set.Load().Settings }
 
 // verifyConnection refuses revoked client certificates during the TLS handshake.
 func (m *Manager) verifyConnection(cs tls.ConnectionState) error {
-	if len(cs.PeerCertificates) > 0 && m.isRevoked(cs.PeerCertificates[0]) {
-		return &revokedError{cs.PeerCertificates[0]}
+	if len(cs.PeerCertificates) == 0 {
+		return nil
+	}
+	cert := cs.PeerCertificates[0]
+	if r := m.revoker.Load(); r != nil {
+		if c, ok := (*r).(RevocationChecker); ok {
+			if err := c.CheckRevocation(cert); err != nil {
+				return &revokedError{cert: cert, reason: err}
+			}
+			return nil
+		}
+	}
+	if m.isRevoked(cert) {
+		return &revokedError{cert: cert}
 	}
 	return nil
 }
 
-// revokedError refuses a revoked client certificate.
-type revokedError struct{ cert *x509.Certificate }
+// revokedError refuses a revoked client certificate; reason is the RevocationChecker's, if any.
+type revokedError struct {
+	cert   *x509.Certificate
+	reason error
+}
 
 func (e *revokedError) Error() string {
+	if e.reason != nil {
+		return fmt.Sprintf("client certificate %q (serial %s) refused: %v", e.cert.Subject.CommonName, e.cert.SerialNumber, e.reason)
+	}
 	return fmt.Sprintf("client certificate %q (serial %s) is revoked", e.cert.Subject.CommonName, e.cert.SerialNumber)
 }
+
+func (e *revokedError) Unwrap() error { return e.reason }
 
 func (m *Manager) isRevoked(cert *x509.Certificate) bool {
 	r := m.revoker.Load()
