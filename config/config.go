@@ -98,6 +98,9 @@ type Endpoint struct {
 	// TUN (tun) is the tunnel interface. It cannot change on reload
 	// (CheckReload). AWS: none.
 	TUN TUN
+	// NAT (nat) sizes the source NAT's mapping table and each client's
+	// share of it. It cannot change on reload (CheckReload). AWS: none.
+	NAT NAT
 	// Routes (routes) are pushed to clients. AWS: CreateClientVpnRoute.
 	Routes []Route
 	// AuthorizationRules (authorization_rules) say which groups may reach
@@ -278,6 +281,25 @@ type TUN struct {
 	MTU  int    // mtu: 576..9000, default 1500
 }
 
+// NAT sizes the source NAT (nat): the table of mappings, one per flow a
+// client has open into the private network, and each client's share of it.
+type NAT struct {
+	// MaxMappings (max_mappings) is how many mappings the table holds in
+	// all: 1024 to 4194304, 65536 by default. Each costs about 300 bytes
+	// while it exists.
+	MaxMappings int
+	// MaxMappingsPerClient (max_mappings_per_client) is how many of them
+	// one client may hold: 1 to max_mappings. By default the table is
+	// shared out among the client CIDR's addresses (max_mappings divided
+	// by the block's size: 64 for a /22 and the default table), but never
+	// below 64; so unless the floor applies, the table has room for every
+	// client at its quota. A client at its quota gets room for a new flow
+	// only from its own mappings (one idle 30 seconds that is not an
+	// established TCP connection); otherwise the flow is refused and
+	// counted.
+	MaxMappingsPerClient int
+}
+
 // Route is one destination pushed to clients (routes[i]). AWS:
 // CreateClientVpnRoute.
 type Route struct {
@@ -348,6 +370,10 @@ const (
 	defaultBandwidthLimitMbps    = 10
 	defaultReneg                 = 3600 // seconds, OpenVPN's reneg-sec default
 	defaultMaxConnectionsPerUser = 5
+	defaultNATMappings           = 65536 // nat.DefaultMaxEntries
+	// minDefaultMappingsPerClient is the least default per-client quota,
+	// nat.DefaultMaxPerClient: enough for a client's usual flows.
+	minDefaultMappingsPerClient = 64
 )
 
 // defaultDataCiphers is also the list of supported ciphers.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cvpn/cvpn/nat"
 )
 
 // validationErrors unpacks the joined error Parse and Load return.
@@ -69,6 +71,7 @@ func TestLoadGood(t *testing.T) {
 		DataCiphers:   []string{CipherChaCha20Poly1305, CipherAES256GCM},
 		TargetNetwork: TargetNetwork{Interface: "eth1", SNATAddress: netip.MustParseAddr("10.0.1.2")},
 		TUN:           TUN{Name: "vpn0", MTU: 1400},
+		NAT:           NAT{MaxMappings: 262144, MaxMappingsPerClient: 1000},
 		Routes: []Route{
 			{DestinationCIDRBlock: netip.MustParsePrefix("10.0.1.0/24"), Description: "app subnet"},
 			{DestinationCIDRBlock: netip.MustParsePrefix("172.16.0.0/12")},
@@ -99,6 +102,51 @@ func TestLoadGood(t *testing.T) {
 	}
 }
 
+// TestNATDefaults: the default per-client quota shares the table out among
+// the client CIDR's addresses, never below 64, and the defaults are the NAT
+// package's own.
+func TestNATDefaults(t *testing.T) {
+	minimal, err := os.ReadFile("testdata/minimal.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cidr  string
+		table string // nat.max_mappings; "" leaves it out
+		want  NAT
+	}{
+		{"10.2.0.0/22", "", NAT{65536, 64}},
+		{"10.2.0.0/21", "", NAT{65536, 64}},
+		{"100.64.0.0/12", "", NAT{65536, 64}},
+		{"10.2.0.0/22", "262144", NAT{262144, 256}},
+		{"10.2.0.0/21", "262144", NAT{262144, 128}},
+		{"10.2.0.0/20", "262144", NAT{262144, 64}},
+		{"10.2.0.0/22", "1024", NAT{1024, 64}},
+		{"100.64.0.0/12", "4194304", NAT{4194304, 64}},
+	} {
+		doc := strings.Replace(string(minimal), "10.2.0.0/22", tc.cidr, 1)
+		if tc.table != "" {
+			doc += "nat: {max_mappings: " + tc.table + "}\n"
+		}
+		ep, err := Parse([]byte(doc), "testdata")
+		if err != nil {
+			t.Fatalf("%s, table %s: %v", tc.cidr, tc.table, err)
+		}
+		if ep.NAT != tc.want {
+			t.Errorf("client CIDR %s, nat.max_mappings %q: NAT = %+v, want %+v", tc.cidr, tc.table, ep.NAT, tc.want)
+		}
+		// Unless the floor applies, every client at its quota fits the table.
+		if clients := 1 << (32 - ep.ClientCIDRBlock.Bits()); ep.NAT.MaxMappingsPerClient > minDefaultMappingsPerClient &&
+			clients*ep.NAT.MaxMappingsPerClient > ep.NAT.MaxMappings {
+			t.Errorf("%s: %d addresses at a quota of %d overfill a table of %d", tc.cidr, clients, ep.NAT.MaxMappingsPerClient, ep.NAT.MaxMappings)
+		}
+	}
+	if defaultNATMappings != nat.DefaultMaxEntries || minDefaultMappingsPerClient != nat.DefaultMaxPerClient {
+		t.Errorf("config's NAT defaults (%d, %d) are not the nat package's (%d, %d)",
+			defaultNATMappings, minDefaultMappingsPerClient, nat.DefaultMaxEntries, nat.DefaultMaxPerClient)
+	}
+}
+
 func TestDefaults(t *testing.T) {
 	got, err := Load("testdata/minimal.yaml")
 	if err != nil {
@@ -115,6 +163,9 @@ func TestDefaults(t *testing.T) {
 	}
 	if want := (TUN{Name: "cvpn0", MTU: 1500}); got.TUN != want {
 		t.Errorf("TUN = %+v, want %+v", got.TUN, want)
+	}
+	if want := (NAT{MaxMappings: 65536, MaxMappingsPerClient: 64}); got.NAT != want {
+		t.Errorf("NAT = %+v, want %+v", got.NAT, want)
 	}
 	if !got.SplitTunnel {
 		t.Error("SplitTunnel = false, want true")
@@ -305,6 +356,24 @@ func TestRules(t *testing.T) {
 			path: "tun.name", line: 17, msg: `"eth1" is also target_network.interface`},
 		{name: "tun not a mapping", append: "tun: 5\n",
 			path: "tun", line: 17, msg: "must be a mapping of keys, got the integer 5"},
+
+		// nat
+		{name: "nat table too small", append: "nat: {max_mappings: 100}\n",
+			path: "nat.max_mappings", line: 17, msg: "100 is outside 1024..4194304"},
+		{name: "nat table too big", append: "nat: {max_mappings: 4194305}\n",
+			path: "nat.max_mappings", line: 17, msg: "4194305 is outside 1024..4194304"},
+		{name: "nat quota zero", append: "nat: {max_mappings_per_client: 0}\n",
+			path: "nat.max_mappings_per_client", line: 17, msg: "0 is outside 1..4194304"},
+		{name: "nat quota not a number", append: "nat: {max_mappings_per_client: lots}\n",
+			path: "nat.max_mappings_per_client", line: 17, msg: `must be an integer, got the string "lots"`},
+		{name: "nat quota above the default table", append: "nat: {max_mappings_per_client: 70000}\n",
+			path: "nat.max_mappings_per_client", line: 17, msg: "70000 is more than nat.max_mappings (65536), which all clients share"},
+		{name: "nat quota above the table", append: "nat:\n  max_mappings: 2048\n  max_mappings_per_client: 4096\n",
+			path: "nat.max_mappings_per_client", line: 19, msg: "4096 is more than nat.max_mappings (2048)"},
+		{name: "nat unknown key", append: "nat: {max_flows: 10}\n",
+			path: "nat.max_flows", line: 17, msg: `unknown key "max_flows"`},
+		{name: "nat not a mapping", append: "nat: 64\n",
+			path: "nat", line: 17, msg: "must be a mapping of keys, got the integer 64"},
 
 		// routes
 		{name: "route host bits", replace: [2]string{"  - destination_cidr_block: 10.0.1.0/24\n",

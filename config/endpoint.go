@@ -19,7 +19,7 @@ import (
 var topKeys = []string{
 	"description", "remote_hostname", "client_cidr_block", "vpc_cidr_blocks", "listen_address",
 	"transport", "server_certificate", "control_channel", "authentication",
-	"data_ciphers", "target_network", "tun", "routes", "authorization_rules",
+	"data_ciphers", "target_network", "tun", "nat", "routes", "authorization_rules",
 	"split_tunnel", "allow_host_access", "dns_servers", "session_timeout_hours", "client_login_banner",
 	"bandwidth_limit_mbps", "bandwidth_limits", "reneg_seconds", "keepalive", "max_connections_per_user",
 	"connection_log", "admin",
@@ -40,6 +40,10 @@ const (
 	// maxConnectionsPerUser bounds max_connections_per_user; 0 there means unlimited.
 	maxConnectionsPerUser = 1 << 20
 	maxReneg              = 7 * 24 * 60 * 60
+	// nat.max_mappings: below 1024 a few clients exhaust it; 4194304
+	// mappings take over a gigabyte.
+	minNATMappings = 1024
+	maxNATMappings = 1 << 22
 )
 
 // sessionTimeouts are the values AWS Client VPN allows for
@@ -66,6 +70,7 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 		Transport:     []Listener{{Protocol: ProtocolUDP, Port: defaultPort}},
 		DataCiphers:   slices.Clone(defaultDataCiphers),
 		TUN:           TUN{Name: defaultTUNName, MTU: defaultMTU},
+		NAT:           NAT{MaxMappings: defaultNATMappings},
 		SplitTunnel:   true,
 		Keepalive:     Keepalive{Ping: defaultPing * time.Second, PingRestart: defaultPingRestart * time.Second},
 		ControlChannel: ControlChannel{
@@ -150,6 +155,9 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 				}
 			}
 		}
+	}
+	if n, path, ok := top.get("nat"); ok {
+		d.nat(n, path, top.keyLine("nat"), ep)
 	}
 	var routeAt []routePlaces
 	if n, path, ok := top.get("routes"); ok {
@@ -244,6 +252,9 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 		if !inside {
 			d.errorf(snat.path, snat.line, "%s is not inside any of vpc_cidr_blocks (%s)", ep.TargetNetwork.SNATAddress, joinPrefixes(ep.VPCCIDRBlocks))
 		}
+	}
+	if ep.NAT.MaxMappingsPerClient == 0 {
+		ep.NAT.MaxMappingsPerClient = defaultMappingsPerClient(ep.NAT.MaxMappings, ep.ClientCIDRBlock)
 	}
 	if tunName.path != "" && ifName != "" && ep.TUN.Name == ifName {
 		d.errorf(tunName.path, tunName.line, "%q is also target_network.interface; the tunnel needs its own device", ep.TUN.Name)
@@ -554,6 +565,43 @@ func (d *decoder) authorizationRules(n *yaml.Node, path string) []AuthorizationR
 		out = append(out, r)
 	}
 	return out
+}
+
+// nat walks nat. max_mappings_per_client may not exceed max_mappings (its
+// default or the file's); when max_mappings is invalid, that is not checked.
+func (d *decoder) nat(n *yaml.Node, path string, line int, ep *Endpoint) {
+	m, ok := d.mapping(n, path, line, "max_mappings", "max_mappings_per_client")
+	if !ok {
+		return
+	}
+	tableOK := true
+	if n, path, ok := m.get("max_mappings"); ok {
+		var v int64
+		if v, tableOK = d.integer(n, path, minNATMappings, maxNATMappings); tableOK {
+			ep.NAT.MaxMappings = int(v)
+		}
+	}
+	if n, path, ok := m.get("max_mappings_per_client"); ok {
+		v, ok := d.integer(n, path, 1, maxNATMappings)
+		switch {
+		case !ok:
+		case tableOK && int(v) > ep.NAT.MaxMappings:
+			d.errorf(path, n.Line, "%d is more than nat.max_mappings (%d), which all clients share", v, ep.NAT.MaxMappings)
+		default:
+			ep.NAT.MaxMappingsPerClient = int(v)
+		}
+	}
+}
+
+// defaultMappingsPerClient is nat.max_mappings_per_client when the file
+// leaves it out: the table shared out among the addresses of the client
+// CIDR, at least minDefaultMappingsPerClient.
+func defaultMappingsPerClient(table int, client netip.Prefix) int {
+	share := table
+	if client.IsValid() {
+		share = table >> (32 - client.Bits())
+	}
+	return min(table, max(share, minDefaultMappingsPerClient))
 }
 
 func (d *decoder) keepalive(n *yaml.Node, path string, line int, ep *Endpoint) {

@@ -30,6 +30,7 @@ const (
 	restartPool = "client addresses are handed out from it"
 	restartTUN  = "the TUN device is created with it at start"
 	restartHost = "the host route and proxy neighbour entry are set up with it at start"
+	restartNAT  = "the NAT table is built with it at start"
 )
 
 // reloadKeys lists every key of the file in file order (the order of Endpoint's fields).
@@ -61,6 +62,10 @@ var reloadKeys = []reloadKey{
 		show: func(e *Endpoint) string { return strconv.Quote(e.TUN.Name) }},
 	{path: "tun.mtu", restart: restartTUN, equal: same(func(e *Endpoint) int { return e.TUN.MTU }),
 		show: func(e *Endpoint) string { return strconv.Itoa(e.TUN.MTU) }},
+	{path: "nat.max_mappings", restart: restartNAT, equal: same(func(e *Endpoint) int { return e.NAT.MaxMappings }),
+		show: func(e *Endpoint) string { return strconv.Itoa(e.NAT.MaxMappings) }},
+	{path: "nat.max_mappings_per_client", restart: restartNAT, equal: same(func(e *Endpoint) int { return e.NAT.MaxMappingsPerClient }),
+		show: func(e *Endpoint) string { return strconv.Itoa(e.NAT.MaxMappingsPerClient) }},
 	{path: "routes", equal: sameList(func(e *Endpoint) []any { return anys(e.Routes) })},
 	{path: "authorization_rules", equal: sameList(func(e *Endpoint) []any { return anys(e.AuthorizationRules) })},
 	{path: "split_tunnel", equal: same(func(e *Endpoint) bool { return e.SplitTunnel })},
@@ -106,8 +111,9 @@ func Diff(running, next *Endpoint, fileChanged func(key string) bool) (changed, 
 }
 
 // CheckReload reports whether next may replace running in a running endpoint. Keys built into
-// the host state or the address pool at start (client_cidr_block, tun.name, tun.mtu,
-// target_network.interface, target_network.snat_address) cannot change; each one that differs
+// the host state, the address pool or the NAT table at start (client_cidr_block, tun.name,
+// tun.mtu, target_network.interface, target_network.snat_address, nat.max_mappings,
+// nat.max_mappings_per_client) cannot change; each one that differs
 // is a *ValidationError naming the key, its line in next, both values and that a restart is
 // needed, and they come back joined. Every other key may change (Diff lists them).
 func CheckReload(running, next *Endpoint) error {

@@ -90,6 +90,12 @@ func TestDiff(t *testing.T) {
 		{name: "tun name", next: []string{"name: vpn0", "name: vpn1"}, refused: []string{"tun.name"}},
 		{name: "tun mtu", next: []string{"mtu: 1400", "mtu: 1500"}, refused: []string{"tun.mtu"}},
 		{name: "client CIDR", next: []string{"client_cidr_block: 10.2.0.0/22", "client_cidr_block: 10.4.0.0/22"}, refused: []string{"client_cidr_block"}},
+		{name: "nat table", next: []string{"max_mappings: 262144", "max_mappings: 131072"}, refused: []string{"nat.max_mappings"}},
+		{name: "nat quota", next: []string{"max_mappings_per_client: 1000", "max_mappings_per_client: 500"}, refused: []string{"nat.max_mappings_per_client"}},
+		{name: "nat table with the default quota", running: []string{"  max_mappings_per_client: 1000\n", ""},
+			next: []string{"max_mappings: 262144", "max_mappings: 131072"}, refused: []string{"nat.max_mappings", "nat.max_mappings_per_client"}},
+		{name: "nat quota made explicit at its default", running: []string{"  max_mappings_per_client: 1000\n", ""},
+			next: []string{"max_mappings: 262144\n", "max_mappings: 262144\n  max_mappings_per_client: 256\n"}},
 		{name: "routes", next: []string{"description: app subnet", "description: the app subnet"}, changed: []string{"routes"}},
 		{name: "authorization_rules", next: []string{"    access_group_id: dev\n", "    access_group_id: ops\n"}, changed: []string{"authorization_rules"}},
 		{name: "split_tunnel", next: []string{"split_tunnel: false", "split_tunnel: true"}, changed: []string{"split_tunnel"}},
@@ -314,7 +320,8 @@ func TestCheckReload(t *testing.T) {
 
 func TestReloadKeys(t *testing.T) {
 	live, restart := ReloadKeys()
-	wantRestart := []string{"client_cidr_block", "target_network.interface", "target_network.snat_address", "tun.name", "tun.mtu"}
+	wantRestart := []string{"client_cidr_block", "target_network.interface", "target_network.snat_address", "tun.name", "tun.mtu",
+		"nat.max_mappings", "nat.max_mappings_per_client"}
 	if !slices.Equal(restart, wantRestart) {
 		t.Errorf("restart keys %q, want %q", restart, wantRestart)
 	}
