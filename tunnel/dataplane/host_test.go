@@ -38,9 +38,11 @@ func withHostAccess(pol *Policy, allow bool) *Policy {
 }
 
 // TestHostAddressDropped: packets from a client authorized for the whole private network to
-// the endpoint host's own addresses are dropped and counted as host_address, whatever the routes
-// and rules say; the private network's hosts are reached as before; allow_host_access lets the
-// host's addresses through; a new host address counts from the snapshot that has it.
+// the endpoint host's own addresses are dropped and counted as host_address although the rules
+// allow them; those no route covers stay no_route (a split-tunnel client's multicast is not an
+// attack on the host); in full-tunnel mode all are the host's. The private network's hosts are
+// reached as before; allow_host_access lets the host's addresses through; a new host address
+// counts from the snapshot that has it.
 func TestHostAddressDropped(t *testing.T) {
 	f := newPathFixture(t, 0)
 	l := f.l
@@ -56,22 +58,37 @@ func TestHostAddressDropped(t *testing.T) {
 	if send(hostVPC) != 1 {
 		t.Fatal("before the host's addresses are known, its VPC address is forwarded like any (the hole this closes)")
 	}
-	f.p.SetPolicy(f.p.Policy().WithHost(testHost))
-	hostDst := []string{"10.0.1.1", "10.0.1.255", "127.0.0.1", "127.1.2.3", "224.0.0.1", "239.255.255.250", "10.0.1.2"}
-	for i, dst := range hostDst {
-		if send(netip.MustParseAddr(dst)) != 0 {
-			t.Errorf("packet to the host's %s forwarded", dst)
+	split := f.p.Policy().WithHost(testHost)
+	full := *split
+	full.routeTable = nil // split_tunnel: false
+	for _, tc := range []struct {
+		pol    *Policy
+		dst    []string
+		reason counters.Reason
+	}{
+		{split, []string{"10.0.1.1", "10.0.1.255", "10.0.1.2"}, counters.HostAddress},
+		{split, []string{"127.0.0.1", "224.0.0.1", "239.255.255.250"}, counters.NoRoute},
+		{&full, []string{"10.0.1.1", "127.0.0.1", "127.1.2.3", "224.0.0.1", "239.255.255.250", "10.0.1.255"}, counters.HostAddress},
+	} {
+		f.p.SetPolicy(tc.pol)
+		for _, dst := range tc.dst {
+			before := f.p.drops.Snapshot()
+			if send(netip.MustParseAddr(dst)) != 0 {
+				t.Errorf("packet to the host's %s forwarded", dst)
+			}
+			after := f.p.drops.Snapshot()
+			if after[tc.reason.String()] != before[tc.reason.String()]+1 || len(after) > len(before)+1 {
+				t.Errorf("to %s (split tunnel %v): drops went from %v to %v, want one more %v", dst, tc.pol.routeTable != nil, before, after, tc.reason)
+			}
 		}
-		if got := f.p.drops.Count(counters.HostAddress); got != uint64(i+1) {
-			t.Errorf("after %s: host_address = %d, want %d; drops %v", dst, got, i+1, f.p.drops.Snapshot())
+		if send(f.vpc) != 1 {
+			t.Fatalf("packet to the VPC host %s dropped: %v", f.vpc, f.p.drops.Snapshot())
 		}
 	}
-	if send(f.vpc) != 1 {
-		t.Fatalf("packet to the VPC host %s dropped: %v", f.vpc, f.p.drops.Snapshot())
+	if s := f.p.drops.Snapshot(); s["unauthorized"] != 0 {
+		t.Errorf("host destinations counted as unauthorized: %v", s)
 	}
-	if s := f.p.drops.Snapshot(); s["unauthorized"] != 0 || s["no_route"] != 0 {
-		t.Errorf("host destinations counted under another reason too: %v", s)
-	}
+	f.p.SetPolicy(split)
 
 	// allow_host_access: the host's address goes through the routes, the rules and NAT.
 	f.p.SetPolicy(withHostAccess(f.p.Policy(), true))

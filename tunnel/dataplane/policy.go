@@ -27,10 +27,10 @@ type Policy struct {
 	// Host are the destinations that are the endpoint host itself: its addresses on every
 	// interface, the loopback range, its broadcast and multicast destinations and the SNAT
 	// address (package tunnel/host finds them; WithHost replaces them when they change).
-	// Packets to them are dropped (counters.HostAddress) unless AllowHostAccess
-	// (allow_host_access) lets them through routes and Authz like any destination. The client
-	// CIDR's gateway address belongs to the endpoint whatever these say: it answers ping and
-	// nothing else.
+	// Packets to them that a route covers are dropped (counters.HostAddress), whatever Authz
+	// says, unless AllowHostAccess (allow_host_access) lets them on to Authz like any
+	// destination. The client CIDR's gateway address belongs to the endpoint whatever these say:
+	// it answers ping and nothing else.
 	Host            []netip.Prefix
 	AllowHostAccess bool
 

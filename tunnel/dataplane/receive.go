@@ -43,9 +43,9 @@ func (p *Plane) openData(peer *Peer, pkt []byte, h packet.DataHeader, from netip
 
 // deliverData handles a decrypted payload: keepalive and OCC messages stop here; an IP packet is
 // unframed, checked against the client's address, answered here when it pings the gateway
-// address, refused when it is for the endpoint host itself (host.go), checked against the
-// routes and the authorization rules, source-NATed, and returned as a slice of pkt that starts
-// tunWriteOffset bytes before the IP header.
+// address, checked against the routes, refused when it is for the endpoint host itself
+// (host.go), checked against the authorization rules, source-NATed, and returned as a slice of
+// pkt that starts tunWriteOffset bytes before the IP header.
 func (p *Plane) deliverData(peer *Peer, pkt, pt []byte) ([]byte, bool) {
 	id := peer.ident.Load()
 	pt, ok := id.Framing.strip(pt)
@@ -79,16 +79,16 @@ func (p *Plane) deliverData(peer *Peer, pkt, pt []byte) ([]byte, bool) {
 		p.answerGateway(peer, id, pkt, pt, gw)
 		return nil, false
 	}
-	if !pol.AllowHostAccess && pol.host.contains(dst) {
-		p.dropHost(id, dst)
-		return nil, false
-	}
 	local := p.cfg.Pool.Prefix().Contains(dst)
 	switch {
 	case local && !pol.ClientToClient, !local && !pol.routed(dst):
 		if p.drops.Add(counters.NoRoute) {
 			p.drops.Detail(counters.NoRoute, "user", id.User, "dst", dst)
 		}
+		return nil, false
+	case !pol.AllowHostAccess && pol.host.contains(dst):
+		// Before the rules: a rule for a whole network does not open the host's address in it.
+		p.dropHost(id, dst)
 		return nil, false
 	case !pol.Authz.Allowed(dst, groups):
 		if p.drops.Add(counters.Unauthorized) {
