@@ -7,10 +7,11 @@
 // nothing: config.Diff and config.CheckReload say which keys may change, this package compares
 // the content of the files they name and applies the rest to the engine.
 //
-// It owns no signals, flags or exit statuses (cmd/cvpn maps them), and writes no files: the
-// schema and its validation are package config, the engine is package tunnel, issuing and
-// revoking clients is package endpoint/clientstore, client profiles are package
-// endpoint/profile.
+// It owns no signals, flags or exit statuses (cmd/cvpn maps them), and writes no files but
+// one: when the endpoint holds its own CA key, the CRL watcher has that CA's CRL re-signed
+// (by package endpoint/clientstore) before it expires. The schema and its validation are
+// package config, the engine is package tunnel, issuing and revoking clients is package
+// endpoint/clientstore, client profiles are package endpoint/profile.
 package endpoint
 
 import (
@@ -32,9 +33,9 @@ type Endpoint struct {
 	Server        *pki.Identity
 	ClientCAs     *x509.CertPool
 	ClientCACerts []*x509.Certificate // the certificates of ClientCAs, in file order
-	// CRL is authentication.certificate.crl_file; nil when absent (a nil
-	// *pki.CRL revokes nothing).
-	CRL *pki.CRL
+	// CRL is authentication.certificate.crl_file: its CRLs (one per issuing CA) checked
+	// against ClientCACerts; nil when absent (a nil *pki.CRLSet revokes nothing).
+	CRL *pki.CRLSet
 	// ControlKey is the tls-crypt key; TLSAuthKey the tls-auth key (at most
 	// one of them is set); TLSCryptV2ServerKey the tls-crypt-v2 server key.
 	ControlKey          *tlscrypt.StaticKey

@@ -15,7 +15,7 @@ import (
 // loadFiles loads every file the endpoint names and checks that each is fit
 // for its role at now: the server certificate is current, carries serverAuth
 // and matches its key; every client root is a CA and not all of them have
-// expired; the CRL is signed by one of them and current; the control channel
+// expired; each CRL of the CRL file is signed by one of them and current; the control channel
 // keys parse. Every problem comes back joined, each a *config.ValidationError
 // naming the key (and its line) whose file is wrong, so that `cvpn validate`
 // prints one line per problem.
@@ -55,19 +55,19 @@ func (ep *Endpoint) loadFiles(now time.Time) error {
 		ep.ClientCAs, ep.ClientCACerts = pool, cas
 	}
 	if auth.CRLFile != "" {
-		crl, err := pki.LoadCRL(auth.CRLFile)
+		// Every CRL of the file (one per issuing CA, intermediates too), each signed by its
+		// issuer among the client root CAs and current.
+		crls, err := pki.LoadCRLs(auth.CRLFile)
 		switch {
 		case err != nil:
 			bad("authentication.certificate.crl_file", err)
 		case ep.ClientCACerts != nil:
-			if _, err := crl.Verify(ep.ClientCACerts, now); err != nil {
+			if ep.CRL, err = pki.NewCRLSet(crls, ep.ClientCACerts, now); err != nil {
 				hint := ""
 				if errors.Is(err, pki.ErrCRLExpired) {
 					hint = " (clients are refused while it is expired; re-sign it with cvpn client refresh-crl)"
 				}
 				bad("authentication.certificate.crl_file", fmt.Errorf("%s: %w%s", auth.CRLFile, err, hint))
-			} else {
-				ep.CRL = crl
 			}
 		}
 	}

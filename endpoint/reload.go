@@ -140,7 +140,7 @@ func sameStaticKey(a, b *tlscrypt.StaticKey) bool {
 	return (a == nil) == (b == nil) && (a == nil || bytes.Equal(a.Marshal(), b.Marshal()))
 }
 
-func crlPEM(c *pki.CRL) []byte {
+func crlPEM(c *pki.CRLSet) []byte {
 	if c == nil {
 		return nil
 	}
@@ -239,8 +239,7 @@ func (r *Running) reload(path string) (*ReloadReport, error) {
 	}
 	if todo&applyRevoker != 0 {
 		r.stopCRLWatch()
-		r.crl.Store(next.CRL)
-		r.srv.SetRevoker(next.CRL)
+		r.putCRL(next.CRL)
 		r.watchCRL(next)
 	}
 	r.cur = next

@@ -62,9 +62,9 @@ type Running struct {
 	policy        *hostPolicy
 	stopHostAddrs func()
 
-	// crl is the revocation list in force: the file's at start or at the last reload, or
-	// what the CRL watcher loaded since. It is what a reload compares the file's CRL with.
-	crl atomic.Pointer[pki.CRL]
+	// crl is the CRL set in force: the file's at start or at the last reload, or what the
+	// CRL watcher loaded since. It is what a reload compares the file's CRL with.
+	crl atomic.Pointer[pki.CRLSet]
 
 	// mu serialises Reload and Run's teardown, and guards the fields below.
 	mu      sync.Mutex
@@ -142,6 +142,7 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	}()
 	ecfg.Pool, ecfg.NAT, ecfg.Device = pool, natTable, h.Device()
 	ecfg.Network, ecfg.Log, ecfg.Now = opts.Network, opts.Log, opts.Now
+	ecfg.Revoked = revocation{ep.CRL, opts.Now}
 	pol := newHostPolicy(ep.Policy, cfg.TargetNetwork.SNATAddress, opts.Log)
 	own, stopHostAddrs, err := opts.HostAddrs(pol.setOwn, opts.Log)
 	if err != nil {
@@ -233,7 +234,6 @@ func engineConfig(ep *Endpoint) (tunnel.Config, error) {
 		TLSCryptV2:            ep.TLSCryptV2ServerKey,
 		Reneg:                 cfg.Reneg,
 		MaxConnectionsPerUser: cfg.MaxConnectionsPerUser,
-		Revoked:               ep.CRL,
 		SessionTimeout:        cfg.SessionTimeout,
 		Banner:                cfg.ClientLoginBanner,
 		MSS:                   cfg.TUN.MTU - 100, // room for the tunnel's own headers on a path of the same MTU
@@ -257,33 +257,29 @@ func listeners(cfg *config.Endpoint) (udp, tcp []netip.AddrPort) {
 	return udp, tcp
 }
 
-// crlTarget is where the CRL watcher hands a new list: into force, and remembered as the list in
-// force.
-type crlTarget struct{ r *Running }
-
-func (t crlTarget) SetRevoker(rv tunnel.Revoker) {
-	if c, ok := rv.(*pki.CRL); ok {
-		t.r.crl.Store(c)
-	}
-	t.r.srv.SetRevoker(rv)
+// putCRL puts set in force (nil: none) and cuts off the connected clients it revokes;
+// revocation checks each handshake against it from now on.
+func (r *Running) putCRL(set *pki.CRLSet) {
+	r.crl.Store(set)
+	r.srv.SetRevoker(revocation{set, r.opts.Now})
 }
 
 // watchCRL starts the CRL watcher on ep's CRL file, checking new lists against ep's client root
 // CAs; nothing when ep has no CRL file. r.mu is held, or r is not shared yet.
 func (r *Running) watchCRL(ep *Endpoint) {
-	file := ep.Config.Authentication.Certificate.CRLFile
-	if file == "" {
+	if ep.Config.Authentication.Certificate.CRLFile == "" {
 		return
 	}
 	poll := r.opts.crlPoll
 	if poll == 0 {
 		poll = crlPoll
 	}
+	w := newCRLWatcher(ep, r.putCRL, r.log, r.opts.Now)
 	stop, done := make(chan struct{}), make(chan struct{})
 	r.crlStop, r.crlDone = stop, done
 	go func() {
 		defer close(done)
-		watchCRL(file, ep.ClientCACerts, crlTarget{r}, r.log, stop, poll, r.opts.Now)
+		w.run(stop, poll)
 	}()
 }
 

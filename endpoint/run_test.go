@@ -60,6 +60,7 @@ type lab struct {
 	run      *Running
 	logs     *syncBuffer
 	done     chan struct{}
+	now      func() time.Time // the endpoint's clock; nil means time.Now
 }
 
 // baseFile is the endpoint file the lab starts with.
@@ -153,6 +154,7 @@ func (l *lab) start() {
 		Log:     slog.New(slog.NewTextHandler(l.logs, nil)),
 		Host:    func(host.Config, *slog.Logger) (Host, error) { return l.host, nil },
 		Network: l.net,
+		Now:     l.now,
 		crlPoll: 20 * time.Millisecond,
 	})
 	if err != nil {
@@ -193,6 +195,7 @@ type clientOptions struct {
 	serverCA *pki.Identity
 	key      string // tls-crypt key file; default tc1.key
 	cn       string
+	id       *pki.Identity // the client's identity; default a new one of the client CA named cn
 	// timeout bounds the handshake; default 10 s. Tests that expect no answer shorten it.
 	timeout time.Duration
 }
@@ -213,9 +216,12 @@ func (l *lab) dial(o clientOptions) (*client.Session, *pki.Identity, error) {
 	if o.cn == "" {
 		o.cn = "client"
 	}
-	id, err := pki.IssueClient(l.ca, o.cn, []string{"dev"}, pki.ECDSAP256, 24*time.Hour, time.Now())
-	if err != nil {
-		l.t.Fatal(err)
+	id := o.id
+	if id == nil {
+		var err error
+		if id, err = pki.IssueClient(l.ca, o.cn, []string{"dev"}, pki.ECDSAP256, 24*time.Hour, time.Now()); err != nil {
+			l.t.Fatal(err)
+		}
 	}
 	cert, err := id.TLSCertificate()
 	if err != nil {

@@ -22,7 +22,7 @@ type testPKI struct {
 	now          time.Time
 	ca, server   *pki.Identity
 	alice, bob   *pki.Identity
-	crl          *pki.CRL
+	crl          *pki.CRLSet
 	shared       *tlscrypt.StaticKey
 	clientCAPool *x509.CertPool
 }
@@ -45,7 +45,11 @@ func newPKI(t *testing.T) *testPKI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.crl, err = pki.Revoke(p.ca, empty, p.bob.Cert, p.now, 30*day); err != nil {
+	revoked, err := pki.Revoke(p.ca, empty, p.bob.Cert, p.now, 30*day)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.crl, err = pki.NewCRLSet([]*pki.CRL{revoked}, []*x509.Certificate{p.ca.Cert}, p.now); err != nil {
 		t.Fatal(err)
 	}
 	if p.shared, err = tlscrypt.GenerateStaticKey(rand.Reader); err != nil {
