@@ -339,7 +339,7 @@ func (c *CRL) Verify(cas []*x509.Certificate, now time.Time) (*x509.Certificate,
 		return nil, fmt.Errorf("pki: CRL (issuer %q): %w any CA of the bundle", c.List.Issuer.CommonName, ErrNotIssuedBy)
 	}
 	if err := c.checkTime(now); err != nil {
-		return nil, fmt.Errorf("pki: %w", err)
+		return nil, fmt.Errorf("pki: CRL number %v: %w", c.List.Number, err)
 	}
 	return signer, nil
 }

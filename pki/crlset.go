@@ -164,7 +164,7 @@ func (s *CRLSet) Check(cert *x509.Certificate, now time.Time) error {
 			return fmt.Errorf("%s is %w (on %s, by the CRL of %q)", what, ErrRevoked, at.UTC().Format(time.RFC3339), ca.Subject.CommonName)
 		}
 		if err := crl.checkTime(now); err != nil {
-			return err
+			return fmt.Errorf("the CRL of %q (number %v): %w", ca.Subject.CommonName, crl.List.Number, err)
 		}
 		c = ca
 	}
@@ -206,15 +206,14 @@ func (s *CRLSet) issuerOf(c *x509.Certificate) int {
 }
 
 // checkTime reports whether c is current at now (thisUpdate <= now <= nextUpdate; a CRL
-// without nextUpdate does not expire). Errors wrap ErrCRLNotYetValid or ErrCRLExpired.
+// without nextUpdate does not expire). Errors wrap ErrCRLNotYetValid or ErrCRLExpired; the
+// caller names the CRL.
 func (c *CRL) checkTime(now time.Time) error {
 	if now.Before(c.List.ThisUpdate) {
-		return fmt.Errorf("the CRL of %q (number %v): %w until %s", c.List.Issuer.CommonName, c.List.Number,
-			ErrCRLNotYetValid, c.List.ThisUpdate.UTC().Format(time.RFC3339))
+		return fmt.Errorf("%w until %s", ErrCRLNotYetValid, c.List.ThisUpdate.UTC().Format(time.RFC3339))
 	}
 	if !c.List.NextUpdate.IsZero() && now.After(c.List.NextUpdate) {
-		return fmt.Errorf("the CRL of %q (number %v): %w on %s (its next update)", c.List.Issuer.CommonName, c.List.Number,
-			ErrCRLExpired, c.List.NextUpdate.UTC().Format(time.RFC3339))
+		return fmt.Errorf("%w on %s (its next update)", ErrCRLExpired, c.List.NextUpdate.UTC().Format(time.RFC3339))
 	}
 	return nil
 }
