@@ -127,9 +127,13 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("client_cidr_block: %w", err)
 	}
-	natTable, err := nat.New(nat.Config{Addr: cfg.TargetNetwork.SNATAddress})
+	natTable, err := nat.New(nat.Config{
+		Addr:         cfg.TargetNetwork.SNATAddress,
+		MaxEntries:   cfg.NAT.MaxMappings,
+		MaxPerClient: cfg.NAT.MaxMappingsPerClient,
+	})
 	if err != nil {
-		return nil, fmt.Errorf("target_network.snat_address: %w", err)
+		return nil, fmt.Errorf("target_network.snat_address, nat: %w", err)
 	}
 	h, err := opts.Host(hostConfig(cfg), opts.Log)
 	if err != nil {
@@ -163,7 +167,8 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	r.crl.Store(ep.CRL)
 	r.watchCRL(ep)
 	opts.Log.Info("cvpn listening", "udp", ecfg.UDP, "tcp", ecfg.TCP, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
-		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name)
+		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name,
+		"nat_max_mappings", cfg.NAT.MaxMappings, "nat_max_mappings_per_client", cfg.NAT.MaxMappingsPerClient)
 	return r, nil
 }
 
