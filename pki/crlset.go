@@ -24,6 +24,9 @@ type CRLSet struct {
 	crls []*CRL              // in file order
 	cas  []*x509.Certificate // the bundle
 	byCA []*CRL              // byCA[i] is the CRL cas[i] signed; nil when the file holds none
+	// parent[i] is the index of the CA that signed cas[i], or -1 when cas[i] is a trust anchor:
+	// self-signed, or signed by a CA outside the bundle.
+	parent []int
 }
 
 // maxChain bounds how many CA certificates above a certificate are walked: more than any real
@@ -39,7 +42,15 @@ func NewCRLSet(crls []*CRL, cas []*x509.Certificate, now time.Time) (*CRLSet, er
 	if len(crls) == 0 {
 		return nil, fmt.Errorf("pki: %w", ErrNoCRL)
 	}
-	s := &CRLSet{crls: slices.Clone(crls), cas: slices.Clone(cas), byCA: make([]*CRL, len(cas))}
+	s := &CRLSet{crls: slices.Clone(crls), cas: slices.Clone(cas), byCA: make([]*CRL, len(cas)), parent: make([]int, len(cas))}
+	for i, ca := range s.cas {
+		s.parent[i] = -1
+		if !bytes.Equal(ca.RawSubject, ca.RawIssuer) || ca.CheckSignatureFrom(ca) != nil {
+			s.parent[i] = slices.IndexFunc(s.cas, func(p *x509.Certificate) bool {
+				return bytes.Equal(p.RawSubject, ca.RawIssuer) && ca.CheckSignatureFrom(p) == nil
+			})
+		}
+	}
 	for n, c := range crls {
 		what := fmt.Sprintf("CRL %d of %d (issuer %q, number %v)", n+1, len(crls), c.List.Issuer.CommonName, c.List.Number)
 		i := slices.IndexFunc(cas, func(ca *x509.Certificate) bool {
@@ -139,22 +150,23 @@ func (s *CRLSet) Len() int {
 // that issuer must have a CRL in the set (ErrNoIssuerCRL), the CRL must not list it
 // (ErrRevoked) and must be current at now (ErrCRLNotYetValid, ErrCRLExpired): an expired CRL
 // refuses everything its CA issued, as OpenSSL's X509_V_ERR_CRL_HAS_EXPIRED does in OpenVPN.
+// Check does not authenticate cert: it is for a certificate a TLS handshake verified against
+// the bundle (issuerOf says how its issuer is found).
 func (s *CRLSet) Check(cert *x509.Certificate, now time.Time) error {
 	if s == nil || cert == nil {
 		return nil
 	}
-	c := cert
-	for depth := 0; depth <= maxChain; depth++ {
-		i := s.issuerOf(c)
-		if depth > 0 && (i < 0 || s.cas[i] == c) {
-			return nil // c is the trust anchor
+	i := s.issuerOf(cert)
+	if i < 0 {
+		return fmt.Errorf("%w %q: that CA is not in the bundle the CRLs are checked against", ErrNoIssuerCRL, cert.Issuer.CommonName)
+	}
+	for c, depth := cert, 0; i >= 0; c, i, depth = s.cas[i], s.parent[i], depth+1 {
+		if depth > maxChain {
+			return fmt.Errorf("%w: more than %d CAs above the certificate", ErrNoIssuerCRL, maxChain)
 		}
 		what := "it"
 		if depth > 0 {
 			what = fmt.Sprintf("its issuing CA %q", c.Subject.CommonName)
-		}
-		if i < 0 {
-			return fmt.Errorf("%w %q: that CA is not in the bundle the CRLs are checked against", ErrNoIssuerCRL, c.Issuer.CommonName)
 		}
 		ca, crl := s.cas[i], s.byCA[i]
 		if crl == nil {
@@ -166,9 +178,8 @@ func (s *CRLSet) Check(cert *x509.Certificate, now time.Time) error {
 		if err := crl.checkTime(now); err != nil {
 			return fmt.Errorf("the CRL of %q (number %v): %w", ca.Subject.CommonName, crl.List.Number, err)
 		}
-		c = ca
 	}
-	return fmt.Errorf("%w: more than %d CAs above the certificate", ErrNoIssuerCRL, maxChain)
+	return nil
 }
 
 // IsRevoked reports whether the set lists cert or a CA certificate above it (the first half of
@@ -184,22 +195,32 @@ func (s *CRLSet) RevokedAt(cert *x509.Certificate) (time.Time, bool) {
 	if s == nil || cert == nil {
 		return time.Time{}, false
 	}
-	c := cert
-	for depth := 0; depth <= maxChain; depth++ {
-		i := s.issuerOf(c)
-		if i < 0 || depth > 0 && s.cas[i] == c {
-			break
-		}
+	i := s.issuerOf(cert)
+	for c, depth := cert, 0; i >= 0 && depth <= maxChain; c, i, depth = s.cas[i], s.parent[i], depth+1 {
 		if at, ok := s.byCA[i].revokedAt(c); ok {
 			return at, true
 		}
-		c = s.cas[i]
 	}
 	return time.Time{}, false
 }
 
-// issuerOf returns the index in the bundle of the CA that signed c, or -1.
+// issuerOf returns the index in the bundle of the CA that issued c, or -1: the one CA whose
+// subject is c's issuer and, when both carry one, whose subject key identifier is c's authority
+// key identifier (RFC 5280 section 4.2.1.1); only when that does not single out one CA are
+// signatures checked. A handshake has verified c's signature against the bundle already, and
+// the check costs as much as the rest of the lookup a thousand times over; the CA's own
+// certificates were verified when the set was made.
 func (s *CRLSet) issuerOf(c *x509.Certificate) int {
+	found, n := -1, 0
+	for i, ca := range s.cas {
+		if bytes.Equal(ca.RawSubject, c.RawIssuer) &&
+			(len(c.AuthorityKeyId) == 0 || len(ca.SubjectKeyId) == 0 || bytes.Equal(ca.SubjectKeyId, c.AuthorityKeyId)) {
+			found, n = i, n+1
+		}
+	}
+	if n == 1 {
+		return found
+	}
 	return slices.IndexFunc(s.cas, func(ca *x509.Certificate) bool {
 		return bytes.Equal(ca.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(ca) == nil
 	})
