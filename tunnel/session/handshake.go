@@ -52,6 +52,7 @@ func (s *Session) runKey(k *channel.Key) {
 		case certificateRefused(err):
 			// A refused identity is always recorded, apart from the rate-limited log of
 			// garbage packets; handshake rates per source bound how often.
+			m.drops.Add(counters.TLSHandshake)
 			m.log.Warn("authentication refused", "remote", s.link.Remote(), "key_id", k.ID, "reason", err)
 		default:
 			m.drop(counters.TLSHandshake, s.link.Remote(), "err", err)
