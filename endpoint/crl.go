@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/cvpn/cvpn/endpoint/clientstore"
@@ -56,7 +57,8 @@ var errNotOurCA = errors.New("the CA key beside client_root_ca_file is another C
 //
 //   - reloads the file when it changed (cvpn client revoke replaces it by rename), checks it
 //     against the client root CAs and puts it in force; a file that fails to load or verify is
-//     logged and the set in force stays;
+//     logged once and the set in force stays (one whose CRL is not valid yet, from a signer
+//     whose clock runs ahead, is tried again each poll until it is);
 //   - when the endpoint holds its own CA key (the built-in PKI: the key beside
 //     client_root_ca_file, as cvpn init lays it out), re-signs that CA's CRL once less than a
 //     third of its validity is left, or seven days when that is more (but never more than half
@@ -79,9 +81,10 @@ type crlWatcher struct {
 	// endpoint holds no CA key.
 	resign func(issuer *x509.Certificate, validity time.Duration, now time.Time) (*pki.CRL, error)
 
-	stamp string      // the file's identity and version when last read
-	set   *pki.CRLSet // in force
-	state map[string]*crlState
+	stamp   string      // the file's identity and version when last read
+	refused string      // the stamp of the last version refused (logged once)
+	set     *pki.CRLSet // in force
+	state   map[string]*crlState
 }
 
 // crlState is what the watcher has done about one CRL, keyed by its signature.
@@ -141,14 +144,19 @@ func (w *crlWatcher) poll() {
 	w.warn(w.now())
 }
 
-// fileStamp is the CRL file's identity and version: a rename over it changes the inode (in
-// Sys), a rewrite in place the time or size. "" when it cannot be read.
+// fileStamp is the CRL file's identity and version: a rename over it changes the inode, a
+// rewrite in place the modification or change time or the size (reading it, its access time,
+// changes nothing). "" when it cannot be read.
 func (w *crlWatcher) fileStamp() string {
 	fi, err := os.Stat(w.file)
 	if err != nil {
 		return ""
 	}
-	return fmt.Sprint(fi.ModTime().UnixNano(), fi.Size(), fi.Sys())
+	stamp := fmt.Sprint(fi.ModTime().UnixNano(), fi.Size())
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		stamp += fmt.Sprint(" ", st.Dev, st.Ino, st.Ctim.Nano())
+	}
+	return stamp
 }
 
 // reload loads the file when it changed and puts it in force, or logs why not.
@@ -157,12 +165,18 @@ func (w *crlWatcher) reload() {
 	if cur == w.stamp || cur == "" {
 		return
 	}
-	w.stamp = cur
 	set, err := pki.LoadCRLSet(w.file, w.cas, w.now())
 	if err != nil {
-		w.log.Error("new CRL refused; the previous one stays in force", "file", w.file, "err", err)
+		if cur != w.refused {
+			w.refused = cur
+			w.log.Error("new CRL refused; the previous one stays in force", "file", w.file, "err", err)
+		}
+		if !errors.Is(err, pki.ErrCRLNotYetValid) {
+			w.stamp = cur // nothing changes until the file does; a CRL not valid yet is tried again
+		}
 		return
 	}
+	w.stamp, w.refused = cur, ""
 	w.set = set
 	w.prune()
 	w.put(set)

@@ -190,6 +190,18 @@ func TestCRLWatcherReloads(t *testing.T) {
 	if err := l.revocation().CheckRevocation(alice.Cert); !errors.Is(err, pki.ErrRevoked) {
 		t.Errorf("alice after the refused file: %v, want still revoked", err)
 	}
+	// A CRL from a signer whose clock runs an hour ahead is refused once, and put in force
+	// when its thisUpdate comes.
+	l.write(mustCRL(t, ca, 30*day, l.clock.Add(time.Hour)))
+	l.at(4 * time.Minute)
+	l.at(5 * time.Minute)
+	if len(l.put) != 1 || l.logs.count(`msg="new CRL refused`, "CRL not valid until") != 1 {
+		t.Fatalf("a CRL not valid yet: %d sets put; log:\n%s", len(l.put), l.logs)
+	}
+	l.at(time.Hour)
+	if len(l.put) != 2 || l.inForce().IsRevoked(alice.Cert) {
+		t.Fatalf("the CRL, valid now, was not put in force (%d sets put); log:\n%s", len(l.put), l.logs)
+	}
 }
 
 // TestCRLWarningsAndExpiry: with no CA key to re-sign with, the log warns 30, 7 and 1 day before
