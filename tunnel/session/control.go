@@ -314,6 +314,10 @@ func (m *Manager) newSession(link dataplane.Link, local, remote packet.SessionID
 		Log:       m.log,
 		NewKey:    s.peerRenegotiates,
 		Reset:     reset,
+		// A client that stops acknowledging is dropped after the hand window, and one whose
+		// unacknowledged backlog passes the channel's bound at once (stall.go).
+		AckTimeout: m.cfg.HandWindow,
+		Fail:       s.controlFailed,
 	}, established)
 	return s
 }
