@@ -6,7 +6,7 @@ BIN     := bin/cvpn
 PKGS     = $(shell $(GO) list ./... | grep -v /e2e)
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: help build deps test unit e2e fuzz bench-once lint demo bench clean
+.PHONY: help build deps test unit e2e fuzz bench-once lint demo bench soak clean
 
 # Debian packages the tests, the demo and the benchmark run: the stock client and server (openvpn),
 # iperf3, ip (iproute2), ping (iputils-ping), the stock server's MASQUERADE (iptables), packet
@@ -51,6 +51,12 @@ lint: ## gofmt, go vet, staticcheck
 bench: deps build ## as root: cvpn vs the stock openvpn server side by side (~10 min); ratio table, JSON and SVG in bench/results (BENCHFLAGS adds flags)
 	$(GO) build -o bin/cvpn-bench ./cmd/cvpn-bench
 	bin/cvpn-bench run --cvpn $(BIN) --out bench/results $(BENCHFLAGS)
+
+# SOAK is how long `make soak` churns (a Go duration, at least 3m).
+SOAK ?= 10m
+
+soak: deps ## as root: SOAK (10m) of churn and floods against a race-detector build; fails on a race or growth of RSS, threads, descriptors, goroutines (not in test)
+	CVPN_E2E_RACE=1 GOTRACEBACK=all SOAK=$(SOAK) $(GO) test -tags soak -count=1 -timeout 0 -run '^TestSoak$$' -v ./e2e
 
 demo: deps build ## as root: namespaces, throwaway PKI, cvpn, the stock client, ping and iperf3, then teardown
 	$(GO) run ./internal/demo --cvpn $(BIN)
