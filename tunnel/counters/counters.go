@@ -45,6 +45,7 @@ const (
 	WrongListener                      // packet for a session of another listener
 	TCPSilent                          // a TCP connection sent no complete first packet in time
 	TCPLimit                           // too many unauthenticated TCP connections from the source, or in all
+	ControlRateLimited                 // a session's control packets beyond its rate
 	HostAddress                        // destination is the endpoint host itself (allow_host_access is off), or the gateway address and not a ping
 	NumReasons
 )
@@ -79,6 +80,7 @@ var names = [NumReasons]string{
 	WrongListener:        "wrong_listener",
 	TCPSilent:            "tcp_silent",
 	TCPLimit:             "tcp_limit",
+	ControlRateLimited:   "control_rate_limited",
 	HostAddress:          "host_address",
 }
 

@@ -2,6 +2,7 @@ package session
 
 import (
 	"crypto/tls"
+	"errors"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -75,7 +76,11 @@ func (s *Session) discard() {
 // input hands an authenticated control packet to the session's channel.
 func (s *Session) input(p *packet.Control, pid, ts uint32, from netip.AddrPort) {
 	if err := s.ctl.Input(p, pid, ts); err != nil {
-		s.m.drop(counters.ControlRejected, from, "err", err)
+		r := counters.ControlRejected
+		if errors.Is(err, channel.ErrRateLimited) {
+			r = counters.ControlRateLimited
+		}
+		s.m.drop(r, from, "user", s.user(), "err", err)
 		return
 	}
 	s.peer.Touch(s.m.cfg.Now())
