@@ -8,34 +8,19 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cvpn/cvpn/bench/client"
 	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/internal/testlog"
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/pki/pkitest"
 )
 
-// syncBuffer is a bytes.Buffer safe for the endpoint's goroutines and the test together.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects the log of the goroutines under test.
+type syncBuffer struct{ testlog.Buffer }
 
 // count returns how many log lines contain every one of parts.
 func (s *syncBuffer) count(parts ...string) int {

@@ -14,12 +14,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cvpn/cvpn/internal/netlab"
+	"github.com/cvpn/cvpn/internal/testlog"
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tls/keymethod"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
@@ -57,22 +57,8 @@ type stockServer struct {
 	output *lockedBuffer
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer collects the log of the goroutines under test.
+type lockedBuffer = testlog.Buffer
 
 // startStockServer creates a network namespace, writes a PKI and the configuration, and starts
 // openvpn in it. Cleanup stops openvpn and deletes the namespace, whatever happened.

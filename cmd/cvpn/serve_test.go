@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
 	"github.com/cvpn/cvpn/endpoint"
+	"github.com/cvpn/cvpn/internal/testlog"
 	"github.com/cvpn/cvpn/tunnel/host"
 )
 
@@ -126,23 +126,8 @@ func TestPrintServeErrorIsOneLine(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a strings.Builder that serve's logger and the test may use at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer collects the log of the goroutines under test.
+type lockedBuffer = testlog.Buffer
 
 // waitLog waits until the log holds want.
 func waitLog(t *testing.T, log *lockedBuffer, want string) {

@@ -11,11 +11,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cvpn/cvpn/internal/testlog"
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tls/packet"
 )
@@ -519,19 +519,5 @@ func (e *waitError) Error() string {
 	return e.name + " " + e.why + " before printing " + strconv.Quote(e.want)
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer collects the log of the goroutines under test.
+type lockedBuffer = testlog.Buffer

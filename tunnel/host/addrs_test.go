@@ -1,7 +1,6 @@
 package host
 
 import (
-	"bytes"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -10,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cvpn/cvpn/internal/testlog"
 )
 
 // fakeAddrs is an addrSource under the test's control.
@@ -136,22 +137,8 @@ func testLog() (*slog.Logger, *syncBuffer) {
 	return slog.New(slog.NewTextHandler(&b, nil)), &b
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects the log of the goroutines under test.
+type syncBuffer = testlog.Buffer
 
 // TestWatchAnnouncedChange: the watch returns the list as it is, reports a change the kernel
 // announces with the whole new list, reports nothing when an announcement changed nothing, and

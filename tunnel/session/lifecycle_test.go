@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cvpn/cvpn/bench/client"
+	"github.com/cvpn/cvpn/internal/testlog"
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
@@ -430,20 +431,5 @@ func TestRefusedAuthenticationsAlwaysLogged(t *testing.T) {
 	})
 }
 
-// lockedBuffer is a bytes.Buffer safe for the server's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+// lockedBuffer collects the log of the goroutines under test.
+type lockedBuffer = testlog.Buffer
