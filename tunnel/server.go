@@ -11,6 +11,7 @@
 package tunnel
 
 import (
+	"cmp"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -68,6 +69,9 @@ type Config struct {
 	Revoked Revoker
 	// Hooks admit clients; nil authenticates by certificate alone.
 	Hooks Hooks
+	// Events hear about sessions connecting, refused and disconnecting (connection log,
+	// metrics, the admin API).
+	Events []Events
 	// SessionTimeout ends a session this long after it started; 0 means never.
 	SessionTimeout time.Duration
 	// Banner is sent to each client after its configuration (as INFO); empty sends nothing.
@@ -169,6 +173,7 @@ func New(cfg Config) (*Server, error) {
 		Revoked:       cfg.Revoked,
 		HandWindow:    cfg.HandWindow,
 		MaxHandshakes: cfg.MaxHandshakes,
+		Events:        cfg.Events,
 		Drops:         s.drops,
 		Log:           cfg.Log,
 		Now:           cfg.Now,
@@ -330,32 +335,25 @@ func (s *Server) SetRevoker(r Revoker) { s.sessions.SetRevoker(r) }
 // Drops returns the drop counters by reason.
 func (s *Server) Drops() map[string]uint64 { return s.drops.Snapshot() }
 
-// ClientInfo describes one connected client.
-type ClientInfo struct {
-	ID         uint64
-	User       string
-	CommonName string
-	Groups     []string
-	Remote     netip.AddrPort
-	Address    netip.Addr
-	Cipher     string
-	Transport  string
-	Since      time.Time
-	Traffic    counters.TrafficSnapshot
-}
+// Status is an established session as listed: its immutable Info, its current remote address
+// and its traffic.
+type Status = session.Status
 
-// Clients lists the connected (authenticated) clients.
-func (s *Server) Clients() []ClientInfo {
-	var out []ClientInfo
-	for _, st := range s.sessions.Established() {
-		out = append(out, ClientInfo{ID: st.ID, User: st.User, CommonName: st.CommonName, Groups: st.Groups,
-			Remote: st.Remote, Address: st.Address, Cipher: st.Cipher, Transport: st.Transport, Since: st.Since, Traffic: st.Traffic})
-	}
-	slices.SortFunc(out, func(a, b ClientInfo) int { return int(a.ID - b.ID) })
+// Info is what is known of a session once admitted.
+type Info = session.Info
+
+// Events hear about sessions connecting, refused and disconnecting.
+type Events = session.Events
+
+// Clients lists the established sessions, oldest first.
+func (s *Server) Clients() []Status {
+	out := s.sessions.Established()
+	slices.SortFunc(out, func(a, b Status) int { return cmp.Compare(a.ID, b.ID) })
 	return out
 }
 
-// Terminate ends the sessions of user (HALT) and reports how many.
-func (s *Server) Terminate(user string) int {
-	return s.sessions.Terminate(func(i *session.Info) bool { return i.User == user }, "terminated by the administrator")
+// Terminate ends the established sessions that match (HALT: the client does not reconnect by
+// itself; its address and NAT state are freed) and returns them as they were.
+func (s *Server) Terminate(match func(*Info) bool) []Status {
+	return s.sessions.Terminate(match, "terminated by the administrator")
 }

@@ -283,6 +283,7 @@ func (m *Manager) newSession(link dataplane.Link, local, remote packet.SessionID
 	s := &Session{
 		m:         m,
 		id:        m.nextID.Add(1),
+		connID:    newConnectionID(),
 		set:       set,
 		link:      link,
 		localSID:  local,

@@ -64,6 +64,7 @@ type engineOptions struct {
 	perUser    int       // MaxConnectionsPerUser
 	serverLog  io.Writer // when set, the server logs here instead of to the test
 	resets     *limiter.Config
+	events     Events
 }
 
 func newTestEngine(t *testing.T, o engineOptions) *testEngine {
@@ -114,7 +115,7 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 		log = slog.New(slog.NewTextHandler(o.serverLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	e.m, err = New(Config{
-		Pool: pool, NAT: natTable, Log: log.With("side", "server"), Now: e.clock.Now, HandWindow: o.handWindow, Resets: resets,
+		Pool: pool, NAT: natTable, Log: log.With("side", "server"), Now: e.clock.Now, HandWindow: o.handWindow, Resets: resets, Events: eventsOf(o.events),
 		Settings: Settings{
 			Certificate: cert, ClientCAs: e.roots, Wrapper: tlscrypt.NewTLSCrypt(e.key, true), TLSCryptV2: e.v2,
 			Ciphers: []datacrypto.Cipher{datacrypto.AES256GCM, datacrypto.ChaCha20Poly1305}, Reneg: o.reneg,
@@ -152,6 +153,13 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 		e.plane.Wait()
 	})
 	return e
+}
+
+func eventsOf(e Events) []Events {
+	if e == nil {
+		return nil
+	}
+	return []Events{e}
 }
 
 // clientConfig returns the configuration of a Go OpenVPN client with a new certificate, whose

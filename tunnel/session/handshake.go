@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -47,13 +48,15 @@ func (s *Session) runKey(k *channel.Key) {
 	}
 	conn := tls.Server(k.Conn(), s.set.tls)
 	if err := conn.HandshakeContext(ctx); err != nil {
+		code, cert, refused := certificateRefusal(err, conn.ConnectionState())
 		switch {
 		case s.state.Load() == stateClosed:
-		case certificateRefused(err):
+		case refused:
 			// A refused identity is always recorded, apart from the rate-limited log of
 			// garbage packets; handshake rates per source bound how often.
-			m.drops.Add(counters.TLSHandshake)
+			m.countRefusal()
 			m.log.Warn("authentication refused", "remote", s.link.Remote(), "key_id", k.ID, "reason", err)
+			s.refused(code, err.Error(), cert, "")
 		default:
 			m.drop(counters.TLSHandshake, s.link.Remote(), "err", err)
 		}
@@ -76,7 +79,9 @@ func (s *Session) runKey(k *channel.Key) {
 			reply.Options = keymethod.ServerOptionsString(s.link.Proto(), c.String(), c.KeySize()*8)
 			_, _ = conn.Write(reply.Append(nil))
 			s.tlsConn.Store(conn)
-			s.goodbye(authFailed("unsupported key method: cvpn speaks key-method 2 (OpenVPN 2.x default)"), "unsupported key method")
+			const why = "unsupported key method: cvpn speaks key-method 2 (OpenVPN 2.x default)"
+			s.refused(RefusedKeyMethod, why, peerCertificate(conn), "")
+			s.goodbye(authFailed(why), "unsupported key method")
 			return
 		}
 		failed("key exchange failed")
@@ -91,7 +96,7 @@ func (s *Session) runKey(k *channel.Key) {
 	if k.ID == 0 {
 		adm, refusal = s.admit(ctx, &state, &msg, &peer)
 	} else if info := s.info.Load(); info == nil || !sameCertificate(info, &state) {
-		refusal = &Refusal{"renegotiation presented another identity"}
+		refusal = &Refusal{Message: "renegotiation presented another identity", code: RefusedIdentity}
 	}
 
 	// The server's key-method 2 block always answers the client's, even before AUTH_FAILED: the
@@ -117,9 +122,14 @@ func (s *Session) runKey(k *channel.Key) {
 		var r *Refusal
 		if !errors.As(refusal, &r) {
 			m.log.Error("admission failed", "remote", s.link.Remote(), "err", refusal)
-			r = &Refusal{"authentication failed"}
+			r = &Refusal{Message: "authentication failed"}
 		}
 		m.log.Warn("authentication refused", "remote", s.link.Remote(), "key_id", k.ID, "user", adm.userOf(), "reason", r.Message)
+		code := r.code
+		if code == "" {
+			code = RefusedByHook
+		}
+		s.refused(code, r.Message, peerCertificate(conn), msg.Username)
 		s.tlsConn.Store(conn)
 		s.goodbye(authFailed(r.Message), "refused: "+r.Message)
 		return
@@ -186,11 +196,11 @@ func (s *Session) admit(ctx context.Context, state *tls.ConnectionState, msg *ke
 	}
 	cipher, ok := negotiateCipher(s.set.Ciphers, msg, peer)
 	if !ok {
-		return nil, &Refusal{"Data channel cipher negotiation failed (no shared cipher)"}
+		return nil, &Refusal{Message: "Data channel cipher negotiation failed (no shared cipher)", code: RefusedNoSharedCipher}
 	}
 	addr, err := m.cfg.Pool.Allocate()
 	if err != nil {
-		return nil, &Refusal{fmt.Sprintf("no free client address (all %d in use)", m.cfg.Pool.Capacity())}
+		return nil, &Refusal{Message: fmt.Sprintf("no free client address (all %d in use)", m.cfg.Pool.Capacity()), code: RefusedPoolExhausted}
 	}
 	s.mu.Lock()
 	closed := s.state.Load() == stateClosed
@@ -200,22 +210,23 @@ func (s *Session) admit(ctx context.Context, state *tls.ConnectionState, msg *ke
 	s.mu.Unlock()
 	if closed {
 		_ = m.cfg.Pool.Release(addr)
-		return nil, &Refusal{"session ended"}
+		return nil, &Refusal{Message: "session ended"}
 	}
 	idx, _ := m.cfg.Pool.Index(addr)
 	info := &Info{
-		ID:          s.id,
-		User:        user.Name,
-		Groups:      user.Groups,
-		Certificate: req.Certificate,
-		Address:     addr,
-		PeerID:      uint32(idx),
-		Cipher:      cipher.String(),
-		Transport:   s.link.Proto(),
-		Version:     peer.Version,
-		Platform:    peer.Platform,
-		Since:       s.since,
-		Listener:    s.link.Listener().Addr(),
+		ID:           s.id,
+		ConnectionID: s.connID,
+		User:         user.Name,
+		Groups:       user.Groups,
+		Certificate:  req.Certificate,
+		Address:      addr,
+		PeerID:       uint32(idx),
+		Cipher:       cipher.String(),
+		Transport:    s.link.Proto(),
+		Version:      peer.Version,
+		Platform:     peer.Platform,
+		Since:        s.since,
+		Listener:     s.link.Listener().Addr(),
 	}
 	if req.Certificate != nil {
 		info.CommonName = req.Certificate.Subject.CommonName
@@ -248,6 +259,8 @@ func (s *Session) admit(ctx context.Context, state *tls.ConnectionState, msg *ke
 // torn down meanwhile.
 func (s *Session) establish(adm *admission, dk *dataplane.DataKey) bool {
 	m := s.m
+	adm.info.Established = m.cfg.Now()
+	adm.info.HandshakeDuration = adm.info.Established.Sub(s.since)
 	s.info.Store(adm.info)
 	s.proto.Store(adm.proto)
 	s.ekmFlag.Store(adm.ekm)
@@ -270,17 +283,18 @@ func (s *Session) establish(adm *admission, dk *dataplane.DataKey) bool {
 		m.plane.Remove(s.peer)
 		return false
 	}
+	for _, e := range m.cfg.Events {
+		e.Connected(s.status())
+	}
 	return true
 }
 
-// certificateRefused reports whether a TLS handshake failed because the client's certificate
-// was refused (missing, not from the client CA, expired, revoked) rather than for a transport
-// reason (timeout, garbage, a closed session).
-func certificateRefused(err error) bool {
-	var verify *tls.CertificateVerificationError
-	var revoked *revokedError
-	return errors.As(err, &verify) || errors.As(err, &revoked) ||
-		strings.Contains(err.Error(), "didn't provide a certificate")
+// peerCertificate returns the client's certificate of a TLS connection, or nil.
+func peerCertificate(conn *tls.Conn) *x509.Certificate {
+	if st := conn.ConnectionState(); len(st.PeerCertificates) > 0 {
+		return st.PeerCertificates[0]
+	}
+	return nil
 }
 
 // userOf names the user of an admission, "" before one.

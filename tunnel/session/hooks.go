@@ -41,25 +41,35 @@ type User struct {
 }
 
 // Refusal is an admission refusal the client is told about (AUTH_FAILED,<Message>).
-type Refusal struct{ Message string }
+type Refusal struct {
+	Message string
+	code    RefusalCode // the kind, when the session layer refuses; hooks' refusals are RefusedByHook
+}
 
 func (r *Refusal) Error() string { return r.Message }
 
 // Info is what the rest of the endpoint may know about an established session: built once
 // when the session is admitted and never changed, so any goroutine may read it.
 type Info struct {
-	ID          uint64
-	User        string
-	CommonName  string
-	Groups      []string
-	Certificate *x509.Certificate
-	Address     netip.Addr
-	PeerID      uint32
-	Cipher      string
-	Transport   string
-	Version     string // the client's IV_VER
-	Platform    string // the client's IV_PLAT
-	Since       time.Time
+	ID uint64
+	// ConnectionID names the connection as AWS Client VPN does ("cvpn-connection-" and 17 hex
+	// digits) in listings, the connection log and the admin API.
+	ConnectionID string
+	User         string
+	CommonName   string
+	Groups       []string
+	Certificate  *x509.Certificate
+	Address      netip.Addr
+	PeerID       uint32
+	Cipher       string
+	Transport    string
+	Version      string // the client's IV_VER
+	Platform     string // the client's IV_PLAT
+	Since        time.Time
+	// Established is when the session was admitted; HandshakeDuration how long it took from its
+	// start (the first packet kept) to then.
+	Established       time.Time
+	HandshakeDuration time.Duration
 	// Listener is the local address the client connected to.
 	Listener netip.AddrPort
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -433,3 +435,80 @@ func TestRefusedAuthenticationsAlwaysLogged(t *testing.T) {
 
 // lockedBuffer collects the log of the goroutines under test.
 type lockedBuffer = testlog.Buffer
+
+// eventLog records the session events in order.
+type eventLog struct {
+	mu  sync.Mutex
+	got []string
+	end Status
+}
+
+func (l *eventLog) add(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.got = append(l.got, s)
+}
+
+func (l *eventLog) Connected(s Status) {
+	l.add(fmt.Sprintf("connected %s %s %s", s.User, s.ConnectionID, s.Transport))
+}
+func (l *eventLog) Refused(a Attempt) {
+	l.add(fmt.Sprintf("refused %s %s %s", a.CommonName, a.Code, a.ConnectionID))
+}
+func (l *eventLog) Disconnected(s Status, end End) {
+	l.mu.Lock()
+	l.end = s
+	l.mu.Unlock()
+	l.add(fmt.Sprintf("disconnected %s %s %s", s.User, s.ConnectionID, end.Reason))
+}
+
+func (l *eventLog) lines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.got)
+}
+
+// TestEventsTellConnectsRefusalsAndEnds: a connection, a refused certificate (with its common
+// name and why) and the end with final counters, each under one AWS-style connection id.
+func TestEventsTellConnectsRefusalsAndEnds(t *testing.T) {
+	events := &eventLog{}
+	e := newTestEngine(t, engineOptions{events: events})
+	alice := connect(t, e.clientConfig(t, "alice", netip.MustParseAddrPort("203.0.113.70:40000"), port443))
+	e.ping(t, alice, 1)
+	other, err := pki.NewCA("another CA", pki.ECDSAP256, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := pki.IssueClient(other, "mallory", nil, pki.ECDSAP256, 30*time.Minute, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.clientConfig(t, "mallory", netip.MustParseAddrPort("203.0.113.71:40000"), port443)
+	if cfg.Certificate, err = id.TLSCertificate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if s, err := client.Connect(ctx, cfg); err == nil {
+		s.Close()
+		t.Fatal("a client of another CA connected")
+	}
+	cancel()
+	connID := e.established()["alice"].ConnectionID
+	alice.Close()
+	waitFor(t, "three events", func() bool { return len(events.lines()) == 3 })
+	got := events.lines()
+	if !regexp.MustCompile(`^connected alice cvpn-connection-[0-9a-f]{17} UDPv4$`).MatchString(got[0]) || !strings.Contains(got[0], connID) {
+		t.Errorf("first event %q", got[0])
+	}
+	if !regexp.MustCompile(`^refused mallory unknown_ca cvpn-connection-[0-9a-f]{17}$`).MatchString(got[1]) {
+		t.Errorf("second event %q", got[1])
+	}
+	if want := "disconnected alice " + connID + " client sent"; !strings.HasPrefix(got[2], want) {
+		t.Errorf("third event %q, want it to start with %q", got[2], want)
+	}
+	events.mu.Lock()
+	defer events.mu.Unlock()
+	if events.end.Traffic.RxPackets == 0 || events.end.Traffic.TxPackets == 0 || events.end.HandshakeDuration <= 0 {
+		t.Errorf("final status %+v lacks counters or the handshake time", events.end)
+	}
+}

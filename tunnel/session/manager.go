@@ -114,6 +114,8 @@ type Config struct {
 	// per source address, per source network and in total; zero means DefaultResets.
 	Resets limiter.Config
 	Drops  *counters.Drops
+	// Events hear about sessions connecting, refused and disconnecting.
+	Events []Events
 	Log    *slog.Logger
 	Now    func() time.Time
 }
@@ -336,16 +338,16 @@ type Status struct {
 }
 
 // Terminate ends the established sessions matching match with HALT (the client does not
-// reconnect by itself); it returns how many.
-func (m *Manager) Terminate(match func(*Info) bool, reason string) int {
-	n := 0
+// reconnect by itself); it returns them as they were.
+func (m *Manager) Terminate(match func(*Info) bool, reason string) []Status {
+	var out []Status
 	for _, s := range m.all() {
-		if info := s.info.Load(); info != nil && match(info) {
+		if info := s.info.Load(); info != nil && s.state.Load() == stateEstablished && match(info) {
+			out = append(out, s.status())
 			s.goodbye(halt("terminated by the administrator"), reason)
-			n++
 		}
 	}
-	return n
+	return out
 }
 
 // EndListener ends the sessions of a listener that is going away (RESTART: clients reconnect

@@ -30,6 +30,7 @@ const (
 type Session struct {
 	m         *Manager
 	id        uint64
+	connID    string           // the AWS-style connection id
 	set       *settings        // the settings the session started with
 	link      dataplane.Link   // built before the session is registered
 	wrap      tlscrypt.Wrapper // the client's own tls-crypt-v2 key; nil: the endpoint's wrapping
@@ -295,6 +296,10 @@ func (s *Session) teardown(reason string) {
 		}
 		if info := s.info.Load(); info != nil && prev != statePending {
 			m.hooks.OnDisconnect(info, reason)
+			st := Status{Info: info, Remote: s.link.Remote(), Traffic: s.peer.Traffic.Snapshot()}
+			for _, e := range m.cfg.Events {
+				e.Disconnected(st, End{Time: m.cfg.Now(), Reason: reason})
+			}
 			t := s.peer.Traffic.Snapshot()
 			m.log.Info("client disconnected", "user", info.User, "remote", s.link.Remote(), "address", info.Address,
 				"reason", reason, "duration", m.cfg.Now().Sub(info.Since).Round(time.Second),
