@@ -163,8 +163,8 @@ type Endpoint struct {
 	// ConnectionLog (connection_log) records client connections. Accepted
 	// now, written by a later issue. AWS: ConnectionLogOptions.
 	ConnectionLog ConnectionLog
-	// Admin (admin) is the local administration interface. Accepted now,
-	// served by a later issue. AWS: none (the AWS API).
+	// Admin (admin) is the local administration API, served on a unix
+	// socket. AWS: the EC2 API's Client VPN actions.
 	Admin Admin
 
 	// file is the name given to Load, for KeyError and CheckReload.
@@ -350,14 +350,17 @@ type ConnectionLog struct {
 	File string
 }
 
-// Admin is the administration interface (admin), a placeholder that a later
-// issue fills.
+// Admin is the administration API (admin): HTTP and JSON on a unix socket
+// that only root and the service's own user may use.
 type Admin struct {
-	// ListenAddress (listen_address, required in admin) is the IP:port the
-	// interface binds, such as 127.0.0.1:9443; the zero AddrPort when
-	// admin is absent. It must not be a tcp transport listener's socket.
-	ListenAddress netip.AddrPort
+	// Socket (socket) is the unix socket's path, absolute or relative to
+	// the file's directory; DefaultAdminSocket when absent. Its directory
+	// is created at start if missing. At most 107 bytes (sun_path).
+	Socket string
 }
+
+// DefaultAdminSocket is admin.socket when the file has none.
+const DefaultAdminSocket = "/run/cvpn/admin.sock"
 
 // Defaults applied when keys are absent.
 const (

@@ -90,11 +90,11 @@ func TestLoadGood(t *testing.T) {
 		MaxConnectionsPerUser: 2,
 		Keepalive:             Keepalive{Ping: 5 * time.Second, PingRestart: 30 * time.Second},
 		ConnectionLog:         ConnectionLog{Enabled: true, File: abs(t, "testdata/connections.log")},
-		Admin:                 Admin{ListenAddress: netip.MustParseAddrPort("127.0.0.1:9443")},
+		Admin:                 Admin{Socket: abs(t, "testdata/admin.sock")},
 	}
-	if got.file != "testdata/good.yaml" || got.KeyLine("routes[1].destination_cidr_block") != 30 || got.KeyLine("admin.listen_address") != 56 {
-		t.Errorf("file %q, line of routes[1].destination_cidr_block %d (want 30), of admin.listen_address %d (want 56)",
-			got.file, got.KeyLine("routes[1].destination_cidr_block"), got.KeyLine("admin.listen_address"))
+	if got.file != "testdata/good.yaml" || got.KeyLine("routes[1].destination_cidr_block") != 30 || got.KeyLine("admin.socket") != 56 {
+		t.Errorf("file %q, line of routes[1].destination_cidr_block %d (want 30), of admin.socket %d (want 56)",
+			got.file, got.KeyLine("routes[1].destination_cidr_block"), got.KeyLine("admin.socket"))
 	}
 	got.file, got.keyLines = "", nil
 	if !reflect.DeepEqual(got, want) {
@@ -184,7 +184,7 @@ func TestDefaults(t *testing.T) {
 	}
 	if got.Description != "" || got.RemoteHostname != "" || got.Routes != nil || got.AuthorizationRules != nil ||
 		got.DNSServers != nil || got.ClientLoginBanner != "" || got.BandwidthLimits != nil ||
-		got.ConnectionLog != (ConnectionLog{}) || got.Admin != (Admin{}) || got.Authentication.Certificate.CRLFile != "" {
+		got.ConnectionLog != (ConnectionLog{}) || got.Admin != (Admin{Socket: DefaultAdminSocket}) || got.Authentication.Certificate.CRLFile != "" {
 		t.Errorf("optional keys not empty: %+v", got)
 	}
 	// The defaults are not shared between endpoints.
@@ -526,19 +526,21 @@ func TestRules(t *testing.T) {
 		{name: "connections per user not a number", append: "max_connections_per_user: many\n",
 			path: "max_connections_per_user", line: 17, msg: "many"},
 
-		// connection_log and admin placeholders
+		// connection_log placeholder and admin
 		{name: "connection log without file", append: "connection_log:\n  enabled: true\n",
 			path: "connection_log.file", line: 17, msg: "required when enabled is true"},
 		{name: "connection log in a missing directory", append: "connection_log: {file: nodir/conn.log}\n",
 			path: "connection_log.file", line: 17, msg: "no such file or directory"},
 		{name: "connection log is a directory", append: "connection_log: {file: pki}\n",
 			path: "connection_log.file", line: 17, msg: "is not a regular file"},
-		{name: "admin without address", append: "admin: {}\n",
-			path: "admin.listen_address", line: 17, msg: "required"},
-		{name: "admin address without port", append: "admin: {listen_address: 127.0.0.1}\n",
-			path: "admin.listen_address", line: 17, msg: `"127.0.0.1" is not an IP:port`},
-		{name: "admin on a tcp listener", append: "transport: [{protocol: tcp, port: 443}]\nadmin:\n  listen_address: 127.0.0.1:443\n",
-			path: "admin.listen_address", line: 19, msg: "127.0.0.1:443 is also the tcp/443 listener's socket"},
+		{name: "admin socket empty", append: "admin: {socket: \"\"}\n",
+			path: "admin.socket", line: 17, msg: "empty"},
+		{name: "admin socket too long", append: "admin: {socket: /run/" + strings.Repeat("x", 120) + "}\n",
+			path: "admin.socket", line: 17, msg: "a unix socket's path is at most 107"},
+		{name: "admin socket is a directory", append: "admin: {socket: pki}\n",
+			path: "admin.socket", line: 17, msg: "exists and is not a socket"},
+		{name: "admin listen address is gone", append: "admin: {listen_address: 127.0.0.1:9443}\n",
+			path: "admin.listen_address", line: 17, msg: `unknown key "listen_address"`},
 
 		// Unknown and duplicate keys.
 		{name: "unknown top-level key", append: "clinet_cidr_block: 10.3.0.0/22\n",

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -27,7 +28,8 @@ var topKeys = []string{
 
 // Limits.
 const (
-	minClientPrefix = 12 // AWS Client VPN allows client CIDR blocks /12../22
+	maxSocketPath   = 107 // sun_path less its terminating NUL
+	minClientPrefix = 12  // AWS Client VPN allows client CIDR blocks /12../22
 	maxClientPrefix = 22
 	minMTU          = 576 // RFC 791 minimum reassembly size
 	maxMTU          = 9000
@@ -73,6 +75,7 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 		NAT:           NAT{MaxMappings: defaultNATMappings},
 		SplitTunnel:   true,
 		Keepalive:     Keepalive{Ping: defaultPing * time.Second, PingRestart: defaultPingRestart * time.Second},
+		Admin:         Admin{Socket: DefaultAdminSocket},
 		ControlChannel: ControlChannel{
 			TLSAuthKeyDirection: KeyDirectionBidirectional,
 			TLSAuthDigest:       DigestSHA1,
@@ -219,9 +222,8 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	if n, path, ok := top.get("connection_log"); ok {
 		d.connectionLog(n, path, top.keyLine("connection_log"), ep)
 	}
-	var admin placed
 	if n, path, ok := top.get("admin"); ok {
-		admin = d.admin(n, path, top.keyLine("admin"), ep)
+		d.admin(n, path, top.keyLine("admin"), ep)
 	}
 
 	// Rules across keys, checked on values that passed their own checks.
@@ -258,15 +260,6 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	}
 	if tunName.path != "" && ifName != "" && ep.TUN.Name == ifName {
 		d.errorf(tunName.path, tunName.line, "%q is also target_network.interface; the tunnel needs its own device", ep.TUN.Name)
-	}
-	if admin.path != "" {
-		a := ep.Admin.ListenAddress
-		for _, l := range ep.Transport {
-			sameAddr := a.Addr() == ep.ListenAddress || a.Addr().IsUnspecified() || ep.ListenAddress.IsUnspecified()
-			if l.Protocol == ProtocolTCP && l.Port == a.Port() && sameAddr {
-				d.errorf(admin.path, admin.line, "%s is also the %s listener's socket (%s:%d)", a, l, ep.ListenAddress, l.Port)
-			}
-		}
 	}
 	return ep
 }
@@ -858,28 +851,26 @@ func (d *decoder) connectionLog(n *yaml.Node, path string, line int, ep *Endpoin
 	}
 }
 
-func (d *decoder) admin(n *yaml.Node, path string, line int, ep *Endpoint) placed {
-	m, ok := d.mapping(n, path, line, "listen_address")
+func (d *decoder) admin(n *yaml.Node, path string, line int, ep *Endpoint) {
+	m, ok := d.mapping(n, path, line, "socket")
 	if !ok {
-		return placed{}
+		return
 	}
-	n, path, ok = d.required(m, "listen_address", " (the IP:port the admin interface binds, such as 127.0.0.1:9443)")
+	n, path, ok = m.get("socket")
 	if !ok {
-		return placed{}
+		return // the default
 	}
-	s, ok := d.str(n, path)
+	abs, name, ok := d.resolve(n, path)
 	if !ok {
-		return placed{}
+		return
 	}
-	a, err := netip.ParseAddrPort(s)
-	if err != nil {
-		d.errorf(path, n.Line, "%q is not an IP:port like 127.0.0.1:9443", s)
-		return placed{}
+	if len(abs) > maxSocketPath {
+		d.errorf(path, n.Line, "%s is %d bytes long; a unix socket's path is at most %d", name, len(abs), maxSocketPath)
+		return
 	}
-	if a.Port() == 0 {
-		d.errorf(path, n.Line, "port 0 is outside 1..65535")
-		return placed{}
+	if fi, err := os.Stat(abs); err == nil && fi.Mode()&os.ModeSocket == 0 {
+		d.errorf(path, n.Line, "%s exists and is not a socket", name)
+		return
 	}
-	ep.Admin.ListenAddress = a
-	return placed{path, n.Line}
+	ep.Admin.Socket = abs
 }

@@ -27,10 +27,11 @@ type reloadKey struct {
 
 // Why the refused keys need a restart: each is built into host state or handed out at start.
 const (
-	restartPool = "client addresses are handed out from it"
-	restartTUN  = "the TUN device is created with it at start"
-	restartHost = "the host route and proxy neighbour entry are set up with it at start"
-	restartNAT  = "the NAT table is built with it at start"
+	restartPool  = "client addresses are handed out from it"
+	restartTUN   = "the TUN device is created with it at start"
+	restartHost  = "the host route and proxy neighbour entry are set up with it at start"
+	restartNAT   = "the NAT table is built with it at start"
+	restartAdmin = "the admin API listens on it from start"
 )
 
 // reloadKeys lists every key of the file in file order (the order of Endpoint's fields).
@@ -82,7 +83,8 @@ var reloadKeys = []reloadKey{
 	// Accepted placeholders that nothing serves yet: a change has nothing to restart.
 	{path: "connection_log.enabled", equal: same(func(e *Endpoint) bool { return e.ConnectionLog.Enabled })},
 	{path: "connection_log.file", equal: same(func(e *Endpoint) string { return e.ConnectionLog.File })},
-	{path: "admin.listen_address", equal: same(func(e *Endpoint) any { return e.Admin.ListenAddress })},
+	{path: "admin.socket", restart: restartAdmin, equal: same(func(e *Endpoint) string { return e.Admin.Socket }),
+		show: func(e *Endpoint) string { return e.Admin.Socket }},
 }
 
 // Diff compares the running endpoint file with the next one key by key and returns the YAML

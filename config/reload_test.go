@@ -111,7 +111,7 @@ func TestDiff(t *testing.T) {
 		{name: "keepalive ping restart", next: []string{"ping_restart_seconds: 30", "ping_restart_seconds: 40"}, changed: []string{"keepalive.ping_restart_seconds"}},
 		{name: "connection_log", next: []string{"enabled: true", "enabled: false", "file: connections.log", "file: other.log"},
 			changed: []string{"connection_log.enabled", "connection_log.file"}},
-		{name: "admin", next: []string{"listen_address: 127.0.0.1:9443", "listen_address: 127.0.0.1:9444"}, changed: []string{"admin.listen_address"}},
+		{name: "admin socket", next: []string{"socket: admin.sock", "socket: other.sock"}, refused: []string{"admin.socket"}},
 		{name: "live and refused at once", next: []string{"cert_file: pki/server.crt", "cert_file: pki/ca.crt", "name: vpn0", "name: vpn1",
 			"[CHACHA20-POLY1305, aes-256-gcm]", "[CHACHA20-POLY1305]"},
 			changed: []string{"server_certificate.cert_file", "data_ciphers"}, refused: []string{"tun.name"}},
@@ -321,7 +321,7 @@ func TestCheckReload(t *testing.T) {
 func TestReloadKeys(t *testing.T) {
 	live, restart := ReloadKeys()
 	wantRestart := []string{"client_cidr_block", "target_network.interface", "target_network.snat_address", "tun.name", "tun.mtu",
-		"nat.max_mappings", "nat.max_mappings_per_client"}
+		"nat.max_mappings", "nat.max_mappings_per_client", "admin.socket"}
 	if !slices.Equal(restart, wantRestart) {
 		t.Errorf("restart keys %q, want %q", restart, wantRestart)
 	}

@@ -58,7 +58,7 @@ const (
 
 // keyActions says what each key a reload applies (config.ReloadKeys' live keys) takes. Keys
 // that nothing running reads yet (description, remote_hostname, vpc_cidr_blocks,
-// connection_log, admin) take none: the file in force records them. TestKeyActions checks that
+// connection_log) take none: the file in force records them. TestKeyActions checks that
 // every live key is here.
 var keyActions = map[string]action{
 	"description":                                    0,
@@ -91,7 +91,6 @@ var keyActions = map[string]action{
 	"keepalive.ping_restart_seconds":                 applySettings,
 	"connection_log.enabled":                         0,
 	"connection_log.file":                            0,
-	"admin.listen_address":                           0,
 }
 
 // Diff compares the running endpoint with the next one loaded from its file: key by key
