@@ -160,8 +160,8 @@ type Endpoint struct {
 	// A new session beyond it replaces that identity's oldest, which is
 	// told why. 0 means unlimited; 5 by default. AWS: none.
 	MaxConnectionsPerUser int
-	// ConnectionLog (connection_log) records client connections. Accepted
-	// now, written by a later issue. AWS: ConnectionLogOptions.
+	// ConnectionLog (connection_log) records client connections, AWS's
+	// connection log as JSON lines (package endpoint/connlog). AWS: ConnectionLogOptions.
 	ConnectionLog ConnectionLog
 	// Admin (admin) is the local administration API, served on a unix
 	// socket. AWS: the EC2 API's Client VPN actions.
@@ -340,8 +340,8 @@ type Keepalive struct {
 	PingRestart time.Duration // ping_restart_seconds: default 60s
 }
 
-// ConnectionLog is the connection log (connection_log), a placeholder that a
-// later issue fills.
+// ConnectionLog is the connection log (connection_log). A change applies on reload: the log
+// switches files at once.
 type ConnectionLog struct {
 	// Enabled (enabled) turns the log on; false by default.
 	Enabled bool

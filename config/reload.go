@@ -80,7 +80,7 @@ var reloadKeys = []reloadKey{
 	{path: "keepalive.ping_seconds", equal: same(func(e *Endpoint) any { return e.Keepalive.Ping })},
 	{path: "keepalive.ping_restart_seconds", equal: same(func(e *Endpoint) any { return e.Keepalive.PingRestart })},
 	{path: "max_connections_per_user", equal: same(func(e *Endpoint) int { return e.MaxConnectionsPerUser })},
-	// Accepted placeholders that nothing serves yet: a change has nothing to restart.
+	// The connection log switches files at once: the queued records go to the old one.
 	{path: "connection_log.enabled", equal: same(func(e *Endpoint) bool { return e.ConnectionLog.Enabled })},
 	{path: "connection_log.file", equal: same(func(e *Endpoint) string { return e.ConnectionLog.File })},
 	{path: "admin.socket", restart: restartAdmin, equal: same(func(e *Endpoint) string { return e.Admin.Socket }),

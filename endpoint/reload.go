@@ -41,6 +41,8 @@ const (
 	reasonInvalid  = "the endpoint file is invalid"
 	reasonRestart  = "keys cannot change while the endpoint runs"
 	reasonListener = "a listener cannot open"
+	// the new connection log file cannot open; the old one stays in use
+	reasonConnectionLog = "the connection log cannot open"
 )
 
 // ErrStopped refuses a reload of an endpoint that has stopped.
@@ -50,16 +52,16 @@ var ErrStopped = errors.New("endpoint: stopped")
 type action uint8
 
 const (
-	applyListeners action = 1 << iota // SetListeners: open the new, close the removed
-	applySettings                     // Reconfigure: what new handshakes use, and timers
-	applyPolicy                       // Reload: the per-packet policy
-	applyRevoker                      // SetRevoker and a new CRL watcher
+	applyListeners     action = 1 << iota // SetListeners: open the new, close the removed
+	applySettings                         // Reconfigure: what new handshakes use, and timers
+	applyPolicy                           // Reload: the per-packet policy
+	applyRevoker                          // SetRevoker and a new CRL watcher
+	applyConnectionLog                    // the connection log switches files
 )
 
 // keyActions says what each key a reload applies (config.ReloadKeys' live keys) takes. Keys
-// that nothing running reads yet (description, remote_hostname, vpc_cidr_blocks,
-// connection_log) take none: the file in force records them. TestKeyActions checks that
-// every live key is here.
+// that nothing running reads yet (description, remote_hostname, vpc_cidr_blocks) take none:
+// the file in force records them. TestKeyActions checks that every live key is here.
 var keyActions = map[string]action{
 	"description":                                    0,
 	"remote_hostname":                                0, // profiles are rendered from the file
@@ -89,8 +91,8 @@ var keyActions = map[string]action{
 	"max_connections_per_user":                       applySettings,
 	"keepalive.ping_seconds":                         applySettings,
 	"keepalive.ping_restart_seconds":                 applySettings,
-	"connection_log.enabled":                         0,
-	"connection_log.file":                            0,
+	"connection_log.enabled":                         applyConnectionLog,
+	"connection_log.file":                            applyConnectionLog,
 }
 
 // Diff compares the running endpoint with the next one loaded from its file: key by key
@@ -217,8 +219,17 @@ func (r *Running) reload(path string) (*ReloadReport, error) {
 	if err != nil {
 		return nil, &ReloadError{Reason: reasonInvalid, Err: err}
 	}
+	if todo&applyConnectionLog != 0 {
+		// First, since it may fail (the new file cannot open: the old one stays in use).
+		if err := r.connLog.SetPath(connectionLogPath(next.Config)); err != nil {
+			return nil, &ReloadError{Reason: reasonConnectionLog, Err: next.Config.KeyError("connection_log.file", err)}
+		}
+	}
 	if todo&applyListeners != 0 {
 		if err := r.srv.SetListeners(ecfg.UDP, ecfg.TCP); err != nil {
+			if todo&applyConnectionLog != 0 { // back to the running file's log
+				_ = r.connLog.SetPath(connectionLogPath(running.Config))
+			}
 			return nil, &ReloadError{Reason: reasonListener, Err: engineError(err, next.Config)}
 		}
 	}
@@ -229,6 +240,9 @@ func (r *Running) reload(path string) (*ReloadReport, error) {
 			if todo&applyListeners != 0 {
 				udp, tcp := listeners(running.Config)
 				_ = r.srv.SetListeners(udp, tcp)
+			}
+			if todo&applyConnectionLog != 0 {
+				_ = r.connLog.SetPath(connectionLogPath(running.Config))
 			}
 			return nil, &ReloadError{Reason: "the engine refused the settings", Err: err}
 		}

@@ -12,6 +12,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/endpoint/connlog"
 	"github.com/cvpn/cvpn/ippool"
 	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/pki"
@@ -45,6 +46,8 @@ type Options struct {
 	// HostAddrs finds and watches the host's own addresses, which clients are kept from; nil
 	// means host.WatchOwnAddrs.
 	HostAddrs HostAddrs
+	// ReopenLog: each value received reopens the connection log's file (SIGUSR1, logrotate).
+	ReopenLog <-chan struct{}
 
 	// crlPoll is how often the CRL file is checked; 0 means every two seconds.
 	crlPoll time.Duration
@@ -61,6 +64,8 @@ type Running struct {
 	// stopHostAddrs stops watching.
 	policy        *hostPolicy
 	stopHostAddrs func()
+	// connLog is the connection log, open (or disabled) from Start until Run returns.
+	connLog *connlog.Log
 
 	// crl is the CRL set in force: the file's at start or at the last reload, or what the
 	// CRL watcher loaded since. It is what a reload compares the file's CRL with.
@@ -98,6 +103,8 @@ func Serve(ctx context.Context, path string, ep *Endpoint, reload <-chan struct{
 			return nil
 		case <-reload:
 			_, _ = r.Reload(path) // logged
+		case <-opts.ReopenLog:
+			r.ReopenConnectionLog()
 		}
 	}
 }
@@ -158,12 +165,24 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 		}
 	}()
 	ecfg.Policy = pol.first(own)
+	connLog, err := openConnectionLog(ep, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			connLog.Close()
+		}
+	}()
+	ecfg.Events = append(ecfg.Events, connLog)
 	srv, err := tunnel.New(ecfg)
 	if err != nil {
 		return nil, engineError(err, cfg)
 	}
+	connLog.Track(srv.Clients)
 	pol.attach(srv, ecfg.Policy)
-	r = &Running{opts: opts, log: opts.Log, host: h, srv: srv, policy: pol, stopHostAddrs: stopHostAddrs, cur: ep}
+	r = &Running{opts: opts, log: opts.Log, host: h, srv: srv, policy: pol, stopHostAddrs: stopHostAddrs, cur: ep,
+		connLog: connLog}
 	r.crl.Store(ep.CRL)
 	r.watchCRL(ep)
 	opts.Log.Info("cvpn listening", "udp", ecfg.UDP, "tcp", ecfg.TCP, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
@@ -185,6 +204,9 @@ func setupHost(cfg host.Config, log *slog.Logger) (Host, error) {
 // state (a failure to is logged) and logs the drop counters.
 func (r *Running) Run() {
 	r.srv.Run()
+	if err := r.connLog.Close(); err != nil { // every session has ended: their final records are queued
+		r.log.Error("connection log: close", "err", err)
+	}
 	r.mu.Lock()
 	r.stopped = true
 	r.stopCRLWatch()

@@ -1,0 +1,434 @@
+package connlog
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cvpn/cvpn/internal/testlog"
+	"github.com/cvpn/cvpn/tunnel/counters"
+	"github.com/cvpn/cvpn/tunnel/session"
+)
+
+// awsKeys are the keys of AWS Client VPN's connection log, every one of them.
+var awsKeys = []string{
+	"connection-log-type", "connection-attempt-status", "connection-reset-status",
+	"connection-attempt-failure-reason", "connection-id", "client-vpn-endpoint-id",
+	"transport-protocol", "connection-start-time", "connection-last-update-time", "client-ip",
+	"common-name", "device-type", "device-ip", "port", "ingress-bytes", "egress-bytes",
+	"ingress-packets", "egress-packets", "connection-end-time", "connection-duration-seconds",
+	"posture-compliance-statuses", "username",
+}
+
+var t0 = time.Date(2026, 3, 26, 20, 37, 15, 0, time.UTC)
+
+func testStatus() session.Status {
+	return session.Status{
+		Info: &session.Info{ConnectionID: "cvpn-connection-0123456789abcdef0", User: "alice", CommonName: "alice",
+			Address: netip.MustParseAddr("10.2.0.5"), Transport: "udp", Platform: "win",
+			Since: t0, Established: t0.Add(2 * time.Second)},
+		Remote:  netip.MustParseAddrPort("198.51.100.7:50096"),
+		Traffic: counters.TrafficSnapshot{RxBytes: 1000, RxPackets: 10, TxBytes: 2000, TxPackets: 20},
+	}
+}
+
+// decode parses one line into its keys, failing unless it has exactly AWS's keys, all strings.
+func decode(t *testing.T, line []byte) map[string]string {
+	t.Helper()
+	var raw map[string]any
+	if err := json.Unmarshal(line, &raw); err != nil {
+		t.Fatalf("line %q: %v", line, err)
+	}
+	out := map[string]string{}
+	for k, v := range raw {
+		s, ok := v.(string)
+		if !ok {
+			t.Errorf("%s: %v is not a string", k, v)
+		}
+		out[k] = s
+	}
+	var keys []string
+	for k := range out {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	want := slices.Clone(awsKeys)
+	slices.Sort(want)
+	if !slices.Equal(keys, want) {
+		t.Errorf("keys %v, want AWS's %v", keys, want)
+	}
+	return out
+}
+
+func TestConnectionRecordSchema(t *testing.T) {
+	s := testStatus()
+	line := ConnectionRecord(s, "cvpn-endpoint-aaa", t0.Add(62*time.Second), nil)
+	got := decode(t, line.Append(nil))
+	want := map[string]string{
+		"connection-log-type": "connection-attempt", "connection-attempt-status": "successful",
+		"connection-reset-status": "NA", "connection-attempt-failure-reason": "NA",
+		"connection-id": "cvpn-connection-0123456789abcdef0", "client-vpn-endpoint-id": "cvpn-endpoint-aaa",
+		"transport-protocol": "udp", "connection-start-time": "2026-03-26 20:37:15",
+		"connection-last-update-time": "2026-03-26 20:38:17", "client-ip": "10.2.0.5", "common-name": "alice",
+		"device-type": "windows", "device-ip": "198.51.100.7", "port": "50096",
+		"ingress-bytes": "1000", "egress-bytes": "2000", "ingress-packets": "10", "egress-packets": "20",
+		"connection-end-time": "NA", "connection-duration-seconds": "60",
+		"posture-compliance-statuses": "NA", "username": "NA",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+	if line.Final() {
+		t.Error("a live connection's record is final")
+	}
+
+	end := session.End{Time: t0.Add(time.Hour + 2*time.Second), Reason: "client exited"}
+	final := ConnectionRecord(s, "cvpn-endpoint-aaa", end.Time, &end)
+	got = decode(t, final.Append(nil))
+	if got["connection-end-time"] != "2026-03-26 21:37:17" || got["connection-last-update-time"] != "2026-03-26 21:37:17" ||
+		got["connection-duration-seconds"] != "3600" {
+		t.Errorf("final record: end %q, update %q, duration %q", got["connection-end-time"],
+			got["connection-last-update-time"], got["connection-duration-seconds"])
+	}
+	if !final.Final() || final.User() != "alice" {
+		t.Errorf("final record: Final %v, User %q", final.Final(), final.User())
+	}
+}
+
+func TestAttemptRecordSchema(t *testing.T) {
+	a := session.Attempt{ConnectionID: "cvpn-connection-fffffffffffffffff", Time: t0.In(time.FixedZone("X", 3600)),
+		Remote: netip.MustParseAddrPort("[::ffff:198.51.100.9]:1194"), Transport: "tcp", CommonName: "mallory",
+		Code: session.RefusedUnknownCA, Reason: "certificate signed by unknown authority"}
+	got := decode(t, AttemptRecord(a, "cvpn-endpoint-aaa").Append(nil))
+	want := map[string]string{
+		"connection-attempt-status": "failed", "connection-attempt-failure-reason": "unknown_ca: certificate signed by unknown authority",
+		"connection-start-time": "2026-03-26 20:37:15", "device-ip": "198.51.100.9", "port": "1194",
+		"transport-protocol": "tcp", "common-name": "mallory", "username": "NA",
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+	for _, k := range []string{"client-ip", "device-type", "ingress-bytes", "egress-bytes", "ingress-packets",
+		"egress-packets", "connection-end-time", "connection-duration-seconds", "posture-compliance-statuses", "connection-reset-status"} {
+		if got[k] != NA {
+			t.Errorf("%s = %q, want NA in a refused attempt", k, got[k])
+		}
+	}
+	// Nothing known of a client: NA, never "".
+	got = decode(t, AttemptRecord(session.Attempt{Time: t0}, "").Append(nil))
+	for k, v := range got {
+		if v == "" {
+			t.Errorf("%s is empty, want NA", k)
+		}
+	}
+	if got["common-name"] != NA || got["connection-attempt-failure-reason"] != NA || got["device-ip"] != NA {
+		t.Errorf("unknown client: %v", got)
+	}
+	// A username that is not the certificate's name is the username.
+	got = decode(t, AttemptRecord(session.Attempt{Time: t0, User: "bob", CommonName: "laptop-7"}, "").Append(nil))
+	if got["username"] != "bob" {
+		t.Errorf("username %q, want bob", got["username"])
+	}
+}
+
+// fakeFile records each write and sync with the time it happened.
+type fakeFile struct {
+	mu     sync.Mutex
+	writes [][]byte
+	wrote  []time.Time
+	synced []time.Time
+	closed bool
+	gate   chan struct{} // when set, each Write waits for a value
+}
+
+func (f *fakeFile) Write(b []byte) (int, error) {
+	if f.gate != nil {
+		<-f.gate
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.writes = append(f.writes, slices.Clone(b))
+	f.wrote = append(f.wrote, time.Now())
+	return len(b), nil
+}
+
+func (f *fakeFile) Sync() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.synced = append(f.synced, time.Now())
+	return nil
+}
+
+func (f *fakeFile) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	return nil
+}
+
+func (f *fakeFile) lines(t *testing.T) []map[string]string {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []map[string]string
+	for _, w := range f.writes {
+		if len(w) == 0 || w[len(w)-1] != '\n' {
+			t.Fatalf("a write that does not end a line: %q", w)
+		}
+		for _, l := range bytes.Split(bytes.TrimSuffix(w, []byte("\n")), []byte("\n")) {
+			out = append(out, decode(t, l))
+		}
+	}
+	return out
+}
+
+func openFake(t *testing.T, f *fakeFile, o Options) *Log {
+	t.Helper()
+	o.Path = "fake"
+	o.Open = func(string) (File, error) { return f, nil }
+	if o.Log == nil {
+		o.Log = testlog.New(t)
+	}
+	l, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// Every write is synced within the commit interval, and records written together share an
+// fsync (group commit): a burst costs far fewer fsyncs than records.
+func TestGroupCommit(t *testing.T) {
+	f := &fakeFile{}
+	const commit = 100 * time.Millisecond
+	l := openFake(t, f, Options{Commit: commit})
+	var wg sync.WaitGroup
+	const writers, each = 8, 100
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				s := testStatus()
+				l.Connected(s)
+				if i%10 == 0 {
+					time.Sleep(time.Duration(w+1) * time.Millisecond)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	time.Sleep(commit + 100*time.Millisecond) // the last fsync comes by itself, not from Close
+	f.mu.Lock()
+	wrote, synced := slices.Clone(f.wrote), slices.Clone(f.synced)
+	f.mu.Unlock()
+	if len(f.lines(t)) != writers*each {
+		t.Fatalf("%d records written, want %d", len(f.lines(t)), writers*each)
+	}
+	// Allow the scheduler some lateness on a loaded CI machine.
+	const slack = 50 * time.Millisecond
+	for i, w := range wrote {
+		j, _ := slices.BinarySearchFunc(synced, w, func(s, w time.Time) int { return s.Compare(w) })
+		if j == len(synced) {
+			t.Fatalf("write %d at %v never synced", i, w)
+		}
+		if d := synced[j].Sub(w); d > commit+slack {
+			t.Errorf("write %d synced after %v, want within %v", i, d, commit)
+		}
+	}
+	if len(synced) >= writers*each/4 {
+		t.Errorf("%d fsyncs for %d records: no group commit", len(synced), writers*each)
+	}
+	t.Logf("%d records, %d writes, %d fsyncs", writers*each, len(wrote), len(synced))
+}
+
+// Close writes what is queued and syncs it before closing the file.
+func TestCloseFlushes(t *testing.T) {
+	f := &fakeFile{}
+	l := openFake(t, f, Options{Commit: time.Hour})
+	for range 50 {
+		l.Refused(session.Attempt{Time: t0, Code: session.RefusedRevoked, Reason: "revoked"})
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f.lines(t)); n != 50 {
+		t.Errorf("%d records after Close, want 50", n)
+	}
+	if len(f.synced) == 0 || !f.closed {
+		t.Errorf("after Close: %d fsyncs, closed %v", len(f.synced), f.closed)
+	}
+	l.Refused(session.Attempt{Time: t0}) // after Close: dropped, no panic
+	if err := l.Reopen(); err != ErrClosed {
+		t.Errorf("Reopen after Close: %v, want ErrClosed", err)
+	}
+}
+
+// A writer that cannot keep up makes events drop records, counted and logged, never block.
+func TestQueueBound(t *testing.T) {
+	f := &fakeFile{gate: make(chan struct{})}
+	var logs testlog.Buffer
+	l := openFake(t, f, Options{Queue: 4, Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 1000 {
+			l.Refused(session.Attempt{Time: t0})
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("events blocked on a stuck writer")
+	}
+	// The writer holds at most one batch (the first record and what it drained) and the queue 4.
+	if d := l.Dropped(); d < 1000-4-5 || d > 1000-4 {
+		t.Errorf("dropped %d of 1000 with a queue of 4", d)
+	}
+	close(f.gate) // the file is back
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "records dropped") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "connection log: queue full, records dropped") {
+		t.Errorf("no log line about the drops: %q", logs.String())
+	}
+	l.Close()
+	if n := uint64(len(f.lines(t))); n+l.Dropped() != 1000 {
+		t.Errorf("%d written + %d dropped != 1000", n, l.Dropped())
+	}
+}
+
+// Each live connection gets a record every update interval, with its counters then.
+func TestUpdates(t *testing.T) {
+	f := &fakeFile{}
+	now := t0.Add(5 * time.Minute)
+	l := openFake(t, f, Options{Update: 20 * time.Millisecond, Now: func() time.Time { return now }})
+	var mu sync.Mutex
+	s := testStatus()
+	l.Track(func() []session.Status {
+		mu.Lock()
+		defer mu.Unlock()
+		return []session.Status{s}
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for len(f.lines(t)) < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	l.Close()
+	lines := f.lines(t)
+	if len(lines) < 3 {
+		t.Fatalf("%d update records in 5 s at an interval of 20 ms", len(lines))
+	}
+	for _, r := range lines {
+		if r["connection-last-update-time"] != "2026-03-26 20:42:15" || r["connection-end-time"] != NA ||
+			r["ingress-bytes"] != "1000" || r["connection-duration-seconds"] != "298" {
+			t.Errorf("update record %v", r)
+		}
+	}
+}
+
+// Reopen (SIGUSR1) writes to a new file at the same path once logrotate moved the old one.
+func TestReopen(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "connections.log")
+	l, err := Open(Options{Path: path, Log: testlog.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.Refused(session.Attempt{Time: t0, CommonName: "before"})
+	if err := os.Rename(path, path+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Reopen(); err != nil { // the queued record goes to the old file
+		t.Fatal(err)
+	}
+	l.Refused(session.Attempt{Time: t0, CommonName: "after"})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for file, cn := range map[string]string{path + ".1": "before", path: "after"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+		if len(lines) != 1 || decode(t, []byte(lines[0]))["common-name"] != cn {
+			t.Errorf("%s: %q, want one record of %s", file, b, cn)
+		}
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o640 {
+		t.Errorf("new file: %v %v, want mode 0640", st.Mode(), err)
+	}
+}
+
+// A path that cannot open leaves the log writing where it did; "" stops it.
+func TestSetPath(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.log")
+	l, err := Open(Options{Path: path, Log: testlog.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.SetPath(filepath.Join(dir, "missing", "b.log")); err == nil {
+		t.Fatal("SetPath to a missing directory succeeded")
+	}
+	l.Refused(session.Attempt{Time: t0, CommonName: "kept"})
+	if err := l.SetPath(""); err != nil {
+		t.Fatal(err)
+	}
+	l.Refused(session.Attempt{Time: t0, CommonName: "off"})
+	if err := l.SetPath(filepath.Join(dir, "b.log")); err != nil {
+		t.Fatal(err)
+	}
+	l.Refused(session.Attempt{Time: t0, CommonName: "b"})
+	l.Close()
+	a, _ := os.ReadFile(path)
+	b, _ := os.ReadFile(filepath.Join(dir, "b.log"))
+	if strings.Count(string(a), "\n") != 1 || !strings.Contains(string(a), `"kept"`) ||
+		strings.Count(string(b), "\n") != 1 || !strings.Contains(string(b), `"b"`) {
+		t.Errorf("a.log %q, b.log %q", a, b)
+	}
+}
+
+// A file whose last line a crash cut short gets a newline before the next record.
+func TestOpenAfterTornLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.log")
+	if err := os.WriteFile(path, []byte(`{"connection-log-type":"conn`), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Refused(session.Attempt{Time: t0})
+	l.Close()
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%q", b)
+	}
+	decode(t, []byte(lines[1]))
+}
+
+func TestEndpointID(t *testing.T) {
+	a, b := EndpointID("10.2.0.0/22 10.0.1.2"), EndpointID("10.2.0.0/22 10.0.1.3")
+	if a == b || a != EndpointID("10.2.0.0/22 10.0.1.2") || len(a) != len("cvpn-endpoint-")+17 || !strings.HasPrefix(a, "cvpn-endpoint-") {
+		t.Errorf("EndpointID: %q, %q", a, b)
+	}
+}
