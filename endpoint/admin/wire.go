@@ -96,8 +96,8 @@ type TerminateClientVpnConnectionsInput struct {
 
 // TerminateClientVpnConnectionsOutput is its response.
 type TerminateClientVpnConnectionsOutput struct {
-	ClientVpnEndpointID string                       `json:"ClientVpnEndpointId"`
-	Username            string                       `json:"Username,omitempty"`
+	ClientVpnEndpointID string                      `json:"ClientVpnEndpointId"`
+	Username            string                      `json:"Username,omitempty"`
 	ConnectionStatuses  []TerminateConnectionStatus `json:"ConnectionStatuses"`
 }
 
