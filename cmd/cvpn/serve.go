@@ -18,7 +18,7 @@ import (
 )
 
 // cmdServe runs the endpoint (package endpoint) until SIGTERM or SIGINT; SIGHUP reloads the
-// endpoint file.
+// endpoint file; SIGUSR1 reopens the connection log (logrotate).
 func cmdServe(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -67,17 +67,25 @@ func serveFile(path, memProfile string, log *slog.Logger, stderr io.Writer) int 
 	// state: the endpoint stops as soon as it has started. SIGHUP reloads, one at a time; one
 	// that arrives during a reload is kept for after it.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	reload := make(chan struct{}, 1)
+	reopenLog := make(chan struct{}, 1)
 	go func() {
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case sig := <-sigs:
+				if sig == syscall.SIGUSR1 {
+					select {
+					case reopenLog <- struct{}{}:
+					default: // one is pending already
+					}
+					continue
+				}
 				if sig == syscall.SIGHUP {
 					select {
 					case reload <- struct{}{}:
@@ -94,7 +102,7 @@ func serveFile(path, memProfile string, log *slog.Logger, stderr io.Writer) int 
 			}
 		}
 	}()
-	err = endpoint.Serve(ctx, path, ep, reload, endpoint.Options{Log: log, Now: timeNow, Host: setupHost})
+	err = endpoint.Serve(ctx, path, ep, reload, endpoint.Options{Log: log, Now: timeNow, Host: setupHost, ReopenLog: reopenLog})
 	if err != nil {
 		printServeError(stderr, err)
 		return exitRuntime
