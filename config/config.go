@@ -166,6 +166,9 @@ type Endpoint struct {
 	// Admin (admin) is the local administration API, served on a unix
 	// socket. AWS: the EC2 API's Client VPN actions.
 	Admin Admin
+	// Metrics (metrics) serves Prometheus metrics (package endpoint/metrics).
+	// AWS: the AWS/ClientVPN CloudWatch metrics.
+	Metrics Metrics
 
 	// file is the name given to Load, for KeyError and CheckReload.
 	file string
@@ -361,6 +364,20 @@ type Admin struct {
 
 // DefaultAdminSocket is admin.socket when the file has none.
 const DefaultAdminSocket = "/run/cvpn/admin.sock"
+
+// Metrics is the Prometheus metrics endpoint (metrics).
+type Metrics struct {
+	// ListenAddress (listen_address) is the IP:port /metrics is served on
+	// over HTTP; DefaultMetricsListenAddress when metrics is present without
+	// it, the zero AddrPort (no metrics) when metrics is absent. It must not
+	// be a tcp transport listener's socket.
+	ListenAddress netip.AddrPort
+}
+
+// DefaultMetricsListenAddress is metrics.listen_address when the file has
+// metrics without it: loopback, on the port registered for OpenTelemetry's
+// Prometheus exporter.
+var DefaultMetricsListenAddress = netip.MustParseAddrPort("127.0.0.1:9464")
 
 // Defaults applied when keys are absent.
 const (

@@ -184,7 +184,7 @@ func TestDefaults(t *testing.T) {
 	}
 	if got.Description != "" || got.RemoteHostname != "" || got.Routes != nil || got.AuthorizationRules != nil ||
 		got.DNSServers != nil || got.ClientLoginBanner != "" || got.BandwidthLimits != nil ||
-		got.ConnectionLog != (ConnectionLog{}) || got.Admin != (Admin{Socket: DefaultAdminSocket}) || got.Authentication.Certificate.CRLFile != "" {
+		got.ConnectionLog != (ConnectionLog{}) || got.Admin != (Admin{Socket: DefaultAdminSocket}) || got.Metrics != (Metrics{}) || got.Authentication.Certificate.CRLFile != "" {
 		t.Errorf("optional keys not empty: %+v", got)
 	}
 	// The defaults are not shared between endpoints.
@@ -227,6 +227,30 @@ authorization_rules:
   - target_network_cidr: 10.0.0.0/16
     access_group_id: dev
 `
+
+// metrics is off when absent (or null), on at 127.0.0.1:9464 when present without an address, and where
+// listen_address says otherwise; a udp listener on the same port is no conflict.
+func TestMetrics(t *testing.T) {
+	for _, c := range []struct {
+		append string
+		want   netip.AddrPort
+	}{
+		{"", netip.AddrPort{}},
+		{"metrics:\n", netip.AddrPort{}}, // null is absent, as for every key
+		{"metrics: {}\n", netip.MustParseAddrPort("127.0.0.1:9464")},
+		{"metrics: {listen_address: \"[::1]:9100\"}\n", netip.MustParseAddrPort("[::1]:9100")},
+		{"transport: [{protocol: udp, port: 9464}]\nmetrics: {}\n", netip.MustParseAddrPort("127.0.0.1:9464")},
+	} {
+		ep, err := Parse([]byte(base+c.append), "testdata")
+		if err != nil {
+			t.Errorf("%q: %v", c.append, err)
+			continue
+		}
+		if ep.Metrics.ListenAddress != c.want {
+			t.Errorf("%q: metrics.listen_address = %v, want %v", c.append, ep.Metrics.ListenAddress, c.want)
+		}
+	}
+}
 
 func TestBaseIsValid(t *testing.T) {
 	if _, err := Parse([]byte(base), "testdata"); err != nil {
@@ -541,6 +565,17 @@ func TestRules(t *testing.T) {
 			path: "admin.socket", line: 17, msg: "exists and is not a socket"},
 		{name: "admin listen address is gone", append: "admin: {listen_address: 127.0.0.1:9443}\n",
 			path: "admin.listen_address", line: 17, msg: `unknown key "listen_address"`},
+		// metrics
+		{name: "metrics address without port", append: "metrics: {listen_address: 127.0.0.1}\n",
+			path: "metrics.listen_address", line: 17, msg: `"127.0.0.1" is not an IP:port like 127.0.0.1:9464`},
+		{name: "metrics port zero", append: "metrics: {listen_address: \"127.0.0.1:0\"}\n",
+			path: "metrics.listen_address", line: 17, msg: "port 0 is outside 1..65535"},
+		{name: "metrics unknown key", append: "metrics: {path: /metrics}\n",
+			path: "metrics.path", line: 17, msg: `unknown key "path"`},
+		{name: "metrics on a tcp listener", append: "transport: [{protocol: tcp, port: 9464}]\nmetrics: {}\n",
+			path: "metrics", line: 18, msg: "127.0.0.1:9464 is also the tcp/9464 listener's socket (0.0.0.0:9464)"},
+		{name: "metrics on a tcp listener, explicit", append: "transport: [{protocol: tcp, port: 443}]\nmetrics:\n  listen_address: 0.0.0.0:443\n",
+			path: "metrics.listen_address", line: 19, msg: "0.0.0.0:443 is also the tcp/443 listener's socket"},
 
 		// Unknown and duplicate keys.
 		{name: "unknown top-level key", append: "clinet_cidr_block: 10.3.0.0/22\n",

@@ -23,7 +23,7 @@ var topKeys = []string{
 	"data_ciphers", "target_network", "tun", "nat", "routes", "authorization_rules",
 	"split_tunnel", "allow_host_access", "dns_servers", "session_timeout_hours", "client_login_banner",
 	"bandwidth_limit_mbps", "bandwidth_limits", "reneg_seconds", "keepalive", "max_connections_per_user",
-	"connection_log", "admin",
+	"connection_log", "admin", "metrics",
 }
 
 // Limits.
@@ -225,6 +225,10 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	if n, path, ok := top.get("admin"); ok {
 		d.admin(n, path, top.keyLine("admin"), ep)
 	}
+	var metrics placed
+	if n, path, ok := top.get("metrics"); ok {
+		metrics = d.metrics(n, path, top.keyLine("metrics"), ep)
+	}
 
 	// Rules across keys, checked on values that passed their own checks.
 	if client.path != "" {
@@ -260,6 +264,15 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	}
 	if tunName.path != "" && ifName != "" && ep.TUN.Name == ifName {
 		d.errorf(tunName.path, tunName.line, "%q is also target_network.interface; the tunnel needs its own device", ep.TUN.Name)
+	}
+	if metrics.path != "" {
+		a := ep.Metrics.ListenAddress
+		for _, l := range ep.Transport {
+			sameAddr := a.Addr() == ep.ListenAddress || a.Addr().IsUnspecified() || ep.ListenAddress.IsUnspecified()
+			if l.Protocol == ProtocolTCP && l.Port == a.Port() && sameAddr {
+				d.errorf(metrics.path, metrics.line, "%s is also the %s listener's socket (%s:%d)", a, l, ep.ListenAddress, l.Port)
+			}
+		}
 	}
 	return ep
 }
@@ -849,6 +862,35 @@ func (d *decoder) connectionLog(n *yaml.Node, path string, line int, ep *Endpoin
 	} else if ep.ConnectionLog.Enabled {
 		d.errorf(path, m.keyLine("file"), "required when enabled is true")
 	}
+}
+
+// metrics decodes the metrics mapping: present (even empty) turns metrics on, at
+// DefaultMetricsListenAddress unless listen_address says where.
+func (d *decoder) metrics(n *yaml.Node, path string, line int, ep *Endpoint) placed {
+	m, ok := d.mapping(n, path, line, "listen_address")
+	if !ok {
+		return placed{}
+	}
+	ep.Metrics.ListenAddress = DefaultMetricsListenAddress
+	n, kpath, ok := m.get("listen_address")
+	if !ok {
+		return placed{path, line}
+	}
+	s, ok := d.str(n, kpath)
+	if !ok {
+		return placed{}
+	}
+	a, err := netip.ParseAddrPort(s)
+	if err != nil {
+		d.errorf(kpath, n.Line, "%q is not an IP:port like 127.0.0.1:9464", s)
+		return placed{}
+	}
+	if a.Port() == 0 {
+		d.errorf(kpath, n.Line, "port 0 is outside 1..65535")
+		return placed{}
+	}
+	ep.Metrics.ListenAddress = a
+	return placed{kpath, n.Line}
 }
 
 func (d *decoder) admin(n *yaml.Node, path string, line int, ep *Endpoint) {
