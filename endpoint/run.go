@@ -12,7 +12,9 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/endpoint/admin"
 	"github.com/cvpn/cvpn/endpoint/connlog"
+	"github.com/cvpn/cvpn/endpoint/metrics"
 	"github.com/cvpn/cvpn/ippool"
 	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/pki"
@@ -66,6 +68,10 @@ type Running struct {
 	stopHostAddrs func()
 	// connLog is the connection log, open (or disabled) from Start until Run returns.
 	connLog *connlog.Log
+	// metrics serves metrics.listen_address from Start until Run returns; nil when off.
+	metrics *metrics.Server
+	// admin serves the admin API on admin.socket from Start until Run returns.
+	admin *admin.Server
 
 	// crl is the CRL set in force: the file's at start or at the last reload, or what the
 	// CRL watcher loaded since. It is what a reload compares the file's CRL with.
@@ -165,6 +171,10 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 		}
 	}()
 	ecfg.Policy = pol.first(own)
+	mx := newMetrics(cfg.Metrics.ListenAddress, &r, pool, natTable, opts.Now)
+	if mx != nil {
+		ecfg.Events = append(ecfg.Events, mx)
+	}
 	connLog, err := openConnectionLog(ep, opts)
 	if err != nil {
 		return nil, err
@@ -174,7 +184,8 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 			connLog.Close()
 		}
 	}()
-	ecfg.Events = append(ecfg.Events, connLog)
+	history := admin.NewHistory(opts.Now)
+	ecfg.Events = append(ecfg.Events, connLog, history)
 	srv, err := tunnel.New(ecfg)
 	if err != nil {
 		return nil, engineError(err, cfg)
@@ -183,12 +194,39 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	pol.attach(srv, ecfg.Policy)
 	r = &Running{opts: opts, log: opts.Log, host: h, srv: srv, policy: pol, stopHostAddrs: stopHostAddrs, cur: ep,
 		connLog: connLog}
+	if r.metrics, err = serveMetrics(mx, cfg.Metrics.ListenAddress, opts.Log); err != nil {
+		srv.Close()
+		return nil, err
+	}
+	defer func(m *metrics.Server) {
+		if err != nil && m != nil {
+			_ = m.Close()
+		}
+	}(r.metrics)
+	if r.admin, err = startAdmin(r, ep, pool, history); err != nil {
+		srv.Close()
+		return nil, err
+	}
 	r.crl.Store(ep.CRL)
 	r.watchCRL(ep)
 	opts.Log.Info("cvpn listening", "udp", ecfg.UDP, "tcp", ecfg.TCP, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
 		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name,
-		"nat_max_mappings", cfg.NAT.MaxMappings, "nat_max_mappings_per_client", cfg.NAT.MaxMappingsPerClient)
+		"nat_max_mappings", cfg.NAT.MaxMappings, "nat_max_mappings_per_client", cfg.NAT.MaxMappingsPerClient, "admin", cfg.Admin.Socket)
 	return r, nil
+}
+
+// startAdmin serves the admin API of r on admin.socket.
+func startAdmin(r *Running, ep *Endpoint, pool *ippool.Pool, history *admin.History) (*admin.Server, error) {
+	src := &admin.Source{
+		EndpointID: endpointID(ep.Config),
+		Engine:     r.srv,
+		Pool:       pool,
+		Endpoint:   func() *config.Endpoint { return r.Endpoint().Config },
+		History:    history,
+		Started:    r.opts.Now(),
+		Now:        r.opts.Now,
+	}
+	return admin.Listen(ep.Config.Admin.Socket, admin.NewHandler(src, r.log))
 }
 
 // setupHost is host.Setup as a HostSetup.
@@ -204,6 +242,10 @@ func setupHost(cfg host.Config, log *slog.Logger) (Host, error) {
 // state (a failure to is logged) and logs the drop counters.
 func (r *Running) Run() {
 	r.srv.Run()
+	r.closeMetrics()
+	if err := r.admin.Close(); err != nil {
+		r.log.Error("closing the admin API", "err", err)
+	}
 	if err := r.connLog.Close(); err != nil { // every session has ended: their final records are queued
 		r.log.Error("connection log: close", "err", err)
 	}

@@ -77,6 +77,7 @@ target_network: {interface: eth1, snat_address: 10.0.1.2}
 tun: {name: cvpn0}
 routes: [{destination_cidr_block: 10.0.1.0/24}]
 authorization_rules: [{target_network_cidr: 10.0.0.0/16, authorize_all_groups: true}]
+admin: {socket: admin.sock}
 bandwidth_limit_mbps: 0
 keepalive: {ping_seconds: 10, ping_restart_seconds: 60}
 `
