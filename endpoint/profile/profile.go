@@ -191,6 +191,11 @@ func (p *Profile) Render() []byte {
 	line("nobind")
 	line("persist-key")
 	line("persist-tun")
+	if p.Proto == config.ProtocolUDP {
+		// Over UDP the server cannot see a client leave: the exit notification frees its
+		// session and address at once instead of after ping-restart.
+		line("explicit-exit-notify 1")
+	}
 	line("remote-cert-tls server")
 	line("verify-x509-name %s name", quoteOption(p.ServerName))
 	line("cipher %s", p.Ciphers[0])

@@ -121,7 +121,7 @@ func TestNewTLSCryptWithClient(t *testing.T) {
 	out := string(p.Render())
 	want := []string{
 		"client", "dev tun", "proto udp", "remote vpn.example.com 443", "remote vpn.example.com 1194",
-		"resolv-retry infinite", "nobind", "persist-key", "persist-tun", "remote-cert-tls server",
+		"resolv-retry infinite", "nobind", "persist-key", "persist-tun", "explicit-exit-notify 1", "remote-cert-tls server",
 		"verify-x509-name vpn.example.com name", "cipher AES-256-GCM", "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
 		"reneg-sec 0", "verb 3",
 	}
@@ -157,7 +157,8 @@ func TestNewTLSAuth(t *testing.T) {
 		want, absent  []string
 		keyDirectionN int
 	}{
-		{config.KeyDirectionNormal, config.DigestSHA256, []string{"key-direction 1", "auth SHA256"}, nil, 1},
+		// TCP profiles carry no explicit-exit-notify: the server sees the connection close.
+		{config.KeyDirectionNormal, config.DigestSHA256, []string{"key-direction 1", "auth SHA256"}, []string{"explicit-exit-notify 1"}, 1},
 		{config.KeyDirectionInverse, config.DigestSHA1, []string{"key-direction 0"}, []string{"auth SHA1"}, 0},
 		{config.KeyDirectionBidirectional, config.DigestSHA512, []string{"auth SHA512"}, []string{"key-direction 0", "key-direction 1"}, -1},
 	} {

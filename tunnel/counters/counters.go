@@ -101,6 +101,19 @@ func (r Reason) Expected() bool {
 	return false
 }
 
+// logLevel is the level the Logger reports drops of r at: Warn for faults and attacks, Info for
+// policy at work, Debug for not_ipv4, which every dual-stack client sends (IPv6 router
+// solicitations and the like) until the endpoint serves IPv6.
+func (r Reason) logLevel() slog.Level {
+	switch {
+	case r == NotIPv4:
+		return slog.LevelDebug
+	case r.Expected():
+		return slog.LevelInfo
+	}
+	return slog.LevelWarn
+}
+
 // Drops counts refused packets by reason. The zero value is ready; it is safe for concurrent use.
 type Drops struct {
 	n [NumReasons]atomic.Uint64
@@ -162,11 +175,7 @@ func (l *Logger) Flush(now time.Time) {
 		}
 		l.Drops.sampled[r].Store(false)
 		st.at, st.count = now, total
-		level := slog.LevelWarn
-		if r.Expected() {
-			level = slog.LevelInfo
-		}
-		l.Log.Log(context.Background(), level, "packets dropped", attrs...)
+		l.Log.Log(context.Background(), r.logLevel(), "packets dropped", attrs...)
 	}
 }
 

@@ -281,10 +281,11 @@ type revokedError struct {
 }
 
 func (e *revokedError) Error() string {
+	// Serials are hex, as cvpn client list and openssl x509 -serial print them.
 	if e.reason != nil {
-		return fmt.Sprintf("client certificate %q (serial %s) refused: %v", e.cert.Subject.CommonName, e.cert.SerialNumber, e.reason)
+		return fmt.Sprintf("client certificate %q (serial %X) refused: %v", e.cert.Subject.CommonName, e.cert.SerialNumber, e.reason)
 	}
-	return fmt.Sprintf("client certificate %q (serial %s) is revoked", e.cert.Subject.CommonName, e.cert.SerialNumber)
+	return fmt.Sprintf("client certificate %q (serial %X) is revoked", e.cert.Subject.CommonName, e.cert.SerialNumber)
 }
 
 func (e *revokedError) Unwrap() error { return e.reason }
