@@ -159,7 +159,7 @@ func TestServeSignals(t *testing.T) {
 	}
 	write := func(extra string) {
 		t.Helper()
-		if err := os.WriteFile(path, append(slices.Clip(orig), "listen_address: 127.0.0.1\n"+extra...), 0o644); err != nil {
+		if err := os.WriteFile(path, append(slices.Clip(orig), "listen_address: 127.0.0.1\nadmin: {socket: admin.sock}\n"+extra...), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -17,8 +17,10 @@ import (
 type Endpoint struct {
 	Dir    string
 	Config string // path of endpoint.yaml
-	CA     *pki.Identity
-	TLSKey []byte // tls-crypt key file contents
+	// AdminSocket is the admin API's socket (admin.socket), unless Extra set another.
+	AdminSocket string
+	CA          *pki.Identity
+	TLSKey      []byte // tls-crypt key file contents
 	// AuthKey is the tls-auth key file; the client profile inlines it with the opposite direction.
 	AuthKey       []byte
 	AuthDirection string
@@ -72,7 +74,7 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), ca.CertPEM, 0o644); err != nil {
 		return nil, err
 	}
-	e := &Endpoint{Dir: dir, Config: filepath.Join(dir, "endpoint.yaml"), CA: ca}
+	e := &Endpoint{Dir: dir, Config: filepath.Join(dir, "endpoint.yaml"), CA: ca, AdminSocket: filepath.Join(dir, "admin.sock")}
 	if o.ClientCIDR == "" {
 		o.ClientCIDR = "10.2.0.0/22"
 	}
@@ -143,6 +145,10 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 		o.Keepalive = "{ping_seconds: 10, ping_restart_seconds: 60}"
 	}
 	fmt.Fprintf(&b, "keepalive: %s\n", o.Keepalive)
+	if !strings.Contains(o.Extra, "admin:") {
+		// Each lab endpoint has its own admin API, so that endpoints may run side by side.
+		fmt.Fprintf(&b, "admin: {socket: admin.sock}\n")
+	}
 	b.WriteString(o.Extra)
 	if err := os.WriteFile(e.Config, []byte(b.String()), 0o644); err != nil {
 		return nil, err
