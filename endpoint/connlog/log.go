@@ -50,6 +50,9 @@ type Options struct {
 	Queue int
 	// Open opens the file at path for append; nil means the real file.
 	Open func(path string) (File, error)
+
+	// after arms the commit timer; nil means time.After. Tests fire it themselves.
+	after func(time.Duration) <-chan time.Time
 }
 
 // Log is the connection log: it implements session.Events, queueing each record for one writer
@@ -73,7 +76,8 @@ type Log struct {
 	// Owned by the writer goroutine.
 	f        File
 	path     string
-	dirty    bool // written since the last fsync
+	dirty    bool // written since the last fsync, which commit then brings
+	commit   <-chan time.Time
 	reported uint64
 }
 
@@ -96,6 +100,9 @@ func Open(opts Options) (*Log, error) {
 	}
 	if opts.Open == nil {
 		opts.Open = openFile
+	}
+	if opts.after == nil {
+		opts.after = time.After
 	}
 	l := &Log{opts: opts, log: opts.Log, q: make(chan Record, opts.Queue), ctl: make(chan func()), done: make(chan struct{})}
 	if opts.Path != "" {
@@ -224,8 +231,6 @@ func (l *Log) do(fn func()) (ok bool) {
 // run is the writer goroutine.
 func (l *Log) run() {
 	defer close(l.done)
-	commit := time.NewTimer(time.Hour)
-	commit.Stop()
 	updates := time.NewTicker(l.opts.Update)
 	defer updates.Stop()
 	report := time.NewTicker(time.Second)
@@ -235,8 +240,8 @@ func (l *Log) run() {
 		select {
 		case r := <-l.q:
 			buf = l.batch(r.Append(buf[:0]))
-			l.write(buf, commit)
-		case <-commit.C:
+			l.write(buf)
+		case <-l.commit:
 			l.sync()
 		case <-updates.C:
 			buf = buf[:0]
@@ -246,19 +251,19 @@ func (l *Log) run() {
 					r := ConnectionRecord(s, l.opts.EndpointID, now, nil)
 					buf = r.Append(buf)
 					if len(buf) >= maxBatch {
-						l.write(buf, commit)
+						l.write(buf)
 						buf = buf[:0]
 					}
 				}
 			}
-			l.write(buf, commit)
+			l.write(buf)
 		case <-report.C:
 			l.reportDrops()
 		case fn, ok := <-l.ctl:
 			if !ok {
 				return
 			}
-			l.drain(buf[:0], commit)
+			l.drain(buf[:0])
 			fn()
 		}
 	}
@@ -278,12 +283,12 @@ func (l *Log) batch(buf []byte) []byte {
 }
 
 // drain writes every queued record.
-func (l *Log) drain(buf []byte, commit *time.Timer) {
+func (l *Log) drain(buf []byte) {
 	for {
 		select {
 		case r := <-l.q:
 			buf = l.batch(r.Append(buf[:0]))
-			l.write(buf, commit)
+			l.write(buf)
 		default:
 			return
 		}
@@ -291,7 +296,7 @@ func (l *Log) drain(buf []byte, commit *time.Timer) {
 }
 
 // write writes whole records in one write and makes sure an fsync follows within Commit.
-func (l *Log) write(b []byte, commit *time.Timer) {
+func (l *Log) write(b []byte) {
 	if len(b) == 0 || l.f == nil {
 		return
 	}
@@ -300,12 +305,13 @@ func (l *Log) write(b []byte, commit *time.Timer) {
 	}
 	if !l.dirty {
 		l.dirty = true
-		commit.Reset(l.opts.Commit)
+		l.commit = l.opts.after(l.opts.Commit)
 	}
 }
 
 // sync fsyncs what was written since the last one.
 func (l *Log) sync() {
+	l.commit = nil
 	if !l.dirty || l.f == nil {
 		return
 	}
