@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"bytes"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -177,6 +178,9 @@ func (w *crlWatcher) reload() {
 		return
 	}
 	w.stamp, w.refused = cur, ""
+	if w.set != nil && bytes.Equal(set.PEM, w.set.PEM) {
+		return // touched, chmod-ed or rewritten with the same lists: no change to put or log
+	}
 	w.set = set
 	w.prune()
 	w.put(set)
