@@ -60,7 +60,7 @@ func TestExportClientConfig(t *testing.T) {
 	want := []string{
 		"client", "dev tun", "proto udp",
 		"remote vpn.example.com 443", "remote vpn.example.com 1194",
-		"resolv-retry infinite", "nobind", "persist-key", "persist-tun",
+		"resolv-retry infinite", "nobind", "persist-key", "persist-tun", "explicit-exit-notify 1",
 		"remote-cert-tls server", "verify-x509-name vpn.example.com name",
 		"cipher AES-256-GCM", "data-ciphers AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305",
 		"reneg-sec 0", "verb 3",
@@ -98,7 +98,7 @@ func TestExportClientConfig(t *testing.T) {
 	// TCP: only the tcp listener.
 	profile = mustRun(t, "export-client-config", "--config", cfgPath, "--protocol", "tcp")
 	got = directives(profile)
-	if !slices.Contains(got, "proto tcp") || !slices.Contains(got, "remote vpn.example.com 443") || slices.Contains(got, "remote vpn.example.com 1194") {
+	if !slices.Contains(got, "proto tcp") || slices.Contains(got, "explicit-exit-notify 1") || !slices.Contains(got, "remote vpn.example.com 443") || slices.Contains(got, "remote vpn.example.com 1194") {
 		t.Errorf("tcp profile:\n%s", strings.Join(got, "\n"))
 	}
 }
