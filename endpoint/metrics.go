@@ -1,6 +1,7 @@
 package endpoint
 
 import (
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -36,7 +37,7 @@ func serveMetrics(m *metrics.Metrics, addr netip.AddrPort, log *slog.Logger) (*m
 	}
 	s, err := m.Listen(addr, log)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("metrics.listen_address: %w", err)
 	}
 	log.Info("metrics listening", "addr", s.Addr())
 	return s, nil

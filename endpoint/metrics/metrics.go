@@ -12,7 +12,6 @@ package metrics
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,6 +19,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -85,7 +85,7 @@ var (
 	descNAT = prometheus.NewDesc("cvpn_nat_mappings",
 		"NAT mappings in use, idle ones not yet removed included.", nil, nil)
 	descSessions = prometheus.NewDesc("cvpn_sessions",
-		"Established client sessions by transport and data cipher.", []string{"transport", "cipher"}, nil)
+		"Established client sessions by transport (udp, tcp) and data cipher.", []string{"transport", "cipher"}, nil)
 	descBuild = prometheus.NewDesc("cvpn_build_info",
 		"Always 1; the labels say which cvpn build runs.", []string{"version", "revision", "goversion"}, nil)
 )
@@ -218,7 +218,7 @@ func (m *Metrics) collectSessions(ch chan<- prometheus.Metric) {
 	kinds := map[kind]int{}
 	listed := make(map[uint64]counters.TrafficSnapshot, len(list))
 	for _, s := range list {
-		kinds[kind{s.Transport, s.Cipher}]++
+		kinds[kind{transportName(s.Transport), s.Cipher}]++
 		if _, ended := m.endedIDs[s.ID]; ended {
 			continue // listed before it ended: its final counters are in ended
 		}
@@ -246,6 +246,19 @@ func (m *Metrics) collectSessions(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descEgressBytes, prometheus.CounterValue, float64(total.TxBytes))
 	ch <- prometheus.MustNewConstMetric(descIngressPackets, prometheus.CounterValue, float64(total.RxPackets))
 	ch <- prometheus.MustNewConstMetric(descEgressPackets, prometheus.CounterValue, float64(total.TxPackets))
+}
+
+// transportName is a session's transport as the endpoint file and AWS name it, udp or tcp,
+// from OpenVPN's protocol names (UDPv4, TCPv4_SERVER).
+func transportName(proto string) string {
+	switch p := strings.ToLower(proto); {
+	case strings.HasPrefix(p, "udp"):
+		return "udp"
+	case strings.HasPrefix(p, "tcp"):
+		return "tcp"
+	default:
+		return p
+	}
 }
 
 func slicesHasID(list []tunnel.Status, id uint64) bool {
@@ -305,11 +318,11 @@ type Server struct {
 }
 
 // Listen opens addr and serves m's metrics at /metrics on it until Close. A serving error
-// other than the close is logged.
+// other than the close is logged. Its error is net.Listen's, which names the address.
 func (m *Metrics) Listen(addr netip.AddrPort, log *slog.Logger) (*Server, error) {
 	ln, err := net.Listen("tcp", addr.String())
 	if err != nil {
-		return nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
+		return nil, err // "listen tcp ADDR: ...": the caller names its key
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())

@@ -148,8 +148,8 @@ func TestScrapeAfterEvents(t *testing.T) {
 		CRL:         func() *pki.CRLSet { return crl },
 		Now:         func() time.Time { return now.Add(12 * time.Hour) },
 	})
-	a := status(1, "udp", "AES-256-GCM", 1000, 10, 2000, 20)
-	b := status(2, "tcp", "AES-256-GCM", 500, 5, 700, 7)
+	a := status(1, "UDPv4", "AES-256-GCM", 1000, 10, 2000, 20)
+	b := status(2, "TCPv4_SERVER", "AES-256-GCM", 500, 5, 700, 7)
 	c := status(3, "udp", "CHACHA20-POLY1305", 40, 4, 60, 6)
 	eng.set(a, b, c)
 	for _, s := range []tunnel.Status{a, b, c} {
