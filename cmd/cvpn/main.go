@@ -6,6 +6,8 @@
 //	cvpn validate --config endpoint.yaml    check an endpoint file and print a summary
 //	cvpn client issue|revoke|list|refresh-crl   manage client identities and the CRL
 //	cvpn export-client-config [--client NAME]   print an .ovpn profile for the stock client
+//	cvpn connections list|terminate         list or halt client connections (admin API)
+//	cvpn status                             the running endpoint on one screen (admin API)
 //
 // Exit status: 0 on success, 2 for a usage error or an invalid endpoint file, 1 for any other
 // failure.
@@ -50,6 +52,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdClient(args[1:], stdout, stderr)
 	case "export-client-config":
 		return cmdExport(args[1:], stdout, stderr)
+	case "connections":
+		return cmdConnections(args[1:], stdout, stderr)
+	case "status":
+		return cmdStatus(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0
@@ -77,6 +83,12 @@ commands:
   client refresh-crl [--create FILE]  re-sign the CRL before it expires (or create one)
   export-client-config [--client NAME] [--protocol udp|tcp]
                             print an .ovpn profile for the stock OpenVPN 2.6 client
+  connections list [--username U] [--connection-id ID] [--json]
+                            list the active connections and those ended in the last 60
+                            minutes (admin API)
+  connections terminate (--connection-id ID | --username U) [--json]
+                            halt a connection or a user's connections (admin API)
+  status                    the running endpoint on one screen (admin API)
 
 Every command but init takes --config FILE (default ./endpoint.yaml).
 Exit status: 0 on success, 2 for a usage error or an invalid endpoint file, 1 otherwise.

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/endpoint/admin"
+)
+
+// apiTimeout bounds one call of the admin API from the CLI.
+const apiTimeout = 30 * time.Second
+
+// adminFlagSet is the flag set of an admin API command: --config names the endpoint file whose
+// admin.socket the command calls.
+func adminFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "endpoint.yaml", "endpoint file; the command calls the admin API on its admin.socket")
+	return fs, path
+}
+
+// parseAdminFlags parses args into fs; ok is false with the exit status when the command
+// should stop (0 for -h).
+func parseAdminFlags(name string, fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return exitInvalid, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cvpn %s: unexpected arguments: %v\n", name, fs.Args())
+		return exitInvalid, false
+	}
+	return 0, true
+}
+
+// adminClient returns a client of the admin API of the endpoint file at path.
+func adminClient(path string) (*admin.Client, error) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	return admin.NewClient(cfg.Admin.Socket), nil
+}
+
+// cmdConnections runs cvpn connections list|terminate.
+func cmdConnections(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: cvpn connections list|terminate --config FILE [flags]")
+		return exitInvalid
+	}
+	switch args[0] {
+	case "list":
+		return cmdConnectionsList(args[1:], stdout, stderr)
+	case "terminate":
+		return cmdConnectionsTerminate(args[1:], stdout, stderr)
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(stdout, "usage: cvpn connections list|terminate --config FILE [flags]")
+		return 0
+	default:
+		fmt.Fprintf(stderr, "cvpn connections: unknown subcommand %q (list, terminate)\n", args[0])
+		return exitInvalid
+	}
+}
+
+// cmdConnectionsList prints the connections (DescribeClientVpnConnections): a table, or with
+// --json the API's response as AWS shapes it.
+func cmdConnectionsList(args []string, stdout, stderr io.Writer) int {
+	const name = "connections list"
+	fs, path := adminFlagSet(name, stderr)
+	user := fs.String("username", "", "only the connections of this user (for certificate-only sessions the common name)")
+	id := fs.String("connection-id", "", "only this connection")
+	asJSON := fs.Bool("json", false, `print the API's response, {"Connections": [...]}`)
+	if code, ok := parseAdminFlags(name, fs, args, stderr); !ok {
+		return code
+	}
+	c, err := adminClient(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "cvpn %s: %v\n", name, err)
+		return exitInvalid
+	}
+	in := admin.DescribeClientVpnConnectionsInput{}
+	if *user != "" {
+		in.Filters = append(in.Filters, admin.Filter{Name: "username", Values: []string{*user}})
+	}
+	if *id != "" {
+		in.Filters = append(in.Filters, admin.Filter{Name: "connection-id", Values: []string{*id}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	out, err := c.DescribeClientVpnConnections(ctx, in)
+	if err != nil {
+		fmt.Fprintf(stderr, "cvpn %s: %v\n", name, err)
+		return exitRuntime
+	}
+	if *asJSON {
+		return printJSON(stdout, stderr, name, out)
+	}
+	if len(out.Connections) == 0 {
+		fmt.Fprintln(stdout, "no connections")
+		return 0
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONNECTION ID\tUSERNAME\tCLIENT IP\tDEVICE\tTRANSPORT\tSTATUS\tESTABLISHED (UTC)\tENDED (UTC)\tINGRESS\tEGRESS")
+	for _, x := range out.Connections {
+		device := x.Cvpn.DeviceIP
+		if device != "" {
+			device += ":" + strconv.Itoa(x.Cvpn.DevicePort)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", x.ConnectionID, x.Username, x.ClientIP, device, x.Cvpn.TransportProtocol,
+			x.Status.Code, x.ConnectionEstablishedTime, x.ConnectionEndTime, byteCount(x.IngressBytes), byteCount(x.EgressBytes))
+	}
+	tw.Flush()
+	return 0
+}
+
+// cmdConnectionsTerminate halts a connection or a user's connections
+// (TerminateClientVpnConnections).
+func cmdConnectionsTerminate(args []string, stdout, stderr io.Writer) int {
+	const name = "connections terminate"
+	fs, path := adminFlagSet(name, stderr)
+	user := fs.String("username", "", "terminate this user's connections (for certificate-only sessions the common name)")
+	id := fs.String("connection-id", "", "terminate this connection")
+	asJSON := fs.Bool("json", false, "print the API's response, {\"ConnectionStatuses\": [...]}")
+	if code, ok := parseAdminFlags(name, fs, args, stderr); !ok {
+		return code
+	}
+	if (*user == "") == (*id == "") {
+		fmt.Fprintf(stderr, "cvpn %s: give one of --connection-id and --username\n", name)
+		return exitInvalid
+	}
+	c, err := adminClient(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "cvpn %s: %v\n", name, err)
+		return exitInvalid
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	out, err := c.TerminateClientVpnConnections(ctx, admin.TerminateClientVpnConnectionsInput{ConnectionID: *id, Username: *user})
+	if err != nil {
+		fmt.Fprintf(stderr, "cvpn %s: %v\n", name, err)
+		return exitRuntime
+	}
+	if *asJSON {
+		return printJSON(stdout, stderr, name, out)
+	}
+	if len(out.ConnectionStatuses) == 0 {
+		fmt.Fprintf(stderr, "cvpn %s: user %s has no active connection\n", name, *user)
+		return exitRuntime
+	}
+	for _, s := range out.ConnectionStatuses {
+		fmt.Fprintf(stdout, "%s: %s -> %s\n", s.ConnectionID, s.PreviousStatus.Code, s.CurrentStatus.Code)
+	}
+	return 0
+}
+
+// printJSON prints v indented.
+func printJSON(stdout, stderr io.Writer, name string, v any) int {
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		fmt.Fprintf(stderr, "cvpn %s: %v\n", name, err)
+		return exitRuntime
+	}
+	return 0
+}
+
+// byteCount shows a decimal byte count (a string, as the API sends counters) in binary units.
+func byteCount(s string) string {
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return s
+	}
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

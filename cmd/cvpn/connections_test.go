@@ -1,0 +1,197 @@
+package main
+
+import (
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/endpoint/admin"
+	"github.com/cvpn/cvpn/tunnel"
+	"github.com/cvpn/cvpn/tunnel/counters"
+)
+
+// cliEngine is an admin.Engine of two sessions; Terminate removes the matching ones.
+type cliEngine struct {
+	mu       sync.Mutex
+	sessions []tunnel.Status
+}
+
+func (e *cliEngine) Clients() []tunnel.Status {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.sessions)
+}
+
+func (e *cliEngine) Terminate(match func(*tunnel.Info) bool) []tunnel.Status {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []tunnel.Status
+	e.sessions = slices.DeleteFunc(e.sessions, func(s tunnel.Status) bool {
+		if match(s.Info) {
+			out = append(out, s)
+			return true
+		}
+		return false
+	})
+	return out
+}
+
+func (e *cliEngine) Addrs() []netip.AddrPort {
+	return []netip.AddrPort{netip.MustParseAddrPort("0.0.0.0:443")}
+}
+func (e *cliEngine) TCPAddrs() []netip.AddrPort { return nil }
+func (e *cliEngine) Drops() map[string]uint64   { return map[string]uint64{"no_route": 7} }
+
+type cliPool struct{}
+
+func (cliPool) Capacity() int { return 1021 }
+func (cliPool) InUse() int    { return 2 }
+
+// adminEndpoint writes an endpoint file with its own admin.socket and serves the API there over
+// a fake engine of alice's and bob's sessions.
+func adminEndpoint(t *testing.T) (path string, engine *cliEngine) {
+	t.Helper()
+	path = newEndpoint(t)
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("admin: {socket: admin.sock}\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	since := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	session := func(id, user, addr string, rx uint64) tunnel.Status {
+		return tunnel.Status{Info: &tunnel.Info{ConnectionID: id, User: user, CommonName: user, Address: netip.MustParseAddr(addr),
+			Transport: "udp", Cipher: "AES-256-GCM", Established: since},
+			Remote: netip.MustParseAddrPort("192.0.2.7:40000"), Traffic: counters.TrafficSnapshot{RxBytes: rx, TxBytes: 3 * rx, RxPackets: 4, TxPackets: 5}}
+	}
+	engine = &cliEngine{sessions: []tunnel.Status{
+		session("cvpn-connection-aaaaaaaaaaaaaaaaa", "alice", "10.2.0.2", 2048),
+		session("cvpn-connection-bbbbbbbbbbbbbbbbb", "bob", "10.2.0.3", 100),
+	}}
+	src := &admin.Source{EndpointID: "cvpn-endpoint-00000000000000000", Engine: engine, Pool: cliPool{},
+		Endpoint: func() *config.Endpoint { return cfg }, History: admin.NewHistory(nil), Started: since}
+	srv, err := admin.Listen(cfg.Admin.Socket, admin.NewHandler(src, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	return path, engine
+}
+
+// TestConnectionsList: --json prints the API's {"Connections": [...]} with AWS's names; the
+// table shows one row per connection; the filters reach the API.
+func TestConnectionsList(t *testing.T) {
+	path, _ := adminEndpoint(t)
+	code, stdout, stderr := runCmd(t, "connections", "list", "--config", path, "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var out struct {
+		Connections []map[string]any
+	}
+	if err := json.Unmarshal([]byte(stdout), &out); err != nil {
+		t.Fatalf("%v in %s", err, stdout)
+	}
+	if len(out.Connections) != 2 || out.Connections[0]["ConnectionId"] != "cvpn-connection-aaaaaaaaaaaaaaaaa" ||
+		out.Connections[0]["IngressBytes"] != "2048" || out.Connections[1]["Username"] != "bob" {
+		t.Errorf("connections %v", out.Connections)
+	}
+	code, stdout, _ = runCmd(t, "connections", "list", "--config", path)
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if code != 0 || len(lines) != 3 || !strings.HasPrefix(lines[0], "CONNECTION ID") ||
+		!strings.Contains(lines[1], "alice") || !strings.Contains(lines[1], "2.0 KiB") || !strings.Contains(lines[1], "192.0.2.7:40000") ||
+		!strings.Contains(lines[2], "bob") || !strings.Contains(lines[2], "active") {
+		t.Errorf("table (exit %d):\n%s", code, stdout)
+	}
+	code, stdout, _ = runCmd(t, "connections", "list", "--config", path, "--username", "bob", "--json")
+	if code != 0 || !strings.Contains(stdout, "cvpn-connection-bbbbbbbbbbbbbbbbb") || strings.Contains(stdout, "alice") {
+		t.Errorf("--username bob (exit %d):\n%s", code, stdout)
+	}
+	code, stdout, _ = runCmd(t, "connections", "list", "--config", path, "--connection-id", "cvpn-connection-aaaaaaaaaaaaaaaaa")
+	if code != 0 || !strings.Contains(stdout, "alice") || strings.Contains(stdout, "bob") {
+		t.Errorf("--connection-id (exit %d):\n%s", code, stdout)
+	}
+}
+
+// TestConnectionsTerminate: --username halts the user's connections and says how each went;
+// a missing or doubled selector is a usage error; no match is a failure.
+func TestConnectionsTerminate(t *testing.T) {
+	path, engine := adminEndpoint(t)
+	code, stdout, stderr := runCmd(t, "connections", "terminate", "--config", path, "--username", "bob")
+	if code != 0 || strings.TrimSpace(stdout) != "cvpn-connection-bbbbbbbbbbbbbbbbb: active -> terminating" {
+		t.Errorf("exit %d\n%s%s", code, stdout, stderr)
+	}
+	if got := engine.Clients(); len(got) != 1 || got[0].User != "alice" {
+		t.Errorf("left %v", got)
+	}
+	code, stdout, _ = runCmd(t, "connections", "terminate", "--config", path, "--connection-id", "cvpn-connection-aaaaaaaaaaaaaaaaa", "--json")
+	var out admin.TerminateClientVpnConnectionsOutput
+	if code != 0 || json.Unmarshal([]byte(stdout), &out) != nil || len(out.ConnectionStatuses) != 1 || out.ConnectionStatuses[0].CurrentStatus.Code != "terminating" {
+		t.Errorf("--json (exit %d):\n%s", code, stdout)
+	}
+	if code, _, stderr = runCmd(t, "connections", "terminate", "--config", path); code != exitInvalid || !strings.Contains(stderr, "one of --connection-id and --username") {
+		t.Errorf("no selector: exit %d %s", code, stderr)
+	}
+	if code, _, stderr = runCmd(t, "connections", "terminate", "--config", path, "--username", "carol"); code != exitRuntime || !strings.Contains(stderr, "carol has no active connection") {
+		t.Errorf("nobody: exit %d %s", code, stderr)
+	}
+	if code, _, stderr = runCmd(t, "connections", "terminate", "--config", path, "--connection-id", "cvpn-connection-00000000000000000"); code != exitRuntime || !strings.Contains(stderr, "IdNotFound") {
+		t.Errorf("unknown id: exit %d %s", code, stderr)
+	}
+}
+
+// TestStatus: one screen with the endpoint, listeners, sessions, pool, traffic and drops.
+func TestStatus(t *testing.T) {
+	path, _ := adminEndpoint(t)
+	code, stdout, stderr := runCmd(t, "status", "--config", path)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"cvpn-endpoint-00000000000000000", "available", "udp 0.0.0.0:443", "2 active (2 users)",
+		"2 of 1021 addresses in use", "ingress 2.1 KiB (8 packets)", "no_route 7"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("status lacks %q:\n%s", want, stdout)
+		}
+	}
+}
+
+// TestAdminCommandsWithoutServer: with nothing serving admin.socket the commands fail with
+// status 1 and say where they looked; -h exits 0.
+func TestAdminCommandsWithoutServer(t *testing.T) {
+	path := newEndpoint(t)
+	sock := filepath.Join(filepath.Dir(path), "none.sock")
+	if err := os.WriteFile(path, append(mustRead(os.ReadFile(path)), "admin: {socket: none.sock}\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"status"}, {"connections", "list"}, {"connections", "terminate", "--username", "bob"}} {
+		code, _, stderr := runCmd(t, append(args, "--config", path)...)
+		if code != exitRuntime || !strings.Contains(stderr, sock) {
+			t.Errorf("%v: exit %d %s", args, code, stderr)
+		}
+	}
+	for _, args := range [][]string{{"status", "-h"}, {"connections", "list", "-h"}, {"connections", "terminate", "-h"}} {
+		if code, _, _ := runCmd(t, args...); code != 0 {
+			t.Errorf("%v: exit %d", args, code)
+		}
+	}
+}
+
+func mustRead(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
