@@ -32,10 +32,13 @@ const day = 24 * time.Hour
 func cmdClient(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprintln(stderr, "cvpn client: missing subcommand (issue, revoke, list or refresh-crl)")
-		usage(stderr)
+		clientUsage(stderr)
 		return exitInvalid
 	}
 	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		clientUsage(stdout)
+		return 0
 	case "issue":
 		return clientIssue(args[1:], stdout, stderr)
 	case "revoke":
@@ -45,15 +48,38 @@ func cmdClient(args []string, stdout, stderr io.Writer) int {
 	case "refresh-crl":
 		return clientRefreshCRL(args[1:], stdout, stderr)
 	}
-	fmt.Fprintf(stderr, "cvpn client: unknown subcommand %q (want issue, revoke, list or refresh-crl)\n", args[0])
+	fmt.Fprintf(stderr, "cvpn client: unknown subcommand %q%s (want issue, revoke, list or refresh-crl)\n",
+		args[0], suggest(args[0], clientSubcommands))
 	return exitInvalid
+}
+
+var clientSubcommands = []string{"issue", "revoke", "list", "refresh-crl"}
+
+// clientUsage lists the client subcommands (the "client ..." entries of commands).
+func clientUsage(w io.Writer) {
+	fmt.Fprintln(w, "usage: cvpn client <subcommand> [flags]\n\nsubcommands:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, c := range commands {
+		if sub, ok := strings.CutPrefix(c.name, "client "); ok {
+			fmt.Fprintf(tw, "  %s %s\t%s\n", sub, c.synopsis, c.summary)
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\n'cvpn client SUBCOMMAND -h' shows its flags.")
 }
 
 // loadConfig is config.Load for the client commands, printing problems. The client commands
 // read only the endpoint file and the CA, CRL and client files, not the server's files: the
 // CRL must stay manageable even when something else is wrong (or expired) in the endpoint.
-func loadConfig(path string, stderr io.Writer) (*config.Endpoint, bool) {
-	cfg, err := config.Load(path)
+// *path is the --config value; it is replaced by the file read (see resolveConfig).
+func loadConfig(path *string, stderr io.Writer) (*config.Endpoint, bool) {
+	file, err := resolveConfig(*path)
+	if err != nil {
+		fmt.Fprintln(stderr, "cvpn client:", err)
+		return nil, false
+	}
+	*path = file
+	cfg, err := config.Load(file)
 	if err != nil {
 		printConfigError(stderr, err)
 		return nil, false
@@ -62,18 +88,17 @@ func loadConfig(path string, stderr io.Writer) (*config.Endpoint, bool) {
 }
 
 func clientIssue(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("client issue", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	cfgPath := fl.String("config", "endpoint.yaml", "endpoint file")
+	fl := newFlagSet("client issue", stderr)
+	cfgPath := configFileFlag(fl)
 	var groups stringList
-	fl.Var(&groups, "group", "group the client belongs to, carried as a certificate OU (repeat for several)")
+	fl.Var(&groups, "group", "group the client belongs to, carried as a certificate OU (several: --group a,b or repeat the flag)")
 	keyType := fl.String("key-type", "", "ecdsa-p256 or rsa2048 (default: the CA's key type)")
 	days := fl.Int("days", defaultClientDays, "days the certificate is valid (at most until the CA expires)")
 	caKey := fl.String("ca-key", "", "CA private key (default: client_root_ca_file with extension .key)")
 	v2 := fl.Bool("tls-crypt-v2", false, "also issue the client its own tls-crypt-v2 key (needs control_channel.tls_crypt_v2_server_key_file)")
 	pos, err := parseInterleaved(fl, args)
 	if err != nil {
-		return exitInvalid
+		return flagExit(err)
 	}
 	name, ok := oneClientName("cvpn client issue", pos, stderr)
 	if !ok {
@@ -91,7 +116,7 @@ func clientIssue(args []string, stdout, stderr io.Writer) int {
 		}
 	})
 
-	cfg, ok := loadConfig(*cfgPath, stderr)
+	cfg, ok := loadConfig(cfgPath, stderr)
 	if !ok {
 		return exitInvalid
 	}
@@ -160,14 +185,13 @@ func crlFileOf(cfg *config.Endpoint, cmd string, stderr io.Writer) (string, bool
 }
 
 func clientRevoke(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("client revoke", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	cfgPath := fl.String("config", "endpoint.yaml", "endpoint file")
+	fl := newFlagSet("client revoke", stderr)
+	cfgPath := configFileFlag(fl)
 	caKey := fl.String("ca-key", "", "CA private key (default: client_root_ca_file with extension .key)")
 	crlDays := fl.Int("crl-days", defaultCRLDays, "days until the new CRL's next update")
 	pos, err := parseInterleaved(fl, args)
 	if err != nil {
-		return exitInvalid
+		return flagExit(err)
 	}
 	name, ok := oneClientName("cvpn client revoke", pos, stderr)
 	if !ok {
@@ -177,7 +201,7 @@ func clientRevoke(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cvpn client revoke: --crl-days %d is not positive\n", *crlDays)
 		return exitInvalid
 	}
-	cfg, ok := loadConfig(*cfgPath, stderr)
+	cfg, ok := loadConfig(cfgPath, stderr)
 	if !ok {
 		return exitInvalid
 	}
@@ -208,15 +232,14 @@ func clientRevoke(args []string, stdout, stderr io.Writer) int {
 }
 
 func clientRefreshCRL(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("client refresh-crl", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	cfgPath := fl.String("config", "endpoint.yaml", "endpoint file")
+	fl := newFlagSet("client refresh-crl", stderr)
+	cfgPath := configFileFlag(fl)
 	caKey := fl.String("ca-key", "", "CA private key (default: client_root_ca_file with extension .key)")
 	crlDays := fl.Int("crl-days", defaultCRLDays, "days until the CRL's next update")
 	create := fl.String("create", "", "write a new, empty CRL to this file (relative to the endpoint file) instead")
 	pos, err := parseInterleaved(fl, args)
 	if err != nil {
-		return exitInvalid
+		return flagExit(err)
 	}
 	if len(pos) != 0 {
 		fmt.Fprintln(stderr, "cvpn client refresh-crl: unexpected arguments:", pos)
@@ -226,7 +249,7 @@ func clientRefreshCRL(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cvpn client refresh-crl: --crl-days %d is not positive\n", *crlDays)
 		return exitInvalid
 	}
-	cfg, ok := loadConfig(*cfgPath, stderr)
+	cfg, ok := loadConfig(cfgPath, stderr)
 	if !ok {
 		return exitInvalid
 	}
@@ -270,11 +293,11 @@ func clientRefreshCRL(args []string, stdout, stderr io.Writer) int {
 }
 
 func clientList(args []string, stdout, stderr io.Writer) int {
-	path, err := configFlag("client list", args, stderr)
-	if err != nil {
-		return exitInvalid
+	path, code, ok := configFlag("client list", args, stderr)
+	if !ok {
+		return code
 	}
-	cfg, ok := loadConfig(path, stderr)
+	cfg, ok := loadConfig(&path, stderr)
 	if !ok {
 		return exitInvalid
 	}
@@ -285,7 +308,7 @@ func clientList(args []string, stdout, stderr io.Writer) int {
 		return exitRuntime
 	}
 	clients, problems, err := store.List(cas, timeNow())
-	code := 0
+	code = 0
 	for _, p := range problems {
 		fmt.Fprintln(stderr, "cvpn client list:", p)
 		code = exitRuntime

@@ -2,9 +2,11 @@ package main
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/cvpn/cvpn/config"
@@ -15,14 +17,15 @@ import (
 // cmdExport prints a client profile (.ovpn) that the stock OpenVPN 2.6 client uses as is
 // (package endpoint/profile says what goes in it and what never does).
 func cmdExport(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("export-client-config", flag.ContinueOnError)
-	fl.SetOutput(stderr)
-	cfgPath := fl.String("config", "endpoint.yaml", "endpoint file")
+	fl := newFlagSet("export-client-config", stderr)
+	cfgPath := configFileFlag(fl)
 	client := fl.String("client", "", "include this client's certificate and key (from cvpn client issue)")
 	protocol := fl.String("protocol", "", "udp or tcp (default: the protocol of the first transport listener)")
+	out := fl.String("out", "", "write the profile to this file, mode 0600, instead of stdout")
+	force := fl.Bool("force", false, "with --out: replace the file if it exists")
 	pos, err := parseInterleaved(fl, args)
 	if err != nil {
-		return exitInvalid
+		return flagExit(err)
 	}
 	if len(pos) != 0 {
 		fmt.Fprintln(stderr, "cvpn export-client-config: unexpected arguments:", pos)
@@ -34,7 +37,23 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 			return exitInvalid
 		}
 	}
-	ep, err := loadEndpoint(*cfgPath)
+	if *force && *out == "" {
+		fmt.Fprintln(stderr, "cvpn export-client-config: --force applies only with --out FILE")
+		return exitInvalid
+	}
+	file, err := resolveConfig(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(stderr, "cvpn export-client-config:", err)
+		return exitInvalid
+	}
+	if *out != "" && !*force {
+		// Checked again when the file is created; this only spares the work before it.
+		if _, err := os.Lstat(*out); err == nil {
+			fmt.Fprintf(stderr, "cvpn export-client-config: --out %s: the file exists; pass --force to replace it\n", *out)
+			return exitRuntime
+		}
+	}
+	ep, err := loadEndpoint(file)
 	if err != nil {
 		printConfigError(stderr, err)
 		return exitInvalid
@@ -98,9 +117,56 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 		}
 		p.SetClient(*client, id)
 	}
+	if *out != "" {
+		if err := writeProfile(*out, p.Render(), *force); err != nil {
+			fmt.Fprintln(stderr, "cvpn export-client-config: --out:", err)
+			return exitRuntime
+		}
+		fmt.Fprintf(stderr, "wrote %s (mode 0600)\n", *out)
+		return 0
+	}
 	if _, err := stdout.Write(p.Render()); err != nil {
 		fmt.Fprintln(stderr, "cvpn export-client-config:", err)
 		return exitRuntime
 	}
 	return 0
+}
+
+// writeProfile writes a profile, which may hold a private key, readable by its owner only: a
+// new file is created exclusively with mode 0600; with replace, the profile is written to a new
+// file beside it and renamed over it, so the old file's mode never applies to the new content
+// and no reader sees half a profile.
+func writeProfile(file string, data []byte, replace bool) error {
+	if !replace {
+		f, err := os.OpenFile(file, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s exists; pass --force to replace it", file)
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := f.Write(data); err != nil {
+			f.Close()
+			os.Remove(file)
+			return err
+		}
+		return f.Close()
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // after a successful rename there is nothing left to remove
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), file)
 }

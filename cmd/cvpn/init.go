@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -63,13 +62,12 @@ func flagOf(path string) string {
 }
 
 func cmdInit(args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("init", flag.ContinueOnError)
-	fl.SetOutput(stderr)
+	fl := newFlagSet("init", stderr)
 	dir := fl.String("dir", "", "endpoint directory to create (required)")
 	remote := fl.String("remote", "", "public DNS name or IP address clients dial (required); goes into the server certificate")
 	clientCIDR := fl.String("client-cidr", "10.2.0.0/22", "IPv4 block client addresses come from, /12 to /22")
 	var vpc stringList
-	fl.Var(&vpc, "vpc-cidr", "private network behind the endpoint, routed and authorized for all clients (repeat for several; default 10.0.0.0/16)")
+	fl.Var(&vpc, "vpc-cidr", "private network behind the endpoint, routed and authorized for all clients (several: --vpc-cidr a,b or repeat the flag; default 10.0.0.0/16)")
 	iface := fl.String("target-interface", "eth1", "interface facing the private network")
 	snat := fl.String("snat-address", "10.0.1.2", "the endpoint's own IPv4 address on that interface")
 	transport := fl.String("transport", "udp/443", "comma-separated listeners, such as udp/443,tcp/443")
@@ -77,7 +75,7 @@ func cmdInit(args []string, stdout, stderr io.Writer) int {
 	force := fl.Bool("force", false, "replace an endpoint already in DIR (its files are moved aside, not deleted)")
 	pos, err := parseInterleaved(fl, args)
 	if err != nil {
-		return exitInvalid
+		return flagExit(err)
 	}
 	if len(pos) != 0 {
 		fmt.Fprintln(stderr, "cvpn init: unexpected arguments:", pos)

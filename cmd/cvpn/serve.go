@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,19 +19,28 @@ import (
 // cmdServe runs the endpoint (package endpoint) until SIGTERM or SIGINT; SIGHUP reloads the
 // endpoint file; SIGUSR1 reopens the connection log (logrotate).
 func cmdServe(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "endpoint.yaml", "endpoint file")
+	fs := newFlagSet("serve", stderr)
+	path := configFileFlag(fs)
+	logFormat := fs.String("log-format", "text", "text (logfmt key=value) or json (one object per line)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (for performance work)")
 	memProfile := fs.String("memprofile", "", "write a heap profile to this file when stopping, before clients are disconnected")
 	if err := fs.Parse(args); err != nil {
-		return exitInvalid
+		return flagExit(err)
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "cvpn serve: unexpected arguments:", fs.Args())
 		return exitInvalid
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: logLevel()}))
+	log, err := newLogger(*logFormat, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "cvpn serve: --log-format:", err)
+		return exitInvalid
+	}
+	file, err := resolveConfig(*path)
+	if err != nil {
+		fmt.Fprintln(stderr, "cvpn serve:", err)
+		return exitInvalid
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -54,7 +62,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
-	return serveFile(*path, *memProfile, log, stderr)
+	return serveFile(file, *memProfile, log, stderr)
 }
 
 func serveFile(path, memProfile string, log *slog.Logger, stderr io.Writer) int {
@@ -113,6 +121,19 @@ func serveFile(path, memProfile string, log *slog.Logger, stderr io.Writer) int 
 // setupHost sets the host up; nil means the real one (package tunnel/host). Tests replace it so
 // that serve runs without root.
 var setupHost endpoint.HostSetup
+
+// newLogger returns the logger of format "text" (slog's key=value lines) or "json" (one JSON
+// object per line, for log shippers), at logLevel.
+func newLogger(format string, w io.Writer) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: logLevel()}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("%q: want text or json", format)
+}
 
 func logLevel() slog.Level {
 	if os.Getenv("CVPN_DEBUG") != "" {

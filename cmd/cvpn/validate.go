@@ -8,10 +8,28 @@ import (
 	"github.com/cvpn/cvpn/ippool"
 )
 
-// cmdValidate loads an endpoint file and everything it names, and prints a summary.
+// cmdValidate loads an endpoint file and everything it names, and prints a summary. The file is
+// given as --config FILE or as the one argument (cvpn validate endpoint.yaml).
 func cmdValidate(args []string, stdout, stderr io.Writer) int {
-	path, err := configFlag("validate", args, stderr)
+	fs := newFlagSet("validate", stderr)
+	given := configFileFlag(fs)
+	pos, err := parseInterleaved(fs, args)
 	if err != nil {
+		return flagExit(err)
+	}
+	switch {
+	case len(pos) > 1:
+		fmt.Fprintln(stderr, "cvpn validate: want one endpoint file, got", len(pos), "arguments:", pos)
+		return exitInvalid
+	case len(pos) == 1 && *given != "" && pos[0] != *given:
+		fmt.Fprintf(stderr, "cvpn validate: two endpoint files: --config %s and %s; give one\n", *given, pos[0])
+		return exitInvalid
+	case len(pos) == 1:
+		*given = pos[0]
+	}
+	path, err := resolveConfig(*given)
+	if err != nil {
+		fmt.Fprintln(stderr, "cvpn validate:", err)
 		return exitInvalid
 	}
 	ep, err := loadEndpoint(path)
