@@ -88,7 +88,7 @@ var t0 = time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
 func status(id, user, cn, addr, remote string, rx uint64) tunnel.Status {
 	return tunnel.Status{
 		Info: &tunnel.Info{ConnectionID: id, User: user, CommonName: cn, Address: netip.MustParseAddr(addr),
-			Cipher: "AES-256-GCM", Transport: "udp", Version: "2.6.14", Platform: "linux", Since: t0, Established: t0.Add(time.Second)},
+			Cipher: "AES-256-GCM", Transport: "UDPv4", Version: "2.6.14", Platform: "linux", Since: t0, Established: t0.Add(time.Second)},
 		Remote:  netip.MustParseAddrPort(remote),
 		Traffic: counters.TrafficSnapshot{RxBytes: rx, RxPackets: 10, TxBytes: 2 * rx, TxPackets: 20},
 	}

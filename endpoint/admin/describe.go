@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cvpn/cvpn/config"
@@ -57,6 +58,19 @@ func identity(info *tunnel.Info) string {
 	return info.CommonName
 }
 
+// transport names the engine's transport ("UDPv4", "TCPv4_SERVER") as AWS names its transport
+// protocols: "udp" or "tcp".
+func transport(t string) string {
+	t = strings.ToLower(t)
+	switch {
+	case strings.HasPrefix(t, "udp"):
+		return "udp"
+	case strings.HasPrefix(t, "tcp"):
+		return "tcp"
+	}
+	return t
+}
+
 // connection maps a session to a Connection.
 func (s *Source) connection(st tunnel.Status, now time.Time, status Status, end string) Connection {
 	info := st.Info
@@ -75,7 +89,7 @@ func (s *Source) connection(st tunnel.Status, now time.Time, status Status, end 
 		ConnectionEndTime:         end,
 		PostureComplianceStatuses: []string{},
 		Cvpn: ConnectionExtensions{
-			TransportProtocol: info.Transport,
+			TransportProtocol: transport(info.Transport),
 			Cipher:            info.Cipher,
 			ClientVersion:     info.Version,
 			Platform:          info.Platform,
