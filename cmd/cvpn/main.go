@@ -59,6 +59,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdClient(args[1:], stdout, stderr)
 	case "export-client-config":
 		return cmdExport(args[1:], stdout, stderr)
+	case "report":
+		return cmdReport(args[1:], stdout, stderr)
 	case "connections":
 		return cmdConnections(args[1:], stdout, stderr)
 	case "status":
@@ -88,6 +90,7 @@ var commands = []struct{ name, synopsis, summary string }{
 	{"connections list", "--config FILE [--username U] [--connection-id ID] [--json]", "list the active connections and those ended in the last 60 minutes (admin API)"},
 	{"connections terminate", "--config FILE (--connection-id ID | --username U) [--json]", "halt a connection or a user's connections; the client does not reconnect (admin API)"},
 	{"status", "--config FILE", "one screen: endpoint, listeners, sessions, pool, traffic, drops (admin API)"},
+	{"report usage", "[--config FILE] [--since 24h] [--json]", "per user: sessions, connected time, bytes in and out, last seen, from the connection log"},
 	{"version", "", "print the cvpn version, VCS revision and Go version (also --version)"},
 	{"help", "[COMMAND]", "print this list, or one command's flags (also -h on any command)"},
 }
