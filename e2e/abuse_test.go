@@ -359,14 +359,22 @@ func TestSpoofedResetFlood(t *testing.T) {
 		flood <- result{sent, took, sendErr}
 	}()
 
-	// Watch the server's memory all through the flood.
-	peak := before
+	// Watch the server's memory all through the flood: the peak of its first half and of its
+	// second.
+	var peakFirst, peakSecond netlab.ProcStat
 	watchDone := make(chan struct{})
 	go func() {
 		defer close(watchDone)
+		half := time.Now().Add(floodFor / 2)
 		for fctx.Err() == nil {
-			if st, err := netlab.ReadProcStat(pid); err == nil && st.RSSKiB > peak.RSSKiB {
-				peak = st
+			if st, err := netlab.ReadProcStat(pid); err == nil {
+				peak := &peakFirst
+				if time.Now().After(half) {
+					peak = &peakSecond
+				}
+				if st.RSSKiB > peak.RSSKiB {
+					*peak = st
+				}
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
@@ -390,10 +398,23 @@ func TestSpoofedResetFlood(t *testing.T) {
 	if f.sent < rate*int(floodFor/time.Second)*8/10 {
 		t.Errorf("the flood sent %d resets in %v, short of %d a second", f.sent, f.took, rate)
 	}
-	const bound = 20 << 10 // KiB
-	if grew := max(peak.RSSKiB, after.RSSKiB) - before.RSSKiB; grew > bound {
+	// The RSS steps up once early in the flood (the heap grows to its working size, alice's
+	// session arrives) and then stays flat: per-source state would grow with the 75,000
+	// sources instead, 100 bytes each 3.6 MiB in the second half alone. A race-detector build
+	// (CVPN_E2E_RACE) takes up to eight times the heap's size in shadow memory: its step is
+	// about 28 MiB where a plain build's is 10.
+	bound, flat := int64(20<<10), int64(3<<10) // KiB
+	if os.Getenv("CVPN_E2E_RACE") != "" {
+		bound = 40 << 10
+	}
+	peak := max(peakFirst.RSSKiB, peakSecond.RSSKiB, after.RSSKiB)
+	if grew := peak - before.RSSKiB; grew > bound {
 		t.Errorf("the server's RSS grew by %d KiB (from %d to a peak of %d) under a spoofed flood of %d resets; want under %d KiB",
-			grew, before.RSSKiB, peak.RSSKiB, f.sent, bound)
+			grew, before.RSSKiB, peak, f.sent, bound)
+	}
+	if grew := max(peakSecond.RSSKiB, after.RSSKiB) - peakFirst.RSSKiB; grew > flat {
+		t.Errorf("the server's RSS grew by %d KiB in the second half of the spoofed flood (from %d to %d): it keeps state per source",
+			grew, peakFirst.RSSKiB, max(peakSecond.RSSKiB, after.RSSKiB))
 	}
 	out, err := s.lab.Output(ctx, ns, "iptables", "-w", "-t", "raw", "-L", "PREROUTING", "-v", "-n", "-x")
 	if err != nil {
@@ -406,8 +427,8 @@ func TestSpoofedResetFlood(t *testing.T) {
 		t.Errorf("the server answered %d of %d spoofed resets; the flood did not reach it", replies, f.sent)
 	}
 	checkSessionKept(t, "alice", alice)
-	t.Logf("sent %d spoofed resets in %v; %d replies routed back; server %v before, peak %v, %v after",
-		f.sent, f.took.Round(time.Millisecond), replies, before, peak, after)
+	t.Logf("sent %d spoofed resets in %v; %d replies routed back; server %v before, first half's peak %v, second half's %v, %v after",
+		f.sent, f.took.Round(time.Millisecond), replies, before, peakFirst, peakSecond, after)
 }
 
 // iptablesPackets reads the packet count of the rule whose line mentions match from `iptables
