@@ -86,7 +86,7 @@ var commands = []struct{ name, synopsis, summary string }{
 	{"client revoke", "NAME", "add a client to the CRL"},
 	{"client list", "", "list issued clients: groups, serial, expiry, status"},
 	{"client refresh-crl", "[--create FILE]", "re-sign the CRL before it expires (or create one)"},
-	{"export-client-config", "[--client NAME] [--protocol udp|tcp] [--out FILE]", "write an .ovpn profile for the stock OpenVPN 2.6 client"},
+	{"export-client-config", "[--client NAME] [--protocol udp|tcp] [--out FILE [--force]]", "write an .ovpn profile for the stock OpenVPN 2.6 client"},
 	{"connections list", "--config FILE [--username U] [--connection-id ID] [--json]", "list the active connections and those ended in the last 60 minutes (admin API)"},
 	{"connections terminate", "--config FILE (--connection-id ID | --username U) [--json]", "halt a connection or a user's connections; the client does not reconnect (admin API)"},
 	{"status", "--config FILE", "one screen: endpoint, listeners, sessions, pool, traffic, drops (admin API)"},
@@ -99,7 +99,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, "usage: cvpn <command> [flags]\n\ncommands:\n")
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	for _, c := range commands {
-		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.synopsis, c.summary)
+		fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.summary)
 	}
 	tw.Flush()
 	fmt.Fprintf(w, `
