@@ -46,6 +46,15 @@ func newCLISetup(t *testing.T, edit func(yaml string) string) *cliSetup {
 		"--target-interface", "eth1", "--snat-address", netlab.SNATAddress.String(),
 		"--remote", "172.31.1.1", "--transport", "udp/443,tcp/443")
 	s.config = filepath.Join(s.dir, "endpoint.yaml")
+	// Each endpoint its own admin API, so that the tests run side by side.
+	f, err := os.OpenFile(s.config, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("admin: {socket: admin.sock}\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
 	if edit != nil {
 		b, err := os.ReadFile(s.config)
 		if err != nil {
