@@ -328,3 +328,66 @@ func TestListen(t *testing.T) {
 		t.Errorf("the address is not free again after Close: %v", err)
 	}
 }
+
+// Under churn (sessions growing, leaving the listing, their ends heard later) and concurrent
+// scrapes, no scrape's totals fall below an earlier one's, and once all have ended the totals are
+// exactly the sum of their final counters.
+func TestTotalsMonotonicUnderChurn(t *testing.T) {
+	eng := &fakeEngine{}
+	m := New(Sources{Sessions: eng.list})
+	const sessions, steps = 40, 25
+	var wantIngress uint64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for id := uint64(1); id <= sessions; id++ {
+			var rx uint64
+			for i := 0; i < steps; i++ {
+				rx += id
+				eng.mu.Lock()
+				eng.sessions = append(eng.sessions[:0:0], status(id, "udp", "AES-256-GCM", rx, uint64(i+1), 0, 0))
+				eng.mu.Unlock()
+			}
+			eng.set() // torn down: out of the listing first
+			rx += id  // a last packet counted before the final snapshot
+			m.Disconnected(status(id, "udp", "AES-256-GCM", rx, steps+1, 0, 0), session.End{})
+			wantIngress += rx
+		}
+	}()
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var last float64
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				mfs, err := m.Gatherer().Gather()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for _, f := range mfs {
+					if f.GetName() != "cvpn_ingress_bytes_total" {
+						continue
+					}
+					v := f.Metric[0].Counter.GetValue()
+					if v < last {
+						t.Errorf("cvpn_ingress_bytes_total fell from %v to %v", last, v)
+					}
+					last = v
+				}
+			}
+		}()
+	}
+	<-done
+	wg.Wait()
+	v, _ := value(scrape(t, m.Handler()), "cvpn_ingress_bytes_total")
+	if v != float64(wantIngress) {
+		t.Errorf("cvpn_ingress_bytes_total = %v after all ended, want %v", v, wantIngress)
+	}
+}
