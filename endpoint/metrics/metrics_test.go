@@ -348,9 +348,9 @@ func TestTotalsMonotonicUnderChurn(t *testing.T) {
 				eng.sessions = append(eng.sessions[:0:0], status(id, "udp", "AES-256-GCM", rx, uint64(i+1), 0, 0))
 				eng.mu.Unlock()
 			}
-			eng.set()                          // torn down: out of the listing first,
-			time.Sleep(200 * time.Microsecond) // a while before its end is heard
-			rx += id                           // a last packet counted before the final snapshot
+			eng.set()                        // torn down: out of the listing first,
+			time.Sleep(2 * time.Millisecond) // a while before its end is heard
+			rx += id                         // a last packet counted before the final snapshot
 			m.Disconnected(status(id, "udp", "AES-256-GCM", rx, steps+1, 0, 0), session.End{})
 			wantIngress += rx
 		}
