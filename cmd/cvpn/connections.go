@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -21,20 +20,15 @@ const apiTimeout = 30 * time.Second
 // adminFlagSet is the flag set of an admin API command: --config names the endpoint file whose
 // admin.socket the command calls.
 func adminFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *string) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", "endpoint.yaml", "endpoint file; the command calls the admin API on its admin.socket")
-	return fs, path
+	fs := newFlagSet(name, stderr)
+	return fs, configFileFlag(fs)
 }
 
 // parseAdminFlags parses args into fs; ok is false with the exit status when the command
 // should stop (0 for -h).
 func parseAdminFlags(name string, fs *flag.FlagSet, args []string, stderr io.Writer) (int, bool) {
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0, false
-		}
-		return exitInvalid, false
+		return flagExit(err), false
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "cvpn %s: unexpected arguments: %v\n", name, fs.Args())
@@ -43,8 +37,13 @@ func parseAdminFlags(name string, fs *flag.FlagSet, args []string, stderr io.Wri
 	return 0, true
 }
 
-// adminClient returns a client of the admin API of the endpoint file at path.
-func adminClient(path string) (*admin.Client, error) {
+// adminClient returns a client of the admin API of the endpoint file given (resolveConfig
+// finds it when none is).
+func adminClient(given string) (*admin.Client, error) {
+	path, err := resolveConfig(given)
+	if err != nil {
+		return nil, err
+	}
 	cfg, err := config.Load(path)
 	if err != nil {
 		return nil, err
