@@ -347,6 +347,7 @@ func TestTotalsMonotonicUnderChurn(t *testing.T) {
 				eng.mu.Lock()
 				eng.sessions = append(eng.sessions[:0:0], status(id, "udp", "AES-256-GCM", rx, uint64(i+1), 0, 0))
 				eng.mu.Unlock()
+				time.Sleep(100 * time.Microsecond) // scrapes see it live
 			}
 			eng.set()                        // torn down: out of the listing first,
 			time.Sleep(2 * time.Millisecond) // a while before its end is heard
