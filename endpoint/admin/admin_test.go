@@ -281,7 +281,16 @@ func TestTerminate(t *testing.T) {
 	if err != nil || len(out.Connections) != 1 || out.Connections[0].Status.Code != StatusTerminating {
 		t.Fatalf("while tearing down: %+v, %v", out, err)
 	}
-	l.engine.end(l.engine.Terminate(func(i *tunnel.Info) bool { return i.User == "bob" }), "terminated by the administrator")
+	// Asked again while the session tears down, it is terminating still (the engine no longer
+	// matches a closing session).
+	l.engine.keep = false
+	l.engine.Terminate(func(i *tunnel.Info) bool { return i.User == "bob" })
+	ended := []tunnel.Status{status(idBob, "bob", "bob", "10.2.0.3", "192.0.2.11:50002", 5000)}
+	again, err := l.client.TerminateClientVpnConnections(ctx, TerminateClientVpnConnectionsInput{ConnectionID: idBob})
+	if err != nil || len(again.ConnectionStatuses) != 1 || again.ConnectionStatuses[0].PreviousStatus.Code != StatusTerminating {
+		t.Errorf("again while terminating: %+v %v", again, err)
+	}
+	l.engine.end(ended, "terminated by the administrator")
 	l.now = l.now.Add(time.Minute)
 	out, err = l.client.DescribeClientVpnConnections(ctx, DescribeClientVpnConnectionsInput{})
 	if err != nil || len(out.Connections) != 2 {
@@ -296,7 +305,7 @@ func TestTerminate(t *testing.T) {
 		t.Errorf("alice: %+v", out.Connections[0])
 	}
 	// Terminating an ended connection again says so; an unknown one is not found.
-	again, err := l.client.TerminateClientVpnConnections(ctx, TerminateClientVpnConnectionsInput{ConnectionID: idBob})
+	again, err = l.client.TerminateClientVpnConnections(ctx, TerminateClientVpnConnectionsInput{ConnectionID: idBob})
 	if err != nil || len(again.ConnectionStatuses) != 1 || again.ConnectionStatuses[0].CurrentStatus.Code != StatusTerminated {
 		t.Errorf("again: %+v %v", again, err)
 	}

@@ -193,6 +193,14 @@ func (s *Source) terminateConnections(in TerminateClientVpnConnectionsInput) (Te
 			CurrentStatus:  Status{Code: StatusTerminating},
 		})
 	}
+	if in.ConnectionID != "" && len(out.ConnectionStatuses) == 0 && s.History.isTerminating(in.ConnectionID) {
+		out.ConnectionStatuses = append(out.ConnectionStatuses, TerminateConnectionStatus{
+			ConnectionID:   in.ConnectionID,
+			PreviousStatus: Status{Code: StatusTerminating},
+			CurrentStatus:  Status{Code: StatusTerminating},
+		})
+		return out, nil
+	}
 	if in.ConnectionID != "" && len(out.ConnectionStatuses) == 0 {
 		for _, e := range s.History.endedConnections() {
 			if e.status.ConnectionID == in.ConnectionID {

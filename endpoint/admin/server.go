@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -169,11 +168,9 @@ func Listen(path string, h *Handler) (*Server, error) {
 			return nil, fmt.Errorf("admin.socket: removing the stale %s: %w", path, err)
 		}
 	}
-	// The socket is created 0600 (umask 0177 for the one call), so no other user can connect in
-	// the moment before a chmod; the peer check stands behind it all the same.
-	old := syscall.Umask(0o177)
+	// The umask is the process's, so it is not narrowed here for the one call (other goroutines
+	// write files meanwhile); in the moment before the chmod the peer check refuses other users.
 	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("admin.socket: %w", err)
 	}
