@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cvpn/cvpn/internal/netlab"
+	"github.com/cvpn/cvpn/pki"
 )
 
 // metricsAddr is where the endpoint under test serves /metrics, inside the server namespace;
@@ -144,7 +145,8 @@ scrape_configs:
 
 // TestPrometheusScrapesMetrics: a real Prometheus server scrapes cvpn's /metrics every second
 // while a stock client pings through the tunnel; queries through Prometheus's HTTP API see one
-// active connection, ingress bytes that grow, the target up, and promtool accepts cvpn's scrape.
+// active connection, ingress bytes that grow, the target up, a foreign CA's client counted as an
+// authentication failure by its reason, and promtool accepts cvpn's scrape.
 func TestPrometheusScrapesMetrics(t *testing.T) {
 	t.Parallel()
 	for _, bin := range []string{"prometheus", "promtool"} {
@@ -162,6 +164,16 @@ func TestPrometheusScrapesMetrics(t *testing.T) {
 	if _, err := s.lab.Start("ping alice", c.ns, "ping", "-i", "0.2", "-s", "200", netlab.VPCHost.String()); err != nil {
 		t.Fatal(err)
 	}
+	// A client of a foreign CA is refused: an authentication failure by reason.
+	otherCA, err := pki.NewCA("someone else's CA", pki.ECDSAP256, 48*time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mallory := s.start("mallory", netlab.ProfileOptions{CA: otherCA})
+	if err := s.srv.WaitFor(`msg="authentication refused"`, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	mallory.proc.Kill()
 	startPrometheus(t, s.lab, s.lab.Server)
 	api := httpIn(s.lab.Server)
 
@@ -175,7 +187,9 @@ func TestPrometheusScrapesMetrics(t *testing.T) {
 	waitQuery(t, api, `cvpn_sessions{transport="udp"}`, 20*time.Second, func(v float64) bool { return v == 1 })
 	waitQuery(t, api, `cvpn_ip_pool_addresses{state="in_use"}`, 20*time.Second, func(v float64) bool { return v == 1 })
 	waitQuery(t, api, "cvpn_handshake_duration_seconds_count", 20*time.Second, func(v float64) bool { return v == 1 })
-	waitQuery(t, api, `cvpn_authentication_failures_total{reason="unknown_ca"}`, 20*time.Second, func(v float64) bool { return v == 0 })
+	waitQuery(t, api, `cvpn_authentication_failures_total{reason="unknown_ca"}`, 20*time.Second, func(v float64) bool { return v >= 1 })
+	waitQuery(t, api, `cvpn_authentication_failures_total{reason="revoked"}`, 20*time.Second, func(v float64) bool { return v == 0 })
+	waitQuery(t, api, `cvpn_packets_dropped_total{reason="tls_handshake_failed"}`, 20*time.Second, func(v float64) bool { return v >= 1 })
 	t.Logf("ingress bytes %v then %v, rate %.0f B/s", first, grown, rate)
 
 	// promtool lints cvpn's own scrape: clean but for the unit of the name the issue fixes.
