@@ -109,6 +109,17 @@ func TestOperateConnections(t *testing.T) {
 	if strings.TrimSpace(out) != bobID+": active -> terminating" {
 		t.Errorf("terminate printed %q, want %q", out, bobID+": active -> terminating")
 	}
+	// At once bob is terminating (or already terminated), never missing from the list.
+	listed := false
+	for _, c := range s.listConnections() {
+		if c["ConnectionId"] == bobID {
+			code := c["Status"].(map[string]any)["Code"]
+			listed = code == "terminating" || code == "terminated"
+		}
+	}
+	if !listed {
+		t.Errorf("right after terminate, bob is not listed as terminating or terminated")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = bob.proc.Wait(ctx)

@@ -290,6 +290,11 @@ func TestTerminate(t *testing.T) {
 	if err != nil || len(again.ConnectionStatuses) != 1 || again.ConnectionStatuses[0].PreviousStatus.Code != StatusTerminating {
 		t.Errorf("again while terminating: %+v %v", again, err)
 	}
+	// Listed as terminating still, though the engine lists it no more.
+	out, err = l.client.DescribeClientVpnConnections(ctx, DescribeClientVpnConnectionsInput{Filters: []Filter{{Name: "username", Values: []string{"bob"}}}})
+	if err != nil || len(out.Connections) != 1 || out.Connections[0].Status.Code != StatusTerminating || out.Connections[0].ConnectionEndTime != "-" {
+		t.Fatalf("while saying goodbye: %+v, %v", out, err)
+	}
 	l.engine.end(ended, "terminated by the administrator")
 	l.now = l.now.Add(time.Minute)
 	out, err = l.client.DescribeClientVpnConnections(ctx, DescribeClientVpnConnectionsInput{})

@@ -159,6 +159,16 @@ func (s *Source) describeConnections(in DescribeClientVpnConnectionsInput) (Desc
 		}
 		out.Connections = append(out.Connections, s.connection(st, now, status, notEnded))
 	}
+	// Those saying goodbye: the engine lists them no more, and they have not ended yet.
+	terminating := s.History.terminatingConnections()
+	slices.SortFunc(terminating, func(a, b tunnel.Status) int { return strings.Compare(a.ConnectionID, b.ConnectionID) })
+	for _, st := range terminating {
+		if live[st.ConnectionID] || !f.match(st.Info) {
+			continue
+		}
+		live[st.ConnectionID] = true
+		out.Connections = append(out.Connections, s.connection(st, now, Status{Code: StatusTerminating, Message: "terminated by the administrator"}, notEnded))
+	}
 	for _, e := range s.History.endedConnections() {
 		if live[e.status.ConnectionID] || !f.match(e.status.Info) {
 			continue
@@ -186,7 +196,7 @@ func (s *Source) terminateConnections(in TerminateClientVpnConnectionsInput) (Te
 	}
 	out := TerminateClientVpnConnectionsOutput{ClientVpnEndpointID: s.EndpointID, Username: in.Username, ConnectionStatuses: []TerminateConnectionStatus{}}
 	for _, st := range s.Engine.Terminate(match) {
-		s.History.markTerminating(st.ConnectionID)
+		s.History.markTerminating(st)
 		out.ConnectionStatuses = append(out.ConnectionStatuses, TerminateConnectionStatus{
 			ConnectionID:   st.ConnectionID,
 			PreviousStatus: Status{Code: StatusActive},

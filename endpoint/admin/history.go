@@ -24,8 +24,15 @@ type History struct {
 	mu sync.Mutex
 	// ended is oldest first, at most historyCap long.
 	ended []endedConnection
-	// terminating holds the ids told HALT by Terminate that have not ended yet, with when.
-	terminating map[string]time.Time
+	// terminating holds the connections told HALT by Terminate that have not ended yet, as they
+	// were then: the engine no longer lists a session that is saying goodbye.
+	terminating map[string]terminatingConnection
+}
+
+// terminatingConnection is a connection told HALT, and when.
+type terminatingConnection struct {
+	status tunnel.Status
+	since  time.Time
 }
 
 // endedConnection is a connection as it was at its end.
@@ -39,7 +46,7 @@ func NewHistory(now func() time.Time) *History {
 	if now == nil {
 		now = time.Now
 	}
-	return &History{now: now, terminating: make(map[string]time.Time)}
+	return &History{now: now, terminating: make(map[string]terminatingConnection)}
 }
 
 // Connected records nothing: the engine lists established sessions itself.
@@ -73,8 +80,8 @@ func (h *History) pruneLocked() {
 	if i > 0 {
 		h.ended = append(h.ended[:0], h.ended[i:]...)
 	}
-	for id, since := range h.terminating {
-		if since.Before(cutoff) {
+	for id, c := range h.terminating {
+		if c.since.Before(cutoff) {
 			delete(h.terminating, id)
 		}
 	}
@@ -88,16 +95,27 @@ func (h *History) endedConnections() []endedConnection {
 	return append([]endedConnection(nil), h.ended...)
 }
 
-// markTerminating records that id was told HALT, unless it has ended already.
-func (h *History) markTerminating(id string) {
+// markTerminating records that s was told HALT, unless it has ended already.
+func (h *History) markTerminating(s tunnel.Status) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, e := range h.ended {
-		if e.status.ConnectionID == id {
+		if e.status.ConnectionID == s.ConnectionID {
 			return
 		}
 	}
-	h.terminating[id] = h.now()
+	h.terminating[s.ConnectionID] = terminatingConnection{status: s, since: h.now()}
+}
+
+// terminatingConnections returns the connections told HALT that have not ended yet.
+func (h *History) terminatingConnections() []tunnel.Status {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]tunnel.Status, 0, len(h.terminating))
+	for _, c := range h.terminating {
+		out = append(out, c.status)
+	}
+	return out
 }
 
 // isTerminating reports whether id was told HALT and has not ended yet.
