@@ -18,7 +18,6 @@ import (
 	"net/netip"
 	"runtime"
 	"runtime/debug"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -289,8 +288,8 @@ func crlNextUpdate(set *pki.CRLSet) (first time.Time, ok bool) {
 	return first, !first.IsZero()
 }
 
-// buildVersion returns the main module's version and VCS revision, "unknown" where the build
-// did not record them.
+// buildVersion returns the main module's version and VCS revision as the build info records
+// them (as cvpn version prints them), "unknown" where it does not.
 func buildVersion() (version, revision string) {
 	version, revision = "unknown", "unknown"
 	bi, ok := debug.ReadBuildInfo()
@@ -300,9 +299,7 @@ func buildVersion() (version, revision string) {
 	if v := bi.Main.Version; v != "" {
 		version = v
 	}
-	settings := bi.Settings
-	sort.Slice(settings, func(i, j int) bool { return settings[i].Key < settings[j].Key })
-	for _, s := range settings {
+	for _, s := range bi.Settings {
 		if s.Key == "vcs.revision" && s.Value != "" {
 			revision = s.Value
 		}
