@@ -20,6 +20,9 @@ const (
 	DefaultQueue  = 8192
 )
 
+// errorEvery is how often a failing file is logged at most.
+const errorEvery = 10 * time.Second
+
 // maxBatch bounds one write: the records queued when the writer wakes go out together, each one
 // whole, up to this many bytes.
 const maxBatch = 64 << 10
@@ -79,6 +82,11 @@ type Log struct {
 	dirty    bool // written since the last fsync, which commit then brings
 	commit   <-chan time.Time
 	reported uint64
+	// A failed write may have left part of a line: the next write starts a new one. Failures
+	// are logged at most every errorEvery, with their count.
+	torn       bool
+	writeErrs  int
+	lastErrLog time.Time
 }
 
 // Open opens the log at opts.Path (nothing when it is "") and starts its writer.
@@ -140,7 +148,11 @@ func openFile(path string) (File, error) {
 // Connected records an admitted connection.
 func (l *Log) Connected(s session.Status) {
 	if l.on.Load() {
-		l.enqueue(ConnectionRecord(s, l.opts.EndpointID, s.Established, nil))
+		at := s.Established
+		if at.IsZero() {
+			at = l.opts.Now()
+		}
+		l.enqueue(ConnectionRecord(s, l.opts.EndpointID, at, nil))
 	}
 }
 
@@ -300,8 +312,17 @@ func (l *Log) write(b []byte) {
 	if len(b) == 0 || l.f == nil {
 		return
 	}
-	if _, err := l.f.Write(b); err != nil {
-		l.log.Error("connection log: write", "file", l.path, "err", err)
+	if l.torn {
+		b = append([]byte{'\n'}, b...)
+	}
+	_, err := l.f.Write(b)
+	l.torn = err != nil
+	if err != nil {
+		l.writeErrs++
+		if now := time.Now(); now.Sub(l.lastErrLog) >= errorEvery {
+			l.log.Error("connection log: write", "file", l.path, "err", err, "failed_writes", l.writeErrs)
+			l.lastErrLog, l.writeErrs = now, 0
+		}
 	}
 	if !l.dirty {
 		l.dirty = true
@@ -355,7 +376,7 @@ func (l *Log) setPath(path string) error {
 	if err := l.closeFile(); err != nil {
 		l.log.Error("connection log: close", "err", err)
 	}
-	l.f, l.path = f, path
+	l.f, l.path, l.torn = f, path, false
 	l.on.Store(f != nil)
 	return nil
 }

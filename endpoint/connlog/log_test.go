@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -489,5 +490,66 @@ func TestEndpointID(t *testing.T) {
 	a, b := EndpointID("10.2.0.0/22 10.0.1.2"), EndpointID("10.2.0.0/22 10.0.1.3")
 	if a == b || a != EndpointID("10.2.0.0/22 10.0.1.2") || len(a) != len("cvpn-endpoint-")+17 || !strings.HasPrefix(a, "cvpn-endpoint-") {
 		t.Errorf("EndpointID: %q, %q", a, b)
+	}
+}
+
+// failingFile fails its writes while full is set, keeping half of what it was given, as a disk
+// that fills up mid-write does.
+type failingFile struct {
+	fakeFile
+	full bool
+}
+
+func (f *failingFile) Write(b []byte) (int, error) {
+	f.mu.Lock()
+	full := f.full
+	f.mu.Unlock()
+	if full {
+		f.fakeFile.Write(b[:len(b)/2])
+		return len(b) / 2, syscall.ENOSPC
+	}
+	return f.fakeFile.Write(b)
+}
+
+// A write that fails part way leaves a torn line; the next record starts a new line, and the
+// failures are logged, not once per record.
+func TestWriteFailure(t *testing.T) {
+	f := &failingFile{full: true}
+	var logs testlog.Buffer
+	l, err := Open(Options{Path: "x", Open: func(string) (File, error) { return f, nil },
+		Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for i := range 5 { // one write per record
+		l.Refused(session.Attempt{Time: t0, CommonName: "lost"})
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+			f.mu.Lock()
+			n := len(f.writes)
+			f.mu.Unlock()
+			if n == i+1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("write %d never came", i+1)
+			}
+		}
+	}
+	f.mu.Lock()
+	f.full = false
+	f.mu.Unlock()
+	l.Refused(session.Attempt{Time: t0, CommonName: "kept"})
+	l.Close()
+	var all []byte
+	for _, w := range f.writes {
+		all = append(all, w...)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(all), "\n"), "\n")
+	if last := decode(t, []byte(lines[len(lines)-1])); last["common-name"] != "kept" {
+		t.Errorf("the record after the failures is not whole on its own line: %q", all)
+	}
+	if n := strings.Count(logs.String(), "connection log: write"); n != 1 || !strings.Contains(logs.String(), "failed_writes=1") {
+		t.Errorf("%d log lines of failed writes, want 1:\n%s", n, logs.String())
 	}
 }
