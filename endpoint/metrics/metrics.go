@@ -101,7 +101,7 @@ type Metrics struct {
 	handshake    prometheus.Histogram
 
 	// mu guards the fields below, and serialises scrapes so that each one's traffic totals are
-	// at least the last one's (a scrape lists the sessions with mu held).
+	// at least the last one's (a scrape lists the sessions with mu held, then sends without).
 	mu sync.Mutex
 	// ended is the sum of the final counters of the sessions that ended.
 	ended counters.TrafficSnapshot
@@ -209,15 +209,31 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 // collectSessions sends the connection count, the sessions by transport and cipher and the
 // traffic totals: the live sessions' counters plus the ended sessions' final ones.
 func (m *Metrics) collectSessions(ch chan<- prometheus.Metric) {
+	active, kinds, total := m.sessions()
+	ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(active))
+	for k, n := range kinds {
+		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), k.transport, k.cipher)
+	}
+	ch <- prometheus.MustNewConstMetric(descIngressBytes, prometheus.CounterValue, float64(total.RxBytes))
+	ch <- prometheus.MustNewConstMetric(descEgressBytes, prometheus.CounterValue, float64(total.TxBytes))
+	ch <- prometheus.MustNewConstMetric(descIngressPackets, prometheus.CounterValue, float64(total.RxPackets))
+	ch <- prometheus.MustNewConstMetric(descEgressPackets, prometheus.CounterValue, float64(total.TxPackets))
+}
+
+// sessionKind is a label pair of cvpn_sessions.
+type sessionKind struct{ transport, cipher string }
+
+// sessions lists the established sessions and sums the traffic totals, holding mu (and only
+// for that: the metrics are sent after, so that Disconnected never waits on a slow scraper).
+func (m *Metrics) sessions() (active int, kinds map[sessionKind]int, total counters.TrafficSnapshot) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	list := m.src.Sessions()
-	total := m.ended
-	type kind struct{ transport, cipher string }
-	kinds := map[kind]int{}
+	total = m.ended
+	kinds = map[sessionKind]int{}
 	listed := make(map[uint64]counters.TrafficSnapshot, len(list))
 	for _, s := range list {
-		kinds[kind{transportName(s.Transport), s.Cipher}]++
+		kinds[sessionKind{transportName(s.Transport), s.Cipher}]++
 		if _, ended := m.endedIDs[s.ID]; ended {
 			continue // listed before it ended: its final counters are in ended
 		}
@@ -237,14 +253,7 @@ func (m *Metrics) collectSessions(ch chan<- prometheus.Metric) {
 			delete(m.endedIDs, id)
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(len(list)))
-	for k, n := range kinds {
-		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), k.transport, k.cipher)
-	}
-	ch <- prometheus.MustNewConstMetric(descIngressBytes, prometheus.CounterValue, float64(total.RxBytes))
-	ch <- prometheus.MustNewConstMetric(descEgressBytes, prometheus.CounterValue, float64(total.TxBytes))
-	ch <- prometheus.MustNewConstMetric(descIngressPackets, prometheus.CounterValue, float64(total.RxPackets))
-	ch <- prometheus.MustNewConstMetric(descEgressPackets, prometheus.CounterValue, float64(total.TxPackets))
+	return len(list), kinds, total
 }
 
 // transportName is a session's transport as the endpoint file and AWS name it, udp or tcp,
