@@ -323,8 +323,11 @@ func TestKeyUpdateStormBounded(t *testing.T) {
 	if peak < channel.DefaultMaxKeyBacklog-channel.MaxPayload {
 		t.Fatalf("the backlog peaked at %d bytes: the storm never reached the bound %d", peak, channel.DefaultMaxKeyBacklog)
 	}
-	if asked := requested * keyUpdateResponse; asked <= channel.DefaultMaxKeyBacklog {
-		t.Fatalf("the client asked for %d bytes of responses, not more than the bound: the test proves nothing", asked)
+	// The client's own requests must have been a real share of what filled the backlog (the
+	// rest is the handshake's unacknowledged records and the batches in flight when the bound
+	// was reached), or the test would prove nothing about KeyUpdates.
+	if asked := requested * keyUpdateResponse; asked <= channel.DefaultMaxKeyBacklog/2 {
+		t.Fatalf("the client asked for %d bytes of responses, under half the bound: the test proves nothing", asked)
 	}
 	t.Logf("%d KeyUpdate requests, backlog peak %d bytes, %d control packets rate-limited", requested, peak, s.ctl.RateLimited())
 }
