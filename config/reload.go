@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strconv"
 )
@@ -28,12 +27,11 @@ type reloadKey struct {
 
 // Why the refused keys need a restart: each is built into host state or handed out at start.
 const (
-	restartPool    = "client addresses are handed out from it"
-	restartTUN     = "the TUN device is created with it at start"
-	restartHost    = "the host route and proxy neighbour entry are set up with it at start"
-	restartNAT     = "the NAT table is built with it at start"
-	restartAdmin   = "the admin API listens on it from start"
-	restartMetrics = "the metrics server listens on it from start"
+	restartPool  = "client addresses are handed out from it"
+	restartTUN   = "the TUN device is created with it at start"
+	restartHost  = "the host route and proxy neighbour entry are set up with it at start"
+	restartNAT   = "the NAT table is built with it at start"
+	restartAdmin = "the admin API listens on it from start"
 )
 
 // reloadKeys lists every key of the file in file order (the order of Endpoint's fields).
@@ -87,8 +85,8 @@ var reloadKeys = []reloadKey{
 	{path: "connection_log.file", equal: same(func(e *Endpoint) string { return e.ConnectionLog.File })},
 	{path: "admin.socket", restart: restartAdmin, equal: same(func(e *Endpoint) string { return e.Admin.Socket }),
 		show: func(e *Endpoint) string { return e.Admin.Socket }},
-	{path: "metrics.listen_address", restart: restartMetrics, equal: same(func(e *Endpoint) any { return e.Metrics.ListenAddress }),
-		show: func(e *Endpoint) string { return showAddrPort(e.Metrics.ListenAddress) }},
+	// The metrics server moves: the new address opens before the old one closes.
+	{path: "metrics.listen_address", equal: same(func(e *Endpoint) any { return e.Metrics.ListenAddress })},
 }
 
 // Diff compares the running endpoint file with the next one key by key and returns the YAML
@@ -119,8 +117,7 @@ func Diff(running, next *Endpoint, fileChanged func(key string) bool) (changed, 
 // CheckReload reports whether next may replace running in a running endpoint. Keys built into
 // the host state, the address pool or the NAT table at start (client_cidr_block, tun.name,
 // tun.mtu, target_network.interface, target_network.snat_address, nat.max_mappings,
-// nat.max_mappings_per_client) or listening from start (admin.socket, metrics.listen_address)
-// cannot change; each one that differs
+// nat.max_mappings_per_client) or listening from start (admin.socket) cannot change; each one that differs
 // is a *ValidationError naming the key, its line in next, both values and that a restart is
 // needed, and they come back joined. Every other key may change (Diff lists them).
 func CheckReload(running, next *Endpoint) error {
@@ -189,12 +186,4 @@ func certAuth(e *Endpoint) CertificateAuthentication {
 		return CertificateAuthentication{}
 	}
 	return *e.Authentication.Certificate
-}
-
-// showAddrPort formats an address key's value for a refusal; "none" when it is absent.
-func showAddrPort(a netip.AddrPort) string {
-	if !a.IsValid() {
-		return "none"
-	}
-	return a.String()
 }

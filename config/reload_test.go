@@ -321,7 +321,7 @@ func TestCheckReload(t *testing.T) {
 func TestReloadKeys(t *testing.T) {
 	live, restart := ReloadKeys()
 	wantRestart := []string{"client_cidr_block", "target_network.interface", "target_network.snat_address", "tun.name", "tun.mtu",
-		"nat.max_mappings", "nat.max_mappings_per_client", "admin.socket", "metrics.listen_address"}
+		"nat.max_mappings", "nat.max_mappings_per_client", "admin.socket"}
 	if !slices.Equal(restart, wantRestart) {
 		t.Errorf("restart keys %q, want %q", restart, wantRestart)
 	}

@@ -1,10 +1,12 @@
 package endpoint
 
 import (
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"testing"
@@ -134,5 +136,85 @@ func TestMetricsAddressInUse(t *testing.T) {
 	case <-h.closed:
 	default:
 		t.Error("a failed Start left the host state")
+	}
+}
+
+// TestMetricsReload: a reload turns metrics on (with the totals since start), moves them to
+// another address (the old one closes), is refused whole when the new address is taken (the
+// old one serves on), and turns them off.
+func TestMetricsReload(t *testing.T) {
+	l := newLab(t)
+	l.start()
+	s, _ := l.connect(clientOptions{})
+	l.ping(s, 1)
+	l.ping(s, 2)
+
+	a := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	l.writeFile("endpoint.yaml", []byte(baseFile+"metrics: {listen_address: \""+a+"\"}\n"))
+	rep, err := l.run.Reload(l.path)
+	if err != nil || len(rep.Changed) != 1 || rep.Changed[0] != "metrics.listen_address" {
+		t.Fatalf("turning metrics on: %+v, %v", rep, err)
+	}
+	m := scrapeMetrics(t, "http://"+a+"/metrics")
+	if m["cvpn_active_connections"] != 1 || m["cvpn_ingress_packets_total"] != 2 || m["cvpn_handshake_duration_seconds_count"] != 1 {
+		t.Errorf("metrics turned on after the client came: active %v, ingress packets %v, handshakes %v; want 1, 2, 1",
+			m["cvpn_active_connections"], m["cvpn_ingress_packets_total"], m["cvpn_handshake_duration_seconds_count"])
+	}
+
+	b := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	l.writeFile("endpoint.yaml", []byte(baseFile+"metrics: {listen_address: \""+b+"\"}\n"))
+	if _, err := l.run.Reload(l.path); err != nil {
+		t.Fatalf("moving metrics: %v", err)
+	}
+	if _, err := http.Get("http://" + a + "/metrics"); err == nil {
+		t.Errorf("the old metrics address %s still serves after the move", a)
+	}
+	if m := scrapeMetrics(t, "http://"+b+"/metrics"); m["cvpn_active_connections"] != 1 {
+		t.Errorf("after the move: active %v", m["cvpn_active_connections"])
+	}
+
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	l.writeFile("endpoint.yaml", []byte(baseFile+"metrics: {listen_address: \""+taken.Addr().String()+"\"}\ndescription: with it\n"))
+	_, err = l.run.Reload(l.path)
+	var re *ReloadError
+	if !errors.As(err, &re) || re.Reason != reasonMetrics || !strings.Contains(err.Error(), "metrics.listen_address") {
+		t.Fatalf("reload to a taken metrics address = %v, want refused naming metrics.listen_address", err)
+	}
+	if got := l.run.Endpoint().Config; got.Description != "" || got.Metrics.ListenAddress.String() != b {
+		t.Errorf("a refused reload applied: description %q, metrics %v", got.Description, got.Metrics.ListenAddress)
+	}
+	if m := scrapeMetrics(t, "http://"+b+"/metrics"); m["cvpn_active_connections"] != 1 {
+		t.Errorf("after the refused move: active %v", m["cvpn_active_connections"])
+	}
+
+	// A reload that fails after the metrics opened closes them again: a listener that cannot open.
+	c := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	busy, err := l.net.ListenPacket(netip.MustParseAddrPort("0.0.0.0:1194"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	l.writeFile("endpoint.yaml", []byte(strings.Replace(baseFile, "transport: [{protocol: udp, port: 443}]",
+		"transport: [{protocol: udp, port: 443}, {protocol: udp, port: 1194}]", 1)+"metrics: {listen_address: \""+c+"\"}\n"))
+	if _, err = l.run.Reload(l.path); !errors.As(err, &re) || re.Reason != reasonListener {
+		t.Fatalf("reload with a busy listener = %v, want refused for the listener", err)
+	}
+	if _, err := http.Get("http://" + c + "/metrics"); err == nil {
+		t.Errorf("the metrics address %s of a refused reload serves", c)
+	}
+	if m := scrapeMetrics(t, "http://"+b+"/metrics"); m["cvpn_active_connections"] != 1 {
+		t.Errorf("after the refused reload: active %v", m["cvpn_active_connections"])
+	}
+
+	l.writeFile("endpoint.yaml", []byte(baseFile))
+	if _, err := l.run.Reload(l.path); err != nil {
+		t.Fatalf("turning metrics off: %v", err)
+	}
+	if _, err := http.Get("http://" + b + "/metrics"); err == nil {
+		t.Errorf("metrics still served at %s after they were turned off", b)
 	}
 }

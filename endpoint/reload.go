@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/endpoint/metrics"
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
 )
@@ -43,6 +44,8 @@ const (
 	reasonListener = "a listener cannot open"
 	// the new connection log file cannot open; the old one stays in use
 	reasonConnectionLog = "the connection log cannot open"
+	// the new metrics address cannot open; the old one stays in use
+	reasonMetrics = "the metrics address cannot open"
 )
 
 // ErrStopped refuses a reload of an endpoint that has stopped.
@@ -57,6 +60,7 @@ const (
 	applyPolicy                           // Reload: the per-packet policy
 	applyRevoker                          // SetRevoker and a new CRL watcher
 	applyConnectionLog                    // the connection log switches files
+	applyMetrics                          // the metrics server moves: the new opens, then the old closes
 )
 
 // keyActions says what each key a reload applies (config.ReloadKeys' live keys) takes. Keys
@@ -93,6 +97,7 @@ var keyActions = map[string]action{
 	"keepalive.ping_restart_seconds":                 applySettings,
 	"connection_log.enabled":                         applyConnectionLog,
 	"connection_log.file":                            applyConnectionLog,
+	"metrics.listen_address":                         applyMetrics,
 }
 
 // Diff compares the running endpoint with the next one loaded from its file: key by key
@@ -154,9 +159,10 @@ func crlPEM(c *pki.CRLSet) []byte {
 //     problems, each naming the key;
 //   - a change of a key that cannot change while the endpoint runs (config.CheckReload) refuses
 //     the whole file, naming each such key;
-//   - everything is loaded and checked before anything is applied; the listeners go first
-//     (new ones open, removed ones close and their clients are told RESTART, kept ones are left
-//     alone), and when one cannot open, nothing else is applied either;
+//   - everything is loaded and checked before anything is applied; a new metrics address opens
+//     first (and closes again if the reload fails; the old one closes once it succeeded), the
+//     listeners next (new ones open, removed ones close and their clients are told RESTART,
+//     kept ones are left alone), and when one cannot open, nothing else is applied either;
 //   - then the settings new handshakes use (certificate, client CA, control-channel keys,
 //     ciphers, keepalive, renegotiation, session timeout, banner), the per-packet policy
 //     (rules, routes, bandwidth, DNS, split tunnel), and the CRL, which goes into force at once
@@ -194,7 +200,7 @@ func (r *Running) Reload(path string) (*ReloadReport, error) {
 }
 
 // reload is Reload without the log line; r.mu is held.
-func (r *Running) reload(path string) (*ReloadReport, error) {
+func (r *Running) reload(path string) (_ *ReloadReport, err error) {
 	if r.stopped {
 		return nil, ErrStopped
 	}
@@ -218,6 +224,18 @@ func (r *Running) reload(path string) (*ReloadReport, error) {
 	ecfg, err := engineConfig(next)
 	if err != nil {
 		return nil, &ReloadError{Reason: reasonInvalid, Err: err}
+	}
+	var metricsServer *metrics.Server
+	if todo&applyMetrics != 0 {
+		// Opened first, closed again if anything after fails; put in place at the end.
+		if metricsServer, err = r.openMetrics(next.Config); err != nil {
+			return nil, &ReloadError{Reason: reasonMetrics, Err: err}
+		}
+		defer func() {
+			if err != nil && metricsServer != nil {
+				_ = metricsServer.Close()
+			}
+		}()
 	}
 	if todo&applyConnectionLog != 0 {
 		// First, since it may fail (the new file cannot open: the old one stays in use).
@@ -254,6 +272,9 @@ func (r *Running) reload(path string) (*ReloadReport, error) {
 		r.stopCRLWatch()
 		r.putCRL(next.CRL)
 		r.watchCRL(next)
+	}
+	if todo&applyMetrics != 0 {
+		r.switchMetrics(metricsServer)
 	}
 	r.cur = next
 	return &ReloadReport{Changed: changed}, nil

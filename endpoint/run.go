@@ -68,7 +68,10 @@ type Running struct {
 	stopHostAddrs func()
 	// connLog is the connection log, open (or disabled) from Start until Run returns.
 	connLog *connlog.Log
-	// metrics serves metrics.listen_address from Start until Run returns; nil when off.
+	// mx are the metrics, kept from Start whether served or not (a reload may turn them on);
+	// metrics serves them on metrics.listen_address (nil when off) until Run returns, and a
+	// reload may replace it (r.mu).
+	mx      *metrics.Metrics
 	metrics *metrics.Server
 	// admin serves the admin API on admin.socket from Start until Run returns.
 	admin *admin.Server
@@ -171,10 +174,8 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 		}
 	}()
 	ecfg.Policy = pol.first(own)
-	mx := newMetrics(cfg.Metrics.ListenAddress, &r, pool, natTable, opts.Now)
-	if mx != nil {
-		ecfg.Events = append(ecfg.Events, mx)
-	}
+	mx := newMetrics(&r, pool, natTable, opts.Now)
+	ecfg.Events = append(ecfg.Events, mx)
 	connLog, err := openConnectionLog(ep, opts)
 	if err != nil {
 		return nil, err
@@ -194,6 +195,7 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	pol.attach(srv, ecfg.Policy)
 	r = &Running{opts: opts, log: opts.Log, host: h, srv: srv, policy: pol, stopHostAddrs: stopHostAddrs, cur: ep,
 		connLog: connLog}
+	r.mx = mx
 	if r.metrics, err = serveMetrics(mx, cfg.Metrics.ListenAddress, opts.Log); err != nil {
 		srv.Close()
 		return nil, err
@@ -242,7 +244,6 @@ func setupHost(cfg host.Config, log *slog.Logger) (Host, error) {
 // state (a failure to is logged) and logs the drop counters.
 func (r *Running) Run() {
 	r.srv.Run()
-	r.closeMetrics()
 	if err := r.admin.Close(); err != nil {
 		r.log.Error("closing the admin API", "err", err)
 	}
@@ -252,6 +253,7 @@ func (r *Running) Run() {
 	r.mu.Lock()
 	r.stopped = true
 	r.stopCRLWatch()
+	r.closeMetrics()
 	r.mu.Unlock()
 	r.stopHostAddrs()
 	if err := r.host.Close(); err != nil {
