@@ -402,8 +402,10 @@ func TestGatewayPingBandwidthLimit(t *testing.T) {
 	for c.receive(t, 200*time.Millisecond) != nil {
 		answered++
 	}
-	// Burst: max(16 KiB, 1 Mbit/s * 300 ms) = 37500 bytes, i.e. 26 requests of 1400 bytes.
-	if answered < 25 || answered > 28 || f.p.drops.Count(counters.RateLimit) < 70 {
+	// Burst: max(16 KiB, 1 Mbit/s * 300 ms) = 37500 bytes, i.e. 26 requests of 1400 bytes; the
+	// bucket refills on the real clock (about 9 requests per 100 ms) while a loaded machine
+	// sends the hundred, so allow some more.
+	if answered < 25 || answered > 45 || f.p.drops.Count(counters.RateLimit) < 55 {
 		t.Fatalf("%d of 100 back-to-back pings answered under a 1 Mbit/s limit; drops %v", answered, f.p.drops.Snapshot())
 	}
 }
