@@ -42,7 +42,9 @@ func (l *lab) waitLog(name string, what string, match func(connlog.Record) bool)
 }
 
 func connectOf(cn string) func(connlog.Record) bool {
-	return func(r connlog.Record) bool { return r.CommonName == cn && r.AttemptStatus == "successful" && !r.Final() }
+	return func(r connlog.Record) bool {
+		return r.CommonName == cn && r.AttemptStatus == "successful" && !r.Final()
+	}
 }
 
 func finalOf(cn string) func(connlog.Record) bool {
