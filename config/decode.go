@@ -16,6 +16,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/cvpn/cvpn/internal/textdist"
 )
 
 // The file is decoded to a yaml.Node tree and walked by hand, not unmarshalled
@@ -472,7 +474,7 @@ func suggest(key string, known []string) string {
 		if squash(k) == squash(key) {
 			return fmt.Sprintf(" (did you mean %q?)", k)
 		}
-		if dist := editDistance(key, k); dist < bestDist {
+		if dist := textdist.Distance(key, k); dist < bestDist {
 			best, bestDist = k, dist
 		}
 	}
@@ -480,25 +482,4 @@ func suggest(key string, known []string) string {
 		return ""
 	}
 	return fmt.Sprintf(" (did you mean %q?)", best)
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }

@@ -25,6 +25,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/cvpn/cvpn/internal/textdist"
 )
 
 // Exit statuses.
@@ -155,7 +157,7 @@ func suggestCommand(name string) string {
 func suggest(word string, known []string) string {
 	best, bestDist := "", max(2, len(word)/3)+1
 	for _, k := range known {
-		d := editDistance(word, k)
+		d := textdist.Distance(word, k)
 		if len(word) >= 3 && (strings.HasPrefix(k, word) || strings.HasPrefix(word, k)) {
 			d = min(d, 1)
 		}
@@ -167,27 +169,6 @@ func suggest(word string, known []string) string {
 		return ""
 	}
 	return fmt.Sprintf(" (did you mean %q?)", best)
-}
-
-// editDistance is the Levenshtein distance between a and b (in bytes: command names are ASCII).
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // newFlagSet is a flag set for the command name ("client issue") whose -h prints its
