@@ -6,6 +6,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -15,11 +16,14 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -39,27 +43,30 @@ const (
 	// working size in it.
 	soakWarmup = 90 * time.Second
 	// soakRSSMargin is how far the RSS at the end (under load, and idle once every client is
-	// gone) may exceed the largest RSS seen during the warm-up. A leak of 10 KiB per session
-	// over the thousands the soak churns exceeds it.
+	// gone) may exceed the largest RSS seen during the warm-up. A leak of 50 KiB per session
+	// over the hundreds the soak churns after its warm-up exceeds it.
 	soakRSSMargin = 32 << 10 // KiB
 	// soakThreadMargin is how many more OS threads the end may have than the warm-up's peak.
 	soakThreadMargin = 4
 	// soakFDMargin is how many more descriptors an idle server may hold at the end than an
 	// idle one at the start: none, but for the kernel's lazily opened ones.
 	soakFDMargin = 2
-	// soakGoroutineMargin is how many more goroutines the soaked server, idle at the end, may
-	// have than a fresh idle server of the same configuration.
+	// soakGoroutineMargin is how many more goroutines the server, idle at the end, may have
+	// than idle at the start.
 	soakGoroutineMargin = 2
 )
 
+// soakMetricsAddr is where the soaked server serves its metrics, inside its namespace.
+var soakMetricsAddr = netip.MustParseAddrPort("127.0.0.1:9464")
+
 // soakEndpoint is the endpoint configuration of the soak: both transports, server-initiated
 // renegotiation every 30 s, fast keepalives so that clients killed without a goodbye are reaped
-// within the run.
+// within the run, and metrics (the goroutine count among them).
 var soakEndpoint = netlab.EndpointOptions{
 	TLSCrypt:  true,
 	Transport: "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]",
 	Keepalive: "{ping_seconds: 5, ping_restart_seconds: 15}",
-	Extra:     "reneg_seconds: 30\n",
+	Extra:     "reneg_seconds: 30\nmetrics: {listen_address: \"" + soakMetricsAddr.String() + "\"}\n",
 }
 
 // TestSoak runs SOAK (default 10m) of mixed churn against a race-detector build of cvpn (make
@@ -67,10 +74,11 @@ var soakEndpoint = netlab.EndpointOptions{
 // cleanly or killed, some renegotiating every 10 s; Go clients (bench/client) in one process
 // connecting and leaving, renegotiating when the server asks (every 30 s), floating to a new
 // source port; and floods from another host in turns: valid resets, garbage, resets from
-// spoofed sources, silent TCP connections. It prints the server's RSS, threads and descriptors
-// at the start and the end, and its goroutines at the end against a fresh server's, and fails
-// if any grew beyond the margins above, if the race detector reported anything, or if clients
-// failed to connect or pass traffic.
+// spoofed sources, silent TCP connections. It prints the server's goroutines (its metrics),
+// RSS, threads and descriptors (/proc) at the start and the end, and fails if any grew beyond
+// the margins above, if the race detector reported anything, if clients failed to connect,
+// renegotiate or pass traffic, or if a handshake of a client that connected was left to time
+// out.
 func TestSoak(t *testing.T) {
 	soak := 10 * time.Minute
 	if v := os.Getenv("SOAK"); v != "" {
@@ -88,41 +96,57 @@ func TestSoak(t *testing.T) {
 	if os.Getenv("CVPN_E2E_RACE") == "" {
 		t.Fatal("the soak runs against a race-detector build: set CVPN_E2E_RACE=1 (make soak does)")
 	}
-	baseGoroutines := idleGoroutines(t)
 
 	lab, err := netlab.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lab.Close()
-	dir := t.TempDir()
-	ep, err := netlab.WriteEndpoint(dir, soakEndpoint)
+	ep, err := netlab.WriteEndpoint(t.TempDir(), soakEndpoint)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The server's output goes to a file: the log of a long run may outgrow a Proc's buffer,
-	// and a race report must never be cut off.
-	logPath := filepath.Join(dir, "cvpn.log")
-	srv, err := lab.Start("cvpn", lab.Server, "sh", "-c", fmt.Sprintf(`exec %s serve --config %s >%s 2>&1`, cvpnBin, ep.Config, logPath))
+	// The server's output goes to a file, kept after the test: the log of a long run may
+	// outgrow a Proc's buffer, a race report must never be cut off, and a failed soak is
+	// studied in it.
+	logDir, err := os.MkdirTemp("", "cvpn-soak-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(logDir, "cvpn.log")
+	defer t.Logf("the server's log: %s", logPath)
+	// At SIGTERM, before it ends its sessions, cvpn writes the live heap (after a GC) to a
+	// profile: what an idle server holds after the churn.
+	heapPath := filepath.Join(logDir, "heap.pprof")
+	srv, err := lab.Start("cvpn", lab.Server, "sh", "-c", fmt.Sprintf(`exec %s serve --config %s --memprofile %s >%s 2>&1`, cvpnBin, ep.Config, heapPath, logPath))
 	if err != nil {
 		t.Fatal(err)
 	}
 	srvLog := func() string { b, _ := os.ReadFile(logPath); return string(b) }
-	defer func() {
-		if t.Failed() {
-			t.Logf("cvpn log (tail):\n%s", netlab.Tail(srvLog(), 20000))
-		}
-	}()
 	if err := waitText(srvLog, "cvpn listening", 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	pid := srv.PID()
-	time.Sleep(2 * time.Second)
-	idleStart, err := netlab.ReadProcStat(pid)
+	metrics := newMetricsScraper(lab.Server)
+	sample := func() (soakSample, error) {
+		st, err := netlab.ReadProcStat(pid)
+		if err != nil {
+			return soakSample{}, err
+		}
+		m, err := metrics.scrape()
+		if err != nil {
+			return soakSample{}, err
+		}
+		lastGC := time.Unix(0, int64(m["go_memstats_last_gc_time_seconds"]*1e9))
+		return soakSample{st: st, goroutines: int(m["go_goroutines"]), heapGoalKiB: int64(m["go_memstats_next_gc_bytes"]) >> 10, lastGC: lastGC,
+			sessions: int(m["cvpn_active_connections"]), unfinished: int(m[`cvpn_packets_dropped_total{reason="tls_handshake_failed"}`])}, nil
+	}
+	time.Sleep(5 * time.Second)
+	idleStart, err := sample()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("idle at start: %v; fresh server's goroutines: %d", idleStart, baseGoroutines.total)
+	t.Logf("idle at start: %v", idleStart)
 
 	ctx, stop := context.WithTimeout(context.Background(), soak)
 	defer stop()
@@ -130,13 +154,14 @@ func TestSoak(t *testing.T) {
 	var wg sync.WaitGroup
 	var tally soakTally
 
-	// The server's process, sampled all along.
-	samples := make(chan []timedStat, 1)
+	// The server, sampled all along.
+	samples := make(chan []soakSample, 1)
 	go func() {
-		var ss []timedStat
+		var ss []soakSample
 		for {
-			if st, err := netlab.ReadProcStat(pid); err == nil {
-				ss = append(ss, timedStat{time.Since(start), st})
+			if s, err := sample(); err == nil {
+				s.at = time.Since(start)
+				ss = append(ss, s)
 			}
 			select {
 			case <-ctx.Done():
@@ -209,31 +234,30 @@ func TestSoak(t *testing.T) {
 	fl := newFlooder(t, lab, attackNS, attackServer, ep.TLSKey)
 	wg.Go(func() { fl.run(ctx, &tally) })
 
-	// The start is measured after the warm-up; the end just before the churn stops.
-	var warm []timedStat
+	// The start is measured after the warm-up (its peaks), the end just before the churn stops.
 	select {
 	case <-ctx.Done():
 	case <-time.After(soakWarmup):
 	}
-	if st, err := netlab.ReadProcStat(pid); err == nil {
-		t.Logf("start (after %v of churn): %v", soakWarmup, st)
-	}
 	<-ctx.Done()
+	churnEnd := time.Now()
+	loadedEnd, err := sample()
+	if err != nil {
+		t.Fatalf("the server is gone: %v", err)
+	}
 	series := <-samples
+	var warm []soakSample
 	for _, s := range series {
 		if s.at <= soakWarmup {
 			warm = append(warm, s)
 		}
 	}
-	loadedEnd, err := netlab.ReadProcStat(pid)
-	if err != nil {
-		t.Fatalf("the server is gone: %v", err)
-	}
 	wg.Wait()
 	fl.close()
 
 	// Every client has left (cleanly or killed): wait until the server ended every session (a
-	// killed client's after ping_restart_seconds), then measure it idle.
+	// killed client's after ping_restart_seconds) and a handshake that a client abandoned when
+	// the churn stopped timed out (the hand window, 60 s), then measure it idle.
 	var connected, disconnected int
 	idleBy := time.Now().Add(60 * time.Second)
 	for {
@@ -248,21 +272,41 @@ func TestSoak(t *testing.T) {
 	if connected != disconnected {
 		t.Errorf("%d sessions connected but only %d ended, 60 s after every client left", connected, disconnected)
 	}
-	time.Sleep(5 * time.Second) // goodbyes and TCP streams wind down
-	idleEnd, err := netlab.ReadProcStat(pid)
-	if err != nil {
-		t.Fatalf("the server is gone: %v", err)
+	time.Sleep(time.Until(churnEnd.Add(65 * time.Second)))
+	// The heap goal says what the live heap is only after a garbage collection: wait for the one
+	// the Go runtime forces when two minutes pass without one, so that the idle server's goal
+	// reflects an idle heap.
+	idle := time.Now()
+	var idleEnd soakSample
+	for {
+		idleEnd, err = sample()
+		if err != nil {
+			t.Fatalf("the server is gone: %v", err)
+		}
+		if idleEnd.lastGC.After(idle) || time.Since(idle) > 3*time.Minute {
+			break
+		}
+		time.Sleep(5 * time.Second)
 	}
-	// The goroutines of the idle server: SIGQUIT makes the Go runtime print every one (make
-	// soak sets GOTRACEBACK=all) and exit.
-	if err := srv.Signal(syscall.SIGQUIT); err != nil {
+	if !idleEnd.lastGC.After(idle) {
+		t.Errorf("no garbage collection in the idle server within 3 minutes (the last at %v)", idleEnd.lastGC)
+	}
+
+	// Stop the server: SIGTERM for a clean shutdown (the race detector's exit status says
+	// whether it found anything); SIGQUIT instead when goroutines are left over, so that the
+	// Go runtime prints each (make soak sets GOTRACEBACK=all).
+	leftover := idleEnd.goroutines > idleStart.goroutines+soakGoroutineMargin
+	sig := syscall.SIGTERM
+	if leftover {
+		sig = syscall.SIGQUIT
+	}
+	if err := srv.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
-	wctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	_ = srv.Wait(wctx)
+	wctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	exitErr := srv.Wait(wctx)
 	cancel()
 	out := srvLog()
-	endGoroutines := parseGoroutineDump(out)
 
 	// Report.
 	peakWarm := peakOf(warm)
@@ -271,14 +315,20 @@ func TestSoak(t *testing.T) {
 		connected, disconnected, strings.Count(out, `msg="client floated"`), strings.Count(out, `msg="client renegotiated"`))
 	for _, s := range series {
 		if s.at%time.Minute < 5*time.Second {
-			t.Logf("  %6v  %v", s.at.Round(time.Second), s.st)
+			t.Logf("  %6v  %v", s.at.Round(time.Second), s)
 		}
 	}
-	t.Logf("idle before the churn: %v", idleStart)
-	t.Logf("warm-up peak:          %v", peakWarm)
-	t.Logf("end, under churn:      %v", loadedEnd)
-	t.Logf("end, idle:             %v", idleEnd)
-	t.Logf("goroutines: fresh idle server %d, soaked idle server %d", baseGoroutines.total, endGoroutines.total)
+	t.Logf("idle at start:       %v", idleStart)
+	t.Logf("warm-up peak:        %v", peakWarm)
+	t.Logf("end, under churn:    %v", loadedEnd)
+	t.Logf("end, idle:           %v", idleEnd)
+	if !leftover {
+		top, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=15", "-sample_index=inuse_space", cvpnBin, heapPath).CombinedOutput()
+		t.Logf("live heap of the idle server at the end (%s), the largest holders:\n%s", heapPath, top)
+		if err != nil {
+			t.Errorf("go tool pprof: %v", err)
+		}
+	}
 
 	// Verdict.
 	if n := strings.Count(out, "WARNING: DATA RACE"); n > 0 {
@@ -287,46 +337,131 @@ func TestSoak(t *testing.T) {
 	if i := strings.Index(out, "panic:"); i >= 0 {
 		t.Errorf("cvpn panicked:\n%s", netlab.Tail(out[:min(len(out), i+4000)], 6000))
 	}
-	if !strings.Contains(out, "SIGQUIT") {
-		t.Errorf("cvpn ended before the final SIGQUIT:\n%s", netlab.Tail(out, 4000))
+	if !leftover && exitErr != nil {
+		t.Errorf("cvpn exited with %v on SIGTERM (66: the race detector found races):\n%s", exitErr, netlab.Tail(out, 3000))
 	}
 	for _, end := range []struct {
 		name string
-		st   netlab.ProcStat
+		s    soakSample
 	}{{"under churn", loadedEnd}, {"idle", idleEnd}} {
-		if end.st.RSSKiB > peakWarm.RSSKiB+soakRSSMargin {
-			t.Errorf("RSS at the end (%s) is %d KiB, more than the warm-up's peak %d KiB + %d KiB", end.name, end.st.RSSKiB, peakWarm.RSSKiB, soakRSSMargin)
+		if end.s.st.RSSKiB > peakWarm.st.RSSKiB+soakRSSMargin {
+			t.Errorf("RSS at the end (%s) is %d KiB, more than the warm-up's peak %d KiB + %d KiB", end.name, end.s.st.RSSKiB, peakWarm.st.RSSKiB, soakRSSMargin)
 		}
-		if end.st.Threads > peakWarm.Threads+soakThreadMargin {
-			t.Errorf("threads at the end (%s): %d, more than the warm-up's peak %d + %d", end.name, end.st.Threads, peakWarm.Threads, soakThreadMargin)
+		if end.s.st.Threads > peakWarm.st.Threads+soakThreadMargin {
+			t.Errorf("threads at the end (%s): %d, more than the warm-up's peak %d + %d", end.name, end.s.st.Threads, peakWarm.st.Threads, soakThreadMargin)
 		}
 	}
-	if idleEnd.FDs > idleStart.FDs+soakFDMargin {
-		t.Errorf("descriptors of the idle server: %d at the end, %d at the start", idleEnd.FDs, idleStart.FDs)
+	if idleEnd.st.FDs > idleStart.st.FDs+soakFDMargin {
+		t.Errorf("descriptors of the idle server: %d at the end, %d at the start", idleEnd.st.FDs, idleStart.st.FDs)
 	}
-	if endGoroutines.total == 0 {
-		t.Errorf("no goroutine dump in the server's output after SIGQUIT")
-	} else if endGoroutines.total > baseGoroutines.total+soakGoroutineMargin {
-		t.Errorf("the soaked server, idle, has %d goroutines; a fresh one has %d; more than before, by creator:\n%s",
-			endGoroutines.total, baseGoroutines.total, endGoroutines.diff(baseGoroutines))
+	if idleEnd.sessions != 0 {
+		t.Errorf("the idle server still counts %d active connections", idleEnd.sessions)
+	}
+	if leftover {
+		t.Errorf("the server, idle, has %d goroutines at the end and had %d at the start; by creator:\n%s",
+			idleEnd.goroutines, idleStart.goroutines, parseGoroutineDump(out))
+	}
+	// Every client in the churn finished each handshake it began, or counts as a failure
+	// above; so no handshake may have timed out before the churn ended.
+	if loadedEnd.unfinished > 0 {
+		t.Errorf("%d handshakes timed out (tls_handshake_failed) during the churn, though every client's connects succeeded: the server left sessions pending that no client continued; the first:\n%s",
+			loadedEnd.unfinished, strings.Join(grepLines(out, "reason=tls_handshake_failed", 5), "\n"))
 	}
 	tally.check(t)
 }
 
-type timedStat struct {
-	at time.Duration
-	st netlab.ProcStat
+// soakSample is the server at one instant: its process (/proc) and its metrics.
+type soakSample struct {
+	at         time.Duration // since the churn began
+	st         netlab.ProcStat
+	goroutines int // go_goroutines
+	// heapGoalKiB is the heap size at which the next GC starts: the live heap after the last
+	// one times 1 + GOGC/100 (cvpn runs with GOGC 50). It tells a growing live heap from RSS
+	// that the allocator keeps.
+	heapGoalKiB int64
+	lastGC      time.Time // when the last garbage collection ended
+	sessions    int       // cvpn_active_connections
+	unfinished  int       // handshakes dropped as tls_handshake_failed so far
 }
 
-// peakOf is the largest RSS, threads and descriptors among ss, each on its own.
-func peakOf(ss []timedStat) netlab.ProcStat {
-	var p netlab.ProcStat
+func (s soakSample) String() string {
+	return fmt.Sprintf("%d goroutines, %v, heap goal %.1f MiB; %d sessions, %d tls_handshake_failed",
+		s.goroutines, s.st, float64(s.heapGoalKiB)/1024, s.sessions, s.unfinished)
+}
+
+// peakOf is the largest of each measure among ss, each on its own.
+func peakOf(ss []soakSample) soakSample {
+	var p soakSample
 	for _, s := range ss {
-		p.RSSKiB = max(p.RSSKiB, s.st.RSSKiB)
-		p.Threads = max(p.Threads, s.st.Threads)
-		p.FDs = max(p.FDs, s.st.FDs)
+		p.st.RSSKiB = max(p.st.RSSKiB, s.st.RSSKiB)
+		p.st.Threads = max(p.st.Threads, s.st.Threads)
+		p.st.FDs = max(p.st.FDs, s.st.FDs)
+		p.goroutines = max(p.goroutines, s.goroutines)
+		p.heapGoalKiB = max(p.heapGoalKiB, s.heapGoalKiB)
+		p.sessions = max(p.sessions, s.sessions)
+		p.unfinished = max(p.unfinished, s.unfinished)
 	}
 	return p
+}
+
+// metricsScraper reads the server's Prometheus metrics from inside its namespace.
+type metricsScraper struct{ c *http.Client }
+
+func newMetricsScraper(ns string) *metricsScraper {
+	return &metricsScraper{c: &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			DisableKeepAlives: true, // no connection (and serving goroutine) held between scrapes
+			DialContext: func(context.Context, string, string) (net.Conn, error) {
+				return netlab.DialTCPIn(ns, soakMetricsAddr)
+			},
+		},
+	}}
+}
+
+// scrape returns every sample of the text exposition by its name and labels as written, e.g.
+// `cvpn_packets_dropped_total{reason="replay"}`.
+func (m *metricsScraper) scrape() (map[string]float64, error) {
+	resp, err := m.c.Get("http://" + soakMetricsAddr.String() + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("metrics: %s", resp.Status)
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		out[line[:i]] = v
+	}
+	return out, sc.Err()
+}
+
+// grepLines returns up to n lines of out that contain s.
+func grepLines(out, s string, n int) []string {
+	var lines []string
+	for line := range strings.SplitSeq(out, "\n") {
+		if strings.Contains(line, s) {
+			lines = append(lines, line)
+			if len(lines) == n {
+				break
+			}
+		}
+	}
+	return lines
 }
 
 // waitText waits until read() contains s.
@@ -341,19 +476,14 @@ func waitText(read func() string, s string, timeout time.Duration) error {
 	return fmt.Errorf("no %q within %v:\n%s", s, timeout, netlab.Tail(read(), 3000))
 }
 
-// goroutineDump is what a Go traceback says of a process's goroutines.
-type goroutineDump struct {
-	total     int
-	byCreator map[string]int // "created by" function (or the goroutine's own, for main)
-}
-
 // goroutineHeaderRE is a goroutine's first line: "goroutine 7 [select]:", or with GOTRACEBACK
 // at system level and above "goroutine 7 gp=0xc000007c00 m=nil [select]:".
 var goroutineHeaderRE = regexp.MustCompile(`(?m)^goroutine \d+ [^\n\[]*\[`)
 
-// parseGoroutineDump reads the goroutine blocks a SIGQUIT traceback printed.
-func parseGoroutineDump(out string) goroutineDump {
-	d := goroutineDump{byCreator: map[string]int{}}
+// parseGoroutineDump counts the goroutines of a traceback by the function that created them
+// (for those without one, their first frame), most first.
+func parseGoroutineDump(out string) string {
+	by := map[string]int{}
 	idx := goroutineHeaderRE.FindAllStringIndex(out, -1)
 	for i, m := range idx {
 		end := len(out)
@@ -361,6 +491,9 @@ func parseGoroutineDump(out string) goroutineDump {
 			end = idx[i+1][0]
 		}
 		block := out[m[0]:end]
+		if strings.HasPrefix(block, "goroutine 0 ") {
+			continue // an OS thread's scheduler stack (g0), not a goroutine: threads are counted apart
+		}
 		creator := "(no creator)"
 		if j := strings.Index(block, "\ncreated by "); j >= 0 {
 			creator, _, _ = strings.Cut(block[j+len("\ncreated by "):], "\n")
@@ -368,56 +501,14 @@ func parseGoroutineDump(out string) goroutineDump {
 		} else if lines := strings.Split(block, "\n"); len(lines) > 1 {
 			creator = lines[1]
 		}
-		d.total++
-		d.byCreator[creator]++
+		by[creator]++
 	}
-	return d
-}
-
-// diff lists the creators with more goroutines in d than in base.
-func (d goroutineDump) diff(base goroutineDump) string {
 	var lines []string
-	for c, n := range d.byCreator {
-		if n > base.byCreator[c] {
-			lines = append(lines, fmt.Sprintf("  +%d %s (%d, fresh %d)", n-base.byCreator[c], c, n, base.byCreator[c]))
-		}
+	for c, n := range by {
+		lines = append(lines, fmt.Sprintf("%5d %s", n, c))
 	}
-	sort.Strings(lines)
+	sort.Sort(sort.Reverse(sort.StringSlice(lines)))
 	return strings.Join(lines, "\n")
-}
-
-// idleGoroutines starts a fresh server of the soak's configuration in a lab of its own, lets it
-// settle and has it print its goroutines: the baseline an idle server has.
-func idleGoroutines(t *testing.T) goroutineDump {
-	t.Helper()
-	lab, err := netlab.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lab.Close()
-	ep, err := netlab.WriteEndpoint(t.TempDir(), soakEndpoint)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := lab.Start("cvpn (fresh)", lab.Server, cvpnBin, "serve", "--config", ep.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.WaitFor("cvpn listening", 30*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(5 * time.Second)
-	if err := srv.Signal(syscall.SIGQUIT); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	_ = srv.Wait(ctx)
-	d := parseGoroutineDump(srv.Output())
-	if d.total == 0 {
-		t.Fatalf("a fresh server printed no goroutines on SIGQUIT:\n%s", netlab.Tail(srv.Output(), 3000))
-	}
-	return d
 }
 
 // raceReports returns the race detector's reports in out, up to a few.
