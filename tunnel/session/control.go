@@ -108,9 +108,9 @@ func (m *Manager) UDPControl(l *dataplane.UDPListener, pkt []byte, from netip.Ad
 			return
 		}
 		s := m.newSession(l.NewLink(from, local), p.RemoteSessionID, p.SessionID, true, w)
-		replaced, ok := m.register(s, &key)
-		if !ok {
-			m.drop(counters.HandshakeLimit, from)
+		replaced, refused := m.register(s, &key)
+		if refused != counters.NumReasons {
+			m.drop(refused, from)
 			s.discard()
 			return
 		}
@@ -189,8 +189,8 @@ func (m *Manager) startStateful(link dataplane.Link, key *pendingKey, attach fun
 			return nil
 		}
 	}
-	if _, ok := m.register(s, key); !ok {
-		m.drop(counters.HandshakeLimit, link.Remote())
+	if _, refused := m.register(s, key); refused != counters.NumReasons {
+		m.drop(refused, link.Remote())
 		s.discard()
 		return nil
 	}

@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -511,4 +512,91 @@ func TestEventsTellConnectsRefusalsAndEnds(t *testing.T) {
 	if events.end.Traffic.RxPackets == 0 || events.end.Traffic.TxPackets == 0 || events.end.HandshakeDuration <= 0 {
 		t.Errorf("final status %+v lacks counters or the handshake time", events.end)
 	}
+}
+
+// floatingConn is a client socket that can move to another port, as a NAT rebinding does:
+// float opens the new socket and closes the old one; reads follow.
+type floatingConn struct {
+	net.PacketConn
+	e   *testEngine
+	cur atomic.Pointer[net.PacketConn]
+}
+
+func (f *floatingConn) conn() net.PacketConn { return *f.cur.Load() }
+
+func (f *floatingConn) float(to netip.AddrPort) error {
+	c, err := f.e.net.ListenPacket(to)
+	if err != nil {
+		return err
+	}
+	old := f.conn()
+	f.cur.Store(&c)
+	return old.Close()
+}
+
+func (f *floatingConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	for {
+		c := f.conn()
+		n, a, err := c.ReadFrom(b)
+		if err != nil && c != f.conn() {
+			continue // the socket moved under the read
+		}
+		return n, a, err
+	}
+}
+
+func (f *floatingConn) WriteTo(b []byte, a net.Addr) (int, error) { return f.conn().WriteTo(b, a) }
+func (f *floatingConn) SetReadDeadline(t time.Time) error         { return f.conn().SetReadDeadline(t) }
+func (f *floatingConn) SetDeadline(t time.Time) error             { return f.conn().SetDeadline(t) }
+func (f *floatingConn) LocalAddr() net.Addr                       { return f.conn().LocalAddr() }
+func (f *floatingConn) Close() error                              { return f.conn().Close() }
+
+// TestLatePacketAfterFloatStartsNothing: a late (or replayed) copy of the packet with which a
+// client proved its cookie, arriving from the address the client had before it floated, does
+// not start a second session for the same client (found by the soak: it was left pending until
+// the hand window and logged as a failed handshake).
+func TestLatePacketAfterFloatStartsNothing(t *testing.T) {
+	e := newTestEngine(t, engineOptions{})
+	at := netip.MustParseAddrPort("203.0.113.80:40000")
+	moved := netip.MustParseAddrPort("203.0.113.80:40001")
+	var third atomic.Pointer[[]byte]
+	e.net.SetFilter(func(src, dst netip.AddrPort, pkt []byte) (netip.AddrPort, bool) {
+		if op, _ := packet.SplitHeader(pkt[0]); src == at && op == packet.ControlV1 && third.Load() == nil {
+			c := bytes.Clone(pkt)
+			third.Store(&c)
+		}
+		return src, true
+	})
+	cfg := e.clientConfig(t, "alice", at, port443)
+	fc := &floatingConn{e: e}
+	cfg.Dial = func(context.Context) (net.PacketConn, error) {
+		c, err := e.net.ListenPacket(at)
+		if err != nil {
+			return nil, err
+		}
+		fc.cur.Store(&c)
+		return fc, nil
+	}
+	alice := connect(t, cfg)
+	e.ping(t, alice, 1)
+	if err := fc.float(moved); err != nil {
+		t.Fatal(err)
+	}
+	e.ping(t, alice, 2)
+	if st := e.established()["alice"]; st.Remote != moved {
+		t.Fatalf("the client did not float: %v", st.Remote)
+	}
+	if third.Load() == nil {
+		t.Fatal("the client's third packet was not captured")
+	}
+	before := e.m.drops.Count(counters.NoSession)
+	e.net.Inject(at, port443, *third.Load())
+	waitFor(t, "the late packet is refused", func() bool { return e.m.drops.Count(counters.NoSession) > before })
+	e.m.mu.Lock()
+	pending, unauth := len(e.m.pending), e.m.unauth
+	e.m.mu.Unlock()
+	if pending != 0 || unauth != 0 {
+		t.Fatalf("%d pending sessions (%d unauthenticated) after a late packet of an established client", pending, unauth)
+	}
+	e.ping(t, alice, 3)
 }

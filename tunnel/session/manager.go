@@ -35,6 +35,7 @@ import (
 	"github.com/cvpn/cvpn/ippool"
 	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/tls/cookie"
+	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
 	"github.com/cvpn/cvpn/tunnel/counters"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
@@ -137,9 +138,10 @@ type Manager struct {
 	// mu guards the fields below.
 	mu        sync.Mutex
 	sessions  map[uint64]*Session
-	pending   map[pendingKey]*Session // UDP sessions not yet authenticated
-	perSource map[netip.Prefix]int    // sessions not yet authenticated, by client address and network (limiter.Prefixes)
-	unauth    int                     // sessions not yet authenticated
+	byClient  map[packet.SessionID]*Session // by the client's session id
+	pending   map[pendingKey]*Session       // UDP sessions not yet authenticated
+	perSource map[netip.Prefix]int          // sessions not yet authenticated, by client address and network (limiter.Prefixes)
+	unauth    int                           // sessions not yet authenticated
 	closing   bool
 	gone      sync.WaitGroup // sessions not yet torn down
 }
@@ -203,6 +205,7 @@ func New(cfg Config) (*Manager, error) {
 		hooks:     cfg.Hooks,
 		work:      make(chan *Session, 1024),
 		sessions:  make(map[uint64]*Session),
+		byClient:  make(map[packet.SessionID]*Session),
 		pending:   make(map[pendingKey]*Session),
 		perSource: make(map[netip.Prefix]int),
 	}
@@ -402,29 +405,36 @@ func (m *Manager) Tick(now time.Time) {
 	}
 }
 
-// register adds a fully built session to the tables, if the bounds allow. A pending UDP
-// session at the same listener and address that the new one replaces is returned.
-func (m *Manager) register(s *Session, key *pendingKey) (replaced *Session, ok bool) {
+// register adds a fully built session to the tables, if the bounds allow and no live session
+// has the client's session id. A pending UDP session at the same listener and address that the
+// new one replaces is returned; refused is the reason of a refusal, or NumReasons.
+func (m *Manager) register(s *Session, key *pendingKey) (replaced *Session, refused counters.Reason) {
 	addr, network := limiter.Prefixes(s.link.Remote().Addr())
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closing {
-		return nil, false
+		return nil, counters.HandshakeLimit
 	}
 	if key != nil {
 		replaced = m.pending[*key]
+	}
+	if o := m.byClient[s.remoteSID]; o != nil && o != replaced {
+		// The client's session id is taken by a live session (a late or replayed packet of a
+		// handshake that completed, the client since floated): not a new session.
+		return nil, counters.NoSession
 	}
 	unauth, perAddr, perNet := m.unauth, m.perSource[addr], m.perSource[network]
 	if replaced != nil {
 		unauth, perAddr, perNet = unauth-1, perAddr-1, perNet-1
 	}
 	if unauth >= m.cfg.MaxHandshakes || perAddr >= m.cfg.MaxPerSource || perNet >= m.cfg.MaxPerNetwork {
-		return nil, false
+		return nil, counters.HandshakeLimit
 	}
 	if replaced != nil {
 		m.leavePendingLocked(replaced) // the caller tears it down
 	}
 	m.sessions[s.id] = s
+	m.byClient[s.remoteSID] = s
 	s.registered = true
 	if key != nil {
 		m.pending[*key] = s
@@ -434,7 +444,7 @@ func (m *Manager) register(s *Session, key *pendingKey) (replaced *Session, ok b
 	m.perSource[addr]++
 	m.perSource[network]++
 	m.gone.Add(1)
-	return replaced, true
+	return replaced, counters.NumReasons
 }
 
 // established moves s out of the pending tables once it authenticated. It reports false when
@@ -495,5 +505,8 @@ func (m *Manager) leavePendingLocked(s *Session) {
 // forgetLocked removes s from every table of the manager.
 func (m *Manager) forgetLocked(s *Session) {
 	m.leavePendingLocked(s)
+	if m.byClient[s.remoteSID] == s {
+		delete(m.byClient, s.remoteSID)
+	}
 	delete(m.sessions, s.id)
 }
