@@ -113,7 +113,16 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 	if !strings.Contains(string(yaml), unlimited) {
 		return nil, fmt.Errorf("bench: %s has no %q line to change for the limit scenario", ep.Config, strings.TrimSpace(unlimited))
 	}
-	limited := strings.Replace(string(yaml), unlimited, fmt.Sprintf("bandwidth_limit_mbps: %g\n", o.LimitMbps), 1)
+	// Each variant gets its own admin socket, so that servers of several variants run side by
+	// side (the harness tests run UDP and TCP at once).
+	const adminLine = "admin: {socket: admin.sock}\n"
+	if !strings.Contains(string(yaml), adminLine) {
+		return nil, fmt.Errorf("bench: %s has no %q line to give each variant its own socket", ep.Config, strings.TrimSpace(adminLine))
+	}
+	variant := func(name string) string {
+		return strings.Replace(string(yaml), adminLine, "admin: {socket: admin-"+name+".sock}\n", 1)
+	}
+	limited := strings.Replace(variant("limit"), unlimited, fmt.Sprintf("bandwidth_limit_mbps: %g\n", o.LimitMbps), 1)
 	if err := os.WriteFile(fx.CVPNLimitConfig, []byte(limited), 0o644); err != nil {
 		return nil, err
 	}
@@ -121,7 +130,7 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 	if !strings.Contains(string(yaml), udpListener) {
 		return nil, fmt.Errorf("bench: %s has no %q line to change for TCP", ep.Config, strings.TrimSpace(udpListener))
 	}
-	tcp := strings.Replace(string(yaml), udpListener, "transport: [{protocol: tcp, port: 443}]\n", 1)
+	tcp := strings.Replace(variant("tcp"), udpListener, "transport: [{protocol: tcp, port: 443}]\n", 1)
 	if err := os.WriteFile(fx.CVPNTCPConfig, []byte(tcp), 0o644); err != nil {
 		return nil, err
 	}
