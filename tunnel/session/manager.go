@@ -138,10 +138,10 @@ type Manager struct {
 	// mu guards the fields below.
 	mu        sync.Mutex
 	sessions  map[uint64]*Session
-	byClient  map[packet.SessionID]*Session // by the client's session id
-	pending   map[pendingKey]*Session       // UDP sessions not yet authenticated
-	perSource map[netip.Prefix]int          // sessions not yet authenticated, by client address and network (limiter.Prefixes)
-	unauth    int                           // sessions not yet authenticated
+	byClient  map[clientKey]*Session  // by listener and the client's session id
+	pending   map[pendingKey]*Session // UDP sessions not yet authenticated
+	perSource map[netip.Prefix]int    // sessions not yet authenticated, by client address and network (limiter.Prefixes)
+	unauth    int                     // sessions not yet authenticated
 	closing   bool
 	gone      sync.WaitGroup // sessions not yet torn down
 }
@@ -156,6 +156,16 @@ var DefaultResets = limiter.Config{
 	Net:   limiter.Rate{PerSecond: 50, Burst: 100},
 	Total: limiter.Rate{PerSecond: 20000, Burst: 40000},
 }
+
+// clientKey finds a live session by the listener it came through and the client's session id:
+// a client proves its cookie once per session, so a second proof on the same listener is a late
+// or replayed packet (the client may have floated since).
+type clientKey struct {
+	l   dataplane.Listener
+	sid packet.SessionID
+}
+
+func (s *Session) clientKey() clientKey { return clientKey{s.link.Listener(), s.remoteSID} }
 
 // pendingKey finds a pending UDP session: its listener and client address.
 type pendingKey struct {
@@ -205,7 +215,7 @@ func New(cfg Config) (*Manager, error) {
 		hooks:     cfg.Hooks,
 		work:      make(chan *Session, 1024),
 		sessions:  make(map[uint64]*Session),
-		byClient:  make(map[packet.SessionID]*Session),
+		byClient:  make(map[clientKey]*Session),
 		pending:   make(map[pendingKey]*Session),
 		perSource: make(map[netip.Prefix]int),
 	}
@@ -418,7 +428,7 @@ func (m *Manager) register(s *Session, key *pendingKey) (replaced *Session, refu
 	if key != nil {
 		replaced = m.pending[*key]
 	}
-	if o := m.byClient[s.remoteSID]; o != nil && o != replaced {
+	if o := m.byClient[s.clientKey()]; o != nil && o != replaced {
 		// The client's session id is taken by a live session (a late or replayed packet of a
 		// handshake that completed, the client since floated): not a new session.
 		return nil, counters.NoSession
@@ -434,7 +444,7 @@ func (m *Manager) register(s *Session, key *pendingKey) (replaced *Session, refu
 		m.leavePendingLocked(replaced) // the caller tears it down
 	}
 	m.sessions[s.id] = s
-	m.byClient[s.remoteSID] = s
+	m.byClient[s.clientKey()] = s
 	s.registered = true
 	if key != nil {
 		m.pending[*key] = s
@@ -505,8 +515,8 @@ func (m *Manager) leavePendingLocked(s *Session) {
 // forgetLocked removes s from every table of the manager.
 func (m *Manager) forgetLocked(s *Session) {
 	m.leavePendingLocked(s)
-	if m.byClient[s.remoteSID] == s {
-		delete(m.byClient, s.remoteSID)
+	if m.byClient[s.clientKey()] == s {
+		delete(m.byClient, s.clientKey())
 	}
 	delete(m.sessions, s.id)
 }
