@@ -115,24 +115,7 @@ func TestNewSessionReplacesOnlyOnceAuthenticated(t *testing.T) {
 		t.Fatal("the session ended without EXIT or silence")
 	}
 	// A handshake from the same address that never authenticates leaves it alone.
-	other, err := pki.NewCA("another CA", pki.ECDSAP256, time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	strangerID, err := pki.IssueClient(other, "mallory", nil, pki.ECDSAP256, 30*time.Minute, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger := e.clientConfig(t, "mallory", at, port443)
-	if stranger.Certificate, err = strangerID.TLSCertificate(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if s, err := client.Connect(ctx, stranger); err == nil {
-		s.Close()
-		t.Fatal("a client of another CA connected")
-	}
-	cancel()
+	e.strangerRefused(t, at)
 	if st := e.established(); len(st) != 1 || st["alice"].ID != old.ID {
 		t.Fatalf("a failed handshake from the address changed the sessions: %+v", st)
 	}
@@ -476,24 +459,7 @@ func TestEventsTellConnectsRefusalsAndEnds(t *testing.T) {
 	e := newTestEngine(t, engineOptions{events: events})
 	alice := connect(t, e.clientConfig(t, "alice", netip.MustParseAddrPort("203.0.113.70:40000"), port443))
 	e.ping(t, alice, 1)
-	other, err := pki.NewCA("another CA", pki.ECDSAP256, time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := pki.IssueClient(other, "mallory", nil, pki.ECDSAP256, 30*time.Minute, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := e.clientConfig(t, "mallory", netip.MustParseAddrPort("203.0.113.71:40000"), port443)
-	if cfg.Certificate, err = id.TLSCertificate(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if s, err := client.Connect(ctx, cfg); err == nil {
-		s.Close()
-		t.Fatal("a client of another CA connected")
-	}
-	cancel()
+	e.strangerRefused(t, netip.MustParseAddrPort("203.0.113.71:40000"))
 	connID := e.established()["alice"].ConnectionID
 	alice.Close()
 	waitFor(t, "three events", func() bool { return len(events.lines()) == 3 })
@@ -608,4 +574,28 @@ func TestLatePacketAfterFloatStartsNothing(t *testing.T) {
 		t.Fatalf("%d pending sessions (%d unauthenticated) after a late packet of an established client", pending, unauth)
 	}
 	e.ping(t, alice, 3)
+}
+
+// strangerRefused has a client with a certificate from another CA ("mallory") try to connect
+// from from, and fails the test if it gets in.
+func (e *testEngine) strangerRefused(t *testing.T, from netip.AddrPort) {
+	t.Helper()
+	other, err := pki.NewCA("another CA", pki.ECDSAP256, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := pki.IssueClient(other, "mallory", nil, pki.ECDSAP256, 30*time.Minute, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.clientConfig(t, "mallory", from, port443)
+	if cfg.Certificate, err = id.TLSCertificate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if s, err := client.Connect(ctx, cfg); err == nil {
+		s.Close()
+		t.Fatal("a client of another CA connected")
+	}
 }
