@@ -18,15 +18,15 @@ import (
 // newMetrics returns the endpoint's metrics, built whether metrics is on or not, so that a
 // reload that turns them on serves totals since start. They read the engine and the CRL in
 // force of *r, which Start sets before the metrics server listens (no scrape comes earlier),
-// and the pool and NAT table built at start.
-func newMetrics(r **Running, pool *ippool.Pool, natTable *nat.Table, now func() time.Time) *metrics.Metrics {
+// and the pool and NAT table built at start. They need no clock (the CRL's expiry is exported
+// as an instant), so the last argument is unused.
+func newMetrics(r **Running, pool *ippool.Pool, natTable *nat.Table, _ func() time.Time) *metrics.Metrics {
 	return metrics.New(metrics.Sources{
 		Sessions:    func() []tunnel.Status { return (*r).srv.Clients() },
 		Drops:       func() map[string]uint64 { return (*r).srv.Drops() },
 		Pool:        func() (int, int) { return pool.InUse(), pool.Capacity() },
 		NATMappings: func() int { return natTable.Stats().Mappings },
 		CRL:         func() *pki.CRLSet { return (*r).crl.Load() },
-		Now:         now,
 	})
 }
 

@@ -45,8 +45,6 @@ type Sources struct {
 	NATMappings func() int
 	// CRL is the CRL set in force (nil: none).
 	CRL func() *pki.CRLSet
-	// Now is the clock the CRL's expiry is measured at; nil means time.Now.
-	Now func() time.Time
 }
 
 // RefusalCodes are the reasons cvpn_authentication_failures_total is exported with from the
@@ -73,10 +71,13 @@ var (
 		"Packets received from clients through the tunnel, ended sessions included (AWS/ClientVPN IngressPackets).", nil, nil)
 	descEgressPackets = prometheus.NewDesc("cvpn_egress_packets_total",
 		"Packets sent to clients through the tunnel, ended sessions included (AWS/ClientVPN EgressPackets).", nil, nil)
-	descCRLDays = prometheus.NewDesc("cvpn_crl_days_to_expiry",
-		"Days until the first CRL in force passes its next update, when clients would be refused (AWS/ClientVPN CrlDaysToExpiry).", nil, nil)
+	// AWS's CrlDaysToExpiry is a duration in days, which Prometheus's conventions (and promtool)
+	// refuse as a unit; the instant in seconds is exported instead, and the recording rule
+	// cvpn:crl_days_to_expiry of deploy/prometheus/cvpn-rules.yml turns it into AWS's number.
 	descCRLNextUpdate = prometheus.NewDesc("cvpn_crl_next_update_timestamp_seconds",
-		"When the first CRL in force passes its next update, in seconds since the epoch: cvpn_crl_days_to_expiry in Prometheus's base unit.", nil, nil)
+		"When the first CRL in force passes its next update (then its CA's clients are refused), in seconds since the epoch. "+
+			"AWS/ClientVPN CrlDaysToExpiry is (cvpn_crl_next_update_timestamp_seconds - time()) / 86400: "+
+			"the recording rule cvpn:crl_days_to_expiry.", nil, nil)
 	descDropped = prometheus.NewDesc("cvpn_packets_dropped_total",
 		"Packets and handshakes dropped, by reason.", []string{"reason"}, nil)
 	descPool = prometheus.NewDesc("cvpn_ip_pool_addresses",
@@ -117,9 +118,6 @@ type Metrics struct {
 // New returns metrics reading src. Its registry holds the cvpn metrics, the Go runtime's and
 // the process's (go_*, process_*).
 func New(src Sources) *Metrics {
-	if src.Now == nil {
-		src.Now = time.Now
-	}
 	m := &Metrics{
 		src: src,
 		reg: prometheus.NewRegistry(),
@@ -174,7 +172,7 @@ func (m *Metrics) Disconnected(s tunnel.Status, _ session.End) {
 // Describe sends the descriptions of the metrics Collect sends.
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descActive, descIngressBytes, descEgressBytes, descIngressPackets,
-		descEgressPackets, descCRLDays, descCRLNextUpdate, descDropped, descPool, descNAT, descSessions, descBuild} {
+		descEgressPackets, descCRLNextUpdate, descDropped, descPool, descNAT, descSessions, descBuild} {
 		ch <- d
 	}
 }
@@ -200,7 +198,6 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	if m.src.CRL != nil {
 		if next, ok := crlNextUpdate(m.src.CRL()); ok {
-			ch <- prometheus.MustNewConstMetric(descCRLDays, prometheus.GaugeValue, next.Sub(m.src.Now()).Hours()/24)
 			ch <- prometheus.MustNewConstMetric(descCRLNextUpdate, prometheus.GaugeValue, float64(next.UnixMilli())/1e3)
 		}
 	}

@@ -3,12 +3,15 @@ package metrics
 import (
 	"bytes"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -146,7 +149,6 @@ func TestScrapeAfterEvents(t *testing.T) {
 		Pool:        func() (int, int) { return 2, 8190 },
 		NATMappings: func() int { return 5 },
 		CRL:         func() *pki.CRLSet { return crl },
-		Now:         func() time.Time { return now.Add(12 * time.Hour) },
 	})
 	a := status(1, "UDPv4", "AES-256-GCM", 1000, 10, 2000, 20)
 	b := status(2, "TCPv4_SERVER", "AES-256-GCM", 500, 5, 700, 7)
@@ -176,7 +178,10 @@ func TestScrapeAfterEvents(t *testing.T) {
 	want(t, fams, 2, "cvpn_ip_pool_addresses", "state", "in_use")
 	want(t, fams, 8188, "cvpn_ip_pool_addresses", "state", "free")
 	want(t, fams, 5, "cvpn_nat_mappings")
-	want(t, fams, 9.5, "cvpn_crl_days_to_expiry")
+	want(t, fams, float64(now.Add(10*24*time.Hour).Unix()), "cvpn_crl_next_update_timestamp_seconds")
+	if _, ok := fams["cvpn_crl_days_to_expiry"]; ok {
+		t.Error("cvpn_crl_days_to_expiry is exported: it is the recording rule cvpn:crl_days_to_expiry now")
+	}
 	want(t, fams, 1, "cvpn_sessions", "transport", "udp", "cipher", "AES-256-GCM")
 	want(t, fams, 1, "cvpn_sessions", "transport", "tcp", "cipher", "AES-256-GCM")
 	if _, ok := value(fams, "cvpn_sessions", "cipher", "CHACHA20-POLY1305"); ok {
@@ -190,7 +195,7 @@ func TestScrapeAfterEvents(t *testing.T) {
 	want(t, fams, 1, "cvpn_build_info")
 	for name, aws := range map[string]string{
 		"cvpn_active_connections": "ActiveConnectionsCount", "cvpn_authentication_failures_total": "AuthenticationFailures",
-		"cvpn_crl_days_to_expiry": "CrlDaysToExpiry", "cvpn_ingress_bytes_total": "IngressBytes",
+		"cvpn_crl_next_update_timestamp_seconds": "CrlDaysToExpiry", "cvpn_ingress_bytes_total": "IngressBytes",
 		"cvpn_egress_bytes_total": "EgressBytes", "cvpn_ingress_packets_total": "IngressPackets",
 		"cvpn_egress_packets_total": "EgressPackets",
 	} {
@@ -247,7 +252,7 @@ func TestTotalsMonotonic(t *testing.T) {
 func TestAbsentSources(t *testing.T) {
 	m := New(Sources{CRL: func() *pki.CRLSet { return nil }})
 	fams := scrape(t, m.Handler())
-	for _, name := range []string{"cvpn_crl_days_to_expiry", "cvpn_ip_pool_addresses", "cvpn_nat_mappings", "cvpn_active_connections"} {
+	for _, name := range []string{"cvpn_crl_next_update_timestamp_seconds", "cvpn_ip_pool_addresses", "cvpn_nat_mappings", "cvpn_active_connections"} {
 		if _, ok := fams[name]; ok {
 			t.Errorf("%s exported without its source", name)
 		}
@@ -255,9 +260,8 @@ func TestAbsentSources(t *testing.T) {
 	want(t, fams, 0, "cvpn_authentication_failures_total", "reason", "revoked")
 }
 
-// promtool, Prometheus's own linter, accepts a scrape but for the one name the issue fixes:
-// cvpn_crl_days_to_expiry keeps AWS's CrlDaysToExpiry in days, which promtool wants in seconds
-// (cvpn_crl_next_update_timestamp_seconds is that form). Without that family it passes clean.
+// promtool, Prometheus's own linter, accepts a scrape with every cvpn metric in it without a
+// remark, and exits 0.
 func TestPromtoolCheckMetrics(t *testing.T) {
 	now := time.Now()
 	crl := testCRL(t, now, 30*24*time.Hour)
@@ -271,25 +275,59 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	m.Connected(eng.list()[0])
 	m.Refused(session.Attempt{Code: session.RefusedNoSharedCipher})
 	body := scrapeText(t, m.Handler())
-
-	out, err := promtool(body)
-	const days = `cvpn_crl_days_to_expiry use base unit "seconds" instead of "days"`
-	if strings.TrimSpace(out) != days {
-		t.Errorf("promtool check metrics (%v) reports:\n%s\nwant only: %s", err, out, days)
-	}
-	var rest []string
-	for _, line := range strings.Split(string(body), "\n") {
-		name := strings.TrimPrefix(strings.TrimPrefix(line, "# HELP "), "# TYPE ")
-		if !strings.HasPrefix(name, "cvpn_crl_days_to_expiry ") {
-			rest = append(rest, line)
+	for _, name := range []string{"cvpn_crl_next_update_timestamp_seconds", "cvpn_active_connections", "cvpn_ip_pool_addresses",
+		"cvpn_nat_mappings", "cvpn_packets_dropped_total", "cvpn_handshake_duration_seconds"} {
+		if !bytes.Contains(body, []byte("\n# TYPE "+name+" ")) {
+			t.Errorf("no %s in the scrape promtool checks", name)
 		}
 	}
-	out, err = promtool([]byte(strings.Join(rest, "\n")))
+	out, err := promtool(body)
 	if err != nil || strings.TrimSpace(out) != "" {
-		t.Errorf("promtool check metrics without cvpn_crl_days_to_expiry: %v\n%s", err, out)
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(body), "\ncvpn_crl_next_update_timestamp_seconds ") {
-		t.Error("no cvpn_crl_next_update_timestamp_seconds in the scrape")
+}
+
+// rulesFile is the recording rules shipped for Prometheus.
+const rulesFile = "../../deploy/prometheus/cvpn-rules.yml"
+
+// The shipped rules pass promtool check rules, and promtool's rule unit test evaluates
+// cvpn:crl_days_to_expiry to AWS's CrlDaysToExpiry: a CRL whose next update is 10 days after
+// the epoch has 9 days left one day after it, and its labels are kept.
+func TestPromtoolRules(t *testing.T) {
+	rules, err := filepath.Abs(rulesFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("promtool", "check", "rules", rules).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "SUCCESS: 1 rules found") {
+		t.Fatalf("promtool check rules %s: %v\n%s", rules, err, out)
+	}
+	unit := filepath.Join(t.TempDir(), "cvpn-rules-test.yml")
+	test := fmt.Sprintf(`rule_files: [%q]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'cvpn_crl_next_update_timestamp_seconds{job="cvpn",instance="vpn:9464"}'
+        values: '864000x1500'
+    promql_expr_test:
+      - expr: cvpn:crl_days_to_expiry
+        eval_time: 1d
+        exp_samples:
+          - labels: 'cvpn:crl_days_to_expiry{job="cvpn",instance="vpn:9464"}'
+            value: 9
+      - expr: cvpn:crl_days_to_expiry
+        eval_time: 12h
+        exp_samples:
+          - labels: 'cvpn:crl_days_to_expiry{job="cvpn",instance="vpn:9464"}'
+            value: 9.5
+`, rules)
+	if err := os.WriteFile(unit, []byte(test), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = exec.Command("promtool", "test", "rules", unit).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "SUCCESS") {
+		t.Errorf("promtool test rules: %v\n%s", err, out)
 	}
 }
 
