@@ -169,6 +169,19 @@ type Endpoint struct {
 	// Metrics (metrics) serves Prometheus metrics (package endpoint/metrics).
 	// AWS: the AWS/ClientVPN CloudWatch metrics.
 	Metrics Metrics
+	// StateDir (state_dir) is the directory of the endpoint's persistent
+	// state: MFA secrets, used codes, the auth-token key, and the key that
+	// seals secrets at rest (StateDir/seal.key). An absolute path (a
+	// relative one is resolved against the file's directory);
+	// DefaultStateDir when absent. It need not exist (it is created at
+	// start), but if it exists it must be a directory. It cannot change on
+	// reload (CheckReload). AWS: none (AWS keeps this state itself).
+	StateDir string
+	// ClientConnectHandler (client_connect_handler) is called after a
+	// client authenticates and before authorization, and may refuse the
+	// connection with a message; nil when absent. AWS:
+	// ClientConnectOptions.
+	ClientConnectHandler *ClientConnectHandler
 
 	// file is the name given to Load, for KeyError and CheckReload.
 	file string
@@ -246,11 +259,20 @@ type ControlChannel struct {
 	TLSCryptV2ServerKeyFile string
 }
 
-// Authentication holds the client authentication methods. Mutual TLS is the
-// only method so far, so Certificate is never nil in a loaded Endpoint; it is
-// a pointer because later methods (federated, directory) may stand alone.
+// Authentication holds the client authentication methods
+// (authentication). At least one of Certificate and Directory is set in a
+// loaded Endpoint; with both, a client must pass both (AWS: mutual
+// authentication together with directory authentication).
 type Authentication struct {
+	// Certificate (certificate) is mutual TLS; nil when absent.
 	Certificate *CertificateAuthentication
+	// Directory (directory) checks a username and password against an
+	// LDAP directory (Active Directory included); nil when absent.
+	Directory *DirectoryAuthentication
+	// MFA (mfa) asks directory users for a one-time code as well; nil
+	// when absent. Allowed only with Directory, since a code belongs to a
+	// user.
+	MFA *MFA
 }
 
 // CertificateAuthentication is mutual TLS (authentication.certificate): a
@@ -265,6 +287,129 @@ type CertificateAuthentication struct {
 	// CA of ClientRootCAFile; "" when absent. `cvpn client revoke` writes
 	// it. Absolute path. AWS: ImportClientVpnClientCertificateRevocationList.
 	CRLFile string
+}
+
+// DirectoryAuthentication is username and password login against an LDAP
+// directory (authentication.directory): the server searches for the user
+// under UserBaseDN with UserFilter, binds as that entry with the password,
+// and reads the user's groups, which access_group_id in authorization rules
+// and bandwidth limits match (by cn, DN or, in Active Directory, objectSid).
+// Exported profiles of such an endpoint carry auth-user-pass. AWS:
+// directory-service-authentication.
+//
+// Groups come either from an attribute of the user entry (GroupAttribute,
+// memberOf by default) or from a search (GroupBaseDN and GroupFilter, with
+// GroupAttribute ""); never both.
+type DirectoryAuthentication struct {
+	// URLs (url: one URL or a list) are the directory servers, tried in
+	// order: ldaps://host[:port], or ldap://host[:port] with StartTLS. A
+	// plain ldap:// URL without StartTLS, which would send passwords in
+	// clear, is allowed only to a loopback host (localhost, 127.0.0.0/8,
+	// ::1).
+	URLs []string
+	// StartTLS (start_tls) upgrades ldap:// connections with StartTLS;
+	// false by default. Not allowed with ldaps:// URLs.
+	StartTLS bool
+	// CAFile (ca_file) is a PEM bundle of the roots that sign the
+	// directory servers' certificates (ldaps:// and StartTLS); "" for the
+	// system roots. Absolute path.
+	CAFile string
+	// BindDN (bind_dn) is the service account the server searches as;
+	// "" for an anonymous search. Set together with BindPasswordFile.
+	BindDN string
+	// BindPasswordFile (bind_password_file) holds the service account's
+	// password (one trailing newline is not part of it). It must not be
+	// readable by every user of the host (mode o+r is refused). Absolute
+	// path; "" with BindDN "".
+	BindPasswordFile string
+	// UserBaseDN (user_base_dn, required) is where users are searched,
+	// with scope subtree.
+	UserBaseDN string
+	// UserFilter (user_filter) finds the entry of a user: an LDAP filter
+	// (RFC 4515) in which {username} stands for the login name, escaped
+	// when substituted. "(uid={username})" by default; Active Directory
+	// uses "(sAMAccountName={username})".
+	UserFilter string
+	// GroupAttribute (group_attribute) is the attribute of the user entry
+	// that lists the DNs of its groups; "memberOf" by default, "" to
+	// search for groups with GroupBaseDN and GroupFilter instead.
+	GroupAttribute string
+	// NestedGroups (nested_groups), in Active Directory, also counts the
+	// groups a user belongs to through other groups (the
+	// LDAP_MATCHING_RULE_IN_CHAIN rule, 1.2.840.113556.1.4.1941); false by
+	// default.
+	NestedGroups bool
+	// GroupBaseDN (group_base_dn) is where groups are searched; "" unless
+	// GroupAttribute is "".
+	GroupBaseDN string
+	// GroupFilter (group_filter) finds the groups of a user under
+	// GroupBaseDN: an LDAP filter in which {dn} stands for the user's DN
+	// and {username} for the login name; "(member={dn})" by default when
+	// GroupBaseDN is set.
+	GroupFilter string
+	// Timeout (timeout_seconds) bounds each LDAP operation (dial, bind,
+	// search): 1 to 120 seconds, 10 by default.
+	Timeout time.Duration
+}
+
+// MFA is the second factor of directory users (authentication.mfa): a TOTP
+// code (RFC 6238) from an authenticator app, enrolled by the operator with
+// `cvpn user mfa enroll`. AWS: the directory's MFA (RADIUS there).
+type MFA struct {
+	// TOTPIssuer (totp.issuer) names the service in authenticator apps
+	// (the issuer of the otpauth URI); "cvpn" by default. At most 64
+	// printable characters, no ':' (which separates issuer and account in
+	// the URI's label).
+	TOTPIssuer string
+	// Challenge (challenge) is how the client is asked for the code:
+	// ChallengeStatic (the default: profiles carry static-challenge and
+	// the client asks with the password) or ChallengeDynamic (the server
+	// answers the password with a CRV1 challenge, for profiles without
+	// static-challenge).
+	Challenge string
+	// ChallengeText (challenge_text) is the prompt the client shows;
+	// DefaultChallengeText by default. 1 to 200 bytes of printable UTF-8.
+	// Commas and colons are allowed: in the profile the text is one
+	// quoted parameter of static-challenge (OpenVPN options.c
+	// parse_line), and in a CRV1 challenge it is the last field, which
+	// the client reads to the end (misc.c get_auth_challenge).
+	ChallengeText string
+}
+
+// MFA challenge modes (authentication.mfa.challenge).
+const (
+	ChallengeStatic  = "static"
+	ChallengeDynamic = "dynamic"
+)
+
+// Defaults of authentication.directory and authentication.mfa.
+const (
+	DefaultUserFilter     = "(uid={username})"
+	DefaultGroupAttribute = "memberOf"
+	DefaultGroupFilter    = "(member={dn})"
+	DefaultTOTPIssuer     = "cvpn"
+	DefaultChallengeText  = "Enter your authenticator code"
+)
+
+// ClientConnectHandler is the client-connect handler (client_connect_handler):
+// after authentication and before authorization, the endpoint sends AWS's
+// schema v2 request (JSON) and reads its answer, which may refuse the
+// connection with a message. Exactly one of Command and URL is set. AWS:
+// ClientConnectOptions (a Lambda function there).
+type ClientConnectHandler struct {
+	// Command (command) runs a program with the request on its standard
+	// input: a list of the program's absolute path, which must be an
+	// executable regular file, and its arguments. No shell is involved.
+	Command []string
+	// URL (url) is an https:// URL the request is POSTed to.
+	URL string
+	// CAFile (ca_file) is a PEM bundle of the roots that sign URL's
+	// certificate; "" for the system roots. Only with URL. Absolute path.
+	CAFile string
+	// Timeout (timeout_seconds) is how long the handler may take before
+	// the connection is refused (client-connect-handler-timed-out): 1 to
+	// 30 seconds, 30 by default (AWS's limit).
+	Timeout time.Duration
 }
 
 // TargetNetwork is where client traffic leaves the endpoint
@@ -373,6 +518,9 @@ type Metrics struct {
 	// be a tcp transport listener's socket.
 	ListenAddress netip.AddrPort
 }
+
+// DefaultStateDir is state_dir when the file has none.
+const DefaultStateDir = "/var/lib/cvpn"
 
 // DefaultMetricsListenAddress is metrics.listen_address when the file has
 // metrics without it: loopback, on the port registered for OpenTelemetry's

@@ -64,10 +64,24 @@ func TestLoadGood(t *testing.T) {
 			TLSAuthDigest:           DigestSHA1,
 			TLSCryptV2ServerKeyFile: abs(t, "testdata/pki/tc-v2.key"),
 		},
-		Authentication: Authentication{Certificate: &CertificateAuthentication{
-			ClientRootCAFile: abs(t, "testdata/pki/ca.crt"),
-			CRLFile:          abs(t, "testdata/pki/crl.pem"),
-		}},
+		Authentication: Authentication{
+			Certificate: &CertificateAuthentication{
+				ClientRootCAFile: abs(t, "testdata/pki/ca.crt"),
+				CRLFile:          abs(t, "testdata/pki/crl.pem"),
+			},
+			Directory: &DirectoryAuthentication{
+				URLs:             []string{"ldaps://dc1.example.com", "ldaps://dc2.example.com:3269"},
+				CAFile:           abs(t, "testdata/pki/ca.crt"),
+				BindDN:           "cn=cvpn,ou=services,dc=example,dc=com",
+				BindPasswordFile: abs(t, "testdata/bind-password"),
+				UserBaseDN:       "ou=people,dc=example,dc=com",
+				UserFilter:       "(&(objectClass=person)(sAMAccountName={username}))",
+				GroupAttribute:   "memberOf",
+				NestedGroups:     true,
+				Timeout:          5 * time.Second,
+			},
+			MFA: &MFA{TOTPIssuer: "Example VPN", Challenge: ChallengeDynamic, ChallengeText: "Code from your app:"},
+		},
 		DataCiphers:   []string{CipherChaCha20Poly1305, CipherAES256GCM},
 		TargetNetwork: TargetNetwork{Interface: "eth1", SNATAddress: netip.MustParseAddr("10.0.1.2")},
 		TUN:           TUN{Name: "vpn0", MTU: 1400},
@@ -91,9 +105,11 @@ func TestLoadGood(t *testing.T) {
 		Keepalive:             Keepalive{Ping: 5 * time.Second, PingRestart: 30 * time.Second},
 		ConnectionLog:         ConnectionLog{Enabled: true, File: abs(t, "testdata/connections.log")},
 		Admin:                 Admin{Socket: abs(t, "testdata/admin.sock")},
+		StateDir:              abs(t, "testdata/state"),
+		ClientConnectHandler:  &ClientConnectHandler{Command: []string{"/bin/sh", "-c", "exit 0"}, Timeout: 5 * time.Second},
 	}
-	if got.file != "testdata/good.yaml" || got.KeyLine("routes[1].destination_cidr_block") != 30 || got.KeyLine("admin.socket") != 56 {
-		t.Errorf("file %q, line of routes[1].destination_cidr_block %d (want 30), of admin.socket %d (want 56)",
+	if got.file != "testdata/good.yaml" || got.KeyLine("routes[1].destination_cidr_block") != 44 || got.KeyLine("admin.socket") != 70 {
+		t.Errorf("file %q, line of routes[1].destination_cidr_block %d (want 44), of admin.socket %d (want 70)",
 			got.file, got.KeyLine("routes[1].destination_cidr_block"), got.KeyLine("admin.socket"))
 	}
 	got.file, got.keyLines = "", nil
@@ -184,8 +200,12 @@ func TestDefaults(t *testing.T) {
 	}
 	if got.Description != "" || got.RemoteHostname != "" || got.Routes != nil || got.AuthorizationRules != nil ||
 		got.DNSServers != nil || got.ClientLoginBanner != "" || got.BandwidthLimits != nil ||
-		got.ConnectionLog != (ConnectionLog{}) || got.Admin != (Admin{Socket: DefaultAdminSocket}) || got.Metrics != (Metrics{}) || got.Authentication.Certificate.CRLFile != "" {
+		got.ConnectionLog != (ConnectionLog{}) || got.Admin != (Admin{Socket: DefaultAdminSocket}) || got.Metrics != (Metrics{}) || got.Authentication.Certificate.CRLFile != "" ||
+		got.Authentication.Directory != nil || got.Authentication.MFA != nil || got.ClientConnectHandler != nil {
 		t.Errorf("optional keys not empty: %+v", got)
+	}
+	if got.StateDir != DefaultStateDir {
+		t.Errorf("StateDir = %q, want %q", got.StateDir, DefaultStateDir)
 	}
 	// The defaults are not shared between endpoints.
 	got.DataCiphers[0] = "x"
@@ -341,7 +361,7 @@ func TestRules(t *testing.T) {
 		{name: "authentication missing", replace: [2]string{"authentication:\n  certificate:\n    client_root_ca_file: pki/ca.crt\n", ""},
 			path: "authentication", line: 0, msg: "required"},
 		{name: "certificate authentication missing", replace: [2]string{"authentication:\n  certificate:\n    client_root_ca_file: pki/ca.crt\n", "authentication: {}\n"},
-			path: "authentication.certificate", line: 6, msg: "required (mutual TLS is the only authentication method so far)"},
+			path: "authentication.certificate", line: 6, msg: "required unless directory is set"},
 		{name: "client root CA missing", replace: [2]string{"    client_root_ca_file: pki/ca.crt\n", ""},
 			path: "authentication.certificate", line: 7, msg: "required"},
 		{name: "client root CA absent", replace: [2]string{"pki/ca.crt", "pki/nope.crt"},

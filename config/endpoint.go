@@ -23,7 +23,7 @@ var topKeys = []string{
 	"data_ciphers", "target_network", "tun", "nat", "routes", "authorization_rules",
 	"split_tunnel", "allow_host_access", "dns_servers", "session_timeout_hours", "client_login_banner",
 	"bandwidth_limit_mbps", "bandwidth_limits", "reneg_seconds", "keepalive", "max_connections_per_user",
-	"connection_log", "admin", "metrics",
+	"connection_log", "admin", "metrics", "state_dir", "client_connect_handler",
 }
 
 // Limits.
@@ -84,6 +84,7 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 		BandwidthLimitMbps:    defaultBandwidthLimitMbps,
 		Reneg:                 defaultReneg * time.Second,
 		MaxConnectionsPerUser: defaultMaxConnectionsPerUser,
+		StateDir:              DefaultStateDir,
 	}
 
 	if n, path, ok := top.get("description"); ok {
@@ -229,6 +230,12 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	if n, path, ok := top.get("metrics"); ok {
 		metrics = d.metrics(n, path, top.keyLine("metrics"), ep)
 	}
+	if n, path, ok := top.get("state_dir"); ok {
+		ep.StateDir, _ = d.stateDir(n, path)
+	}
+	if n, path, ok := top.get("client_connect_handler"); ok {
+		ep.ClientConnectHandler = d.clientConnectHandler(n, path, top.keyLine("client_connect_handler"))
+	}
 
 	// Rules across keys, checked on values that passed their own checks.
 	if client.path != "" {
@@ -368,19 +375,37 @@ func (d *decoder) transport(n *yaml.Node, path string) []Listener {
 }
 
 func (d *decoder) authentication(top mapping, ep *Endpoint) {
-	n, path, ok := d.required(top, "authentication", " (set certificate.client_root_ca_file under it to the CA that signs client certificates)")
+	n, path, ok := d.required(top, "authentication", " (set certificate.client_root_ca_file under it to the CA that signs client certificates, or directory to log users in against LDAP)")
 	if !ok {
 		return
 	}
-	m, ok := d.mapping(n, path, top.keyLine("authentication"), "certificate")
+	m, ok := d.mapping(n, path, top.keyLine("authentication"), "certificate", "directory", "mfa")
 	if !ok {
 		return
 	}
-	n, path, ok = d.required(m, "certificate", " (mutual TLS is the only authentication method so far)")
-	if !ok {
-		return
+	_, _, hasCert := m.get("certificate")
+	_, _, hasDir := m.get("directory")
+	if !hasCert && !hasDir {
+		d.errorf(join(path, "certificate"), m.keyLine("certificate"),
+			"required unless directory is set (set certificate, directory or both; with both a client must pass both)")
 	}
-	cm, ok := d.mapping(n, path, m.keyLine("certificate"), "client_root_ca_file", "crl_file")
+	if n, path, ok := m.get("certificate"); ok {
+		d.certificateAuthentication(n, path, m.keyLine("certificate"), ep)
+	}
+	if n, path, ok := m.get("directory"); ok {
+		ep.Authentication.Directory = d.directory(n, path, m.keyLine("directory"))
+	}
+	if n, mpath, ok := m.get("mfa"); ok {
+		if !hasDir {
+			d.errorf(mpath, m.keyLine("mfa"), "applies only with directory (a one-time code belongs to a directory user)")
+		} else {
+			ep.Authentication.MFA = d.mfa(n, mpath, m.keyLine("mfa"))
+		}
+	}
+}
+
+func (d *decoder) certificateAuthentication(n *yaml.Node, path string, line int, ep *Endpoint) {
+	cm, ok := d.mapping(n, path, line, "client_root_ca_file", "crl_file")
 	if !ok {
 		return
 	}

@@ -32,6 +32,7 @@ const (
 	restartHost  = "the host route and proxy neighbour entry are set up with it at start"
 	restartNAT   = "the NAT table is built with it at start"
 	restartAdmin = "the admin API listens on it from start"
+	restartState = "the state store is opened (and locked) there at start"
 )
 
 // reloadKeys lists every key of the file in file order (the order of Endpoint's fields).
@@ -54,6 +55,23 @@ var reloadKeys = []reloadKey{
 	{path: "control_channel.tls_crypt_v2_server_key_file", file: true, equal: same(func(e *Endpoint) string { return e.ControlChannel.TLSCryptV2ServerKeyFile })},
 	{path: "authentication.certificate.client_root_ca_file", file: true, equal: same(func(e *Endpoint) string { return certAuth(e).ClientRootCAFile })},
 	{path: "authentication.certificate.crl_file", file: true, equal: same(func(e *Endpoint) string { return certAuth(e).CRLFile })},
+	// Directory, MFA and handler settings apply to the next login; sessions already up keep
+	// theirs until their next renegotiation re-checks the user.
+	{path: "authentication.directory.url", equal: sameList(func(e *Endpoint) []any { return anys(dirAuth(e).URLs) })},
+	{path: "authentication.directory.start_tls", equal: same(func(e *Endpoint) bool { return dirAuth(e).StartTLS })},
+	{path: "authentication.directory.ca_file", file: true, equal: same(func(e *Endpoint) string { return dirAuth(e).CAFile })},
+	{path: "authentication.directory.bind_dn", equal: same(func(e *Endpoint) string { return dirAuth(e).BindDN })},
+	{path: "authentication.directory.bind_password_file", file: true, equal: same(func(e *Endpoint) string { return dirAuth(e).BindPasswordFile })},
+	{path: "authentication.directory.user_base_dn", equal: same(func(e *Endpoint) string { return dirAuth(e).UserBaseDN })},
+	{path: "authentication.directory.user_filter", equal: same(func(e *Endpoint) string { return dirAuth(e).UserFilter })},
+	{path: "authentication.directory.group_attribute", equal: same(func(e *Endpoint) string { return dirAuth(e).GroupAttribute })},
+	{path: "authentication.directory.nested_groups", equal: same(func(e *Endpoint) bool { return dirAuth(e).NestedGroups })},
+	{path: "authentication.directory.group_base_dn", equal: same(func(e *Endpoint) string { return dirAuth(e).GroupBaseDN })},
+	{path: "authentication.directory.group_filter", equal: same(func(e *Endpoint) string { return dirAuth(e).GroupFilter })},
+	{path: "authentication.directory.timeout_seconds", equal: same(func(e *Endpoint) any { return dirAuth(e).Timeout })},
+	{path: "authentication.mfa.totp.issuer", equal: same(func(e *Endpoint) string { return mfaOf(e).TOTPIssuer })},
+	{path: "authentication.mfa.challenge", equal: same(func(e *Endpoint) string { return mfaOf(e).Challenge })},
+	{path: "authentication.mfa.challenge_text", equal: same(func(e *Endpoint) string { return mfaOf(e).ChallengeText })},
 	{path: "data_ciphers", equal: sameList(func(e *Endpoint) []any { return anys(e.DataCiphers) })},
 	{path: "target_network.interface", restart: restartHost, equal: same(func(e *Endpoint) string { return e.TargetNetwork.Interface }),
 		show: func(e *Endpoint) string { return strconv.Quote(e.TargetNetwork.Interface) }},
@@ -87,6 +105,12 @@ var reloadKeys = []reloadKey{
 		show: func(e *Endpoint) string { return e.Admin.Socket }},
 	// The metrics server moves: the new address opens before the old one closes.
 	{path: "metrics.listen_address", equal: same(func(e *Endpoint) any { return e.Metrics.ListenAddress })},
+	{path: "state_dir", restart: restartState, equal: same(func(e *Endpoint) string { return e.StateDir }),
+		show: func(e *Endpoint) string { return e.StateDir }},
+	{path: "client_connect_handler.command", equal: sameList(func(e *Endpoint) []any { return anys(handlerOf(e).Command) })},
+	{path: "client_connect_handler.url", equal: same(func(e *Endpoint) string { return handlerOf(e).URL })},
+	{path: "client_connect_handler.ca_file", file: true, equal: same(func(e *Endpoint) string { return handlerOf(e).CAFile })},
+	{path: "client_connect_handler.timeout_seconds", equal: same(func(e *Endpoint) any { return handlerOf(e).Timeout })},
 }
 
 // Diff compares the running endpoint file with the next one key by key and returns the YAML
@@ -117,7 +141,8 @@ func Diff(running, next *Endpoint, fileChanged func(key string) bool) (changed, 
 // CheckReload reports whether next may replace running in a running endpoint. Keys built into
 // the host state, the address pool or the NAT table at start (client_cidr_block, tun.name,
 // tun.mtu, target_network.interface, target_network.snat_address, nat.max_mappings,
-// nat.max_mappings_per_client) or listening from start (admin.socket) cannot change; each one that differs
+// nat.max_mappings_per_client), listening from start (admin.socket) or holding the state store
+// (state_dir) cannot change; each one that differs
 // is a *ValidationError naming the key, its line in next, both values and that a restart is
 // needed, and they come back joined. Every other key may change (Diff lists them).
 func CheckReload(running, next *Endpoint) error {
@@ -186,4 +211,28 @@ func certAuth(e *Endpoint) CertificateAuthentication {
 		return CertificateAuthentication{}
 	}
 	return *e.Authentication.Certificate
+}
+
+// dirAuth is the directory authentication of e; the zero value when it has none.
+func dirAuth(e *Endpoint) DirectoryAuthentication {
+	if e.Authentication.Directory == nil {
+		return DirectoryAuthentication{}
+	}
+	return *e.Authentication.Directory
+}
+
+// mfaOf is the MFA of e; the zero value when it has none.
+func mfaOf(e *Endpoint) MFA {
+	if e.Authentication.MFA == nil {
+		return MFA{}
+	}
+	return *e.Authentication.MFA
+}
+
+// handlerOf is the client-connect handler of e; the zero value when it has none.
+func handlerOf(e *Endpoint) ClientConnectHandler {
+	if e.ClientConnectHandler == nil {
+		return ClientConnectHandler{}
+	}
+	return *e.ClientConnectHandler
 }

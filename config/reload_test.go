@@ -112,6 +112,19 @@ func TestDiff(t *testing.T) {
 		{name: "connection_log", next: []string{"enabled: true", "enabled: false", "file: connections.log", "file: other.log"},
 			changed: []string{"connection_log.enabled", "connection_log.file"}},
 		{name: "admin socket", next: []string{"socket: admin.sock", "socket: other.sock"}, refused: []string{"admin.socket"}},
+		{name: "directory url", next: []string{"ldaps://dc2.example.com:3269", "ldaps://dc3.example.com"}, changed: []string{"authentication.directory.url"}},
+		{name: "directory user filter", next: []string{"(sAMAccountName={username})", "(userPrincipalName={username})"},
+			changed: []string{"authentication.directory.user_filter"}},
+		{name: "directory group search", next: []string{"    nested_groups: true\n", "    group_base_dn: ou=groups,dc=example,dc=com\n"},
+			changed: []string{"authentication.directory.group_attribute", "authentication.directory.nested_groups",
+				"authentication.directory.group_base_dn", "authentication.directory.group_filter"}},
+		{name: "mfa challenge", next: []string{"challenge: dynamic", "challenge: static"}, changed: []string{"authentication.mfa.challenge"}},
+		{name: "mfa removed", next: []string{"  mfa:\n    totp:\n      issuer: Example VPN\n    challenge: dynamic\n    challenge_text: \"Code from your app:\"\n", ""},
+			changed: []string{"authentication.mfa.totp.issuer", "authentication.mfa.challenge", "authentication.mfa.challenge_text"}},
+		{name: "handler timeout", next: []string{"\n  timeout_seconds: 5\n", "\n  timeout_seconds: 6\n"}, changed: []string{"client_connect_handler.timeout_seconds"}},
+		{name: "handler to url", next: []string{"command: [/bin/sh, -c, \"exit 0\"]", "url: https://127.0.0.1:8443/connect"},
+			changed: []string{"client_connect_handler.command", "client_connect_handler.url"}},
+		{name: "state_dir", next: []string{"state_dir: state", "state_dir: other-state"}, refused: []string{"state_dir"}},
 		{name: "live and refused at once", next: []string{"cert_file: pki/server.crt", "cert_file: pki/ca.crt", "name: vpn0", "name: vpn1",
 			"[CHACHA20-POLY1305, aes-256-gcm]", "[CHACHA20-POLY1305]"},
 			changed: []string{"server_certificate.cert_file", "data_ciphers"}, refused: []string{"tun.name"}},
@@ -143,7 +156,8 @@ func TestDiffFileContent(t *testing.T) {
 		return key == "server_certificate.cert_file" || key == "authentication.certificate.crl_file"
 	})
 	wantAsked := []string{"server_certificate.cert_file", "server_certificate.key_file", "control_channel.tls_auth_key_file",
-		"control_channel.tls_crypt_v2_server_key_file", "authentication.certificate.client_root_ca_file", "authentication.certificate.crl_file"}
+		"control_channel.tls_crypt_v2_server_key_file", "authentication.certificate.client_root_ca_file", "authentication.certificate.crl_file",
+		"authentication.directory.ca_file", "authentication.directory.bind_password_file", "client_connect_handler.ca_file"}
 	if !slices.Equal(asked, wantAsked) {
 		t.Errorf("asked about %q, want %q", asked, wantAsked)
 	}
@@ -321,7 +335,7 @@ func TestCheckReload(t *testing.T) {
 func TestReloadKeys(t *testing.T) {
 	live, restart := ReloadKeys()
 	wantRestart := []string{"client_cidr_block", "target_network.interface", "target_network.snat_address", "tun.name", "tun.mtu",
-		"nat.max_mappings", "nat.max_mappings_per_client", "admin.socket"}
+		"nat.max_mappings", "nat.max_mappings_per_client", "admin.socket", "state_dir"}
 	if !slices.Equal(restart, wantRestart) {
 		t.Errorf("restart keys %q, want %q", restart, wantRestart)
 	}
