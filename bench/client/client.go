@@ -98,6 +98,10 @@ type Config struct {
 	PeerInfo map[string]string
 	// MaxTLSVersion caps the TLS version (tls.VersionTLS12 or tls.VersionTLS13); zero means 1.3.
 	MaxTLSVersion uint16
+	// Username and Password, when Username is set, are sent in the key-method 2 block
+	// (auth-user-pass). Once the server pushed an auth-token, later key states send it as the
+	// password instead, as OpenVPN clients do (src/openvpn/ssl.c, key_method_2_write).
+	Username, Password string
 	// KeyMethod, for negative tests, replaces the key-method byte of the key-method block; zero
 	// sends 2, the only method OpenVPN 2.x speaks.
 	KeyMethod byte
@@ -143,6 +147,7 @@ type Session struct {
 
 	localSID, remoteSID packet.SessionID
 	ch                  *channel.Channel
+	authToken           atomic.Pointer[string] // the newest pushed auth-token
 
 	// Set by Connect before it returns; read-only afterwards.
 	push      push.Reply

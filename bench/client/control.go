@@ -42,14 +42,33 @@ func (s *Session) controlLoop(conn *tls.Conn, pending []byte) {
 	}
 }
 
+// takeAuthToken keeps the auth-token a push reply carries (the first one, or the renewal a
+// server sends alone after a renegotiation: src/openvpn/push.c, send_push_reply_auth_token).
+func (s *Session) takeAuthToken(opts string) {
+	for _, o := range strings.Split(opts, ",") {
+		if tok, ok := strings.CutPrefix(o, "auth-token "); ok {
+			s.authToken.Store(&tok)
+		}
+	}
+}
+
+// AuthToken returns the newest auth-token the server pushed, "" when none.
+func (s *Session) AuthToken() string {
+	if t := s.authToken.Load(); t != nil {
+		return *t
+	}
+	return ""
+}
+
 // controlMessage handles one control message; reply accumulates a push reply split over
 // several messages.
 func (s *Session) controlMessage(m string, reply *push.Reply) {
 	verb, arg, _ := strings.Cut(m, ",")
 	switch verb {
 	case push.ReplyPrefix:
+		s.takeAuthToken(arg)
 		if s.connected.Load() {
-			s.log.Debug("later PUSH_REPLY ignored", "msg", m)
+			s.log.Debug("later PUSH_REPLY ignored but for an auth-token", "msg", m)
 			return
 		}
 		complete, err := reply.Parse(m)

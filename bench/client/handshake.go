@@ -220,6 +220,13 @@ func (s *Session) exchangeKeys(ctx context.Context, k *channel.Key) (*keyExchang
 	}
 	kx.client.Options = s.optionsString()
 	kx.client.PeerInfo = s.peerInfo()
+	if s.cfg.Username != "" {
+		kx.client.HasUserPass = true
+		kx.client.Username, kx.client.Password = s.cfg.Username, s.cfg.Password
+		if tok := s.AuthToken(); tok != "" {
+			kx.client.Password = tok
+		}
+	}
 	block := kx.client.Append(nil)
 	if s.cfg.KeyMethod != 0 {
 		block[4] = s.cfg.KeyMethod // after the 4 zero bytes

@@ -52,13 +52,16 @@ type Config struct {
 	// KeyDerivation is pushed as "key-derivation X" (tls-ekm), for clients
 	// that do not understand protocol-flags.
 	KeyDerivation string
+	// Extra are options pushed last as they are, such as "auth-token TOKEN" and
+	// "auth-token-user BASE64" (src/openvpn/auth_token.c).
+	Extra []string
 }
 
 // Options returns the options of c in the order the server has always pushed
 // them (protocol §10.1; the stock client is tested against this order):
 // route-gateway, topology, ping, ping-restart, redirect-gateway, routes, DNS
 // servers, compression, ifconfig, peer-id, cipher, protocol-flags,
-// key-derivation. A value that cannot be pushed is an error wrapping
+// key-derivation, then Extra. A value that cannot be pushed is an error wrapping
 // ErrOption.
 func (c *Config) Options() ([]string, error) {
 	var opts []string
@@ -135,6 +138,12 @@ func (c *Config) Options() ([]string, error) {
 			return nil, err
 		}
 		opts = append(opts, "key-derivation "+c.KeyDerivation)
+	}
+	for _, o := range c.Extra {
+		if err := checkText("option", o); err != nil {
+			return nil, err
+		}
+		opts = append(opts, o)
 	}
 	return opts, nil
 }

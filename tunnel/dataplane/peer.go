@@ -50,11 +50,11 @@ type Owner interface {
 
 // Peer is the data-plane state of one session.
 //
-// Ownership: owner and link are set by NewPeer and never change. ident is stored once, before
-// Publish makes the peer reachable. keys and sendKey are atomics written by the session layer
+// Ownership: owner and link are set by NewPeer and never change. ident is stored before
+// Publish makes the peer reachable, and replaced whole when the user's groups change. keys and sendKey are atomics written by the session layer
 // (new keys) and the timer (lame-duck switch, retirement). Each key's replay window belongs to the
 // goroutine that receives the peer's packets (its UDP listener's or its TCP stream's); so do
-// upFor, groups, up and denied. downFor and down belong to the TUN reader.
+// upFor, upID, groups, up and denied. downFor, downID and down belong to the TUN reader.
 type Peer struct {
 	owner Owner
 	link  Link
@@ -68,11 +68,15 @@ type Peer struct {
 	Traffic  counters.Traffic
 	notified atomic.Uint32 // events already reported (each is reported once)
 
+	// What the receive and send goroutines cache from the policy and the identity, recomputed
+	// when either is replaced (a reload, new groups at renegotiation).
 	upFor   *Policy
+	upID    *Identity
 	groups  authz.Groups
 	up      bucket.Bucket
 	denied  []netip.Addr
 	downFor *Policy
+	downID  *Identity
 	down    bucket.Bucket
 }
 
@@ -89,7 +93,8 @@ func (p *Peer) Owner() Owner { return p.owner }
 // Link is the peer's link.
 func (p *Peer) Link() Link { return p.link }
 
-// SetIdentity stores the peer's identity; call it once, before Publish.
+// SetIdentity stores the peer's identity: before Publish, and again when a renegotiation
+// changed the user's groups (the packet path picks the new one up on its next packet).
 func (p *Peer) SetIdentity(id *Identity) { p.ident.Store(id) }
 
 // Identity returns the published identity, or nil before authentication.
@@ -179,20 +184,21 @@ func (p *Peer) Keys() []uint8 {
 }
 
 // uplinkPolicy refreshes what the receive goroutine caches from the policy (groups, upload
-// limit) when a reload swapped it, and returns the peer's groups.
+// limit) when a reload swapped it or the identity changed, and returns the peer's groups.
 func (p *Peer) uplinkPolicy(pol *Policy, id *Identity) authz.Groups {
-	if p.upFor != pol {
+	if p.upFor != pol || p.upID != id {
 		p.groups = pol.Authz.Groups(id.Groups)
 		p.up.Set(pol.limitFor(id.Groups))
-		p.upFor = pol
+		p.upFor, p.upID = pol, id
 	}
 	return p.groups
 }
 
-// downlinkPolicy refreshes the download limit when a reload swapped the policy.
+// downlinkPolicy refreshes the download limit when a reload swapped the policy or the
+// identity changed.
 func (p *Peer) downlinkPolicy(pol *Policy, id *Identity) {
-	if p.downFor != pol {
+	if p.downFor != pol || p.downID != id {
 		p.down.Set(pol.limitFor(id.Groups))
-		p.downFor = pol
+		p.downFor, p.downID = pol, id
 	}
 }

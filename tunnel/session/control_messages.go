@@ -106,6 +106,9 @@ func (s *Session) sendPushReply(conn *tls.Conn) {
 		HasPeerID:       id.DataV2, // as OpenVPN: peer-id only to clients that announced P_DATA_V2
 		Cipher:          id.Cipher.String(),
 	}
+	if extra := s.userPush.Load(); extra != nil {
+		cfg.Extra = *extra
+	}
 	// protocol-flags is understood by clients announcing cc-exit; older EKM clients get key-derivation.
 	switch {
 	case proto&keymethod.ProtoCCExit != 0 && ekm:

@@ -65,6 +65,8 @@ type engineOptions struct {
 	serverLog  io.Writer // when set, the server logs here instead of to the test
 	resets     *limiter.Config
 	events     Events
+	hooks      Hooks        // nil: certificates alone
+	rules      []authz.Rule // nil: every group reaches 10.0.0.0/16
 }
 
 func newTestEngine(t *testing.T, o engineOptions) *testEngine {
@@ -98,7 +100,11 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	az, err := authz.New([]authz.Rule{{Network: netip.MustParsePrefix("10.0.0.0/16"), AllGroups: true}})
+	rules := o.rules
+	if rules == nil {
+		rules = []authz.Rule{{Network: netip.MustParsePrefix("10.0.0.0/16"), AllGroups: true}}
+	}
+	az, err := authz.New(rules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +122,7 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 	}
 	e.m, err = New(Config{
 		Pool: pool, NAT: natTable, Log: log.With("side", "server"), Now: e.clock.Now, HandWindow: o.handWindow, Resets: resets, Events: eventsOf(o.events),
+		Hooks: o.hooks,
 		Settings: Settings{
 			Certificate: cert, ClientCAs: e.roots, Wrapper: tlscrypt.NewTLSCrypt(e.key, true), TLSCryptV2: e.v2,
 			Ciphers: []datacrypto.Cipher{datacrypto.AES256GCM, datacrypto.ChaCha20Poly1305}, Reneg: o.reneg,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cvpn/cvpn/tls/channel"
 	"github.com/cvpn/cvpn/tls/keymethod"
+	"github.com/cvpn/cvpn/tls/push"
 	"github.com/cvpn/cvpn/tunnel/counters"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 	"github.com/cvpn/cvpn/tunnel/dataplane"
@@ -92,11 +93,12 @@ func (s *Session) runKey(k *channel.Key) {
 	state := conn.ConnectionState()
 
 	var adm *admission
+	var reuser *User
 	var refusal error
 	if k.ID == 0 {
 		adm, refusal = s.admit(ctx, &state, &msg, &peer)
-	} else if info := s.info.Load(); info == nil || !sameCertificate(info, &state) {
-		refusal = &Refusal{Message: "renegotiation presented another identity", code: RefusedIdentity}
+	} else {
+		reuser, refusal = s.reauthenticate(ctx, &state, &msg, &peer)
 	}
 
 	// The server's key-method 2 block always answers the client's, even before AUTH_FAILED: the
@@ -125,7 +127,7 @@ func (s *Session) runKey(k *channel.Key) {
 			r = &Refusal{Message: "authentication failed"}
 		}
 		m.log.Warn("authentication refused", "remote", s.link.Remote(), "key_id", k.ID, "user", adm.userOf(), "reason", r.Message)
-		code := r.code
+		code := r.Code
 		if code == "" {
 			code = RefusedByHook
 		}
@@ -167,7 +169,17 @@ func (s *Session) runKey(k *channel.Key) {
 	} else {
 		s.peer.InstallKey(dk, false)
 		s.renegotiated(m.cfg.Now())
+		s.reuse(reuser)
 		m.log.Info("client renegotiated", "user", s.user(), "key_id", k.ID)
+		if extra := s.userPush.Load(); extra != nil && len(*extra) > 0 {
+			// A renewed auth-token goes out alone after the new key, as OpenVPN's
+			// send_push_reply_auth_token does (src/openvpn/push.c).
+			for _, msg := range push.Split(*extra, push.MaxMessageLen) {
+				if _, err := conn.Write([]byte(msg + "\x00")); err != nil {
+					break
+				}
+			}
+		}
 	}
 	s.controlLoop(conn, k)
 }
@@ -185,22 +197,18 @@ type admission struct {
 // client root CA.
 func (s *Session) admit(ctx context.Context, state *tls.ConnectionState, msg *keymethod.ClientMessage, peer *keymethod.PeerInfo) (*admission, error) {
 	m := s.m
-	req := &AuthRequest{Username: msg.Username, Password: msg.Password, HasUserPass: msg.HasUserPass,
-		Peer: peer, Remote: s.link.Remote(), Transport: s.link.Proto()}
-	if len(state.PeerCertificates) > 0 {
-		req.Certificate = state.PeerCertificates[0]
-	}
+	req := s.authRequest(state, msg, peer)
 	user, err := m.hooks.Authenticate(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	cipher, ok := negotiateCipher(s.set.Ciphers, msg, peer)
 	if !ok {
-		return nil, &Refusal{Message: "Data channel cipher negotiation failed (no shared cipher)", code: RefusedNoSharedCipher}
+		return nil, &Refusal{Message: "Data channel cipher negotiation failed (no shared cipher)", Code: RefusedNoSharedCipher}
 	}
 	addr, err := m.cfg.Pool.Allocate()
 	if err != nil {
-		return nil, &Refusal{Message: fmt.Sprintf("no free client address (all %d in use)", m.cfg.Pool.Capacity()), code: RefusedPoolExhausted}
+		return nil, &Refusal{Message: fmt.Sprintf("no free client address (all %d in use)", m.cfg.Pool.Capacity()), Code: RefusedPoolExhausted}
 	}
 	s.mu.Lock()
 	closed := s.state.Load() == stateClosed
@@ -217,6 +225,7 @@ func (s *Session) admit(ctx context.Context, state *tls.ConnectionState, msg *ke
 		ID:           s.id,
 		ConnectionID: s.connID,
 		User:         user.Name,
+		Username:     user.Username,
 		Groups:       user.Groups,
 		Certificate:  req.Certificate,
 		Address:      addr,
@@ -233,6 +242,10 @@ func (s *Session) admit(ctx context.Context, state *tls.ConnectionState, msg *ke
 	}
 	if err := m.hooks.OnConnect(ctx, info); err != nil {
 		return nil, err
+	}
+	if len(user.Push) > 0 {
+		extra := slices.Clone(user.Push)
+		s.userPush.Store(&extra)
 	}
 	set := s.set
 	return &admission{
@@ -308,13 +321,47 @@ func (a *admission) userOf() string {
 // ekm reports whether the session's data keys come from the TLS exporter.
 func (s *Session) ekm() bool { return s.ekmFlag.Load() }
 
-// sameCertificate reports whether a renegotiation presented the identity the session was
-// admitted with.
-func sameCertificate(info *Info, state *tls.ConnectionState) bool {
-	if len(state.PeerCertificates) == 0 {
-		return info.Certificate == nil
+// authRequest is what the client presented in a TLS handshake and key-method 2 block.
+func (s *Session) authRequest(state *tls.ConnectionState, msg *keymethod.ClientMessage, peer *keymethod.PeerInfo) *AuthRequest {
+	req := &AuthRequest{Username: msg.Username, Password: msg.Password, HasUserPass: msg.HasUserPass,
+		Peer: peer, Remote: s.link.Remote(), Transport: s.link.Proto(), ConnectionID: s.connID}
+	if len(state.PeerCertificates) > 0 {
+		req.Certificate = state.PeerCertificates[0]
 	}
-	return info.Certificate != nil && state.PeerCertificates[0].Subject.CommonName == info.CommonName
+	return req
+}
+
+// reauthenticate asks the hooks whether a renegotiation may proceed: the client must present
+// the identity it was admitted with and still be allowed in.
+func (s *Session) reauthenticate(ctx context.Context, state *tls.ConnectionState, msg *keymethod.ClientMessage, peer *keymethod.PeerInfo) (*User, error) {
+	info := s.info.Load()
+	if info == nil {
+		return nil, &Refusal{Message: "renegotiation before admission", Code: RefusedIdentity}
+	}
+	return s.m.hooks.Reauthenticate(ctx, info, s.authRequest(state, msg, peer))
+}
+
+// reuse applies what a renegotiation's authentication found: new groups replace the session's
+// (the data plane recomputes what they reach on its next packet), and the push options (a
+// renewed auth-token) are kept for sending.
+func (s *Session) reuse(u *User) {
+	if u == nil {
+		return
+	}
+	info := s.info.Load()
+	if info != nil && !slices.Equal(info.Groups, u.Groups) {
+		next := *info
+		next.Groups = slices.Clone(u.Groups)
+		s.info.Store(&next)
+		if id := s.peer.Identity(); id != nil {
+			nid := *id
+			nid.Groups = next.Groups
+			s.peer.SetIdentity(&nid)
+		}
+		s.m.log.Info("user's groups changed", "user", info.User, "from", info.Groups, "to", next.Groups)
+	}
+	extra := slices.Clone(u.Push)
+	s.userPush.Store(&extra)
 }
 
 // readKeyMethod reads TLS records until a whole client key-method 2 block has arrived.

@@ -16,7 +16,15 @@ import (
 // may block, bounded by the context (the hand window). Errors of type *Refusal are told to the
 // client as AUTH_FAILED with their message; any other error refuses with a generic message.
 type Hooks interface {
+	// Authenticate says who the client of a new session is.
 	Authenticate(ctx context.Context, r *AuthRequest) (*User, error)
+	// Reauthenticate checks a renegotiation of an admitted session (info): the client must
+	// still be who it was, and may still be allowed in (a directory user disabled since is
+	// refused). The user it returns replaces the session's groups and push options; a
+	// refusal ends the session.
+	Reauthenticate(ctx context.Context, info *Info, r *AuthRequest) (*User, error)
+	// OnConnect admits or refuses an authenticated session before it is published. It may
+	// set info.Posture; nothing else of info may change.
 	OnConnect(ctx context.Context, info *Info) error
 	OnDisconnect(info *Info, reason string)
 }
@@ -31,19 +39,27 @@ type AuthRequest struct {
 	Peer        *keymethod.PeerInfo
 	Remote      netip.AddrPort
 	Transport   string
+	// ConnectionID is the ID the session will have once admitted (Info.ConnectionID).
+	ConnectionID string
 }
 
 // User is an authenticated user: a name for logs and listings and the groups that
 // authorization rules and bandwidth limits match.
 type User struct {
-	Name   string
-	Groups []string
+	Name string
+	// Username is the name the user logged in with (directory or federated login), "" for a
+	// certificate alone.
+	Username string
+	Groups   []string
+	// Push are options pushed to the client with its configuration (an auth-token), and
+	// again, alone, after each renegotiation.
+	Push []string
 }
 
 // Refusal is an admission refusal the client is told about (AUTH_FAILED,<Message>).
 type Refusal struct {
 	Message string
-	code    RefusalCode // the kind, when the session layer refuses; hooks' refusals are RefusedByHook
+	Code    RefusalCode // the kind of refusal (a metric label); RefusedByHook when empty
 }
 
 func (r *Refusal) Error() string { return r.Message }
@@ -56,22 +72,26 @@ type Info struct {
 	// digits) in listings, the connection log and the admin API.
 	ConnectionID string
 	User         string
-	CommonName   string
-	Groups       []string
-	Certificate  *x509.Certificate
-	Address      netip.Addr
-	PeerID       uint32
-	Cipher       string
-	Transport    string
-	Version      string // the client's IV_VER
-	Platform     string // the client's IV_PLAT
-	Since        time.Time
+	// Username is the login name of a directory or federated user, "" for a certificate alone.
+	Username    string
+	CommonName  string
+	Groups      []string
+	Certificate *x509.Certificate
+	Address     netip.Addr
+	PeerID      uint32
+	Cipher      string
+	Transport   string
+	Version     string // the client's IV_VER
+	Platform    string // the client's IV_PLAT
+	Since       time.Time
 	// Established is when the session was admitted; HandshakeDuration how long it took from its
 	// start (the first packet kept) to then.
 	Established       time.Time
 	HandshakeDuration time.Duration
 	// Listener is the local address the client connected to.
 	Listener netip.AddrPort
+	// Posture are the posture compliance statuses a client-connect handler returned.
+	Posture []string
 }
 
 // CertificateHooks authenticate by client certificate alone, as AWS Client VPN's mutual
@@ -85,6 +105,29 @@ func (CertificateHooks) Authenticate(_ context.Context, r *AuthRequest) (*User, 
 		return nil, errors.New("no client certificate")
 	}
 	return &User{Name: r.Certificate.Subject.CommonName, Groups: r.Certificate.Subject.OrganizationalUnit}, nil
+}
+
+// Reauthenticate accepts a renegotiation that presents the certificate the session was
+// admitted with.
+func (CertificateHooks) Reauthenticate(_ context.Context, info *Info, r *AuthRequest) (*User, error) {
+	if !SameCertificate(info, r.Certificate) {
+		return nil, &Refusal{Message: "renegotiation presented another identity", Code: RefusedIdentity}
+	}
+	return &User{Name: info.User, Groups: info.Groups}, nil
+}
+
+// SameCertificate reports whether cert is the certificate the session of info was admitted
+// with: both absent, or the same common name.
+func SameCertificate(info *Info, cert *x509.Certificate) bool {
+	if cert == nil {
+		return info.Certificate == nil
+	}
+	return info.Certificate != nil && cert.Subject.CommonName == info.CommonName
+}
+
+// IdentityRefusal is the refusal of a renegotiation that presented another identity.
+func IdentityRefusal(why string) *Refusal {
+	return &Refusal{Message: why, Code: RefusedIdentity}
 }
 
 // OnConnect admits the connection.

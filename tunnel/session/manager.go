@@ -46,7 +46,9 @@ import (
 // Settings are what a running endpoint may change without disconnecting anyone: new handshakes
 // see a new snapshot; established sessions keep what they negotiated.
 type Settings struct {
-	// Certificate is the server's TLS identity; ClientCAs verifies client certificates.
+	// Certificate is the server's TLS identity; ClientCAs verifies client certificates. With
+	// ClientCAs nil no client certificate is asked for: the hooks authenticate by other means
+	// (a directory login).
 	Certificate tls.Certificate
 	ClientCAs   *x509.CertPool
 	// Wrapper protects the control channel (tls-crypt, tls-auth); nil means none.
@@ -252,9 +254,13 @@ func (m *Manager) Reconfigure(s Settings) error {
 	if st.wrapper == nil {
 		st.wrapper, st.replay = tlscrypt.NewPlain(), false
 	}
+	clientAuth := tls.RequireAndVerifyClientCert
+	if s.ClientCAs == nil {
+		clientAuth = tls.NoClientCert
+	}
 	st.tls = &tls.Config{
 		Certificates:           []tls.Certificate{s.Certificate},
-		ClientAuth:             tls.RequireAndVerifyClientCert,
+		ClientAuth:             clientAuth,
 		ClientCAs:              s.ClientCAs,
 		MinVersion:             tls.VersionTLS12,
 		SessionTicketsDisabled: true,

@@ -46,6 +46,7 @@ type Session struct {
 	registered bool
 
 	info     atomic.Pointer[Info]
+	userPush atomic.Pointer[[]string] // options the hooks push to this user (an auth-token)
 	state    atomic.Int32
 	tlsConn  atomic.Pointer[tls.Conn] // TLS of the newest established key state, for control messages
 	events   atomic.Uint32            // dataplane events not yet handled
