@@ -3,7 +3,9 @@
 // only what a client needs: the CA that signed the server certificate, the control-channel key
 // every client shares (or the client's own tls-crypt-v2 key), and, when a client is named, that
 // client's own certificate and key. Never the CA key, the server key or the tls-crypt-v2 server
-// key.
+// key. For an endpoint with directory authentication it makes the client ask for a username
+// and password (and, with a static MFA challenge, for the code); a profile of an endpoint
+// without certificate authentication carries no certificate at all.
 //
 // It does not read the endpoint file or the client store (packages endpoint and
 // endpoint/clientstore load them), choose listeners for a protocol, or write files: cmd/cvpn
@@ -45,6 +47,17 @@ type Profile struct {
 	Groups  []string
 	CertPEM []byte
 	KeyPEM  []byte
+	// Certificate says the endpoint authenticates clients by certificate, so a profile
+	// without Client needs the user's own cert and key added.
+	Certificate bool
+	// UserPass says the endpoint logs users in against its directory: the client asks for
+	// a username and password (auth-user-pass), forgets them once the server has pushed an
+	// auth-token (auth-nocache), and asks again after AUTH_FAILED, answering a CRV1 challenge
+	// there (auth-retry interact).
+	UserPass bool
+	// StaticChallenge is the prompt for the MFA code that the client asks for together with
+	// the password (static-challenge, echoed as typed); "" for none.
+	StaticChallenge string
 }
 
 // New starts the profile of ep for clients dialling proto on ports: the remote, the server's
@@ -54,6 +67,14 @@ type Profile struct {
 func New(ep *endpoint.Endpoint, proto string, ports []uint16, now time.Time) (*Profile, error) {
 	cfg := ep.Config
 	p := &Profile{Remote: cfg.RemoteHostname, Proto: proto, Ports: ports, Ciphers: cfg.DataCiphers, Description: cfg.Description}
+	p.Certificate = cfg.Authentication.Certificate != nil
+	p.UserPass = cfg.Authentication.Directory != nil
+	if m := cfg.Authentication.MFA; p.UserPass && m != nil && m.Challenge == config.ChallengeStatic {
+		if err := config.CheckChallengeText(m.ChallengeText); err != nil {
+			return nil, cfg.KeyError("authentication.mfa.challenge_text", err)
+		}
+		p.StaticChallenge = m.ChallengeText
+	}
 	p.ServerName = ep.Server.Cert.Subject.CommonName
 	if err := CheckToken("the server certificate's CN", p.ServerName); err != nil {
 		return nil, cfg.KeyError("server_certificate.cert_file", err)
@@ -136,6 +157,11 @@ func ServerRootPEM(ep *endpoint.Endpoint, now time.Time) ([]byte, error) {
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	})
+	if err != nil && ep.Config.Authentication.Certificate == nil {
+		return nil, fmt.Errorf("cannot find the CA clients should trust: the endpoint has no client_root_ca_file, "+
+			"and the server certificate chains to no root appended to its own file (append the CA's certificate "+
+			"after the server's): %w", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot find the CA clients should trust: the server certificate chains neither to "+
 			"client_root_ca_file nor to a root appended to its own file: %w", err)
@@ -164,6 +190,11 @@ func quoteOption(s string) string {
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
 }
 
+// quoteAlways quotes s as one parameter of an OpenVPN config line, whether or not it needs it.
+func quoteAlways(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
 // Render writes the profile as an OpenVPN 2.6 client config with every file inline.
 func (p *Profile) Render() []byte {
 	var b bytes.Buffer
@@ -172,14 +203,18 @@ func (p *Profile) Render() []byte {
 	if d := strings.TrimSpace(p.Description); d != "" && !strings.ContainsFunc(d, unicode.IsControl) {
 		line("# endpoint: %s", d)
 	}
-	if p.Client != "" {
+	switch {
+	case p.Client != "":
 		groups := "no groups"
 		if len(p.Groups) > 0 {
 			groups = "groups " + strings.Join(p.Groups, ",")
 		}
 		line("# client: %s (%s). This file holds the client's private key: keep it private.", p.Client, groups)
-	} else {
+	case p.Certificate:
 		line("# No client identity: add the client's cert and key blocks (cvpn export-client-config --client NAME does).")
+	}
+	if p.UserPass {
+		line("# Log in with your directory username and password.")
 	}
 	line("client")
 	line("dev tun")
@@ -203,6 +238,16 @@ func (p *Profile) Render() []byte {
 	line("reneg-sec 0")
 	if p.TLSAuth != nil && p.AuthDigest != config.DigestSHA1 {
 		line("auth %s", p.AuthDigest)
+	}
+	if p.UserPass {
+		line("auth-user-pass")
+		line("auth-nocache")
+		line("auth-retry interact")
+		if p.StaticChallenge != "" {
+			// options.c: static-challenge TEXT ECHO, TEXT one parameter (quoted), ECHO 1 to
+			// show the code as it is typed.
+			line("static-challenge %s 1", quoteAlways(p.StaticChallenge))
+		}
 	}
 	line("verb 3")
 	block := func(tag string, data []byte) {

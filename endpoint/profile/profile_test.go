@@ -68,6 +68,7 @@ func (p *testPKI) endpoint(cc config.ControlChannel) *endpoint.Endpoint {
 			RemoteHostname: "vpn.example.com",
 			DataCiphers:    []string{"AES-256-GCM", "CHACHA20-POLY1305"},
 			ControlChannel: cc,
+			Authentication: config.Authentication{Certificate: &config.CertificateAuthentication{ClientRootCAFile: "ca.crt"}},
 		},
 		Server:        p.server,
 		ClientCAs:     p.clientCAPool,
@@ -274,5 +275,117 @@ func TestQuoteOption(t *testing.T) {
 		if got := quoteOption(in); got != want {
 			t.Errorf("quoteOption(%q) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// directoryEndpoint is p's endpoint with tls-crypt and directory authentication, with or without
+// certificate authentication too, and with mfa (nil for none).
+func (p *testPKI) directoryEndpoint(withCert bool, mfa *config.MFA) *endpoint.Endpoint {
+	ep := p.endpoint(config.ControlChannel{TLSCryptKeyFile: "tc.key"})
+	ep.Config.Authentication.Directory = &config.DirectoryAuthentication{URLs: []string{"ldaps://dc1.example.com"}}
+	ep.Config.Authentication.MFA = mfa
+	if !withCert {
+		// What package endpoint loads for an endpoint without client_root_ca_file: no client
+		// CAs, and the server certificate file carries its root after the leaf.
+		ep.Config.Authentication.Certificate = nil
+		ep.ClientCAs, ep.ClientCACerts, ep.CRL = nil, nil, nil
+		ep.Server = &pki.Identity{Cert: p.server.Cert, CertPEM: append(slices.Clone(p.server.CertPEM), p.ca.CertPEM...), KeyPEM: p.server.KeyPEM}
+	}
+	return ep
+}
+
+// TestNewDirectory: endpoints with directory users get profiles that ask for a username and
+// password, forget them once a token is pushed, and ask again after AUTH_FAILED.
+func TestNewDirectory(t *testing.T) {
+	tp := newPKI(t)
+	userPass := []string{"auth-user-pass", "auth-nocache", "auth-retry interact"}
+	for _, tc := range []struct {
+		name      string
+		withCert  bool
+		mfa       *config.MFA
+		challenge string // the static-challenge line; "" for none
+		blocks    []string
+	}{
+		{name: "directory and certificate", withCert: true, blocks: []string{"ca", "tls-crypt"}},
+		{name: "directory only", blocks: []string{"ca", "tls-crypt"}},
+		{name: "static MFA", mfa: &config.MFA{Challenge: config.ChallengeStatic, ChallengeText: "Enter your authenticator code"},
+			challenge: `static-challenge "Enter your authenticator code" 1`, blocks: []string{"ca", "tls-crypt"}},
+		{name: "static MFA quoted", mfa: &config.MFA{Challenge: config.ChallengeStatic, ChallengeText: `Code for "vpn" \ 6 digits, then: Enter`},
+			challenge: `static-challenge "Code for \"vpn\" \\ 6 digits, then: Enter" 1`, blocks: []string{"ca", "tls-crypt"}},
+		{name: "one-word static MFA is quoted too", mfa: &config.MFA{Challenge: config.ChallengeStatic, ChallengeText: "Code"},
+			challenge: `static-challenge "Code" 1`, blocks: []string{"ca", "tls-crypt"}},
+		{name: "dynamic MFA", mfa: &config.MFA{Challenge: config.ChallengeDynamic, ChallengeText: "Code"}, blocks: []string{"ca", "tls-crypt"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := New(tp.directoryEndpoint(tc.withCert, tc.mfa), "udp", []uint16{443}, tp.now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := string(p.Render())
+			got := directives(out)
+			want := []string{
+				"client", "dev tun", "proto udp", "remote vpn.example.com 443",
+				"resolv-retry infinite", "nobind", "persist-key", "persist-tun", "explicit-exit-notify 1", "remote-cert-tls server",
+				"verify-x509-name vpn.example.com name", "cipher AES-256-GCM", "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
+				"reneg-sec 0",
+			}
+			want = append(want, userPass...)
+			if tc.challenge != "" {
+				want = append(want, tc.challenge)
+			}
+			want = append(want, "verb 3")
+			if !slices.Equal(got, want) {
+				t.Errorf("directives:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if b := blocks(out); !slices.Equal(b, tc.blocks) {
+				t.Errorf("blocks %q, want %q", b, tc.blocks)
+			}
+			if ca := strings.TrimRight(string(tp.ca.CertPEM), "\n"); !strings.Contains(out, "<ca>\n"+ca+"\n</ca>") {
+				t.Errorf("<ca> is not the CA:\n%s", out)
+			}
+			if !strings.Contains(out, "# Log in with your directory username and password.") {
+				t.Error("the profile does not say the user logs in")
+			}
+			if asksForCert := strings.Contains(out, "# No client identity"); asksForCert != tc.withCert {
+				t.Errorf("profile asks for a client certificate: %v, want %v", asksForCert, tc.withCert)
+			}
+		})
+	}
+
+	// A certificate-only endpoint's profile has none of it.
+	p, err := New(tp.endpoint(config.ControlChannel{}), "udp", []uint16{443}, tp.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := string(p.Render())
+	for _, d := range append(userPass, "static-challenge") {
+		if strings.Contains(out, d) {
+			t.Errorf("certificate-only profile has %q", d)
+		}
+	}
+}
+
+// TestNewRefusesChallengeText: a challenge text that cannot go on a profile line (an
+// Endpoint not made by config.Load) is an error naming the key, not a broken profile.
+func TestNewRefusesChallengeText(t *testing.T) {
+	tp := newPKI(t)
+	ep := tp.directoryEndpoint(true, &config.MFA{Challenge: config.ChallengeStatic, ChallengeText: "Code\nremote evil.example.com"})
+	_, err := New(ep, "udp", []uint16{443}, tp.now)
+	var ve *config.ValidationError
+	if !errors.As(err, &ve) || ve.Path != "authentication.mfa.challenge_text" {
+		t.Errorf("New = %v, want a *config.ValidationError for authentication.mfa.challenge_text", err)
+	}
+}
+
+// TestServerRootPEMDirectoryOnly: without client_root_ca_file the profile's CA must come from
+// the server certificate file, and the error says so when it is not there.
+func TestServerRootPEMDirectoryOnly(t *testing.T) {
+	tp := newPKI(t)
+	ep := tp.directoryEndpoint(false, nil)
+	ep.Server = tp.server // the leaf alone
+	_, err := New(ep, "udp", []uint16{443}, tp.now)
+	var ve *config.ValidationError
+	if !errors.As(err, &ve) || ve.Path != "server_certificate.cert_file" || !strings.Contains(err.Error(), "the endpoint has no client_root_ca_file") {
+		t.Errorf("New = %v, want an error naming server_certificate.cert_file that says there is no client_root_ca_file", err)
 	}
 }
