@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"encoding/base64"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -94,4 +97,161 @@ func TestConsoleAuthUserPass(t *testing.T) {
 			}
 		})
 	}
+}
+
+// stockVerify is the stock server's auth-user-pass-verify script (via-file: $1 holds the username
+// and the password on two lines). It records what the client sent and plays an MFA server:
+//   - static challenge: password SCRV1:base64(pw):base64(code) with pw "pw" and code 135790;
+//   - dynamic challenge: the first login of user "dyn" with password "pw" fails with the CRV1
+//     challenge written to $auth_failed_reason_file, which the server relays as
+//     AUTH_FAILED,<reason> (src/openvpn/ssl_verify.c verify_user_pass_script and
+//     check_for_client_reason); the answer CRV1::st4te::246810 passes.
+const stockVerify = `#!/bin/sh
+user=$(sed -n 1p "$1")
+pass=$(sed -n 2p "$1")
+printf '%s|%s\n' "$user" "$pass" >> "$(dirname "$0")/seen.log"
+case "$pass" in
+SCRV1:*)
+	pw=$(printf '%s' "$pass" | cut -d: -f2 | base64 -d)
+	code=$(printf '%s' "$pass" | cut -d: -f3 | base64 -d)
+	[ "$user" = static ] && [ "$pw" = pw ] && [ "$code" = 135790 ] && exit 0
+	exit 1 ;;
+"CRV1::st4te::246810")
+	[ "$user" = dyn ] && exit 0
+	exit 1 ;;
+esac
+if [ "$user" = dyn ] && [ "$pass" = pw ]; then
+	printf 'CRV1:R,E:st4te:%s:Enter your authenticator code' "$(printf dyn | base64)" > "$auth_failed_reason_file"
+fi
+exit 1
+`
+
+// TestConsoleChallengesStockServer drives the stock client through both MFA challenge forms of
+// issue 13 at its console, against the stock openvpn server whose verify script plays the MFA
+// server, so that the console steps and the passwords the client sends are pinned down before
+// cvpn implements them.
+func TestConsoleChallengesStockServer(t *testing.T) {
+	lab, err := netlab.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lab.Close)
+	ep, err := netlab.WriteEndpoint(t.TempDir(), netlab.EndpointOptions{TLSCrypt: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := `port 443
+proto udp
+dev tun
+topology subnet
+server 10.9.0.0 255.255.255.0
+ca ca.crt
+cert server.crt
+key server.key
+dh none
+tls-crypt tc.key
+data-ciphers AES-256-GCM
+keepalive 10 60
+verb 3
+script-security 2
+auth-user-pass-verify ./verify.sh via-file
+`
+	for name, body := range map[string]string{"server.conf": conf, "verify.sh": stockVerify} {
+		if err := os.WriteFile(filepath.Join(ep.Dir, name), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv, err := lab.Start("openvpn server", lab.Server, "openvpn", "--cd", ep.Dir, "--config", "server.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("stock server output:\n%s", srv.Output())
+		}
+	})
+	if err := srv.WaitFor("Initialization Sequence Completed", 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s := &setup{t: t, lab: lab, ep: ep}
+	seen := func() string {
+		b, _ := os.ReadFile(filepath.Join(ep.Dir, "seen.log"))
+		return string(b)
+	}
+
+	t.Run("static", func(t *testing.T) {
+		s := *s
+		s.t = t
+		c := s.startConsole("static", netlab.ProfileOptions{Extra: "auth-user-pass\nauth-nocache\nauth-retry interact\n" +
+			`static-challenge "Enter your authenticator code" 1` + "\n"})
+		// A wrong code first: AUTH_FAILED (no CRV1 reason), and auth-retry interact purges the
+		// credentials and asks for all three again after the restart.
+		for _, code := range []string{"000000", "135790"} {
+			c.login(t, "static", "pw")
+			// misc.c get_user_pass_cr: after the password, "CHALLENGE: <text>", echoed because
+			// the profile's flag is 1.
+			c.expect(t, `CHALLENGE: Enter your authenticator code$`, 15*time.Second)
+			if err := c.con.Send(code); err != nil {
+				t.Fatal(err)
+			}
+			if code == "000000" {
+				c.expect(t, `AUTH: Received control message: AUTH_FAILED\r\n`, 30*time.Second)
+				c.expect(t, `SIGUSR1\[soft,auth-failure\] received, process restarting`, 15*time.Second)
+			}
+		}
+		c.expect(t, `Initialization Sequence Completed`, 30*time.Second)
+		s.ping(c.vpnClient, "10.9.0.1")
+		want := "static|SCRV1:" + base64.StdEncoding.EncodeToString([]byte("pw")) + ":" + base64.StdEncoding.EncodeToString([]byte("135790")) + "\n"
+		if !strings.Contains(seen(), want) {
+			t.Errorf("the server's script saw %q, want the line %q", seen(), want)
+		}
+		if !strings.Contains(c.con.Output(), "CHALLENGE: Enter your authenticator code135790") {
+			t.Errorf("the echoed response is not on the console:\n%s", c.con.Output())
+		}
+	})
+
+	t.Run("static-hidden", func(t *testing.T) {
+		s := *s
+		s.t = t
+		c := s.startConsole("static", netlab.ProfileOptions{Extra: "auth-user-pass\n" +
+			`static-challenge "Code?" 0` + "\n"})
+		c.login(t, "static", "pw")
+		// Flag 0: the response is read with echo off, like the password.
+		c.expect(t, `CHALLENGE: Code\?`, 15*time.Second)
+		if err := c.con.SendSecret("135790", 15*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		c.expect(t, `Initialization Sequence Completed`, 30*time.Second)
+		if c.con.Contains("135790") {
+			t.Errorf("the hidden response is on the console:\n%s", c.con.Output())
+		}
+	})
+
+	t.Run("dynamic", func(t *testing.T) {
+		s := *s
+		s.t = t
+		c := s.startConsole("dyn", netlab.ProfileOptions{Extra: "auth-user-pass\nauth-nocache\nauth-retry interact\n"})
+		c.login(t, "dyn", "pw")
+		// push.c receive_auth_failed logs the message, keeps the CRV1 challenge and restarts
+		// (SIGUSR1) with the credentials purged (auth-retry interact).
+		m := c.expect(t, `AUTH: Received control message: AUTH_FAILED,(CRV1:[^\r\n]*)`, 30*time.Second)
+		if want := "CRV1:R,E:st4te:ZHlu:Enter your authenticator code"; m[1] != want {
+			t.Errorf("challenge %q, want %q", m[1], want)
+		}
+		c.expect(t, `SIGUSR1\[soft,auth-failure\] received, process restarting`, 15*time.Second)
+		// On restart init_query_passwords asks only for the response (no username or password
+		// prompt): "CHALLENGE: <text>", echoed because of the E flag.
+		c.expect(t, `CHALLENGE: Enter your authenticator code`, 30*time.Second)
+		if n := strings.Count(c.con.Output(), "Enter Auth "); n != 2 {
+			t.Errorf("the client asked for a username or password %d times, want 2 (once each, before the challenge):\n%s", n, c.con.Output())
+		}
+		if err := c.con.Send("246810"); err != nil {
+			t.Fatal(err)
+		}
+		c.expect(t, `Initialization Sequence Completed`, 30*time.Second)
+		s.ping(c.vpnClient, "10.9.0.1")
+		if want := "dyn|pw\ndyn|CRV1::st4te::246810\n"; !strings.Contains(seen(), want) {
+			t.Errorf("the server's script saw %q, want the lines %q", seen(), want)
+		}
+	})
 }
