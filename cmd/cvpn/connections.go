@@ -71,8 +71,8 @@ func cmdConnections(args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// cmdConnectionsList prints the connections (DescribeClientVpnConnections): a table, or with
-// --json the API's response as AWS shapes it.
+// cmdConnectionsList prints the connections (DescribeClientVpnConnections, every page of it):
+// a table, or with --json the API's response as AWS shapes it, all pages in one.
 func cmdConnectionsList(args []string, stdout, stderr io.Writer) int {
 	const name = "connections list"
 	fs, path := adminFlagSet(name, stderr)
@@ -96,7 +96,7 @@ func cmdConnectionsList(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
-	out, err := c.DescribeClientVpnConnections(ctx, in)
+	out, err := c.DescribeAllClientVpnConnections(ctx, in) // every page
 	if err != nil {
 		fmt.Fprintf(stderr, "cvpn %s: %v\n", name, err)
 		return exitRuntime

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -21,11 +22,14 @@ import (
 type cliEngine struct {
 	mu       sync.Mutex
 	sessions []tunnel.Status
+	// listings counts the calls of Clients: one per page of DescribeClientVpnConnections.
+	listings int
 }
 
 func (e *cliEngine) Clients() []tunnel.Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	e.listings++
 	return slices.Clone(e.sessions)
 }
 
@@ -123,6 +127,47 @@ func TestConnectionsList(t *testing.T) {
 	code, stdout, _ = runCmd(t, "connections", "list", "--config", path, "--connection-id", "cvpn-connection-aaaaaaaaaaaaaaaaa")
 	if code != 0 || !strings.Contains(stdout, "alice") || strings.Contains(stdout, "bob") {
 		t.Errorf("--connection-id (exit %d):\n%s", code, stdout)
+	}
+}
+
+// TestConnectionsListAllPages: with more connections than the API's largest page (1000), list
+// follows NextToken and prints them all, each once, in one {"Connections": [...]} without a
+// NextToken.
+func TestConnectionsListAllPages(t *testing.T) {
+	path, engine := adminEndpoint(t)
+	const n = 2345
+	since := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	var sessions []tunnel.Status
+	for i := range n {
+		sessions = append(sessions, tunnel.Status{Info: &tunnel.Info{ConnectionID: fmt.Sprintf("cvpn-connection-%017x", i), User: "u",
+			Address: netip.AddrFrom4([4]byte{10, 2, byte(i >> 8), byte(i)}), Transport: "udp", Established: since.Add(time.Duration(n-i) * time.Second)}})
+	}
+	engine.mu.Lock()
+	engine.sessions, engine.listings = sessions, 0
+	engine.mu.Unlock()
+	code, stdout, stderr := runCmd(t, "connections", "list", "--config", path, "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var out map[string]json.RawMessage
+	var conns []admin.Connection
+	if err := json.Unmarshal([]byte(stdout), &out); err != nil || len(out) != 1 || json.Unmarshal(out["Connections"], &conns) != nil {
+		t.Fatalf("not {\"Connections\": [...]}: %v\n%.500s", err, stdout)
+	}
+	seen := map[string]bool{}
+	for i, c := range conns {
+		if want := fmt.Sprintf("cvpn-connection-%017x", n-1-i); c.ConnectionID != want { // oldest established first
+			t.Fatalf("connection %d is %s, want %s", i, c.ConnectionID, want)
+		}
+		seen[c.ConnectionID] = true
+	}
+	if len(conns) != n || len(seen) != n {
+		t.Errorf("%d connections (%d distinct), want %d", len(conns), len(seen), n)
+	}
+	engine.mu.Lock()
+	defer engine.mu.Unlock()
+	if engine.listings != 3 {
+		t.Errorf("%d pages asked for, want 3 of at most 1000", engine.listings)
 	}
 }
 

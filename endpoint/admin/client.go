@@ -36,6 +36,34 @@ func (c *Client) DescribeClientVpnConnections(ctx context.Context, in DescribeCl
 	return &out, c.call(ctx, "DescribeClientVpnConnections", in, &out)
 }
 
+// DescribeAllClientVpnConnections is DescribeClientVpnConnections following NextToken until
+// the last page: every connection, in pages of in.MaxResults (nil: the most, 1000), starting
+// at in.NextToken. The output has no NextToken. A server that repeats a token is an error rather
+// than a loop.
+func (c *Client) DescribeAllClientVpnConnections(ctx context.Context, in DescribeClientVpnConnectionsInput) (*DescribeClientVpnConnectionsOutput, error) {
+	if in.MaxResults == nil {
+		n := maxResults
+		in.MaxResults = &n
+	}
+	all := &DescribeClientVpnConnectionsOutput{Connections: []Connection{}}
+	seen := map[string]bool{}
+	for {
+		out, err := c.DescribeClientVpnConnections(ctx, in)
+		if err != nil {
+			return nil, err
+		}
+		all.Connections = append(all.Connections, out.Connections...)
+		if out.NextToken == "" {
+			return all, nil
+		}
+		if seen[out.NextToken] {
+			return nil, fmt.Errorf("admin: DescribeClientVpnConnections: the server repeated NextToken %q", out.NextToken)
+		}
+		seen[out.NextToken] = true
+		in.NextToken = out.NextToken
+	}
+}
+
 // TerminateClientVpnConnections halts a connection, or a user's connections.
 func (c *Client) TerminateClientVpnConnections(ctx context.Context, in TerminateClientVpnConnectionsInput) (*TerminateClientVpnConnectionsOutput, error) {
 	var out TerminateClientVpnConnectionsOutput

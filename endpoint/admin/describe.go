@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cvpn/cvpn/config"
@@ -41,6 +42,10 @@ type Source struct {
 	Started time.Time
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	// tokenOnce draws tokenKey, the key NextTokens are signed with (tokenSecret).
+	tokenOnce sync.Once
+	tokenKey  []byte
 }
 
 // This file is the one place that maps the engine's state to the wire names.
@@ -135,8 +140,40 @@ func (f connectionFilter) match(info *tunnel.Info) bool {
 		(len(f.users) == 0 || slices.Contains(f.users, identity(info)))
 }
 
-// describeConnections lists the active connections, oldest first, then those ended within the
-// last 60 minutes, oldest first.
+// listedConnection is a connection with its sort key.
+type listedConnection struct {
+	key string
+	c   Connection
+}
+
+// connectionKey is a connection's sort key: its establishment time to the nanosecond, then its
+// id. The time is fixed-width hex of the Unix nanoseconds with the sign bit flipped, so that the
+// keys sort as the times do.
+func connectionKey(info *tunnel.Info) string {
+	var t uint64
+	if !info.Established.IsZero() {
+		t = uint64(info.Established.UnixNano()) ^ 1<<63
+	}
+	return fmt.Sprintf("%016x.%s", t, info.ConnectionID)
+}
+
+// validConnectionKey reports whether k has connectionKey's shape (a NextToken's key).
+func validConnectionKey(k string) bool {
+	t, id, ok := strings.Cut(k, ".")
+	if !ok || len(t) != 16 || !isHex(t) || id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// describeConnections lists the active connections, those being terminated and those ended
+// within the last 60 minutes, oldest established first (ties by connection id), one page of
+// them.
 func (s *Source) describeConnections(in DescribeClientVpnConnectionsInput) (DescribeClientVpnConnectionsOutput, error) {
 	if err := s.checkEndpoint(in.ClientVpnEndpointID); err != nil {
 		return DescribeClientVpnConnectionsOutput{}, err
@@ -145,8 +182,15 @@ func (s *Source) describeConnections(in DescribeClientVpnConnectionsInput) (Desc
 	if err != nil {
 		return DescribeClientVpnConnectionsOutput{}, err
 	}
+	p, err := s.pager("DescribeClientVpnConnections", in.MaxResults, in.NextToken, validConnectionKey)
+	if err != nil {
+		return DescribeClientVpnConnectionsOutput{}, err
+	}
 	now := s.now()
-	out := DescribeClientVpnConnectionsOutput{Connections: []Connection{}}
+	var all []listedConnection
+	add := func(st tunnel.Status, status Status, end string) {
+		all = append(all, listedConnection{key: connectionKey(st.Info), c: s.connection(st, now, status, end)})
+	}
 	live := make(map[string]bool)
 	for _, st := range s.Engine.Clients() {
 		live[st.ConnectionID] = true
@@ -157,25 +201,28 @@ func (s *Source) describeConnections(in DescribeClientVpnConnectionsInput) (Desc
 		if s.History.isTerminating(st.ConnectionID) {
 			status = Status{Code: StatusTerminating, Message: "terminated by the administrator"}
 		}
-		out.Connections = append(out.Connections, s.connection(st, now, status, notEnded))
+		add(st, status, notEnded)
 	}
 	// Those saying goodbye: the engine lists them no more, and they have not ended yet.
-	terminating := s.History.terminatingConnections()
-	slices.SortFunc(terminating, func(a, b tunnel.Status) int { return strings.Compare(a.ConnectionID, b.ConnectionID) })
-	for _, st := range terminating {
+	for _, st := range s.History.terminatingConnections() {
 		if live[st.ConnectionID] || !f.match(st.Info) {
 			continue
 		}
 		live[st.ConnectionID] = true
-		out.Connections = append(out.Connections, s.connection(st, now, Status{Code: StatusTerminating, Message: "terminated by the administrator"}, notEnded))
+		add(st, Status{Code: StatusTerminating, Message: "terminated by the administrator"}, notEnded)
 	}
 	for _, e := range s.History.endedConnections() {
 		if live[e.status.ConnectionID] || !f.match(e.status.Info) {
 			continue
 		}
-		c := s.connection(e.status, now, Status{Code: StatusTerminated, Message: e.end.Reason}, stamp(e.end.Time))
-		c.Cvpn.EndReason = e.end.Reason
-		out.Connections = append(out.Connections, c)
+		add(e.status, Status{Code: StatusTerminated, Message: e.end.Reason}, stamp(e.end.Time))
+		all[len(all)-1].c.Cvpn.EndReason = e.end.Reason
+	}
+	slices.SortFunc(all, func(a, b listedConnection) int { return strings.Compare(a.key, b.key) })
+	pg, next := page(p, all, func(l listedConnection) string { return l.key })
+	out := DescribeClientVpnConnectionsOutput{Connections: make([]Connection, 0, len(pg)), NextToken: next}
+	for _, l := range pg {
+		out.Connections = append(out.Connections, l.c)
 	}
 	return out, nil
 }
@@ -242,6 +289,15 @@ func (s *Source) describeEndpoints(in DescribeClientVpnEndpointsInput) (Describe
 			return DescribeClientVpnEndpointsOutput{}, err
 		}
 	}
+	// The one endpoint always fits one page, so no token is issued; one of another action's is
+	// refused all the same.
+	p, err := s.pager("DescribeClientVpnEndpoints", in.MaxResults, in.NextToken, func(k string) bool { return k == s.EndpointID })
+	if err != nil {
+		return DescribeClientVpnEndpointsOutput{}, err
+	}
+	if p.after >= s.EndpointID {
+		return DescribeClientVpnEndpointsOutput{ClientVpnEndpoints: []ClientVpnEndpoint{}}, nil
+	}
 	cfg := s.Endpoint()
 	clients := s.Engine.Clients()
 	var rx, tx, rxp, txp uint64
@@ -288,17 +344,41 @@ func (s *Source) describeRoutes(in DescribeClientVpnRoutesInput) (DescribeClient
 	if err := s.checkEndpoint(in.ClientVpnEndpointID); err != nil {
 		return DescribeClientVpnRoutesOutput{}, err
 	}
+	p, err := s.pager("DescribeClientVpnRoutes", in.MaxResults, in.NextToken, validIndexKey)
+	if err != nil {
+		return DescribeClientVpnRoutesOutput{}, err
+	}
 	cfg := s.Endpoint()
-	out := DescribeClientVpnRoutesOutput{Routes: []Route{}}
+	routes := make([]Route, 0, len(cfg.Routes))
 	for _, r := range cfg.Routes {
 		route := Route{ClientVpnEndpointID: s.EndpointID, DestinationCidr: r.DestinationCIDRBlock.String(),
 			TargetSubnet: cfg.TargetNetwork.Interface, Type: "Nat", Origin: "add-route", Status: Status{Code: "active"}, Description: r.Description}
 		if r.Local {
 			route.TargetSubnet, route.Type = config.RouteTargetLocal, "local"
 		}
-		out.Routes = append(out.Routes, route)
+		routes = append(routes, route)
 	}
-	return out, nil
+	pg, next := pageIndexed(p, routes)
+	return DescribeClientVpnRoutesOutput{Routes: pg, NextToken: next}, nil
+}
+
+// pageIndexed pages a list kept in the endpoint file's order, keyed by index. A reload between
+// two requests that adds or removes an item before the token's can shift the rest by one.
+func pageIndexed[T any](p pager, items []T) ([]T, string) {
+	type indexed struct {
+		key  string
+		item T
+	}
+	keyed := make([]indexed, len(items))
+	for i, x := range items {
+		keyed[i] = indexed{indexKey(i), x}
+	}
+	pg, next := page(p, keyed, func(x indexed) string { return x.key })
+	out := make([]T, 0, len(pg))
+	for _, x := range pg {
+		out = append(out, x.item)
+	}
+	return out, next
 }
 
 // describeAuthorizationRules lists the file's authorization rules.
@@ -306,10 +386,15 @@ func (s *Source) describeAuthorizationRules(in DescribeClientVpnAuthorizationRul
 	if err := s.checkEndpoint(in.ClientVpnEndpointID); err != nil {
 		return DescribeClientVpnAuthorizationRulesOutput{}, err
 	}
-	out := DescribeClientVpnAuthorizationRulesOutput{AuthorizationRules: []AuthorizationRule{}}
+	p, err := s.pager("DescribeClientVpnAuthorizationRules", in.MaxResults, in.NextToken, validIndexKey)
+	if err != nil {
+		return DescribeClientVpnAuthorizationRulesOutput{}, err
+	}
+	var rules []AuthorizationRule
 	for _, r := range s.Endpoint().AuthorizationRules {
-		out.AuthorizationRules = append(out.AuthorizationRules, AuthorizationRule{ClientVpnEndpointID: s.EndpointID, Description: r.Description,
+		rules = append(rules, AuthorizationRule{ClientVpnEndpointID: s.EndpointID, Description: r.Description,
 			GroupID: r.AccessGroupID, AccessAll: r.AuthorizeAllGroups, DestinationCidr: r.TargetNetworkCIDR.String(), Status: Status{Code: "active"}})
 	}
-	return out, nil
+	pg, next := pageIndexed(p, rules)
+	return DescribeClientVpnAuthorizationRulesOutput{AuthorizationRules: pg, NextToken: next}, nil
 }

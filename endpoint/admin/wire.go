@@ -20,9 +20,11 @@ const notEnded = "-"
 
 // Connection status codes (AWS ClientVpnConnectionStatusCode).
 const (
-	StatusActive            = "active"
-	StatusTerminating       = "terminating"
-	StatusTerminated        = "terminated"
+	StatusActive      = "active"
+	StatusTerminating = "terminating"
+	StatusTerminated  = "terminated"
+	// StatusFailedToTerminate is never returned today: tunnel/session's goodbye tears a halted
+	// session down unconditionally (3 s at most, HALT acknowledged or not), so none can fail.
 	StatusFailedToTerminate = "failed-to-terminate"
 )
 
@@ -40,15 +42,20 @@ type Status struct {
 }
 
 // DescribeClientVpnConnectionsInput is the request of DescribeClientVpnConnections. Filters:
-// connection-id, username.
+// connection-id, username. MaxResults (5 to 1000; nil: all in one page) and NextToken page the
+// connections, oldest established first.
 type DescribeClientVpnConnectionsInput struct {
 	ClientVpnEndpointID string   `json:"ClientVpnEndpointId,omitempty"`
 	Filters             []Filter `json:"Filters,omitempty"`
+	MaxResults          *int     `json:"MaxResults,omitempty"`
+	NextToken           string   `json:"NextToken,omitempty"`
 }
 
-// DescribeClientVpnConnectionsOutput is its response.
+// DescribeClientVpnConnectionsOutput is its response. NextToken, when set, asks for the next
+// page.
 type DescribeClientVpnConnectionsOutput struct {
 	Connections []Connection `json:"Connections"`
+	NextToken   string       `json:"NextToken,omitempty"`
 }
 
 // Connection is one client connection (AWS ClientVpnConnection). The counters are decimal
@@ -108,14 +115,18 @@ type TerminateConnectionStatus struct {
 	CurrentStatus  Status `json:"CurrentStatus"`
 }
 
-// DescribeClientVpnEndpointsInput is the request of DescribeClientVpnEndpoints.
+// DescribeClientVpnEndpointsInput is the request of DescribeClientVpnEndpoints. MaxResults (5
+// to 1000) and NextToken are accepted as AWS's; the one endpoint always fits one page.
 type DescribeClientVpnEndpointsInput struct {
 	ClientVpnEndpointIDs []string `json:"ClientVpnEndpointIds,omitempty"`
+	MaxResults           *int     `json:"MaxResults,omitempty"`
+	NextToken            string   `json:"NextToken,omitempty"`
 }
 
 // DescribeClientVpnEndpointsOutput is its response: the one endpoint this process serves.
 type DescribeClientVpnEndpointsOutput struct {
 	ClientVpnEndpoints []ClientVpnEndpoint `json:"ClientVpnEndpoints"`
+	NextToken          string              `json:"NextToken,omitempty"`
 }
 
 // ClientVpnEndpoint is the endpoint (AWS ClientVpnEndpoint, the fields that apply).
@@ -171,14 +182,18 @@ type Traffic struct {
 	EgressPackets  string `json:"EgressPackets"`
 }
 
-// DescribeClientVpnRoutesInput is the request of DescribeClientVpnRoutes.
+// DescribeClientVpnRoutesInput is the request of DescribeClientVpnRoutes. MaxResults (5 to
+// 1000; nil: all in one page) and NextToken page the routes, in the endpoint file's order.
 type DescribeClientVpnRoutesInput struct {
 	ClientVpnEndpointID string `json:"ClientVpnEndpointId,omitempty"`
+	MaxResults          *int   `json:"MaxResults,omitempty"`
+	NextToken           string `json:"NextToken,omitempty"`
 }
 
-// DescribeClientVpnRoutesOutput is its response.
+// DescribeClientVpnRoutesOutput is its response. NextToken, when set, asks for the next page.
 type DescribeClientVpnRoutesOutput struct {
-	Routes []Route `json:"Routes"`
+	Routes    []Route `json:"Routes"`
+	NextToken string  `json:"NextToken,omitempty"`
 }
 
 // Route is one route of the endpoint (AWS ClientVpnRoute). TargetSubnet is "local" for the
@@ -194,13 +209,19 @@ type Route struct {
 }
 
 // DescribeClientVpnAuthorizationRulesInput is the request of DescribeClientVpnAuthorizationRules.
+// MaxResults (5 to 1000; nil: all in one page) and NextToken page the rules, in the endpoint
+// file's order.
 type DescribeClientVpnAuthorizationRulesInput struct {
 	ClientVpnEndpointID string `json:"ClientVpnEndpointId,omitempty"`
+	MaxResults          *int   `json:"MaxResults,omitempty"`
+	NextToken           string `json:"NextToken,omitempty"`
 }
 
-// DescribeClientVpnAuthorizationRulesOutput is its response.
+// DescribeClientVpnAuthorizationRulesOutput is its response. NextToken, when set, asks for the
+// next page.
 type DescribeClientVpnAuthorizationRulesOutput struct {
 	AuthorizationRules []AuthorizationRule `json:"AuthorizationRules"`
+	NextToken          string              `json:"NextToken,omitempty"`
 }
 
 // AuthorizationRule is one rule (AWS AuthorizationRule).
