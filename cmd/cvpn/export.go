@@ -15,7 +15,9 @@ import (
 )
 
 // cmdExport prints a client profile (.ovpn) that the stock OpenVPN 2.6 client uses as is
-// (package endpoint/profile says what goes in it and what never does).
+// (package endpoint/profile says what goes in it and what never does). An endpoint without
+// certificate authentication (directory users only) has no clients to name: its profiles
+// carry auth-user-pass and no certificate, and --client is refused.
 func cmdExport(args []string, stdout, stderr io.Writer) int {
 	fl := newFlagSet("export-client-config", stderr)
 	cfgPath := configFileFlag(fl)
@@ -59,6 +61,13 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 		return exitInvalid
 	}
 	cfg := ep.Config
+	certAuth := cfg.Authentication.Certificate != nil
+	if *client != "" && !certAuth {
+		fmt.Fprintf(stderr, "cvpn export-client-config: --client %s: this endpoint has no certificate authentication "+
+			"(authentication.certificate): its users log in with their directory username and password, and its "+
+			"profiles carry no client certificate; leave out --client\n", *client)
+		return exitInvalid
+	}
 	if cfg.RemoteHostname == "" {
 		fmt.Fprintln(stderr, cfg.KeyError("remote_hostname", errors.New(
 			"not set: a profile needs the public DNS name or IP address clients dial")))
@@ -92,7 +101,10 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return exitRuntime
 	}
-	store := clientstore.Of(cfg, "")
+	var store clientstore.Store
+	if certAuth {
+		store = clientstore.Of(cfg, "")
+	}
 	if ep.TLSCryptV2ServerKey != nil && *client != "" {
 		// A client issued with --tls-crypt-v2 gets its own key, which replaces the shared one.
 		if key, err := store.TLSCryptV2Key(*client); err == nil {
@@ -100,9 +112,13 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if ep.TLSCryptV2ServerKey != nil && ep.ControlKey == nil && ep.TLSAuthKey == nil && p.TLSCryptV2 == nil {
-		fmt.Fprintln(stderr, cfg.KeyError("control_channel.tls_crypt_v2_server_key_file", errors.New(
-			"this endpoint accepts only tls-crypt-v2 clients: name a client issued with "+
-				"`cvpn client issue NAME --tls-crypt-v2` (or add tls_crypt_key_file for shared profiles)")))
+		msg := "this endpoint accepts only tls-crypt-v2 clients: name a client issued with " +
+			"`cvpn client issue NAME --tls-crypt-v2` (or add tls_crypt_key_file for shared profiles)"
+		if !certAuth {
+			msg = "this endpoint accepts only tls-crypt-v2 clients, whose keys are issued with client " +
+				"certificates, and it has no certificate authentication: add tls_crypt_key_file for its profiles"
+		}
+		fmt.Fprintln(stderr, cfg.KeyError("control_channel.tls_crypt_v2_server_key_file", errors.New(msg)))
 		return exitRuntime
 	}
 	if *client != "" {
