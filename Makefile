@@ -13,7 +13,7 @@ STATICCHECK_VERSION ?= v0.8.2
 # captures while debugging (tcpdump), unshare, setpriv and mount (util-linux), the CA bundle that
 # `go mod download` needs (ca-certificates), and the Prometheus server and promtool that the metrics
 # tests scrape and lint with (prometheus). Each must exist in Debian: `apt-cache policy NAME`.
-DEB_PACKAGES := openvpn iperf3 iproute2 iputils-ping iptables tcpdump util-linux ca-certificates prometheus
+DEB_PACKAGES := openvpn iperf3 iproute2 iputils-ping iptables tcpdump util-linux ca-certificates prometheus slapd ldap-utils
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
