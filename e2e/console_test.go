@@ -102,6 +102,7 @@ func TestConsoleAuthUserPass(t *testing.T) {
 // stockVerify is the stock server's auth-user-pass-verify script (via-file: $1 holds the username
 // and the password on two lines). It records what the client sent and plays an MFA server:
 //   - static challenge: password SCRV1:base64(pw):base64(code) with pw "pw" and code 135790;
+//   - password "plain" passes;
 //   - dynamic challenge: the first login of user "dyn" with password "pw" fails with the CRV1
 //     challenge written to $auth_failed_reason_file, which the server relays as
 //     AUTH_FAILED,<reason> (src/openvpn/ssl_verify.c verify_user_pass_script and
@@ -119,6 +120,8 @@ SCRV1:*)
 "CRV1::st4te::246810")
 	[ "$user" = dyn ] && exit 0
 	exit 1 ;;
+plain)
+	exit 0 ;;
 esac
 if [ "$user" = dyn ] && [ "$pass" = pw ]; then
 	printf 'CRV1:R,E:st4te:%s:Enter your authenticator code' "$(printf dyn | base64)" > "$auth_failed_reason_file"
@@ -126,11 +129,11 @@ fi
 exit 1
 `
 
-// TestConsoleChallengesStockServer drives the stock client through both MFA challenge forms of
-// issue 13 at its console, against the stock openvpn server whose verify script plays the MFA
-// server, so that the console steps and the passwords the client sends are pinned down before
-// cvpn implements them.
-func TestConsoleChallengesStockServer(t *testing.T) {
+// startStockServer starts the stock openvpn server in a new lab, with the endpoint PKI and
+// tls-crypt key of netlab and stockVerify as its auth-user-pass-verify script; extra is appended
+// to its configuration. seen returns what the script recorded, one "user|password" line per call.
+func startStockServer(t *testing.T, extra string) (s *setup, seen func() string) {
+	t.Helper()
 	lab, err := netlab.New()
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +158,7 @@ keepalive 10 60
 verb 3
 script-security 2
 auth-user-pass-verify ./verify.sh via-file
-`
+` + extra
 	for name, body := range map[string]string{"server.conf": conf, "verify.sh": stockVerify} {
 		if err := os.WriteFile(filepath.Join(ep.Dir, name), []byte(body), 0o755); err != nil {
 			t.Fatal(err)
@@ -173,11 +176,61 @@ auth-user-pass-verify ./verify.sh via-file
 	if err := srv.WaitFor("Initialization Sequence Completed", 15*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	s := &setup{t: t, lab: lab, ep: ep}
-	seen := func() string {
+	seen = func() string {
 		b, _ := os.ReadFile(filepath.Join(ep.Dir, "seen.log"))
 		return string(b)
 	}
+	return &setup{t: t, lab: lab, ep: ep}, seen
+}
+
+// TestConsoleRenegotiationStockServer shows why an MFA endpoint must push an auth-token: with
+// auth-nocache (which exported profiles carry) the client has forgotten the credentials by the
+// first renegotiation, and without a token it stops to ask for them again at its console
+// (src/openvpn/ssl.c key_method_2_write calls auth_user_pass_setup, which prompts); with a
+// token it sends the token instead and asks nothing.
+func TestConsoleRenegotiationStockServer(t *testing.T) {
+	profile := netlab.ProfileOptions{Extra: "auth-user-pass\nauth-nocache\nauth-retry interact\nreneg-sec 3\n"}
+	t.Run("token", func(t *testing.T) {
+		s, seen := startStockServer(t, "auth-gen-token 0\n")
+		c := s.startConsole("static", profile)
+		c.login(t, "static", "plain")
+		c.expect(t, `PUSH_REPLY,[^\r\n]*auth-token`, 30*time.Second)
+		c.expect(t, `Initialization Sequence Completed`, 30*time.Second)
+		for range 2 {
+			c.expect(t, `TLS: soft reset`, 30*time.Second)
+			// The server answers the renegotiation's key-method 2 block (which carried the
+			// token) with a fresh token: by then a prompt would have been printed.
+			c.expect(t, `PUSH_REPLY,auth-token`, 30*time.Second)
+		}
+		if n := strings.Count(c.con.Output(), "Enter Auth Username:"); n != 1 {
+			t.Errorf("asked for the username %d times, want once:\n%s", n, c.con.Output())
+		}
+		if got := seen(); got != "static|plain\n" {
+			t.Errorf("verify script saw %q, want the one login (tokens are checked by the server)", got)
+		}
+		s.ping(c.vpnClient, "10.9.0.1")
+	})
+	t.Run("no-token", func(t *testing.T) {
+		s, seen := startStockServer(t, "")
+		c := s.startConsole("static", profile)
+		c.login(t, "static", "plain")
+		c.expect(t, `Initialization Sequence Completed`, 30*time.Second)
+		c.expect(t, `TLS: soft reset`, 30*time.Second)
+		c.login(t, "static", "plain")
+		c.expect(t, `Control Channel: TLS`, 30*time.Second)
+		s.ping(c.vpnClient, "10.9.0.1")
+		if got := seen(); got != "static|plain\nstatic|plain\n" {
+			t.Errorf("verify script saw %q, want two logins", got)
+		}
+	})
+}
+
+// TestConsoleChallengesStockServer drives the stock client through both MFA challenge forms of
+// issue 13 at its console, against the stock openvpn server whose verify script plays the MFA
+// server, so that the console steps and the passwords the client sends are pinned down before
+// cvpn implements them.
+func TestConsoleChallengesStockServer(t *testing.T) {
+	s, seen := startStockServer(t, "")
 
 	t.Run("static", func(t *testing.T) {
 		s := *s
