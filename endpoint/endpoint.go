@@ -41,8 +41,14 @@ type Endpoint struct {
 	ControlKey          *tlscrypt.StaticKey
 	TLSAuthKey          *tlscrypt.StaticKey
 	TLSCryptV2ServerKey *tlscrypt.V2ServerKey
-	Ciphers             []datacrypto.Cipher
-	Policy              *tunnel.Policy
+	// DirectoryRoots verify the directory servers (authentication.directory.ca_file; nil for
+	// the system roots); BindPassword is the service account's password
+	// (bind_password_file). HandlerRoots verify the client-connect handler's URL.
+	DirectoryRoots *x509.CertPool
+	BindPassword   string
+	HandlerRoots   *x509.CertPool
+	Ciphers        []datacrypto.Cipher
+	Policy         *tunnel.Policy
 }
 
 // Load reads the endpoint file at path and loads and checks every file it names as of now, so

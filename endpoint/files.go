@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
 )
@@ -45,7 +47,58 @@ func (ep *Endpoint) loadFiles(now time.Time) error {
 		}
 	}
 
-	auth := cfg.Authentication.Certificate
+	if auth := cfg.Authentication.Certificate; auth != nil {
+		ep.loadClientCAs(auth, now, bad)
+	}
+	if d := cfg.Authentication.Directory; d != nil {
+		if d.CAFile != "" {
+			if pool, _, err := pki.LoadCertPool(d.CAFile); err != nil {
+				bad("authentication.directory.ca_file", err)
+			} else {
+				ep.DirectoryRoots = pool
+			}
+		}
+		if d.BindPasswordFile != "" {
+			if pw, err := LoadSecretFile(d.BindPasswordFile); err != nil {
+				bad("authentication.directory.bind_password_file", err)
+			} else {
+				ep.BindPassword = pw
+			}
+		}
+	}
+	if h := cfg.ClientConnectHandler; h != nil && h.CAFile != "" {
+		if pool, _, err := pki.LoadCertPool(h.CAFile); err != nil {
+			bad("client_connect_handler.ca_file", err)
+		} else {
+			ep.HandlerRoots = pool
+		}
+	}
+
+	var err error
+	cc := cfg.ControlChannel
+	if f := cc.TLSCryptKeyFile; f != "" {
+		ep.ControlKey, err = LoadStaticKey(f)
+		if err != nil {
+			bad("control_channel.tls_crypt_key_file", err)
+		}
+	}
+	if f := cc.TLSAuthKeyFile; f != "" {
+		ep.TLSAuthKey, err = LoadStaticKey(f)
+		if err != nil {
+			bad("control_channel.tls_auth_key_file", err)
+		}
+	}
+	if f := cc.TLSCryptV2ServerKeyFile; f != "" {
+		ep.TLSCryptV2ServerKey, err = LoadTLSCryptV2ServerKey(f)
+		if err != nil {
+			bad("control_channel.tls_crypt_v2_server_key_file", err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// loadClientCAs loads the client root CAs and their CRLs.
+func (ep *Endpoint) loadClientCAs(auth *config.CertificateAuthentication, now time.Time, bad func(string, error)) {
 	pool, cas, err := pki.LoadCertPool(auth.ClientRootCAFile)
 	if err != nil {
 		bad("authentication.certificate.client_root_ca_file", err)
@@ -71,27 +124,27 @@ func (ep *Endpoint) loadFiles(now time.Time) error {
 			}
 		}
 	}
+}
 
-	cc := cfg.ControlChannel
-	if f := cc.TLSCryptKeyFile; f != "" {
-		ep.ControlKey, err = LoadStaticKey(f)
-		if err != nil {
-			bad("control_channel.tls_crypt_key_file", err)
-		}
+// LoadSecretFile reads a file holding one secret (a password), without its trailing newline.
+// A file every user of the host may read is refused: the secret would not be one.
+func LoadSecretFile(file string) (string, error) {
+	fi, err := os.Stat(file)
+	if err != nil {
+		return "", err
 	}
-	if f := cc.TLSAuthKeyFile; f != "" {
-		ep.TLSAuthKey, err = LoadStaticKey(f)
-		if err != nil {
-			bad("control_channel.tls_auth_key_file", err)
-		}
+	if fi.Mode().Perm()&0o004 != 0 {
+		return "", fmt.Errorf("%s: readable by every user (mode %04o): chmod o-r it", file, fi.Mode().Perm())
 	}
-	if f := cc.TLSCryptV2ServerKeyFile; f != "" {
-		ep.TLSCryptV2ServerKey, err = LoadTLSCryptV2ServerKey(f)
-		if err != nil {
-			bad("control_channel.tls_crypt_v2_server_key_file", err)
-		}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", err
 	}
-	return errors.Join(errs...)
+	pw := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
+	if pw == "" {
+		return "", fmt.Errorf("%s: empty", file)
+	}
+	return pw, nil
 }
 
 // LoadStaticKey reads an OpenVPN static key file (tls-crypt or tls-auth); a key that does not

@@ -46,6 +46,8 @@ const (
 	reasonConnectionLog = "the connection log cannot open"
 	// the new metrics address cannot open; the old one stays in use
 	reasonMetrics = "the metrics address cannot open"
+	// the directory, MFA or client-connect handler settings cannot be applied
+	reasonAuth = "the authentication settings cannot be applied"
 )
 
 // ErrStopped refuses a reload of an endpoint that has stopped.
@@ -61,6 +63,7 @@ const (
 	applyRevoker                          // SetRevoker and a new CRL watcher
 	applyConnectionLog                    // the connection log switches files
 	applyMetrics                          // the metrics server moves: the new opens, then the old closes
+	applyAuth                             // the admission pipeline: directory, MFA, handler, groups, token lifetime
 )
 
 // keyActions says what each key a reload applies (config.ReloadKeys' live keys) takes. Keys
@@ -79,18 +82,37 @@ var keyActions = map[string]action{
 	"control_channel.tls_auth_key_direction":         applySettings,
 	"control_channel.tls_auth_digest":                applySettings,
 	"control_channel.tls_crypt_v2_server_key_file":   applySettings,
-	"authentication.certificate.client_root_ca_file": applySettings | applyRevoker, // the watcher checks new CRLs against it
+	"authentication.certificate.client_root_ca_file": applySettings | applyRevoker | applyAuth, // the watcher checks new CRLs against it
 	"authentication.certificate.crl_file":            applyRevoker,
+	"authentication.directory.url":                   applyAuth,
+	"authentication.directory.start_tls":             applyAuth,
+	"authentication.directory.ca_file":               applyAuth,
+	"authentication.directory.bind_dn":               applyAuth,
+	"authentication.directory.bind_password_file":    applyAuth,
+	"authentication.directory.user_base_dn":          applyAuth,
+	"authentication.directory.user_filter":           applyAuth,
+	"authentication.directory.group_attribute":       applyAuth,
+	"authentication.directory.nested_groups":         applyAuth,
+	"authentication.directory.group_base_dn":         applyAuth,
+	"authentication.directory.group_filter":          applyAuth,
+	"authentication.directory.timeout_seconds":       applyAuth,
+	"authentication.mfa.totp.issuer":                 applyAuth,
+	"authentication.mfa.challenge":                   applyAuth,
+	"authentication.mfa.challenge_text":              applyAuth,
+	"client_connect_handler.command":                 applyAuth,
+	"client_connect_handler.url":                     applyAuth,
+	"client_connect_handler.ca_file":                 applyAuth,
+	"client_connect_handler.timeout_seconds":         applyAuth,
 	"data_ciphers":                                   applySettings,
 	"routes":                                         applyPolicy,
-	"authorization_rules":                            applyPolicy,
+	"authorization_rules":                            applyPolicy | applyAuth, // the group IDs directory groups are matched with
 	"split_tunnel":                                   applyPolicy,
 	"allow_host_access":                              applyPolicy,
 	"dns_servers":                                    applyPolicy,
-	"session_timeout_hours":                          applySettings,
+	"session_timeout_hours":                          applySettings | applyAuth, // auth-tokens live as long
 	"client_login_banner":                            applySettings,
 	"bandwidth_limit_mbps":                           applyPolicy,
-	"bandwidth_limits":                               applyPolicy,
+	"bandwidth_limits":                               applyPolicy | applyAuth,
 	"reneg_seconds":                                  applySettings,
 	"max_connections_per_user":                       applySettings,
 	"keepalive.ping_seconds":                         applySettings,
@@ -127,6 +149,12 @@ func fileChanged(running, next *Endpoint, key string) bool {
 		return !slices.EqualFunc(running.ClientCACerts, next.ClientCACerts, func(a, b *x509.Certificate) bool { return a.Equal(b) })
 	case "authentication.certificate.crl_file":
 		return !bytes.Equal(crlPEM(running.CRL), crlPEM(next.CRL))
+	case "authentication.directory.bind_password_file":
+		return running.BindPassword != next.BindPassword
+	case "authentication.directory.ca_file":
+		return !running.DirectoryRoots.Equal(next.DirectoryRoots)
+	case "client_connect_handler.ca_file":
+		return !running.HandlerRoots.Equal(next.HandlerRoots)
 	}
 	return true // a file this does not know how to compare: apply it
 }
@@ -249,6 +277,20 @@ func (r *Running) reload(path string) (_ *ReloadReport, err error) {
 				_ = r.connLog.SetPath(connectionLogPath(running.Config))
 			}
 			return nil, &ReloadError{Reason: reasonListener, Err: engineError(err, next.Config)}
+		}
+	}
+	if todo&applyAuth != 0 {
+		// Before the settings, since it can fail (a directory URL or a handler that cannot be
+		// set up); then only the listeners and the log, undone here, had changed.
+		if err := r.adm.reconfigure(next); err != nil {
+			if todo&applyListeners != 0 {
+				udp, tcp := listeners(running.Config)
+				_ = r.srv.SetListeners(udp, tcp)
+			}
+			if todo&applyConnectionLog != 0 {
+				_ = r.connLog.SetPath(connectionLogPath(running.Config))
+			}
+			return nil, &ReloadError{Reason: reasonAuth, Err: err}
 		}
 	}
 	if todo&applySettings != 0 {

@@ -75,6 +75,8 @@ type Running struct {
 	metrics *metrics.Server
 	// admin serves the admin API on admin.socket from Start until Run returns.
 	admin *admin.Server
+	// adm is the admission pipeline with the state store, directory and handler it owns.
+	adm *admission
 
 	// crl is the CRL set in force: the file's at start or at the last reload, or what the
 	// CRL watcher loaded since. It is what a reload compares the file's CRL with.
@@ -185,6 +187,16 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 			connLog.Close()
 		}
 	}()
+	adm, err := newAdmission(ep, opts.Log, opts.Now, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			adm.close()
+		}
+	}()
+	ecfg.Hooks = adm.pipeline
 	history := admin.NewHistory(opts.Now)
 	ecfg.Events = append(ecfg.Events, connLog, history)
 	srv, err := tunnel.New(ecfg)
@@ -194,7 +206,7 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	connLog.Track(srv.Clients)
 	pol.attach(srv, ecfg.Policy)
 	r = &Running{opts: opts, log: opts.Log, host: h, srv: srv, policy: pol, stopHostAddrs: stopHostAddrs, cur: ep,
-		connLog: connLog}
+		connLog: connLog, adm: adm}
 	r.mx = mx
 	if r.metrics, err = serveMetrics(mx, cfg.Metrics.ListenAddress, opts.Log); err != nil {
 		srv.Close()
@@ -255,6 +267,7 @@ func (r *Running) Run() {
 	r.stopCRLWatch()
 	r.closeMetrics()
 	r.mu.Unlock()
+	r.adm.close()
 	r.stopHostAddrs()
 	if err := r.host.Close(); err != nil {
 		r.log.Error("removing host state", "err", err)

@@ -222,20 +222,22 @@ func (s *Session) admit(ctx context.Context, state *tls.ConnectionState, msg *ke
 	}
 	idx, _ := m.cfg.Pool.Index(addr)
 	info := &Info{
-		ID:           s.id,
-		ConnectionID: s.connID,
-		User:         user.Name,
-		Username:     user.Username,
-		Groups:       user.Groups,
-		Certificate:  req.Certificate,
-		Address:      addr,
-		PeerID:       uint32(idx),
-		Cipher:       cipher.String(),
-		Transport:    s.link.Proto(),
-		Version:      peer.Version,
-		Platform:     peer.Platform,
-		Since:        s.since,
-		Listener:     s.link.Listener().Addr(),
+		ID:              s.id,
+		ConnectionID:    s.connID,
+		User:            user.Name,
+		Username:        user.Username,
+		Groups:          user.Groups,
+		Certificate:     req.Certificate,
+		Address:         addr,
+		PeerID:          uint32(idx),
+		Cipher:          cipher.String(),
+		Transport:       s.link.Proto(),
+		Version:         peer.Version,
+		Platform:        peer.Platform,
+		PlatformVersion: peer.Raw["IV_PLAT_VER"],
+		Remote:          s.link.Remote(),
+		Since:           s.since,
+		Listener:        s.link.Listener().Addr(),
 	}
 	if req.Certificate != nil {
 		info.CommonName = req.Certificate.Subject.CommonName

@@ -83,7 +83,11 @@ type Info struct {
 	Transport   string
 	Version     string // the client's IV_VER
 	Platform    string // the client's IV_PLAT
-	Since       time.Time
+	// PlatformVersion is the client's IV_PLAT_VER.
+	PlatformVersion string
+	// Remote is the address the client was admitted from (it may float later).
+	Remote netip.AddrPort
+	Since  time.Time
 	// Established is when the session was admitted; HandshakeDuration how long it took from its
 	// start (the first packet kept) to then.
 	Established       time.Time
