@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // BoltFile is the name of the database file OpenBolt keeps in its directory.
@@ -40,7 +41,7 @@ func OpenBolt(dir string) (*Bolt, error) {
 	}
 	path := filepath.Join(dir, BoltFile)
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: lockTimeout})
-	if errors.Is(err, bbolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("state store %s is in use by another process (is cvpn serve running?): %w", dir, ErrInUse)
 	}
 	if err != nil {
@@ -63,7 +64,7 @@ func (b *Bolt) Dir() string { return b.dir }
 
 // mapErr turns bbolt's closed-database errors into ErrClosed.
 func mapErr(err error) error {
-	if errors.Is(err, bbolt.ErrDatabaseNotOpen) || errors.Is(err, bbolt.ErrTxClosed) {
+	if errors.Is(err, berrors.ErrDatabaseNotOpen) || errors.Is(err, berrors.ErrTxClosed) {
 		return ErrClosed
 	}
 	return err

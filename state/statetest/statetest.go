@@ -102,7 +102,7 @@ func testEmptyValue(t *testing.T, s state.Store) {
 	// Update sees an empty value as present.
 	err := s.Update(ctx, "b", "k", func(old []byte, ok bool) ([]byte, error) {
 		if !ok || len(old) != 0 {
-			return nil, fmt.Errorf("Update saw old=%#v ok=%v, want empty and present", old, ok)
+			return nil, fmt.Errorf("update saw old=%#v ok=%v, want empty and present", old, ok)
 		}
 		return old, nil
 	})
