@@ -553,3 +553,23 @@ func TestWriteFailure(t *testing.T) {
 		t.Errorf("%d log lines of failed writes, want 1:\n%s", n, logs.String())
 	}
 }
+
+// TestDirectoryUserRecord: a directory user without a certificate is logged with its username
+// as username and common name (as AWS does), and a client-connect handler's posture statuses
+// are kept.
+func TestDirectoryUserRecord(t *testing.T) {
+	s := testStatus()
+	info := *s.Info
+	info.User, info.Username, info.CommonName = "bob", "bob", ""
+	info.Posture = []string{"compliant", "disk-encrypted"}
+	s.Info = &info
+	got := decode(t, ConnectionRecord(s, "cvpn-endpoint-1", t0.Add(time.Minute), nil).Append(nil))
+	if got["username"] != "bob" || got["common-name"] != "bob" || got["posture-compliance-statuses"] != "compliant,disk-encrypted" {
+		t.Errorf("username %q, common-name %q, posture %q", got["username"], got["common-name"], got["posture-compliance-statuses"])
+	}
+	info.CommonName = "bob-laptop" // certificate and directory both
+	got = decode(t, ConnectionRecord(s, "cvpn-endpoint-1", t0.Add(time.Minute), nil).Append(nil))
+	if got["username"] != "bob" || got["common-name"] != "bob-laptop" {
+		t.Errorf("both: username %q, common-name %q", got["username"], got["common-name"])
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cvpn/cvpn/tunnel/session"
@@ -128,6 +129,15 @@ func username(user, cn string) string {
 	return na(user)
 }
 
+// commonName is the certificate's common name, or (as AWS writes it) the directory user's name
+// when the client presented no certificate.
+func commonName(cn, username string) string {
+	if cn == "" {
+		return username
+	}
+	return cn
+}
+
 // AttemptRecord is the record of a refused attempt.
 func AttemptRecord(a session.Attempt, endpointID string) Record {
 	t := FormatTime(a.Time)
@@ -154,12 +164,18 @@ func ConnectionRecord(s session.Status, endpointID string, now time.Time, end *s
 		LogType: TypeAttempt, AttemptStatus: StatusSuccess, ResetStatus: NA, FailureReason: NA,
 		ConnectionID: na(s.ConnectionID), EndpointID: na(endpointID), TransportProtocol: na(s.Transport),
 		StartTime: FormatTime(s.Since), LastUpdateTime: FormatTime(now), ClientIP: addrString(s.Address),
-		CommonName: na(s.CommonName), DeviceType: deviceType(s.Platform), DeviceIP: NA, Port: NA,
+		CommonName: na(commonName(s.CommonName, s.Username)), DeviceType: deviceType(s.Platform), DeviceIP: NA, Port: NA,
 		IngressBytes:   strconv.FormatUint(s.Traffic.RxBytes, 10),
 		EgressBytes:    strconv.FormatUint(s.Traffic.TxBytes, 10),
 		IngressPackets: strconv.FormatUint(s.Traffic.RxPackets, 10),
 		EgressPackets:  strconv.FormatUint(s.Traffic.TxPackets, 10),
 		EndTime:        NA, PostureComplianceStatuses: NA, Username: username(s.User, s.CommonName),
+	}
+	if s.Username != "" {
+		r.Username = s.Username
+	}
+	if len(s.Posture) > 0 {
+		r.PostureComplianceStatuses = strings.Join(s.Posture, ",")
 	}
 	if s.Remote.IsValid() {
 		r.DeviceIP, r.Port = addrString(s.Remote.Addr()), strconv.Itoa(int(s.Remote.Port()))
