@@ -338,7 +338,6 @@ func TestExportDirectory(t *testing.T) {
 func TestExportDirectoryOnly(t *testing.T) {
 	cfgPath := directoryEndpoint(t, true)
 	dir := filepath.Dir(cfgPath)
-	skipUnlessDirectoryOnlyLoads(t, cfgPath)
 	profile := mustRun(t, "export-client-config", "--config", cfgPath)
 	got := directives(profile)
 	for _, want := range []string{"auth-user-pass", "auth-nocache", "auth-retry interact", `static-challenge "Code, from your app:" 1`} {
@@ -361,20 +360,5 @@ func TestExportDirectoryOnly(t *testing.T) {
 	code, stdout, stderr := runCmd(t, "export-client-config", "--config", cfgPath, "--client", "alice")
 	if code != exitInvalid || !strings.Contains(stderr, "this endpoint has no certificate authentication") || stdout != "" {
 		t.Errorf("--client on a directory-only endpoint: exit %d (want %d), stderr %q, stdout %q", code, exitInvalid, stderr, stdout)
-	}
-}
-
-// skipUnlessDirectoryOnlyLoads skips a test while package endpoint cannot load an endpoint
-// without authentication.certificate (its file loading still assumes one): this package does
-// not own that step, and the test runs as soon as it can.
-func skipUnlessDirectoryOnlyLoads(t *testing.T, cfgPath string) {
-	t.Helper()
-	panicked := func() (p any) {
-		defer func() { p = recover() }()
-		_, _ = loadEndpoint(cfgPath)
-		return nil
-	}()
-	if panicked != nil {
-		t.Skipf("package endpoint cannot load a directory-only endpoint yet: %v", panicked)
 	}
 }
