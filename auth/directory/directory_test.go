@@ -463,11 +463,9 @@ func TestResponseSizeBounded(t *testing.T) {
 	cfg := baseConfig(f.url())
 	cfg.UserFilter = "(&(uid={username})(description=*))"
 	cfg.MaxResponseBytes = 16 << 10
-	d := newDir(t, cfg)
-	// The fake returns every attribute it holds for "description" only if asked; ask via a
-	// group attribute name so the large value is requested.
+	// The fake returns only the attributes asked for: ask for the large one as the group attribute.
 	cfg.GroupAttribute = "description"
-	d = newDir(t, cfg)
+	d := newDir(t, cfg)
 	_, err := d.Authenticate(context.Background(), "alice", "alice-pw")
 	if !errors.Is(err, errResponseTooLarge) {
 		t.Fatalf("err = %v, want the response size error", err)

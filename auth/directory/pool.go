@@ -159,6 +159,26 @@ func (p *pool) put(pc *pconn, reuse bool) {
 	pc.close()
 }
 
+// dropIdle closes the idle connections to url.
+func (p *pool) dropIdle(url string) {
+	p.mu.Lock()
+	var drop []*pconn
+	keep := p.idle[:0]
+	for _, pc := range p.idle {
+		if pc.srv.url == url {
+			drop = append(drop, pc)
+		} else {
+			keep = append(keep, pc)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	p.mu.Unlock()
+	for _, pc := range drop {
+		pc.close()
+	}
+}
+
 func (p *pool) close() {
 	p.mu.Lock()
 	p.closed = true
@@ -236,7 +256,7 @@ func (d *Directory) dial(ctx context.Context, srv server, service bool) (*pconn,
 		if dl, ok := dctx.Deadline(); ok {
 			_ = raw.SetDeadline(dl)
 		}
-		err := d.run(dctx, pc, func(c *ldap.Conn) error { return c.StartTLS(tlsConf) })
+		err := d.run(ctx, pc, func(c *ldap.Conn) error { return c.StartTLS(tlsConf) })
 		_ = raw.SetDeadline(time.Time{})
 		if err != nil {
 			pc.close()
@@ -244,7 +264,7 @@ func (d *Directory) dial(ctx context.Context, srv server, service bool) (*pconn,
 		}
 	}
 	if service && d.cfg.BindDN != "" {
-		err := d.run(dctx, pc, func(c *ldap.Conn) error { return c.Bind(d.cfg.BindDN, d.cfg.BindPassword) })
+		err := d.run(ctx, pc, func(c *ldap.Conn) error { return c.Bind(d.cfg.BindDN, d.cfg.BindPassword) })
 		if err != nil {
 			pc.close()
 			if isConnFailure(err) {
@@ -259,10 +279,10 @@ func (d *Directory) dial(ctx context.Context, srv server, service bool) (*pconn,
 // run runs one operation on pc bounded by Config.Timeout and ctx: go-ldap's message timeout covers
 // a server that stops answering, and ctx cancellation closes the connection under the operation.
 func (d *Directory) run(ctx context.Context, pc *pconn, op func(*ldap.Conn) error) error {
-	timeout, callerBound := d.cfg.Timeout, false
+	timeout, callerDeadline := d.cfg.Timeout, time.Time{}
 	if dl, ok := ctx.Deadline(); ok {
 		if left := time.Until(dl); left < timeout {
-			timeout, callerBound = left, true
+			timeout, callerDeadline = left, dl
 		}
 	}
 	if timeout <= 0 || ctx.Err() != nil {
@@ -279,7 +299,7 @@ func (d *Directory) run(ctx context.Context, pc *pconn, op func(*ldap.Conn) erro
 	if err != nil && pc.m.exceeded.Load() {
 		return fmt.Errorf("%w (%d bytes) from %s", errResponseTooLarge, d.cfg.MaxResponseBytes, pc.srv.url)
 	}
-	if callerBound && isConnFailure(err) {
+	if !callerDeadline.IsZero() && !time.Now().Before(callerDeadline) && isConnFailure(err) {
 		// The message timeout was the caller's deadline, which may fire just before ctx is
 		// done: the caller ran out of time, the server is not to blame.
 		return ldap.NewError(ldap.ErrorNetwork, fmt.Errorf("%w: %w", context.DeadlineExceeded, err))
@@ -330,7 +350,10 @@ func (d *Directory) do(ctx context.Context, p *pool, op func(*ldap.Conn) error) 
 		if pc.uses == 1 { // freshly dialled: the server itself failed
 			d.markFailed(pc.srv.url, err)
 		} else {
+			// Whatever broke this one (a server restart, an idle timeout in a firewall) likely
+			// broke its idle siblings too: redial rather than find out one timeout at a time.
 			d.log.Debug("directory: pooled connection broken; redialling", "url", pc.srv.url, "err", err)
+			p.dropIdle(pc.srv.url)
 		}
 		last = fmt.Errorf("%s: %w", pc.srv.url, err)
 	}
