@@ -17,6 +17,10 @@
 //	                    (sent by the server after "AUTH_FAILED,")
 //
 // base64 is the standard alphabet with padding (src/openvpn/base64.c).
+//
+// The static challenge's other format, password and response concatenated
+// (static-challenge flag 2 in doc/management-notes.txt), cannot be told
+// from a plain password and is not recognised: cvpn's profiles use SCRV1.
 package credential
 
 import (
