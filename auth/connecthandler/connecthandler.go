@@ -184,11 +184,15 @@ func (h *Handler) Close() { h.run.close() }
 
 // Call asks the handler about req. It returns the handler's Decision, or a
 // *Failure (and a zero Decision) when the handler could not decide; either
-// a Failure or Allow false refuses the connection. Call blocks for at most
-// the configured timeout (plus the few milliseconds it takes to kill a
-// command), or until ctx is done: a deadline of ctx counts as
-// ReasonTimedOut, its cancellation as ReasonServiceError (wrapping
-// context.Canceled). It holds no lock of the caller's.
+// a Failure or Allow false refuses the connection.
+//
+// Call returns within the configured timeout, or when ctx is done: a
+// deadline of ctx counts as ReasonTimedOut, its cancellation as
+// ReasonServiceError (wrapping context.Canceled). Killing a command takes
+// a few milliseconds more, and up to 2 s more if a descendant that left
+// its process group holds the command's output open. Call holds no lock
+// while it waits, and it reports the outcome to the Observer before it
+// returns.
 func (h *Handler) Call(ctx context.Context, req Request) (Decision, error) {
 	start := time.Now()
 	d, err := h.call(ctx, req)
@@ -213,6 +217,9 @@ func (h *Handler) call(ctx context.Context, req Request) (Decision, error) {
 	}
 	ctx, cancel := context.WithTimeoutCause(ctx, h.timeout, errCallTimeout)
 	defer cancel()
+	if ctx.Err() != nil { // select below would pick at random
+		return Decision{}, interrupted(ctx)
+	}
 
 	select {
 	case h.slots <- struct{}{}:

@@ -20,6 +20,7 @@ const userAgent = "cvpn-client-connect-handler/1"
 
 type httpsRunner struct {
 	url       string // validated, without credentials
+	name      string // url without its query, for messages: a query may hold a key
 	client    *http.Client
 	transport *http.Transport
 }
@@ -60,6 +61,7 @@ func newHTTPSRunner(rawURL string, roots *x509.CertPool, maxConns int) (*httpsRu
 	}
 	return &httpsRunner{
 		url:       u.String(),
+		name:      (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String(),
 		transport: t,
 		client: &http.Client{
 			Transport: t,
@@ -86,7 +88,7 @@ func (r *httpsRunner) run(ctx context.Context, body []byte) ([]byte, error) {
 		if ctx.Err() != nil {
 			return nil, interrupted(ctx)
 		}
-		return nil, fail(ReasonOtherExecutionError, "POST %s: %v", r.url, unwrapURLError(err))
+		return nil, fail(ReasonOtherExecutionError, "POST %s: %v", r.name, unwrapURLError(err))
 	}
 	defer resp.Body.Close()
 
@@ -95,15 +97,15 @@ func (r *httpsRunner) run(ctx context.Context, body []byte) ([]byte, error) {
 		if ctx.Err() != nil {
 			return nil, interrupted(ctx)
 		}
-		return nil, fail(ReasonOtherExecutionError, "read the response of %s: %v", r.url, err)
+		return nil, fail(ReasonOtherExecutionError, "read the response of %s: %v", r.name, err)
 	}
 	switch {
 	case resp.StatusCode == http.StatusTooManyRequests:
-		return nil, fail(ReasonThrottled, "%s answered %s", r.url, resp.Status)
+		return nil, fail(ReasonThrottled, "%s answered %s", r.name, resp.Status)
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
-		return nil, fail(ReasonOtherExecutionError, "%s answered %s%s", r.url, resp.Status, bodySnippet(data, resp))
+		return nil, fail(ReasonOtherExecutionError, "%s answered %s%s", r.name, resp.Status, bodySnippet(data, resp))
 	case len(data) > MaxResponseSize:
-		return nil, fail(ReasonInvalidResponse, "%s sent more than %d bytes", r.url, MaxResponseSize)
+		return nil, fail(ReasonInvalidResponse, "%s sent more than %d bytes", r.name, MaxResponseSize)
 	}
 	return data, nil
 }

@@ -129,6 +129,25 @@ func TestHTTPSFailures(t *testing.T) {
 	})
 }
 
+func TestHTTPSQueryNotInErrors(t *testing.T) {
+	t.Parallel()
+	var query string
+	cfg, _ := tlsHandler(t, func(w http.ResponseWriter, r *http.Request) {
+		query = r.URL.RawQuery
+		w.WriteHeader(http.StatusBadGateway)
+	})
+	cfg.URL += "?key=s3cr3t"
+	h := mustNew(t, cfg)
+	d, err := h.Call(context.Background(), Request{})
+	wantFailure(t, d, err, ReasonOtherExecutionError, "/connect answered 502")
+	if query != "key=s3cr3t" {
+		t.Errorf("the server got query %q", query)
+	}
+	if strings.Contains(err.Error(), "s3cr3t") {
+		t.Errorf("the error shows the URL's query: %v", err)
+	}
+}
+
 func TestHTTPSTimeout(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
@@ -168,6 +187,25 @@ func TestHTTPSCancel(t *testing.T) {
 	wantFailure(t, d, err, ReasonServiceError)
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("err %v does not wrap context.Canceled", err)
+	}
+}
+
+func TestCallDoneContext(t *testing.T) {
+	t.Parallel()
+	var called atomic.Bool
+	cfg, _ := tlsHandler(t, func(w http.ResponseWriter, r *http.Request) {
+		called.Store(true)
+		io.WriteString(w, `{"allow":true,"schema-version":"v2"}`)
+	})
+	h := mustNew(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 20 { // the slot is free: a random select would sometimes run it
+		d, err := h.Call(ctx, Request{})
+		wantFailure(t, d, err, ReasonServiceError)
+	}
+	if called.Load() {
+		t.Error("a call with a done context reached the handler")
 	}
 }
 

@@ -41,12 +41,6 @@ const (
 )
 
 // wireRequest is AWS's schema v2 request, field for field and in its order.
-//
-// groups: AWS's guide describes it as "a list of Active Directory groups"
-// but its example shows one value, and handlers written against the real
-// service decode it as a string (a JSON list would fail them); so cvpn
-// sends one JSON string: the group identifiers joined by commas, "" when
-// there are none (certificate-only authentication, as in AWS).
 type wireRequest struct {
 	ConnectionID         string `json:"connection-id"`
 	EndpointID           string `json:"endpoint-id"`
@@ -61,7 +55,17 @@ type wireRequest struct {
 }
 
 // Encode returns the schema v2 JSON document sent to the handler, with a
-// trailing newline (so a shell handler's `read` sees a whole line).
+// trailing newline (so a shell handler's `read` sees a whole line). Every
+// field is present; schema-version is "v2".
+//
+// groups is one JSON string, not a list: AWS's guide says the field holds
+// "a list of Active Directory groups" but its schema shows a single
+// "<group identifier>" value, and handlers written against the real
+// service decode it as a string, which a JSON list would break. cvpn joins
+// the identifiers with commas ("" when there are none, as for certificate
+// authentication in AWS). An identifier that contains a comma (a DN) is
+// sent as it is, so a handler cannot split it back; the caller should pass
+// names without commas, such as cn.
 func (r Request) Encode() ([]byte, error) {
 	w := wireRequest{
 		ConnectionID:         r.ConnectionID,
@@ -214,8 +218,10 @@ func sanitizeText(s string, maxChars, maxBytes int) string {
 	var b strings.Builder
 	b.Grow(min(len(s), maxBytes))
 	chars := 0
-	space := false // a space is pending: written only before a later character
-	for _, r := range s { // an invalid byte comes out as U+FFFD
+	// space: a space is pending, written only before a later character.
+	space := false
+	// Ranging over s yields U+FFFD for each invalid byte.
+	for _, r := range s {
 		switch {
 		case r == '\n' || r == '\r' || r == '\t' || r == '\v' || r == '\f' ||
 			r == '\u0085' || r == '\u2028' || r == '\u2029' || unicode.IsSpace(r):
