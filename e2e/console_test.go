@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -202,6 +203,13 @@ func TestConsoleRenegotiationStockServer(t *testing.T) {
 			// token) with a fresh token: by then a prompt would have been printed.
 			c.expect(t, `PUSH_REPLY,auth-token`, 30*time.Second)
 		}
+		// A reconnect (SIGUSR1, as a ping-restart would) sends the token too: the client asks
+		// only when it has neither credentials nor token (ssl.c auth_user_pass_setup).
+		if err := c.con.Signal(syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		c.expect(t, `SIGUSR1\[[a-z]+,[^\]]*\] received, process restarting`, 15*time.Second)
+		c.expect(t, `Initialization Sequence Completed`, 30*time.Second)
 		if n := strings.Count(c.con.Output(), "Enter Auth Username:"); n != 1 {
 			t.Errorf("asked for the username %d times, want once:\n%s", n, c.con.Output())
 		}
