@@ -202,6 +202,8 @@ func (h *Handler) Call(ctx context.Context, req Request) (Decision, error) {
 		switch {
 		case errors.As(err, &f):
 			outcome = f.Reason
+		case err != nil: // not produced by call; counted all the same
+			outcome = ReasonOtherExecutionError
 		case !d.Allow:
 			outcome = OutcomeDenied
 		}
@@ -211,6 +213,7 @@ func (h *Handler) Call(ctx context.Context, req Request) (Decision, error) {
 }
 
 func (h *Handler) call(ctx context.Context, req Request) (Decision, error) {
+	start := time.Now()
 	body, err := req.Encode()
 	if err != nil {
 		return Decision{}, &Failure{Reason: ReasonServiceError, Err: err}
@@ -225,7 +228,7 @@ func (h *Handler) call(ctx context.Context, req Request) (Decision, error) {
 	case h.slots <- struct{}{}:
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return Decision{}, fail(ReasonThrottled, "all %d call slots stayed busy for %v", cap(h.slots), h.timeout)
+			return Decision{}, fail(ReasonThrottled, "all %d call slots stayed busy for %v", cap(h.slots), time.Since(start).Round(time.Millisecond))
 		}
 		return Decision{}, canceled(ctx)
 	}

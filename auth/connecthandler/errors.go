@@ -28,7 +28,8 @@ const (
 	// uses it when the Lambda function is throttled.
 	ReasonThrottled = "client-connect-handler-throttled"
 	// ReasonInvalidResponse: the handler answered, but not with a valid
-	// schema v1 or v2 response (see Call), or with more than MaxResponseSize
+	// schema v1 or v2 response (see ParseResponse), or with more than
+	// MaxResponseSize
 	// bytes.
 	ReasonInvalidResponse = "client-connect-handler-invalid-response"
 	// ReasonServiceError: the call was abandoned on cvpn's side: the
