@@ -29,8 +29,7 @@ const (
 	ReasonThrottled = "client-connect-handler-throttled"
 	// ReasonInvalidResponse: the handler answered, but not with a valid
 	// schema v1 or v2 response (see ParseResponse), or with more than
-	// MaxResponseSize
-	// bytes.
+	// MaxResponseSize bytes.
 	ReasonInvalidResponse = "client-connect-handler-invalid-response"
 	// ReasonServiceError: the call was abandoned on cvpn's side: the
 	// caller's context was canceled (the client went away, the server is
