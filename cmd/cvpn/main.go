@@ -67,6 +67,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdConnections(args[1:], stdout, stderr)
 	case "status":
 		return cmdStatus(args[1:], stdout, stderr)
+	case "user":
+		return cmdUser(args[1:], stdout, stderr)
 	case "version", "--version":
 		return cmdVersion(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
@@ -92,6 +94,8 @@ var commands = []struct{ name, synopsis, summary string }{
 	{"connections list", "--config FILE [--username U] [--connection-id ID] [--json]", "list the active connections and those ended in the last 60 minutes (admin API)"},
 	{"connections terminate", "--config FILE (--connection-id ID | --username U) [--json]", "halt a connection or a user's connections; the client does not reconnect (admin API)"},
 	{"status", "--config FILE", "one screen: endpoint, listeners, sessions, pool, traffic, drops (admin API)"},
+	{"user mfa enroll", "NAME [--config FILE] [--force]", "give a directory user a TOTP secret: prints its otpauth URI and QR code"},
+	{"user mfa reset", "NAME [--config FILE]", "remove a directory user's TOTP secret"},
 	{"report usage", "[--config FILE] [--since 24h] [--json]", "per user: sessions, connected time, bytes in and out, last seen, from the connection log"},
 	{"version", "", "print the cvpn version, VCS revision and Go version (also --version)"},
 	{"help", "[COMMAND]", "print this list, or one command's flags (also -h on any command)"},
