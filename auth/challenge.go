@@ -86,3 +86,79 @@ func (c *challenges) take(id, user string) (*directory.User, error) {
 
 // randRead fills b with random bytes.
 func randRead(b []byte) (int, error) { return rand.Read(b) }
+
+// Wrong one-time codes a user may enter before codes are refused unchecked for a while: a
+// six-digit code with a window of three steps falls to about one guess in 333,333, so
+// unlimited guessing by someone who holds the password would beat the second factor.
+const (
+	maxCodeFailures = 5
+	codeLockout     = 5 * time.Minute
+	maxLockedUsers  = 16384
+)
+
+var errTooManyCodes = errors.New("too many wrong codes")
+
+// codeGuard counts wrong codes per user over a sliding lockout window.
+type codeGuard struct {
+	now func() time.Time
+	mu  sync.Mutex
+	m   map[string]codeFailures
+}
+
+type codeFailures struct {
+	n    int
+	last time.Time
+}
+
+func newCodeGuard(now func() time.Time) *codeGuard {
+	return &codeGuard{now: now, m: make(map[string]codeFailures)}
+}
+
+// allow reports whether user may try a code now.
+func (g *codeGuard) allow(user string) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	f, ok := g.m[user]
+	if !ok {
+		return nil
+	}
+	if g.now().Sub(f.last) >= codeLockout {
+		delete(g.m, user)
+		return nil
+	}
+	if f.n >= maxCodeFailures {
+		return errTooManyCodes
+	}
+	return nil
+}
+
+// failed records a wrong code of user.
+func (g *codeGuard) failed(user string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	if len(g.m) >= maxLockedUsers {
+		for k, f := range g.m {
+			if now.Sub(f.last) >= codeLockout {
+				delete(g.m, k)
+			}
+		}
+		if len(g.m) >= maxLockedUsers {
+			return // every entry is live: new users are not tracked until one expires
+		}
+	}
+	f := g.m[user]
+	if now.Sub(f.last) >= codeLockout {
+		f.n = 0
+	}
+	f.n++
+	f.last = now
+	g.m[user] = f
+}
+
+// succeeded forgets user's wrong codes.
+func (g *codeGuard) succeeded(user string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.m, user)
+}

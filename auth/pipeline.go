@@ -93,6 +93,7 @@ const (
 	CodeMFAInvalid           session.RefusalCode = "mfa_invalid"
 	CodeMFAReplayed          session.RefusalCode = "mfa_replayed"
 	CodeMFANotEnrolled       session.RefusalCode = "mfa_not_enrolled"
+	CodeMFALocked            session.RefusalCode = "mfa_locked"
 	CodeChallengeUnknown     session.RefusalCode = "challenge_unknown"
 	CodeTokenInvalid         session.RefusalCode = "token_invalid"
 	CodeIdentityChanged      session.RefusalCode = "identity_changed"
@@ -110,6 +111,7 @@ type Pipeline struct {
 	log        *slog.Logger
 	now        func() time.Time
 	challenges *challenges
+	codes      *codeGuard
 }
 
 // New returns a pipeline checking cfg; log may be nil, now nil means time.Now.
@@ -120,7 +122,7 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) (*Pipeline, error) 
 	if now == nil {
 		now = time.Now
 	}
-	p := &Pipeline{log: log, now: now, challenges: newChallenges(now)}
+	p := &Pipeline{log: log, now: now, challenges: newChallenges(now), codes: newCodeGuard(now)}
 	if err := p.Reconfigure(cfg); err != nil {
 		return nil, err
 	}
@@ -376,9 +378,17 @@ func (p *Pipeline) enrolled(ctx context.Context, cfg *Config, log *slog.Logger, 
 
 // verifyCode checks a one-time code.
 func (p *Pipeline) verifyCode(ctx context.Context, cfg *Config, log *slog.Logger, user, code string) error {
+	if err := p.codes.allow(user); err != nil {
+		log.Warn("second factor refused", "reason", "too many wrong codes", "lockout", codeLockout)
+		return refuse(CodeMFALocked, fmt.Sprintf("too many wrong codes: try again in %v", codeLockout))
+	}
 	err := cfg.MFA.Verify(ctx, user, code)
+	if errors.Is(err, mfa.ErrInvalidCode) {
+		p.codes.failed(user)
+	}
 	switch {
 	case err == nil:
+		p.codes.succeeded(user)
 		log.Info("second factor accepted")
 		return nil
 	case errors.Is(err, mfa.ErrReplayed):

@@ -545,3 +545,26 @@ func TestClientConnectHandler(t *testing.T) {
 		t.Errorf("timeout: %q %q", c, msg)
 	}
 }
+
+// TestCodeGuessingBounded: after a few wrong codes a user's codes are refused unchecked, the
+// right one too, until the lockout passes.
+func TestCodeGuessingBounded(t *testing.T) {
+	f := newFixture(t, true)
+	code := f.enroll(t, "alice")
+	ctx := context.Background()
+	wrong := func() string { return fmt.Sprintf("%06d", (atoi(code(f.clock.Now()))+500000)%1000000) }
+	for i := range maxCodeFailures {
+		_, err := f.p.Authenticate(ctx, req("alice", scrv1("s3cret", wrong())))
+		if c, _ := refusal(t, err); c != CodeMFAInvalid {
+			t.Fatalf("guess %d: %q", i, c)
+		}
+	}
+	_, err := f.p.Authenticate(ctx, req("alice", scrv1("s3cret", code(f.clock.Now()))))
+	if c, _ := refusal(t, err); c != CodeMFALocked {
+		t.Fatalf("right code after %d wrong ones: %q, want locked", maxCodeFailures, c)
+	}
+	f.clock.Add(codeLockout)
+	if _, err := f.p.Authenticate(ctx, req("alice", scrv1("s3cret", code(f.clock.Now())))); err != nil {
+		t.Fatalf("after the lockout: %v", err)
+	}
+}
