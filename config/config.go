@@ -4,7 +4,8 @@
 //
 // It owns the file's schema, its defaults and every check that can be made
 // from the file alone: types, ranges, CIDR masking, overlaps, references
-// between keys, and that the files it names exist and are readable. Every
+// between keys, and that the files it names exist and are readable (and,
+// for a file holding a password, not readable by every user). Every
 // problem is reported with its key path and line. It also owns the rule
 // of what may change when a running endpoint reloads its file: Diff names
 // the keys that differ, CheckReload refuses those that need a restart. It
@@ -12,7 +13,8 @@
 // names (package endpoint does, and tells Diff when one changed in place;
 // Endpoint.KeyError lets it report their problems in the same form), and
 // it does not touch the network or the OS (package endpoint wires the
-// result into the engine).
+// result into the engine). The directory, MFA and client-connect handler
+// keys are parsed and checked here; packages auth/... use them.
 //
 // Each field of Endpoint documents its YAML key, its default and its AWS
 // Client VPN counterpart; the README's configuration reference is written

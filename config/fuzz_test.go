@@ -16,6 +16,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add(good)
 	f.Add([]byte(base))
+	f.Add([]byte(dirBase + "  mfa: {challenge: dynamic}\nclient_connect_handler: {url: \"https://h.example.com/\"}\n"))
 	f.Add([]byte("tun: {mtu: 1400\n"))
 	f.Add([]byte("a: &x [*x]\n"))
 	f.Add([]byte("routes: [{destination_cidr_block: 10.0.1.1/24}, ~, []]\n"))

@@ -1,17 +1,20 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/go-ldap/ldap/v3"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -326,7 +329,7 @@ func checkFilter(s string, allowed, need []string) error {
 	if !utf8.ValidString(s) || strings.ContainsFunc(s, unicode.IsControl) {
 		return fmt.Errorf("holds control characters or invalid UTF-8")
 	}
-	if s[0] != '(' || s[len(s)-1] != ')' {
+	if s == "" || s[0] != '(' || s[len(s)-1] != ')' {
 		return fmt.Errorf("an LDAP filter is enclosed in parentheses, like (uid={username})")
 	}
 	depth := 0
@@ -364,33 +367,29 @@ func checkFilter(s string, allowed, need []string) error {
 			return fmt.Errorf("'{' without '}' (write a literal brace as \\7b)")
 		}
 		ph := rest[i : i+j+1]
-		if !containsString(allowed, ph) {
+		if !slices.Contains(allowed, ph) {
 			return fmt.Errorf("unknown placeholder %s (known: %s)", ph, strings.Join(allowed, ", "))
 		}
 		found[ph] = true
 		rest = rest[i+j+1:]
 	}
-	if len(need) > 0 {
-		for _, ph := range need {
-			if found[ph] {
-				return nil
-			}
-		}
+	switch {
+	case len(need) > 0 && !slices.ContainsFunc(need, func(ph string) bool { return found[ph] }):
 		return fmt.Errorf("must contain %s, where the login name goes", strings.Join(need, " or "))
-	}
-	if len(found) == 0 {
+	case len(need) == 0 && len(found) == 0:
 		return fmt.Errorf("must contain %s, or it matches the same groups for every user", strings.Join(allowed, " or "))
 	}
-	return nil
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
+	// The full RFC 4515 grammar, as the directory client will compile it: with each
+	// placeholder replaced by a value like the escaped one it will hold.
+	sample := strings.NewReplacer(placeholderUsername, "alice", placeholderDN, "uid=alice,dc=example,dc=com").Replace(s)
+	if _, err := ldap.CompileFilter(sample); err != nil {
+		var lerr *ldap.Error
+		if errors.As(err, &lerr) && lerr.Err != nil {
+			err = lerr.Err
 		}
+		return fmt.Errorf("is not an LDAP filter (RFC 4515): %v", err)
 	}
-	return false
+	return nil
 }
 
 // secretFile is fileRef for a file holding a secret: it must also not be

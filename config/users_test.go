@@ -208,6 +208,12 @@ func TestDirectoryRules(t *testing.T) {
 			path: "authentication.directory.user_filter", line: 13, msg: "unknown placeholder {user}"},
 		{name: "user_filter dn placeholder", append: "    user_filter: \"(&(uid={username})(x={dn}))\"\n",
 			path: "authentication.directory.user_filter", line: 13, msg: "unknown placeholder {dn}"},
+		{name: "user_filter no operator", append: "    user_filter: \"(&(uid={username})(objectClass))\"\n",
+			path: "authentication.directory.user_filter", line: 13, msg: "is not an LDAP filter (RFC 4515)"},
+		{name: "user_filter bad escape", append: "    user_filter: \"(uid={username}\\\\zz)\"\n",
+			path: "authentication.directory.user_filter", line: 13, msg: "is not an LDAP filter (RFC 4515)"},
+		{name: "user_filter not with two", append: "    user_filter: \"(&(uid={username})(!(a=b)(c=d)))\"\n",
+			path: "authentication.directory.user_filter", line: 13, msg: "is not an LDAP filter (RFC 4515)"},
 		{name: "user_filter stray brace", append: "    user_filter: \"(uid={username}})\"\n",
 			path: "authentication.directory.user_filter", line: 13, msg: "'}' without '{'"},
 
@@ -327,4 +333,24 @@ func TestCheckChallengeText(t *testing.T) {
 			t.Errorf("CheckChallengeText(%.20q) = %v, want ok %v", tc.text, err, tc.ok)
 		}
 	}
+}
+
+// FuzzCheckFilter: a filter template checkFilter accepts is one parenthesised filter that
+// holds {username}, no other brace, and compiles once it is substituted; nothing panics.
+func FuzzCheckFilter(f *testing.F) {
+	for _, s := range []string{"(uid={username})", "(&(objectClass=user)(sAMAccountName={username}))", "(uid={username}",
+		"(uid={user})", "((uid={username}))", "(uid=\\7b{username}\\7d)", "(|(a={username})(b=*))", "(a={username})(b=c)"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if checkFilter(s, []string{placeholderUsername}, []string{placeholderUsername}) != nil {
+			return
+		}
+		if !strings.HasPrefix(s, "(") || !strings.HasSuffix(s, ")") || !strings.Contains(s, placeholderUsername) {
+			t.Fatalf("accepted %q", s)
+		}
+		if rest := strings.ReplaceAll(s, placeholderUsername, ""); strings.ContainsAny(rest, "{}") {
+			t.Fatalf("accepted %q, which holds a brace that is not {username}", s)
+		}
+	})
 }
