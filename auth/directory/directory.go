@@ -320,7 +320,7 @@ func disabled(e *ldap.Entry) string {
 
 // findUser searches the one entry matching the user filter.
 func (d *Directory) findUser(ctx context.Context, username string) (*ldap.Entry, error) {
-	filter := strings.ReplaceAll(d.cfg.UserFilter, "{username}", ldap.EscapeFilter(username))
+	filter := userFilter(d.cfg.UserFilter, username)
 	attrs := []string{"userAccountControl", "pwdAccountLockedTime"}
 	if d.nameAttr != "" {
 		attrs = append(attrs, d.nameAttr)
@@ -357,6 +357,11 @@ func (d *Directory) findUser(ctx context.Context, username string) (*ldap.Entry,
 		return nil, fmt.Errorf("%w: %q matches several entries", ErrInvalidCredentials, username)
 	}
 	return entries[0], nil
+}
+
+// userFilter puts username, escaped per RFC 4515 section 3, into the user_filter template.
+func userFilter(template, username string) string {
+	return strings.ReplaceAll(template, "{username}", ldap.EscapeFilter(username))
 }
 
 // timeLimit is the server-side time limit of searches, in whole seconds.

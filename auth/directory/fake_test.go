@@ -1,10 +1,8 @@
 package directory
 
 import (
-	"errors"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -204,7 +202,7 @@ func wanted(attrs []string, name string) bool {
 	return false
 }
 
-func str(p *ber.Packet) string { return string(p.Data.Bytes()) }
+func str(p *ber.Packet) string { return p.Data.String() }
 
 // match evaluates a compiled filter (RFC 4511 4.5.1) against e; f.mu is held.
 func (f *fakeDir) match(p *ber.Packet, e *fakeEntry) bool {
@@ -431,6 +429,3 @@ func silentServer(t *testing.T) string {
 
 // refusedURL returns an ldap:// URL on a port nothing listens on.
 func refusedURL(t *testing.T) string { return "ldap://" + freeAddr(t) }
-
-var _ = errors.New
-var _ = strconv.Itoa

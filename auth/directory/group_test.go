@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/go-ldap/ldap/v3"
 )
 
 func TestDecodeSID(t *testing.T) {
@@ -69,4 +71,25 @@ func TestGroupMatches(t *testing.T) {
 	if got := groupFromDN("ou=g,dc=x"); got.CN != "" {
 		t.Errorf("groupFromDN without cn: CN %q", got.CN)
 	}
+}
+
+// FuzzUserFilter: whatever a client sends as its username, the filter sent to the directory is
+// one equality assertion on uid whose value is exactly that username, or the username is refused.
+func FuzzUserFilter(f *testing.F) {
+	for _, s := range []string{"alice", "*", "*)(uid=*", `a\2a`, "\x00", "é", ")(|(objectClass=*"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		if checkUsername(name) != nil {
+			return
+		}
+		filter := userFilter("(uid={username})", name)
+		p, err := ldap.CompileFilter(filter)
+		if err != nil {
+			t.Fatalf("username %q gives filter %q that does not compile: %v", name, filter, err)
+		}
+		if p.Tag != ldap.FilterEqualityMatch || len(p.Children) != 2 || p.Children[1].Data.String() != name {
+			t.Fatalf("username %q gives filter %q, not (uid=<literal>)", name, filter)
+		}
+	})
 }
