@@ -69,6 +69,19 @@ func TestOperateConnections(t *testing.T) {
 	if byUser["alice"] == nil || byUser["bob"] == nil {
 		t.Fatalf("listed %v, want alice and bob", first)
 	}
+	// The API as the README's curl examples call it, with paging: both fit a page of 5, so no
+	// NextToken; a MaxResults below AWS's 5 is refused naming the field.
+	var page struct {
+		Connections []map[string]any
+		NextToken   *string
+	}
+	if err := json.Unmarshal([]byte(s.adminCurl("DescribeClientVpnConnections", `{"MaxResults": 5}`, "200")), &page); err != nil ||
+		len(page.Connections) != 2 || page.NextToken != nil {
+		t.Errorf("a page of 5: %v, %d connections, NextToken %v", err, len(page.Connections), page.NextToken)
+	}
+	if out := s.adminCurl("DescribeClientVpnConnections", `{"MaxResults": 4}`, "400"); !strings.Contains(out, "InvalidParameterValue") || !strings.Contains(out, "MaxResults") {
+		t.Errorf("MaxResults 4: %s", out)
+	}
 	aliceAddr := strings.Split(s.tunAddress(alice), "/")[0]
 	if byUser["alice"]["ClientIp"] != aliceAddr {
 		t.Errorf("alice's ClientIp %v, her tun0 has %s", byUser["alice"]["ClientIp"], aliceAddr)
@@ -231,6 +244,21 @@ func (s *setup) listConnections() []map[string]any {
 		s.t.Fatalf("connections list --json: %v in\n%s", err, out)
 	}
 	return resp.Connections
+}
+
+// adminCurl posts body to the admin API's action with curl, as the README shows, and returns
+// the response body; it fails the test unless curl succeeds with HTTP status code.
+func (s *setup) adminCurl(action, body, code string) string {
+	s.t.Helper()
+	out, err := exec.Command("curl", "-sS", "-w", "\n%{http_code}", "--unix-socket", s.ep.AdminSocket, "-X", "POST",
+		"http://cvpn/"+action, "-d", body).CombinedOutput()
+	text := strings.TrimSpace(string(out))
+	i := strings.LastIndexByte(text, '\n') // the status code is the last line
+	resp, status := text[:max(i, 0)], text[i+1:]
+	if err != nil || status != code {
+		s.t.Fatalf("curl %s %s: %v, status %s, want %s\n%s", action, body, err, status, code, out)
+	}
+	return resp
 }
 
 // cvpn runs the cvpn binary with args and returns its stdout; it fails the test on a non-zero
