@@ -364,6 +364,26 @@ func userFilter(template, username string) string {
 	return strings.ReplaceAll(template, "{username}", ldap.EscapeFilter(username))
 }
 
+// canonicalName is the username as the directory spells it: the value of the filter's attribute
+// that the directory matched. LDAP equality rules ignore case and insignificant spaces, so
+// "ALICE " finds alice; state kept per user (MFA secrets, tokens) must not tell them apart.
+func canonicalName(entry *ldap.Entry, attr, username string) string {
+	if attr == "" {
+		return username
+	}
+	values := entry.GetEqualFoldAttributeValues(attr)
+	norm := func(s string) string { return strings.Join(strings.Fields(s), " ") }
+	for _, v := range values {
+		if strings.EqualFold(norm(v), norm(username)) {
+			return v
+		}
+	}
+	if len(values) == 1 {
+		return values[0]
+	}
+	return username
+}
+
 // timeLimit is the server-side time limit of searches, in whole seconds.
 func (d *Directory) timeLimit() int {
 	s := int(d.cfg.Timeout / time.Second)
@@ -375,15 +395,7 @@ func (d *Directory) timeLimit() int {
 
 // user builds the User of entry, reading the groups.
 func (d *Directory) user(ctx context.Context, username string, entry *ldap.Entry) (*User, error) {
-	u := &User{DN: entry.DN, Name: username}
-	if d.nameAttr != "" {
-		for _, v := range entry.GetEqualFoldAttributeValues(d.nameAttr) {
-			if strings.EqualFold(v, username) {
-				u.Name = v
-				break
-			}
-		}
-	}
+	u := &User{DN: entry.DN, Name: canonicalName(entry, d.nameAttr, username)}
 	var err error
 	switch {
 	case d.cfg.NestedGroups:

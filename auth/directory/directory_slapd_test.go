@@ -50,6 +50,9 @@ func TestSlapdLoginGroupsAndLookup(t *testing.T) {
 	if len(u.Groups) != 1 || !u.Groups[0].Matches("eng") || !u.Groups[0].Matches(l.GroupDN("eng")) || u.Groups[0].Matches("ops") {
 		t.Fatalf("alice's groups = %+v, want eng only", u.Groups)
 	}
+	if u, err := d.Authenticate(ctx, " ALICE", "alice-pw"); err != nil || u.Name != "alice" {
+		t.Errorf("Authenticate(\" ALICE\") = %+v, %v; want the name alice as slapd spells it", u, err)
+	}
 	if _, err := d.Authenticate(ctx, "alice", "bob-pw"); !errors.Is(err, ErrInvalidCredentials) {
 		t.Errorf("wrong password: %v", err)
 	}

@@ -82,6 +82,15 @@ func groupDNs(u *User) []string {
 func TestAuthenticateReadsMemberOf(t *testing.T) {
 	f := newFakeDir(t, svcDN, fixture()...)
 	d := newDir(t, baseConfig(f.url()))
+	for _, spelling := range []string{"ALICE", " alice  "} {
+		u, err := d.Lookup(context.Background(), spelling)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.Name != "alice" {
+			t.Errorf("Lookup(%q).Name = %q, want alice (the directory's spelling)", spelling, u.Name)
+		}
+	}
 	u, err := d.Authenticate(context.Background(), "ALICE", "alice-pw")
 	if err != nil {
 		t.Fatal(err)
@@ -354,6 +363,25 @@ func TestFailoverToSecondURL(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), cfg.URLs[0]) {
 		t.Errorf("no log line names the failed server: %q", logs.String())
+	}
+}
+
+func TestServiceBindFailure(t *testing.T) {
+	f := newFakeDir(t, svcDN, fixture()...)
+	var logs testlog.Buffer
+	cfg := baseConfig(f.url())
+	cfg.BindPassword = "wrong"
+	cfg.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	d := newDir(t, cfg)
+	_, err := d.Authenticate(context.Background(), "alice", "alice-pw")
+	if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrInvalidCredentials) {
+		t.Fatalf("err = %v, want ErrUnavailable (a configuration problem, not the user's credentials)", err)
+	}
+	if !strings.Contains(logs.String(), "service account cannot bind") || strings.Contains(logs.String(), "wrong") {
+		t.Errorf("log: %q; want the service bind failure named, without its password", logs.String())
+	}
+	if _, ok := d.backoffUntil(f.url()); ok {
+		t.Error("a service bind failure put the server in back-off")
 	}
 }
 

@@ -288,7 +288,8 @@ func valueEqual(attr, a, b string) bool {
 		y, err2 := ldap.ParseDN(b)
 		return err1 == nil && err2 == nil && x.EqualFold(y)
 	}
-	return strings.EqualFold(a, b)
+	// caseIgnoreMatch: case and insignificant spaces do not count (RFC 4518 section 2.6.1).
+	return strings.EqualFold(strings.Join(strings.Fields(a), " "), strings.Join(strings.Fields(b), " "))
 }
 
 // proxy forwards TCP connections to a backend; tests drop them or take the address down and up.
