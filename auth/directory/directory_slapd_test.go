@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,5 +163,41 @@ func TestSlapdRestartRecovery(t *testing.T) {
 	l.Restart()
 	if _, err := d.Lookup(ctx, "alice"); err != nil {
 		t.Fatalf("Lookup across a restart: %v", err)
+	}
+}
+
+// TestSlapdNoGoroutineLeak: after Close, no connection goroutine of the pools is left.
+func TestSlapdNoGoroutineLeak(t *testing.T) {
+	l := slapdlab.Start(t)
+	l.AddUser("alice", "alice-pw")
+	before := runtime.NumGoroutine()
+	cfg := slapdConfig(t, l, l.LDAPSURL)
+	cfg.PoolSize = 3
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := d.Authenticate(context.Background(), "alice", "alice-pw"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := runtime.NumGoroutine(); n <= before {
+		t.Fatalf("%d goroutines with pooled connections open, %d before: the check below proves nothing", n, before)
+	}
+	_ = d.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after Close, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
