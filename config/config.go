@@ -471,7 +471,10 @@ const RouteTargetLocal = "local"
 // AuthorizeAllGroups holds.
 type AuthorizationRule struct {
 	TargetNetworkCIDR  netip.Prefix // target_network_cidr, required, host bits clear
-	AccessGroupID      string       // access_group_id: a client certificate OU
+	// AccessGroupID (access_group_id) names a group: a client certificate
+	// OU, or a directory group by its cn, its DN or (Active Directory) its
+	// objectSid string.
+	AccessGroupID      string
 	AuthorizeAllGroups bool         // authorize_all_groups
 	Description        string       // description
 }
