@@ -470,13 +470,13 @@ const RouteTargetLocal = "local"
 // network (authorization_rules[i]). Exactly one of AccessGroupID != "" and
 // AuthorizeAllGroups holds.
 type AuthorizationRule struct {
-	TargetNetworkCIDR  netip.Prefix // target_network_cidr, required, host bits clear
+	TargetNetworkCIDR netip.Prefix // target_network_cidr, required, host bits clear
 	// AccessGroupID (access_group_id) names a group: a client certificate
 	// OU, or a directory group by its cn, its DN or (Active Directory) its
 	// objectSid string.
 	AccessGroupID      string
-	AuthorizeAllGroups bool         // authorize_all_groups
-	Description        string       // description
+	AuthorizeAllGroups bool   // authorize_all_groups
+	Description        string // description
 }
 
 // BandwidthLimit is a per-group override of BandwidthLimitMbps
