@@ -4,6 +4,14 @@
 // to add, change and delete users and groups as the root DN. Admin writes go over an ldapi://
 // unix socket, so they work even when slapd runs in another network namespace.
 //
+// In end-to-end tests the directory can sit in the lab's VPC namespace, where the VPN server
+// reaches it over the VPC link:
+//
+//	l := slapdlab.StartIn(t, lab.VPC, netlab.VPCHost.String()) // URLs name 10.0.1.10
+//	l.AddUser("alice", "pw"); l.AddGroup("eng", "alice")
+//
+// The certificate covers the address given; the test process itself keeps writing over ldapi.
+//
 // It does not fake anything: tests that need an in-process server use gldap instead
 // (see auth/directory). Nothing is skipped: a missing slapd fails the test, saying `make deps`.
 package slapdlab
