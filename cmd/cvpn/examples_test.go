@@ -253,6 +253,46 @@ func TestDirectoryExamples(t *testing.T) {
 	}
 }
 
+// TestDirectoryExamplePasswordMode: as checked out by git (mode 0644), the example password
+// file is refused, with the fix named; cvpn never reads a password other users could read.
+func TestDirectoryExamplePasswordMode(t *testing.T) {
+	dir := t.TempDir()
+	copyFile := func(from, to string, mode os.FileMode) {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(examplesDir, from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, to)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, to), data, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(dir, to), mode); err != nil { // past the umask
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"pki/server.crt", "pki/server.key", "pki/tc.key", "pki/ca.crt", "pki/crl.pem"} {
+		copyFile(f, f, 0o644)
+	}
+	copyFile("ldap-endpoint.yaml", "ldap-endpoint.yaml", 0o644)
+	copyFile("ldap-bind-password", "ldap-bind-password", 0o644)
+	f := filepath.Join(dir, "ldap-endpoint.yaml")
+	code, _, stderr := runCmd(t, "validate", "--config", f)
+	lines := nonEmptyLines(stderr)
+	if code != exitInvalid || len(lines) != 1 ||
+		!regexp.MustCompile(`^`+regexp.QuoteMeta(f)+`:\d+: authentication\.directory\.bind_password_file: .* is readable by every user of the host \(mode 0644\); .*chmod o-r`).MatchString(lines[0]) {
+		t.Errorf("validate with a world-readable password file: exit %d (want %d), stderr:\n%s", code, exitInvalid, stderr)
+	}
+	if err := os.Chmod(filepath.Join(dir, "ldap-bind-password"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCmd(t, "validate", "--config", f); code != 0 {
+		t.Errorf("validate with the password file 0640: exit %d, stderr:\n%s", code, stderr)
+	}
+}
+
 func nonEmptyLines(s string) []string {
 	var out []string
 	sc := bufio.NewScanner(bytes.NewReader([]byte(s)))
