@@ -351,7 +351,7 @@ func (r *Running) putCRL(set *pki.CRLSet) {
 // watchCRL starts the CRL watcher on ep's CRL file, checking new lists against ep's client root
 // CAs; nothing when ep has no CRL file. r.mu is held, or r is not shared yet.
 func (r *Running) watchCRL(ep *Endpoint) {
-	if ep.Config.Authentication.Certificate.CRLFile == "" {
+	if c := ep.Config.Authentication.Certificate; c == nil || c.CRLFile == "" {
 		return
 	}
 	poll := r.opts.crlPoll

@@ -84,6 +84,10 @@ func loadConfig(path *string, stderr io.Writer) (*config.Endpoint, bool) {
 		printConfigError(stderr, err)
 		return nil, false
 	}
+	if cfg.Authentication.Certificate == nil {
+		fmt.Fprintf(stderr, "cvpn client: %s has no authentication.certificate: its clients log in through the directory and need no certificate\n", file)
+		return nil, false
+	}
 	return cfg, true
 }
 

@@ -118,3 +118,21 @@ func TestUserMFAErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestClientCommandsOnDirectoryOnlyEndpoint: the certificate commands say why they do not
+// apply to an endpoint whose users log in through the directory alone.
+func TestClientCommandsOnDirectoryOnlyEndpoint(t *testing.T) {
+	chmodExamplePassword(t)
+	for _, args := range [][]string{
+		{"client", "list"},
+		{"client", "issue", "alice"},
+		{"client", "revoke", "alice"},
+		{"client", "refresh-crl"},
+	} {
+		args = append(args, "--config", filepath.Join(examplesDir, "ad-endpoint.yaml"))
+		code, _, stderr := runCmd(t, args...)
+		if code == 0 || !strings.Contains(stderr, "no authentication.certificate") {
+			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+}
