@@ -99,6 +99,20 @@ const (
 	CodeIdentityChanged      session.RefusalCode = "identity_changed"
 )
 
+// RefusalCodes are the codes the pipeline refuses with, the client-connect handler's reasons
+// included.
+func RefusalCodes() []session.RefusalCode {
+	codes := []session.RefusalCode{CodeNoCertificate, CodeNoCredentials, CodeBadCredentials, CodeInvalidCredentials,
+		CodeDirectoryUnavailable, CodeDisabled, CodeMFAChallenge, CodeMFAInvalid, CodeMFAReplayed, CodeMFANotEnrolled,
+		CodeMFALocked, CodeChallengeUnknown, CodeTokenInvalid, CodeIdentityChanged}
+	for _, o := range connecthandler.Outcomes() {
+		if o != connecthandler.OutcomeAllowed && o != connecthandler.OutcomeDenied {
+			codes = append(codes, session.RefusalCode(o))
+		}
+	}
+	return append(codes, connecthandler.ReasonDenied)
+}
+
 // What clients are told. A wrong password and an unknown user read the same.
 const (
 	msgInvalidCredentials = "wrong username or password"

@@ -11,6 +11,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 
+	"github.com/cvpn/cvpn/auth"
 	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/endpoint/admin"
 	"github.com/cvpn/cvpn/endpoint/connlog"
@@ -187,7 +188,8 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 			connLog.Close()
 		}
 	}()
-	adm, err := newAdmission(ep, opts.Log, opts.Now, nil)
+	mx.PrepareRefusals(auth.RefusalCodes()...)
+	adm, err := newAdmission(ep, opts.Log, opts.Now, mx)
 	if err != nil {
 		return nil, err
 	}

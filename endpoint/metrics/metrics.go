@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/cvpn/cvpn/auth/connecthandler"
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tunnel"
 	"github.com/cvpn/cvpn/tunnel/counters"
@@ -100,6 +101,8 @@ type Metrics struct {
 
 	authFailures *prometheus.CounterVec
 	handshake    prometheus.Histogram
+	handlerCalls *prometheus.CounterVec
+	handlerTime  prometheus.Histogram
 
 	// mu guards the fields below, and serialises scrapes so that each one's traffic totals are
 	// at least the last one's (a scrape lists the sessions with mu held, then sends without).
@@ -130,6 +133,15 @@ func New(src Sources) *Metrics {
 			Help:    "Time from a session's first packet to its admission (TLS handshake, authentication, address).",
 			Buckets: HandshakeBuckets,
 		}),
+		handlerCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cvpn_client_connect_handler_calls_total",
+			Help: "Client-connect handler calls by outcome: allowed, denied, or AWS's failure reason (client-connect-handler-timed-out, ...).",
+		}, []string{"outcome"}),
+		handlerTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "cvpn_client_connect_handler_duration_seconds",
+			Help:    "How long client-connect handler calls took, whatever their outcome.",
+			Buckets: HandshakeBuckets,
+		}),
 		endedIDs: map[uint64]struct{}{},
 		seen:     map[uint64]counters.TrafficSnapshot{},
 	}
@@ -137,7 +149,10 @@ func New(src Sources) *Metrics {
 	for _, c := range RefusalCodes {
 		m.authFailures.WithLabelValues(string(c))
 	}
-	m.reg.MustRegister(m, m.authFailures, m.handshake,
+	for _, o := range connecthandler.Outcomes() {
+		m.handlerCalls.WithLabelValues(o)
+	}
+	m.reg.MustRegister(m, m.authFailures, m.handshake, m.handlerCalls, m.handlerTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -153,6 +168,20 @@ func (m *Metrics) Gatherer() prometheus.Gatherer { return m.reg }
 // Connected records the session's handshake duration.
 func (m *Metrics) Connected(s tunnel.Status) {
 	m.handshake.Observe(s.HandshakeDuration.Seconds())
+}
+
+// PrepareRefusals exports cvpn_authentication_failures_total at 0 for more codes than
+// RefusalCodes: those of the endpoint's admission pipeline.
+func (m *Metrics) PrepareRefusals(codes ...session.RefusalCode) {
+	for _, c := range codes {
+		m.authFailures.WithLabelValues(string(c))
+	}
+}
+
+// Observe records a client-connect handler call (Metrics is a connecthandler.Observer).
+func (m *Metrics) Observe(outcome string, d time.Duration) {
+	m.handlerCalls.WithLabelValues(outcome).Inc()
+	m.handlerTime.Observe(d.Seconds())
 }
 
 // Refused counts an authentication failure under its code.

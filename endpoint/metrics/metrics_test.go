@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/cvpn/cvpn/auth/connecthandler"
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tunnel"
 	"github.com/cvpn/cvpn/tunnel/counters"
@@ -430,4 +431,24 @@ func TestTotalsMonotonicUnderChurn(t *testing.T) {
 	if v != float64(wantIngress) {
 		t.Errorf("cvpn_ingress_bytes_total = %v after all ended, want %v", v, wantIngress)
 	}
+}
+
+// TestClientConnectHandlerMetrics: every outcome has a series from the start, and each call
+// counts under its outcome and in the duration histogram; refusal codes of the admission
+// pipeline are exported at 0 once prepared.
+func TestClientConnectHandlerMetrics(t *testing.T) {
+	m := New(Sources{})
+	m.PrepareRefusals("invalid_credentials", "client-connect-handler-timed-out")
+	fams := scrape(t, m.Handler())
+	for _, o := range connecthandler.Outcomes() {
+		want(t, fams, 0, "cvpn_client_connect_handler_calls_total", "outcome", o)
+	}
+	want(t, fams, 0, "cvpn_authentication_failures_total", "reason", "invalid_credentials")
+	m.Observe(connecthandler.OutcomeAllowed, 20*time.Millisecond)
+	m.Observe(connecthandler.ReasonTimedOut, 30*time.Second)
+	m.Observe(connecthandler.ReasonTimedOut, 30*time.Second)
+	fams = scrape(t, m.Handler())
+	want(t, fams, 1, "cvpn_client_connect_handler_calls_total", "outcome", connecthandler.OutcomeAllowed)
+	want(t, fams, 2, "cvpn_client_connect_handler_calls_total", "outcome", connecthandler.ReasonTimedOut)
+	want(t, fams, 3, "cvpn_client_connect_handler_duration_seconds")
 }
