@@ -15,6 +15,7 @@ import (
 	"github.com/cvpn/cvpn/auth/mfa"
 	"github.com/cvpn/cvpn/auth/token"
 	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/endpoint/admin"
 	"github.com/cvpn/cvpn/state"
 )
 
@@ -216,4 +217,43 @@ func groupIDs(cfg *config.Endpoint) []string {
 		ids = append(ids, b.AccessGroupID)
 	}
 	return ids
+}
+
+// totpEnrolments are admin.Enrolments over a TOTP.
+type totpEnrolments struct{ t *mfa.TOTP }
+
+func (e totpEnrolments) Enroll(ctx context.Context, user string, force bool) (string, error) {
+	enrolled, err := e.t.Enrolled(ctx, user)
+	if err != nil {
+		return "", err
+	}
+	if enrolled && !force {
+		return "", admin.ErrEnrolled
+	}
+	return e.t.Enroll(ctx, user)
+}
+
+func (e totpEnrolments) Reset(ctx context.Context, user string) error { return e.t.Reset(ctx, user) }
+
+// OpenEnrolments opens the TOTP enrolments of an endpoint that is not running (the state store
+// is free); close releases the store.
+func OpenEnrolments(cfg *config.Endpoint) (e admin.Enrolments, close func(), err error) {
+	m := cfg.Authentication.MFA
+	if cfg.Authentication.Directory == nil || m == nil {
+		return nil, nil, errors.New("the endpoint has no second factor (authentication.mfa)")
+	}
+	st, sealer, err := OpenState(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return totpEnrolments{&mfa.TOTP{Store: st, Sealer: sealer, Issuer: m.TOTPIssuer}}, func() { _ = st.Close() }, nil
+}
+
+// enrolments are the running endpoint's TOTP enrolments, for the admin API.
+func (r *Running) enrolments() (admin.Enrolments, error) {
+	t, err := r.adm.mfa(r.Endpoint().Config)
+	if err != nil {
+		return nil, err
+	}
+	return totpEnrolments{t}, nil
 }

@@ -69,7 +69,13 @@ func (l *lab) startWithHostAddrs(addrs *fakeHostAddrs) error {
 // must be counted as host_address.
 func (l *lab) reaches(s *client.Session, dst netip.Addr, seq byte) bool {
 	l.t.Helper()
-	before := l.run.Server().Drops()["host_address"]
+	return l.reachesOr(s, dst, seq, "host_address")
+}
+
+// reachesOr is reaches for a packet that, refused, is counted under the drop reason why.
+func (l *lab) reachesOr(s *client.Session, dst netip.Addr, seq byte, why string) bool {
+	l.t.Helper()
+	before := l.run.Server().Drops()[why]
 	if err := s.WritePacket(ipv4UDP(s.Address().Addr(), dst, 40000, seq)); err != nil {
 		l.t.Fatalf("WritePacket: %v", err)
 	}
@@ -82,11 +88,11 @@ func (l *lab) reaches(s *client.Session, dst netip.Addr, seq byte) bool {
 			}
 			return true
 		case <-time.After(10 * time.Millisecond):
-			if l.run.Server().Drops()["host_address"] > before {
+			if l.run.Server().Drops()[why] > before {
 				return false
 			}
 		case <-deadline:
-			l.t.Fatalf("the packet to %s neither left the TUN nor was counted as host_address: %v", dst, l.run.Server().Drops())
+			l.t.Fatalf("the packet to %s neither left the TUN nor was counted as %s: %v", dst, why, l.run.Server().Drops())
 		}
 	}
 }

@@ -241,6 +241,7 @@ func startAdmin(r *Running, ep *Endpoint, pool *ippool.Pool, history *admin.Hist
 		History:    history,
 		Started:    r.opts.Now(),
 		Now:        r.opts.Now,
+		MFA:        r.enrolments,
 	}
 	return admin.Listen(ep.Config.Admin.Socket, admin.NewHandler(src, r.log))
 }

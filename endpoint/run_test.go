@@ -3,6 +3,7 @@ package endpoint
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"log/slog"
@@ -199,6 +200,10 @@ type clientOptions struct {
 	id       *pki.Identity // the client's identity; default a new one of the client CA named cn
 	// timeout bounds the handshake; default 10 s. Tests that expect no answer shorten it.
 	timeout time.Duration
+	// username and password are sent in the key-method 2 block when username is set; noCert
+	// sends no client certificate.
+	username, password string
+	noCert             bool
 }
 
 // dial connects a new client with a certificate of the client CA; the server's certificate must
@@ -228,6 +233,9 @@ func (l *lab) dial(o clientOptions) (*client.Session, *pki.Identity, error) {
 	if err != nil {
 		l.t.Fatal(err)
 	}
+	if o.noCert {
+		cert = tls.Certificate{}
+	}
 	roots := x509.NewCertPool()
 	roots.AddCert(o.serverCA.Cert)
 	if o.timeout == 0 {
@@ -237,6 +245,7 @@ func (l *lab) dial(o clientOptions) (*client.Session, *pki.Identity, error) {
 	defer cancel()
 	s, err := client.Connect(ctx, client.Config{
 		Server: netip.AddrPortFrom(serverAddr, o.port), Certificate: cert, RootCAs: roots, TLSCrypt: l.keys[o.key],
+		Username: o.username, Password: o.password,
 		Dial: func(context.Context) (net.PacketConn, error) {
 			return l.net.ListenPacket(netip.AddrPortFrom(netip.MustParseAddr("203.0.113.1"), 0))
 		},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -10,6 +11,8 @@ import (
 	"github.com/cvpn/cvpn/auth/mfa"
 	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/endpoint"
+	"github.com/cvpn/cvpn/endpoint/admin"
+	"github.com/cvpn/cvpn/state"
 )
 
 const userUsage = `usage: cvpn user mfa enroll NAME [--config FILE] [--force]
@@ -79,16 +82,15 @@ func cmdUser(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var uri string
-	err = withTOTP(ctx, ep, func(t mfaStore) error {
+	err = withEnrolments(ctx, ep, func(e admin.Enrolments) error {
 		if verb == "reset" {
-			return t.Reset(ctx, user)
+			return e.Reset(ctx, user)
 		}
-		if enrolled, err := t.Enrolled(ctx, user); err != nil {
-			return err
-		} else if enrolled && !force {
-			return fmt.Errorf("%s is enrolled already; --force replaces the secret (the old authenticator stops working)", user)
+		var err error
+		uri, err = e.Enroll(ctx, user, force)
+		if errors.Is(err, admin.ErrEnrolled) {
+			err = fmt.Errorf("%s is enrolled already; --force replaces the secret (the old authenticator stops working)", user)
 		}
-		uri, err = t.Enroll(ctx, user)
 		return err
 	})
 	if err != nil {
@@ -103,25 +105,38 @@ func cmdUser(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// mfaStore is what enrolment needs of a second factor, local or through the admin API.
-type mfaStore interface {
-	Enroll(ctx context.Context, user string) (string, error)
-	Enrolled(ctx context.Context, user string) (bool, error)
-	Reset(ctx context.Context, user string) error
-}
-
-// withTOTP runs f on the endpoint's TOTP enrolments: in the state store itself when no
+// withEnrolments runs f on the endpoint's TOTP enrolments: in the state store itself when no
 // endpoint holds it, else through the running endpoint's admin API.
-func withTOTP(ctx context.Context, ep *config.Endpoint, f func(mfaStore) error) error {
-	st, sealer, err := endpoint.OpenState(ep)
+func withEnrolments(ctx context.Context, ep *config.Endpoint, f func(admin.Enrolments) error) error {
+	e, closeStore, err := endpoint.OpenEnrolments(ep)
+	if errors.Is(err, state.ErrInUse) {
+		return f(adminEnrolments{admin.NewClient(ep.Admin.Socket)})
+	}
 	if err != nil {
-		if c, ok := runningMFA(ep); ok {
-			return f(c)
-		}
 		return err
 	}
-	defer st.Close()
-	return f(&mfa.TOTP{Store: st, Sealer: sealer, Issuer: ep.Authentication.MFA.TOTPIssuer})
+	defer closeStore()
+	return f(e)
+}
+
+// adminEnrolments are the enrolments of a running endpoint, through its admin API.
+type adminEnrolments struct{ c *admin.Client }
+
+func (a adminEnrolments) Enroll(ctx context.Context, user string, force bool) (string, error) {
+	out, err := a.c.EnrollUserMFA(ctx, admin.EnrollUserMfaInput{Username: user, Force: force})
+	var e *admin.Error
+	if errors.As(err, &e) && e.Code == "IncorrectState" {
+		return "", admin.ErrEnrolled
+	}
+	if err != nil {
+		return "", err
+	}
+	return out.OtpauthURI, nil
+}
+
+func (a adminEnrolments) Reset(ctx context.Context, user string) error {
+	_, err := a.c.ResetUserMFA(ctx, admin.ResetUserMfaInput{Username: user})
+	return err
 }
 
 // printEnrollment prints an enrolment for the operator to hand over: the QR code, the URI

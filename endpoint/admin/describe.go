@@ -42,6 +42,8 @@ type Source struct {
 	Started time.Time
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// MFA returns the running endpoint's TOTP enrolments, or why it has none; nil: none.
+	MFA func() (Enrolments, error)
 
 	// tokenOnce draws tokenKey, the key NextTokens are signed with (tokenSecret).
 	tokenOnce sync.Once

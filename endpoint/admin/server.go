@@ -56,6 +56,20 @@ func NewHandler(src *Source, log *slog.Logger) *Handler {
 	handle(h, "DescribeClientVpnEndpoints", src.describeEndpoints)
 	handle(h, "DescribeClientVpnRoutes", src.describeRoutes)
 	handle(h, "DescribeClientVpnAuthorizationRules", src.describeAuthorizationRules)
+	handle(h, "CvpnEnrollUserMfa", func(in EnrollUserMfaInput) (EnrollUserMfaOutput, error) {
+		out, err := src.enrollUserMFA(in)
+		if err == nil {
+			h.log.Info("admin: user enrolled for MFA", "username", in.Username, "replaced", in.Force)
+		}
+		return out, err
+	})
+	handle(h, "CvpnResetUserMfa", func(in ResetUserMfaInput) (ResetUserMfaOutput, error) {
+		out, err := src.resetUserMFA(in)
+		if err == nil {
+			h.log.Info("admin: user's MFA secret removed", "username", in.Username)
+		}
+		return out, err
+	})
 	return h
 }
 
