@@ -11,8 +11,9 @@ STATICCHECK_VERSION ?= v0.8.2
 # Debian packages the tests, the demo and the benchmark run: the stock client and server (openvpn),
 # iperf3, ip (iproute2), ping (iputils-ping), the stock server's MASQUERADE (iptables), packet
 # captures while debugging (tcpdump), unshare, setpriv and mount (util-linux), the CA bundle that
-# `go mod download` needs (ca-certificates), and the Prometheus server and promtool that the metrics
-# tests scrape and lint with (prometheus). Each must exist in Debian: `apt-cache policy NAME`.
+# `go mod download` needs (ca-certificates), the Prometheus server and promtool that the metrics
+# tests scrape and lint with (prometheus), and the OpenLDAP server the directory tests start
+# (slapd) with its command-line tools (ldap-utils). Each must exist in Debian: `apt-cache policy NAME`.
 DEB_PACKAGES := openvpn iperf3 iproute2 iputils-ping iptables tcpdump util-linux ca-certificates prometheus slapd ldap-utils
 
 help: ## list the targets
