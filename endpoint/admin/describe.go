@@ -65,6 +65,16 @@ func identity(info *tunnel.Info) string {
 	return info.CommonName
 }
 
+// commonName is the certificate's common name, or, for a directory user without a
+// certificate, the username, as AWS fills CommonName ("the name of the client certificate, or
+// the Active Directory user name").
+func commonName(info *tunnel.Info) string {
+	if info.CommonName == "" {
+		return info.Username
+	}
+	return info.CommonName
+}
+
 // transport names the engine's transport ("UDPv4", "TCPv4_SERVER") as AWS names its transport
 // protocols: "udp" or "tcp".
 func transport(t string) string {
@@ -91,10 +101,10 @@ func (s *Source) connection(st tunnel.Status, now time.Time, status Status, end 
 		EgressBytes:               count(st.Traffic.TxBytes),
 		IngressPackets:            count(st.Traffic.RxPackets),
 		EgressPackets:             count(st.Traffic.TxPackets),
-		CommonName:                info.CommonName,
+		CommonName:                commonName(info),
 		Status:                    status,
 		ConnectionEndTime:         end,
-		PostureComplianceStatuses: []string{},
+		PostureComplianceStatuses: append([]string{}, info.Posture...),
 		Cvpn: ConnectionExtensions{
 			TransportProtocol: transport(info.Transport),
 			Cipher:            info.Cipher,
