@@ -55,7 +55,18 @@ func newHandlerLab(t *testing.T, body string, timeoutSeconds int) *handlerLab {
 	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true, Extra: fmt.Sprintf(
 		"connection_log: {enabled: true, file: connections.log}\n"+
 			"client_connect_handler: {command: [%s, --from-cvpn], timeout_seconds: %d}\n", script, timeoutSeconds)})
+	noRaces(t, s)
 	return &handlerLab{setup: s, dir: dir, logPath: filepath.Join(filepath.Dir(s.ep.Config), "connections.log")}
+}
+
+// noRaces fails the test if cvpn, built with CVPN_E2E_RACE=1, reported a data race by the time
+// the test ends.
+func noRaces(t *testing.T, s *setup) {
+	t.Cleanup(func() {
+		if out := s.srv.Output(); strings.Contains(out, "WARNING: DATA RACE") {
+			t.Errorf("cvpn reported a data race:\n%s", out)
+		}
+	})
 }
 
 // requests returns the requests the handler has been sent so far, decoded; a request that is
@@ -287,6 +298,15 @@ EOF`, 5)
 	if args := strings.TrimSpace(string(mustRead(t, filepath.Join(h.dir, "args")))); args != "--from-cvpn" {
 		t.Errorf("the handler's arguments are %q, want the configured --from-cvpn", args)
 	}
+
+	// A common name full of JSON and shell metacharacters reaches the handler intact, as one
+	// line of JSON: the handler's `read` got all of it, and it decodes to the certificate's CN.
+	const odd = `o'brien "ob" \ <&> $(id) {"allow":true}`
+	other := h.connect(odd, netlab.ProfileOptions{})
+	h.ping(other, netlab.VPCHost.String())
+	if req := h.requestOf(odd); req["common-name"] != odd {
+		t.Errorf("request common-name %q, want %q", req["common-name"], odd)
+	}
 }
 
 // TestConnectHandlerDenies: a handler that says no refuses the client with its message, which
@@ -363,7 +383,7 @@ echo '{"allow": true, "schema-version": "v2"}'`, 30)
 	}
 	out := held.proc.Output()
 	if strings.Contains(out, "Initialization Sequence Completed") || strings.Contains(out, "AUTH_FAILED") {
-		t.Fatalf("the held client finished its handshake while its handler was held:\n%s", out)
+		t.Fatalf("the held client's handshake ended before the late client connected: a hung handler held up another handshake\n%s", out)
 	}
 	if len(h.requests()) != 3 {
 		t.Errorf("the handler got %d requests, want 3 (early, held, late)", len(h.requests()))
@@ -487,6 +507,7 @@ func TestConnectHandlerHTTPS(t *testing.T) {
 	s := newSetupInLab(t, lab, netlab.EndpointOptions{TLSCrypt: true, Extra: fmt.Sprintf(
 		"connection_log: {enabled: true, file: connections.log}\n"+
 			"client_connect_handler: {url: \"https://127.0.0.1:8443/connect\", ca_file: %s, timeout_seconds: 5}\n", caFile)})
+	noRaces(t, s)
 	h := &handlerLab{setup: s, dir: t.TempDir(), logPath: filepath.Join(filepath.Dir(s.ep.Config), "connections.log")}
 
 	carol := h.connect("carol", netlab.ProfileOptions{Groups: []string{"finance"}})
