@@ -53,6 +53,12 @@ type EndpointOptions struct {
 	DefaultBandwidth bool
 	// Keepalive replaces the default keepalive mapping (YAML flow).
 	Keepalive string
+	// NoCertificate leaves authentication.certificate out: clients are not authenticated by
+	// certificate (a directory-only endpoint, with Authentication naming the directory).
+	NoCertificate bool
+	// Authentication is YAML written under the authentication key after the certificate
+	// line, each line indented by two spaces already (e.g. "  directory:\n    url: ...\n").
+	Authentication string
 	// Extra is appended to the file verbatim.
 	Extra string
 }
@@ -73,6 +79,21 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), ca.CertPEM, 0o644); err != nil {
 		return nil, err
+	}
+	if o.NoCertificate {
+		// Without client_root_ca_file, the CA that profiles carry is the root the server's
+		// certificate file chains to: it follows the server's certificate there.
+		f, err := os.OpenFile(filepath.Join(dir, "server.crt"), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			return nil, err
+		}
+		_, err = f.Write(ca.CertPEM)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	e := &Endpoint{Dir: dir, Config: filepath.Join(dir, "endpoint.yaml"), CA: ca, AdminSocket: filepath.Join(dir, "admin.sock")}
 	if o.ClientCIDR == "" {
@@ -119,7 +140,11 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 			fmt.Fprintf(&b, "  tls_auth_digest: %s\n", o.TLSAuthDigest)
 		}
 	}
-	fmt.Fprintf(&b, "authentication:\n  certificate: {client_root_ca_file: ca.crt}\n")
+	fmt.Fprintf(&b, "authentication:\n")
+	if !o.NoCertificate {
+		fmt.Fprintf(&b, "  certificate: {client_root_ca_file: ca.crt}\n")
+	}
+	b.WriteString(o.Authentication)
 	fmt.Fprintf(&b, "data_ciphers: [AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305]\n")
 	fmt.Fprintf(&b, "target_network: {interface: eth1, snat_address: %s}\n", SNATAddress)
 	fmt.Fprintf(&b, "tun: {name: cvpn0}\n")
