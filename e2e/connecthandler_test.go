@@ -247,7 +247,15 @@ func TestConnectHandlerAllows(t *testing.T) {
 cat <<'EOF'
 {"allow": true, "error-msg-on-denied-connection": "", "posture-compliance-statuses": ["compliant", "disk-encrypted"], "schema-version": "v2", "handler-note": "unknown keys are ignored"}
 EOF`, 5)
-	c := h.connect("alice", netlab.ProfileOptions{Groups: []string{"engineering", "ops"}})
+	// push-peer-info adds IV_PLAT_VER (the kernel release) to what the client announces;
+	// reneg-sec 2 has it renegotiate soon.
+	c := h.connect("alice", netlab.ProfileOptions{Groups: []string{"engineering", "ops"}, Extra: "push-peer-info\nreneg-sec 2\n"})
+	h.ping(c, netlab.VPCHost.String())
+	// A renegotiation is not a new connection: the handler is not asked again (requestOf
+	// below wants exactly one request for alice).
+	if err := waitCount(c.proc, "Control Channel: TLS", 2, 20*time.Second); err != nil {
+		t.Fatalf("alice did not renegotiate: %v", err)
+	}
 	h.ping(c, netlab.VPCHost.String())
 
 	req := h.requestOf("alice")
@@ -276,6 +284,7 @@ EOF`, 5)
 		"common-name":            "alice",
 		"username":               "", // certificate authentication: no directory user (AWS sends "")
 		"platform":               "linux",
+		"platform-version":       kernelRelease(t),
 		"public-ip":              rec["device-ip"],
 		"client-openvpn-version": openvpnVersion(t),
 		"groups":                 "engineering,ops",
@@ -560,4 +569,15 @@ func newSetupInLab(t *testing.T, lab *netlab.Lab, o netlab.EndpointOptions) *set
 		t.Fatal(err)
 	}
 	return s
+}
+
+// kernelRelease is `uname -r`: what the stock client sends as IV_PLAT_VER with push-peer-info
+// (push_peer_info, src/openvpn/ssl.c), the kernel the lab's namespaces share.
+func kernelRelease(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("uname", "-r").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(out))
 }
