@@ -97,7 +97,7 @@ func (s *Source) resetUserMFA(in ResetUserMfaInput) (ResetUserMfaOutput, error) 
 	if err := e.Reset(ctx, in.Username); err != nil {
 		return ResetUserMfaOutput{}, err
 	}
-	return ResetUserMfaOutput{Username: in.Username}, nil
+	return ResetUserMfaOutput(in), nil
 }
 
 // EnrollUserMFA enrols a user of the running endpoint's second factor (CvpnEnrollUserMfa).
