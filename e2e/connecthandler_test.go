@@ -53,10 +53,64 @@ func newHandlerLab(t *testing.T, body string, timeoutSeconds int) *handlerLab {
 		t.Fatal(err)
 	}
 	s := newSetup(t, netlab.EndpointOptions{TLSCrypt: true, Extra: fmt.Sprintf(
-		"connection_log: {enabled: true, file: connections.log}\n"+
+		"connection_log: {enabled: true, file: connections.log}\n"+handlerMetricsConfig+
 			"client_connect_handler: {command: [%s, --from-cvpn], timeout_seconds: %d}\n", script, timeoutSeconds)})
 	noRaces(t, s)
+	if err := s.srv.WaitFor("metrics listening", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	return &handlerLab{setup: s, dir: dir, logPath: filepath.Join(filepath.Dir(s.ep.Config), "connections.log")}
+}
+
+// handlerMetricsConfig has cvpn serve /metrics in its namespace, at metricsAddr.
+var handlerMetricsConfig = "metrics: {listen_address: \"" + metricsAddr.String() + "\"}\n"
+
+// checkMetrics scrapes cvpn's /metrics and checks the client-connect handler's series:
+// cvpn_client_connect_handler_calls_total by outcome is calls (every outcome of
+// connecthandler.Outcomes exported, those not in calls at 0), the duration histogram counted
+// every call, and cvpn_authentication_failures_total counted each refusal under the handler's
+// reason.
+func (h *handlerLab) checkMetrics(calls map[string]int) {
+	h.t.Helper()
+	resp, err := httpIn(h.lab.Server).Get("http://" + metricsAddr.String() + "/metrics")
+	if err != nil {
+		h.t.Fatalf("scraping cvpn's metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	samples := map[string]string{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if name, value, ok := strings.Cut(line, " "); ok && !strings.HasPrefix(line, "#") {
+			samples[name] = value
+		}
+	}
+	outcomes := []string{"allowed", "denied", "client-connect-handler-timed-out", "client-connect-handler-other-execution-error",
+		"client-connect-handler-throttled", "client-connect-handler-invalid-response", "client-connect-handler-service-error"}
+	total := 0
+	for _, o := range outcomes {
+		total += calls[o]
+		series := fmt.Sprintf(`cvpn_client_connect_handler_calls_total{outcome=%q}`, o)
+		if got, ok := samples[series]; !ok || got != strconv.Itoa(calls[o]) {
+			h.t.Errorf("%s = %q (exported: %v), want %d", series, got, ok, calls[o])
+		}
+		if o == "allowed" {
+			continue
+		}
+		reason := o
+		if o == "denied" {
+			reason = "client-connect-failed"
+		}
+		series = fmt.Sprintf(`cvpn_authentication_failures_total{reason=%q}`, reason)
+		if got, want := samples[series], strconv.Itoa(calls[o]); calls[o] > 0 && got != want {
+			h.t.Errorf("%s = %q, want %s", series, got, want)
+		}
+	}
+	if got := samples["cvpn_client_connect_handler_duration_seconds_count"]; got != strconv.Itoa(total) {
+		h.t.Errorf("cvpn_client_connect_handler_duration_seconds_count = %q, want %d calls", got, total)
+	}
 }
 
 // noRaces fails the test if cvpn, built with CVPN_E2E_RACE=1, reported a data race by the time
@@ -316,6 +370,7 @@ EOF`, 5)
 	if req := h.requestOf(odd); req["common-name"] != odd {
 		t.Errorf("request common-name %q, want %q", req["common-name"], odd)
 	}
+	h.checkMetrics(map[string]int{"allowed": 2})
 }
 
 // TestConnectHandlerDenies: a handler that says no refuses the client with its message, which
@@ -329,6 +384,7 @@ EOF`, 5)
 	const message = "Your device is not compliant: update the OS, then reconnect"
 	h.refused("mallory", message)
 	h.checkFailure("mallory", "client-connect-failed", message)
+	h.checkMetrics(map[string]int{"denied": 1})
 }
 
 // TestConnectHandlerTimesOut: a handler that does not answer within timeout_seconds refuses
@@ -341,6 +397,7 @@ echo $! > "$DIR/sleep.pid"
 wait`, 1)
 	h.refused("slowpoke", handlerFailureMessage)
 	h.checkFailure("slowpoke", "client-connect-handler-timed-out", handlerFailureMessage)
+	h.checkMetrics(map[string]int{"client-connect-handler-timed-out": 1})
 
 	// The handler's background sleep went with it (cvpn kills the handler's process group).
 	pid, err := strconv.Atoi(strings.TrimSpace(string(mustRead(t, filepath.Join(h.dir, "sleep.pid")))))
@@ -406,6 +463,7 @@ echo '{"allow": true, "schema-version": "v2"}'`, 30)
 		t.Fatalf("held client after its handler answered: %v", err)
 	}
 	h.ping(held, netlab.VPCHost.String())
+	h.checkMetrics(map[string]int{"allowed": 3})
 }
 
 // TestConnectHandlerCrashes: a handler killed by a signal, or exiting with a non-zero status,
@@ -430,6 +488,7 @@ esac`, 5)
 			t.Errorf("%s: the handler's standard error reached the client:\n%s", cn, out)
 		}
 	}
+	h.checkMetrics(map[string]int{"client-connect-handler-other-execution-error": 2})
 	srv := h.srv.Output()
 	for _, want := range []string{"was killed by signal segmentation fault", "exited with status 3", "secret backend at 10.9.8.7 is down"} {
 		if !strings.Contains(srv, want) {
@@ -468,6 +527,7 @@ func TestConnectHandlerInvalidResponse(t *testing.T) {
 		h.expectRefused(c, cn, handlerFailureMessage)
 		h.checkFailure(cn, "client-connect-handler-invalid-response", handlerFailureMessage)
 	}
+	h.checkMetrics(map[string]int{"client-connect-handler-invalid-response": len(cases)})
 }
 
 // TestConnectHandlerHTTPS: the handler is an https:// URL (a Go TLS server in cvpn's namespace,
@@ -515,9 +575,12 @@ func TestConnectHandlerHTTPS(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := newSetupInLab(t, lab, netlab.EndpointOptions{TLSCrypt: true, Extra: fmt.Sprintf(
-		"connection_log: {enabled: true, file: connections.log}\n"+
+		"connection_log: {enabled: true, file: connections.log}\n"+handlerMetricsConfig+
 			"client_connect_handler: {url: \"https://127.0.0.1:8443/connect\", ca_file: %s, timeout_seconds: 5}\n", caFile)})
 	noRaces(t, s)
+	if err := s.srv.WaitFor("metrics listening", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	h := &handlerLab{setup: s, dir: t.TempDir(), logPath: filepath.Join(filepath.Dir(s.ep.Config), "connections.log")}
 
 	carol := h.connect("carol", netlab.ProfileOptions{Groups: []string{"finance"}})
@@ -548,6 +611,7 @@ func TestConnectHandlerHTTPS(t *testing.T) {
 	if got["carol"].req["connection-id"] != rec["connection-id"] || got["carol"].req["groups"] != "finance" {
 		t.Errorf("carol's request %v does not describe the logged connection %s with group finance", got["carol"].req, rec["connection-id"])
 	}
+	h.checkMetrics(map[string]int{"allowed": 1, "denied": 1})
 }
 
 // newSetupInLab is newSetup in a lab the caller made (and closes).
