@@ -238,7 +238,7 @@ func (d *dirSetup) neverLogged(secrets ...string) {
 // authorized for (dev by its cn, ops by its DN) and not the other group's network. A wrong
 // password gets AUTH_FAILED and the client asks again; renegotiations (every 10 s) carry the
 // auth-token without a prompt, and a user removed from its group loses the group's network at
-// the next one, without a reconnect.
+// the next one, without a reconnect; a user whose account is locked loses the session there.
 func TestDirectoryLoginGroups(t *testing.T) {
 	t.Parallel()
 	d := newDirSetup(t, dirOptions{EndpointOptions: netlab.EndpointOptions{
@@ -311,6 +311,16 @@ func TestDirectoryLoginGroups(t *testing.T) {
 	if !firstToken.MatchString(alice.con.Output()) {
 		t.Errorf("alice's client was pushed no auth-token at login")
 	}
+
+	// oscar's account is locked (ppolicy): his next renegotiation is refused and his session
+	// ends with the reason; the client asks for credentials again (auth-retry interact).
+	d.ldap.LockUser("oscar")
+	oscar.expect(t, `AUTH: Received control message: AUTH_FAILED,the account is disabled or was removed\r\n`, 25*time.Second)
+	oscar.expect(t, `Enter Auth Username:`, 15*time.Second)
+	if !regexp.MustCompile(`renegotiation refused.*user=oscar.*reason=`).MatchString(d.srv.Output()) {
+		t.Errorf("cvpn did not log oscar's refused renegotiation")
+	}
+	d.failedAttempt("oscar", "account_disabled")
 
 	r := d.failedAttempt("alice", "invalid_credentials")
 	if r["connection-attempt-failure-reason"] != "invalid_credentials: wrong username or password" {
@@ -450,8 +460,9 @@ func TestMFAStaticChallenge(t *testing.T) {
 
 // TestMFADynamicChallenge: on an endpoint whose second factor is asked for by a CRV1 dynamic
 // challenge (its exported profile has no static-challenge), the stock client sends the password,
-// gets AUTH_FAILED,CRV1:..., asks only for the code, and connects. The renegotiation and a
-// reconnect carry the auth-token without a prompt.
+// gets AUTH_FAILED,CRV1:..., asks only for the code, and connects. The same code answering a
+// second client's challenge is refused as replayed. The renegotiation and a reconnect carry the
+// auth-token without a prompt.
 func TestMFADynamicChallenge(t *testing.T) {
 	t.Parallel()
 	d := newDirSetup(t, dirOptions{
@@ -484,6 +495,18 @@ func TestMFADynamicChallenge(t *testing.T) {
 	if !strings.HasPrefix(r["connection-attempt-failure-reason"], "mfa_challenge: CRV1:R,E:") {
 		t.Errorf("failure reason %q", r["connection-attempt-failure-reason"])
 	}
+
+	// A second client of dave's answers its own challenge with the code just used: refused.
+	again := d.startLogin("dave-again", profile)
+	again.login(t, "dave", pw)
+	again.expect(t, `AUTH: Received control message: AUTH_FAILED,CRV1:`, 30*time.Second)
+	again.expect(t, `CHALLENGE: Code from your app`, 30*time.Second)
+	if err := again.con.Send(code); err != nil {
+		t.Fatal(err)
+	}
+	again.expect(t, `AUTH: Received control message: AUTH_FAILED,that code was already used: wait for the next one\r\n`, 30*time.Second)
+	again.con.Kill()
+	d.failedAttempt("dave", "mfa_replayed")
 
 	c.expect(t, renewedToken.String(), 30*time.Second)
 	if err := c.con.Signal(syscall.SIGUSR1); err != nil {
