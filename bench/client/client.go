@@ -116,6 +116,11 @@ type Config struct {
 	Log *slog.Logger
 	// Now is the clock for keepalive, certificate validity and handshake timing; nil means time.Now.
 	Now func() time.Time
+	// OnInfoPre, when set, is called with the text of each INFO_PRE the server sends while a
+	// login is pending (AUTH_PENDING), such as "WEB_AUTH::https://...": a single sign-on
+	// client opens that URL. Announce IV_SSO (PeerInfo) to be offered one. It runs on the
+	// control goroutine and must not block.
+	OnInfoPre func(text string)
 	// OnPacket, when set, receives every IP packet the server sends, on the session's receive
 	// goroutine, instead of the queue ReadPacket reads (which then stays empty). ip aliases the
 	// receive buffer and is valid only during the call; OnPacket must not block. A load

@@ -92,7 +92,14 @@ func (s *Session) controlMessage(m string, reply *push.Reply) {
 		s.fail(fmt.Errorf("%w: %q", ErrRestart, m))
 	case "HALT":
 		s.fail(fmt.Errorf("%w: %q", ErrHalt, m))
-	case "INFO", "INFO_PRE", "AUTH_PENDING":
+	case "INFO_PRE", "AUTH_PENDING":
+		// A deferred login (single sign-on): the server waits for the user elsewhere, and
+		// INFO_PRE says where ("WEB_AUTH::<url>" or "OPEN_URL:<url>").
+		s.log.Info("server message", "msg", m)
+		if verb == "INFO_PRE" && s.cfg.OnInfoPre != nil {
+			s.cfg.OnInfoPre(arg)
+		}
+	case "INFO":
 		s.log.Info("server message", "msg", m)
 	default:
 		s.log.Debug("control message ignored", "msg", m)

@@ -281,6 +281,7 @@ func (m *Manager) newSession(link dataplane.Link, local, remote packet.SessionID
 	set := m.set.Load()
 	now := m.cfg.Now()
 	s := &Session{
+		closed:    make(chan struct{}),
 		m:         m,
 		id:        m.nextID.Add(1),
 		connID:    newConnectionID(),

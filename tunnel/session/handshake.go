@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -105,7 +106,7 @@ func (s *Session) runKey(k *channel.Key) {
 	// client reads it as the next TLS record.
 	cipher := s.set.Ciphers[0]
 	if adm != nil {
-		cipher = adm.ident.Cipher
+		cipher = adm.cipher
 	} else if info := s.peer.Identity(); info != nil {
 		cipher = info.Cipher
 	}
@@ -119,6 +120,9 @@ func (s *Session) runKey(k *channel.Key) {
 	if _, err := conn.Write(reply.Append(nil)); err != nil {
 		failed("key exchange failed")
 		return
+	}
+	if refusal == nil && adm != nil && adm.pending != nil {
+		adm, refusal = s.awaitLogin(conn, adm, &state, &msg, &peer)
 	}
 	if refusal != nil {
 		var r *Refusal
@@ -184,24 +188,79 @@ func (s *Session) runKey(k *channel.Key) {
 	s.controlLoop(conn, k)
 }
 
-// admission is what admit decided for key 0.
+// admission is what admit decided for key 0: the admitted session, or a login still pending.
 type admission struct {
-	info  *Info
-	ident *dataplane.Identity
-	ekm   bool
-	proto uint32 // IV_PROTO bits the client announced
+	info    *Info
+	ident   *dataplane.Identity
+	cipher  datacrypto.Cipher
+	ekm     bool
+	proto   uint32   // IV_PROTO bits the client announced
+	pending *Pending // the hooks deferred the login: info and ident are not made yet
 }
 
 // admit authenticates and authorizes the client of key 0 through the hooks, negotiates its
 // cipher and assigns its address and peer-id. The certificate was verified by TLS against the
-// client root CA.
+// client root CA. A login the hooks defer comes back as an admission with only pending and
+// cipher set (awaitLogin completes it).
 func (s *Session) admit(ctx context.Context, state *tls.ConnectionState, msg *keymethod.ClientMessage, peer *keymethod.PeerInfo) (*admission, error) {
-	m := s.m
 	req := s.authRequest(state, msg, peer)
-	user, err := m.hooks.Authenticate(ctx, req)
+	user, err := s.m.hooks.Authenticate(ctx, req)
+	var pend *Pending
+	if errors.As(err, &pend) {
+		cipher, ok := negotiateCipher(s.set.Ciphers, msg, peer)
+		if !ok {
+			return nil, &Refusal{Message: "Data channel cipher negotiation failed (no shared cipher)", Code: RefusedNoSharedCipher}
+		}
+		return &admission{pending: pend, cipher: cipher}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
+	return s.admitUser(ctx, req, user, msg, peer)
+}
+
+// awaitLogin tells the client its login is pending and waits for it (AUTH_PENDING, then
+// INFO_PRE with what the hooks gave; protocol §10.4), holding the session pending meanwhile,
+// then admits the user it yields.
+func (s *Session) awaitLogin(conn *tls.Conn, adm *admission, state *tls.ConnectionState, msg *keymethod.ClientMessage, peer *keymethod.PeerInfo) (*admission, error) {
+	m := s.m
+	pend := adm.pending
+	timeout := min(max(pend.Timeout, m.cfg.HandWindow), MaxAuthPending)
+	until := m.cfg.Now().Add(timeout)
+	s.authUntil.Store(until.UnixNano())
+	pending := "AUTH_PENDING"
+	if peer.Proto&keymethod.ProtoAuthPending != 0 {
+		pending += ",timeout " + strconv.Itoa(int(timeout/time.Second))
+	}
+	for _, line := range []string{pending, "INFO_PRE," + pend.Extra} {
+		if _, err := conn.Write([]byte(line + "\x00")); err != nil {
+			return nil, fmt.Errorf("telling the client its login is pending: %w", err)
+		}
+	}
+	m.log.Info("authentication pending", "remote", s.link.Remote(), "timeout", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), until.Sub(m.cfg.Now()))
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	user, err := pend.Wait(ctx)
+	if err != nil {
+		if ctx.Err() != nil && s.state.Load() != stateClosed {
+			return nil, &Refusal{Message: "the login was not completed in time", Code: RefusedByHook}
+		}
+		return nil, err
+	}
+	return s.admitUser(ctx, s.authRequest(state, msg, peer), user, msg, peer)
+}
+
+// admitUser negotiates the cipher of an authenticated user's session, assigns its address and
+// peer-id and asks the hooks' OnConnect.
+func (s *Session) admitUser(ctx context.Context, req *AuthRequest, user *User, msg *keymethod.ClientMessage, peer *keymethod.PeerInfo) (*admission, error) {
+	m := s.m
 	cipher, ok := negotiateCipher(s.set.Ciphers, msg, peer)
 	if !ok {
 		return nil, &Refusal{Message: "Data channel cipher negotiation failed (no shared cipher)", Code: RefusedNoSharedCipher}
@@ -251,7 +310,8 @@ func (s *Session) admit(ctx context.Context, state *tls.ConnectionState, msg *ke
 	}
 	set := s.set
 	return &admission{
-		info: info,
+		cipher: cipher,
+		info:   info,
 		ident: &dataplane.Identity{
 			Addr:        addr,
 			PeerID:      uint32(idx),

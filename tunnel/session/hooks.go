@@ -56,6 +56,24 @@ type User struct {
 	Push []string
 }
 
+// Pending is what Authenticate returns to defer a login to something the user does elsewhere
+// (a browser single sign-on): the client is told AUTH_PENDING and, as INFO_PRE, Extra (such
+// as "WEB_AUTH::https://..."), and the session waits on Wait, at most Timeout (and never more
+// than MaxAuthPending), before it is admitted or refused (src/openvpn/push.c,
+// send_auth_pending_messages). Only clients that can show Extra should get one: those that
+// announce IV_SSO.
+type Pending struct {
+	Extra   string
+	Timeout time.Duration
+	// Wait blocks until the login completed (the user) or failed (a refusal), or ctx ends.
+	Wait func(ctx context.Context) (*User, error)
+}
+
+func (p *Pending) Error() string { return "authentication pending: " + p.Extra }
+
+// MaxAuthPending bounds how long a deferred login may keep a session pending.
+const MaxAuthPending = 10 * time.Minute
+
 // Refusal is an admission refusal the client is told about (AUTH_FAILED,<Message>).
 type Refusal struct {
 	Message string

@@ -54,6 +54,10 @@ type Session struct {
 	ekmFlag  atomic.Bool   // data keys come from the TLS exporter
 	proto    atomic.Uint32 // IV_PROTO bits the client announced
 	tornDown sync.Once
+	closed   chan struct{} // closed by teardown
+	// authUntil (unix nanoseconds) extends the hand window of a session whose login the hooks
+	// deferred (awaitLogin); zero otherwise.
+	authUntil atomic.Int64
 
 	mu sync.Mutex
 	// addr is the client's address once allocated (released at teardown).
@@ -121,7 +125,7 @@ func (s *Session) tick(now time.Time) {
 	}
 	switch s.state.Load() {
 	case statePending:
-		if now.Sub(s.since) > s.m.cfg.HandWindow {
+		if now.Sub(s.since) > s.m.cfg.HandWindow && now.UnixNano() > s.authUntil.Load() {
 			s.teardown("handshake did not finish within the hand window")
 		}
 		return
@@ -275,6 +279,7 @@ func (s *Session) teardown(reason string) {
 	s.tornDown.Do(func() {
 		m := s.m
 		prev := s.state.Swap(stateClosed)
+		close(s.closed)
 		m.mu.Lock()
 		registered := s.registered
 		m.forgetLocked(s)
