@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/base64"
 	"fmt"
 	"net/url"
@@ -8,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -219,6 +221,10 @@ func (d *dirSetup) failedAttempt(user, code string) map[string]string {
 func (d *dirSetup) neverLogged(secrets ...string) {
 	d.t.Helper()
 	b, _ := os.ReadFile(d.connLog)
+	// Nor an auth-token, which stands for the password until the session times out.
+	if strings.Contains(d.srv.Output(), "CVPN-AT1:") || bytes.Contains(b, []byte("CVPN-AT1:")) {
+		d.t.Errorf("cvpn or its connection log wrote an auth-token")
+	}
 	for _, s := range secrets {
 		for _, form := range []string{s, base64.StdEncoding.EncodeToString([]byte(s))} {
 			// A code is six digits: only a standalone occurrence is the code.
@@ -399,6 +405,8 @@ func (d *dirSetup) waitDirectoryBackoff() {
 // TOTP code, the stock client with the exported profile (static-challenge, the user's
 // certificate added) asks for the password and the code together; the user, enrolled with
 // `cvpn user mfa enroll`, connects. The same code from a second client is refused as replayed.
+// A profile without the static-challenge line gets a CRV1 challenge instead, where a wrong
+// code is refused.
 // A renegotiation and a reconnect (SIGUSR1) send the auth-token: no prompt again.
 func TestMFAStaticChallenge(t *testing.T) {
 	t.Parallel()
@@ -436,6 +444,27 @@ func TestMFAStaticChallenge(t *testing.T) {
 		t.Errorf("failure reason %q", r["connection-attempt-failure-reason"])
 	}
 
+	// A profile without the static-challenge line (an older profile, say): the password alone
+	// gets a CRV1 challenge. A wrong code there is refused as such.
+	plain := strings.Replace(d.profile("carol-plain"), `static-challenge "Enter your authenticator code" 1`+"\n", "", 1)
+	dyn := d.startLogin("carol-plain", plain)
+	dyn.login(t, "carol", pw)
+	dyn.expect(t, `AUTH: Received control message: AUTH_FAILED,CRV1:R,E:[A-Za-z0-9_-]+:`+
+		regexp.QuoteMeta(base64.StdEncoding.EncodeToString([]byte("carol")))+`:Enter your authenticator code\r\n`, 30*time.Second)
+	dyn.expect(t, `CHALLENGE: Enter your authenticator code`, 30*time.Second)
+	n, err := strconv.Atoi(code)
+	if err != nil {
+		t.Fatalf("code %q: %v", code, err)
+	}
+	wrong := fmt.Sprintf("%06d", (n+500000)%1000000) // not this step's code
+
+	if err := dyn.con.Send(wrong); err != nil {
+		t.Fatal(err)
+	}
+	dyn.expect(t, `AUTH: Received control message: AUTH_FAILED,wrong authenticator code\r\n`, 30*time.Second)
+	dyn.con.Kill()
+	d.failedAttempt("carol", "mfa_invalid")
+
 	// A renegotiation: the client sends its token and gets a renewed one, asking nothing.
 	c.expect(t, renewedToken.String(), 30*time.Second)
 	// A reconnect, as a ping-restart would do it: the token again.
@@ -455,7 +484,7 @@ func TestMFAStaticChallenge(t *testing.T) {
 	if n := strings.Count(d.srv.Output(), `msg="auth-token accepted"`); n < 1 {
 		t.Errorf("cvpn logged no reconnect by auth-token")
 	}
-	d.neverLogged(pw, code)
+	d.neverLogged(pw, code, wrong)
 }
 
 // TestMFADynamicChallenge: on an endpoint whose second factor is asked for by a CRV1 dynamic
