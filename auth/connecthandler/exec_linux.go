@@ -75,7 +75,10 @@ func (r *execRunner) run(ctx context.Context, body []byte) ([]byte, error) {
 		Stdin:       bytes.NewReader(body),
 		Stdout:      stdout,
 		Stderr:      stderr,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		// Pdeathsig: a handler does not outlive a cvpn that is killed mid-call. (The kernel
+		// sends it when the thread that started the handler exits; Go keeps its threads, so
+		// in practice that is when cvpn exits.)
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
 		WaitDelay:   pipeGrace,
 	}
 	if err := cmd.Start(); err != nil {

@@ -135,7 +135,11 @@ func (s *Session) runKey(k *channel.Key) {
 		if code == "" {
 			code = RefusedByHook
 		}
-		s.refused(code, r.Message, peerCertificate(conn), msg.Username)
+		user := msg.Username
+		if adm != nil && adm.info != nil {
+			user = adm.info.User
+		}
+		s.refused(code, r.Message, peerCertificate(conn), user)
 		s.tlsConn.Store(conn)
 		s.goodbye(authFailed(r.Message), "refused: "+r.Message)
 		return
@@ -302,7 +306,8 @@ func (s *Session) admitUser(ctx context.Context, req *AuthRequest, user *User, m
 		info.CommonName = req.Certificate.Subject.CommonName
 	}
 	if err := m.hooks.OnConnect(ctx, info); err != nil {
-		return nil, err
+		// The admission names the refused user in the log; its address goes back at teardown.
+		return &admission{info: info, cipher: cipher}, err
 	}
 	if len(user.Push) > 0 {
 		extra := slices.Clone(user.Push)
@@ -374,7 +379,7 @@ func peerCertificate(conn *tls.Conn) *x509.Certificate {
 
 // userOf names the user of an admission, "" before one.
 func (a *admission) userOf() string {
-	if a == nil {
+	if a == nil || a.info == nil {
 		return ""
 	}
 	return a.info.User
