@@ -53,10 +53,12 @@ type dirOptions struct {
 	netlab.EndpointOptions
 	MFA    string
 	Enroll []string
+	// StartTLS has cvpn dial slapd's ldap:// port and upgrade with StartTLS, instead of ldaps.
+	StartTLS bool
 }
 
 // newDirSetup starts slapd in a new lab's server namespace (cvpn reaches it on loopback over
-// ldaps, verified against slapd's test CA), writes the endpoint with reneg_seconds 10 (the
+// ldaps or StartTLS, verified against slapd's test CA), writes the endpoint with reneg_seconds 10 (the
 // least the config allows), its connection log and state_dir, enrolls o.Enroll and starts cvpn.
 func newDirSetup(t *testing.T, o dirOptions) *dirSetup {
 	t.Helper()
@@ -88,6 +90,10 @@ func newDirSetup(t *testing.T, o dirOptions) *dirSetup {
 	d.connLog = filepath.Join(dir, "connections.log")
 	eo := o.EndpointOptions
 	eo.TLSCrypt = true
+	url := d.ldap.LDAPSURL
+	if o.StartTLS {
+		url = d.ldap.URL + "\n    start_tls: true"
+	}
 	eo.Authentication = fmt.Sprintf(`  directory:
     url: %s
     ca_file: %s
@@ -97,7 +103,7 @@ func newDirSetup(t *testing.T, o dirOptions) *dirSetup {
     user_filter: "(&(objectClass=inetOrgPerson)(uid={username}))"
     group_attribute: memberOf
     timeout_seconds: 3
-`, d.ldap.LDAPSURL, filepath.Join(dir, "ldap-ca.pem"), d.ldap.ServiceDN, filepath.Join(dir, "ldap-bind-password"), d.ldap.PeopleDN) + o.MFA
+`, url, filepath.Join(dir, "ldap-ca.pem"), d.ldap.ServiceDN, filepath.Join(dir, "ldap-bind-password"), d.ldap.PeopleDN) + o.MFA
 	// remote_hostname is what export-client-config writes; startLogin points each client at
 	// its own link to the endpoint instead.
 	eo.Extra += fmt.Sprintf("remote_hostname: 172.31.1.1\nreneg_seconds: 10\nstate_dir: %s\nconnection_log: {enabled: true, file: %s}\n",
@@ -501,7 +507,8 @@ func TestMFAStaticChallenge(t *testing.T) {
 }
 
 // TestMFADynamicChallenge: on an endpoint whose second factor is asked for by a CRV1 dynamic
-// challenge (its exported profile has no static-challenge), the stock client sends the password,
+// challenge (its exported profile has no static-challenge; its directory is reached by
+// StartTLS), the stock client sends the password,
 // gets AUTH_FAILED,CRV1:..., asks only for the code, and connects. The same code answering a
 // second client's challenge is refused as replayed. The renegotiation and a reconnect carry the
 // auth-token without a prompt.
@@ -511,6 +518,7 @@ func TestMFADynamicChallenge(t *testing.T) {
 		EndpointOptions: netlab.EndpointOptions{NoCertificate: true},
 		MFA:             "  mfa: {challenge: dynamic, challenge_text: \"Code from your app\"}\n",
 		Enroll:          []string{"dave"},
+		StartTLS:        true,
 	})
 	const pw = "dave's Secret-5"
 	d.ldap.AddUser("dave", pw)
