@@ -70,6 +70,9 @@ type Config struct {
 	// TokenLifetime is how long after a login its auth-token is accepted: the session
 	// timeout, so a reconnect within it needs no password or code.
 	TokenLifetime time.Duration
+	// Federation, when set, logs users in at an identity provider through a browser (single
+	// sign-on) instead of a directory; it needs Tokens.
+	Federation *Federation
 	// Handler, when set, is asked about every authenticated connection.
 	Handler ConnectHandler
 	// EndpointID names the endpoint to the handler.
@@ -104,7 +107,7 @@ const (
 func RefusalCodes() []session.RefusalCode {
 	codes := []session.RefusalCode{CodeNoCertificate, CodeNoCredentials, CodeBadCredentials, CodeInvalidCredentials,
 		CodeDirectoryUnavailable, CodeDisabled, CodeMFAChallenge, CodeMFAInvalid, CodeMFAReplayed, CodeMFANotEnrolled,
-		CodeMFALocked, CodeChallengeUnknown, CodeTokenInvalid, CodeIdentityChanged}
+		CodeMFALocked, CodeChallengeUnknown, CodeTokenInvalid, CodeIdentityChanged, CodeSSOLogin, CodeSSOExpired, CodeSSOFailed}
 	for _, o := range connecthandler.Outcomes() {
 		if o != connecthandler.OutcomeAllowed && o != connecthandler.OutcomeDenied {
 			codes = append(codes, session.RefusalCode(o))
@@ -146,8 +149,12 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) (*Pipeline, error) 
 // Reconfigure checks and installs cfg.
 func (p *Pipeline) Reconfigure(cfg Config) error {
 	switch {
-	case !cfg.Certificate && cfg.Directory == nil:
-		return errors.New("auth: neither certificates nor a directory authenticate clients")
+	case !cfg.Certificate && cfg.Directory == nil && cfg.Federation == nil:
+		return errors.New("auth: neither certificates, a directory nor single sign-on authenticate clients")
+	case cfg.Federation != nil && cfg.Directory != nil:
+		return errors.New("auth: a directory and single sign-on exclude each other")
+	case cfg.Federation != nil && (cfg.Tokens == nil || cfg.Federation.Broker == nil || cfg.Federation.LoginURL == nil || cfg.Federation.Identities == nil):
+		return errors.New("auth: single sign-on needs an auth-token keyring, a login broker, login URLs and an identity store")
 	case cfg.MFA != nil && cfg.Directory == nil:
 		return errors.New("auth: a second factor needs a directory login")
 	case cfg.Directory != nil && cfg.Tokens == nil:
@@ -190,9 +197,12 @@ func (p *Pipeline) Authenticate(ctx context.Context, r *session.AuthRequest) (*s
 			return nil, refuse(CodeNoCertificate, "a client certificate is required")
 		}
 		log.Info("certificate accepted", "cn", cn, "serial", fmt.Sprintf("%X", r.Certificate.SerialNumber))
-		if cfg.Directory == nil {
+		if cfg.Directory == nil && cfg.Federation == nil {
 			return &session.User{Name: cn, Groups: ous}, nil
 		}
+	}
+	if cfg.Federation != nil {
+		return p.federated(ctx, cfg, log, r)
 	}
 	if !r.HasUserPass || r.Username == "" {
 		log.Warn("directory login refused", "reason", "no username and password sent")
@@ -257,6 +267,9 @@ func (p *Pipeline) Reauthenticate(ctx context.Context, info *session.Info, r *se
 	if info.Certificate != nil && !session.SameCertificate(info, r.Certificate) {
 		log.Warn("renegotiation refused", "reason", "another certificate")
 		return nil, refuse(CodeIdentityChanged, "renegotiation presented another certificate")
+	}
+	if info.Username != "" && cfg.Federation != nil {
+		return p.reauthenticateFederated(ctx, cfg, log, info, r)
 	}
 	if info.Username == "" || cfg.Directory == nil {
 		if info.Username != "" {

@@ -291,6 +291,22 @@ func NewState() string {
 // rules Parse applies to it; text may contain colons but no control
 // characters; and "AUTH_FAILED,"+payload must fit in MaxAuthFailed.
 func Challenge(echo bool, state, username, text string) (string, error) {
+	flags := "R"
+	if echo {
+		flags = "R,E"
+	}
+	return challenge(flags, state, username, text)
+}
+
+// Notice builds a dynamic challenge that asks for no response, only for Enter once the user
+// did what text says (a browser login): "CRV1:E:<state>:<base64 username>:<text>". The client
+// prompts all the same (src/openvpn/misc.c get_user_pass_cr) and answers
+// "CRV1::<state>::" with whatever was typed.
+func Notice(state, username, text string) (string, error) {
+	return challenge("E", state, username, text)
+}
+
+func challenge(flags, state, username, text string) (string, error) {
 	if err := checkState(state); err != nil {
 		return "", fmt.Errorf("credential: challenge: %w", err)
 	}
@@ -305,10 +321,6 @@ func Challenge(echo bool, state, username, text string) (string, error) {
 	}
 	if err := checkText("challenge text", text); err != nil {
 		return "", fmt.Errorf("credential: challenge: %w", err)
-	}
-	flags := "R"
-	if echo {
-		flags = "R,E"
 	}
 	payload := "CRV1:" + flags + ":" + state + ":" + base64.StdEncoding.EncodeToString([]byte(username)) + ":" + text
 	if n := len(authFailed) + len(payload); n > MaxAuthFailed {

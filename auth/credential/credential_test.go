@@ -315,3 +315,20 @@ func FuzzChallenge(f *testing.F) {
 		}
 	})
 }
+
+func TestNotice(t *testing.T) {
+	msg, err := Notice("st4te", "alice", "Open https://vpn.example.com/d/ABCD-EFGH in a browser, sign in, then press Enter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "CRV1:E:st4te:YWxpY2U=:Open https://vpn.example.com/d/ABCD-EFGH in a browser, sign in, then press Enter"; msg != want {
+		t.Errorf("Notice = %q, want %q", msg, want)
+	}
+	if _, err := Notice("st4te", "alice", strings.Repeat("x", MaxAuthFailed)); err == nil {
+		t.Error("an overlong notice was built")
+	}
+	c, err := Parse("alice", "CRV1::st4te::")
+	if err != nil || c.Kind != Dynamic || c.State != "st4te" || c.Response != "" {
+		t.Errorf("the answer to a notice: %+v %v", c, err)
+	}
+}
