@@ -68,13 +68,13 @@ func (r *execRunner) run(ctx context.Context, body []byte) ([]byte, error) {
 	stdout := &cappedBuffer{limit: MaxResponseSize, overflow: make(chan struct{})}
 	stderr := &cappedBuffer{limit: maxStderr}
 	cmd := &exec.Cmd{
-		Path:        r.path,
-		Args:        append([]string{r.path}, r.args...),
-		Env:         handlerEnv,
-		Dir:         "/",
-		Stdin:       bytes.NewReader(body),
-		Stdout:      stdout,
-		Stderr:      stderr,
+		Path:   r.path,
+		Args:   append([]string{r.path}, r.args...),
+		Env:    handlerEnv,
+		Dir:    "/",
+		Stdin:  bytes.NewReader(body),
+		Stdout: stdout,
+		Stderr: stderr,
 		// Pdeathsig: a handler does not outlive a cvpn that is killed mid-call. (The kernel
 		// sends it when the thread that started the handler exits; Go keeps its threads, so
 		// in practice that is when cvpn exits.)
