@@ -508,7 +508,7 @@ func TestMFAStaticChallenge(t *testing.T) {
 
 // TestMFADynamicChallenge: on an endpoint whose second factor is asked for by a CRV1 dynamic
 // challenge (its exported profile has no static-challenge; its directory is reached by
-// StartTLS), the stock client sends the password,
+// StartTLS; the user is enrolled while it runs), the stock client sends the password,
 // gets AUTH_FAILED,CRV1:..., asks only for the code, and connects. The same code answering a
 // second client's challenge is refused as replayed. The renegotiation and a reconnect carry the
 // auth-token without a prompt.
@@ -517,11 +517,12 @@ func TestMFADynamicChallenge(t *testing.T) {
 	d := newDirSetup(t, dirOptions{
 		EndpointOptions: netlab.EndpointOptions{NoCertificate: true},
 		MFA:             "  mfa: {challenge: dynamic, challenge_text: \"Code from your app\"}\n",
-		Enroll:          []string{"dave"},
 		StartTLS:        true,
 	})
 	const pw = "dave's Secret-5"
 	d.ldap.AddUser("dave", pw)
+	// Enrolled while cvpn runs and holds the state store: the CLI goes through its admin API.
+	d.secrets["dave"] = enroll(t, d.ep.Config, "dave")
 
 	profile := d.profile("dave")
 	if strings.Contains(profile, "static-challenge") {
