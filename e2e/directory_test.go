@@ -48,7 +48,8 @@ type dirSetup struct {
 
 // dirOptions shape a directory endpoint: the lab endpoint options (rules, routes,
 // NoCertificate), the YAML lines for authentication.mfa, and the users enrolled for TOTP
-// before cvpn starts (enrolment opens the state store, which cvpn serve then holds).
+// before cvpn starts (the CLI then opens the state store itself; once cvpn serve holds the
+// store, it goes through the admin API instead).
 type dirOptions struct {
 	netlab.EndpointOptions
 	MFA    string
