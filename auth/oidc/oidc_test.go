@@ -377,8 +377,8 @@ func TestIDTokenForAnotherAudience(t *testing.T) {
 		t.Fatalf("login for other-app: %v", err)
 	}
 	foreign := ro.tap.lastIDToken(t)
-	if err := r.exchangeWith(t, func(string) string { return foreign }); !errors.Is(err, ErrAudience) {
-		t.Errorf("token for other-app: %v, want ErrAudience", err)
+	if err := r.exchangeWith(t, func(string) string { return foreign }); !errors.Is(err, ErrAudience) || !strings.Contains(err.Error(), "lacks client ID") {
+		t.Errorf("token for other-app: %v, want ErrAudience on aud", err)
 	}
 
 	// Issued to other-app but also listing cvpn in aud: azp (other-app) gives it away.
