@@ -364,6 +364,18 @@ func TestExpiredAssertionRefused(t *testing.T) {
 	wantErr(t, err, ErrExpired)
 }
 
+// TestFutureAssertionRefused: the SP's clock five minutes behind the IdP's.
+func TestFutureAssertionRefused(t *testing.T) {
+	lab := samllab.Start(t)
+	lab.AddUser("alice", "pw")
+	sp, clk := newSP(t, lab, "portal", nil)
+	redirect, _ := begin(t, sp)
+	form := lab.Login(t, redirect, "alice", "pw")
+	clk.advance(-5 * time.Minute)
+	_, err := sp.Complete(acsRequest(form))
+	wantErr(t, err, ErrNotYetValid)
+}
+
 // TestReplayRefused posts one response twice, then again under a fresh login's state.
 func TestReplayRefused(t *testing.T) {
 	lab := samllab.Start(t)

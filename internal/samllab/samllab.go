@@ -15,6 +15,12 @@
 // button #login). Login drives the same pages with an http.Client for tests without a
 // browser and returns the form the browser would POST to the service provider's ACS.
 //
+// samlidp's login form posts the AuthnRequest back to /sso without the HTTP-Redirect
+// binding's query signature, so for a service provider that signs its AuthnRequests the
+// browser must already hold an IdP session (Login handles that by signing in at /login
+// first); service providers that do not sign (the default, as with AWS) work in a browser
+// as they are.
+//
 // The samlidp administration endpoints (/users, /services, /shortcuts, /sessions) refuse
 // every request that does not carry the lab's own random token, so a browser under test
 // cannot change the IdP; the lab itself uses them in-process.
