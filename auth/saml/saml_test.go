@@ -7,6 +7,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -649,4 +650,49 @@ func breakCerts(t *testing.T, md []byte) []byte {
 	}
 	b, _ := doc.WriteToBytes()
 	return b
+}
+
+// TestConcurrentLogins runs logins side by side (go test -race): each completes with its own
+// identity and state.
+func TestConcurrentLogins(t *testing.T) {
+	lab := samllab.Start(t)
+	sp, _ := newSP(t, lab, "portal", nil)
+	const n = 6
+	for i := range n {
+		lab.AddUser(fmt.Sprintf("user%d", i), "pw", fmt.Sprintf("group%d", i))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			redirect, login, err := sp.Begin()
+			if err != nil {
+				errs <- err
+				return
+			}
+			user := fmt.Sprintf("user%d", i)
+			_, form, err := lab.TryLogin(redirect, user, "pw")
+			if err != nil {
+				errs <- err
+				return
+			}
+			id, err := sp.Complete(acsRequest(form))
+			switch {
+			case err != nil:
+				errs <- err
+			case id.Username != user || id.State != login.State || !slices.Equal(id.Groups, []string{fmt.Sprintf("group%d", i)}):
+				errs <- fmt.Errorf("login %d completed as %+v", i, id)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if sp.Pending() != 0 {
+		t.Errorf("%d logins left pending", sp.Pending())
+	}
 }
