@@ -48,19 +48,44 @@ func (k *keySet) VerifySignature(ctx context.Context, jws *jose.JSONWebSignature
 	k.mu.Lock()
 	keys, gen := k.keys, k.fetches
 	k.mu.Unlock()
-	if key, err := zoidc.FindMatchingKey(kid, zoidc.KeyUseSignature, alg, keys...); err == nil {
+	if payload, found, err := verifyWith(jws, kid, alg, keys); found {
 		// A known key that does not verify the signature is a forgery, not a rotation.
-		return jws.Verify(&key)
+		return payload, err
 	}
 	keys, err := k.refetch(ctx, gen)
 	if err != nil {
 		return nil, err
 	}
-	key, err := zoidc.FindMatchingKey(kid, zoidc.KeyUseSignature, alg, keys...)
-	if err != nil {
+	payload, found, err := verifyWith(jws, kid, alg, keys)
+	if !found {
 		return nil, fmt.Errorf("%w (kid %.64q, alg %.16q)", errUnknownKey, kid, alg)
 	}
-	return jws.Verify(&key)
+	return payload, err
+}
+
+// verifyWith verifies jws with the key named kid, or, for a token without a kid, with each key
+// of a matching type in turn (a provider may publish several keys and name none). found reports
+// whether the key named kid is in keys, or for no kid whether a key verified.
+func verifyWith(jws *jose.JSONWebSignature, kid, alg string, keys []jose.JSONWebKey) (payload []byte, found bool, err error) {
+	if kid != "" {
+		key, ferr := zoidc.FindMatchingKey(kid, zoidc.KeyUseSignature, alg, keys...)
+		if ferr != nil {
+			return nil, false, nil
+		}
+		payload, err = jws.Verify(&key)
+		return payload, true, err
+	}
+	// Without a kid only a key that verifies counts as found, so that a rotation (no cached key
+	// verifies) still triggers a refetch.
+	for _, key := range keys {
+		if _, ferr := zoidc.FindMatchingKey("", zoidc.KeyUseSignature, alg, key); ferr != nil {
+			continue
+		}
+		if payload, err := jws.Verify(&key); err == nil {
+			return payload, true, nil
+		}
+	}
+	return nil, false, nil
 }
 
 // refetch fetches the key set unless another goroutine did since generation gen, or the last
