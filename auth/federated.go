@@ -153,7 +153,8 @@ func (p *Pipeline) notice(cfg *Config, log *slog.Logger, state, hint, url string
 		return refuse(CodeSSOLogin, "the login link cannot be sent")
 	}
 	log.Info("single sign-on: login link sent", "url", url)
-	return refuse(CodeSSOLogin, msg)
+	// The state admits whoever presents it once the browser login completed: client only.
+	return &session.Refusal{Message: msg, Logged: "single sign-on link sent: " + url, Code: CodeSSOLogin}
 }
 
 // federatedLogin makes the session user of a completed browser login and keeps its identity

@@ -446,7 +446,8 @@ func (p *Pipeline) challenge(cfg *Config, log *slog.Logger, u *directory.User) e
 		return refuse(CodeMFAChallenge, "the second factor cannot be asked for")
 	}
 	log.Info("second factor: dynamic challenge sent")
-	return refuse(CodeMFAChallenge, msg)
+	// The state stands for a checked password until it is answered: it goes to the client only.
+	return &session.Refusal{Message: msg, Logged: "dynamic challenge for the authenticator code sent", Code: CodeMFAChallenge}
 }
 
 // tokenLogin accepts an auth-token of an earlier login, with the user's current groups.

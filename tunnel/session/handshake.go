@@ -130,7 +130,7 @@ func (s *Session) runKey(k *channel.Key) {
 			m.log.Error("admission failed", "remote", s.link.Remote(), "err", refusal)
 			r = &Refusal{Message: "authentication failed"}
 		}
-		m.log.Warn("authentication refused", "remote", s.link.Remote(), "key_id", k.ID, "user", adm.userOf(), "reason", r.Message)
+		m.log.Warn("authentication refused", "remote", s.link.Remote(), "key_id", k.ID, "user", adm.userOf(), "reason", r.loggable())
 		code := r.Code
 		if code == "" {
 			code = RefusedByHook
@@ -139,9 +139,13 @@ func (s *Session) runKey(k *channel.Key) {
 		if adm != nil && adm.info != nil {
 			user = adm.info.User
 		}
-		s.refused(code, r.Message, peerCertificate(conn), user)
+		s.refused(code, r.loggable(), peerCertificate(conn), user)
 		s.tlsConn.Store(conn)
-		s.goodbye(authFailed(r.Message), "refused: "+r.Message)
+		bye := authFailed(r.Message)
+		if r.Logged != "" {
+			bye.logged = "AUTH_FAILED," + r.Logged
+		}
+		s.goodbye(bye, "refused: "+r.loggable())
 		return
 	}
 

@@ -77,10 +77,21 @@ const MaxAuthPending = 10 * time.Minute
 // Refusal is an admission refusal the client is told about (AUTH_FAILED,<Message>).
 type Refusal struct {
 	Message string
-	Code    RefusalCode // the kind of refusal (a metric label); RefusedByHook when empty
+	// Logged, when set, stands for Message in logs and events: a message that carries a secret
+	// (a challenge's state) is told to the client only.
+	Logged string
+	Code   RefusalCode // the kind of refusal (a metric label); RefusedByHook when empty
 }
 
-func (r *Refusal) Error() string { return r.Message }
+func (r *Refusal) Error() string { return r.loggable() }
+
+// loggable is what logs and events say of the refusal.
+func (r *Refusal) loggable() string {
+	if r.Logged != "" {
+		return r.Logged
+	}
+	return r.Message
+}
 
 // Info is what the rest of the endpoint may know about an established session: built once
 // when the session is admitted and never changed, so any goroutine may read it.

@@ -227,11 +227,21 @@ func (s *Session) user() string {
 // farewell is what a client is told before its session ends.
 type farewell struct {
 	msg string // the control message; "" tells nothing
+	// logged replaces msg in the log when msg holds a secret (a challenge's state).
+	logged string
 }
 
-func authFailed(reason string) farewell { return farewell{"AUTH_FAILED," + printable(reason)} }
-func restart() farewell                 { return farewell{"RESTART"} }
-func halt(reason string) farewell       { return farewell{"HALT," + printable(reason)} }
+func authFailed(reason string) farewell { return farewell{msg: "AUTH_FAILED," + printable(reason)} }
+func restart() farewell                 { return farewell{msg: "RESTART"} }
+func halt(reason string) farewell       { return farewell{msg: "HALT," + printable(reason)} }
+
+// loggable is the farewell as the log shows it.
+func (f farewell) loggable() string {
+	if f.logged != "" {
+		return f.logged
+	}
+	return f.msg
+}
 
 // Goodbye timings: the message is resent by the reliable layer until acked; the session is
 // torn down once it was acked, or after goodbyeWait, plus goodbyeGrace for the client to read
@@ -260,7 +270,7 @@ func (s *Session) goodbye(f farewell, reason string) {
 		s.teardown(reason)
 		return
 	}
-	s.m.log.Info("ending session", "user", s.user(), "remote", s.link.Remote(), "message", f.msg, "reason", reason)
+	s.m.log.Info("ending session", "user", s.user(), "remote", s.link.Remote(), "message", f.loggable(), "reason", reason)
 	_, _ = conn.Write([]byte(f.msg + "\x00"))
 	key := s.ctl.Current()
 	go func() {
