@@ -126,6 +126,16 @@ func TestDirectoryEndpoint(t *testing.T) {
 	if strings.Contains(l.logs.String(), "alice-pw") {
 		t.Error("the server logged a password")
 	}
+	// A challenge's state stands for the checked password: the client alone gets it.
+	_, _, err = l.dial(clientOptions{noCert: true, username: "alice", password: "alice-pw"})
+	_, crv1, _ := strings.Cut(fmt.Sprint(err), "CRV1:R,E:")
+	state, _, _ := strings.Cut(crv1, ":")
+	if len(state) < 16 {
+		t.Fatalf("no challenge state in %v", err)
+	}
+	if strings.Contains(l.logs.String(), state) {
+		t.Error("the server logged a challenge's state")
+	}
 	if _, err := c.ResetUserMFA(ctx, admin.ResetUserMfaInput{Username: "alice"}); err != nil {
 		t.Fatal(err)
 	}
