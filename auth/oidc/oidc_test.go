@@ -343,11 +343,21 @@ func TestTooManyLogins(t *testing.T) {
 func (r *rp) exchangeWith(t *testing.T, swap func(string) string) error {
 	t.Helper()
 	_, cb := r.signIn(t, "alice", "alice-pw")
-	r.tap.setSwap(swap)
+	var sent string
+	r.tap.setSwap(func(orig string) string { sent = swap(orig); return sent })
 	defer r.tap.setSwap(nil)
 	id, err := r.complete(t, cb)
 	if err == nil {
 		t.Errorf("accepted as %+v", id)
+		return nil
+	}
+	// No part of the token, nor the login's nonce, in the error.
+	reqs := r.lab.AuthRequests()
+	secrets := append(strings.Split(sent, "."), reqs[len(reqs)-1].Nonce, cb.Query().Get("code"))
+	for _, s := range secrets {
+		if len(s) >= 16 && strings.Contains(err.Error(), s) {
+			t.Errorf("the error %q reveals %.20q...", err, s)
+		}
 	}
 	return err
 }
@@ -574,7 +584,8 @@ func TestGroupsClaim(t *testing.T) {
 		{name: "list with a number", claim: []any{"eng", 7}, err: ErrClaims, errSub: "entry 1"},
 		{name: "nested list", claim: []any{[]string{"eng"}}, err: ErrClaims, errSub: "list"},
 		// 60000 groups: the token response passes the size bound before any parsing.
-		{name: "oversized response", claim: many(60000, 12), err: ErrTooLarge},
+		{name: "oversized ID token", claim: many(20000, 10), err: ErrTooLarge, errSub: "ID token of"},
+		{name: "oversized response", claim: many(60000, 12), err: ErrTooLarge, errSub: "token response"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			lab.SetClaim("alice", "groups", tc.claim)
@@ -714,6 +725,58 @@ func TestNew(t *testing.T) {
 	}
 	if _, err := New(context.Background(), base); err != nil {
 		t.Errorf("New with a good config: %v", err)
+	}
+
+	// A provider whose discovery document never ends, and one that redirects.
+	huge := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/.well-known/openid-configuration" {
+			http.Redirect(w, r, lab.Issuer+"/.well-known/openid-configuration", http.StatusFound)
+			return
+		}
+		w.Write([]byte(`{"issuer":"`))
+		for range 1024 {
+			w.Write(bytes.Repeat([]byte("a"), 1024))
+		}
+	}))
+	defer huge.Close()
+	cfg := Config{Issuer: huge.URL, ClientID: "cvpn", RedirectURL: redirectA, HTTPClient: huge.Client()}
+	if _, err := New(context.Background(), cfg); !errors.Is(err, ErrDiscovery) || !errors.Is(err, ErrTooLarge) {
+		t.Errorf("endless discovery document: %v, want ErrDiscovery and ErrTooLarge", err)
+	}
+	cfg.Issuer = huge.URL + "/redirecting"
+	if _, err := New(context.Background(), cfg); !errors.Is(err, ErrDiscovery) || !strings.Contains(err.Error(), "redirect") {
+		t.Errorf("redirecting discovery: %v, want ErrDiscovery", err)
+	}
+}
+
+func TestConcurrentLogins(t *testing.T) {
+	lab := startLab(t)
+	r := newRP(t, lab, "cvpn", "cvpn-secret", redirectA)
+	const n = 8
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			authURL, login, err := r.Begin(context.Background())
+			if err != nil {
+				errs <- err
+				return
+			}
+			cb, err := lab.TryLogin(authURL, "alice", "alice-pw")
+			if err != nil {
+				errs <- err
+				return
+			}
+			id, err := r.CompleteRequest(httptest.NewRequest(http.MethodGet, cb, nil))
+			if err == nil && (id.Username != "alice" || !strings.Contains(cb, login.State)) {
+				err = fmt.Errorf("identity %+v for login %s via %s", id, login.State, cb)
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
 	}
 }
 
