@@ -112,6 +112,7 @@ type Directory struct {
 	failMu      sync.Mutex // guards the fields below
 	failedUntil map[string]time.Time
 	lastErr     error
+	probing     bool // a dial is trying the server whose back-off ends first (dialAny)
 }
 
 var simpleFilter = regexp.MustCompile(`\(\s*([A-Za-z][A-Za-z0-9-]*)\s*=\s*\{username\}\s*\)`)

@@ -421,12 +421,21 @@ func TestRecoveryAfterBackoff(t *testing.T) {
 	if _, err := d.Authenticate(ctx, "alice", "alice-pw"); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("server down: err = %v, want ErrUnavailable", err)
 	}
-	f.proxy.up(t)
 	clk.advance(30 * time.Second)
 	if _, err := d.Authenticate(ctx, "alice", "alice-pw"); !errors.Is(err, ErrUnavailable) {
-		t.Fatalf("within the back-off: err = %v, want ErrUnavailable", err)
+		t.Fatalf("within the back-off, still down: err = %v, want ErrUnavailable", err)
 	}
-	clk.advance(31 * time.Second)
+	// Every server is in back-off: the one whose back-off ends first is still tried, so a
+	// server that came back serves at once rather than after its back-off.
+	f.proxy.up(t)
+	clk.advance(10 * time.Second)
+	if _, err := d.Authenticate(ctx, "alice", "alice-pw"); err != nil {
+		t.Fatalf("within the back-off, server back: %v", err)
+	}
+	f.proxy.down()
+	_, _ = d.Authenticate(ctx, "alice", "alice-pw")
+	clk.advance(61 * time.Second)
+	f.proxy.up(t)
 	if _, err := d.Authenticate(ctx, "alice", "alice-pw"); err != nil {
 		t.Fatalf("after the back-off, server back: %v", err)
 	}

@@ -221,6 +221,21 @@ func (d *Directory) dialAny(ctx context.Context, service bool) (*pconn, error) {
 		last = err
 	}
 	if tried == 0 {
+		// Every server is in back-off. One caller at a time tries the one whose back-off ends
+		// first, so a server that came back serves at once while a dead one costs one dial,
+		// not one per login.
+		if srv, ok := d.startProbe(); ok {
+			pc, err := d.dial(ctx, srv, service)
+			d.endProbe()
+			if err == nil {
+				d.clearFailure(srv.url)
+				return pc, nil
+			}
+			if ctx.Err() == nil && !errors.Is(err, errServiceBind) {
+				d.markFailed(srv.url, err)
+			}
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
 		last = d.lastFailure()
 		return nil, fmt.Errorf("%w: every server failed in the last %v: %w", ErrUnavailable, d.cfg.Backoff, last)
 	}
@@ -358,6 +373,29 @@ func (d *Directory) do(ctx context.Context, p *pool, op func(*ldap.Conn) error) 
 		last = fmt.Errorf("%s: %w", pc.srv.url, err)
 	}
 	return fmt.Errorf("%w: %w", ErrUnavailable, last)
+}
+
+// startProbe picks the server whose back-off ends first for a probe, unless one is under way.
+func (d *Directory) startProbe() (server, bool) {
+	d.failMu.Lock()
+	defer d.failMu.Unlock()
+	if d.probing || len(d.servers) == 0 {
+		return server{}, false
+	}
+	best := d.servers[0]
+	for _, srv := range d.servers[1:] {
+		if d.failedUntil[srv.url].Before(d.failedUntil[best.url]) {
+			best = srv
+		}
+	}
+	d.probing = true
+	return best, true
+}
+
+func (d *Directory) endProbe() {
+	d.failMu.Lock()
+	d.probing = false
+	d.failMu.Unlock()
 }
 
 func (d *Directory) backoffUntil(u string) (time.Time, bool) {
