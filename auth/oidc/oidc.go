@@ -99,7 +99,10 @@ type Config struct {
 	// RedirectURL is the callback URL registered at the provider (the portal's /oidc/callback).
 	RedirectURL string
 	// UsernameClaim names the claim that holds the username. Empty means preferred_username,
-	// falling back to email, then sub. A claim named here has no fallback.
+	// falling back to email, then sub. A claim named here has no fallback. The username is what
+	// the provider states: where users can edit their own preferred_username or email (some
+	// multi-tenant providers), name a claim the provider's administrators control, since
+	// authorization rules match on it; Identity.Subject is the stable identifier either way.
 	UsernameClaim string
 	// GroupsClaim names the claim that holds the groups (default "groups"); a list of strings or
 	// a single string, at most MaxGroups names of at most MaxNameLength bytes.
@@ -148,7 +151,6 @@ type Provider struct {
 	keys   *keySet
 	names  []string // username claims, in order
 	logins *loginTable
-	disco  *zoidc.DiscoveryConfiguration
 }
 
 // New fetches the provider's discovery document and returns a Provider. Keys are fetched on
@@ -166,7 +168,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 		if errors.Is(err, zoidc.ErrIssuerInvalid) {
 			return nil, fmt.Errorf("%w: the discovery document at %s names another issuer: %w", ErrDiscovery, cfg.Issuer, ErrIssuer)
 		}
-		return nil, fmt.Errorf("%w: %s: %v", ErrDiscovery, cfg.Issuer, err)
+		return nil, fmt.Errorf("%w: %s: %s", ErrDiscovery, cfg.Issuer, sanitize(err.Error(), 300))
 	}
 	for name, u := range map[string]string{
 		"authorization_endpoint": disco.AuthorizationEndpoint,
@@ -180,7 +182,6 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	p := &Provider{
 		cfg:    cfg,
 		client: hc,
-		disco:  disco,
 		keys:   &keySet{url: disco.JwksURI, client: hc, now: cfg.Now, minRefetch: KeyRefetchInterval},
 		logins: newLoginTable(cfg.MaxPendingLogins),
 		names:  defaultUsernameClaims,
@@ -315,7 +316,7 @@ func (p *Provider) Complete(ctx context.Context, state, code string) (Identity, 
 			return Identity{}, fmt.Errorf("%w: token endpoint answered %s: %s: %s", ErrExchange, status,
 				sanitize(re.ErrorCode, 64), sanitize(re.ErrorDescription, 200))
 		}
-		return Identity{}, fmt.Errorf("%w: %v", ErrExchange, err)
+		return Identity{}, fmt.Errorf("%w: %s", ErrExchange, sanitize(err.Error(), 300))
 	}
 	raw, _ := tok.Extra("id_token").(string)
 	if raw == "" {
