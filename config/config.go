@@ -13,8 +13,11 @@
 // names (package endpoint does, and tells Diff when one changed in place;
 // Endpoint.KeyError lets it report their problems in the same form), and
 // it does not touch the network or the OS (package endpoint wires the
-// result into the engine). The directory, MFA and client-connect handler
-// keys are parsed and checked here; packages auth/... use them.
+// result into the engine). The directory, MFA, federated login,
+// client-connect handler and portal keys are parsed and checked here;
+// packages auth/... and portal use them. The one file whose content it
+// reads is the SAML IdP metadata (a cheap structural check, so that a
+// wrong file is named at validation rather than at the first login).
 //
 // Each field of Endpoint documents its YAML key, its default and its AWS
 // Client VPN counterpart; the README's configuration reference is written
@@ -184,6 +187,10 @@ type Endpoint struct {
 	// connection with a message; nil when absent. AWS:
 	// ClientConnectOptions.
 	ClientConnectHandler *ClientConnectHandler
+	// Portal (portal) is the self-service portal; nil when absent.
+	// Required with Authentication.Federated, whose login links point at
+	// it. AWS: SelfServicePortal.
+	Portal *Portal
 
 	// file is the name given to Load, for KeyError and CheckReload.
 	file string
@@ -262,9 +269,11 @@ type ControlChannel struct {
 }
 
 // Authentication holds the client authentication methods
-// (authentication). At least one of Certificate and Directory is set in a
-// loaded Endpoint; with both, a client must pass both (AWS: mutual
-// authentication together with directory authentication).
+// (authentication). At least one of Certificate, Directory and Federated is
+// set in a loaded Endpoint; Directory and Federated exclude each other.
+// Certificate combined with either of them makes a client pass both (AWS:
+// mutual authentication together with directory or federated
+// authentication).
 type Authentication struct {
 	// Certificate (certificate) is mutual TLS; nil when absent.
 	Certificate *CertificateAuthentication
@@ -275,7 +284,114 @@ type Authentication struct {
 	// when absent. Allowed only with Directory, since a code belongs to a
 	// user.
 	MFA *MFA
+	// Federated (federated) logs users in at an identity provider (OIDC
+	// or SAML 2.0) through a browser; nil when absent. Not with Directory
+	// or MFA (the provider asks for its own factors). Requires
+	// Endpoint.Portal, which the login link points at. AWS:
+	// federated-authentication.
+	Federated *FederatedAuthentication
 }
+
+// FederatedAuthentication is single sign-on at an identity provider
+// (authentication.federated): the client is sent to the portal's login
+// link (a CRV1 notice for the stock client, WEB_AUTH for clients that
+// announce IV_SSO), the user signs in at the provider in a browser, and the
+// provider's groups feed authorization rules and bandwidth limits like
+// directory groups. Exactly one of OIDC and SAML is set. Exported profiles
+// of such an endpoint carry auth-user-pass, without static-challenge. AWS:
+// federated-authentication (SAML only there).
+type FederatedAuthentication struct {
+	// OIDC (oidc) is an OpenID Connect provider; nil when SAML is set.
+	OIDC *OIDCAuthentication
+	// SAML (saml) is a SAML 2.0 identity provider; nil when OIDC is set.
+	SAML *SAMLAuthentication
+}
+
+// OIDCAuthentication is an OpenID Connect provider
+// (authentication.federated.oidc), found by discovery at its issuer, with
+// which cvpn is registered as a client (authorization code flow with PKCE;
+// the redirect URL is under Portal.PublicURL).
+type OIDCAuthentication struct {
+	// Issuer (issuer, required) is the provider's issuer URL, exactly as
+	// its discovery document and ID tokens name it: https://, with a host,
+	// no user information, query or fragment.
+	Issuer string
+	// ClientID (client_id, required) is cvpn's client ID at the provider.
+	ClientID string
+	// ClientSecretFile (client_secret_file) holds the client secret (one
+	// trailing newline is not part of it); "" for a public client, which
+	// PKCE alone protects. Like bind_password_file it must not be
+	// readable by every user of the host. Absolute path.
+	ClientSecretFile string
+	// CAFile (ca_file) is a PEM bundle of the roots that sign the
+	// provider's certificates; "" for the system roots. Absolute path.
+	CAFile string
+	// Scopes (scopes) are the scopes requested: scope tokens (RFC 6749
+	// section 3.3), no duplicates, openid among them. Default openid,
+	// profile, email.
+	Scopes []string
+	// UsernameClaim (username_claim) is the ID token claim that holds the
+	// username; DefaultOIDCUsernameClaim by default.
+	UsernameClaim string
+	// GroupsClaim (groups_claim) is the claim that lists the user's
+	// groups; DefaultOIDCGroupsClaim by default.
+	GroupsClaim string
+}
+
+// SAMLAuthentication is a SAML 2.0 identity provider
+// (authentication.federated.saml), as AWS uses one: signed responses,
+// NameID as the username, an attribute for the groups.
+type SAMLAuthentication struct {
+	// IdPMetadataFile (idp_metadata_file, required) is the provider's
+	// metadata: an XML EntityDescriptor (or an EntitiesDescriptor holding
+	// one) with an IDPSSODescriptor that has a signing certificate and a
+	// SingleSignOnService with the HTTP-Redirect binding. At most 4 MiB.
+	// Absolute path. AWS: the SAML provider's metadata document.
+	IdPMetadataFile string
+	// GroupsAttribute (groups_attribute) is the assertion attribute that
+	// lists the user's groups; DefaultSAMLGroupsAttribute (memberOf, as
+	// AWS) by default.
+	GroupsAttribute string
+}
+
+// Defaults of authentication.federated.
+const (
+	DefaultOIDCUsernameClaim   = "preferred_username"
+	DefaultOIDCGroupsClaim     = "groups"
+	DefaultSAMLGroupsAttribute = "memberOf"
+)
+
+// OIDCScopeOpenID is the scope every OpenID Connect request carries.
+const OIDCScopeOpenID = "openid"
+
+// defaultOIDCScopes is authentication.federated.oidc.scopes when absent.
+var defaultOIDCScopes = []string{OIDCScopeOpenID, "profile", "email"}
+
+// Portal is the self-service portal (portal): users sign in (with the
+// endpoint's directory, MFA included, or its identity provider), download
+// their profile, enrol MFA, see and end their sessions, and complete the
+// device logins of federated connections. Served over HTTPS. AWS: the
+// self-service portal (SelfServicePortal).
+type Portal struct {
+	// ListenAddress (listen_address) is the IP:port the portal listens
+	// on; DefaultPortalListenAddress by default. It must not be a tcp
+	// transport listener's socket or metrics.listen_address.
+	ListenAddress netip.AddrPort
+	// PublicURL (public_url, required) is the portal's address as users
+	// and identity providers reach it: https://host[:port], no path but
+	// "/", no user information, query or fragment. Login links, the OIDC
+	// redirect URL and the SAML service provider's URLs are made from it.
+	PublicURL string
+	// CertFile (cert_file) and KeyFile (key_file) are the portal's TLS
+	// certificate and key, set together; both "" to serve the server
+	// certificate (server_certificate). Absolute paths.
+	CertFile string
+	KeyFile  string
+}
+
+// DefaultPortalListenAddress is portal.listen_address when the file has a
+// portal without it.
+var DefaultPortalListenAddress = netip.MustParseAddrPort("0.0.0.0:443")
 
 // CertificateAuthentication is mutual TLS (authentication.certificate): a
 // client must present a certificate that chains to the CA bundle in

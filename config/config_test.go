@@ -107,6 +107,8 @@ func TestLoadGood(t *testing.T) {
 		Admin:                 Admin{Socket: abs(t, "testdata/admin.sock")},
 		StateDir:              abs(t, "testdata/state"),
 		ClientConnectHandler:  &ClientConnectHandler{Command: []string{"/bin/sh", "-c", "exit 0"}, Timeout: 5 * time.Second},
+		Portal: &Portal{ListenAddress: netip.MustParseAddrPort("192.0.2.1:9443"), PublicURL: "https://vpn.example.com:9443/",
+			CertFile: abs(t, "testdata/pki/server.crt"), KeyFile: abs(t, "testdata/pki/server.key")},
 	}
 	if got.file != "testdata/good.yaml" || got.KeyLine("routes[1].destination_cidr_block") != 44 || got.KeyLine("admin.socket") != 70 {
 		t.Errorf("file %q, line of routes[1].destination_cidr_block %d (want 44), of admin.socket %d (want 70)",
@@ -201,7 +203,8 @@ func TestDefaults(t *testing.T) {
 	if got.Description != "" || got.RemoteHostname != "" || got.Routes != nil || got.AuthorizationRules != nil ||
 		got.DNSServers != nil || got.ClientLoginBanner != "" || got.BandwidthLimits != nil ||
 		got.ConnectionLog != (ConnectionLog{}) || got.Admin != (Admin{Socket: DefaultAdminSocket}) || got.Metrics != (Metrics{}) || got.Authentication.Certificate.CRLFile != "" ||
-		got.Authentication.Directory != nil || got.Authentication.MFA != nil || got.ClientConnectHandler != nil {
+		got.Authentication.Directory != nil || got.Authentication.MFA != nil || got.ClientConnectHandler != nil ||
+		got.Authentication.Federated != nil || got.Portal != nil {
 		t.Errorf("optional keys not empty: %+v", got)
 	}
 	if got.StateDir != DefaultStateDir {
@@ -361,7 +364,7 @@ func TestRules(t *testing.T) {
 		{name: "authentication missing", replace: [2]string{"authentication:\n  certificate:\n    client_root_ca_file: pki/ca.crt\n", ""},
 			path: "authentication", line: 0, msg: "required"},
 		{name: "certificate authentication missing", replace: [2]string{"authentication:\n  certificate:\n    client_root_ca_file: pki/ca.crt\n", "authentication: {}\n"},
-			path: "authentication.certificate", line: 6, msg: "required unless directory is set"},
+			path: "authentication.certificate", line: 6, msg: "required unless directory or federated is set"},
 		{name: "client root CA missing", replace: [2]string{"    client_root_ca_file: pki/ca.crt\n", ""},
 			path: "authentication.certificate", line: 7, msg: "required"},
 		{name: "client root CA absent", replace: [2]string{"pki/ca.crt", "pki/nope.crt"},

@@ -23,7 +23,7 @@ var topKeys = []string{
 	"data_ciphers", "target_network", "tun", "nat", "routes", "authorization_rules",
 	"split_tunnel", "allow_host_access", "dns_servers", "session_timeout_hours", "client_login_banner",
 	"bandwidth_limit_mbps", "bandwidth_limits", "reneg_seconds", "keepalive", "max_connections_per_user",
-	"connection_log", "admin", "metrics", "state_dir", "client_connect_handler",
+	"connection_log", "admin", "metrics", "state_dir", "client_connect_handler", "portal",
 }
 
 // Limits.
@@ -125,7 +125,7 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	if n, path, ok := top.get("control_channel"); ok {
 		d.controlChannel(n, path, top.keyLine("control_channel"), ep)
 	}
-	d.authentication(top, ep)
+	federated := d.authentication(top, ep)
 	if n, path, ok := top.get("data_ciphers"); ok {
 		ep.DataCiphers = d.dataCiphers(n, path)
 	}
@@ -236,6 +236,11 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	if n, path, ok := top.get("client_connect_handler"); ok {
 		ep.ClientConnectHandler = d.clientConnectHandler(n, path, top.keyLine("client_connect_handler"))
 	}
+	var portal placed
+	_, _, hasPortal := top.get("portal")
+	if n, path, ok := top.get("portal"); ok {
+		portal = d.portal(n, path, top.keyLine("portal"), ep)
+	}
 
 	// Rules across keys, checked on values that passed their own checks.
 	if client.path != "" {
@@ -273,15 +278,30 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 		d.errorf(tunName.path, tunName.line, "%q is also target_network.interface; the tunnel needs its own device", ep.TUN.Name)
 	}
 	if metrics.path != "" {
-		a := ep.Metrics.ListenAddress
-		for _, l := range ep.Transport {
-			sameAddr := a.Addr() == ep.ListenAddress || a.Addr().IsUnspecified() || ep.ListenAddress.IsUnspecified()
-			if l.Protocol == ProtocolTCP && l.Port == a.Port() && sameAddr {
-				d.errorf(metrics.path, metrics.line, "%s is also the %s listener's socket (%s:%d)", a, l, ep.ListenAddress, l.Port)
-			}
+		d.offListeners(ep, metrics, ep.Metrics.ListenAddress)
+	}
+	if portal.path != "" {
+		a := ep.Portal.ListenAddress
+		d.offListeners(ep, portal, a)
+		if m := ep.Metrics.ListenAddress; metrics.path != "" && sameSocket(a, m) {
+			d.errorf(portal.path, portal.line, "%s is also metrics.listen_address (%s); the portal needs a socket of its own", a, m)
 		}
 	}
+	// A federated login sends the user to the portal's login link.
+	if ep.Authentication.Federated != nil && !hasPortal {
+		d.errorf("portal", federated.line, "required when authentication.federated is set: the login link clients are sent to is on the portal (set portal.public_url)")
+	}
 	return ep
+}
+
+// offListeners reports a TCP socket (metrics' or the portal's, from at)
+// that is also a tcp transport listener's socket.
+func (d *decoder) offListeners(ep *Endpoint, at placed, a netip.AddrPort) {
+	for _, l := range ep.Transport {
+		if l.Protocol == ProtocolTCP && sameSocket(a, netip.AddrPortFrom(ep.ListenAddress, l.Port)) {
+			d.errorf(at.path, at.line, "%s is also the %s listener's socket (%s:%d)", a, l, ep.ListenAddress, l.Port)
+		}
+	}
 }
 
 func joinPrefixes(ps []netip.Prefix) string {
@@ -374,20 +394,23 @@ func (d *decoder) transport(n *yaml.Node, path string) []Listener {
 	return out
 }
 
-func (d *decoder) authentication(top mapping, ep *Endpoint) {
-	n, path, ok := d.required(top, "authentication", " (set certificate.client_root_ca_file under it to the CA that signs client certificates, or directory to log users in against LDAP)")
+// authentication walks authentication and returns where federated is, for
+// the rule that it needs a portal; placed{} when it is absent.
+func (d *decoder) authentication(top mapping, ep *Endpoint) (federated placed) {
+	n, path, ok := d.required(top, "authentication", " (set certificate.client_root_ca_file under it to the CA that signs client certificates, directory to log users in against LDAP, or federated to log them in at an identity provider)")
 	if !ok {
-		return
+		return placed{}
 	}
-	m, ok := d.mapping(n, path, top.keyLine("authentication"), "certificate", "directory", "mfa")
+	m, ok := d.mapping(n, path, top.keyLine("authentication"), "certificate", "directory", "mfa", "federated")
 	if !ok {
-		return
+		return placed{}
 	}
 	_, _, hasCert := m.get("certificate")
 	_, _, hasDir := m.get("directory")
-	if !hasCert && !hasDir {
+	_, _, hasFed := m.get("federated")
+	if !hasCert && !hasDir && !hasFed {
 		d.errorf(join(path, "certificate"), m.keyLine("certificate"),
-			"required unless directory is set (set certificate, directory or both; with both a client must pass both)")
+			"required unless directory or federated is set (set certificate, directory or federated; certificate with either of the others makes a client pass both)")
 	}
 	if n, path, ok := m.get("certificate"); ok {
 		d.certificateAuthentication(n, path, m.keyLine("certificate"), ep)
@@ -396,12 +419,24 @@ func (d *decoder) authentication(top mapping, ep *Endpoint) {
 		ep.Authentication.Directory = d.directory(n, path, m.keyLine("directory"))
 	}
 	if n, mpath, ok := m.get("mfa"); ok {
-		if !hasDir {
+		switch {
+		case hasFed && !hasDir:
+			d.errorf(mpath, m.keyLine("mfa"), "does not apply with federated: the identity provider asks for a second factor itself (mfa applies only with directory)")
+		case !hasDir:
 			d.errorf(mpath, m.keyLine("mfa"), "applies only with directory (a one-time code belongs to a directory user)")
-		} else {
+		default:
 			ep.Authentication.MFA = d.mfa(n, mpath, m.keyLine("mfa"))
 		}
 	}
+	if n, fpath, ok := m.get("federated"); ok {
+		federated = placed{fpath, m.keyLine("federated")}
+		if hasDir {
+			d.errorf(fpath, m.keyLine("federated"), "set directory or federated, not both (users log in against the directory or at the identity provider; certificate may go with either)")
+		} else {
+			ep.Authentication.Federated = d.federated(n, fpath, m.keyLine("federated"))
+		}
+	}
+	return federated
 }
 
 func (d *decoder) certificateAuthentication(n *yaml.Node, path string, line int, ep *Endpoint) {
@@ -901,17 +936,8 @@ func (d *decoder) metrics(n *yaml.Node, path string, line int, ep *Endpoint) pla
 	if !ok {
 		return placed{path, line}
 	}
-	s, ok := d.str(n, kpath)
+	a, ok := d.addrPort(n, kpath, "127.0.0.1:9464")
 	if !ok {
-		return placed{}
-	}
-	a, err := netip.ParseAddrPort(s)
-	if err != nil {
-		d.errorf(kpath, n.Line, "%q is not an IP:port like 127.0.0.1:9464", s)
-		return placed{}
-	}
-	if a.Port() == 0 {
-		d.errorf(kpath, n.Line, "port 0 is outside 1..65535")
 		return placed{}
 	}
 	ep.Metrics.ListenAddress = a

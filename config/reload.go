@@ -33,6 +33,8 @@ const (
 	restartNAT   = "the NAT table is built with it at start"
 	restartAdmin = "the admin API listens on it from start"
 	restartState = "the state store is opened (and locked) there at start"
+	// restartPortal: the portal's socket, certificate and links are set up at start (for now).
+	restartPortal = "the portal listens on it from start"
 )
 
 // reloadKeys lists every key of the file in file order (the order of Endpoint's fields).
@@ -72,6 +74,16 @@ var reloadKeys = []reloadKey{
 	{path: "authentication.mfa.totp.issuer", equal: same(func(e *Endpoint) string { return mfaOf(e).TOTPIssuer })},
 	{path: "authentication.mfa.challenge", equal: same(func(e *Endpoint) string { return mfaOf(e).Challenge })},
 	{path: "authentication.mfa.challenge_text", equal: same(func(e *Endpoint) string { return mfaOf(e).ChallengeText })},
+	// Federated settings apply to the next login; sessions already up keep their auth-tokens.
+	{path: "authentication.federated.oidc.issuer", equal: same(func(e *Endpoint) string { return oidcOf(e).Issuer })},
+	{path: "authentication.federated.oidc.client_id", equal: same(func(e *Endpoint) string { return oidcOf(e).ClientID })},
+	{path: "authentication.federated.oidc.client_secret_file", file: true, equal: same(func(e *Endpoint) string { return oidcOf(e).ClientSecretFile })},
+	{path: "authentication.federated.oidc.ca_file", file: true, equal: same(func(e *Endpoint) string { return oidcOf(e).CAFile })},
+	{path: "authentication.federated.oidc.scopes", equal: sameList(func(e *Endpoint) []any { return anys(oidcOf(e).Scopes) })},
+	{path: "authentication.federated.oidc.username_claim", equal: same(func(e *Endpoint) string { return oidcOf(e).UsernameClaim })},
+	{path: "authentication.federated.oidc.groups_claim", equal: same(func(e *Endpoint) string { return oidcOf(e).GroupsClaim })},
+	{path: "authentication.federated.saml.idp_metadata_file", file: true, equal: same(func(e *Endpoint) string { return samlOf(e).IdPMetadataFile })},
+	{path: "authentication.federated.saml.groups_attribute", equal: same(func(e *Endpoint) string { return samlOf(e).GroupsAttribute })},
 	{path: "data_ciphers", equal: sameList(func(e *Endpoint) []any { return anys(e.DataCiphers) })},
 	{path: "target_network.interface", restart: restartHost, equal: same(func(e *Endpoint) string { return e.TargetNetwork.Interface }),
 		show: func(e *Endpoint) string { return strconv.Quote(e.TargetNetwork.Interface) }},
@@ -111,6 +123,19 @@ var reloadKeys = []reloadKey{
 	{path: "client_connect_handler.url", equal: same(func(e *Endpoint) string { return handlerOf(e).URL })},
 	{path: "client_connect_handler.ca_file", file: true, equal: same(func(e *Endpoint) string { return handlerOf(e).CAFile })},
 	{path: "client_connect_handler.timeout_seconds", equal: same(func(e *Endpoint) any { return handlerOf(e).Timeout })},
+	// The portal's keys need a restart. Its certificate files are not compared by content (not
+	// file keys): one renewed in place is served from the next restart, and does not refuse
+	// a reload of the other keys.
+	{path: "portal.listen_address", restart: restartPortal, equal: same(func(e *Endpoint) any { return portalOf(e).ListenAddress }),
+		show: func(e *Endpoint) string {
+			return showPortal(e, func(p Portal) string { return p.ListenAddress.String() })
+		}},
+	{path: "portal.public_url", restart: restartPortal, equal: same(func(e *Endpoint) string { return portalOf(e).PublicURL }),
+		show: func(e *Endpoint) string { return showPortal(e, func(p Portal) string { return p.PublicURL }) }},
+	{path: "portal.cert_file", restart: restartPortal, equal: same(func(e *Endpoint) string { return portalOf(e).CertFile }),
+		show: func(e *Endpoint) string { return showPortal(e, func(p Portal) string { return orNone(p.CertFile) }) }},
+	{path: "portal.key_file", restart: restartPortal, equal: same(func(e *Endpoint) string { return portalOf(e).KeyFile }),
+		show: func(e *Endpoint) string { return showPortal(e, func(p Portal) string { return orNone(p.KeyFile) }) }},
 }
 
 // Diff compares the running endpoint file with the next one key by key and returns the YAML
@@ -141,8 +166,8 @@ func Diff(running, next *Endpoint, fileChanged func(key string) bool) (changed, 
 // CheckReload reports whether next may replace running in a running endpoint. Keys built into
 // the host state, the address pool or the NAT table at start (client_cidr_block, tun.name,
 // tun.mtu, target_network.interface, target_network.snat_address, nat.max_mappings,
-// nat.max_mappings_per_client), listening from start (admin.socket) or holding the state store
-// (state_dir) cannot change; each one that differs
+// nat.max_mappings_per_client), listening from start (admin.socket, the portal's keys) or
+// holding the state store (state_dir) cannot change; each one that differs
 // is a *ValidationError naming the key, its line in next, both values and that a restart is
 // needed, and they come back joined. Every other key may change (Diff lists them).
 func CheckReload(running, next *Endpoint) error {
@@ -235,4 +260,43 @@ func handlerOf(e *Endpoint) ClientConnectHandler {
 		return ClientConnectHandler{}
 	}
 	return *e.ClientConnectHandler
+}
+
+// oidcOf is the OIDC provider of e; the zero value when it has none.
+func oidcOf(e *Endpoint) OIDCAuthentication {
+	if f := e.Authentication.Federated; f == nil || f.OIDC == nil {
+		return OIDCAuthentication{}
+	}
+	return *e.Authentication.Federated.OIDC
+}
+
+// samlOf is the SAML IdP of e; the zero value when it has none.
+func samlOf(e *Endpoint) SAMLAuthentication {
+	if f := e.Authentication.Federated; f == nil || f.SAML == nil {
+		return SAMLAuthentication{}
+	}
+	return *e.Authentication.Federated.SAML
+}
+
+// portalOf is the portal of e; the zero value when it has none.
+func portalOf(e *Endpoint) Portal {
+	if e.Portal == nil {
+		return Portal{}
+	}
+	return *e.Portal
+}
+
+// showPortal formats a portal key for a refusal: "no portal" when e has none.
+func showPortal(e *Endpoint, show func(Portal) string) string {
+	if e.Portal == nil {
+		return "no portal"
+	}
+	return show(*e.Portal)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
 }

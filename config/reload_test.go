@@ -35,6 +35,43 @@ func edit(t *testing.T, doc string, oldnew ...string) string {
 	return doc
 }
 
+// goodDirectory is the directory and MFA part of good.yaml, which federated authentication
+// replaces (the two exclude each other).
+const goodDirectory = `  directory:
+    url: [ldaps://dc1.example.com, "ldaps://dc2.example.com:3269"]
+    ca_file: pki/ca.crt
+    bind_dn: "cn=cvpn,ou=services,dc=example,dc=com"
+    bind_password_file: bind-password
+    user_base_dn: "ou=people,dc=example,dc=com"
+    user_filter: "(&(objectClass=person)(sAMAccountName={username}))"
+    nested_groups: true
+    timeout_seconds: 5
+  mfa:
+    totp:
+      issuer: Example VPN
+    challenge: dynamic
+    challenge_text: "Code from your app:"
+`
+
+// goodOIDC and goodSAML set every key of the two federated logins.
+const (
+	goodOIDC = `  federated:
+    oidc:
+      issuer: https://idp.example.com/realms/corp
+      client_id: cvpn
+      client_secret_file: oidc-client-secret
+      ca_file: pki/ca.crt
+      scopes: [openid, profile, groups]
+      username_claim: email
+      groups_claim: roles
+`
+	goodSAML = `  federated:
+    saml:
+      idp_metadata_file: idp-metadata.xml
+      groups_attribute: groups
+`
+)
+
 func parseDoc(t *testing.T, doc string) *Endpoint {
 	t.Helper()
 	ep, err := Parse([]byte(doc), "testdata")
@@ -125,6 +162,33 @@ func TestDiff(t *testing.T) {
 		{name: "handler to url", next: []string{"command: [/bin/sh, -c, \"exit 0\"]", "url: https://127.0.0.1:8443/connect"},
 			changed: []string{"client_connect_handler.command", "client_connect_handler.url"}},
 		{name: "state_dir", next: []string{"state_dir: state", "state_dir: other-state"}, refused: []string{"state_dir"}},
+		{name: "directory to oidc", next: []string{goodDirectory, goodOIDC},
+			changed: []string{"authentication.directory.url", "authentication.directory.ca_file", "authentication.directory.bind_dn",
+				"authentication.directory.bind_password_file", "authentication.directory.user_base_dn", "authentication.directory.user_filter",
+				"authentication.directory.group_attribute", "authentication.directory.nested_groups", "authentication.directory.timeout_seconds",
+				"authentication.mfa.totp.issuer", "authentication.mfa.challenge", "authentication.mfa.challenge_text",
+				"authentication.federated.oidc.issuer", "authentication.federated.oidc.client_id", "authentication.federated.oidc.client_secret_file",
+				"authentication.federated.oidc.ca_file", "authentication.federated.oidc.scopes", "authentication.federated.oidc.username_claim",
+				"authentication.federated.oidc.groups_claim"}},
+		{name: "oidc issuer", running: []string{goodDirectory, goodOIDC}, next: []string{"realms/corp", "realms/ops"},
+			changed: []string{"authentication.federated.oidc.issuer"}},
+		{name: "oidc scopes order", running: []string{goodDirectory, goodOIDC}, next: []string{"[openid, profile, groups]", "[openid, groups, profile]"},
+			changed: []string{"authentication.federated.oidc.scopes"}},
+		{name: "oidc default claims", running: []string{goodDirectory, goodOIDC},
+			next:    []string{"      username_claim: email\n      groups_claim: roles\n", ""},
+			changed: []string{"authentication.federated.oidc.username_claim", "authentication.federated.oidc.groups_claim"}},
+		{name: "oidc to saml", running: []string{goodDirectory, goodOIDC}, next: []string{goodOIDC, goodSAML},
+			changed: []string{"authentication.federated.oidc.issuer", "authentication.federated.oidc.client_id", "authentication.federated.oidc.client_secret_file",
+				"authentication.federated.oidc.ca_file", "authentication.federated.oidc.scopes", "authentication.federated.oidc.username_claim",
+				"authentication.federated.oidc.groups_claim", "authentication.federated.saml.idp_metadata_file", "authentication.federated.saml.groups_attribute"}},
+		{name: "saml groups attribute", running: []string{goodDirectory, goodSAML}, next: []string{"groups_attribute: groups", "groups_attribute: memberOf"},
+			changed: []string{"authentication.federated.saml.groups_attribute"}},
+		{name: "portal public_url", next: []string{"https://vpn.example.com:9443/", "https://vpn.example.com:9443"}, refused: []string{"portal.public_url"}},
+		{name: "portal listen_address", next: []string{"192.0.2.1:9443", "192.0.2.1:10443"}, refused: []string{"portal.listen_address"}},
+		{name: "portal certificate", next: []string{":9443/\n  cert_file: pki/server.crt\n  key_file: pki/server.key\n", ":9443/\n"},
+			refused: []string{"portal.cert_file", "portal.key_file"}},
+		{name: "portal removed", next: []string{"portal:\n  listen_address: 192.0.2.1:9443\n  public_url: https://vpn.example.com:9443/\n  cert_file: pki/server.crt\n  key_file: pki/server.key\n", ""},
+			refused: []string{"portal.listen_address", "portal.public_url", "portal.cert_file", "portal.key_file"}},
 		{name: "live and refused at once", next: []string{"cert_file: pki/server.crt", "cert_file: pki/ca.crt", "name: vpn0", "name: vpn1",
 			"[CHACHA20-POLY1305, aes-256-gcm]", "[CHACHA20-POLY1305]"},
 			changed: []string{"server_certificate.cert_file", "data_ciphers"}, refused: []string{"tun.name"}},
@@ -157,7 +221,9 @@ func TestDiffFileContent(t *testing.T) {
 	})
 	wantAsked := []string{"server_certificate.cert_file", "server_certificate.key_file", "control_channel.tls_auth_key_file",
 		"control_channel.tls_crypt_v2_server_key_file", "authentication.certificate.client_root_ca_file", "authentication.certificate.crl_file",
-		"authentication.directory.ca_file", "authentication.directory.bind_password_file", "client_connect_handler.ca_file"}
+		"authentication.directory.ca_file", "authentication.directory.bind_password_file",
+		"authentication.federated.oidc.client_secret_file", "authentication.federated.oidc.ca_file", "authentication.federated.saml.idp_metadata_file",
+		"client_connect_handler.ca_file"}
 	if !slices.Equal(asked, wantAsked) {
 		t.Errorf("asked about %q, want %q", asked, wantAsked)
 	}
@@ -172,6 +238,12 @@ func TestDiffFileContent(t *testing.T) {
 // fails here.
 func TestDiffCoversEveryField(t *testing.T) {
 	running := parseDoc(t, goodFile(t))
+	// good.yaml has directory users; the federated keys, which exclude them, come from its
+	// federated variants. No file has both OIDC and SAML, but the walk needs every field set.
+	running.Authentication.Federated = &FederatedAuthentication{
+		OIDC: parseDoc(t, edit(t, goodFile(t), goodDirectory, goodOIDC)).Authentication.Federated.OIDC,
+		SAML: parseDoc(t, edit(t, goodFile(t), goodDirectory, goodSAML)).Authentication.Federated.SAML,
+	}
 	leaf := func(ty reflect.Type) bool {
 		switch ty {
 		case reflect.TypeFor[netip.Addr](), reflect.TypeFor[netip.Prefix](), reflect.TypeFor[netip.AddrPort](), reflect.TypeFor[time.Duration]():
@@ -335,7 +407,8 @@ func TestCheckReload(t *testing.T) {
 func TestReloadKeys(t *testing.T) {
 	live, restart := ReloadKeys()
 	wantRestart := []string{"client_cidr_block", "target_network.interface", "target_network.snat_address", "tun.name", "tun.mtu",
-		"nat.max_mappings", "nat.max_mappings_per_client", "admin.socket", "state_dir"}
+		"nat.max_mappings", "nat.max_mappings_per_client", "admin.socket", "state_dir",
+		"portal.listen_address", "portal.public_url", "portal.cert_file", "portal.key_file"}
 	if !slices.Equal(restart, wantRestart) {
 		t.Errorf("restart keys %q, want %q", restart, wantRestart)
 	}

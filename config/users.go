@@ -105,7 +105,7 @@ func (d *decoder) directory(n *yaml.Node, path string, line int) *DirectoryAuthe
 		check(ok)
 	}
 	if n, p, ok := m.get("bind_password_file"); ok {
-		dir.BindPasswordFile, ok = d.secretFile(n, p)
+		dir.BindPasswordFile, ok = d.secretFile(n, p, "a password")
 		check(ok)
 	}
 	if n, p, ok := d.required(m, "user_base_dn", " (where users are searched, such as ou=people,dc=example,dc=com)"); ok {
@@ -392,10 +392,10 @@ func checkFilter(s string, allowed, need []string) error {
 	return nil
 }
 
-// secretFile is fileRef for a file holding a secret: it must also not be
-// readable by every user of the host. Only the mode is checked here; the
-// content is read by whoever uses it.
-func (d *decoder) secretFile(n *yaml.Node, path string) (string, bool) {
+// secretFile is fileRef for a file holding a secret (what: "a password"):
+// it must also not be readable by every user of the host. Only the mode is
+// checked here; the content is read by whoever uses it.
+func (d *decoder) secretFile(n *yaml.Node, path, what string) (string, bool) {
 	abs, ok := d.fileRef(n, path)
 	if !ok {
 		return "", false
@@ -406,8 +406,8 @@ func (d *decoder) secretFile(n *yaml.Node, path string) (string, bool) {
 		return "", false
 	}
 	if perm := fi.Mode().Perm(); perm&0o004 != 0 {
-		d.errorf(path, n.Line, "%s is readable by every user of the host (mode %04o); it holds a password: chmod o-r %s (0600 or 0640)",
-			abs, perm, abs)
+		d.errorf(path, n.Line, "%s is readable by every user of the host (mode %04o); it holds %s: chmod o-r %s (0600 or 0640)",
+			abs, perm, what, abs)
 		return "", false
 	}
 	return abs, true

@@ -147,7 +147,7 @@ func TestDirectoryRules(t *testing.T) {
 	}{
 		// authentication
 		{name: "no method", edit: [2]string{"  directory:\n    url: ldaps://dc1.example.com\n    user_base_dn: \"ou=people,dc=example,dc=com\"\n", "  {}\n"},
-			path: "authentication.certificate", line: 9, msg: "required unless directory is set"},
+			path: "authentication.certificate", line: 9, msg: "required unless directory or federated is set"},
 		{name: "unknown directory key", append: "    bind_pasword_file: x\n",
 			path: "authentication.directory.bind_pasword_file", line: 13, msg: `unknown key "bind_pasword_file" (did you mean "bind_password_file"?)`},
 
