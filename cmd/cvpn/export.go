@@ -16,8 +16,8 @@ import (
 
 // cmdExport prints a client profile (.ovpn) that the stock OpenVPN 2.6 client uses as is
 // (package endpoint/profile says what goes in it and what never does). An endpoint without
-// certificate authentication (directory users only) has no clients to name: its profiles
-// carry auth-user-pass and no certificate, and --client is refused.
+// certificate authentication (directory or federated users only) has no clients to name: its
+// profiles carry auth-user-pass and no certificate, and --client is refused.
 func cmdExport(args []string, stdout, stderr io.Writer) int {
 	fl := newFlagSet("export-client-config", stderr)
 	cfgPath := configFileFlag(fl)
@@ -63,9 +63,13 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 	cfg := ep.Config
 	certAuth := cfg.Authentication.Certificate != nil
 	if *client != "" && !certAuth {
+		how := "with their directory username and password"
+		if cfg.Authentication.Federated != nil {
+			how = "at the identity provider (single sign-on)"
+		}
 		fmt.Fprintf(stderr, "cvpn export-client-config: --client %s: this endpoint has no certificate authentication "+
-			"(authentication.certificate): its users log in with their directory username and password, and its "+
-			"profiles carry no client certificate; leave out --client\n", *client)
+			"(authentication.certificate): its users log in %s, and its profiles carry no client certificate; "+
+			"leave out --client\n", *client, how)
 		return exitInvalid
 	}
 	if cfg.RemoteHostname == "" {

@@ -362,3 +362,68 @@ func TestExportDirectoryOnly(t *testing.T) {
 		t.Errorf("--client on a directory-only endpoint: exit %d (want %d), stderr %q, stdout %q", code, exitInvalid, stderr, stdout)
 	}
 }
+
+// federatedEndpoint makes an endpoint with cvpn init and replaces its certificate
+// authentication with federated (OIDC) authentication and a portal; withCert keeps the
+// certificate authentication as well. Without it the CA is appended to the server certificate
+// file, where the profile's <ca> comes from.
+func federatedEndpoint(t *testing.T, withCert bool) string {
+	t.Helper()
+	cfgPath := directoryEndpoint(t, !withCert)
+	yml := readFile(t, cfgPath)
+	start := strings.Index(yml, "  directory:\n")
+	end := strings.Index(yml, "challenge_text: \"Code, from your app:\"\n")
+	if start < 0 || end < start {
+		t.Fatalf("endpoint.yaml lacks the directory block:\n%s", yml)
+	}
+	fed := "  federated:\n    oidc:\n      issuer: https://idp.example.com/realms/corp\n      client_id: cvpn\n"
+	yml = yml[:start] + fed + yml[end+len("challenge_text: \"Code, from your app:\"\n"):]
+	yml += "portal:\n  listen_address: 0.0.0.0:8443\n  public_url: https://vpn.example.com:8443\n"
+	if err := os.WriteFile(cfgPath, []byte(yml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return cfgPath
+}
+
+// TestExportFederated: a federated endpoint's profiles ask for a username and password and
+// answer the login notice at the console (auth-retry interact), with no static-challenge; a
+// federated-only endpoint's carry no certificate and refuse --client, naming single sign-on.
+func TestExportFederated(t *testing.T) {
+	login := []string{"auth-user-pass", "auth-nocache", "auth-retry interact"}
+	check := func(t *testing.T, profile string, withClient bool) {
+		t.Helper()
+		got := directives(profile)
+		for _, want := range login {
+			if !slices.Contains(got, want) {
+				t.Errorf("profile lacks %q:\n%s", want, strings.Join(got, "\n"))
+			}
+		}
+		if slices.ContainsFunc(got, func(d string) bool { return strings.HasPrefix(d, "static-challenge") }) {
+			t.Errorf("a federated profile has static-challenge:\n%s", strings.Join(got, "\n"))
+		}
+		if !strings.Contains(profile, "# Single sign-on:") {
+			t.Errorf("the profile does not say how single sign-on goes:\n%s", profile)
+		}
+		if _, hasCert := inline(profile, "cert"); hasCert != withClient {
+			t.Errorf("<cert> present %v, want %v", hasCert, withClient)
+		}
+	}
+	t.Run("federated only", func(t *testing.T) {
+		cfgPath := federatedEndpoint(t, false)
+		profile := mustRun(t, "export-client-config", "--config", cfgPath)
+		check(t, profile, false)
+		if strings.Contains(profile, "PRIVATE KEY") || strings.Contains(profile, "No client identity") {
+			t.Errorf("a federated-only profile holds a key or asks for a client certificate:\n%s", profile)
+		}
+		code, stdout, stderr := runCmd(t, "export-client-config", "--config", cfgPath, "--client", "alice")
+		if code != exitInvalid || !strings.Contains(stderr, "at the identity provider (single sign-on)") || stdout != "" {
+			t.Errorf("--client on a federated-only endpoint: exit %d (want %d), stderr %q, stdout %q", code, exitInvalid, stderr, stdout)
+		}
+	})
+	t.Run("federated and certificate", func(t *testing.T) {
+		cfgPath := federatedEndpoint(t, true)
+		mustRun(t, "client", "issue", "alice", "--config", cfgPath)
+		check(t, mustRun(t, "export-client-config", "--config", cfgPath), false)
+		check(t, mustRun(t, "export-client-config", "--config", cfgPath, "--client", "alice"), true)
+	})
+}

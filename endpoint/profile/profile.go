@@ -4,8 +4,11 @@
 // every client shares (or the client's own tls-crypt-v2 key), and, when a client is named, that
 // client's own certificate and key. Never the CA key, the server key or the tls-crypt-v2 server
 // key. For an endpoint with directory authentication it makes the client ask for a username
-// and password (and, with a static MFA challenge, for the code); a profile of an endpoint
-// without certificate authentication carries no certificate at all.
+// and password (and, with a static MFA challenge, for the code); for an endpoint with federated
+// authentication it does the same without a challenge, so that the stock client shows the
+// server's CRV1 login notice (the link to the portal) at its console and sends the answer once
+// the user pressed Enter. A profile of an endpoint without certificate authentication carries
+// no certificate at all.
 //
 // It does not read the endpoint file or the client store (packages endpoint and
 // endpoint/clientstore load them), choose listeners for a protocol, or write files: cmd/cvpn
@@ -50,11 +53,16 @@ type Profile struct {
 	// Certificate says the endpoint authenticates clients by certificate, so a profile
 	// without Client needs the user's own cert and key added.
 	Certificate bool
-	// UserPass says the endpoint logs users in against its directory: the client asks for
-	// a username and password (auth-user-pass), forgets them once the server has pushed an
-	// auth-token (auth-nocache), and asks again after AUTH_FAILED, answering a CRV1 challenge
-	// there (auth-retry interact).
+	// UserPass says the endpoint logs users in against its directory or at an identity
+	// provider: the client asks for a username and password (auth-user-pass), forgets them
+	// once the server has pushed an auth-token (auth-nocache), and asks again after
+	// AUTH_FAILED, answering a CRV1 challenge there (auth-retry interact; OpenVPN
+	// src/openvpn/ssl.c and misc.c get_auth_challenge).
 	UserPass bool
+	// Federated says the login is single sign-on (authentication.federated): the password is
+	// not checked, and the CRV1 challenge the server answers with is the portal's login link.
+	// Only the profile's comment differs; the directives are UserPass's.
+	Federated bool
 	// StaticChallenge is the prompt for the MFA code that the client asks for together with
 	// the password (static-challenge, echoed as typed); "" for none.
 	StaticChallenge string
@@ -68,8 +76,11 @@ func New(ep *endpoint.Endpoint, proto string, ports []uint16, now time.Time) (*P
 	cfg := ep.Config
 	p := &Profile{Remote: cfg.RemoteHostname, Proto: proto, Ports: ports, Ciphers: cfg.DataCiphers, Description: cfg.Description}
 	p.Certificate = cfg.Authentication.Certificate != nil
-	p.UserPass = cfg.Authentication.Directory != nil
-	if m := cfg.Authentication.MFA; p.UserPass && m != nil && m.Challenge == config.ChallengeStatic {
+	p.Federated = cfg.Authentication.Federated != nil
+	p.UserPass = cfg.Authentication.Directory != nil || p.Federated
+	// A static challenge belongs to directory MFA; a federated login's only challenge is the
+	// server's login notice, which a static-challenge prompt would get in the way of.
+	if m := cfg.Authentication.MFA; p.UserPass && !p.Federated && m != nil && m.Challenge == config.ChallengeStatic {
 		if err := config.CheckChallengeText(m.ChallengeText); err != nil {
 			return nil, cfg.KeyError("authentication.mfa.challenge_text", err)
 		}
@@ -213,7 +224,11 @@ func (p *Profile) Render() []byte {
 	case p.Certificate:
 		line("# No client identity: add the client's cert and key blocks (cvpn export-client-config --client NAME does).")
 	}
-	if p.UserPass {
+	switch {
+	case p.Federated:
+		line("# Single sign-on: give your username (the password is not checked); the client then prints a link:")
+		line("# open it in a browser, sign in at your identity provider, and press Enter.")
+	case p.UserPass:
 		line("# Log in with your directory username and password.")
 	}
 	line("client")

@@ -389,3 +389,44 @@ func TestServerRootPEMDirectoryOnly(t *testing.T) {
 		t.Errorf("New = %v, want an error naming server_certificate.cert_file that says there is no client_root_ca_file", err)
 	}
 }
+
+// TestNewFederated: a federated endpoint's profile asks for a username and password, forgets
+// them once a token is pushed and answers the CRV1 login notice at the console; it never has
+// static-challenge (not even with an MFA block, which config refuses with federated but an
+// Endpoint made by hand may have), and without certificate authentication no certificate.
+func TestNewFederated(t *testing.T) {
+	tp := newPKI(t)
+	for _, tc := range []struct {
+		name     string
+		withCert bool
+	}{{"federated only", false}, {"federated and certificate", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ep := tp.directoryEndpoint(tc.withCert, &config.MFA{Challenge: config.ChallengeStatic, ChallengeText: "Code"})
+			ep.Config.Authentication.Directory = nil
+			ep.Config.Authentication.Federated = &config.FederatedAuthentication{OIDC: &config.OIDCAuthentication{Issuer: "https://idp.example.com"}}
+			p, err := New(ep, "tcp", []uint16{443}, tp.now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := string(p.Render())
+			want := []string{
+				"client", "dev tun", "proto tcp", "remote vpn.example.com 443",
+				"resolv-retry infinite", "nobind", "persist-key", "persist-tun", "remote-cert-tls server",
+				"verify-x509-name vpn.example.com name", "cipher AES-256-GCM", "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
+				"reneg-sec 0", "auth-user-pass", "auth-nocache", "auth-retry interact", "verb 3",
+			}
+			if got := directives(out); !slices.Equal(got, want) {
+				t.Errorf("directives:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			if b := blocks(out); !slices.Equal(b, []string{"ca", "tls-crypt"}) {
+				t.Errorf("blocks %q, want ca and tls-crypt", b)
+			}
+			if !strings.Contains(out, "# Single sign-on:") || strings.Contains(out, "directory username") {
+				t.Errorf("the profile's comment does not explain the single sign-on login:\n%s", out)
+			}
+			if asksForCert := strings.Contains(out, "# No client identity"); asksForCert != tc.withCert {
+				t.Errorf("profile asks for a client certificate: %v, want %v", asksForCert, tc.withCert)
+			}
+		})
+	}
+}
