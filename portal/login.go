@@ -93,7 +93,7 @@ func (s *Server) limited(w http.ResponseWriter, r *http.Request, user string) bo
 	if !over {
 		return false
 	}
-	mins := int(wait/time.Minute) + 1
+	mins := int((wait + time.Minute - 1) / time.Minute)
 	s.audit(r, EventLoginLimited, "user", logName(user))
 	w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)+1))
 	s.fail(w, r, http.StatusTooManyRequests, fmt.Sprintf(msgLimited, mins))
