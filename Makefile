@@ -12,9 +12,11 @@ STATICCHECK_VERSION ?= v0.8.2
 # iperf3, ip (iproute2), ping (iputils-ping), the stock server's MASQUERADE (iptables), packet
 # captures while debugging (tcpdump), unshare, setpriv and mount (util-linux), the CA bundle that
 # `go mod download` needs (ca-certificates), the Prometheus server and promtool that the metrics
-# tests scrape and lint with (prometheus), and the OpenLDAP server the directory tests start
-# (slapd) with its command-line tools (ldap-utils). Each must exist in Debian: `apt-cache policy NAME`.
-DEB_PACKAGES := openvpn iperf3 iproute2 iputils-ping iptables tcpdump util-linux ca-certificates prometheus slapd ldap-utils
+# tests scrape and lint with (prometheus), the OpenLDAP server the directory tests start
+# (slapd) with its command-line tools (ldap-utils), and the headless browser that the portal's
+# browser tests drive (chromium) with a font for its pages and screenshots (fonts-dejavu-core).
+# Each must exist in Debian: `apt-cache policy NAME`.
+DEB_PACKAGES := openvpn iperf3 iproute2 iputils-ping iptables tcpdump util-linux ca-certificates prometheus slapd ldap-utils chromium fonts-dejavu-core
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
