@@ -342,6 +342,9 @@ func checkIdPMetadataFile(file string) error {
 func CheckIdPMetadata(data []byte) error {
 	var root mdRoot
 	if err := xml.Unmarshal(data, &root); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("is not XML: it holds no element (the IdP's metadata is an XML document, not a certificate)")
+		}
 		return fmt.Errorf("is not XML: %v", err)
 	}
 	ent := &root

@@ -17,8 +17,9 @@ type reloadKey struct {
 	path string
 	// restart says why a change needs a restart; "" when the running endpoint applies it.
 	restart string
-	// file says the value names a file whose content a reload compares too.
-	file bool
+	// file, for a key naming a file whose content a reload compares too, returns the file's
+	// path ("" when the key is absent); nil for other keys.
+	file func(e *Endpoint) string
 	// equal reports whether the key has the same value in a and b.
 	equal func(a, b *Endpoint) bool
 	// show formats the key's value for a refusal; only restart keys need it.
@@ -48,22 +49,22 @@ var reloadKeys = []reloadKey{
 	{path: "listen_address", equal: same(func(e *Endpoint) any { return e.ListenAddress })},
 	// The listeners are a set: their order means nothing to a running endpoint.
 	{path: "transport", equal: func(a, b *Endpoint) bool { return sameSet(a.Transport, b.Transport) }},
-	{path: "server_certificate.cert_file", file: true, equal: same(func(e *Endpoint) string { return e.ServerCertificate.CertFile })},
-	{path: "server_certificate.key_file", file: true, equal: same(func(e *Endpoint) string { return e.ServerCertificate.KeyFile })},
-	{path: "control_channel.tls_crypt_key_file", file: true, equal: same(func(e *Endpoint) string { return e.ControlChannel.TLSCryptKeyFile })},
-	{path: "control_channel.tls_auth_key_file", file: true, equal: same(func(e *Endpoint) string { return e.ControlChannel.TLSAuthKeyFile })},
+	fileKey("server_certificate.cert_file", func(e *Endpoint) string { return e.ServerCertificate.CertFile }),
+	fileKey("server_certificate.key_file", func(e *Endpoint) string { return e.ServerCertificate.KeyFile }),
+	fileKey("control_channel.tls_crypt_key_file", func(e *Endpoint) string { return e.ControlChannel.TLSCryptKeyFile }),
+	fileKey("control_channel.tls_auth_key_file", func(e *Endpoint) string { return e.ControlChannel.TLSAuthKeyFile }),
 	{path: "control_channel.tls_auth_key_direction", equal: same(func(e *Endpoint) any { return e.ControlChannel.TLSAuthKeyDirection })},
 	{path: "control_channel.tls_auth_digest", equal: same(func(e *Endpoint) string { return e.ControlChannel.TLSAuthDigest })},
-	{path: "control_channel.tls_crypt_v2_server_key_file", file: true, equal: same(func(e *Endpoint) string { return e.ControlChannel.TLSCryptV2ServerKeyFile })},
-	{path: "authentication.certificate.client_root_ca_file", file: true, equal: same(func(e *Endpoint) string { return certAuth(e).ClientRootCAFile })},
-	{path: "authentication.certificate.crl_file", file: true, equal: same(func(e *Endpoint) string { return certAuth(e).CRLFile })},
+	fileKey("control_channel.tls_crypt_v2_server_key_file", func(e *Endpoint) string { return e.ControlChannel.TLSCryptV2ServerKeyFile }),
+	fileKey("authentication.certificate.client_root_ca_file", func(e *Endpoint) string { return certAuth(e).ClientRootCAFile }),
+	fileKey("authentication.certificate.crl_file", func(e *Endpoint) string { return certAuth(e).CRLFile }),
 	// Directory, MFA and handler settings apply to the next login; sessions already up keep
 	// theirs until their next renegotiation re-checks the user.
 	{path: "authentication.directory.url", equal: sameList(func(e *Endpoint) []any { return anys(dirAuth(e).URLs) })},
 	{path: "authentication.directory.start_tls", equal: same(func(e *Endpoint) bool { return dirAuth(e).StartTLS })},
-	{path: "authentication.directory.ca_file", file: true, equal: same(func(e *Endpoint) string { return dirAuth(e).CAFile })},
+	fileKey("authentication.directory.ca_file", func(e *Endpoint) string { return dirAuth(e).CAFile }),
 	{path: "authentication.directory.bind_dn", equal: same(func(e *Endpoint) string { return dirAuth(e).BindDN })},
-	{path: "authentication.directory.bind_password_file", file: true, equal: same(func(e *Endpoint) string { return dirAuth(e).BindPasswordFile })},
+	fileKey("authentication.directory.bind_password_file", func(e *Endpoint) string { return dirAuth(e).BindPasswordFile }),
 	{path: "authentication.directory.user_base_dn", equal: same(func(e *Endpoint) string { return dirAuth(e).UserBaseDN })},
 	{path: "authentication.directory.user_filter", equal: same(func(e *Endpoint) string { return dirAuth(e).UserFilter })},
 	{path: "authentication.directory.group_attribute", equal: same(func(e *Endpoint) string { return dirAuth(e).GroupAttribute })},
@@ -77,12 +78,12 @@ var reloadKeys = []reloadKey{
 	// Federated settings apply to the next login; sessions already up keep their auth-tokens.
 	{path: "authentication.federated.oidc.issuer", equal: same(func(e *Endpoint) string { return oidcOf(e).Issuer })},
 	{path: "authentication.federated.oidc.client_id", equal: same(func(e *Endpoint) string { return oidcOf(e).ClientID })},
-	{path: "authentication.federated.oidc.client_secret_file", file: true, equal: same(func(e *Endpoint) string { return oidcOf(e).ClientSecretFile })},
-	{path: "authentication.federated.oidc.ca_file", file: true, equal: same(func(e *Endpoint) string { return oidcOf(e).CAFile })},
+	fileKey("authentication.federated.oidc.client_secret_file", func(e *Endpoint) string { return oidcOf(e).ClientSecretFile }),
+	fileKey("authentication.federated.oidc.ca_file", func(e *Endpoint) string { return oidcOf(e).CAFile }),
 	{path: "authentication.federated.oidc.scopes", equal: sameList(func(e *Endpoint) []any { return anys(oidcOf(e).Scopes) })},
 	{path: "authentication.federated.oidc.username_claim", equal: same(func(e *Endpoint) string { return oidcOf(e).UsernameClaim })},
 	{path: "authentication.federated.oidc.groups_claim", equal: same(func(e *Endpoint) string { return oidcOf(e).GroupsClaim })},
-	{path: "authentication.federated.saml.idp_metadata_file", file: true, equal: same(func(e *Endpoint) string { return samlOf(e).IdPMetadataFile })},
+	fileKey("authentication.federated.saml.idp_metadata_file", func(e *Endpoint) string { return samlOf(e).IdPMetadataFile }),
 	{path: "authentication.federated.saml.groups_attribute", equal: same(func(e *Endpoint) string { return samlOf(e).GroupsAttribute })},
 	{path: "data_ciphers", equal: sameList(func(e *Endpoint) []any { return anys(e.DataCiphers) })},
 	{path: "target_network.interface", restart: restartHost, equal: same(func(e *Endpoint) string { return e.TargetNetwork.Interface }),
@@ -121,7 +122,7 @@ var reloadKeys = []reloadKey{
 		show: func(e *Endpoint) string { return e.StateDir }},
 	{path: "client_connect_handler.command", equal: sameList(func(e *Endpoint) []any { return anys(handlerOf(e).Command) })},
 	{path: "client_connect_handler.url", equal: same(func(e *Endpoint) string { return handlerOf(e).URL })},
-	{path: "client_connect_handler.ca_file", file: true, equal: same(func(e *Endpoint) string { return handlerOf(e).CAFile })},
+	fileKey("client_connect_handler.ca_file", func(e *Endpoint) string { return handlerOf(e).CAFile }),
 	{path: "client_connect_handler.timeout_seconds", equal: same(func(e *Endpoint) any { return handlerOf(e).Timeout })},
 	// The portal's keys need a restart. Its certificate files are not compared by content (not
 	// file keys): one renewed in place is served from the next restart, and does not refuse
@@ -145,11 +146,11 @@ var reloadKeys = []reloadKey{
 //
 // A key naming a file also differs when its path stays but fileChanged(path) reports that the
 // file's content did (a certificate renewed in place); fileChanged may be nil, and is asked only
-// about keys whose path is the same in both.
+// about keys whose path is the same in both and not empty (a file named in both files).
 func Diff(running, next *Endpoint, fileChanged func(key string) bool) (changed, refused []string) {
 	for _, k := range reloadKeys {
 		differs := !k.equal(running, next)
-		if !differs && k.file && fileChanged != nil {
+		if !differs && k.file != nil && k.file(next) != "" && fileChanged != nil {
 			differs = fileChanged(k.path)
 		}
 		switch {
@@ -194,6 +195,11 @@ func ReloadKeys() (live, restart []string) {
 		}
 	}
 	return live, restart
+}
+
+// fileKey is the rule of a live key that names a file, compared by path and by content.
+func fileKey(path string, get func(*Endpoint) string) reloadKey {
+	return reloadKey{path: path, file: get, equal: same(get)}
 }
 
 func same[T comparable](get func(*Endpoint) T) func(a, b *Endpoint) bool {

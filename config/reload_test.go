@@ -219,17 +219,40 @@ func TestDiffFileContent(t *testing.T) {
 		asked = append(asked, key)
 		return key == "server_certificate.cert_file" || key == "authentication.certificate.crl_file"
 	})
-	wantAsked := []string{"server_certificate.cert_file", "server_certificate.key_file", "control_channel.tls_auth_key_file",
+	// Not the keys whose file is absent from both (tls_auth_key_file, the federated files,
+	// client_connect_handler.ca_file): there is no content to compare.
+	wantAsked := []string{"server_certificate.cert_file", "server_certificate.key_file",
 		"control_channel.tls_crypt_v2_server_key_file", "authentication.certificate.client_root_ca_file", "authentication.certificate.crl_file",
-		"authentication.directory.ca_file", "authentication.directory.bind_password_file",
-		"authentication.federated.oidc.client_secret_file", "authentication.federated.oidc.ca_file", "authentication.federated.saml.idp_metadata_file",
-		"client_connect_handler.ca_file"}
+		"authentication.directory.ca_file", "authentication.directory.bind_password_file"}
 	if !slices.Equal(asked, wantAsked) {
 		t.Errorf("asked about %q, want %q", asked, wantAsked)
 	}
 	want := []string{"server_certificate.cert_file", "control_channel.tls_crypt_key_file", "authentication.certificate.crl_file"}
 	if !slices.Equal(changed, want) || refused != nil {
 		t.Errorf("Diff = changed %q refused %q, want changed %q and nothing refused", changed, refused, want)
+	}
+
+	// The federated files are asked about when they are named.
+	for _, block := range []string{goodOIDC, goodSAML} {
+		doc := edit(t, goodFile(t), goodDirectory, block)
+		asked = nil
+		changed, _ := Diff(parseDoc(t, doc), parseDoc(t, doc), func(key string) bool {
+			asked = append(asked, key)
+			return strings.HasPrefix(key, "authentication.federated.")
+		})
+		var fed []string
+		for _, k := range asked {
+			if strings.HasPrefix(k, "authentication.federated.") {
+				fed = append(fed, k)
+			}
+		}
+		want := []string{"authentication.federated.oidc.client_secret_file", "authentication.federated.oidc.ca_file"}
+		if block == goodSAML {
+			want = []string{"authentication.federated.saml.idp_metadata_file"}
+		}
+		if !slices.Equal(fed, want) || !slices.Equal(changed, want) {
+			t.Errorf("federated files asked about %q and changed %q, want %q", fed, changed, want)
+		}
 	}
 }
 

@@ -253,6 +253,72 @@ func TestDirectoryExamples(t *testing.T) {
 	}
 }
 
+// TestFederatedExamples: the OIDC and SAML examples validate, summarise their single sign-on
+// and portal, and export login profiles without static-challenge; the OIDC one (no
+// certificate authentication) without a client certificate.
+func TestFederatedExamples(t *testing.T) {
+	if err := os.Chmod(filepath.Join(examplesDir, "oidc-client-secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		file    string
+		summary []string
+		cert    bool // whether the profile expects a client certificate
+	}{
+		{
+			file: "oidc-endpoint.yaml",
+			summary: []string{"listener   0.0.0.0:443/tcp", "authorize  group developers -> 10.0.1.0/24",
+				"login      single sign-on: OIDC issuer https://idp.example.com/realms/corp, client cvpn",
+				"portal     https://vpn.example.com:8443 on 0.0.0.0:8443 (the server certificate)"},
+		},
+		{
+			file: "saml-endpoint.yaml",
+			summary: []string{"authorize  group vpn-users -> 10.0.0.0/16",
+				"login      single sign-on: SAML IdP metadata " + absPath(t, filepath.Join(examplesDir, "idp-metadata.xml")),
+				"portal     https://vpn.example.com on 0.0.0.0:443 (" + absPath(t, filepath.Join(examplesDir, "pki", "server.crt")) + ")"},
+			cert: true,
+		},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			f := filepath.Join(examplesDir, tc.file)
+			code, stdout, stderr := runCmd(t, "validate", "--config", f)
+			if code != 0 || stderr != "" {
+				t.Fatalf("validate: exit %d, want 0\nstderr:\n%s", code, stderr)
+			}
+			for _, want := range append([]string{f + ": valid"}, tc.summary...) {
+				if !strings.Contains(stdout, want+"\n") {
+					t.Errorf("summary lacks %q:\n%s", want, stdout)
+				}
+			}
+			profile := mustRun(t, "export-client-config", "--config", f)
+			got := directives(profile)
+			for _, want := range []string{"auth-user-pass", "auth-nocache", "auth-retry interact"} {
+				if !slices.Contains(got, want) {
+					t.Errorf("profile lacks %q:\n%s", want, strings.Join(got, "\n"))
+				}
+			}
+			if slices.ContainsFunc(got, func(d string) bool { return strings.HasPrefix(d, "static-challenge") }) {
+				t.Errorf("a federated profile has static-challenge:\n%s", strings.Join(got, "\n"))
+			}
+			if asks := strings.Contains(profile, "# No client identity"); asks != tc.cert {
+				t.Errorf("profile asks for a client certificate: %v, want %v", asks, tc.cert)
+			}
+			if ca, ok := inline(profile, "ca"); !ok || !strings.Contains(readFile(t, filepath.Join(examplesDir, "pki", "ca.crt")), ca) {
+				t.Errorf("<ca> is not the example CA:\n%s", ca)
+			}
+		})
+	}
+}
+
+func absPath(t *testing.T, p string) string {
+	t.Helper()
+	a, err := filepath.Abs(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 // TestDirectoryExamplePasswordMode: as checked out by git (mode 0644), the example password
 // file is refused, with the fix named; cvpn never reads a password other users could read.
 func TestDirectoryExamplePasswordMode(t *testing.T) {

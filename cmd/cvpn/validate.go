@@ -57,6 +57,21 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "authorize  %s -> %s\n", who, r.TargetNetworkCIDR)
 	}
+	if f := ep.Config.Authentication.Federated; f != nil {
+		switch {
+		case f.OIDC != nil:
+			fmt.Fprintf(stdout, "login      single sign-on: OIDC issuer %s, client %s\n", f.OIDC.Issuer, f.OIDC.ClientID)
+		case f.SAML != nil:
+			fmt.Fprintf(stdout, "login      single sign-on: SAML IdP metadata %s\n", f.SAML.IdPMetadataFile)
+		}
+	}
+	if p := ep.Config.Portal; p != nil {
+		cert := "the server certificate"
+		if p.CertFile != "" {
+			cert = p.CertFile
+		}
+		fmt.Fprintf(stdout, "portal     %s on %s (%s)\n", p.PublicURL, p.ListenAddress, cert)
+	}
 	return 0
 }
 
