@@ -382,11 +382,13 @@ type Portal struct {
 	// "/", no user information, query or fragment. Login links, the OIDC
 	// redirect URL and the SAML service provider's URLs are made from it.
 	PublicURL string
-	// CertFile (cert_file) and KeyFile (key_file) are the portal's TLS
-	// certificate and key, set together; both "" to serve the server
-	// certificate (server_certificate). Absolute paths.
+	// CertFile (cert_file) is the portal's TLS certificate (PEM, the
+	// leaf first), set together with KeyFile; "" to serve the server
+	// certificate (server_certificate). Absolute path.
 	CertFile string
-	KeyFile  string
+	// KeyFile (key_file) is CertFile's private key; "" with CertFile "".
+	// Absolute path.
+	KeyFile string
 }
 
 // DefaultPortalListenAddress is portal.listen_address when the file has a
