@@ -70,56 +70,65 @@ const (
 // that nothing running reads yet (description, remote_hostname, vpc_cidr_blocks) take none:
 // the file in force records them. TestKeyActions checks that every live key is here.
 var keyActions = map[string]action{
-	"description":                                    0,
-	"remote_hostname":                                0, // profiles are rendered from the file
-	"vpc_cidr_blocks":                                0, // checked against the SNAT address when the file loads
-	"listen_address":                                 applyListeners,
-	"transport":                                      applyListeners,
-	"server_certificate.cert_file":                   applySettings,
-	"server_certificate.key_file":                    applySettings,
-	"control_channel.tls_crypt_key_file":             applySettings,
-	"control_channel.tls_auth_key_file":              applySettings,
-	"control_channel.tls_auth_key_direction":         applySettings,
-	"control_channel.tls_auth_digest":                applySettings,
-	"control_channel.tls_crypt_v2_server_key_file":   applySettings,
-	"authentication.certificate.client_root_ca_file": applySettings | applyRevoker | applyAuth, // the watcher checks new CRLs against it
-	"authentication.certificate.crl_file":            applyRevoker,
-	"authentication.directory.url":                   applyAuth,
-	"authentication.directory.start_tls":             applyAuth,
-	"authentication.directory.ca_file":               applyAuth,
-	"authentication.directory.bind_dn":               applyAuth,
-	"authentication.directory.bind_password_file":    applyAuth,
-	"authentication.directory.user_base_dn":          applyAuth,
-	"authentication.directory.user_filter":           applyAuth,
-	"authentication.directory.group_attribute":       applyAuth,
-	"authentication.directory.nested_groups":         applyAuth,
-	"authentication.directory.group_base_dn":         applyAuth,
-	"authentication.directory.group_filter":          applyAuth,
-	"authentication.directory.timeout_seconds":       applyAuth,
-	"authentication.mfa.totp.issuer":                 applyAuth,
-	"authentication.mfa.challenge":                   applyAuth,
-	"authentication.mfa.challenge_text":              applyAuth,
-	"client_connect_handler.command":                 applyAuth,
-	"client_connect_handler.url":                     applyAuth,
-	"client_connect_handler.ca_file":                 applyAuth,
-	"client_connect_handler.timeout_seconds":         applyAuth,
-	"data_ciphers":                                   applySettings,
-	"routes":                                         applyPolicy,
-	"authorization_rules":                            applyPolicy | applyAuth, // the group IDs directory groups are matched with
-	"split_tunnel":                                   applyPolicy,
-	"allow_host_access":                              applyPolicy,
-	"dns_servers":                                    applyPolicy,
-	"session_timeout_hours":                          applySettings | applyAuth, // auth-tokens live as long
-	"client_login_banner":                            applySettings,
-	"bandwidth_limit_mbps":                           applyPolicy,
-	"bandwidth_limits":                               applyPolicy | applyAuth,
-	"reneg_seconds":                                  applySettings,
-	"max_connections_per_user":                       applySettings,
-	"keepalive.ping_seconds":                         applySettings,
-	"keepalive.ping_restart_seconds":                 applySettings,
-	"connection_log.enabled":                         applyConnectionLog,
-	"connection_log.file":                            applyConnectionLog,
-	"metrics.listen_address":                         applyMetrics,
+	"description":                                      0,
+	"remote_hostname":                                  0, // profiles are rendered from the file
+	"vpc_cidr_blocks":                                  0, // checked against the SNAT address when the file loads
+	"listen_address":                                   applyListeners,
+	"transport":                                        applyListeners,
+	"server_certificate.cert_file":                     applySettings,
+	"server_certificate.key_file":                      applySettings,
+	"control_channel.tls_crypt_key_file":               applySettings,
+	"control_channel.tls_auth_key_file":                applySettings,
+	"control_channel.tls_auth_key_direction":           applySettings,
+	"control_channel.tls_auth_digest":                  applySettings,
+	"control_channel.tls_crypt_v2_server_key_file":     applySettings,
+	"authentication.certificate.client_root_ca_file":   applySettings | applyRevoker | applyAuth, // the watcher checks new CRLs against it
+	"authentication.certificate.crl_file":              applyRevoker,
+	"authentication.directory.url":                     applyAuth,
+	"authentication.directory.start_tls":               applyAuth,
+	"authentication.directory.ca_file":                 applyAuth,
+	"authentication.directory.bind_dn":                 applyAuth,
+	"authentication.directory.bind_password_file":      applyAuth,
+	"authentication.directory.user_base_dn":            applyAuth,
+	"authentication.directory.user_filter":             applyAuth,
+	"authentication.directory.group_attribute":         applyAuth,
+	"authentication.directory.nested_groups":           applyAuth,
+	"authentication.directory.group_base_dn":           applyAuth,
+	"authentication.directory.group_filter":            applyAuth,
+	"authentication.directory.timeout_seconds":         applyAuth,
+	"authentication.federated.oidc.issuer":             applyAuth,
+	"authentication.federated.oidc.client_id":          applyAuth,
+	"authentication.federated.oidc.client_secret_file": applyAuth,
+	"authentication.federated.oidc.ca_file":            applyAuth,
+	"authentication.federated.oidc.scopes":             applyAuth,
+	"authentication.federated.oidc.username_claim":     applyAuth,
+	"authentication.federated.oidc.groups_claim":       applyAuth,
+	"authentication.federated.saml.idp_metadata_file":  applyAuth,
+	"authentication.federated.saml.groups_attribute":   applyAuth,
+	"authentication.mfa.totp.issuer":                   applyAuth,
+	"authentication.mfa.challenge":                     applyAuth,
+	"authentication.mfa.challenge_text":                applyAuth,
+	"client_connect_handler.command":                   applyAuth,
+	"client_connect_handler.url":                       applyAuth,
+	"client_connect_handler.ca_file":                   applyAuth,
+	"client_connect_handler.timeout_seconds":           applyAuth,
+	"data_ciphers":                                     applySettings,
+	"routes":                                           applyPolicy,
+	"authorization_rules":                              applyPolicy | applyAuth, // the group IDs directory groups are matched with
+	"split_tunnel":                                     applyPolicy,
+	"allow_host_access":                                applyPolicy,
+	"dns_servers":                                      applyPolicy,
+	"session_timeout_hours":                            applySettings | applyAuth, // auth-tokens live as long
+	"client_login_banner":                              applySettings,
+	"bandwidth_limit_mbps":                             applyPolicy,
+	"bandwidth_limits":                                 applyPolicy | applyAuth,
+	"reneg_seconds":                                    applySettings,
+	"max_connections_per_user":                         applySettings,
+	"keepalive.ping_seconds":                           applySettings,
+	"keepalive.ping_restart_seconds":                   applySettings,
+	"connection_log.enabled":                           applyConnectionLog,
+	"connection_log.file":                              applyConnectionLog,
+	"metrics.listen_address":                           applyMetrics,
 }
 
 // Diff compares the running endpoint with the next one loaded from its file: key by key
@@ -155,6 +164,9 @@ func fileChanged(running, next *Endpoint, key string) bool {
 		return !running.DirectoryRoots.Equal(next.DirectoryRoots)
 	case "client_connect_handler.ca_file":
 		return !running.HandlerRoots.Equal(next.HandlerRoots)
+	}
+	if running.Config.KeyLine(key) == 0 && next.Config.KeyLine(key) == 0 {
+		return false // in neither file: no file to have changed
 	}
 	return true // a file this does not know how to compare: apply it
 }
