@@ -6,10 +6,10 @@
 // process with a fresh profile and home directory, and the test's Cleanup
 // closes it and kills every process that it left. It gives tests a few
 // actions (Navigate, Fill, Click, Submit, WaitVisible, Text, Location,
-// ImageBytes), each bounded by a timeout and each failing the test with the
-// page's address and a screenshot when it cannot be done, and it keeps
-// screenshots under test-output/<TestName>/ at the repository root. DecodeQR
-// reads the QR codes that the pages show.
+// ImageBytes, Download), each bounded by a timeout and each failing the test
+// with the page's address and a screenshot when it cannot be done, and it
+// keeps screenshots under test-output/<TestName>/ at the repository root.
+// internal/qrtest decodes the QR codes that ImageBytes reads.
 //
 // It does not know the portal: no selector, address or flow of cvpn lives
 // here. It never reaches anything but what a test names: Chromium starts with

@@ -74,7 +74,13 @@ func (p *portalLike) handler(t *testing.T) http.Handler {
 <img id="qr" src="/qr.png" alt="QR code">
 <img id="qrinline" src="data:image/png;base64,%s" alt="QR code">
 <p id="notimg">not an image</p>
+<p><a id="profile" href="/profile">Download your profile</a></p>
 </body></html>`, html.EscapeString(c.Value), base64.StdEncoding.EncodeToString(code.PNG()))
+	})
+	mux.HandleFunc("GET /profile", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-openvpn-profile")
+		w.Header().Set("Content-Disposition", `attachment; filename="cvpn-udp.ovpn"`)
+		fmt.Fprint(w, profileText)
 	})
 	mux.HandleFunc("GET /qr.png", func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
@@ -92,6 +98,9 @@ func (p *portalLike) handler(t *testing.T) http.Handler {
 	})
 	return mux
 }
+
+// profileText is what /profile sends.
+const profileText = "client\ndev tun\nproto udp\nremote 127.0.0.1 1194\n"
 
 // checkPNG fails unless path is a PNG of the given width.
 func checkPNG(t *testing.T, path string, width int) {
@@ -160,6 +169,14 @@ func TestSignInAndScanQR(t *testing.T) {
 	}
 	if text != site.qrInline {
 		t.Fatalf("decoded %q, want %q", text, site.qrInline)
+	}
+
+	name, data := b.Download("#profile")
+	if name != "cvpn-udp.ovpn" || string(data) != profileText {
+		t.Fatalf("downloaded %q: %q; want cvpn-udp.ovpn: %q", name, data, profileText)
+	}
+	if got, want := b.Location(), srv.URL+"/enrol"; got != want {
+		t.Fatalf("after the download at %s, want %s", got, want)
 	}
 
 	dir := filepath.Dir(shot1)
@@ -339,7 +356,7 @@ func TestActionFailure(t *testing.T) {
 
 	// ImageBytes on an element that is no image says so.
 	msg = failureOf(t, func(tb testing.TB) {
-		b.t = tb
+		b := Start(tb, TrustCA(pki.leafPEM))
 		b.Navigate(srv.URL + "/")
 		b.Fill("#username", "bob")
 		b.Submit("#signin")
