@@ -13,9 +13,11 @@ import (
 	"github.com/cvpn/cvpn/auth/connecthandler"
 	"github.com/cvpn/cvpn/auth/directory"
 	"github.com/cvpn/cvpn/auth/mfa"
+	"github.com/cvpn/cvpn/auth/sso"
 	"github.com/cvpn/cvpn/auth/token"
 	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/endpoint/admin"
+	"github.com/cvpn/cvpn/portal"
 	"github.com/cvpn/cvpn/state"
 )
 
@@ -29,8 +31,13 @@ type admission struct {
 	observer connecthandler.Observer
 	pipeline *auth.Pipeline
 
+	// broker ties connection attempts to browser logins (single sign-on); kept across
+	// reloads so that logins in progress survive one.
+	broker *sso.Broker
+
 	mu      sync.Mutex
-	store   state.Store // nil until an endpoint file asks for a directory
+	login   portal.FederatedLogin // the identity provider, nil without single sign-on
+	store   state.Store           // nil until an endpoint file asks for a directory or single sign-on
 	sealer  *state.Sealer
 	tokens  *token.Keyring
 	dir     *directory.Directory
@@ -61,7 +68,7 @@ func OpenState(cfg *config.Endpoint) (state.Store, *state.Sealer, error) {
 
 // newAdmission builds the pipeline for ep.
 func newAdmission(ep *Endpoint, log *slog.Logger, now func() time.Time, observer connecthandler.Observer) (*admission, error) {
-	a := &admission{log: log, now: now, observer: observer}
+	a := &admission{log: log, now: now, observer: observer, broker: sso.New(sso.Options{Now: now})}
 	cfg, err := a.build(ep)
 	if err != nil {
 		a.close()
@@ -135,6 +142,28 @@ func (a *admission) build(ep *Endpoint) (auth.Config, error) {
 			out.Challenge, out.ChallengeText = m.Challenge, m.ChallengeText
 		}
 	}
+	var login portal.FederatedLogin
+	if f := cfg.Authentication.Federated; f != nil {
+		if err := a.openState(cfg); err != nil {
+			if dir != nil {
+				_ = dir.Close()
+			}
+			return out, err
+		}
+		var err error
+		if login, err = federatedLogin(ep, a.log.With("component", "sso"), a.now); err != nil {
+			if dir != nil {
+				_ = dir.Close()
+			}
+			return out, err
+		}
+		out.Tokens = a.tokens
+		out.Federation = &auth.Federation{
+			Broker:     a.broker,
+			LoginURL:   func(code string) string { return publicURL(cfg, deviceLoginPath+code) },
+			Identities: a.store,
+		}
+	}
 	var handler *connecthandler.Handler
 	if h := cfg.ClientConnectHandler; h != nil {
 		var err error
@@ -151,7 +180,7 @@ func (a *admission) build(ep *Endpoint) (auth.Config, error) {
 		out.Handler = handler
 	}
 	a.mu.Lock()
-	a.dir, a.handler = dir, handler
+	a.dir, a.handler, a.login = dir, handler, login
 	a.mu.Unlock()
 	return out, nil
 }

@@ -47,7 +47,16 @@ type Endpoint struct {
 	DirectoryRoots *x509.CertPool
 	BindPassword   string
 	HandlerRoots   *x509.CertPool
-	Ciphers        []datacrypto.Cipher
+	// OIDCRoots verify the OIDC issuer (authentication.federated.oidc.ca_file; nil for the
+	// system roots), OIDCClientSecret is its client_secret_file; SAMLMetadata is the IdP's
+	// metadata (idp_metadata_file).
+	OIDCRoots        *x509.CertPool
+	OIDCClientSecret string
+	SAMLMetadata     []byte
+	// PortalCertificate is the portal's TLS identity: portal.cert_file and key_file, else the
+	// server certificate.
+	PortalCertificate *pki.Identity
+	Ciphers           []datacrypto.Cipher
 	Policy         *tunnel.Policy
 }
 

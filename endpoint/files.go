@@ -66,6 +66,40 @@ func (ep *Endpoint) loadFiles(now time.Time) error {
 			}
 		}
 	}
+	if f := cfg.Authentication.Federated; f != nil && f.OIDC != nil {
+		if f.OIDC.CAFile != "" {
+			if pool, _, err := pki.LoadCertPool(f.OIDC.CAFile); err != nil {
+				bad("authentication.federated.oidc.ca_file", err)
+			} else {
+				ep.OIDCRoots = pool
+			}
+		}
+		if f.OIDC.ClientSecretFile != "" {
+			if secret, err := LoadSecretFile(f.OIDC.ClientSecretFile); err != nil {
+				bad("authentication.federated.oidc.client_secret_file", err)
+			} else {
+				ep.OIDCClientSecret = secret
+			}
+		}
+	}
+	if f := cfg.Authentication.Federated; f != nil && f.SAML != nil {
+		data, err := os.ReadFile(f.SAML.IdPMetadataFile)
+		if err != nil {
+			bad("authentication.federated.saml.idp_metadata_file", err)
+		} else {
+			ep.SAMLMetadata = data
+		}
+	}
+	if p := cfg.Portal; p != nil {
+		ep.PortalCertificate = ep.Server
+		if p.CertFile != "" {
+			if id, err := pki.LoadIdentity(p.CertFile, p.KeyFile); err != nil {
+				bad("portal.cert_file", err)
+			} else {
+				ep.PortalCertificate = id
+			}
+		}
+	}
 	if h := cfg.ClientConnectHandler; h != nil && h.CAFile != "" {
 		if pool, _, err := pki.LoadCertPool(h.CAFile); err != nil {
 			bad("client_connect_handler.ca_file", err)

@@ -164,6 +164,12 @@ func fileChanged(running, next *Endpoint, key string) bool {
 		return !running.DirectoryRoots.Equal(next.DirectoryRoots)
 	case "client_connect_handler.ca_file":
 		return !running.HandlerRoots.Equal(next.HandlerRoots)
+	case "authentication.federated.oidc.ca_file":
+		return !running.OIDCRoots.Equal(next.OIDCRoots)
+	case "authentication.federated.oidc.client_secret_file":
+		return running.OIDCClientSecret != next.OIDCClientSecret
+	case "authentication.federated.saml.idp_metadata_file":
+		return !bytes.Equal(running.SAMLMetadata, next.SAMLMetadata)
 	}
 	if running.Config.KeyLine(key) == 0 && next.Config.KeyLine(key) == 0 {
 		return false // in neither file: no file to have changed
