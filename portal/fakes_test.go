@@ -121,6 +121,7 @@ func (m *fakeMFA) isEnrolled(user string) bool {
 // vouches for ("user"); "fail" makes it refuse with an error naming a secret detail.
 type fakeFed struct {
 	name string
+	base string // the provider's URL ("https://idp.test" when empty)
 
 	mu     sync.Mutex
 	states map[string]bool
@@ -137,7 +138,11 @@ func (f *fakeFed) Begin(context.Context) (string, string, error) {
 	f.n++
 	st := fmt.Sprintf("%s-state-%d", f.name, f.n)
 	f.states[st] = true
-	return "https://idp.test/authorize?state=" + url.QueryEscape(st), st, nil
+	base := f.base
+	if base == "" {
+		base = "https://idp.test"
+	}
+	return base + "/authorize?state=" + url.QueryEscape(st), st, nil
 }
 
 func (f *fakeFed) Complete(_ context.Context, r *http.Request) (string, Identity, error) {

@@ -262,8 +262,8 @@ func (s *Server) beginFederated(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	to, state, err := f.Begin(r.Context())
+	var u *url.URL
 	if err == nil {
-		var u *url.URL
 		if u, err = url.Parse(to); err == nil && (u.Scheme != "https" && u.Scheme != "http" || u.Host == "") {
 			err = errors.New("the redirect URL is not an absolute http(s) URL")
 		}
@@ -278,6 +278,12 @@ func (s *Server) beginFederated(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := s.pending.begin(state, f.Name(), se.key, now); err != nil {
 		s.fail(w, r, http.StatusServiceUnavailable, "Too many sign-ins are in progress. Try again in a minute.")
+		return
+	}
+	if idp := u.Scheme + "://" + strings.ToLower(u.Host); !s.idps[idp] {
+		// Browsers would block a redirect there (CSP form-action): a link is not a form.
+		s.log.Warn("portal: the identity provider's origin is not in IdPOrigins: the user is shown a link", "provider", f.Name(), "origin", idp)
+		s.render(w, http.StatusOK, "message", view{Heading: "Sign in", Data: message{Link: to, LinkText: "Continue to the identity provider"}})
 		return
 	}
 	http.Redirect(w, r, to, http.StatusSeeOther)

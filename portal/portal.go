@@ -28,7 +28,7 @@
 //     per client address and per username in fixed-size tables; over the limit the portal
 //     answers 429 without asking the directory.
 //   - Every response carries the security headers (CSP without scripts, no framing,
-//     nosniff, no referrer, HSTS); pages with user data are not cached.
+//     nosniff, no referrer to other sites, HSTS); pages with user data are not cached.
 package portal
 
 import (
@@ -130,7 +130,8 @@ type Config struct {
 	Federated []FederatedLogin
 	// IdPOrigins are the origins (https://host[:port]) the federated logins redirect to;
 	// the Content-Security-Policy's form-action allows them, as browsers check a form's
-	// redirects against it.
+	// redirects against it. A login whose provider URL is on another origin gets a page
+	// with a link to it instead of a redirect (one more click), and a warning in the log.
 	IdPOrigins []string
 
 	Profiles Profiles
@@ -195,7 +196,8 @@ type Server struct {
 	origin    string // PublicURL's scheme://host[:port]
 	csp       string
 	federated map[string]FederatedLogin
-	fedNames  []string // in Config order, for the buttons
+	idps      map[string]bool // IdPOrigins: form-action allows redirects there
+	fedNames  []string        // in Config order, for the buttons
 
 	sessions *store
 	pending  *federatedTable
@@ -217,7 +219,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: PublicURL: %v", ErrConfig, err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, now: cfg.Now, origin: origin, federated: map[string]FederatedLogin{}}
+	s := &Server{cfg: cfg, log: cfg.Log, now: cfg.Now, origin: origin, federated: map[string]FederatedLogin{}, idps: map[string]bool{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -243,11 +245,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	formAction := []string{"'self'"}
 	for _, o := range cfg.IdPOrigins {
-		norm, err := httpsOrigin(o)
-		if err != nil || strings.TrimSuffix(o, "/") != norm {
-			return nil, fmt.Errorf("%w: IdPOrigins: %q is not an origin (https://host[:port])", ErrConfig, o)
+		norm, err := idpOrigin(o)
+		if err != nil {
+			return nil, fmt.Errorf("%w: IdPOrigins: %v", ErrConfig, err)
 		}
 		formAction = append(formAction, norm)
+		s.idps[norm] = true
 	}
 	s.csp = "default-src 'self'; img-src 'self' data:; form-action " + strings.Join(formAction, " ") +
 		"; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
@@ -325,6 +328,22 @@ func httpsOrigin(raw string) (string, error) {
 		return "", fmt.Errorf("%q has no host, or has credentials", raw)
 	}
 	return "https://" + strings.ToLower(u.Host), nil
+}
+
+// idpOrigin checks an origin of IdPOrigins: https://host[:port], or http:// on a loopback
+// host (a test provider).
+func idpOrigin(o string) (string, error) {
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" || u.User != nil || strings.TrimSuffix(u.Path, "/") != "" || u.RawQuery != "" || u.Fragment != "" ||
+		strings.ContainsAny(o, " ;,'\"\t\r\n") {
+		return "", fmt.Errorf("%q is not an origin (https://host[:port])", o)
+	}
+	h := u.Hostname()
+	loopback := h == "localhost" || h == "127.0.0.1" || h == "::1"
+	if u.Scheme != "https" && (u.Scheme != "http" || !loopback) {
+		return "", fmt.Errorf("%q is not an https origin (http only on a loopback host)", o)
+	}
+	return u.Scheme + "://" + strings.ToLower(u.Host), nil
 }
 
 // validIdentity checks what a login returned before a session is built on it.

@@ -24,19 +24,31 @@ const clientAddrA = "192.0.2.10:50000"
 func TestNewRefusesBadConfig(t *testing.T) {
 	dir := &fakeDir{}
 	for name, cfg := range map[string]Config{
-		"no login":        {PublicURL: publicURL},
-		"mfa alone":       {PublicURL: publicURL, MFA: newFakeMFA(), Federated: []FederatedLogin{&fakeFed{name: "oidc"}}},
-		"http url":        {PublicURL: "http://portal.test", Password: dir},
-		"no host":         {PublicURL: "https:///x", Password: dir},
-		"bad provider":    {PublicURL: publicURL, Federated: []FederatedLogin{&fakeFed{name: "ldap"}}},
-		"twice oidc":      {PublicURL: publicURL, Federated: []FederatedLogin{&fakeFed{name: "oidc"}, &fakeFed{name: "oidc"}}},
-		"idp origin path": {PublicURL: publicURL, Password: dir, IdPOrigins: []string{"https://idp.test/login"}},
-		"idp origin http": {PublicURL: publicURL, Password: dir, IdPOrigins: []string{"http://idp.test"}},
-		"idp origin csp":  {PublicURL: publicURL, Password: dir, IdPOrigins: []string{"https://idp.test; script-src *"}},
+		"no login":         {PublicURL: publicURL},
+		"mfa alone":        {PublicURL: publicURL, MFA: newFakeMFA(), Federated: []FederatedLogin{&fakeFed{name: "oidc"}}},
+		"http url":         {PublicURL: "http://portal.test", Password: dir},
+		"no host":          {PublicURL: "https:///x", Password: dir},
+		"bad provider":     {PublicURL: publicURL, Federated: []FederatedLogin{&fakeFed{name: "ldap"}}},
+		"twice oidc":       {PublicURL: publicURL, Federated: []FederatedLogin{&fakeFed{name: "oidc"}, &fakeFed{name: "oidc"}}},
+		"idp origin path":  {PublicURL: publicURL, Password: dir, IdPOrigins: []string{"https://idp.test/login"}},
+		"idp origin http":  {PublicURL: publicURL, Password: dir, IdPOrigins: []string{"http://idp.test"}},
+		"idp origin query": {PublicURL: publicURL, Password: dir, IdPOrigins: []string{"https://idp.test?x=1"}},
+		"idp origin none":  {PublicURL: publicURL, Password: dir, IdPOrigins: []string{"idp.test"}},
+		"idp origin csp":   {PublicURL: publicURL, Password: dir, IdPOrigins: []string{"https://idp.test; script-src *"}},
 	} {
 		if _, err := New(cfg); !errors.Is(err, ErrConfig) {
 			t.Errorf("%s: New = %v, want ErrConfig", name, err)
 		}
+	}
+}
+
+func TestIdPOrigins(t *testing.T) {
+	s, err := New(Config{PublicURL: publicURL, Password: &fakeDir{}, IdPOrigins: []string{"https://IdP.test:8443/", "http://127.0.0.1:9000", "http://localhost:9"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "form-action 'self' https://idp.test:8443 http://127.0.0.1:9000 http://localhost:9;"; !strings.Contains(s.csp, want) {
+		t.Fatalf("CSP %q lacks %q", s.csp, want)
 	}
 }
 
@@ -272,6 +284,18 @@ func TestFederatedLoginOIDC(t *testing.T) {
 	if r.code < 400 {
 		t.Fatalf("a replayed callback answers %d", r.code)
 	}
+}
+
+func TestFederatedLoginOtherOriginGetsALink(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.IdPOrigins = nil })
+	b := e.browser(clientAddrA)
+	b.get("/login")
+	r := b.post("/login/oidc", nil, nil)
+	wantCode(t, r, http.StatusOK)
+	wantBody(t, r, `href="https://idp.test/authorize?state=oidc-state-1"`, "Continue to the identity provider")
+	r = b.follow(b.get("/oidc/callback?" + url.Values{"state": {"oidc-state-1"}, "user": {"carol"}}.Encode()))
+	wantCode(t, r, http.StatusOK)
+	wantBody(t, r, "carol")
 }
 
 func TestFederatedLoginSAMLPostedCrossSite(t *testing.T) {

@@ -15,7 +15,10 @@ func (s *Server) headers(next http.Handler) http.Handler {
 		h.Set("Content-Security-Policy", s.csp)
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
+		// same-origin, not no-referrer: under no-referrer browsers send "Origin: null" on
+		// every POST, same-origin ones included, which would blind sameOrigin. same-origin
+		// still sends no Referer to any other site (the identity providers included).
+		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Strict-Transport-Security", "max-age=63072000")
 		h.Set("Cross-Origin-Opener-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
@@ -33,8 +36,9 @@ func (s *Server) headers(next http.Handler) http.Handler {
 }
 
 // sameOrigin reports whether a POST comes from the portal's own pages: Origin, when sent,
-// must be PublicURL's; else Referer, when sent, must be on it. A browser sends at least one
-// of them on cross-site form posts; a request with neither still needs the CSRF token.
+// must be PublicURL's ("null", what browsers send for opaque or hidden origins, is not);
+// else Referer, when sent, must be on it. Browsers send Origin on every form POST; a request
+// with neither header (not a browser) still needs the CSRF token.
 func (s *Server) sameOrigin(r *http.Request) bool {
 	if o := r.Header.Get("Origin"); o != "" {
 		return strings.EqualFold(o, s.origin)

@@ -477,7 +477,7 @@ func TestSecurityHeaders(t *testing.T) {
 			t.Errorf("%s: CSP allows scripts: %q", p, csp)
 		}
 		for k, want := range map[string]string{
-			"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+			"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY",
 		} {
 			if got := h.Get(k); got != want {
 				t.Errorf("%s: %s %q, want %q", p, k, got, want)
