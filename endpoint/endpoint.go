@@ -57,7 +57,7 @@ type Endpoint struct {
 	// server certificate.
 	PortalCertificate *pki.Identity
 	Ciphers           []datacrypto.Cipher
-	Policy         *tunnel.Policy
+	Policy            *tunnel.Policy
 }
 
 // Load reads the endpoint file at path and loads and checks every file it names as of now, so

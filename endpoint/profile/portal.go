@@ -103,4 +103,3 @@ func ClientName(user string) string {
 	}
 	return name
 }
-

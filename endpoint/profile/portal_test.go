@@ -83,7 +83,10 @@ func TestPortalProfilesIssueCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cert := func(b []byte) string { s := string(b); return s[strings.Index(s, "<cert>"):strings.Index(s, "</cert>")] }; cert(first) != cert(second) {
+	if cert := func(b []byte) string {
+		s := string(b)
+		return s[strings.Index(s, "<cert>"):strings.Index(s, "</cert>")]
+	}; cert(first) != cert(second) {
 		t.Error("a second download issued another certificate")
 	}
 }
