@@ -16,6 +16,9 @@ type deviceData struct {
 	Platform, Version string
 	Hint              string
 	Started           string
+	// OtherAddress: the connection comes from another address than the browser (a hint of
+	// a link someone else sent; NAT and mobile networks make it differ legitimately too).
+	OtherAddress bool
 }
 
 // Device-login messages.
@@ -108,7 +111,8 @@ func (s *Server) devicePage(w http.ResponseWriter, r *http.Request) {
 	d := deviceData{
 		Code: sso.FormatCode(code), RawCode: code, Remote: remote,
 		Platform: shown(a.Platform), Version: shown(a.Version), Hint: shown(a.Hint),
-		Started: fmt.Sprintf("%s UTC (%v ago)", l.Created.UTC().Format("2006-01-02 15:04:05"), ago),
+		Started:      fmt.Sprintf("%s UTC (%v ago)", l.Created.UTC().Format("2006-01-02 15:04:05"), ago),
+		OtherAddress: a.Remote.IsValid() && clientAddr(r) != addrKey(a.Remote),
 	}
 	s.render(w, http.StatusOK, "device", view{Heading: "Approve this connection?", CSRF: se.csrf, User: se.id, Data: d})
 }

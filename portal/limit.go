@@ -103,7 +103,12 @@ func clientAddr(r *http.Request) string {
 	if err != nil {
 		return "unknown"
 	}
-	a := ap.Addr().Unmap()
+	return addrKey(ap.Addr())
+}
+
+// addrKey is an address as the limits count it (see clientAddr).
+func addrKey(a netip.Addr) string {
+	a = a.Unmap()
 	if a.Is6() {
 		p, _ := a.Prefix(64)
 		return p.String()

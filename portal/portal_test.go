@@ -2,6 +2,7 @@ package portal
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"image"
 	"image/png"
@@ -455,6 +456,13 @@ func TestDeviceApprove(t *testing.T) {
 	wantCode(t, r, http.StatusOK)
 	wantBody(t, r, sso.FormatCode(l.Code), "203.0.113.50", "linux", "2.6.14", "2026-11-29 12:00:00 UTC", "1m30s ago", "&lt;b&gt;alice&lt;/b&gt;")
 	wantNotBody(t, r, "<b>alice</b>")
+	wantBody(t, r, `id="device-other-address"`) // 192.0.2.10 opened a link of 203.0.113.50
+	same := e.browser("203.0.113.50:4000")
+	_, _ = e.mfa.Enroll(context.Background(), "dave")
+	same.loginPassword("dave", "dave pass")
+	r = same.get("/d/" + l.Code)
+	wantCode(t, r, http.StatusOK)
+	wantNotBody(t, r, `id="device-other-address"`)
 	r = b.post("/d/"+l.Code, url.Values{"decision": {"approve"}}, nil)
 	wantCode(t, r, http.StatusOK)
 	wantBody(t, r, "approved")
