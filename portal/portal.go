@@ -19,10 +19,14 @@
 //     second factor accepted, federated login finished), so a planted id is worthless.
 //     Sessions expire after IdleTimeout without a request and AbsoluteTimeout after login.
 //   - Every POST but the SAML ACS carries the session's CSRF token (compared in constant time)
-//     and, when the browser sends Origin or Referer, must come from PublicURL's origin. The
+//     and, when the browser sends Origin or Referer, must come from PublicURL's origin
+//     (Referrer-Policy same-origin makes browsers send the real Origin; "null" is refused). The
 //     ACS is posted cross-site by the IdP and carries no cookie (SameSite=Lax): its login is
 //     bound to the browser that began it by a single-use finish step (/login/finish) that
 //     must present the beginning session's cookie.
+//   - With MFA on, a directory user without an authenticator signs in with the password
+//     alone, and may then only enrol one and confirm it with a code; downloads, sessions
+//     and device approvals wait until then.
 //   - Return paths after login are local paths only ("/x", never "//x", "/\x" or a URL).
 //   - Failed logins (passwords, codes, federated answers) and unknown device codes are counted
 //     per client address and per username in fixed-size tables; over the limit the portal
@@ -122,8 +126,10 @@ type Config struct {
 	PublicURL string
 	// Title names the portal in pages ("cvpn" when empty).
 	Title string
-	Log   *slog.Logger
-	Now   func() time.Time
+	// Log gets the portal's own log lines (discarded when nil); Now is the clock (time.Now
+	// when nil): session expiry and rate limits read it.
+	Log *slog.Logger
+	Now func() time.Time
 
 	Password  PasswordLogin
 	MFA       SecondFactor // needs Password
