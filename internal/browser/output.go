@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"testing"
 
 	"github.com/chromedp/chromedp"
 )
@@ -18,12 +19,19 @@ import (
 // screenshots of the tests, one folder per test; it is not committed.
 const OutputDirName = "test-output"
 
-// shots numbers the screenshots of each test folder in this process. The
-// first screenshot into a folder empties it of the PNGs of earlier runs, so
-// the folder shows one run.
+// shots numbers the screenshots of each test folder. The first screenshot
+// of a run of a test (a new testing.TB: -count runs a test again in the
+// same process) empties its folder of the PNGs of earlier runs, so the
+// folder shows one run.
 var shots struct {
 	mu   sync.Mutex
-	next map[string]int // folder -> number of the next screenshot
+	runs map[string]*shotRun // folder -> the run that writes there now
+}
+
+// shotRun is one test's run writing into a folder.
+type shotRun struct {
+	tb   testing.TB
+	next int // number of the next screenshot
 }
 
 // Screenshot saves a PNG of the whole page, not only the window, as
@@ -56,11 +64,11 @@ func (b *Browser) saveScreenshot(ctx context.Context, name string) (string, erro
 	}
 	shots.mu.Lock()
 	defer shots.mu.Unlock()
-	if shots.next == nil {
-		shots.next = map[string]int{}
+	if shots.runs == nil {
+		shots.runs = map[string]*shotRun{}
 	}
-	n := shots.next[dir]
-	if n == 0 {
+	r := shots.runs[dir]
+	if r == nil || r.tb != b.t {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return "", err
 		}
@@ -68,13 +76,14 @@ func (b *Browser) saveScreenshot(ctx context.Context, name string) (string, erro
 		for _, f := range old {
 			_ = os.Remove(f)
 		}
-		n = 1
+		r = &shotRun{tb: b.t, next: 1}
+		shots.runs[dir] = r
 	}
-	path := filepath.Join(dir, fmt.Sprintf("%02d-%s.png", n, safeName(name)))
+	path := filepath.Join(dir, fmt.Sprintf("%02d-%s.png", r.next, safeName(name)))
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		return "", err
 	}
-	shots.next[dir] = n + 1
+	r.next++
 	return path, nil
 }
 
