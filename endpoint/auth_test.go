@@ -2,9 +2,12 @@ package endpoint
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -184,4 +187,37 @@ func TestDirectoryLossOfGroupAtRenegotiation(t *testing.T) {
 func isAdminError(err error, code string) bool {
 	var e *admin.Error
 	return errors.As(err, &e) && e.Code == code
+}
+
+// TestPortalServed: an endpoint with a portal serves it over TLS with the server certificate,
+// with its security headers, from Start until Run returns.
+func TestPortalServed(t *testing.T) {
+	l, _ := directoryLab(t, false)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	doc := string(readFileBytes(t, l.path)) + "portal: {listen_address: \"" + addr + "\", public_url: \"https://vpn.example.com\"}\n"
+	l.writeFile("endpoint.yaml", []byte(doc))
+	l.portalProfiles = true
+	l.start()
+	// The lab's server certificate names no address: the test checks whose it is instead.
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Get("https://" + addr + "/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.TLS == nil || resp.Header.Get("Content-Security-Policy") == "" ||
+		resp.TLS.PeerCertificates[0].Subject.CommonName != "server-a" {
+		t.Fatalf("GET /login: %d, TLS %v, CSP %q", resp.StatusCode, resp.TLS != nil, resp.Header.Get("Content-Security-Policy"))
+	}
+	l.run.Stop()
+	<-l.done
+	if _, err := client.Get("https://" + addr + "/login"); err == nil {
+		t.Error("the portal outlived Run")
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/cvpn/cvpn/ippool"
 	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/portal"
 	"github.com/cvpn/cvpn/tunnel"
 	"github.com/cvpn/cvpn/tunnel/host"
 	"github.com/cvpn/cvpn/tunnel/sock"
@@ -51,6 +52,9 @@ type Options struct {
 	HostAddrs HostAddrs
 	// ReopenLog: each value received reopens the connection log's file (SIGUSR1, logrotate).
 	ReopenLog <-chan struct{}
+	// PortalProfiles makes the profiles the self-service portal hands out, from the endpoint
+	// in force (package endpoint/profile's ForPortal); required when the file has a portal.
+	PortalProfiles func(current func() *Endpoint) portal.Profiles
 
 	// crlPoll is how often the CRL file is checked; 0 means every two seconds.
 	crlPoll time.Duration
@@ -78,6 +82,8 @@ type Running struct {
 	admin *admin.Server
 	// adm is the admission pipeline with the state store, directory and handler it owns.
 	adm *admission
+	// portal serves the self-service portal from Start until Run returns (nil without one).
+	portal *portalServer
 
 	// crl is the CRL set in force: the file's at start or at the last reload, or what the
 	// CRL watcher loaded since. It is what a reload compares the file's CRL with.
@@ -223,6 +229,11 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 		srv.Close()
 		return nil, err
 	}
+	if r.portal, err = startPortal(r, ep); err != nil {
+		_ = r.admin.Close()
+		srv.Close()
+		return nil, err
+	}
 	r.crl.Store(ep.CRL)
 	r.watchCRL(ep)
 	opts.Log.Info("cvpn listening", "udp", ecfg.UDP, "tcp", ecfg.TCP, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
@@ -259,6 +270,7 @@ func setupHost(cfg host.Config, log *slog.Logger) (Host, error) {
 // state (a failure to is logged) and logs the drop counters.
 func (r *Running) Run() {
 	r.srv.Run()
+	r.portal.close()
 	if err := r.admin.Close(); err != nil {
 		r.log.Error("closing the admin API", "err", err)
 	}

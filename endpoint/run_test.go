@@ -22,6 +22,7 @@ import (
 	"github.com/cvpn/cvpn/bench/client"
 	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/portal"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 	"github.com/cvpn/cvpn/tunnel/host"
@@ -62,6 +63,8 @@ type lab struct {
 	logs     *syncBuffer
 	done     chan struct{}
 	now      func() time.Time // the endpoint's clock; nil means time.Now
+	// portalProfiles gives the endpoint a profile maker for its portal.
+	portalProfiles bool
 }
 
 // baseFile is the endpoint file the lab starts with.
@@ -158,6 +161,12 @@ func (l *lab) start() {
 		Network: l.net,
 		Now:     l.now,
 		crlPoll: 20 * time.Millisecond,
+		PortalProfiles: func(func() *Endpoint) portal.Profiles {
+			if !l.portalProfiles {
+				return nil
+			}
+			return fakeProfiles{}
+		},
 	})
 	if err != nil {
 		l.t.Fatal(err)
@@ -175,6 +184,13 @@ func (l *lab) start() {
 			l.t.Logf("endpoint log:\n%s", l.logs.String())
 		}
 	})
+}
+
+// fakeProfiles makes empty profiles for portal tests (package profile imports this one).
+type fakeProfiles struct{}
+
+func (fakeProfiles) Profile(context.Context, portal.Identity, string) (string, []byte, error) {
+	return "test.ovpn", []byte("client\n"), nil
 }
 
 // reload rewrites the endpoint file with the replacements old, new, ... of baseFile and reloads.

@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/cvpn/cvpn/endpoint"
+	"github.com/cvpn/cvpn/endpoint/profile"
+	"github.com/cvpn/cvpn/portal"
 )
 
 // cmdServe runs the endpoint (package endpoint) until SIGTERM or SIGINT; SIGHUP reloads the
@@ -110,7 +112,8 @@ func serveFile(path, memProfile string, log *slog.Logger, stderr io.Writer) int 
 			}
 		}
 	}()
-	err = endpoint.Serve(ctx, path, ep, reload, endpoint.Options{Log: log, Now: timeNow, Host: setupHost, ReopenLog: reopenLog})
+	err = endpoint.Serve(ctx, path, ep, reload, endpoint.Options{Log: log, Now: timeNow, Host: setupHost, ReopenLog: reopenLog,
+		PortalProfiles: func(current func() *endpoint.Endpoint) portal.Profiles { return profile.ForPortal(current, timeNow) }})
 	if err != nil {
 		printServeError(stderr, err)
 		return exitRuntime

@@ -103,6 +103,7 @@ type Metrics struct {
 	handshake    prometheus.Histogram
 	handlerCalls *prometheus.CounterVec
 	handlerTime  prometheus.Histogram
+	downloads    *prometheus.CounterVec
 
 	// mu guards the fields below, and serialises scrapes so that each one's traffic totals are
 	// at least the last one's (a scrape lists the sessions with mu held, then sends without).
@@ -142,17 +143,24 @@ func New(src Sources) *Metrics {
 			Help:    "How long client-connect handler calls took, whatever their outcome.",
 			Buckets: HandshakeBuckets,
 		}),
+		downloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cvpn_portal_configuration_downloads_total",
+			Help: "Client profiles downloaded from the self-service portal, by transport (AWS/ClientVPN SelfServicePortalClientConfigurationDownloads).",
+		}, []string{"transport"}),
 		endedIDs: map[uint64]struct{}{},
 		seen:     map[uint64]counters.TrafficSnapshot{},
 	}
 	m.version, m.rev = buildVersion()
+	for _, t := range []string{"udp", "tcp"} {
+		m.downloads.WithLabelValues(t)
+	}
 	for _, c := range RefusalCodes {
 		m.authFailures.WithLabelValues(string(c))
 	}
 	for _, o := range connecthandler.Outcomes() {
 		m.handlerCalls.WithLabelValues(o)
 	}
-	m.reg.MustRegister(m, m.authFailures, m.handshake, m.handlerCalls, m.handlerTime,
+	m.reg.MustRegister(m, m.authFailures, m.handshake, m.handlerCalls, m.handlerTime, m.downloads,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -182,6 +190,14 @@ func (m *Metrics) PrepareRefusals(codes ...session.RefusalCode) {
 func (m *Metrics) Observe(outcome string, d time.Duration) {
 	m.handlerCalls.WithLabelValues(outcome).Inc()
 	m.handlerTime.Observe(d.Seconds())
+}
+
+// PortalDownload counts a profile downloaded from the self-service portal.
+func (m *Metrics) PortalDownload(transport string) {
+	if transport != "udp" && transport != "tcp" {
+		transport = "other"
+	}
+	m.downloads.WithLabelValues(transport).Inc()
 }
 
 // Refused counts an authentication failure under its code.

@@ -452,3 +452,15 @@ func TestClientConnectHandlerMetrics(t *testing.T) {
 	want(t, fams, 2, "cvpn_client_connect_handler_calls_total", "outcome", connecthandler.ReasonTimedOut)
 	want(t, fams, 3, "cvpn_client_connect_handler_duration_seconds")
 }
+
+func TestPortalDownloads(t *testing.T) {
+	m := New(Sources{})
+	fams := scrape(t, m.Handler())
+	want(t, fams, 0, "cvpn_portal_configuration_downloads_total", "transport", "udp")
+	m.PortalDownload("tcp")
+	m.PortalDownload("tcp")
+	m.PortalDownload("bogus")
+	fams = scrape(t, m.Handler())
+	want(t, fams, 2, "cvpn_portal_configuration_downloads_total", "transport", "tcp")
+	want(t, fams, 1, "cvpn_portal_configuration_downloads_total", "transport", "other")
+}
