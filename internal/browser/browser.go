@@ -14,8 +14,9 @@
 // It does not know the portal: no selector, address or flow of cvpn lives
 // here. It never reaches anything but what a test names: Chromium starts with
 // its background traffic (component updates, safe browsing, metrics, sync)
-// switched off, no proxy, and host names other than localhost unresolvable
-// unless a test maps them with Resolve.
+// switched off, reaches IP addresses directly, and sends every request for a
+// host name other than localhost to a closed port on loopback, where it
+// fails, unless a test maps the name with Resolve.
 package browser
 
 import (
@@ -62,8 +63,6 @@ type Browser struct {
 	timeout    time.Duration
 	root       string // t.TempDir(): profile/ and home/ of the browser
 	profileDir string
-	width      int
-	height     int
 
 	// logMu guards alive: chromedp may log from its goroutines, and a test
 	// must not be logged to once it has completed.
@@ -89,9 +88,9 @@ type config struct {
 type Option func(*config)
 
 // InNetns runs Chromium inside the named network namespace (through
-// `ip netns exec NAME`), so that it reaches the addresses of a test's
-// namespaces. The name must be one that `ip netns add` made: letters,
-// digits, '.', '_' and '-'.
+// `ip netns exec NAME`, so as root), so that it reaches the addresses of a
+// test's namespaces. The name must be one that `ip netns add` made:
+// letters, digits, '.', '_' and '-'.
 func InNetns(name string) Option {
 	return func(c *config) {
 		if !validNetnsName(name) {
@@ -123,8 +122,9 @@ func TrustCA(pem []byte) Option {
 }
 
 // Resolve makes the browser resolve host to ip (an IPv4 or IPv6 address),
-// for pages that must be reached by name (cookies, redirect URLs). Every
-// other name but localhost fails to resolve.
+// for pages that must be reached by name (cookies, redirect URLs). Pages of
+// every other name but localhost fail to load (ERR_PROXY_CONNECTION_FAILED),
+// without a name lookup.
 func Resolve(host, ip string) Option {
 	return func(c *config) {
 		rule, err := resolveRule(host, ip)
@@ -201,8 +201,6 @@ func Start(t testing.TB, opts ...Option) *Browser {
 		root:       root,
 		timeout:    cfg.timeout,
 		profileDir: filepath.Join(root, "profile"),
-		width:      cfg.width,
-		height:     cfg.height,
 		alive:      true,
 	}
 	home := filepath.Join(root, "home")

@@ -277,11 +277,15 @@ func TestResolve(t *testing.T) {
 	if got := b.Text("h1"); got != "Sign in" {
 		t.Fatalf("page by name: heading %q", got)
 	}
-	if err := b.tryNavigate("https://elsewhere.test:" + port + "/"); err == nil {
-		t.Fatal("an unmapped name loaded")
+	b.Navigate("https://localhost:" + port + "/")
+	if got := b.Text("h1"); got != "Sign in" {
+		t.Fatalf("page at localhost: heading %q", got)
 	}
-	if err := b.tryNavigate("https://example.com/"); err == nil {
-		t.Fatal("a name outside the test loaded")
+	// Unmapped names go to the closed proxy port: no lookup, no traffic.
+	for _, u := range []string{"https://elsewhere.test:" + port + "/", "https://example.com/", "http://example.com/"} {
+		if err := b.tryNavigate(u); err == nil || !strings.Contains(err.Error(), "ERR_PROXY_CONNECTION_FAILED") {
+			t.Fatalf("navigate to %s: err = %v, want ERR_PROXY_CONNECTION_FAILED", u, err)
+		}
 	}
 	for _, bad := range [][2]string{{"a b", "127.0.0.1"}, {"x.test,MAP *", "127.0.0.1"}, {"x.test", "not-an-ip"}, {"", "::1"}} {
 		if _, err := resolveRule(bad[0], bad[1]); err == nil {
