@@ -119,7 +119,7 @@ func (b *Browser) WaitVisible(selector string) {
 // returns its rendered text (innerText).
 func (b *Browser) Text(selector string) string {
 	b.t.Helper()
-	return run(b, fmt.Sprintf("read the text of %q", selector), chromedp.Text(chromedp.CSS(selector)))
+	return run(b, fmt.Sprintf("read the text of %q", selector), chromedp.Text(chromedp.CSS(selector), chromedp.NodeVisible))
 }
 
 // Location returns the address of the page in the tab.

@@ -11,6 +11,17 @@
 // keeps screenshots under test-output/<TestName>/ at the repository root.
 // internal/qrtest decodes the QR codes that ImageBytes reads.
 //
+// A test reads like what a person does:
+//
+//	b := browser.Start(t, browser.TrustCA(serverCertPEM))
+//	b.Navigate(portalURL)
+//	b.Fill("#username", "alice")
+//	b.Fill("#password", password)
+//	b.Submit("button[type=submit]")
+//	b.Screenshot("signed-in") // test-output/TestPortal/01-signed-in.png
+//	secret, err := qrtest.DecodeQR(b.ImageBytes("img.qr"))
+//	name, profile := b.Download("a#profile-udp")
+//
 // It does not know the portal: no selector, address or flow of cvpn lives
 // here. It never reaches anything but what a test names: Chromium starts with
 // its background traffic (component updates, safe browsing, metrics, sync)
