@@ -82,6 +82,16 @@ func (l *limiter) fail(key string, now time.Time) {
 	l.m[key] = append(ts, now)
 }
 
+// throttled reports whether key is over its limit, and if not counts one more: a limiter of
+// max 1 lets one event a window through.
+func (l *limiter) throttled(key string, now time.Time) bool {
+	if over, _ := l.limited(key, now); over {
+		return true
+	}
+	l.fail(key, now)
+	return false
+}
+
 // forget clears key's failures (a user who signed in).
 func (l *limiter) forget(key string) {
 	l.mu.Lock()

@@ -94,7 +94,11 @@ func (s *Server) limited(w http.ResponseWriter, r *http.Request, user string) bo
 		return false
 	}
 	mins := int((wait + time.Minute - 1) / time.Minute)
-	s.audit(r, EventLoginLimited, "user", logName(user))
+	// One record a minute per address and user: a flood of refused attempts is not a
+	// flood of audit records.
+	if k := addr + "\x00" + userKey(user); !s.limitAudits.throttled(k, now) {
+		s.audit(r, EventLoginLimited, "user", logName(user))
+	}
 	w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)+1))
 	s.fail(w, r, http.StatusTooManyRequests, fmt.Sprintf(msgLimited, mins))
 	return true

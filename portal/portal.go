@@ -209,8 +209,10 @@ type Server struct {
 	pending  *federatedTable
 	users    *limiter // failures by username
 	addrs    *limiter // failures by client address
-	pages    *pages
-	handler  http.Handler
+	// limitAudits damps the audit records of refused (limited) attempts.
+	limitAudits *limiter
+	pages       *pages
+	handler     http.Handler
 }
 
 // New checks cfg and returns a Server.
@@ -274,6 +276,7 @@ func New(cfg Config) (*Server, error) {
 	s.pending = newFederatedTable(maxFederated)
 	s.users = newLimiter(MaxFailuresPerUser, FailureWindow, limiterEntries)
 	s.addrs = newLimiter(MaxFailuresPerAddress, FailureWindow, limiterEntries)
+	s.limitAudits = newLimiter(1, time.Minute, limiterEntries)
 	if s.pages, err = parsePages(); err != nil {
 		return nil, err
 	}
