@@ -36,7 +36,11 @@ func run[T any](b *Browser, what string, a chromedp.Action[T]) T {
 func (b *Browser) fail(what string, err error) {
 	b.t.Helper()
 	if errors.Is(err, context.DeadlineExceeded) {
-		err = fmt.Errorf("timed out after %v", b.timeout)
+		if err.Error() == context.DeadlineExceeded.Error() {
+			err = fmt.Errorf("timed out after %v", b.timeout)
+		} else {
+			err = fmt.Errorf("timed out after %v: %w", b.timeout, err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, 5*time.Second)
 	defer cancel()

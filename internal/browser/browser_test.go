@@ -75,12 +75,17 @@ func (p *portalLike) handler(t *testing.T) http.Handler {
 <img id="qrinline" src="data:image/png;base64,%s" alt="QR code">
 <p id="notimg">not an image</p>
 <p><a id="profile" href="/profile">Download your profile</a></p>
+<form method="post" action="/profile"><button id="profile-post" name="proto" value="tcp">Download for TCP</button></form>
 </body></html>`, html.EscapeString(c.Value), base64.StdEncoding.EncodeToString(code.PNG()))
 	})
-	mux.HandleFunc("GET /profile", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/profile", func(w http.ResponseWriter, r *http.Request) {
+		proto := "udp"
+		if r.Method == http.MethodPost {
+			proto = r.PostFormValue("proto")
+		}
 		w.Header().Set("Content-Type", "application/x-openvpn-profile")
-		w.Header().Set("Content-Disposition", `attachment; filename="cvpn-udp.ovpn"`)
-		fmt.Fprint(w, profileText)
+		w.Header().Set("Content-Disposition", `attachment; filename="cvpn-`+proto+`.ovpn"`)
+		fmt.Fprint(w, strings.Replace(profileText, "udp", proto, 1))
 	})
 	mux.HandleFunc("GET /qr.png", func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
@@ -175,8 +180,14 @@ func TestSignInAndScanQR(t *testing.T) {
 	if name != "cvpn-udp.ovpn" || string(data) != profileText {
 		t.Fatalf("downloaded %q: %q; want cvpn-udp.ovpn: %q", name, data, profileText)
 	}
+	// A form's button that posts and gets a file, as the portal's profile
+	// downloads do.
+	name, data = b.Download("#profile-post")
+	if want := strings.Replace(profileText, "udp", "tcp", 1); name != "cvpn-tcp.ovpn" || string(data) != want {
+		t.Fatalf("downloaded %q: %q; want cvpn-tcp.ovpn: %q", name, data, want)
+	}
 	if got, want := b.Location(), srv.URL+"/enrol"; got != want {
-		t.Fatalf("after the download at %s, want %s", got, want)
+		t.Fatalf("after the downloads at %s, want %s", got, want)
 	}
 
 	dir := filepath.Dir(shot1)
@@ -368,6 +379,16 @@ func TestActionFailure(t *testing.T) {
 	})
 	if !strings.Contains(msg, "not <img>") {
 		t.Fatalf("ImageBytes of a <p> failed with %q", msg)
+	}
+
+	// Download of a click that loads a page and sends no file.
+	msg = failureOf(t, func(tb testing.TB) {
+		b := Start(tb, TrustCA(pki.leafPEM), Timeout(time.Second))
+		b.Navigate(srv.URL + "/")
+		b.Download("#signin")
+	})
+	if !strings.Contains(msg, `download with "#signin"`) || !strings.Contains(msg, "timed out after 1s: no download finished") {
+		t.Fatalf("Download without a file failed with %q", msg)
 	}
 }
 
