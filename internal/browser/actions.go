@@ -63,8 +63,10 @@ func (b *Browser) Navigate(url string) {
 	run(b, fmt.Sprintf("navigate to %s", url), chromedp.Navigate(url))
 }
 
-// tryNavigate is Navigate that returns the error, for tests of refusals.
-func (b *Browser) tryNavigate(url string) error {
+// TryNavigate is Navigate that returns the error (for example
+// "page load error net::ERR_CERT_AUTHORITY_INVALID") instead of failing the
+// test, for tests of what must not load.
+func (b *Browser) TryNavigate(url string) error {
 	ctx, cancel := context.WithTimeout(b.ctx, b.timeout)
 	defer cancel()
 	return chromedp.Do(ctx, chromedp.Navigate(url))

@@ -245,13 +245,13 @@ func TestTrustCA(t *testing.T) {
 	if got := b.Text("#ok"); got != "trusted" {
 		t.Fatalf("server with a trusted certificate: page says %q", got)
 	}
-	err := b.tryNavigate(srvStranger.URL)
+	err := b.TryNavigate(srvStranger.URL)
 	if err == nil || !strings.Contains(err.Error(), "ERR_CERT_AUTHORITY_INVALID") {
 		t.Fatalf("server of another CA: navigate err = %v, want ERR_CERT_AUTHORITY_INVALID", err)
 	}
 
 	plain := Start(t)
-	if err := plain.tryNavigate(srvCA.URL); err == nil || !strings.Contains(err.Error(), "ERR_CERT_AUTHORITY_INVALID") {
+	if err := plain.TryNavigate(srvCA.URL); err == nil || !strings.Contains(err.Error(), "ERR_CERT_AUTHORITY_INVALID") {
 		t.Fatalf("without TrustCA: navigate err = %v, want ERR_CERT_AUTHORITY_INVALID", err)
 	}
 }
@@ -294,7 +294,7 @@ func TestResolve(t *testing.T) {
 	}
 	// Unmapped names go to the closed proxy port: no lookup, no traffic.
 	for _, u := range []string{"https://elsewhere.test:" + port + "/", "https://example.com/", "http://example.com/"} {
-		if err := b.tryNavigate(u); err == nil || !strings.Contains(err.Error(), "ERR_PROXY_CONNECTION_FAILED") {
+		if err := b.TryNavigate(u); err == nil || !strings.Contains(err.Error(), "ERR_PROXY_CONNECTION_FAILED") {
 			t.Fatalf("navigate to %s: err = %v, want ERR_PROXY_CONNECTION_FAILED", u, err)
 		}
 	}

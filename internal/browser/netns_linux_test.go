@@ -72,7 +72,7 @@ func TestInNetns(t *testing.T) {
 	}
 
 	outside := Start(t)
-	if err := outside.tryNavigate(url); err == nil {
+	if err := outside.TryNavigate(url); err == nil {
 		ctx, cancel := context.WithTimeout(outside.Context(), 5*time.Second)
 		defer cancel()
 		body, err := chromedp.Run(ctx, chromedp.Evaluate[string]("document.body ? document.body.innerText : ''"))
