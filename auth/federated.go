@@ -80,7 +80,11 @@ func (p *Pipeline) federated(ctx context.Context, cfg *Config, log *slog.Logger,
 		case errors.Is(err, sso.ErrPending):
 			// The user pressed Enter before signing in: the same notice again.
 			log.Info("single sign-on: login not completed yet; the link is sent again")
-			return nil, p.notice(cfg, log, cred.State, cred.Username, "")
+			url := ""
+			if code, err := f.Broker.CodeOf(cred.State); err == nil {
+				url = f.LoginURL(sso.FormatCode(code))
+			}
+			return nil, p.notice(cfg, log, cred.State, cred.Username, url)
 		case errors.Is(err, sso.ErrUnknown):
 			log.Warn("single sign-on refused", "reason", err)
 			return nil, refuse(CodeSSOExpired, "the login link expired or was used: connect again for a new one")

@@ -63,9 +63,9 @@ func TestSSOStockClient(t *testing.T) {
 	code := strings.Fields(strings.TrimPrefix(text, "Open https://vpn.example.com/d/"))[0]
 	answer := req("alice", "CRV1::"+state+"::")
 
-	again, _ := notice(t, func() error { _, err := f.p.Authenticate(ctx, answer); return err }())
-	if again != state {
-		t.Errorf("the notice sent again has state %q, want %q", again, state)
+	again, againText := notice(t, func() error { _, err := f.p.Authenticate(ctx, answer); return err }())
+	if again != state || againText != text {
+		t.Errorf("the notice sent again is %q %q, want %q %q", again, againText, state, text)
 	}
 	login, err := f.broker.Lookup(code)
 	if err != nil || login.Attempt.Hint != "alice" || login.Attempt.ConnectionID == "" {

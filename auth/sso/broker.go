@@ -165,6 +165,17 @@ func (b *Broker) Lookup(code string) (Login, error) {
 	return e.login, nil
 }
 
+// CodeOf returns the code of the live login of state, to show its link again.
+func (b *Broker) CodeOf(state string) (string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.liveByStateLocked(state)
+	if e == nil {
+		return "", ErrUnknown
+	}
+	return e.login.Code, nil
+}
+
 // Complete records who signed in for the login of code; a login completes once.
 func (b *Broker) Complete(code string, id Identity) error {
 	return b.finish(code, &id, nil)
