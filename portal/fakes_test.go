@@ -239,9 +239,9 @@ func newEnv(t *testing.T, mod func(*Config)) *env {
 		saml:     &fakeFed{name: MethodSAML, states: map[string]bool{}},
 		profiles: &fakeProfiles{},
 		sessions: &fakeSessions{conns: map[string][]SessionView{
-			"alice": {{ConnectionID: "cvpn-endpoint-conn-a1", ClientIP: "198.51.100.7", DeviceIP: "10.8.0.2", Platform: "linux", Since: "2026-11-29 11:00 UTC"},
-				{ConnectionID: "cvpn-endpoint-conn-a2", ClientIP: "203.0.113.9", DeviceIP: "10.8.0.3", Platform: "ios", Since: "2026-11-29 11:30 UTC"}},
-			"bob": {{ConnectionID: "cvpn-endpoint-conn-b1", ClientIP: "198.51.100.8", DeviceIP: "10.8.0.4", Platform: "win", Since: "2026-11-29 10:00 UTC"}},
+			"alice": {{ConnectionID: "cvpn-endpoint-conn-a1", ClientIP: "10.8.0.2", DeviceIP: "198.51.100.7", Platform: "linux", Since: "2026-11-29 11:00 UTC"},
+				{ConnectionID: "cvpn-endpoint-conn-a2", ClientIP: "10.8.0.3", DeviceIP: "203.0.113.9", Platform: "ios", Since: "2026-11-29 11:30 UTC"}},
+			"bob": {{ConnectionID: "cvpn-endpoint-conn-b1", ClientIP: "10.8.0.4", DeviceIP: "198.51.100.8", Platform: "win", Since: "2026-11-29 10:00 UTC"}},
 		}},
 	}
 	e.broker = sso.New(sso.Options{Now: e.clk.Now})

@@ -113,9 +113,15 @@ type Sessions interface {
 	End(user, connectionID string) error
 }
 
-// SessionView is one VPN connection as the portal shows it.
+// SessionView is one VPN connection as the portal shows it. The addresses are named as in
+// the admin API and the connection log (AWS ClientIp and DeviceIp).
 type SessionView struct {
-	ConnectionID, ClientIP, DeviceIP, Platform, Since string
+	ConnectionID string
+	// ClientIP is the address the connection has inside the VPN (from client_cidr_block).
+	ClientIP string
+	// DeviceIP is the address the device connects from.
+	DeviceIP        string
+	Platform, Since string
 }
 
 // Config is what a Server needs. Password or Federated is required; the rest is optional and
