@@ -24,6 +24,7 @@ import (
 const (
 	oidcCallbackPath = "/oidc/callback"
 	samlACSPath      = "/saml/acs"
+	samlMetadataPath = "/saml/metadata" // the SP's entity ID, where its metadata is served
 	deviceLoginPath  = "/d/"
 )
 
@@ -110,7 +111,7 @@ type samlLogin struct{ sp *saml.SP }
 func newSAMLLogin(ep *Endpoint, now func() time.Time) (*samlLogin, error) {
 	s := ep.Config.Authentication.Federated.SAML
 	sp, err := saml.New(saml.Config{
-		IdPMetadata: ep.SAMLMetadata, EntityID: publicURL(ep.Config, "/saml/metadata"), ACSURL: publicURL(ep.Config, samlACSPath),
+		IdPMetadata: ep.SAMLMetadata, EntityID: publicURL(ep.Config, samlMetadataPath), ACSURL: publicURL(ep.Config, samlACSPath),
 		GroupsAttribute: s.GroupsAttribute, Now: now,
 	})
 	if err != nil {
@@ -120,6 +121,9 @@ func newSAMLLogin(ep *Endpoint, now func() time.Time) (*samlLogin, error) {
 }
 
 func (l *samlLogin) Name() string { return portal.MethodSAML }
+
+// Metadata is the service provider's metadata document.
+func (l *samlLogin) Metadata() ([]byte, error) { return l.sp.Metadata() }
 
 func (l *samlLogin) Begin(context.Context) (string, string, error) {
 	u, login, err := l.sp.Begin()

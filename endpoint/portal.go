@@ -79,8 +79,12 @@ func startPortal(r *Running, ep *Endpoint) (*portalServer, error) {
 	if err != nil {
 		return nil, cfg.KeyError("portal.listen_address", fmt.Errorf("%v: is something else listening there?", err))
 	}
+	handler := p.Handler()
+	if login != nil && login.Name() == portal.MethodSAML {
+		handler = withSPMetadata(handler, r.adm)
+	}
 	srv := &http.Server{
-		Handler:           p.Handler(),
+		Handler:           handler,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -130,6 +134,40 @@ func idpOrigin(ep *Endpoint) string {
 		}
 	}
 	return ""
+}
+
+// spMetadata is a login that has service provider metadata to publish (SAML).
+type spMetadata interface {
+	Metadata() ([]byte, error)
+}
+
+// withSPMetadata serves the SAML service provider's metadata at its entity ID
+// (<public_url>/saml/metadata), for the IdP's administrator to register cvpn from, and passes
+// every other request to the portal. The login in force answers, so a reload that changes the
+// IdP changes the document; without a SAML login the portal answers (404).
+func withSPMetadata(next http.Handler, a *admission) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != samlMetadataPath || (r.Method != http.MethodGet && r.Method != http.MethodHead) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		a.mu.Lock()
+		md, ok := a.login.(spMetadata)
+		a.mu.Unlock()
+		if !ok {
+			next.ServeHTTP(w, r)
+			return
+		}
+		b, err := md.Metadata()
+		if err != nil {
+			http.Error(w, "the service provider's metadata could not be made", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/samlmetadata+xml")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'")
+		_, _ = w.Write(b)
+	})
 }
 
 // portalPassword logs portal users in against the directory in force.
