@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"encoding/xml"
 	"fmt"
 	"net/netip"
 	"net/url"
@@ -22,7 +23,6 @@ import (
 	"github.com/pquerna/otp/totp"
 	"github.com/vishvananda/netns"
 
-	"github.com/cvpn/cvpn/auth/saml"
 	"github.com/cvpn/cvpn/internal/browser"
 	"github.com/cvpn/cvpn/internal/console"
 	"github.com/cvpn/cvpn/internal/netlab"
@@ -80,10 +80,19 @@ func portalCert(t *testing.T, dir string) (yaml string, caPEM []byte) {
 // Chromium in it, resolving selfServiceHost to the endpoint's address on that link and trusting
 // the PEM certificates in trust. Chromium's first namespace must be the lab's first client:
 // remote_hostname 172.31.1.1 is the endpoint's address on that link.
+//
+// IPv6 is off in that namespace: the link's IPv6 link-local address would finish duplicate
+// address detection a moment after the link came up, and Chromium takes that for a change of
+// network and fails the requests under way (net::ERR_NETWORK_CHANGED).
 func startPortalBrowser(t *testing.T, lab *netlab.Lab, trust [][]byte, opts ...browser.Option) *browser.Browser {
 	t.Helper()
 	ns, server, err := lab.AddClient()
 	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := lab.Output(ctx, ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"); err != nil {
 		t.Fatal(err)
 	}
 	opts = append(opts, browser.InNetns(ns), browser.Resolve(selfServiceHost, server.String()), browser.Timeout(20*time.Second))
@@ -554,22 +563,16 @@ func TestPortalSAML(t *testing.T) {
 	s, portalCA := newFederatedSetup(t, false, func(lab *netlab.Lab, dir string) string {
 		inNamespace(t, lab.Server, func() { idp = samllab.StartAt(t, selfServiceIdPAddr.String()) })
 		idp.AddUser(user, pw, "vpn-users")
-		// The SP's metadata as cvpn's service provider makes it for this portal.
-		sp, err := saml.New(saml.Config{IdPMetadata: idp.Metadata, EntityID: selfServiceURL + "/saml/metadata", ACSURL: selfServiceURL + "/saml/acs"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		md, err := sp.Metadata()
-		if err != nil {
-			t.Fatal(err)
-		}
-		idp.AddServiceProvider("cvpn", md)
 		if err := os.WriteFile(filepath.Join(dir, "idp-metadata.xml"), idp.Metadata, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		return fmt.Sprintf("  federated:\n    saml:\n      idp_metadata_file: %s\n", filepath.Join(dir, "idp-metadata.xml"))
 	})
 	writeCAKey(t, s.ep)
+	// The IdP's administrator registers cvpn from the metadata its portal serves at its entity
+	// ID, as examples/saml-endpoint.yaml says.
+	md := fetchSPMetadata(t, s.lab, portalCA)
+	idp.AddServiceProvider("cvpn", md)
 
 	idpPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: idp.TLSCert.Raw})
 	b := startPortalBrowser(t, s.lab, [][]byte{portalCA, idpPEM})
@@ -600,4 +603,47 @@ func TestPortalSAML(t *testing.T) {
 	if !regexp.MustCompile(`audit: portal_login.* user=grace.* method=saml`).MatchString(s.srv.Output()) {
 		t.Errorf("cvpn logged no audit record of the SAML login")
 	}
+}
+
+// fetchSPMetadata fetches the SAML service provider's metadata from the running portal, as
+// an IdP's administrator would (curl in the endpoint's namespace, trusting the portal's CA),
+// and checks that it names the entity ID and the ACS.
+func fetchSPMetadata(t *testing.T, lab *netlab.Lab, portalCA []byte) []byte {
+	t.Helper()
+	caFile := filepath.Join(t.TempDir(), "portal-ca.pem")
+	if err := os.WriteFile(caFile, portalCA, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	entityID := selfServiceURL + "/saml/metadata"
+	out, err := lab.Command(ctx, lab.Server, "curl", "-sS", "--fail", "--cacert", caFile,
+		"--resolve", selfServiceHost+":8443:127.0.0.1", entityID).Output()
+	if err != nil {
+		t.Fatalf("curl %s: %v", entityID, err)
+	}
+	var md struct {
+		XMLName  xml.Name `xml:"urn:oasis:names:tc:SAML:2.0:metadata EntityDescriptor"`
+		EntityID string   `xml:"entityID,attr"`
+		SP       struct {
+			ACS []struct {
+				Binding  string `xml:"Binding,attr"`
+				Location string `xml:"Location,attr"`
+			} `xml:"AssertionConsumerService"`
+		} `xml:"SPSSODescriptor"`
+	}
+	if err := xml.Unmarshal(out, &md); err != nil {
+		t.Fatalf("the portal's %s is not an EntityDescriptor: %v\n%s", entityID, err, out)
+	}
+	if md.EntityID != entityID {
+		t.Errorf("the SP metadata names entity ID %q, want %q", md.EntityID, entityID)
+	}
+	acs := false
+	for _, a := range md.SP.ACS {
+		acs = acs || (a.Location == selfServiceURL+"/saml/acs" && a.Binding == "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST")
+	}
+	if !acs {
+		t.Errorf("the SP metadata has no HTTP-POST ACS at %s/saml/acs:\n%s", selfServiceURL, out)
+	}
+	return out
 }
