@@ -98,6 +98,9 @@ func newSSOSetup(t *testing.T) *ssoSetup {
 	d := &dirSetup{setup: &setup{t: t, lab: lab}, secrets: map[string]string{}}
 	t.Cleanup(func() {
 		lab.Close()
+		if d.srv != nil && strings.Contains(d.srv.Output(), "WARNING: DATA RACE") {
+			t.Errorf("cvpn (built with CVPN_E2E_RACE) reported a data race")
+		}
 		if t.Failed() && d.srv != nil {
 			t.Logf("cvpn output:\n%s", d.srv.Output())
 		}
@@ -265,7 +268,7 @@ func (s *ssoSetup) deviceLogin(b *browser.Browser, link, user, password string, 
 	if who := b.Text(".who"); who != user {
 		s.t.Errorf("the device page is signed in as %q, want %q", who, user)
 	}
-	shot("device-approve")
+	shot("device-page")
 	if approve {
 		b.Submit("#device-approve")
 	} else {
@@ -281,6 +284,8 @@ func (s *ssoSetup) deviceLogin(b *browser.Browser, link, user, password string, 
 	}
 	if approve {
 		shot("approved")
+	} else {
+		shot("denied")
 	}
 }
 
@@ -320,7 +325,8 @@ func ssoFailedWith(code, message string) func(r map[string]string) bool {
 // Enter before the browser login brings the notice again. The user opens the link in
 // Chromium, signs in at the provider, checks the code and approves; Enter then connects the
 // client as the provider's user, with the provider's groups (eng reaches its network, not
-// ops's). Renegotiations every 10 s carry the auth-token: no prompt, no browser.
+// ops's). Renegotiations every 10 s and a reconnect carry the auth-token: no prompt, no
+// browser.
 func TestSSOStockClient(t *testing.T) {
 	t.Parallel()
 	s := newSSOSetup(t)
@@ -398,6 +404,17 @@ func TestSSOStockClient(t *testing.T) {
 	}
 	s.ping(c.vpnClient, netlab.VPCHost.String())
 	s.noPing(c.vpnClient, netlab.VPCHost2.String())
+
+	// A reconnect, as a ping-restart would do it: the auth-token again, no browser.
+	if err := c.con.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	c.expect(t, `SIGUSR1\[[a-z]+,[^\]]*\] received, process restarting`, 15*time.Second)
+	c.expect(t, `Initialization Sequence Completed`, 30*time.Second)
+	s.ping(c.vpnClient, netlab.VPCHost.String())
+	if !regexp.MustCompile(`msg="auth-token accepted" .*user=alice`).MatchString(s.srv.Output()) {
+		t.Errorf("cvpn logged no reconnect of alice by auth-token")
+	}
 	out := c.con.Output()
 	if n := strings.Count(out, "Enter Auth Username:"); n != 1 {
 		t.Errorf("the client asked for a username %d times, want once", n)
@@ -565,7 +582,7 @@ func TestSSOStateRefused(t *testing.T) {
 
 	// A login the user denies: its answer is ssoRefused, with the reason.
 	denied, link := s.notice(s.goClient(ns, server, "bob", "x"))
-	s.deviceLogin(b, link, "bob", bobPW, false, false, false) // signed in to the portal already
+	s.deviceLogin(b, link, "bob", bobPW, false, false, true) // signed in to the portal already
 	ssoRefused(t, "the answer to a denied login", s.goClient(ns, server, "bob", "CRV1::"+denied+"::"), "single sign-on failed: the sign-in was denied in the portal")
 	if err := s.srv.WaitFor("audit: portal_device_denied", 10*time.Second); err != nil {
 		t.Errorf("cvpn has no audit record of the denial: %v", err)
@@ -613,6 +630,7 @@ func (l *ssoClientLog) String() string {
 // cvpn holds its session with AUTH_PENDING and sends the login link in INFO_PRE,WEB_AUTH. The
 // user completes the login in Chromium and the waiting client is admitted with the provider's
 // groups (ops reaches its network, not eng's), and its renegotiation carries the auth-token.
+// A second pending client whose login the user denies is refused (sso_failed).
 func TestSSOWebAuthClient(t *testing.T) {
 	t.Parallel()
 	s := newSSOSetup(t)
@@ -709,4 +727,32 @@ func TestSSOWebAuthClient(t *testing.T) {
 		t.Errorf("the session ended: %v", sess.Err())
 	default:
 	}
+
+	// Another pending client whose login the user denies is refused at once, with the reason.
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		sess, err := client.Connect(ctx, cfg)
+		done <- result{sess, err}
+	}()
+	select {
+	case text = <-infoPre:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no INFO_PRE for the second client within 30 s")
+	}
+	s.deviceLogin(b, strings.TrimPrefix(text, "WEB_AUTH::"), "carol", carolPW, false, false, false)
+	select {
+	case r = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the denied client got no answer within 30 s of the denial")
+	}
+	if r.err == nil {
+		r.sess.Close()
+		t.Fatalf("the client whose login was denied was admitted")
+	}
+	const deniedReason = "single sign-on failed: the sign-in was denied in the portal"
+	if !errors.Is(r.err, client.ErrAuthFailed) || !strings.HasSuffix(r.err.Error(), ": "+deniedReason) {
+		t.Errorf("the denied client: %v, want AUTH_FAILED,%s", r.err, deniedReason)
+	}
+	s.connLogCount("the denied pending login", 1, ssoFailedWith("sso_failed", deniedReason))
 }
