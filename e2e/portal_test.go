@@ -145,23 +145,28 @@ func inNamespace(t *testing.T, ns string, f func()) {
 
 // profileCheck is what a downloaded profile must hold.
 type profileCheck struct {
-	user string // the certificate's CN, when the endpoint wants certificates
-	ca   *pki.Identity
-	cert bool
-	mfa  bool
+	proto string // udp (default) or tcp
+	user  string // the certificate's CN, when the endpoint wants certificates
+	ca    *pki.Identity
+	cert  bool
+	mfa   bool
 }
 
 // checkProfile checks a profile downloaded from the portal: its name, the endpoint's remote
-// (remote_hostname, udp/443), auth-user-pass, the static challenge on an MFA endpoint, the
+// (remote_hostname, port 443 of the protocol), auth-user-pass, the static challenge on an MFA endpoint, the
 // tls-crypt key, and on a certificate endpoint the user's personal certificate (CN the
 // username) of the endpoint's CA with its key.
 func checkProfile(t *testing.T, name string, body []byte, want profileCheck) {
 	t.Helper()
 	p := string(body)
-	if name != "172.31.1.1-udp.ovpn" {
-		t.Errorf("downloaded profile named %q, want 172.31.1.1-udp.ovpn", name)
+	proto := want.proto
+	if proto == "" {
+		proto = "udp"
 	}
-	for _, line := range []string{"client", "dev tun", "proto udp", "remote 172.31.1.1 443", "auth-user-pass", "auth-nocache", "remote-cert-tls server"} {
+	if name != "172.31.1.1-"+proto+".ovpn" {
+		t.Errorf("downloaded profile named %q, want 172.31.1.1-%s.ovpn", name, proto)
+	}
+	for _, line := range []string{"client", "dev tun", "proto " + proto, "remote 172.31.1.1 443", "auth-user-pass", "auth-nocache", "remote-cert-tls server"} {
 		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(line) + `\r?$`).MatchString(p) {
 			t.Errorf("the downloaded profile lacks %q:\n%s", line, p)
 		}
@@ -202,14 +207,25 @@ func checkProfile(t *testing.T, name string, body []byte, want profileCheck) {
 	}
 }
 
-// otpSecret reads the secret of an otpauth:// URI.
-func otpSecret(t *testing.T, uri string) string {
+// otpSecret reads the secret of user's otpauth:// URI, and checks that its label names the
+// user and its parameters are those an authenticator app computes codes with by default
+// (SHA1, 6 digits, 30 s), as the test does.
+func otpSecret(t *testing.T, uri, user string) string {
 	t.Helper()
 	u, err := url.Parse(uri)
 	if err != nil || u.Scheme != "otpauth" || u.Host != "totp" {
 		t.Fatalf("the QR code holds %q, not an otpauth://totp/ URI (%v)", uri, err)
 	}
-	s := u.Query().Get("secret")
+	if !strings.HasSuffix(u.Path, ":"+user) {
+		t.Errorf("the otpauth URI's label %q does not name the user %q", u.Path, user)
+	}
+	q := u.Query()
+	for k, v := range map[string]string{"algorithm": "SHA1", "digits": "6", "period": "30"} {
+		if got := q.Get(k); got != "" && got != v {
+			t.Errorf("the otpauth URI has %s=%s, want %s", k, got, v)
+		}
+	}
+	s := q.Get("secret")
 	if s == "" {
 		t.Fatalf("the otpauth URI %q has no secret", uri)
 	}
@@ -279,12 +295,9 @@ func TestPortalDirectoryUser(t *testing.T) {
 	if err != nil {
 		t.Fatalf("decoding the QR code on the enrolment page: %v", err)
 	}
-	secret := otpSecret(t, uri)
+	secret := otpSecret(t, uri, user)
 	if shown := b.Text("#mfa-secret"); shown != secret {
 		t.Errorf("the page shows the key %q, the QR code holds %q", shown, secret)
-	}
-	if !strings.Contains(uri, "cvpn") && !strings.Contains(uri, user) {
-		t.Errorf("the otpauth URI %q names neither the issuer nor the user", uri)
 	}
 	b.Screenshot("enrol-qr")
 	confirm := authenticator(t, secret, -1)
@@ -313,7 +326,8 @@ func TestPortalDirectoryUser(t *testing.T) {
 	if got := b.Text(".error"); !strings.Contains(got, "already used") {
 		t.Errorf("a used code got %q, want the wrong-or-used message", got)
 	}
-	b.Fill("#code", authenticator(t, secret, 0))
+	signInCode := authenticator(t, secret, 0)
+	b.Fill("#code", signInCode)
 	b.Submit(`form[action="/login/code"] button[type=submit]`)
 	if got := b.Text("header .who"); got != user {
 		t.Fatalf("signed in as %q, want %q", got, user)
@@ -334,7 +348,8 @@ func TestPortalDirectoryUser(t *testing.T) {
 	c := d.startDownloaded("erin-phone", body)
 	c.login(t, user, pw)
 	c.expect(t, `CHALLENGE: Enter your authenticator code`, 15*time.Second)
-	if err := c.con.Send(authenticator(t, secret, 1)); err != nil {
+	vpnCode := authenticator(t, secret, 1)
+	if err := c.con.Send(vpnCode); err != nil {
 		t.Fatal(err)
 	}
 	c.expect(t, `Initialization Sequence Completed`, 30*time.Second)
@@ -372,8 +387,10 @@ func TestPortalDirectoryUser(t *testing.T) {
 		t.Errorf("after ending the connection the page says %q", got)
 	}
 
-	// The client is told to go, and the connection is listed as ended.
-	c.expect(t, `process exiting|process restarting`, 30*time.Second)
+	// The client is told to go (HALT: it does not reconnect), and the connection is listed
+	// as ended.
+	c.expect(t, `Halt command was pushed by server`, 15*time.Second)
+	c.expect(t, `process exiting`, 15*time.Second)
 	var status string
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		for _, conn := range d.listConnections() {
@@ -396,7 +413,7 @@ func TestPortalDirectoryUser(t *testing.T) {
 		t.Errorf("the portal still lists the ended connection %s:\n%s", connID, got)
 	}
 	b.Screenshot("connection-ended")
-	d.neverLogged(pw)
+	d.neverLogged(pw, confirm, signInCode, vpnCode)
 }
 
 // setViewport resizes the browser's page (a phone with mobile emulation, or a desktop).
@@ -446,7 +463,7 @@ func (d *dirSetup) startDownloaded(name string, profile []byte) *consoleClient {
 // newFederatedSetup starts a lab, lets idp start the identity provider in the endpoint's
 // namespace and return the endpoint file's authentication lines, and starts cvpn with a
 // portal.
-func newFederatedSetup(t *testing.T, noCertificate bool, idp func(lab *netlab.Lab, dir string) string) (*setup, []byte) {
+func newFederatedSetup(t *testing.T, o netlab.EndpointOptions, idp func(lab *netlab.Lab, dir string) string) (*setup, []byte) {
 	t.Helper()
 	lab, err := netlab.New()
 	if err != nil {
@@ -462,12 +479,9 @@ func newFederatedSetup(t *testing.T, noCertificate bool, idp func(lab *netlab.La
 	dir := t.TempDir()
 	portalYAML, portalCA := portalCert(t, dir)
 	auth := idp(lab, dir)
-	s.ep, err = netlab.WriteEndpoint(dir, netlab.EndpointOptions{
-		NoCertificate:  noCertificate,
-		TLSCrypt:       true,
-		Authentication: auth,
-		Extra:          portalYAML + fmt.Sprintf("remote_hostname: 172.31.1.1\nstate_dir: %s\n", filepath.Join(dir, "state")),
-	})
+	o.TLSCrypt, o.Authentication = true, auth
+	o.Extra = portalYAML + fmt.Sprintf("remote_hostname: 172.31.1.1\nstate_dir: %s\n", filepath.Join(dir, "state"))
+	s.ep, err = netlab.WriteEndpoint(dir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -489,7 +503,10 @@ func TestPortalOIDC(t *testing.T) {
 	t.Parallel()
 	const user, pw = "frank", "frank's Secret-8"
 	var op *oidclab.Lab
-	s, portalCA := newFederatedSetup(t, true, func(lab *netlab.Lab, dir string) string {
+	s, portalCA := newFederatedSetup(t, netlab.EndpointOptions{
+		NoCertificate: true,
+		Transport:     "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]",
+	}, func(lab *netlab.Lab, dir string) string {
 		ln, err := netlab.ListenTCPIn(lab.Server, netip.AddrPortFrom(selfServiceIdPAddr, 0))
 		if err != nil {
 			t.Fatal(err)
@@ -544,6 +561,8 @@ func TestPortalOIDC(t *testing.T) {
 
 	name, body := b.Download("#download-udp")
 	checkProfile(t, name, body, profileCheck{cert: false})
+	name, body = b.Download("#download-tcp")
+	checkProfile(t, name, body, profileCheck{proto: "tcp", cert: false})
 	if !regexp.MustCompile(`audit: portal_login.* user=frank.* method=oidc`).MatchString(s.srv.Output()) {
 		t.Errorf("cvpn logged no audit record of the OIDC login")
 	}
@@ -560,7 +579,7 @@ func TestPortalSAML(t *testing.T) {
 	t.Parallel()
 	const user, pw = "grace", "grace's Secret-9"
 	var idp *samllab.Lab
-	s, portalCA := newFederatedSetup(t, false, func(lab *netlab.Lab, dir string) string {
+	s, portalCA := newFederatedSetup(t, netlab.EndpointOptions{}, func(lab *netlab.Lab, dir string) string {
 		inNamespace(t, lab.Server, func() { idp = samllab.StartAt(t, selfServiceIdPAddr.String()) })
 		idp.AddUser(user, pw, "vpn-users")
 		if err := os.WriteFile(filepath.Join(dir, "idp-metadata.xml"), idp.Metadata, 0o644); err != nil {
