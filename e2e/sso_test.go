@@ -39,18 +39,18 @@ import (
 // VPC address, which cvpn reaches locally), cvpn's portal beside it under a name
 // (portal.cvpn.test) with a certificate of the lab CA, and a headless Chromium runs in a
 // client namespace of its own (the user's device), which reaches both through the endpoint's
-// host. Users sign in
-// there as a person would: they open the link their VPN client showed, sign in at the
-// provider, check the code and approve the connection.
+// host. Users sign in there as a person would: they open the link their VPN client showed,
+// sign in at the provider, check the code and approve the connection.
 //
 //   - the stock openvpn client with the exported profile of an OIDC endpoint gets the CRV1
 //     notice with the link, is admitted after Enter with the provider's groups, and its
-//     renegotiations carry the auth-token without a prompt (TestSSOStockClient);
+//     renegotiations and reconnects carry the auth-token without a prompt
+//     (TestSSOStockClient);
 //   - a login state answered twice, one never issued and one whose login was denied are
-//     ssoRefused (TestSSOStateRefused);
+//     refused (TestSSOStateRefused);
 //   - a client announcing IV_SSO=webauth (the Go client) is sent the link in
-//     AUTH_PENDING + INFO_PRE,WEB_AUTH and admitted when the browser login completes
-//     (TestSSOWebAuthClient).
+//     AUTH_PENDING + INFO_PRE,WEB_AUTH and admitted when the browser login completes, or
+//     refused when the user denies it (TestSSOWebAuthClient).
 //
 // A state that expires is not shown here: logins live sso.DefaultTTL (5 minutes), which the
 // endpoint file does not shorten; auth/sso's unit tests cover expiry with a fake clock.
@@ -451,7 +451,7 @@ func ssoConnect(cfg client.Config) (*client.Session, error) {
 // ssoNoticeRE finds the state and the link in the AUTH_FAILED reason of a CRV1 notice.
 var ssoNoticeRE = regexp.MustCompile(`CRV1:[A-Z,]*:([A-Za-z0-9_-]+):[A-Za-z0-9+/=]*:Open (` + ssoLinkPattern + `) in a browser, sign in, then press Enter$`)
 
-// notice connects cfg, which must be ssoRefused with a CRV1 notice, and returns its state and link.
+// notice connects cfg, which must be refused with a CRV1 notice, and returns its state and link.
 func (s *ssoSetup) notice(cfg client.Config) (state, link string) {
 	s.t.Helper()
 	sess, err := ssoConnect(cfg)
@@ -466,7 +466,7 @@ func (s *ssoSetup) notice(cfg client.Config) (state, link string) {
 	return m[1], m[2]
 }
 
-// ssoRefused connects cfg, which must be ssoRefused with AUTH_FAILED,<reason>.
+// ssoRefused connects cfg, which must be refused with AUTH_FAILED,<reason>.
 func ssoRefused(t *testing.T, what string, cfg client.Config, reason string) {
 	t.Helper()
 	sess, err := ssoConnect(cfg)
@@ -545,7 +545,7 @@ func inetChecksum(b []byte) uint16 {
 // TestSSOStateRefused: a login's state admits one connection. The Go client plays the stock
 // client's steps (a first attempt, then CRV1::<state>:: as its password): after the browser
 // login it is admitted; the same answer from a second client, an answer with a state cvpn
-// never issued, and the answer to a login the user denied in the portal are each ssoRefused with
+// never issued, and the answer to a login the user denied in the portal are each refused with
 // AUTH_FAILED and their reason in the connection log (sso_expired, sso_failed). The admitted
 // session is not disturbed by them.
 func TestSSOStateRefused(t *testing.T) {
@@ -580,7 +580,7 @@ func TestSSOStateRefused(t *testing.T) {
 	_, _ = rand.Read(never)
 	ssoRefused(t, "a state never issued", s.goClient(ns, server, "bob", "CRV1::"+base64.RawURLEncoding.EncodeToString(never)+"::"), usedOrExpired)
 
-	// A login the user denies: its answer is ssoRefused, with the reason.
+	// A login the user denies: its answer is refused, with the reason.
 	denied, link := s.notice(s.goClient(ns, server, "bob", "x"))
 	s.deviceLogin(b, link, "bob", bobPW, false, false, true) // signed in to the portal already
 	ssoRefused(t, "the answer to a denied login", s.goClient(ns, server, "bob", "CRV1::"+denied+"::"), "single sign-on failed: the sign-in was denied in the portal")
@@ -626,7 +626,7 @@ func (l *ssoClientLog) String() string {
 	return l.b.String()
 }
 
-// TestSSOWebAuthClient: a client announcing IV_SSO=webauth (the Go client) is not ssoRefused:
+// TestSSOWebAuthClient: a client announcing IV_SSO=webauth (the Go client) is not refused:
 // cvpn holds its session with AUTH_PENDING and sends the login link in INFO_PRE,WEB_AUTH. The
 // user completes the login in Chromium and the waiting client is admitted with the provider's
 // groups (ops reaches its network, not eng's), and its renegotiation carries the auth-token.
