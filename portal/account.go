@@ -63,6 +63,7 @@ func (s *Server) setFlash(se session, msg string) {
 // homeData is the data of the home page.
 type homeData struct {
 	Download     bool
+	UDP, TCP     bool // the profiles offered (Config.Protocols)
 	MFA          bool
 	Enrolled     bool
 	ShowSessions bool
@@ -79,7 +80,11 @@ func (s *Server) home(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	d := homeData{Download: s.cfg.Profiles != nil, MFA: s.mfaFor(se.id), ShowSessions: s.cfg.Sessions != nil, Devices: s.cfg.Devices != nil}
+	d := homeData{MFA: s.mfaFor(se.id), ShowSessions: s.cfg.Sessions != nil, Devices: s.cfg.Devices != nil}
+	if s.cfg.Profiles != nil {
+		d.UDP, d.TCP = s.offers("udp"), s.offers("tcp")
+		d.Download = d.UDP || d.TCP
+	}
 	if d.MFA {
 		enrolled, err := s.cfg.MFA.Enrolled(r.Context(), se.id.Username)
 		if err != nil {
@@ -109,6 +114,10 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadRequest, "Choose UDP or TCP.")
 		return
 	}
+	if !s.offers(proto) {
+		s.fail(w, r, http.StatusNotFound, "This VPN has no "+strings.ToUpper(proto)+" profile: it does not listen on "+strings.ToUpper(proto)+".")
+		return
+	}
 	name, body, err := s.cfg.Profiles.Profile(r.Context(), *se.id, proto)
 	if err != nil {
 		s.log.Error("portal: making a profile failed", "user", se.id.Username, "proto", proto, "err", err)
@@ -124,6 +133,15 @@ func (s *Server) download(w http.ResponseWriter, r *http.Request) {
 		s.cfg.OnDownload(proto)
 	}
 	s.audit(r, EventDownload, "user", se.id.Username, "method", se.id.Method, "proto", proto)
+}
+
+// offers reports whether the endpoint listens on proto (Config.Protocols), so that its
+// profile can be downloaded.
+func (s *Server) offers(proto string) bool {
+	if s.cfg.Protocols == nil {
+		return true
+	}
+	return slices.Contains(s.cfg.Protocols(), proto)
 }
 
 // profileName is a file name safe in a Content-Disposition header and on any file system.

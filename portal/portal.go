@@ -147,8 +147,12 @@ type Config struct {
 	IdPOrigins []string
 
 	Profiles Profiles
-	Sessions Sessions
-	Devices  *sso.Broker
+	// Protocols returns the transport protocols ("udp", "tcp") the endpoint listens on: the
+	// home page offers those profiles only, and a download of another is refused. Both
+	// when nil. It is asked at each request, so a reload that changes the listeners applies.
+	Protocols func() []string
+	Sessions  Sessions
+	Devices   *sso.Broker
 
 	// OnDownload is called for each profile downloaded (cvpn_portal_configuration_downloads_total).
 	OnDownload func(proto string)
