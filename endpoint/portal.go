@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/cvpn/cvpn/auth/directory"
@@ -43,6 +44,7 @@ func startPortal(r *Running, ep *Endpoint) (*portalServer, error) {
 		Log:       r.log.With("component", "portal"),
 		Now:       r.opts.Now,
 		Profiles:  r.opts.PortalProfiles(r.Endpoint),
+		Protocols: func() []string { return transportProtocols(r.Endpoint().Config) },
 		Sessions:  portalSessions{r.srv},
 		Devices:   r.adm.broker,
 		OnDownload: func(proto string) {
@@ -106,6 +108,18 @@ func (p *portalServer) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	_ = p.srv.Shutdown(ctx)
+}
+
+// transportProtocols are the protocols the endpoint listens on, each once: the profiles the
+// portal offers.
+func transportProtocols(cfg *config.Endpoint) []string {
+	var out []string
+	for _, l := range cfg.Transport {
+		if !slices.Contains(out, l.Protocol) {
+			out = append(out, l.Protocol)
+		}
+	}
+	return out
 }
 
 func portalTitle(cfg *config.Endpoint) string {
