@@ -336,6 +336,10 @@ func TestPortalDirectoryUser(t *testing.T) {
 		t.Errorf("after the code the browser is at %s, want the home page", loc)
 	}
 	b.WaitVisible("#download-udp")
+	// The endpoint listens on UDP only: no TCP profile is offered.
+	if main := b.Text("main"); strings.Contains(main, "Download for TCP") {
+		t.Errorf("the home page of a UDP-only endpoint offers a TCP profile:\n%s", main)
+	}
 	b.Screenshot("home")
 
 	name, body := b.Download("#download-udp")
