@@ -517,18 +517,18 @@ func ssoEcho(src, dst netip.Addr, id, seq uint16) []byte {
 	s4, d4 := src.As4(), dst.As4()
 	copy(b[12:], s4[:])
 	copy(b[16:], d4[:])
-	binary.BigEndian.PutUint16(b[10:], inetChecksum(b[:20]))
+	binary.BigEndian.PutUint16(b[10:], ssoChecksum(b[:20]))
 	icmp := b[20:]
 	icmp[0] = 8 // echo request
 	binary.BigEndian.PutUint16(icmp[4:], id)
 	binary.BigEndian.PutUint16(icmp[6:], seq)
 	copy(icmp[8:], "cvpn sso e2e!!!!")
-	binary.BigEndian.PutUint16(icmp[2:], inetChecksum(icmp))
+	binary.BigEndian.PutUint16(icmp[2:], ssoChecksum(icmp))
 	return b
 }
 
-// inetChecksum is the Internet checksum (RFC 1071) of b.
-func inetChecksum(b []byte) uint16 {
+// ssoChecksum is the Internet checksum (RFC 1071) of b.
+func ssoChecksum(b []byte) uint16 {
 	var s uint32
 	for ; len(b) >= 2; b = b[2:] {
 		s += uint32(b[0])<<8 | uint32(b[1])
