@@ -381,6 +381,10 @@ func TestSSOStockClient(t *testing.T) {
 	}
 
 	s.deviceLogin(b, link, "alice", alicePW, true, true, true)
+	reqs := s.idp.AuthRequests()
+	if len(reqs) != 1 || reqs[0].CodeChallengeMethod != "S256" || reqs[0].Nonce == "" || reqs[0].RedirectURI != ssoPortalURL+"/oidc/callback" {
+		t.Errorf("the provider saw authorization requests %+v, want one with PKCE S256, a nonce and the portal's callback", reqs)
+	}
 	if err := c.con.Send(""); err != nil {
 		t.Fatal(err)
 	}
