@@ -46,7 +46,6 @@ func startPortal(r *Running, ep *Endpoint) (*portalServer, error) {
 		Profiles:  r.opts.PortalProfiles(r.Endpoint),
 		Protocols: func() []string { return transportProtocols(r.Endpoint().Config) },
 		Sessions:  portalSessions{r.srv},
-		Devices:   r.adm.broker,
 		OnDownload: func(proto string) {
 			r.mx.PortalDownload(proto)
 		},
@@ -64,6 +63,9 @@ func startPortal(r *Running, ep *Endpoint) (*portalServer, error) {
 	login := r.adm.login
 	r.adm.mu.Unlock()
 	if login != nil {
+		// Device logins (the link a connecting client is sent to) come only from single
+		// sign-on: without it the home page offers no device approval.
+		pcfg.Devices = r.adm.broker
 		pcfg.Federated = []portal.FederatedLogin{portalFederated{r.adm, login.Name()}}
 		if o := idpOrigin(ep); o != "" {
 			pcfg.IdPOrigins = []string{o}
