@@ -336,9 +336,14 @@ func TestPortalDirectoryUser(t *testing.T) {
 		t.Errorf("after the code the browser is at %s, want the home page", loc)
 	}
 	b.WaitVisible("#download-udp")
-	// The endpoint listens on UDP only: no TCP profile is offered.
-	if main := b.Text("main"); strings.Contains(main, "Download for TCP") {
+	// The endpoint listens on UDP only: no TCP profile is offered. Without single sign-on no
+	// client is sent to a device link: no device approval either.
+	main := b.Text("main")
+	if strings.Contains(main, "Download for TCP") {
 		t.Errorf("the home page of a UDP-only endpoint offers a TCP profile:\n%s", main)
+	}
+	if strings.Contains(main, "Approve a device") {
+		t.Errorf("the home page of an endpoint without single sign-on offers device approval:\n%s", main)
 	}
 	b.Screenshot("home")
 
@@ -557,6 +562,7 @@ func TestPortalOIDC(t *testing.T) {
 	if got := b.Text("header .who"); got != user {
 		t.Errorf("signed in as %q, want the provider's user %q", got, user)
 	}
+	b.WaitVisible("#devcode") // single sign-on: the user approves device logins here
 	b.Screenshot("home")
 	reqs := op.AuthRequests()
 	if len(reqs) != 1 || reqs[0].CodeChallengeMethod != "S256" || reqs[0].Nonce == "" {
