@@ -449,7 +449,9 @@ input{width:100%;padding:.4rem}button{margin-top:1rem;padding:.5rem 1.2rem}.erro
 `))
 
 func (p *loginPage) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'")
+	// No form-action: browsers apply it to the redirects after the form is posted, and the
+	// provider's answer redirects to the relying party, another origin.
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
 	w.Header().Set("X-Frame-Options", "DENY")
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
 	switch r.Method {
