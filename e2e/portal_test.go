@@ -354,7 +354,7 @@ func TestPortalDirectoryUser(t *testing.T) {
 	}
 
 	// The stock client with the downloaded profile, as it is: password and code at its console.
-	c := d.startDownloaded("erin-phone", body)
+	c, device := d.startDownloaded("erin-phone", body)
 	c.login(t, user, pw)
 	c.expect(t, `CHALLENGE: Enter your authenticator code`, 15*time.Second)
 	vpnCode := authenticator(t, secret, 1)
@@ -383,8 +383,8 @@ func TestPortalDirectoryUser(t *testing.T) {
 	if m := regexp.MustCompile(`VPN address\s+(\S+)`).FindStringSubmatch(entry); m == nil || m[1] != tunAddr {
 		t.Errorf("the portal shows the VPN address %v, the client's tun0 has %s:\n%s", m, tunAddr, entry)
 	}
-	if m := regexp.MustCompile(`From\s+(\S+)`).FindStringSubmatch(entry); m == nil || !strings.HasPrefix(m[1], "172.31.") {
-		t.Errorf("the portal shows the connection from %v, want the client's link address 172.31.x.2:\n%s", m, entry)
+	if m := regexp.MustCompile(`From\s+(\S+)`).FindStringSubmatch(entry); m == nil || m[1] != device.String() {
+		t.Errorf("the portal shows the connection from %v, want the client's address %s:\n%s", m, device, entry)
 	}
 	b.Screenshot("connection")
 	// The same page on a desktop.
@@ -400,6 +400,9 @@ func TestPortalDirectoryUser(t *testing.T) {
 	// as ended.
 	c.expect(t, `Halt command was pushed by server`, 15*time.Second)
 	c.expect(t, `process exiting`, 15*time.Second)
+	if err := c.con.Wait(15 * time.Second); err != nil && !c.con.Exited() {
+		t.Errorf("the client still runs after its connection was ended: %v", err)
+	}
 	var status string
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		for _, conn := range d.listConnections() {
@@ -453,10 +456,10 @@ func bypassCSP(t *testing.T, b *browser.Browser, on bool) {
 }
 
 // startDownloaded starts the stock client on a console in a new client namespace with a
-// profile as the portal sent it.
-func (d *dirSetup) startDownloaded(name string, profile []byte) *consoleClient {
+// profile as the portal sent it; it returns the client and its address on its link.
+func (d *dirSetup) startDownloaded(name string, profile []byte) (*consoleClient, netip.Addr) {
 	d.t.Helper()
-	ns, _, err := d.lab.AddClient()
+	ns, server, err := d.lab.AddClient()
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -466,7 +469,9 @@ func (d *dirSetup) startDownloaded(name string, profile []byte) *consoleClient {
 	}
 	args := console.WithoutSystemd([]string{"ip", "netns", "exec", ns, "openvpn", "--config", path})
 	con := console.Start(d.t, exec.Command(args[0], args[1:]...))
-	return &consoleClient{vpnClient: &vpnClient{ns: ns}, con: con}
+	a := server.As4()
+	a[3] = 2 // netlab: the client is .2 of its link, the endpoint .1
+	return &consoleClient{vpnClient: &vpnClient{ns: ns}, con: con}, netip.AddrFrom4(a)
 }
 
 // newFederatedSetup starts a lab, lets idp start the identity provider in the endpoint's
