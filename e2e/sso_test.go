@@ -22,10 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/cdp"
-	"github.com/chromedp/cdproto/page"
-	"github.com/chromedp/chromedp"
-
 	"github.com/cvpn/cvpn/bench/client"
 	"github.com/cvpn/cvpn/internal/browser"
 	"github.com/cvpn/cvpn/internal/netlab"
@@ -206,28 +202,6 @@ func (s *ssoSetup) browser() *browser.Browser {
 		browser.Resolve(ssoPortalHost, server.String()), browser.Timeout(20*time.Second))
 }
 
-// ssoBypassCSP switches Chromium's enforcement of Content-Security-Policy off (or on again) for
-// the documents the tab loads next (a document keeps the policy it was loaded with).
-//
-// It works around internal/oidclab, whose login page sends form-action 'self': Chromium
-// applies form-action to every redirect that follows the form's submission too, so the
-// provider's redirect back to the relying party (the portal's /oidc/callback, another
-// origin) is blocked and the submission ends in net::ERR_ABORTED. Providers that a relying
-// party meets in practice do not restrict form-action on their login page, so the test
-// switches the check off around that one submission rather than test a provider that no
-// browser could finish a login at.
-func ssoBypassCSP(t *testing.T, b *browser.Browser, on bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(b.Context(), 10*time.Second)
-	defer cancel()
-	_, err := chromedp.Run(ctx, func(ctx context.Context, tg *chromedp.Target) (cdp.Empty, error) {
-		return cdp.Call(ctx, tg, page.SetBypassCSP, page.SetBypassCSPParams{Enabled: on})
-	})
-	if err != nil {
-		t.Fatalf("browser: Page.setBypassCSP(%v): %v", on, err)
-	}
-}
-
 // deviceLogin plays the user who opens a client's login link: the portal asks them to sign
 // in (signIn: the browser has no portal session yet), they sign in at the provider as user,
 // find the code of the link on the device page, and approve (or deny) the connection. With
@@ -244,9 +218,6 @@ func (s *ssoSetup) deviceLogin(b *browser.Browser, link, user, password string, 
 		// The link is behind the portal's sign-in: its only way in is the provider.
 		b.WaitVisible("#login-oidc")
 		shot("device-login")
-		// The provider's page loads without its policy (ssoBypassCSP), and so do the portal's
-		// pages of the redirects back, until the device page is there.
-		ssoBypassCSP(s.t, b, true)
 		b.Submit("#login-oidc")
 		if loc := b.Location(); !strings.HasPrefix(loc, s.idp.Issuer+"/login") {
 			s.t.Fatalf("signing in from the device link led to %s, not the provider's login page", loc)
@@ -255,7 +226,6 @@ func (s *ssoSetup) deviceLogin(b *browser.Browser, link, user, password string, 
 		b.Fill("#password", password)
 		shot("idp-login")
 		b.Submit("#submit")
-		ssoBypassCSP(s.t, b, false)
 	}
 	// Back from the provider, the browser is on the link it opened.
 	b.WaitVisible("#device-approve")
