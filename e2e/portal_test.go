@@ -396,7 +396,7 @@ func TestPortalDirectoryUser(t *testing.T) {
 
 	// The client is told to go (HALT: it does not reconnect), and the connection is listed
 	// as ended.
-	c.expect(t, `Halt command was pushed by server`, 15*time.Second)
+	c.expect(t, `Halt command was pushed by server \('ended by the user in the self-service portal'\)`, 15*time.Second)
 	c.expect(t, `process exiting`, 15*time.Second)
 	if err := c.con.Wait(15 * time.Second); err != nil && !c.con.Exited() {
 		t.Errorf("the client still runs after its connection was ended: %v", err)

@@ -312,7 +312,8 @@ func (s portalSessions) List(user string) []portal.SessionView {
 }
 
 func (s portalSessions) End(user, connectionID string) error {
-	ended := s.srv.Terminate(func(info *tunnel.Info) bool { return info.User == user && info.ConnectionID == connectionID })
+	ended := s.srv.TerminateBecause(func(info *tunnel.Info) bool { return info.User == user && info.ConnectionID == connectionID },
+		"ended by the user in the self-service portal")
 	if len(ended) == 0 {
 		return errors.New("no such connection of yours")
 	}

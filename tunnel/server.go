@@ -355,5 +355,10 @@ func (s *Server) Clients() []Status {
 // Terminate ends the established sessions that match (HALT: the client does not reconnect by
 // itself; its address and NAT state are freed) and returns them as they were.
 func (s *Server) Terminate(match func(*Info) bool) []Status {
-	return s.sessions.Terminate(match, "terminated by the administrator")
+	return s.TerminateBecause(match, "terminated by the administrator")
+}
+
+// TerminateBecause is Terminate telling the clients reason (HALT,<reason>).
+func (s *Server) TerminateBecause(match func(*Info) bool, reason string) []Status {
+	return s.sessions.Terminate(match, reason)
 }

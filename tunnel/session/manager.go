@@ -364,7 +364,7 @@ func (m *Manager) Terminate(match func(*Info) bool, reason string) []Status {
 	for _, s := range m.all() {
 		if info := s.info.Load(); info != nil && s.state.Load() == stateEstablished && match(info) {
 			out = append(out, s.status())
-			s.goodbye(halt("terminated by the administrator"), reason)
+			s.goodbye(halt(reason), reason)
 		}
 	}
 	return out
