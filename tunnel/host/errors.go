@@ -9,6 +9,14 @@ import (
 // ErrNoInterface is the cause when target_network.interface names no interface.
 var ErrNoInterface = errors.New("no such network interface")
 
+// ErrSysctlNotSet is the cause when cvpn serve, not running as root, finds a sysctl it needs
+// without the value it needs (it does not set sysctls then; see SysctlFile).
+var ErrSysctlNotSet = errors.New("not set by the system")
+
+// ErrNoNetAdmin is the cause when the process lacks CAP_NET_ADMIN, without which no step of
+// Setup can succeed.
+var ErrNoNetAdmin = errors.New("the process does not have CAP_NET_ADMIN")
+
 // Error is a failed step of Setup: what failed, why, and what the operator can do about it. It
 // prints as one line: "OP: CAUSE: FIX".
 type Error struct {

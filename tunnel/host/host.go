@@ -39,13 +39,24 @@ type Config struct {
 	// procSys is where the sysctls live; "" means /proc/sys. Tests point it at a directory of
 	// their own.
 	procSys string
+	// euid is the process's effective user id; nil means os.Geteuid. Tests choose.
+	euid func() int
 }
+
+// SysctlFile is the sysctl.d(5) file the cvpn package installs with the sysctls the endpoint
+// needs. A cvpn serve that does not run as root only checks them, and names this file when one
+// is not set.
+const SysctlFile = "/usr/lib/sysctl.d/60-cvpn.conf"
 
 // Host is the kernel state Setup added. Close removes exactly that, newest first.
 type Host struct {
 	dev     tun.Device
 	log     *slog.Logger
 	procSys string
+	// checkOnly: the process is not root, so the system sets the sysctls (SysctlFile) and
+	// Setup only checks them.
+	checkOnly bool
+	euid      int
 
 	mu   sync.Mutex // guards undo
 	undo []undoStep // in the order the state was added
@@ -65,7 +76,12 @@ func newHost(cfg Config, log *slog.Logger) *Host {
 	if root == "" {
 		root = "/proc/sys"
 	}
-	return &Host{log: log, procSys: root}
+	euid := os.Geteuid
+	if cfg.euid != nil {
+		euid = cfg.euid
+	}
+	id := euid()
+	return &Host{log: log, procSys: root, checkOnly: id != 0, euid: id}
 }
 
 // Device is the TUN device; nil on a nil Host.
@@ -121,14 +137,45 @@ func (h *Host) abandon(err error) error {
 	return e
 }
 
-// setSysctls makes the kernel forward IPv4 and answer ARP for the SNAT address on iface at once
-// rather than after the random proxy delay (up to 0.8 s by default), which the first packets of
-// every flow would otherwise wait for.
+// sysctls are the sysctls the endpoint needs (keys below /proc/sys) and their values: the kernel
+// must forward IPv4, and answer ARP for the SNAT address on iface at once rather than after the
+// random proxy delay (up to 0.8 s by default), which the first packets of every flow would
+// otherwise wait for.
+func sysctls(iface string) [][2]string {
+	return [][2]string{{"net/ipv4/ip_forward", "1"}, {"net/ipv4/neigh/" + iface + "/proxy_delay", "0"}}
+}
+
+// setSysctls sets the sysctls for iface (as root), or checks them (otherwise).
 func (h *Host) setSysctls(iface string) error {
-	if err := h.setSysctl("net/ipv4/ip_forward", "1"); err != nil {
-		return err
+	for _, s := range sysctls(iface) {
+		set := h.setSysctl
+		if h.checkOnly {
+			set = h.checkSysctl
+		}
+		if err := set(s[0], s[1]); err != nil {
+			return err
+		}
 	}
-	return h.setSysctl("net/ipv4/neigh/"+iface+"/proxy_delay", "0")
+	return nil
+}
+
+// checkSysctl reports an error unless the sysctl at key has value. A process that is not root
+// leaves the sysctls to the system: under systemd /proc/sys is read-only to the service
+// (ProtectKernelTunables=), and the package's SysctlFile sets them at boot. (CAP_NET_ADMIN
+// alone would let it write the net.* ones, but then a crash would leave them changed with
+// nobody to restore them.)
+func (h *Host) checkSysctl(key, value string) error {
+	name := sysctlName(key)
+	old, err := os.ReadFile(filepath.Join(h.procSys, key))
+	if err != nil {
+		return sysctlError("read sysctl "+name, name, value, err)
+	}
+	if got := strings.TrimSpace(string(old)); got != value {
+		return &Error{Op: fmt.Sprintf("sysctl %s is %s, want %s", name, got, value), Err: ErrSysctlNotSet,
+			Fix: fmt.Sprintf("cvpn serve runs as uid %d, not root, so it only checks the sysctls it needs: set `%s = %s` in a sysctl.d file "+
+				"(the package's is %s; copy it to /etc/sysctl.d/ to change it) and apply it with `sysctl --system`", h.euid, name, value, SysctlFile)}
+	}
+	return nil
 }
 
 // setSysctl sets the sysctl at key (a path below /proc/sys) to value and records how to restore
@@ -183,7 +230,7 @@ func sysctlName(key string) string {
 
 // sysctlError explains a sysctl that could not be read or written, and how to set it beforehand.
 func sysctlError(op, name, value string, err error) *Error {
-	beforehand := fmt.Sprintf("set %s=%s beforehand (sysctl -w, a sysctl.d file, or the service manager); cvpn leaves a sysctl that already has its value alone", name, value)
+	beforehand := fmt.Sprintf("set %s=%s beforehand (sysctl -w, a sysctl.d file such as %s, or the service manager); cvpn leaves a sysctl that already has its value alone", name, value, SysctlFile)
 	e := &Error{Op: op, Err: err}
 	switch {
 	case errors.Is(err, unix.EROFS):

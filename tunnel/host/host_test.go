@@ -89,12 +89,16 @@ func TestCloseReportsEveryFailure(t *testing.T) {
 	}
 }
 
+// asRoot and asUser stand in for os.Geteuid.
+func asRoot() int { return 0 }
+func asUser() int { return 998 }
+
 func TestSysctlsSetAndRestored(t *testing.T) {
 	root := procSys(t, map[string]string{
 		"net/ipv4/ip_forward":             "0\n",
 		"net/ipv4/neigh/eth1/proxy_delay": "80\n",
 	})
-	h := newHost(Config{procSys: root}, nil)
+	h := newHost(Config{procSys: root, euid: asRoot}, nil)
 	if err := h.setSysctls("eth1"); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +142,7 @@ func TestSysctlAlreadySet(t *testing.T) {
 // later step (here the proxy_delay sysctl of an interface the kernel does not have) fails.
 func TestFailureRestoresEverything(t *testing.T) {
 	root := procSys(t, map[string]string{"net/ipv4/ip_forward": "0\n"})
-	h := newHost(Config{procSys: root}, nil)
+	h := newHost(Config{procSys: root, euid: asRoot}, nil)
 	removed := false
 	h.added("stand-in for the TUN", func() error { removed = true; return nil })
 	err := h.setSysctls("eth1")
@@ -175,7 +179,7 @@ func TestSysctlWriteErrors(t *testing.T) {
 		want []string
 	}{
 		{&fs.PathError{Op: "open", Path: "/proc/sys/net/ipv4/ip_forward", Err: unix.EROFS},
-			[]string{"set sysctl net.ipv4.ip_forward=1 (it is 0): read-only file system: /proc/sys is read-only", "beforehand", "service manager"}},
+			[]string{"set sysctl net.ipv4.ip_forward=1 (it is 0): read-only file system: /proc/sys is read-only", "beforehand", "service manager", "/usr/lib/sysctl.d/60-cvpn.conf"}},
 		{&fs.PathError{Op: "open", Path: "/proc/sys/net/ipv4/ip_forward", Err: unix.EACCES},
 			[]string{"permission denied: run cvpn serve as root, or set net.ipv4.ip_forward=1 beforehand"}},
 		{unix.EIO, []string{"input/output error: set net.ipv4.ip_forward=1 beforehand"}},
@@ -205,5 +209,50 @@ func TestSysctlName(t *testing.T) {
 		if got := sysctlName(key); got != want {
 			t.Errorf("sysctlName(%q) = %q, want %q", key, got, want)
 		}
+	}
+}
+
+// TestSysctlsCheckedWhenNotRoot: a cvpn serve that is not root (systemd's User= with ambient
+// capabilities) writes no sysctl and records nothing to restore; one without its value fails
+// with the sysctl.d line to add and the package's file.
+func TestSysctlsCheckedWhenNotRoot(t *testing.T) {
+	files := map[string]string{"net/ipv4/ip_forward": "0\n", "net/ipv4/neigh/eth1/proxy_delay": "80\n"}
+	root := procSys(t, files)
+	h := newHost(Config{procSys: root, euid: asUser}, nil)
+	err := h.setSysctls("eth1")
+	if !errors.Is(err, ErrSysctlNotSet) {
+		t.Fatalf("setSysctls = %v, want ErrSysctlNotSet", err)
+	}
+	for _, w := range []string{"sysctl net.ipv4.ip_forward is 0, want 1", "runs as uid 998, not root", "`net.ipv4.ip_forward = 1`",
+		"/usr/lib/sysctl.d/60-cvpn.conf", "sysctl --system"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("%q does not contain %q", err, w)
+		}
+	}
+	for name, value := range files {
+		if b, _ := os.ReadFile(filepath.Join(root, name)); string(b) != value {
+			t.Errorf("%s rewritten: %q", name, b)
+		}
+	}
+	// The second one is named as well.
+	if err := os.WriteFile(filepath.Join(root, "net/ipv4/ip_forward"), []byte("1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	err = h.setSysctls("eth1")
+	if err == nil || !strings.Contains(err.Error(), "`net.ipv4.neigh.eth1.proxy_delay = 0`") {
+		t.Errorf("setSysctls = %v, want proxy_delay named", err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "net/ipv4/neigh/eth1/proxy_delay"), []byte("0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.setSysctls("eth1"); err != nil {
+		t.Errorf("setSysctls with both set = %v", err)
+	}
+	if len(h.undo) != 0 {
+		t.Errorf("%d undo steps recorded by checks", len(h.undo))
+	}
+	// An interface the kernel does not have: its sysctl cannot be read.
+	if err := h.setSysctls("eth9"); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "read sysctl net.ipv4.neigh.eth9.proxy_delay") {
+		t.Errorf("setSysctls(eth9) = %v", err)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/cvpn/cvpn/internal/privdrop"
 )
 
 // tunClone is the TUN clone device; opening it and TUNSETIFF create a TUN.
@@ -40,6 +42,15 @@ func (h *Host) setup(cfg Config) error {
 	if err := checkSNATOnLink(target, cfg.SNAT); err != nil {
 		return err
 	}
+	if err := checkNetAdmin(cfg.TUNName); err != nil {
+		return err
+	}
+	if h.checkOnly {
+		// Not root: the sysctls are only checked, so check them before anything is added.
+		if err := h.setSysctls(cfg.Interface); err != nil {
+			return err
+		}
+	}
 	if err := h.createTUN(cfg.TUNName, cfg.MTU); err != nil {
 		return err
 	}
@@ -60,8 +71,27 @@ func (h *Host) setup(cfg Config) error {
 	if err := h.addProxyNeighbour(target, cfg.SNAT); err != nil {
 		return err
 	}
+	if h.checkOnly {
+		return nil
+	}
 	return h.setSysctls(cfg.Interface)
 }
+
+// checkNetAdmin fails unless the process has CAP_NET_ADMIN in its effective set: root has it,
+// and so has a service started with AmbientCapabilities=CAP_NET_ADMIN (systemd). Every step of
+// Setup needs it, and the TUN device is the first, so the error is that step's. When the set
+// cannot be read, Setup goes on and the steps say what fails.
+func checkNetAdmin(tunName string) error {
+	eff, err := privdrop.Effective()
+	if err != nil || eff.Has(privdrop.NetAdmin) {
+		return nil
+	}
+	return &Error{Op: fmt.Sprintf("create TUN device %q", tunName), Err: ErrNoNetAdmin, Fix: netAdminFix}
+}
+
+// netAdminFix says how to give cvpn serve what it needs.
+const netAdminFix = "cvpn serve needs root, or CAP_NET_ADMIN (and CAP_NET_BIND_SERVICE for ports below 1024): " +
+	"under systemd, AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE"
 
 // targetLink finds target_network.interface.
 func targetLink(name string) (netlink.Link, error) {

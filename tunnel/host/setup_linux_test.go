@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cvpn/cvpn/internal/privdrop"
 )
 
 // TestSetupMissingInterface: Setup with a target interface that does not exist returns a clear
@@ -80,6 +82,28 @@ func TestTUNErrors(t *testing.T) {
 	}
 	e := &Error{Op: `create TUN device "cvpn0"`, Err: unix.EBUSY, Fix: tunSetFix(unix.EBUSY)}
 	want := `create TUN device "cvpn0": device or resource busy: the device is in use by another process (another cvpn?): stop it or choose another tun.name`
+	if e.Error() != want {
+		t.Errorf("got  %q\nwant %q", e, want)
+	}
+}
+
+// TestCheckNetAdmin: the capability check passes exactly when the process has CAP_NET_ADMIN
+// (root in CI), and otherwise says what cvpn serve needs, in the TUN step's name.
+func TestCheckNetAdmin(t *testing.T) {
+	eff, err := privdrop.Effective()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = checkNetAdmin("cvpn0")
+	if eff.Has(privdrop.NetAdmin) {
+		if err != nil {
+			t.Errorf("with CAP_NET_ADMIN: %v", err)
+		}
+	} else if !errors.Is(err, ErrNoNetAdmin) {
+		t.Errorf("without CAP_NET_ADMIN: %v, want ErrNoNetAdmin", err)
+	}
+	e := &Error{Op: `create TUN device "cvpn0"`, Err: ErrNoNetAdmin, Fix: netAdminFix}
+	want := `create TUN device "cvpn0": the process does not have CAP_NET_ADMIN: cvpn serve needs root, or CAP_NET_ADMIN (and CAP_NET_BIND_SERVICE for ports below 1024): under systemd, AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE`
 	if e.Error() != want {
 		t.Errorf("got  %q\nwant %q", e, want)
 	}
