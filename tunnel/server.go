@@ -332,6 +332,13 @@ func (s *Server) Reconfigure(set Settings) error { return s.sessions.Reconfigure
 // clients are not disturbed.
 func (s *Server) SetRevoker(r Revoker) { s.sessions.SetRevoker(r) }
 
+// Heartbeat is one receive loop's count of times round (dataplane.Heartbeat).
+type Heartbeat = dataplane.Heartbeat
+
+// Heartbeats returns the data plane's receive loops' heartbeats, for a watchdog: a loop whose
+// count stands still for longer than sock.ReadWake is stuck.
+func (s *Server) Heartbeats() []Heartbeat { return s.plane.Heartbeats() }
+
 // Drops returns the drop counters by reason.
 func (s *Server) Drops() map[string]uint64 { return s.drops.Snapshot() }
 

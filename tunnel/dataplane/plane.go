@@ -75,6 +75,8 @@ type Plane struct {
 	peers []atomic.Pointer[Peer]
 	// denialLog limits the "access denied" lines all connections together may log.
 	denialLog *RateLimiter
+	// beats is the TUN reader's heartbeat (heartbeat.go).
+	beats
 
 	mu  sync.Mutex // guards udp, tcp and the unauthenticated TCP counts
 	udp []*UDPListener
@@ -125,6 +127,7 @@ func New(cfg Config) (*Plane, error) {
 		p.mss = uint16(cfg.MSS)
 	}
 	p.policy.Store(cfg.Policy)
+	p.watchTUN()
 	return p, nil
 }
 

@@ -31,11 +31,17 @@ func (p *Plane) tunLoop() {
 		bufs[i] = make([]byte, tunOffset+65535+32)
 	}
 	out := &sendBatches{byListener: make(map[*UDPListener]*udpSendBatch)}
+	deadline := p.tunDeadline()
 	for {
+		p.tunBeat.Add(1)
+		p.wedgePoint()
 		n, err := p.cfg.Device.Read(bufs, sizes, tunOffset)
 		if err != nil {
 			if p.closed() || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return
+			}
+			if deadline.woke(err) {
+				continue // idle: go round, so the heartbeat shows the reader alive
 			}
 			p.log.Debug("tun read", "err", err)
 			continue

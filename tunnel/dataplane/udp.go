@@ -31,6 +31,8 @@ type UDPListener struct {
 	conn sock.Conn
 	addr netip.AddrPort
 	shut atomic.Bool
+	// beat is the receive loop's heartbeat: one more each time round (heartbeat.go).
+	beat atomic.Uint64
 
 	mu     sync.Mutex
 	byAddr map[netip.AddrPort]*Peer // published sessions by client address
@@ -109,6 +111,8 @@ func (l *UDPListener) NewLink(remote netip.AddrPort, local netip.Addr) Link {
 
 func (l *UDPListener) receiveLoop() {
 	for {
+		l.beat.Add(1)
+		l.p.wedgePoint()
 		n, err := l.conn.ReadBatch(l.in)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || l.p.closed() {

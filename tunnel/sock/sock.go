@@ -8,7 +8,13 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"time"
 )
+
+// ReadWake is the longest ReadBatch waits: with no datagram by then it returns 0 and no error, so
+// that a receive loop goes round (and shows a watchdog that it is alive) while its socket is
+// idle. A loop that stops going round is stuck.
+const ReadWake = time.Second
 
 // MaxBatch is the most datagrams one ReadBatch returns and one recvmmsg or sendmmsg moves.
 // WriteBatch takes any number of messages and sends them MaxBatch at a time.
@@ -43,7 +49,8 @@ type Message struct {
 // Conn is a UDP socket driven in batches. Its methods are safe for concurrent use.
 type Conn interface {
 	// ReadBatch waits for at least one datagram and fills msgs[:n] (at most MaxBatch) with the
-	// datagrams that are there. It returns net.ErrClosed once the Conn is closed.
+	// datagrams that are there. When none came within ReadWake it returns 0 and no error. It
+	// returns net.ErrClosed once the Conn is closed.
 	ReadBatch(msgs []Message) (n int, err error)
 	// WriteBatch sends every message, waiting while the socket's send buffer is full. A message
 	// the kernel refuses is skipped and the rest are still tried; n counts the messages all of

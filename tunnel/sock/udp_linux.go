@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -33,6 +34,8 @@ type udpConn struct {
 	local   netip.AddrPort
 	pktinfo bool // bound to the unspecified address: IP_PKTINFO reports each datagram's destination
 	gso     atomic.Bool
+	// readWake is the longest a ReadBatch waits in ppoll (ReadWake; tests shorten it).
+	readWake time.Duration
 
 	mu        sync.RWMutex
 	closed    bool // guarded by mu
@@ -99,7 +102,7 @@ func listenUDP(ap netip.AddrPort) (Conn, error) {
 	if err != nil {
 		return fail(os.NewSyscallError("socket", err))
 	}
-	c := &udpConn{fd: fd, wakeFD: -1}
+	c := &udpConn{fd: fd, wakeFD: -1, readWake: ReadWake}
 	bad := func(err error) (Conn, error) {
 		unix.Close(fd)
 		if c.wakeFD >= 0 {
@@ -187,6 +190,7 @@ func (c *udpConn) ReadBatch(msgs []Message) (int, error) {
 		b.hdrs[i].Len = 0
 	}
 	defer b.release(len(msgs))
+	waited := false // a wait timed out
 	for {
 		r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(c.fd), uintptr(unsafe.Pointer(&b.hdrs[0])),
 			uintptr(len(msgs)), 0, 0, 0)
@@ -199,9 +203,15 @@ func (c *udpConn) ReadBatch(msgs []Message) (int, error) {
 			return n, nil
 		case unix.EINTR:
 		case unix.EAGAIN:
-			if err := c.wait(unix.POLLIN); err != nil {
+			if waited {
+				return 0, nil // nothing came within readWake
+			}
+			ready, err := c.wait(unix.POLLIN, c.readWake)
+			if err != nil {
 				return 0, err
 			}
+			// A ppoll that timed out still tries once more: a datagram may have come just then.
+			waited = !ready
 		default:
 			return 0, os.NewSyscallError("recvmmsg", errno)
 		}
@@ -304,7 +314,7 @@ func (c *udpConn) WriteBatch(msgs []Message) (int, error) {
 				}
 			case errno == unix.EINTR:
 			case errno == unix.EAGAIN:
-				if err := c.wait(unix.POLLOUT); err != nil {
+				if _, err := c.wait(unix.POLLOUT, 0); err != nil {
 					b.release(k)
 					return sent, err
 				}
@@ -426,7 +436,7 @@ func (c *udpConn) writeOne(m *Message) (int, error) {
 			return 1, nil
 		case unix.EINTR:
 		case unix.EAGAIN:
-			if err := c.wait(unix.POLLOUT); err != nil {
+			if _, err := c.wait(unix.POLLOUT, 0); err != nil {
 				return 0, err
 			}
 		default:
@@ -435,21 +445,28 @@ func (c *udpConn) writeOne(m *Message) (int, error) {
 	}
 }
 
-// wait blocks in ppoll until the socket has the events or Close fired the wake eventfd, and
-// returns net.ErrClosed for the latter. The caller holds mu for reading.
-func (c *udpConn) wait(events int16) error {
+// wait blocks in ppoll until the socket has the events, Close fired the wake eventfd, or timeout
+// (> 0; 0: no limit) passed. It reports whether the socket is ready, and returns net.ErrClosed
+// once Close fired. The caller holds mu for reading.
+func (c *udpConn) wait(events int16, timeout time.Duration) (bool, error) {
 	fds := [2]unix.PollFd{{Fd: int32(c.fd), Events: events}, {Fd: int32(c.wakeFD), Events: unix.POLLIN}}
+	var ts *unix.Timespec
+	var limit unix.Timespec
+	if timeout > 0 {
+		limit = unix.NsecToTimespec(int64(timeout))
+		ts = &limit // the kernel leaves the time remaining in it, which an interrupted wait resumes with
+	}
 	for {
-		_, err := unix.Ppoll(fds[:], nil, nil)
+		n, err := unix.Ppoll(fds[:], ts, nil)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return os.NewSyscallError("ppoll", err)
+			return false, os.NewSyscallError("ppoll", err)
 		}
 		if fds[1].Revents != 0 {
-			return net.ErrClosed
+			return false, net.ErrClosed
 		}
-		return nil
+		return n > 0, nil
 	}
 }

@@ -514,3 +514,28 @@ func TestNoAllocs(t *testing.T) {
 		t.Fatalf("%.1f allocations per round trip, want 0", allocs)
 	}
 }
+
+// TestReadBatchWakesWhenIdle: a ReadBatch on an idle socket returns 0 and no error after the
+// read wake, so that the receive loop goes round; the socket still delivers afterwards, and a
+// closed one still says so.
+func TestReadBatchWakesWhenIdle(t *testing.T) {
+	a := listen(t, "127.0.0.1:0")
+	b := listen(t, "127.0.0.1:0")
+	b.readWake = 20 * time.Millisecond
+	msgs := []Message{{Buf: make([]byte, 2048)}}
+	for range 3 {
+		if n, err := b.ReadBatch(msgs); n != 0 || err != nil {
+			t.Fatalf("idle ReadBatch = %d, %v; want 0, nil", n, err)
+		}
+	}
+	if _, err := a.WriteBatch([]Message{{Buf: []byte("after the wake"), Addr: b.LocalAddr()}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := readN(t, b, 1); string(got[0].data) != "after the wake" {
+		t.Fatalf("read %q after idle wakes", got[0].data)
+	}
+	b.Close()
+	if _, err := b.ReadBatch(msgs); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("ReadBatch after Close: %v, want net.ErrClosed", err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/cvpn/cvpn/tunnel/sock"
 )
@@ -32,6 +33,8 @@ type Filter func(from, to netip.AddrPort, pkt []byte) (newFrom netip.AddrPort, d
 // concurrent use.
 type Network struct {
 	filter atomic.Pointer[Filter]
+	// wake is the longest a UDP ReadBatch waits (SetReadWake); 0 means sock.ReadWake.
+	wake atomic.Int64
 
 	mu       sync.Mutex
 	udp      map[netip.AddrPort]*endpoint // by bound address, which may be unspecified
@@ -61,6 +64,17 @@ func NewNetwork() *Network {
 		ports:    make(map[portKey]int),
 		next:     firstEphemeral,
 	}
+}
+
+// SetReadWake sets the longest a UDP Conn's ReadBatch waits before it returns 0 and no error
+// (sock.ReadWake by default), so that tests of a receive loop's heartbeat need not wait long.
+func (n *Network) SetReadWake(d time.Duration) { n.wake.Store(int64(d)) }
+
+func (n *Network) readWake() time.Duration {
+	if d := time.Duration(n.wake.Load()); d > 0 {
+		return d
+	}
+	return sock.ReadWake
 }
 
 // SetFilter installs f (nil removes the filter).

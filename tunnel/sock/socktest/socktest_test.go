@@ -694,3 +694,19 @@ func TestTCPConnConformance(t *testing.T) {
 		return c1, c2, func() { c1.Close(); c2.Close(); ln.Close() }, nil
 	})
 }
+
+// TestReadBatchWakesWhenIdle: as the host's sockets do, an idle ReadBatch returns 0 and no error
+// after the network's read wake.
+func TestReadBatchWakesWhenIdle(t *testing.T) {
+	n := NewNetwork()
+	n.SetReadWake(20 * time.Millisecond)
+	srv := listenUDP(t, n, "10.0.0.1:1194")
+	msgs := newMsgs(2, 100)
+	if k, err := srv.ReadBatch(msgs); k != 0 || err != nil {
+		t.Fatalf("idle ReadBatch = %d, %v; want 0, nil", k, err)
+	}
+	n.Inject(ap("192.0.2.1:1"), srv.LocalAddr(), []byte("later"))
+	if k := readBatch(t, srv, msgs); k != 1 || string(msgs[0].Buf[:msgs[0].N]) != "later" {
+		t.Fatalf("read %d datagrams after an idle wake, want the one sent", k)
+	}
+}

@@ -149,8 +149,12 @@ func (c *conn) ReadBatch(msgs []sock.Message) (int, error) {
 		}
 		return 0, nil
 	}
+	// As the host's sockets do, give up after the network's read wake (sock.ReadWake).
+	woken := make(chan struct{})
+	wake := time.AfterFunc(c.e.net.readWake(), func() { close(woken) })
+	defer wake.Stop()
 	var n int
-	err := c.e.receive(nil, func(q []datagram) int {
+	err := c.e.receive(woken, func(q []datagram) int {
 		n = min(len(q), len(msgs))
 		for i, d := range q[:n] {
 			m := &msgs[i]
@@ -159,6 +163,9 @@ func (c *conn) ReadBatch(msgs []sock.Message) (int, error) {
 		}
 		return n
 	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, nil // nothing came: the reader's loop goes round
+	}
 	return n, err
 }
 
