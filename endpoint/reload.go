@@ -221,6 +221,10 @@ func crlPEM(c *pki.CRLSet) []byte {
 // nothing did ("reload refused ...; the running configuration stays"). A refusal is a
 // *ReloadError.
 func (r *Running) Reload(path string) (*ReloadReport, error) {
+	if lc := r.opts.Lifecycle; lc != nil {
+		lc.Reloading()
+		defer lc.Reloaded()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	rep, err := r.reload(path)

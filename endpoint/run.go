@@ -56,6 +56,10 @@ type Options struct {
 	// in force (package endpoint/profile's ForPortal); required when the file has a portal.
 	PortalProfiles func(current func() *Endpoint) portal.Profiles
 
+	// Lifecycle, when set, hears where the endpoint is: started, reloading, stopping (systemd's
+	// readiness protocol, in cmd/cvpn).
+	Lifecycle Lifecycle
+
 	// crlPoll is how often the CRL file is checked; 0 means every two seconds.
 	crlPoll time.Duration
 }
@@ -239,6 +243,9 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	opts.Log.Info("cvpn listening", "udp", ecfg.UDP, "tcp", ecfg.TCP, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
 		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name,
 		"nat_max_mappings", cfg.NAT.MaxMappings, "nat_max_mappings_per_client", cfg.NAT.MaxMappingsPerClient, "admin", cfg.Admin.Socket)
+	if opts.Lifecycle != nil {
+		opts.Lifecycle.Started(r)
+	}
 	return r, nil
 }
 
@@ -291,7 +298,12 @@ func (r *Running) Run() {
 }
 
 // Stop tells every client to reconnect (RESTART) and makes Run return.
-func (r *Running) Stop() { r.srv.Close() }
+func (r *Running) Stop() {
+	if r.opts.Lifecycle != nil {
+		r.opts.Lifecycle.Stopping()
+	}
+	r.srv.Close()
+}
 
 // Server is the engine, for listing and terminating sessions.
 func (r *Running) Server() *tunnel.Server { return r.srv }
