@@ -26,6 +26,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 	logFormat := fs.String("log-format", "text", "text (logfmt key=value) or json (one object per line)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (for performance work)")
 	memProfile := fs.String("memprofile", "", "write a heap profile to this file when stopping, before clients are disconnected")
+	privilege := addPrivilegeFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return flagExit(err)
 	}
@@ -42,6 +43,13 @@ func cmdServe(args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, "cvpn serve:", err)
 		return exitInvalid
+	}
+	serve := endpoint.Serve
+	if t, err := privilege.target(); err != nil {
+		fmt.Fprintln(stderr, "cvpn serve:", err)
+		return exitInvalid
+	} else if t != nil {
+		serve = serveAs(*t)
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -64,10 +72,10 @@ func cmdServe(args []string, stderr io.Writer) int {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(50)
 	}
-	return serveFile(file, *memProfile, log, stderr)
+	return serveFile(serve, file, *memProfile, log, stderr)
 }
 
-func serveFile(path, memProfile string, log *slog.Logger, stderr io.Writer) int {
+func serveFile(serve serveFunc, path, memProfile string, log *slog.Logger, stderr io.Writer) int {
 	ep, err := loadEndpoint(path)
 	if err != nil {
 		printConfigError(stderr, err)
@@ -112,7 +120,7 @@ func serveFile(path, memProfile string, log *slog.Logger, stderr io.Writer) int 
 			}
 		}
 	}()
-	err = endpoint.Serve(ctx, path, ep, reload, endpoint.Options{Log: log, Now: timeNow, Host: setupHost, ReopenLog: reopenLog,
+	err = serve(ctx, path, ep, reload, endpoint.Options{Log: log, Now: timeNow, Host: setupHost, ReopenLog: reopenLog,
 		PortalProfiles: func(current func() *endpoint.Endpoint) portal.Profiles { return profile.ForPortal(current, timeNow) }})
 	if err != nil {
 		printServeError(stderr, err)
