@@ -77,7 +77,7 @@ func serveAs(t privdrop.Target) serveFunc {
 				return fmt.Errorf("--user %s: %w", t.User, err)
 			}
 			log.Info("privileges dropped", "user", t.User, "uid", t.UID, "gid", t.GID, "capabilities", t.Keep.String())
-			warnUnwritable(ep.Config, t, log)
+			warnUnwritable(path, ep.Config, t, log)
 			return nil
 		})
 	}
@@ -194,8 +194,9 @@ func handOver(c created, t privdrop.Target, log *slog.Logger) {
 }
 
 // warnUnwritable logs, once the process runs as t, each file or directory the endpoint may
-// still have to change and cannot: the operator must give it to t.
-func warnUnwritable(cfg *config.Endpoint, t privdrop.Target, log *slog.Logger) {
+// still have to read or change and cannot: the operator must give it to t. path is the
+// endpoint file.
+func warnUnwritable(path string, cfg *config.Endpoint, t privdrop.Target, log *slog.Logger) {
 	check := func(path, mode, why string) {
 		m := uint32(unix.W_OK)
 		if mode == "read" {
@@ -206,6 +207,10 @@ func warnUnwritable(cfg *config.Endpoint, t privdrop.Target, log *slog.Logger) {
 			return
 		}
 		log.Warn("--user "+t.User+" cannot "+mode+" "+path+": "+why+"; give it to that user", "path", path, "err", err)
+	}
+	check(path, "read", "SIGHUP re-reads the endpoint file")
+	if k := cfg.ServerCertificate.KeyFile; k != "" {
+		check(k, "read", "SIGHUP re-reads the server key with the endpoint file")
 	}
 	if cfg.Admin.Socket != "" {
 		check(filepath.Dir(cfg.Admin.Socket), "write", "the admin socket is removed from it at stop")
