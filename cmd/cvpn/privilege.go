@@ -70,6 +70,11 @@ type serveFunc = func(context.Context, string, *endpoint.Endpoint, <-chan struct
 func serveAs(t privdrop.Target) serveFunc {
 	return func(ctx context.Context, path string, ep *endpoint.Endpoint, reload <-chan struct{}, opts endpoint.Options) error {
 		created := willCreate(ep.Config)
+		// The service manager hears that the endpoint started once it runs as t, not before.
+		ready := opts.Lifecycle
+		if ready != nil {
+			opts.Lifecycle = startedLater{ready}
+		}
 		return serveStarted(ctx, path, reload, opts, ep, func(r *endpoint.Running) error {
 			log := opts.Log
 			handOver(created, t, log)
@@ -78,10 +83,18 @@ func serveAs(t privdrop.Target) serveFunc {
 			}
 			log.Info("privileges dropped", "user", t.User, "uid", t.UID, "gid", t.GID, "capabilities", t.Keep.String())
 			warnUnwritable(path, ep.Config, t, log)
+			if ready != nil {
+				ready.Started(r)
+			}
 			return nil
 		})
 	}
 }
+
+// startedLater is a Lifecycle whose Started is left to the caller (serveAs, after the drop).
+type startedLater struct{ endpoint.Lifecycle }
+
+func (startedLater) Started(*endpoint.Running) {}
 
 // serveStarted is endpoint.Serve with a step between starting the endpoint and serving: when
 // started fails, the endpoint is stopped (its host state removed) and the error returned.

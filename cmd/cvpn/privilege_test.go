@@ -148,3 +148,25 @@ func TestHandOver(t *testing.T) {
 		}
 	}
 }
+
+// heardLifecycle records the calls it hears.
+type heardLifecycle struct{ calls []string }
+
+func (h *heardLifecycle) Started(*endpoint.Running) { h.calls = append(h.calls, "started") }
+func (h *heardLifecycle) Reloading()                { h.calls = append(h.calls, "reloading") }
+func (h *heardLifecycle) Reloaded()                 { h.calls = append(h.calls, "reloaded") }
+func (h *heardLifecycle) Stopping()                 { h.calls = append(h.calls, "stopping") }
+
+// TestStartedLater: with --user, Start's own Started is swallowed (serveAs tells the service
+// manager after the drop); the other notifications pass.
+func TestStartedLater(t *testing.T) {
+	h := &heardLifecycle{}
+	var l endpoint.Lifecycle = startedLater{h}
+	l.Started(nil)
+	l.Reloading()
+	l.Reloaded()
+	l.Stopping()
+	if want := []string{"reloading", "reloaded", "stopping"}; !slices.Equal(h.calls, want) {
+		t.Errorf("heard %v, want %v", h.calls, want)
+	}
+}
