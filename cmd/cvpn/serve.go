@@ -23,7 +23,8 @@ import (
 func cmdServe(args []string, stderr io.Writer) int {
 	fs := newFlagSet("serve", stderr)
 	path := configFileFlag(fs)
-	logFormat := fs.String("log-format", "text", "text (logfmt key=value) or json (one object per line)")
+	logFormat := fs.String("log-format", "text", "text (logfmt key=value), json (one object per line) or journal (systemd's journal, each attribute a field; "+
+		"the default when systemd connects stderr to the journal)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (for performance work)")
 	memProfile := fs.String("memprofile", "", "write a heap profile to this file when stopping, before clients are disconnected")
 	privilege := addPrivilegeFlags(fs)
@@ -34,7 +35,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "cvpn serve: unexpected arguments:", fs.Args())
 		return exitInvalid
 	}
-	log, err := newLogger(*logFormat, stderr)
+	log, err := serveLogger(*logFormat, flagGiven(fs, "log-format"), stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "cvpn serve: --log-format:", err)
 		return exitInvalid
@@ -120,7 +121,9 @@ func serveFile(serve serveFunc, path, memProfile string, log *slog.Logger, stder
 			}
 		}
 	}()
-	err = serve(ctx, path, ep, reload, endpoint.Options{Log: log, Now: timeNow, Host: setupHost, ReopenLog: reopenLog,
+	sd := startServiceManager(log) // systemd.go: readiness, status, watchdog
+	defer sd.close()
+	err = serve(ctx, path, ep, reload, endpoint.Options{Log: log, Now: timeNow, Host: setupHost, ReopenLog: reopenLog, Lifecycle: sd.lifecycle(),
 		PortalProfiles: func(current func() *endpoint.Endpoint) portal.Profiles { return profile.ForPortal(current, timeNow) }})
 	if err != nil {
 		printServeError(stderr, err)
