@@ -15,8 +15,11 @@ STATICCHECK_VERSION ?= v0.8.2
 # tests scrape and lint with (prometheus), the OpenLDAP server the directory tests start
 # (slapd) with its command-line tools (ldap-utils), and the headless browser that the portal's
 # browser tests drive (chromium) with a font for its pages and screenshots (fonts-dejavu-core).
+# The package's tests (deploy/) check the .deb with lintian, render the manual pages with man-db,
+# run the zsh completion in zsh, and score and verify the units with systemd-analyze (systemd).
 # Each must exist in Debian: `apt-cache policy NAME`.
 DEB_PACKAGES := openvpn iperf3 iproute2 iputils-ping iptables tcpdump util-linux ca-certificates prometheus slapd ldap-utils chromium fonts-dejavu-core
+DEB_PACKAGES += lintian man-db zsh systemd
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,3 +70,20 @@ demo: deps build ## as root: namespaces, throwaway PKI, cvpn, the stock client, 
 
 clean: ## remove build output
 	rm -rf bin
+	rm -rf dist
+
+# Packaging. `make install` builds a static cvpn and installs it with its systemd units, sysctl
+# file, manual pages and completions under $(DESTDIR)$(PREFIX); `make deb` stages the same with
+# PREFIX=/usr and builds dist/cvpn_$(DEB_VERSION)_amd64.deb (deploy/debian/build.sh).
+.PHONY: install deb deb-lint
+PREFIX      ?= /usr/local
+DEB_VERSION ?= $(shell deploy/debian/version.sh)
+
+install: ## install cvpn, its units, sysctl file, man pages, completions in $(DESTDIR)$(PREFIX) (PREFIX=/usr/local)
+	GO=$(GO) deploy/install.sh "$(DESTDIR)" "$(PREFIX)"
+
+deb: ## build dist/cvpn_VERSION_amd64.deb (a static cvpn, the units, sysctl file, man pages, completions)
+	GO=$(GO) deploy/debian/build.sh $(DEB_VERSION)
+
+deb-lint: deb ## the package through lintian: fails on an error
+	lintian --fail-on error --display-info dist/cvpn_$(DEB_VERSION)_$$($(GO) env GOARCH).deb
