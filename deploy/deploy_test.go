@@ -195,32 +195,50 @@ func TestUnitsVerify(t *testing.T) {
 	}
 }
 
-// TestSysctlFile applies the sysctl file with systemd-sysctl in a new network namespace, whose
-// net.ipv4 settings are its own, and reads them back: forwarding on, and no proxy ARP delay on
-// the existing interface (lo) and on those created later (default).
+// TestSysctlFile applies the sysctl file as the units' ExecStartPre= does (systemd-sysctl
+// 60-cvpn.conf, found by name in /usr/lib/sysctl.d) in new mount and network namespaces, whose
+// sysctl.d directory and net.ipv4 settings are their own, and reads the settings back:
+// forwarding on, and no proxy ARP delay on every interface there (lo and a veth pair). A new
+// network namespace has no net.ipv4.neigh.default (only the host's has), so that line is only
+// checked to be in the file, marked to be passed over quietly where it is missing.
 func TestSysctlFile(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to make a network namespace (CI runs as root)")
+		t.Skip("needs root to make network and mount namespaces (CI runs as root)")
 	}
-	const read = `cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/neigh/lo/proxy_delay /proc/sys/net/ipv4/neigh/default/proxy_delay`
+	const read = `cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/neigh/lo/proxy_delay /proc/sys/net/ipv4/neigh/cvpntest0/proxy_delay`
+	const dummy = `ip link add cvpntest0 type veth peer name cvpntest1 && `
 	unshare := need(t, "unshare")
-	before, err := exec.Command(unshare, "--net", "sh", "-c", read).CombinedOutput()
+	need(t, "ip")
+	before, err := exec.Command(unshare, "--net", "sh", "-c", dummy+read).CombinedOutput()
 	if err != nil {
 		t.Fatalf("unshare: %v: %s", err, before)
 	}
-	if strings.Fields(string(before))[0] != "0" || strings.Fields(string(before))[2] == "0" {
+	if f := strings.Fields(string(before)); len(f) != 3 || f[0] != "0" || f[2] == "0" {
 		t.Fatalf("a new namespace starts with forwarding on or no proxy delay: %q", before)
 	}
-	conf, err := filepath.Abs("sysctl/60-cvpn.conf")
+	conf, err := os.ReadFile("sysctl/60-cvpn.conf")
 	if err != nil {
 		t.Fatal(err)
 	}
-	after, err := exec.Command(unshare, "--net", "sh", "-c", `/usr/lib/systemd/systemd-sysctl "$1" && `+read, "sh", conf).CombinedOutput()
-	if err != nil {
-		t.Fatalf("systemd-sysctl %s: %v: %s", conf, err, after)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "60-cvpn.conf"), conf, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{"net.ipv4.ip_forward = 1", "-net.ipv4.neigh.default.proxy_delay = 0", "net.ipv4.neigh.*.proxy_delay = 0"} {
+		if !strings.Contains(string(conf), "\n"+line+"\n") {
+			t.Errorf("60-cvpn.conf lacks %q", line)
+		}
+	}
+	script := dummy + `mount --bind "$1" /usr/lib/sysctl.d && /usr/lib/systemd/systemd-sysctl 60-cvpn.conf && ` + read
+	var stderr bytes.Buffer
+	cmd := exec.Command(unshare, "--mount", "--net", "sh", "-c", script, "sh", dir)
+	cmd.Stderr = &stderr
+	after, err := cmd.Output()
+	if err != nil || stderr.Len() > 0 {
+		t.Fatalf("systemd-sysctl 60-cvpn.conf: %v: %s%s", err, stderr.Bytes(), after)
 	}
 	if got := strings.Join(strings.Fields(string(after)), " "); got != "1 0 0" {
-		t.Errorf("after the sysctl file: ip_forward, lo and default proxy_delay are %q, want 1 0 0", got)
+		t.Errorf("after the sysctl file: ip_forward, lo's and cvpntest0's proxy_delay are %q, want 1 0 0", got)
 	}
 }
 
