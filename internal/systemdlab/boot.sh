@@ -62,8 +62,10 @@ mount --bind "$R/proc/sys" "$R/proc/sys"
 mount -o remount,bind,ro "$R/proc/sys"
 mount --bind "$R/proc/sys/net" "$R/proc/sys/net"
 mount -o remount,bind,rw "$R/proc/sys/net"
-mount --bind "$R/proc/sysrq-trigger" "$R/proc/sysrq-trigger"
-mount -o remount,bind,ro "$R/proc/sysrq-trigger"
+if [ -e "$R/proc/sysrq-trigger" ]; then
+	mount --bind "$R/proc/sysrq-trigger" "$R/proc/sysrq-trigger"
+	mount -o remount,bind,ro "$R/proc/sysrq-trigger"
+fi
 
 # /sys of the new net namespace, read-only (systemd mounts its cgroup tree on it); a read-only
 # /sys is also what keeps udev and friends from running.

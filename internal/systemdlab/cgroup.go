@@ -196,6 +196,90 @@ func removeCgroups(dirs []string) error {
 	return errors.Join(errs...)
 }
 
+// staleAge is how old a machine's leftovers must be before another Boot sweeps them: a machine
+// being set up has an empty cgroup for a moment, and must not be swept then.
+const staleAge = 2 * time.Minute
+
+// isMachineName reports whether name is one Boot gives machines: "cvsd" and 6 hex digits.
+func isMachineName(name string) bool {
+	h, ok := strings.CutPrefix(name, "cvsd")
+	if !ok || len(h) != 6 {
+		return false
+	}
+	for _, c := range h {
+		if !strings.ContainsRune("0123456789abcdef", c) {
+			return false
+		}
+	}
+	return true
+}
+
+// sweepStale removes what machines of killed test processes left behind (a test binary killed
+// by a timeout runs no cleanup; Pdeathsig ends its machine, but not its cgroups and netns name):
+// cgroups named like a machine, older than staleAge, with no process anywhere below them, and
+// netns names of machines whose cgroups are gone.
+func sweepStale() error {
+	hs, err := hierarchies()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	live := map[string]bool{}
+	for _, h := range hs {
+		parent := filepath.Join(h.mountPoint, h.own)
+		ents, err := os.ReadDir(parent)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if !e.IsDir() || !isMachineName(e.Name()) {
+				continue
+			}
+			d := filepath.Join(parent, e.Name())
+			fi, err := os.Stat(d)
+			if err != nil || time.Since(fi.ModTime()) < staleAge || hasProcs(d) {
+				live[e.Name()] = true
+				continue
+			}
+			if err := removeCgroups([]string{d}); err != nil {
+				live[e.Name()] = true
+				errs = append(errs, err)
+			}
+		}
+	}
+	ents, _ := os.ReadDir("/run/netns")
+	for _, e := range ents {
+		if !isMachineName(e.Name()) || live[e.Name()] {
+			continue
+		}
+		if fi, err := e.Info(); err != nil || time.Since(fi.ModTime()) < staleAge {
+			continue
+		}
+		if err := run("ip", "netns", "delete", e.Name()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// hasProcs reports whether any cgroup at or below d holds a process.
+func hasProcs(d string) bool {
+	found := false
+	_ = filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || found {
+			return filepath.SkipDir
+		}
+		if e.IsDir() {
+			if b, err := os.ReadFile(filepath.Join(p, "cgroup.procs")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+				found = true
+				return filepath.SkipAll
+			}
+		}
+		return nil
+	})
+	return found
+}
+
 func rmdirRetry(d string) error {
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -76,3 +76,11 @@ func TestCapped(t *testing.T) {
 		t.Errorf("kept %d bytes ending %q", len(s), s[len(s)-5:])
 	}
 }
+
+func TestIsMachineName(t *testing.T) {
+	for name, want := range map[string]bool{"cvsd0a1b2c": true, "cvsd0A1b2c": false, "cvsd0a1b2": false, "cvsd0a1b2c3": false, "cv0a1b2cs": false, "xcvsd0a1b2c": false} {
+		if got := isMachineName(name); got != want {
+			t.Errorf("isMachineName(%q) = %v", name, got)
+		}
+	}
+}

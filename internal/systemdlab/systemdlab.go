@@ -69,7 +69,7 @@ var DefaultMasked = []string{
 	"systemd-udevd.service", "systemd-udevd-control.socket", "systemd-udevd-kernel.socket",
 	"systemd-udev-trigger.service", "systemd-udev-settle.service",
 	"getty@.service", "serial-getty@.service", "console-getty.service", "getty-static.service",
-	"systemd-modules-load.service", "kmod-static-nodes.service", "systemd-random-seed.service",
+	"systemd-modules-load.service", "modprobe@.service", "kmod-static-nodes.service", "systemd-random-seed.service",
 	"systemd-remount-fs.service", "systemd-firstboot.service", "systemd-hwdb-update.service",
 	"systemd-timesyncd.service", "systemd-pstore.service", "systemd-binfmt.service",
 	"proc-sys-fs-binfmt_misc.automount", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
@@ -172,7 +172,8 @@ func Boot(t testing.TB, opts ...Option) *Machine {
 	})
 	if err := m.waitBooted(c.bootTimeout); err != nil {
 		t.Logf("systemdlab: %s console:\n%s", m.Name, tail(m.Console(), 8000))
-		if out, ferr := m.Systemctl("--failed", "--no-legend"); ferr == nil {
+		if m.pid != 0 {
+			out, _ := m.Systemctl("--failed", "--no-legend")
 			t.Logf("systemdlab: %s failed units:\n%s", m.Name, out)
 		}
 		t.Fatalf("systemdlab: boot %s: %v", m.Name, err)
@@ -186,6 +187,9 @@ func start(t testing.TB, c *config) (*Machine, error) {
 	}
 	if err := validUnitName(c.target); err != nil {
 		return nil, err
+	}
+	if err := sweepStale(); err != nil {
+		t.Logf("systemdlab: removing what earlier machines left: %v", err)
 	}
 	var b [3]byte
 	_, _ = rand.Read(b[:])
