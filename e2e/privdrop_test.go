@@ -45,12 +45,7 @@ func TestServeUserNobody(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(dir, "cvpn")
-	build := exec.Command("go", "build", "-o", bin, "../cmd/cvpn")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building cvpn without cgo: %v\n%s", err, out)
-	}
+	bin := buildWithoutCgo(t, dir)
 	epDir := filepath.Join(dir, "ep")
 	socket := filepath.Join(dir, "run", "cvpn", "admin.sock") // its directories do not exist yet
 	connLog := filepath.Join(epDir, "connections.log")
@@ -278,4 +273,69 @@ func sameHostState(t *testing.T, before, after map[string]string) {
 			t.Errorf("%s changed:\nbefore:\n%s\nafter:\n%s", k, before[k], after[k])
 		}
 	}
+}
+
+// TestServeUserWarnsWhatItCannotUse: with --user, an endpoint whose files were not given to
+// that user still starts (everything is open by then), but cvpn names each file a reload or the
+// stop would need and the user cannot use: here the server key (root's, mode 0600) and the
+// directory of the admin socket (root's).
+func TestServeUserWarnsWhatItCannotUse(t *testing.T) {
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "cvpn-privdrop-warn-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := buildWithoutCgo(t, dir)
+	epDir := filepath.Join(dir, "ep")
+	if err := os.Mkdir(epDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := netlab.WriteEndpoint(epDir, netlab.EndpointOptions{TLSCrypt: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab, err := netlab.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lab.Close)
+	srv, err := lab.Start("cvpn", lab.Server, bin, "serve", "--config", ep.Config, "--user", "nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.WaitFor("privileges dropped", 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Stop(); err != nil {
+		t.Errorf("cvpn serve: %v\n%s", err, srv.Output())
+	}
+	out := srv.Output()
+	for _, want := range []string{
+		"--user nobody cannot read " + filepath.Join(epDir, "server.key") + ": SIGHUP re-reads the server key",
+		"--user nobody cannot write " + epDir + ": the admin socket is removed from it at stop",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("cvpn's log lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "cannot read "+ep.Config) {
+		t.Errorf("cvpn warns about the endpoint file, which anyone may read:\n%s", out)
+	}
+}
+
+// buildWithoutCgo builds cvpn into dir with CGO_ENABLED=0, the only build in which --user can
+// change every thread.
+func buildWithoutCgo(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "cvpn")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/cvpn")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building cvpn without cgo: %v\n%s", err, out)
+	}
+	return bin
 }
