@@ -97,7 +97,9 @@ type startedLater struct{ endpoint.Lifecycle }
 func (startedLater) Started(*endpoint.Running) {}
 
 // serveStarted is endpoint.Serve with a step between starting the endpoint and serving: when
-// started fails, the endpoint is stopped (its host state removed) and the error returned.
+// started fails, the endpoint is stopped (its host state removed) and the error returned. Its
+// loop is endpoint.Serve's and must stay so; an Options hook in endpoint that may fail Start
+// would let both go.
 func serveStarted(ctx context.Context, path string, reload <-chan struct{}, opts endpoint.Options, ep *endpoint.Endpoint, started func(*endpoint.Running) error) error {
 	r, err := endpoint.Start(ep, opts)
 	if err != nil {
