@@ -86,7 +86,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 // prints them. Subcommands are listed under their command's name ("client issue").
 var commands = []struct{ name, synopsis, summary string }{
 	{"init", "--dir DIR --remote HOST [flags]", "create DIR/endpoint.yaml and DIR/pki (CA, server certificate, tls-crypt key, CRL)"},
-	{"serve", "[--config FILE] [--log-format text|json]", "run the endpoint in the foreground (SIGTERM/SIGINT stop, SIGHUP reloads)"},
+	{"serve", "[--config FILE] [--log-format text|json|journal]", "run the endpoint in the foreground (SIGTERM/SIGINT stop, SIGHUP reloads)"},
 	{"validate", "[--config] FILE", "check an endpoint file and print a summary; exit status 2 if it is invalid"},
 	{"client issue", "NAME [--group G[,G...]]", "issue a client certificate (CN=NAME, groups as OU)"},
 	{"client revoke", "NAME", "add a client to the CRL"},

@@ -319,7 +319,7 @@ func (s *Session) teardown(reason string) {
 			t := s.peer.Traffic.Snapshot()
 			m.log.Info("client disconnected", "user", info.User, "remote", s.link.Remote(), "address", info.Address,
 				"reason", reason, "duration", m.cfg.Now().Sub(info.Since).Round(time.Second),
-				"rx_bytes", t.RxBytes, "tx_bytes", t.TxBytes)
+				"rx_bytes", t.RxBytes, "tx_bytes", t.TxBytes, "connection_id", info.ConnectionID)
 		} else {
 			m.log.Debug("session closed before authentication", "remote", s.link.Remote(), "reason", reason)
 		}
