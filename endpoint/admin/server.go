@@ -43,8 +43,8 @@ func NewHandler(src *Source, log *slog.Logger) *Handler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	self := uint32(os.Getuid())
-	h := &Handler{src: src, log: log, allowed: func(uid uint32) bool { return uid == 0 || uid == self }, mux: http.NewServeMux()}
+	// The service's user is read at each request: `cvpn serve --user` changes it after start.
+	h := &Handler{src: src, log: log, allowed: func(uid uint32) bool { return uid == 0 || uid == uint32(os.Getuid()) }, mux: http.NewServeMux()}
 	handle(h, "DescribeClientVpnConnections", src.describeConnections)
 	handle(h, "TerminateClientVpnConnections", func(in TerminateClientVpnConnectionsInput) (TerminateClientVpnConnectionsOutput, error) {
 		out, err := src.terminateConnections(in)
