@@ -405,6 +405,14 @@ func (m *Machine) Command(ctx context.Context, args ...string) *exec.Cmd {
 	ns := []string{"--target", strconv.Itoa(m.pid), "--mount", "--uts", "--ipc", "--net", "--pid", "--cgroup", "--root", "--wd", "--"}
 	cmd := exec.CommandContext(ctx, "nsenter", append(ns, args...)...)
 	cmd.Env = []string{"PATH=" + guestPATH, "LANG=C.UTF-8", "TERM=dumb", "SYSTEMD_PAGER=", "SYSTEMD_COLORS=0"}
+	select {
+	case <-m.exited:
+		cmd.Err = fmt.Errorf("%s: the machine has powered off", m.Name) // Start returns it
+	default:
+		if m.pid == 0 {
+			cmd.Err = fmt.Errorf("%s: systemd has not started", m.Name)
+		}
+	}
 	return cmd
 }
 
