@@ -2,10 +2,11 @@ package systemdlab
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"net/netip"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -70,6 +71,7 @@ ExecStart=/bin/sh -c 'echo "user=$(id -un)"; grep -E "^Cap(Eff|Amb):" /proc/self
 `
 
 func TestBootUnitLifecycle(t *testing.T) {
+	t.Parallel()
 	start := time.Now()
 	m := Boot(t,
 		WithFile("/usr/local/bin/hello", []byte(helloScript), 0o755),
@@ -140,6 +142,7 @@ func TestBootUnitLifecycle(t *testing.T) {
 }
 
 func TestWatchdogRestart(t *testing.T) {
+	t.Parallel()
 	m := Boot(t,
 		WithFile("/usr/local/bin/wedge", []byte(watchdogScript), 0o755),
 		WithFile("/etc/systemd/system/wedge.service", []byte(watchdogUnit), 0o644))
@@ -161,6 +164,7 @@ func TestWatchdogRestart(t *testing.T) {
 }
 
 func TestSandboxedUnit(t *testing.T) {
+	t.Parallel()
 	m := Boot(t, WithFile("/etc/systemd/system/sandbox.service", []byte(sandboxUnit), 0o644))
 	if _, err := m.Systemctl("start", "sandbox"); err != nil {
 		j, _ := m.Journal("-u", "sandbox")
@@ -179,7 +183,10 @@ func TestSandboxedUnit(t *testing.T) {
 }
 
 func TestLinkAndCleanup(t *testing.T) {
-	peer := "cvsdpeer" + strconv.Itoa(os.Getpid())
+	t.Parallel()
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	peer := "sdpeer" + hex.EncodeToString(b[:])
 	if out, err := exec.Command("ip", "netns", "add", peer).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)
 	}
