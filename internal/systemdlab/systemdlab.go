@@ -23,7 +23,10 @@
 // Cgroups: the machine starts in cgroups of its own (named after it, below the test process's
 // cgroup in every hierarchy) and its cgroup namespace is rooted there, so systemd's tree sits
 // below them and Close can remove it: systemd leaves its empty directories behind when it powers
-// off.
+// off. On a host with hybrid cgroups systemd runs hybrid too, with the v1 controllers it can
+// mount (memory, pids, devices: DeviceAllow= is enforced). Commands run with Command stay in the
+// test process's cgroups, outside the machine's tree. Boot also removes what machines of killed
+// test processes left (their PID 1 dies with the test process; their cgroups and netns name stay).
 //
 // Close (registered with t.Cleanup) powers the machine off (SIGRTMIN+4 to PID 1), kills what is
 // left, and removes the netns name and the cgroup directories; its mounts die with its mount
@@ -142,8 +145,10 @@ type Machine struct {
 	cgroups []string // the machine's own cgroup directories, one per hierarchy
 	ptm     *os.File
 	console *capped
-	exited  chan struct{}
-	netns   bool
+	// consoleDone is closed once the console's last output has been read.
+	consoleDone chan struct{}
+	exited      chan struct{}
+	netns       bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -194,11 +199,12 @@ func start(t testing.TB, c *config) (*Machine, error) {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	m := &Machine{
-		Name:    "cvsd" + hex.EncodeToString(b[:]),
-		t:       t,
-		dir:     t.TempDir(),
-		console: &capped{},
-		exited:  make(chan struct{}),
+		Name:        "cvsd" + hex.EncodeToString(b[:]),
+		t:           t,
+		dir:         t.TempDir(),
+		console:     &capped{},
+		consoleDone: make(chan struct{}),
+		exited:      make(chan struct{}),
 	}
 	// seed's own mode becomes the machine's / (cp -a seed/. root/): 0755.
 	for d, mode := range map[string]os.FileMode{"seed": 0o755, "root": 0o700, "rw": 0o700} {
@@ -253,7 +259,10 @@ func start(t testing.TB, c *config) (*Machine, error) {
 		return nil, fmt.Errorf("start boot.sh: %w", err)
 	}
 	_ = pts.Close()
-	go func() { _, _ = io.Copy(m.console, ptm) }() // ends with EIO once every slave is closed
+	go func() { // ends with EIO once every slave is closed: the machine has ended
+		_, _ = io.Copy(m.console, ptm)
+		close(m.consoleDone)
+	}()
 	go func() { _ = m.cmd.Wait(); close(m.exited) }()
 	return m, nil
 }
@@ -626,6 +635,11 @@ func (m *Machine) close() error {
 	}
 	if err := removeCgroups(m.cgroups); err != nil {
 		errs = append(errs, err)
+	}
+	// The console's last lines (the poweroff) are read before Close returns.
+	select {
+	case <-m.consoleDone:
+	case <-time.After(2 * time.Second):
 	}
 	_ = m.ptm.Close()
 	return errors.Join(errs...)
