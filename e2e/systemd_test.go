@@ -177,7 +177,9 @@ printf 'keepalive: {ping_seconds: 1, ping_restart_seconds: 4}\n' >>/etc/cvpn/end
 
 	checkSessionInJournal(t, m)
 
-	// Stop: no TUN device, route or proxy neighbour entry left in the machine.
+	// Stop: no TUN device, route or proxy neighbour entry left in the machine, also after the
+	// watchdog killed an instance: the instance that follows must not leave the proxy entry the
+	// killed one added as if it were the operator's.
 	if _, err := m.Systemctl("stop", "cvpn"); err != nil {
 		t.Fatal(err)
 	}

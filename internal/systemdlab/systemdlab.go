@@ -188,7 +188,7 @@ func Boot(t testing.TB, opts ...Option) *Machine {
 
 func start(t testing.TB, c *config) (*Machine, error) {
 	if _, err := os.Stat(SystemdPath); err != nil {
-		return nil, fmt.Errorf("%s: %w (install systemd: make deps)", SystemdPath, err)
+		return nil, fmt.Errorf("%s: %w (Debian's systemd package: apt-get install systemd)", SystemdPath, err)
 	}
 	if err := validUnitName(c.target); err != nil {
 		return nil, err
