@@ -84,3 +84,11 @@ func TestIsMachineName(t *testing.T) {
 		}
 	}
 }
+
+func TestUpperSize(t *testing.T) {
+	for size, want := range map[string]bool{"1g": true, "512m": true, "1048576": true, "0": false, "": false, "1g,exec": false, "1G": false, "50%": false} {
+		if got := upperSizeRE.MatchString(size); got != want {
+			t.Errorf("upper size %q accepted: %v, want %v", size, got, want)
+		}
+	}
+}

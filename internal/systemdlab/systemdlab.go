@@ -49,6 +49,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -128,6 +129,9 @@ func WithFile(path string, data []byte, mode os.FileMode) Option {
 // --wait` has not returned by then.
 func WithBootTimeout(d time.Duration) Option { return func(c *config) { c.bootTimeout = d } }
 
+// upperSizeRE matches the tmpfs sizes WithUpperSize accepts.
+var upperSizeRE = regexp.MustCompile(`^[1-9][0-9]{0,9}[kmg]?$`)
+
 // WithUpperSize sets the size of the tmpfs that holds what the machine writes (default 1g; it is
 // only ever as large as what was written).
 func WithUpperSize(size string) Option { return func(c *config) { c.rwSize = size } }
@@ -137,7 +141,6 @@ type Machine struct {
 	// Name is the machine's hostname, the name of its netns, and of its cgroups.
 	Name string
 
-	t       testing.TB
 	dir     string
 	cmd     *exec.Cmd
 	pid     int // systemd, as the host sees it
@@ -193,6 +196,9 @@ func start(t testing.TB, c *config) (*Machine, error) {
 	if err := validUnitName(c.target); err != nil {
 		return nil, err
 	}
+	if !upperSizeRE.MatchString(c.rwSize) { // it goes into the tmpfs's mount options
+		return nil, fmt.Errorf("upper size %q: want a tmpfs size such as 512m or 2g", c.rwSize)
+	}
 	if err := sweepStale(); err != nil {
 		t.Logf("systemdlab: removing what earlier machines left: %v", err)
 	}
@@ -200,7 +206,6 @@ func start(t testing.TB, c *config) (*Machine, error) {
 	_, _ = rand.Read(b[:])
 	m := &Machine{
 		Name:        "cvsd" + hex.EncodeToString(b[:]),
-		t:           t,
 		dir:         t.TempDir(),
 		console:     &capped{},
 		consoleDone: make(chan struct{}),
