@@ -3,6 +3,7 @@ package endpoint
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"syscall"
 
 	"github.com/cvpn/cvpn/config"
@@ -17,6 +18,8 @@ func hostConfig(cfg *config.Endpoint) host.Config {
 		MTU:       cfg.TUN.MTU,
 		Interface: cfg.TargetNetwork.Interface,
 		SNAT:      cfg.TargetNetwork.SNATAddress,
+		// Beside the admin socket: the runtime directory, which lives until a reboot.
+		ClaimFile: filepath.Join(filepath.Dir(cfg.Admin.Socket), "cvpn-host-"+cfg.TUN.Name),
 	}
 }
 

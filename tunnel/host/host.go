@@ -35,6 +35,11 @@ type Config struct {
 	// (target_network.snat_address) is the endpoint's own address in one of its subnets.
 	Interface string
 	SNAT      netip.Addr
+	// ClaimFile, when set, records the proxy neighbour entry cvpn added, so that a cvpn started
+	// after one that was killed (a watchdog restart) recognises the entry as its own and
+	// removes it at stop, while an entry the operator made stays untouched. It belongs in a
+	// directory that survives restarts but not reboots (the runtime directory).
+	ClaimFile string
 
 	// procSys is where the sysctls live; "" means /proc/sys. Tests point it at a directory of
 	// their own.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -68,7 +69,7 @@ func (h *Host) setup(cfg Config) error {
 	if err := h.addRoute(link, cfg.SNAT); err != nil {
 		return err
 	}
-	if err := h.addProxyNeighbour(target, cfg.SNAT); err != nil {
+	if err := h.addProxyNeighbour(target, cfg.SNAT, cfg.ClaimFile); err != nil {
 		return err
 	}
 	if h.checkOnly {
@@ -204,7 +205,7 @@ func (h *Host) addRoute(link netlink.Link, snat netip.Addr) error {
 
 // addProxyNeighbour makes the kernel answer ARP for the SNAT address on the target interface,
 // so that hosts in the private network reach it without a route of their own.
-func (h *Host) addProxyNeighbour(target netlink.Link, snat netip.Addr) error {
+func (h *Host) addProxyNeighbour(target netlink.Link, snat netip.Addr, claimFile string) error {
 	iface := target.Attrs().Name
 	neigh := &netlink.Neigh{
 		LinkIndex: target.Attrs().Index,
@@ -220,9 +221,16 @@ func (h *Host) addProxyNeighbour(target netlink.Link, snat netip.Addr) error {
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return &Error{Op: "list proxy neighbours of " + iface, Err: err}
 	}
+	claim := what + "\n"
 	for _, n := range existing {
 		if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == snat {
-			h.log.Info("host: the proxy neighbour entry exists already; using it and leaving it in place", "neigh", what)
+			if claimFile == "" || !claimed(claimFile, claim) {
+				h.log.Info("host: the proxy neighbour entry exists already; using it and leaving it in place", "neigh", what)
+				return nil
+			}
+			// A cvpn before this one added it and was killed: it is ours to remove.
+			h.log.Info("host: the proxy neighbour entry a previous cvpn added is taken over", "neigh", what)
+			h.undoNeighbour(neigh, what, claimFile)
 			return nil
 		}
 	}
@@ -230,13 +238,36 @@ func (h *Host) addProxyNeighbour(target netlink.Link, snat netip.Addr) error {
 		return &Error{Op: "add " + what, Err: err}
 	}
 	h.log.Debug("host: proxy neighbour added", "neigh", what)
+	if claimFile != "" {
+		err := os.MkdirAll(filepath.Dir(claimFile), 0o750)
+		if err == nil {
+			err = os.WriteFile(claimFile, []byte(claim), 0o600)
+		}
+		if err != nil {
+			h.log.Warn("host: cannot record the proxy neighbour entry; if cvpn is killed, remove it by hand", "file", claimFile, "err", err)
+		}
+	}
+	h.undoNeighbour(neigh, what, claimFile)
+	return nil
+}
+
+// undoNeighbour makes Close delete the proxy entry and its claim.
+func (h *Host) undoNeighbour(neigh *netlink.Neigh, what, claimFile string) {
 	h.added("delete "+what, func() error {
 		if err := netlink.NeighDel(neigh); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
 			return err
 		}
+		if claimFile != "" {
+			_ = os.Remove(claimFile)
+		}
 		return nil
 	})
-	return nil
+}
+
+// claimed reports whether claimFile records claim.
+func claimed(claimFile, claim string) bool {
+	data, err := os.ReadFile(claimFile)
+	return err == nil && string(data) == claim
 }
 
 // checkSNATOnLink verifies that the SNAT address lies in a subnet of the interface and is not the
