@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -150,11 +151,20 @@ func serverState(ctx context.Context, t *testing.T, lab *netlab.Lab) map[string]
 	for _, k := range serverStateKeys {
 		state[k] = serverOutput(ctx, t, lab, strings.Fields(k)...)
 	}
+	state["ip -d link"] = withoutPeerNetns(state["ip -d link"])
 	if !strings.Contains(state["ip -d link"], "eth1") || state["cat /proc/sys/net/ipv4/ip_forward"] != "0\n" {
 		t.Fatalf("unexpected server namespace state: %v", state)
 	}
 	return state
 }
+
+// peerNetns is how `ip -d link` names a veth peer's namespace. It is not the server's state:
+// ip resolves it by walking /run/netns, where other tests running at the same time add and
+// remove namespaces, and then sometimes prints "Peer netns reference is invalid" instead.
+var peerNetns = regexp.MustCompile(`(?m) link-netns(id)? \S+|^Error: Peer netns reference is invalid\.\n`)
+
+// withoutPeerNetns is `ip -d link` output without the peer namespaces' names.
+func withoutPeerNetns(s string) string { return peerNetns.ReplaceAllString(s, "") }
 
 // serverOutput runs a command in the server namespace and returns its output.
 func serverOutput(ctx context.Context, t *testing.T, lab *netlab.Lab, args ...string) string {
