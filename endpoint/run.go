@@ -52,6 +52,10 @@ type Options struct {
 	HostAddrs HostAddrs
 	// ReopenLog: each value received reopens the connection log's file (SIGUSR1, logrotate).
 	ReopenLog <-chan struct{}
+	// Started, when set, runs in Serve between starting the endpoint and serving it (cvpn
+	// serve --user drops its privileges there). An error stops the endpoint, removing what
+	// Start set up, and Serve returns it.
+	Started func(*Running) error
 	// PortalProfiles makes the profiles the self-service portal hands out, from the endpoint
 	// in force (package endpoint/profile's ForPortal); required when the file has a portal.
 	PortalProfiles func(current func() *Endpoint) portal.Profiles
@@ -109,6 +113,13 @@ func Serve(ctx context.Context, path string, ep *Endpoint, reload <-chan struct{
 	r, err := Start(ep, opts)
 	if err != nil {
 		return err
+	}
+	if opts.Started != nil {
+		if err := opts.Started(r); err != nil {
+			r.Stop()
+			r.Run() // returns at once, having removed what Start set up
+			return err
+		}
 	}
 	done := make(chan struct{})
 	go func() {

@@ -75,7 +75,7 @@ func serveAs(t privdrop.Target) serveFunc {
 		if ready != nil {
 			opts.Lifecycle = startedLater{ready}
 		}
-		return serveStarted(ctx, path, reload, opts, ep, func(r *endpoint.Running) error {
+		opts.Started = func(r *endpoint.Running) error {
 			log := opts.Log
 			handOver(created, t, log)
 			if err := privdrop.Drop(t); err != nil {
@@ -87,7 +87,8 @@ func serveAs(t privdrop.Target) serveFunc {
 				ready.Started(r)
 			}
 			return nil
-		})
+		}
+		return endpoint.Serve(ctx, path, ep, reload, opts)
 	}
 }
 
@@ -95,41 +96,6 @@ func serveAs(t privdrop.Target) serveFunc {
 type startedLater struct{ endpoint.Lifecycle }
 
 func (startedLater) Started(*endpoint.Running) {}
-
-// serveStarted is endpoint.Serve with a step between starting the endpoint and serving: when
-// started fails, the endpoint is stopped (its host state removed) and the error returned. Its
-// loop is endpoint.Serve's and must stay so; an Options hook in endpoint that may fail Start
-// would let both go.
-func serveStarted(ctx context.Context, path string, reload <-chan struct{}, opts endpoint.Options, ep *endpoint.Endpoint, started func(*endpoint.Running) error) error {
-	r, err := endpoint.Start(ep, opts)
-	if err != nil {
-		return err
-	}
-	if err := started(r); err != nil {
-		r.Stop()
-		r.Run() // returns at once, having removed what Start set up
-		return err
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		r.Run()
-	}()
-	for {
-		select {
-		case <-ctx.Done():
-			r.Stop()
-			<-done
-			return nil
-		case <-done:
-			return nil
-		case <-reload:
-			_, _ = r.Reload(path) // logged
-		case <-opts.ReopenLog:
-			r.ReopenConnectionLog()
-		}
-	}
-}
 
 // created is what a start of the endpoint will create, found before it starts.
 type created struct {

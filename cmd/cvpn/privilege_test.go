@@ -69,12 +69,13 @@ func TestServeStartedFailure(t *testing.T) {
 		Host: func(host.Config, *slog.Logger) (endpoint.Host, error) { return f, nil }}
 	var ran bool
 	boom := errors.New("boom")
-	err = serveStarted(t.Context(), path, nil, opts, ep, func(r *endpoint.Running) error {
+	opts.Started = func(r *endpoint.Running) error {
 		ran = r.Server() != nil
 		return boom
-	})
+	}
+	err = endpoint.Serve(t.Context(), path, ep, nil, opts)
 	if !errors.Is(err, boom) || !ran {
-		t.Errorf("serveStarted = %v (started ran with a server: %v), want boom", err, ran)
+		t.Errorf("Serve = %v (Started ran with a server: %v), want boom", err, ran)
 	}
 	if f.closed != 1 {
 		t.Errorf("host state closed %d times, want 1", f.closed)
