@@ -51,10 +51,10 @@ type Owner interface {
 // Peer is the data-plane state of one session.
 //
 // Ownership: owner and link are set by NewPeer and never change. ident is stored before
-// Publish makes the peer reachable, and replaced whole when the user's groups change. keys and sendKey are atomics written by the session layer
-// (new keys) and the timer (lame-duck switch, retirement). Each key's replay window belongs to the
-// goroutine that receives the peer's packets (its UDP listener's or its TCP stream's); so do
-// upFor, upID, groups, up and denied. downFor, downID and down belong to the TUN reader.
+// Publish makes the peer reachable, and replaced whole when the user's groups change. keys and
+// sendKey are atomics written by the session layer (new keys) and the timer (lame-duck switch,
+// retirement). Each key's replay window belongs to the goroutine that receives the peer's
+// packets (its UDP listener's or its TCP stream's); so do upFor, upID, groups, up and denied. downFor, downID and down belong to the TUN reader.
 type Peer struct {
 	owner Owner
 	link  Link
