@@ -76,6 +76,18 @@ type Network interface {
 	ListenTCP(ap netip.AddrPort) (net.Listener, error)
 }
 
+// ShardedNetwork is a Network that can open one UDP listener as several sockets bound to the same
+// address (an SO_REUSEPORT group on the host), so that several goroutines, on several cores,
+// receive its datagrams. The network spreads the datagrams over the shards with Steer: a data
+// packet (P_DATA_V2) always reaches shard peer-id mod n, wherever it comes from, so one session's
+// packets stay on one shard even when the client floats; everything else is spread by a hash of
+// the addresses, so one client's packets stay on one shard too. n = 1 opens one socket. The
+// data plane uses it when its Network implements it, else it opens one socket per listener.
+type ShardedNetwork interface {
+	Network
+	ListenUDPShards(ap netip.AddrPort, n int) ([]Conn, error)
+}
+
 // Host is the host's network. UDP listeners are non-blocking sockets driven with recvmmsg and
 // sendmmsg outside the netpoller, with 4 MiB buffers, IP_PKTINFO when bound to the unspecified
 // address, UDP GRO on and UDP GSO when the kernel has it; TCP listeners are net.ListenTCP("tcp4").
