@@ -85,6 +85,12 @@ type Config struct {
 	Pool    *ippool.Pool
 	NAT     *nat.Table
 	Device  tun.Device
+	// Queues are all the TUN device's queues, Device first (nil: Device alone); each gets a
+	// reader. Close closes them all.
+	Queues []tun.Device
+	// Workers is how many sockets, each with its receive goroutine, a UDP listener opens (an
+	// SO_REUSEPORT group); 0 means runtime.GOMAXPROCS(0), at most 64.
+	Workers int
 	// Policy holds the per-packet configuration; Reload swaps it.
 	Policy *Policy
 	// Ping and PingRestart are pushed to clients and drive the server's keepalive and reaping.
@@ -185,6 +191,8 @@ func New(cfg Config) (*Server, error) {
 		Pool:    cfg.Pool,
 		NAT:     cfg.NAT,
 		Device:  cfg.Device,
+		Queues:  cfg.Queues,
+		Workers: cfg.Workers,
 		Policy:  cfg.Policy,
 		Control: s.sessions,
 		Drops:   s.drops,
@@ -309,13 +317,18 @@ func (s *Server) Run() {
 }
 
 // Close tells every client to reconnect (RESTART, so it comes back as soon as the endpoint is
-// up again), ends every session and stops the goroutines. It closes the Device too, since a
-// blocked TUN read only returns then.
+// up again), ends every session and stops the goroutines. It closes the Device and its Queues
+// too, since a blocked TUN read only returns then.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		s.sessions.Close(time.Second)
 		s.plane.Close()
 		s.cfg.Device.Close()
+		for _, q := range s.cfg.Queues {
+			if q != s.cfg.Device {
+				q.Close()
+			}
+		}
 		close(s.stop)
 	})
 }

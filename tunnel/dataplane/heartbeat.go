@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.zx2c4.com/wireguard/tun"
+
 	"github.com/cvpn/cvpn/tunnel/sock"
 )
 
@@ -21,28 +23,44 @@ import (
 
 // Heartbeat is one receive loop's count.
 type Heartbeat struct {
-	// Loop names the loop: "tun", or "udp" and the listener's address ("udp 0.0.0.0:1194").
+	// Loop names the loop: "tun#" and the TUN queue ("tun#0"), or "udp", the listener's address
+	// and the shard ("udp 0.0.0.0:1194#1").
 	Loop string
 	// Count is how many times the loop went round.
 	Count uint64
 }
 
-// Heartbeats returns the heartbeats of the running receive loops: the TUN reader (when its
-// device takes a read deadline) and each open UDP listener.
+// Heartbeats returns the heartbeats of the running receive loops: each TUN queue's reader (when
+// its device takes a read deadline) and each shard of each open UDP listener.
 func (p *Plane) Heartbeats() []Heartbeat {
 	var out []Heartbeat
-	if p.tunWatched.Load() {
-		out = append(out, Heartbeat{Loop: "tun", Count: p.tunBeat.Load()})
+	for _, q := range p.queues {
+		if q.watched {
+			out = append(out, Heartbeat{Loop: q.loop, Count: q.beat.Load()})
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, l := range p.udp {
-		out = append(out, Heartbeat{Loop: "udp " + l.addr.String(), Count: l.beat.Load()})
+		for _, s := range l.shards {
+			out = append(out, Heartbeat{Loop: s.loop, Count: s.beat.Load()})
+		}
 	}
 	return out
 }
 
-// tunDeadline wakes the TUN reader at least once a sock.ReadWake through a read deadline on the
+// tunQueue is one queue of the TUN device and its reader's heartbeat.
+type tunQueue struct {
+	index int
+	dev   tun.Device
+	loop  string // "tun#<index>"
+	beat  atomic.Uint64
+	// watched: the device's file takes a read deadline, so its reader wakes when idle and its
+	// heartbeat is reported. Set by New, before any reader runs.
+	watched bool
+}
+
+// tunDeadline wakes a TUN reader at least once a sock.ReadWake through a read deadline on the
 // device's file; without one (a device with no file, or one the poller cannot wait on) the
 // reader is not watched.
 type tunDeadline struct {
@@ -50,25 +68,24 @@ type tunDeadline struct {
 	wake time.Duration
 }
 
-// watchTUN finds out, when the plane is built, whether the TUN reader can be watched: it sets
+// watchTUN finds out, when the plane is built, whether each TUN reader can be watched: it sets
 // the first read deadline (the reader moves it on each time it passes).
 func (p *Plane) watchTUN() {
 	if p.tunWake <= 0 {
 		p.tunWake = sock.ReadWake
 	}
-	f := p.cfg.Device.File()
-	if f == nil || f.SetReadDeadline(time.Now().Add(p.tunWake)) != nil {
-		return
+	for _, q := range p.queues {
+		f := q.dev.File()
+		q.watched = f != nil && f.SetReadDeadline(time.Now().Add(p.tunWake)) == nil
 	}
-	p.tunWatched.Store(true)
 }
 
-// tunDeadline returns the TUN reader's deadline; the zero one when it is not watched.
-func (p *Plane) tunDeadline() tunDeadline {
-	if !p.tunWatched.Load() {
+// tunDeadline returns queue q's reader's deadline; the zero one when it is not watched.
+func (p *Plane) tunDeadline(q *tunQueue) tunDeadline {
+	if !q.watched {
 		return tunDeadline{}
 	}
-	return tunDeadline{file: p.cfg.Device.File(), wake: p.tunWake}
+	return tunDeadline{file: q.dev.File(), wake: p.tunWake}
 }
 
 // woke reports whether err is the deadline passing, and then sets the next one.
@@ -78,12 +95,4 @@ func (d tunDeadline) woke(err error) bool {
 	}
 	_ = d.file.SetReadDeadline(time.Now().Add(d.wake))
 	return true
-}
-
-// beats are the plane's own heartbeat counters; UDP listeners keep theirs (UDPListener.beat).
-type beats struct {
-	tunBeat    atomic.Uint64
-	tunWatched atomic.Bool
-	// tunWake is how often an idle TUN reader wakes: sock.ReadWake (tests shorten it).
-	tunWake time.Duration
 }

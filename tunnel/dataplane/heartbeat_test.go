@@ -59,8 +59,8 @@ func (c *stuckControl) UDPControl(*UDPListener, []byte, netip.AddrPort, netip.Ad
 	<-c.release
 }
 
-// newBeatPlane returns a running plane on dev with a UDP listener on an in-memory network whose
-// idle reads, like the TUN reader's, wake every 5 ms.
+// newBeatPlane returns a running plane on dev with a UDP listener of one shard on an in-memory
+// network whose idle reads, like the TUN reader's, wake every 5 ms.
 func newBeatPlane(t *testing.T, dev tun.Device, ctl Control) (*Plane, *UDPListener, *socktest.Network) {
 	t.Helper()
 	pool, err := ippool.New(netip.MustParsePrefix("10.2.0.0/24"))
@@ -79,7 +79,7 @@ func newBeatPlane(t *testing.T, dev tun.Device, ctl Control) (*Plane, *UDPListen
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(Config{Pool: pool, NAT: natTable, Device: dev, Policy: pol, Control: ctl})
+	p, err := New(Config{Pool: pool, NAT: natTable, Device: dev, Policy: pol, Control: ctl, Workers: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,11 +138,11 @@ func waitBeats(t *testing.T, p *Plane, from map[string]uint64, n uint64, loops .
 // go round (empty reads, read deadlines), so their heartbeats advance.
 func TestHeartbeatsWhileIdle(t *testing.T) {
 	p, l, _ := newBeatPlane(t, newPipeTUN(t), nopControl{})
-	udp := "udp " + l.Addr().String()
-	if udp != "udp 10.0.0.1:1194" {
+	udp := "udp " + l.Addr().String() + "#0"
+	if udp != "udp 10.0.0.1:1194#0" {
 		t.Fatalf("listener loop named %q", udp)
 	}
-	waitBeats(t, p, nil, 5, "tun", udp)
+	waitBeats(t, p, nil, 5, "tun#0", udp)
 }
 
 // TestHeartbeatStopsWhenLoopIsStuck: a receive loop stuck in a handler stops its heartbeat while
@@ -150,8 +150,8 @@ func TestHeartbeatsWhileIdle(t *testing.T) {
 func TestHeartbeatStopsWhenLoopIsStuck(t *testing.T) {
 	ctl := &stuckControl{entered: make(chan struct{}), release: make(chan struct{})}
 	p, l, network := newBeatPlane(t, newPipeTUN(t), ctl)
-	udp := "udp " + l.Addr().String()
-	start := waitBeats(t, p, nil, 1, "tun", udp)
+	udp := "udp " + l.Addr().String() + "#0"
+	start := waitBeats(t, p, nil, 1, "tun#0", udp)
 
 	reset := []byte{packet.Header(packet.HardResetClientV2, 0), 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0}
 	network.Inject(netip.MustParseAddrPort("192.0.2.1:5000"), l.Addr(), reset)
@@ -162,7 +162,7 @@ func TestHeartbeatStopsWhenLoopIsStuck(t *testing.T) {
 	}
 	stuck := beatsOf(p)[udp]
 	// Twenty of the TUN reader's wakes pass: an alive UDP loop would have gone round as often.
-	after := waitBeats(t, p, start, 20, "tun")
+	after := waitBeats(t, p, start, 20, "tun#0")
 	if got := after[udp]; got != stuck {
 		t.Fatalf("the stuck loop's heartbeat moved from %d to %d", stuck, got)
 	}
@@ -175,9 +175,9 @@ func TestHeartbeatStopsWhenLoopIsStuck(t *testing.T) {
 // listener no longer is.
 func TestHeartbeatsLeaveOutAnUnwatchableTUN(t *testing.T) {
 	p, l, _ := newBeatPlane(t, tuntest.NewChannelTUN().TUN(), nopControl{})
-	udp := "udp " + l.Addr().String()
+	udp := "udp " + l.Addr().String() + "#0"
 	got := waitBeats(t, p, nil, 2, udp)
-	if _, ok := got["tun"]; ok || len(got) != 1 {
+	if _, ok := got["tun#0"]; ok || len(got) != 1 {
 		t.Fatalf("heartbeats %v, want the UDP listener's only", got)
 	}
 	p.CloseListener(l)

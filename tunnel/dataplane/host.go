@@ -93,7 +93,7 @@ func (p *Plane) answerGateway(peer *Peer, id *Identity, pkt, pt []byte, gw netip
 		p.dropUser(counters.Malformed, id)
 		return
 	}
-	if !peer.up.Allow(peer.lastRecv.Load(), total) {
+	if !peer.up.bucket.Allow(peer.lastRecv.Load(), total) {
 		p.dropUser(counters.RateLimit, id)
 		return
 	}

@@ -45,7 +45,7 @@ func withHostAccess(pol *Policy, allow bool) *Policy {
 // counts from the snapshot that has it.
 func TestHostAddressDropped(t *testing.T) {
 	f := newPathFixture(t, 0)
-	l := f.l
+	l := f.s
 	buf := make([]byte, 2048)
 	from := f.peer.link.Remote()
 	pid := uint32(0)
@@ -229,8 +229,8 @@ func (c *echoClient) send(ip []byte) {
 	pkt := c.buf[off-hdr-datacrypto.Overhead : off+n]
 	packet.PutDataHeader(pkt, op, 0, id.PeerID)
 	pkt = c.keys.Seal(pkt, hdr, c.pid)
-	c.f.l.tunBatch = c.f.l.tunBatch[:0]
-	c.f.l.receiveData(pkt, c.peer.link.Remote(), netip.Addr{})
+	c.f.s.tunBatch = c.f.s.tunBatch[:0]
+	c.f.s.receiveData(pkt, c.peer.link.Remote(), netip.Addr{})
 }
 
 // receive reads what the plane sent the client within wait and opens it: the IP packet, or
@@ -327,7 +327,7 @@ func TestGatewayAnswersPing(t *testing.T) {
 			c := newEchoClient(t, f, tc.dataV2, tc.sendV1, tc.framing)
 			req := c.echoRequest(t, gateway, tc.opts, tc.size)
 			c.send(bytes.Clone(req))
-			if len(f.l.tunBatch) != 0 {
+			if len(f.s.tunBatch) != 0 {
 				t.Fatal("the ping of the gateway went to the TUN")
 			}
 			reply := c.receive(t, 2*time.Second)
@@ -377,7 +377,7 @@ func TestGatewayAnswersOnlyPing(t *testing.T) {
 	} {
 		before := f.p.drops.Count(tc.reason)
 		c.send(tc.pkt)
-		if len(f.l.tunBatch) != 0 {
+		if len(f.s.tunBatch) != 0 {
 			t.Errorf("%s to the gateway went to the TUN", tc.name)
 		}
 		if got := c.receive(t, 50*time.Millisecond); got != nil {
@@ -415,7 +415,7 @@ func TestGatewayPingBandwidthLimit(t *testing.T) {
 func TestHostPathNoAllocs(t *testing.T) {
 	f := newPathFixture(t, 0)
 	f.p.SetPolicy(f.p.Policy().WithHost(testHost))
-	l := f.l
+	l := f.s
 	buf := make([]byte, 2048)
 	from := f.peer.link.Remote()
 	pid := uint32(0)

@@ -55,9 +55,9 @@ func TestFloatNeverLandsOnAnotherSession(t *testing.T) {
 	bob, bobKeys := f.addPeer(t, bobAt)
 	buf := make([]byte, 2048)
 	deliver := func(pkt []byte, from netip.AddrPort) int {
-		f.l.tunBatch = f.l.tunBatch[:0]
-		f.l.receiveData(pkt, from, netip.Addr{})
-		return len(f.l.tunBatch)
+		f.s.tunBatch = f.s.tunBatch[:0]
+		f.s.receiveData(pkt, from, netip.Addr{})
+		return len(f.s.tunBatch)
 	}
 	if n := deliver(sealFor(bob, bobKeys, buf, 1, f.vpc), aliceAt); n != 0 {
 		t.Fatal("a packet that would float onto another session's address was delivered")

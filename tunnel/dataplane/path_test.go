@@ -22,6 +22,7 @@ import (
 type pathFixture struct {
 	p      *Plane
 	l      *UDPListener
+	s      *udpShard // the shard the tests hand packets to
 	peer   *Peer
 	owner  *eventRecorder
 	client *datacrypto.Keys // the client's side of the data keys
@@ -78,7 +79,7 @@ func newPathFixture(tb testing.TB, mbps float64) *pathFixture {
 	peer.SetIdentity(&Identity{Addr: addr, PeerID: uint32(idx), User: "alice", Groups: []string{"dev"}, DataV2: true, Cipher: datacrypto.AES256GCM})
 	peer.InstallKey(&DataKey{Keys: server}, true)
 	p.Publish(peer)
-	return &pathFixture{p: p, l: l, peer: peer, owner: owner, client: clientKeys, vpc: netip.MustParseAddr("10.0.1.10")}
+	return &pathFixture{p: p, l: l, s: l.shards[0], peer: peer, owner: owner, client: clientKeys, vpc: netip.MustParseAddr("10.0.1.10")}
 }
 
 // udpPacket builds an IPv4/UDP packet from the client to dst at buf[off:].
@@ -114,7 +115,7 @@ func (f *pathFixture) sealFromClient(buf []byte, pid uint32, dst netip.Addr) []b
 // TestReceivePathNoAllocs: decrypt, replay, authz, routes, bucket, MSS and NAT allocate nothing.
 func TestReceivePathNoAllocs(t *testing.T) {
 	f := newPathFixture(t, 0)
-	l := f.l
+	l := f.s
 	buf := make([]byte, 2048)
 	pid := uint32(0)
 	from := f.peer.link.Remote()
@@ -139,7 +140,7 @@ func TestReceivePathNoAllocs(t *testing.T) {
 // TestReceivePathPolicy checks the drops on the path: unauthorized, unrouted, spoofed, replayed.
 func TestReceivePathPolicy(t *testing.T) {
 	f := newPathFixture(t, 0)
-	l := f.l
+	l := f.s
 	buf := make([]byte, 2048)
 	from := f.peer.link.Remote()
 	send := func(pid uint32, dst netip.Addr) int {
@@ -171,7 +172,7 @@ func (p *Policy) clone() *Policy { q := *p; return &q }
 // TestBandwidthLimitDrops: a 1 Mbit/s client can send its burst, then is limited.
 func TestBandwidthLimitDrops(t *testing.T) {
 	f := newPathFixture(t, 1)
-	l := f.l
+	l := f.s
 	buf := make([]byte, 2048)
 	passed := 0
 	for pid := uint32(1); pid <= 100; pid++ {
@@ -187,7 +188,7 @@ func TestBandwidthLimitDrops(t *testing.T) {
 
 func BenchmarkReceivePath(b *testing.B) {
 	f := newPathFixture(b, 0)
-	l := f.l
+	l := f.s
 	buf := make([]byte, 2048)
 	pid := uint32(0)
 	from := f.peer.link.Remote()

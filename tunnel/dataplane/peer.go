@@ -2,8 +2,11 @@ package dataplane
 
 import (
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/cpu"
 
 	"github.com/cvpn/cvpn/authz"
 	"github.com/cvpn/cvpn/tunnel/bucket"
@@ -53,8 +56,13 @@ type Owner interface {
 // Ownership: owner and link are set by NewPeer and never change. ident is stored before
 // Publish makes the peer reachable, and replaced whole when the user's groups change. keys and
 // sendKey are atomics written by the session layer (new keys) and the timer (lame-duck switch,
-// retirement). Each key's replay window belongs to the goroutine that receives the peer's
-// packets (its UDP listener's or its TCP stream's); so do upFor, upID, groups, up and denied. downFor, downID and down belong to the TUN reader.
+// retirement). What the receive side changes per packet (each key's replay window, the cached
+// groups, the upload bucket, the denied destinations) is guarded by up.mu, and what the send
+// side changes (the download bucket and its cache) by down.mu: several goroutines may handle
+// one peer's packets (the shards of its UDP listener when a client floats or sends P_DATA_V1,
+// or when the kernel cannot steer; the TUN queues always), and each takes the lock once per
+// packet. When steering works, one shard and, per flow, one TUN queue see a peer, so the locks
+// are uncontended: an atomic swap in, an atomic swap out.
 type Peer struct {
 	owner Owner
 	link  Link
@@ -68,16 +76,34 @@ type Peer struct {
 	Traffic  counters.Traffic
 	notified atomic.Uint32 // events already reported (each is reported once)
 
-	// What the receive and send goroutines cache from the policy and the identity, recomputed
-	// when either is replaced (a reload, new groups at renegotiation).
-	upFor   *Policy
-	upID    *Identity
-	groups  authz.Groups
-	up      bucket.Bucket
-	denied  []netip.Addr
-	downFor *Policy
-	downID  *Identity
-	down    bucket.Bucket
+	up uplink
+	// The receive and send sides' locks on separate cache lines: a peer's upload on one core
+	// and download on another do not bounce one line between them.
+	_    cpu.CacheLinePad
+	down downlink
+	_    cpu.CacheLinePad
+}
+
+// uplink is what the receive side caches and changes per packet, recomputed from the policy and
+// the identity when either is replaced (a reload, new groups at renegotiation).
+type uplink struct {
+	// mu guards the fields below and the replay windows of the peer's keys. Lock order:
+	// before UDPListener.mu (a float) and the locks of what a packet passes through (NAT,
+	// rate-limited logs); no other peer's lock is taken under it.
+	mu     sync.Mutex
+	pol    *Policy
+	id     *Identity
+	groups authz.Groups
+	bucket bucket.Bucket
+	denied []netip.Addr
+}
+
+// downlink is what the send side caches and changes per packet.
+type downlink struct {
+	mu     sync.Mutex // guards the fields below; nothing else is taken under it
+	pol    *Policy
+	id     *Identity
+	bucket bucket.Bucket
 }
 
 // NewPeer returns the data-plane state of a session that talks over link.
@@ -127,7 +153,7 @@ type DataKey struct {
 	ID      uint8
 	Keys    *datacrypto.Keys
 	Created time.Time
-	replay  replay.Window // owned by the goroutine that receives the peer's packets
+	replay  replay.Window // guarded by the peer's up.mu
 	sendPID atomic.Uint32
 	// rekeyAsked is set once this key asked for a renegotiation.
 	rekeyAsked atomic.Bool
@@ -183,22 +209,26 @@ func (p *Peer) Keys() []uint8 {
 	return ids
 }
 
-// uplinkPolicy refreshes what the receive goroutine caches from the policy (groups, upload
-// limit) when a reload swapped it or the identity changed, and returns the peer's groups.
+// uplinkPolicy refreshes what the receive side caches from the policy (groups, upload limit)
+// when a reload swapped it or the identity changed, and returns the peer's groups. The caller
+// holds p.up.mu.
 func (p *Peer) uplinkPolicy(pol *Policy, id *Identity) authz.Groups {
-	if p.upFor != pol || p.upID != id {
-		p.groups = pol.Authz.Groups(id.Groups)
-		p.up.Set(pol.limitFor(id.Groups))
-		p.upFor, p.upID = pol, id
+	if p.up.pol != pol || p.up.id != id {
+		p.up.groups = pol.Authz.Groups(id.Groups)
+		p.up.bucket.Set(pol.limitFor(id.Groups))
+		p.up.pol, p.up.id = pol, id
 	}
-	return p.groups
+	return p.up.groups
 }
 
-// downlinkPolicy refreshes the download limit when a reload swapped the policy or the
-// identity changed.
-func (p *Peer) downlinkPolicy(pol *Policy, id *Identity) {
-	if p.downFor != pol || p.downID != id {
-		p.down.Set(pol.limitFor(id.Groups))
-		p.downFor, p.downID = pol, id
+// allowDown refreshes the download limit when a reload swapped the policy or the identity
+// changed, and takes n bytes at now (unix nanoseconds) from the download bucket.
+func (p *Peer) allowDown(pol *Policy, id *Identity, now int64, n int) bool {
+	p.down.mu.Lock()
+	defer p.down.mu.Unlock()
+	if p.down.pol != pol || p.down.id != id {
+		p.down.bucket.Set(pol.limitFor(id.Groups))
+		p.down.pol, p.down.id = pol, id
 	}
+	return p.down.bucket.Allow(now, n)
 }

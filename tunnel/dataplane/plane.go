@@ -15,9 +15,11 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -45,9 +47,17 @@ type Control interface {
 
 // Config is what the data plane needs.
 type Config struct {
-	Pool    *ippool.Pool
-	NAT     *nat.Table
-	Device  tun.Device
+	Pool *ippool.Pool
+	NAT  *nat.Table
+	// Device is the TUN device (its first queue); Queues are all its queues, Device first (nil:
+	// Device alone). Each queue has its reader; UDP shard i writes into queue i mod len(Queues),
+	// TCP streams into Device.
+	Device tun.Device
+	Queues []tun.Device
+	// Workers is how many sockets (shards, each with its receive goroutine) a UDP listener
+	// opens when its network is a sock.ShardedNetwork; 0 means runtime.GOMAXPROCS(0). At most
+	// MaxWorkers.
+	Workers int
 	Policy  *Policy
 	Control Control
 	Drops   *counters.Drops
@@ -75,8 +85,14 @@ type Plane struct {
 	peers []atomic.Pointer[Peer]
 	// denialLog limits the "access denied" lines all connections together may log.
 	denialLog *RateLimiter
-	// beats is the TUN reader's heartbeat (heartbeat.go).
-	beats
+	// queues are the TUN's queues, each with its reader (send.go) and heartbeat (heartbeat.go).
+	queues []*tunQueue
+	// tunWake is how often an idle TUN reader wakes: sock.ReadWake (tests shorten it).
+	tunWake time.Duration
+	// workers is how many shards a UDP listener opens.
+	workers int
+	// steerWarned says the log has said once that the kernel does not steer by peer-id.
+	steerWarned atomic.Bool
 
 	mu  sync.Mutex // guards udp, tcp and the unauthenticated TCP counts
 	udp []*UDPListener
@@ -92,8 +108,17 @@ type Plane struct {
 
 // New returns a data plane; Run starts its TUN reader.
 func New(cfg Config) (*Plane, error) {
+	if cfg.Device == nil && len(cfg.Queues) > 0 {
+		cfg.Device = cfg.Queues[0]
+	}
 	if cfg.Pool == nil || cfg.NAT == nil || cfg.Device == nil || cfg.Policy == nil || cfg.Policy.Authz == nil || cfg.Control == nil {
 		return nil, errors.New("dataplane: config needs Pool, NAT, Device, Policy and Control")
+	}
+	if len(cfg.Queues) == 0 {
+		cfg.Queues = []tun.Device{cfg.Device}
+	}
+	if cfg.Queues[0] != cfg.Device || slices.Contains(cfg.Queues, nil) {
+		return nil, errors.New("dataplane: Queues must start with Device and hold no nil")
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -126,6 +151,10 @@ func New(cfg Config) (*Plane, error) {
 	if cfg.MSS > 0 {
 		p.mss = uint16(cfg.MSS)
 	}
+	p.workers = Workers(cfg.Workers)
+	for i, dev := range cfg.Queues {
+		p.queues = append(p.queues, &tunQueue{index: i, dev: dev, loop: fmt.Sprintf("tun#%d", i)})
+	}
 	p.policy.Store(cfg.Policy)
 	p.watchTUN()
 	return p, nil
@@ -140,15 +169,31 @@ func (p *Plane) SetPolicy(pol *Policy) { p.policy.Store(pol) }
 // Drops returns the drop counters.
 func (p *Plane) Drops() *counters.Drops { return p.drops }
 
-// Run reads the TUN until Close.
+// MaxWorkers bounds Config.Workers: beyond it a listener's sockets and goroutines cost more
+// than the cores they could use.
+const MaxWorkers = 64
+
+// Workers is the number of shards a UDP listener opens for Config.Workers n: n, or
+// runtime.GOMAXPROCS(0) for 0, at most MaxWorkers.
+func Workers(n int) int {
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	return min(n, MaxWorkers)
+}
+
+// Run reads the TUN until Close: one reader per queue, the first on the calling goroutine.
 func (p *Plane) Run() {
-	p.wg.Add(1)
+	p.wg.Add(len(p.queues))
+	for _, q := range p.queues[1:] {
+		go func() { defer p.wg.Done(); p.tunLoop(q) }()
+	}
 	defer p.wg.Done()
-	p.tunLoop()
+	p.tunLoop(p.queues[0])
 }
 
 // Close stops the listeners and waits for every receive goroutine. The caller closes the TUN
-// device (a blocked TUN read returns only then).
+// device's queues (a blocked TUN read returns only then, or at its next read deadline).
 func (p *Plane) Close() {
 	p.once.Do(func() { close(p.done) })
 	p.mu.Lock()
@@ -214,17 +259,46 @@ func (p *Plane) peerByAddr(addr netip.Addr) *Peer {
 	return p.peers[idx].Load()
 }
 
-// ListenUDP opens a UDP listener on ap through network and starts its receive goroutine.
+// ListenUDP opens a UDP listener on ap through network and starts its receive goroutines: one
+// per shard, Config.Workers of them when network is a sock.ShardedNetwork, else one.
 func (p *Plane) ListenUDP(network sock.Network, ap netip.AddrPort) (*UDPListener, error) {
-	conn, err := network.ListenUDP(ap)
-	if err != nil {
-		return nil, err
+	var conns []sock.Conn
+	if sn, ok := network.(sock.ShardedNetwork); ok && p.workers > 1 {
+		var err error
+		if conns, err = sn.ListenUDPShards(ap, p.workers); err != nil {
+			return nil, err
+		}
+		p.checkSteering(conns)
+	} else {
+		conn, err := network.ListenUDP(ap)
+		if err != nil {
+			return nil, err
+		}
+		conns = []sock.Conn{conn}
 	}
-	l := newUDPListener(p, conn)
-	if err := p.start(l, func() { p.udp = append(p.udp, l) }, l.receiveLoop); err != nil {
+	l := newUDPListener(p, conns)
+	loops := make([]func(), len(l.shards))
+	for i, s := range l.shards {
+		loops[i] = s.receiveLoop
+	}
+	if err := p.start(l, func() { p.udp = append(p.udp, l) }, loops...); err != nil {
 		return nil, err
 	}
 	return l, nil
+}
+
+// steering is what a sharded Conn of the host's network says about its group: whether the
+// kernel took the program that steers data packets by peer-id.
+type steering interface{ Steered() bool }
+
+// checkSteering logs, once per plane, that the kernel spreads a listener's datagrams by its
+// address hash only: the engine stays correct (per-peer locks), but a client's packets may
+// reach another core than its peer-id's after a float.
+func (p *Plane) checkSteering(conns []sock.Conn) {
+	if s, ok := conns[0].(steering); ok && !s.Steered() && !p.steerWarned.Swap(true) {
+		p.log.Warn("the kernel did not take the reuseport steering program; UDP shards are chosen by address hash",
+			"listener", conns[0].LocalAddr(), "shards", len(conns))
+	}
 }
 
 // ListenTCP opens a TCP listener on ap through network and starts accepting.
@@ -240,9 +314,9 @@ func (p *Plane) ListenTCP(network sock.Network, ap netip.AddrPort) (*TCPListener
 	return l, nil
 }
 
-// start adds an opened listener to the plane (add runs under p.mu) and runs its loop, unless
+// start adds an opened listener to the plane (add runs under p.mu) and runs its loops, unless
 // the plane was closed meanwhile: then the listener is closed again.
-func (p *Plane) start(l Listener, add, loop func()) error {
+func (p *Plane) start(l Listener, add func(), loops ...func()) error {
 	p.mu.Lock()
 	if p.closed() {
 		p.mu.Unlock()
@@ -250,9 +324,11 @@ func (p *Plane) start(l Listener, add, loop func()) error {
 		return net.ErrClosed
 	}
 	add()
-	p.wg.Add(1)
+	p.wg.Add(len(loops))
 	p.mu.Unlock()
-	go func() { defer p.wg.Done(); loop() }()
+	for _, loop := range loops {
+		go func() { defer p.wg.Done(); loop() }()
+	}
 	return nil
 }
 

@@ -7,13 +7,14 @@ import (
 	"net/netip"
 	"sync"
 
+	"golang.zx2c4.com/wireguard/tun"
+
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/counters"
 )
 
 // openData authenticates and decrypts a data packet of peer in place and checks its packet-id.
-// The caller's goroutine must own peer's replay windows (its UDP listener's, or its TCP
-// stream's).
+// The caller holds peer.up.mu, which guards the replay windows.
 func (p *Plane) openData(peer *Peer, pkt []byte, h packet.DataHeader, from netip.AddrPort) (pt []byte, ok bool) {
 	k := peer.keys[h.KeyID&7].Load()
 	if k == nil {
@@ -45,7 +46,7 @@ func (p *Plane) openData(peer *Peer, pkt []byte, h packet.DataHeader, from netip
 // unframed, checked against the client's address, answered here when it pings the gateway
 // address, checked against the routes, refused when it is for the endpoint host itself
 // (host.go), checked against the authorization rules, source-NATed, and returned as a slice of
-// pkt that starts tunWriteOffset bytes before the IP header.
+// pkt that starts tunWriteOffset bytes before the IP header. The caller holds peer.up.mu.
 func (p *Plane) deliverData(peer *Peer, pkt, pt []byte) ([]byte, bool) {
 	id := peer.ident.Load()
 	pt, ok := id.Framing.strip(pt)
@@ -96,7 +97,7 @@ func (p *Plane) deliverData(peer *Peer, pkt, pt []byte) ([]byte, bool) {
 		}
 		p.logDenial(peer, id, dst)
 		return nil, false
-	case !peer.up.Allow(peer.lastRecv.Load(), len(pt)): // the time openData just took
+	case !peer.up.bucket.Allow(peer.lastRecv.Load(), len(pt)): // the time openData just took
 		p.dropUser(counters.RateLimit, id)
 		return nil, false
 	}
@@ -150,17 +151,17 @@ func (p *Plane) deliverLocal(from *Peer, pt []byte) {
 }
 
 // logDenial logs the first denial of each destination per connection (up to deniedLogMax
-// destinations), through a server-wide rate limit. Called from the peer's receive goroutine.
+// destinations), through a server-wide rate limit. The caller holds peer.up.mu.
 func (p *Plane) logDenial(peer *Peer, id *Identity, dst netip.Addr) {
-	for _, d := range peer.denied {
+	for _, d := range peer.up.denied {
 		if d == dst {
 			return
 		}
 	}
-	if len(peer.denied) >= deniedLogMax {
+	if len(peer.up.denied) >= deniedLogMax {
 		return
 	}
-	peer.denied = append(peer.denied, dst)
+	peer.up.denied = append(peer.up.denied, dst)
 	if p.denialLog.Allow() {
 		p.log.Info("access denied by authorization rules", "user", id.User, "groups", id.Groups,
 			"address", id.Addr, "dst", dst)
@@ -170,12 +171,13 @@ func (p *Plane) logDenial(peer *Peer, id *Identity, dst netip.Addr) {
 // deniedLogMax bounds the destinations whose first denial is logged for one connection.
 const deniedLogMax = 16
 
-// writeTUN writes a batch of client packets into the TUN.
-func (p *Plane) writeTUN(batch [][]byte) {
+// writeTUN writes a batch of client packets into a queue of the TUN (any queue will do: the
+// kernel forwards what is written to any of them alike).
+func (p *Plane) writeTUN(dev tun.Device, batch [][]byte) {
 	if len(batch) == 0 {
 		return
 	}
-	if _, err := p.cfg.Device.Write(batch, tunWriteOffset); err != nil && !errors.Is(err, net.ErrClosed) {
+	if _, err := dev.Write(batch, tunWriteOffset); err != nil && !errors.Is(err, net.ErrClosed) {
 		p.log.Debug("tun write", "err", err)
 	}
 }

@@ -21,21 +21,24 @@ const (
 	tunWriteOffset = 16
 )
 
-// tunLoop reads packets from the private network, reverses their NAT, and seals and sends each
-// to its client.
-func (p *Plane) tunLoop() {
-	batch := p.cfg.Device.BatchSize()
+// tunLoop reads packets from the private network through TUN queue q, reverses their NAT, and
+// seals and sends each to its client, through shard q mod n of each listener. The kernel puts
+// one flow's packets on one queue, so a flow keeps its order; a client's several flows may be
+// sealed on several queues at once (packet ids are atomic; the download bucket has its lock).
+func (p *Plane) tunLoop(q *tunQueue) {
+	dev := q.dev
+	batch := dev.BatchSize()
 	bufs := make([][]byte, batch)
 	sizes := make([]int, batch)
 	for i := range bufs {
 		bufs[i] = make([]byte, tunOffset+65535+32)
 	}
-	out := &sendBatches{byListener: make(map[*UDPListener]*udpSendBatch)}
-	deadline := p.tunDeadline()
+	out := &sendBatches{queue: q.index, byListener: make(map[*UDPListener]*udpSendBatch)}
+	deadline := p.tunDeadline(q)
 	for {
-		p.tunBeat.Add(1)
+		q.beat.Add(1)
 		p.wedgePoint()
-		n, err := p.cfg.Device.Read(bufs, sizes, tunOffset)
+		n, err := dev.Read(bufs, sizes, tunOffset)
 		if err != nil {
 			if p.closed() || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 				return
@@ -43,7 +46,7 @@ func (p *Plane) tunLoop() {
 			if deadline.woke(err) {
 				continue // idle: go round, so the heartbeat shows the reader alive
 			}
-			p.log.Debug("tun read", "err", err)
+			p.log.Debug("tun read", "queue", q.index, "err", err)
 			continue
 		}
 		pol := p.policy.Load()
@@ -69,9 +72,8 @@ func (p *Plane) tunLoop() {
 				}
 				continue
 			}
-			peer.downlinkPolicy(pol, peer.ident.Load())
-			if !peer.down.Allow(now, len(pkt)) {
-				p.dropUser(counters.RateLimit, peer.ident.Load())
+			if id := peer.ident.Load(); !peer.allowDown(pol, id, now, len(pkt)) {
+				p.dropUser(counters.RateLimit, id)
 				continue
 			}
 			clampMSS(pkt, p.mss)
@@ -133,15 +135,17 @@ var pingBufs = sync.Pool{New: func() any {
 }}
 
 // sendBatches collects the sealed packets of one TUN read: UDP ones per listener, so each
-// listener sends them with one batched write.
+// listener sends them with one batched write, through its shard for this TUN queue. Owned by
+// the queue's reader.
 type sendBatches struct {
+	queue      int
 	byListener map[*UDPListener]*udpSendBatch
 }
 
 func (b *sendBatches) udp(u *udpLink, peer *Peer, pkt []byte) {
 	sb := b.byListener[u.l]
 	if sb == nil {
-		sb = newUDPSendBatch()
+		sb = newUDPSendBatch(u.l.shard(b.queue).conn)
 		b.byListener[u.l] = sb
 	}
 	sb.add(u, peer, pkt)
@@ -160,6 +164,7 @@ func (b *sendBatches) flush() {
 // consecutive same-size packets to one client share one message: the kernel cuts them apart
 // (UDP_SEGMENT), which costs far less than a send each.
 type udpSendBatch struct {
+	conn sock.Conn // the listener's shard it sends through
 	msgs []sock.Message
 	gso  [][]byte // coalescing buffer per message slot, allocated on first use
 	n    int
@@ -176,13 +181,13 @@ const (
 	gsoMaxBytes    = 65000
 )
 
-func newUDPSendBatch() *udpSendBatch {
-	return &udpSendBatch{msgs: make([]sock.Message, udpBatch), gso: make([][]byte, udpBatch)}
+func newUDPSendBatch(conn sock.Conn) *udpSendBatch {
+	return &udpSendBatch{conn: conn, msgs: make([]sock.Message, udpBatch), gso: make([][]byte, udpBatch)}
 }
 
 // add appends a packet for peer, joining the open group when GSO allows.
 func (b *udpSendBatch) add(u *udpLink, peer *Peer, pkt []byte) {
-	if b.count > 0 && u.l.conn.GSO() && peer == b.peer && b.count < gsoMaxSegments && len(pkt) <= b.seg &&
+	if b.count > 0 && b.conn.GSO() && peer == b.peer && b.count < gsoMaxSegments && len(pkt) <= b.seg &&
 		len(b.first) == b.seg && b.total()+len(pkt) <= gsoMaxBytes {
 		if b.count == 1 {
 			// Start coalescing: copy the first packet into this slot's buffer.
@@ -231,7 +236,7 @@ func (b *udpSendBatch) flush(l *UDPListener) {
 	if b.n == 0 {
 		return
 	}
-	if _, err := l.conn.WriteBatch(b.msgs[:b.n]); err != nil {
+	if _, err := b.conn.WriteBatch(b.msgs[:b.n]); err != nil {
 		if errors.Is(err, sock.ErrGSO) {
 			l.p.log.Warn("UDP GSO refused by the kernel; sending datagrams one by one", "listener", l.addr)
 		} else if !errors.Is(err, net.ErrClosed) {

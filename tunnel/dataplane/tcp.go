@@ -137,7 +137,7 @@ func (p *Plane) releaseTCP(addr netip.Addr) {
 }
 
 // TCPStream is one OpenVPN-over-TCP connection: the link of its session. Its reader goroutine
-// owns the session's replay windows; a writer goroutine, started with the first packet to send,
+// is the only one that receives the session's packets; a writer goroutine, started with the first packet to send,
 // drains a bounded queue. A connection that never sends costs its reader goroutine only: no
 // buffers, no writer.
 type TCPStream struct {
@@ -294,13 +294,9 @@ func (s *TCPStream) readLoop() {
 				p.drop(counters.NoKey, s.remote)
 				continue
 			}
-			pt, ok := p.openData(peer, pkt, h, s.remote)
-			if !ok {
-				continue
-			}
-			if ip, ok := p.deliverData(peer, pkt, pt); ok {
+			if ip, ok := p.receiveStream(peer, pkt, h, s.remote); ok {
 				batch = append(batch[:0], ip)
-				p.writeTUN(batch)
+				p.writeTUN(p.queues[0].dev, batch)
 			}
 		case op.IsControl():
 			if !p.cfg.Control.TCPControl(s, pkt) {
@@ -311,6 +307,18 @@ func (s *TCPStream) readLoop() {
 			return
 		}
 	}
+}
+
+// receiveStream opens and delivers a data packet of a TCP stream's session. The stream's reader
+// is the only goroutine that sees the session's packets, so its lock is never contended.
+func (p *Plane) receiveStream(peer *Peer, pkt []byte, h packet.DataHeader, from netip.AddrPort) ([]byte, bool) {
+	peer.up.mu.Lock()
+	defer peer.up.mu.Unlock()
+	pt, ok := p.openData(peer, pkt, h, from)
+	if !ok {
+		return nil, false
+	}
+	return p.deliverData(peer, pkt, pt)
 }
 
 // isTimeout reports whether err is a deadline that passed.

@@ -2,11 +2,14 @@ package dataplane
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/counters"
@@ -23,19 +26,36 @@ const (
 	splitGap = 32
 )
 
-// UDPListener is one UDP socket, its receive goroutine's private state, and the published
-// sessions of its clients by address. Sessions never move between listeners, so each
-// listener's receive goroutine alone owns the replay windows of its sessions.
+// UDPListener is one listening address: its sockets (shards), each with its receive goroutine,
+// and the published sessions of its clients by address. The session layer sees only the
+// listener; which shard a packet came through does not matter to it.
+//
+// With several shards (an SO_REUSEPORT group, sock.ShardedNetwork) the kernel steers a
+// P_DATA_V2 packet to shard peer-id mod n, so one session's packets normally reach one shard,
+// but nothing depends on it: a floating client, a P_DATA_V1 client, a kernel without the
+// steering program or a network that hashes reach another shard, and the per-peer locks
+// (Peer.up) keep the session's state consistent. Sessions never move between listeners: a data
+// packet counts only through its session's own listener (any of its shards).
 type UDPListener struct {
-	p    *Plane
-	conn sock.Conn
-	addr netip.AddrPort
-	shut atomic.Bool
-	// beat is the receive loop's heartbeat: one more each time round (heartbeat.go).
-	beat atomic.Uint64
+	p      *Plane
+	addr   netip.AddrPort
+	shut   atomic.Bool
+	shards []*udpShard // fixed at open
 
 	mu     sync.Mutex
 	byAddr map[netip.AddrPort]*Peer // published sessions by client address
+}
+
+// udpShard is one socket of a listener and its receive goroutine's private state.
+type udpShard struct {
+	l    *UDPListener
+	conn sock.Conn
+	// tun is the TUN queue the shard writes its clients' packets into.
+	tun tun.Device
+	// beat is the receive loop's heartbeat: one more each time round (heartbeat.go); loop names
+	// it.
+	beat atomic.Uint64
+	loop string
 
 	// Owned by the receive goroutine.
 	in       []sock.Message
@@ -43,13 +63,18 @@ type UDPListener struct {
 	split    [][]byte // per message slot: room for the datagrams of a GRO read, split apart
 }
 
-func newUDPListener(p *Plane, conn sock.Conn) *UDPListener {
-	l := &UDPListener{p: p, conn: conn, addr: conn.LocalAddr(), byAddr: make(map[netip.AddrPort]*Peer)}
-	l.in = make([]sock.Message, udpBatch)
-	for i := range l.in {
-		l.in[i].Buf = make([]byte, udpBufSize)
+func newUDPListener(p *Plane, conns []sock.Conn) *UDPListener {
+	l := &UDPListener{p: p, addr: conns[0].LocalAddr(), byAddr: make(map[netip.AddrPort]*Peer)}
+	for i, c := range conns {
+		s := &udpShard{l: l, conn: c, tun: p.queues[i%len(p.queues)].dev,
+			loop: fmt.Sprintf("udp %s#%d", l.addr, i)}
+		s.in = make([]sock.Message, udpBatch)
+		for j := range s.in {
+			s.in[j].Buf = make([]byte, udpBufSize)
+		}
+		s.split = make([][]byte, udpBatch)
+		l.shards = append(l.shards, s)
 	}
-	l.split = make([][]byte, udpBatch)
 	return l
 }
 
@@ -61,11 +86,16 @@ func (l *UDPListener) Proto() string { return "udp" }
 
 func (l *UDPListener) close() {
 	l.shut.Store(true)
-	l.conn.Close()
+	for _, s := range l.shards {
+		s.conn.Close()
+	}
 }
 
 // open reports whether the listener was not closed.
 func (l *UDPListener) open() bool { return !l.shut.Load() }
+
+// shard returns the shard that the TUN queue q sends through.
+func (l *UDPListener) shard(q int) *udpShard { return l.shards[q%len(l.shards)] }
 
 // Lookup returns the published session of the client at from, or nil.
 func (l *UDPListener) Lookup(from netip.AddrPort) *Peer {
@@ -90,7 +120,7 @@ func (l *UDPListener) Peers() []*Peer {
 func (l *UDPListener) Send(pkt []byte, to netip.AddrPort, local netip.Addr) {
 	msg := oneMessage.Get().(*[1]sock.Message)
 	msg[0] = sock.Message{Buf: pkt, Addr: to, Local: local}
-	_, err := l.conn.WriteBatch(msg[:])
+	_, err := l.shards[0].conn.WriteBatch(msg[:]) // any shard: they share the address
 	msg[0] = sock.Message{}
 	oneMessage.Put(msg)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
@@ -109,23 +139,24 @@ func (l *UDPListener) NewLink(remote netip.AddrPort, local netip.Addr) Link {
 	return u
 }
 
-func (l *UDPListener) receiveLoop() {
+func (s *udpShard) receiveLoop() {
+	l := s.l
 	for {
-		l.beat.Add(1)
+		s.beat.Add(1)
 		l.p.wedgePoint()
-		n, err := l.conn.ReadBatch(l.in)
+		n, err := s.conn.ReadBatch(s.in)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || l.p.closed() {
 				return
 			}
-			l.p.log.Warn("udp receive failed", "listener", l.addr, "err", err)
+			l.p.log.Warn("udp receive failed", "listener", s.loop, "err", err)
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		l.tunBatch = l.tunBatch[:0]
+		s.tunBatch = s.tunBatch[:0]
 		datagrams := 0
 		for i := range n {
-			m := &l.in[i]
+			m := &s.in[i]
 			data := m.Buf[:m.N]
 			if len(data) == 0 || !m.Addr.IsValid() {
 				continue
@@ -133,15 +164,15 @@ func (l *UDPListener) receiveLoop() {
 			seg := m.Segment
 			if seg <= 0 || seg >= len(data) {
 				datagrams++
-				l.handleDatagram(data, m.Addr, m.Local)
+				s.handleDatagram(data, m.Addr, m.Local)
 				continue
 			}
 			// A GRO read holds several datagrams back to back: give each its own room, since
 			// the packets are opened and handed to the TUN in place.
-			if l.split[i] == nil {
-				l.split[i] = make([]byte, udpBufSize+udpBatch*splitGap*2)
+			if s.split[i] == nil {
+				s.split[i] = make([]byte, udpBufSize+udpBatch*splitGap*2)
 			}
-			buf := l.split[i]
+			buf := s.split[i]
 			off := 0
 			for len(data) > 0 {
 				k := min(seg, len(data))
@@ -150,29 +181,29 @@ func (l *UDPListener) receiveLoop() {
 				}
 				copy(buf[off:], data[:k])
 				datagrams++
-				l.handleDatagram(buf[off:off+k:off+k+splitGap], m.Addr, m.Local)
+				s.handleDatagram(buf[off:off+k:off+k+splitGap], m.Addr, m.Local)
 				data = data[k:]
 				off += k + splitGap
 			}
 		}
-		l.p.writeTUN(l.tunBatch)
-		if datagrams >= coalesceMinBatch && n < len(l.in) {
+		l.p.writeTUN(s.tun, s.tunBatch)
+		if datagrams >= coalesceMinBatch && n < len(s.in) {
 			coalesce() // busy: let the next read gather a batch
 		}
 	}
 }
 
 // handleDatagram classifies one datagram from a client.
-func (l *UDPListener) handleDatagram(pkt []byte, from netip.AddrPort, local netip.Addr) {
+func (s *udpShard) handleDatagram(pkt []byte, from netip.AddrPort, local netip.Addr) {
 	op, _ := packet.SplitHeader(pkt[0])
 	switch {
 	case op.IsData():
-		l.receiveData(pkt, from, local)
+		s.receiveData(pkt, from, local)
 	case op.IsControl():
-		l.p.cfg.Control.UDPControl(l, pkt, from, local)
+		s.l.p.cfg.Control.UDPControl(s.l, pkt, from, local)
 	default:
-		if l.p.drops.Add(counters.Malformed) {
-			l.p.drops.Detail(counters.Malformed, "from", from)
+		if s.l.p.drops.Add(counters.Malformed) {
+			s.l.p.drops.Detail(counters.Malformed, "from", from)
 		}
 	}
 }
@@ -180,8 +211,11 @@ func (l *UDPListener) handleDatagram(pkt []byte, from netip.AddrPort, local neti
 // receiveData authenticates a data packet from a UDP client and queues its IP packet for the
 // TUN. A packet that authenticates from a new address moves the session there (floating, for
 // NAT rebinding), unless another session holds that address: then it is dropped and the owner
-// keeps its session.
-func (l *UDPListener) receiveData(pkt []byte, from netip.AddrPort, local netip.Addr) {
+// keeps its session. The peer's up.mu is held from before its address is read until the packet
+// is queued, so packets of one session that reach two shards at once (a float, P_DATA_V1) pass
+// its replay windows, its float and its buckets one at a time.
+func (s *udpShard) receiveData(pkt []byte, from netip.AddrPort, local netip.Addr) {
+	l := s.l
 	p := l.p
 	h, err := packet.ParseDataHeader(pkt)
 	if err != nil {
@@ -200,10 +234,12 @@ func (l *UDPListener) receiveData(pkt []byte, from netip.AddrPort, local netip.A
 	}
 	u, ok := peer.link.(*udpLink)
 	if !ok || u.l != l {
-		// Another listener's (or a TCP) session: its replay windows belong to that goroutine.
+		// Another listener's (or a TCP) session: it is reached only through its own.
 		p.drop(counters.WrongListener, from)
 		return
 	}
+	peer.up.mu.Lock()
+	defer peer.up.mu.Unlock()
 	dst := u.dst.Load()
 	floating := dst.remote != from
 	if floating && h.Opcode != packet.DataV2 {
@@ -218,12 +254,12 @@ func (l *UDPListener) receiveData(pkt []byte, from netip.AddrPort, local netip.A
 		return
 	}
 	if ip, ok := p.deliverData(peer, pkt, pt); ok {
-		l.tunBatch = append(l.tunBatch, ip)
+		s.tunBatch = append(s.tunBatch, ip)
 	}
 }
 
 // float moves a published UDP session to a new address after a packet from there
-// authenticated. It refuses (and counts) a move onto an address another session holds, as the
+// authenticated. The caller holds peer.up.mu. It refuses (and counts) a move onto an address another session holds, as the
 // stock server does (multi.c, multi_process_float): the holder must not be disturbed by another
 // client's packets, whether they come from a NAT that rebound or from an attacker.
 func (l *UDPListener) float(peer *Peer, u *udpLink, to netip.AddrPort, local netip.Addr) bool {

@@ -11,15 +11,15 @@ import (
 // heartbeats stand still (but for the round each was in), and closing the plane still ends them.
 func TestWedgeReceiveLoops(t *testing.T) {
 	p, l, _ := newBeatPlane(t, newPipeTUN(t), nopControl{})
-	udp := "udp " + l.Addr().String()
-	waitBeats(t, p, nil, 3, "tun", udp)
+	udp := "udp " + l.Addr().String() + "#0"
+	waitBeats(t, p, nil, 3, "tun#0", udp)
 	WedgeReceiveLoops()
 	t.Cleanup(func() { wedged.Store(false) })
 	at := beatsOf(p)
 	// Both loops wake every 5 ms when alive: 40 wakes' time.
 	time.Sleep(200 * time.Millisecond)
 	now := beatsOf(p)
-	for _, loop := range []string{"tun", udp} {
+	for _, loop := range []string{"tun#0", udp} {
 		if now[loop] > at[loop]+1 {
 			t.Errorf("%s went round %d times after the wedge", loop, now[loop]-at[loop])
 		}
