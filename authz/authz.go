@@ -13,6 +13,18 @@
 // rules on the same network add up. A rule for 0.0.0.0/0 therefore only
 // decides for destinations no more specific rule covers.
 //
+// Rules and destinations are IPv4 or IPv6, in one table: an IPv6 rule decides
+// only for IPv6 destinations and an IPv4 rule only for IPv4 ones, so ::/0 is
+// the IPv6 twin of 0.0.0.0/0, evaluated last among IPv6 rules, and neither
+// default covers the other family. An IPv4-mapped IPv6 destination
+// (::ffff:a.b.c.d) is an IPv6 address here: the packet path reads it from an
+// IPv6 header, and a host reached through that packet's IPv6 route must not
+// inherit what an IPv4 rule allows (RFC 4291 section 2.5.5.2: such addresses
+// do not appear on the wire). It matches IPv6 rules that contain it, such as
+// ::/0. A rule naming an IPv4-mapped network (inside ::ffff:0:0/96) is
+// rejected: it reads like an IPv4 rule but would authorize only those IPv6
+// packets, so it is a mistake in the configuration.
+//
 // A Policy is immutable; a reload builds a new one and swaps it in (an
 // atomic.Pointer at the caller). Groups computed by one Policy mean nothing
 // to another: recompute them per connection after a swap.
@@ -100,16 +112,28 @@ type Policy struct {
 	// group numbers each distinct group name that some rule names.
 	group   map[string]int
 	entries []entry
-	// def is the entry for 0.0.0.0/0, or -1.
-	def int32
-	// nodes is a multibit trie with 8-bit strides over the destination
-	// address: nodes[0] is the root and looks at the first octet, its
-	// children the second, and so on. A prefix of length L in (8k, 8k+8]
-	// is expanded into the 2^(8k+8-L) slots it covers in a node at depth k;
-	// a longer prefix overwrites a shorter one in the same slot. A lookup
-	// walks at most four nodes and keeps the last entry it passed.
+	// def4 and def6 are the entries for 0.0.0.0/0 and ::/0, or -1.
+	def4, def6 int32
+	// nodes holds two multibit tries with 8-bit strides over the
+	// destination address, one per family: nodes[root4] and nodes[root6]
+	// look at the first octet, their children the second, and so on. A
+	// prefix of length L in (8k, 8k+8] is expanded into the 2^(8k+8-L)
+	// slots it covers in a node at depth k; a longer prefix overwrites a
+	// shorter one in the same slot. A lookup walks at most four nodes for
+	// IPv4 and sixteen for IPv6 and keeps the last entry it passed.
+	//
+	// Memory: a prefix of length L adds at most ceil(L/8)-1 nodes of 2 KiB,
+	// so a /48 at most 5 and a /128 at most 15; rules come from the
+	// operator's configuration, not from the network.
 	nodes []node
 }
+
+// The roots of the two tries. Neither is anybody's child, so a child index
+// of 0 can mean "none".
+const (
+	root4 = 0
+	root6 = 1
+)
 
 type node [256]slot
 
@@ -121,19 +145,24 @@ type slot struct {
 var policyIDs atomic.Uint64
 
 // New builds a Policy from rules. It fails if a rule's network is not a
-// masked IPv4 prefix. No rules means every destination is denied.
+// masked IPv4 or IPv6 prefix, or is an IPv4-mapped IPv6 network (see the
+// package comment). No rules means every destination is denied.
 func New(rules []Rule) (*Policy, error) {
 	p := &Policy{
 		id:    policyIDs.Add(1),
 		group: map[string]int{},
-		def:   -1,
+		def4:  -1,
+		def6:  -1,
 	}
 	byNet := map[netip.Prefix]int{}
 	for i, r := range rules {
 		n := r.Network
 		switch {
-		case !n.IsValid() || !n.Addr().Is4():
-			return nil, fmt.Errorf("authz: rule %d: network %v is not IPv4: %w", i, n, ErrBadRule)
+		case !n.IsValid():
+			return nil, fmt.Errorf("authz: rule %d: network %v is not an IP prefix: %w", i, n, ErrBadRule)
+		case n.Addr().Is4In6() && n.Bits() >= 96:
+			return nil, fmt.Errorf("authz: rule %d: network %v is IPv4-mapped IPv6 (write the IPv4 network %v): %w",
+				i, n, netip.PrefixFrom(n.Addr().Unmap(), n.Bits()-96), ErrBadRule)
 		case n.Masked() != n:
 			return nil, fmt.Errorf("authz: rule %d: network %v is not masked (want %v): %w", i, n, n.Masked(), ErrBadRule)
 		}
@@ -163,7 +192,7 @@ func New(rules []Rule) (*Policy, error) {
 		nets = append(nets, n)
 	}
 	slices.SortFunc(nets, func(a, b netip.Prefix) int { return a.Bits() - b.Bits() })
-	p.nodes = []node{emptyNode()}
+	p.nodes = []node{root4: emptyNode(), root6: emptyNode()}
 	for _, n := range nets {
 		p.insert(n, int32(byNet[n]))
 	}
@@ -180,26 +209,35 @@ func emptyNode() node {
 
 func (p *Policy) insert(n netip.Prefix, e int32) {
 	bits := n.Bits()
-	if bits == 0 {
-		p.def = e
-		return
+	var a []byte
+	var cur uint32
+	if n.Addr().Is4() {
+		if bits == 0 {
+			p.def4 = e
+			return
+		}
+		b := n.Addr().As4()
+		a, cur = b[:], root4
+	} else {
+		if bits == 0 {
+			p.def6 = e
+			return
+		}
+		b := n.Addr().As16()
+		a, cur = b[:], root6
 	}
-	a := addrBits(n.Addr())
-	cur := uint32(0)
-	shift := 24
 	// Walk down to the node at depth (bits-1)/8, creating nodes on the way.
-	for depth := 0; depth < (bits-1)/8; depth++ {
-		i := (a >> shift) & 0xff
+	depth := (bits - 1) / 8
+	for _, i := range a[:depth] {
 		if p.nodes[cur][i].child == 0 {
 			p.nodes = append(p.nodes, emptyNode())
 			p.nodes[cur][i].child = uint32(len(p.nodes) - 1)
 		}
 		cur = p.nodes[cur][i].child
-		shift -= 8
 	}
 	// The prefix fixes the top (bits - 8*depth) bits of this node's octet.
-	fixed := bits - (24 - shift)
-	first := (a >> shift) & 0xff
+	fixed := bits - 8*depth
+	first := int(a[depth])
 	for i := first; i < first+1<<(8-fixed); i++ {
 		p.nodes[cur][i].entry = e
 	}
@@ -222,15 +260,21 @@ func (p *Policy) Groups(names []string) Groups {
 	return Groups{policy: p.id, w: s.w, more: string(s.more)}
 }
 
-// Allowed reports whether a user in groups g may reach dst. It does not
-// allocate. dst must be IPv4 (an IPv4-mapped IPv6 address is not); anything
-// else is denied. Groups from another Policy count as no group, so the user
-// keeps only what every group may reach until the caller recomputes them.
+// Allowed reports whether a user in groups g may reach dst, an IPv4 or IPv6
+// address. It does not allocate. An IPv4-mapped IPv6 address is IPv6 (see
+// the package comment); the zero Addr and zoned addresses are denied.
+// Groups from another Policy count as no group, so the user keeps only what
+// every group may reach until the caller recomputes them.
 func (p *Policy) Allowed(dst netip.Addr, g Groups) bool {
-	if !dst.Is4() {
+	var e int32
+	switch {
+	case dst.Is4():
+		e = p.lookup4(addrBits(dst))
+	case dst.Is6() && dst.Zone() == "":
+		e = p.lookup6(dst.As16())
+	default:
 		return false
 	}
-	e := p.lookup(addrBits(dst))
 	if e < 0 {
 		return false
 	}
@@ -241,12 +285,29 @@ func (p *Policy) Allowed(dst netip.Addr, g Groups) bool {
 	return g.policy == p.id && ent.groups.intersects(&g)
 }
 
-// lookup returns the entry of the longest prefix containing a, or -1.
-func (p *Policy) lookup(a uint32) int32 {
-	best := p.def
-	cur := uint32(0)
+// lookup4 returns the entry of the longest IPv4 prefix containing a, or -1.
+func (p *Policy) lookup4(a uint32) int32 {
+	best := p.def4
+	cur := uint32(root4)
 	for shift := 24; shift >= 0; shift -= 8 {
 		s := p.nodes[cur][(a>>shift)&0xff]
+		if s.entry >= 0 {
+			best = s.entry
+		}
+		if s.child == 0 {
+			break
+		}
+		cur = s.child
+	}
+	return best
+}
+
+// lookup6 returns the entry of the longest IPv6 prefix containing a, or -1.
+func (p *Policy) lookup6(a [16]byte) int32 {
+	best := p.def6
+	cur := uint32(root6)
+	for _, b := range a {
+		s := p.nodes[cur][b]
 		if s.entry >= 0 {
 			best = s.entry
 		}

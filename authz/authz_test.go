@@ -112,8 +112,9 @@ func TestRuleWithoutGroupDeniesItsNetwork(t *testing.T) {
 func TestNewRejects(t *testing.T) {
 	for _, r := range []Rule{
 		{Network: pfx("10.0.0.1/16"), AllGroups: true},
-		{Network: pfx("fd00::/8"), AllGroups: true},
+		{Network: pfx("2001:db8::1/48"), AllGroups: true},
 		{Network: pfx("::ffff:10.0.0.0/104"), AllGroups: true},
+		{Network: pfx("::ffff:0:0/96"), AllGroups: true},
 		{AllGroups: true},
 	} {
 		if _, err := New([]Rule{r}); !errors.Is(err, ErrBadRule) {
@@ -128,6 +129,107 @@ func TestNonIPv4DestinationDenied(t *testing.T) {
 		if p.Allowed(d, Groups{}) {
 			t.Errorf("Allowed(%v) = true", d)
 		}
+	}
+}
+
+// TestIPv6Scenario is TestAWSScenario with IPv6 networks: the same
+// longest-prefix-then-groups decision, ::/0 in the place of 0.0.0.0/0.
+func TestIPv6Scenario(t *testing.T) {
+	p := mustPolicy(t, []Rule{
+		{Network: pfx("2001:db8:a::/48"), Group: "dev"},
+		{Network: pfx("2001:db8:a:2::119/128"), Group: "managers"},
+		{Network: pfx("::/0"), AllGroups: true},
+	})
+	dev := p.Groups([]string{"dev"})
+	managers := p.Groups([]string{"managers"})
+	others := p.Groups([]string{"sales"})
+	for _, tc := range []struct {
+		who  string
+		g    Groups
+		dst  string
+		want bool
+	}{
+		{"dev", dev, "2001:db8:a:1::5", true},
+		{"dev", dev, "2001:db8:a:2::119", false}, // the /128 beats the /48
+		{"dev", dev, "2001:4860:4860::8888", true},
+		{"managers", managers, "2001:db8:a:2::119", true},
+		{"managers", managers, "2001:db8:a:2::118", false}, // the /48 beats ::/0
+		{"managers", managers, "2606:4700::1111", true},
+		{"others", others, "2001:db8:a:ffff::1", false},
+		{"others", others, "2001:db8:b::1", true},
+		{"nobody", Groups{}, "2001:db8:a::", false},
+		{"nobody", Groups{}, "::", true},
+		{"nobody", Groups{}, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", true},
+		// No IPv4 rule: the IPv6 default does not cover IPv4.
+		{"dev", dev, "8.8.8.8", false},
+		{"nobody", Groups{}, "10.0.0.1", false},
+	} {
+		if got := p.Allowed(addr(tc.dst), tc.g); got != tc.want {
+			t.Errorf("%s → %s: Allowed = %v, want %v", tc.who, tc.dst, got, tc.want)
+		}
+	}
+}
+
+// TestFamiliesDoNotCross checks that a rule decides only for its own family,
+// whatever its length: ::/0 is not more specific than 10.0.0.0/8 for an
+// IPv4 destination, nor 0.0.0.0/0 for an IPv6 one.
+func TestFamiliesDoNotCross(t *testing.T) {
+	p := mustPolicy(t, []Rule{
+		{Network: pfx("0.0.0.0/0"), AllGroups: true},
+		{Network: pfx("10.0.0.0/8"), Group: "dev"},
+		{Network: pfx("::/0"), Group: "v6"},
+		{Network: pfx("fd00::/8")}, // denies fd00::/8 to everyone
+	})
+	dev, v6 := p.Groups([]string{"dev"}), p.Groups([]string{"v6"})
+	for _, tc := range []struct {
+		g    Groups
+		dst  string
+		want bool
+	}{
+		{v6, "10.1.1.1", false},
+		{dev, "10.1.1.1", true},
+		{v6, "8.8.8.8", true},
+		{Groups{}, "8.8.8.8", true},
+		{Groups{}, "2001:db8::1", false}, // 0.0.0.0/0 for all does not reach IPv6
+		{dev, "2001:db8::1", false},
+		{v6, "2001:db8::1", true},
+		{v6, "fd00::1", false},
+		{v6, "fe00::1", true},
+	} {
+		if got := p.Allowed(addr(tc.dst), tc.g); got != tc.want {
+			t.Errorf("%v → %s: Allowed = %v, want %v", tc.g, tc.dst, got, tc.want)
+		}
+	}
+}
+
+// TestMappedDestinationIsIPv6 pins the choice for ::ffff:a.b.c.d: it is an
+// IPv6 destination, never matched by an IPv4 rule, matched by IPv6 rules
+// that contain it.
+func TestMappedDestinationIsIPv6(t *testing.T) {
+	p := mustPolicy(t, []Rule{{Network: pfx("10.0.0.0/8"), AllGroups: true}})
+	if p.Allowed(addr("::ffff:10.0.0.1"), Groups{}) {
+		t.Error("an IPv4 rule authorizes an IPv4-mapped IPv6 destination")
+	}
+	p = mustPolicy(t, []Rule{
+		{Network: pfx("10.0.0.0/8"), AllGroups: true},
+		{Network: pfx("::/0"), Group: "v6"},
+		{Network: pfx("::/80"), AllGroups: true}, // contains ::ffff:0:0/96
+	})
+	if !p.Allowed(addr("::ffff:10.0.0.1"), Groups{}) {
+		t.Error("::/80 for all groups does not cover ::ffff:10.0.0.1")
+	}
+	if p.Allowed(addr("::1:0:0:0"), Groups{}) || !p.Allowed(addr("::1:0:0:0"), p.Groups([]string{"v6"})) {
+		t.Error("::/0 does not decide outside ::/80")
+	}
+}
+
+func TestZonedDestinationDenied(t *testing.T) {
+	p := mustPolicy(t, []Rule{{Network: pfx("::/0"), AllGroups: true}})
+	if !p.Allowed(addr("fe80::1"), Groups{}) {
+		t.Fatal("::/0 for all groups denies fe80::1")
+	}
+	if p.Allowed(addr("fe80::1%eth0"), Groups{}) {
+		t.Error("zoned address allowed")
 	}
 }
 
@@ -251,6 +353,82 @@ func TestDifferential(t *testing.T) {
 	}
 }
 
+// mixedAddr draws IPv4 and IPv6 addresses (some IPv4-mapped) near a few
+// bases, so that random prefixes overlap and both families meet in one
+// policy.
+func mixedAddr(rng *rand.Rand) netip.Addr {
+	bases := []string{
+		"10.0.0.0", "10.0.255.0", "192.168.1.0",
+		"2001:db8::", "2001:db8:0:ff00::", "fd00:1:2:3::", "::", "::ffff:10.0.0.0",
+	}
+	b := addr(bases[rng.IntN(len(bases))])
+	if b.Is4() {
+		u := addrBits(b) ^ rng.Uint32()>>(8+rng.IntN(25))
+		return netip.AddrFrom4([4]byte{byte(u >> 24), byte(u >> 16), byte(u >> 8), byte(u)})
+	}
+	a := b.As16()
+	// Flip random bits in the low part, more often in the last bytes.
+	for range 1 + rng.IntN(3) {
+		i := 15 - rng.IntN(1+rng.IntN(16))
+		a[i] ^= byte(rng.Uint32())
+	}
+	return netip.AddrFrom16(a)
+}
+
+func TestDifferentialMixedFamilies(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 17))
+	names := make([]string, 70)
+	for i := range names {
+		names[i] = fmt.Sprintf("group-%d", i)
+	}
+	var allowed, denied, allowed6, denied6 int
+	for round := range 300 {
+		var rules []Rule
+		for range rng.IntN(40) {
+			a := mixedAddr(rng)
+			n := netip.PrefixFrom(a, rng.IntN(a.BitLen()+1)).Masked()
+			if n.Addr().Is4In6() && n.Bits() >= 96 {
+				continue // rejected by New, tested in TestNewRejects
+			}
+			r := Rule{Network: n}
+			switch rng.IntN(10) {
+			case 0:
+				r.AllGroups = true
+			case 1:
+			default:
+				r.Group = names[rng.IntN(len(names))]
+			}
+			rules = append(rules, r)
+		}
+		p := mustPolicy(t, rules)
+		for range 200 {
+			var user []string
+			for range rng.IntN(4) {
+				user = append(user, names[rng.IntN(len(names))])
+			}
+			g := p.Groups(user)
+			dst := mixedAddr(rng)
+			got, want := p.Allowed(dst, g), slowAllowed(rules, dst, user)
+			if got != want {
+				t.Fatalf("round %d: rules %v, groups %v, dst %v: Allowed = %v, want %v", round, rules, user, dst, got, want)
+			}
+			switch {
+			case got && dst.Is6():
+				allowed6++
+			case dst.Is6():
+				denied6++
+			case got:
+				allowed++
+			default:
+				denied++
+			}
+		}
+	}
+	if allowed < 2000 || denied < 2000 || allowed6 < 2000 || denied6 < 2000 {
+		t.Errorf("differential drew %d/%d IPv4 and %d/%d IPv6 allows/denies", allowed, denied, allowed6, denied6)
+	}
+}
+
 func benchPolicy(tb testing.TB) (*Policy, Groups) {
 	rules := []Rule{
 		{Network: pfx("0.0.0.0/0"), AllGroups: true},
@@ -260,21 +438,44 @@ func benchPolicy(tb testing.TB) (*Policy, Groups) {
 	for i := range 50 {
 		rules = append(rules, Rule{Network: pfx(fmt.Sprintf("172.%d.%d.0/24", 16+i%16, i)), Group: fmt.Sprintf("team%d", i)})
 	}
+	// The same shape in IPv6, in the same table.
+	rules = append(rules,
+		Rule{Network: pfx("::/0"), AllGroups: true},
+		Rule{Network: pfx("2001:db8:a::/48"), Group: "dev"},
+		Rule{Network: pfx("2001:db8:a:2::119/128"), Group: "managers"},
+	)
+	for i := range 50 {
+		rules = append(rules, Rule{Network: pfx(fmt.Sprintf("2001:db8:%x:%x::/64", 16+i%16, i)), Group: fmt.Sprintf("team%d", i)})
+	}
 	p := mustPolicy(tb, rules)
 	return p, p.Groups([]string{"dev", "team3"})
 }
 
 func TestAllowedAllocs(t *testing.T) {
 	p, g := benchPolicy(t)
-	dst := addr("10.0.2.119")
-	if n := testing.AllocsPerRun(1000, func() { p.Allowed(dst, g) }); n != 0 {
-		t.Errorf("Allowed allocates %v times per call", n)
+	for _, dst := range []netip.Addr{addr("10.0.2.119"), addr("2001:db8:a:2::119"), addr("::ffff:10.0.2.119"), addr("2001:db8:13:3::1")} {
+		if n := testing.AllocsPerRun(1000, func() { p.Allowed(dst, g) }); n != 0 {
+			t.Errorf("Allowed(%v) allocates %v times per call", dst, n)
+		}
 	}
 }
 
 func BenchmarkAllowed(b *testing.B) {
 	p, g := benchPolicy(b)
 	dsts := []netip.Addr{addr("10.0.2.119"), addr("10.0.1.5"), addr("172.19.3.4"), addr("8.8.8.8")}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		p.Allowed(dsts[i&3], g)
+		i++
+	}
+}
+
+// BenchmarkAllowed6 is BenchmarkAllowed for IPv6 destinations in the same
+// table: a /128 host (a walk of sixteen nodes), a /48, a /64 and the default.
+func BenchmarkAllowed6(b *testing.B) {
+	p, g := benchPolicy(b)
+	dsts := []netip.Addr{addr("2001:db8:a:2::119"), addr("2001:db8:a:1::5"), addr("2001:db8:13:3::4"), addr("2001:4860:4860::8888")}
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {

@@ -3,5 +3,6 @@ package authz
 import "errors"
 
 // ErrBadRule is returned by New for a rule it cannot enforce: its network is
-// not an IPv4 prefix in canonical (masked) form.
+// not an IP prefix in canonical (masked) form, or it is an IPv4-mapped IPv6
+// network.
 var ErrBadRule = errors.New("authz: invalid rule")
