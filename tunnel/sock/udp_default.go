@@ -12,3 +12,7 @@ import (
 func listenUDP(ap netip.AddrPort) (Conn, error) {
 	return nil, &net.OpError{Op: "listen", Net: "udp", Addr: net.UDPAddrFromAddrPort(ap), Err: errors.ErrUnsupported}
 }
+
+func (host) ListenUDPShards(ap netip.AddrPort, n int) ([]Conn, error) {
+	return nil, &net.OpError{Op: "listen", Net: "udp", Addr: net.UDPAddrFromAddrPort(ap), Err: errors.ErrUnsupported}
+}

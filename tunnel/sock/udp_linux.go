@@ -33,6 +33,7 @@ type udpConn struct {
 	wakeFD  int // an eventfd: readable once Close fired it
 	local   netip.AddrPort
 	pktinfo bool // bound to the unspecified address: IP_PKTINFO reports each datagram's destination
+	steered bool // one of a reuseport group that the kernel steers with SteerProgram
 	gso     atomic.Bool
 	// readWake is the longest a ReadBatch waits in ppoll (ReadWake; tests shorten it).
 	readWake time.Duration
@@ -97,18 +98,109 @@ func listenUDP(ap netip.AddrPort) (Conn, error) {
 	if !ap.Addr().Unmap().Is4() {
 		return fail(errNotIPv4)
 	}
+	c, err := openUDP(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), false)
+	if err != nil {
+		return fail(err)
+	}
+	return c, nil
+}
+
+func (host) ListenUDPShards(ap netip.AddrPort, n int) ([]Conn, error) { return listenUDPShards(ap, n) }
+
+// listenUDPShards opens n sockets bound to ap as one SO_REUSEPORT group, with the program that
+// steers data packets to shard peer-id mod n (SteerProgram) attached. A kernel that refuses the
+// program (before 4.5, or a seccomp filter) spreads datagrams by its hash of the addresses:
+// the shards' Steered reports false and the engine stays correct, only less local.
+//
+// SO_REUSEPORT lets any socket of the same user join a group, and a group's ephemeral port can
+// be one another group already holds, so the address is first claimed by a plain socket:
+// another process on it (a second cvpn) makes that bind fail with EADDRINUSE, as a listener of
+// one socket does; a port 0 gets its port there. The group binds the address once the plain
+// socket is closed; a process that takes the port in between makes the group's bind fail.
+func listenUDPShards(ap netip.AddrPort, n int) ([]Conn, error) {
+	fail := func(err error) ([]Conn, error) {
+		return nil, &net.OpError{Op: "listen", Net: "udp", Addr: net.UDPAddrFromAddrPort(ap), Err: err}
+	}
+	switch {
+	case !ap.Addr().Unmap().Is4():
+		return fail(errNotIPv4)
+	case n < 1 || n > MaxShards:
+		return fail(fmt.Errorf("%d shards, want 1 to %d", n, MaxShards))
+	case n == 1:
+		c, err := listenUDP(ap)
+		if err != nil {
+			return nil, err
+		}
+		return []Conn{c}, nil
+	}
 	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	claim, err := openUDP(ap, false)
+	if err != nil {
+		return fail(err)
+	}
+	ap = claim.LocalAddr()
+	claim.Close()
+	conns := make([]Conn, 0, n)
+	closeAll := func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	for range n {
+		c, err := openUDP(ap, true)
+		if err != nil {
+			closeAll()
+			return fail(err)
+		}
+		conns = append(conns, c)
+	}
+	// The group's sockets are numbered in the order they joined it, which is the order of conns;
+	// the program attached to any of them is the group's.
+	steered := attachSteer(conns[0].(*udpConn).fd, n) == nil
+	for _, c := range conns {
+		c.(*udpConn).steered = steered
+	}
+	return conns, nil
+}
+
+// attachSteer attaches SteerProgram(n) to the reuseport group of the socket fd.
+func attachSteer(fd, n int) error {
+	raw, err := SteerProgram(n)
+	if err != nil {
+		return err
+	}
+	filter := make([]unix.SockFilter, len(raw))
+	for i, ins := range raw {
+		filter[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	return os.NewSyscallError("setsockopt SO_ATTACH_REUSEPORT_CBPF",
+		unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF, &prog))
+}
+
+// Steered reports whether the kernel steers the datagrams of this socket's reuseport group with
+// SteerProgram (false for a socket of its own: ListenUDP).
+func (c *udpConn) Steered() bool { return c.steered }
+
+// openUDP opens a non-blocking IPv4 UDP socket bound to ap (an IPv4 address), with
+// SO_REUSEPORT when reuse is set.
+func openUDP(ap netip.AddrPort, reuse bool) (*udpConn, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
-		return fail(os.NewSyscallError("socket", err))
+		return nil, os.NewSyscallError("socket", err)
 	}
 	c := &udpConn{fd: fd, wakeFD: -1, readWake: ReadWake}
-	bad := func(err error) (Conn, error) {
+	bad := func(err error) (*udpConn, error) {
 		unix.Close(fd)
 		if c.wakeFD >= 0 {
 			unix.Close(c.wakeFD)
 		}
-		return fail(err)
+		return nil, err
+	}
+	if reuse {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return bad(os.NewSyscallError("setsockopt SO_REUSEPORT", err))
+		}
 	}
 	// Larger buffers ride out bursts while the receive loop is busy or coalescing; the kernel caps
 	// them at net.core.rmem_max and wmem_max, which is fine.
