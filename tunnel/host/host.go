@@ -20,6 +20,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -31,6 +32,10 @@ import (
 type Config struct {
 	TUNName string // tun.name
 	MTU     int    // tun.mtu
+	// Queues is how many queues the TUN device has, each its own descriptor that one goroutine
+	// reads (IFF_MULTI_QUEUE; the kernel puts each flow on one queue); 0 or 1 means one queue,
+	// a plain TUN. At most MaxQueues.
+	Queues int
 	// Interface (target_network.interface) faces the private network; SNAT
 	// (target_network.snat_address) is the endpoint's own address in one of its subnets.
 	Interface string
@@ -53,9 +58,13 @@ type Config struct {
 // is not set.
 const SysctlFile = "/usr/lib/sysctl.d/60-cvpn.conf"
 
+// MaxQueues bounds Config.Queues (the kernel allows 256 per device; more queues than cores
+// gain nothing).
+const MaxQueues = 64
+
 // Host is the kernel state Setup added. Close removes exactly that, newest first.
 type Host struct {
-	dev     tun.Device
+	queues  []tun.Device // the TUN device's queues; the first is Device
 	log     *slog.Logger
 	procSys string
 	// checkOnly: the process is not root, so the system sets the sysctls (SysctlFile) and
@@ -89,12 +98,20 @@ func newHost(cfg Config, log *slog.Logger) *Host {
 	return &Host{log: log, procSys: root, checkOnly: id != 0, euid: id}
 }
 
-// Device is the TUN device; nil on a nil Host.
+// Device is the TUN device (its first queue); nil on a nil Host.
 func (h *Host) Device() tun.Device {
+	if h == nil || len(h.queues) == 0 {
+		return nil
+	}
+	return h.queues[0]
+}
+
+// Queues are the TUN device's queues (Config.Queues of them), Device first; nil on a nil Host.
+func (h *Host) Queues() []tun.Device {
 	if h == nil {
 		return nil
 	}
-	return h.dev
+	return slices.Clone(h.queues)
 }
 
 // Close removes what Setup added, newest first: it restores the sysctls, deletes the neighbour

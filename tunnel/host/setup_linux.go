@@ -52,10 +52,10 @@ func (h *Host) setup(cfg Config) error {
 			return err
 		}
 	}
-	if err := h.createTUN(cfg.TUNName, cfg.MTU); err != nil {
+	if err := h.createTUN(cfg.TUNName, cfg.MTU, cfg.Queues); err != nil {
 		return err
 	}
-	name, err := h.dev.Name()
+	name, err := h.Device().Name()
 	if err != nil {
 		return &Error{Op: fmt.Sprintf("name of TUN device %q", cfg.TUNName), Err: err}
 	}
@@ -109,47 +109,85 @@ func targetLink(name string) (netlink.Link, error) {
 	return nil, &Error{Op: op, Err: err}
 }
 
-// createTUN creates the TUN device. It opens the clone device itself rather than calling
-// tun.CreateTUN, which leaks the descriptor when TUNSETIFF fails, and keeps the system error for
-// the explanation.
-func (h *Host) createTUN(name string, mtu int) error {
+// createTUN creates the TUN device with its queues (one, a plain TUN, for queues 0 or 1). It
+// opens the clone device itself rather than calling tun.CreateTUN, which leaks the descriptor
+// when TUNSETIFF fails, and keeps the system error for the explanation. Each queue is a
+// descriptor of its own, attached to the device by TUNSETIFF with IFF_MULTI_QUEUE and the
+// device's name; the device goes away when the last queue closes.
+func (h *Host) createTUN(name string, mtu, queues int) error {
+	if queues > MaxQueues {
+		return &Error{Op: fmt.Sprintf("create TUN device %q with %d queues", name, queues), Err: errors.New("too many queues"),
+			Fix: fmt.Sprintf("at most %d (GOMAXPROCS sets them)", MaxQueues)}
+	}
+	// The flags tun.CreateTUN sets, which tun.CreateTUNFromFile reads back: IP packets without
+	// packet information, and a virtio-net header so that reads and writes carry GSO
+	// super-packets (each queue enables the offloads for itself).
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if queues > 1 {
+		flags |= unix.IFF_MULTI_QUEUE
+	}
+	for i := range max(queues, 1) {
+		dev, err := h.openQueue(name, mtu, flags, i)
+		if err != nil {
+			return err
+		}
+		if i == 0 {
+			// The kernel may have chosen the name (a pattern such as "tun%d"): the other
+			// queues attach to the device it made.
+			made, err := dev.Name()
+			if err != nil {
+				return &Error{Op: fmt.Sprintf("name of TUN device %q", name), Err: err}
+			}
+			name = made
+		}
+	}
+	h.log.Debug("host: TUN created", "name", name, "mtu", mtu, "queues", len(h.queues))
+	return nil
+}
+
+// openQueue opens queue i of the TUN device name (the first creates it) and records how to
+// close it.
+func (h *Host) openQueue(name string, mtu int, flags uint16, i int) (tun.Device, error) {
 	op := fmt.Sprintf("create TUN device %q", name)
+	if i > 0 {
+		op = fmt.Sprintf("open queue %d of TUN device %q", i, name)
+	}
 	fd, err := unix.Open(tunClone, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return &Error{Op: op + ": open " + tunClone, Err: err, Fix: tunOpenFix(err)}
+		return nil, &Error{Op: op + ": open " + tunClone, Err: err, Fix: tunOpenFix(err)}
 	}
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		unix.Close(fd)
-		return &Error{Op: op, Err: err, Fix: "choose another tun.name"}
+		return nil, &Error{Op: op, Err: err, Fix: "choose another tun.name"}
 	}
-	// The flags tun.CreateTUN sets, which tun.CreateTUNFromFile reads back: IP packets without
-	// packet information, and a virtio-net header so that reads and writes carry GSO
-	// super-packets.
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
-		return &Error{Op: op, Err: err, Fix: tunSetFix(err)}
+		return nil, &Error{Op: op, Err: err, Fix: tunSetFix(err)}
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
-		return &Error{Op: op, Err: err}
+		return nil, &Error{Op: op, Err: err}
 	}
 	file := os.NewFile(uintptr(fd), tunClone)
 	dev, err := tun.CreateTUNFromFile(file, mtu)
 	if err != nil {
 		file.Close()
-		return &Error{Op: fmt.Sprintf("%s with mtu %d", op, mtu), Err: err}
+		return nil, &Error{Op: fmt.Sprintf("%s with mtu %d", op, mtu), Err: err}
 	}
-	h.dev = dev
-	h.log.Debug("host: TUN created", "name", name, "mtu", mtu)
-	h.added(fmt.Sprintf("close TUN device %q", name), func() error {
+	h.queues = append(h.queues, dev)
+	what := fmt.Sprintf("close TUN device %q", name)
+	if flags&unix.IFF_MULTI_QUEUE != 0 {
+		what = fmt.Sprintf("close queue %d of TUN device %q", i, name)
+	}
+	h.added(what, func() error {
 		if err := dev.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
 			return err
 		}
 		return nil
 	})
-	return nil
+	return dev, nil
 }
 
 // tunOpenFix explains a failure to open the TUN clone device.
