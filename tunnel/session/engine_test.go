@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -67,9 +68,11 @@ type engineOptions struct {
 	events     Events
 	hooks      Hooks        // nil: certificates alone
 	rules      []authz.Rule // nil: every group reaches 10.0.0.0/16
+	pool       netip.Prefix // zero: 10.2.0.0/22
+	quiet      bool         // the server logs nothing (benchmarks)
 }
 
-func newTestEngine(t *testing.T, o engineOptions) *testEngine {
+func newTestEngine(t testing.TB, o engineOptions) *testEngine {
 	t.Helper()
 	e := &testEngine{net: socktest.NewNetwork(), tun: tuntest.NewChannelTUN(), clock: &testClock{}}
 	var err error
@@ -92,7 +95,11 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 	if e.v2, err = tlscrypt.GenerateV2ServerKey(rand.Reader); err != nil {
 		t.Fatal(err)
 	}
-	pool, err := ippool.New(netip.MustParsePrefix("10.2.0.0/22"))
+	poolPrefix := o.pool
+	if !poolPrefix.IsValid() {
+		poolPrefix = netip.MustParsePrefix("10.2.0.0/22")
+	}
+	pool, err := ippool.New(poolPrefix)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +127,9 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 	if o.serverLog != nil {
 		log = slog.New(slog.NewTextHandler(o.serverLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	if o.quiet {
+		log = slog.New(slog.DiscardHandler)
+	}
 	e.m, err = New(Config{
 		Pool: pool, NAT: natTable, Log: log.With("side", "server"), Now: e.clock.Now, HandWindow: o.handWindow, Resets: resets, Events: eventsOf(o.events),
 		Hooks: o.hooks,
@@ -137,6 +147,10 @@ func newTestEngine(t *testing.T, o engineOptions) *testEngine {
 		t.Fatal(err)
 	}
 	e.m.Bind(e.plane)
+	// The engine's goroutines carry the label side=server, so a CPU profile of a test or
+	// benchmark tells the server's share from the in-process clients' (pprof -tagfocus).
+	pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", "server")))
+	defer pprof.SetGoroutineLabels(context.Background())
 	for _, ap := range []netip.AddrPort{port443, port1194} {
 		if _, err := e.plane.ListenUDP(e.net, ap); err != nil {
 			t.Fatal(err)
@@ -171,7 +185,7 @@ func eventsOf(e Events) []Events {
 
 // clientConfig returns the configuration of a Go OpenVPN client with a new certificate, whose
 // socket is at from on the in-memory network, dialling server.
-func (e *testEngine) clientConfig(t *testing.T, cn string, from, server netip.AddrPort) client.Config {
+func (e *testEngine) clientConfig(t testing.TB, cn string, from, server netip.AddrPort) client.Config {
 	t.Helper()
 	id, err := pki.IssueClient(e.ca, cn, []string{"dev"}, pki.ECDSAP256, 24*time.Hour, time.Now())
 	if err != nil {
@@ -188,7 +202,7 @@ func (e *testEngine) clientConfig(t *testing.T, cn string, from, server netip.Ad
 	}
 }
 
-func connect(t *testing.T, cfg client.Config) *client.Session {
+func connect(t testing.TB, cfg client.Config) *client.Session {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
