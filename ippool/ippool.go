@@ -1,24 +1,43 @@
-// Package ippool leases client tunnel addresses out of one IPv4 prefix.
+// Package ippool leases client tunnel addresses out of an IPv4 prefix, an
+// IPv6 block, or both (dual stack).
 //
-// It owns which addresses of the prefix are leased and the order in which
-// free ones are handed out. It does not own anything bound to an address
-// (sessions, NAT mappings, routes), does not persist leases, and knows
-// nothing about which client holds an address: the caller releases what it
-// allocated.
+// It owns which addresses are leased and the order in which free ones are
+// handed out. It does not own anything bound to an address (sessions, NAT
+// mappings, routes), does not persist leases, and knows nothing about which
+// client holds an address: the caller releases what it allocated.
 //
-// Layout of a prefix of Size() addresses:
+// A lease is an index, which is also the session's P_DATA_V2 peer-id, and
+// each family's address is the index added to that family's first address:
+// index i is network+i in IPv4 and base6+i in IPv6. So the data plane finds
+// a session from either of its addresses by arithmetic (Index), with no map
+// lookup. OpenVPN's own pools pair their IPv4 and IPv6 addresses the same
+// way (src/openvpn/pool.c, ifconfig_pool_acquire: base + i in both).
 //
-//	offset 0            network address, never leased
-//	offset 1            Gateway(): the endpoint's own tunnel address
-//	offset 2..Size()-2  client addresses (Capacity() of them)
-//	offset Size()-1     broadcast address, never leased
+// Layout of the index space of Size() indexes:
 //
-// Free addresses are handed out first in address order, then in the order
+//	index       IPv4 (New, NewDual)      IPv6 (NewDual, New6)
+//	0           network address          subnet-router anycast (RFC 4291 2.6.1)
+//	1           Gateway()                Gateway6()
+//	2..cap+1    client addresses         client addresses
+//	Size()-1    broadcast (IPv4 only)    its twin, never leased
+//
+// Index 0 and 1 are never leased; with IPv4, neither is the broadcast. With
+// both families, Size() is the IPv4 prefix's size (IPv4 indexes cover it
+// all) and the capacity cap is the smaller family's: min(Size()-3,
+// 2^(128-bits6)-2), the rule OpenVPN applies to a unified pool. An
+// IPv6-only pool has min(2^(128-bits6), MaxSize6) indexes, all but 0 and 1
+// leased. No other IPv6 address is reserved: RFC 2526's subnet anycast
+// addresses (the top 128 of a subnet) name services (Mobile IPv6 home
+// agents) nobody runs on a client tunnel, and in a /64 they lie far beyond
+// any index.
+//
+// Free addresses are handed out first in index order, then in the order
 // they were released (FIFO), so a released address is reused as late as
 // possible and state keyed by it elsewhere has time to expire.
 package ippool
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -28,16 +47,36 @@ import (
 // addresses, more than any tunnel endpoint serves, and bounds memory.
 const MinPrefixBits = 8
 
-// Pool leases the client addresses of one IPv4 prefix. It is safe for
-// concurrent use.
+// The IPv6 block (client_ipv6_cidr_block) is /MinPrefixBits6 to
+// /MaxPrefixBits6: a /64 is the longest prefix SLAAC and most operators
+// hand to one link, and a /120 still holds 254 clients.
+const (
+	MinPrefixBits6 = 64
+	MaxPrefixBits6 = 120
+)
+
+// MaxSize6 bounds the index space of an IPv6-only pool, whose block holds
+// up to 2^64 addresses: callers keep arrays of Size() entries, and the
+// peer-id has 24 bits. It is OpenVPN's IFCONFIG_POOL_MAX (src/openvpn/pool.h),
+// the size OpenVPN gives an IPv6 pool larger than a /112.
+const MaxSize6 = 1 << 16
+
+// Pool leases the client addresses of an IPv4 prefix, an IPv6 block or
+// both. It is safe for concurrent use.
 type Pool struct {
-	prefix   netip.Prefix
-	network  uint32 // the prefix's first address, as a number
-	size     int    // addresses in the prefix
-	capacity int    // client addresses: size - 3
+	prefix   netip.Prefix // the IPv4 prefix; zero in an IPv6-only pool
+	network  uint32       // the prefix's first address, as a number
+	size     int          // indexes: the IPv4 prefix's addresses, or the IPv6-only index space
+	capacity int          // client addresses
+
+	prefix6  netip.Prefix // the IPv6 block; zero without IPv6
+	hi6, lo6 uint64       // the block's first address, as two halves
+	// span6 is how many indexes have an IPv6 twin: min(size, the block's
+	// addresses); 0 without IPv6, so Index matches no IPv6 address.
+	span6 uint64
 
 	// mu guards the fields below. Client addresses are numbered by their
-	// offset from the first client address (network+2): 0..capacity-1.
+	// offset from the first client index (2): 0..capacity-1.
 	mu sync.Mutex
 	// leased has bit i set when client offset i is leased. It only covers
 	// offsets below fresh, so it grows with the high-water mark.
@@ -50,6 +89,17 @@ type Pool struct {
 	head     int // index in released of the oldest entry
 	nfree    int // entries in released
 	inUse    int
+}
+
+// Lease is what AllocateLease hands out: one index and its address in each
+// family the pool serves.
+type Lease struct {
+	// Index is the pool index, also the session's peer-id.
+	Index int
+	// Addr is the IPv4 address (network+Index); invalid in an IPv6-only pool.
+	Addr netip.Addr
+	// Addr6 is the IPv6 address (base6+Index); invalid without an IPv6 block.
+	Addr6 netip.Addr
 }
 
 // New returns a pool over prefix, which must be an IPv4 prefix in canonical
@@ -76,28 +126,156 @@ func New(prefix netip.Prefix) (*Pool, error) {
 	}, nil
 }
 
-// Prefix returns the prefix the pool serves.
+// NewDual returns a dual-stack pool: prefix as for New, and prefix6, the
+// IPv6 block (client_ipv6_cidr_block), masked, /MinPrefixBits6 to
+// /MaxPrefixBits6, unicast and not IPv4-mapped. Each lease has an address
+// in both, at the same index; Capacity is the smaller family's (see the
+// package comment), so a /22 with a /120 serves 254 clients.
+func NewDual(prefix, prefix6 netip.Prefix) (*Pool, error) {
+	p, err := New(prefix)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.setPrefix6(prefix6); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// New6 returns an IPv6-only pool over prefix6, which must be as for
+// NewDual. Its indexes come from the block alone: min(2^(128-bits),
+// MaxSize6) of them, all but the first two leased.
+func New6(prefix6 netip.Prefix) (*Pool, error) {
+	p := &Pool{}
+	if err := p.setPrefix6(prefix6); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// setPrefix6 checks prefix6 and adds it to p, which has its IPv4 prefix, if
+// any, already set.
+func (p *Pool) setPrefix6(prefix6 netip.Prefix) error {
+	a := prefix6.Addr()
+	switch {
+	case !prefix6.IsValid() || !a.Is6():
+		return fmt.Errorf("ippool: client_ipv6_cidr_block %v is not IPv6: %w", prefix6, ErrBadPrefix)
+	case a.Is4In6():
+		return fmt.Errorf("ippool: client_ipv6_cidr_block %v is IPv4-mapped: %w", prefix6, ErrBadPrefix)
+	case prefix6.Masked() != prefix6:
+		return fmt.Errorf("ippool: client_ipv6_cidr_block %v is not masked (want %v): %w", prefix6, prefix6.Masked(), ErrBadPrefix)
+	case prefix6.Bits() < MinPrefixBits6 || prefix6.Bits() > MaxPrefixBits6:
+		return fmt.Errorf("ippool: client_ipv6_cidr_block %v must be a /%d to /%d: %w", prefix6, MinPrefixBits6, MaxPrefixBits6, ErrBadPrefix)
+	case !a.IsGlobalUnicast():
+		// Unspecified, loopback, link-local or multicast: nothing a
+		// client's route or a pushed ifconfig-ipv6 can use.
+		return fmt.Errorf("ippool: client_ipv6_cidr_block %v is not a unicast block: %w", prefix6, ErrBadPrefix)
+	}
+	b := a.As16()
+	p.prefix6 = prefix6
+	p.hi6 = binary.BigEndian.Uint64(b[:8])
+	p.lo6 = binary.BigEndian.Uint64(b[8:])
+	// The block holds 2^hostBits addresses, 2^8 to 2^64.
+	hostBits := 128 - prefix6.Bits()
+	if !p.prefix.IsValid() {
+		p.size = MaxSize6
+		if hostBits < 16 {
+			p.size = 1 << hostBits
+		}
+		p.span6 = uint64(p.size)
+		p.capacity = p.size - 2
+		return nil
+	}
+	p.span6 = uint64(p.size)
+	if hostBits < 32 && 1<<hostBits < p.size {
+		p.span6 = 1 << hostBits
+		p.capacity = min(p.capacity, 1<<hostBits-2)
+	}
+	return nil
+}
+
+// Prefix returns the IPv4 prefix the pool serves; the zero Prefix in an
+// IPv6-only pool.
 func (p *Pool) Prefix() netip.Prefix { return p.prefix }
 
-// Gateway returns the first usable address of the prefix (network+1), which
-// belongs to the endpoint and is never leased.
-func (p *Pool) Gateway() netip.Addr { return uintToAddr(p.network + 1) }
+// Prefix6 returns the IPv6 block the pool serves; the zero Prefix without
+// one.
+func (p *Pool) Prefix6() netip.Prefix { return p.prefix6 }
 
-// Capacity returns how many client addresses the pool has: the prefix minus
-// its network, gateway and broadcast addresses.
+// Gateway returns the first usable address of the IPv4 prefix (network+1),
+// which belongs to the endpoint and is never leased; the zero Addr in an
+// IPv6-only pool.
+func (p *Pool) Gateway() netip.Addr {
+	if !p.prefix.IsValid() {
+		return netip.Addr{}
+	}
+	return uintToAddr(p.network + 1)
+}
+
+// Gateway6 returns the endpoint's own IPv6 tunnel address, base6+1 (index
+// 1, the twin of Gateway), never leased; the zero Addr without IPv6.
+func (p *Pool) Gateway6() netip.Addr {
+	a, _ := p.Addr6(1)
+	return a
+}
+
+// Capacity returns how many client addresses (leases) the pool has: the
+// IPv4 prefix minus its network, gateway and broadcast addresses, and no
+// more than the IPv6 block minus its anycast and gateway addresses.
 func (p *Pool) Capacity() int { return p.capacity }
 
-// Size returns the number of addresses in the prefix.
+// Size returns the size of the index space: every index Index returns is
+// below it. With IPv4 it is the number of addresses in the IPv4 prefix;
+// in an IPv6-only pool, min(the block's addresses, MaxSize6).
 func (p *Pool) Size() int { return p.size }
 
-// Index returns the dense index 0..Size()-1 of any address of the prefix
-// (network, gateway and broadcast included), so callers can keep lock-free
-// arrays indexed by client address. It is pure arithmetic and takes no lock.
+// Index returns the dense index 0..Size()-1 of an address: any address of
+// the IPv4 prefix (network, gateway and broadcast included), or any
+// address of the IPv6 block that is some index's twin (base6+i, i <
+// Size()), so callers can keep lock-free arrays indexed by client address
+// of either family. An IPv4-mapped or zoned address is neither. It is pure
+// arithmetic, takes no lock and does not allocate.
 func (p *Pool) Index(a netip.Addr) (int, bool) {
-	if !a.Is4() || !p.prefix.Contains(a) {
+	if a.Is4() {
+		if !p.prefix.Contains(a) {
+			return 0, false
+		}
+		return int(addrToUint(a) - p.network), true
+	}
+	if !a.Is6() || a.Zone() != "" {
 		return 0, false
 	}
-	return int(addrToUint(a) - p.network), true
+	b := a.As16()
+	// The block is at least a /64, so the high half must equal the base's
+	// and the offset is the difference of the low halves; an address below
+	// the base wraps to a huge offset and fails the bound.
+	off := binary.BigEndian.Uint64(b[8:]) - p.lo6
+	if binary.BigEndian.Uint64(b[:8]) != p.hi6 || off >= p.span6 {
+		return 0, false
+	}
+	return int(off), true
+}
+
+// Addr returns the IPv4 address of index i (network+i); false when i is
+// outside 0..Size()-1 or the pool has no IPv4 prefix.
+func (p *Pool) Addr(i int) (netip.Addr, bool) {
+	if !p.prefix.IsValid() || i < 0 || i >= p.size {
+		return netip.Addr{}, false
+	}
+	return uintToAddr(p.network + uint32(i)), true
+}
+
+// Addr6 returns the IPv6 address of index i (base6+i); false when i has no
+// IPv6 twin (outside the block or 0..Size()-1) or the pool has no IPv6
+// block.
+func (p *Pool) Addr6(i int) (netip.Addr, bool) {
+	if i < 0 || uint64(i) >= p.span6 {
+		return netip.Addr{}, false
+	}
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], p.hi6)
+	binary.BigEndian.PutUint64(b[8:], p.lo6+uint64(i)) // no carry: i is inside the block
+	return netip.AddrFrom16(b), true
 }
 
 // InUse returns how many client addresses are leased.
@@ -109,8 +287,35 @@ func (p *Pool) InUse() int {
 
 // Allocate leases a free client address: never-used addresses first, in
 // address order, then released ones, oldest release first. It returns
-// ErrExhausted when all are leased.
+// ErrExhausted when all are leased. The address is IPv4, or IPv6 in an
+// IPv6-only pool; AllocateLease returns both of a dual-stack lease.
 func (p *Pool) Allocate() (netip.Addr, error) {
+	i, err := p.allocate()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if p.prefix.IsValid() {
+		return uintToAddr(p.network + uint32(i)), nil
+	}
+	a, _ := p.Addr6(i)
+	return a, nil
+}
+
+// AllocateLease is Allocate returning the lease's index and its address in
+// every family the pool serves.
+func (p *Pool) AllocateLease() (Lease, error) {
+	i, err := p.allocate()
+	if err != nil {
+		return Lease{}, err
+	}
+	l := Lease{Index: i}
+	l.Addr, _ = p.Addr(i)
+	l.Addr6, _ = p.Addr6(i)
+	return l, nil
+}
+
+// allocate leases a free client index.
+func (p *Pool) allocate() (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var off int
@@ -126,14 +331,15 @@ func (p *Pool) Allocate() (netip.Addr, error) {
 		p.head = (p.head + 1) % len(p.released)
 		p.nfree--
 	default:
-		return netip.Addr{}, ErrExhausted
+		return 0, ErrExhausted
 	}
 	p.leased[off/64] |= 1 << (off % 64)
 	p.inUse++
-	return uintToAddr(p.network + 2 + uint32(off)), nil
+	return 2 + off, nil
 }
 
-// Release returns a leased client address to the back of the free list.
+// Release returns a leased client address to the back of the free list. In
+// a dual-stack pool either of a lease's addresses releases the lease.
 func (p *Pool) Release(a netip.Addr) error {
 	i, ok := p.Index(a)
 	off := i - 2
