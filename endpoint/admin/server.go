@@ -27,14 +27,16 @@ const (
 )
 
 // Handler serves the operations at /<Action> (POST, or GET without a body), each a JSON
-// request and response. It refuses callers other than root and the process's own user, by the
-// peer credentials of the unix connection.
+// request and response, and a CPU profile at ProfilePath. It refuses callers other than root and
+// the process's own user, by the peer credentials of the unix connection.
 type Handler struct {
 	src *Source
 	log *slog.Logger
 	// allowed reports whether a caller's uid may use the API; tests replace it.
 	allowed func(uid uint32) bool
 	mux     *http.ServeMux
+	// profiling holds a token while a CPU profile is being taken (one at a time).
+	profiling chan struct{}
 }
 
 // NewHandler returns the API's handler over src; log (nil: discarded) gets one line per
@@ -44,7 +46,9 @@ func NewHandler(src *Source, log *slog.Logger) *Handler {
 		log = slog.New(slog.DiscardHandler)
 	}
 	// The service's user is read at each request: `cvpn serve --user` changes it after start.
-	h := &Handler{src: src, log: log, allowed: func(uid uint32) bool { return uid == 0 || uid == uint32(os.Getuid()) }, mux: http.NewServeMux()}
+	h := &Handler{src: src, log: log, allowed: func(uid uint32) bool { return uid == 0 || uid == uint32(os.Getuid()) }, mux: http.NewServeMux(),
+		profiling: make(chan struct{}, 1)}
+	h.mux.HandleFunc(ProfilePath, h.serveProfile)
 	handle(h, "DescribeClientVpnConnections", src.describeConnections)
 	handle(h, "TerminateClientVpnConnections", func(in TerminateClientVpnConnectionsInput) (TerminateClientVpnConnectionsOutput, error) {
 		out, err := src.terminateConnections(in)
