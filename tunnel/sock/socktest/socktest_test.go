@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/net/nettest"
 
+	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/sock"
 )
 
@@ -708,5 +709,147 @@ func TestReadBatchWakesWhenIdle(t *testing.T) {
 	n.Inject(ap("192.0.2.1:1"), srv.LocalAddr(), []byte("later"))
 	if k := readBatch(t, srv, msgs); k != 1 || string(msgs[0].Buf[:msgs[0].N]) != "later" {
 		t.Fatalf("read %d datagrams after an idle wake, want the one sent", k)
+	}
+}
+
+// dataV2 is a P_DATA_V2 packet header for peerID with a byte of payload.
+func dataV2(peerID uint32, b byte) []byte {
+	p := make([]byte, 5)
+	packet.PutDataHeader(p, packet.DataV2, 0, peerID)
+	p[4] = b
+	return p
+}
+
+// Shards of one listener share its address: data packets reach shard peer-id mod n, whoever
+// sends them; other datagrams stay on one shard per pair of addresses and spread over the shards.
+func TestListenUDPShards(t *testing.T) {
+	n := NewNetwork()
+	const shards = 4
+	conns, err := n.ListenUDPShards(ap("0.0.0.0:1194"), shards)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range conns {
+		t.Cleanup(func() { c.Close() })
+		if c.LocalAddr() != ap("0.0.0.0:1194") {
+			t.Fatalf("shard bound to %v", c.LocalAddr())
+		}
+	}
+	if _, err := n.ListenUDP(ap("10.0.0.1:1194")); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("bind over a shard group: %v, want EADDRINUSE", err)
+	}
+	to := ap("10.0.0.1:1194")
+	// Data packets by peer-id, from many sources (a client that floats keeps its shard).
+	for id := range uint32(20) {
+		n.Inject(netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(id)}), 4000), to, dataV2(id, byte(id)))
+	}
+	// Control packets from 64 sources, two each.
+	ctl := func(i int) []byte { return []byte{byte(packet.ControlV1) << 3, byte(i)} }
+	for i := range 64 {
+		from := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), 5000)
+		n.Inject(from, to, ctl(i))
+		n.Inject(from, to, ctl(i))
+	}
+	msgs := newMsgs(sock.MaxBatch, 100)
+	shardOf := make(map[netip.AddrPort]int)
+	controlPerShard := make([]int, shards)
+	for s, c := range conns {
+		got := 0
+		for got < 5+32 {
+			k := readBatch(t, c, msgs)
+			for _, m := range msgs[:k] {
+				p := m.Buf[:m.N]
+				if p[0] == byte(packet.DataV2)<<3 {
+					if id := int(p[3]); id%shards != s || m.Local != to.Addr() {
+						t.Fatalf("data packet of peer %d on shard %d (Local %v)", id, s, m.Local)
+					}
+					got++
+					continue
+				}
+				if prev, seen := shardOf[m.Addr]; seen && prev != s {
+					t.Fatalf("control packets from %v on shards %d and %d", m.Addr, prev, s)
+				}
+				shardOf[m.Addr] = s
+				controlPerShard[s]++
+				got++
+			}
+			if got >= 5 && sum(controlPerShard) == 128 {
+				break
+			}
+		}
+	}
+	if sum(controlPerShard) != 128 {
+		t.Fatalf("control packets per shard %v, want 128 in all", controlPerShard)
+	}
+	for s, k := range controlPerShard {
+		if k == 0 {
+			t.Fatalf("no control packet on shard %d of %v: the hash does not spread", s, controlPerShard)
+		}
+	}
+
+	// A shard that closes leaves the group to the others; the port stays bound until the last.
+	conns[0].Close()
+	n.Inject(ap("192.0.2.1:1"), to, dataV2(0, 9))
+	found := false
+	for _, c := range conns[1:] {
+		n.SetReadWake(10 * time.Millisecond)
+		if k, err := c.ReadBatch(msgs); err != nil {
+			t.Fatal(err)
+		} else if k == 1 {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatal("a datagram for the closed shard reached no other shard")
+	}
+	for _, c := range conns[1:] {
+		if _, err := n.ListenUDP(to); !errors.Is(err, syscall.EADDRINUSE) {
+			t.Fatalf("bind while shards remain: %v", err)
+		}
+		c.Close()
+	}
+	listenUDP(t, n, "10.0.0.1:1194")
+
+	for _, k := range []int{0, -1, sock.MaxShards + 1} {
+		if _, err := n.ListenUDPShards(ap("10.0.0.2:1"), k); err == nil {
+			t.Fatalf("ListenUDPShards with %d shards succeeded", k)
+		}
+	}
+	if cs, err := n.ListenUDPShards(ap("10.0.0.3:0"), 2); err != nil || cs[0].LocalAddr().Port() == 0 || cs[0].LocalAddr() != cs[1].LocalAddr() {
+		t.Fatalf("shards on port 0: %v", err)
+	}
+}
+
+func sum(xs []int) (s int) {
+	for _, x := range xs {
+		s += x
+	}
+	return s
+}
+
+// In steady state a datagram costs no allocation on either side: buffers are pooled.
+func TestUDPNoAllocs(t *testing.T) {
+	n := NewNetwork()
+	srv := listenUDP(t, n, "10.0.0.1:1194")
+	cl := listenUDP(t, n, "192.0.2.1:4000")
+	out := make([]sock.Message, 16)
+	for i := range out {
+		out[i] = sock.Message{Buf: make([]byte, 1300), Addr: srv.LocalAddr()}
+	}
+	in := newMsgs(sock.MaxBatch, 2048)
+	allocs := testing.AllocsPerRun(100, func() {
+		if k, err := cl.WriteBatch(out); k != len(out) || err != nil {
+			t.Fatalf("WriteBatch: %d, %v", k, err)
+		}
+		for got := 0; got < len(out); {
+			k, err := srv.ReadBatch(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += k
+		}
+	})
+	if allocs != 0 && !raceEnabled {
+		t.Fatalf("%v allocations per batch of %d datagrams", allocs, len(out))
 	}
 }

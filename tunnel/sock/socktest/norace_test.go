@@ -1,0 +1,5 @@
+//go:build !race
+
+package socktest
+
+const raceEnabled = false
