@@ -26,10 +26,16 @@ import (
 )
 
 // Host is the host state a running endpoint stands on: the TUN device, and a way to remove all
-// of it. *host.Host is one.
+// of it. *host.Host is one. A Host whose TUN has several queues (host.Config.Queues) also
+// offers them (queuedHost), and the engine reads them all.
 type Host interface {
 	Device() tun.Device
 	Close() error
+}
+
+// queuedHost is a Host with a multi-queue TUN: Queues are all its queues, Device first.
+type queuedHost interface {
+	Queues() []tun.Device
 }
 
 // HostSetup sets the host up for an endpoint; host.Setup is the real one.
@@ -175,7 +181,12 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("target_network.snat_address, nat: %w", err)
 	}
-	h, err := opts.Host(hostConfig(cfg), opts.Log)
+	// One TUN queue and one socket per listener for each core the runtime uses: operators
+	// choose with GOMAXPROCS (the unit's Environment=), not with a key of the file.
+	workers := tunnel.Workers(0)
+	hcfg := hostConfig(cfg)
+	hcfg.Queues = workers
+	h, err := opts.Host(hcfg, opts.Log)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +195,10 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 			err = closeHost(h, err)
 		}
 	}()
-	ecfg.Pool, ecfg.NAT, ecfg.Device = pool, natTable, h.Device()
+	ecfg.Pool, ecfg.NAT, ecfg.Device, ecfg.Workers = pool, natTable, h.Device(), workers
+	if q, ok := h.(queuedHost); ok {
+		ecfg.Queues = q.Queues()
+	}
 	ecfg.Network, ecfg.Log, ecfg.Now = opts.Network, opts.Log, opts.Now
 	ecfg.Revoked = revocation{ep.CRL, opts.Now}
 	pol := newHostPolicy(ep.Policy, cfg.TargetNetwork.SNATAddress, opts.Log)

@@ -24,6 +24,7 @@ import (
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/portal"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
+	"github.com/cvpn/cvpn/tunnel"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 	"github.com/cvpn/cvpn/tunnel/host"
 	"github.com/cvpn/cvpn/tunnel/sock/socktest"
@@ -637,6 +638,55 @@ func TestServeReloadsAndStops(t *testing.T) {
 	case <-h.closed:
 	default:
 		t.Error("Serve returned without removing the host state")
+	}
+}
+
+// queuedFakeHost is a fake host whose TUN has several queues.
+type queuedFakeHost struct {
+	fakeHost
+	queues []*tuntest.ChannelTUN
+}
+
+func (f *queuedFakeHost) Queues() []tun.Device {
+	out := make([]tun.Device, len(f.queues))
+	for i, q := range f.queues {
+		out[i] = q.TUN()
+	}
+	return out
+}
+
+// TestStartReadsEveryTUNQueue: Start asks the host for one TUN queue per worker (GOMAXPROCS),
+// and the engine reads every queue the host opened.
+func TestStartReadsEveryTUNQueue(t *testing.T) {
+	l := newLab(t)
+	ep, err := Load(l.path, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs := []*tuntest.ChannelTUN{tuntest.NewChannelTUN(), tuntest.NewChannelTUN(), tuntest.NewChannelTUN()}
+	h := &queuedFakeHost{fakeHost{tun: qs[0], closed: make(chan struct{})}, qs}
+	asked := -1
+	r, err := Start(ep, Options{
+		Host:    func(c host.Config, _ *slog.Logger) (Host, error) { asked = c.Queues; return h, nil },
+		Network: socktest.NewNetwork(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run() }()
+	defer func() { r.Stop(); <-done }()
+	if want := tunnel.Workers(0); asked != want {
+		t.Errorf("host asked for %d queues, want %d (GOMAXPROCS)", asked, want)
+	}
+	// An IPv4 header from the private network with no NAT mapping: read, then dropped.
+	pkt := []byte{0x45, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 1, 10, 10, 0, 1, 2}
+	for i, q := range qs {
+		select {
+		case q.Outbound <- pkt: // unbuffered: taken only by a reader of this queue
+		case <-time.After(10 * time.Second):
+			t.Fatalf("nothing reads TUN queue %d", i)
+		}
 	}
 }
 

@@ -110,6 +110,10 @@ type Config struct {
 	Now           func() time.Time
 }
 
+// Workers is the number of sockets per UDP listener and TUN queues that Config.Workers n means:
+// n, or runtime.GOMAXPROCS(0) for 0, at most 64.
+func Workers(n int) int { return dataplane.Workers(n) }
+
 // Settings returns the part of cfg that a running server may change (Reconfigure).
 func (cfg *Config) Settings() Settings {
 	return Settings{
