@@ -483,3 +483,29 @@ func BenchmarkAllowed6(b *testing.B) {
 		i++
 	}
 }
+
+// TestTrieNodes pins the memory the Policy comment promises: a prefix of
+// length L adds at most ceil(L/8)-1 nodes, and prefixes share their path.
+func TestTrieNodes(t *testing.T) {
+	for _, tc := range []struct {
+		rules []string
+		nodes int // beyond the two roots
+	}{
+		{[]string{"0.0.0.0/0", "::/0", "10.0.0.0/8", "2000::/3"}, 0},
+		{[]string{"10.0.0.0/16"}, 1},
+		{[]string{"10.0.2.119/32"}, 3},
+		{[]string{"2001:db8:a::/48"}, 5},
+		{[]string{"2001:db8:a::/48", "2001:db8:b::/48"}, 5}, // they differ in the last octet they fix
+		{[]string{"2001:db8:a::/48", "2001:db9:a::/48"}, 7}, // three shared, two each
+		{[]string{"2001:db8:a:2::119/128"}, 15},
+		{[]string{"2001:db8:a::/48", "2001:db8:a:2::119/128"}, 15},
+	} {
+		var rules []Rule
+		for _, s := range tc.rules {
+			rules = append(rules, Rule{Network: pfx(s), AllGroups: true})
+		}
+		if p := mustPolicy(t, rules); len(p.nodes) != 2+tc.nodes {
+			t.Errorf("%v: %d nodes, want 2 + %d", tc.rules, len(p.nodes), tc.nodes)
+		}
+	}
+}
