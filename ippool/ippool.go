@@ -19,17 +19,18 @@
 //	0           network address          subnet-router anycast (RFC 4291 2.6.1)
 //	1           Gateway()                Gateway6()
 //	2..cap+1    client addresses         client addresses
-//	Size()-1    broadcast (IPv4 only)    its twin, never leased
+//	Size()-1    broadcast                NewDual: its twin; New6: a client
 //
 // Index 0 and 1 are never leased; with IPv4, neither is the broadcast. With
 // both families, Size() is the IPv4 prefix's size (IPv4 indexes cover it
 // all) and the capacity cap is the smaller family's: min(Size()-3,
-// 2^(128-bits6)-2), the rule OpenVPN applies to a unified pool. An
-// IPv6-only pool has min(2^(128-bits6), MaxSize6) indexes, all but 0 and 1
-// leased. No other IPv6 address is reserved: RFC 2526's subnet anycast
-// addresses (the top 128 of a subnet) name services (Mobile IPv6 home
-// agents) nobody runs on a client tunnel, and in a /64 they lie far beyond
-// any index.
+// 2^(128-bits6)-2), the rule OpenVPN applies to a unified pool; IPv6
+// addresses beyond the index space are nobody's. An IPv6-only pool has
+// min(2^(128-bits6), MaxSize6) indexes, all but 0 and 1 leased. No other
+// IPv6 address is reserved: IPv6 has no broadcast, and RFC 2526's subnet
+// anycast addresses (the top 128 of a subnet) name services, Mobile IPv6
+// home agents alone so far, that nothing on a client tunnel runs;
+// reserving them would halve a /120.
 //
 // Free addresses are handed out first in index order, then in the order
 // they were released (FIFO), so a released address is reused as late as
@@ -48,8 +49,9 @@ import (
 const MinPrefixBits = 8
 
 // The IPv6 block (client_ipv6_cidr_block) is /MinPrefixBits6 to
-// /MaxPrefixBits6: a /64 is the longest prefix SLAAC and most operators
-// hand to one link, and a /120 still holds 254 clients.
+// /MaxPrefixBits6: a /64 is what one link is normally given (RFC 7421), the
+// largest block that keeps the index arithmetic in one 64-bit half, and a
+// /120 still holds 254 clients.
 const (
 	MinPrefixBits6 = 64
 	MaxPrefixBits6 = 120
