@@ -63,6 +63,11 @@ type HarnessConfig struct {
 	// LogDir, when set, receives every server's and load generator's output, one file per
 	// measurement.
 	LogDir string
+	// GoBin is the go command that reads cvpn's CPU profiles (`go tool pprof`); empty looks
+	// for go on PATH, and without one the profiles are kept but not analysed.
+	GoBin string
+	// NoProfile skips cvpn's CPU profiles.
+	NoProfile bool
 }
 
 func (c *HarnessConfig) defaults() error {
@@ -131,6 +136,9 @@ func (c *HarnessConfig) defaults() error {
 	if c.Out == nil {
 		c.Out = io.Discard
 	}
+	if c.GoBin == "" {
+		c.GoBin, _ = exec.LookPath("go")
+	}
 	return nil
 }
 
@@ -142,7 +150,9 @@ type Measurement struct {
 	Metrics  map[string]float64 `json:"metrics"`
 	Load     *LoadReport        `json:"load,omitempty"`
 	Iperf    []IperfResult      `json:"iperf,omitempty"`
-	Error    string             `json:"error,omitempty"`
+	// Profiles are cvpn's CPU profiles of the measured phases and their cost per packet.
+	Profiles []CPUProfile `json:"profiles,omitempty"`
+	Error    string       `json:"error,omitempty"`
 }
 
 // IperfResult is one iperf3 transfer through the stock client's tunnel.
@@ -190,7 +200,12 @@ type Results struct {
 	Notes        []string       `json:"notes"`
 	Table        []Row          `json:"table"`
 	Measurements []Measurement  `json:"measurements"`
-	Seconds      float64        `json:"seconds"`
+	// CPUCost is where cvpn's CPU goes per packet in the profiled phases (costTableOf).
+	CPUCost []CostRow `json:"cpu_cost_per_packet,omitempty"`
+	Seconds float64   `json:"seconds"`
+	// ProfileData holds the first round's profile of each phase, by phase, for the caller to
+	// write next to the JSON (<date>-<phase>.pprof); each CPUProfile.File names its file.
+	ProfileData map[string][]byte `json:"-"`
 }
 
 // metricDef says how a metric reads in the table.
@@ -469,7 +484,10 @@ func (h *harness) iperf(ctx context.Context, kind ServerKind, m *Measurement) er
 		}
 		defer func() { _ = cl.Stop() }()
 		for i, dir := range []string{"upload", "download"} {
-			r, err := h.iperfOnce(ctx, l, pid, 5201+i, dir == "download")
+			r, prof, err := h.iperfOnce(ctx, l, pid, 5201+i, dir == "download", m.Round)
+			if p := prof(); p != nil {
+				m.Profiles = append(m.Profiles, *p)
+			}
 			if err != nil {
 				return fmt.Errorf("iperf3 %s: %w", dir, err)
 			}
@@ -487,18 +505,23 @@ func (h *harness) iperf(ctx context.Context, kind ServerKind, m *Measurement) er
 
 // iperfOnce runs one iperf3 TCP transfer between the stock client and the VPC host and reads
 // the server process's CPU time around it.
-func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse bool) (IperfResult, error) {
-	r := IperfResult{Direction: "upload"}
+//
+// For cvpn it also profiles the server from the second second to the second last: prof, called
+// once the transfer ended, waits for the profile and returns it with its cost per packet (nil
+// when not profiled).
+func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse bool, round int) (r IperfResult, prof func() *CPUProfile, err error) {
+	r = IperfResult{Direction: "upload"}
 	if reverse {
 		r.Direction = "download"
 	}
+	prof = func() *CPUProfile { return nil }
 	srv, err := l.Start("iperf3 server", l.Net.VPC, "iperf3", "-s", "-1", "--forceflush", "-p", strconv.Itoa(port), "-B", netlab.VPCHost.String())
 	if err != nil {
-		return r, err
+		return r, prof, err
 	}
 	defer srv.Kill()
 	if err := srv.WaitForContext(ctx, "Server listening", 10*time.Second); err != nil {
-		return r, err
+		return r, prof, err
 	}
 	args := []string{"iperf3", "-c", netlab.VPCHost.String(), "-p", strconv.Itoa(port), "-t", strconv.Itoa(h.cfg.IperfSeconds),
 		"-J", "--connect-timeout", "5000"}
@@ -507,19 +530,29 @@ func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse 
 	}
 	before, err := SampleProc(pid)
 	if err != nil {
-		return r, err
+		return r, prof, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, time.Duration(h.cfg.IperfSeconds+30)*time.Second)
 	defer cancel()
+	// The profile leaves out the first second (TCP's slow start) and the last.
+	profFrom, profSec := 1.0, h.cfg.IperfSeconds-2
+	wait := h.profileAsync(ctx, l.Kind, time.Second, profSec)
 	out, err := exec.CommandContext(cctx, "ip", append([]string{"netns", "exec", l.StockNS}, args...)...).Output()
 	after, serr := SampleProc(pid)
 	if err != nil {
-		return r, fmt.Errorf("%w: %s", err, tail(string(out), 1500))
+		return r, prof, fmt.Errorf("%w: %s", err, tail(string(out), 1500))
 	}
 	if serr != nil {
-		return r, serr
+		return r, prof, serr
 	}
 	var rep struct {
+		Intervals []struct {
+			Sum struct {
+				Start float64 `json:"start"`
+				End   float64 `json:"end"`
+				Bytes int64   `json:"bytes"`
+			} `json:"sum"`
+		} `json:"intervals"`
 		End struct {
 			SumSent struct {
 				Retransmits int64 `json:"retransmits"`
@@ -532,10 +565,24 @@ func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse 
 		Error string `json:"error"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
-		return r, fmt.Errorf("iperf3 output: %w: %s", err, tail(string(out), 500))
+		return r, prof, fmt.Errorf("iperf3 output: %w: %s", err, tail(string(out), 500))
 	}
 	if rep.Error != "" {
-		return r, errors.New(rep.Error)
+		return r, prof, errors.New(rep.Error)
+	}
+	if wait != nil {
+		// The data packets in the profile's window: the bytes of iperf3's one-second
+		// intervals inside it, in full-sized TCP segments.
+		var bytes int64
+		for _, iv := range rep.Intervals {
+			if iv.Sum.Start >= profFrom-0.01 && iv.Sum.End <= profFrom+float64(profSec)+0.01 {
+				bytes += iv.Sum.Bytes
+			}
+		}
+		prof = func() *CPUProfile {
+			return h.analyze(ctx, wait, "iperf-"+r.Direction, round, float64(bytes)/tcpSegment,
+				fmt.Sprintf("iperf3 bytes in the window / %d (TCP segments; ACKs not counted)", tcpSegment))
+		}
 	}
 	r.Bytes = rep.End.SumReceived.Bytes
 	r.Mbps = rep.End.SumReceived.BitsPerSecond / 1e6
@@ -545,7 +592,69 @@ func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse 
 	if r.Bytes > 0 {
 		r.CPUSecPerGB = r.ServerCPU / (float64(r.Bytes) / 1e9)
 	}
-	return r, nil
+	return r, prof, nil
+}
+
+// tcpSegment is the TCP payload of a full-sized segment through the stock client's tunnel
+// (MTU 1500 less 20 bytes of IP, 20 of TCP and 12 of timestamps).
+const tcpSegment = 1448
+
+// profileAsync starts a CPU profile of cvpn (kind CVPN only, unless profiles are off) of
+// seconds after delay; the returned function waits for it. It returns nil when no profile is
+// taken.
+func (h *harness) profileAsync(ctx context.Context, kind ServerKind, delay time.Duration, seconds int) func() ([]byte, error) {
+	if kind != CVPN || h.cfg.NoProfile || seconds < 1 {
+		return nil
+	}
+	type result struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		if err := sleepCtx(ctx, delay); err != nil {
+			ch <- result{err: err}
+			return
+		}
+		b, err := FetchProfile(ctx, h.fx.AdminSocket, seconds)
+		ch <- result{b, err}
+	}()
+	return func() ([]byte, error) { r := <-ch; return r.b, r.err }
+}
+
+// analyze waits for a profile, keeps the first round's bytes for the results directory, and
+// computes its cost per packet; a profile that failed is logged and yields nil.
+func (h *harness) analyze(ctx context.Context, wait func() ([]byte, error), phase string, round int, packets float64, from string) *CPUProfile {
+	b, err := wait()
+	if err == nil {
+		return h.analyzeBytes(ctx, b, phase, round, packets, from)
+	}
+	h.logf("cpu profile %s: %v", phase, err)
+	return nil
+}
+
+func (h *harness) analyzeBytes(ctx context.Context, b []byte, phase string, round int, packets float64, from string) *CPUProfile {
+	path := filepath.Join(h.tmp, fmt.Sprintf("%s-%d.pprof", phase, round))
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		h.logf("cpu profile %s: %v", phase, err)
+		return nil
+	}
+	if round == 1 {
+		if h.res.ProfileData == nil {
+			h.res.ProfileData = map[string][]byte{}
+		}
+		h.res.ProfileData[phase] = b
+	}
+	if h.cfg.GoBin == "" {
+		h.logf("cpu profile %s: no go command to read it (HarnessConfig.GoBin, --go)", phase)
+		return &CPUProfile{Phase: phase, Packets: packets, PacketsFrom: from}
+	}
+	p, err := AnalyzeProfile(ctx, h.cfg.GoBin, path, phase, packets, from)
+	if err != nil {
+		h.logf("cpu profile %s: %v", phase, err)
+		return nil
+	}
+	return p
 }
 
 // loadArgs are the flags of one `cvpn-bench load` run in the bench namespace.
@@ -558,6 +667,9 @@ type loadArgs struct {
 	paced     time.Duration // 0: the load generator's default
 	probeRate float64       // 0: the load generator's default
 	warmup    time.Duration
+	// profileOut, when set, has the load generator profile cvpn over the measured phase into
+	// this file.
+	profileOut string
 }
 
 // runLoad runs the load generator as a process in the lab's bench namespace and reads its
@@ -581,6 +693,9 @@ func (h *harness) runLoad(ctx context.Context, kind ServerKind, pid int, a loadA
 	}
 	if a.probeRate > 0 {
 		args = append(args, "--probe-rate", strconv.FormatFloat(a.probeRate, 'f', -1, 64))
+	}
+	if a.profileOut != "" {
+		args = append(args, "--profile-socket", h.fx.AdminSocket, "--profile-out", a.profileOut)
 	}
 	// Bounds: OpenVPN's reset limiter (and cvpn's copy of it) admits 10 new sessions a second
 	// after a burst of 100, so a ramp can take N/10 s; then the phases; then closing.
@@ -609,10 +724,25 @@ func (h *harness) runLoad(ctx context.Context, kind ServerKind, pid int, a loadA
 
 func (h *harness) sessions(ctx context.Context, kind ServerKind, n int, m *Measurement) error {
 	return h.withServer(ctx, kind, false, m, func(pid int) error {
-		rep, err := h.runLoad(ctx, kind, pid, loadArgs{sessions: n, duration: h.cfg.Duration, pacedMbps: h.cfg.PacedMbps, warmup: time.Second})
+		a := loadArgs{sessions: n, duration: h.cfg.Duration, pacedMbps: h.cfg.PacedMbps, warmup: time.Second}
+		// cvpn is profiled in the flat-out phase of the largest session count.
+		if kind == CVPN && !h.cfg.NoProfile && n == slices.Max(h.cfg.Sessions) {
+			a.profileOut = filepath.Join(h.tmp, fmt.Sprintf("load-profile-%d.pprof", time.Now().UnixNano()))
+		}
+		rep, err := h.runLoad(ctx, kind, pid, a)
 		m.Load = rep
 		if rep != nil {
 			sessionMetricsOf(rep, m.Metrics)
+			if t := rep.Traffic; a.profileOut != "" && t != nil {
+				if b, rerr := os.ReadFile(a.profileOut); rerr == nil {
+					if p := h.analyzeBytes(ctx, b, m.Scenario, m.Round, t.ProfilePackets,
+						"packets the sink received in the window (1400-byte UDP, flat out)"); p != nil {
+						m.Profiles = append(m.Profiles, *p)
+					}
+				} else {
+					h.logf("cpu profile %s: none (%s)", m.Scenario, t.ProfileError)
+				}
+			}
 		}
 		return err
 	})
@@ -684,7 +814,10 @@ func (h *harness) big(ctx context.Context, kind ServerKind, m *Measurement) erro
 
 // Retable recomputes the table from the measurements (for results written by an older
 // version, or after editing the metric definitions).
-func (r *Results) Retable() { r.Table = tableOf(r.Measurements) }
+func (r *Results) Retable() {
+	r.Table = tableOf(r.Measurements)
+	r.CPUCost = costTableOf(r.Measurements)
+}
 
 // tableOf computes the medians and ratios, in scenario order.
 func tableOf(ms []Measurement) []Row {

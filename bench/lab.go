@@ -57,6 +57,8 @@ type Fixtures struct {
 	TLSCryptFile                    string
 	TLSCrypt                        *tlscrypt.StaticKey
 	RootCAs                         *x509.CertPool
+	// AdminSocket is the admin API socket of the server CVPNConfig starts (its CPU profiles).
+	AdminSocket string
 }
 
 // FixtureOptions shape the fixtures; zero values give the benchmark's defaults.
@@ -99,6 +101,8 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 		RootCAs:          x509.NewCertPool(),
 	}
 	fx.RootCAs.AddCert(ep.CA.Cert)
+	// admin.socket is relative to the endpoint file's directory (config.Admin).
+	fx.AdminSocket = filepath.Join(filepath.Dir(ep.Config), "admin.sock")
 	if fx.TLSCrypt, err = tlscrypt.ParseStaticKey(ep.TLSKey); err != nil {
 		return nil, fmt.Errorf("bench: tls-crypt key: %w", err)
 	}

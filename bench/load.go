@@ -81,6 +81,10 @@ type LoadConfig struct {
 	DialTCP func(ctx context.Context) (net.Conn, error)
 	// ServerPID, when set, is the server process whose memory and CPU time are sampled.
 	ServerPID int
+	// Profile, when set, takes a CPU profile of the server of the given whole seconds (cvpn's
+	// admin API: FetchProfile); the measured phase calls it once, after its warm-up, and the
+	// report keeps the profile (LoadReport.Profile) and the packets delivered in its window.
+	Profile func(ctx context.Context, seconds int) ([]byte, error)
 	// Log receives progress lines; nil discards.
 	Log *slog.Logger
 }
@@ -114,6 +118,10 @@ type LoadReport struct {
 	// before RunLoad are not in it).
 	LoadRSSKiB           int64   `json:"load_rss_kib,omitempty"`
 	LoadRSSPerSessionKiB float64 `json:"load_rss_per_session_kib,omitempty"`
+
+	// Profile is the server's CPU profile of the measured phase (LoadConfig.Profile), written
+	// apart from the report.
+	Profile []byte `json:"-"`
 }
 
 // ServerProc is the server process's memory and CPU over the run.
@@ -165,6 +173,12 @@ type TrafficReport struct {
 	SinkSeconds float64 `json:"sink_seconds"`
 	// ServerCPUSeconds is the server's CPU time over the measured phase and its drain.
 	ServerCPUSeconds float64 `json:"server_cpu_seconds,omitempty"`
+	// ProfileSeconds is the length of the server's CPU profile of the measured phase (it starts
+	// with the phase's count), ProfilePackets the packets delivered in it (the phase's
+	// delivered packets in proportion), ProfileError why there is none.
+	ProfileSeconds float64 `json:"profile_seconds,omitempty"`
+	ProfilePackets float64 `json:"profile_packets,omitempty"`
+	ProfileError   string  `json:"profile_error,omitempty"`
 }
 
 // Load is one run in progress.
@@ -179,7 +193,8 @@ type load struct {
 	waitMu   sync.Mutex
 	waiters  map[uint64]chan []byte // control replies from the sink by sequence
 	seq      atomic.Uint64
-	selfRSS0 int64 // own RSS before the ramp
+	selfRSS0 int64  // own RSS before the ramp
+	profile  []byte // the server's CPU profile of the measured phase
 }
 
 // RunLoad connects cfg.Sessions sessions, optionally holds them and runs traffic, then closes
@@ -265,6 +280,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 		rep.LoadRSSPerSessionKiB = float64(self.RSSKiB-l.selfRSS0) / float64(len(l.sessions))
 	}
 	rep.SessionsFailed = len(l.sessions) - rep.SessionsAlive
+	rep.Profile = l.profile
 	return rep, nil
 }
 
@@ -535,6 +551,14 @@ func (l *load) traffic(ctx context.Context) (*TrafficReport, error) {
 	if err != nil {
 		return nil, err
 	}
+	if ph.profileSec > 0 && ph.seconds > 0 {
+		tr.ProfileSeconds = float64(ph.profileSec)
+		tr.ProfilePackets = float64(ph.delivered.packets) * float64(ph.profileSec) / ph.seconds
+	}
+	if ph.profileErr != nil {
+		tr.ProfileError = ph.profileErr.Error()
+	}
+	l.profile = ph.profile
 	tr.Seconds = ph.seconds
 	tr.SentPkts, tr.SentBytes, tr.SendErrors = ph.sent.packets, ph.sent.bytes, ph.sent.errors
 	tr.DeliveredPkts, tr.DeliveredBytes = ph.delivered.packets, ph.delivered.bytes
@@ -562,6 +586,9 @@ type phaseResult struct {
 	probeLoss  float64
 	serverCPU  float64 // seconds, 0 without ServerPID
 	sinkSpan   float64 // seconds from the first data message at the sink to the last
+	profile    []byte  // the server's CPU profile of profileSec from the count's start
+	profileSec int
+	profileErr error
 }
 
 // phase sends data through every session for d (perSessionMbps each, 0 = flat out) with probes
@@ -584,6 +611,19 @@ func (l *load) phase(ctx context.Context, d, warmup time.Duration, perSessionMbp
 		wg.Go(func() {
 			_ = sleepCtx(dctx, warmup)
 			cpu0, _ = SampleProc(cfg.ServerPID)
+		})
+	}
+	if sec := int(d / time.Second); perSession && cfg.Profile != nil && sec >= 1 {
+		// The profile runs alongside the counted window (whole seconds of it) and is waited
+		// for with the senders.
+		wg.Go(func() {
+			if sleepCtx(ctx, warmup) != nil {
+				return
+			}
+			ph.profile, ph.profileErr = cfg.Profile(ctx, sec)
+			if ph.profileErr == nil {
+				ph.profileSec = sec
+			}
 		})
 	}
 	wg.Go(func() { ph.probes = l.probe(dctx) })

@@ -154,8 +154,13 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	jsonOut := fs.String("json", "", "write the report as JSON to `file` (- for stdout)")
 	timeout := fs.Duration("timeout", 0, "bound on the whole run (0: none beyond the per-phase bounds)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
+	profSocket := fs.String("profile-socket", "", "cvpn admin API `socket`: take a CPU profile of the server during the measured phase")
+	profOut := fs.String("profile-out", "", "write that profile to `file` (with --profile-socket)")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if (*profSocket == "") != (*profOut == "") {
+		return usageError{errors.New("give --profile-socket and --profile-out together")}
 	}
 	cfg := bench.LoadConfig{
 		Sessions: *sessions, RampRate: *ramp, Concurrency: *concurrency, HandshakeTimeout: *hsTimeout,
@@ -240,7 +245,17 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		ctx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()
 	}
+	if *profSocket != "" {
+		cfg.Profile = func(ctx context.Context, seconds int) ([]byte, error) {
+			return bench.FetchProfile(ctx, *profSocket, seconds)
+		}
+	}
 	rep, err := bench.RunLoad(ctx, cfg)
+	if rep != nil && len(rep.Profile) > 0 {
+		if werr := os.WriteFile(*profOut, rep.Profile, 0o644); werr != nil && err == nil {
+			err = werr
+		}
+	}
 	if rep != nil {
 		fmt.Fprint(stdout, rep.Summary())
 		if *jsonOut != "" {

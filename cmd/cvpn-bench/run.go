@@ -38,6 +38,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cvpnExtra := fs.String("cvpn-extra", "", "YAML appended to cvpn's endpoint file (\\n separates lines)")
 	timeout := fs.Duration("timeout", 3*time.Hour, "bound on the whole run")
 	logDir := fs.String("log-dir", "", "`directory` to keep every server's and load generator's output in")
+	goBin := fs.String("go", "", "go `command` that reads cvpn's CPU profiles (go tool pprof); default: go on PATH")
+	noProfile := fs.Bool("no-profile", false, "take no CPU profiles of cvpn")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -50,7 +52,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		IperfSeconds: *iperfSecs, Big: *big, BigOpenVPN: *bigOpenVPN, BigRounds: *bigRounds, BigHold: *bigHold,
 		LimitMbps: *limit, LimitSessions: *limitSessions,
 		OpenVPNExtra: unescapeLines(*openvpnExtra), CVPNExtra: unescapeLines(*cvpnExtra),
-		PacedMbps: *paced, LogDir: *logDir,
+		PacedMbps: *paced, LogDir: *logDir, GoBin: *goBin, NoProfile: *noProfile,
 		Out: stderr,
 	}
 	for s := range strings.SplitSeq(*servers, ",") {
@@ -70,6 +72,9 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	fmt.Fprintf(stdout, "\n%s\n", res.TableText())
+	if c := res.CostText(); c != "" {
+		fmt.Fprintf(stdout, "%s\n", c)
+	}
 	for _, n := range res.Notes {
 		fmt.Fprintf(stdout, "note: %s\n", n)
 	}
@@ -94,6 +99,20 @@ func writeResults(dir string, res *bench.Results, stdout io.Writer) error {
 		base = filepath.Join(dir, fmt.Sprintf("%s-%d", res.Date.Format("2006-01-02"), i))
 		if i > 100 {
 			return fmt.Errorf("too many result files for %s in %s", res.Date.Format("2006-01-02"), dir)
+		}
+	}
+	// The profiles first, so that the JSON names their files.
+	for i := range res.Measurements {
+		for j := range res.Measurements[i].Profiles {
+			p := &res.Measurements[i].Profiles[j]
+			if res.Measurements[i].Round == 1 && res.ProfileData[p.Phase] != nil {
+				p.File = filepath.Base(base) + "-" + p.Phase + ".pprof"
+			}
+		}
+	}
+	for phase, b := range res.ProfileData {
+		if err := os.WriteFile(base+"-"+phase+".pprof", b, 0o644); err != nil {
+			return err
 		}
 	}
 	if err := writeJSON(base+".json", res, stdout); err != nil {
@@ -130,6 +149,9 @@ func cmdReport(args []string, stdout, stderr io.Writer) error {
 	}
 	res.Retable()
 	fmt.Fprint(stdout, res.TableText())
+	if c := res.CostText(); c != "" {
+		fmt.Fprintf(stdout, "\n%s", c)
+	}
 	for _, n := range res.Notes {
 		fmt.Fprintf(stdout, "note: %s\n", n)
 	}
