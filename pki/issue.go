@@ -3,6 +3,7 @@ package pki
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
@@ -242,6 +243,12 @@ func generateKey(kt KeyType) (crypto.Signer, error) {
 			return nil, fmt.Errorf("generate %s key: %w", kt, err)
 		}
 		return k, nil
+	case Ed25519:
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("generate %s key: %w", kt, err)
+		}
+		return k, nil
 	}
 	return nil, fmt.Errorf("generate key: unknown key type %v", kt)
 }
@@ -262,6 +269,8 @@ func signatureAlgorithm(signer crypto.Signer) x509.SignatureAlgorithm {
 		return x509.ECDSAWithSHA256
 	case *rsa.PublicKey:
 		return x509.SHA256WithRSA
+	case ed25519.PublicKey:
+		return x509.PureEd25519
 	}
 	return x509.UnknownSignatureAlgorithm
 }

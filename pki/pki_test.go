@@ -35,7 +35,7 @@ func mustCA(t *testing.T, kt KeyType) *Identity {
 }
 
 func TestNewCA(t *testing.T) {
-	for _, kt := range []KeyType{ECDSAP256, RSA2048} {
+	for _, kt := range []KeyType{ECDSAP256, RSA2048, Ed25519} {
 		t.Run(kt.String(), func(t *testing.T) {
 			ca := mustCA(t, kt)
 			c := ca.Cert
@@ -54,7 +54,7 @@ func TestNewCA(t *testing.T) {
 			if c.SerialNumber.Sign() <= 0 || c.SerialNumber.BitLen() > 128 {
 				t.Errorf("serial %v is not a positive number of at most 128 bits", c.SerialNumber)
 			}
-			want := map[KeyType]x509.SignatureAlgorithm{ECDSAP256: x509.ECDSAWithSHA256, RSA2048: x509.SHA256WithRSA}[kt]
+			want := map[KeyType]x509.SignatureAlgorithm{ECDSAP256: x509.ECDSAWithSHA256, RSA2048: x509.SHA256WithRSA, Ed25519: x509.PureEd25519}[kt]
 			if c.SignatureAlgorithm != want {
 				t.Errorf("SignatureAlgorithm = %v, want %v", c.SignatureAlgorithm, want)
 			}
@@ -84,7 +84,7 @@ func TestSerialsDiffer(t *testing.T) {
 }
 
 func TestServerCertVerifies(t *testing.T) {
-	for _, kt := range []KeyType{ECDSAP256, RSA2048} {
+	for _, kt := range []KeyType{ECDSAP256, RSA2048, Ed25519} {
 		t.Run(kt.String(), func(t *testing.T) {
 			ca := mustCA(t, kt)
 			srv, err := IssueServer(ca, "vpn.example.com", []string{"vpn.example.com", "192.0.2.10"}, kt, year, now)
@@ -257,7 +257,7 @@ func handshake(t *testing.T, server, client *Identity, clientCAs, serverRoots *x
 }
 
 func TestTLSHandshake(t *testing.T) {
-	for _, kt := range []KeyType{ECDSAP256, RSA2048} {
+	for _, kt := range []KeyType{ECDSAP256, RSA2048, Ed25519} {
 		t.Run(kt.String(), func(t *testing.T) {
 			dir := t.TempDir()
 			ca := mustCA(t, kt)
@@ -466,7 +466,7 @@ func TestLoadCertPoolErrors(t *testing.T) {
 }
 
 func TestParseKeyType(t *testing.T) {
-	for _, kt := range []KeyType{ECDSAP256, RSA2048} {
+	for _, kt := range []KeyType{ECDSAP256, RSA2048, Ed25519} {
 		got, err := ParseKeyType(kt.String())
 		if err != nil || got != kt {
 			t.Errorf("ParseKeyType(%q) = %v, %v", kt.String(), got, err)

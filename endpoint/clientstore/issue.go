@@ -2,6 +2,7 @@ package clientstore
 
 import (
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
 	"fmt"
@@ -95,6 +96,9 @@ func CAKeyType(ca *pki.Identity) pki.KeyType {
 	}
 	if _, ok := ca.Key.(*ecdsa.PrivateKey); ok {
 		return pki.ECDSAP256
+	}
+	if _, ok := ca.Key.(ed25519.PrivateKey); ok {
+		return pki.Ed25519
 	}
 	return pki.ECDSAP256
 }

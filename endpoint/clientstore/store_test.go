@@ -114,6 +114,13 @@ func TestIssue(t *testing.T) {
 	if kt := CAKeyType(ca); kt != pki.ECDSAP256 {
 		t.Errorf("CAKeyType of an ECDSA CA: %v, want ECDSAP256", kt)
 	}
+	edCA, err := pki.NewCA("ed25519 CA", pki.Ed25519, 48*time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kt := CAKeyType(edCA); kt != pki.Ed25519 {
+		t.Errorf("CAKeyType of an Ed25519 CA: %v, want Ed25519", kt)
+	}
 	for _, f := range []string{got.KeyFile, got.TLSCryptV2KeyFile} {
 		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm()&0o077 != 0 {
 			t.Errorf("%s: mode %v, %v; want private", f, fi.Mode(), err)

@@ -31,11 +31,12 @@ import (
 
 // benchEngine is an engine for benchmarks: quiet, a client CIDR for many sessions, and reset
 // limits that a benchmark's thousands of handshakes from one test network do not reach.
-func benchEngine(b *testing.B) *testEngine {
+func benchEngine(b *testing.B, kt pki.KeyType) *testEngine {
 	b.Helper()
 	open := limiter.Rate{PerSecond: 1e6, Burst: 1e6}
 	return newTestEngine(b, engineOptions{
-		quiet:  true,
+		keyType: kt,
+		quiet:   true,
 		pool:   netip.MustParsePrefix("10.64.0.0/16"),
 		resets: &limiter.Config{Addr: open, Net: open, Total: open},
 	})
@@ -53,7 +54,7 @@ func (e *testEngine) benchClient(cert tls.Certificate, i int) client.Config {
 
 func (e *testEngine) benchCertificate(b *testing.B) tls.Certificate {
 	b.Helper()
-	id, err := pki.IssueClient(e.ca, "bench", []string{"dev"}, pki.ECDSAP256, 24*time.Hour, time.Now())
+	id, err := pki.IssueClient(e.ca, "bench", []string{"dev"}, e.keyType, 24*time.Hour, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -76,10 +77,17 @@ func cpuTime() time.Duration {
 const handshakeWorkers = 8
 
 // BenchmarkHandshake: b.N full handshakes (reset, cookie, TLS 1.3 with a client certificate,
-// key-method 2, PUSH_REPLY), each client leaving with EXIT, handshakeWorkers at a time. It
-// reports handshakes a second and the process's CPU per handshake (client and server).
+// key-method 2, PUSH_REPLY), each client leaving with EXIT, handshakeWorkers at a time, with
+// the CA, server and client keys of each key type. It reports handshakes a second and the
+// process's CPU per handshake (client and server).
 func BenchmarkHandshake(b *testing.B) {
-	e := benchEngine(b)
+	for _, kt := range []pki.KeyType{pki.ECDSAP256, pki.Ed25519} {
+		b.Run(kt.String(), func(b *testing.B) { benchmarkHandshake(b, kt) })
+	}
+}
+
+func benchmarkHandshake(b *testing.B, kt pki.KeyType) {
+	e := benchEngine(b, kt)
 	cert := e.benchCertificate(b)
 	var next atomic.Int64
 	var failed atomic.Pointer[error]
@@ -140,7 +148,7 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 }
 
 func idleSessionMemory(b *testing.B) {
-	e := benchEngine(b)
+	e := benchEngine(b, pki.ECDSAP256)
 	cert := e.benchCertificate(b)
 	sessions := make([]*client.Session, idleSessions)
 	defer func() {

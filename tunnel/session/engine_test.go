@@ -51,6 +51,8 @@ type testEngine struct {
 	key   *tlscrypt.StaticKey
 	v2    *tlscrypt.V2ServerKey
 	clock *testClock
+	// keyType is the key type of the CA, the server and the clients it issues.
+	keyType pki.KeyType
 }
 
 // testClock is the real clock plus an offset a test can move forward.
@@ -70,18 +72,19 @@ type engineOptions struct {
 	rules      []authz.Rule // nil: every group reaches 10.0.0.0/16
 	pool       netip.Prefix // zero: 10.2.0.0/22
 	quiet      bool         // the server logs nothing (benchmarks)
+	keyType    pki.KeyType  // of the CA and the server; zero: ECDSA P-256
 }
 
 func newTestEngine(t testing.TB, o engineOptions) *testEngine {
 	t.Helper()
-	e := &testEngine{net: socktest.NewNetwork(), tun: tuntest.NewChannelTUN(), clock: &testClock{}}
+	e := &testEngine{net: socktest.NewNetwork(), tun: tuntest.NewChannelTUN(), clock: &testClock{}, keyType: o.keyType}
 	var err error
-	if e.ca, err = pki.NewCA("session test CA", pki.ECDSAP256, 48*time.Hour, time.Now()); err != nil {
+	if e.ca, err = pki.NewCA("session test CA", o.keyType, 48*time.Hour, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	e.roots = x509.NewCertPool()
 	e.roots.AddCert(e.ca.Cert)
-	srvID, err := pki.IssueServer(e.ca, "cvpn-test", nil, pki.ECDSAP256, 24*time.Hour, time.Now())
+	srvID, err := pki.IssueServer(e.ca, "cvpn-test", nil, o.keyType, 24*time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +190,7 @@ func eventsOf(e Events) []Events {
 // socket is at from on the in-memory network, dialling server.
 func (e *testEngine) clientConfig(t testing.TB, cn string, from, server netip.AddrPort) client.Config {
 	t.Helper()
-	id, err := pki.IssueClient(e.ca, cn, []string{"dev"}, pki.ECDSAP256, 24*time.Hour, time.Now())
+	id, err := pki.IssueClient(e.ca, cn, []string{"dev"}, e.keyType, 24*time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
