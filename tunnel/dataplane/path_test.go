@@ -59,7 +59,8 @@ func newPathFixture(tb testing.TB, mbps float64) *pathFixture {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	p, err := New(Config{Pool: pool, NAT: natTable, Device: tuntest.NewChannelTUN().TUN(), Policy: pol, Control: nopControl{}})
+	// Two shards whatever the cores: tests hand packets to either.
+	p, err := New(Config{Pool: pool, NAT: natTable, Device: tuntest.NewChannelTUN().TUN(), Policy: pol, Control: nopControl{}, Workers: 2})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,0 +1,118 @@
+package dataplane
+
+import (
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/cvpn/cvpn/tls/packet"
+	"github.com/cvpn/cvpn/tunnel/datacrypto"
+)
+
+// sealV1FromClient builds a P_DATA_V1 packet the client would send, in buf.
+func (f *pathFixture) sealV1FromClient(buf []byte, pid uint32, dst netip.Addr) []byte {
+	const hdr = datacrypto.HeaderV1
+	udpPacket(buf, hdr+datacrypto.Overhead, f.peer.Identity().Addr, dst, 1372)
+	pkt := buf[:hdr+datacrypto.Overhead+1400]
+	pkt[0] = packet.Header(packet.DataV1, 0)
+	return f.client.Seal(pkt, hdr, pid)
+}
+
+// TestShardsShareAPeer: one peer's packets reach two shards of its listener at once, as they do
+// when the kernel cannot steer, when the client floats between two addresses whose hashes pick
+// different shards, or when it sends P_DATA_V1. Each shard gets every packet (a duplicate of
+// each); the replay window, under the peer's lock, lets exactly one copy of each through. Run
+// under -race, it also shows the peer's state is not touched without its lock.
+func TestShardsShareAPeer(t *testing.T) {
+	const packets = 1500
+	for _, tc := range []struct {
+		name  string
+		v1    bool
+		float bool // the second shard's copies come from another address (P_DATA_V2 only)
+	}{
+		{name: "P_DATA_V2 from one address"},
+		{name: "P_DATA_V2 floating between two addresses", float: true},
+		{name: "P_DATA_V1", v1: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newPathFixture(t, 0)
+			if len(f.l.shards) < 2 {
+				t.Fatalf("listener of %d shards, want 2", len(f.l.shards))
+			}
+			if tc.v1 {
+				id := *f.peer.Identity()
+				id.DataV2 = false
+				f.peer.SetIdentity(&id)
+			}
+			// The client's packets, sealed once, each handed to both shards.
+			sealed := make([][]byte, packets)
+			for i := range sealed {
+				buf := make([]byte, 2048)
+				if tc.v1 {
+					sealed[i] = f.sealV1FromClient(buf, uint32(i+1), f.vpc)
+				} else {
+					sealed[i] = f.sealFromClient(buf, uint32(i+1), f.vpc)
+				}
+			}
+			home := f.peer.link.Remote()
+			away := netip.MustParseAddrPort("127.0.0.1:10")
+			delivered := make([]int, 2)
+			var wg sync.WaitGroup
+			for i := range 2 {
+				s := f.l.shards[i]
+				from := home
+				if tc.float && i == 1 {
+					from = away
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					buf := make([]byte, 2048)
+					for _, pkt := range sealed {
+						in := buf[:len(pkt)]
+						copy(in, pkt) // opened in place: each shard its own copy
+						s.tunBatch = s.tunBatch[:0]
+						s.receiveData(in, from, netip.Addr{})
+						delivered[i] += len(s.tunBatch)
+					}
+				}()
+			}
+			wg.Wait()
+			drops := f.p.drops.Snapshot()
+			if got := delivered[0] + delivered[1]; got != packets || drops["replay"] != packets {
+				t.Fatalf("%d packets delivered (%v by shard), %d replays dropped; want %d and %d; drops %v",
+					got, delivered, drops["replay"], packets, packets, drops)
+			}
+			if tc.float {
+				if r := f.peer.link.Remote(); r != home && r != away {
+					t.Fatalf("the session ended at %v, neither of its addresses", r)
+				}
+				if f.l.Lookup(f.peer.link.Remote()) != f.peer || len(f.l.Peers()) != 1 {
+					t.Fatalf("the listener's table does not hold the session at %v alone", f.peer.link.Remote())
+				}
+			}
+		})
+	}
+}
+
+// TestSendPathNoAllocs: the TUN reader's per-packet work for a peer (the download bucket under
+// its lock, the seal) allocates nothing.
+func TestSendPathNoAllocs(t *testing.T) {
+	f := newPathFixture(t, 100)
+	buf := make([]byte, tunOffset+1500+64)
+	pol := f.p.Policy()
+	now := int64(0)
+	allocs := testing.AllocsPerRun(1000, func() {
+		now += 1e6
+		udpPacket(buf, tunOffset, f.vpc, f.peer.Identity().Addr, 100)
+		if !f.peer.allowDown(pol, f.peer.ident.Load(), now, 128) {
+			t.Fatal("a 128-byte packet a millisecond is over 100 Mbit/s")
+		}
+		if _, ok := f.p.seal(f.peer, buf, tunOffset, 128, now); !ok {
+			t.Fatal("seal refused")
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("send path allocates %v times per packet", allocs)
+	}
+}
