@@ -458,7 +458,7 @@ func FuzzPool(f *testing.F) {
 				t.Fatalf("pool %v: Index(%v) ok = %v", p.Prefix(), a, ok)
 			}
 		}
-		differential(t, p, rand.New(rand.NewPCG(seed, 0)), 2000)
+		differential(t, p, rand.New(rand.NewPCG(seed, 0)), 400)
 	})
 }
 
