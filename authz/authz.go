@@ -18,9 +18,9 @@
 // the IPv6 twin of 0.0.0.0/0, evaluated last among IPv6 rules, and neither
 // default covers the other family. An IPv4-mapped IPv6 destination
 // (::ffff:a.b.c.d) is an IPv6 address here: the packet path reads it from an
-// IPv6 header, and a host reached through that packet's IPv6 route must not
-// inherit what an IPv4 rule allows (RFC 4291 section 2.5.5.2: such addresses
-// do not appear on the wire). It matches IPv6 rules that contain it, such as
+// IPv6 header and forwards the packet as IPv6, so an IPv4 rule must not
+// authorize it (and such addresses should not appear in packets at all,
+// RFC 5156 section 2.2). It matches IPv6 rules that contain it, such as
 // ::/0. A rule naming an IPv4-mapped network (inside ::ffff:0:0/96) is
 // rejected: it reads like an IPv4 rule but would authorize only those IPv6
 // packets, so it is a mistake in the configuration.
