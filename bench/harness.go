@@ -25,7 +25,11 @@ const (
 	ScenarioSessions = "sessions" // N bench sessions: ramp, then traffic
 	ScenarioLimit    = "limit"    // cvpn with bandwidth_limit_mbps, sessions offered twice the limit
 	ScenarioBig      = "big"      // many idle sessions held with keepalives, then a little traffic
+	ScenarioScale    = "scale"    // cvpn only: 100,000 sessions held, gateway echoes while holding
 )
+
+// allScenarios are the scenarios in the order the harness runs them.
+var allScenarios = []string{ScenarioIperf, ScenarioSessions, ScenarioLimit, ScenarioBig, ScenarioScale}
 
 // HarnessConfig describes a side-by-side run.
 type HarnessConfig struct {
@@ -51,6 +55,15 @@ type HarnessConfig struct {
 	BigOpenVPN bool
 	BigRounds  int
 	BigHold    time.Duration
+	// Scale is the session count of the scale scenario (cvpn only; default 100000), ScaleHold
+	// how long they are held (default 30 s), ScaleEchoRate the gateway echoes per second over
+	// all of them while holding (default 1000).
+	Scale         int
+	ScaleHold     time.Duration
+	ScaleEchoRate float64
+	// Sources is how many source addresses the load generator's namespace gets (default 1024,
+	// SourceAddrs): servers limit new sessions per address and per /24.
+	Sources int
 	// LimitMbps is cvpn's bandwidth_limit_mbps in the limit scenario (default 10); each of
 	// LimitSessions sessions (default 8) offers LimitOffered Mbit/s (default 2x the limit).
 	LimitMbps     float64
@@ -88,10 +101,10 @@ func (c *HarnessConfig) defaults() error {
 		c.Rounds = 2
 	}
 	if c.Scenarios == nil {
-		c.Scenarios = []string{ScenarioIperf, ScenarioSessions, ScenarioLimit, ScenarioBig}
+		c.Scenarios = allScenarios
 	}
 	for _, s := range c.Scenarios {
-		if !slices.Contains([]string{ScenarioIperf, ScenarioSessions, ScenarioLimit, ScenarioBig}, s) {
+		if !slices.Contains(allScenarios, s) {
 			return fmt.Errorf("bench: unknown scenario %q", s)
 		}
 	}
@@ -123,6 +136,18 @@ func (c *HarnessConfig) defaults() error {
 	}
 	if c.BigHold <= 0 {
 		c.BigHold = 30 * time.Second
+	}
+	if c.Scale <= 0 {
+		c.Scale = 100000
+	}
+	if c.ScaleHold <= 0 {
+		c.ScaleHold = 30 * time.Second
+	}
+	if c.ScaleEchoRate <= 0 {
+		c.ScaleEchoRate = 1000
+	}
+	if c.Sources <= 0 {
+		c.Sources = 1024
 	}
 	if c.LimitMbps <= 0 {
 		c.LimitMbps = 10
@@ -252,6 +277,29 @@ var bigMetrics = []metricDef{
 	{"min_session_mbps", "slowest session", "Mbit/s", "higher", false},
 }
 
+// scaleMetrics have no openvpn column (cvpn only); none is charted, as the chart draws ratios.
+var scaleMetrics = []metricDef{
+	{"connected", "sessions connected", "", "higher", false},
+	{"alive_after_hold", "sessions alive after hold", "", "higher", false},
+	{"ramp_s", "ramp", "s", "lower", false},
+	{"handshakes_per_s", "handshakes/s (ramp)", "1/s", "higher", false},
+	{"handshake_p50_ms", "connect time p50", "ms", "lower", false},
+	{"handshake_p90_ms", "connect time p90", "ms", "lower", false},
+	{"handshake_p99_ms", "connect time p99", "ms", "lower", false},
+	{"handshake_max_ms", "connect time max", "ms", "lower", false},
+	{"cpu_ms_per_handshake", "server CPU per handshake", "ms", "lower", false},
+	{"echo_p50_us", "gateway echo RTT while holding p50", "µs", "lower", false},
+	{"echo_p90_us", "gateway echo RTT while holding p90", "µs", "lower", false},
+	{"echo_p99_us", "gateway echo RTT while holding p99", "µs", "lower", false},
+	{"echo_max_us", "gateway echo RTT while holding max", "µs", "lower", false},
+	{"echo_loss_pct", "gateway echo loss", "%", "lower", false},
+	{"rss_kib_per_session", "server RSS per session (after ramp)", "KiB", "lower", false},
+	{"rss_held_kib_per_session", "server RSS per session (after hold)", "KiB", "lower", false},
+	{"server_rss_mib", "server RSS (after hold)", "MiB", "lower", false},
+	{"load_rss_mib", "load generator RSS", "MiB", "lower", false},
+	{"load_rss_kib_per_session", "load generator RSS per session", "KiB", "lower", false},
+}
+
 var limitMetrics = []metricDef{
 	{"limit_mbps", "configured limit", "Mbit/s", "", false},
 	{"offered_mbps", "offered per session", "Mbit/s", "", false},
@@ -300,6 +348,8 @@ func RunHarness(ctx context.Context, cfg HarnessConfig) (*Results, error) {
 		"traffic_seconds": cfg.Duration.Seconds(), "iperf_seconds": cfg.IperfSeconds,
 		"big": cfg.Big, "big_openvpn": cfg.BigOpenVPN, "big_hold_seconds": cfg.BigHold.Seconds(),
 		"limit_mbps": cfg.LimitMbps, "limit_sessions": cfg.LimitSessions, "limit_offered_mbps": cfg.LimitOffered,
+		"scale": cfg.Scale, "scale_hold_seconds": cfg.ScaleHold.Seconds(), "scale_echoes_per_second": cfg.ScaleEchoRate,
+		"scale_client_cidr": ScaleClientCIDR.String(), "sources": cfg.Sources,
 		"client_cidr": h.fx.ClientCIDR.String(), "packet_size": 1400,
 		"openvpn_config": readFile(h.fx.OpenVPNConfig), "cvpn_config": readFile(h.fx.CVPNConfig),
 	}}
@@ -309,7 +359,7 @@ func RunHarness(ctx context.Context, cfg HarnessConfig) (*Results, error) {
 		}
 	}()
 	for _, kind := range cfg.Servers {
-		l, err := NewLab(ctx, kind, h.fx, LabOptions{})
+		l, err := NewLab(ctx, kind, h.fx, LabOptions{Sources: cfg.Sources})
 		if err != nil {
 			return nil, err
 		}
@@ -354,6 +404,10 @@ func RunHarness(ctx context.Context, cfg HarnessConfig) (*Results, error) {
 				ks = kinds
 			}
 			h.rounds(ctx, fmt.Sprintf("big-%d", cfg.Big), ks, cfg.BigRounds, h.big)
+		case ScenarioScale:
+			// The stock server needs about 143 KiB per session (big-10000): 100,000 would
+			// not fit beside the load generator.
+			h.rounds(ctx, fmt.Sprintf("scale-%d", cfg.Scale), only(CVPN), 1, h.scale)
 		}
 		if ctx.Err() != nil {
 			break
@@ -448,8 +502,12 @@ func udpRcvbufErrors(ctx context.Context, ns string) (uint64, error) {
 // withServer starts the lab's server, runs f with its pid, and stops it; a server that died
 // during f turns into an error with the end of its output.
 func (h *harness) withServer(ctx context.Context, kind ServerKind, limit bool, m *Measurement, f func(pid int) error) error {
+	return h.withServerOpts(ctx, kind, ServerOptions{CVPNBin: h.cfg.CVPNBin, Limit: limit}, m, f)
+}
+
+func (h *harness) withServerOpts(ctx context.Context, kind ServerKind, o ServerOptions, m *Measurement, f func(pid int) error) error {
 	l := h.labs[kind]
-	srv, err := l.StartServer(ctx, ServerOptions{CVPNBin: h.cfg.CVPNBin, Limit: limit})
+	srv, err := l.StartServer(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -670,6 +728,7 @@ type loadArgs struct {
 	// profileOut, when set, has the load generator profile cvpn over the measured phase into
 	// this file.
 	profileOut string
+	echoRate   float64 // gateway echoes per second while holding
 }
 
 // runLoad runs the load generator as a process in the lab's bench namespace and reads its
@@ -696,6 +755,12 @@ func (h *harness) runLoad(ctx context.Context, kind ServerKind, pid int, a loadA
 	}
 	if a.profileOut != "" {
 		args = append(args, "--profile-socket", h.fx.AdminSocket, "--profile-out", a.profileOut)
+	}
+	if l.Sources > 0 {
+		args = append(args, "--sources", strconv.Itoa(l.Sources))
+	}
+	if a.echoRate > 0 {
+		args = append(args, "--hold-echo-rate", strconv.FormatFloat(a.echoRate, 'f', -1, 64))
 	}
 	// Bounds: OpenVPN's reset limiter (and cvpn's copy of it) admits 10 new sessions a second
 	// after a burst of 100, so a ramp can take N/10 s; then the phases; then closing.
@@ -812,6 +877,49 @@ func (h *harness) big(ctx context.Context, kind ServerKind, m *Measurement) erro
 	})
 }
 
+// scale holds many sessions against cvpn: connect-time percentiles, gateway echo round trips
+// while holding, the server's RSS per held session and the load generator's.
+func (h *harness) scale(ctx context.Context, kind ServerKind, m *Measurement) error {
+	return h.withServerOpts(ctx, kind, ServerOptions{CVPNBin: h.cfg.CVPNBin, Scale: true}, m, func(pid int) error {
+		rep, err := h.runLoad(ctx, kind, pid, loadArgs{sessions: h.cfg.Scale, hold: h.cfg.ScaleHold, echoRate: h.cfg.ScaleEchoRate})
+		m.Load = rep
+		if rep != nil {
+			scaleMetricsOf(rep, m.Metrics)
+		}
+		return err
+	})
+}
+
+func scaleMetricsOf(rep *LoadReport, out map[string]float64) {
+	out["connected"] = float64(rep.SessionsConnected)
+	out["alive_after_hold"] = float64(rep.SessionsAlive)
+	out["handshakes_per_s"] = rep.HandshakesPerSecond
+	out["ramp_s"] = rep.RampSeconds
+	out["handshake_p50_ms"] = rep.HandshakeMs.P50
+	out["handshake_p90_ms"] = rep.HandshakeMs.P90
+	out["handshake_p99_ms"] = rep.HandshakeMs.P99
+	out["handshake_max_ms"] = rep.HandshakeMs.Max
+	if e := rep.HoldRTTUs; e != nil {
+		out["echo_p50_us"] = e.P50
+		out["echo_p90_us"] = e.P90
+		out["echo_p99_us"] = e.P99
+		out["echo_max_us"] = e.Max
+		out["echo_loss_pct"] = 100 * rep.HoldEchoLoss
+	}
+	if p := rep.ServerProc; p != nil {
+		out["cpu_ms_per_handshake"] = p.CPUPerHSMs
+		out["rss_kib_per_session"] = p.RSSPerSessKB
+		if p.RSSHoldKiB > 0 {
+			out["rss_held_kib_per_session"] = p.RSSHeldPerSessKB
+			out["server_rss_mib"] = float64(p.RSSHoldKiB) / 1024
+		}
+	}
+	if rep.LoadRSSKiB > 0 {
+		out["load_rss_mib"] = float64(rep.LoadRSSKiB) / 1024
+		out["load_rss_kib_per_session"] = rep.LoadRSSPerSessionKiB
+	}
+}
+
 // Retable recomputes the table from the measurements (for results written by an older
 // version, or after editing the metric definitions).
 func (r *Results) Retable() {
@@ -837,6 +945,8 @@ func tableOf(ms []Measurement) []Row {
 			defs = limitMetrics
 		case strings.HasPrefix(sc, "big-"):
 			defs = bigMetrics
+		case strings.HasPrefix(sc, "scale-"):
+			defs = scaleMetrics
 		}
 		for _, d := range defs {
 			row := Row{Scenario: sc, Metric: d.label, Unit: d.unit, Better: d.better, Chart: d.chart}
@@ -881,12 +991,19 @@ func (h *harness) notes() []string {
 		"both servers run as shipped: UDP 443, tls-crypt, AES-256-GCM, topology subnet, keepalive 10/60; openvpn's SNAT is kernel MASQUERADE (iptables) in its own namespaces",
 		"the load generator, the sink, the stock client, iperf3 and the server share the machine's cores, so absolute numbers are lower than on separate hosts; only the ratios are the point",
 		"server CPU is utime+stime of the server process from /proc/<pid>/stat (10 ms ticks); openvpn's kernel work (TUN, MASQUERADE, conntrack) is not in it, cvpn's userspace NAT is",
-		"both servers limit stateless reset replies to 100 per 10 s and refund the ones whose 3-way handshake completes (OpenVPN's connect-freq-initial, reflect_filter_rate_limit_decrease), so legitimate ramps are not throttled",
+		fmt.Sprintf("the load generator's sessions come from %d source addresses spread over /24s of %s (session i from address i mod %d): cvpn limits reset replies and pending handshakes per address and per /24 (tunnel/session), the stock server's connect-freq-initial (100 per 10 s) is global and refunds completed handshakes", h.cfg.Sources, SourcePrefix, h.cfg.Sources),
 		"server CPU per handshake is the server's CPU over the ramp divided by the sessions, so a long ramp also charges the upkeep (keepalives, timers) of the sessions already up",
 		"sessions scenarios: 2 s of probes only (RTT idle), 3 s at a paced aggregate load both servers carry (RTT at paced load), then the measured phase flat out (1400-byte UDP packets round-robin over the sessions; loss is what the server could not take, its RTT is mostly queueing in full socket buffers)",
 	}
 	if h.dco != "" {
 		n = append(n, "stock server data channel: "+h.dco)
+	}
+	if slices.Contains(h.cfg.Scenarios, ScenarioScale) {
+		n = append(n, fmt.Sprintf("scale-%d runs against cvpn only (client_cidr_block %s): the stock server needs about 143 KiB per session (big-10000), 14 GiB for 100,000, which would not fit beside the load generator; the sessions are held %s with keepalives (ping 10 s) while %g ICMP echoes a second go round-robin to the sessions' gateway address, which cvpn answers in its data plane; connect time is each session's whole handshake (reset, cookie, TLS, key-method 2, push); server RSS per session is (RSS after the ramp or the hold - RSS before) / sessions",
+			h.cfg.Scale, ScaleClientCIDR, h.cfg.ScaleHold, h.cfg.ScaleEchoRate))
+	}
+	if len(h.res.CPUCost) > 0 {
+		n = append(n, "cvpn CPU per packet: CPU profiles (admin API /debug/pprof/profile, 100 Hz samples) of iperf3's seconds 1 to N-1 in each direction and of the largest sessions run's measured phase; each sample is filed under the innermost frame of its stack that names a category (a syscall under its caller: recvmmsg/sendmmsg/ppoll are UDP, read/write the TUN device); iperf packets are 1448-byte TCP segments (ACKs not counted), sessions packets the 1400-byte UDP packets the sink received; the first round's profiles are the .pprof files next to the JSON")
 	}
 	return n
 }

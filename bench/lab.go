@@ -34,6 +34,8 @@ var (
 	// DefaultClientCIDR holds 16k clients, enough for the 10,000-session run, and is the same
 	// for both servers.
 	DefaultClientCIDR = netip.MustParsePrefix("10.64.0.0/18")
+	// ScaleClientCIDR holds 128k clients: cvpn's client_cidr_block in the scale scenario.
+	ScaleClientCIDR = netip.MustParsePrefix("10.64.0.0/15")
 	// SinkAddr is where the sink listens in the VPC namespace.
 	SinkAddr = netip.AddrPortFrom(netlab.VPCHost, 9000)
 )
@@ -47,9 +49,10 @@ type Fixtures struct {
 	Dir        string
 	Endpoint   *netlab.Endpoint
 	ClientCIDR netip.Prefix
-	// CVPNConfig has bandwidth_limit_mbps 0; CVPNLimitConfig the limit scenario's value.
-	CVPNConfig, CVPNLimitConfig string
-	OpenVPNConfig               string // server.conf in Dir
+	// CVPNConfig has bandwidth_limit_mbps 0; CVPNLimitConfig the limit scenario's value;
+	// CVPNScaleConfig has ScaleClientCIDR, room for the scale scenario's sessions.
+	CVPNConfig, CVPNLimitConfig, CVPNScaleConfig string
+	OpenVPNConfig                                string // server.conf in Dir
 	// CVPNTCPConfig and OpenVPNTCPConfig are CVPNConfig and OpenVPNConfig on TCP 443 instead
 	// of UDP 443, for load over TCP.
 	CVPNTCPConfig, OpenVPNTCPConfig string
@@ -92,6 +95,7 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 		ClientCIDR:       o.ClientCIDR,
 		CVPNConfig:       ep.Config,
 		CVPNLimitConfig:  filepath.Join(dir, "endpoint-limit.yaml"),
+		CVPNScaleConfig:  filepath.Join(dir, "endpoint-scale.yaml"),
 		OpenVPNConfig:    filepath.Join(dir, "server.conf"),
 		CVPNTCPConfig:    filepath.Join(dir, "endpoint-tcp.yaml"),
 		OpenVPNTCPConfig: filepath.Join(dir, "server-tcp.conf"),
@@ -128,6 +132,14 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 	}
 	limited := strings.Replace(variant("limit"), unlimited, fmt.Sprintf("bandwidth_limit_mbps: %g\n", o.LimitMbps), 1)
 	if err := os.WriteFile(fx.CVPNLimitConfig, []byte(limited), 0o644); err != nil {
+		return nil, err
+	}
+	cidrLine := "client_cidr_block: " + o.ClientCIDR.String() + "\n"
+	if !strings.Contains(string(yaml), cidrLine) {
+		return nil, fmt.Errorf("bench: %s has no %q line to change for the scale scenario", ep.Config, strings.TrimSpace(cidrLine))
+	}
+	scale := strings.Replace(variant("scale"), cidrLine, "client_cidr_block: "+ScaleClientCIDR.String()+"\n", 1)
+	if err := os.WriteFile(fx.CVPNScaleConfig, []byte(scale), 0o644); err != nil {
 		return nil, err
 	}
 	const udpListener = "transport: [{protocol: udp, port: 443}]\n"
@@ -218,6 +230,8 @@ type Lab struct {
 	// or "route" (a return route in the VPC namespace, when iptables is missing and
 	// LabOptions.RouteIfNoIptables allows it).
 	NAT string
+	// Sources is how many source addresses the load generator's namespace has (LabOptions).
+	Sources int
 }
 
 // LabOptions shape a lab.
@@ -225,6 +239,9 @@ type LabOptions struct {
 	// RouteIfNoIptables lets the openvpn lab use a return route instead of MASQUERADE when the
 	// iptables command is missing (the short test; the benchmark insists on MASQUERADE).
 	RouteIfNoIptables bool
+	// Sources gives the load generator's namespace that many source addresses (SourceAddrs),
+	// routed from the server namespace.
+	Sources int
 }
 
 // NewLab builds the namespaces of one server kind. Close removes them and stops every process
@@ -254,7 +271,33 @@ func NewLab(ctx context.Context, kind ServerKind, fx *Fixtures, o LabOptions) (*
 			return nil, err
 		}
 	}
+	if o.Sources > 0 {
+		if err := l.addSources(ctx, s2, SourceAddrs(o.Sources)); err != nil {
+			l.Close()
+			return nil, err
+		}
+		l.Sources = o.Sources
+	}
 	return l, nil
+}
+
+// addSources puts the load generator's source addresses on its namespace's link and routes
+// SourcePrefix back to it from the server namespace (server is the server's address on that
+// link; the load generator's own is the next one, as internal/netlab numbers them).
+func (l *Lab) addSources(ctx context.Context, server netip.Addr, addrs []netip.Addr) error {
+	var batch strings.Builder
+	for _, a := range addrs {
+		fmt.Fprintf(&batch, "addr add %s/32 dev eth0\n", a)
+	}
+	cmd := exec.CommandContext(ctx, "ip", "-n", l.BenchNS, "-batch", "-")
+	cmd.Stdin = strings.NewReader(batch.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("bench: source addresses: %w: %s", err, tail(string(out), 500))
+	}
+	if err := run(ctx, "ip", "-n", l.Net.Server, "route", "add", SourcePrefix.String(), "via", server.Next().String()); err != nil {
+		return fmt.Errorf("bench: route to the source addresses: %w", err)
+	}
+	return nil
 }
 
 // kernelNAT sets up what the stock server relies on: IPv4 forwarding, and MASQUERADE of the
@@ -286,6 +329,7 @@ type ServerOptions struct {
 	OpenVPNBin string // default: openvpn on PATH
 	Limit      bool   // cvpn with the bandwidth limit
 	TCP        bool   // listen on TCP 443 instead of UDP 443
+	Scale      bool   // cvpn with ScaleClientCIDR
 }
 
 // StartServer starts the lab's server and waits until it serves.
@@ -301,6 +345,8 @@ func (l *Lab) StartServer(ctx context.Context, o ServerOptions) (*Proc, error) {
 			return nil, errors.New("bench: the limit scenario runs over UDP only")
 		case o.Limit:
 			conf = l.fx.CVPNLimitConfig
+		case o.Scale:
+			conf = l.fx.CVPNScaleConfig
 		case o.TCP:
 			conf = l.fx.CVPNTCPConfig
 		}

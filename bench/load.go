@@ -76,9 +76,15 @@ type LoadConfig struct {
 	// TCP connects the sessions over TCP instead of UDP.
 	TCP bool
 	// Dial opens each session's UDP socket, DialTCP its TCP connection; nil dials Server from
-	// the current namespace.
+	// the current namespace, from Sources when set.
 	Dial    func(ctx context.Context) (net.PacketConn, error)
 	DialTCP func(ctx context.Context) (net.Conn, error)
+	// Sources are local addresses the sessions dial from, session i from Sources[i % len]
+	// (SourceAddrs); nil lets the kernel choose.
+	Sources []netip.Addr
+	// HoldProbeRate is the gateway echoes per second over all sessions while they are held
+	// (the round trip through an idle tunnel, keepalives flowing); 0 sends none.
+	HoldProbeRate float64
 	// ServerPID, when set, is the server process whose memory and CPU time are sampled.
 	ServerPID int
 	// Profile, when set, takes a CPU profile of the server of the given whole seconds (cvpn's
@@ -107,9 +113,17 @@ type LoadReport struct {
 
 	ServerProc *ServerProc `json:"server_proc,omitempty"`
 
-	HoldSeconds    float64 `json:"hold_seconds,omitempty"`
-	SessionsAlive  int     `json:"sessions_alive"` // at the end of the run, before closing
-	SessionsFailed int     `json:"sessions_failed,omitempty"`
+	HoldSeconds float64 `json:"hold_seconds,omitempty"`
+	// HoldRTTUs is the gateway echo round trip while holding (LoadConfig.HoldProbeRate);
+	// HoldEchoes the echoes sent and HoldEchoLoss the share that did not come back.
+	HoldRTTUs    *Latency `json:"hold_rtt_us,omitempty"`
+	HoldEchoes   uint64   `json:"hold_echoes,omitempty"`
+	HoldEchoLoss float64  `json:"hold_echo_loss,omitempty"`
+	// Sources is how many local addresses the sessions came from (LoadConfig.Sources).
+	Sources int `json:"sources,omitempty"`
+
+	SessionsAlive  int `json:"sessions_alive"` // at the end of the run, before closing
+	SessionsFailed int `json:"sessions_failed,omitempty"`
 
 	Traffic *TrafficReport `json:"traffic,omitempty"`
 
@@ -132,10 +146,14 @@ type ServerProc struct {
 	RSSRampKiB   int64   `json:"rss_after_ramp_kib"`
 	RSSEndKiB    int64   `json:"rss_end_kib"`
 	RSSPerSessKB float64 `json:"rss_per_session_kib"`
-	CPURampSec   float64 `json:"cpu_ramp_seconds"`
-	CPUPerHSMs   float64 `json:"cpu_ms_per_handshake"`
-	CPUTraffic   float64 `json:"cpu_traffic_seconds,omitempty"`
-	CPUPerGB     float64 `json:"cpu_seconds_per_gb,omitempty"`
+	// RSSHoldKiB is the RSS at the end of the hold, RSSHeldPerSessKB its growth over the
+	// connected sessions: the cost of a session that has lived through keepalives.
+	RSSHoldKiB       int64   `json:"rss_after_hold_kib,omitempty"`
+	RSSHeldPerSessKB float64 `json:"rss_held_per_session_kib,omitempty"`
+	CPURampSec       float64 `json:"cpu_ramp_seconds"`
+	CPUPerHSMs       float64 `json:"cpu_ms_per_handshake"`
+	CPUTraffic       float64 `json:"cpu_traffic_seconds,omitempty"`
+	CPUPerGB         float64 `json:"cpu_seconds_per_gb,omitempty"`
 }
 
 // TrafficReport is the traffic phase: data to the sink, probes echoed by it.
@@ -188,13 +206,16 @@ type load struct {
 	epoch0   time.Time // monotonic base of probe timestamps
 	sessions []*client.Session
 
-	rtt      atomic.Pointer[Histogram]
-	echoes   atomic.Uint64
-	waitMu   sync.Mutex
-	waiters  map[uint64]chan []byte // control replies from the sink by sequence
-	seq      atomic.Uint64
-	selfRSS0 int64  // own RSS before the ramp
-	profile  []byte // the server's CPU profile of the measured phase
+	rtt    atomic.Pointer[Histogram]
+	echoes atomic.Uint64
+	// echoRTT records gateway echo round trips while holding; echoReplies counts them.
+	echoRTT     atomic.Pointer[Histogram]
+	echoReplies atomic.Uint64
+	waitMu      sync.Mutex
+	waiters     map[uint64]chan []byte // control replies from the sink by sequence
+	seq         atomic.Uint64
+	selfRSS0    int64  // own RSS before the ramp
+	profile     []byte // the server's CPU profile of the measured phase
 }
 
 // RunLoad connects cfg.Sessions sessions, optionally holds them and runs traffic, then closes
@@ -206,7 +227,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 		return nil, err
 	}
 	l := &load{cfg: cfg, log: cfg.Log, epoch0: time.Now(), waiters: map[uint64]chan []byte{}}
-	rep := &LoadReport{Server: cfg.Server.String(), SessionsRequested: cfg.Sessions}
+	rep := &LoadReport{Server: cfg.Server.String(), SessionsRequested: cfg.Sessions, Sources: len(cfg.Sources)}
 	defer l.closeAll()
 	if self, err := SampleProc(os.Getpid()); err == nil {
 		l.selfRSS0 = self.RSSKiB
@@ -245,11 +266,16 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 		"handshakes_per_s", fmt.Sprintf("%.1f", rep.HandshakesPerSecond), "handshake_ms_p50", rep.HandshakeMs.P50)
 
 	if cfg.Hold > 0 {
-		l.log.Info("holding idle sessions", "for", cfg.Hold)
-		if err := sleepCtx(ctx, cfg.Hold); err != nil {
+		l.log.Info("holding idle sessions", "for", cfg.Hold, "echoes_per_s", cfg.HoldProbeRate)
+		if err := l.hold(ctx, rep); err != nil {
 			return rep, err
 		}
-		rep.HoldSeconds = cfg.Hold.Seconds()
+		if p := rep.ServerProc; p != nil {
+			if s, err := SampleProc(cfg.ServerPID); err == nil {
+				p.RSSHoldKiB = s.RSSKiB
+				p.RSSHeldPerSessKB = float64(s.RSSKiB-before.RSSKiB) / float64(max(1, rep.SessionsConnected))
+			}
+		}
 	}
 
 	if cfg.Duration > 0 {
@@ -371,17 +397,18 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 				}
 				hctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
 				defer cancel()
+				dial, dialTCP := l.dialers(i)
 				t0 := time.Now()
 				s, err := client.Connect(hctx, client.Config{
 					Server:      cfg.Server,
 					TCP:         cfg.TCP,
-					DialTCP:     cfg.DialTCP,
+					DialTCP:     dialTCP,
 					Certificate: cert,
 					RootCAs:     cfg.RootCAs,
 					TLSCrypt:    cfg.TLSCrypt,
 					TLSAuth:     cfg.TLSAuth,
 					Ciphers:     cfg.Ciphers,
-					Dial:        cfg.Dial,
+					Dial:        dial,
 					OnPacket:    l.onPacket,
 				})
 				results <- result{i: i, s: s, d: time.Since(t0), err: err}
@@ -435,6 +462,72 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 	return nil
 }
 
+// dialers returns session i's dial functions: the configured ones, or from Sources[i % len].
+func (l *load) dialers(i int) (func(context.Context) (net.PacketConn, error), func(context.Context) (net.Conn, error)) {
+	cfg := &l.cfg
+	if len(cfg.Sources) == 0 || cfg.Dial != nil || cfg.DialTCP != nil {
+		return cfg.Dial, cfg.DialTCP
+	}
+	src := cfg.Sources[i%len(cfg.Sources)]
+	dial := func(context.Context) (net.PacketConn, error) {
+		return net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), net.UDPAddrFromAddrPort(cfg.Server))
+	}
+	dialTCP := func(ctx context.Context) (net.Conn, error) {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+		return d.DialContext(ctx, "tcp4", cfg.Server.String())
+	}
+	return dial, dialTCP
+}
+
+// hold keeps the sessions idle for Hold (their keepalives flow) and sends gateway echoes
+// round-robin over them at HoldProbeRate, recording their round trips.
+func (l *load) hold(ctx context.Context, rep *LoadReport) error {
+	cfg := &l.cfg
+	hist := &Histogram{}
+	l.echoRTT.Store(hist)
+	echoes0 := l.echoReplies.Load()
+	hctx, cancel := context.WithTimeout(ctx, cfg.Hold)
+	defer cancel()
+	var sent uint64
+	if cfg.HoldProbeRate > 0 && len(l.sessions) > 0 {
+		t := time.NewTicker(max(time.Duration(float64(time.Second)/cfg.HoldProbeRate), 50*time.Microsecond))
+		defer t.Stop()
+		buf := make([]byte, echoLen)
+	loop:
+		for n := 0; ; n++ {
+			select {
+			case <-hctx.Done():
+				break loop
+			case <-t.C:
+			}
+			s := l.sessions[n%len(l.sessions)]
+			if s.Err() != nil {
+				continue
+			}
+			pkt := buildEcho(buf, s.Address().Addr(), s.Gateway(), uint16(n), int64(time.Since(l.epoch0)))
+			if s.WritePacket(pkt) == nil {
+				sent++
+			}
+		}
+	} else {
+		<-hctx.Done()
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	// The last echoes' answers.
+	_ = sleepCtx(ctx, 500*time.Millisecond)
+	l.echoRTT.Store(nil)
+	rep.HoldSeconds = cfg.Hold.Seconds()
+	if sent > 0 {
+		sum := hist.Summary()
+		rep.HoldRTTUs = &sum
+		rep.HoldEchoes = sent
+		rep.HoldEchoLoss = max(0, 1-float64(l.echoReplies.Load()-echoes0)/float64(sent))
+	}
+	return nil
+}
+
 func firstReason(m map[string]int) string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
@@ -452,6 +545,12 @@ func firstReason(m map[string]int) string {
 func (l *load) onPacket(_ *client.Session, ip []byte) {
 	payload, _, _, ok := udpPayload(ip)
 	if !ok {
+		if sent, ok := parseEchoReply(ip); ok {
+			if hist := l.echoRTT.Load(); hist != nil {
+				hist.Record(time.Since(l.epoch0) - time.Duration(sent))
+				l.echoReplies.Add(1)
+			}
+		}
 		return
 	}
 	h, err := parseHeader(payload)
@@ -849,6 +948,16 @@ func (r *LoadReport) Summary() string {
 			fmt.Fprintf(&b, ", %.2f s for the traffic (%.1f s/GB)", p.CPUTraffic, p.CPUPerGB)
 		}
 		b.WriteString("\n")
+	}
+	if h := r.HoldRTTUs; h != nil {
+		fmt.Fprintf(&b, "hold: %.0f s, %d gateway echoes (loss %.2f%%), rtt µs p50 %.0f p90 %.0f p99 %.0f max %.0f\n",
+			r.HoldSeconds, r.HoldEchoes, 100*r.HoldEchoLoss, h.P50, h.P90, h.P99, h.Max)
+	}
+	if p := r.ServerProc; p != nil && p.RSSHoldKiB > 0 {
+		fmt.Fprintf(&b, "server RSS after the hold: %d KiB (%.1f KiB/session)\n", p.RSSHoldKiB, p.RSSHeldPerSessKB)
+	}
+	if r.LoadRSSKiB > 0 {
+		fmt.Fprintf(&b, "load generator RSS: %d KiB (%.1f KiB/session)\n", r.LoadRSSKiB, r.LoadRSSPerSessionKiB)
 	}
 	if t := r.Traffic; t != nil {
 		fmt.Fprintf(&b, "traffic: %.1f s of %d-byte packets: sent %d, delivered %d (%.0f pps, %.1f Mbit/s), loss %.2f%%\n",

@@ -55,7 +55,7 @@ func (r *Results) SVG() string {
 		l = max(minLog, min(maxLog, l))
 		return left + (l-minLog)/(maxLog-minLog)*plotW
 	}
-	height := top + len(bars)*rowH + 90
+	height := top + len(bars)*rowH + 90 + len(r.svgExtra())*16 + 8
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" style="%s">`+"\n", width, height, width, height, fontCSS)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
@@ -83,6 +83,13 @@ func (r *Results) SVG() string {
 		fmt.Fprintf(&b, `<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"/>`+"\n", x0, y+3, math.Max(1, x1-x0), rowH-6, color)
 		fmt.Fprintf(&b, `<text x="%d" y="%d">%s</text>`+"\n", width-right+8, y+14, html.EscapeString(br.text))
 	}
+	// Rows without a ratio that matter: cvpn's scale run and its CPU per packet, as text under
+	// the bars.
+	extra := r.svgExtra()
+	for i, e := range extra {
+		fmt.Fprintf(&b, `<text x="10" y="%d" fill="#222">%s</text>`+"\n", top+len(bars)*rowH+24+i*16, html.EscapeString(e))
+	}
+	below := top + len(bars)*rowH + len(extra)*16 + 8 // where the footer starts, less 30
 	m := r.Machine
 	foot := []string{
 		fmt.Sprintf("%s, %d CPUs (%s), %d MiB, kernel %s", r.Date.Format("2006-01-02 15:04 UTC"), m.NProc, m.CPUModel, m.MemTotalMiB, m.Kernel),
@@ -90,10 +97,53 @@ func (r *Results) SVG() string {
 		"everything on one machine in network namespaces; server CPU from /proc/<pid>/stat; see the JSON next to this file for every run",
 	}
 	for i, f := range foot {
-		fmt.Fprintf(&b, `<text x="10" y="%d" fill="#444" style="font-size:11px">%s</text>`+"\n", top+len(bars)*rowH+30+i*16, html.EscapeString(f))
+		fmt.Fprintf(&b, `<text x="10" y="%d" fill="#444" style="font-size:11px">%s</text>`+"\n", below+30+i*16, html.EscapeString(f))
 	}
 	b.WriteString("</svg>\n")
 	return b.String()
+}
+
+// svgExtra are the chart's text lines about cvpn alone: the scale scenario and the CPU per
+// packet of each profiled phase.
+func (r *Results) svgExtra() []string {
+	var out []string
+	val := func(sc, metric string) (float64, bool) {
+		for _, row := range r.Table {
+			if row.Scenario == sc && row.Metric == metric && row.CVPN != nil {
+				return *row.CVPN, true
+			}
+		}
+		return 0, false
+	}
+	for _, row := range r.Table {
+		if !strings.HasPrefix(row.Scenario, "scale-") || row.Metric != "sessions connected" || row.CVPN == nil {
+			continue
+		}
+		sc := row.Scenario
+		line := fmt.Sprintf("cvpn %s: %s sessions held", sc, fmtNum(*row.CVPN))
+		if p50, ok := val(sc, "connect time p50"); ok {
+			p99, _ := val(sc, "connect time p99")
+			line += fmt.Sprintf(", connect p50 %s ms p99 %s ms", fmtNum(p50), fmtNum(p99))
+		}
+		if e50, ok := val(sc, "gateway echo RTT while holding p50"); ok {
+			e99, _ := val(sc, "gateway echo RTT while holding p99")
+			line += fmt.Sprintf(", echo RTT while holding p50 %s µs p99 %s µs", fmtNum(e50), fmtNum(e99))
+		}
+		if rss, ok := val(sc, "server RSS per session (after hold)"); ok {
+			line += fmt.Sprintf(", server RSS %s KiB/session", fmtNum(rss))
+		}
+		out = append(out, line)
+	}
+	var phase []string
+	for _, c := range r.CPUCost {
+		if c.Category == "total" {
+			phase = append(phase, fmt.Sprintf("%s %.2f", c.Phase, c.USPerPacket))
+		}
+	}
+	if len(phase) > 0 {
+		out = append(out, "cvpn CPU per packet (µs, from CPU profiles; split by category in the JSON): "+strings.Join(phase, ", "))
+	}
+	return out
 }
 
 func firstWord(s string, n int) string {

@@ -358,6 +358,15 @@ func (s *Session) verifyServer(cs tls.ConnectionState) error {
 // topology subnet.
 func (s *Session) Address() netip.Prefix { return s.push.Ifconfig }
 
+// Gateway is the pushed route-gateway, or else the first host of the pushed subnet (where both
+// OpenVPN and cvpn put the server in topology subnet).
+func (s *Session) Gateway() netip.Addr {
+	if s.push.RouteGateway.IsValid() {
+		return s.push.RouteGateway
+	}
+	return s.push.Ifconfig.Masked().Addr().Next()
+}
+
 // Push returns the parsed PUSH_REPLY. Its slices must not be modified.
 func (s *Session) Push() push.Reply { return s.push }
 

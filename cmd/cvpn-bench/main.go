@@ -154,6 +154,8 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	jsonOut := fs.String("json", "", "write the report as JSON to `file` (- for stdout)")
 	timeout := fs.Duration("timeout", 0, "bound on the whole run (0: none beyond the per-phase bounds)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
+	sources := fs.Int("sources", 0, "dial the sessions from this many local source addresses in 198.18.0.0/15 (they must exist; 0: the kernel's choice)")
+	holdEchoRate := fs.Float64("hold-echo-rate", 0, "ICMP echoes per second to the sessions' gateway while holding (round trip of idle tunnels)")
 	profSocket := fs.String("profile-socket", "", "cvpn admin API `socket`: take a CPU profile of the server during the measured phase")
 	profOut := fs.String("profile-out", "", "write that profile to `file` (with --profile-socket)")
 	if err := parse(fs, args); err != nil {
@@ -166,7 +168,14 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Sessions: *sessions, RampRate: *ramp, Concurrency: *concurrency, HandshakeTimeout: *hsTimeout,
 		Settle: *settle, Hold: *hold, Duration: *duration, IdleProbe: *idle, PacketSize: *size,
 		RateMbps: *rate, Senders: *senders, ProbeRate: *probeRate, ServerPID: *pid,
-		PacedMbps: *pacedMbps, PacedDuration: *pacedDur, Warmup: *warmup,
+		PacedMbps: *pacedMbps, PacedDuration: *pacedDur, Warmup: *warmup, HoldProbeRate: *holdEchoRate,
+	}
+	if *sources > 0 {
+		cfg.Sources = bench.SourceAddrs(*sources)
+	}
+	// Every session holds a socket: make room for them and for the process's own files.
+	if err := raiseFileLimit(uint64(*sessions) + 4096); err != nil {
+		fmt.Fprintf(stderr, "cvpn-bench load: %v (sessions beyond the limit will fail to connect)\n", err)
 	}
 	var err error
 	if cfg.Server, err = netip.ParseAddrPort(*server); err != nil {

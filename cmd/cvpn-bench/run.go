@@ -21,7 +21,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cvpnBin := fs.String("cvpn", "bin/cvpn", "cvpn binary `path`")
 	out := fs.String("out", "bench/results", "`directory` for <date>.json and <date>.svg (\"\" writes nothing)")
 	rounds := fs.Int("rounds", 2, "A/B rounds per scenario (medians are reported)")
-	scenarios := fs.String("scenarios", "iperf,sessions,limit,big", "comma-separated `list` of iperf, sessions, limit, big")
+	scenarios := fs.String("scenarios", "iperf,sessions,limit,big,scale", "comma-separated `list` of iperf, sessions, limit, big, scale")
 	servers := fs.String("servers", "cvpn,openvpn", "comma-separated `list` of the servers to run")
 	paced := fs.Float64("paced-mbps", 100, "aggregate offered Mbit/s of the paced phase (round trip under a load both carry)")
 	sessions := intList{1, 64, 1000}
@@ -32,6 +32,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	bigOpenVPN := fs.Bool("big-openvpn", true, "run the big scenario against the stock server too (it holds 10,000 sessions on this machine)")
 	bigRounds := fs.Int("big-rounds", 1, "rounds of the big scenario")
 	bigHold := fs.Duration("big-hold", 30*time.Second, "how long the big scenario holds its idle sessions")
+	scale := fs.Int("scale", 100000, "sessions of the scale scenario (cvpn only)")
+	scaleHold := fs.Duration("scale-hold", 30*time.Second, "how long the scale scenario holds its sessions")
+	scaleEchoes := fs.Float64("scale-echo-rate", 1000, "gateway echoes per second over all sessions while the scale scenario holds them")
+	sources := fs.Int("sources", 1024, "source addresses of the load generator (servers limit new sessions per address and per /24)")
 	limit := fs.Float64("limit-mbps", 10, "cvpn bandwidth_limit_mbps in the limit scenario")
 	limitSessions := fs.Int("limit-sessions", 8, "sessions of the limit scenario")
 	openvpnExtra := fs.String("openvpn-extra", "", "lines appended to the stock server's configuration (\\n separates lines)")
@@ -51,6 +55,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		CVPNBin: *cvpnBin, Self: self, Rounds: *rounds, Sessions: sessions, Duration: *duration,
 		IperfSeconds: *iperfSecs, Big: *big, BigOpenVPN: *bigOpenVPN, BigRounds: *bigRounds, BigHold: *bigHold,
 		LimitMbps: *limit, LimitSessions: *limitSessions,
+		Scale: *scale, ScaleHold: *scaleHold, ScaleEchoRate: *scaleEchoes, Sources: *sources,
 		OpenVPNExtra: unescapeLines(*openvpnExtra), CVPNExtra: unescapeLines(*cvpnExtra),
 		PacedMbps: *paced, LogDir: *logDir, GoBin: *goBin, NoProfile: *noProfile,
 		Out: stderr,

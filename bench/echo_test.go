@@ -1,0 +1,59 @@
+package bench
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+)
+
+// TestEchoRoundTrip: a request turned into a reply the way a router does (type 0, checksum
+// adjusted, addresses swapped) parses back to its sent time; the request itself, a reply with
+// another identifier and truncated packets do not.
+func TestEchoRoundTrip(t *testing.T) {
+	src, gw := netip.MustParseAddr("10.64.0.7"), netip.MustParseAddr("10.64.0.1")
+	req := buildEcho(make([]byte, echoLen), src, gw, 7, 123456789)
+	if fold(sum16(req[:20])) != 0xffff || fold(sum16(req[20:])) != 0xffff {
+		t.Fatal("request checksums do not verify")
+	}
+	if _, ok := parseEchoReply(req); ok {
+		t.Error("a request parsed as a reply")
+	}
+	rep := append([]byte(nil), req...)
+	copy(rep[12:16], req[16:20])
+	copy(rep[16:20], req[12:16])
+	rep[20] = 0
+	binary.BigEndian.PutUint16(rep[22:], 0)
+	binary.BigEndian.PutUint16(rep[22:], ^fold(sum16(rep[20:])))
+	if sent, ok := parseEchoReply(rep); !ok || sent != 123456789 {
+		t.Errorf("reply: %d, %v", sent, ok)
+	}
+	for n := range len(rep) {
+		if _, ok := parseEchoReply(rep[:n]); ok {
+			t.Errorf("a reply cut to %d bytes parsed", n)
+		}
+	}
+	other := append([]byte(nil), rep...)
+	other[25]++
+	if _, ok := parseEchoReply(other); ok {
+		t.Error("a reply with another identifier parsed")
+	}
+}
+
+// TestSourceAddrs: distinct addresses in SourcePrefix, the first 512 each in its own /24.
+func TestSourceAddrs(t *testing.T) {
+	addrs := SourceAddrs(1100)
+	seen, nets := map[netip.Addr]bool{}, map[netip.Prefix]int{}
+	for i, a := range addrs {
+		if !SourcePrefix.Contains(a) || seen[a] || a.As4()[3] == 0 || a.As4()[3] == 255 {
+			t.Fatalf("address %d: %v (repeated or outside %v or a network/broadcast address)", i, a, SourcePrefix)
+		}
+		seen[a] = true
+		nets[netip.PrefixFrom(a, 24).Masked()]++
+		if i == 511 && len(nets) != 512 {
+			t.Fatalf("the first 512 addresses use %d /24s", len(nets))
+		}
+	}
+	if len(addrs) != 1100 || len(nets) != 512 {
+		t.Errorf("%d addresses in %d /24s", len(addrs), len(nets))
+	}
+}
