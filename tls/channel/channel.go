@@ -227,8 +227,9 @@ func (k *Key) SetWake(fn func()) {
 }
 
 // Park records that the key's reader goroutine is leaving, so an idle session holds no goroutine
-// (and no stack) for its control channel. It reports false, leaving the key unparked, when payload
-// is already waiting: the caller must keep reading.
+// (and no stack) for its control channel; the stream's read deadline goes with it, and so does
+// its timer. It reports false, leaving the key unparked, when payload is already waiting: the
+// caller must keep reading.
 func (k *Key) Park() bool {
 	k.ch.mu.Lock()
 	defer k.ch.mu.Unlock()
@@ -236,6 +237,8 @@ func (k *Key) Park() bool {
 		return false
 	}
 	k.parked = true
+	k.conn.deadline = time.Time{}
+	k.conn.stopDeadlineLocked()
 	return true
 }
 
@@ -343,9 +346,14 @@ func (c *Channel) Input(p *packet.Control, pid, ts uint32) error {
 		k.ready = true
 	}
 	if p.Opcode.IsReliable() {
-		var payload []byte
-		if len(p.Payload) > 0 {
-			payload = append([]byte(nil), p.Payload...)
+		// The next message in order is read into the stream below, before Input returns, so it
+		// may keep referring to the caller's buffer; one that arrived early waits in the
+		// receive window and needs its own copy.
+		payload := p.Payload
+		if len(payload) == 0 {
+			payload = nil
+		} else if p.PacketID != k.rel.NextRecvID() {
+			payload = append([]byte(nil), payload...)
 		}
 		if k.rel.Receive(reliable.Message{ID: p.PacketID, Opcode: p.Opcode, Payload: payload}) {
 			if p.Opcode == packet.HardResetClientV2 || p.Opcode == packet.HardResetServerV2 || p.Opcode == packet.SoftResetV1 {
@@ -481,6 +489,12 @@ func (c *Channel) flushLocked() {
 		}
 	}
 	if next.IsZero() {
+		// Nothing in flight: an idle channel keeps no timer and no scratch slices.
+		if c.timer != nil {
+			c.timer.Stop()
+			c.timer = nil
+		}
+		c.due, c.acks = nil, nil
 		return
 	}
 	wait := max(next.Sub(now), 10*time.Millisecond)

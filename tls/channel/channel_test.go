@@ -51,8 +51,11 @@ func (l *link) pump(stop chan struct{}) {
 		l.buf = nil
 		l.rng.Shuffle(len(pkts), func(i, j int) { pkts[i], pkts[j] = pkts[j], pkts[i] })
 		l.mu.Unlock()
+		// One buffer for every packet, scribbled over after each Input, as the server's
+		// pooled buffers are reused: the channel must copy whatever it keeps.
+		scratch := make([]byte, 0, 2048)
 		for _, wire := range pkts {
-			plain, pid, ts, err := l.wrap.Unwrap(nil, wire)
+			plain, pid, ts, err := l.wrap.Unwrap(scratch[:0], wire)
 			if err != nil {
 				continue
 			}
@@ -61,6 +64,9 @@ func (l *link) pump(stop chan struct{}) {
 				continue
 			}
 			_ = l.to().Input(&p, pid, ts)
+			for i := range plain {
+				plain[i] = 0xA5
+			}
 		}
 	}
 }

@@ -73,9 +73,7 @@ func (c *Conn) Close() error {
 
 func (c *Conn) closeLocked() {
 	c.closed = true
-	if c.dtimer != nil {
-		c.dtimer.Stop()
-	}
+	c.stopDeadlineLocked()
 	c.cond.Broadcast()
 }
 
@@ -88,11 +86,14 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	c.deadline = t
-	if c.dtimer != nil {
-		c.dtimer.Stop()
-		c.dtimer = nil
-	}
-	if !t.IsZero() {
+	switch {
+	case t.IsZero():
+		c.stopDeadlineLocked()
+	case c.dtimer != nil:
+		// A reader that re-arms its deadline on every read (the session's control reader)
+		// reuses one timer.
+		c.dtimer.Reset(time.Until(t))
+	default:
 		c.dtimer = time.AfterFunc(time.Until(t), func() {
 			ch.mu.Lock()
 			c.cond.Broadcast()
@@ -101,6 +102,14 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 	}
 	c.cond.Broadcast()
 	return nil
+}
+
+// stopDeadlineLocked stops and lets go of the deadline's timer.
+func (c *Conn) stopDeadlineLocked() {
+	if c.dtimer != nil {
+		c.dtimer.Stop()
+		c.dtimer = nil
+	}
 }
 
 // SetWriteDeadline is accepted and ignored: writes never block.

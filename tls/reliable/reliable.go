@@ -87,7 +87,13 @@ type Layer struct {
 	queued     int // payload bytes in inflight and backlog, at most cfg.MaxQueued
 
 	nextRecvID uint32
-	recv       []inMsg // ring indexed by id % RecvWindow
+	// head holds the next message in order (id nextRecvID) when it arrives in order, the common
+	// case; recv holds messages that arrived ahead of it, a ring indexed by id % RecvWindow
+	// made when the first one arrives and let go when it empties, so an idle key state keeps
+	// no receive window.
+	head   inMsg
+	recv   []inMsg
+	stored int // messages in recv
 
 	acks []uint32 // owed to the peer, oldest first
 }
@@ -112,7 +118,6 @@ func New(cfg Config, firstSend, firstRecv uint32) *Layer {
 		cfg:        cfg,
 		nextSendID: firstSend,
 		nextRecvID: firstRecv,
-		recv:       make([]inMsg, cfg.RecvWindow),
 	}
 }
 
@@ -224,7 +229,7 @@ func (l *Layer) Ack(ids []uint32, now time.Time) {
 // whether the message was new; duplicates and messages outside the window are not stored
 // (out-of-window ones are not acked either, so the peer resends them later).
 func (l *Layer) Receive(m Message) bool {
-	w := uint32(len(l.recv))
+	w := uint32(l.cfg.RecvWindow)
 	if m.ID-l.nextRecvID >= w && int32(m.ID-l.nextRecvID) >= 0 {
 		return false // beyond the window
 	}
@@ -232,11 +237,22 @@ func (l *Layer) Receive(m Message) bool {
 	if int32(m.ID-l.nextRecvID) < 0 {
 		return false // already delivered
 	}
+	if m.ID == l.nextRecvID {
+		if l.head.present || (l.recv != nil && l.recv[m.ID%w].present) {
+			return false
+		}
+		l.head = inMsg{Message: m, present: true}
+		return true
+	}
+	if l.recv == nil {
+		l.recv = make([]inMsg, w)
+	}
 	slot := &l.recv[m.ID%w]
 	if slot.present {
 		return false
 	}
 	*slot = inMsg{Message: m, present: true}
+	l.stored++
 	return true
 }
 
@@ -254,6 +270,15 @@ func (l *Layer) owe(id uint32) {
 
 // Next returns the next in-order received message, if it has arrived.
 func (l *Layer) Next() (Message, bool) {
+	if l.head.present && l.head.ID == l.nextRecvID {
+		m := l.head.Message
+		l.head = inMsg{}
+		l.nextRecvID++
+		return m, true
+	}
+	if l.recv == nil {
+		return Message{}, false
+	}
 	slot := &l.recv[l.nextRecvID%uint32(len(l.recv))]
 	if !slot.present || slot.ID != l.nextRecvID {
 		return Message{}, false
@@ -261,6 +286,9 @@ func (l *Layer) Next() (Message, bool) {
 	m := slot.Message
 	*slot = inMsg{}
 	l.nextRecvID++
+	if l.stored--; l.stored == 0 {
+		l.recv = nil
+	}
 	return m, true
 }
 

@@ -157,3 +157,39 @@ func TestFastRetransmitAfterThreeLaterAcks(t *testing.T) {
 		t.Fatalf("after 3 later acks Due = %+v, want a resend of id 0", got)
 	}
 }
+
+// TestReceiveWindowAgainstModel: messages arriving in any order, with duplicates and ids
+// outside the window, come out in order exactly once, as a model that keeps every id in a set
+// says; and the receive window exists only while a message waits in it.
+func TestReceiveWindowAgainstModel(t *testing.T) {
+	for seed := uint64(1); seed <= 50; seed++ {
+		rng := rand.New(rand.NewPCG(seed, seed*3))
+		l := New(Config{}, 0, 0)
+		held := map[uint32]bool{} // the model: ids received and not yet delivered
+		var next uint32           // the model's next id to deliver
+		for step := 0; step < 400; step++ {
+			id := next + uint32(rng.IntN(DefaultRecvWindow+4)) - 2
+			isNew := l.Receive(Message{ID: id, Opcode: packet.ControlV1, Payload: []byte{byte(id)}})
+			wantNew := int32(id-next) >= 0 && id-next < DefaultRecvWindow && !held[id]
+			if isNew != wantNew {
+				t.Fatalf("seed %d: Receive(%d) with next %d = %v, want %v", seed, id, next, isNew, wantNew)
+			}
+			if wantNew {
+				held[id] = true
+			}
+			for m, ok := l.Next(); ok; m, ok = l.Next() {
+				if m.ID != next || !held[next] || m.Payload[0] != byte(next) {
+					t.Fatalf("seed %d: Next gave %d, want %d", seed, m.ID, next)
+				}
+				delete(held, next)
+				next++
+			}
+			if held[next] {
+				t.Fatalf("seed %d: %d was received but not delivered", seed, next)
+			}
+			if (len(held) == 0) != (l.recv == nil) {
+				t.Fatalf("seed %d: %d messages wait, receive window allocated: %v", seed, len(held), l.recv != nil)
+			}
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"net/netip"
+	"sync"
 
 	"github.com/cvpn/cvpn/tls/channel"
 	"github.com/cvpn/cvpn/tls/packet"
@@ -30,6 +31,16 @@ func senderSID(pkt []byte) (packet.SessionID, bool) {
 	copy(sid[:], pkt[1:])
 	return sid, true
 }
+
+// controlBufSize holds an unwrapped control packet: they are at most a datagram's size, and
+// the control channel keeps its packets near 1250 bytes.
+const controlBufSize = 2048
+
+// controlBufs are the buffers control packets are unwrapped into. A buffer lives for one call of
+// UDPControl or TCPControl: the channel copies what it keeps (channel.Input). Pooled, because an
+// array on the stack escapes through the Wrapper interface: 2 KiB a control packet, a tenth of
+// what a handshake allocated on the server.
+var controlBufs = sync.Pool{New: func() any { return new([controlBufSize]byte) }}
 
 // sessionOf returns the session that owns a published peer.
 func sessionOf(p *dataplane.Peer) *Session {
@@ -71,7 +82,8 @@ func (m *Manager) UDPControl(l *dataplane.UDPListener, pkt []byte, from netip.Ad
 			s = nil
 		}
 	}
-	var scratch [2048]byte
+	scratch := controlBufs.Get().(*[controlBufSize]byte)
+	defer controlBufs.Put(scratch)
 	plain, pid, ts, w, err := m.unwrapControl(scratch[:0], pkt, s)
 	if err != nil {
 		m.drop(counters.ControlAuth, from, "err", err)
@@ -136,7 +148,8 @@ func (m *Manager) TCPControl(st *dataplane.TCPStream, pkt []byte) bool {
 		return false
 	}
 	s := sessionOf(st.Peer())
-	var scratch [2048]byte
+	scratch := controlBufs.Get().(*[controlBufSize]byte)
+	defer controlBufs.Put(scratch)
 	plain, pid, ts, w, err := m.unwrapControl(scratch[:0], pkt, s)
 	if err != nil {
 		m.drop(counters.ControlAuth, from, "err", err)

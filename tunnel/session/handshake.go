@@ -299,9 +299,11 @@ func (s *Session) admitUser(ctx context.Context, req *AuthRequest, user *User, m
 		PeerID:          uint32(idx),
 		Cipher:          cipher.String(),
 		Transport:       s.link.Proto(),
-		Version:         peer.Version,
-		Platform:        peer.Platform,
-		PlatformVersion: peer.Raw["IV_PLAT_VER"],
+		// Copies: peer-info's values are slices of the whole block, which the session
+		// would otherwise keep for as long as it lives.
+		Version:         strings.Clone(peer.Version),
+		Platform:        strings.Clone(peer.Platform),
+		PlatformVersion: strings.Clone(peer.Raw["IV_PLAT_VER"]),
 		Remote:          s.link.Remote(),
 		Since:           s.since,
 		Listener:        s.link.Listener().Addr(),
@@ -437,11 +439,15 @@ func (s *Session) reuse(u *User) {
 
 // readKeyMethod reads TLS records until a whole client key-method 2 block has arrived.
 func readKeyMethod(conn net.Conn) (keymethod.ClientMessage, error) {
-	var buf []byte
-	tmp := make([]byte, 4096)
+	// A client's block with its peer-info is a few hundred bytes: read straight into one
+	// buffer, grown only for a larger one.
+	buf := make([]byte, 0, 1024)
 	for {
-		n, err := conn.Read(tmp)
-		buf = append(buf, tmp[:n]...)
+		if cap(buf)-len(buf) < 256 {
+			buf = slices.Grow(buf, cap(buf))
+		}
+		n, err := conn.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
 		if n > 0 {
 			msg, perr := keymethod.ParseClient(buf)
 			if perr == nil {
