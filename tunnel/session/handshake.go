@@ -289,16 +289,16 @@ func (s *Session) admitUser(ctx context.Context, req *AuthRequest, user *User, m
 	}
 	idx, _ := m.cfg.Pool.Index(addr)
 	info := &Info{
-		ID:              s.id,
-		ConnectionID:    s.connID,
-		User:            user.Name,
-		Username:        user.Username,
-		Groups:          user.Groups,
-		Certificate:     req.Certificate,
-		Address:         addr,
-		PeerID:          uint32(idx),
-		Cipher:          cipher.String(),
-		Transport:       s.link.Proto(),
+		ID:           s.id,
+		ConnectionID: s.connID,
+		User:         user.Name,
+		Username:     user.Username,
+		Groups:       user.Groups,
+		Certificate:  req.Certificate,
+		Address:      addr,
+		PeerID:       uint32(idx),
+		Cipher:       cipher.String(),
+		Transport:    s.link.Proto(),
 		// Copies: peer-info's values are slices of the whole block, which the session
 		// would otherwise keep for as long as it lives.
 		Version:         strings.Clone(peer.Version),
