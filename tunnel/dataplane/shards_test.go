@@ -1,12 +1,24 @@
 package dataplane
 
 import (
+	"bytes"
+	"io"
+	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/cvpn/cvpn/authz"
+	"github.com/cvpn/cvpn/ippool"
+	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/sock"
+	"github.com/cvpn/cvpn/tunnel/sock/socktest"
 )
 
 // sealV1FromClient builds a P_DATA_V1 packet the client would send, in buf.
@@ -115,4 +127,93 @@ func TestSendPathNoAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("send path allocates %v times per packet", allocs)
 	}
+}
+
+// unsteeredNetwork is a sharded network whose sockets say the kernel refused the steering
+// program, as Host's do on an old kernel.
+type unsteeredNetwork struct{ *socktest.Network }
+
+type unsteeredConn struct{ sock.Conn }
+
+func (unsteeredConn) Steered() bool { return false }
+
+func (n unsteeredNetwork) ListenUDPShards(ap netip.AddrPort, k int) ([]sock.Conn, error) {
+	conns, err := n.Network.ListenUDPShards(ap, k)
+	for i := range conns {
+		conns[i] = unsteeredConn{conns[i]}
+	}
+	return conns, err
+}
+
+// TestShardsAndQueuesHeartbeats: a plane of three workers on two TUN queues reads each queue
+// and each of a listener's three shards, each with its heartbeat; closing the listener closes
+// its whole group; a kernel that does not steer is said once, however many listeners open.
+func TestShardsAndQueuesHeartbeats(t *testing.T) {
+	pool, err := ippool.New(netip.MustParsePrefix("10.2.0.0/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	natTable, err := nat.New(nat.Config{Addr: netip.MustParseAddr("10.0.1.2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	az, err := authz.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := NewPolicy(Policy{Authz: az})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q0, q1 := newPipeTUN(t), newPipeTUN(t)
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	log := slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil))
+	p, err := New(Config{Pool: pool, NAT: natTable, Queues: []tun.Device{q0, q1}, Policy: pol, Control: nopControl{}, Workers: 3, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.tunWake = 5 * time.Millisecond
+	for _, q := range []*pipeTUN{q0, q1} {
+		_ = q.r.SetReadDeadline(time.Now())
+	}
+	network := unsteeredNetwork{socktest.NewNetwork()}
+	network.SetReadWake(5 * time.Millisecond)
+	l, err := p.ListenUDP(network, netip.MustParseAddrPort("10.0.0.1:1194"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := p.ListenUDP(network, netip.MustParseAddrPort("10.0.0.1:443"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go p.Run()
+	t.Cleanup(func() { p.Close(); q0.Close(); q1.Close(); p.Wait() })
+	if len(l.shards) != 3 || l.shards[2].tun != q0 || l.shards[1].tun != q1 {
+		t.Fatalf("%d shards; shard 1 writes into queue 1: %v, shard 2 into queue 0: %v", len(l.shards), l.shards[1].tun == q1, l.shards[2].tun == q0)
+	}
+	waitBeats(t, p, nil, 3, "tun#0", "tun#1", "udp 10.0.0.1:1194#0", "udp 10.0.0.1:1194#1", "udp 10.0.0.1:1194#2", "udp 10.0.0.1:443#2")
+	p.CloseListener(l2)
+	for loop := range beatsOf(p) {
+		if strings.HasPrefix(loop, "udp 10.0.0.1:443") {
+			t.Fatalf("a closed listener's shard is still reported: %v", beatsOf(p))
+		}
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if n := strings.Count(logs.String(), "did not take the reuseport steering program"); n != 1 {
+		t.Fatalf("the steering warning logged %d times, want once:\n%s", n, logs.String())
+	}
+}
+
+// lockedWriter serializes writes to a buffer that a test reads.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
