@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/cpu"
 )
 
 // Reason says why a packet was refused.
@@ -179,9 +181,13 @@ func (l *Logger) Flush(now time.Time) {
 	}
 }
 
-// Traffic counts one session's traffic: each direction costs two atomic adds per packet.
+// Traffic counts one session's traffic: each direction costs two atomic adds per packet. The
+// two directions sit on separate cache lines, since one core may count a session's upload while
+// another counts its download.
 type Traffic struct {
-	rxBytes, rxPackets, txBytes, txPackets atomic.Uint64
+	rxBytes, rxPackets atomic.Uint64
+	_                  cpu.CacheLinePad
+	txBytes, txPackets atomic.Uint64
 }
 
 // Received counts a packet of n bytes from the client.

@@ -68,20 +68,21 @@ type Peer struct {
 	link  Link
 	ident atomic.Pointer[Identity]
 
-	keys    [8]atomic.Pointer[DataKey]
-	sendKey atomic.Pointer[DataKey]
-
-	lastRecv atomic.Int64 // unix nanoseconds of the last authenticated packet
-	lastSend atomic.Int64 // unix nanoseconds of the last data packet sent
-	Traffic  counters.Traffic
+	keys     [8]atomic.Pointer[DataKey]
+	sendKey  atomic.Pointer[DataKey]
 	notified atomic.Uint32 // events already reported (each is reported once)
 
-	up uplink
-	// The receive and send sides' locks on separate cache lines: a peer's upload on one core
-	// and download on another do not bounce one line between them.
-	_    cpu.CacheLinePad
-	down downlink
-	_    cpu.CacheLinePad
+	// What the receive side writes per packet, then what the send side writes, each on cache
+	// lines of its own: a peer's upload handled on one core and its download on another do not
+	// bounce a line between them, nor the read-mostly fields above.
+	_        cpu.CacheLinePad
+	lastRecv atomic.Int64 // unix nanoseconds of the last authenticated packet
+	up       uplink
+	_        cpu.CacheLinePad
+	lastSend atomic.Int64 // unix nanoseconds of the last data packet sent
+	down     downlink
+	_        cpu.CacheLinePad
+	Traffic  counters.Traffic // its receive and send counts on lines of their own
 }
 
 // uplink is what the receive side caches and changes per packet, recomputed from the policy and
@@ -153,7 +154,8 @@ type DataKey struct {
 	ID      uint8
 	Keys    *datacrypto.Keys
 	Created time.Time
-	replay  replay.Window // guarded by the peer's up.mu
+	replay  replay.Window    // guarded by the peer's up.mu
+	_       cpu.CacheLinePad // the receive side writes replay, the TUN readers sendPID
 	sendPID atomic.Uint32
 	// rekeyAsked is set once this key asked for a renegotiation.
 	rekeyAsked atomic.Bool
