@@ -79,18 +79,22 @@ func TestLoadAgainstBothServers(t *testing.T) {
 			defer func() { stopSink(); wg.Wait() }()
 
 			rep, err := RunLoad(ctx, LoadConfig{
-				Server:    lab.BenchServer,
-				Sink:      netip.AddrPortFrom(netlab.VPCHost, sink.Addr().Port()),
-				Sessions:  sessions,
-				Settle:    200 * time.Millisecond,
-				IdleProbe: 500 * time.Millisecond,
-				Duration:  1500 * time.Millisecond,
-				RateMbps:  5,
-				ProbeRate: 200,
-				Identity:  func(i int) (tls.Certificate, error) { return certs[i], nil },
-				RootCAs:   fx.RootCAs,
-				TLSCrypt:  fx.TLSCrypt,
-				TCP:       tc.tcp,
+				Server:   lab.BenchServer,
+				Sink:     netip.AddrPortFrom(netlab.VPCHost, sink.Addr().Port()),
+				Sessions: sessions,
+				Settle:   200 * time.Millisecond,
+				Hold:     time.Second,
+				// Gateway echoes while holding: both servers answer them (cvpn in its data
+				// plane, openvpn's kernel at its TUN address).
+				HoldProbeRate: 100,
+				IdleProbe:     500 * time.Millisecond,
+				Duration:      1500 * time.Millisecond,
+				RateMbps:      5,
+				ProbeRate:     200,
+				Identity:      func(i int) (tls.Certificate, error) { return certs[i], nil },
+				RootCAs:       fx.RootCAs,
+				TLSCrypt:      fx.TLSCrypt,
+				TCP:           tc.tcp,
 				Dial: func(context.Context) (net.PacketConn, error) {
 					return netlab.ListenUDPIn(lab.BenchNS)
 				},
@@ -116,6 +120,9 @@ func TestLoadAgainstBothServers(t *testing.T) {
 			}
 			if tr.RTTIdleUs.Count == 0 || tr.RTTLoadUs.Count == 0 {
 				t.Fatalf("no probe came back through the tunnel (idle %d, loaded %d)", tr.RTTIdleUs.Count, tr.RTTLoadUs.Count)
+			}
+			if h := rep.HoldRTTUs; h == nil || h.Count == 0 || rep.HoldEchoes == 0 {
+				t.Fatalf("no gateway echo came back while holding (%d sent)", rep.HoldEchoes)
 			}
 			if p := rep.ServerProc; p == nil || p.Name != string(kind) || p.RSSBeforeKiB == 0 {
 				t.Fatalf("server process sample %+v, want %s", p, kind)
