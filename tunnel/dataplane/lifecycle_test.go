@@ -14,7 +14,7 @@ import (
 
 // addPeer publishes a second authenticated peer on the fixture's listener at remote and returns
 // it with the client's side of its keys.
-func (f *pathFixture) addPeer(t *testing.T, remote netip.AddrPort) (*Peer, *datacrypto.Keys) {
+func (f *pathFixture) addPeer(t testing.TB, remote netip.AddrPort) (*Peer, *datacrypto.Keys) {
 	t.Helper()
 	var k2 datacrypto.Key2
 	_, _ = rand.Read(k2[:])
