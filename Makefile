@@ -55,9 +55,9 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-bench: deps build ## as root: cvpn vs the stock openvpn server side by side (~10 min); ratio table, JSON and SVG in bench/results (BENCHFLAGS adds flags)
+bench: deps build ## as root: cvpn vs the stock openvpn server side by side, then 100,000 cvpn sessions (~15 min); ratio and CPU-per-packet tables, JSON, SVG and CPU profiles in bench/results (BENCHFLAGS adds flags)
 	$(GO) build -o bin/cvpn-bench ./cmd/cvpn-bench
-	bin/cvpn-bench run --cvpn $(BIN) --out bench/results $(BENCHFLAGS)
+	bin/cvpn-bench run --cvpn $(BIN) --go $(GO) --out bench/results $(BENCHFLAGS)
 
 # SOAK is how long `make soak` churns (a Go duration, at least 3m).
 SOAK ?= 10m
