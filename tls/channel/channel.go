@@ -163,6 +163,8 @@ type Key struct {
 	// recent holds the ids acked most recently (newest last). They ride again on outgoing
 	// packets with room, as OpenVPN's ack MRU does, so a lost ack costs no retransmission round.
 	recent []uint32
+	// lameDuck is the key this one took over from, until RetirePrevious lets it go.
+	lameDuck *Key
 }
 
 // recentAcksMax is the size of the re-ack list (OpenVPN's RELIABLE_ACK_SIZE).
@@ -288,7 +290,31 @@ func (c *Channel) installKeyLocked(k *Key) {
 		}
 	}
 	c.keys[k.ID] = k
+	k.lameDuck = c.keys[prev]
+	if k.lameDuck != nil {
+		k.lameDuck.lameDuck = nil // closed above: keep no chain of old keys alive
+	}
 	c.prev, c.current = prev, k.ID
+}
+
+// RetirePrevious drops the state of the key k took over from (its lame duck), once k is
+// established and the transition window has passed: its stream is closed, so the TLS state
+// over it can go, and packets for its key id are refused from then on (OpenVPN lets a lame
+// duck key state expire after --tran-window, ssl.c). It does nothing when that key is gone
+// already (a later renegotiation closed it) or is the current one.
+func (c *Channel) RetirePrevious(k *Key) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := k.lameDuck
+	k.lameDuck = nil
+	if old == nil || c.keys[old.ID] != old || old.ID == c.current {
+		return
+	}
+	old.conn.closeLocked()
+	c.keys[old.ID] = nil
+	if c.prev == old.ID {
+		c.prev = c.current
+	}
 }
 
 // Abandon drops the state of key id, a renegotiation that failed: its stream is closed, and

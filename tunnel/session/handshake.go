@@ -180,7 +180,7 @@ func (s *Session) runKey(k *channel.Key) {
 		}
 	} else {
 		s.peer.InstallKey(dk, false)
-		s.renegotiated(m.cfg.Now())
+		s.renegotiated(m.cfg.Now(), k)
 		s.reuse(reuser)
 		m.log.Info("client renegotiated", "user", s.user(), "key_id", k.ID)
 		if extra := s.userPush.Load(); extra != nil && len(*extra) > 0 {
@@ -361,7 +361,7 @@ func (s *Session) establish(adm *admission, dk *dataplane.DataKey) bool {
 		old.goodbye(halt(fmt.Sprintf("replaced by a newer session of %s (at most %d at once)", adm.info.User, limit)),
 			"connection limit of the user reached; a newer session replaces this one")
 	}
-	s.renegotiated(m.cfg.Now())
+	s.renegotiated(m.cfg.Now(), nil)
 	if old := sessionOf(m.plane.Publish(s.peer)); old != nil && old != s {
 		old.teardown("replaced by a new session from the same address")
 	}

@@ -599,3 +599,47 @@ func (e *testEngine) strangerRefused(t *testing.T, from netip.AddrPort) {
 		t.Fatal("a client of another CA connected")
 	}
 }
+
+// TestLameDuckControlKeyRetired: after a renegotiation the previous key's control state (its TLS
+// connection) stays for the transition window, then goes; traffic, a further renegotiation and
+// the client's EXIT still work over the new keys.
+func TestLameDuckControlKeyRetired(t *testing.T) {
+	e := newTestEngine(t, engineOptions{reneg: 0})
+	alice := connect(t, e.clientConfig(t, "alice", netip.MustParseAddrPort("203.0.113.42:40000"), port443))
+	e.ping(t, alice, 1)
+	s := e.sessionOfUser(t, "alice")
+	rekey := func(want uint8) {
+		t.Helper()
+		s.PeerEvent(dataplane.EventRekey)
+		waitFor(t, fmt.Sprintf("key %d is installed", want), func() bool { return slices.Contains(s.peer.Keys(), want) })
+		waitFor(t, "the renegotiation is over", func() bool {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			return s.renegSince.IsZero() && s.retire != nil
+		})
+	}
+	rekey(1)
+	s.mu.Lock()
+	window := s.retireAt.Sub(e.clock.Now())
+	s.mu.Unlock()
+	if window < dataplane.TransitionWindow-5*time.Second {
+		t.Fatalf("key 0 is retired in %v, want the transition window (%v)", window, dataplane.TransitionWindow)
+	}
+	time.Sleep(1200 * time.Millisecond) // a tick
+	if s.ctl.Key(0) == nil {
+		t.Fatal("key 0's control state went within the transition window")
+	}
+	// The window ends (moved rather than waited for: the data plane reads the same clock).
+	s.mu.Lock()
+	s.retireAt = e.clock.Now()
+	s.mu.Unlock()
+	waitFor(t, "key 0's control state is retired", func() bool { return s.ctl.Key(0) == nil })
+	if s.ctl.Key(1) == nil {
+		t.Fatal("the current key's control state went too")
+	}
+	e.ping(t, alice, 2)
+	rekey(2)
+	e.ping(t, alice, 3)
+	alice.Close()
+	waitFor(t, "alice's EXIT ends her session", func() bool { return s.state.Load() == stateClosed })
+}

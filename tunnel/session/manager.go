@@ -136,6 +136,9 @@ type Manager struct {
 	resets  *limiter.Sources
 	work    chan *Session
 	nextID  atomic.Uint64
+	// tickMu guards ticked, Tick's reused list of sessions.
+	tickMu sync.Mutex
+	ticked []*Session
 
 	// mu guards the fields below.
 	mu        sync.Mutex
@@ -416,9 +419,21 @@ func (m *Manager) Run(stop <-chan struct{}) {
 // Tick does one round of session timer work at now: hand windows, session timeouts,
 // renegotiation schedules and retries, and events the work queue could not take.
 func (m *Manager) Tick(now time.Time) {
-	for _, s := range m.all() {
+	// One timer goroutine ticks; it reuses its list of sessions, so a second's tick over
+	// 100,000 idle sessions allocates nothing.
+	m.tickMu.Lock()
+	defer m.tickMu.Unlock()
+	m.mu.Lock()
+	list := m.ticked[:0]
+	for _, s := range m.sessions {
+		list = append(list, s)
+	}
+	m.mu.Unlock()
+	for _, s := range list {
 		s.tick(now)
 	}
+	clear(list) // keep no ended session alive until the next tick
+	m.ticked = list[:0]
 }
 
 // register adds a fully built session to the tables, if the bounds allow and no live session

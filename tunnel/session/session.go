@@ -68,6 +68,11 @@ type Session struct {
 	// key id and renegTry when its latest attempt started.
 	renegSince, renegTry time.Time
 	renegKey             uint8
+	// retire is the newest renegotiated key state while its lame duck (the key it took over
+	// from) is kept; retireAt is when the transition window ends and the lame duck's control
+	// state (its TLS connection above all) goes.
+	retire   *channel.Key
+	retireAt time.Time
 }
 
 // start runs the handshake of key 0. Call it once the session is registered.
@@ -142,7 +147,14 @@ func (s *Session) tick(now time.Time) {
 	s.mu.Lock()
 	due := !s.renegAt.IsZero() && !now.Before(s.renegAt)
 	since, try := s.renegSince, s.renegTry
+	var retire *channel.Key
+	if s.retire != nil && !now.Before(s.retireAt) {
+		retire, s.retire = s.retire, nil
+	}
 	s.mu.Unlock()
+	if retire != nil {
+		s.ctl.RetirePrevious(retire)
+	}
 	switch {
 	case !since.IsZero() && now.Sub(since) > s.m.cfg.HandWindow:
 		s.goodbye(restart(), "renegotiation did not finish within the hand window")
@@ -192,9 +204,14 @@ func (s *Session) peerRenegotiates(k *channel.Key) {
 }
 
 // renegotiated records that key k was installed: the renegotiation is over and the next one
-// is scheduled.
-func (s *Session) renegotiated(now time.Time) {
+// is scheduled; k's lame duck is retired after the transition window. k is nil for key 0.
+func (s *Session) renegotiated(now time.Time, k *channel.Key) {
 	s.mu.Lock()
+	if k != nil {
+		// A key still waiting here from an earlier renegotiation lost its lame duck when k's
+		// renegotiation started (channel.installKeyLocked): k replaces it.
+		s.retire, s.retireAt = k, now.Add(dataplane.TransitionWindow)
+	}
 	s.renegSince, s.renegTry = time.Time{}, time.Time{}
 	if r := s.m.set.Load().Reneg; r > 0 {
 		s.renegAt = now.Add(r)
