@@ -106,7 +106,7 @@ type Plane struct {
 	once sync.Once
 }
 
-// New returns a data plane; Run starts its TUN reader.
+// New returns a data plane; Run starts its TUN readers.
 func New(cfg Config) (*Plane, error) {
 	if cfg.Device == nil && len(cfg.Queues) > 0 {
 		cfg.Device = cfg.Queues[0]
@@ -267,6 +267,9 @@ func (p *Plane) ListenUDP(network sock.Network, ap netip.AddrPort) (*UDPListener
 		var err error
 		if conns, err = sn.ListenUDPShards(ap, p.workers); err != nil {
 			return nil, err
+		}
+		if len(conns) == 0 {
+			return nil, fmt.Errorf("dataplane: listen udp %s: the network opened no socket", ap)
 		}
 		p.checkSteering(conns)
 	} else {
