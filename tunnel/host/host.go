@@ -1,5 +1,5 @@
 // Package host owns the kernel state that attaches the endpoint to the private network: the TUN
-// device, the host route that sends the SNAT address into it, the proxy neighbour entry that
+// device (with a queue per data-plane worker), the host route that sends the SNAT address into it, the proxy neighbour entry that
 // answers ARP for the SNAT address on the target interface, and the sysctls the endpoint needs
 // (net.ipv4.ip_forward, and net.ipv4.neigh.<interface>.proxy_delay so that ARP is answered at
 // once). Setup adds them in that order; if a step fails it removes what the earlier steps added
