@@ -67,7 +67,8 @@ type Info struct {
 	End int
 	// Transport is the offset of the upper-layer header (after IPv4 options or the IPv6
 	// extension headers), or 0 when the packet holds none: a fragment after the first. For ESP
-	// it is the ESP header, after which all is encrypted; for No Next Header it equals End.
+	// it is the ESP header, after which all is encrypted (IPv4 reports it so too); for No Next
+	// Header (59), where bytes that follow mean nothing (RFC 8200 §4.7).
 	Transport int
 	// Proto is the upper-layer protocol: IPv4's Protocol, or the Next Header that ends the IPv6
 	// chain. For an IPv6 fragment after the first it is the Fragment header's Next Header,
@@ -100,7 +101,9 @@ func (i *Info) Payload(pkt []byte) []byte {
 // packet ends), in both families, as Linux does (ip_rcv, ipv6_rcv). The IPv4 header checksum
 // is not verified: the kernel verifies it when the packet is written to the TUN.
 func Parse(pkt []byte) (Info, Reason) {
-	return parse(pkt, false)
+	var i Info
+	r := parse(&i, pkt, false)
+	return i, r
 }
 
 // ParseEmbedded parses the packet an ICMP or ICMPv6 error carries (from Embedded's offset).
@@ -109,42 +112,52 @@ func Parse(pkt []byte) (Info, Reason) {
 // header chain and the first 8 bytes of the upper-layer header (the ports, or the echo
 // identifier) must be present unless the embedded packet is a later fragment.
 func ParseEmbedded(b []byte) (Info, Reason) {
-	return parse(b, true)
+	var i Info
+	r := parse(&i, b, true)
+	return i, r
 }
 
-func parse(pkt []byte, embedded bool) (Info, Reason) {
+// parse fills i, which is zero, and leaves it zero on a refusal. The walk writes through a
+// pointer so the hot path copies Info once, not at each return.
+func parse(i *Info, pkt []byte, embedded bool) Reason {
 	if len(pkt) < 1 {
-		return Info{}, Truncated
+		return Truncated
 	}
+	var r Reason
 	switch pkt[0] >> 4 {
 	case 4:
-		return parse4(pkt, embedded)
+		r = parse4(i, pkt, embedded)
 	case 6:
-		return parse6(pkt, embedded)
+		r = parse6(i, pkt, embedded)
+	default:
+		return BadVersion
 	}
-	return Info{}, BadVersion
+	if r != OK {
+		*i = Info{}
+	}
+	return r
 }
 
-func parse4(pkt []byte, embedded bool) (Info, Reason) {
+func parse4(i *Info, pkt []byte, embedded bool) Reason {
 	if len(pkt) < IPv4HeaderLen {
-		return Info{}, Truncated
+		return Truncated
 	}
 	ihl := int(pkt[0]&0x0f) * 4
 	total := int(binary.BigEndian.Uint16(pkt[2:4]))
 	if ihl < IPv4HeaderLen || ihl > total {
-		return Info{}, BadHeaderLength
+		return BadHeaderLength
 	}
 	if total > len(pkt) {
 		if !embedded {
-			return Info{}, BadLength
+			return BadLength
 		}
 		total = len(pkt)
 		if ihl > total {
-			return Info{}, Truncated
+			return Truncated
 		}
 	}
 	frag := binary.BigEndian.Uint16(pkt[6:8])
-	i := Info{
+	*i = Info{
 		Src:        netip.AddrFrom4([4]byte(pkt[12:16])),
 		Dst:        netip.AddrFrom4([4]byte(pkt[16:20])),
 		End:        total,
@@ -161,9 +174,9 @@ func parse4(pkt []byte, embedded bool) (Info, Reason) {
 		i.Frag = FirstFragment
 	}
 	if embedded && i.Transport != 0 && i.End-i.Transport < 8 {
-		return Info{}, Truncated
+		return Truncated
 	}
-	return i, OK
+	return OK
 }
 
 // parse6 reads the fixed header, then walks the extension headers (RFC 8200 §4):
@@ -176,24 +189,24 @@ func parse4(pkt []byte, embedded bool) (Info, Reason) {
 // Next Header (59) end the walk, as does any other value, which is the upper-layer protocol:
 // like Linux (ipv6_ext_hdr), only the six headers above are walked. Options inside headers are
 // not read: they are the destination's business, and skipping by length bounds the work.
-func parse6(pkt []byte, embedded bool) (Info, Reason) {
+func parse6(i *Info, pkt []byte, embedded bool) Reason {
 	if len(pkt) < IPv6HeaderLen {
-		return Info{}, Truncated
+		return Truncated
 	}
 	plen := int(binary.BigEndian.Uint16(pkt[4:6]))
 	nh := pkt[6]
 	if plen == 0 && nh == ProtoHopByHop {
-		return Info{}, Jumbogram
+		return Jumbogram
 	}
 	end := IPv6HeaderLen + plen // the end the header declares
 	limit := end                // the end of the bytes present
 	if end > len(pkt) {
 		if !embedded {
-			return Info{}, BadLength
+			return BadLength
 		}
 		limit = len(pkt)
 	}
-	i := Info{
+	*i = Info{
 		Src:     netip.AddrFrom16([16]byte(pkt[8:24])),
 		Dst:     netip.AddrFrom16([16]byte(pkt[24:40])),
 		End:     limit,
@@ -216,48 +229,48 @@ func parse6(pkt []byte, embedded bool) (Info, Reason) {
 			// there whole enough to be read, or filters further on see no ports (RFC 7112 §5).
 			if (i.Frag == FirstFragment || embedded) && limit-off < minUpperLayer(nh, embedded) {
 				if embedded {
-					return Info{}, Truncated
+					return Truncated
 				}
-				return Info{}, ChainNotInFirstFragment
+				return ChainNotInFirstFragment
 			}
 			i.Proto, i.Transport = nh, off
-			return i, OK
+			return OK
 		}
 		if i.Extensions == MaxExtensionHeaders {
-			return Info{}, TooManyExtensions
+			return TooManyExtensions
 		}
 		if limit-off < 8 { // every extension header is at least 8 bytes
-			return Info{}, cut
+			return cut
 		}
 		switch nh {
 		case ProtoHopByHop:
 			if off != IPv6HeaderLen {
-				return Info{}, HopByHopNotFirst
+				return HopByHopNotFirst
 			}
 			hlen = (int(pkt[off+1]) + 1) * 8
 		case ProtoRouting:
 			hlen = (int(pkt[off+1]) + 1) * 8
 			if pkt[off+3] != 0 { // Segments Left
-				return Info{}, RoutingHeader
+				return RoutingHeader
 			}
 		case ProtoDestOpts:
 			hlen = (int(pkt[off+1]) + 1) * 8
 		case ProtoAH:
 			hlen = (int(pkt[off+1]) + 2) * 4
 			if hlen < 12 {
-				return Info{}, BadExtension
+				return BadExtension
 			}
 		case ProtoFragment:
 			hlen = 8
 			if sawFragment { // RFC 8200 §4.1: each header at most once; Info holds one fragment
-				return Info{}, BadFragment
+				return BadFragment
 			}
 		}
 		if off+hlen-IPv6HeaderLen > MaxExtensionBytes {
-			return Info{}, ExtensionsTooLong
+			return ExtensionsTooLong
 		}
 		if limit-off < hlen {
-			return Info{}, cut
+			return cut
 		}
 		i.Extensions++
 		if nh == ProtoFragment {
@@ -266,14 +279,16 @@ func parse6(pkt []byte, embedded bool) (Info, Reason) {
 			i.FragOffset = fo >> 3
 			i.FragID = binary.BigEndian.Uint32(pkt[off+4 : off+8])
 			sawFragment = true
-			data := end - (off + hlen) // this fragment's share of the original payload
-			if more && data%8 != 0 || int(i.FragOffset)*8+data > 65535 {
-				return Info{}, BadFragment
+			// data is this fragment's share of the fragmentable part; the reassembled payload
+			// is the per-fragment headers before this one, the offset, and data (§4.5).
+			data := end - (off + hlen)
+			if more && data%8 != 0 || off-IPv6HeaderLen+int(i.FragOffset)*8+data > 65535 {
+				return BadFragment
 			}
 			switch {
 			case i.FragOffset != 0:
 				i.Frag, i.Proto = LaterFragment, pkt[off]
-				return i, OK
+				return OK
 			case more:
 				i.Frag = FirstFragment
 				cut = ChainNotInFirstFragment
