@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cvpn/cvpn/internal/netlab"
@@ -61,6 +62,9 @@ type HarnessConfig struct {
 	Scale         int
 	ScaleHold     time.Duration
 	ScaleEchoRate float64
+	// SessionsPerProcess bounds the sessions of one load generator process in the scale
+	// scenario (each holds a socket; the open-files limit bounds them); default 15000.
+	SessionsPerProcess int
 	// Sources is how many source addresses the load generator's namespace gets (default 1024,
 	// SourceAddrs): servers limit new sessions per address and per /24.
 	Sources int
@@ -148,6 +152,9 @@ func (c *HarnessConfig) defaults() error {
 	}
 	if c.Sources <= 0 {
 		c.Sources = 1024
+	}
+	if c.SessionsPerProcess <= 0 {
+		c.SessionsPerProcess = 15000
 	}
 	if c.LimitMbps <= 0 {
 		c.LimitMbps = 10
@@ -298,6 +305,7 @@ var scaleMetrics = []metricDef{
 	{"server_rss_mib", "server RSS (after hold)", "MiB", "lower", false},
 	{"load_rss_mib", "load generator RSS", "MiB", "lower", false},
 	{"load_rss_kib_per_session", "load generator RSS per session", "KiB", "lower", false},
+	{"load_generators", "load generator processes", "", "", false},
 }
 
 var limitMetrics = []metricDef{
@@ -349,7 +357,7 @@ func RunHarness(ctx context.Context, cfg HarnessConfig) (*Results, error) {
 		"big": cfg.Big, "big_openvpn": cfg.BigOpenVPN, "big_hold_seconds": cfg.BigHold.Seconds(),
 		"limit_mbps": cfg.LimitMbps, "limit_sessions": cfg.LimitSessions, "limit_offered_mbps": cfg.LimitOffered,
 		"scale": cfg.Scale, "scale_hold_seconds": cfg.ScaleHold.Seconds(), "scale_echoes_per_second": cfg.ScaleEchoRate,
-		"scale_client_cidr": ScaleClientCIDR.String(), "sources": cfg.Sources,
+		"scale_client_cidr": ScaleClientCIDR.String(), "sources": cfg.Sources, "sessions_per_process": cfg.SessionsPerProcess,
 		"client_cidr": h.fx.ClientCIDR.String(), "packet_size": 1400,
 		"openvpn_config": readFile(h.fx.OpenVPNConfig), "cvpn_config": readFile(h.fx.CVPNConfig),
 	}}
@@ -729,6 +737,14 @@ type loadArgs struct {
 	// this file.
 	profileOut string
 	echoRate   float64 // gateway echoes per second while holding
+	// One of several load generators of a run: its first session's index, the barrier they
+	// meet at after their ramps, the handshakes each keeps in flight (0: the default), and
+	// every sample kept for merging.
+	first       int
+	barrierDir  string
+	parties     int
+	concurrency int
+	raw         bool
 }
 
 // runLoad runs the load generator as a process in the lab's bench namespace and reads its
@@ -761,6 +777,18 @@ func (h *harness) runLoad(ctx context.Context, kind ServerKind, pid int, a loadA
 	}
 	if a.echoRate > 0 {
 		args = append(args, "--hold-echo-rate", strconv.FormatFloat(a.echoRate, 'f', -1, 64))
+	}
+	if a.first > 0 {
+		args = append(args, "--first", strconv.Itoa(a.first))
+	}
+	if a.barrierDir != "" {
+		args = append(args, "--barrier-dir", a.barrierDir, "--barrier-parties", strconv.Itoa(a.parties))
+	}
+	if a.concurrency > 0 {
+		args = append(args, "--concurrency", strconv.Itoa(a.concurrency))
+	}
+	if a.raw {
+		args = append(args, "--raw-samples")
 	}
 	// Bounds: OpenVPN's reset limiter (and cvpn's copy of it) admits 10 new sessions a second
 	// after a burst of 100, so a ramp can take N/10 s; then the phases; then closing.
@@ -878,16 +906,121 @@ func (h *harness) big(ctx context.Context, kind ServerKind, m *Measurement) erro
 }
 
 // scale holds many sessions against cvpn: connect-time percentiles, gateway echo round trips
-// while holding, the server's RSS per held session and the load generator's.
+// while holding, the server's RSS per held session and the load generators'. A process has
+// a limited number of open files (one socket per session), so the sessions are split over
+// load generators of at most SessionsPerProcess each; they ramp together (handshakes in flight
+// shared out as one load generator would keep them), meet after their ramps, and hold together.
 func (h *harness) scale(ctx context.Context, kind ServerKind, m *Measurement) error {
 	return h.withServerOpts(ctx, kind, ServerOptions{CVPNBin: h.cfg.CVPNBin, Scale: true}, m, func(pid int) error {
-		rep, err := h.runLoad(ctx, kind, pid, loadArgs{sessions: h.cfg.Scale, hold: h.cfg.ScaleHold, echoRate: h.cfg.ScaleEchoRate})
+		n := h.cfg.Scale
+		parties := (n + h.cfg.SessionsPerProcess - 1) / h.cfg.SessionsPerProcess
+		dir, err := os.MkdirTemp(h.tmp, "barrier-")
+		if err != nil {
+			return err
+		}
+		before, err := SampleProc(pid)
+		if err != nil {
+			return err
+		}
+		reps := make([]*LoadReport, parties)
+		errs := make([]error, parties)
+		var wg sync.WaitGroup
+		for k := range parties {
+			first, count := k*n/parties, (k+1)*n/parties-k*n/parties
+			wg.Go(func() {
+				reps[k], errs[k] = h.runLoad(ctx, kind, pid, loadArgs{sessions: count, hold: h.cfg.ScaleHold,
+					echoRate: h.cfg.ScaleEchoRate / float64(parties), first: first, barrierDir: dir, parties: parties,
+					concurrency: max(8, 64/parties), raw: true})
+				// One that ended before the barrier must not hold the others there.
+				if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("ramped-%d", first))); err != nil {
+					_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("ramped-exit-%d", first)), nil, 0o644)
+				}
+			})
+		}
+		wg.Wait()
+		rep := mergeLoadReports(reps, before)
 		m.Load = rep
 		if rep != nil {
 			scaleMetricsOf(rep, m.Metrics)
+			m.Metrics["load_generators"] = float64(parties)
 		}
-		return err
+		return errors.Join(errs...)
 	})
+}
+
+// mergeLoadReports makes one report of the reports of load generators that ramped and held
+// together against the server sampled in before (nil reports are of ones that failed):
+// sessions and echoes add up, percentiles come from every sample (RawSamples), the ramp ends
+// with the last one, and the server's memory is the largest any of them read after the common
+// barrier.
+func mergeLoadReports(reps []*LoadReport, before ProcSample) *LoadReport {
+	var out *LoadReport
+	var hs, echoes []float64
+	var rampEnd, cpuEnd, loadGrowth float64
+	for _, r := range reps {
+		if r == nil {
+			continue
+		}
+		if out == nil {
+			out = &LoadReport{Server: r.Server, Sources: r.Sources, HoldSeconds: r.HoldSeconds}
+		}
+		out.SessionsRequested += r.SessionsRequested
+		out.SessionsConnected += r.SessionsConnected
+		out.ConnectFailures += r.ConnectFailures
+		out.SessionsAlive += r.SessionsAlive
+		out.SessionsFailed += r.SessionsFailed
+		for reason, c := range r.FailureReasons {
+			if out.FailureReasons == nil {
+				out.FailureReasons = map[string]int{}
+			}
+			out.FailureReasons[reason] += c
+		}
+		out.RampSeconds = max(out.RampSeconds, r.RampSeconds)
+		if r.HandshakesPerSecond > 0 {
+			rampEnd = max(rampEnd, float64(r.SessionsConnected)/r.HandshakesPerSecond)
+		}
+		hs = append(hs, r.HandshakeSamplesMs...)
+		echoes = append(echoes, r.HoldEchoSamplesUs...)
+		out.HoldEchoes += r.HoldEchoes
+		out.HoldEchoReplies += r.HoldEchoReplies
+		out.LoadRSSKiB += r.LoadRSSKiB
+		loadGrowth += r.LoadRSSPerSessionKiB * float64(r.SessionsConnected)
+		if p := r.ServerProc; p != nil {
+			if out.ServerProc == nil {
+				out.ServerProc = &ServerProc{PID: p.PID, Name: p.Name, RSSBeforeKiB: before.RSSKiB}
+			}
+			q := out.ServerProc
+			q.RSSRampKiB = max(q.RSSRampKiB, p.RSSRampKiB)
+			q.RSSHoldKiB = max(q.RSSHoldKiB, p.RSSHoldKiB)
+			q.RSSEndKiB = max(q.RSSEndKiB, p.RSSEndKiB)
+			cpuEnd = max(cpuEnd, p.CPUAtRampEnd)
+		}
+	}
+	if out == nil {
+		return nil
+	}
+	if rampEnd > 0 {
+		out.HandshakesPerSecond = float64(out.SessionsConnected) / rampEnd
+	}
+	out.HandshakeMs = summarize(hs)
+	if out.HoldEchoes > 0 {
+		sum := summarize(echoes)
+		out.HoldRTTUs = &sum
+		out.HoldEchoLoss = max(0, 1-float64(out.HoldEchoReplies)/float64(out.HoldEchoes))
+	}
+	conn := float64(max(1, out.SessionsConnected))
+	if q := out.ServerProc; q != nil {
+		q.RSSPerSessKB = float64(q.RSSRampKiB-q.RSSBeforeKiB) / conn
+		if q.RSSHoldKiB > 0 {
+			q.RSSHeldPerSessKB = float64(q.RSSHoldKiB-q.RSSBeforeKiB) / conn
+		}
+		q.CPUAtRampEnd = cpuEnd
+		q.CPURampSec = cpuEnd - before.CPU.Seconds()
+		q.CPUPerHSMs = 1e3 * q.CPURampSec / conn
+	}
+	// The load generators' growth over their sessions (identities issued before are not in it).
+	out.LoadRSSPerSessionKiB = loadGrowth / conn
+	return out
 }
 
 func scaleMetricsOf(rep *LoadReport, out map[string]float64) {

@@ -193,7 +193,11 @@ func netmask(bits int) netip.Addr {
 
 // Identities issues n client certificates from the fixtures' CA (CN bench-<i>), spread over the
 // CPUs; issuing happens before a ramp so that it does not count in it.
-func Identities(ca *pki.Identity, n int) ([]tls.Certificate, error) {
+func Identities(ca *pki.Identity, n int) ([]tls.Certificate, error) { return IdentitiesFrom(ca, 0, n) }
+
+// IdentitiesFrom issues the n client certificates bench-<first> to bench-<first+n-1>: load
+// generators that share a run take disjoint ranges, so that no two sessions share a name.
+func IdentitiesFrom(ca *pki.Identity, first, n int) ([]tls.Certificate, error) {
 	certs := make([]tls.Certificate, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -201,7 +205,7 @@ func Identities(ca *pki.Identity, n int) ([]tls.Certificate, error) {
 	for w := range workers {
 		wg.Go(func() {
 			for i := w; i < n; i += workers {
-				id, err := pki.IssueClient(ca, fmt.Sprintf("bench-%d", i), nil, pki.ECDSAP256, 48*time.Hour, time.Now().Add(-time.Hour))
+				id, err := pki.IssueClient(ca, fmt.Sprintf("bench-%d", first+i), nil, pki.ECDSAP256, 48*time.Hour, time.Now().Add(-time.Hour))
 				if err == nil {
 					certs[i], err = id.TLSCertificate()
 				}

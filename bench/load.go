@@ -79,9 +79,18 @@ type LoadConfig struct {
 	// the current namespace, from Sources when set.
 	Dial    func(ctx context.Context) (net.PacketConn, error)
 	DialTCP func(ctx context.Context) (net.Conn, error)
-	// Sources are local addresses the sessions dial from, session i from Sources[i % len]
-	// (SourceAddrs); nil lets the kernel choose.
+	// Sources are local addresses the sessions dial from, session i from
+	// Sources[(First+i) % len] (SourceAddrs); nil lets the kernel choose. First is the index of
+	// this load generator's first session among several that share a run.
 	Sources []netip.Addr
+	First   int
+	// Barrier, when set, is called after the ramp and before the server's memory is read: load
+	// generators that share a run wait there for each other, so that all hold their sessions
+	// at once and the memory read after it counts every session.
+	Barrier func(ctx context.Context) error
+	// RawSamples keeps every handshake latency and hold echo round trip in the report, for a
+	// caller that merges the reports of several load generators.
+	RawSamples bool
 	// HoldProbeRate is the gateway echoes per second over all sessions while they are held
 	// (the round trip through an idle tunnel, keepalives flowing); 0 sends none.
 	HoldProbeRate float64
@@ -121,6 +130,12 @@ type LoadReport struct {
 	HoldEchoLoss float64  `json:"hold_echo_loss,omitempty"`
 	// Sources is how many local addresses the sessions came from (LoadConfig.Sources).
 	Sources int `json:"sources,omitempty"`
+	// HoldEchoReplies counts the echoes that came back. With LoadConfig.RawSamples,
+	// HandshakeSamplesMs and HoldEchoSamplesUs are every sample behind HandshakeMs and
+	// HoldRTTUs.
+	HoldEchoReplies    uint64    `json:"hold_echo_replies,omitempty"`
+	HandshakeSamplesMs []float64 `json:"handshake_samples_ms,omitempty"`
+	HoldEchoSamplesUs  []float64 `json:"hold_echo_samples_us,omitempty"`
 
 	SessionsAlive  int `json:"sessions_alive"` // at the end of the run, before closing
 	SessionsFailed int `json:"sessions_failed,omitempty"`
@@ -151,9 +166,12 @@ type ServerProc struct {
 	RSSHoldKiB       int64   `json:"rss_after_hold_kib,omitempty"`
 	RSSHeldPerSessKB float64 `json:"rss_held_per_session_kib,omitempty"`
 	CPURampSec       float64 `json:"cpu_ramp_seconds"`
-	CPUPerHSMs       float64 `json:"cpu_ms_per_handshake"`
-	CPUTraffic       float64 `json:"cpu_traffic_seconds,omitempty"`
-	CPUPerGB         float64 `json:"cpu_seconds_per_gb,omitempty"`
+	// CPUAtRampEnd is the server's total CPU time when the ramp ended (seconds since it
+	// started), for merging the ramps of several load generators.
+	CPUAtRampEnd float64 `json:"cpu_at_ramp_end_seconds,omitempty"`
+	CPUPerHSMs   float64 `json:"cpu_ms_per_handshake"`
+	CPUTraffic   float64 `json:"cpu_traffic_seconds,omitempty"`
+	CPUPerGB     float64 `json:"cpu_seconds_per_gb,omitempty"`
 }
 
 // TrafficReport is the traffic phase: data to the sink, probes echoed by it.
@@ -211,6 +229,9 @@ type load struct {
 	// echoRTT records gateway echo round trips while holding; echoReplies counts them.
 	echoRTT     atomic.Pointer[Histogram]
 	echoReplies atomic.Uint64
+	// echoMu guards echoSamples, every echo round trip (µs) while holding with RawSamples.
+	echoMu      sync.Mutex
+	echoSamples []float64
 	waitMu      sync.Mutex
 	waiters     map[uint64]chan []byte // control replies from the sink by sequence
 	seq         atomic.Uint64
@@ -249,6 +270,11 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 	if cfg.ServerPID > 0 {
 		rampEnd, _ = SampleProc(cfg.ServerPID)
 	}
+	if cfg.Barrier != nil {
+		if err := cfg.Barrier(ctx); err != nil {
+			return rep, fmt.Errorf("bench: waiting for the other load generators: %w", err)
+		}
+	}
 	if err := sleepCtx(ctx, cfg.Settle); err != nil {
 		return rep, err
 	}
@@ -260,6 +286,7 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 		p.RSSRampKiB = s.RSSKiB
 		p.RSSPerSessKB = float64(s.RSSKiB-before.RSSKiB) / float64(max(1, rep.SessionsConnected))
 		p.CPURampSec = (rampEnd.CPU - before.CPU).Seconds()
+		p.CPUAtRampEnd = rampEnd.CPU.Seconds()
 		p.CPUPerHSMs = 1e3 * p.CPURampSec / float64(max(1, rep.SessionsConnected))
 	}
 	l.log.Info("ramp done", "connected", rep.SessionsConnected, "failed", rep.ConnectFailures,
@@ -450,6 +477,9 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 		rep.FailureReasons = reasons
 	}
 	rep.HandshakeMs = summarize(lat)
+	if cfg.RawSamples {
+		rep.HandshakeSamplesMs = lat
+	}
 	if rep.SessionsConnected > 0 {
 		rep.HandshakesPerSecond = float64(rep.SessionsConnected) / lastOK.Sub(start).Seconds()
 	}
@@ -468,7 +498,7 @@ func (l *load) dialers(i int) (func(context.Context) (net.PacketConn, error), fu
 	if len(cfg.Sources) == 0 || cfg.Dial != nil || cfg.DialTCP != nil {
 		return cfg.Dial, cfg.DialTCP
 	}
-	src := cfg.Sources[i%len(cfg.Sources)]
+	src := cfg.Sources[(cfg.First+i)%len(cfg.Sources)]
 	dial := func(context.Context) (net.PacketConn, error) {
 		return net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), net.UDPAddrFromAddrPort(cfg.Server))
 	}
@@ -523,7 +553,11 @@ func (l *load) hold(ctx context.Context, rep *LoadReport) error {
 		sum := hist.Summary()
 		rep.HoldRTTUs = &sum
 		rep.HoldEchoes = sent
-		rep.HoldEchoLoss = max(0, 1-float64(l.echoReplies.Load()-echoes0)/float64(sent))
+		rep.HoldEchoReplies = l.echoReplies.Load() - echoes0
+		rep.HoldEchoLoss = max(0, 1-float64(rep.HoldEchoReplies)/float64(sent))
+		l.echoMu.Lock()
+		rep.HoldEchoSamplesUs = l.echoSamples
+		l.echoMu.Unlock()
 	}
 	return nil
 }
@@ -547,8 +581,14 @@ func (l *load) onPacket(_ *client.Session, ip []byte) {
 	if !ok {
 		if sent, ok := parseEchoReply(ip); ok {
 			if hist := l.echoRTT.Load(); hist != nil {
-				hist.Record(time.Since(l.epoch0) - time.Duration(sent))
+				d := time.Since(l.epoch0) - time.Duration(sent)
+				hist.Record(d)
 				l.echoReplies.Add(1)
+				if l.cfg.RawSamples {
+					l.echoMu.Lock()
+					l.echoSamples = append(l.echoSamples, float64(d)/1e3)
+					l.echoMu.Unlock()
+				}
 			}
 		}
 		return

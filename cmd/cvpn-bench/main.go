@@ -155,6 +155,10 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	timeout := fs.Duration("timeout", 0, "bound on the whole run (0: none beyond the per-phase bounds)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
 	sources := fs.Int("sources", 0, "dial the sessions from this many local source addresses in 198.18.0.0/15 (they must exist; 0: the kernel's choice)")
+	first := fs.Int("first", 0, "index of this run's first session among several load generators: client names bench-<first+i>, source address (first+i) mod --sources")
+	barrierDir := fs.String("barrier-dir", "", "`directory` where --barrier-parties load generators meet after their ramps (each adds a file, all wait for the rest)")
+	barrierParties := fs.Int("barrier-parties", 0, "load generators that meet in --barrier-dir")
+	rawSamples := fs.Bool("raw-samples", false, "keep every handshake latency and hold echo round trip in the JSON report (for merging reports)")
 	holdEchoRate := fs.Float64("hold-echo-rate", 0, "ICMP echoes per second to the sessions' gateway while holding (round trip of idle tunnels)")
 	profSocket := fs.String("profile-socket", "", "cvpn admin API `socket`: take a CPU profile of the server during the measured phase")
 	profOut := fs.String("profile-out", "", "write that profile to `file` (with --profile-socket)")
@@ -169,6 +173,13 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Settle: *settle, Hold: *hold, Duration: *duration, IdleProbe: *idle, PacketSize: *size,
 		RateMbps: *rate, Senders: *senders, ProbeRate: *probeRate, ServerPID: *pid,
 		PacedMbps: *pacedMbps, PacedDuration: *pacedDur, Warmup: *warmup, HoldProbeRate: *holdEchoRate,
+		First: *first, RawSamples: *rawSamples,
+	}
+	if (*barrierDir == "") != (*barrierParties <= 0) {
+		return usageError{errors.New("give --barrier-dir and --barrier-parties together")}
+	}
+	if *barrierDir != "" {
+		cfg.Barrier = fileBarrier(*barrierDir, *barrierParties, *first)
 	}
 	if *sources > 0 {
 		cfg.Sources = bench.SourceAddrs(*sources)
@@ -236,7 +247,7 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return fmt.Errorf("--issuer-cert/--issuer-key: %w", err)
 		}
-		certs, err := bench.Identities(issuer, *sessions)
+		certs, err := bench.IdentitiesFrom(issuer, *first, *sessions)
 		if err != nil {
 			return err
 		}
@@ -274,6 +285,39 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 	}
 	return err
+}
+
+// fileBarrier returns a barrier of parties load generators in dir: each writes a file named by
+// its first session and waits until parties files are there. The harness that starts them
+// watches the same directory to know when every ramp ended.
+func fileBarrier(dir string, parties, first int) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("ramped-%d", first)), nil, 0o644); err != nil {
+			return err
+		}
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				return err
+			}
+			n := 0
+			for _, e := range ents {
+				if strings.HasPrefix(e.Name(), "ramped-") {
+					n++
+				}
+			}
+			if n >= parties {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+	}
 }
 
 func writeJSON(path string, v any, stdout io.Writer) error {

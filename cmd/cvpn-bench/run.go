@@ -35,6 +35,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	scale := fs.Int("scale", 100000, "sessions of the scale scenario (cvpn only)")
 	scaleHold := fs.Duration("scale-hold", 30*time.Second, "how long the scale scenario holds its sessions")
 	scaleEchoes := fs.Float64("scale-echo-rate", 1000, "gateway echoes per second over all sessions while the scale scenario holds them")
+	perProcess := fs.Int("sessions-per-process", 15000, "most sessions of one load generator process in the scale scenario (each holds a socket; the open files limit, ulimit -n, bounds it)")
 	sources := fs.Int("sources", 1024, "source addresses of the load generator (servers limit new sessions per address and per /24)")
 	limit := fs.Float64("limit-mbps", 10, "cvpn bandwidth_limit_mbps in the limit scenario")
 	limitSessions := fs.Int("limit-sessions", 8, "sessions of the limit scenario")
@@ -55,7 +56,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		CVPNBin: *cvpnBin, Self: self, Rounds: *rounds, Sessions: sessions, Duration: *duration,
 		IperfSeconds: *iperfSecs, Big: *big, BigOpenVPN: *bigOpenVPN, BigRounds: *bigRounds, BigHold: *bigHold,
 		LimitMbps: *limit, LimitSessions: *limitSessions,
-		Scale: *scale, ScaleHold: *scaleHold, ScaleEchoRate: *scaleEchoes, Sources: *sources,
+		Scale: *scale, ScaleHold: *scaleHold, ScaleEchoRate: *scaleEchoes, Sources: *sources, SessionsPerProcess: *perProcess,
 		OpenVPNExtra: unescapeLines(*openvpnExtra), CVPNExtra: unescapeLines(*cvpnExtra),
 		PacedMbps: *paced, LogDir: *logDir, GoBin: *goBin, NoProfile: *noProfile,
 		Out: stderr,
