@@ -145,6 +145,7 @@ func TestParse6Refusals(t *testing.T) {
 		{"chain split: extension after fragment", packet6(client6, server6, []ext{fragment(0, true, 1)}, ProtoDestOpts, []byte{17, 1, 0, 0, 0, 0, 0, 0}), ChainNotInFirstFragment},
 		{"fragment not a multiple of 8", packet6(client6, server6, []ext{fragment(0, true, 1)}, ProtoUDP, make([]byte, 12)), BadFragment},
 		{"fragment past 65535", packet6(client6, server6, []ext{fragment(8190, false, 1)}, ProtoUDP, make([]byte, 16)), BadFragment},
+		{"reassembled past 65535 with the headers before the fragment header", packet6(client6, server6, []ext{destOpts(1), fragment(8189, false, 1)}, ProtoUDP, make([]byte, 16)), BadFragment},
 		{"two fragment headers", packet6(client6, server6, []ext{fragment(0, false, 1), fragment(0, false, 2)}, ProtoUDP, udp), BadFragment},
 		{"routing with segments left", packet6(client6, server6, []ext{routing(1, 1)}, ProtoUDP, udp), RoutingHeader},
 	} {
