@@ -2,6 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -23,11 +27,39 @@ func TestLoadFlagErrors(t *testing.T) {
 		{[]string{"--proto", "sctp"}, `--proto "sctp": want udp or tcp`},
 		{[]string{"--tls-auth", fx.TLSCryptFile, "--tls-auth-digest", "MD5"}, `--tls-auth-digest "MD5"`},
 		{[]string{"--tls-auth", fx.TLSCryptFile, "--tls-crypt", fx.TLSCryptFile}, "--tls-crypt or --tls-auth, not both"},
+		{[]string{"--profile-socket", "/run/cvpn/admin.sock"}, "--profile-socket and --profile-out together"},
+		{[]string{"--barrier-dir", t.TempDir()}, "--barrier-dir and --barrier-parties together"},
+		{[]string{"--barrier-parties", "3"}, "--barrier-dir and --barrier-parties together"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(append(append([]string(nil), base...), tc.args...), &stdout, &stderr)
 		if code != 2 || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, stderr.String(), tc.want)
 		}
+	}
+}
+
+// TestFileBarrier: each party adds its file and returns once all are there; one alone waits
+// until its context ends.
+func TestFileBarrier(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	alone := make(chan error, 1)
+	go func() { alone <- fileBarrier(dir, 2, 0)(ctx) }()
+	cancel()
+	if err := <-alone; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a party alone: %v, want context.Canceled", err)
+	}
+	done := make(chan error, 2)
+	for _, first := range []int{0, 100} {
+		go func() { done <- fileBarrier(dir, 2, first)(context.Background()) }()
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "ramped-100")); err != nil {
+		t.Errorf("the second party's file: %v", err)
 	}
 }
