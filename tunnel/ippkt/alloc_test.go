@@ -31,7 +31,7 @@ func TestNoAllocs(t *testing.T) {
 			}
 			sink += e.Transport
 		},
-		"Checksum": func() { sink += int(Checksum(chain, PseudoSum6(client6, server6, ProtoUDP, len(chain)))) },
+		"Checksum":   func() { sink += int(Checksum(chain, PseudoSum6(client6, server6, ProtoUDP, len(chain)))) },
 		"UpdateAddr": func() { sink += int(UpdateAddr(0x1234, client6, server6)) },
 		"ClampMSS6": func() {
 			syn[40+8+22], syn[40+8+23] = 0x05, 0xb4
