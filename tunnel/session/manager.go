@@ -80,6 +80,7 @@ type settings struct {
 	tls     *tls.Config
 	wrapper tlscrypt.Wrapper // never nil: plain when none
 	replay  bool             // the wrapper carries replay ids
+	chains  *chainCache      // verifies client certificates; nil without ClientCAs
 }
 
 // Revoker reports whether a client certificate was revoked.
@@ -257,9 +258,14 @@ func (m *Manager) Reconfigure(s Settings) error {
 	if st.wrapper == nil {
 		st.wrapper, st.replay = tlscrypt.NewPlain(), false
 	}
-	clientAuth := tls.RequireAndVerifyClientCert
+	// Client certificates are verified by verifyConnection through the snapshot's chainCache,
+	// not by crypto/tls (RequireAnyClientCert only asks for one), so a chain that verified once
+	// is not verified again while it is valid. ClientCAs still names the CAs in the request.
+	clientAuth := tls.RequireAnyClientCert
 	if s.ClientCAs == nil {
 		clientAuth = tls.NoClientCert
+	} else {
+		st.chains = newChainCache(s.ClientCAs)
 	}
 	st.tls = &tls.Config{
 		Certificates:           []tls.Certificate{s.Certificate},
@@ -267,7 +273,7 @@ func (m *Manager) Reconfigure(s Settings) error {
 		ClientCAs:              s.ClientCAs,
 		MinVersion:             tls.VersionTLS12,
 		SessionTicketsDisabled: true,
-		VerifyConnection:       m.verifyConnection,
+		VerifyConnection:       func(cs tls.ConnectionState) error { return m.verifyConnection(st, cs) },
 	}
 	m.set.Store(st)
 	return nil
@@ -276,12 +282,20 @@ func (m *Manager) Reconfigure(s Settings) error {
 // Settings returns the current settings.
 func (m *Manager) Settings() Settings { return m.set.Load().Settings }
 
-// verifyConnection refuses revoked client certificates during the TLS handshake.
-func (m *Manager) verifyConnection(cs tls.ConnectionState) error {
+// verifyConnection checks the client's certificate chain against the client CAs and refuses
+// revoked client certificates during the TLS handshake. crypto/tls answers a refusal with a
+// bad_certificate alert.
+func (m *Manager) verifyConnection(st *settings, cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) == 0 {
 		return nil
 	}
 	cert := cs.PeerCertificates[0]
+	if st.chains != nil {
+		if err := st.chains.verify(cs.PeerCertificates, time.Now()); err != nil {
+			// The form crypto/tls's own verification returns, which certificateRefusal reads.
+			return &tls.CertificateVerificationError{UnverifiedCertificates: cs.PeerCertificates, Err: err}
+		}
+	}
 	if r := m.revoker.Load(); r != nil {
 		if c, ok := (*r).(RevocationChecker); ok {
 			if err := c.CheckRevocation(cert); err != nil {
