@@ -12,6 +12,7 @@ import (
 	"runtime/pprof"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,10 +58,61 @@ var (
 // engineBench is a running server with its clients.
 type engineBench struct {
 	srv      *tunnel.Server
+	net      *socktest.Network
 	dev      *tuntest.Device
 	sessions []*client.Session
+	senders  []*sender // the sessions' sockets
 	// received counts, per session, the packets its client opened (download).
 	received []paddedCount
+}
+
+// sender is a client's socket that, once a batch is set, queues what the client sends into
+// the batch instead of sending it: the producer that drives the client sends the batch when its
+// chunk is sealed, as one InjectBatch. Many clients' datagrams then reach the server's shards
+// the way a kernel's socket queues fill, a batch at a time, and the benchmark measures the
+// server rather than the fake network's locks.
+type sender struct {
+	net.PacketConn // the client's socktest socket: reads, deadlines, Close
+	from           netip.AddrPort
+	batch          atomic.Pointer[sendBatch]
+}
+
+func (s *sender) WriteTo(p []byte, addr net.Addr) (int, error) {
+	b := s.batch.Load()
+	ua, ok := addr.(*net.UDPAddr)
+	if b == nil || !ok {
+		return s.PacketConn.WriteTo(p, addr)
+	}
+	b.add(s.from, ua.AddrPort(), p)
+	return len(p), nil
+}
+
+// sendBatch is one producer's datagrams waiting to be sent. A client's keepalive may add to it
+// from the client's own goroutine, hence the lock.
+type sendBatch struct {
+	net  *socktest.Network
+	mu   sync.Mutex
+	ds   []socktest.Datagram
+	bufs [][]byte // reused: ds[i].Data is bufs[i][:len]
+}
+
+func (b *sendBatch) add(from, to netip.AddrPort, p []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	i := len(b.ds)
+	if i == len(b.bufs) {
+		b.bufs = append(b.bufs, make([]byte, 0, 2048))
+	}
+	b.bufs[i] = append(b.bufs[i][:0], p...)
+	b.ds = append(b.ds, socktest.Datagram{From: from, To: to, Data: b.bufs[i]})
+}
+
+func (b *sendBatch) send() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.net.InjectBatch(b.ds)
+	clear(b.ds)
+	b.ds = b.ds[:0]
 }
 
 type paddedCount struct {
@@ -111,7 +163,7 @@ func newEngineBench(b *testing.B) *engineBench {
 		b.Fatal(err)
 	}
 	network := socktest.NewNetwork()
-	e := &engineBench{dev: tuntest.New(tunnel.Workers(0)), received: make([]paddedCount, engineSessions)}
+	e := &engineBench{net: network, dev: tuntest.New(tunnel.Workers(0)), received: make([]paddedCount, engineSessions)}
 
 	// The server's goroutines carry side=server, the clients' side=client, for the profile.
 	pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", "server")))
@@ -139,6 +191,7 @@ func newEngineBench(b *testing.B) *engineBench {
 	// Connect the clients, several at a time, each from its own /24 (the server bounds
 	// handshakes per source network).
 	e.sessions = make([]*client.Session, engineSessions)
+	e.senders = make([]*sender, engineSessions)
 	errs := make(chan error, engineSessions)
 	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
@@ -152,8 +205,15 @@ func newEngineBench(b *testing.B) *engineBench {
 			recv := &e.received[i].Uint64
 			cfg := client.Config{
 				Server: benchServer, Certificate: cliCert, RootCAs: roots,
-				Ciphers:  []datacrypto.Cipher{datacrypto.AES256GCM},
-				Dial:     func(context.Context) (net.PacketConn, error) { return network.ListenPacket(from) },
+				Ciphers: []datacrypto.Cipher{datacrypto.AES256GCM},
+				Dial: func(context.Context) (net.PacketConn, error) {
+					pc, err := network.ListenPacket(from)
+					if err != nil {
+						return nil, err
+					}
+					e.senders[i] = &sender{PacketConn: pc, from: from}
+					return e.senders[i], nil
+				},
 				OnPacket: func(*client.Session, []byte) { recv.Add(1) },
 			}
 			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -204,6 +264,7 @@ func (e *engineBench) run(b *testing.B, producers int, send func(g, k, n int), d
 	base := done()
 	var sent atomic.Int64
 	b.ReportAllocs()
+	cpu0 := cpuTime()
 	b.ResetTimer()
 	var wg sync.WaitGroup
 	for g := range producers {
@@ -233,13 +294,29 @@ func (e *engineBench) run(b *testing.B, producers int, send func(g, k, n int), d
 		runtime.Gosched()
 	}
 	b.StopTimer()
+	cpu := cpuTime() - cpu0
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
+	// The process's CPU time per packet (clients and server), and the share of GOMAXPROCS
+	// cores it kept busy: on a shared machine the rate is noisy, these less so. A rate that does
+	// not grow with cores while the CPU per packet stays flat means idle cores (waits, sleeps);
+	// CPU per packet that grows means contention.
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), "cpu-µs/pkt")
+	b.ReportMetric(cpu.Seconds()/b.Elapsed().Seconds()/float64(runtime.GOMAXPROCS(0)), "busy")
+}
+
+// cpuTime is the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkEngineUpload: clients to the private network. GOMAXPROCS producers each seal packets
 // for their share of the sessions (session i belongs to producer i mod GOMAXPROCS), round robin,
-// through bench/client; the server opens, checks, NATs them and writes them to the TUN, where they
-// are counted.
+// through bench/client, and send each chunk as one batch; the server opens, checks, NATs them and
+// writes them to the TUN, where they are counted.
 func BenchmarkEngineUpload(b *testing.B) {
 	e := newEngineBench(b)
 	producers := runtime.GOMAXPROCS(0)
@@ -248,7 +325,24 @@ func BenchmarkEngineUpload(b *testing.B) {
 		pkts[i] = uploadPacket(s.Address().Addr(), benchVPC, 40000, 9, enginePacket)
 	}
 	perProducer := (engineSessions + producers - 1) / producers
+	batches := make([]*sendBatch, producers)
+	for g := range batches {
+		batches[g] = &sendBatch{net: e.net}
+	}
+	for i, s := range e.senders {
+		s.batch.Store(batches[i%producers])
+	}
+	defer func() {
+		// Back to sending at once, for the goodbyes.
+		for _, s := range e.senders {
+			s.batch.Store(nil)
+		}
+		for _, b := range batches {
+			b.send()
+		}
+	}()
 	e.run(b, producers, func(g, k, n int) {
+		defer batches[g].send()
 		for ; n > 0; n, k = n-1, k+1 {
 			i := g + producers*(k%perProducer)
 			if i >= engineSessions {

@@ -853,3 +853,33 @@ func TestUDPNoAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per batch of %d datagrams", allocs, len(out))
 	}
 }
+
+// InjectBatch delivers many senders' datagrams to many endpoints, in order per endpoint, even
+// when the batch names more endpoints than it gathers for at once.
+func TestInjectBatch(t *testing.T) {
+	n := NewNetwork()
+	var eps []net.PacketConn
+	for i := range 12 {
+		eps = append(eps, listenPacket(t, n, fmt.Sprintf("192.0.2.%d:1000", i+1)))
+	}
+	var ds []Datagram
+	for k := range 3 * sock.MaxBatch {
+		for i := range eps {
+			ds = append(ds, Datagram{
+				From: netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(k)}), 7),
+				To:   udpAddr(eps[i]),
+				Data: []byte{byte(i), byte(k), byte(k >> 8)},
+			})
+		}
+	}
+	ds = append(ds, Datagram{From: ap("198.51.100.1:7"), To: ap("203.0.113.1:1"), Data: []byte("nobody there")})
+	n.InjectBatch(ds)
+	for i, pc := range eps {
+		for k := range 3 * sock.MaxBatch {
+			got, from := readFrom(t, pc)
+			if got != string([]byte{byte(i), byte(k), byte(k >> 8)}) || from.Addr() != netip.AddrFrom4([4]byte{198, 51, 100, byte(k)}) {
+				t.Fatalf("endpoint %d read %x from %v, want datagram %d", i, got, from, k)
+			}
+		}
+	}
+}
