@@ -62,8 +62,9 @@ type engineBench struct {
 	dev      *tuntest.Device
 	sessions []*client.Session
 	senders  []*sender // the sessions' sockets
-	// received counts, per session, the packets its client opened (download).
-	received []paddedCount
+	// arrived counts the packets that made it through: at the TUN (upload), at the clients
+	// (download).
+	arrived progress
 }
 
 // sender is a client's socket that, once a batch is set, queues what the client sends into
@@ -115,9 +116,37 @@ func (b *sendBatch) send() {
 	b.ds = b.ds[:0]
 }
 
-type paddedCount struct {
-	atomic.Uint64
-	_ [56]byte
+// progress counts arrived packets and wakes producers waiting for room in the window: a
+// producer that spun instead would take a core from the engine it waits for.
+type progress struct {
+	n       atomic.Uint64
+	waiters atomic.Int32
+	wake    chan struct{}
+}
+
+func (p *progress) add(k uint64) {
+	p.n.Add(k)
+	if p.waiters.Load() > 0 {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// wait returns once n reaches until, or after a second (the caller looks again).
+func (p *progress) wait(until uint64) {
+	p.waiters.Add(1)
+	defer p.waiters.Add(-1)
+	timeout := time.NewTimer(time.Second)
+	defer timeout.Stop()
+	for p.n.Load() < until {
+		select {
+		case <-p.wake:
+		case <-timeout.C:
+			return
+		}
+	}
 }
 
 func newEngineBench(b *testing.B) *engineBench {
@@ -163,7 +192,7 @@ func newEngineBench(b *testing.B) *engineBench {
 		b.Fatal(err)
 	}
 	network := socktest.NewNetwork()
-	e := &engineBench{net: network, dev: tuntest.New(tunnel.Workers(0)), received: make([]paddedCount, engineSessions)}
+	e := &engineBench{net: network, dev: tuntest.New(tunnel.Workers(0)), arrived: progress{wake: make(chan struct{}, 1)}}
 
 	// The server's goroutines carry side=server, the clients' side=client, for the profile.
 	pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", "server")))
@@ -202,7 +231,6 @@ func newEngineBench(b *testing.B) *engineBench {
 			defer func() { <-sem }()
 			pprof.SetGoroutineLabels(ctx)
 			from := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i), 1}), 40000)
-			recv := &e.received[i].Uint64
 			cfg := client.Config{
 				Server: benchServer, Certificate: cliCert, RootCAs: roots,
 				Ciphers: []datacrypto.Cipher{datacrypto.AES256GCM},
@@ -214,7 +242,7 @@ func newEngineBench(b *testing.B) *engineBench {
 					e.senders[i] = &sender{PacketConn: pc, from: from}
 					return e.senders[i], nil
 				},
-				OnPacket: func(*client.Session, []byte) { recv.Add(1) },
+				OnPacket: func(*client.Session, []byte) { e.arrived.add(1) },
 			}
 			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			defer cancel()
@@ -257,12 +285,12 @@ func uploadPacket(src, dst netip.Addr, srcPort, dstPort uint16, size int) []byte
 
 // run splits b.N packets over producers, each sending its share in chunks with send (given the
 // producer's number, the sequence number of the chunk's first packet within the producer's
-// share, and the chunk's size), holding the packets in flight (sent less done()) under
-// engineWindow. It returns when done() reaches b.N, and reports the rate.
-func (e *engineBench) run(b *testing.B, producers int, send func(g, k, n int), done func() uint64) {
+// share, and the chunk's size), holding the packets in flight (sent less arrived) under
+// engineWindow. It returns when b.N more have arrived, and reports the rate.
+func (e *engineBench) run(b *testing.B, producers int, send func(g, k, n int)) {
 	b.Helper()
-	base := done()
-	var sent atomic.Int64
+	base := e.arrived.n.Load()
+	var sent atomic.Uint64
 	b.ReportAllocs()
 	cpu0 := cpuTime()
 	b.ResetTimer()
@@ -274,12 +302,10 @@ func (e *engineBench) run(b *testing.B, producers int, send func(g, k, n int), d
 		}
 		wg.Go(func() {
 			for k := 0; k < share; {
-				// Wait for room by yielding: the engine's goroutines, runnable, take the core.
-				for int(sent.Load())-int(done()-base) > engineWindow {
-					runtime.Gosched()
-				}
 				chunk := min(engineChunk, share-k)
-				sent.Add(int64(chunk))
+				if s := sent.Add(uint64(chunk)); s > engineWindow {
+					e.arrived.wait(base + s - engineWindow)
+				}
 				send(g, k, chunk)
 				k += chunk
 			}
@@ -287,11 +313,11 @@ func (e *engineBench) run(b *testing.B, producers int, send func(g, k, n int), d
 	}
 	wg.Wait()
 	deadline := time.Now().Add(30 * time.Second)
-	for done()-base < uint64(b.N) {
+	for e.arrived.n.Load()-base < uint64(b.N) {
 		if time.Now().After(deadline) {
-			b.Fatalf("%d of %d packets arrived in 30 s; drops %v", done()-base, b.N, e.srv.Drops())
+			b.Fatalf("%d of %d packets arrived in 30 s; drops %v", e.arrived.n.Load()-base, b.N, e.srv.Drops())
 		}
-		runtime.Gosched()
+		e.arrived.wait(base + uint64(b.N))
 	}
 	b.StopTimer()
 	cpu := cpuTime() - cpu0
@@ -341,6 +367,7 @@ func BenchmarkEngineUpload(b *testing.B) {
 			b.send()
 		}
 	}()
+	e.dev.SetSink(func(int, []byte) { e.arrived.add(1) })
 	e.run(b, producers, func(g, k, n int) {
 		defer batches[g].send()
 		for ; n > 0; n, k = n-1, k+1 {
@@ -353,7 +380,7 @@ func BenchmarkEngineUpload(b *testing.B) {
 				return
 			}
 		}
-	}, e.dev.Written)
+	})
 }
 
 // BenchmarkEngineDownload: the private network to clients. Each TUN queue's producer injects
@@ -378,13 +405,6 @@ func BenchmarkEngineDownload(b *testing.B) {
 	e.dev.SetSink(nil)
 
 	queues := tunnel.Workers(0)
-	done := func() uint64 {
-		var n uint64
-		for i := range e.received {
-			n += e.received[i].Load()
-		}
-		return n
-	}
 	// Queue q's producer injects replies to sessions q, q+queues, ... round robin, a chunk at
 	// a time.
 	batches := make([][][]byte, queues)
@@ -401,5 +421,5 @@ func BenchmarkEngineDownload(b *testing.B) {
 			batch[j] = replies[ids[(k+j)%len(ids)]]
 		}
 		e.dev.Queue(q).Inject(batch...)
-	}, done)
+	})
 }
