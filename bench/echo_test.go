@@ -1,9 +1,14 @@
 package bench
 
 import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 )
 
 // TestEchoRoundTrip: a request turned into a reply the way a router does (type 0, checksum
@@ -55,5 +60,24 @@ func TestSourceAddrs(t *testing.T) {
 	}
 	if len(addrs) != 1100 || len(nets) != 512 {
 		t.Errorf("%d addresses in %d /24s", len(addrs), len(nets))
+	}
+}
+
+// TestRampTimeout: sessions a ramp did not start within RampTimeout count as failures of their
+// own kind, and none is dialled.
+func TestRampTimeout(t *testing.T) {
+	dialled := 0
+	rep, err := RunLoad(context.Background(), LoadConfig{
+		Server:      netip.MustParseAddrPort("127.0.0.1:1"),
+		Sessions:    3,
+		RampTimeout: time.Nanosecond,
+		Identity:    func(int) (tls.Certificate, error) { dialled++; return tls.Certificate{}, nil },
+		RootCAs:     x509.NewCertPool(),
+	})
+	if err == nil || !strings.Contains(err.Error(), "ramp ran out of time") {
+		t.Fatalf("error %v, want the ramp timeout named", err)
+	}
+	if rep.ConnectFailures != 3 || rep.FailureReasons[errRampTimeout.Error()] != 3 || dialled != 0 {
+		t.Errorf("%d failures %v, %d sessions started; want 3 ramp timeouts and none started", rep.ConnectFailures, rep.FailureReasons, dialled)
 	}
 }

@@ -62,6 +62,9 @@ type HarnessConfig struct {
 	Scale         int
 	ScaleHold     time.Duration
 	ScaleEchoRate float64
+	// ScaleRampTimeout bounds the scale scenario's ramp (default 10 min): a server slower
+	// than that holds fewer sessions, and the report says how many.
+	ScaleRampTimeout time.Duration
 	// SessionsPerProcess bounds the sessions of one load generator process in the scale
 	// scenario (each holds a socket; the open-files limit bounds them); default 15000.
 	SessionsPerProcess int
@@ -149,6 +152,9 @@ func (c *HarnessConfig) defaults() error {
 	}
 	if c.ScaleEchoRate <= 0 {
 		c.ScaleEchoRate = 1000
+	}
+	if c.ScaleRampTimeout <= 0 {
+		c.ScaleRampTimeout = 10 * time.Minute
 	}
 	if c.Sources <= 0 {
 		c.Sources = 1024
@@ -745,6 +751,7 @@ type loadArgs struct {
 	parties     int
 	concurrency int
 	raw         bool
+	rampTimeout time.Duration
 }
 
 // runLoad runs the load generator as a process in the lab's bench namespace and reads its
@@ -790,16 +797,32 @@ func (h *harness) runLoad(ctx context.Context, kind ServerKind, pid int, a loadA
 	if a.raw {
 		args = append(args, "--raw-samples")
 	}
+	if a.rampTimeout > 0 {
+		args = append(args, "--ramp-timeout", a.rampTimeout.String())
+	}
 	// Bounds: OpenVPN's reset limiter (and cvpn's copy of it) admits 10 new sessions a second
 	// after a burst of 100, so a ramp can take N/10 s; then the phases; then closing.
 	limit := time.Duration(a.sessions)*150*time.Millisecond + a.duration + a.hold + 3*time.Minute
+	if a.rampTimeout > 0 {
+		// Identities, the ramp, the last handshakes, the hold, closing.
+		limit = min(limit, 2*time.Minute+a.rampTimeout+time.Minute+a.duration+a.hold+3*time.Minute)
+	}
 	cctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	p, err := l.Start("load", l.BenchNS, args...)
 	if err != nil {
 		return nil, err
 	}
-	werr := p.Wait(cctx)
+	exited := make(chan error, 1)
+	go func() { exited <- p.Wait(context.Background()) }()
+	var werr error
+	select {
+	case werr = <-exited:
+	case <-cctx.Done():
+		// SIGTERM first: the load generator reports what it measured before it ends.
+		_ = p.Stop()
+		werr = fmt.Errorf("load: %w", cctx.Err())
+	}
 	h.saveLog(fmt.Sprintf("load-%s-%d", kind, time.Now().UnixNano()), p.Output())
 	b, rerr := os.ReadFile(out)
 	if rerr != nil {
@@ -930,7 +953,7 @@ func (h *harness) scale(ctx context.Context, kind ServerKind, m *Measurement) er
 			wg.Go(func() {
 				reps[k], errs[k] = h.runLoad(ctx, kind, pid, loadArgs{sessions: count, hold: h.cfg.ScaleHold,
 					echoRate: h.cfg.ScaleEchoRate / float64(parties), first: first, barrierDir: dir, parties: parties,
-					concurrency: max(8, 64/parties), raw: true})
+					concurrency: max(8, 64/parties), raw: true, rampTimeout: h.cfg.ScaleRampTimeout})
 				// One that ended before the barrier must not hold the others there.
 				if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("ramped-%d", first))); err != nil {
 					_ = os.WriteFile(filepath.Join(dir, fmt.Sprintf("ramped-exit-%d", first)), nil, 0o644)

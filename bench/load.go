@@ -36,6 +36,9 @@ type LoadConfig struct {
 	RampRate float64
 	// Concurrency bounds handshakes in flight; default 64.
 	Concurrency int
+	// RampTimeout, when set, stops starting sessions after this long; those not started count
+	// as connect failures (errRampTimeout) and the run goes on with the sessions connected.
+	RampTimeout time.Duration
 	// HandshakeTimeout bounds each session's Connect; default 60 s (OpenVPN's hand-window).
 	HandshakeTimeout time.Duration
 	// Settle is the pause after the ramp before the server's memory is read; default 2 s.
@@ -408,10 +411,17 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
 			}
-			if ctx.Err() != nil {
+			stop := ctx.Err()
+			if stop == nil && cfg.RampTimeout > 0 && time.Since(start) > cfg.RampTimeout {
+				stop = errRampTimeout
+			}
+			if stop != nil {
+				if ctx.Err() == nil {
+					<-sem
+				}
 				// Stop starting; the collector counts the rest as failed.
 				for j := i; j < cfg.Sessions; j++ {
-					results <- result{i: j, err: ctx.Err()}
+					results <- result{i: j, err: stop}
 				}
 				return
 			}
@@ -561,6 +571,9 @@ func (l *load) hold(ctx context.Context, rep *LoadReport) error {
 	}
 	return nil
 }
+
+// errRampTimeout is the failure of the sessions a ramp did not start within RampTimeout.
+var errRampTimeout = errors.New("bench: not started: the ramp ran out of time (RampTimeout)")
 
 func firstReason(m map[string]int) string {
 	keys := make([]string, 0, len(m))

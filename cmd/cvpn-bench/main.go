@@ -129,6 +129,7 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	sessions := fs.Int("sessions", 1, "sessions to connect")
 	ramp := fs.Float64("ramp", 0, "session starts per second (0: as fast as --concurrency allows)")
 	concurrency := fs.Int("concurrency", 64, "handshakes in flight at once")
+	rampTimeout := fs.Duration("ramp-timeout", 0, "stop starting sessions after this long and go on with those connected (0: no bound)")
 	hsTimeout := fs.Duration("handshake-timeout", 60*time.Second, "bound on each session's handshake")
 	settle := fs.Duration("settle", 2*time.Second, "pause after the ramp before reading the server's memory")
 	hold := fs.Duration("hold", 0, "keep the sessions idle (keepalives only) this long after the ramp")
@@ -169,7 +170,7 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return usageError{errors.New("give --profile-socket and --profile-out together")}
 	}
 	cfg := bench.LoadConfig{
-		Sessions: *sessions, RampRate: *ramp, Concurrency: *concurrency, HandshakeTimeout: *hsTimeout,
+		Sessions: *sessions, RampRate: *ramp, Concurrency: *concurrency, HandshakeTimeout: *hsTimeout, RampTimeout: *rampTimeout,
 		Settle: *settle, Hold: *hold, Duration: *duration, IdleProbe: *idle, PacketSize: *size,
 		RateMbps: *rate, Senders: *senders, ProbeRate: *probeRate, ServerPID: *pid,
 		PacedMbps: *pacedMbps, PacedDuration: *pacedDur, Warmup: *warmup, HoldProbeRate: *holdEchoRate,

@@ -35,6 +35,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	scale := fs.Int("scale", 100000, "sessions of the scale scenario (cvpn only)")
 	scaleHold := fs.Duration("scale-hold", 30*time.Second, "how long the scale scenario holds its sessions")
 	scaleEchoes := fs.Float64("scale-echo-rate", 1000, "gateway echoes per second over all sessions while the scale scenario holds them")
+	scaleRamp := fs.Duration("scale-ramp-timeout", 10*time.Minute, "bound on the scale scenario's ramp: sessions not started by then are reported as not connected")
 	perProcess := fs.Int("sessions-per-process", 15000, "most sessions of one load generator process in the scale scenario (each holds a socket; the open files limit, ulimit -n, bounds it)")
 	sources := fs.Int("sources", 1024, "source addresses of the load generator (servers limit new sessions per address and per /24)")
 	limit := fs.Float64("limit-mbps", 10, "cvpn bandwidth_limit_mbps in the limit scenario")
@@ -56,7 +57,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		CVPNBin: *cvpnBin, Self: self, Rounds: *rounds, Sessions: sessions, Duration: *duration,
 		IperfSeconds: *iperfSecs, Big: *big, BigOpenVPN: *bigOpenVPN, BigRounds: *bigRounds, BigHold: *bigHold,
 		LimitMbps: *limit, LimitSessions: *limitSessions,
-		Scale: *scale, ScaleHold: *scaleHold, ScaleEchoRate: *scaleEchoes, Sources: *sources, SessionsPerProcess: *perProcess,
+		Scale: *scale, ScaleHold: *scaleHold, ScaleEchoRate: *scaleEchoes, Sources: *sources, SessionsPerProcess: *perProcess, ScaleRampTimeout: *scaleRamp,
 		OpenVPNExtra: unescapeLines(*openvpnExtra), CVPNExtra: unescapeLines(*cvpnExtra),
 		PacedMbps: *paced, LogDir: *logDir, GoBin: *goBin, NoProfile: *noProfile,
 		Out: stderr,
