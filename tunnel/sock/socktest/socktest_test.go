@@ -883,3 +883,30 @@ func TestInjectBatch(t *testing.T) {
 		}
 	}
 }
+
+// A client reading a stream of datagrams allocates nothing per datagram, and each read reports
+// its own sender.
+func TestReadFromNoAllocs(t *testing.T) {
+	n := NewNetwork()
+	cl := listenPacket(t, n, "192.0.2.10:5000")
+	buf := make([]byte, 2048)
+	pkt := make([]byte, 1300)
+	srv, to := ap("10.0.0.1:1194"), udpAddr(cl)
+	allocs := testing.AllocsPerRun(100, func() {
+		n.Inject(srv, to, pkt)
+		if k, from, err := cl.ReadFrom(buf); err != nil || k != len(pkt) || from.(*net.UDPAddr).AddrPort() != srv {
+			t.Fatalf("ReadFrom: %d from %v, %v", k, from, err)
+		}
+	})
+	if allocs != 0 && !raceEnabled {
+		t.Fatalf("%v allocations per datagram", allocs)
+	}
+	other := ap("10.0.0.2:1194")
+	n.Inject(other, udpAddr(cl), pkt)
+	n.Inject(srv, udpAddr(cl), pkt)
+	for _, want := range []netip.AddrPort{other, srv} {
+		if _, from := readFrom(t, cl); from != want {
+			t.Fatalf("read from %v, want %v", from, want)
+		}
+	}
+}

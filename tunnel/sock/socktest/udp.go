@@ -542,6 +542,9 @@ func (n *Network) ListenPacket(ap netip.AddrPort) (net.PacketConn, error) {
 type packetConn struct {
 	e      *endpoint
 	rd, wd deadline
+	// last is the sender ReadFrom reported last, so that a stream of datagrams from one sender
+	// (a client's server) costs no allocation per datagram.
+	last atomic.Pointer[net.UDPAddr]
 }
 
 func (p *packetConn) opError(op string, addr net.Addr, err error) error {
@@ -555,7 +558,18 @@ func (p *packetConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	}
 	n, from := copy(b, one[0].data()), one[0].from
 	one[0].release()
-	return n, net.UDPAddrFromAddrPort(from), nil
+	return n, p.addr(from), nil
+}
+
+// addr returns from as a *net.UDPAddr: the one returned last when it is the same sender. Callers
+// must not modify it (package net's readers leave theirs alone too).
+func (p *packetConn) addr(from netip.AddrPort) *net.UDPAddr {
+	if a := p.last.Load(); a != nil && a.AddrPort() == from {
+		return a
+	}
+	a := net.UDPAddrFromAddrPort(from)
+	p.last.Store(a)
+	return a
 }
 
 func (p *packetConn) WriteTo(b []byte, addr net.Addr) (int, error) {
