@@ -1,6 +1,9 @@
 package dataplane
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"math/bits"
+)
 
 // clampMSS lowers the MSS option of an IPv4 TCP SYN to mss, so tunnelled TCP segments plus the
 // tunnel's own headers still fit the path without fragmentation. It rewrites in place and fixes
@@ -39,8 +42,15 @@ func clampMSS(pkt []byte, mss uint16) {
 				return
 			}
 			binary.BigEndian.PutUint16(opts[i+2:], mss)
-			// RFC 1624 incremental update: HC' = ~(~HC + ~m + m').
-			sum := uint32(^binary.BigEndian.Uint16(tcp[16:18])) + uint32(^old) + uint32(mss)
+			// RFC 1624 incremental update: HC' = ~(~HC + ~m + m'). The checksum sums 16-bit
+			// words from the TCP header's start; a value at an odd offset (a single no-op or
+			// a window scale option before it) straddles two words, so its bytes count
+			// swapped.
+			o, m := old, mss
+			if (20+i+2)%2 == 1 {
+				o, m = bits.ReverseBytes16(o), bits.ReverseBytes16(m)
+			}
+			sum := uint32(^binary.BigEndian.Uint16(tcp[16:18])) + uint32(^o) + uint32(m)
 			sum = (sum & 0xffff) + (sum >> 16)
 			sum = (sum & 0xffff) + (sum >> 16)
 			binary.BigEndian.PutUint16(tcp[16:18], ^uint16(sum))

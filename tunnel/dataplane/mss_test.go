@@ -10,14 +10,18 @@ import (
 )
 
 func synPacket(t testing.TB, mss uint16) []byte {
+	return synPacketOpts(t, []layers.TCPOption{
+		{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: binary.BigEndian.AppendUint16(nil, mss)},
+		{OptionType: layers.TCPOptionKindNop},
+		{OptionType: layers.TCPOptionKindWindowScale, OptionLength: 3, OptionData: []byte{7}},
+	})
+}
+
+// synPacketOpts is a TCP SYN with these options.
+func synPacketOpts(t testing.TB, opts []layers.TCPOption) []byte {
 	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP,
 		SrcIP: net.IP{10, 2, 0, 2}, DstIP: net.IP{10, 0, 1, 10}}
-	tcp := &layers.TCP{SrcPort: 40000, DstPort: 80, SYN: true, Window: 64240, Seq: 1,
-		Options: []layers.TCPOption{
-			{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: binary.BigEndian.AppendUint16(nil, mss)},
-			{OptionType: layers.TCPOptionKindNop},
-			{OptionType: layers.TCPOptionKindWindowScale, OptionLength: 3, OptionData: []byte{7}},
-		}}
+	tcp := &layers.TCP{SrcPort: 40000, DstPort: 80, SYN: true, Window: 64240, Seq: 1, Options: opts}
 	_ = tcp.SetNetworkLayerForChecksum(ip)
 	buf := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, tcp); err != nil {
@@ -52,6 +56,19 @@ func TestClampMSS(t *testing.T) {
 		mss, ok := tcpChecksumOK(t, pkt)
 		if mss != c.want || !ok {
 			t.Errorf("MSS %d clamped to %d (checksum ok %v), want %d", c.in, mss, ok, c.want)
+		}
+	}
+	// The MSS option at an odd offset (one no-op, or a window scale option, before it): the
+	// incremental checksum update must account for the bytes' swapped positions in the sum.
+	mssOpt := layers.TCPOption{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: binary.BigEndian.AppendUint16(nil, 1460)}
+	for name, opts := range map[string][]layers.TCPOption{
+		"nop first":          {{OptionType: layers.TCPOptionKindNop}, mssOpt},
+		"window scale first": {{OptionType: layers.TCPOptionKindWindowScale, OptionLength: 3, OptionData: []byte{7}}, mssOpt},
+	} {
+		pkt := synPacketOpts(t, opts)
+		clampMSS(pkt, 1400)
+		if mss, ok := tcpChecksumOK(t, pkt); mss != 1400 || !ok {
+			t.Errorf("%s: MSS clamped to %d, checksum ok %v; want 1400 and a valid checksum", name, mss, ok)
 		}
 	}
 	// Not a SYN: untouched.
