@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/cvpn/cvpn/bench/client"
 	"github.com/cvpn/cvpn/pki"
+	"github.com/cvpn/cvpn/tunnel/dataplane"
 	"github.com/cvpn/cvpn/tunnel/limiter"
 )
 
@@ -150,16 +152,26 @@ const heapSampleRate = 512
 // allocations per handshake from the same profile, and the process's heap and stacks per session
 // (both sides) from runtime.MemStats. With -v it logs the server's live heap by allocating
 // function.
+//
+// In the renegotiated case every session renegotiates once and the transition window ends
+// before the heap is read, as for any session older than reneg_seconds (an hour by default).
 func BenchmarkIdleSessionMemory(b *testing.B) {
 	old := runtime.MemProfileRate
 	runtime.MemProfileRate = heapSampleRate
 	defer func() { runtime.MemProfileRate = old }()
-	for range b.N {
-		idleSessionMemory(b)
-	}
+	b.Run("fresh", func(b *testing.B) {
+		for range b.N {
+			idleSessionMemory(b, idleSessions, false)
+		}
+	})
+	b.Run("renegotiated", func(b *testing.B) {
+		for range b.N {
+			idleSessionMemory(b, idleSessions/2, true)
+		}
+	})
 }
 
-func idleSessionMemory(b *testing.B) {
+func idleSessionMemory(b *testing.B, idleSessions int, renegotiate bool) {
 	e := benchEngine(b, pki.ECDSAP256)
 	cert := e.benchCertificate(b)
 	sessions := make([]*client.Session, idleSessions)
@@ -212,6 +224,9 @@ func idleSessionMemory(b *testing.B) {
 	if n := len(e.m.Established()); n != idleSessions {
 		b.Fatalf("%d sessions established, want %d", n, idleSessions)
 	}
+	if renegotiate {
+		renegotiateAll(b, e)
+	}
 	settle()
 	after := liveHeap()
 	runtime.ReadMemStats(&ms1)
@@ -224,6 +239,45 @@ func idleSessionMemory(b *testing.B) {
 	b.ReportMetric((float64(ms1.HeapInuse+ms1.StackInuse)-float64(ms0.HeapInuse+ms0.StackInuse))/n, "process-B/session")
 	if testing.Verbose() {
 		b.Logf("server's live heap per idle session by allocating function:\n%s", after.top(before, 25, n))
+	}
+}
+
+// renegotiateAll renegotiates every session once (key 1) and ends the transition window.
+func renegotiateAll(b *testing.B, e *testEngine) {
+	all := e.m.all()
+	for _, s := range all {
+		s.PeerEvent(dataplane.EventRekey)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for _, s := range all {
+		for !renegotiated(s) {
+			if time.Now().After(deadline) {
+				b.Fatalf("session %d did not renegotiate within a minute", s.id)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	endTransition(all, e.clock.Now())
+	time.Sleep(1500 * time.Millisecond) // a tick
+}
+
+// renegotiated reports whether key 1 is installed and the renegotiation is over.
+func renegotiated(s *Session) bool {
+	s.mu.Lock()
+	over := s.renegSince.IsZero()
+	s.mu.Unlock()
+	return over && slices.Contains(s.peer.Keys(), 1)
+}
+
+// endTransition makes the transition window of the sessions' newest keys end at now (rather
+// than moving the clock, which the data plane's silence timeout reads too).
+func endTransition(all []*Session, now time.Time) {
+	for _, s := range all {
+		s.mu.Lock()
+		if s.retire != nil {
+			s.retireAt = now
+		}
+		s.mu.Unlock()
 	}
 }
 

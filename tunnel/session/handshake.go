@@ -181,7 +181,7 @@ func (s *Session) runKey(k *channel.Key) {
 	} else {
 		s.peer.InstallKey(dk, false)
 		s.renegotiated(m.cfg.Now(), k)
-		s.reuse(reuser)
+		s.reuse(reuser, peerCertificate(conn))
 		m.log.Info("client renegotiated", "user", s.user(), "key_id", k.ID)
 		if extra := s.userPush.Load(); extra != nil && len(*extra) > 0 {
 			// A renewed auth-token goes out alone after the new key, as OpenVPN's
@@ -415,17 +415,23 @@ func (s *Session) reauthenticate(ctx context.Context, state *tls.ConnectionState
 }
 
 // reuse applies what a renegotiation's authentication found: new groups replace the session's
-// (the data plane recomputes what they reach on its next packet), and the push options (a
-// renewed auth-token) are kept for sending.
-func (s *Session) reuse(u *User) {
-	if u == nil {
+// (the data plane recomputes what they reach on its next packet), the push options (a
+// renewed auth-token) are kept for sending, and the certificate the client presented (of the
+// identity it was admitted with, perhaps renewed) becomes the session's: revocation is checked
+// against the certificate in use, and the session keeps one parsed copy, the newest TLS
+// connection's, instead of that and the first one's (about 3 KiB).
+func (s *Session) reuse(u *User, cert *x509.Certificate) {
+	info := s.info.Load()
+	if info == nil {
 		return
 	}
-	info := s.info.Load()
-	if info != nil && !slices.Equal(info.Groups, u.Groups) {
-		next := *info
-		next.Groups = slices.Clone(u.Groups)
-		s.info.Store(&next)
+	next := *info
+	changed := false
+	if cert != nil && cert != info.Certificate {
+		next.Certificate, changed = cert, true
+	}
+	if u != nil && !slices.Equal(info.Groups, u.Groups) {
+		next.Groups, changed = slices.Clone(u.Groups), true
 		if id := s.peer.Identity(); id != nil {
 			nid := *id
 			nid.Groups = next.Groups
@@ -433,8 +439,13 @@ func (s *Session) reuse(u *User) {
 		}
 		s.m.log.Info("user's groups changed", "user", info.User, "from", info.Groups, "to", next.Groups)
 	}
-	extra := slices.Clone(u.Push)
-	s.userPush.Store(&extra)
+	if changed {
+		s.info.Store(&next)
+	}
+	if u != nil {
+		extra := slices.Clone(u.Push)
+		s.userPush.Store(&extra)
+	}
 }
 
 // readKeyMethod reads TLS records until a whole client key-method 2 block has arrived.

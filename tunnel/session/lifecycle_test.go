@@ -618,7 +618,12 @@ func TestLameDuckControlKeyRetired(t *testing.T) {
 			return s.renegSince.IsZero() && s.retire != nil
 		})
 	}
+	first := s.info.Load().Certificate
 	rekey(1)
+	// The session keeps the newest TLS connection's copy of the client's certificate.
+	if c := s.info.Load().Certificate; c == first || !c.Equal(first) || c != peerCertificate(s.tlsConn.Load()) {
+		t.Error("after the renegotiation the session's certificate is not the new TLS connection's copy of the same one")
+	}
 	s.mu.Lock()
 	window := s.retireAt.Sub(e.clock.Now())
 	s.mu.Unlock()
