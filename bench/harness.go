@@ -608,7 +608,7 @@ func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse 
 	defer cancel()
 	// The profile leaves out the first second (TCP's slow start) and the last.
 	profFrom, profSec := 1.0, h.cfg.IperfSeconds-2
-	wait := h.profileAsync(ctx, l.Kind, time.Second, profSec)
+	wait := h.profileAsync(ctx, l.Kind, pid, time.Second, profSec)
 	out, err := exec.CommandContext(cctx, "ip", append([]string{"netns", "exec", l.StockNS}, args...)...).Output()
 	after, serr := SampleProc(pid)
 	if err != nil {
@@ -674,12 +674,13 @@ const tcpSegment = 1448
 // profileAsync starts a CPU profile of cvpn (kind CVPN only, unless profiles are off) of
 // seconds after delay; the returned function waits for it. It returns nil when no profile is
 // taken.
-func (h *harness) profileAsync(ctx context.Context, kind ServerKind, delay time.Duration, seconds int) func() ([]byte, error) {
+func (h *harness) profileAsync(ctx context.Context, kind ServerKind, pid int, delay time.Duration, seconds int) func() ([]byte, float64, error) {
 	if kind != CVPN || h.cfg.NoProfile || seconds < 1 {
 		return nil
 	}
 	type result struct {
 		b   []byte
+		cpu float64 // the server's CPU seconds over the profile (/proc)
 		err error
 	}
 	ch := make(chan result, 1)
@@ -688,24 +689,26 @@ func (h *harness) profileAsync(ctx context.Context, kind ServerKind, delay time.
 			ch <- result{err: err}
 			return
 		}
+		s0, _ := SampleProc(pid)
 		b, err := FetchProfile(ctx, h.fx.AdminSocket, seconds)
-		ch <- result{b, err}
+		s1, _ := SampleProc(pid)
+		ch <- result{b, (s1.CPU - s0.CPU).Seconds(), err}
 	}()
-	return func() ([]byte, error) { r := <-ch; return r.b, r.err }
+	return func() ([]byte, float64, error) { r := <-ch; return r.b, r.cpu, r.err }
 }
 
 // analyze waits for a profile, keeps the first round's bytes for the results directory, and
 // computes its cost per packet; a profile that failed is logged and yields nil.
-func (h *harness) analyze(ctx context.Context, wait func() ([]byte, error), phase string, round int, packets float64, from string) *CPUProfile {
-	b, err := wait()
+func (h *harness) analyze(ctx context.Context, wait func() ([]byte, float64, error), phase string, round int, packets float64, from string) *CPUProfile {
+	b, cpu, err := wait()
 	if err == nil {
-		return h.analyzeBytes(ctx, b, phase, round, packets, from)
+		return h.analyzeBytes(ctx, b, phase, round, packets, from, cpu)
 	}
 	h.logf("cpu profile %s: %v", phase, err)
 	return nil
 }
 
-func (h *harness) analyzeBytes(ctx context.Context, b []byte, phase string, round int, packets float64, from string) *CPUProfile {
+func (h *harness) analyzeBytes(ctx context.Context, b []byte, phase string, round int, packets float64, from string, serverCPU float64) *CPUProfile {
 	path := filepath.Join(h.tmp, fmt.Sprintf("%s-%d.pprof", phase, round))
 	if err := os.WriteFile(path, b, 0o644); err != nil {
 		h.logf("cpu profile %s: %v", phase, err)
@@ -725,6 +728,9 @@ func (h *harness) analyzeBytes(ctx context.Context, b []byte, phase string, roun
 	if err != nil {
 		h.logf("cpu profile %s: %v", phase, err)
 		return nil
+	}
+	if serverCPU > 0 {
+		p.addServerCPU(serverCPU)
 	}
 	return p
 }
@@ -852,7 +858,7 @@ func (h *harness) sessions(ctx context.Context, kind ServerKind, n int, m *Measu
 			if t := rep.Traffic; a.profileOut != "" && t != nil {
 				if b, rerr := os.ReadFile(a.profileOut); rerr == nil {
 					if p := h.analyzeBytes(ctx, b, m.Scenario, m.Round, t.ProfilePackets,
-						"packets the sink received in the window (1400-byte UDP, flat out)"); p != nil {
+						"packets the sink received in the window (1400-byte UDP, flat out)", t.ProfileServerCPU); p != nil {
 						m.Profiles = append(m.Profiles, *p)
 					}
 				} else {
@@ -1159,7 +1165,7 @@ func (h *harness) notes() []string {
 			h.cfg.Scale, ScaleClientCIDR, h.cfg.ScaleHold, h.cfg.ScaleEchoRate))
 	}
 	if len(h.res.CPUCost) > 0 {
-		n = append(n, "cvpn CPU per packet: CPU profiles (admin API /debug/pprof/profile, 100 Hz samples) of iperf3's seconds 1 to N-1 in each direction and of the largest sessions run's measured phase; each sample is filed under the innermost frame of its stack that names a category (a syscall under its caller: recvmmsg/sendmmsg/ppoll are UDP, read/write the TUN device); iperf packets are 1448-byte TCP segments (ACKs not counted), sessions packets the 1400-byte UDP packets the sink received; the first round's profiles are the .pprof files next to the JSON")
+		n = append(n, "cvpn CPU per packet: CPU profiles (admin API /debug/pprof/profile, 100 Hz samples) of iperf3's seconds 1 to N-1 in each direction and of the largest sessions run's measured phase; each sample is filed under the innermost frame of its stack that names a category (a syscall under its caller: recvmmsg/sendmmsg/ppoll are UDP, read/write the TUN device); iperf packets are 1448-byte TCP segments (ACKs not counted), sessions packets the 1400-byte UDP packets the sink received; 'not in the profile's samples' is the server's CPU time over the window by /proc less what the samples hold; the profile's own cost (100 Hz SIGPROF) is in the numbers; the first round's profiles are the .pprof files next to the JSON")
 	}
 	return n
 }

@@ -217,7 +217,9 @@ type TrafficReport struct {
 	// delivered packets in proportion), ProfileError why there is none.
 	ProfileSeconds float64 `json:"profile_seconds,omitempty"`
 	ProfilePackets float64 `json:"profile_packets,omitempty"`
-	ProfileError   string  `json:"profile_error,omitempty"`
+	// ProfileServerCPU is the server's CPU seconds over the profile by /proc (with ServerPID).
+	ProfileServerCPU float64 `json:"profile_server_cpu_seconds,omitempty"`
+	ProfileError     string  `json:"profile_error,omitempty"`
 }
 
 // Load is one run in progress.
@@ -706,6 +708,7 @@ func (l *load) traffic(ctx context.Context) (*TrafficReport, error) {
 	if ph.profileSec > 0 && ph.seconds > 0 {
 		tr.ProfileSeconds = float64(ph.profileSec)
 		tr.ProfilePackets = float64(ph.delivered.packets) * float64(ph.profileSec) / ph.seconds
+		tr.ProfileServerCPU = ph.profileCPU
 	}
 	if ph.profileErr != nil {
 		tr.ProfileError = ph.profileErr.Error()
@@ -740,6 +743,7 @@ type phaseResult struct {
 	sinkSpan   float64 // seconds from the first data message at the sink to the last
 	profile    []byte  // the server's CPU profile of profileSec from the count's start
 	profileSec int
+	profileCPU float64 // the server's CPU seconds over the profile
 	profileErr error
 }
 
@@ -772,9 +776,17 @@ func (l *load) phase(ctx context.Context, d, warmup time.Duration, perSessionMbp
 			if sleepCtx(ctx, warmup) != nil {
 				return
 			}
+			var s0, s1 ProcSample
+			if cfg.ServerPID > 0 {
+				s0, _ = SampleProc(cfg.ServerPID)
+			}
 			ph.profile, ph.profileErr = cfg.Profile(ctx, sec)
+			if cfg.ServerPID > 0 {
+				s1, _ = SampleProc(cfg.ServerPID)
+			}
 			if ph.profileErr == nil {
 				ph.profileSec = sec
+				ph.profileCPU = (s1.CPU - s0.CPU).Seconds()
 			}
 		})
 	}

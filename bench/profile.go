@@ -56,14 +56,17 @@ func FetchProfile(ctx context.Context, socket string, seconds int) ([]byte, erro
 type CPUProfile struct {
 	Phase string `json:"phase"` // "iperf-upload", "iperf-download", "sessions-1000"
 	File  string `json:"file,omitempty"`
-	// Seconds is the profile's wall-clock length; CPUSeconds the CPU time its samples hold.
-	Seconds    float64 `json:"seconds"`
-	CPUSeconds float64 `json:"cpu_seconds"`
+	// Seconds is the profile's wall-clock length; CPUSeconds the CPU time its samples hold;
+	// ServerCPUSeconds the server's CPU time over the same window by /proc (0: not read).
+	Seconds          float64 `json:"seconds"`
+	CPUSeconds       float64 `json:"cpu_seconds"`
+	ServerCPUSeconds float64 `json:"server_cpu_seconds,omitempty"`
 	// Packets are the data packets the server forwarded in the window; PacketsFrom says how
 	// they were counted.
 	Packets     float64 `json:"packets"`
 	PacketsFrom string  `json:"packets_from"`
-	// USPerPacket is CPUSeconds per packet, in microseconds; Categories splits it.
+	// USPerPacket is the CPU per packet, in microseconds (ServerCPUSeconds when larger than
+	// CPUSeconds, the difference being CostUnsampled); Categories splits it.
 	USPerPacket float64    `json:"us_per_packet"`
 	Categories  []CostPart `json:"categories"`
 	// Top lists the functions with the most samples of their own (flat), for the categories'
@@ -92,9 +95,12 @@ const (
 	CostAlloc     = "runtime: malloc"
 	CostCVPN      = "cvpn code (packet path, sessions)"
 	CostOther     = "other"
+	// CostUnsampled is CPU time the server's /proc counters show in the window but the profile's
+	// samples do not hold (threads the profiler's per-thread timers did not reach, for one).
+	CostUnsampled = "not in the profile's samples"
 )
 
-var costOrder = []string{CostAEAD, CostCrypto, CostUDP, CostTUN, CostOffload, CostNAT, CostCVPN, CostScheduler, CostGC, CostAlloc, CostOther}
+var costOrder = []string{CostAEAD, CostCrypto, CostUDP, CostTUN, CostOffload, CostNAT, CostCVPN, CostScheduler, CostGC, CostAlloc, CostOther, CostUnsampled}
 
 // frameCategory names the category a stack frame (a function name as pprof prints it) belongs
 // to, or "" when the frame names none and the caller decides. Syscall wrappers and the
@@ -302,6 +308,26 @@ func costOf(phase string, dur time.Duration, traces []trace, packets float64, fr
 		p.Top = append(p.Top, part(fn, flat[fn]))
 	}
 	return p
+}
+
+// addServerCPU records the server's CPU over the profile's window as /proc counted it: what the
+// samples do not hold becomes CostUnsampled, so that the categories add up to the CPU the
+// server spent.
+func (p *CPUProfile) addServerCPU(sec float64) {
+	p.ServerCPUSeconds = sec
+	missing := sec - p.CPUSeconds
+	if missing <= 0 {
+		return
+	}
+	for i := range p.Categories {
+		p.Categories[i].Percent = 100 * p.Categories[i].CPUSeconds / sec
+	}
+	c := CostPart{Name: CostUnsampled, CPUSeconds: missing, Percent: 100 * missing / sec}
+	if p.Packets > 0 {
+		c.USPerPacket = 1e6 * missing / p.Packets
+		p.USPerPacket = 1e6 * sec / p.Packets
+	}
+	p.Categories = append(p.Categories, c)
 }
 
 // AnalyzeProfile reads the profile file at path with `goBin tool pprof -traces` and returns its

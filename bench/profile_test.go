@@ -106,12 +106,20 @@ func TestCostOf(t *testing.T) {
 		t.Errorf("top flat %+v", p.Top[0])
 	}
 
+	// The server spent 0.15 s by /proc: the 0.05 s the samples miss is a category of its own
+	// and the total follows /proc.
+	q := costOf("test", dur, traces, 1000, "given")
+	q.addServerCPU(0.15)
+	last := q.Categories[len(q.Categories)-1]
+	if last.Name != CostUnsampled || abs(last.USPerPacket-50) > 1e-9 || abs(q.USPerPacket-150) > 1e-9 || abs(q.Categories[0].Percent-100*0.04/0.15) > 1e-9 {
+		t.Errorf("with /proc's 0.15 s: total %.3f µs/packet, categories %+v", q.USPerPacket, q.Categories)
+	}
+
 	// The table: medians over rounds, a total per phase.
 	ms := []Measurement{{Profiles: []CPUProfile{*p}}, {Profiles: []CPUProfile{*costOf("test", dur, traces, 500, "given")}}}
 	rows := costTableOf(ms)
-	last := rows[len(rows)-1]
-	if last.Category != "total" || abs(last.USPerPacket-150) > 1e-9 {
-		t.Errorf("total row %+v, want the median of 100 and 200", last)
+	if total := rows[len(rows)-1]; total.Category != "total" || abs(total.USPerPacket-150) > 1e-9 {
+		t.Errorf("total row %+v, want the median of 100 and 200", total)
 	}
 	r := &Results{CPUCost: rows}
 	if txt := r.CostText(); !strings.Contains(txt, CostAEAD) || !strings.Contains(txt, "60.000") {
