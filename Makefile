@@ -55,7 +55,7 @@ lint: ## gofmt, go vet, staticcheck
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-bench: deps build ## as root: cvpn vs the stock openvpn server side by side, then 100,000 cvpn sessions (~15 min); ratio and CPU-per-packet tables, JSON, SVG and CPU profiles in bench/results (BENCHFLAGS adds flags)
+bench: deps build ## as root: cvpn vs the stock openvpn server side by side, then 100,000 cvpn sessions (15-25 min: the scale ramp is bounded at 10); ratio and CPU-per-packet tables, JSON, SVG and CPU profiles in bench/results (BENCHFLAGS adds flags)
 	$(GO) build -o bin/cvpn-bench ./cmd/cvpn-bench
 	bin/cvpn-bench run --cvpn $(BIN) --go $(GO) --out bench/results $(BENCHFLAGS)
 
