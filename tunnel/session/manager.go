@@ -142,9 +142,13 @@ type Manager struct {
 	ticked []*Session
 
 	// mu guards the fields below.
-	mu        sync.Mutex
-	sessions  map[uint64]*Session
-	byClient  map[clientKey]*Session  // by listener and the client's session id
+	mu       sync.Mutex
+	sessions map[uint64]*Session
+	byClient map[clientKey]*Session // by listener and the client's session id
+	// byUser holds each user's established sessions (and those of them that are closing, until
+	// torn down), so that admitting one looks at that user's few sessions, not at everyone's:
+	// a scan of all sessions under mu made a ramp to 100,000 sessions quadratic.
+	byUser    map[string][]*Session
 	pending   map[pendingKey]*Session // UDP sessions not yet authenticated
 	perSource map[netip.Prefix]int    // sessions not yet authenticated, by client address and network (limiter.Prefixes)
 	unauth    int                     // sessions not yet authenticated
@@ -222,6 +226,7 @@ func New(cfg Config) (*Manager, error) {
 		work:      make(chan *Session, 1024),
 		sessions:  make(map[uint64]*Session),
 		byClient:  make(map[clientKey]*Session),
+		byUser:    make(map[string][]*Session),
 		pending:   make(map[pendingKey]*Session),
 		perSource: make(map[netip.Prefix]int),
 	}
@@ -505,14 +510,16 @@ func (m *Manager) established(s *Session) (displaced []*Session, ok bool) {
 	if !s.state.CompareAndSwap(statePending, stateEstablished) {
 		return nil, false
 	}
+	user := s.info.Load().User
+	s.listedAs = user
+	m.byUser[user] = append(m.byUser[user], s)
 	limit := s.m.set.Load().MaxConnectionsPerUser
 	if limit <= 0 {
 		return nil, true
 	}
-	user := s.info.Load().User
 	var same []*Session
-	for _, o := range m.sessions {
-		if o != s && o.state.Load() == stateEstablished && o.info.Load().User == user {
+	for _, o := range m.byUser[user] {
+		if o != s && o.state.Load() == stateEstablished {
 			same = append(same, o)
 		}
 	}
@@ -554,4 +561,12 @@ func (m *Manager) forgetLocked(s *Session) {
 		delete(m.byClient, s.clientKey())
 	}
 	delete(m.sessions, s.id)
+	if list, ok := m.byUser[s.listedAs]; ok {
+		list = slices.DeleteFunc(list, func(o *Session) bool { return o == s })
+		if len(list) == 0 {
+			delete(m.byUser, s.listedAs)
+		} else {
+			m.byUser[s.listedAs] = list
+		}
+	}
 }

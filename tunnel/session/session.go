@@ -40,10 +40,12 @@ type Session struct {
 	peer      *dataplane.Peer
 	ctl       *channel.Channel
 	// Guarded by Manager.mu: the pending table's key, whether the session left the bounds on
-	// unauthenticated sessions, whether it holds a count in Manager.gone.
+	// unauthenticated sessions, whether it holds a count in Manager.gone, the user it is listed
+	// under in Manager.byUser once established.
 	pendingKey *pendingKey
 	countedOut bool
 	registered bool
+	listedAs   string
 
 	info     atomic.Pointer[Info]
 	userPush atomic.Pointer[[]string] // options the hooks push to this user (an auth-token)
