@@ -645,6 +645,14 @@ func TestLameDuckControlKeyRetired(t *testing.T) {
 	e.ping(t, alice, 2)
 	rekey(2)
 	e.ping(t, alice, 3)
+	// Three handshakes with one chain: verified once, remembered since.
+	c := s.set.chains
+	c.mu.Lock()
+	n := len(c.entries)
+	c.mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d verified chains remembered after three handshakes with one, want 1", n)
+	}
 	alice.Close()
 	waitFor(t, "alice's EXIT ends her session", func() bool { return s.state.Load() == stateClosed })
 }
