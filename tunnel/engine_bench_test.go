@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"runtime"
@@ -64,7 +65,7 @@ type engineBench struct {
 	senders  []*sender // the sessions' sockets
 	// arrived counts the packets that made it through: at the TUN (upload), at the clients
 	// (download).
-	arrived progress
+	arrived *progress
 }
 
 // sender is a client's socket that, once a batch is set, queues what the client sends into
@@ -116,36 +117,54 @@ func (b *sendBatch) send() {
 	b.ds = b.ds[:0]
 }
 
-// progress counts arrived packets and wakes producers waiting for room in the window: a
-// producer that spun instead would take a core from the engine it waits for.
+// progress counts arrived packets and wakes producers waiting for room in the window. A
+// producer that spun instead would take a core from the engine it waits for, and one woken at
+// every arrival would cost a cross-core wake-up per packet: an arrival wakes the waiters only
+// once the count reaches the lowest they wait for.
 type progress struct {
-	n       atomic.Uint64
-	waiters atomic.Int32
-	wake    chan struct{}
+	n    atomic.Uint64
+	want atomic.Uint64 // the lowest count a waiter waits for; MaxUint64 when none
+	mu   sync.Mutex    // guards want's lowering and the waits on cond
+	cond *sync.Cond
+}
+
+func newProgress() *progress {
+	p := &progress{}
+	p.want.Store(math.MaxUint64)
+	p.cond = sync.NewCond(&p.mu)
+	return p
 }
 
 func (p *progress) add(k uint64) {
-	p.n.Add(k)
-	if p.waiters.Load() > 0 {
-		select {
-		case p.wake <- struct{}{}:
-		default:
-		}
+	if p.n.Add(k) >= p.want.Load() {
+		p.mu.Lock()
+		p.want.Store(math.MaxUint64)
+		p.cond.Broadcast()
+		p.mu.Unlock()
 	}
 }
 
 // wait returns once n reaches until, or after a second (the caller looks again).
 func (p *progress) wait(until uint64) {
-	p.waiters.Add(1)
-	defer p.waiters.Add(-1)
-	timeout := time.NewTimer(time.Second)
+	timeout := time.AfterFunc(time.Second, func() {
+		p.mu.Lock()
+		p.cond.Broadcast()
+		p.mu.Unlock()
+	})
 	defer timeout.Stop()
-	for p.n.Load() < until {
-		select {
-		case <-p.wake:
-		case <-timeout.C:
-			return
+	deadline := time.Now().Add(time.Second)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.n.Load() < until && time.Now().Before(deadline) {
+		if until < p.want.Load() {
+			p.want.Store(until)
 		}
+		// Look again after publishing what we want: an arrival before that saw the old want
+		// and woke nobody, but its count is here now.
+		if p.n.Load() >= until {
+			break
+		}
+		p.cond.Wait()
 	}
 }
 
@@ -192,7 +211,7 @@ func newEngineBench(b *testing.B) *engineBench {
 		b.Fatal(err)
 	}
 	network := socktest.NewNetwork()
-	e := &engineBench{net: network, dev: tuntest.New(tunnel.Workers(0)), arrived: progress{wake: make(chan struct{}, 1)}}
+	e := &engineBench{net: network, dev: tuntest.New(tunnel.Workers(0)), arrived: newProgress()}
 
 	// The server's goroutines carry side=server, the clients' side=client, for the profile.
 	pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", "server")))
@@ -367,7 +386,7 @@ func BenchmarkEngineUpload(b *testing.B) {
 			b.send()
 		}
 	}()
-	e.dev.SetSink(func(int, []byte) { e.arrived.add(1) })
+	e.dev.SetCounter(func(_, n int) { e.arrived.add(uint64(n)) })
 	e.run(b, producers, func(g, k, n int) {
 		defer batches[g].send()
 		for ; n > 0; n, k = n-1, k+1 {

@@ -108,9 +108,14 @@ func TestWriteSink(t *testing.T) {
 		t.Fatalf("Write: %d, %v", k, err)
 	}
 	d.SetSink(nil)
+	var counted []string
+	d.SetCounter(func(q, n int) { counted = append(counted, fmt.Sprint(q, ":", n)) })
 	d.Queue(0).Write([][]byte{[]byte("c")}, 0)
-	if fmt.Sprint(seen) != "[1a 1b]" || d.Written() != 3 {
-		t.Fatalf("sink saw %q, %d written", seen, d.Written())
+	d.Queue(1).Write([][]byte{[]byte("d"), []byte("e"), []byte("f")}, 0)
+	d.SetCounter(nil)
+	d.Queue(1).Write([][]byte{[]byte("g")}, 0)
+	if fmt.Sprint(seen) != "[1a 1b]" || fmt.Sprint(counted) != "[0:1 1:3]" || d.Written() != 7 {
+		t.Fatalf("sink saw %q, counter %q, %d written", seen, counted, d.Written())
 	}
 	d.Close()
 	if _, err := d.Queue(1).Write([][]byte{[]byte("d")}, 0); !errors.Is(err, os.ErrClosed) {
