@@ -166,7 +166,7 @@ func BenchmarkIdleSessionMemory(b *testing.B) {
 	})
 	b.Run("renegotiated", func(b *testing.B) {
 		for range b.N {
-			idleSessionMemory(b, idleSessions/2, true)
+			idleSessionMemory(b, idleSessions/4, true)
 		}
 	})
 }
