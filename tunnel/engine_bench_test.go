@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,13 @@ import (
 // The clients seal (upload) and open (download) every packet as a real client would, so the
 // process does about twice the server's cryptographic work: the rates are of the whole loop,
 // and the server's share of the CPU is in the profile.
+//
+// Beside pkts/s it reports the process's CPU per packet (cpu-µs/pkt), the share of the
+// GOMAXPROCS cores it used (busy), and the time per packet its Ps were taken but ran on no CPU
+// (held-µs/pkt: blocked in a system call such as a sleep, or not run by a busy host). On a
+// shared machine the rate is noisy; these say why it did not grow: CPU per packet that grows
+// with cores is contention, a large held share is sleeps or a host that is not giving the
+// cores.
 
 const (
 	engineSessions = 64
@@ -311,7 +319,7 @@ func (e *engineBench) run(b *testing.B, producers int, send func(g, k, n int)) {
 	base := e.arrived.n.Load()
 	var sent atomic.Uint64
 	b.ReportAllocs()
-	cpu0 := cpuTime()
+	cpu0, idle0 := cpuTime(), idleTime()
 	b.ResetTimer()
 	var wg sync.WaitGroup
 	for g := range producers {
@@ -340,13 +348,21 @@ func (e *engineBench) run(b *testing.B, producers int, send func(g, k, n int)) {
 	}
 	b.StopTimer()
 	cpu := cpuTime() - cpu0
+	held := time.Duration(runtime.GOMAXPROCS(0))*b.Elapsed() - (idleTime() - idle0) - cpu
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
-	// The process's CPU time per packet (clients and server), and the share of GOMAXPROCS
-	// cores it kept busy: on a shared machine the rate is noisy, these less so. A rate that does
-	// not grow with cores while the CPU per packet stays flat means idle cores (waits, sleeps);
-	// CPU per packet that grows means contention.
 	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(b.N), "cpu-µs/pkt")
 	b.ReportMetric(cpu.Seconds()/b.Elapsed().Seconds()/float64(runtime.GOMAXPROCS(0)), "busy")
+	b.ReportMetric(max(0, float64(held.Nanoseconds())/1e3/float64(b.N)), "held-µs/pkt")
+}
+
+// idleTime is the runtime's estimate of the time its Ps were idle so far.
+func idleTime() time.Duration {
+	s := []metrics.Sample{{Name: "/cpu/classes/idle:cpu-seconds"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64 {
+		return 0
+	}
+	return time.Duration(s[0].Value.Float64() * 1e9)
 }
 
 // cpuTime is the process's user and system CPU time so far.
