@@ -1,10 +1,6 @@
 package dataplane
 
-import (
-	"time"
-
-	"golang.org/x/sys/unix"
-)
+import "time"
 
 // Receive moderation. When a UDP read shows that the endpoint is busy (it returned at least
 // coalesceMinBatch datagrams), the receive loop sleeps coalesceDelay before reading again, as a
@@ -31,10 +27,10 @@ const coalesceDelay = 200 * time.Microsecond
 // to 424 µs; with 8 it stayed at 258 µs, and iperf3 upload cost the same CPU per GB as with 2.
 const coalesceMinBatch = 8
 
-// coalesce sleeps coalesceDelay in the kernel: time.Sleep rounds sub-millisecond sleeps up to a
-// millisecond when the runtime is otherwise idle.
-func coalesce() {
-	ts := unix.NsecToTimespec(int64(coalesceDelay))
-	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+// coalesce pauses a shard's receive loop for coalesceDelay when its socket moderates
+// (sock.Moderator: the host's sockets; the in-memory ones of tests and engine benchmarks do not).
+func (s *udpShard) coalesce() {
+	if s.mod != nil {
+		s.mod.Pause(coalesceDelay)
 	}
 }

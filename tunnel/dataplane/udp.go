@@ -50,6 +50,7 @@ type UDPListener struct {
 type udpShard struct {
 	l    *UDPListener
 	conn sock.Conn
+	mod  sock.Moderator // conn, when it moderates receives; else nil
 	// tun is the TUN queue the shard writes its clients' packets into.
 	tun tun.Device
 	// beat is the receive loop's heartbeat: one more each time round (heartbeat.go); loop names
@@ -68,6 +69,7 @@ func newUDPListener(p *Plane, conns []sock.Conn) *UDPListener {
 	for i, c := range conns {
 		s := &udpShard{l: l, conn: c, tun: p.queues[i%len(p.queues)].dev,
 			loop: fmt.Sprintf("udp %s#%d", l.addr, i)}
+		s.mod, _ = c.(sock.Moderator)
 		s.in = make([]sock.Message, udpBatch)
 		for j := range s.in {
 			s.in[j].Buf = make([]byte, udpBufSize)
@@ -188,7 +190,7 @@ func (s *udpShard) receiveLoop() {
 		}
 		l.p.writeTUN(s.tun, s.tunBatch)
 		if datagrams >= coalesceMinBatch && n < len(s.in) {
-			coalesce() // busy: let the next read gather a batch
+			s.coalesce() // busy: let the next read gather a batch
 		}
 	}
 }

@@ -69,6 +69,17 @@ type Conn interface {
 	Close() error
 }
 
+// Moderator is a Conn whose receive loop should pause after a busy read before it reads again
+// (receive moderation: tunnel/dataplane/coalesce.go says when and why). Host's sockets are: on
+// them the pause saves wake-ups and system calls and lets the next read bring a batch. The
+// in-memory sockets of socktest are not: their reads cost neither, and a pause would only hold a
+// processor.
+type Moderator interface {
+	// Pause waits d in the kernel (the runtime's timers round sub-millisecond sleeps up to a
+	// millisecond).
+	Pause(d time.Duration)
+}
+
 // Network opens listeners: Host opens real sockets; socktest.Network is an in-memory network for
 // tests.
 type Network interface {

@@ -241,6 +241,13 @@ func openUDP(ap netip.AddrPort, reuse bool) (*udpConn, error) {
 
 func (c *udpConn) LocalAddr() netip.AddrPort { return c.local }
 
+// Pause sleeps d with nanosleep (sock.Moderator).
+func (c *udpConn) Pause(d time.Duration) {
+	ts := unix.NsecToTimespec(int64(d))
+	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+	}
+}
+
 func (c *udpConn) GSO() bool { return c.gso.Load() }
 
 func (c *udpConn) Close() error {
