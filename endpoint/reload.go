@@ -300,6 +300,7 @@ func (r *Running) reload(path string) (_ *ReloadReport, err error) {
 			}
 			return nil, &ReloadError{Reason: reasonListener, Err: engineError(err, next.Config)}
 		}
+		r.makeRoom(len(ecfg.UDP))
 	}
 	if todo&applyAuth != 0 {
 		// Before the settings, since it can fail (a directory URL or a handler that cannot be

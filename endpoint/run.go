@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,6 +100,11 @@ type Running struct {
 	// portal serves the self-service portal from Start until Run returns (nil without one).
 	portal *portalServer
 
+	// workers is the number of shards per UDP listener and TUN queues; hostSockets says the
+	// listeners are the host's (whose receive loops wait in the kernel: procsFor).
+	workers     int
+	hostSockets bool
+
 	// crl is the CRL set in force: the file's at start or at the last reload, or what the
 	// CRL watcher loaded since. It is what a reload compares the file's CRL with.
 	crl atomic.Pointer[pki.CRLSet]
@@ -183,7 +189,7 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	}
 	// One TUN queue and one socket per listener for each core the runtime uses: operators
 	// choose with GOMAXPROCS (the unit's Environment=), not with a key of the file.
-	workers := tunnel.Workers(0)
+	workers := tunnel.Workers(baseProcs())
 	hcfg := hostConfig(cfg)
 	hcfg.Queues = workers
 	h, err := opts.Host(hcfg, opts.Log)
@@ -243,7 +249,8 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	connLog.Track(srv.Clients)
 	pol.attach(srv, ecfg.Policy)
 	r = &Running{opts: opts, log: opts.Log, host: h, srv: srv, policy: pol, stopHostAddrs: stopHostAddrs, cur: ep,
-		connLog: connLog, adm: adm}
+		connLog: connLog, adm: adm, workers: workers, hostSockets: opts.Network == nil}
+	r.makeRoom(len(ecfg.UDP))
 	r.mx = mx
 	if r.metrics, err = serveMetrics(mx, cfg.Metrics.ListenAddress, opts.Log); err != nil {
 		srv.Close()
@@ -428,4 +435,21 @@ func (r *Running) stopCRLWatch() {
 	close(r.crlStop)
 	<-r.crlDone
 	r.crlStop, r.crlDone = nil, nil
+}
+
+// baseProcs is GOMAXPROCS as the process started (the environment's, or the CPUs it may use),
+// before makeRoom raised it.
+var baseProcs = sync.OnceValue(func() int { return runtime.GOMAXPROCS(0) })
+
+// makeRoom sets GOMAXPROCS for udp listeners of the host's sockets. Each shard's receive loop
+// waits for datagrams (and pauses after busy reads) in the kernel, outside Go's netpoller, and
+// Go counts a goroutine in a system call against GOMAXPROCS until its monitor takes the
+// processor back: up to 10 ms later when the process was idle. With as many shards as
+// processors, every processor could sit in a wait while the TUN readers, the control plane and
+// the timers wait for one. So cvpn keeps workers processors for work and one more for each
+// shard; a waiting shard costs no CPU.
+func (r *Running) makeRoom(udp int) {
+	if r.hostSockets && r.workers > 0 {
+		runtime.GOMAXPROCS(r.workers * (1 + udp))
+	}
 }
