@@ -96,7 +96,7 @@ func clientIssue(args []string, stdout, stderr io.Writer) int {
 	cfgPath := configFileFlag(fl)
 	var groups stringList
 	fl.Var(&groups, "group", "group the client belongs to, carried as a certificate OU (several: --group a,b or repeat the flag)")
-	keyType := fl.String("key-type", "", "ecdsa-p256 or rsa2048 (default: the CA's key type)")
+	keyType := fl.String("key-type", "", "ecdsa-p256, rsa2048 or ed25519 (default: the CA's key type; ed25519 needs clients on OpenSSL, not mbed TLS)")
 	days := fl.Int("days", defaultClientDays, "days the certificate is valid (at most until the CA expires)")
 	caKey := fl.String("ca-key", "", "CA private key (default: client_root_ca_file with extension .key)")
 	v2 := fl.Bool("tls-crypt-v2", false, "also issue the client its own tls-crypt-v2 key (needs control_channel.tls_crypt_v2_server_key_file)")

@@ -71,7 +71,7 @@ func cmdInit(args []string, stdout, stderr io.Writer) int {
 	iface := fl.String("target-interface", "eth1", "interface facing the private network")
 	snat := fl.String("snat-address", "10.0.1.2", "the endpoint's own IPv4 address on that interface")
 	transport := fl.String("transport", "udp/443", "comma-separated listeners, such as udp/443,tcp/443")
-	keyType := fl.String("key-type", pki.ECDSAP256.String(), "ecdsa-p256 or rsa2048")
+	keyType := fl.String("key-type", pki.ECDSAP256.String(), "ecdsa-p256, rsa2048 or ed25519 (ed25519 needs clients on OpenSSL, not mbed TLS)")
 	force := fl.Bool("force", false, "replace an endpoint already in DIR (its files are moved aside, not deleted)")
 	pos, err := parseInterleaved(fl, args)
 	if err != nil {
