@@ -269,9 +269,11 @@ func (p *Policy) Allowed(dst netip.Addr, g Groups) bool {
 	var e int32
 	switch {
 	case dst.Is4():
-		e = p.lookup4(addrBits(dst))
+		key := dst.As4()
+		e = p.lookup(root4, p.def4, key[:])
 	case dst.Is6() && dst.Zone() == "":
-		e = p.lookup6(dst.As16())
+		key := dst.As16()
+		e = p.lookup(root6, p.def6, key[:])
 	default:
 		return false
 	}
@@ -285,28 +287,12 @@ func (p *Policy) Allowed(dst netip.Addr, g Groups) bool {
 	return g.policy == p.id && ent.groups.intersects(&g)
 }
 
-// lookup4 returns the entry of the longest IPv4 prefix containing a, or -1.
-func (p *Policy) lookup4(a uint32) int32 {
-	best := p.def4
-	cur := uint32(root4)
-	for shift := 24; shift >= 0; shift -= 8 {
-		s := p.nodes[cur][(a>>shift)&0xff]
-		if s.entry >= 0 {
-			best = s.entry
-		}
-		if s.child == 0 {
-			break
-		}
-		cur = s.child
-	}
-	return best
-}
-
-// lookup6 returns the entry of the longest IPv6 prefix containing a, or -1.
-func (p *Policy) lookup6(a [16]byte) int32 {
-	best := p.def6
-	cur := uint32(root6)
-	for _, b := range a {
+// lookup returns the entry of the longest prefix containing the address whose bytes are key
+// (4 for IPv4, 16 for IPv6), walking the family's trie from root one byte per level; def is
+// the family's /0 entry (or -1).
+func (p *Policy) lookup(root uint32, def int32, key []byte) int32 {
+	best, cur := def, root
+	for _, b := range key {
 		s := p.nodes[cur][b]
 		if s.entry >= 0 {
 			best = s.entry
@@ -317,9 +303,4 @@ func (p *Policy) lookup6(a [16]byte) int32 {
 		cur = s.child
 	}
 	return best
-}
-
-func addrBits(a netip.Addr) uint32 {
-	b := a.As4()
-	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }

@@ -509,3 +509,9 @@ func TestTrieNodes(t *testing.T) {
 		}
 	}
 }
+
+// addrBits is an IPv4 address as a number.
+func addrBits(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
