@@ -310,15 +310,35 @@ func TestDifferential(t *testing.T) {
 		u := bases[rng.IntN(len(bases))] ^ rng.Uint32()>>(8+rng.IntN(25))
 		return netip.AddrFrom4([4]byte{byte(u >> 24), byte(u >> 16), byte(u >> 8), byte(u)})
 	}
-	names := make([]string, 140) // more than the inline words hold
+	randNetwork := func() (netip.Prefix, bool) { return netip.PrefixFrom(randAddr(), rng.IntN(33)).Masked(), true }
+	n := differential(t, rng, 140, randNetwork, randAddr) // more groups than the inline words hold
+	// Both answers must be common, or the test proves little.
+	if n.allowed[4] < 5000 || n.denied[4] < 5000 {
+		t.Errorf("differential drew %d allows and %d denies", n.allowed[4], n.denied[4])
+	}
+}
+
+// tally counts a differential run's answers by the destination's family (4 or 6).
+type tally struct{ allowed, denied [7]int }
+
+// differential compares Allowed with slowAllowed over 300 random policies of up to 40 rules
+// (networks from randNetwork, which may decline one) over groups of that many names, 200
+// random users and destinations (randAddr) each, and counts the answers.
+func differential(t *testing.T, rng *rand.Rand, groups int, randNetwork func() (netip.Prefix, bool), randAddr func() netip.Addr) tally {
+	t.Helper()
+	names := make([]string, groups)
 	for i := range names {
 		names[i] = fmt.Sprintf("group-%d", i)
 	}
-	var allowed, denied int
+	var n tally
 	for round := range 300 {
 		var rules []Rule
 		for range rng.IntN(40) {
-			r := Rule{Network: netip.PrefixFrom(randAddr(), rng.IntN(33)).Masked()}
+			network, ok := randNetwork()
+			if !ok {
+				continue
+			}
+			r := Rule{Network: network}
 			switch rng.IntN(10) {
 			case 0:
 				r.AllGroups = true
@@ -340,17 +360,18 @@ func TestDifferential(t *testing.T) {
 			if got != want {
 				t.Fatalf("round %d: rules %v, groups %v, dst %v: Allowed = %v, want %v", round, rules, user, dst, got, want)
 			}
+			family := 4
+			if dst.Is6() {
+				family = 6
+			}
 			if got {
-				allowed++
+				n.allowed[family]++
 			} else {
-				denied++
+				n.denied[family]++
 			}
 		}
 	}
-	// Both answers must be common, or the test proves little.
-	if allowed < 5000 || denied < 5000 {
-		t.Errorf("differential drew %d allows and %d denies", allowed, denied)
-	}
+	return n
 }
 
 // mixedAddr draws IPv4 and IPv6 addresses (some IPv4-mapped) near a few
@@ -377,55 +398,15 @@ func mixedAddr(rng *rand.Rand) netip.Addr {
 
 func TestDifferentialMixedFamilies(t *testing.T) {
 	rng := rand.New(rand.NewPCG(13, 17))
-	names := make([]string, 70)
-	for i := range names {
-		names[i] = fmt.Sprintf("group-%d", i)
+	randNetwork := func() (netip.Prefix, bool) {
+		a := mixedAddr(rng)
+		n := netip.PrefixFrom(a, rng.IntN(a.BitLen()+1)).Masked()
+		// New rejects IPv4-mapped networks (TestNewRejects).
+		return n, !n.Addr().Is4In6() || n.Bits() < 96
 	}
-	var allowed, denied, allowed6, denied6 int
-	for round := range 300 {
-		var rules []Rule
-		for range rng.IntN(40) {
-			a := mixedAddr(rng)
-			n := netip.PrefixFrom(a, rng.IntN(a.BitLen()+1)).Masked()
-			if n.Addr().Is4In6() && n.Bits() >= 96 {
-				continue // rejected by New, tested in TestNewRejects
-			}
-			r := Rule{Network: n}
-			switch rng.IntN(10) {
-			case 0:
-				r.AllGroups = true
-			case 1:
-			default:
-				r.Group = names[rng.IntN(len(names))]
-			}
-			rules = append(rules, r)
-		}
-		p := mustPolicy(t, rules)
-		for range 200 {
-			var user []string
-			for range rng.IntN(4) {
-				user = append(user, names[rng.IntN(len(names))])
-			}
-			g := p.Groups(user)
-			dst := mixedAddr(rng)
-			got, want := p.Allowed(dst, g), slowAllowed(rules, dst, user)
-			if got != want {
-				t.Fatalf("round %d: rules %v, groups %v, dst %v: Allowed = %v, want %v", round, rules, user, dst, got, want)
-			}
-			switch {
-			case got && dst.Is6():
-				allowed6++
-			case dst.Is6():
-				denied6++
-			case got:
-				allowed++
-			default:
-				denied++
-			}
-		}
-	}
-	if allowed < 2000 || denied < 2000 || allowed6 < 2000 || denied6 < 2000 {
-		t.Errorf("differential drew %d/%d IPv4 and %d/%d IPv6 allows/denies", allowed, denied, allowed6, denied6)
+	n := differential(t, rng, 70, randNetwork, func() netip.Addr { return mixedAddr(rng) })
+	if n.allowed[4] < 2000 || n.denied[4] < 2000 || n.allowed[6] < 2000 || n.denied[6] < 2000 {
+		t.Errorf("differential drew %d/%d IPv4 and %d/%d IPv6 allows/denies", n.allowed[4], n.denied[4], n.allowed[6], n.denied[6])
 	}
 }
 
