@@ -59,9 +59,8 @@ func (c *stuckControl) UDPControl(*UDPListener, []byte, netip.AddrPort, netip.Ad
 	<-c.release
 }
 
-// newBeatPlane returns a running plane on dev with a UDP listener of one shard on an in-memory
-// network whose idle reads, like the TUN reader's, wake every 5 ms.
-func newBeatPlane(t *testing.T, dev tun.Device, ctl Control) (*Plane, *UDPListener, *socktest.Network) {
+// beatConfig fills cfg in with a /24 pool, a NAT table and a policy that allows nothing.
+func beatConfig(t *testing.T, cfg Config) Config {
 	t.Helper()
 	pool, err := ippool.New(netip.MustParsePrefix("10.2.0.0/24"))
 	if err != nil {
@@ -79,7 +78,15 @@ func newBeatPlane(t *testing.T, dev tun.Device, ctl Control) (*Plane, *UDPListen
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := New(Config{Pool: pool, NAT: natTable, Device: dev, Policy: pol, Control: ctl, Workers: 1})
+	cfg.Pool, cfg.NAT, cfg.Policy = pool, natTable, pol
+	return cfg
+}
+
+// newBeatPlane returns a running plane on dev with a UDP listener of one shard on an in-memory
+// network whose idle reads, like the TUN reader's, wake every 5 ms.
+func newBeatPlane(t *testing.T, dev tun.Device, ctl Control) (*Plane, *UDPListener, *socktest.Network) {
+	t.Helper()
+	p, err := New(beatConfig(t, Config{Device: dev, Control: ctl, Workers: 1}))
 	if err != nil {
 		t.Fatal(err)
 	}

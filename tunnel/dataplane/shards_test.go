@@ -13,9 +13,6 @@ import (
 
 	"golang.zx2c4.com/wireguard/tun"
 
-	"github.com/cvpn/cvpn/authz"
-	"github.com/cvpn/cvpn/ippool"
-	"github.com/cvpn/cvpn/nat"
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 	"github.com/cvpn/cvpn/tunnel/sock"
@@ -150,27 +147,11 @@ func (n unsteeredNetwork) ListenUDPShards(ap netip.AddrPort, k int) ([]sock.Conn
 // and each of a listener's three shards, each with its heartbeat; closing the listener closes
 // its whole group; a kernel that does not steer is said once, however many listeners open.
 func TestShardsAndQueuesHeartbeats(t *testing.T) {
-	pool, err := ippool.New(netip.MustParsePrefix("10.2.0.0/24"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	natTable, err := nat.New(nat.Config{Addr: netip.MustParseAddr("10.0.1.2")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	az, err := authz.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pol, err := NewPolicy(Policy{Authz: az})
-	if err != nil {
-		t.Fatal(err)
-	}
 	q0, q1 := newPipeTUN(t), newPipeTUN(t)
 	var logs bytes.Buffer
 	var logMu sync.Mutex
 	log := slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, nil))
-	p, err := New(Config{Pool: pool, NAT: natTable, Queues: []tun.Device{q0, q1}, Policy: pol, Control: nopControl{}, Workers: 3, Log: log})
+	p, err := New(beatConfig(t, Config{Queues: []tun.Device{q0, q1}, Control: nopControl{}, Workers: 3, Log: log}))
 	if err != nil {
 		t.Fatal(err)
 	}
