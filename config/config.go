@@ -65,18 +65,46 @@ type Endpoint struct {
 	// SAN. Optional ("" when absent), but a profile cannot be exported
 	// without it. AWS: the endpoint's DnsName.
 	RemoteHostname string
-	// ClientCIDRBlock (client_cidr_block, required) is the IPv4 block
-	// client tunnel addresses come from, /12 to /22, disjoint from
-	// VPCCIDRBlocks and from every route. It cannot change on reload
-	// (CheckReload). AWS: ClientCidrBlock.
+	// EndpointIPAddressType (endpoint_ip_address_type) is which address
+	// families clients reach the endpoint over: IPv4 (the default), IPv6
+	// or DualStack (a listener per family for each transport). It cannot
+	// change on reload (CheckReload). AWS: EndpointIpAddressType.
+	EndpointIPAddressType string
+	// TrafficIPAddressType (traffic_ip_address_type) is which address
+	// families flow through the tunnel: IPv4 (the default), IPv6 or
+	// DualStack. Each family it names needs its client block. It cannot
+	// change on reload (CheckReload). AWS: TrafficIpAddressType.
+	TrafficIPAddressType string
+	// ClientCIDRBlock (client_cidr_block) is the IPv4 block client tunnel
+	// addresses come from, /12 to /22, disjoint from VPCCIDRBlocks and from
+	// every route. Required unless TrafficIPAddressType is IPv6, and
+	// refused then. It cannot change on reload (CheckReload). AWS:
+	// ClientCidrBlock.
 	ClientCIDRBlock netip.Prefix
+	// ClientIPv6CIDRBlock (client_ipv6_cidr_block) is the IPv6 block
+	// client tunnel addresses come from, /64 to /120 (ippool's bounds):
+	// required when TrafficIPAddressType carries IPv6, refused otherwise.
+	// Clients keep their own addresses into the private network, so the
+	// block lies inside an IPv6 entry of VPCCIDRBlocks (the target
+	// interface's subnet, checked at start), and the endpoint answers
+	// neighbour discovery for it there; with
+	// TargetNetwork.SNATIPv6Address instead it lies outside them, as the
+	// IPv4 block does. It cannot change on reload (CheckReload). AWS: the
+	// associated subnet's IPv6 range.
+	ClientIPv6CIDRBlock netip.Prefix
 	// VPCCIDRBlocks (vpc_cidr_blocks, required) are the private networks
-	// behind the endpoint (IPv4, at least one). AWS: the CIDR of the VPC
-	// of the associated target network.
+	// behind the endpoint (at least one; IPv6 ones only when
+	// TrafficIPAddressType carries IPv6). AWS: the CIDR of the VPC of the
+	// associated target network.
 	VPCCIDRBlocks []netip.Prefix
 	// ListenAddress (listen_address) is the local address the listeners
-	// bind; 0.0.0.0 by default. AWS: none.
+	// bind: 0.0.0.0 by default; with EndpointIPAddressType IPv6 it is an
+	// IPv6 address, :: by default. AWS: none.
 	ListenAddress netip.Addr
+	// ListenIPv6Address (listen_ipv6_address) is the local IPv6 address
+	// the IPv6 listeners bind with EndpointIPAddressType DualStack (::
+	// by default); refused with the other types. AWS: none.
+	ListenIPv6Address netip.Addr
 	// Transport (transport) lists the sockets to listen on, any mix of
 	// udp and tcp on any ports (443 and 1194 are the usual ones);
 	// [{protocol: udp, port: 443}] by default. No two share a protocol
@@ -126,9 +154,9 @@ type Endpoint struct {
 	// gateway address answers ping and nothing else. AWS: none (the
 	// endpoint is not a host there).
 	AllowHostAccess bool
-	// DNSServers (dns_servers) are up to two IPv4 resolvers pushed to
-	// clients (dhcp-option DNS); none by default, and then clients keep
-	// their own. AWS: DnsServers.
+	// DNSServers (dns_servers) are up to two resolvers of each family
+	// pushed to clients (dhcp-option DNS, dhcp-option DNS6); none by
+	// default, and then clients keep their own. AWS: DnsServers.
 	DNSServers []netip.Addr
 	// SessionTimeout (session_timeout_hours) is the longest a client
 	// session may last before the client must authenticate again: 8, 10,
@@ -537,11 +565,33 @@ type ClientConnectHandler struct {
 type TargetNetwork struct {
 	// Interface (interface, required) faces the private network.
 	Interface string
-	// SNATAddress (snat_address, required) is the endpoint's own IPv4
-	// address there, which client traffic is source-NATed to; it must lie
-	// inside one of VPCCIDRBlocks.
+	// SNATAddress (snat_address) is the endpoint's own IPv4 address
+	// there, which client traffic is source-NATed to; it must lie inside
+	// one of VPCCIDRBlocks. Required unless IPv4 traffic is off
+	// (traffic_ip_address_type: ipv6), and refused then.
 	SNATAddress netip.Addr
+	// SNATIPv6Address (snat_ipv6_address) is optional: when set, IPv6
+	// client traffic is source-NATed to it (for networks that cannot route
+	// the client block) instead of leaving with the clients' own
+	// addresses. It must lie inside an IPv6 entry of VPCCIDRBlocks and
+	// outside ClientIPv6CIDRBlock. AWS: none (AWS routes IPv6).
+	SNATIPv6Address netip.Addr
 }
+
+// Address families of EndpointIPAddressType and TrafficIPAddressType, as
+// AWS spells them.
+const (
+	IPv4      = "ipv4"
+	IPv6      = "ipv6"
+	DualStack = "dual-stack"
+)
+
+// HasIPv4 reports whether an address type (EndpointIPAddressType or
+// TrafficIPAddressType) includes IPv4.
+func HasIPv4(t string) bool { return t != IPv6 }
+
+// HasIPv6 reports whether an address type includes IPv6.
+func HasIPv6(t string) bool { return t == IPv6 || t == DualStack }
 
 // TUN is the tunnel device (tun).
 type TUN struct {

@@ -48,12 +48,14 @@ func TestLoadGood(t *testing.T) {
 		t.Fatalf("Load: %v", err)
 	}
 	want := &Endpoint{
-		Description:     "dev VPN",
-		RemoteHostname:  "vpn.example.com",
-		ClientCIDRBlock: netip.MustParsePrefix("10.2.0.0/22"),
-		VPCCIDRBlocks:   []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16"), netip.MustParsePrefix("172.16.0.0/12")},
-		ListenAddress:   netip.MustParseAddr("192.0.2.1"),
-		Transport:       []Listener{{ProtocolUDP, 1194}, {ProtocolTCP, 443}},
+		Description:           "dev VPN",
+		RemoteHostname:        "vpn.example.com",
+		ClientCIDRBlock:       netip.MustParsePrefix("10.2.0.0/22"),
+		VPCCIDRBlocks:         []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16"), netip.MustParsePrefix("172.16.0.0/12")},
+		EndpointIPAddressType: IPv4,
+		TrafficIPAddressType:  IPv4,
+		ListenAddress:         netip.MustParseAddr("192.0.2.1"),
+		Transport:             []Listener{{ProtocolUDP, 1194}, {ProtocolTCP, 443}},
 		ServerCertificate: ServerCertificate{
 			CertFile: abs(t, "testdata/pki/server.crt"),
 			KeyFile:  abs(t, "testdata/pki/server.key"),
@@ -444,7 +446,7 @@ func TestRules(t *testing.T) {
 		{name: "route target not a string", replace: [2]string{"  - destination_cidr_block: 10.0.1.0/24\n", "  - destination_cidr_block: 10.2.0.0/22\n    target: [local]\n"},
 			path: "routes[0].target", line: 14, msg: "must be a string, got a list"},
 		{name: "local route to the VPC", replace: [2]string{"  - destination_cidr_block: 10.0.1.0/24\n", "  - {destination_cidr_block: 10.0.1.0/24, target: local}\n"},
-			path: "routes[0].target", line: 13, msg: `"local" routes only the client CIDR: destination_cidr_block is 10.0.1.0/24, client_cidr_block is 10.2.0.0/22`},
+			path: "routes[0].target", line: 13, msg: `"local" routes only a client block: destination_cidr_block is 10.0.1.0/24, client_cidr_block is 10.2.0.0/22`},
 		{name: "local route to part of the client cidr", replace: [2]string{"  - destination_cidr_block: 10.0.1.0/24\n",
 			"  - destination_cidr_block: 10.0.1.0/24\n  - destination_cidr_block: 10.2.0.0/23\n    target: local\n"},
 			path: "routes[1].target", line: 15, msg: "destination_cidr_block is 10.2.0.0/23, client_cidr_block is 10.2.0.0/22"},
@@ -520,9 +522,11 @@ func TestRules(t *testing.T) {
 
 		// dns_servers
 		{name: "dns three servers", append: "dns_servers: [10.0.0.2, 10.0.0.3, 10.0.0.4]\n",
-			path: "dns_servers", line: 17, msg: "lists 3 servers; at most 2 can be pushed"},
-		{name: "dns IPv6", append: "dns_servers: [fd00::53]\n",
-			path: "dns_servers[0]", line: 17, msg: "fd00::53 is not an IPv4 address"},
+			path: "dns_servers[2]", line: 17, msg: "is the 3rd IPv4 server; at most 2 of each family can be pushed"},
+		{name: "dns three IPv6 servers", append: "dns_servers: [10.0.0.2, fd00::53, fd00::54, 10.0.0.3, fd00::55]\n",
+			path: "dns_servers[4]", line: 17, msg: "is the 3rd IPv6 server"},
+		{name: "dns IPv4-mapped", append: "dns_servers: ['::ffff:10.0.0.2']\n",
+			path: "dns_servers[0]", line: 17, msg: "::ffff:10.0.0.2 is an IPv4-mapped IPv6 address; write 10.0.0.2"},
 		{name: "dns not an address", append: "dns_servers:\n  - 10.0.0.2\n  - resolver\n",
 			path: "dns_servers[1]", line: 19, msg: `"resolver" is not an IP address`},
 		{name: "dns duplicate", append: "dns_servers: [10.0.0.2, 10.0.0.2]\n",

@@ -31,6 +31,22 @@ type decoder struct {
 	dir      string // relative file paths are resolved against it
 	errs     []*ValidationError
 	keyLines map[string]int // line of every key path seen, for Endpoint.KeyLine
+	// traffic is traffic_ip_address_type, read first: the keys that take networks
+	// refuse a family that does not flow through the tunnel.
+	traffic string
+}
+
+// trafficFamily refuses a block of a family that traffic_ip_address_type leaves out.
+func (d *decoder) trafficFamily(p netip.Prefix, path string, line int) bool {
+	switch {
+	case p.Addr().Is6() && !HasIPv6(d.traffic):
+		d.errorf(path, line, "%s is IPv6, but traffic_ip_address_type is %s: set it to %s or %s to carry IPv6", p, d.traffic, IPv6, DualStack)
+		return false
+	case p.Addr().Is4() && !HasIPv4(d.traffic):
+		d.errorf(path, line, "%s is IPv4, but traffic_ip_address_type is %s: set it to %s or %s to carry IPv4", p, d.traffic, IPv4, DualStack)
+		return false
+	}
+	return true
 }
 
 func (d *decoder) errorf(path string, line int, format string, args ...any) {
@@ -337,7 +353,7 @@ func (d *decoder) nonEmptyList(n *yaml.Node, path string) ([]*yaml.Node, bool) {
 	return items, ok
 }
 
-// prefix returns an IPv4 CIDR block with no host bits set.
+// prefix returns a CIDR block of either family with no host bits set.
 func (d *decoder) prefix(n *yaml.Node, path string) (netip.Prefix, bool) {
 	s, ok := d.str(n, path)
 	if !ok {
@@ -352,8 +368,12 @@ func (d *decoder) prefix(n *yaml.Node, path string) (netip.Prefix, bool) {
 		}
 		return netip.Prefix{}, false
 	}
-	if !p.Addr().Is4() {
-		d.errorf(path, n.Line, "%s is not IPv4 (IPv6 is not supported yet)", s)
+	if p.Addr().Is4In6() {
+		d.errorf(path, n.Line, "%s is an IPv4-mapped IPv6 block; write the IPv4 block %s instead", s, netip.PrefixFrom(p.Addr().Unmap(), max(p.Bits()-96, 0)).Masked())
+		return netip.Prefix{}, false
+	}
+	if p.Addr().Zone() != "" {
+		d.errorf(path, n.Line, "%s has a zone; a CIDR block has none", s)
 		return netip.Prefix{}, false
 	}
 	if m := p.Masked(); m != p {
@@ -363,8 +383,17 @@ func (d *decoder) prefix(n *yaml.Node, path string) (netip.Prefix, bool) {
 	return p, true
 }
 
-// addr returns an IP address; v4 demands IPv4.
-func (d *decoder) addr(n *yaml.Node, path string, v4 bool) (netip.Addr, bool) {
+// Families an address or prefix may be of, for addr and family.
+const (
+	anyFamily = iota
+	only4
+	only6
+)
+
+// addr returns an IP address of the family fam (anyFamily, only4, only6).
+// IPv4-mapped IPv6 addresses and zones are refused: an endpoint file names
+// each address in its own family.
+func (d *decoder) addr(n *yaml.Node, path string, fam int) (netip.Addr, bool) {
 	s, ok := d.str(n, path)
 	if !ok {
 		return netip.Addr{}, false
@@ -374,8 +403,18 @@ func (d *decoder) addr(n *yaml.Node, path string, v4 bool) (netip.Addr, bool) {
 		d.errorf(path, n.Line, "%q is not an IP address", s)
 		return netip.Addr{}, false
 	}
-	if v4 && !a.Is4() {
+	switch {
+	case a.Zone() != "":
+		d.errorf(path, n.Line, "%s has a zone (%%%s); give the address alone", s, a.Zone())
+		return netip.Addr{}, false
+	case a.Is4In6():
+		d.errorf(path, n.Line, "%s is an IPv4-mapped IPv6 address; write %s", s, a.Unmap())
+		return netip.Addr{}, false
+	case fam == only4 && !a.Is4():
 		d.errorf(path, n.Line, "%s is not an IPv4 address", s)
+		return netip.Addr{}, false
+	case fam == only6 && !a.Is6():
+		d.errorf(path, n.Line, "%s is not an IPv6 address", s)
 		return netip.Addr{}, false
 	}
 	return a, true

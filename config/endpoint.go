@@ -12,13 +12,16 @@ import (
 	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/cvpn/cvpn/ippool"
 )
 
 // This file is the schema: which keys exist, what each must hold, the
 // defaults, and the rules that relate one key to another.
 
 var topKeys = []string{
-	"description", "remote_hostname", "client_cidr_block", "vpc_cidr_blocks", "listen_address",
+	"description", "remote_hostname", "endpoint_ip_address_type", "traffic_ip_address_type",
+	"client_cidr_block", "client_ipv6_cidr_block", "vpc_cidr_blocks", "listen_address", "listen_ipv6_address",
 	"transport", "server_certificate", "control_channel", "authentication",
 	"data_ciphers", "target_network", "tun", "nat", "routes", "authorization_rules",
 	"split_tunnel", "allow_host_access", "dns_servers", "session_timeout_hours", "client_login_banner",
@@ -35,7 +38,7 @@ const (
 	maxMTU          = 9000
 	maxKeepalive    = 24 * 60 * 60 // seconds; also keeps Duration far from overflow
 	ifNameMax       = 15           // Linux IFNAMSIZ less the NUL
-	maxDNSServers   = 2            // AWS Client VPN pushes at most two
+	maxDNSServers   = 2            // per family; AWS Client VPN pushes at most two
 	maxBannerRunes  = 1400         // AWS ClientLoginBannerOptions.BannerText
 	maxBandwidth    = 100000       // Mbps; far above any one connection
 	minReneg        = 10           // seconds; shorter only burns CPU on handshakes
@@ -68,14 +71,15 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 		return nil
 	}
 	ep := &Endpoint{
-		ListenAddress: netip.IPv4Unspecified(),
-		Transport:     []Listener{{Protocol: ProtocolUDP, Port: defaultPort}},
-		DataCiphers:   slices.Clone(defaultDataCiphers),
-		TUN:           TUN{Name: defaultTUNName, MTU: defaultMTU},
-		NAT:           NAT{MaxMappings: defaultNATMappings},
-		SplitTunnel:   true,
-		Keepalive:     Keepalive{Ping: defaultPing * time.Second, PingRestart: defaultPingRestart * time.Second},
-		Admin:         Admin{Socket: DefaultAdminSocket},
+		EndpointIPAddressType: IPv4,
+		TrafficIPAddressType:  IPv4,
+		Transport:             []Listener{{Protocol: ProtocolUDP, Port: defaultPort}},
+		DataCiphers:           slices.Clone(defaultDataCiphers),
+		TUN:                   TUN{Name: defaultTUNName, MTU: defaultMTU},
+		NAT:                   NAT{MaxMappings: defaultNATMappings},
+		SplitTunnel:           true,
+		Keepalive:             Keepalive{Ping: defaultPing * time.Second, PingRestart: defaultPingRestart * time.Second},
+		Admin:                 Admin{Socket: DefaultAdminSocket},
 		ControlChannel: ControlChannel{
 			TLSAuthKeyDirection: KeyDirectionBidirectional,
 			TLSAuthDigest:       DigestSHA1,
@@ -93,22 +97,48 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	if n, path, ok := top.get("remote_hostname"); ok {
 		ep.RemoteHostname, _ = d.hostname(n, path)
 	}
-	var client placed
-	if n, path, ok := d.required(top, "client_cidr_block", ""); ok {
-		if p, ok := d.prefix(n, path); ok {
-			if b := p.Bits(); b < minClientPrefix || b > maxClientPrefix {
-				d.errorf(path, n.Line, "%s: prefix length must be /%d to /%d, got /%d", p, minClientPrefix, maxClientPrefix, b)
-			} else {
-				ep.ClientCIDRBlock, client = p, placed{path, n.Line}
+	if n, path, ok := top.get("endpoint_ip_address_type"); ok {
+		ep.EndpointIPAddressType, _ = d.addressType(n, path)
+	}
+	if n, path, ok := top.get("traffic_ip_address_type"); ok {
+		ep.TrafficIPAddressType, _ = d.addressType(n, path)
+	}
+	d.traffic = ep.TrafficIPAddressType
+	var client, client6 placed
+	if HasIPv4(ep.TrafficIPAddressType) {
+		if n, path, ok := d.required(top, "client_cidr_block", ""); ok {
+			if p, ok := d.prefix(n, path); ok {
+				switch b := p.Bits(); {
+				case !p.Addr().Is4():
+					d.errorf(path, n.Line, "%s is not IPv4; IPv6 client addresses come from client_ipv6_cidr_block", p)
+				case b < minClientPrefix || b > maxClientPrefix:
+					d.errorf(path, n.Line, "%s: prefix length must be /%d to /%d, got /%d", p, minClientPrefix, maxClientPrefix, b)
+				default:
+					ep.ClientCIDRBlock, client = p, placed{path, n.Line}
+				}
 			}
 		}
+	} else if _, path, ok := top.get("client_cidr_block"); ok {
+		d.errorf(path, top.keyLine("client_cidr_block"), "IPv4 traffic is off (traffic_ip_address_type: %s): leave client_cidr_block out, or carry IPv4 with %s", ep.TrafficIPAddressType, DualStack)
+	}
+	if HasIPv6(ep.TrafficIPAddressType) {
+		if n, path, ok := d.required(top, "client_ipv6_cidr_block", fmt.Sprintf(" (traffic_ip_address_type %s carries IPv6)", ep.TrafficIPAddressType)); ok {
+			if p, ok := d.prefix(n, path); ok {
+				switch b := p.Bits(); {
+				case !p.Addr().Is6():
+					d.errorf(path, n.Line, "%s is not IPv6", p)
+				case b < ippool.MinPrefixBits6 || b > ippool.MaxPrefixBits6:
+					d.errorf(path, n.Line, "%s: prefix length must be /%d to /%d, got /%d", p, ippool.MinPrefixBits6, ippool.MaxPrefixBits6, b)
+				default:
+					ep.ClientIPv6CIDRBlock, client6 = p, placed{path, n.Line}
+				}
+			}
+		}
+	} else if _, path, ok := top.get("client_ipv6_cidr_block"); ok {
+		d.errorf(path, top.keyLine("client_ipv6_cidr_block"), "IPv6 traffic is off (traffic_ip_address_type: %s): set traffic_ip_address_type to %s or %s, or leave client_ipv6_cidr_block out", ep.TrafficIPAddressType, IPv6, DualStack)
 	}
 	vpcAt, vpcOK := d.vpcCIDRBlocks(top, ep)
-	if n, path, ok := top.get("listen_address"); ok {
-		if a, ok := d.addr(n, path, false); ok {
-			ep.ListenAddress = a
-		}
-	}
+	d.listenAddresses(top, ep)
 	if n, path, ok := top.get("transport"); ok {
 		ep.Transport = d.transport(n, path)
 	}
@@ -129,18 +159,29 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	if n, path, ok := top.get("data_ciphers"); ok {
 		ep.DataCiphers = d.dataCiphers(n, path)
 	}
-	var snat placed
+	var snat, snat6 placed
 	var ifName string
 	if n, path, ok := d.required(top, "target_network", ""); ok {
-		if m, ok := d.mapping(n, path, top.keyLine("target_network"), "interface", "snat_address"); ok {
+		if m, ok := d.mapping(n, path, top.keyLine("target_network"), "interface", "snat_address", "snat_ipv6_address"); ok {
 			if n, path, ok := d.required(m, "interface", " (the interface facing the private network)"); ok {
 				if s, ok := d.ifName(n, path); ok {
 					ep.TargetNetwork.Interface, ifName = s, s
 				}
 			}
-			if n, path, ok := d.required(m, "snat_address", " (the endpoint's own IPv4 address in the private network)"); ok {
-				if a, ok := d.addr(n, path, true); ok {
-					ep.TargetNetwork.SNATAddress, snat = a, placed{path, n.Line}
+			if HasIPv4(ep.TrafficIPAddressType) {
+				if n, path, ok := d.required(m, "snat_address", " (the endpoint's own IPv4 address in the private network)"); ok {
+					if a, ok := d.addr(n, path, only4); ok {
+						ep.TargetNetwork.SNATAddress, snat = a, placed{path, n.Line}
+					}
+				}
+			} else if n, path, ok := m.get("snat_address"); ok {
+				d.errorf(path, n.Line, "IPv4 traffic is off (traffic_ip_address_type: %s): leave snat_address out", ep.TrafficIPAddressType)
+			}
+			if n, path, ok := m.get("snat_ipv6_address"); ok {
+				if !HasIPv6(ep.TrafficIPAddressType) {
+					d.errorf(path, n.Line, "IPv6 traffic is off (traffic_ip_address_type: %s): leave snat_ipv6_address out", ep.TrafficIPAddressType)
+				} else if a, ok := d.addr(n, path, only6); ok {
+					ep.TargetNetwork.SNATIPv6Address, snat6 = a, placed{path, n.Line}
 				}
 			}
 		}
@@ -250,19 +291,11 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 					ep.ClientCIDRBlock, vpcAt[i].path, v)
 			}
 		}
-		for i, r := range ep.Routes {
-			switch {
-			case r.Local && r.DestinationCIDRBlock != ep.ClientCIDRBlock:
-				d.errorf(routeAt[i].target.path, routeAt[i].target.line, "%q routes only the client CIDR: destination_cidr_block is %s, client_cidr_block is %s",
-					RouteTargetLocal, r.DestinationCIDRBlock, ep.ClientCIDRBlock)
-			case r.Local:
-				// The one route that may (must) cover client addresses.
-			case r.DestinationCIDRBlock.Overlaps(ep.ClientCIDRBlock):
-				d.errorf(routeAt[i].dest.path, routeAt[i].dest.line, "%s overlaps client_cidr_block %s; a pushed route must not cover client addresses (for client-to-client traffic add target: local to a route to exactly %s; for a full tunnel use split_tunnel: false)",
-					r.DestinationCIDRBlock, ep.ClientCIDRBlock, ep.ClientCIDRBlock)
-			}
-		}
 	}
+	if client6.path != "" && vpcOK {
+		d.clientIPv6Block(ep, client6, vpcAt)
+	}
+	d.routeRules(ep, routeAt)
 	// With a bad vpc_cidr_blocks entry the address may belong to it, so the
 	// check would only add noise.
 	if snat.path != "" && vpcOK && len(ep.VPCCIDRBlocks) > 0 {
@@ -271,8 +304,21 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 			d.errorf(snat.path, snat.line, "%s is not inside any of vpc_cidr_blocks (%s)", ep.TargetNetwork.SNATAddress, joinPrefixes(ep.VPCCIDRBlocks))
 		}
 	}
+	if snat6.path != "" && vpcOK && len(ep.VPCCIDRBlocks) > 0 {
+		a := ep.TargetNetwork.SNATIPv6Address
+		switch {
+		case !slices.ContainsFunc(ep.VPCCIDRBlocks, func(p netip.Prefix) bool { return p.Contains(a) }):
+			d.errorf(snat6.path, snat6.line, "%s is not inside any of vpc_cidr_blocks (%s)", a, joinPrefixes(ep.VPCCIDRBlocks))
+		case ep.ClientIPv6CIDRBlock.Contains(a):
+			d.errorf(snat6.path, snat6.line, "%s is inside client_ipv6_cidr_block %s; the SNAT address is the endpoint's own, not a client's", a, ep.ClientIPv6CIDRBlock)
+		}
+	}
 	if ep.NAT.MaxMappingsPerClient == 0 {
-		ep.NAT.MaxMappingsPerClient = defaultMappingsPerClient(ep.NAT.MaxMappings, ep.ClientCIDRBlock)
+		client := ep.ClientCIDRBlock
+		if !client.IsValid() {
+			client = ep.ClientIPv6CIDRBlock
+		}
+		ep.NAT.MaxMappingsPerClient = defaultMappingsPerClient(ep.NAT.MaxMappings, client)
 	}
 	if tunName.path != "" && ifName != "" && ep.TUN.Name == ifName {
 		d.errorf(tunName.path, tunName.line, "%q is also target_network.interface; the tunnel needs its own device", ep.TUN.Name)
@@ -327,7 +373,7 @@ func (d *decoder) vpcCIDRBlocks(top mapping, ep *Endpoint) (at []placed, ok bool
 	for i, item := range items {
 		ipath := index(path, i)
 		p, good := d.prefix(item, ipath)
-		if !good {
+		if !good || !d.trafficFamily(p, ipath, item.Line) {
 			ok = false
 			continue
 		}
@@ -508,6 +554,142 @@ func (d *decoder) ifName(n *yaml.Node, path string) (string, bool) {
 	return s, true
 }
 
+// addressType reads endpoint_ip_address_type or traffic_ip_address_type.
+func (d *decoder) addressType(n *yaml.Node, path string) (string, bool) {
+	s, ok := d.str(n, path)
+	if !ok {
+		return "", false
+	}
+	switch s {
+	case IPv4, IPv6, DualStack:
+		return s, true
+	}
+	d.errorf(path, n.Line, "%q is not %s, %s or %s", s, IPv4, IPv6, DualStack)
+	return "", false
+}
+
+// listenAddresses reads listen_address and listen_ipv6_address, whose
+// families and defaults follow endpoint_ip_address_type.
+func (d *decoder) listenAddresses(top mapping, ep *Endpoint) {
+	t := ep.EndpointIPAddressType
+	fam := only4
+	ep.ListenAddress = netip.IPv4Unspecified()
+	if t == IPv6 {
+		fam, ep.ListenAddress = only6, netip.IPv6Unspecified()
+	}
+	if n, path, ok := top.get("listen_address"); ok {
+		if a, ok := d.addr(n, path, anyFamily); ok {
+			switch {
+			case fam == only4 && !a.Is4() && t == DualStack:
+				d.errorf(path, n.Line, "%s is not IPv4; with endpoint_ip_address_type %s, listen_address is the IPv4 listeners' address and listen_ipv6_address the IPv6 ones'", a, t)
+			case fam == only4 && !a.Is4():
+				d.errorf(path, n.Line, "%s is not IPv4; set endpoint_ip_address_type to %s (or %s) to listen on IPv6", a, IPv6, DualStack)
+			case fam == only6 && !a.Is6():
+				d.errorf(path, n.Line, "%s is not IPv6; with endpoint_ip_address_type %s the listeners are IPv6", a, t)
+			default:
+				ep.ListenAddress = a
+			}
+		}
+	}
+	if t == DualStack {
+		ep.ListenIPv6Address = netip.IPv6Unspecified()
+	}
+	if n, path, ok := top.get("listen_ipv6_address"); ok {
+		if t != DualStack {
+			d.errorf(path, n.Line, "only with endpoint_ip_address_type %s (it is %s): set listen_address instead", DualStack, t)
+		} else if a, ok := d.addr(n, path, only6); ok {
+			ep.ListenIPv6Address = a
+		}
+	}
+}
+
+// clientIPv6Block checks client_ipv6_cidr_block against the private
+// networks: clients keep their own IPv6 addresses there, so the block lies
+// inside an IPv6 network behind the endpoint (AWS gives clients addresses
+// of the associated subnet); with snat_ipv6_address they leave with the
+// endpoint's address instead, and the block lies outside them all, as the
+// IPv4 block does.
+func (d *decoder) clientIPv6Block(ep *Endpoint, at placed, vpcAt []placed) {
+	c := ep.ClientIPv6CIDRBlock
+	if ep.TargetNetwork.SNATIPv6Address.IsValid() {
+		for i, v := range ep.VPCCIDRBlocks {
+			if v.Overlaps(c) {
+				d.errorf(at.path, at.line, "%s overlaps %s %s; with target_network.snat_ipv6_address client addresses must lie outside the private network (or leave snat_ipv6_address out so clients keep their own addresses there)",
+					c, vpcAt[i].path, v)
+			}
+		}
+		return
+	}
+	inside := false
+	for i, v := range ep.VPCCIDRBlocks {
+		switch {
+		case v.Contains(c.Addr()) && v.Bits() <= c.Bits():
+			inside = true
+		case v.Overlaps(c):
+			d.errorf(at.path, at.line, "%s overlaps %s %s without lying inside it", c, vpcAt[i].path, v)
+			return
+		}
+	}
+	if !inside {
+		var six []netip.Prefix
+		for _, v := range ep.VPCCIDRBlocks {
+			if v.Addr().Is6() {
+				six = append(six, v)
+			}
+		}
+		list := "none is IPv6"
+		if len(six) > 0 {
+			list = joinPrefixes(six)
+		}
+		d.errorf(at.path, at.line, "%s is not inside an IPv6 entry of vpc_cidr_blocks (%s); clients keep their own IPv6 addresses, which come from the target network's subnet (or set target_network.snat_ipv6_address to source-NAT them)", c, list)
+	}
+}
+
+// routeRules checks the routes against the client blocks: a local route is
+// exactly one of them; no other route covers IPv4 client addresses, nor
+// lies within the IPv6 block (a route to the whole IPv6 subnet the block
+// is part of is how clients reach it, and covers the block); with
+// snat_ipv6_address the IPv6 block is kept apart like the IPv4 one.
+func (d *decoder) routeRules(ep *Endpoint, routeAt []routePlaces) {
+	c4, c6 := ep.ClientCIDRBlock, ep.ClientIPv6CIDRBlock
+	for i, r := range ep.Routes {
+		dst := r.DestinationCIDRBlock
+		switch {
+		case r.Local && (!c4.IsValid() || dst != c4) && (!c6.IsValid() || dst != c6):
+			blocks := "client_cidr_block is " + showPrefix(c4)
+			if c6.IsValid() {
+				blocks += ", client_ipv6_cidr_block is " + c6.String()
+			}
+			d.errorf(routeAt[i].target.path, routeAt[i].target.line, "%q routes only a client block: destination_cidr_block is %s, %s",
+				RouteTargetLocal, dst, blocks)
+		case r.Local:
+			// The one route that may (must) cover client addresses.
+		case c4.IsValid() && dst.Overlaps(c4):
+			d.errorf(routeAt[i].dest.path, routeAt[i].dest.line, "%s overlaps client_cidr_block %s; a pushed route must not cover client addresses (for client-to-client traffic add target: local to a route to exactly %s; for a full tunnel use split_tunnel: false)",
+				dst, c4, c4)
+		case c6.IsValid() && dst.Overlaps(c6) && (ep.TargetNetwork.SNATIPv6Address.IsValid() || dst.Bits() >= c6.Bits()):
+			d.errorf(routeAt[i].dest.path, routeAt[i].dest.line, "%s overlaps client_ipv6_cidr_block %s; a pushed route must not single out client addresses (for client-to-client traffic add target: local to a route to exactly %s; for a full tunnel use split_tunnel: false)",
+				dst, c6, c6)
+		}
+	}
+}
+
+// showPrefix formats a prefix for a message, "none" when absent.
+func showPrefix(p netip.Prefix) string {
+	if !p.IsValid() {
+		return "none"
+	}
+	return p.String()
+}
+
+// showAddr formats an address for a message, "none" when absent.
+func showAddr(a netip.Addr) string {
+	if !a.IsValid() {
+		return "none"
+	}
+	return a.String()
+}
+
 // routePlaces says where a route's keys are, for the rules that compare it
 // with client_cidr_block; target.path is empty unless the route is local.
 type routePlaces struct {
@@ -555,7 +737,7 @@ func (d *decoder) routes(n *yaml.Node, path string) ([]Route, []routePlaces) {
 			continue
 		}
 		p, ok := d.prefix(n, dpath)
-		if !ok {
+		if !ok || !d.trafficFamily(p, dpath, n.Line) {
 			continue
 		}
 		if prev, dup := first[p]; dup {
@@ -590,7 +772,7 @@ func (d *decoder) authorizationRules(n *yaml.Node, path string) []AuthorizationR
 		good := true
 		if n, path, ok := d.required(m, "target_network_cidr", ""); ok {
 			r.TargetNetworkCIDR, ok = d.prefix(n, path)
-			good = good && ok
+			good = good && ok && d.trafficFamily(r.TargetNetworkCIDR, path, n.Line)
 		} else {
 			good = false
 		}
@@ -665,7 +847,8 @@ func (d *decoder) nat(n *yaml.Node, path string, line int, ep *Endpoint) {
 func defaultMappingsPerClient(table int, client netip.Prefix) int {
 	share := table
 	if client.IsValid() {
-		share = table >> (32 - client.Bits())
+		// An IPv6 block holds at most ippool.MaxSize6 clients.
+		share = table >> min(client.Addr().BitLen()-client.Bits(), 16)
 	}
 	return min(table, max(share, minDefaultMappingsPerClient))
 }
@@ -817,15 +1000,12 @@ func (d *decoder) dnsServers(n *yaml.Node, path string) []netip.Addr {
 	if !ok {
 		return nil
 	}
-	if len(items) > maxDNSServers {
-		d.errorf(path, n.Line, "lists %d servers; at most %d can be pushed", len(items), maxDNSServers)
-		return nil
-	}
 	var out []netip.Addr
 	first := map[netip.Addr]string{}
+	perFamily := map[bool]int{} // by Is6
 	for i, item := range items {
 		ipath := index(path, i)
-		a, ok := d.addr(item, ipath, true)
+		a, ok := d.addr(item, ipath, anyFamily)
 		if !ok {
 			continue
 		}
@@ -837,10 +1017,36 @@ func (d *decoder) dnsServers(n *yaml.Node, path string) []netip.Addr {
 			d.errorf(ipath, item.Line, "%s is already listed at %s", a, prev)
 			continue
 		}
+		if perFamily[a.Is6()]++; perFamily[a.Is6()] > maxDNSServers {
+			d.errorf(ipath, item.Line, "is the %s %s server; at most %d of each family can be pushed", ordinal(perFamily[a.Is6()]), family(a), maxDNSServers)
+			continue
+		}
 		first[a] = ipath
 		out = append(out, a)
 	}
 	return out
+}
+
+// family names an address's family for messages.
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+// ordinal spells small counts for messages: 1st, 2nd, 3rd, 4th...
+func ordinal(n int) string {
+	switch {
+	case n%100 >= 11 && n%100 <= 13:
+	case n%10 == 1:
+		return fmt.Sprintf("%dst", n)
+	case n%10 == 2:
+		return fmt.Sprintf("%dnd", n)
+	case n%10 == 3:
+		return fmt.Sprintf("%drd", n)
+	}
+	return fmt.Sprintf("%dth", n)
 }
 
 // banner checks client_login_banner: AWS's limit of 1400 characters, and no

@@ -28,12 +28,14 @@ type reloadKey struct {
 
 // Why the refused keys need a restart: each is built into host state or handed out at start.
 const (
-	restartPool  = "client addresses are handed out from it"
-	restartTUN   = "the TUN device is created with it at start"
-	restartHost  = "the host route and proxy neighbour entry are set up with it at start"
-	restartNAT   = "the NAT table is built with it at start"
-	restartAdmin = "the admin API listens on it from start"
-	restartState = "the state store is opened (and locked) there at start"
+	restartPool = "client addresses are handed out from it"
+	// restartFamilies: AWS fixes both address types at creation too.
+	restartFamilies = "the listeners, the address pool and the host are set up for its families at start"
+	restartTUN      = "the TUN device is created with it at start"
+	restartHost     = "the host route and proxy neighbour entry are set up with it at start"
+	restartNAT      = "the NAT table is built with it at start"
+	restartAdmin    = "the admin API listens on it from start"
+	restartState    = "the state store is opened (and locked) there at start"
 	// restartPortal: the portal's socket, certificate and links are set up at start (for now).
 	restartPortal = "the portal listens on it from start"
 )
@@ -43,10 +45,17 @@ const (
 var reloadKeys = []reloadKey{
 	{path: "description", equal: same(func(e *Endpoint) string { return e.Description })},
 	{path: "remote_hostname", equal: same(func(e *Endpoint) string { return e.RemoteHostname })},
+	{path: "endpoint_ip_address_type", restart: restartFamilies, equal: same(func(e *Endpoint) string { return e.EndpointIPAddressType }),
+		show: func(e *Endpoint) string { return e.EndpointIPAddressType }},
+	{path: "traffic_ip_address_type", restart: restartFamilies, equal: same(func(e *Endpoint) string { return e.TrafficIPAddressType }),
+		show: func(e *Endpoint) string { return e.TrafficIPAddressType }},
 	{path: "client_cidr_block", restart: restartPool, equal: same(func(e *Endpoint) any { return e.ClientCIDRBlock }),
 		show: func(e *Endpoint) string { return e.ClientCIDRBlock.String() }},
+	{path: "client_ipv6_cidr_block", restart: restartPool, equal: same(func(e *Endpoint) any { return e.ClientIPv6CIDRBlock }),
+		show: func(e *Endpoint) string { return showPrefix(e.ClientIPv6CIDRBlock) }},
 	{path: "vpc_cidr_blocks", equal: sameList(func(e *Endpoint) []any { return anys(e.VPCCIDRBlocks) })},
 	{path: "listen_address", equal: same(func(e *Endpoint) any { return e.ListenAddress })},
+	{path: "listen_ipv6_address", equal: same(func(e *Endpoint) any { return e.ListenIPv6Address })},
 	// The listeners are a set: their order means nothing to a running endpoint.
 	{path: "transport", equal: func(a, b *Endpoint) bool { return sameSet(a.Transport, b.Transport) }},
 	fileKey("server_certificate.cert_file", func(e *Endpoint) string { return e.ServerCertificate.CertFile }),
@@ -90,6 +99,8 @@ var reloadKeys = []reloadKey{
 		show: func(e *Endpoint) string { return strconv.Quote(e.TargetNetwork.Interface) }},
 	{path: "target_network.snat_address", restart: restartHost, equal: same(func(e *Endpoint) any { return e.TargetNetwork.SNATAddress }),
 		show: func(e *Endpoint) string { return e.TargetNetwork.SNATAddress.String() }},
+	{path: "target_network.snat_ipv6_address", restart: restartHost, equal: same(func(e *Endpoint) any { return e.TargetNetwork.SNATIPv6Address }),
+		show: func(e *Endpoint) string { return showAddr(e.TargetNetwork.SNATIPv6Address) }},
 	{path: "tun.name", restart: restartTUN, equal: same(func(e *Endpoint) string { return e.TUN.Name }),
 		show: func(e *Endpoint) string { return strconv.Quote(e.TUN.Name) }},
 	{path: "tun.mtu", restart: restartTUN, equal: same(func(e *Endpoint) int { return e.TUN.MTU }),

@@ -429,7 +429,8 @@ func TestCheckReload(t *testing.T) {
 
 func TestReloadKeys(t *testing.T) {
 	live, restart := ReloadKeys()
-	wantRestart := []string{"client_cidr_block", "target_network.interface", "target_network.snat_address", "tun.name", "tun.mtu",
+	wantRestart := []string{"endpoint_ip_address_type", "traffic_ip_address_type", "client_cidr_block", "client_ipv6_cidr_block",
+		"target_network.interface", "target_network.snat_address", "target_network.snat_ipv6_address", "tun.name", "tun.mtu",
 		"nat.max_mappings", "nat.max_mappings_per_client", "admin.socket", "state_dir",
 		"portal.listen_address", "portal.public_url", "portal.cert_file", "portal.key_file"}
 	if !slices.Equal(restart, wantRestart) {
