@@ -30,15 +30,36 @@ type Endpoint struct {
 // EndpointOptions shape the endpoint file. Zero values give the lab defaults.
 type EndpointOptions struct {
 	ClientCIDR string // default 10.2.0.0/22
-	TLSCrypt   bool
+	// EndpointIPAddressType and TrafficIPAddressType are endpoint_ip_address_type and
+	// traffic_ip_address_type ("ipv4", "ipv6" or "dual-stack"); "" leaves the key out (ipv4).
+	// With IPv6 traffic the defaults below gain the lab's IPv6 networks (a dual-stack lab,
+	// NewDual); with IPv6 traffic only, client_cidr_block and snat_address are left out.
+	EndpointIPAddressType string
+	TrafficIPAddressType  string
+	// ClientIPv6CIDR is client_ipv6_cidr_block; "" writes ClientIPv6CIDR when the traffic
+	// carries IPv6 (ClientIPv6CIDROutside with SNATIPv6).
+	ClientIPv6CIDR string
+	// ListenAddress replaces listen_address (0.0.0.0, or :: with endpoint_ip_address_type
+	// ipv6); ListenIPv6Address is listen_ipv6_address, left out when "".
+	ListenAddress     string
+	ListenIPv6Address string
+	// SNATIPv6 sets target_network.snat_ipv6_address to SNATIPv6Address: IPv6 traffic is
+	// source-NATed like IPv4, instead of leaving with the clients' own addresses.
+	SNATIPv6 bool
+	// VPCCIDRBlocks replaces vpc_cidr_blocks (YAML flow items): 10.0.0.0/16, and VPCCIDRIPv6
+	// with IPv6 traffic, by default.
+	VPCCIDRBlocks []string
+	TLSCrypt      bool
 	// TLSAuth protects the control channel with tls-auth instead; TLSAuthDirection is "0", "1" or
 	// "" (bidirectional) for the server; TLSAuthDigest is SHA1 (default), SHA256 or SHA512.
 	TLSAuth          bool
 	TLSAuthDirection string
 	TLSAuthDigest    string
-	// Rules replaces the default authorization rule (all groups to 10.0.0.0/16); YAML flow items.
+	// Rules replaces the default authorization rule (all groups to 10.0.0.0/16, and to
+	// VPCCIDRIPv6 with IPv6 traffic); YAML flow items.
 	Rules []string
-	// Routes replaces the default route list (10.0.1.0/24); YAML flow items, e.g.
+	// Routes replaces the default route list (10.0.1.0/24, and VPCPrefixIPv6 with IPv6
+	// traffic); YAML flow items, e.g.
 	// "{destination_cidr_block: 10.2.0.0/22, target: local}".
 	Routes []string
 	// Transport replaces the default listener list (YAML flow), e.g. "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]".
@@ -96,17 +117,57 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 		}
 	}
 	e := &Endpoint{Dir: dir, Config: filepath.Join(dir, "endpoint.yaml"), CA: ca, AdminSocket: filepath.Join(dir, "admin.sock")}
+	v4, v6 := o.TrafficIPAddressType != "ipv6", o.TrafficIPAddressType == "ipv6" || o.TrafficIPAddressType == "dual-stack"
 	if o.ClientCIDR == "" {
 		o.ClientCIDR = "10.2.0.0/22"
 	}
+	if o.ClientIPv6CIDR == "" && v6 {
+		o.ClientIPv6CIDR = ClientIPv6CIDR.String()
+		if o.SNATIPv6 {
+			o.ClientIPv6CIDR = ClientIPv6CIDROutside.String()
+		}
+	}
 	if len(o.Rules) == 0 {
-		o.Rules = []string{"{target_network_cidr: 10.0.0.0/16, authorize_all_groups: true}"}
+		if v4 {
+			o.Rules = append(o.Rules, "{target_network_cidr: 10.0.0.0/16, authorize_all_groups: true}")
+		}
+		if v6 {
+			o.Rules = append(o.Rules, fmt.Sprintf("{target_network_cidr: %s, authorize_all_groups: true}", VPCCIDRIPv6))
+		}
+	}
+	if len(o.VPCCIDRBlocks) == 0 {
+		if v4 {
+			o.VPCCIDRBlocks = append(o.VPCCIDRBlocks, "10.0.0.0/16")
+		}
+		if v6 {
+			o.VPCCIDRBlocks = append(o.VPCCIDRBlocks, VPCCIDRIPv6.String())
+		}
+	}
+	if o.ListenAddress == "" {
+		o.ListenAddress = "0.0.0.0"
+		if o.EndpointIPAddressType == "ipv6" {
+			o.ListenAddress = "'::'"
+		}
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "description: cvpn lab endpoint\n")
-	fmt.Fprintf(&b, "client_cidr_block: %s\n", o.ClientCIDR)
-	fmt.Fprintf(&b, "vpc_cidr_blocks: [10.0.0.0/16]\n")
-	fmt.Fprintf(&b, "listen_address: 0.0.0.0\n")
+	if o.EndpointIPAddressType != "" {
+		fmt.Fprintf(&b, "endpoint_ip_address_type: %s\n", o.EndpointIPAddressType)
+	}
+	if o.TrafficIPAddressType != "" {
+		fmt.Fprintf(&b, "traffic_ip_address_type: %s\n", o.TrafficIPAddressType)
+	}
+	if v4 {
+		fmt.Fprintf(&b, "client_cidr_block: %s\n", o.ClientCIDR)
+	}
+	if v6 {
+		fmt.Fprintf(&b, "client_ipv6_cidr_block: %s\n", o.ClientIPv6CIDR)
+	}
+	fmt.Fprintf(&b, "vpc_cidr_blocks: [%s]\n", strings.Join(o.VPCCIDRBlocks, ", "))
+	fmt.Fprintf(&b, "listen_address: %s\n", o.ListenAddress)
+	if o.ListenIPv6Address != "" {
+		fmt.Fprintf(&b, "listen_ipv6_address: %s\n", o.ListenIPv6Address)
+	}
 	if o.Transport == "" {
 		o.Transport = "[{protocol: udp, port: 443}]"
 	}
@@ -146,10 +207,22 @@ func WriteEndpoint(dir string, o EndpointOptions) (*Endpoint, error) {
 	}
 	b.WriteString(o.Authentication)
 	fmt.Fprintf(&b, "data_ciphers: [AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305]\n")
-	fmt.Fprintf(&b, "target_network: {interface: eth1, snat_address: %s}\n", SNATAddress)
+	target := []string{"interface: eth1"}
+	if v4 {
+		target = append(target, "snat_address: "+SNATAddress.String())
+	}
+	if o.SNATIPv6 {
+		target = append(target, "snat_ipv6_address: "+SNATIPv6Address.String())
+	}
+	fmt.Fprintf(&b, "target_network: {%s}\n", strings.Join(target, ", "))
 	fmt.Fprintf(&b, "tun: {name: cvpn0}\n")
 	if len(o.Routes) == 0 {
-		o.Routes = []string{fmt.Sprintf("{destination_cidr_block: %s}", VPCPrefix)}
+		if v4 {
+			o.Routes = append(o.Routes, fmt.Sprintf("{destination_cidr_block: %s}", VPCPrefix))
+		}
+		if v6 {
+			o.Routes = append(o.Routes, fmt.Sprintf("{destination_cidr_block: %s}", VPCPrefixIPv6))
+		}
 	}
 	fmt.Fprintf(&b, "routes:\n")
 	for _, r := range o.Routes {
@@ -186,7 +259,10 @@ type ProfileOptions struct {
 	Groups []string
 	// CA signs the client certificate; nil uses the endpoint's CA.
 	CA *pki.Identity
-	// Proto is "udp" (default) or "tcp"; Port defaults to 443.
+	// Proto is the profile's proto: "udp" (default) or "tcp", or one that forces the family
+	// (OpenVPN 2.6's socket.c proto_names: "udp4", "udp6", "tcp4-client", "tcp6-client"; "tcp6"
+	// is "tcp6-client" in a client). With an IPv6 server address the client dials it over IPv6
+	// whichever is given. Port defaults to 443.
 	Proto string
 	Port  int
 	// Extra lines appended to the profile.
@@ -194,7 +270,7 @@ type ProfileOptions struct {
 }
 
 // ClientProfile issues a client certificate and writes an AWS-style .ovpn for it that dials
-// server:443 over UDP. It returns the profile's path.
+// server:443 over UDP (server may be IPv6). It returns the profile's path.
 func (e *Endpoint) ClientProfile(name string, server netip.Addr, o ProfileOptions) (string, error) {
 	ca := o.CA
 	if ca == nil {

@@ -21,26 +21,38 @@ func ListenUDPIn(ns string) (*net.UDPConn, error) {
 	return conn, err
 }
 
-// DialUDPIn opens a connected UDP socket to raddr inside namespace ns. A connected socket reports
-// the ICMP errors that answer its datagrams: a Read after a port unreachable fails with
-// ECONNREFUSED.
+// DialUDPIn opens a connected UDP socket to raddr (of either family) inside namespace ns. A
+// connected socket reports the ICMP errors that answer its datagrams: a Read after a port
+// unreachable fails with ECONNREFUSED.
 func DialUDPIn(ns string, raddr *net.UDPAddr) (*net.UDPConn, error) {
+	network := "udp4"
+	if raddr.IP.To4() == nil {
+		network = "udp6"
+	}
 	var conn *net.UDPConn
 	err := inNamespace(ns, func() (err error) {
-		conn, err = net.DialUDP("udp4", nil, raddr)
+		conn, err = net.DialUDP(network, nil, raddr)
 		return err
 	})
 	return conn, err
 }
 
-// DialTCPIn opens a TCP connection to raddr from inside namespace ns.
+// DialTCPIn opens a TCP connection to raddr (of either family) from inside namespace ns.
 func DialTCPIn(ns string, raddr netip.AddrPort) (net.Conn, error) {
 	var conn net.Conn
 	err := inNamespace(ns, func() (err error) {
-		conn, err = net.DialTimeout("tcp4", raddr.String(), 10*time.Second)
+		conn, err = net.DialTimeout(tcpNetwork(raddr.Addr()), raddr.String(), 10*time.Second)
 		return err
 	})
 	return conn, err
+}
+
+// tcpNetwork is the network name that keeps a socket to a in a's family.
+func tcpNetwork(a netip.Addr) string {
+	if a.Is4() {
+		return "tcp4"
+	}
+	return "tcp6"
 }
 
 // inNamespace runs open on a thread switched into namespace ns, then switches the thread back.
