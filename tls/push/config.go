@@ -22,19 +22,25 @@ const (
 
 // Config is what a server pushes to one client, as typed values. Options turns
 // it into option strings and Messages into the messages of one reply. A zero
-// field is not pushed. Addresses are IPv4 for now; the types leave room for
-// IPv6, which Options refuses until it is built.
+// field is not pushed. Routes and DNS servers may be of either family; the
+// ifconfig fields each take their own.
 type Config struct {
 	RouteGateway netip.Addr // "route-gateway GW"
 	Topology     string     // "topology subnet"
 	// Ping and PingRestart are pushed in whole seconds, "ping N" and
 	// "ping-restart N"; less than a second is not pushed.
 	Ping, PingRestart time.Duration
-	// RedirectGateway pushes "redirect-gateway def1" (full tunnel).
-	RedirectGateway bool
-	// Routes are pushed as "route NETWORK NETMASK", host bits cleared.
+	// RedirectGateway pushes "redirect-gateway def1" (full tunnel for
+	// IPv4), RedirectGateway6 the "ipv6" flag (full tunnel for IPv6:
+	// route.c installs ::/3, 2000::/4, 3000::/4 and fc00::/7 into the tun);
+	// with RedirectGateway6 alone the option is "redirect-gateway ipv6 !ipv4".
+	RedirectGateway, RedirectGateway6 bool
+	// Routes are pushed as "route NETWORK NETMASK" (IPv4) or "route-ipv6
+	// NETWORK/BITS" (IPv6), host bits cleared; IPv4 ones first.
 	Routes []netip.Prefix
-	DNS    []netip.Addr // "dhcp-option DNS ADDRESS" each
+	// DNS are pushed as "dhcp-option DNS ADDRESS" (IPv4) or "dhcp-option
+	// DNS6 ADDRESS" (IPv6; options.c takes both names for an IPv6 address).
+	DNS []netip.Addr
 	// Compression is the compression framing option, pushed as it is:
 	// "comp-lzo no", "compress" or "compress stub-v2" (protocol §9.4).
 	Compression string
@@ -42,6 +48,11 @@ type Config struct {
 	// pushed as "ifconfig ADDRESS NETMASK" (topology subnet); the address
 	// keeps its host bits.
 	Ifconfig netip.Prefix
+	// Ifconfig6 is the client's IPv6 address with the prefix length of its
+	// block and Gateway6 the server's end, pushed as "ifconfig-ipv6
+	// ADDRESS/BITS GATEWAY" (push.c, prepare_push_reply), before ifconfig.
+	Ifconfig6 netip.Prefix
+	Gateway6  netip.Addr
 	// PeerID is pushed as "peer-id N" when HasPeerID is set; it must be below
 	// 0xFFFFFF.
 	PeerID    uint32
@@ -59,9 +70,9 @@ type Config struct {
 
 // Options returns the options of c in the order the server has always pushed
 // them (protocol §10.1; the stock client is tested against this order):
-// route-gateway, topology, ping, ping-restart, redirect-gateway, routes, DNS
-// servers, compression, ifconfig, peer-id, cipher, protocol-flags,
-// key-derivation, then Extra. A value that cannot be pushed is an error wrapping
+// route-gateway, topology, ping, ping-restart, redirect-gateway, routes (IPv4,
+// then IPv6), DNS servers, compression, ifconfig-ipv6, ifconfig, peer-id,
+// cipher, protocol-flags, key-derivation, then Extra. A value that cannot be pushed is an error wrapping
 // ErrOption.
 func (c *Config) Options() ([]string, error) {
 	var opts []string
@@ -84,28 +95,50 @@ func (c *Config) Options() ([]string, error) {
 	if s := int64(c.PingRestart / time.Second); s > 0 {
 		opts = append(opts, "ping-restart "+strconv.FormatInt(s, 10))
 	}
-	if c.RedirectGateway {
+	switch {
+	case c.RedirectGateway && c.RedirectGateway6:
+		opts = append(opts, "redirect-gateway def1 ipv6")
+	case c.RedirectGateway:
 		opts = append(opts, "redirect-gateway def1")
+	case c.RedirectGateway6:
+		opts = append(opts, "redirect-gateway ipv6 !ipv4")
 	}
 	for _, r := range c.Routes {
-		if err := ipv4Prefix("route", r); err != nil {
-			return nil, err
+		if !r.IsValid() || r.Addr().Is4In6() || r.Addr().Zone() != "" {
+			return nil, fmt.Errorf("%w: route %v: not a route", ErrOption, r)
 		}
-		r = r.Masked()
-		opts = append(opts, "route "+r.Addr().String()+" "+netmask(r.Bits()).String())
+		if r.Addr().Is4() {
+			r = r.Masked()
+			opts = append(opts, "route "+r.Addr().String()+" "+netmask(r.Bits()).String())
+		}
+	}
+	for _, r := range c.Routes {
+		if r.Addr().Is6() {
+			opts = append(opts, "route-ipv6 "+r.Masked().String())
+		}
 	}
 	for _, d := range c.DNS {
-		a, err := ipv4("dhcp-option DNS", d)
-		if err != nil {
-			return nil, err
+		switch d = d.Unmap(); {
+		case d.Is4():
+			opts = append(opts, "dhcp-option DNS "+d.String())
+		case d.Is6() && d.Zone() == "":
+			opts = append(opts, "dhcp-option DNS6 "+d.String())
+		default:
+			return nil, fmt.Errorf("%w: dhcp-option DNS %v: not an address", ErrOption, d)
 		}
-		opts = append(opts, "dhcp-option DNS "+a.String())
 	}
 	if c.Compression != "" {
 		if err := checkText("compression", c.Compression); err != nil {
 			return nil, err
 		}
 		opts = append(opts, c.Compression)
+	}
+	if c.Ifconfig6.IsValid() {
+		a, gw := c.Ifconfig6.Addr(), c.Gateway6
+		if !a.Is6() || a.Is4In6() || a.Zone() != "" || !gw.Is6() || gw.Is4In6() || gw.Zone() != "" {
+			return nil, fmt.Errorf("%w: ifconfig-ipv6 %v %v: want an IPv6 address and gateway", ErrOption, c.Ifconfig6, gw)
+		}
+		opts = append(opts, "ifconfig-ipv6 "+c.Ifconfig6.String()+" "+gw.String())
 	}
 	if c.Ifconfig.IsValid() {
 		if err := ipv4Prefix("ifconfig", c.Ifconfig); err != nil {

@@ -168,6 +168,53 @@ func TestConfigSubSecondTimers(t *testing.T) {
 	}
 }
 
+// A dual-stack client's options, in the order the stock client is tested against, and read
+// back by the parser.
+func TestConfigDualStack(t *testing.T) {
+	c := Config{
+		RouteGateway:     netip.MustParseAddr("10.2.0.1"),
+		Topology:         "subnet",
+		RedirectGateway:  true,
+		RedirectGateway6: true,
+		Routes: []netip.Prefix{netip.MustParsePrefix("fd00:10:1::/64"), netip.MustParsePrefix("10.0.1.0/24"),
+			netip.MustParsePrefix("fd00:10:2::1/64")},
+		DNS:       []netip.Addr{netip.MustParseAddr("fd00:10:1::53"), netip.MustParseAddr("10.0.0.2")},
+		Ifconfig6: netip.MustParsePrefix("fd00:10:1::1:2/112"),
+		Gateway6:  netip.MustParseAddr("fd00:10:1::1:1"),
+		Ifconfig:  netip.MustParsePrefix("10.2.0.2/22"),
+	}
+	opts, err := c.Options()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"route-gateway 10.2.0.1", "topology subnet", "redirect-gateway def1 ipv6",
+		"route 10.0.1.0 255.255.255.0", "route-ipv6 fd00:10:1::/64", "route-ipv6 fd00:10:2::/64",
+		"dhcp-option DNS6 fd00:10:1::53", "dhcp-option DNS 10.0.0.2",
+		"ifconfig-ipv6 fd00:10:1::1:2/112 fd00:10:1::1:1", "ifconfig 10.2.0.2 255.255.252.0"}
+	if !reflect.DeepEqual(opts, want) {
+		t.Fatalf("Options =\n%q\nwant\n%q", opts, want)
+	}
+	msgs, _ := c.Messages()
+	r, err := ParseReply(msgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Ifconfig6 != c.Ifconfig6 || r.Gateway6 != c.Gateway6 || !r.RedirectGateway || !r.RedirectGateway6 ||
+		len(r.Routes6) != 2 || r.Routes6[1].Network != netip.MustParsePrefix("fd00:10:2::/64") || len(r.DNS) != 2 {
+		t.Errorf("parsed back: %+v", r)
+	}
+
+	only6 := Config{RedirectGateway6: true}
+	opts, _ = only6.Options()
+	if !reflect.DeepEqual(opts, []string{"redirect-gateway ipv6 !ipv4"}) {
+		t.Errorf("IPv6-only full tunnel: %q", opts)
+	}
+	r, err = ParseReply("PUSH_REPLY,redirect-gateway ipv6 !ipv4")
+	if err != nil || r.RedirectGateway || !r.RedirectGateway6 {
+		t.Errorf("parsed back IPv6-only redirect: %+v, %v", r, err)
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	v6 := netip.MustParseAddr("2001:db8::1")
 	for _, tc := range []struct {
@@ -176,12 +223,14 @@ func TestConfigErrors(t *testing.T) {
 		want string
 	}{
 		{"IPv6 route-gateway", Config{RouteGateway: v6}, "route-gateway"},
-		{"IPv6 route", Config{Routes: []netip.Prefix{netip.MustParsePrefix("2001:db8::/32")}}, "route"},
 		{"mapped route", Config{Routes: []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")}}, "route"},
 		{"invalid route", Config{Routes: []netip.Prefix{{}}}, "route"},
-		{"IPv6 DNS", Config{DNS: []netip.Addr{v6}}, "dhcp-option DNS"},
 		{"invalid DNS", Config{DNS: []netip.Addr{{}}}, "dhcp-option DNS"},
 		{"IPv6 ifconfig", Config{Ifconfig: netip.MustParsePrefix("2001:db8::2/64")}, "ifconfig"},
+		{"IPv4 ifconfig-ipv6", Config{Ifconfig6: netip.MustParsePrefix("10.0.0.2/24"), Gateway6: v6}, "ifconfig-ipv6"},
+		{"ifconfig-ipv6 without gateway", Config{Ifconfig6: netip.MustParsePrefix("2001:db8::2/64")}, "ifconfig-ipv6"},
+		{"mapped ifconfig-ipv6", Config{Ifconfig6: netip.MustParsePrefix("::ffff:10.0.0.2/120"), Gateway6: v6}, "ifconfig-ipv6"},
+		{"zoned DNS", Config{DNS: []netip.Addr{netip.MustParseAddr("fe80::1%eth0")}}, "dhcp-option DNS"},
 		{"peer-id none", Config{HasPeerID: true, PeerID: 0xFFFFFF}, "peer-id"},
 		{"cipher with comma", Config{Cipher: "AES-256-GCM,route 0.0.0.0 0.0.0.0"}, "cipher"},
 		{"cipher with space", Config{Cipher: "AES 256"}, "cipher"},

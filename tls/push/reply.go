@@ -32,9 +32,16 @@ type Reply struct {
 	IfconfigPeer netip.Addr
 	RouteGateway netip.Addr // invalid for "route-gateway dhcp"
 	Routes       []Route
-	// RedirectGateway is set when "redirect-gateway" was pushed (full tunnel).
-	RedirectGateway bool
-	DNS             []netip.Addr // dhcp-option DNS
+	// Ifconfig6 is the own IPv6 tunnel address and prefix length and
+	// Gateway6 the server's end, from "ifconfig-ipv6 ADDRESS/BITS GATEWAY".
+	Ifconfig6 netip.Prefix
+	Gateway6  netip.Addr
+	// Routes6 are the "route-ipv6 NETWORK/BITS [GATEWAY] [METRIC]" routes.
+	Routes6 []Route
+	// RedirectGateway is set when "redirect-gateway" was pushed without
+	// "!ipv4" (full tunnel), RedirectGateway6 when it had the "ipv6" flag.
+	RedirectGateway, RedirectGateway6 bool
+	DNS                               []netip.Addr // dhcp-option DNS and DNS6
 	// Compression is the compression framing option as pushed ("comp-lzo no",
 	// "compress", "compress stub-v2", ...), "" when none was (protocol §9.4).
 	Compression string
@@ -177,10 +184,53 @@ func (r *Reply) decode() error {
 			r.Routes = append(r.Routes, rt)
 		case "redirect-gateway":
 			r.RedirectGateway = true
+			for _, a := range args {
+				switch a {
+				case "ipv6":
+					r.RedirectGateway6 = true
+				case "!ipv4":
+					r.RedirectGateway = false
+				}
+			}
+		case "ifconfig-ipv6":
+			if len(args) != 2 {
+				return bad("want ADDRESS/BITS and a gateway")
+			}
+			p, err := netip.ParsePrefix(args[0])
+			if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() {
+				return bad("want an IPv6 ADDRESS/BITS")
+			}
+			gw, err := netip.ParseAddr(args[1])
+			if err != nil || !gw.Is6() || gw.Is4In6() {
+				return bad("want an IPv6 gateway")
+			}
+			r.Ifconfig6, r.Gateway6 = p, gw
+		case "route-ipv6":
+			if len(args) < 1 || len(args) > 3 {
+				return bad("want NETWORK/BITS [GATEWAY] [METRIC]")
+			}
+			p, err := netip.ParsePrefix(args[0])
+			if err != nil || !p.Addr().Is6() || p.Addr().Is4In6() {
+				return bad("want an IPv6 NETWORK/BITS")
+			}
+			rt := Route{Network: p.Masked(), Metric: -1}
+			if len(args) > 1 {
+				if gw, err := netip.ParseAddr(args[1]); err == nil && gw.Is6() {
+					rt.Gateway = gw
+				}
+			}
+			if len(args) > 2 {
+				m, err := strconv.ParseUint(args[2], 10, 31)
+				if err != nil {
+					return bad("want a numeric metric")
+				}
+				rt.Metric = int(m)
+			}
+			r.Routes6 = append(r.Routes6, rt)
 		case "comp-lzo", "compress":
 			r.Compression = opt
 		case "dhcp-option":
-			if len(args) == 2 && args[0] == "DNS" {
+			if len(args) == 2 && (args[0] == "DNS" || args[0] == "DNS6") {
 				a, err := netip.ParseAddr(args[1])
 				if err != nil {
 					return bad(err.Error())
