@@ -165,7 +165,7 @@ func decode(t testing.TB, p []byte) gopacket.Packet {
 	return pkt
 }
 
-func addrOf(b net.IP) netip.Addr {
+func ipAddr(b net.IP) netip.Addr {
 	a, _ := netip.AddrFromSlice(b)
 	return a.Unmap()
 }

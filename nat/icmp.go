@@ -88,7 +88,7 @@ func (t *Table) inboundICMPError(pkt []byte, h header, now int64) (netip.Addr, e
 	if e.src != t.addr {
 		return netip.Addr{}, errNoEmbedded
 	}
-	k := inKey{remote: e.dst, remotePort: e.dstPort, extPort: e.srcPort, proto: e.proto}
+	k := inKey{remote: addr4(e.dst), remotePort: e.dstPort, extPort: e.srcPort, proto: e.proto}
 	portOff := l4SrcPort
 	if e.proto == protoICMP {
 		if e.icmpType != icmpEchoReq {
@@ -105,11 +105,11 @@ func (t *Table) inboundICMPError(pkt []byte, h header, now int64) (netip.Addr, e
 	}
 	t.inMu.RUnlock()
 	// An error does not refresh the mapping: it is no sign the flow lives.
-	client := m.out.client
+	client := m.out.client.v4()
 	setAddr(pkt, ipDst, t.addr, client)
 	rewriteEmbedded(icmp, &e, ipSrc, t.addr, client, portOff, m.extPort, m.out.clientPort)
 	if h.moreFrags {
-		t.frags.record(fragKey{remote: h.src, id: be16(pkt, ipID), proto: h.proto}, client, now)
+		t.frags.record(fragKey{remote: addr4(h.src), id: uint32(be16(pkt, ipID)), proto: h.proto}, m.out.client, now)
 	}
 	return addrFromUint(client), nil
 }
@@ -126,7 +126,7 @@ func (t *Table) outboundICMPError(pkt []byte, h header) error {
 	if e.dst != h.src {
 		return errNoEmbedded
 	}
-	k := outKey{client: e.dst, remote: e.src, clientPort: e.dstPort, remotePort: e.srcPort, proto: e.proto}
+	k := outKey{client: addr4(e.dst), remote: addr4(e.src), clientPort: e.dstPort, remotePort: e.srcPort, proto: e.proto}
 	portOff := l4DstPort
 	if e.proto == protoICMP {
 		if e.icmpType != icmpEchoReply {

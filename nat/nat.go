@@ -46,6 +46,7 @@
 package nat
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -97,15 +98,24 @@ const (
 	fragTimeout = 30 * time.Second
 )
 
-// Config configures a Table.
+// Config configures a Table. At least one of Addr and Addr6 must be set.
 type Config struct {
-	// Addr is the SNAT address: the source of every translated outbound
-	// packet and the destination of every inbound one. It must be IPv4.
+	// Addr is the IPv4 SNAT address: the source of every translated
+	// outbound IPv4 packet and the destination of every inbound one. The
+	// zero Addr turns IPv4 translation off: IPv4 packets get ErrNoIPv4.
 	Addr netip.Addr
+	// Addr6 is the IPv6 SNAT address, likewise for IPv6. The zero Addr6
+	// turns IPv6 translation off (IPv6 traffic is routed with the clients'
+	// own addresses instead): IPv6 packets get ErrNoIPv6. It must be a
+	// unicast address that can be on the wire: not unspecified, loopback,
+	// multicast or IPv4-mapped, and without a zone.
+	Addr6 netip.Addr
 	// MaxEntries caps the number of mappings; 0 means DefaultMaxEntries.
 	MaxEntries int
-	// MaxPerClient caps the number of mappings of one client address; 0
-	// means DefaultMaxPerClient, and more than MaxEntries means MaxEntries.
+	// MaxPerClient caps the number of mappings of one client: of one
+	// address, or of the two addresses Pair made one client, both families
+	// counted together. 0 means DefaultMaxPerClient, and more than
+	// MaxEntries means MaxEntries.
 	MaxPerClient int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -123,18 +133,52 @@ type Config struct {
 	RecycleIdle time.Duration
 }
 
+// addr is an address of either family as the table's keys hold it: the 16
+// bytes of its IPv6 form, IPv4 as IPv4-mapped (RFC 4291 §2.5.5.2), the form
+// netip.Addr.As16 gives. Outbound and Inbound refuse IPv6 packets from or to
+// an IPv4-mapped address (ErrUnsupported), which have no business on the
+// wire (RFC 5156 §2.2), so an IPv6 flow never shares a key with an IPv4 one.
+type addr struct{ hi, lo uint64 }
+
+// v4mapped is addr.hi and the top of addr.lo for an IPv4 address.
+const v4mapped = 0xffff << 32
+
+func addr4(u uint32) addr { return addr{lo: v4mapped | uint64(u)} }
+
+func addrOf(a netip.Addr) addr {
+	b := a.As16()
+	return addr{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:])}
+}
+
+func (a addr) is4() bool { return a.hi == 0 && a.lo>>32 == 0xffff }
+
+// v4 returns the IPv4 address a holds; a.is4() must hold.
+func (a addr) v4() uint32 { return uint32(a.lo) }
+
+// netip returns a as a netip.Addr of its own family.
+func (a addr) netip() netip.Addr {
+	if a.is4() {
+		return addrFromUint(a.v4())
+	}
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], a.hi)
+	binary.BigEndian.PutUint64(b[8:], a.lo)
+	return netip.AddrFrom16(b)
+}
+
 // outKey is a flow as the client sent it. For ICMP echo, clientPort is the
-// identifier and remotePort is 0.
+// identifier and remotePort is 0. proto tells ICMP (1) from ICMPv6 (58);
+// TCP and UDP are told apart by family through the addresses.
 type outKey struct {
-	client, remote         uint32
+	client, remote         addr
 	clientPort, remotePort uint16
 	proto                  uint8
 }
 
 // inKey is a flow as the private network sees it: the remote end and the
-// external port (or echo identifier) on the SNAT address.
+// external port (or echo identifier) on the SNAT address of its family.
 type inKey struct {
-	remote              uint32
+	remote              addr
 	remotePort, extPort uint16
 	proto               uint8
 }
@@ -152,6 +196,10 @@ const (
 type mapping struct {
 	out     outKey
 	extPort uint16
+	// flows is the list of the client the mapping counts against: its
+	// address's own, or the one Pair made common to both families. Guarded
+	// by Table.outMu.
+	flows *clientFlows
 	// lastSeen is the time of the last packet that refreshed the mapping,
 	// in nanoseconds since Table.epoch, kept to within touchSlack.
 	lastSeen atomic.Int64
@@ -173,6 +221,9 @@ func (m *mapping) inKey() inKey {
 type clientFlows struct {
 	head, tail *mapping
 	n          int
+	// key is the client's key in Table.clients: its IPv4 address when Pair
+	// made it one client with an IPv6 address, else its only address.
+	key addr
 }
 
 func (f *clientFlows) pushBack(m *mapping) {
@@ -219,7 +270,9 @@ type Stats struct {
 
 // Table is a NAT mapping table. Its methods are safe for concurrent use.
 type Table struct {
-	addr         uint32 // the SNAT address
+	addr         uint32     // the IPv4 SNAT address, if has4
+	addr6        netip.Addr // the IPv6 SNAT address, if has6
+	has4, has6   bool
 	max          int
 	maxPerClient int
 	now          func() time.Time
@@ -229,14 +282,17 @@ type Table struct {
 
 	// Lock order: outMu, then inMu.
 	//
-	// outMu guards out, clients and the fields after them. in is written
+	// outMu guards out, clients, pairs and the fields after them. in is written
 	// only with both locks held, so holding either one, in any mode, is
 	// enough to read it: Outbound reads under outMu and Inbound under inMu,
 	// and neither waits for the other except while a mapping is added or
 	// removed.
 	outMu   sync.RWMutex
 	out     map[outKey]*mapping
-	clients map[uint32]*clientFlows
+	clients map[addr]*clientFlows
+	// pairs maps each address Pair tied to another to the key of their
+	// common client in clients.
+	pairs map[addr]addr
 	// nextPort is where the next search for a free port starts.
 	nextPort uint16
 	// lastSweep is when a full table last swept (ns since epoch).
@@ -253,8 +309,14 @@ type Table struct {
 
 // New returns an empty Table.
 func New(cfg Config) (*Table, error) {
-	if !cfg.Addr.Is4() {
+	if !cfg.Addr.IsValid() && !cfg.Addr6.IsValid() {
+		return nil, fmt.Errorf("nat: no SNAT address of either family: %w", ErrConfig)
+	}
+	if cfg.Addr.IsValid() && !cfg.Addr.Is4() {
 		return nil, fmt.Errorf("nat: SNAT address %v is not IPv4: %w", cfg.Addr, ErrConfig)
+	}
+	if a := cfg.Addr6; a.IsValid() && (!a.Is6() || a.Is4In6() || a.Zone() != "" || a.IsUnspecified() || a.IsLoopback() || a.IsMulticast()) {
+		return nil, fmt.Errorf("nat: IPv6 SNAT address %v is not a unicast IPv6 address fit for the wire: %w", a, ErrConfig)
 	}
 	if cfg.MaxEntries < 0 {
 		return nil, fmt.Errorf("nat: MaxEntries %d is negative: %w", cfg.MaxEntries, ErrConfig)
@@ -274,7 +336,9 @@ func New(cfg Config) (*Table, error) {
 		return int64(d)
 	}
 	t := &Table{
-		addr:           addrToUint(cfg.Addr),
+		addr6:          cfg.Addr6,
+		has4:           cfg.Addr.IsValid(),
+		has6:           cfg.Addr6.IsValid(),
 		max:            cfg.MaxEntries,
 		maxPerClient:   cfg.MaxPerClient,
 		now:            cfg.Now,
@@ -285,8 +349,12 @@ func New(cfg Config) (*Table, error) {
 		recycleIdle:    orDefault(cfg.RecycleIdle, DefaultRecycleIdle),
 		out:            map[outKey]*mapping{},
 		in:             map[inKey]*mapping{},
-		clients:        map[uint32]*clientFlows{},
+		clients:        map[addr]*clientFlows{},
+		pairs:          map[addr]addr{},
 		nextPort:       1024,
+	}
+	if t.has4 {
+		t.addr = addrToUint(cfg.Addr)
 	}
 	if t.max == 0 {
 		t.max = DefaultMaxEntries
@@ -432,16 +500,20 @@ func (t *Table) expireLocked(now int64) {
 	t.dead = dead[:0]
 }
 
-// ForgetClient removes every mapping of client, so that a client that is
-// given the address later inherits none of them.
+// ForgetClient removes every mapping of client, of either family, so that a
+// client that is given the address later inherits none of them. An address
+// Pair tied to another is forgotten with its partner: all the mappings of
+// both, and the pairing.
 func (t *Table) ForgetClient(client netip.Addr) {
-	if !client.Is4() {
+	if !client.IsValid() {
 		return
 	}
-	c := addrToUint(client)
+	c := addrOf(client.Unmap())
 	t.outMu.Lock()
+	partner, paired := t.pairs[c]
+	key := t.clientKeyLocked(c)
 	dead := t.dead[:0]
-	if f := t.clients[c]; f != nil {
+	if f := t.clients[key]; f != nil {
 		for m := f.head; m != nil; m = m.next {
 			dead = append(dead, m)
 		}
@@ -449,8 +521,72 @@ func (t *Table) ForgetClient(client netip.Addr) {
 	t.removeLocked(dead)
 	clear(dead)
 	t.dead = dead[:0]
+	if paired {
+		delete(t.pairs, c)
+		delete(t.pairs, partner)
+	}
 	t.outMu.Unlock()
 	t.frags.forget(c)
+	if paired {
+		t.frags.forget(partner)
+	}
+}
+
+// Pair makes the IPv4 address v4 and the IPv6 address v6 one client, as a
+// dual-stack session is: from then on the mappings of both count against
+// one share of MaxPerClient, a new flow of either family may recycle an idle
+// mapping of the other, and ForgetClient of either address forgets both.
+// Mappings either address already holds join the common share (which may
+// then stand over MaxPerClient until some go). The session layer calls it
+// once it has both addresses, before the client's traffic flows; without it
+// each address has a share of its own.
+//
+// It returns an error wrapping ErrConfig if v4 is not IPv4, v6 not IPv6, or
+// either is already paired with another address (ForgetClient ends a
+// pairing).
+func (t *Table) Pair(v4, v6 netip.Addr) error {
+	if !v4.Is4() || !v6.Is6() || v6.Is4In6() {
+		return fmt.Errorf("nat: pair %v with %v: want an IPv4 and an IPv6 address: %w", v4, v6, ErrConfig)
+	}
+	a4, a6 := addrOf(v4), addrOf(v6)
+	t.outMu.Lock()
+	defer t.outMu.Unlock()
+	p4, ok4 := t.pairs[a4]
+	p6, ok6 := t.pairs[a6]
+	if ok4 && ok6 && p4 == a6 && p6 == a4 {
+		return nil
+	}
+	if ok4 || ok6 {
+		return fmt.Errorf("nat: pair %v with %v: already paired: %w", v4, v6, ErrConfig)
+	}
+	t.pairs[a4], t.pairs[a6] = a6, a4
+	f6 := t.clients[a6]
+	if f6 == nil {
+		return nil
+	}
+	delete(t.clients, a6)
+	f4 := t.clients[a4]
+	if f4 == nil {
+		f6.key = a4
+		t.clients[a4] = f6
+		return nil
+	}
+	for m := f6.head; m != nil; m = f6.head {
+		f6.remove(m)
+		f4.pushBack(m)
+		m.flows = f4
+	}
+	return nil
+}
+
+// clientKeyLocked returns the key in t.clients of the client that holds
+// address a: its IPv4 partner if Pair tied a to one, else a. t.outMu must be
+// held.
+func (t *Table) clientKeyLocked(a addr) addr {
+	if p, ok := t.pairs[a]; ok && p.is4() {
+		return p
+	}
+	return a
 }
 
 // removeLocked removes the mappings ms. t.outMu must be held for writing.
@@ -469,20 +605,23 @@ func (t *Table) removeLocked(ms []*mapping) {
 	}
 }
 
-func (t *Table) link(m *mapping) {
-	f := t.clients[m.out.client]
+// link adds m to the list of the client whose key is client.
+func (t *Table) link(m *mapping, client addr) {
+	f := t.clients[client]
 	if f == nil {
-		f = &clientFlows{}
-		t.clients[m.out.client] = f
+		f = &clientFlows{key: client}
+		t.clients[client] = f
 	}
 	f.pushBack(m)
+	m.flows = f
 }
 
 func (t *Table) unlink(m *mapping) {
-	f := t.clients[m.out.client]
+	f := m.flows
 	f.remove(m)
+	m.flows = nil
 	if f.n == 0 {
-		delete(t.clients, m.out.client)
+		delete(t.clients, f.key)
 	}
 }
 
@@ -507,7 +646,8 @@ func (t *Table) lookupOut(k outKey, now int64) (*mapping, error) {
 		}
 		t.removeOne(m)
 	}
-	if err := t.makeRoom(k.client, now); err != nil {
+	client := t.clientKeyLocked(k.client)
+	if err := t.makeRoom(client, now); err != nil {
 		return nil, err
 	}
 	ext, ok := t.freePort(k, now)
@@ -520,7 +660,7 @@ func (t *Table) lookupOut(k outKey, now int64) (*mapping, error) {
 	t.in[m.inKey()] = m
 	t.inMu.Unlock()
 	t.out[k] = m
-	t.link(m)
+	t.link(m, client)
 	return m, nil
 }
 
@@ -528,8 +668,9 @@ func (t *Table) lookupOut(k outKey, now int64) (*mapping, error) {
 // the table. At its quota, the client recycles one of its own mappings or is
 // refused. In a full table, expired mappings go first (a sweep, at most one
 // per sweepInterval), then one of the client's own recyclable ones; another
-// client's live mapping never does. t.outMu must be held for writing.
-func (t *Table) makeRoom(client uint32, now int64) error {
+// client's live mapping never does. client is the client's key in t.clients.
+// t.outMu must be held for writing.
+func (t *Table) makeRoom(client addr, now int64) error {
 	if f := t.clients[client]; f != nil && f.n >= t.maxPerClient {
 		if !t.recycle(f, now) {
 			t.stats.QuotaRefused++
@@ -589,7 +730,7 @@ func (t *Table) freePort(k outKey, now int64) (uint16, bool) {
 	}
 	lo, n := 1024, 65536-1024
 	switch {
-	case k.proto == protoICMP:
+	case k.proto == protoICMP || k.proto == protoICMPv6:
 		lo, n = 0, 65536
 	case k.clientPort < 1024:
 		lo, n = 1, 1023

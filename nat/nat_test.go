@@ -117,7 +117,7 @@ func fields(t testing.TB, p []byte) (src netip.Addr, sport uint16, dst netip.Add
 	t.Helper()
 	pkt := decode(t, p)
 	ipl := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-	src, dst = addrOf(ipl.SrcIP), addrOf(ipl.DstIP)
+	src, dst = ipAddr(ipl.SrcIP), ipAddr(ipl.DstIP)
 	switch l := pkt.TransportLayer().(type) {
 	case *layers.TCP:
 		return src, uint16(l.SrcPort), dst, uint16(l.DstPort)
@@ -508,7 +508,7 @@ func TestICMPErrorInbound(t *testing.T) {
 			pkt := decode(t, p)
 			outer := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
 			ic := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
-			if addrOf(outer.DstIP) != clientB || addrOf(outer.SrcIP) != router || ic.TypeCode != layers.CreateICMPv4TypeCode(tc.typ, tc.code) || ic.Seq != 1400 {
+			if ipAddr(outer.DstIP) != clientB || ipAddr(outer.SrcIP) != router || ic.TypeCode != layers.CreateICMPv4TypeCode(tc.typ, tc.code) || ic.Seq != 1400 {
 				t.Errorf("outer header %v → %v %v seq %d", outer.SrcIP, outer.DstIP, ic.TypeCode, ic.Seq)
 			}
 			inner := ic.Payload
@@ -575,7 +575,7 @@ func TestICMPErrorOutbound(t *testing.T) {
 	if err := tab.Outbound(udpPacket(t, clientB, 4000, server, 53, "q")); err != nil {
 		t.Fatal(err)
 	}
-	ext := tab.out[outKey{client: addrToUint(clientB), remote: addrToUint(server), clientPort: 4000, remotePort: 53, proto: protoUDP}].extPort
+	ext := tab.out[outKey{client: addrOf(clientB), remote: addrOf(server), clientPort: 4000, remotePort: 53, proto: protoUDP}].extPort
 	wire := udpPacket(t, server, 53, snatAddr, ext, "late answer")
 	reply := append([]byte(nil), wire...)
 	if c, err := tab.Inbound(reply); err != nil || c != clientB {
@@ -591,7 +591,7 @@ func TestICMPErrorOutbound(t *testing.T) {
 	}
 	checkSums(t, "outbound error", p)
 	pkt := decode(t, p)
-	if src := addrOf(pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4).SrcIP); src != snatAddr {
+	if src := ipAddr(pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4).SrcIP); src != snatAddr {
 		t.Errorf("outer source %v", src)
 	}
 	inner := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4).Payload
@@ -686,7 +686,8 @@ func TestDropReasons(t *testing.T) {
 	}{
 		{"empty", nil, ErrMalformed},
 		{"short", udp[:19], ErrMalformed},
-		{"IPv6", mut(func(p []byte) []byte { p[0] = 0x65; return p }), ErrMalformed},
+		{"IPv6 without Addr6", mut(func(p []byte) []byte { p[0] = 0x65; return p }), ErrNoIPv6},
+		{"version 5", mut(func(p []byte) []byte { p[0] = 0x55; return p }), ErrMalformed},
 		{"IHL 4", mut(func(p []byte) []byte { p[0] = 0x44; return p }), ErrMalformed},
 		{"total length past end", udp[:len(udp)-1], ErrMalformed},
 		{"total length below header", mut(func(p []byte) []byte { put16(p, 2, 12); return p }), ErrMalformed},
@@ -866,17 +867,17 @@ func TestConcurrent(t *testing.T) {
 	sum := 0
 	for c, f := range tab.clients {
 		if f.n > 3 {
-			t.Errorf("client %v holds %d mappings, over its quota of 3", addrFromUint(c), f.n)
+			t.Errorf("client %v holds %d mappings, over its quota of 3", c.netip(), f.n)
 		}
 		n := 0
 		for m := f.head; m != nil; m = m.next {
 			if m.out.client != c || tab.out[m.out] != m || tab.in[m.inKey()] != m {
-				t.Errorf("client %v lists a mapping the table does not hold: %+v", addrFromUint(c), m.out)
+				t.Errorf("client %v lists a mapping the table does not hold: %+v", c.netip(), m.out)
 			}
 			n++
 		}
 		if n != f.n {
-			t.Errorf("client %v lists %d mappings, counts %d", addrFromUint(c), n, f.n)
+			t.Errorf("client %v lists %d mappings, counts %d", c.netip(), n, f.n)
 		}
 		sum += n
 	}

@@ -358,7 +358,7 @@ type quotaModel struct {
 	now        time.Duration
 	lastSweep  time.Duration
 	flows      map[outKey]*modelFlow
-	order      map[uint32][]*modelFlow
+	order      map[addr][]*modelFlow
 	stats      Stats
 }
 
@@ -385,7 +385,7 @@ func (m *quotaModel) remove(f *modelFlow) {
 
 // recycle removes the first recyclable mapping of client among the first
 // recycleScan, rotating the others to the back.
-func (m *quotaModel) recycle(client uint32) bool {
+func (m *quotaModel) recycle(client addr) bool {
 	n := min(len(m.order[client]), recycleScan)
 	for range n {
 		f := m.order[client][0]
@@ -455,7 +455,7 @@ func (m *quotaModel) inbound(k outKey, flags byte) (netip.Addr, error) {
 			f.lastSeen = m.now
 		}
 	}
-	return addrFromUint(k.client), nil
+	return k.client.netip(), nil
 }
 
 // TestQuotaDifferential drives a small table (so that quotas, recycling and
@@ -469,7 +469,7 @@ func TestQuotaDifferential(t *testing.T) {
 		quota   = 4
 	)
 	tab, clk := newTable(t, Config{MaxEntries: max, MaxPerClient: quota})
-	m := &quotaModel{max: max, quota: quota, flows: map[outKey]*modelFlow{}, order: map[uint32][]*modelFlow{}}
+	m := &quotaModel{max: max, quota: quota, flows: map[outKey]*modelFlow{}, order: map[addr][]*modelFlow{}}
 	rng := rand.New(rand.NewPCG(11, 12))
 	remotes := []netip.Addr{server, router}
 	steps := []time.Duration{time.Second, 5 * time.Second, DefaultRecycleIdle, DefaultICMPTimeout,
@@ -486,8 +486,8 @@ func TestQuotaDifferential(t *testing.T) {
 	randomKey := func() outKey {
 		c := 1 + rng.IntN(clients)
 		k := outKey{
-			client:     addrToUint(clientAddr(c)),
-			remote:     addrToUint(remotes[rng.IntN(len(remotes))]),
+			client:     addrOf(clientAddr(c)),
+			remote:     addrOf(remotes[rng.IntN(len(remotes))]),
 			clientPort: uint16(1000*c + rng.IntN(4)), // disjoint per client: the external port is the client's
 			proto:      []uint8{protoUDP, protoTCP, protoICMP}[rng.IntN(3)],
 		}
@@ -500,7 +500,7 @@ func TestQuotaDifferential(t *testing.T) {
 		return k
 	}
 	packet := func(k outKey, flags string, inbound bool) []byte {
-		c, r := addrFromUint(k.client), addrFromUint(k.remote)
+		c, r := k.client.netip(), k.remote.netip()
 		switch {
 		case k.proto == protoUDP && inbound:
 			return udpPacket(t, r, k.remotePort, snatAddr, k.clientPort, "a")
@@ -575,7 +575,7 @@ func TestQuotaDifferential(t *testing.T) {
 		case r < 90:
 			c := clientAddr(1 + rng.IntN(clients))
 			tab.ForgetClient(c)
-			for _, f := range slices.Clone(m.order[addrToUint(c)]) {
+			for _, f := range slices.Clone(m.order[addrOf(c)]) {
 				m.remove(f)
 			}
 		default:
@@ -600,7 +600,7 @@ func TestQuotaDifferential(t *testing.T) {
 		}
 		for c, f := range tab.clients {
 			if f.n != len(m.order[c]) || f.n > quota {
-				t.Fatalf("%s: client %v holds %d mappings, the model %d (quota %d)", what, addrFromUint(c), f.n, len(m.order[c]), quota)
+				t.Fatalf("%s: client %v holds %d mappings, the model %d (quota %d)", what, c.netip(), f.n, len(m.order[c]), quota)
 			}
 		}
 		tab.outMu.RUnlock()
