@@ -101,10 +101,13 @@ func dataV2(id uint32, tag byte) []byte {
 // TestShardsSteerByPeerID: on a real reuseport group with the steering program, P_DATA_V2
 // datagrams reach shard peer-id mod n whatever port they come from, and a client's control
 // packets (and its datagrams too short to carry a peer-id) all reach one shard, the kernel's hash
-// of its addresses.
-func TestShardsSteerByPeerID(t *testing.T) {
+// of its addresses. The same program steers an IPv6 group: the kernel hands it the UDP payload
+// in both families (net/core/sock_reuseport.c, run_bpf_filter, pulls the UDP header alone).
+func TestShardsSteerByPeerID(t *testing.T) { forFamilies(t, testShardsSteerByPeerID) }
+
+func testShardsSteerByPeerID(t *testing.T, f family) {
 	const n = 4
-	shards := listenShards(t, "127.0.0.1:0", n)
+	shards := listenShards(t, f.lo0(), n)
 	ap := shards[0].LocalAddr()
 	for i, c := range shards {
 		if c.LocalAddr() != ap {
@@ -117,7 +120,7 @@ func TestShardsSteerByPeerID(t *testing.T) {
 	to := net.UDPAddrFromAddrPort(ap)
 	var senders []*net.UDPConn
 	for range 5 {
-		s, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		s, err := net.ListenUDP(f.udp, net.UDPAddrFromAddrPort(netip.AddrPortFrom(f.lo, 0)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,13 +172,15 @@ func TestShardsSteerByPeerID(t *testing.T) {
 }
 
 // TestShardsBusyPort: a group claims its address as a single socket does: it cannot join a port
-// another listener (a group or not) holds, nor can a listener join it.
-func TestShardsBusyPort(t *testing.T) {
-	single := listen(t, "127.0.0.1:0")
+// another listener (a group or not) of its family holds, nor can a listener join it.
+func TestShardsBusyPort(t *testing.T) { forFamilies(t, testShardsBusyPort) }
+
+func testShardsBusyPort(t *testing.T, f family) {
+	single := listen(t, f.lo0())
 	if _, err := Host.(ShardedNetwork).ListenUDPShards(single.LocalAddr(), 2); !errors.Is(err, unix.EADDRINUSE) {
 		t.Fatalf("a group on a listener's port: %v, want EADDRINUSE", err)
 	}
-	shards := listenShards(t, "127.0.0.1:0", 2)
+	shards := listenShards(t, f.lo0(), 2)
 	ap := shards[0].LocalAddr()
 	if c, err := Host.ListenUDP(ap); !errors.Is(err, unix.EADDRINUSE) {
 		if c != nil {
@@ -192,12 +197,23 @@ func TestShardsBusyPort(t *testing.T) {
 }
 
 // TestShardsOptions: every shard of a group on the unspecified address reports each datagram's
-// destination (IP_PKTINFO) and replies from it; one shard is a plain socket.
-func TestShardsOptions(t *testing.T) {
-	shards := listenShards(t, "0.0.0.0:0", 3)
+// destination (IP_PKTINFO, IPV6_RECVPKTINFO) and replies from it; an IPv6 group is IPv6-only;
+// one shard is a plain socket.
+func TestShardsOptions(t *testing.T) { forFamilies(t, testShardsOptions) }
+
+func testShardsOptions(t *testing.T, f family) {
+	shards := listenShards(t, f.any0(), 3)
 	for i, c := range shards {
 		if !c.pktinfo {
-			t.Fatalf("shard %d without IP_PKTINFO", i)
+			t.Fatalf("shard %d without packet info", i)
+		}
+		if f == ipv6 {
+			if v, err := unix.GetsockoptInt(c.fd, unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO); err != nil || v != 1 {
+				t.Fatalf("shard %d: IPV6_RECVPKTINFO %d, %v", i, v, err)
+			}
+			if v, err := unix.GetsockoptInt(c.fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err != nil || v != 1 {
+				t.Fatalf("shard %d: IPV6_V6ONLY %d, %v", i, v, err)
+			}
 		}
 		if _, err := unix.GetsockoptInt(c.fd, unix.IPPROTO_UDP, unix.UDP_GRO); err != nil {
 			t.Fatalf("shard %d: %v", i, err)
@@ -206,7 +222,7 @@ func TestShardsOptions(t *testing.T) {
 			t.Fatalf("shard %d: SO_REUSEPORT %d, %v", i, v, err)
 		}
 	}
-	one := listenShards(t, "127.0.0.1:0", 1)
+	one := listenShards(t, f.lo0(), 1)
 	if len(one) != 1 || one[0].Steered() {
 		t.Fatalf("a group of one: %d sockets, steered %v", len(one), one[0].Steered())
 	}
@@ -214,7 +230,7 @@ func TestShardsOptions(t *testing.T) {
 		t.Fatal("a group of one is a reuseport socket")
 	}
 	for _, n := range []int{0, -1, MaxShards + 1} {
-		if _, err := Host.(ShardedNetwork).ListenUDPShards(netip.MustParseAddrPort("127.0.0.1:0"), n); err == nil {
+		if _, err := Host.(ShardedNetwork).ListenUDPShards(netip.AddrPortFrom(f.lo, 0), n); err == nil {
 			t.Fatalf("%d shards accepted", n)
 		}
 	}

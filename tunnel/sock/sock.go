@@ -1,7 +1,9 @@
-// Package sock owns the data plane's sockets: batched UDP I/O outside Go's netpoller, the control
-// messages that go with it (IP_PKTINFO, UDP_SEGMENT, UDP_GRO), and the seam through which the
-// engine opens its listeners (Network), so that tests can swap in the in-memory network of
-// package socktest. It does not own what the packets mean.
+// Package sock owns the data plane's sockets: batched UDP I/O outside Go's netpoller over IPv4
+// and IPv6, the control messages that go with it (IP_PKTINFO, IPV6_PKTINFO, UDP_SEGMENT,
+// UDP_GRO), and the seam through which the engine opens its listeners (Network), so that tests
+// can swap in the in-memory network of package socktest. It does not own what the packets mean,
+// nor which listeners an endpoint opens (one per family for a dual-stack endpoint: the engine
+// decides).
 package sock
 
 import (
@@ -100,30 +102,54 @@ type ShardedNetwork interface {
 }
 
 // Host is the host's network. UDP listeners are non-blocking sockets driven with recvmmsg and
-// sendmmsg outside the netpoller, with 4 MiB buffers, IP_PKTINFO when bound to the unspecified
-// address, UDP GRO on and UDP GSO when the kernel has it; TCP listeners are net.ListenTCP("tcp4").
-// Only IPv4 addresses are supported for now.
+// sendmmsg outside the netpoller, with 4 MiB buffers, IP_PKTINFO (IPV6_RECVPKTINFO and
+// IPV6_PKTINFO) when bound to the unspecified address, UDP GRO on and UDP GSO when the kernel has
+// it; TCP listeners are net.ListenTCP. IPv4 and IPv6 listeners behave alike: an IPv4 (or
+// IPv4-mapped) address opens an IPv4 socket, an IPv6 address an IPv6-only one (IPV6_V6ONLY), so
+// a dual-stack endpoint opens one listener per family, both may hold the same port, and every
+// address a listener reports is a native (unmapped) address of its own family. Link-local
+// (scoped) listen addresses are refused.
 var Host Network = host{}
 
 // ErrGSO says the kernel refused UDP GSO on a Conn: its GSO() is false from then on, and the
 // message was sent as one datagram per segment instead.
 var ErrGSO = errors.New("sock: the kernel refused UDP GSO; segmenting in userspace from now on")
 
-// errNotIPv4 refuses IPv6 listeners, which the engine does not handle yet.
-var errNotIPv4 = errors.New("only IPv4 addresses are supported")
+// errFamily refuses a datagram to or from an address of the other family than its socket's.
+var errFamily = errors.New("IPv4 and IPv6 addresses do not mix on one socket (a dual-stack endpoint has a listener per family)")
 
 type host struct{}
 
 func (host) ListenUDP(ap netip.AddrPort) (Conn, error) { return listenUDP(ap) }
 
+// ListenTCP listens on ap: "tcp4" for an IPv4 (or IPv4-mapped) address, "tcp6" for an IPv6 one,
+// which package net opens IPv6-only.
 func (host) ListenTCP(ap netip.AddrPort) (net.Listener, error) {
-	if !ap.Addr().Unmap().Is4() {
-		return nil, &net.OpError{Op: "listen", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: errNotIPv4}
+	ap, err := listenAddr(ap)
+	if err != nil {
+		return nil, &net.OpError{Op: "listen", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
 	}
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-	ln, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(ap))
+	network := "tcp4"
+	if ap.Addr().Is6() {
+		network = "tcp6"
+	}
+	ln, err := net.ListenTCP(network, net.TCPAddrFromAddrPort(ap))
 	if err != nil {
 		return nil, err // a *net.OpError that names the operation and the address
 	}
 	return ln, nil
+}
+
+// listenAddr returns the address a listener binds: ap unmapped, so that an IPv4-mapped address
+// opens an IPv4 socket. A scoped (link-local) address is refused: datagrams from link-local
+// peers would need their scope carried through the engine.
+func listenAddr(ap netip.AddrPort) (netip.AddrPort, error) {
+	a := ap.Addr().Unmap()
+	switch {
+	case !a.IsValid():
+		return ap, errors.New("no address")
+	case a.Is6() && (a.Zone() != "" || a.IsLinkLocalUnicast()):
+		return ap, errors.New("link-local (scoped) addresses are not supported")
+	}
+	return netip.AddrPortFrom(a, ap.Port()), nil
 }

@@ -32,7 +32,8 @@ type udpConn struct {
 	fd      int
 	wakeFD  int // an eventfd: readable once Close fired it
 	local   netip.AddrPort
-	pktinfo bool // bound to the unspecified address: IP_PKTINFO reports each datagram's destination
+	v6      bool // an AF_INET6 socket (IPV6_V6ONLY): it sends to and from IPv6 addresses only
+	pktinfo bool // bound to the unspecified address: IP_PKTINFO (IPV6_RECVPKTINFO) reports each datagram's destination
 	steered bool // one of a reuseport group that the kernel steers with SteerProgram
 	gso     atomic.Bool
 	// readWake is the longest a ReadBatch waits in ppoll (ReadWake; tests shorten it).
@@ -57,11 +58,12 @@ type udpConn struct {
 // mmsgBatch is the kernel's view of a batch: the headers recvmmsg or sendmmsg take and, per
 // slot, its one I/O vector, its address and its control-message room. The headers point into the
 // batch's own arrays, which never move; only the I/O vectors change per call, pointing at the
-// caller's buffers for the duration of the call.
+// caller's buffers for the duration of the call. An address slot is a sockaddr_in6, which is
+// large enough for the sockaddr_in of an IPv4 socket too (putName, readName).
 type mmsgBatch struct {
 	hdrs  [MaxBatch]unix.Mmsghdr
 	iovs  [MaxBatch]unix.Iovec
-	names [MaxBatch]unix.RawSockaddrInet4
+	names [MaxBatch]unix.RawSockaddrInet6
 	oobs  [MaxBatch][cmsgRoom]byte
 
 	// Send only, per slot: the index of the message it carries, whether it is that message's
@@ -90,15 +92,17 @@ func (b *mmsgBatch) release(n int) {
 	}
 }
 
-// listenUDP opens a non-blocking IPv4 UDP socket bound to ap.
+// listenUDP opens a non-blocking UDP socket bound to ap: an IPv4 socket for an IPv4 (or
+// IPv4-mapped) address, an IPv6-only one for an IPv6 address.
 func listenUDP(ap netip.AddrPort) (Conn, error) {
 	fail := func(err error) (Conn, error) {
 		return nil, &net.OpError{Op: "listen", Net: "udp", Addr: net.UDPAddrFromAddrPort(ap), Err: err}
 	}
-	if !ap.Addr().Unmap().Is4() {
-		return fail(errNotIPv4)
+	ap, err := listenAddr(ap)
+	if err != nil {
+		return fail(err)
 	}
-	c, err := openUDP(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), false)
+	c, err := openUDP(ap, false)
 	if err != nil {
 		return fail(err)
 	}
@@ -121,9 +125,10 @@ func listenUDPShards(ap netip.AddrPort, n int) ([]Conn, error) {
 	fail := func(err error) ([]Conn, error) {
 		return nil, &net.OpError{Op: "listen", Net: "udp", Addr: net.UDPAddrFromAddrPort(ap), Err: err}
 	}
+	if _, err := listenAddr(ap); err != nil {
+		return fail(err)
+	}
 	switch {
-	case !ap.Addr().Unmap().Is4():
-		return fail(errNotIPv4)
 	case n < 1 || n > MaxShards:
 		return fail(fmt.Errorf("%d shards, want 1 to %d", n, MaxShards))
 	case n == 1:
@@ -133,7 +138,7 @@ func listenUDPShards(ap netip.AddrPort, n int) ([]Conn, error) {
 		}
 		return []Conn{c}, nil
 	}
-	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	ap, _ = listenAddr(ap)
 	claim, err := openUDP(ap, false)
 	if err != nil {
 		return fail(err)
@@ -182,14 +187,21 @@ func attachSteer(fd, n int) error {
 // SteerProgram (false for a socket of its own: ListenUDP).
 func (c *udpConn) Steered() bool { return c.steered }
 
-// openUDP opens a non-blocking IPv4 UDP socket bound to ap (an IPv4 address), with
-// SO_REUSEPORT when reuse is set.
+// openUDP opens a non-blocking UDP socket bound to ap (unmapped: listenAddr), with SO_REUSEPORT
+// when reuse is set. An IPv6 socket is IPv6-only (IPV6_V6ONLY): a dual-stack endpoint opens one
+// listener per family, so no socket ever sees an IPv4-mapped address, and each family's
+// listener is bound, sharded and steered on its own.
 func openUDP(ap netip.AddrPort, reuse bool) (*udpConn, error) {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	v6 := ap.Addr().Is6()
+	family := unix.AF_INET
+	if v6 {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
 		return nil, os.NewSyscallError("socket", err)
 	}
-	c := &udpConn{fd: fd, wakeFD: -1, readWake: ReadWake}
+	c := &udpConn{fd: fd, wakeFD: -1, v6: v6, readWake: ReadWake}
 	bad := func(err error) (*udpConn, error) {
 		unix.Close(fd)
 		if c.wakeFD >= 0 {
@@ -206,23 +218,42 @@ func openUDP(ap netip.AddrPort, reuse bool) (*udpConn, error) {
 	// them at net.core.rmem_max and wmem_max, which is fine.
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+	var bindTo unix.Sockaddr
+	if !v6 {
+		bindTo = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	} else {
+		// Set before bind: the port is then claimed for IPv6 alone, and an IPv4 listener on
+		// the same port (the other half of a dual-stack endpoint) can coexist with it.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+			return bad(os.NewSyscallError("setsockopt IPV6_V6ONLY", err))
+		}
+		bindTo = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	}
+	if err := unix.Bind(fd, bindTo); err != nil {
 		return bad(os.NewSyscallError("bind", err))
 	}
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
 		return bad(os.NewSyscallError("getsockname", err))
 	}
-	in4, ok := sa.(*unix.SockaddrInet4)
-	if !ok {
-		return bad(errors.New("getsockname: not an IPv4 address"))
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		c.local = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		c.local = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	default:
+		return bad(fmt.Errorf("getsockname: an address of family %T", sa))
 	}
-	c.local = netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port))
 	if ap.Addr().IsUnspecified() {
-		// Replies must leave from the address each client sent to, which IP_PKTINFO reports
-		// and, on send, sets.
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_PKTINFO, 1); err != nil {
-			return bad(os.NewSyscallError("setsockopt IP_PKTINFO", err))
+		// Replies must leave from the address each client sent to, which IP_PKTINFO
+		// (IPV6_RECVPKTINFO) reports and, on send, IP_PKTINFO (IPV6_PKTINFO) sets.
+		opt, name := unix.IPPROTO_IP, "IP_PKTINFO"
+		optName := unix.IP_PKTINFO
+		if v6 {
+			opt, optName, name = unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO"
+		}
+		if err := unix.SetsockoptInt(fd, opt, optName, 1); err != nil {
+			return bad(os.NewSyscallError("setsockopt "+name, err))
 		}
 		c.pktinfo = true
 	}
@@ -283,7 +314,7 @@ func (c *udpConn) ReadBatch(msgs []Message) (int, error) {
 		b.iovs[i].Base = unsafe.SliceData(msgs[i].Buf)
 		b.iovs[i].SetLen(len(msgs[i].Buf))
 		h := &b.hdrs[i].Hdr
-		h.Namelen = unix.SizeofSockaddrInet4
+		h.Namelen = unix.SizeofSockaddrInet6 // the slot's room; the kernel leaves the length it wrote
 		h.SetControllen(cmsgRoom)
 		h.Flags = 0
 		b.hdrs[i].Len = 0
@@ -321,11 +352,7 @@ func (c *udpConn) ReadBatch(msgs []Message) (int, error) {
 func (c *udpConn) fill(m *Message, b *mmsgBatch, i int) {
 	h := &b.hdrs[i]
 	m.N = int(h.Len)
-	m.Addr = netip.AddrPort{}
-	if sa := &b.names[i]; sa.Family == unix.AF_INET {
-		p := (*[2]byte)(unsafe.Pointer(&sa.Port)) // network byte order
-		m.Addr = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
-	}
+	m.Addr = readName(&b.names[i], h.Hdr.Namelen)
 	dst, seg := parseCmsgs(b.oobs[i][:h.Hdr.Controllen])
 	m.Local = c.local.Addr()
 	if c.pktinfo {
@@ -337,27 +364,68 @@ func (c *udpConn) fill(m *Message, b *mmsgBatch, i int) {
 	m.Segment = seg
 }
 
-// target checks a message's addresses and returns its destination and the source to ask for
-// (invalid: the kernel chooses).
-func (c *udpConn) target(m *Message) (unix.RawSockaddrInet4, netip.Addr, error) {
+// putName writes ap into sa as the sockaddr of a socket of the family v6 says (sockaddr_in6,
+// else sockaddr_in in sa's first bytes) and returns its length. ap is of that family.
+func putName(sa *unix.RawSockaddrInet6, ap netip.AddrPort, v6 bool) uint32 {
+	*sa = unix.RawSockaddrInet6{}
+	if v6 {
+		sa.Family = unix.AF_INET6
+		sa.Addr = ap.Addr().As16()
+		putPort(&sa.Port, ap.Port())
+		return unix.SizeofSockaddrInet6
+	}
+	in4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+	in4.Family = unix.AF_INET
+	in4.Addr = ap.Addr().As4()
+	putPort(&in4.Port, ap.Port())
+	return unix.SizeofSockaddrInet4
+}
+
+// readName returns the address the kernel wrote into sa, n bytes of it: unmapped, so that the
+// caller sees native addresses; the zero AddrPort when it is neither a whole sockaddr_in nor a
+// whole sockaddr_in6. The scope id of a link-local sender is dropped (listenAddr).
+func readName(sa *unix.RawSockaddrInet6, n uint32) netip.AddrPort {
+	switch {
+	case sa.Family == unix.AF_INET && n >= unix.SizeofSockaddrInet4:
+		in4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), getPort(&in4.Port))
+	case sa.Family == unix.AF_INET6 && n >= unix.SizeofSockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), getPort(&sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// putPort and getPort write and read a sockaddr's port, which is in network byte order.
+func putPort(p *uint16, port uint16) {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	b[0], b[1] = byte(port>>8), byte(port)
+}
+
+func getPort(p *uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(p))
+	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+// target checks a message's addresses and writes its destination into sa, returning the
+// name's length and the source to ask for (invalid: the kernel chooses). Both addresses must be
+// of the socket's family: an IPv4 socket cannot send to or from an IPv6 address, nor an IPv6
+// socket (IPv6-only) to or from an IPv4 one.
+func (c *udpConn) target(m *Message, sa *unix.RawSockaddrInet6) (uint32, netip.Addr, error) {
 	to := m.Addr.Addr().Unmap()
-	if !to.Is4() {
-		return unix.RawSockaddrInet4{}, netip.Addr{}, fmt.Errorf("sock: send to %v: %w", m.Addr, errNotIPv4)
+	if !to.IsValid() || to.Is6() != c.v6 {
+		return 0, netip.Addr{}, fmt.Errorf("sock: send to %v on the socket bound to %v: %w", m.Addr, c.local, errFamily)
 	}
 	src := m.Local.Unmap()
 	switch {
 	case !src.IsValid() || src == c.local.Addr():
 		src = netip.Addr{} // the socket's own address anyway: no control message needed
-	case !src.Is4():
-		return unix.RawSockaddrInet4{}, netip.Addr{}, fmt.Errorf("sock: send from %v: %w", m.Local, errNotIPv4)
+	case src.Is6() != c.v6:
+		return 0, netip.Addr{}, fmt.Errorf("sock: send from %v on the socket bound to %v: %w", m.Local, c.local, errFamily)
 	}
 	if segmented(m) && m.Segment > 0xffff {
-		return unix.RawSockaddrInet4{}, netip.Addr{}, fmt.Errorf("sock: segment size %d out of range", m.Segment)
+		return 0, netip.Addr{}, fmt.Errorf("sock: segment size %d out of range", m.Segment)
 	}
-	sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: to.As4()}
-	p := (*[2]byte)(unsafe.Pointer(&sa.Port))
-	p[0], p[1] = byte(m.Addr.Port()>>8), byte(m.Addr.Port())
-	return sa, src, nil
+	return putName(sa, netip.AddrPortFrom(to, m.Addr.Port()), c.v6), src, nil
 }
 
 // segmented says whether m leaves as more than one datagram.
@@ -472,7 +540,7 @@ func (c *udpConn) fillSend(b *mmsgBatch, msgs []Message, msg, off int) (k, nextM
 	for k < MaxBatch && nextMsg < len(msgs) {
 		cur := nextMsg
 		m := &msgs[cur]
-		sa, src, err := c.target(m)
+		nameLen, src, err := c.target(m, &b.names[k])
 		if err != nil {
 			if k == 0 {
 				return 0, cur + 1, 0, err
@@ -493,11 +561,10 @@ func (c *udpConn) fillSend(b *mmsgBatch, msgs []Message, msg, off int) (k, nextM
 		default:
 			nextMsg++
 		}
-		b.names[k] = sa
 		b.iovs[k].Base = unsafe.SliceData(data)
 		b.iovs[k].SetLen(len(data))
 		h := &b.hdrs[k].Hdr
-		h.Namelen = unix.SizeofSockaddrInet4
+		h.Namelen = nameLen
 		h.SetControllen(putSendCmsgs(b.oobs[k][:], src, seg))
 		h.Flags = 0
 		b.hdrs[k].Len = 0
@@ -510,14 +577,15 @@ func (c *udpConn) fillSend(b *mmsgBatch, msgs []Message, msg, off int) (k, nextM
 // writeOne sends one datagram with sendmsg, its headers on the stack: a control packet from a
 // handshake goroutine does not queue behind the batch of another sender.
 func (c *udpConn) writeOne(m *Message) (int, error) {
-	sa, src, err := c.target(m)
+	var sa unix.RawSockaddrInet6
+	nameLen, src, err := c.target(m, &sa)
 	if err != nil {
 		return 0, err
 	}
 	var oob [cmsgRoom]byte
 	iov := unix.Iovec{Base: unsafe.SliceData(m.Buf)}
 	iov.SetLen(len(m.Buf))
-	h := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: unix.SizeofSockaddrInet4, Iov: &iov}
+	h := unix.Msghdr{Name: (*byte)(unsafe.Pointer(&sa)), Namelen: nameLen, Iov: &iov}
 	h.SetIovlen(1)
 	if n := putSendCmsgs(oob[:], src, 0); n > 0 {
 		h.Control = &oob[0]

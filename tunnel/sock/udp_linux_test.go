@@ -7,13 +7,41 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
+
+// family is what a test needs of one address family.
+type family struct {
+	name     string     // the subtest's name
+	lo, any  netip.Addr // the loopback and the unspecified address
+	udp, tcp string     // package net's network names
+}
+
+var (
+	ipv4 = family{"IPv4", netip.MustParseAddr("127.0.0.1"), netip.IPv4Unspecified(), "udp4", "tcp4"}
+	ipv6 = family{"IPv6", netip.IPv6Loopback(), netip.IPv6Unspecified(), "udp6", "tcp6"}
+)
+
+// lo0 and any0 are the loopback and the unspecified address with port 0.
+func (f family) lo0() string  { return netip.AddrPortFrom(f.lo, 0).String() }
+func (f family) any0() string { return netip.AddrPortFrom(f.any, 0).String() }
+
+// forFamilies runs test once over IPv4 and once over IPv6 sockets: every behaviour of a listener
+// is the same in both families.
+func forFamilies(t *testing.T, test func(t *testing.T, f family)) {
+	for _, f := range []family{ipv4, ipv6} {
+		t.Run(f.name, func(t *testing.T) { test(t, f) })
+	}
+}
 
 func listen(t *testing.T, ap string) *udpConn {
 	t.Helper()
@@ -92,11 +120,13 @@ func sizes(ds []datagram) []int {
 	return out
 }
 
-func TestBatchRoundTrip(t *testing.T) {
-	a := listen(t, "127.0.0.1:0")
-	b := listen(t, "127.0.0.1:0")
-	if a.LocalAddr().Port() == 0 || a.LocalAddr().Addr() != netip.MustParseAddr("127.0.0.1") {
-		t.Fatalf("local address %v: want 127.0.0.1 and the kernel's port", a.LocalAddr())
+func TestBatchRoundTrip(t *testing.T) { forFamilies(t, testBatchRoundTrip) }
+
+func testBatchRoundTrip(t *testing.T, f family) {
+	a := listen(t, f.lo0())
+	b := listen(t, f.lo0())
+	if a.LocalAddr().Port() == 0 || a.LocalAddr().Addr() != f.lo {
+		t.Fatalf("local address %v: want %v and the kernel's port", a.LocalAddr(), f.lo)
 	}
 	var out []Message
 	for i := range 5 {
@@ -117,9 +147,11 @@ func TestBatchRoundTrip(t *testing.T) {
 }
 
 // More messages than a batch holds go out in several sendmmsg calls, in order.
-func TestWriteBatchLongerThanMaxBatch(t *testing.T) {
-	a := listen(t, "127.0.0.1:0")
-	b := listen(t, "127.0.0.1:0")
+func TestWriteBatchLongerThanMaxBatch(t *testing.T) { forFamilies(t, testWriteBatchLongerThanMaxBatch) }
+
+func testWriteBatchLongerThanMaxBatch(t *testing.T, f family) {
+	a := listen(t, f.lo0())
+	b := listen(t, f.lo0())
 	out := make([]Message, 3*MaxBatch+5)
 	for i := range out {
 		out[i] = Message{Buf: []byte{byte(i), byte(i >> 8)}, Addr: b.LocalAddr()}
@@ -139,13 +171,36 @@ func TestWriteBatchLongerThanMaxBatch(t *testing.T) {
 func TestPktinfoReply(t *testing.T) {
 	srv := listen(t, "0.0.0.0:0")
 	peer := listen(t, "127.0.0.1:0")
-	to := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), srv.LocalAddr().Port())
-	if _, err := peer.WriteBatch([]Message{{Buf: []byte("hello"), Addr: to}}); err != nil {
+	testPktinfoReply(t, srv, peer, netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.1"))
+}
+
+// TestPktinfoReplyIPv6 is TestPktinfoReply over IPv6 (IPV6_RECVPKTINFO and IPV6_PKTINFO), in a
+// network namespace of its own whose loopback has two more addresses, since the host's has ::1
+// alone: the client at fd00::1 dials fd00::2, and the replies must come from fd00::2 although the
+// kernel would choose fd00::1 (the same address as the destination's, RFC 6724 rule 1).
+func TestPktinfoReplyIPv6(t *testing.T) {
+	one, two := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2")
+	inNetnsWith(t, one, two)
+	srv := listen(t, "[::]:0")
+	peer := listen(t, netip.AddrPortFrom(one, 0).String())
+	testPktinfoReply(t, srv, peer, two, one)
+}
+
+// testPktinfoReply: peer sends to the address to on srv's port; srv must report to as the
+// datagram's local address and reply from it when asked to, and from chosen (the kernel's
+// choice) when not.
+func testPktinfoReply(t *testing.T, srv, peer *udpConn, to, chosen netip.Addr) {
+	t.Helper()
+	if !srv.pktinfo {
+		t.Fatal("a socket on the unspecified address without packet info")
+	}
+	dst := netip.AddrPortFrom(to, srv.LocalAddr().Port())
+	if _, err := peer.WriteBatch([]Message{{Buf: []byte("hello"), Addr: dst}}); err != nil {
 		t.Fatal(err)
 	}
 	req := readN(t, srv, 1)[0]
-	if req.local != to.Addr() || req.from != peer.LocalAddr() || string(req.data) != "hello" {
-		t.Fatalf("read %q from %v to %v, want %q from %v to %v", req.data, req.from, req.local, "hello", peer.LocalAddr(), to.Addr())
+	if req.local != to || req.from != peer.LocalAddr() || string(req.data) != "hello" {
+		t.Fatalf("read %q from %v to %v, want %q from %v to %v", req.data, req.from, req.local, "hello", peer.LocalAddr(), to)
 	}
 	if _, err := srv.WriteBatch([]Message{{Buf: []byte("one"), Addr: req.from, Local: req.local}}); err != nil {
 		t.Fatal(err)
@@ -153,14 +208,14 @@ func TestPktinfoReply(t *testing.T) {
 	batch := []Message{
 		{Buf: []byte("two"), Addr: req.from, Local: req.local},
 		{Buf: []byte("three"), Addr: req.from, Local: req.local},
-		{Buf: []byte("chosen"), Addr: req.from}, // no Local: the kernel picks 127.0.0.1
+		{Buf: []byte("chosen"), Addr: req.from}, // no Local: the kernel picks
 	}
 	if n, err := srv.WriteBatch(batch); n != 3 || err != nil {
 		t.Fatalf("WriteBatch: %d, %v", n, err)
 	}
 	want := map[string]netip.AddrPort{
-		"one": to, "two": to, "three": to,
-		"chosen": netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), to.Port()),
+		"one": dst, "two": dst, "three": dst,
+		"chosen": netip.AddrPortFrom(chosen, dst.Port()),
 	}
 	for _, d := range readN(t, peer, 4) {
 		if w, ok := want[string(d.data)]; !ok || d.from != w {
@@ -169,13 +224,42 @@ func TestPktinfoReply(t *testing.T) {
 	}
 }
 
+// TestPktinfoSourceIPv6 shows, on the host's own loopback (no root needed), that an IPv6 socket
+// on :: reports ::1 as the destination and that its IPV6_PKTINFO reaches the kernel: a source
+// the host does not have is refused (EINVAL, ipv6(7)) on both send paths, while ::1 is sent from.
+func TestPktinfoSourceIPv6(t *testing.T) {
+	srv := listen(t, "[::]:0")
+	peer := listen(t, "[::1]:0")
+	dst := netip.AddrPortFrom(netip.IPv6Loopback(), srv.LocalAddr().Port())
+	if _, err := peer.WriteBatch([]Message{{Buf: []byte("hello"), Addr: dst}}); err != nil {
+		t.Fatal(err)
+	}
+	req := readN(t, srv, 1)[0]
+	if req.local != netip.IPv6Loopback() || req.from != peer.LocalAddr() {
+		t.Fatalf("read from %v to %v, want from %v to ::1", req.from, req.local, peer.LocalAddr())
+	}
+	foreign := netip.MustParseAddr("2001:db8::99")
+	if _, err := srv.WriteBatch([]Message{{Buf: []byte("x"), Addr: req.from, Local: foreign}}); !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("one message from %v: %v, want EINVAL", foreign, err)
+	}
+	batch := []Message{{Buf: []byte("x"), Addr: req.from, Local: foreign}, {Buf: []byte("ok"), Addr: req.from, Local: req.local}}
+	if n, err := srv.WriteBatch(batch); n != 1 || !errors.Is(err, unix.EINVAL) {
+		t.Fatalf("a batch from %v then ::1: %d, %v; want 1 and EINVAL", foreign, n, err)
+	}
+	if d := readN(t, peer, 1)[0]; string(d.data) != "ok" || d.from != dst {
+		t.Fatalf("read %q from %v, want ok from %v", d.data, d.from, dst)
+	}
+}
+
 // One message with Segment leaves as one datagram per segment (UDP GSO).
-func TestGSOSend(t *testing.T) {
-	a := listen(t, "127.0.0.1:0")
+func TestGSOSend(t *testing.T) { forFamilies(t, testGSOSend) }
+
+func testGSOSend(t *testing.T, f family) {
+	a := listen(t, f.lo0())
 	if !a.GSO() {
 		t.Fatal("no UDP GSO (kernels since 4.18 have it)")
 	}
-	b := listen(t, "127.0.0.1:0")
+	b := listen(t, f.lo0())
 	setGRO(t, b, false)
 	payload := segments(500, 3, 200)
 	if n, err := a.WriteBatch([]Message{{Buf: payload, Addr: b.LocalAddr(), Segment: 500}}); n != 1 || err != nil {
@@ -208,9 +292,11 @@ func checkSegments(t *testing.T, got []datagram, want []int) {
 
 // A receiver with UDP GRO gets the segments of a GSO send as one read that reports the segment
 // size.
-func TestGROReadReportsSegment(t *testing.T) {
-	a := listen(t, "127.0.0.1:0")
-	b := listen(t, "127.0.0.1:0") // GRO is on for Host listeners
+func TestGROReadReportsSegment(t *testing.T) { forFamilies(t, testGROReadReportsSegment) }
+
+func testGROReadReportsSegment(t *testing.T, f family) {
+	a := listen(t, f.lo0())
+	b := listen(t, f.lo0()) // GRO is on for Host listeners
 	payload := segments(500, 3, 200)
 	if _, err := a.WriteBatch([]Message{{Buf: payload, Addr: b.LocalAddr(), Segment: 500}}); err != nil {
 		t.Fatal(err)
@@ -227,9 +313,11 @@ func TestGROReadReportsSegment(t *testing.T) {
 
 // Without kernel GSO the Conn cuts segments itself, across sendmmsg calls when a message has more
 // segments than a batch has slots, and keeps the order of the messages around it.
-func TestUserspaceSegmentation(t *testing.T) {
-	a := listen(t, "127.0.0.1:0")
-	b := listen(t, "127.0.0.1:0")
+func TestUserspaceSegmentation(t *testing.T) { forFamilies(t, testUserspaceSegmentation) }
+
+func testUserspaceSegmentation(t *testing.T, f family) {
+	a := listen(t, f.lo0())
+	b := listen(t, f.lo0())
 	setGRO(t, b, false)
 	a.gso.Store(false)
 	big := segments(10, 2*MaxBatch+3, 5)
@@ -251,9 +339,11 @@ func TestUserspaceSegmentation(t *testing.T) {
 
 // When the kernel refuses GSO (EIO), the message goes out segment by segment, the Conn stops
 // asking for GSO, and the call says so once.
-func TestGSORefused(t *testing.T) {
-	a := listen(t, "127.0.0.1:0")
-	b := listen(t, "127.0.0.1:0")
+func TestGSORefused(t *testing.T) { forFamilies(t, testGSORefused) }
+
+func testGSORefused(t *testing.T, f family) {
+	a := listen(t, f.lo0())
+	b := listen(t, f.lo0())
 	setGRO(t, b, false)
 	var refused int
 	a.refuse = func(hdrs []unix.Mmsghdr) (int, unix.Errno) {
@@ -294,42 +384,63 @@ func TestGSORefused(t *testing.T) {
 }
 
 // A message the kernel or the checks refuse is skipped; the rest go, and the first error is
-// returned.
-func TestWriteBatchSkipsRefused(t *testing.T) {
-	a := listen(t, "127.0.0.1:0")
-	b := listen(t, "127.0.0.1:0")
+// returned. An address of the other family is refused by the checks, with an error naming it and
+// the socket.
+func TestWriteBatchSkipsRefused(t *testing.T) { forFamilies(t, testWriteBatchSkipsRefused) }
+
+func testWriteBatchSkipsRefused(t *testing.T, f family) {
+	a := listen(t, f.lo0())
+	b := listen(t, f.lo0())
 	var calls int
 	a.refuse = func(hdrs []unix.Mmsghdr) (int, unix.Errno) {
 		calls++
-		if calls == 2 { // the second call starts at the message after the IPv6 one
+		if calls == 2 { // the second call starts at the message after the other family's one
 			return 0, unix.ENOBUFS
 		}
 		return len(hdrs), 0
 	}
+	other, otherSrc := netip.MustParseAddrPort("[2001:db8::1]:1194"), netip.MustParseAddr("2001:db8::2")
+	if f == ipv6 {
+		other, otherSrc = netip.MustParseAddrPort("192.0.2.1:1194"), netip.MustParseAddr("192.0.2.2")
+	}
 	out := []Message{
 		{Buf: []byte("0"), Addr: b.LocalAddr()},
-		{Buf: []byte("v6"), Addr: netip.MustParseAddrPort("[2001:db8::1]:1194")},
+		{Buf: []byte("other"), Addr: other},
 		{Buf: []byte("2"), Addr: b.LocalAddr()},
 		{Buf: []byte("3"), Addr: b.LocalAddr()},
-		{Buf: []byte("4"), Addr: b.LocalAddr(), Local: netip.MustParseAddr("2001:db8::2")},
+		{Buf: []byte("4"), Addr: b.LocalAddr(), Local: otherSrc},
 	}
 	n, err := a.WriteBatch(out)
-	if n != 2 || !errors.Is(err, errNotIPv4) {
-		t.Fatalf("WriteBatch: %d, %v; want 2 and the IPv6 refusal first", n, err)
+	if n != 2 || !errors.Is(err, errFamily) {
+		t.Fatalf("WriteBatch: %d, %v; want 2 and the family refusal first", n, err)
+	}
+	if msg := err.Error(); !strings.Contains(msg, other.String()) || !strings.Contains(msg, a.LocalAddr().String()) {
+		t.Fatalf("refusal %q names neither the destination %v nor the socket %v", msg, other, a.LocalAddr())
 	}
 	got := readN(t, b, 2)
 	if string(got[0].data) != "0" || string(got[1].data) != "3" {
 		t.Fatalf("got %q and %q, want 0 and 3 (2 was refused with ENOBUFS)", got[0].data, got[1].data)
 	}
-	if _, err := a.WriteBatch(out[1:2]); !errors.Is(err, errNotIPv4) {
-		t.Fatalf("one IPv6 message: %v", err)
+	if _, err := a.WriteBatch(out[1:2]); !errors.Is(err, errFamily) {
+		t.Fatalf("one message to the other family: %v", err)
+	}
+	_, err = a.WriteBatch(out[4:5])
+	if !errors.Is(err, errFamily) || !strings.Contains(err.Error(), otherSrc.String()) {
+		t.Fatalf("one message from the other family: %v", err)
+	}
+	// An IPv4-mapped destination is IPv4.
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(netip.MustParseAddr("127.0.0.1").As16()), b.LocalAddr().Port())
+	if _, err := a.WriteBatch([]Message{{Buf: []byte("m"), Addr: mapped}}); (err == nil) != (f == ipv4) {
+		t.Fatalf("to the mapped %v: %v", mapped, err)
 	}
 }
 
 // A read blocked in ppoll returns when the Conn closes, and a closed Conn refuses further calls
 // instead of touching a descriptor number the process may have reused.
-func TestWakeAndClose(t *testing.T) {
-	u := listen(t, "127.0.0.1:0")
+func TestWakeAndClose(t *testing.T) { forFamilies(t, testWakeAndClose) }
+
+func testWakeAndClose(t *testing.T, f family) {
+	u := listen(t, f.lo0())
 	done := make(chan error, 1)
 	go func() {
 		_, err := u.ReadBatch([]Message{{Buf: make([]byte, 2048)}})
@@ -405,28 +516,79 @@ func TestCloseUnderLoad(t *testing.T) {
 	}
 }
 
-func TestRejectsIPv6(t *testing.T) {
-	if c, err := Host.ListenUDP(netip.MustParseAddrPort("[::1]:0")); !errors.Is(err, errNotIPv4) {
-		if c != nil {
-			c.Close()
-		}
-		t.Fatalf("IPv6 UDP listener: %v, want the IPv4-only refusal", err)
+// TestListenFamilies: an IPv6 address opens an IPv6-only socket, an IPv4-mapped one an IPv4
+// socket; scoped (link-local) addresses are refused.
+func TestListenFamilies(t *testing.T) {
+	c := listen(t, "[::1]:0")
+	if !c.v6 || c.LocalAddr().Addr() != netip.IPv6Loopback() {
+		t.Fatalf("[::1]:0: v6 %v, bound to %v", c.v6, c.LocalAddr())
 	}
-	if ln, err := Host.ListenTCP(netip.MustParseAddrPort("[::1]:0")); !errors.Is(err, errNotIPv4) {
-		if ln != nil {
-			ln.Close()
-		}
-		t.Fatalf("IPv6 TCP listener: %v, want the IPv4-only refusal", err)
+	if v, err := unix.GetsockoptInt(c.fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY); err != nil || v != 1 {
+		t.Fatalf("IPV6_V6ONLY %d, %v; want 1", v, err)
 	}
-	// An IPv4-mapped address is IPv4.
-	c, err := Host.ListenUDP(netip.MustParseAddrPort("[::ffff:127.0.0.1]:0"))
+	m := listen(t, "[::ffff:127.0.0.1]:0")
+	if m.v6 || m.LocalAddr().Addr() != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("mapped listener: v6 %v, bound to %v", m.v6, m.LocalAddr())
+	}
+	for _, ap := range []string{"[fe80::1%lo]:0", "[fe80::1]:0"} {
+		if c, err := Host.ListenUDP(netip.MustParseAddrPort(ap)); err == nil || !strings.Contains(err.Error(), "link-local") {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("UDP on %s: %v, want the link-local refusal", ap, err)
+		}
+		if ln, err := Host.ListenTCP(netip.MustParseAddrPort(ap)); err == nil || !strings.Contains(err.Error(), "link-local") {
+			if ln != nil {
+				ln.Close()
+			}
+			t.Errorf("TCP on %s: %v, want the link-local refusal", ap, err)
+		}
+	}
+	// 169.254/16 is IPv4: no scope to lose, and not refused.
+	if _, err := listenAddr(netip.MustParseAddrPort("169.254.1.1:0")); err != nil {
+		t.Errorf("169.254.1.1: %v", err)
+	}
+}
+
+// TestFamiliesShareAPort: an IPv4 and an IPv6 listener on the unspecified addresses hold the
+// same port side by side (IPV6_V6ONLY), UDP and TCP, single sockets and shard groups, and each
+// receives its own family's datagrams.
+func TestFamiliesShareAPort(t *testing.T) {
+	v6 := listen(t, "[::]:0")
+	port := v6.LocalAddr().Port()
+	v4 := listen(t, netip.AddrPortFrom(netip.IPv4Unspecified(), port).String())
+	peer4, peer6 := listen(t, ipv4.lo0()), listen(t, ipv6.lo0())
+	if _, err := peer4.WriteBatch([]Message{{Buf: []byte("four"), Addr: netip.AddrPortFrom(ipv4.lo, port)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := peer6.WriteBatch([]Message{{Buf: []byte("six"), Addr: netip.AddrPortFrom(ipv6.lo, port)}}); err != nil {
+		t.Fatal(err)
+	}
+	if d := readN(t, v4, 1)[0]; string(d.data) != "four" || d.from != peer4.LocalAddr() || d.local != ipv4.lo {
+		t.Fatalf("IPv4 listener read %q from %v to %v", d.data, d.from, d.local)
+	}
+	if d := readN(t, v6, 1)[0]; string(d.data) != "six" || d.from != peer6.LocalAddr() || d.local != ipv6.lo {
+		t.Fatalf("IPv6 listener read %q from %v to %v", d.data, d.from, d.local)
+	}
+
+	g6 := listenShards(t, "[::]:0", 2)
+	port = g6[0].LocalAddr().Port()
+	g4 := listenShards(t, netip.AddrPortFrom(netip.IPv4Unspecified(), port).String(), 2)
+	if g4[0].LocalAddr().Port() != port || g4[0].v6 || !g6[0].v6 {
+		t.Fatalf("groups on %v and %v", g4[0].LocalAddr(), g6[0].LocalAddr())
+	}
+
+	t6, err := Host.ListenTCP(netip.MustParseAddrPort("[::]:0"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	if got := c.LocalAddr().Addr(); got != netip.MustParseAddr("127.0.0.1") {
-		t.Fatalf("mapped listener bound to %v", got)
+	defer t6.Close()
+	tport := t6.Addr().(*net.TCPAddr).AddrPort().Port()
+	t4, err := Host.ListenTCP(netip.AddrPortFrom(netip.IPv4Unspecified(), tport))
+	if err != nil {
+		t.Fatalf("TCP IPv4 beside IPv6 on port %d: %v", tport, err)
 	}
+	t4.Close()
 }
 
 func TestListenUDPBusyPort(t *testing.T) {
@@ -439,21 +601,29 @@ func TestListenUDPBusyPort(t *testing.T) {
 	}
 }
 
-func TestHostTCPEcho(t *testing.T) {
-	ln, err := Host.ListenTCP(netip.MustParseAddrPort("127.0.0.1:0"))
+func TestHostTCPEcho(t *testing.T) { forFamilies(t, testHostTCPEcho) }
+
+func testHostTCPEcho(t *testing.T, f family) {
+	ln, err := Host.ListenTCP(netip.AddrPortFrom(f.lo, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	if a := ln.Addr().(*net.TCPAddr).AddrPort().Addr(); a != f.lo {
+		t.Fatalf("listening on %v, want %v", a, f.lo)
+	}
+	accepted := make(chan netip.AddrPort, 1)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
+			close(accepted)
 			return
 		}
 		defer c.Close()
+		accepted <- c.RemoteAddr().(*net.TCPAddr).AddrPort()
 		_, _ = io.Copy(c, c)
 	}()
-	c, err := net.Dial("tcp4", ln.Addr().String())
+	c, err := net.Dial(f.tcp, ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,16 +636,21 @@ func TestHostTCPEcho(t *testing.T) {
 	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
 		t.Fatalf("echo %q, %v", buf, err)
 	}
+	if from := <-accepted; from.Addr().Unmap() != f.lo || from.Addr().Is4In6() && f == ipv6 {
+		t.Fatalf("accepted a connection from %v", from)
+	}
 }
 
 // Reads and writes allocate nothing per batch, on every send path: one message, a batch with
-// IP_PKTINFO, and UDP GSO.
-func TestNoAllocs(t *testing.T) {
-	srv := listen(t, "0.0.0.0:0")
-	peer := listen(t, "127.0.0.1:0")
+// IP_PKTINFO (IPV6_PKTINFO), and UDP GSO.
+func TestNoAllocs(t *testing.T) { forFamilies(t, testNoAllocs) }
+
+func testNoAllocs(t *testing.T, f family) {
+	srv := listen(t, f.any0())
+	peer := listen(t, f.lo0())
 	setGRO(t, peer, false)
 	var a, b Conn = srv, peer
-	src := netip.MustParseAddr("127.0.0.1")
+	src := f.lo
 	pkt := make([]byte, 1000)
 	batch := make([]Message, 4)
 	for i := range batch {
@@ -518,9 +693,11 @@ func TestNoAllocs(t *testing.T) {
 // TestReadBatchWakesWhenIdle: a ReadBatch on an idle socket returns 0 and no error after the
 // read wake, so that the receive loop goes round; the socket still delivers afterwards, and a
 // closed one still says so.
-func TestReadBatchWakesWhenIdle(t *testing.T) {
-	a := listen(t, "127.0.0.1:0")
-	b := listen(t, "127.0.0.1:0")
+func TestReadBatchWakesWhenIdle(t *testing.T) { forFamilies(t, testReadBatchWakesWhenIdle) }
+
+func testReadBatchWakesWhenIdle(t *testing.T, f family) {
+	a := listen(t, f.lo0())
+	b := listen(t, f.lo0())
 	b.readWake = 20 * time.Millisecond
 	msgs := []Message{{Buf: make([]byte, 2048)}}
 	for range 3 {
@@ -538,4 +715,61 @@ func TestReadBatchWakesWhenIdle(t *testing.T) {
 	if _, err := b.ReadBatch(msgs); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("ReadBatch after Close: %v, want net.ErrClosed", err)
 	}
+}
+
+// inNetnsWith moves the calling goroutine's thread into a network namespace of its own, with its
+// loopback up and holding addrs too, so that a test can use more local addresses than the host's
+// loopback has without touching the host. Sockets opened by the test belong to the namespace
+// wherever they are used from; the thread is never unlocked, so the runtime ends it with the
+// test's goroutine. It needs root (unshare, netlink).
+func inNetnsWith(t *testing.T, addrs ...netip.Addr) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace; TestPktinfoSourceIPv6 covers IPv6 packet info without it")
+	}
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Fatalf("unshare: %v", err)
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		bits := a.BitLen()
+		// IFA_F_NODAD: usable at once (the loopback does no duplicate address detection anyway).
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, bits)}, Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrAdd(lo, addr); err != nil {
+			t.Fatalf("add %v to lo: %v", a, err)
+		}
+	}
+	// The kernel installs an address's local route after AddrAdd returns: until then a datagram
+	// to it leaves by the prefix route and is lost. Wait until each address hears itself.
+	for _, a := range addrs {
+		waitLocal(t, a)
+	}
+}
+
+// waitLocal waits until a datagram sent to a reaches a, for at most 5 s.
+func waitLocal(t *testing.T, a netip.Addr) {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 16)
+	for range 100 {
+		if _, err := c.WriteToUDPAddrPort([]byte("probe"), c.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, _, err := c.ReadFromUDPAddrPort(buf); err == nil {
+			return
+		}
+	}
+	t.Fatalf("%v does not reach itself", a)
 }
