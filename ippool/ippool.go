@@ -104,6 +104,15 @@ type Lease struct {
 	Addr6 netip.Addr
 }
 
+// Key is the address that names the lease to Release and Index: the IPv4
+// one, or the IPv6 one in an IPv6-only pool; invalid for the zero Lease.
+func (l Lease) Key() netip.Addr {
+	if l.Addr.IsValid() {
+		return l.Addr
+	}
+	return l.Addr6
+}
+
 // New returns a pool over prefix, which must be an IPv4 prefix in canonical
 // (masked) form between /MinPrefixBits and /29 (a /29 has 5 client addresses;
 // a /30 only one, too few to serve).

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/cpu"
+
+	"github.com/cvpn/cvpn/tunnel/ippkt"
 )
 
 // Reason says why a packet was refused.
@@ -30,7 +32,7 @@ const (
 	Decrypt                            // data packet failed authentication
 	Replay                             // data packet id seen before or too old
 	WrongSource                        // data packet from another listener than its session's
-	NotIPv4                            // tunnel payload is not an IPv4 packet
+	FamilyOff                          // tunnel payload of an address family the tunnel does not carry (traffic_ip_address_type)
 	SpoofedSource                      // client sent a packet with a source other than its address
 	Unauthorized                       // no authorization rule allows the destination
 	NAT                                // NAT refused the packet (unsupported protocol, table full)
@@ -49,8 +51,16 @@ const (
 	TCPLimit                           // too many unauthenticated TCP connections from the source, or in all
 	ControlRateLimited                 // a session's control packets beyond its rate
 	HostAddress                        // destination is the endpoint host itself (allow_host_access is off), or the gateway address and not a ping
-	NumReasons
+	LocalScope                         // IPv6 from a client to a link-local or multicast destination (router solicitations, MLD, mDNS): nothing beyond the tunnel link
+	// ipHeader is the first of the reasons the IP header checks give (package ippkt, one counter
+	// per ippkt.Reason): IP(r) maps them.
+	ipHeader
+	NumReasons = ipHeader + Reason(ippkt.NumReasons)
 )
+
+// IP returns the reason for a packet whose IP header ippkt refused with r ("ip_" and ippkt's
+// label, such as ip_routing_header).
+func IP(r ippkt.Reason) Reason { return ipHeader + Reason(r) }
 
 var names = [NumReasons]string{
 	Malformed:            "malformed",
@@ -65,7 +75,7 @@ var names = [NumReasons]string{
 	Decrypt:              "decrypt_failed",
 	Replay:               "replay",
 	WrongSource:          "wrong_source",
-	NotIPv4:              "not_ipv4",
+	FamilyOff:            "family_off",
 	SpoofedSource:        "spoofed_source",
 	Unauthorized:         "unauthorized",
 	NAT:                  "nat_refused",
@@ -84,6 +94,13 @@ var names = [NumReasons]string{
 	TCPLimit:             "tcp_limit",
 	ControlRateLimited:   "control_rate_limited",
 	HostAddress:          "host_address",
+	LocalScope:           "local_scope",
+}
+
+func init() {
+	for r := range ippkt.Reason(ippkt.NumReasons) {
+		names[IP(r)] = "ip_" + r.String()
+	}
 }
 
 func (r Reason) String() string {
@@ -93,22 +110,23 @@ func (r Reason) String() string {
 	return names[r]
 }
 
-// Expected reports whether a refusal is part of normal operation (policy at work, IPv6 from
-// dual-stack clients) rather than a sign of a fault or an attack; those log at Info, not Warn.
+// Expected reports whether a refusal is part of normal operation (policy at work, the IPv6 of
+// dual-stack clients on an IPv4 tunnel, their link-local chatter) rather than a sign of a fault
+// or an attack; those log at Info, not Warn.
 func (r Reason) Expected() bool {
 	switch r {
-	case NotIPv4, Unauthorized, NoRoute, RateLimit, NoMapping, NoClient:
+	case FamilyOff, LocalScope, Unauthorized, NoRoute, RateLimit, NoMapping, NoClient:
 		return true
 	}
 	return false
 }
 
 // logLevel is the level the Logger reports drops of r at: Warn for faults and attacks, Info for
-// policy at work, Debug for not_ipv4, which every dual-stack client sends (IPv6 router
-// solicitations and the like) until the endpoint serves IPv6.
+// policy at work, Debug for family_off and local_scope, which every dual-stack client sends
+// (IPv6 router solicitations and the like).
 func (r Reason) logLevel() slog.Level {
 	switch {
-	case r == NotIPv4:
+	case r == FamilyOff || r == LocalScope:
 		return slog.LevelDebug
 	case r.Expected():
 		return slog.LevelInfo

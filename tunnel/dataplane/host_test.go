@@ -14,6 +14,7 @@ import (
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/counters"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/ippkt"
 )
 
 // The endpoint host in these tests: its address in the private network (inside the fixture's
@@ -356,12 +357,12 @@ func TestGatewayAnswersOnlyPing(t *testing.T) {
 	reply := c.echoRequest(t, gateway, 0, 8)
 	reply[20] = 0 // an echo reply, not a request
 	reply[22], reply[23] = 0, 0
-	sum := ^foldSum(checksum(reply[20:], 0))
+	sum := ^ippkt.Fold(ippkt.Sum(reply[20:], 0))
 	reply[22], reply[23] = byte(sum>>8), byte(sum)
 	fragment := c.echoRequest(t, gateway, 0, 8)
 	fragment[6] |= 0x20 // more fragments
 	fragment[10], fragment[11] = 0, 0
-	sum = ^foldSum(checksum(fragment[:20], 0))
+	sum = ^ippkt.Fold(ippkt.Sum(fragment[:20], 0))
 	fragment[10], fragment[11] = byte(sum>>8), byte(sum)
 	corrupt := c.echoRequest(t, gateway, 0, 8)
 	corrupt[len(corrupt)-1] ^= 0xff

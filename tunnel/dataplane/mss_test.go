@@ -7,7 +7,19 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+
+	"github.com/cvpn/cvpn/tunnel/ippkt"
 )
+
+// clampMSS is what the packet path does to a packet in either direction.
+func clampMSS(pkt []byte, mss uint16) {
+	info, r := ippkt.Parse(pkt)
+	if r != ippkt.OK {
+		return
+	}
+	p := &Plane{mss: mss}
+	p.clampMSS(pkt, &info)
+}
 
 func synPacket(t testing.TB, mss uint16) []byte {
 	return synPacketOpts(t, []layers.TCPOption{

@@ -12,6 +12,7 @@ import (
 	"github.com/cvpn/cvpn/tunnel/bucket"
 	"github.com/cvpn/cvpn/tunnel/counters"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/ippkt"
 	"github.com/cvpn/cvpn/tunnel/replay"
 )
 
@@ -19,8 +20,10 @@ import (
 // layer builds it once, before the peer is published, and never changes it: any goroutine may
 // read it without a lock.
 type Identity struct {
-	// Addr is the client's tunnel address; PeerID its P_DATA_V2 peer-id (the pool index of Addr).
+	// Addr is the client's IPv4 tunnel address and Addr6 its IPv6 one (either invalid when the
+	// tunnel does not carry that family); PeerID its P_DATA_V2 peer-id (the pool index of both).
 	Addr   netip.Addr
+	Addr6  netip.Addr
 	PeerID uint32
 	// User names the session in logs; Groups are the user's groups for authorization and limits.
 	User   string
@@ -104,6 +107,7 @@ type downlink struct {
 	mu     sync.Mutex // guards the fields below; nothing else is taken under it
 	pol    *Policy
 	id     *Identity
+	groups authz.Groups
 	bucket bucket.Bucket
 }
 
@@ -228,9 +232,39 @@ func (p *Peer) uplinkPolicy(pol *Policy, id *Identity) authz.Groups {
 func (p *Peer) allowDown(pol *Policy, id *Identity, now int64, n int) bool {
 	p.down.mu.Lock()
 	defer p.down.mu.Unlock()
+	p.downlinkPolicy(pol, id)
+	return p.down.bucket.Allow(now, n)
+}
+
+// downlinkPolicy refreshes what the send side caches; the caller holds p.down.mu.
+func (p *Peer) downlinkPolicy(pol *Policy, id *Identity) {
 	if p.down.pol != pol || p.down.id != id {
 		p.down.bucket.Set(pol.limitFor(id.Groups))
+		p.down.groups = pol.Authz.Groups(id.Groups)
 		p.down.pol, p.down.id = pol, id
 	}
-	return p.down.bucket.Allow(now, n)
+}
+
+// fromAllowed reports whether an IPv6 packet from the private network (pkt, parsed as info)
+// may reach the client when it carries the client's own address (no NAT): only from where the
+// client's groups may go, and not from the endpoint host itself unless allow_host_access. IPv4 gets the same from NAT (nothing reaches a client but replies to
+// its own flows); without this, any host of the private network could reach every client. An
+// ICMPv6 error is judged by the packet it is about, which the client sent: a router's Packet
+// Too Big must reach the client whatever the router's own address, or path MTU discovery
+// breaks.
+func (p *Peer) fromAllowed(pol *Policy, id *Identity, pkt []byte, info *ippkt.Info) bool {
+	from := info.Src
+	if info.Proto == ippkt.ProtoICMPv6 && info.Transport != 0 {
+		if off, ok := ippkt.Embedded(pkt, info); ok {
+			inner, r := ippkt.ParseEmbedded(pkt[off:info.End])
+			if r != ippkt.OK || inner.Version != 6 || inner.Src != id.Addr6 {
+				return false
+			}
+			from = inner.Dst
+		}
+	}
+	p.down.mu.Lock()
+	defer p.down.mu.Unlock()
+	p.downlinkPolicy(pol, id)
+	return pol.Authz.Allowed(from, p.down.groups) && (pol.AllowHostAccess || !pol.host.contains(from))
 }

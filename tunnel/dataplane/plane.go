@@ -49,6 +49,9 @@ type Control interface {
 type Config struct {
 	Pool *ippool.Pool
 	NAT  *nat.Table
+	// NAT6 says IPv6 goes through NAT too (snat_ipv6_address); otherwise IPv6 keeps the
+	// clients' own addresses both ways, and only what a client's groups may reach may reach it.
+	NAT6 bool
 	// Device is the TUN device (its first queue); Queues are all its queues, Device first (nil:
 	// Device alone). Each queue has its reader; UDP shard i writes into queue i mod len(Queues),
 	// TCP streams into Device.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/counters"
+	"github.com/cvpn/cvpn/tunnel/ippkt"
 )
 
 // openData authenticates and decrypts a data packet of peer in place and checks its packet-id.
@@ -64,23 +65,38 @@ func (p *Plane) deliverData(peer *Peer, pkt, pt []byte) ([]byte, bool) {
 		}
 		return nil, false
 	}
-	if len(pt) < 20 || pt[0]>>4 != 4 {
-		p.dropUser(counters.NotIPv4, id)
+	info, r := ippkt.Parse(pt)
+	if r != ippkt.OK {
+		p.dropUser(counters.IP(r), id)
 		return nil, false
 	}
-	src := netip.AddrFrom4([4]byte(pt[12:16]))
-	if src != id.Addr {
+	pt = pt[:info.End] // without padding: NAT and the TUN see the packet alone
+	own, gw, prefix := id.Addr, p.cfg.Pool.Gateway(), p.cfg.Pool.Prefix()
+	if info.Version == 6 {
+		own, gw, prefix = id.Addr6, p.cfg.Pool.Gateway6(), p.cfg.Pool.Prefix6()
+		if own.IsValid() && (info.Dst.IsLinkLocalUnicast() || info.Dst.IsMulticast()) {
+			// Router and neighbour solicitations, MLD reports, mDNS: the tunnel's own link,
+			// which has no one else on it. Counted, not forwarded.
+			p.dropUser(counters.LocalScope, id)
+			return nil, false
+		}
+	}
+	if !own.IsValid() {
+		p.dropUser(counters.FamilyOff, id)
+		return nil, false
+	}
+	if info.Src != own {
 		p.dropUser(counters.SpoofedSource, id)
 		return nil, false
 	}
-	dst := netip.AddrFrom4([4]byte(pt[16:20]))
+	dst := info.Dst
 	pol := p.policy.Load()
 	groups := peer.uplinkPolicy(pol, id)
-	if gw := p.cfg.Pool.Gateway(); dst == gw {
-		p.answerGateway(peer, id, pkt, pt, gw)
+	if dst == gw {
+		p.answerGateway(peer, id, pkt, pt, &info, gw)
 		return nil, false
 	}
-	local := p.cfg.Pool.Prefix().Contains(dst)
+	local := prefix.Contains(dst)
 	switch {
 	case local && !pol.ClientToClient, !local && !pol.routed(dst):
 		if p.drops.Add(counters.NoRoute) {
@@ -101,16 +117,18 @@ func (p *Plane) deliverData(peer *Peer, pkt, pt []byte) ([]byte, bool) {
 		p.dropUser(counters.RateLimit, id)
 		return nil, false
 	}
-	clampMSS(pt, p.mss)
+	p.clampMSS(pt, &info)
 	if local {
-		p.deliverLocal(peer, pt)
+		p.deliverLocal(peer, pt, dst)
 		return nil, false
 	}
-	if err := p.cfg.NAT.Outbound(pt); err != nil {
-		if p.drops.Add(counters.NAT) {
-			p.drops.Detail(counters.NAT, "user", id.User, "err", err)
+	if info.Version == 4 || p.cfg.NAT6 {
+		if err := p.cfg.NAT.Outbound(pt); err != nil {
+			if p.drops.Add(counters.NAT) {
+				p.drops.Detail(counters.NAT, "user", id.User, "err", err)
+			}
+			return nil, false
 		}
-		return nil, false
 	}
 	// pt lies inside pkt; hand the TUN a slice whose packet starts at tunWriteOffset, without
 	// copying. The header, packet-id and tag in front of the payload give at least 21 bytes.
@@ -132,8 +150,7 @@ var localBufs = sync.Pool{New: func() any { b := make([]byte, tunOffset+65536+64
 // deliverLocal sends a packet from one client straight to another (a `target: local` route),
 // without NAT and without the kernel: the addresses stay the clients' own. Only the sender's
 // upload limit applies.
-func (p *Plane) deliverLocal(from *Peer, pt []byte) {
-	dst := netip.AddrFrom4([4]byte(pt[16:20]))
+func (p *Plane) deliverLocal(from *Peer, pt []byte, dst netip.Addr) {
 	to := p.peerByAddr(dst)
 	if to == nil {
 		if p.drops.Add(counters.NoClient) {

@@ -3,6 +3,7 @@ package dataplane
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/counters"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
+	"github.com/cvpn/cvpn/tunnel/ippkt"
 	"github.com/cvpn/cvpn/tunnel/sock"
 )
 
@@ -53,17 +55,32 @@ func (p *Plane) tunLoop(q *tunQueue) {
 		now := p.clockNano()
 		for i := range n {
 			pkt := bufs[i][tunOffset : tunOffset+sizes[i]]
-			if len(pkt) < 20 || pkt[0]>>4 != 4 {
-				continue // IPv6 neighbour discovery and the like
-			}
-			addr, err := p.cfg.NAT.Inbound(pkt)
-			if err != nil {
-				r := counters.NAT
-				if errors.Is(err, nat.ErrNoMapping) {
-					r = counters.NoMapping
-				}
-				p.drops.Add(r)
+			info, r := ippkt.Parse(pkt)
+			if r != ippkt.OK {
+				p.drops.Add(counters.IP(r))
 				continue
+			}
+			pkt = pkt[:info.End]
+			var addr netip.Addr
+			routed6 := info.Version == 6 && !p.cfg.NAT6
+			if routed6 {
+				// IPv6 leaves with the clients' own addresses: the destination is the client.
+				// The host's own link-scope traffic out of the TUN (router solicitations, MLD)
+				// is for no client.
+				if addr = info.Dst; addr.IsMulticast() || addr.IsLinkLocalUnicast() {
+					p.drops.Add(counters.LocalScope)
+					continue
+				}
+			} else {
+				var err error
+				if addr, err = p.cfg.NAT.Inbound(pkt); err != nil {
+					r := counters.NAT
+					if errors.Is(err, nat.ErrNoMapping) {
+						r = counters.NoMapping
+					}
+					p.drops.Add(r)
+					continue
+				}
 			}
 			peer := p.peerByAddr(addr)
 			if peer == nil {
@@ -72,11 +89,18 @@ func (p *Plane) tunLoop(q *tunQueue) {
 				}
 				continue
 			}
-			if id := peer.ident.Load(); !peer.allowDown(pol, id, now, len(pkt)) {
+			id := peer.ident.Load()
+			if routed6 && !peer.fromAllowed(pol, id, pkt, &info) {
+				if p.drops.Add(counters.Unauthorized) {
+					p.drops.Detail(counters.Unauthorized, "user", id.User, "src", info.Src)
+				}
+				continue
+			}
+			if !peer.allowDown(pol, id, now, len(pkt)) {
 				p.dropUser(counters.RateLimit, id)
 				continue
 			}
-			clampMSS(pkt, p.mss)
+			p.clampMSS(pkt, &info)
 			if sealed, ok := p.seal(peer, bufs[i], tunOffset, len(pkt), now); ok {
 				peer.link.queue(out, peer, sealed)
 			}

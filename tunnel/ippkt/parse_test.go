@@ -211,14 +211,14 @@ func TestParseEmbedded(t *testing.T) {
 
 func TestReasonNames(t *testing.T) {
 	seen := map[string]bool{}
-	for r := range numReasons {
+	for r := range NumReasons {
 		s := r.String()
 		if s == "" || s == "unknown" || seen[s] {
 			t.Fatalf("reason %d named %q", r, s)
 		}
 		seen[s] = true
 	}
-	if numReasons.String() != "unknown" {
+	if NumReasons.String() != "unknown" {
 		t.Fatal("out of range reason has a name")
 	}
 }

@@ -55,10 +55,11 @@ const (
 	// ShortBuffer: the caller's buffer cannot hold the message.
 	ShortBuffer
 
-	numReasons
+	// NumReasons is how many reasons there are (OK included), for tables indexed by Reason.
+	NumReasons
 )
 
-var reasonNames = [numReasons]string{
+var reasonNames = [NumReasons]string{
 	OK:                      "ok",
 	Truncated:               "truncated",
 	BadVersion:              "bad_version",
@@ -83,7 +84,7 @@ var reasonNames = [numReasons]string{
 
 // String returns the reason as a counter label, such as "truncated_extension".
 func (r Reason) String() string {
-	if r < numReasons {
+	if r < NumReasons {
 		return reasonNames[r]
 	}
 	return "unknown"

@@ -92,19 +92,27 @@ func (s *Session) sendPushReply(conn *tls.Conn) {
 	id := s.peer.Identity()
 	proto := s.proto.Load()
 	ekm := s.ekm()
+	pool := m.cfg.Pool
 	cfg := push.Config{
-		RouteGateway:    m.cfg.Pool.Gateway(),
-		Topology:        "subnet",
-		Ping:            id.Ping,
-		PingRestart:     id.PingRestart,
-		RedirectGateway: !pol.SplitTunnel,
-		Routes:          pol.Routes,
-		DNS:             pol.DNS,
-		Compression:     id.Framing.PushOption(),
-		Ifconfig:        netip.PrefixFrom(id.Addr, m.cfg.Pool.Prefix().Bits()),
-		PeerID:          id.PeerID,
-		HasPeerID:       id.DataV2, // as OpenVPN: peer-id only to clients that announced P_DATA_V2
-		Cipher:          id.Cipher.String(),
+		Topology:    "subnet",
+		Ping:        id.Ping,
+		PingRestart: id.PingRestart,
+		Routes:      pol.Routes,
+		DNS:         pol.DNS,
+		Compression: id.Framing.PushOption(),
+		PeerID:      id.PeerID,
+		HasPeerID:   id.DataV2, // as OpenVPN: peer-id only to clients that announced P_DATA_V2
+		Cipher:      id.Cipher.String(),
+	}
+	if id.Addr.IsValid() {
+		cfg.RouteGateway = pool.Gateway()
+		cfg.Ifconfig = netip.PrefixFrom(id.Addr, pool.Prefix().Bits())
+		cfg.RedirectGateway = !pol.SplitTunnel
+	}
+	if id.Addr6.IsValid() {
+		cfg.Ifconfig6 = netip.PrefixFrom(id.Addr6, pool.Prefix6().Bits())
+		cfg.Gateway6 = pool.Gateway6()
+		cfg.RedirectGateway6 = !pol.SplitTunnel
 	}
 	if extra := s.userPush.Load(); extra != nil {
 		cfg.Extra = *extra

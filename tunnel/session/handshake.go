@@ -172,7 +172,7 @@ func (s *Session) runKey(k *channel.Key) {
 			return
 		}
 		info := s.info.Load()
-		m.log.Info("client connected", "user", info.User, "cn", info.CommonName, "groups", info.Groups, "address", info.Address,
+		m.log.Info("client connected", "user", info.User, "cn", info.CommonName, "groups", info.Groups, "address", info.Address, "address6", info.Address6,
 			"peer_id", info.PeerID, "remote", s.link.Remote(), "cipher", info.Cipher, "tls", tls.VersionName(state.Version),
 			"key_derivation", map[bool]string{true: "tls-ekm", false: "prf"}[ekm], "version", info.Version, "connection_id", info.ConnectionID)
 		if peer.Proto&keymethod.ProtoRequestPush != 0 {
@@ -273,21 +273,20 @@ func (s *Session) admitUser(ctx context.Context, req *AuthRequest, user *User, m
 	if !ok {
 		return nil, &Refusal{Message: "Data channel cipher negotiation failed (no shared cipher)", Code: RefusedNoSharedCipher}
 	}
-	addr, err := m.cfg.Pool.Allocate()
+	lease, err := m.cfg.Pool.AllocateLease()
 	if err != nil {
 		return nil, &Refusal{Message: fmt.Sprintf("no free client address (all %d in use)", m.cfg.Pool.Capacity()), Code: RefusedPoolExhausted}
 	}
 	s.mu.Lock()
 	closed := s.state.Load() == stateClosed
 	if !closed {
-		s.addr = addr // released by teardown from now on
+		s.lease = lease // released by teardown from now on
 	}
 	s.mu.Unlock()
 	if closed {
-		_ = m.cfg.Pool.Release(addr)
+		_ = m.cfg.Pool.Release(lease.Key())
 		return nil, &Refusal{Message: "session ended"}
 	}
-	idx, _ := m.cfg.Pool.Index(addr)
 	info := &Info{
 		ID:           s.id,
 		ConnectionID: s.connID,
@@ -295,8 +294,9 @@ func (s *Session) admitUser(ctx context.Context, req *AuthRequest, user *User, m
 		Username:     user.Username,
 		Groups:       user.Groups,
 		Certificate:  req.Certificate,
-		Address:      addr,
-		PeerID:       uint32(idx),
+		Address:      lease.Addr,
+		Address6:     lease.Addr6,
+		PeerID:       uint32(lease.Index),
 		Cipher:       cipher.String(),
 		Transport:    s.link.Proto(),
 		// Copies: peer-info's values are slices of the whole block, which the session
@@ -324,8 +324,9 @@ func (s *Session) admitUser(ctx context.Context, req *AuthRequest, user *User, m
 		cipher: cipher,
 		info:   info,
 		ident: &dataplane.Identity{
-			Addr:        addr,
-			PeerID:      uint32(idx),
+			Addr:        lease.Addr,
+			Addr6:       lease.Addr6,
+			PeerID:      uint32(lease.Index),
 			User:        user.Name,
 			Groups:      user.Groups,
 			Cipher:      cipher,

@@ -106,12 +106,15 @@ type Info struct {
 	CommonName  string
 	Groups      []string
 	Certificate *x509.Certificate
-	Address     netip.Addr
-	PeerID      uint32
-	Cipher      string
-	Transport   string
-	Version     string // the client's IV_VER
-	Platform    string // the client's IV_PLAT
+	// Address is the client's IPv4 tunnel address and Address6 its IPv6 one; either is invalid
+	// when the tunnel does not carry that family.
+	Address   netip.Addr
+	Address6  netip.Addr
+	PeerID    uint32
+	Cipher    string
+	Transport string
+	Version   string // the client's IV_VER
+	Platform  string // the client's IV_PLAT
 	// PlatformVersion is the client's IV_PLAT_VER.
 	PlatformVersion string
 	// Remote is the address the client was admitted from (it may float later).

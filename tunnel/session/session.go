@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cvpn/cvpn/ippool"
 	"github.com/cvpn/cvpn/tls/channel"
 	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
@@ -62,8 +63,8 @@ type Session struct {
 	authUntil atomic.Int64
 
 	mu sync.Mutex
-	// addr is the client's address once allocated (released at teardown).
-	addr netip.Addr
+	// lease is the client's addresses once allocated (released at teardown).
+	lease ippool.Lease
 	// renegAt is when the next scheduled renegotiation starts (zero: none scheduled).
 	renegAt time.Time
 	// renegSince is when the renegotiation in progress started (zero: none); renegKey is its
@@ -320,11 +321,15 @@ func (s *Session) teardown(reason string) {
 		s.ctl.Close()
 		s.link.Close()
 		s.mu.Lock()
-		addr := s.addr
-		s.addr = netip.Addr{}
+		lease := s.lease
+		s.lease = ippool.Lease{}
 		s.mu.Unlock()
-		if addr.IsValid() {
-			m.cfg.NAT.ForgetClient(addr)
+		if addr := lease.Key(); addr.IsValid() {
+			for _, a := range []netip.Addr{lease.Addr, lease.Addr6} {
+				if a.IsValid() {
+					m.cfg.NAT.ForgetClient(a)
+				}
+			}
 			if err := m.cfg.Pool.Release(addr); err != nil {
 				m.log.Error("release client address", "addr", addr, "err", err)
 			}
@@ -336,7 +341,7 @@ func (s *Session) teardown(reason string) {
 				e.Disconnected(st, End{Time: m.cfg.Now(), Reason: reason})
 			}
 			t := s.peer.Traffic.Snapshot()
-			m.log.Info("client disconnected", "user", info.User, "remote", s.link.Remote(), "address", info.Address,
+			m.log.Info("client disconnected", "user", info.User, "remote", s.link.Remote(), "address", info.Address, "address6", info.Address6,
 				"reason", reason, "duration", m.cfg.Now().Sub(info.Since).Round(time.Second),
 				"rx_bytes", t.RxBytes, "tx_bytes", t.TxBytes, "connection_id", info.ConnectionID)
 		} else {
