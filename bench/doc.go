@@ -24,6 +24,15 @@
 //	measured  data flat out or at RateMbps per session after Warmup; the sink counts what arrived;
 //	          optionally the server's CPU profile over it (Profile)
 //
+// The iperf scenarios run one stock openvpn client and iperf3 (TCP, up then down) through its
+// tunnel to the VPC host, with the server's CPU per GB from /proc: iperf over IPv4, and
+// iperf-ipv6 in a dual-stack lab (internal/netlab.NewDual) with the dual-stack configurations
+// of both servers (Fixtures.CVPNIPv6Config, OpenVPNIPv6Config): the client dials the server's
+// IPv6 address (proto udp6) and iperf3 runs over IPv6 inside the tunnel from the client's own
+// address in the VPC link's /64. cvpn answers neighbour discovery for that address; the stock
+// server's lab routes the client block back through the server instead, as its kernel does
+// not. The two scenarios are separate rows of the table, so the ratios compare family by family.
+//
 // Sessions dial from Sources (many addresses over many /24s) when set: a server limits new
 // sessions per address and per network, as it should, and a benchmark must not meet those
 // limits as one host would.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,15 +23,19 @@ import (
 
 // Scenario names, in the order the harness runs them.
 const (
-	ScenarioIperf    = "iperf"    // one stock openvpn client, iperf3 TCP up and down
-	ScenarioSessions = "sessions" // N bench sessions: ramp, then traffic
-	ScenarioLimit    = "limit"    // cvpn with bandwidth_limit_mbps, sessions offered twice the limit
-	ScenarioBig      = "big"      // many idle sessions held with keepalives, then a little traffic
-	ScenarioScale    = "scale"    // cvpn only: 100,000 sessions held, gateway echoes while holding
+	ScenarioIperf = "iperf" // one stock openvpn client, iperf3 TCP up and down
+	// ScenarioIperfIPv6 is ScenarioIperf over IPv6 end to end: the client dials the server's
+	// IPv6 address (udp6), iperf3 runs over IPv6 inside the tunnel to the VPC host's IPv6
+	// address, which sees the client's own address (neither server NATs IPv6).
+	ScenarioIperfIPv6 = "iperf-ipv6"
+	ScenarioSessions  = "sessions" // N bench sessions: ramp, then traffic
+	ScenarioLimit     = "limit"    // cvpn with bandwidth_limit_mbps, sessions offered twice the limit
+	ScenarioBig       = "big"      // many idle sessions held with keepalives, then a little traffic
+	ScenarioScale     = "scale"    // cvpn only: 100,000 sessions held, gateway echoes while holding
 )
 
 // allScenarios are the scenarios in the order the harness runs them.
-var allScenarios = []string{ScenarioIperf, ScenarioSessions, ScenarioLimit, ScenarioBig, ScenarioScale}
+var allScenarios = []string{ScenarioIperf, ScenarioIperfIPv6, ScenarioSessions, ScenarioLimit, ScenarioBig, ScenarioScale}
 
 // HarnessConfig describes a side-by-side run.
 type HarnessConfig struct {
@@ -367,13 +372,20 @@ func RunHarness(ctx context.Context, cfg HarnessConfig) (*Results, error) {
 		"client_cidr": h.fx.ClientCIDR.String(), "packet_size": 1400,
 		"openvpn_config": readFile(h.fx.OpenVPNConfig), "cvpn_config": readFile(h.fx.CVPNConfig),
 	}}
+	ipv6 := slices.Contains(cfg.Scenarios, ScenarioIperfIPv6)
+	if ipv6 {
+		h.res.Config["openvpn_ipv6_config"] = readFile(h.fx.OpenVPNIPv6Config)
+		h.res.Config["cvpn_ipv6_config"] = readFile(h.fx.CVPNIPv6Config)
+		h.res.Config["client_ipv6_cidr"] = netlab.ClientIPv6CIDR.String()
+		h.res.Config["vpc_ipv6_prefix"] = netlab.VPCPrefixIPv6.String()
+	}
 	defer func() {
 		for _, l := range h.labs {
 			l.Close()
 		}
 	}()
 	for _, kind := range cfg.Servers {
-		l, err := NewLab(ctx, kind, h.fx, LabOptions{Sources: cfg.Sources})
+		l, err := NewLab(ctx, kind, h.fx, LabOptions{Sources: cfg.Sources, IPv6: ipv6})
 		if err != nil {
 			return nil, err
 		}
@@ -403,7 +415,13 @@ func RunHarness(ctx context.Context, cfg HarnessConfig) (*Results, error) {
 	for _, sc := range cfg.Scenarios {
 		switch sc {
 		case ScenarioIperf:
-			h.rounds(ctx, "iperf", kinds, cfg.Rounds, h.iperf)
+			h.rounds(ctx, ScenarioIperf, kinds, cfg.Rounds, func(ctx context.Context, kind ServerKind, m *Measurement) error {
+				return h.iperf(ctx, kind, false, m)
+			})
+		case ScenarioIperfIPv6:
+			h.rounds(ctx, ScenarioIperfIPv6, kinds, cfg.Rounds, func(ctx context.Context, kind ServerKind, m *Measurement) error {
+				return h.iperf(ctx, kind, true, m)
+			})
 		case ScenarioSessions:
 			for _, n := range cfg.Sessions {
 				h.rounds(ctx, fmt.Sprintf("sessions-%d", n), kinds, cfg.Rounds, func(ctx context.Context, kind ServerKind, m *Measurement) error {
@@ -484,8 +502,10 @@ func brief(m *Measurement) string {
 	return strings.Join(parts, " ")
 }
 
-// udpRcvbufErrors reads the UDP receive-buffer drop counter of namespace ns (/proc/net/snmp is
-// per namespace): datagrams the kernel dropped because the server's socket was full.
+// udpRcvbufErrors reads the UDP receive-buffer drop counters of namespace ns (/proc/net/snmp
+// and /proc/net/snmp6 are per namespace): datagrams the kernel dropped because the server's
+// socket was full. A datagram that arrived over IPv6 counts in Udp6RcvbufErrors, even on a
+// socket that takes both families, so the two are added.
 func udpRcvbufErrors(ctx context.Context, ns string) (uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -493,8 +513,27 @@ func udpRcvbufErrors(ctx context.Context, ns string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	v4, err := parseSNMPRcvbufErrors(string(out))
+	if err != nil {
+		return 0, err
+	}
+	// Without IPv6 in the namespace there is no snmp6 and nothing to add.
+	out6, err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "cat", "/proc/net/snmp6").Output()
+	if err != nil {
+		return v4, nil
+	}
+	v6, err := parseSNMP6RcvbufErrors(string(out6))
+	if err != nil {
+		return 0, err
+	}
+	return v4 + v6, nil
+}
+
+// parseSNMPRcvbufErrors reads RcvbufErrors from /proc/net/snmp's pair of Udp lines (names,
+// then values).
+func parseSNMPRcvbufErrors(snmp string) (uint64, error) {
 	var names []string
-	for line := range strings.SplitSeq(string(out), "\n") {
+	for line := range strings.SplitSeq(snmp, "\n") {
 		rest, ok := strings.CutPrefix(line, "Udp: ")
 		if !ok {
 			continue
@@ -511,6 +550,16 @@ func udpRcvbufErrors(ctx context.Context, ns string) (uint64, error) {
 		}
 	}
 	return 0, errors.New("bench: no Udp RcvbufErrors in /proc/net/snmp")
+}
+
+// parseSNMP6RcvbufErrors reads Udp6RcvbufErrors from /proc/net/snmp6 (one "name value" a line).
+func parseSNMP6RcvbufErrors(snmp6 string) (uint64, error) {
+	for line := range strings.SplitSeq(snmp6, "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "Udp6RcvbufErrors" {
+			return strconv.ParseUint(f[1], 10, 64)
+		}
+	}
+	return 0, errors.New("bench: no Udp6RcvbufErrors in /proc/net/snmp6")
 }
 
 // withServer starts the lab's server, runs f with its pid, and stops it; a server that died
@@ -547,16 +596,23 @@ func (h *harness) withServerOpts(ctx context.Context, kind ServerKind, o ServerO
 	return ferr
 }
 
-func (h *harness) iperf(ctx context.Context, kind ServerKind, m *Measurement) error {
+// iperf runs iperf3 up and down through one stock client's tunnel; ipv6 runs the dual-stack
+// configuration with IPv6 both as transport and inside the tunnel.
+func (h *harness) iperf(ctx context.Context, kind ServerKind, ipv6 bool, m *Measurement) error {
 	l := h.labs[kind]
-	return h.withServer(ctx, kind, false, m, func(pid int) error {
-		cl, err := l.StartStockClient(ctx, fmt.Sprintf("iperf-%s-%d", kind, m.Round))
+	o := ServerOptions{CVPNBin: h.cfg.CVPNBin, IPv6: ipv6}
+	return h.withServerOpts(ctx, kind, o, m, func(pid int) error {
+		start, target := l.StartStockClient, iperfIPv4
+		if ipv6 {
+			start, target = l.StartStockClient6, iperfIPv6
+		}
+		cl, err := start(ctx, fmt.Sprintf("%s-%s-%d", m.Scenario, kind, m.Round))
 		if err != nil {
 			return err
 		}
 		defer func() { _ = cl.Stop() }()
 		for i, dir := range []string{"upload", "download"} {
-			r, prof, err := h.iperfOnce(ctx, l, pid, 5201+i, dir == "download", m.Round)
+			r, prof, err := h.iperfOnce(ctx, l, pid, target, 5201+i, dir == "download", m.Round)
 			if p := prof(); p != nil {
 				m.Profiles = append(m.Profiles, *p)
 			}
@@ -575,19 +631,40 @@ func (h *harness) iperf(ctx context.Context, kind ServerKind, m *Measurement) er
 	})
 }
 
+// iperfTarget is the VPC host's address iperf3 runs to and what names its CPU profiles.
+type iperfTarget struct {
+	host    netip.Addr
+	flag    string  // iperf3's family flag
+	phase   string  // profile phases are <phase>-upload and <phase>-download
+	segment float64 // TCP payload of a full-sized segment
+}
+
+// adminSocket is the admin API socket of the cvpn that the target's configuration starts.
+func (t iperfTarget) adminSocket(fx *Fixtures) string {
+	if t.host.Is6() {
+		return fx.AdminSocketIPv6
+	}
+	return fx.AdminSocket
+}
+
+var (
+	iperfIPv4 = iperfTarget{host: netlab.VPCHost, flag: "-4", phase: ScenarioIperf, segment: tcpSegment}
+	iperfIPv6 = iperfTarget{host: netlab.VPCHostIPv6, flag: "-6", phase: ScenarioIperfIPv6, segment: tcpSegment6}
+)
+
 // iperfOnce runs one iperf3 TCP transfer between the stock client and the VPC host and reads
 // the server process's CPU time around it.
 //
 // For cvpn it also profiles the server from the second second to the second last: prof, called
 // once the transfer ended, waits for the profile and returns it with its cost per packet (nil
 // when not profiled).
-func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse bool, round int) (r IperfResult, prof func() *CPUProfile, err error) {
+func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid int, to iperfTarget, port int, reverse bool, round int) (r IperfResult, prof func() *CPUProfile, err error) {
 	r = IperfResult{Direction: "upload"}
 	if reverse {
 		r.Direction = "download"
 	}
 	prof = func() *CPUProfile { return nil }
-	srv, err := l.Start("iperf3 server", l.Net.VPC, "iperf3", "-s", "-1", "--forceflush", "-p", strconv.Itoa(port), "-B", netlab.VPCHost.String())
+	srv, err := l.Start("iperf3 server", l.Net.VPC, "iperf3", "-s", "-1", "--forceflush", "-p", strconv.Itoa(port), "-B", to.host.String())
 	if err != nil {
 		return r, prof, err
 	}
@@ -595,7 +672,7 @@ func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse 
 	if err := srv.WaitForContext(ctx, "Server listening", 10*time.Second); err != nil {
 		return r, prof, err
 	}
-	args := []string{"iperf3", "-c", netlab.VPCHost.String(), "-p", strconv.Itoa(port), "-t", strconv.Itoa(h.cfg.IperfSeconds),
+	args := []string{"iperf3", to.flag, "-c", to.host.String(), "-p", strconv.Itoa(port), "-t", strconv.Itoa(h.cfg.IperfSeconds),
 		"-J", "--connect-timeout", "5000"}
 	if reverse {
 		args = append(args, "-R")
@@ -608,7 +685,7 @@ func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse 
 	defer cancel()
 	// The profile leaves out the first second (TCP's slow start) and the last.
 	profFrom, profSec := 1.0, h.cfg.IperfSeconds-2
-	wait := h.profileAsync(ctx, l.Kind, pid, time.Second, profSec)
+	wait := h.profileAsync(ctx, l.Kind, pid, to.adminSocket(h.fx), time.Second, profSec)
 	out, err := exec.CommandContext(cctx, "ip", append([]string{"netns", "exec", l.StockNS}, args...)...).Output()
 	after, serr := SampleProc(pid)
 	if err != nil {
@@ -652,8 +729,8 @@ func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse 
 			}
 		}
 		prof = func() *CPUProfile {
-			return h.analyze(ctx, wait, "iperf-"+r.Direction, round, float64(bytes)/tcpSegment,
-				fmt.Sprintf("iperf3 bytes in the window / %d (TCP segments; ACKs not counted)", tcpSegment))
+			return h.analyze(ctx, wait, to.phase+"-"+r.Direction, round, float64(bytes)/to.segment,
+				fmt.Sprintf("iperf3 bytes in the window / %g (TCP segments; ACKs not counted)", to.segment))
 		}
 	}
 	r.Bytes = rep.End.SumReceived.Bytes
@@ -667,14 +744,18 @@ func (h *harness) iperfOnce(ctx context.Context, l *Lab, pid, port int, reverse 
 	return r, prof, nil
 }
 
-// tcpSegment is the TCP payload of a full-sized segment through the stock client's tunnel
-// (MTU 1500 less 20 bytes of IP, 20 of TCP and 12 of timestamps).
-const tcpSegment = 1448
+// tcpSegment and tcpSegment6 are the TCP payload of a full-sized segment through the stock
+// client's tunnel (MTU 1500 less 20 bytes of IPv4 or 40 of IPv6, 20 of TCP and 12 of
+// timestamps).
+const (
+	tcpSegment  = 1448
+	tcpSegment6 = 1428
+)
 
 // profileAsync starts a CPU profile of cvpn (kind CVPN only, unless profiles are off) of
-// seconds after delay; the returned function waits for it. It returns nil when no profile is
+// seconds after delay, through the admin API at socket; the returned function waits for it. It returns nil when no profile is
 // taken.
-func (h *harness) profileAsync(ctx context.Context, kind ServerKind, pid int, delay time.Duration, seconds int) func() ([]byte, float64, error) {
+func (h *harness) profileAsync(ctx context.Context, kind ServerKind, pid int, socket string, delay time.Duration, seconds int) func() ([]byte, float64, error) {
 	if kind != CVPN || h.cfg.NoProfile || seconds < 1 {
 		return nil
 	}
@@ -690,7 +771,7 @@ func (h *harness) profileAsync(ctx context.Context, kind ServerKind, pid int, de
 			return
 		}
 		s0, _ := SampleProc(pid)
-		b, err := FetchProfile(ctx, h.fx.AdminSocket, seconds)
+		b, err := FetchProfile(ctx, socket, seconds)
 		s1, _ := SampleProc(pid)
 		ch <- result{b, (s1.CPU - s0.CPU).Seconds(), err}
 	}()
@@ -1101,7 +1182,7 @@ func tableOf(ms []Measurement) []Row {
 	for _, sc := range scenarios {
 		defs := sessionMetrics
 		switch {
-		case sc == "iperf":
+		case sc == ScenarioIperf || sc == ScenarioIperfIPv6:
 			defs = iperfMetrics
 		case sc == "limit":
 			defs = limitMetrics
@@ -1160,6 +1241,13 @@ func (h *harness) notes() []string {
 	if h.dco != "" {
 		n = append(n, "stock server data channel: "+h.dco)
 	}
+	if slices.Contains(h.cfg.Scenarios, ScenarioIperfIPv6) {
+		n = append(n, fmt.Sprintf("iperf-ipv6 is iperf over IPv6 end to end: the stock client dials the server's IPv6 address (proto udp6), gets an IPv6 address of %s inside the VPC link's %s (ifconfig-ipv6) and runs iperf3 -6 to the VPC host's %s, which sees the client's own address: cvpn routes it and answers neighbour discovery for it (no snat_ipv6_address), the stock server's kernel routes it (server-ipv6, a route back on the VPC host); TCP segments carry 1428 bytes instead of 1448",
+			netlab.ClientIPv6CIDR, netlab.VPCPrefixIPv6, netlab.VPCHostIPv6))
+	}
+	if c := ipv6Comparison(h.res.Table); c != nil {
+		n = append(n, "cvpn/openvpn ratios over IPv4 (iperf) and IPv6 (iperf-ipv6) in the same run: "+strings.Join(c, "; "))
+	}
 	if slices.Contains(h.cfg.Scenarios, ScenarioScale) {
 		n = append(n, fmt.Sprintf("scale-%d runs against cvpn only (client_cidr_block %s): the stock server needs about 143 KiB per session (big-10000), 14 GiB for 100,000, which would not fit beside the load generator; the sessions are held %s with keepalives (ping 10 s) while %g ICMP echoes a second go round-robin to the sessions' gateway address, which cvpn answers in its data plane; connect time is each session's whole handshake (reset, cookie, TLS, key-method 2, push); server RSS per session is (RSS after the ramp or the hold - RSS before) / sessions",
 			h.cfg.Scale, ScaleClientCIDR, h.cfg.ScaleHold, h.cfg.ScaleEchoRate))
@@ -1168,6 +1256,32 @@ func (h *harness) notes() []string {
 		n = append(n, "cvpn CPU per packet: CPU profiles (admin API /debug/pprof/profile, 100 Hz samples) of iperf3's seconds 1 to N-1 in each direction and of the largest sessions run's measured phase; each sample is filed under the innermost frame of its stack that names a category (a syscall under its caller: recvmmsg/sendmmsg/ppoll are UDP, read/write the TUN device); iperf packets are 1448-byte TCP segments (ACKs not counted), sessions packets the 1400-byte UDP packets the sink received; 'not in the profile's samples' is the server's CPU time over the window by /proc less what the samples hold; the profile's own cost (100 Hz SIGPROF) is in the numbers; the first round's profiles are the .pprof files next to the JSON")
 	}
 	return n
+}
+
+// ipv6Comparison puts the ratios of iperf-ipv6 beside those of iperf, one string per charted
+// metric: IPv6 should cost cvpn what IPv4 does, relative to the stock server. It is nil when
+// the table lacks either scenario's ratios.
+func ipv6Comparison(rows []Row) []string {
+	ratio := func(sc, metric string) *float64 {
+		for _, r := range rows {
+			if r.Scenario == sc && r.Metric == metric {
+				return r.Ratio
+			}
+		}
+		return nil
+	}
+	var parts []string
+	for _, d := range iperfMetrics {
+		if d.better == "" || !d.chart {
+			continue
+		}
+		v4, v6 := ratio(ScenarioIperf, d.label), ratio(ScenarioIperfIPv6, d.label)
+		if v4 == nil || v6 == nil {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2fx over IPv4, %.2fx over IPv6", d.label, *v4, *v6))
+	}
+	return parts
 }
 
 // Table renders the rows as text.

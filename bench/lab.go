@@ -56,12 +56,18 @@ type Fixtures struct {
 	// CVPNTCPConfig and OpenVPNTCPConfig are CVPNConfig and OpenVPNConfig on TCP 443 instead
 	// of UDP 443, for load over TCP.
 	CVPNTCPConfig, OpenVPNTCPConfig string
-	CACertFile, CAKeyFile           string // the CA that signs clients (and the server)
-	TLSCryptFile                    string
-	TLSCrypt                        *tlscrypt.StaticKey
-	RootCAs                         *x509.CertPool
-	// AdminSocket is the admin API socket of the server CVPNConfig starts (its CPU profiles).
-	AdminSocket string
+	// CVPNIPv6Config and OpenVPNIPv6Config are CVPNConfig and OpenVPNConfig dual-stack, for
+	// the iperf-ipv6 scenario in a dual-stack lab (internal/netlab.NewDual): they listen on
+	// IPv6 as well and give each client an IPv6 address of netlab.ClientIPv6CIDR (inside the
+	// VPC link's /64, so VPC hosts reach clients on-link) with a route to the VPC link.
+	CVPNIPv6Config, OpenVPNIPv6Config string
+	CACertFile, CAKeyFile             string // the CA that signs clients (and the server)
+	TLSCryptFile                      string
+	TLSCrypt                          *tlscrypt.StaticKey
+	RootCAs                           *x509.CertPool
+	// AdminSocket is the admin API socket of the server CVPNConfig starts (its CPU profiles);
+	// AdminSocketIPv6 that of the server CVPNIPv6Config starts.
+	AdminSocket, AdminSocketIPv6 string
 }
 
 // FixtureOptions shape the fixtures; zero values give the benchmark's defaults.
@@ -90,23 +96,26 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 		return nil, fmt.Errorf("bench: endpoint: %w", err)
 	}
 	fx := &Fixtures{
-		Dir:              dir,
-		Endpoint:         ep,
-		ClientCIDR:       o.ClientCIDR,
-		CVPNConfig:       ep.Config,
-		CVPNLimitConfig:  filepath.Join(dir, "endpoint-limit.yaml"),
-		CVPNScaleConfig:  filepath.Join(dir, "endpoint-scale.yaml"),
-		OpenVPNConfig:    filepath.Join(dir, "server.conf"),
-		CVPNTCPConfig:    filepath.Join(dir, "endpoint-tcp.yaml"),
-		OpenVPNTCPConfig: filepath.Join(dir, "server-tcp.conf"),
-		CACertFile:       filepath.Join(dir, "ca.crt"),
-		CAKeyFile:        filepath.Join(dir, "ca.key"),
-		TLSCryptFile:     filepath.Join(dir, "tc.key"),
-		RootCAs:          x509.NewCertPool(),
+		Dir:               dir,
+		Endpoint:          ep,
+		ClientCIDR:        o.ClientCIDR,
+		CVPNConfig:        ep.Config,
+		CVPNLimitConfig:   filepath.Join(dir, "endpoint-limit.yaml"),
+		CVPNScaleConfig:   filepath.Join(dir, "endpoint-scale.yaml"),
+		OpenVPNConfig:     filepath.Join(dir, "server.conf"),
+		CVPNTCPConfig:     filepath.Join(dir, "endpoint-tcp.yaml"),
+		OpenVPNTCPConfig:  filepath.Join(dir, "server-tcp.conf"),
+		CVPNIPv6Config:    filepath.Join(dir, "endpoint-ipv6.yaml"),
+		OpenVPNIPv6Config: filepath.Join(dir, "server-ipv6.conf"),
+		CACertFile:        filepath.Join(dir, "ca.crt"),
+		CAKeyFile:         filepath.Join(dir, "ca.key"),
+		TLSCryptFile:      filepath.Join(dir, "tc.key"),
+		RootCAs:           x509.NewCertPool(),
 	}
 	fx.RootCAs.AddCert(ep.CA.Cert)
 	// admin.socket is relative to the endpoint file's directory (config.Admin).
 	fx.AdminSocket = filepath.Join(filepath.Dir(ep.Config), "admin.sock")
+	fx.AdminSocketIPv6 = filepath.Join(filepath.Dir(ep.Config), "admin-ipv6.sock")
 	if fx.TLSCrypt, err = tlscrypt.ParseStaticKey(ep.TLSKey); err != nil {
 		return nil, fmt.Errorf("bench: tls-crypt key: %w", err)
 	}
@@ -150,13 +159,46 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 	if err := os.WriteFile(fx.CVPNTCPConfig, []byte(tcp), 0o644); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(fx.OpenVPNConfig, []byte(openvpnConfig(o.ClientCIDR, "udp4", o.OpenVPNExtra)), 0o644); err != nil {
+	dual, err := cvpnIPv6Config(variant("ipv6"))
+	if err != nil {
+		return nil, fmt.Errorf("bench: %s: %w", ep.Config, err)
+	}
+	if err := os.WriteFile(fx.CVPNIPv6Config, []byte(dual), 0o644); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(fx.OpenVPNTCPConfig, []byte(openvpnConfig(o.ClientCIDR, "tcp4-server", o.OpenVPNExtra)), 0o644); err != nil {
+	if err := os.WriteFile(fx.OpenVPNConfig, []byte(openvpnConfig(o.ClientCIDR, "udp4", false, o.OpenVPNExtra)), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(fx.OpenVPNTCPConfig, []byte(openvpnConfig(o.ClientCIDR, "tcp4-server", false, o.OpenVPNExtra)), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(fx.OpenVPNIPv6Config, []byte(openvpnConfig(o.ClientCIDR, "udp6", true, o.OpenVPNExtra)), 0o644); err != nil {
 		return nil, err
 	}
 	return fx, nil
+}
+
+// cvpnIPv6Config turns the endpoint file yaml (as internal/netlab writes it for IPv4) into
+// its dual-stack twin, with the same PKI: listeners on both families (listen_ipv6_address
+// defaults to ::) and IPv6 traffic, as netlab.WriteEndpoint writes a dual-stack file: the VPC's
+// IPv6 block beside the IPv4 one, with its authorization rule; the route to the VPC link's
+// /64; client addresses from netlab.ClientIPv6CIDR inside that /64. IPv6 traffic is not
+// source-NATed (no snat_ipv6_address): VPC hosts see the client's own address, as on AWS.
+func cvpnIPv6Config(yaml string) (string, error) {
+	for _, r := range [][2]string{
+		{"vpc_cidr_blocks: [10.0.0.0/16]\n", fmt.Sprintf("vpc_cidr_blocks: [10.0.0.0/16, %s]\n", netlab.VPCCIDRIPv6)},
+		{"routes:\n", fmt.Sprintf("routes:\n  - {destination_cidr_block: %s}\n", netlab.VPCPrefixIPv6)},
+		{"authorization_rules:\n", fmt.Sprintf("authorization_rules:\n  - {target_network_cidr: %s, authorize_all_groups: true}\n", netlab.VPCCIDRIPv6)},
+	} {
+		if strings.Count(yaml, r[0]) != 1 {
+			return "", fmt.Errorf("no single %q line to change for IPv6", strings.TrimSpace(r[0]))
+		}
+		yaml = strings.Replace(yaml, r[0], r[1], 1)
+	}
+	if !strings.HasSuffix(yaml, "\n") {
+		yaml += "\n"
+	}
+	return yaml + fmt.Sprintf("endpoint_ip_address_type: dual-stack\ntraffic_ip_address_type: dual-stack\nclient_ipv6_cidr_block: %s\n", netlab.ClientIPv6CIDR), nil
 }
 
 // openvpnConfig is the stock server configured as cvpn's endpoint file is: UDP 443, tls-crypt,
@@ -164,9 +206,19 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 // 10/60, room for every client of the CIDR. The kernel does its SNAT (MASQUERADE, set up by the
 // lab). Everything else is OpenVPN's default, including connect-freq-initial (100 per 10 s),
 // which cvpn copies.
-func openvpnConfig(cidr netip.Prefix, proto, extra string) string {
+//
+// proto is one of OpenVPN's protocol names (socket.c proto_names: udp4 and tcp4-server bind
+// IPv4, udp6 binds an IPv6 socket that takes both families). ipv6 adds IPv6 traffic as cvpn's
+// dual-stack file has it: server-ipv6 over netlab.ClientIPv6CIDR (options.c allows /64 to /124; the
+// server takes the block's first host address, its pool the rest) and the VPC's /64 pushed
+// with route-ipv6. The kernel routes IPv6 without NAT; the lab routes the block back.
+func openvpnConfig(cidr netip.Prefix, proto string, ipv6 bool, extra string) string {
 	bits := cidr.Bits()
 	vpc := netlab.VPCPrefix
+	var v6 string
+	if ipv6 {
+		v6 = fmt.Sprintf("server-ipv6 %s\npush \"route-ipv6 %s\"\n", netlab.ClientIPv6CIDR, netlab.VPCPrefixIPv6)
+	}
 	return fmt.Sprintf(`# stock openvpn server, equivalent to the cvpn endpoint.yaml next to it
 port %d
 proto %s
@@ -174,7 +226,7 @@ dev tun
 topology subnet
 server %s %s
 push "route %s %s"
-ca ca.crt
+%sca ca.crt
 cert server.crt
 key server.key
 dh none
@@ -183,7 +235,7 @@ data-ciphers AES-256-GCM
 keepalive 10 60
 max-clients %d
 verb 3
-%s`, serverPort, proto, cidr.Addr(), netmask(bits), vpc.Addr(), netmask(vpc.Bits()), 1<<(32-bits)-3, extra)
+%s`, serverPort, proto, cidr.Addr(), netmask(bits), vpc.Addr(), netmask(vpc.Bits()), v6, 1<<(32-bits)-3, extra)
 }
 
 func netmask(bits int) netip.Addr {
@@ -230,6 +282,9 @@ type Lab struct {
 
 	StockNS, BenchNS         string
 	StockServer, BenchServer netip.AddrPort // the server as each client namespace dials it
+	// StockServer6 is the server as the stock client's namespace dials it over IPv6
+	// (LabOptions.IPv6; invalid otherwise).
+	StockServer6 netip.AddrPort
 	// NAT says how the stock server's client traffic reaches the VPC: "masquerade" (iptables)
 	// or "route" (a return route in the VPC namespace, when iptables is missing and
 	// LabOptions.RouteIfNoIptables allows it).
@@ -246,6 +301,9 @@ type LabOptions struct {
 	// Sources gives the load generator's namespace that many source addresses (SourceAddrs),
 	// routed from the server namespace.
 	Sources int
+	// IPv6 makes the lab dual-stack (internal/netlab.NewDual: IPv6 on every link), and gives
+	// the stock server IPv6 forwarding and the VPC host's route to its client block.
+	IPv6 bool
 }
 
 // NewLab builds the namespaces of one server kind. Close removes them and stops every process
@@ -254,23 +312,38 @@ func NewLab(ctx context.Context, kind ServerKind, fx *Fixtures, o LabOptions) (*
 	if err := checkRoot(); err != nil {
 		return nil, err
 	}
-	nl, err := netlab.New()
+	newNet := netlab.New
+	if o.IPv6 {
+		newNet = netlab.NewDual
+	}
+	nl, err := newNet()
 	if err != nil {
 		return nil, fmt.Errorf("bench: lab: %w", err)
 	}
 	l := &Lab{Kind: kind, Net: nl, fx: fx}
-	var s1, s2 netip.Addr
-	if l.StockNS, s1, err = nl.AddClient(); err == nil {
+	var stock netlab.ClientLink
+	var s2 netip.Addr
+	if stock, err = nl.AddClientLink(); err == nil {
 		l.BenchNS, s2, err = nl.AddClient()
 	}
 	if err != nil {
 		nl.Close()
 		return nil, fmt.Errorf("bench: lab: %w", err)
 	}
-	l.StockServer = netip.AddrPortFrom(s1, serverPort)
+	l.StockNS = stock.NS
+	l.StockServer = netip.AddrPortFrom(stock.Server, serverPort)
+	if stock.ServerIPv6.IsValid() {
+		l.StockServer6 = netip.AddrPortFrom(stock.ServerIPv6, serverPort)
+	}
 	l.BenchServer = netip.AddrPortFrom(s2, serverPort)
 	if kind == OpenVPN {
 		if err := l.kernelNAT(ctx, o); err != nil {
+			l.Close()
+			return nil, err
+		}
+	}
+	if kind == OpenVPN && o.IPv6 {
+		if err := l.kernelRoute6(ctx); err != nil {
 			l.Close()
 			return nil, err
 		}
@@ -300,6 +373,20 @@ func (l *Lab) addSources(ctx context.Context, server netip.Addr, addrs []netip.A
 	}
 	if err := run(ctx, "ip", "-n", l.Net.Server, "route", "add", SourcePrefix.String(), "via", server.Next().String()); err != nil {
 		return fmt.Errorf("bench: route to the source addresses: %w", err)
+	}
+	return nil
+}
+
+// kernelRoute6 sets up what the stock server relies on for IPv6: forwarding, and the VPC
+// host's route to its client block via the server. The kernel neither NATs IPv6 for it nor
+// answers neighbour discovery for its clients' addresses on the VPC link, which cvpn does
+// (tunnel/host), so cvpn's lab needs neither.
+func (l *Lab) kernelRoute6(ctx context.Context) error {
+	if err := run(ctx, "ip", "netns", "exec", l.Net.Server, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"); err != nil {
+		return fmt.Errorf("bench: enable IPv6 forwarding: %w", err)
+	}
+	if err := run(ctx, "ip", "-n", l.Net.VPC, "-6", "route", "add", netlab.ClientIPv6CIDR.String(), "via", netlab.ServerVPCIPv6.String()); err != nil {
+		return fmt.Errorf("bench: route to the IPv6 client block: %w", err)
 	}
 	return nil
 }
@@ -334,6 +421,7 @@ type ServerOptions struct {
 	Limit      bool   // cvpn with the bandwidth limit
 	TCP        bool   // listen on TCP 443 instead of UDP 443
 	Scale      bool   // cvpn with ScaleClientCIDR
+	IPv6       bool   // dual-stack: CVPNIPv6Config, OpenVPNIPv6Config (UDP only)
 }
 
 // StartServer starts the lab's server and waits until it serves.
@@ -347,6 +435,10 @@ func (l *Lab) StartServer(ctx context.Context, o ServerOptions) (*Proc, error) {
 		switch {
 		case o.Limit && o.TCP:
 			return nil, errors.New("bench: the limit scenario runs over UDP only")
+		case o.IPv6 && (o.Limit || o.TCP || o.Scale):
+			return nil, errors.New("bench: the dual-stack configuration is UDP only, without limit or scale")
+		case o.IPv6:
+			conf = l.fx.CVPNIPv6Config
 		case o.Limit:
 			conf = l.fx.CVPNLimitConfig
 		case o.Scale:
@@ -370,7 +462,12 @@ func (l *Lab) StartServer(ctx context.Context, o ServerOptions) (*Proc, error) {
 			}
 		}
 		conf := l.fx.OpenVPNConfig
-		if o.TCP {
+		switch {
+		case o.IPv6 && o.TCP:
+			return nil, errors.New("bench: the dual-stack configuration is UDP only")
+		case o.IPv6:
+			conf = l.fx.OpenVPNIPv6Config
+		case o.TCP:
 			conf = l.fx.OpenVPNTCPConfig
 		}
 		p, err = l.Start("openvpn server", l.Net.Server, bin, "--cd", l.fx.Dir, "--config", conf)
@@ -391,7 +488,21 @@ func (l *Lab) StartServer(ctx context.Context, o ServerOptions) (*Proc, error) {
 // StartStockClient starts the stock openvpn client in the stock client namespace with a fresh
 // AWS-style profile and waits until its tunnel is up.
 func (l *Lab) StartStockClient(ctx context.Context, name string) (*Proc, error) {
-	profile, err := l.fx.Endpoint.ClientProfile(name, l.StockServer.Addr(), netlab.ProfileOptions{})
+	return l.startStockClient(ctx, name, l.StockServer, "udp")
+}
+
+// StartStockClient6 is StartStockClient dialling the server's IPv6 address with proto udp6
+// (OpenVPN's name for UDP over an IPv6 socket, socket.c proto_names); the lab must have been
+// built with LabOptions.IPv6.
+func (l *Lab) StartStockClient6(ctx context.Context, name string) (*Proc, error) {
+	if !l.StockServer6.IsValid() {
+		return nil, errors.New("bench: the lab has no IPv6 addresses (LabOptions.IPv6)")
+	}
+	return l.startStockClient(ctx, name, l.StockServer6, "udp6")
+}
+
+func (l *Lab) startStockClient(ctx context.Context, name string, server netip.AddrPort, proto string) (*Proc, error) {
+	profile, err := l.fx.Endpoint.ClientProfile(name, server.Addr(), netlab.ProfileOptions{Proto: proto, Port: int(server.Port())})
 	if err != nil {
 		return nil, fmt.Errorf("bench: client profile: %w", err)
 	}

@@ -134,6 +134,12 @@ func (r *Results) svgExtra() []string {
 		}
 		out = append(out, line)
 	}
+	// Two metrics a line keeps the lines inside the chart's width.
+	if c := ipv6Comparison(r.Table); c != nil {
+		for i := 0; i < len(c); i += 2 {
+			out = append(out, "cvpn/openvpn, iperf vs iperf-ipv6: "+strings.Join(c[i:min(i+2, len(c))], "; "))
+		}
+	}
 	var phase []string
 	for _, c := range r.CPUCost {
 		if c.Category == "total" {
