@@ -379,9 +379,9 @@ func cmdFixtures(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "wrote %s: ca.crt ca.key server.crt server.key tc.key %s %s %s %s %s\n", fx.Dir,
-		filepath.Base(fx.CVPNConfig), filepath.Base(fx.CVPNLimitConfig), filepath.Base(fx.CVPNTCPConfig),
-		filepath.Base(fx.OpenVPNConfig), filepath.Base(fx.OpenVPNTCPConfig))
+	fmt.Fprintf(stdout, "wrote %s: ca.crt ca.key server.crt server.key tc.key %s %s %s %s %s %s %s\n", fx.Dir,
+		filepath.Base(fx.CVPNConfig), filepath.Base(fx.CVPNLimitConfig), filepath.Base(fx.CVPNTCPConfig), filepath.Base(fx.CVPNIPv6Config),
+		filepath.Base(fx.OpenVPNConfig), filepath.Base(fx.OpenVPNTCPConfig), filepath.Base(fx.OpenVPNIPv6Config))
 	fmt.Fprintf(stdout, "load: cvpn-bench load --ca %s --issuer-cert %s --issuer-key %s --tls-crypt %s --server ADDR:443 [--proto tcp] ...\n",
 		fx.CACertFile, fx.CACertFile, fx.CAKeyFile, fx.TLSCryptFile)
 	return nil

@@ -21,7 +21,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cvpnBin := fs.String("cvpn", "bin/cvpn", "cvpn binary `path`")
 	out := fs.String("out", "bench/results", "`directory` for <date>.json and <date>.svg (\"\" writes nothing)")
 	rounds := fs.Int("rounds", 2, "A/B rounds per scenario (medians are reported)")
-	scenarios := fs.String("scenarios", "iperf,sessions,limit,big,scale", "comma-separated `list` of iperf, sessions, limit, big, scale")
+	scenarios := fs.String("scenarios", "iperf,iperf-ipv6,sessions,limit,big,scale", "comma-separated `list` of iperf, iperf-ipv6 (iperf over IPv6 transport and IPv6 in the tunnel), sessions, limit, big, scale")
 	servers := fs.String("servers", "cvpn,openvpn", "comma-separated `list` of the servers to run")
 	paced := fs.Float64("paced-mbps", 100, "aggregate offered Mbit/s of the paced phase (round trip under a load both carry)")
 	sessions := intList{1, 64, 1000}
