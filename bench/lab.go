@@ -180,15 +180,15 @@ func WriteFixtures(dir string, o FixtureOptions) (*Fixtures, error) {
 
 // cvpnIPv6Config turns the endpoint file yaml (as internal/netlab writes it for IPv4) into
 // its dual-stack twin, with the same PKI: listeners on both families (listen_ipv6_address
-// defaults to ::) and IPv6 traffic, as netlab.WriteEndpoint writes a dual-stack file: the VPC's
-// IPv6 block beside the IPv4 one, with its authorization rule; the route to the VPC link's
-// /64; client addresses from netlab.ClientIPv6CIDR inside that /64. IPv6 traffic is not
-// source-NATed (no snat_ipv6_address): VPC hosts see the client's own address, as on AWS.
+// defaults to ::) and IPv6 traffic. The VPC link's /64 is the VPC's IPv6 block (beside the
+// IPv4 one), with a route and an authorization rule, and client addresses come from
+// netlab.ClientIPv6CIDR inside it. IPv6 traffic is not source-NATed (no snat_ipv6_address):
+// VPC hosts see the client's own address, as on AWS.
 func cvpnIPv6Config(yaml string) (string, error) {
 	for _, r := range [][2]string{
-		{"vpc_cidr_blocks: [10.0.0.0/16]\n", fmt.Sprintf("vpc_cidr_blocks: [10.0.0.0/16, %s]\n", netlab.VPCCIDRIPv6)},
+		{"vpc_cidr_blocks: [10.0.0.0/16]\n", fmt.Sprintf("vpc_cidr_blocks: [10.0.0.0/16, %s]\n", netlab.VPCPrefixIPv6)},
 		{"routes:\n", fmt.Sprintf("routes:\n  - {destination_cidr_block: %s}\n", netlab.VPCPrefixIPv6)},
-		{"authorization_rules:\n", fmt.Sprintf("authorization_rules:\n  - {target_network_cidr: %s, authorize_all_groups: true}\n", netlab.VPCCIDRIPv6)},
+		{"authorization_rules:\n", fmt.Sprintf("authorization_rules:\n  - {target_network_cidr: %s, authorize_all_groups: true}\n", netlab.VPCPrefixIPv6)},
 	} {
 		if strings.Count(yaml, r[0]) != 1 {
 			return "", fmt.Errorf("no single %q line to change for IPv6", strings.TrimSpace(r[0]))

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/internal/netlab"
 )
 
@@ -26,9 +27,9 @@ func TestIPv6Fixtures(t *testing.T) {
 		"endpoint_ip_address_type: dual-stack\n",
 		"traffic_ip_address_type: dual-stack\n",
 		"client_ipv6_cidr_block: fd00:10:1::1:0/112\n",
-		"vpc_cidr_blocks: [10.0.0.0/16, fd00:10::/48]\n",
+		"vpc_cidr_blocks: [10.0.0.0/16, fd00:10:1::/64]\n",
 		"routes:\n  - {destination_cidr_block: fd00:10:1::/64}\n  - {destination_cidr_block: 10.0.1.0/24}\n",
-		"authorization_rules:\n  - {target_network_cidr: fd00:10::/48, authorize_all_groups: true}\n  - {target_network_cidr: 10.0.0.0/16",
+		"authorization_rules:\n  - {target_network_cidr: fd00:10:1::/64, authorize_all_groups: true}\n  - {target_network_cidr: 10.0.0.0/16",
 		"transport: [{protocol: udp, port: 443}]\n",
 		"admin: {socket: admin-ipv6.sock}\n",
 		"snat_address: 10.0.1.2}", // IPv4 is still source-NATed
@@ -43,11 +44,22 @@ func TestIPv6Fixtures(t *testing.T) {
 	if strings.Contains(v6, "snat_ipv6_address") {
 		t.Errorf("%s source-NATs IPv6; VPC hosts must see the clients' own addresses", fx.CVPNIPv6Config)
 	}
+	// cvpn takes the file as the dual-stack endpoint it is meant to be.
+	ep, err := config.Parse([]byte(v6), filepath.Dir(fx.CVPNIPv6Config))
+	if err != nil {
+		t.Fatalf("%s: %v", fx.CVPNIPv6Config, err)
+	}
+	if ep.EndpointIPAddressType != config.DualStack || ep.TrafficIPAddressType != config.DualStack ||
+		ep.ClientIPv6CIDRBlock != netlab.ClientIPv6CIDR || ep.ClientCIDRBlock != DefaultClientCIDR ||
+		ep.TargetNetwork.SNATIPv6Address.IsValid() {
+		t.Errorf("%s: endpoint %s, traffic %s, client blocks %s and %s, IPv6 SNAT %s", fx.CVPNIPv6Config, ep.EndpointIPAddressType,
+			ep.TrafficIPAddressType, ep.ClientCIDRBlock, ep.ClientIPv6CIDRBlock, ep.TargetNetwork.SNATIPv6Address)
+	}
 	// Taking the IPv6 lines out gives the IPv4 file back, less its admin socket.
 	back := v6
 	for _, l := range []string{"endpoint_ip_address_type: dual-stack\n", "traffic_ip_address_type: dual-stack\n",
 		"client_ipv6_cidr_block: fd00:10:1::1:0/112\n", "  - {destination_cidr_block: fd00:10:1::/64}\n",
-		"  - {target_network_cidr: fd00:10::/48, authorize_all_groups: true}\n", ", fd00:10::/48"} {
+		"  - {target_network_cidr: fd00:10:1::/64, authorize_all_groups: true}\n", ", fd00:10:1::/64"} {
 		back = strings.Replace(back, l, "", 1)
 	}
 	back = strings.Replace(back, "admin-ipv6.sock", "admin.sock", 1)
