@@ -115,8 +115,10 @@ var Host Network = host{}
 // message was sent as one datagram per segment instead.
 var ErrGSO = errors.New("sock: the kernel refused UDP GSO; segmenting in userspace from now on")
 
-// errFamily refuses a datagram to or from an address of the other family than its socket's.
-var errFamily = errors.New("IPv4 and IPv6 addresses do not mix on one socket (a dual-stack endpoint has a listener per family)")
+// ErrFamily refuses a datagram to or from an address of the other family than its socket's: an
+// IPv4 socket cannot reach IPv6 addresses nor an (IPv6-only) IPv6 socket IPv4 ones. The error
+// wrapping it names the address and the socket.
+var ErrFamily = errors.New("IPv4 and IPv6 addresses do not mix on one socket (a dual-stack endpoint has a listener per family)")
 
 type host struct{}
 

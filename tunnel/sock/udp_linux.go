@@ -413,14 +413,14 @@ func getPort(p *uint16) uint16 {
 func (c *udpConn) target(m *Message, sa *unix.RawSockaddrInet6) (uint32, netip.Addr, error) {
 	to := m.Addr.Addr().Unmap()
 	if !to.IsValid() || to.Is6() != c.v6 {
-		return 0, netip.Addr{}, fmt.Errorf("sock: send to %v on the socket bound to %v: %w", m.Addr, c.local, errFamily)
+		return 0, netip.Addr{}, fmt.Errorf("sock: send to %v on the socket bound to %v: %w", m.Addr, c.local, ErrFamily)
 	}
 	src := m.Local.Unmap()
 	switch {
 	case !src.IsValid() || src == c.local.Addr():
 		src = netip.Addr{} // the socket's own address anyway: no control message needed
 	case src.Is6() != c.v6:
-		return 0, netip.Addr{}, fmt.Errorf("sock: send from %v on the socket bound to %v: %w", m.Local, c.local, errFamily)
+		return 0, netip.Addr{}, fmt.Errorf("sock: send from %v on the socket bound to %v: %w", m.Local, c.local, ErrFamily)
 	}
 	if segmented(m) && m.Segment > 0xffff {
 		return 0, netip.Addr{}, fmt.Errorf("sock: segment size %d out of range", m.Segment)

@@ -411,7 +411,7 @@ func testWriteBatchSkipsRefused(t *testing.T, f family) {
 		{Buf: []byte("4"), Addr: b.LocalAddr(), Local: otherSrc},
 	}
 	n, err := a.WriteBatch(out)
-	if n != 2 || !errors.Is(err, errFamily) {
+	if n != 2 || !errors.Is(err, ErrFamily) {
 		t.Fatalf("WriteBatch: %d, %v; want 2 and the family refusal first", n, err)
 	}
 	if msg := err.Error(); !strings.Contains(msg, other.String()) || !strings.Contains(msg, a.LocalAddr().String()) {
@@ -421,11 +421,11 @@ func testWriteBatchSkipsRefused(t *testing.T, f family) {
 	if string(got[0].data) != "0" || string(got[1].data) != "3" {
 		t.Fatalf("got %q and %q, want 0 and 3 (2 was refused with ENOBUFS)", got[0].data, got[1].data)
 	}
-	if _, err := a.WriteBatch(out[1:2]); !errors.Is(err, errFamily) {
+	if _, err := a.WriteBatch(out[1:2]); !errors.Is(err, ErrFamily) {
 		t.Fatalf("one message to the other family: %v", err)
 	}
 	_, err = a.WriteBatch(out[4:5])
-	if !errors.Is(err, errFamily) || !strings.Contains(err.Error(), otherSrc.String()) {
+	if !errors.Is(err, ErrFamily) || !strings.Contains(err.Error(), otherSrc.String()) {
 		t.Fatalf("one message from the other family: %v", err)
 	}
 	// An IPv4-mapped destination is IPv4.

@@ -4,8 +4,11 @@
 // network with Inject (a datagram from any, spoofed, source) and SetFilter (rewrite or drop
 // datagrams in flight).
 //
-// It is one host with every address: a datagram to any address reaches the endpoint bound to it,
-// or to the unspecified address on its port. ListenUDPShards binds several endpoints to one
+// It is one host with every address of both families: a datagram to any address reaches the
+// endpoint bound to it, or to the unspecified address of its family on its port. As on a host
+// whose IPv6 sockets are IPv6-only, an IPv4 and an IPv6 endpoint may hold the same port, an
+// endpoint sends to and from addresses of its own family only (sock.ErrFamily), and no datagram
+// crosses families. ListenUDPShards binds several endpoints to one
 // address, as an SO_REUSEPORT group with the steering program does on a host (sock.Steer). It
 // does not model loss (beyond full queues), reordering, delay, MTUs, ICMP, or UDP GRO and GSO.
 //

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -908,5 +909,245 @@ func TestReadFromNoAllocs(t *testing.T) {
 		if _, from := readFrom(t, cl); from != want {
 			t.Fatalf("read from %v, want %v", from, want)
 		}
+	}
+}
+
+// TestIPv6UDP: IPv6 endpoints talk as IPv4 ones do, with the addresses a socket would report; an
+// endpoint on :: hears every IPv6 address on its port and reports which one each datagram was
+// sent to, and a reply leaves from it.
+func TestIPv6UDP(t *testing.T) {
+	n := NewNetwork()
+	srv := listenUDP(t, n, "[fd00::1]:1194")
+	cl := listenPacket(t, n, "[2001:db8::10]:0")
+	if _, err := cl.WriteTo([]byte("hello"), net.UDPAddrFromAddrPort(srv.LocalAddr())); err != nil {
+		t.Fatal(err)
+	}
+	msgs := newMsgs(4, 2048)
+	if k := readBatch(t, srv, msgs); k != 1 {
+		t.Fatalf("read %d datagrams, want 1", k)
+	}
+	if m := msgs[0]; string(m.Buf[:m.N]) != "hello" || m.Addr != udpAddr(cl) || m.Local != ap("[fd00::1]:1").Addr() {
+		t.Fatalf("read %q from %v to %v", m.Buf[:m.N], m.Addr, m.Local)
+	}
+	if k, err := srv.WriteBatch([]sock.Message{{Buf: []byte("world"), Addr: msgs[0].Addr}}); k != 1 || err != nil {
+		t.Fatalf("WriteBatch: %d, %v", k, err)
+	}
+	if got, from := readFrom(t, cl); got != "world" || from != srv.LocalAddr() {
+		t.Fatalf("client read %q from %v", got, from)
+	}
+
+	any6 := listenUDP(t, n, "[::]:443")
+	for _, to := range []string{"[::1]:443", "[fd00::2]:443"} {
+		if _, err := cl.WriteTo([]byte(to), net.UDPAddrFromAddrPort(ap(to))); err != nil {
+			t.Fatal(err)
+		}
+		if k := readBatch(t, any6, msgs); k != 1 || msgs[0].Local != ap(to).Addr() || msgs[0].Addr != udpAddr(cl) {
+			t.Fatalf("datagram to %s: Local %v from %v", to, msgs[0].Local, msgs[0].Addr)
+		}
+		reply := []sock.Message{{Buf: []byte("r"), Addr: msgs[0].Addr, Local: msgs[0].Local}}
+		if _, err := any6.WriteBatch(reply); err != nil {
+			t.Fatal(err)
+		}
+		if _, from := readFrom(t, cl); from != ap(to) {
+			t.Fatalf("reply from %v, want %s", from, to)
+		}
+	}
+	// Without Local, an endpoint on :: sends from ::1.
+	if _, err := any6.WriteBatch([]sock.Message{{Buf: []byte("r"), Addr: udpAddr(cl)}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, from := readFrom(t, cl); from != ap("[::1]:443") {
+		t.Fatalf("reply without Local from %v, want [::1]:443", from)
+	}
+}
+
+// TestFamiliesShareAPort: an IPv4 and an IPv6 endpoint hold one port side by side (unspecified
+// or not, UDP and TCP), and each hears its own family only.
+func TestFamiliesShareAPort(t *testing.T) {
+	n := NewNetwork()
+	v4 := listenUDP(t, n, "0.0.0.0:1194")
+	v6 := listenUDP(t, n, "[::]:1194")
+	listenUDP(t, n, "[::1]:1195")
+	listenUDP(t, n, "127.0.0.1:1195")
+	if _, err := n.ListenUDP(ap("[::1]:1194")); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("[::1]:1194 under [::]:1194: %v, want EADDRINUSE", err)
+	}
+	for _, a := range []string{"0.0.0.0:443", "[::]:443"} {
+		ln, err := n.ListenTCP(ap(a))
+		if err != nil {
+			t.Fatalf("TCP %s: %v", a, err)
+		}
+		t.Cleanup(func() { ln.Close() })
+	}
+	n.Inject(ap("192.0.2.1:5000"), ap("10.0.0.1:1194"), []byte("four"))
+	n.Inject(ap("[2001:db8::1]:5000"), ap("[fd00::1]:1194"), []byte("six"))
+	msgs := newMsgs(4, 100)
+	if k := readBatch(t, v4, msgs); k != 1 || string(msgs[0].Buf[:msgs[0].N]) != "four" {
+		t.Fatalf("the IPv4 endpoint read %d: %q", k, msgs[0].Buf[:msgs[0].N])
+	}
+	if k := readBatch(t, v6, msgs); k != 1 || string(msgs[0].Buf[:msgs[0].N]) != "six" || msgs[0].Local != ap("[fd00::1]:1").Addr() {
+		t.Fatalf("the IPv6 endpoint read %d: %q to %v", k, msgs[0].Buf[:msgs[0].N], msgs[0].Local)
+	}
+}
+
+// TestFamilyMismatch: an endpoint refuses to send to or from the other family, naming both
+// addresses (sock.ErrFamily, as the host's sockets); no datagram crosses families, even injected
+// or rewritten by a filter; a TCP dial cannot either.
+func TestFamilyMismatch(t *testing.T) {
+	n := NewNetwork()
+	v4 := listenUDP(t, n, "10.0.0.1:1194")
+	v6 := listenUDP(t, n, "[fd00::1]:1194")
+	for _, tc := range []struct {
+		c    sock.Conn
+		m    sock.Message
+		name string // the address the error names
+	}{
+		{v4, sock.Message{Buf: []byte("x"), Addr: v6.LocalAddr()}, "[fd00::1]:1194"},
+		{v6, sock.Message{Buf: []byte("x"), Addr: v4.LocalAddr()}, "10.0.0.1:1194"},
+		{v6, sock.Message{Buf: []byte("x"), Addr: ap("[::ffff:10.0.0.1]:1194")}, "10.0.0.1:1194"},
+		{v4, sock.Message{Buf: []byte("x"), Addr: ap("10.0.0.2:1"), Local: ap("[fd00::1]:1").Addr()}, "fd00::1"},
+		{v6, sock.Message{Buf: []byte("x"), Addr: ap("[fd00::2]:1"), Local: ap("10.0.0.1:1").Addr()}, "10.0.0.1"},
+	} {
+		_, err := tc.c.WriteBatch([]sock.Message{tc.m})
+		if !errors.Is(err, sock.ErrFamily) || !strings.Contains(err.Error(), tc.name) || !strings.Contains(err.Error(), tc.c.LocalAddr().String()) {
+			t.Errorf("%v sending %v from %v: %v, want sock.ErrFamily naming %s and the endpoint", tc.c.LocalAddr(), tc.m.Addr, tc.m.Local, err, tc.name)
+		}
+	}
+	pc := listenPacket(t, n, "192.0.2.1:0")
+	if _, err := pc.WriteTo([]byte("x"), net.UDPAddrFromAddrPort(v6.LocalAddr())); !errors.Is(err, sock.ErrFamily) {
+		t.Errorf("an IPv4 PacketConn to %v: %v", v6.LocalAddr(), err)
+	}
+	n.Inject(ap("192.0.2.1:5000"), v6.LocalAddr(), []byte("crossed"))
+	n.SetFilter(func(from, to netip.AddrPort, pkt []byte) (netip.AddrPort, bool) {
+		return ap("192.0.2.9:9"), true // claims an IPv4 source for whatever passes
+	})
+	pc6 := listenPacket(t, n, "[2001:db8::9]:0")
+	if _, err := pc6.WriteTo([]byte("rewritten"), net.UDPAddrFromAddrPort(v6.LocalAddr())); err != nil {
+		t.Fatal(err)
+	}
+	n.SetFilter(nil)
+	n.Inject(ap("[2001:db8::1]:5000"), v6.LocalAddr(), []byte("native"))
+	msgs := newMsgs(4, 100)
+	if k := readBatch(t, v6, msgs); k != 1 || string(msgs[0].Buf[:msgs[0].N]) != "native" {
+		t.Fatalf("the IPv6 endpoint read %d datagrams, the first %q: want only the native one", k, msgs[0].Buf[:msgs[0].N])
+	}
+	ln, err := n.ListenTCP(ap("[::]:443"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, err := n.DialTCP(context.Background(), ap("192.0.2.7:0"), ap("[fd00::1]:443")); !errors.Is(err, sock.ErrFamily) {
+		t.Errorf("an IPv4 dial to an IPv6 listener: %v", err)
+	}
+}
+
+// TestTCPIPv6: a TCP listener on :: takes connections to any IPv6 address on its port and reports
+// the dialled one; a dial without a source comes from ::1.
+func TestTCPIPv6(t *testing.T) {
+	n := NewNetwork()
+	ln, err := n.ListenTCP(ap("[::]:443"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c := dial(t, n, "[2001:db8::7]:0", "[fd00::1]:443")
+	s := accept(t, ln)
+	if sl, sr := s.LocalAddr().(*net.TCPAddr).AddrPort(), s.RemoteAddr().(*net.TCPAddr).AddrPort(); sl != ap("[fd00::1]:443") || sr != c.LocalAddr().(*net.TCPAddr).AddrPort() {
+		t.Fatalf("server side %v <- %v", sl, sr)
+	}
+	go io.Copy(s, s)
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo %q, %v", buf, err)
+	}
+	c2 := dial(t, n, "", "[fd00::1]:443")
+	if a := c2.LocalAddr().(*net.TCPAddr).AddrPort().Addr(); a != netip.IPv6Loopback() {
+		t.Fatalf("a dial without a source from %v, want ::1", a)
+	}
+}
+
+// TestListenUDPShardsIPv6: the shards of an IPv6 listener are steered as an IPv4 listener's: a
+// data packet to shard peer-id mod n, whoever sends it; other datagrams by the pair of addresses.
+func TestListenUDPShardsIPv6(t *testing.T) {
+	n := NewNetwork()
+	const shards = 3
+	conns, err := n.ListenUDPShards(ap("[::1]:1194"), shards)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range conns {
+		t.Cleanup(func() { c.Close() })
+	}
+	to := conns[0].LocalAddr()
+	for id := range uint32(12) {
+		from := netip.AddrPortFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(id)}), 4000)
+		n.Inject(from, to, dataV2(id, byte(id)))
+	}
+	ctlFrom := ap("[2001:db8::99]:5000")
+	for range 6 {
+		n.Inject(ctlFrom, to, []byte{byte(packet.ControlV1) << 3, 1})
+	}
+	n.SetReadWake(10 * time.Millisecond)
+	msgs := newMsgs(sock.MaxBatch, 100)
+	data, control, controlShard := 0, 0, -1
+	for s, c := range conns {
+		for {
+			k, err := c.ReadBatch(msgs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k == 0 {
+				break
+			}
+			for _, m := range msgs[:k] {
+				p := m.Buf[:m.N]
+				if p[0] == byte(packet.DataV2)<<3 {
+					if id := int(p[3]); id%shards != s {
+						t.Fatalf("data packet of peer %d on shard %d", id, s)
+					}
+					data++
+					continue
+				}
+				if controlShard >= 0 && controlShard != s {
+					t.Fatalf("control packets of %v on shards %d and %d", ctlFrom, controlShard, s)
+				}
+				controlShard = s
+				control++
+			}
+		}
+	}
+	if data != 12 || control != 6 {
+		t.Fatalf("%d data and %d control datagrams, want 12 and 6", data, control)
+	}
+}
+
+// An IPv6 datagram costs no allocation either.
+func TestUDPNoAllocsIPv6(t *testing.T) {
+	n := NewNetwork()
+	srv := listenUDP(t, n, "[fd00::1]:1194")
+	cl := listenUDP(t, n, "[2001:db8::1]:4000")
+	out := make([]sock.Message, 16)
+	for i := range out {
+		out[i] = sock.Message{Buf: make([]byte, 1300), Addr: srv.LocalAddr()}
+	}
+	in := newMsgs(sock.MaxBatch, 2048)
+	allocs := testing.AllocsPerRun(100, func() {
+		if k, err := cl.WriteBatch(out); k != len(out) || err != nil {
+			t.Fatalf("WriteBatch: %d, %v", k, err)
+		}
+		for got := 0; got < len(out); {
+			k, err := srv.ReadBatch(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += k
+		}
+	})
+	if allocs != 0 && !raceEnabled {
+		t.Fatalf("%v allocations per batch of %d datagrams", allocs, len(out))
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/cvpn/cvpn/tunnel/sock"
 )
 
 // backlogLen bounds the connections waiting for Accept; DialTCP waits while the backlog is full.
@@ -62,6 +64,9 @@ func (n *Network) DialTCP(ctx context.Context, from, to netip.AddrPort) (net.Con
 		from = netip.AddrPortFrom(unspecified(to.Addr()), from.Port())
 	}
 	from = netip.AddrPortFrom(source(from.Addr().Unmap()), from.Port())
+	if from.Addr().Is6() != to.Addr().Is6() {
+		return fail(sock.ErrFamily)
+	}
 	n.mu.Lock()
 	l := n.tcp[to]
 	if l == nil {

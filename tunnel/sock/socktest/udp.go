@@ -2,6 +2,7 @@ package socktest
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -199,6 +200,12 @@ func (n *Network) route(from, to netip.AddrPort, pkt []byte, filtered bool) (d d
 		}
 		d.from = unmap(d.from)
 	}
+	// No network carries a datagram between families (an injected or rewritten one that claims
+	// to is lost).
+	if d.from.Addr().Is6() != to.Addr().Is6() {
+		d.release()
+		return d, nil, false
+	}
 	if ep = n.lookup(d.from, to, d.data()); ep == nil {
 		d.release()
 		return d, nil, false
@@ -342,19 +349,21 @@ func (b *batch) flush() {
 var batches = sync.Pool{New: func() any { return new(batch) }}
 
 // sendFrom sends one datagram from e, through the filter, into b: from src when valid, else from
-// the bound address. Datagrams with an invalid destination or too large are refused.
+// the bound address. Datagrams with an invalid destination or too large are refused, and so are
+// addresses of the other family than e's, as the host's sockets refuse them (sock.ErrFamily).
 func (e *endpoint) sendFrom(b *batch, src netip.Addr, to netip.AddrPort, pkt []byte) error {
 	to = unmap(to)
-	if !to.IsValid() {
-		return errors.New("socktest: no destination address")
+	if err := e.checkDest(to, pkt); err != nil {
+		return err
 	}
-	if len(pkt) > 65535-8 {
-		return syscall.EMSGSIZE
-	}
-	if !src.IsValid() {
+	src = src.Unmap()
+	switch {
+	case !src.IsValid():
 		src = source(e.local.Addr())
+	case src.Is6() != e.local.Addr().Is6():
+		return fmt.Errorf("socktest: send from %v on the endpoint bound to %v: %w", src, e.local, sock.ErrFamily)
 	}
-	if d, ep, ok := e.net.route(netip.AddrPortFrom(src.Unmap(), e.local.Port()), to, pkt, true); ok {
+	if d, ep, ok := e.net.route(netip.AddrPortFrom(src, e.local.Port()), to, pkt, true); ok {
 		b.add(ep, d)
 	} // else lost on the way, as UDP may be
 	return nil
@@ -599,14 +608,25 @@ func (p *packetConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	return len(b), nil
 }
 
+// checkDest refuses a datagram of pkt to the (unmapped) address to: none, of the other family
+// than e's, or too large.
+func (e *endpoint) checkDest(to netip.AddrPort, pkt []byte) error {
+	switch {
+	case !to.IsValid():
+		return errors.New("socktest: no destination address")
+	case to.Addr().Is6() != e.local.Addr().Is6():
+		return fmt.Errorf("socktest: send to %v on the endpoint bound to %v: %w", to, e.local, sock.ErrFamily)
+	case len(pkt) > 65535-8:
+		return syscall.EMSGSIZE
+	}
+	return nil
+}
+
 // sendOne sends one datagram from the bound address.
 func (e *endpoint) sendOne(to netip.AddrPort, pkt []byte) error {
 	to = unmap(to)
-	if !to.IsValid() {
-		return errors.New("socktest: no destination address")
-	}
-	if len(pkt) > 65535-8 {
-		return syscall.EMSGSIZE
+	if err := e.checkDest(to, pkt); err != nil {
+		return err
 	}
 	if d, ep, ok := e.net.route(netip.AddrPortFrom(source(e.local.Addr()), e.local.Port()), to, pkt, true); ok {
 		ep.enqueue(d)
