@@ -49,9 +49,10 @@ var (
 
 // Fixed IPv6 addresses of a dual-stack lab (NewDual).
 var (
-	// VPCCIDRIPv6 is the VPC's IPv6 block (vpc_cidr_blocks); VPCPrefixIPv6 is the target
-	// subnet in it, on the server's eth1 and the VPC host's eth0.
-	VPCCIDRIPv6   = netip.MustParsePrefix("fd00:10::/48")
+	// VPCCIDRIPv6 is the VPC's IPv6 block (vpc_cidr_blocks), which holds the subnets
+	// fd00:10:1::/64 and fd00:10:2::/64. VPCPrefixIPv6 is the target subnet in it, on the
+	// server's eth1 and the VPC host's eth0.
+	VPCCIDRIPv6   = netip.MustParsePrefix("fd00:10::/40")
 	VPCPrefixIPv6 = netip.MustParsePrefix("fd00:10:1::/64")
 	ServerVPCIPv6 = netip.MustParseAddr("fd00:10:1::1")
 	// SNATIPv6Address is target_network.snat_ipv6_address in the NAT66 variant.

@@ -1,0 +1,555 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cvpn/cvpn/internal/netlab"
+)
+
+// These tests are issue 17's "must show" with stock clients in dual-stack namespaces
+// (netlab.NewDual): IPv6 listeners of both transports, an IPv6 and an IPv4 tunnel address,
+// clients keeping their own IPv6 addresses into the VPC (proxy NDP) or source-NATed to the
+// endpoint's, IPv6 authorization rules by group, the bandwidth limit over IPv6 and shared by
+// both families, path MTU discovery through the tunnel, and redirect-gateway ipv6.
+
+// newDualSetup is newSetup on a dual-stack lab.
+func newDualSetup(t *testing.T, o netlab.EndpointOptions) *setup {
+	t.Helper()
+	lab, err := netlab.NewDual()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &setup{t: t, lab: lab}
+	t.Cleanup(func() {
+		lab.Close()
+		if t.Failed() && s.srv != nil {
+			t.Logf("cvpn output:\n%s", s.srv.Output())
+		}
+	})
+	s.ep, err = netlab.WriteEndpoint(t.TempDir(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.srv, err = lab.Start("cvpn", lab.Server, cvpnBin, "serve", "--config", s.ep.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.srv.WaitFor("cvpn listening", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// dualClient is a stock client in a dual-stack lab, with its link's addresses.
+type dualClient struct {
+	*vpnClient
+	link netlab.ClientLink
+	// remote is the server address its profile names.
+	remote netip.Addr
+}
+
+// startDual starts a stock client that dials the server's IPv6 address of its link (over6) or
+// its IPv4 one, with o.Proto as given (udp6, tcp6-client, ...), without waiting for it.
+func (s *setup) startDual(name string, over6 bool, o netlab.ProfileOptions) *dualClient {
+	s.t.Helper()
+	link, err := s.lab.AddClientLink()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	remote := link.Server
+	if over6 {
+		remote = link.ServerIPv6
+	}
+	profile, err := s.ep.ClientProfile(name, remote, o)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	p, err := s.lab.Start("openvpn "+name, link.NS, "openvpn", "--config", profile)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(func() {
+		if s.t.Failed() {
+			s.t.Logf("openvpn %s output:\n%s", name, p.Output())
+		}
+	})
+	return &dualClient{vpnClient: &vpnClient{ns: link.NS, proc: p}, link: link, remote: remote}
+}
+
+// connectDual is startDual that waits until the client is up, and checks that it dialled the
+// address family it was given (the stock client logs "link remote: [AF_INET6]fd31:1::1:443").
+func (s *setup) connectDual(name string, over6 bool, o netlab.ProfileOptions) *dualClient {
+	s.t.Helper()
+	c := s.startDual(name, over6, o)
+	if err := c.proc.WaitFor("Initialization Sequence Completed", 30*time.Second); err != nil {
+		s.t.Fatalf("%s: %v\nclient log:\n%s", name, err, c.proc.Output())
+	}
+	family := "[AF_INET]"
+	if over6 {
+		family = "[AF_INET6]"
+	}
+	if want := "link remote: " + family + c.remote.String(); !strings.Contains(c.proc.Output(), want) {
+		s.t.Fatalf("%s: the client log lacks %q:\n%s", name, want, c.proc.Output())
+	}
+	return c
+}
+
+var inet6RE = regexp.MustCompile(`inet6 ([0-9a-f:]+)/(\d+) scope global`)
+
+// tunAddress6 is the global IPv6 address of the client's tun device (ifconfig-ipv6), invalid
+// when it has none.
+func (s *setup) tunAddress6(c *vpnClient) netip.Prefix {
+	s.t.Helper()
+	out, err := s.lab.Output(context.Background(), c.ns, "ip", "-6", "addr", "show", "dev", "tun0")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	m := inet6RE.FindStringSubmatch(out)
+	if m == nil {
+		return netip.Prefix{}
+	}
+	p, err := netip.ParsePrefix(m[1] + "/" + m[2])
+	if err != nil {
+		s.t.Fatalf("tun0 address %q: %v", m[0], err)
+	}
+	return p
+}
+
+// sourceSeenByVPC opens a TCP connection from the client to a listener on the VPC host at dst
+// and returns the source address the VPC host saw it come from.
+func (s *setup) sourceSeenByVPC(c *vpnClient, dst netip.AddrPort) netip.Addr {
+	s.t.Helper()
+	ln, err := netlab.ListenTCPIn(s.lab.VPC, dst)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "%s\n", conn.RemoteAddr())
+	}()
+	conn, err := netlab.DialTCPIn(c.ns, dst)
+	if err != nil {
+		s.t.Fatalf("connect to the VPC host at %s from %s: %v", dst, c.ns, err)
+	}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		s.t.Fatalf("read from the VPC host at %s: %v", dst, err)
+	}
+	ap, err := netip.ParseAddrPort(strings.TrimSpace(line))
+	if err != nil {
+		s.t.Fatalf("the VPC host reported %q: %v", line, err)
+	}
+	return ap.Addr()
+}
+
+// connectionsByUser lists the admin API's connections by username.
+func (s *setup) connectionsByUser() map[string]map[string]any {
+	s.t.Helper()
+	out := map[string]map[string]any{}
+	for _, c := range s.listConnections() {
+		if u, ok := c["Username"].(string); ok {
+			out[u] = c
+		}
+	}
+	return out
+}
+
+// TestIPv6DualStackEndpoint: a dual-stack endpoint (IPv4 and IPv6 listeners, UDP and TCP, and
+// both families through the tunnel) takes stock clients over UDP on IPv6, TCP on IPv6 and UDP
+// on IPv4 at once. Each gets an IPv4 and an IPv6 tunnel address, which the admin API reports
+// (ClientIp, ClientIpv6Address) with the address the client dialled from (DeviceIp); each pings
+// the VPC host on both families, and the VPC host sees the client's own IPv6 address, no NAT.
+func TestIPv6DualStackEndpoint(t *testing.T) {
+	t.Parallel()
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "dual-stack",
+		Transport:             "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]",
+	})
+	clients := []struct {
+		name  string
+		over6 bool
+		proto string
+		port  uint16
+	}{
+		{"udp6", true, "udp6", 7001},
+		{"tcp6", true, "tcp6-client", 7002},
+		{"udp4", false, "udp", 7003},
+	}
+	up := make([]*dualClient, len(clients))
+	for i, cc := range clients {
+		up[i] = s.connectDual(cc.name, cc.over6, netlab.ProfileOptions{Proto: cc.proto})
+	}
+	seen6 := map[netip.Addr]bool{}
+	byUser := s.connectionsByUser()
+	for i, cc := range clients {
+		c := up[i]
+		a4 := netip.MustParsePrefix(s.tunAddress(c.vpnClient))
+		a6 := s.tunAddress6(c.vpnClient)
+		t.Logf("%s: dialled %s, tunnel addresses %s and %s", cc.name, c.remote, a4, a6)
+		if !netip.MustParsePrefix("10.2.0.0/22").Contains(a4.Addr()) {
+			t.Errorf("%s: IPv4 tunnel address %s is outside the client block 10.2.0.0/22", cc.name, a4)
+		}
+		if !a6.IsValid() || !netlab.ClientIPv6CIDR.Contains(a6.Addr()) {
+			t.Fatalf("%s: IPv6 tunnel address %v, want one in client_ipv6_cidr_block %s", cc.name, a6, netlab.ClientIPv6CIDR)
+		}
+		if seen6[a6.Addr()] {
+			t.Errorf("%s: IPv6 address %s given twice", cc.name, a6.Addr())
+		}
+		seen6[a6.Addr()] = true
+
+		// The server saw the client come from its link address of the family it dialled.
+		from := c.link.Client
+		if cc.over6 {
+			from = c.link.ClientIPv6
+		}
+		if got := s.clientRemote(cc.name).Addr(); got != from {
+			t.Errorf("%s: the server logged the client's remote as %s, want %s", cc.name, got, from)
+		}
+		conn := byUser[cc.name]
+		if conn == nil {
+			t.Fatalf("%s is not in the admin API's connections: %v", cc.name, byUser)
+		}
+		if conn["ClientIp"] != a4.Addr().String() || conn["ClientIpv6Address"] != a6.Addr().String() {
+			t.Errorf("%s: the admin API reports ClientIp %v and ClientIpv6Address %v; tun0 has %s and %s",
+				cc.name, conn["ClientIp"], conn["ClientIpv6Address"], a4.Addr(), a6.Addr())
+		}
+		if ext, _ := conn["CvpnExtensions"].(map[string]any); ext == nil || ext["DeviceIp"] != from.String() {
+			t.Errorf("%s: the admin API's DeviceIp is %v, want %s", cc.name, conn["CvpnExtensions"], from)
+		}
+
+		s.ping(c.vpnClient, netlab.VPCHost.String())
+		s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
+		if got := s.sourceSeenByVPC(c.vpnClient, netip.AddrPortFrom(netlab.VPCHostIPv6, cc.port)); got != a6.Addr() {
+			t.Errorf("%s: the VPC host saw the connection come from %s, want the client's own %s", cc.name, got, a6.Addr())
+		}
+		// IPv4 is still source-NATed.
+		if got := s.sourceSeenByVPC(c.vpnClient, netip.AddrPortFrom(netlab.VPCHost, cc.port)); got != netlab.SNATAddress {
+			t.Errorf("%s: over IPv4 the VPC host saw %s, want the SNAT address %s", cc.name, got, netlab.SNATAddress)
+		}
+	}
+}
+
+// TestIPv6OnlyTraffic: traffic_ip_address_type ipv6 (no client_cidr_block): a client that dials
+// over IPv4 gets an IPv6 tunnel address and no IPv4 one, and reaches the VPC host over IPv6.
+func TestIPv6OnlyTraffic(t *testing.T) {
+	t.Parallel()
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "ipv6",
+	})
+	c := s.connectDual("sixer", false, netlab.ProfileOptions{})
+	a6 := s.tunAddress6(c.vpnClient)
+	if !a6.IsValid() || !netlab.ClientIPv6CIDR.Contains(a6.Addr()) {
+		t.Fatalf("IPv6 tunnel address %v, want one in %s", a6, netlab.ClientIPv6CIDR)
+	}
+	out, err := s.lab.Output(context.Background(), c.ns, "ip", "-4", "addr", "show", "dev", "tun0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inetRE.MatchString(out) {
+		t.Errorf("tun0 has an IPv4 address although IPv4 traffic is off:\n%s", out)
+	}
+	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
+	if got := s.sourceSeenByVPC(c.vpnClient, netip.AddrPortFrom(netlab.VPCHostIPv6, 7000)); got != a6.Addr() {
+		t.Errorf("the VPC host saw %s, want the client's own %s", got, a6.Addr())
+	}
+}
+
+// TestIPv6AuthorizationByGroup: an IPv6-only rule for group ops (fd00:10:2::/64) grants ops alone;
+// dev, allowed the rest of the VPC on both families, is refused there, and the refusal is
+// logged as unauthorized with the IPv6 destination.
+func TestIPv6AuthorizationByGroup(t *testing.T) {
+	t.Parallel()
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "dual-stack",
+		Rules: []string{
+			"{target_network_cidr: 10.0.0.0/16, authorize_all_groups: true}",
+			"{target_network_cidr: fd00:10:1::/64, authorize_all_groups: true}",
+			"{target_network_cidr: fd00:10:2::/64, access_group_id: ops}",
+		},
+		Routes: []string{
+			"{destination_cidr_block: 10.0.1.0/24}",
+			"{destination_cidr_block: fd00:10:1::/64}",
+			"{destination_cidr_block: fd00:10:2::/64}",
+		},
+	})
+	if err := s.lab.AddVPCSubnet(netlab.VPCHost2PrefixIPv6); err != nil {
+		t.Fatal(err)
+	}
+	dev := s.connectDual("dana", true, netlab.ProfileOptions{Proto: "udp6", Groups: []string{"dev"}})
+	ops := s.connectDual("omar", true, netlab.ProfileOptions{Proto: "udp6", Groups: []string{"ops"}})
+	host2 := netlab.VPCHost2IPv6.String()
+
+	s.ping(ops.vpnClient, host2)
+	s.noPing(dev.vpnClient, host2)
+	s.ping(dev.vpnClient, netlab.VPCHostIPv6.String())
+	s.ping(dev.vpnClient, netlab.VPCHost.String())
+	s.ping(ops.vpnClient, netlab.VPCHostIPv6.String())
+	denial := func(user string) *regexp.Regexp {
+		return regexp.MustCompile(`msg="access denied by authorization rules" user=` + user + `[^\n]* dst=` + regexp.QuoteMeta(host2) + `\b`)
+	}
+	if !denial("dana").MatchString(s.srv.Output()) {
+		t.Errorf("cvpn did not log dana's denial to %s:\n%s", host2, netlab.Tail(s.srv.Output(), 3000))
+	}
+	if denial("omar").MatchString(s.srv.Output()) {
+		t.Errorf("cvpn denied omar %s:\n%s", host2, netlab.Tail(s.srv.Output(), 3000))
+	}
+}
+
+// rateTo is rate (policy_test.go) to dst, of either family: a TCP iperf3 transfer for seconds
+// from c to the VPC host (reverse: the other way); it returns the goodput the receiver
+// measured, in bits per second.
+func (s *setup) rateTo(c *vpnClient, dst netip.Addr, port, seconds int, reverse bool) (float64, error) {
+	srv, err := s.lab.Start(fmt.Sprintf("iperf3 server %d", port), s.lab.VPC, "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", dst.String())
+	if err != nil {
+		return 0, err
+	}
+	time.Sleep(300 * time.Millisecond)
+	args := []string{"iperf3", "-c", dst.String(), "-p", fmt.Sprint(port), "-t", fmt.Sprint(seconds), "-J", "--connect-timeout", "5000"}
+	if reverse {
+		args = append(args, "-R")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds+20)*time.Second)
+	defer cancel()
+	out, err := s.lab.Output(ctx, c.ns, args...)
+	if err != nil {
+		return 0, fmt.Errorf("iperf3 client: %w\n%s", err, out)
+	}
+	var client, server iperfResult
+	if err := json.Unmarshal([]byte(out), &client); err != nil {
+		return 0, fmt.Errorf("iperf3 client output: %w\n%s", err, out)
+	}
+	if reverse {
+		return client.End.SumReceived.BitsPerSecond, nil
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !srv.Exited() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := json.Unmarshal([]byte(srv.Output()), &server); err != nil || server.End.SumReceived.BitsPerSecond == 0 {
+		return client.End.SumReceived.BitsPerSecond, nil
+	}
+	return server.End.SumReceived.BitsPerSecond, nil
+}
+
+// TestIPv6BandwidthLimit: with the default 10 Mbit/s, iperf3 over IPv6 gets 10 Mbit/s each way;
+// an IPv4 and an IPv6 upload at once share the connection's one limit (AWS's quota is per
+// connection, whatever the family).
+func TestIPv6BandwidthLimit(t *testing.T) {
+	t.Parallel()
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "dual-stack",
+		DefaultBandwidth:      true,
+	})
+	c := s.connectDual("alice", true, netlab.ProfileOptions{Proto: "udp6"})
+	for _, reverse := range []bool{false, true} {
+		bps, err := s.rateTo(c.vpnClient, netlab.VPCHostIPv6, 5201, 10, reverse)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkRate(t, map[bool]string{false: "IPv6 upload", true: "IPv6 download"}[reverse], bps, 10)
+	}
+	type result struct {
+		bps float64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		bps, err := s.rateTo(c.vpnClient, netlab.VPCHost, 5302, 10, false)
+		done <- result{bps, err}
+	}()
+	b6, err := s.rateTo(c.vpnClient, netlab.VPCHostIPv6, 5303, 10, false)
+	b4 := <-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b4.err != nil {
+		t.Fatal(b4.err)
+	}
+	t.Logf("at once: IPv4 %.2f Mbit/s, IPv6 %.2f Mbit/s", b4.bps/1e6, b6/1e6)
+	checkRate(t, "IPv4 and IPv6 uploads together", b4.bps+b6, 10)
+}
+
+// iperfTo is iperf (skeleton_test.go) to dst, of either family: one iperf3 TCP transfer of n
+// bytes from the client to the VPC host (reverse: the other way); it returns the server's and
+// the client's reports.
+func (s *setup) iperfTo(c *vpnClient, dst netip.Addr, port int, n string, reverse bool) (server, client iperfResult) {
+	s.t.Helper()
+	srv, err := s.lab.Start(fmt.Sprintf("iperf3 server %d", port), s.lab.VPC, "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", dst.String())
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	amount := []string{"-n", n}
+	if strings.HasSuffix(n, "s") {
+		amount = []string{"-t", strings.TrimSuffix(n, "s")}
+	}
+	args := append([]string{"iperf3", "-c", dst.String(), "-p", fmt.Sprint(port), "-J", "--connect-timeout", "5000"}, amount...)
+	if reverse {
+		args = append(args, "-R")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := s.lab.Output(ctx, c.ns, args...)
+	if err != nil {
+		s.t.Fatalf("iperf3 client: %v\n%s", err, out)
+	}
+	if err := json.Unmarshal([]byte(out), &client); err != nil {
+		s.t.Fatalf("iperf3 client output: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !srv.Exited() && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := json.Unmarshal([]byte(srv.Output()), &server); err != nil {
+		s.t.Fatalf("iperf3 server output: %v\n%s", err, srv.Output())
+	}
+	return server, client
+}
+
+var routeMTURE = regexp.MustCompile(`\bmtu (\d+)`)
+
+// TestIPv6PathMTU: the endpoint's link into the VPC carries at most 1400 bytes, less than the
+// client's tunnel (1500), while the VPC host's own link takes 1500 and advertises the MSS for
+// it. The client's full-size TCP segments over IPv6 (never fragmented on the way) need the
+// endpoint host's ICMPv6 Packet Too Big to come back through the tunnel: a capture on the
+// client's tun0 sees it, the client's route cache learns 1400 for the VPC host, and a 4 MB
+// upload completes.
+func TestIPv6PathMTU(t *testing.T) {
+	t.Parallel()
+	const linkMTU = 1400
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "dual-stack",
+	})
+	if err := s.lab.SetVPCLinkMTU(linkMTU); err != nil {
+		t.Fatal(err)
+	}
+	c := s.connectDual("bulky", true, netlab.ProfileOptions{Proto: "udp6"})
+	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
+
+	// ICMPv6 type 2 is Packet Too Big (RFC 4443 §3.2); the tunnel's packets carry no extension
+	// headers, so the type is the 41st byte.
+	capture, err := s.lab.Start("tcpdump tun0", c.ns, "tcpdump", "-l", "-n", "-c", "1", "-i", "tun0", "icmp6 and ip6[40] == 2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := capture.WaitFor("listening on tun0", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_, client := s.iperfTo(c.vpnClient, netlab.VPCHostIPv6, 5201, "4M", false)
+	if got := client.End.SumReceived.Bytes; got < 3<<20 {
+		t.Fatalf("the IPv6 upload delivered %d bytes, want at least 3 MiB of the 4 MiB sent", got)
+	}
+	if err := capture.WaitFor("packet too big", 5*time.Second); err != nil {
+		t.Errorf("no ICMPv6 Packet Too Big reached the client's tun0: %v", err)
+	} else {
+		t.Logf("captured on the client's tun0: %s", strings.TrimSpace(capture.Output()))
+		if want := fmt.Sprintf("mtu %d", linkMTU); !strings.Contains(capture.Output(), want) {
+			t.Errorf("the Packet Too Big does not say %q:\n%s", want, capture.Output())
+		}
+	}
+	out, err := s.lab.Output(context.Background(), c.ns, "ip", "-6", "route", "get", netlab.VPCHostIPv6.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := routeMTURE.FindStringSubmatch(out)
+	if m == nil || m[1] != fmt.Sprint(linkMTU) || !strings.Contains(out, "dev tun0") {
+		t.Errorf("the client's route to the VPC host has not learned the path MTU %d through tun0:\n%s", linkMTU, out)
+	}
+}
+
+// TestIPv6FullTunnel: split_tunnel false pushes redirect-gateway ipv6 as well: the stock client
+// routes ::/3, 2000::/4, 3000::/4 and fc00::/7 into the tunnel (OpenVPN's init.c,
+// do_init_route_ipv6_list), and reaches an IPv6 address that no pushed route covers and that
+// only the tunnel leads to (the VPC host's 2001:db8:ff::10, outside the VPC's blocks).
+func TestIPv6FullTunnel(t *testing.T) {
+	t.Parallel()
+	other := netip.MustParsePrefix("2001:db8:ff::10/64")
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "dual-stack",
+		FullTunnel:            true,
+		Rules: []string{
+			"{target_network_cidr: 10.0.0.0/16, authorize_all_groups: true}",
+			"{target_network_cidr: '::/0', authorize_all_groups: true}",
+		},
+	})
+	if err := s.lab.AddVPCSubnet(other); err != nil {
+		t.Fatal(err)
+	}
+	c := s.connectDual("roamer", true, netlab.ProfileOptions{Proto: "udp6"})
+	push := regexp.MustCompile(`PUSH_REPLY[^\n]*redirect-gateway[^,\n]*ipv6`)
+	if !push.MatchString(c.proc.Output()) {
+		t.Fatalf("redirect-gateway ipv6 not pushed:\n%s", c.proc.Output())
+	}
+	ctx := context.Background()
+	routes, err := s.lab.Output(ctx, c.ns, "ip", "-6", "route", "show", "dev", "tun0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{"::/3", "2000::/4", "3000::/4", "fc00::/7"} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(r) + ` `).MatchString(routes) {
+			t.Errorf("the client has no route %s through tun0:\n%s", r, routes)
+		}
+	}
+	out, err := s.lab.Output(ctx, c.ns, "ip", "-6", "route", "get", other.Addr().String())
+	if err != nil || !strings.Contains(out, "dev tun0") {
+		t.Fatalf("the route to %s does not use the tunnel: %v\n%s", other.Addr(), err, out)
+	}
+	s.ping(c.vpnClient, other.Addr().String())
+	// The client still reaches the endpoint it dialled, outside the tunnel.
+	if out, err := s.lab.Output(ctx, c.ns, "ip", "-6", "route", "get", c.remote.String()); err != nil || !strings.Contains(out, "dev eth0") {
+		t.Errorf("the route to the endpoint's %s goes astray: %v\n%s", c.remote, err, out)
+	}
+}
+
+// TestIPv6SNAT: with target_network.snat_ipv6_address, IPv6 traffic is source-NATed as IPv4 is:
+// the VPC host sees the endpoint's SNAT address, not the client's (from a block outside the
+// VPC, which nothing there routes).
+func TestIPv6SNAT(t *testing.T) {
+	t.Parallel()
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "dual-stack",
+		SNATIPv6:              true,
+	})
+	c := s.connectDual("masked", true, netlab.ProfileOptions{Proto: "udp6"})
+	a6 := s.tunAddress6(c.vpnClient)
+	if !a6.IsValid() || !netlab.ClientIPv6CIDROutside.Contains(a6.Addr()) {
+		t.Fatalf("IPv6 tunnel address %v, want one in %s", a6, netlab.ClientIPv6CIDROutside)
+	}
+	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
+	if got := s.sourceSeenByVPC(c.vpnClient, netip.AddrPortFrom(netlab.VPCHostIPv6, 7000)); got != netlab.SNATIPv6Address {
+		t.Errorf("the VPC host saw %s, want the SNAT address %s (the client is %s)", got, netlab.SNATIPv6Address, a6.Addr())
+	}
+	_, client := s.iperfTo(c.vpnClient, netlab.VPCHostIPv6, 5201, "8M", true)
+	if got := client.End.SumReceived.Bytes; got < 4<<20 {
+		t.Errorf("a download through the IPv6 NAT moved %d bytes, want at least 4 MiB", got)
+	}
+}
