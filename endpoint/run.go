@@ -175,17 +175,18 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	if err != nil {
 		return nil, err
 	}
-	pool, err := ippool.New(cfg.ClientCIDRBlock)
+	pool, err := newPool(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("client_cidr_block: %w", err)
+		return nil, err
 	}
 	natTable, err := nat.New(nat.Config{
 		Addr:         cfg.TargetNetwork.SNATAddress,
+		Addr6:        cfg.TargetNetwork.SNATIPv6Address,
 		MaxEntries:   cfg.NAT.MaxMappings,
 		MaxPerClient: cfg.NAT.MaxMappingsPerClient,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("target_network.snat_address, nat: %w", err)
+		return nil, fmt.Errorf("target_network.snat_address, target_network.snat_ipv6_address, nat: %w", err)
 	}
 	// One TUN queue and one socket per listener for each core the runtime uses: operators
 	// choose with GOMAXPROCS (the unit's Environment=), not with a key of the file.
@@ -202,6 +203,7 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 		}
 	}()
 	ecfg.Pool, ecfg.NAT, ecfg.Device, ecfg.Workers = pool, natTable, h.Device(), workers
+	ecfg.NAT6 = cfg.TargetNetwork.SNATIPv6Address.IsValid()
 	if q, ok := h.(queuedHost); ok {
 		ecfg.Queues = q.Queues()
 	}
@@ -387,14 +389,43 @@ func engineConfig(ep *Endpoint) (tunnel.Config, error) {
 	}, nil
 }
 
-// listeners returns the UDP and TCP listener addresses of the file, in its order.
+// newPool returns the client address pool of the families the tunnel carries.
+func newPool(cfg *config.Endpoint) (*ippool.Pool, error) {
+	c4, c6 := cfg.ClientCIDRBlock, cfg.ClientIPv6CIDRBlock
+	var (
+		pool *ippool.Pool
+		err  error
+	)
+	switch {
+	case c4.IsValid() && c6.IsValid():
+		pool, err = ippool.NewDual(c4, c6)
+	case c6.IsValid():
+		pool, err = ippool.New6(c6)
+	default:
+		pool, err = ippool.New(c4)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("client_cidr_block, client_ipv6_cidr_block: %w", err)
+	}
+	return pool, nil
+}
+
+// listeners returns the UDP and TCP listener addresses of the file, in its order: with
+// endpoint_ip_address_type dual-stack, each transport's IPv4 listener, then its IPv6 one (each
+// socket serves one family).
 func listeners(cfg *config.Endpoint) (udp, tcp []netip.AddrPort) {
+	addrs := []netip.Addr{cfg.ListenAddress}
+	if cfg.EndpointIPAddressType == config.DualStack {
+		addrs = append(addrs, cfg.ListenIPv6Address)
+	}
 	for _, l := range cfg.Transport {
-		ap := netip.AddrPortFrom(cfg.ListenAddress, l.Port)
-		if l.Protocol == config.ProtocolTCP {
-			tcp = append(tcp, ap)
-		} else {
-			udp = append(udp, ap)
+		for _, a := range addrs {
+			ap := netip.AddrPortFrom(a, l.Port)
+			if l.Protocol == config.ProtocolTCP {
+				tcp = append(tcp, ap)
+			} else {
+				udp = append(udp, ap)
+			}
 		}
 	}
 	return udp, tcp

@@ -84,7 +84,10 @@ type Config struct {
 	Ciphers []datacrypto.Cipher
 	Pool    *ippool.Pool
 	NAT     *nat.Table
-	Device  tun.Device
+	// NAT6 sends IPv6 through NAT too (snat_ipv6_address); otherwise IPv6 keeps the clients'
+	// own addresses.
+	NAT6   bool
+	Device tun.Device
 	// Queues are all the TUN device's queues, Device first (nil: Device alone); each gets a
 	// reader. Close closes them all.
 	Queues []tun.Device
@@ -194,6 +197,7 @@ func New(cfg Config) (*Server, error) {
 	s.plane, err = dataplane.New(dataplane.Config{
 		Pool:    cfg.Pool,
 		NAT:     cfg.NAT,
+		NAT6:    cfg.NAT6,
 		Device:  cfg.Device,
 		Queues:  cfg.Queues,
 		Workers: cfg.Workers,

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -113,9 +114,16 @@ func cmdConnectionsList(args []string, stdout, stderr io.Writer) int {
 	for _, x := range out.Connections {
 		device := x.Cvpn.DeviceIP
 		if device != "" {
-			device += ":" + strconv.Itoa(x.Cvpn.DevicePort)
+			device = net.JoinHostPort(device, strconv.Itoa(x.Cvpn.DevicePort))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", x.ConnectionID, x.Username, x.ClientIP, device, x.Cvpn.TransportProtocol,
+		client := x.ClientIP
+		switch {
+		case client == "":
+			client = x.ClientIPv6Address
+		case x.ClientIPv6Address != "":
+			client += "," + x.ClientIPv6Address
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", x.ConnectionID, x.Username, client, device, x.Cvpn.TransportProtocol,
 			x.Status.Code, x.ConnectionEstablishedTime, x.ConnectionEndTime, byteCount(x.IngressBytes), byteCount(x.EgressBytes))
 	}
 	tw.Flush()

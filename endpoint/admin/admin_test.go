@@ -94,6 +94,15 @@ func status(id, user, cn, addr, remote string, rx uint64) tunnel.Status {
 	}
 }
 
+func sorted(s []string) []string { slices.Sort(s); return s }
+
+// dualStatus is status for a session with an IPv6 address too.
+func dualStatus(id, user, cn, addr, addr6, remote string, rx uint64) tunnel.Status {
+	st := status(id, user, cn, addr, remote, rx)
+	st.Info.Address6 = netip.MustParseAddr(addr6)
+	return st
+}
+
 const (
 	idAlice = "cvpn-connection-0123456789abcdef0"
 	idBob   = "cvpn-connection-0123456789abcdef1"
@@ -118,7 +127,7 @@ func newAPILab(t *testing.T) *apiLab {
 	l.history = NewHistory(clock)
 	l.engine = &fakeEngine{history: l.history, now: clock, sessions: []tunnel.Status{
 		status(idAlice, "alice", "alice", "10.2.0.2", "[::ffff:192.0.2.10]:50001", 1000),
-		status(idBob, "bob", "bob", "10.2.0.3", "192.0.2.11:50002", 5000),
+		dualStatus(idBob, "bob", "bob", "10.2.0.3", "fd00:10:1::1:3", "192.0.2.11:50002", 5000),
 	}}
 	cfg := &config.Endpoint{
 		Description: "lab", RemoteHostname: "vpn.example.com", ClientCIDRBlock: netip.MustParsePrefix("10.2.0.0/22"),
@@ -171,7 +180,8 @@ func keys(m map[string]any) []string {
 }
 
 // awsConnectionFields are ClientVpnConnection's members in the EC2 API reference (less
-// ClientIpv6Address: cvpn serves no IPv6), plus the cvpn extensions object.
+// ClientIpv6Address, which only a connection with an IPv6 address has), plus the cvpn
+// extensions object.
 var awsConnectionFields = []string{"ClientIp", "ClientVpnEndpointId", "CommonName", "ConnectionEndTime",
 	"ConnectionEstablishedTime", "ConnectionId", "CvpnExtensions", "EgressBytes", "EgressPackets", "IngressBytes",
 	"IngressPackets", "PostureComplianceStatuses", "Status", "Timestamp", "Username"}
@@ -203,6 +213,11 @@ func TestDescribeConnectionsWire(t *testing.T) {
 	}
 	if st := c["Status"].(map[string]any); st["Code"] != "active" {
 		t.Errorf("Status %v", st)
+	}
+	bob := conns[1].(map[string]any)
+	if want := append([]string{"ClientIpv6Address"}, awsConnectionFields...); !slices.Equal(keys(bob), sorted(want)) ||
+		bob["ClientIpv6Address"] != "fd00:10:1::1:3" || bob["ClientIp"] != "10.2.0.3" {
+		t.Errorf("a dual-stack connection: %v", bob)
 	}
 	if p, ok := c["PostureComplianceStatuses"].([]any); !ok || len(p) != 0 {
 		t.Errorf("PostureComplianceStatuses = %#v, want []", c["PostureComplianceStatuses"])
@@ -365,7 +380,8 @@ func TestDescribeEndpointRoutesRules(t *testing.T) {
 	}
 	e := m["ClientVpnEndpoints"].([]any)[0].(map[string]any)
 	wantKeys := []string{"ClientCidrBlock", "ClientVpnEndpointId", "ConnectionLogOptions", "CreationTime", "CvpnExtensions", "Description",
-		"DnsName", "DnsServers", "SessionTimeoutHours", "SplitTunnel", "Status", "TransportProtocol", "VpnPort", "VpnProtocol"}
+		"DnsName", "DnsServers", "EndpointIpAddressType", "SessionTimeoutHours", "SplitTunnel", "Status", "TrafficIpAddressType",
+		"TransportProtocol", "VpnPort", "VpnProtocol"}
 	if !slices.Equal(keys(e), wantKeys) {
 		t.Errorf("endpoint fields %q, want %q", keys(e), wantKeys)
 	}

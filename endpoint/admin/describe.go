@@ -115,6 +115,9 @@ func (s *Source) connection(st tunnel.Status, now time.Time, status Status, end 
 	if info.Address.IsValid() {
 		c.ClientIP = info.Address.String()
 	}
+	if info.Address6.IsValid() {
+		c.ClientIPv6Address = info.Address6.String()
+	}
 	if st.Remote.IsValid() {
 		c.Cvpn.DeviceIP = st.Remote.Addr().Unmap().String()
 		c.Cvpn.DevicePort = int(st.Remote.Port())
@@ -317,17 +320,18 @@ func (s *Source) describeEndpoints(in DescribeClientVpnEndpointsInput) (Describe
 		rx, tx, rxp, txp = rx+c.Traffic.RxBytes, tx+c.Traffic.TxBytes, rxp+c.Traffic.RxPackets, txp+c.Traffic.TxPackets
 	}
 	e := ClientVpnEndpoint{
-		ClientVpnEndpointID:  s.EndpointID,
-		Description:          cfg.Description,
-		Status:               Status{Code: "available"},
-		CreationTime:         stamp(s.Started),
-		DNSName:              cfg.RemoteHostname,
-		ClientCidrBlock:      cfg.ClientCIDRBlock.String(),
-		DNSServers:           []string{},
-		SplitTunnel:          cfg.SplitTunnel,
-		VpnProtocol:          "openvpn",
-		SessionTimeoutHours:  int(cfg.SessionTimeout / time.Hour),
-		ConnectionLogOptions: ConnectionLogOptions{Enabled: cfg.ConnectionLog.Enabled},
+		ClientVpnEndpointID:   s.EndpointID,
+		Description:           cfg.Description,
+		Status:                Status{Code: "available"},
+		CreationTime:          stamp(s.Started),
+		DNSName:               cfg.RemoteHostname,
+		EndpointIPAddressType: cfg.EndpointIPAddressType,
+		TrafficIPAddressType:  cfg.TrafficIPAddressType,
+		DNSServers:            []string{},
+		SplitTunnel:           cfg.SplitTunnel,
+		VpnProtocol:           "openvpn",
+		SessionTimeoutHours:   int(cfg.SessionTimeout / time.Hour),
+		ConnectionLogOptions:  ConnectionLogOptions{Enabled: cfg.ConnectionLog.Enabled},
 		Cvpn: EndpointExtensions{
 			Listeners:         []Listener{},
 			ActiveConnections: len(clients),
@@ -335,6 +339,12 @@ func (s *Source) describeEndpoints(in DescribeClientVpnEndpointsInput) (Describe
 			Traffic:           Traffic{IngressBytes: count(rx), EgressBytes: count(tx), IngressPackets: count(rxp), EgressPackets: count(txp)},
 			Drops:             s.Engine.Drops(),
 		},
+	}
+	if cfg.ClientCIDRBlock.IsValid() {
+		e.ClientCidrBlock = cfg.ClientCIDRBlock.String()
+	}
+	if cfg.ClientIPv6CIDRBlock.IsValid() {
+		e.Cvpn.ClientIPv6CidrBlock = cfg.ClientIPv6CIDRBlock.String()
 	}
 	for _, d := range cfg.DNSServers {
 		e.DNSServers = append(e.DNSServers, d.String())

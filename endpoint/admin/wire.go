@@ -61,16 +61,19 @@ type DescribeClientVpnConnectionsOutput struct {
 // Connection is one client connection (AWS ClientVpnConnection). The counters are decimal
 // strings, as AWS sends them.
 type Connection struct {
-	ClientVpnEndpointID       string   `json:"ClientVpnEndpointId"`
-	Timestamp                 string   `json:"Timestamp"`
-	ConnectionID              string   `json:"ConnectionId"`
-	Username                  string   `json:"Username"`
-	ConnectionEstablishedTime string   `json:"ConnectionEstablishedTime"`
-	IngressBytes              string   `json:"IngressBytes"`
-	EgressBytes               string   `json:"EgressBytes"`
-	IngressPackets            string   `json:"IngressPackets"`
-	EgressPackets             string   `json:"EgressPackets"`
-	ClientIP                  string   `json:"ClientIp"`
+	ClientVpnEndpointID       string `json:"ClientVpnEndpointId"`
+	Timestamp                 string `json:"Timestamp"`
+	ConnectionID              string `json:"ConnectionId"`
+	Username                  string `json:"Username"`
+	ConnectionEstablishedTime string `json:"ConnectionEstablishedTime"`
+	IngressBytes              string `json:"IngressBytes"`
+	EgressBytes               string `json:"EgressBytes"`
+	IngressPackets            string `json:"IngressPackets"`
+	EgressPackets             string `json:"EgressPackets"`
+	ClientIP                  string `json:"ClientIp"`
+	// ClientIPv6Address is the client's IPv6 tunnel address, absent when the tunnel carries no
+	// IPv6 (traffic_ip_address_type ipv4), as AWS leaves it out.
+	ClientIPv6Address         string   `json:"ClientIpv6Address,omitempty"`
 	CommonName                string   `json:"CommonName"`
 	Status                    Status   `json:"Status"`
 	ConnectionEndTime         string   `json:"ConnectionEndTime"`
@@ -131,20 +134,23 @@ type DescribeClientVpnEndpointsOutput struct {
 
 // ClientVpnEndpoint is the endpoint (AWS ClientVpnEndpoint, the fields that apply).
 type ClientVpnEndpoint struct {
-	ClientVpnEndpointID  string               `json:"ClientVpnEndpointId"`
-	Description          string               `json:"Description"`
-	Status               Status               `json:"Status"`
-	CreationTime         string               `json:"CreationTime"`
-	DNSName              string               `json:"DnsName"`
-	ClientCidrBlock      string               `json:"ClientCidrBlock"`
-	DNSServers           []string             `json:"DnsServers"`
-	SplitTunnel          bool                 `json:"SplitTunnel"`
-	VpnProtocol          string               `json:"VpnProtocol"`
-	TransportProtocol    string               `json:"TransportProtocol"`
-	VpnPort              int                  `json:"VpnPort"`
-	SessionTimeoutHours  int                  `json:"SessionTimeoutHours"`
-	ConnectionLogOptions ConnectionLogOptions `json:"ConnectionLogOptions"`
-	Cvpn                 EndpointExtensions   `json:"CvpnExtensions"`
+	ClientVpnEndpointID string `json:"ClientVpnEndpointId"`
+	Description         string `json:"Description"`
+	Status              Status `json:"Status"`
+	CreationTime        string `json:"CreationTime"`
+	DNSName             string `json:"DnsName"`
+	ClientCidrBlock     string `json:"ClientCidrBlock"`
+	// EndpointIPAddressType and TrafficIPAddressType are ipv4, ipv6 or dual-stack.
+	EndpointIPAddressType string               `json:"EndpointIpAddressType"`
+	TrafficIPAddressType  string               `json:"TrafficIpAddressType"`
+	DNSServers            []string             `json:"DnsServers"`
+	SplitTunnel           bool                 `json:"SplitTunnel"`
+	VpnProtocol           string               `json:"VpnProtocol"`
+	TransportProtocol     string               `json:"TransportProtocol"`
+	VpnPort               int                  `json:"VpnPort"`
+	SessionTimeoutHours   int                  `json:"SessionTimeoutHours"`
+	ConnectionLogOptions  ConnectionLogOptions `json:"ConnectionLogOptions"`
+	Cvpn                  EndpointExtensions   `json:"CvpnExtensions"`
 }
 
 // ConnectionLogOptions says whether the connection log is on (AWS ConnectionLogResponseOptions).
@@ -155,11 +161,14 @@ type ConnectionLogOptions struct {
 // EndpointExtensions are the endpoint's cvpn extensions: its listeners as bound, the client
 // address pool, the sessions and their traffic, and the drop counters by reason.
 type EndpointExtensions struct {
-	Listeners         []Listener        `json:"Listeners"`
-	ActiveConnections int               `json:"ActiveConnections"`
-	Pool              PoolUsage         `json:"Pool"`
-	Traffic           Traffic           `json:"Traffic"`
-	Drops             map[string]uint64 `json:"Drops"`
+	// ClientIPv6CidrBlock is client_ipv6_cidr_block, absent without IPv6 traffic (AWS takes
+	// IPv6 client addresses from the subnet and names no block).
+	ClientIPv6CidrBlock string            `json:"ClientIpv6CidrBlock,omitempty"`
+	Listeners           []Listener        `json:"Listeners"`
+	ActiveConnections   int               `json:"ActiveConnections"`
+	Pool                PoolUsage         `json:"Pool"`
+	Traffic             Traffic           `json:"Traffic"`
+	Drops               map[string]uint64 `json:"Drops"`
 }
 
 // Listener is a socket the endpoint listens on.

@@ -573,3 +573,24 @@ func TestDirectoryUserRecord(t *testing.T) {
 		t.Errorf("both: username %q, common-name %q", got["username"], got["common-name"])
 	}
 }
+
+// An IPv6 session's record carries its IPv6 address beside the IPv4 one; AWS's keys stay as
+// they are, the new one is only there when the session has an IPv6 address.
+func TestIPv6Record(t *testing.T) {
+	s := testStatus()
+	info := *s.Info
+	info.Address6 = netip.MustParseAddr("fd00:10:1::1:2")
+	s.Info = &info
+	line := ConnectionRecord(s, "cvpn-endpoint-1", t0.Add(time.Minute), nil).Append(nil)
+	var raw map[string]any
+	if err := json.Unmarshal(line, &raw); err != nil {
+		t.Fatal(err)
+	}
+	if raw["client-ipv6"] != "fd00:10:1::1:2" || raw["client-ip"] != info.Address.String() {
+		t.Errorf("client-ipv6 %v, client-ip %v in %s", raw["client-ipv6"], raw["client-ip"], line)
+	}
+	var back Record
+	if err := json.Unmarshal(line, &back); err != nil || back.ClientIPv6 != "fd00:10:1::1:2" {
+		t.Errorf("read back: %+v, %v", back, err)
+	}
+}

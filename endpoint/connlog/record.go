@@ -37,16 +37,19 @@ const (
 // current), and a final one with connection-end-time set. A refused attempt has one record,
 // connection-attempt-status "failed", with the reason.
 type Record struct {
-	LogType                   string `json:"connection-log-type"`
-	AttemptStatus             string `json:"connection-attempt-status"`
-	ResetStatus               string `json:"connection-reset-status"`
-	FailureReason             string `json:"connection-attempt-failure-reason"`
-	ConnectionID              string `json:"connection-id"`
-	EndpointID                string `json:"client-vpn-endpoint-id"`
-	TransportProtocol         string `json:"transport-protocol"`
-	StartTime                 string `json:"connection-start-time"`
-	LastUpdateTime            string `json:"connection-last-update-time"`
-	ClientIP                  string `json:"client-ip"`
+	LogType           string `json:"connection-log-type"`
+	AttemptStatus     string `json:"connection-attempt-status"`
+	ResetStatus       string `json:"connection-reset-status"`
+	FailureReason     string `json:"connection-attempt-failure-reason"`
+	ConnectionID      string `json:"connection-id"`
+	EndpointID        string `json:"client-vpn-endpoint-id"`
+	TransportProtocol string `json:"transport-protocol"`
+	StartTime         string `json:"connection-start-time"`
+	LastUpdateTime    string `json:"connection-last-update-time"`
+	ClientIP          string `json:"client-ip"`
+	// ClientIPv6 is the client's IPv6 tunnel address, absent when it has none: AWS's records
+	// name the IPv4 address alone, and an IPv6 session needs its address recorded too.
+	ClientIPv6                string `json:"client-ipv6,omitempty"`
 	CommonName                string `json:"common-name"`
 	DeviceType                string `json:"device-type"`
 	DeviceIP                  string `json:"device-ip"`
@@ -173,6 +176,9 @@ func ConnectionRecord(s session.Status, endpointID string, now time.Time, end *s
 	}
 	if s.Username != "" {
 		r.Username = s.Username
+	}
+	if s.Address6.IsValid() {
+		r.ClientIPv6 = s.Address6.String()
 	}
 	if len(s.Posture) > 0 {
 		r.PostureComplianceStatuses = strings.Join(s.Posture, ",")
