@@ -13,20 +13,26 @@ import (
 // destination is one of them, so the engine refuses them (unless allow_host_access says
 // otherwise); this file finds them and keeps them current.
 //
-// They are read from the kernel's local routing table (table 255), which is what the kernel
-// itself consults to decide local delivery: an entry of type local for every address of every
-// interface (the TUN's too, if it has one) and for the loopback range, an entry of type
-// broadcast for each subnet's broadcast address, and any range an operator made local (`ip route
-// add local 192.0.2.0/24 dev lo`). The limited broadcast address and multicast are delivered
-// locally without an entry, so they are always added. The types speak netip, but only IPv4 is
-// read.
+// They are read from the kernel's local routing tables (table 255 of each family), which is what
+// the kernel itself consults to decide local delivery: an entry of type local for every address
+// of every interface (the TUN's too, if it has one; IPv6 link-local addresses and ::1 among them)
+// and for the IPv4 loopback range, an entry of type broadcast for each IPv4 subnet's broadcast
+// address, one of type anycast for each IPv6 subnet-router anycast address the host answers
+// (RFC 4291 2.6.1: a forwarding host has one for each subnet of its interfaces), and any range an
+// operator made local (`ip route add local 192.0.2.0/24 dev lo`). Some destinations are delivered
+// locally without an entry of their own, so they are always added (fixedOwn).
 
 // fixedOwn are the destinations the kernel delivers to the host whatever its addresses: the
-// limited broadcast address, and multicast (to the groups its sockets joined; it never forwards
-// multicast without a multicast router).
+// limited broadcast address and multicast (to the groups its sockets joined; it never forwards
+// multicast without a multicast router) of both families, ::1, and the IPv6 link-local range,
+// which is each link's own and never forwarded: a client has no business with the link-local
+// addresses of the endpoint's links, the TUN's included.
 var fixedOwn = []netip.Prefix{
 	netip.MustParsePrefix("255.255.255.255/32"),
 	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("fe80::/10"),
+	netip.MustParsePrefix("ff00::/8"),
 }
 
 // Watch timings.

@@ -16,9 +16,25 @@ func ownAddrSource() addrSource {
 }
 
 // OwnAddrs returns the destinations the kernel delivers to this host itself, sorted: every
-// local and broadcast entry of its local routing table, the limited broadcast address and
-// multicast. IPv4 only.
+// local, broadcast and anycast entry of its local routing tables (IPv4 and IPv6), and fixedOwn.
+// A kernel without IPv6 has no IPv6 table, which is not an error.
 func OwnAddrs() ([]netip.Prefix, error) {
+	var routes []netlink.Route
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		r, err := localTable(family)
+		if err != nil {
+			if family == netlink.FAMILY_V6 && errors.Is(err, unix.EAFNOSUPPORT) {
+				continue
+			}
+			return nil, err
+		}
+		routes = append(routes, r...)
+	}
+	return ownFromRoutes(routes), nil
+}
+
+// localTable reads the local routing table of one family.
+func localTable(family int) ([]netlink.Route, error) {
 	filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL}
 	var (
 		routes []netlink.Route
@@ -26,23 +42,26 @@ func OwnAddrs() ([]netip.Prefix, error) {
 	)
 	// A dump that a concurrent change interrupted may be incomplete: read it again.
 	for range 3 {
-		routes, err = netlink.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE)
+		routes, err = netlink.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE)
 		if !errors.Is(err, netlink.ErrDumpInterrupted) {
 			break
 		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	return ownFromRoutes(routes), nil
+	return routes, err
 }
 
-// ownFromRoutes picks the host's own destinations from the local table's routes and adds the
-// fixed ones.
+// ownFromRoutes picks the host's own destinations from the local tables' routes and adds the
+// fixed ones. The IPv6 table also holds a multicast entry (ff00::/8) for each interface, which
+// fixedOwn covers.
 func ownFromRoutes(routes []netlink.Route) []netip.Prefix {
 	own := slices.Clone(fixedOwn)
 	for _, r := range routes {
-		if r.Table != unix.RT_TABLE_LOCAL || (r.Type != unix.RTN_LOCAL && r.Type != unix.RTN_BROADCAST) || r.Dst == nil {
+		if r.Table != unix.RT_TABLE_LOCAL || r.Dst == nil {
+			continue
+		}
+		switch r.Type {
+		case unix.RTN_LOCAL, unix.RTN_BROADCAST, unix.RTN_ANYCAST:
+		default:
 			continue
 		}
 		ip, ok := netip.AddrFromSlice(r.Dst.IP)
@@ -51,8 +70,8 @@ func ownFromRoutes(routes []netlink.Route) []netip.Prefix {
 		}
 		ip = ip.Unmap()
 		ones, bits := r.Dst.Mask.Size()
-		if bits == 0 || !ip.Is4() {
-			continue // not IPv4, or a mask that is not a prefix
+		if bits == 0 || bits != ip.BitLen() {
+			continue // a mask that is not a prefix, or of the other family
 		}
 		own = append(own, netip.PrefixFrom(ip, ones).Masked())
 	}

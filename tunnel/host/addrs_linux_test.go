@@ -18,8 +18,9 @@ func ipNet(s string) *net.IPNet {
 	return n
 }
 
-// TestOwnFromRoutes: local and broadcast entries of the local table are the host's, with the
-// limited broadcast address and multicast; other tables, other types and IPv6 are not.
+// TestOwnFromRoutes: local, broadcast and anycast entries of the local tables are the host's,
+// with the limited broadcast address, multicast of both families, ::1 and the IPv6 link-local
+// range; other tables and other types are not.
 func TestOwnFromRoutes(t *testing.T) {
 	local := func(typ int, dst string) netlink.Route {
 		return netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: typ, Dst: ipNet(dst)}
@@ -33,13 +34,19 @@ func TestOwnFromRoutes(t *testing.T) {
 		local(unix.RTN_LOCAL, "10.0.1.1/32"),       // twice (two interfaces, one address)
 		local(unix.RTN_LOCAL, "192.0.2.0/24"),      // an operator's `ip route add local`
 		local(unix.RTN_UNICAST, "198.51.100.0/24"), // not delivered locally
-		local(unix.RTN_LOCAL, "2001:db8::1/128"),   // IPv6: not yet
+		local(unix.RTN_LOCAL, "2001:db8::1/128"),
+		local(unix.RTN_LOCAL, "fe80::1/128"),
+		local(unix.RTN_ANYCAST, "2001:db8::/128"),  // the subnet-router anycast address
+		local(unix.RTN_MULTICAST, "ff00::/8"),      // covered by the fixed ff00::/8
+		local(unix.RTN_UNICAST, "2001:db8:5::/64"), // not delivered locally
 		{Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST, Dst: ipNet("10.0.1.0/24")},
-		{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL}, // no destination
+		{Table: unix.RT_TABLE_MAIN, Type: unix.RTN_LOCAL, Dst: ipNet("2001:db8:6::1/128")}, // not the local table
+		{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL},                                 // no destination
 	}
 	var want []netip.Prefix
 	for _, s := range []string{"10.0.1.1/32", "10.0.1.255/32", "127.0.0.0/8", "127.0.0.1/32", "127.255.255.255/32",
-		"192.0.2.0/24", "224.0.0.0/4", "255.255.255.255/32"} {
+		"192.0.2.0/24", "224.0.0.0/4", "255.255.255.255/32",
+		"::1/128", "2001:db8::/128", "2001:db8::1/128", "fe80::/10", "fe80::1/128", "ff00::/8"} {
 		want = append(want, netip.MustParsePrefix(s))
 	}
 	if got := ownFromRoutes(routes); !slices.Equal(got, want) {

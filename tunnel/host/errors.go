@@ -74,3 +74,6 @@ func (l errorList) Unwrap() []error { return l }
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", "; ")), " ")
 }
+
+// ErrClosed is the cause when AddClient6 is called after Close.
+var ErrClosed = errors.New("the host state has been removed (Close)")

@@ -1,15 +1,29 @@
 // Package host owns the kernel state that attaches the endpoint to the private network: the TUN
-// device (with a queue per data-plane worker), the host route that sends the SNAT address into it, the proxy neighbour entry that
-// answers ARP for the SNAT address on the target interface, and the sysctls the endpoint needs
-// (net.ipv4.ip_forward, and net.ipv4.neigh.<interface>.proxy_delay so that ARP is answered at
-// once). Setup adds them in that order; if a step fails it removes what the earlier steps added
-// and restores every sysctl it changed before it returns. Close does the same for a running
-// endpoint. It also finds the host's own destinations, which clients must not reach
-// (WatchOwnAddrs: the kernel's local routing table, kept current).
+// device (with a queue per data-plane worker), the routes that send the endpoint's addresses into
+// it, the proxy neighbour entries that answer ARP and neighbour discovery for them on the target
+// interface, and the sysctls the endpoint needs. It also finds the host's own destinations, which
+// clients must not reach (WatchOwnAddrs: the kernel's local routing tables of both families, kept
+// current).
+//
+// IPv4 traffic is always source-NATed: a host route of the SNAT address into the TUN and a proxy
+// ARP entry for it (net.ipv4.ip_forward, and net.ipv4.neigh.<interface>.proxy_delay=0 so that ARP
+// is answered at once). IPv6 traffic is either the same with SNAT6 (a /128 route and one proxy NDP
+// entry), or routed: the client block is routed into the TUN and the kernel answers neighbour
+// solicitations for client addresses on the target interface (proxy NDP, the IPv6 twin of proxy
+// ARP), so that hosts of the private network reach clients at their own addresses. Either needs
+// net.ipv6.conf.all.forwarding, net.ipv6.conf.<interface>.proxy_ndp and
+// net.ipv6.neigh.<interface>.proxy_delay=0. Linux answers only for addresses with an entry of
+// their own (no prefixes), and each entry joins a solicited-node multicast group whose cost grows
+// with the groups already joined; so the entries of a small block (up to SetupProxyMax addresses)
+// are added at setup, and those of a larger one for each client as it gets its address
+// (AddClient6, RemoveClient6).
+//
+// Setup adds the state in that order; if a step fails it removes what the earlier steps added and
+// restores every sysctl it changed before it returns. Close does the same for a running endpoint.
 //
 // It does not own the packets that cross the TUN (package tunnel reads and writes the device),
-// NAT, the listeners, or the endpoint file: Config carries the few values it needs. The seams
-// speak netip.Addr; only IPv4 is built.
+// NAT, the address pool, the listeners, or the endpoint file: Config carries the few values it
+// needs.
 package host
 
 import (
@@ -37,14 +51,31 @@ type Config struct {
 	// a plain TUN. At most MaxQueues.
 	Queues int
 	// Interface (target_network.interface) faces the private network; SNAT
-	// (target_network.snat_address) is the endpoint's own address in one of its subnets.
+	// (target_network.snat_address) is the endpoint's own IPv4 address in one of its subnets,
+	// invalid when IPv4 traffic is off (traffic_ip_address_type: ipv6).
 	Interface string
 	SNAT      netip.Addr
-	// ClaimFile, when set, records the proxy neighbour entry cvpn added, so that a cvpn started
-	// after one that was killed (a watchdog restart) recognises the entry as its own and
-	// removes it at stop, while an entry the operator made stays untouched. It belongs in a
-	// directory that survives restarts but not reboots (the runtime directory).
+	// Client6 (client_ipv6_cidr_block) is the block clients' IPv6 addresses come from; zero
+	// when IPv6 traffic is off. Client6Count is how many of its addresses the address pool
+	// indexes, base..base+Client6Count-1 (ippool: index i is base+i; it leases neither index
+	// 0, the subnet-router anycast address, nor 1, the tunnel gateway): the pool's Size()
+	// capped by the block. 0 means all of the block up to ippool.MaxSize6.
+	Client6      netip.Prefix
+	Client6Count int
+	// SNAT6 (target_network.snat_ipv6_address), when valid, is the endpoint's own IPv6 address
+	// in a subnet of Interface, which IPv6 traffic is source-NATed to. When it is not, IPv6 is
+	// routed: Client6 must lie inside an IPv6 subnet of Interface, and the endpoint answers
+	// neighbour discovery there for its client addresses.
+	SNAT6 netip.Addr
+	// ClaimFile, when set, records the proxy neighbour entries cvpn added (and the client
+	// block whose entries it adds), so that a cvpn started after one that was killed (a
+	// watchdog restart) recognises the entries as its own and removes them at stop, while an
+	// entry the operator made stays untouched. It belongs in a directory that survives
+	// restarts but not reboots (the runtime directory).
 	ClaimFile string
+
+	// setupProxyMax replaces SetupProxyMax when positive; tests choose.
+	setupProxyMax int
 
 	// procSys is where the sysctls live; "" means /proc/sys. Tests point it at a directory of
 	// their own.
@@ -57,6 +88,13 @@ type Config struct {
 // needs. A cvpn serve that does not run as root only checks them, and names this file when one
 // is not set.
 const SysctlFile = "/usr/lib/sysctl.d/60-cvpn.conf"
+
+// SetupProxyMax is the most client addresses whose proxy NDP entries Setup adds itself; a
+// larger pool gets an entry for each client as it gets its address (AddClient6). Each entry
+// joins a solicited-node multicast group, and the kernel's work for one grows with the groups
+// the interface has joined: 1,024 entries take 26 ms to add and 36 ms to remove, 65,536 take
+// 2 minutes and 2 minutes 45 seconds (kernel 6.18, a veth; BenchmarkProxyEntries).
+const SetupProxyMax = 1024
 
 // MaxQueues bounds Config.Queues (the kernel allows 256 per device; more queues than cores
 // gain nothing).
@@ -74,6 +112,12 @@ type Host struct {
 
 	mu   sync.Mutex // guards undo
 	undo []undoStep // in the order the state was added
+
+	// claims records what the proxy neighbour entries Setup adds belong to (ClaimFile).
+	claims *claims
+	// proxy6 answers neighbour discovery for client addresses in routed IPv6 mode; nil in
+	// other modes.
+	proxy6 *proxy6
 }
 
 // undoStep removes one piece of state; what names it for errors.
@@ -95,7 +139,7 @@ func newHost(cfg Config, log *slog.Logger) *Host {
 		euid = cfg.euid
 	}
 	id := euid()
-	return &Host{log: log, procSys: root, checkOnly: id != 0, euid: id}
+	return &Host{log: log, procSys: root, checkOnly: id != 0, euid: id, claims: readClaims(cfg.ClaimFile, log)}
 }
 
 // Device is the TUN device (its first queue); nil on a nil Host.
@@ -114,8 +158,31 @@ func (h *Host) Queues() []tun.Device {
 	return slices.Clone(h.queues)
 }
 
+// AddClient6 makes the kernel answer neighbour solicitations for addr, a client address of
+// Config.Client6, on the target interface, so that hosts of the private network reach the
+// client: the session that leased addr calls it before the client may send. It does nothing
+// when IPv6 is not routed (IPv4 only, or SNAT6) or when Setup added every client address's
+// entry itself (a pool of at most SetupProxyMax addresses), so callers need not know which.
+// An address outside the pool's client addresses is refused. It costs one netlink request,
+// whose time grows with the entries the interface has (about 2 ms at 65,536).
+func (h *Host) AddClient6(addr netip.Addr) error {
+	if h == nil || h.proxy6 == nil {
+		return nil
+	}
+	return h.proxy6.add(addr)
+}
+
+// RemoveClient6 removes the entry AddClient6 added for addr, when its client has gone; it does
+// nothing for an address AddClient6 did not add.
+func (h *Host) RemoveClient6(addr netip.Addr) error {
+	if h == nil || h.proxy6 == nil {
+		return nil
+	}
+	return h.proxy6.remove(addr)
+}
+
 // Close removes what Setup added, newest first: it restores the sysctls, deletes the neighbour
-// entry and the route, and closes the TUN device (which removes it). It is safe on a nil Host and
+// entries (AddClient6's too) and the routes, and closes the TUN device (which removes it). It is safe on a nil Host and
 // safe to call again; later calls do nothing. The error names each step that failed.
 func (h *Host) Close() error {
 	if h == nil {
@@ -159,17 +226,42 @@ func (h *Host) abandon(err error) error {
 	return e
 }
 
-// sysctls are the sysctls the endpoint needs (keys below /proc/sys) and their values: the kernel
-// must forward IPv4, and answer ARP for the SNAT address on iface at once rather than after the
-// random proxy delay (up to 0.8 s by default), which the first packets of every flow would
-// otherwise wait for.
-func sysctls(iface string) [][2]string {
-	return [][2]string{{"net/ipv4/ip_forward", "1"}, {"net/ipv4/neigh/" + iface + "/proxy_delay", "0"}}
+// families says which address families flow through the tunnel, and so which sysctls Setup
+// needs.
+type families struct{ v4, v6 bool }
+
+// sysctls are the sysctls the endpoint needs (keys below /proc/sys) and their values. For IPv4
+// the kernel must forward, and answer ARP for the SNAT address on iface at once rather than
+// after the random proxy delay (up to 0.8 s by default), which the first packets of every flow
+// would otherwise wait for. For IPv6 it must forward (all.forwarding, which sets every
+// interface's), answer neighbour solicitations from its proxy entries on iface (proxy_ndp; the
+// kernel only does with forwarding on), and at once (proxy_delay: solicitations arrive as
+// multicast, which the kernel delays like proxy ARP).
+func sysctls(iface string, f families) [][2]string {
+	var s [][2]string
+	if f.v4 {
+		s = append(s, [2]string{"net/ipv4/ip_forward", "1"}, [2]string{"net/ipv4/neigh/" + iface + "/proxy_delay", "0"})
+	}
+	if f.v6 {
+		s = append(s, [2]string{forwarding6, "1"}, [2]string{"net/ipv6/conf/" + iface + "/proxy_ndp", "1"},
+			[2]string{"net/ipv6/neigh/" + iface + "/proxy_delay", "0"})
+	}
+	return s
 }
 
-// setSysctls sets the sysctls for iface (as root), or checks them (otherwise).
-func (h *Host) setSysctls(iface string) error {
-	for _, s := range sysctls(iface) {
+// forwarding6 is the sysctl that turns IPv6 forwarding on. With it on, the kernel ignores
+// router advertisements on every interface whose accept_ra is 1 (a router does not learn its
+// routes from them): a host that learns its own IPv6 default route from them needs accept_ra
+// = 2 on that interface.
+const forwarding6 = "net/ipv6/conf/all/forwarding"
+
+// raCaveat is what forwarding6 does to router advertisements, for errors and logs.
+const raCaveat = "note that with IPv6 forwarding on, the kernel ignores router advertisements on interfaces whose accept_ra is 1: " +
+	"if this host learns its IPv6 default route from them, also set net.ipv6.conf.<interface>.accept_ra = 2"
+
+// setSysctls sets the sysctls for iface and the families (as root), or checks them (otherwise).
+func (h *Host) setSysctls(iface string, f families) error {
+	for _, s := range sysctls(iface, f) {
 		set := h.setSysctl
 		if h.checkOnly {
 			set = h.checkSysctl
@@ -178,7 +270,33 @@ func (h *Host) setSysctls(iface string) error {
 			return err
 		}
 	}
+	if f.v6 && !h.checkOnly {
+		h.warnAcceptRA()
+	}
 	return nil
+}
+
+// warnAcceptRA logs the interfaces that ignore router advertisements now that IPv6 forwarding
+// is on (accept_ra 1), if forwarding is on.
+func (h *Host) warnAcceptRA() {
+	if v, err := os.ReadFile(filepath.Join(h.procSys, forwarding6)); err != nil || strings.TrimSpace(string(v)) != "1" {
+		return
+	}
+	dirs, _ := os.ReadDir(filepath.Join(h.procSys, "net/ipv6/conf"))
+	var ignoring []string
+	for _, d := range dirs {
+		switch d.Name() {
+		case "all", "default", "lo":
+			continue
+		}
+		if v, err := os.ReadFile(filepath.Join(h.procSys, "net/ipv6/conf", d.Name(), "accept_ra")); err == nil && strings.TrimSpace(string(v)) == "1" {
+			ignoring = append(ignoring, d.Name())
+		}
+	}
+	if len(ignoring) > 0 {
+		h.log.Warn("host: with IPv6 forwarding on, these interfaces ignore router advertisements (accept_ra = 1); "+
+			"if one learns the host's IPv6 default route from them, set its net.ipv6.conf.<interface>.accept_ra = 2", "interfaces", ignoring)
+	}
 }
 
 // checkSysctl reports an error unless the sysctl at key has value. A process that is not root
@@ -193,9 +311,13 @@ func (h *Host) checkSysctl(key, value string) error {
 		return sysctlError("read sysctl "+name, name, value, err)
 	}
 	if got := strings.TrimSpace(string(old)); got != value {
-		return &Error{Op: fmt.Sprintf("sysctl %s is %s, want %s", name, got, value), Err: ErrSysctlNotSet,
+		e := &Error{Op: fmt.Sprintf("sysctl %s is %s, want %s", name, got, value), Err: ErrSysctlNotSet,
 			Fix: fmt.Sprintf("cvpn serve runs as uid %d, not root, so it only checks the sysctls it needs: set `%s = %s` in a sysctl.d file "+
 				"(the package's is %s; copy it to /etc/sysctl.d/ to change it) and apply it with `sysctl --system`", h.euid, name, value, SysctlFile)}
+		if key == forwarding6 {
+			e.Fix += "; " + raCaveat
+		}
+		return e
 	}
 	return nil
 }
@@ -260,9 +382,12 @@ func sysctlError(op, name, value string, err error) *Error {
 	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM):
 		e.Fix = "run cvpn serve as root, or " + beforehand
 	case errors.Is(err, fs.ErrNotExist):
-		e.Fix = "this kernel has no such sysctl (is the interface there, and IPv4 enabled?)"
+		e.Fix = "this kernel has no such sysctl (is the interface there, and the address family enabled on it?)"
 	default:
 		e.Fix = beforehand
+	}
+	if name == sysctlName(forwarding6) {
+		e.Fix += "; " + raCaveat
 	}
 	return e
 }

@@ -89,6 +89,9 @@ func TestCloseReportsEveryFailure(t *testing.T) {
 	}
 }
 
+// v4only is the families of an endpoint that carries IPv4 alone.
+var v4only = families{v4: true}
+
 // asRoot and asUser stand in for os.Geteuid.
 func asRoot() int { return 0 }
 func asUser() int { return 998 }
@@ -99,7 +102,7 @@ func TestSysctlsSetAndRestored(t *testing.T) {
 		"net/ipv4/neigh/eth1/proxy_delay": "80\n",
 	})
 	h := newHost(Config{procSys: root, euid: asRoot}, nil)
-	if err := h.setSysctls("eth1"); err != nil {
+	if err := h.setSysctls("eth1", v4only); err != nil {
 		t.Fatal(err)
 	}
 	if got := readSysctl(t, root, "net/ipv4/ip_forward"); got != "1" {
@@ -145,7 +148,7 @@ func TestFailureRestoresEverything(t *testing.T) {
 	h := newHost(Config{procSys: root, euid: asRoot}, nil)
 	removed := false
 	h.added("stand-in for the TUN", func() error { removed = true; return nil })
-	err := h.setSysctls("eth1")
+	err := h.setSysctls("eth1", v4only)
 	if err == nil {
 		t.Fatal("setSysctls succeeded without a proxy_delay file")
 	}
@@ -219,7 +222,7 @@ func TestSysctlsCheckedWhenNotRoot(t *testing.T) {
 	files := map[string]string{"net/ipv4/ip_forward": "0\n", "net/ipv4/neigh/eth1/proxy_delay": "80\n"}
 	root := procSys(t, files)
 	h := newHost(Config{procSys: root, euid: asUser}, nil)
-	err := h.setSysctls("eth1")
+	err := h.setSysctls("eth1", v4only)
 	if !errors.Is(err, ErrSysctlNotSet) {
 		t.Fatalf("setSysctls = %v, want ErrSysctlNotSet", err)
 	}
@@ -238,21 +241,21 @@ func TestSysctlsCheckedWhenNotRoot(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "net/ipv4/ip_forward"), []byte("1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	err = h.setSysctls("eth1")
+	err = h.setSysctls("eth1", v4only)
 	if err == nil || !strings.Contains(err.Error(), "`net.ipv4.neigh.eth1.proxy_delay = 0`") {
 		t.Errorf("setSysctls = %v, want proxy_delay named", err)
 	}
 	if err := os.WriteFile(filepath.Join(root, "net/ipv4/neigh/eth1/proxy_delay"), []byte("0\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.setSysctls("eth1"); err != nil {
+	if err := h.setSysctls("eth1", v4only); err != nil {
 		t.Errorf("setSysctls with both set = %v", err)
 	}
 	if len(h.undo) != 0 {
 		t.Errorf("%d undo steps recorded by checks", len(h.undo))
 	}
 	// An interface the kernel does not have: its sysctl cannot be read.
-	if err := h.setSysctls("eth9"); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "read sysctl net.ipv4.neigh.eth9.proxy_delay") {
+	if err := h.setSysctls("eth9", v4only); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "read sysctl net.ipv4.neigh.eth9.proxy_delay") {
 		t.Errorf("setSysctls(eth9) = %v", err)
 	}
 }

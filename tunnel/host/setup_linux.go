@@ -7,7 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -20,9 +20,9 @@ import (
 // tunClone is the TUN clone device; opening it and TUNSETIFF create a TUN.
 const tunClone = "/dev/net/tun"
 
-// Setup creates the TUN device and the routing that makes the SNAT address reachable through it,
-// and sets the sysctls. On error it has removed everything it added and restored every sysctl it
-// changed; the error is an *Error naming the step that failed and how to fix it.
+// Setup creates the TUN device and the routing that makes the endpoint's addresses reachable
+// through it, and sets the sysctls. On error it has removed everything it added and restored
+// every sysctl it changed; the error is an *Error naming the step that failed and how to fix it.
 func Setup(cfg Config, log *slog.Logger) (*Host, error) {
 	h := newHost(cfg, log)
 	if err := h.setup(cfg); err != nil {
@@ -32,23 +32,35 @@ func Setup(cfg Config, log *slog.Logger) (*Host, error) {
 }
 
 func (h *Host) setup(cfg Config) error {
-	if !cfg.SNAT.Is4() {
-		return &Error{Op: "target_network.snat_address", Err: fmt.Errorf("%s is not an IPv4 address", cfg.SNAT), Fix: "only IPv4 is supported"}
+	fam, err := checkFamilies(&cfg)
+	if err != nil {
+		return err
 	}
 	// Everything that can be checked without changing the host is checked first.
 	target, err := targetLink(cfg.Interface)
 	if err != nil {
 		return err
 	}
-	if err := checkSNATOnLink(target, cfg.SNAT); err != nil {
-		return err
+	if fam.v4 {
+		if err := checkSNATOnLink(target, cfg.SNAT); err != nil {
+			return err
+		}
+	}
+	var link6 *link6
+	if fam.v6 {
+		if link6, err = readLink6(target); err != nil {
+			return err
+		}
+		if err := link6.check(cfg, h.claims); err != nil {
+			return err
+		}
 	}
 	if err := checkNetAdmin(cfg.TUNName); err != nil {
 		return err
 	}
 	if h.checkOnly {
 		// Not root: the sysctls are only checked, so check them before anything is added.
-		if err := h.setSysctls(cfg.Interface); err != nil {
+		if err := h.setSysctls(cfg.Interface, fam); err != nil {
 			return err
 		}
 	}
@@ -66,16 +78,34 @@ func (h *Host) setup(cfg Config) error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return &Error{Op: fmt.Sprintf("set TUN device %q up", name), Err: err}
 	}
-	if err := h.addRoute(link, cfg.SNAT); err != nil {
-		return err
+	if fam.v4 {
+		if err := h.addRoute(link, netip.PrefixFrom(cfg.SNAT, 32), "target_network.snat_address"); err != nil {
+			return err
+		}
+		if err := h.addProxyNeighbour(target, cfg.SNAT); err != nil {
+			return err
+		}
 	}
-	if err := h.addProxyNeighbour(target, cfg.SNAT, cfg.ClaimFile); err != nil {
-		return err
+	switch {
+	case cfg.SNAT6.IsValid():
+		if err := h.addRoute(link, netip.PrefixFrom(cfg.SNAT6, 128), "target_network.snat_ipv6_address"); err != nil {
+			return err
+		}
+		if err := h.addProxyNeighbour(target, cfg.SNAT6); err != nil {
+			return err
+		}
+	case fam.v6:
+		if err := h.addRoute(link, cfg.Client6, "client_ipv6_cidr_block"); err != nil {
+			return err
+		}
+		if err := h.startProxy6(cfg, link6); err != nil {
+			return err
+		}
 	}
 	if h.checkOnly {
 		return nil
 	}
-	return h.setSysctls(cfg.Interface)
+	return h.setSysctls(cfg.Interface, fam)
 }
 
 // checkNetAdmin fails unless the process has CAP_NET_ADMIN in its effective set: root has it,
@@ -214,19 +244,28 @@ func tunSetFix(err error) string {
 	return ""
 }
 
-// addRoute routes the SNAT address into the TUN, so that replies to it reach the engine.
-func (h *Host) addRoute(link netlink.Link, snat netip.Addr) error {
+// addRoute routes dst (an address of the endpoint's, or the client block) into the TUN, so that
+// packets to it reach the engine; key names the setting it comes from.
+func (h *Host) addRoute(link netlink.Link, dst netip.Prefix, key string) error {
 	name := link.Attrs().Name
 	route := &netlink.Route{
 		LinkIndex: link.Attrs().Index,
-		Dst:       &net.IPNet{IP: snat.AsSlice(), Mask: net.CIDRMask(snat.BitLen(), snat.BitLen())},
-		Scope:     netlink.SCOPE_LINK,
+		Dst:       &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())},
 	}
-	what := fmt.Sprintf("route %s dev %s", netip.PrefixFrom(snat, snat.BitLen()), name)
+	ip := "ip"
+	if dst.Addr().Is4() {
+		route.Scope = netlink.SCOPE_LINK
+	} else {
+		ip = "ip -6"
+	}
+	what := fmt.Sprintf("route %s dev %s", dst, name)
 	if err := netlink.RouteAdd(route); err != nil {
 		e := &Error{Op: "add " + what, Err: err}
-		if errors.Is(err, unix.EEXIST) {
-			e.Fix = fmt.Sprintf("a route to %s exists already (another cvpn, or one left behind): remove it with `ip route del %s` or choose another target_network.snat_address", snat, snat)
+		switch {
+		case errors.Is(err, unix.EEXIST):
+			e.Fix = fmt.Sprintf("a route to %s exists already (another cvpn, or one left behind): remove it with `%s route del %s` or choose another %s", dst, ip, dst, key)
+		case dst.Addr().Is6() && (errors.Is(err, unix.EACCES) || errors.Is(err, unix.EAFNOSUPPORT)):
+			e.Fix = fmt.Sprintf("IPv6 is off on %s: set net.ipv6.conf.default.disable_ipv6 = 0 (the TUN device is created with the default), or turn IPv6 traffic off", name)
 		}
 		return e
 	}
@@ -241,71 +280,75 @@ func (h *Host) addRoute(link netlink.Link, snat netip.Addr) error {
 	return nil
 }
 
-// addProxyNeighbour makes the kernel answer ARP for the SNAT address on the target interface,
-// so that hosts in the private network reach it without a route of their own.
-func (h *Host) addProxyNeighbour(target netlink.Link, snat netip.Addr, claimFile string) error {
+// addProxyNeighbour makes the kernel answer ARP (IPv4) or neighbour solicitations (IPv6) for
+// addr, an address of the endpoint's, on the target interface, so that hosts in the private
+// network reach it without a route of their own.
+func (h *Host) addProxyNeighbour(target netlink.Link, addr netip.Addr) error {
 	iface := target.Attrs().Name
-	neigh := &netlink.Neigh{
-		LinkIndex: target.Attrs().Index,
-		Family:    netlink.FAMILY_V4,
-		Flags:     netlink.NTF_PROXY,
-		IP:        snat.AsSlice(),
+	family := netlink.FAMILY_V4
+	if addr.Is6() {
+		family = netlink.FAMILY_V6
 	}
-	what := fmt.Sprintf("proxy neighbour %s dev %s", snat, iface)
+	neigh := &netlink.Neigh{LinkIndex: target.Attrs().Index, Family: family, Flags: netlink.NTF_PROXY, IP: addr.AsSlice()}
+	what := fmt.Sprintf("proxy neighbour %s dev %s", addr, iface)
 	// The kernel adds a proxy entry that exists already without complaint, so look first: an
 	// entry that was there before (the operator's, or one a killed cvpn left) is used as it is
 	// and left in place, since Close removes only what Setup added.
-	existing, err := netlink.NeighProxyList(target.Attrs().Index, netlink.FAMILY_V4)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
-		return &Error{Op: "list proxy neighbours of " + iface, Err: err}
+	existing, err := proxyEntries(nil, target, family)
+	if err != nil {
+		return err
 	}
-	claim := what + "\n"
-	for _, n := range existing {
-		if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == snat {
-			if claimFile == "" || !claimed(claimFile, claim) {
-				h.log.Info("host: the proxy neighbour entry exists already; using it and leaving it in place", "neigh", what)
-				return nil
-			}
-			// A cvpn before this one added it and was killed: it is ours to remove.
-			h.log.Info("host: the proxy neighbour entry a previous cvpn added is taken over", "neigh", what)
-			h.undoNeighbour(neigh, what, claimFile)
+	if slices.Contains(existing, addr) {
+		if !h.claims.previous(what) {
+			h.log.Info("host: the proxy neighbour entry exists already; using it and leaving it in place", "neigh", what)
 			return nil
 		}
-	}
-	if err := netlink.NeighAdd(neigh); err != nil {
-		return &Error{Op: "add " + what, Err: err}
-	}
-	h.log.Debug("host: proxy neighbour added", "neigh", what)
-	if claimFile != "" {
-		err := os.MkdirAll(filepath.Dir(claimFile), 0o750)
-		if err == nil {
-			err = os.WriteFile(claimFile, []byte(claim), 0o600)
+		// A cvpn before this one added it and was killed: it is ours to remove.
+		h.log.Info("host: the proxy neighbour entry a previous cvpn added is taken over", "neigh", what)
+	} else {
+		if err := netlink.NeighAdd(neigh); err != nil {
+			return &Error{Op: "add " + what, Err: err}
 		}
-		if err != nil {
-			h.log.Warn("host: cannot record the proxy neighbour entry; if cvpn is killed, remove it by hand", "file", claimFile, "err", err)
-		}
+		h.log.Debug("host: proxy neighbour added", "neigh", what)
 	}
-	h.undoNeighbour(neigh, what, claimFile)
-	return nil
-}
-
-// undoNeighbour makes Close delete the proxy entry and its claim.
-func (h *Host) undoNeighbour(neigh *netlink.Neigh, what, claimFile string) {
+	h.claims.add(what)
 	h.added("delete "+what, func() error {
 		if err := netlink.NeighDel(neigh); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
 			return err
 		}
-		if claimFile != "" {
-			_ = os.Remove(claimFile)
-		}
+		h.claims.remove(what)
 		return nil
 	})
+	return nil
 }
 
-// claimed reports whether claimFile records claim.
-func claimed(claimFile, claim string) bool {
-	data, err := os.ReadFile(claimFile)
-	return err == nil && string(data) == claim
+// proxyEntries lists the proxy neighbour entries of one family on link, through nl (nil: the
+// package's handle).
+func proxyEntries(nl *netlink.Handle, link netlink.Link, family int) ([]netip.Addr, error) {
+	if nl == nil {
+		nl = &netlink.Handle{}
+	}
+	var (
+		list []netlink.Neigh
+		err  error
+	)
+	// A dump that a concurrent change interrupted may be incomplete: read it again.
+	for range 3 {
+		list, err = nl.NeighProxyList(link.Attrs().Index, family)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, &Error{Op: "list proxy neighbours of " + link.Attrs().Name, Err: err}
+	}
+	addrs := make([]netip.Addr, 0, len(list))
+	for _, n := range list {
+		if ip, ok := netip.AddrFromSlice(n.IP); ok {
+			addrs = append(addrs, ip.Unmap())
+		}
+	}
+	return addrs, nil
 }
 
 // checkSNATOnLink verifies that the SNAT address lies in a subnet of the interface and is not the
