@@ -10,6 +10,11 @@
 // the user pressed Enter. A profile of an endpoint without certificate authentication carries
 // no certificate at all.
 //
+// A profile lists one remote per port of the chosen transport, and for an endpoint that clients
+// reach over IPv6 too (endpoint_ip_address_type ipv6 or dual-stack) one per port and family, with
+// OpenVPN's family-specific protocol names, so that the client tries each family the endpoint
+// listens on (Profile.Families).
+//
 // It does not read the endpoint file or the client store (packages endpoint and
 // endpoint/clientstore load them), choose listeners for a protocol, or write files: cmd/cvpn
 // does that.
@@ -20,6 +25,8 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -34,10 +41,17 @@ type Profile struct {
 	Description string   // the endpoint's description, as a comment
 	Remote      string   // the name or address clients dial (remote)
 	Proto       string   // udp or tcp (proto)
-	Ports       []uint16 // one remote line each
+	Ports       []uint16 // one remote line each (per family)
 	ServerName  string   // the server certificate's CN (verify-x509-name)
 	Ciphers     []string // data-ciphers, the first also as cipher
 	CAPEM       []byte   // <ca>
+	// Families are the address families clients dial (config.IPv4, config.IPv6), in the order
+	// they try them: RemoteFamilies. With IPv4 alone (or none) each port has one remote line
+	// without a protocol, as before IPv6 listeners existed; else each port has one line per
+	// family whose protocol names the family (udp4, udp6, tcp4-client, tcp6-client: OpenVPN
+	// src/openvpn/socket.c proto_names), which makes the client resolve and connect in that
+	// family alone.
+	Families []string
 	// At most one control-channel key is rendered, in this order of preference.
 	TLSCryptV2   []byte // the client's own tls-crypt-v2 key, or
 	TLSCrypt     []byte // the tls-crypt key file, or
@@ -75,6 +89,10 @@ type Profile struct {
 func New(ep *endpoint.Endpoint, proto string, ports []uint16, now time.Time) (*Profile, error) {
 	cfg := ep.Config
 	p := &Profile{Remote: cfg.RemoteHostname, Proto: proto, Ports: ports, Ciphers: cfg.DataCiphers, Description: cfg.Description}
+	var err error
+	if p.Families, err = RemoteFamilies(cfg.EndpointIPAddressType, cfg.RemoteHostname); err != nil {
+		return nil, cfg.KeyError("remote_hostname", err)
+	}
 	p.Certificate = cfg.Authentication.Certificate != nil
 	p.Federated = cfg.Authentication.Federated != nil
 	p.UserPass = cfg.Authentication.Directory != nil || p.Federated
@@ -90,7 +108,6 @@ func New(ep *endpoint.Endpoint, proto string, ports []uint16, now time.Time) (*P
 	if err := CheckToken("the server certificate's CN", p.ServerName); err != nil {
 		return nil, cfg.KeyError("server_certificate.cert_file", err)
 	}
-	var err error
 	if p.CAPEM, err = ServerRootPEM(ep, now); err != nil {
 		return nil, cfg.KeyError("server_certificate.cert_file", err)
 	}
@@ -107,6 +124,62 @@ func New(ep *endpoint.Endpoint, proto string, ports []uint16, now time.Time) (*P
 		p.AuthDigest = cc.TLSAuthDigest
 	}
 	return p, nil
+}
+
+// RemoteFamilies returns the address families a profile lists remotes for, IPv4 first: those of
+// endpoint_ip_address_type (addressType: config.IPv4, config.IPv6 or config.DualStack; "" is
+// IPv4), narrowed to the family of remote_hostname (remote) when that is an IP address, since a
+// client cannot reach an IPv4 address over IPv6 or the reverse. An IP address of a family the
+// endpoint does not listen on is an error naming both keys.
+//
+// IPv4 comes first on a dual-stack endpoint: a client that connects today keeps connecting the
+// same way, and one without IPv4 moves on to the IPv6 remote after server-poll-timeout (Render).
+func RemoteFamilies(addressType, remote string) ([]string, error) {
+	var fams []string
+	if config.HasIPv4(addressType) {
+		fams = append(fams, config.IPv4)
+	}
+	if config.HasIPv6(addressType) {
+		fams = append(fams, config.IPv6)
+	}
+	a, err := netip.ParseAddr(remote)
+	if err != nil {
+		return fams, nil // a DNS name: the client resolves it in each family
+	}
+	fam, name := config.IPv4, "IPv4"
+	if !a.Unmap().Is4() {
+		fam, name = config.IPv6, "IPv6"
+	}
+	if !slices.Contains(fams, fam) {
+		if addressType == "" {
+			addressType = config.IPv4
+		}
+		return nil, fmt.Errorf("%s is an %s address, but endpoint_ip_address_type is %s: clients could not reach "+
+			"the endpoint at it (set remote_hostname to a DNS name or an address of the endpoint's family, "+
+			"or endpoint_ip_address_type to %s)", remote, name, addressType, config.DualStack)
+	}
+	return []string{fam}, nil
+}
+
+// perFamily says whether the remote lines name their family: when any family but IPv4 is listed.
+func (p *Profile) perFamily() bool {
+	return slices.ContainsFunc(p.Families, func(f string) bool { return f != config.IPv4 })
+}
+
+// remoteProto is the protocol of a remote line of proto (udp or tcp) in family fam: the name
+// OpenVPN's remote option takes for that transport in that family alone (socket.c proto_names;
+// options.c reads it with ascii2proto and ascii2af). tcp-client, not tcp: a client turns tcp into
+// tcp-client anyway (options.c options_postprocess_mutate_ce), and the explicit name reads the
+// same in any mode.
+func remoteProto(proto, fam string) string {
+	digit := "4"
+	if fam == config.IPv6 {
+		digit = "6"
+	}
+	if proto == config.ProtocolTCP {
+		return "tcp" + digit + "-client"
+	}
+	return proto + digit
 }
 
 // SetTLSCryptV2Key gives the profile the client's own tls-crypt-v2 key, which replaces the
@@ -231,13 +304,30 @@ func (p *Profile) Render() []byte {
 	case p.UserPass:
 		line("# Log in with your directory username and password.")
 	}
+	multi := len(p.Families) > 1
+	if multi {
+		line("# The endpoint listens on IPv4 and IPv6: the client tries each remote in turn.")
+	}
 	line("client")
 	line("dev tun")
 	line("proto %s", p.Proto)
 	for _, port := range p.Ports {
-		line("remote %s %d", quoteOption(p.Remote), port)
+		if !p.perFamily() {
+			line("remote %s %d", quoteOption(p.Remote), port)
+			continue
+		}
+		for _, fam := range p.Families {
+			line("remote %s %d %s", quoteOption(p.Remote), port, remoteProto(p.Proto, fam))
+		}
 	}
 	line("resolv-retry infinite")
+	if multi {
+		// A client without a working route in one family waits this long for the server's
+		// first packet before it tries the next remote, rather than the default 120 s
+		// (options.c: server-poll-timeout is connect_timeout). The server answers a first
+		// packet within a round trip.
+		line("server-poll-timeout 10")
+	}
 	line("nobind")
 	line("persist-key")
 	line("persist-tun")
