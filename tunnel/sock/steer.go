@@ -41,7 +41,9 @@ func Steer(payload []byte, n int) int {
 }
 
 // SteerProgram returns Steer(payload, n) as a classic BPF program for SO_ATTACH_REUSEPORT_CBPF.
-// The kernel runs it on the UDP payload (it pulls the UDP header first) and takes its answer as
+// The kernel runs it on the UDP payload (it pulls the UDP header first, for IPv4 and IPv6 alike:
+// net/ipv4/udp.c and net/ipv6/udp.c pass sizeof(struct udphdr) to reuseport_select_sock, so one
+// program steers the shards of either family's listener) and takes its answer as
 // the index of the socket in the reuseport group; an index >= n makes it fall back to its hash
 // of the addresses (net/core/sock_reuseport.c, run_bpf_filter), which is Steer's -1: the program
 // answers n for those. The length is checked before any load, since a load past the end aborts

@@ -247,12 +247,11 @@ func openUDP(ap netip.AddrPort, reuse bool) (*udpConn, error) {
 	if ap.Addr().IsUnspecified() {
 		// Replies must leave from the address each client sent to, which IP_PKTINFO
 		// (IPV6_RECVPKTINFO) reports and, on send, IP_PKTINFO (IPV6_PKTINFO) sets.
-		opt, name := unix.IPPROTO_IP, "IP_PKTINFO"
-		optName := unix.IP_PKTINFO
+		level, opt, name := unix.IPPROTO_IP, unix.IP_PKTINFO, "IP_PKTINFO"
 		if v6 {
-			opt, optName, name = unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO"
+			level, opt, name = unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO"
 		}
-		if err := unix.SetsockoptInt(fd, opt, optName, 1); err != nil {
+		if err := unix.SetsockoptInt(fd, level, opt, 1); err != nil {
 			return bad(os.NewSyscallError("setsockopt "+name, err))
 		}
 		c.pktinfo = true
