@@ -3,6 +3,7 @@ package host
 import (
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 
@@ -54,9 +55,9 @@ func TestOwnFromRoutes(t *testing.T) {
 	}
 }
 
-// TestOwnAddrsCoverInterfaces reads this host's local table (no root needed) and checks it
-// against the standard library's view: every IPv4 address of every interface that is up is
-// one of the host's own destinations, and so is the loopback range.
+// TestOwnAddrsCoverInterfaces reads this host's local tables (no root needed) and checks them
+// against the standard library's and netlink's view: every address of either family of every
+// interface that is up is one of the host's own destinations, and so is the loopback range.
 func TestOwnAddrsCoverInterfaces(t *testing.T) {
 	own, err := OwnAddrs()
 	if err != nil {
@@ -93,12 +94,110 @@ func TestOwnAddrsCoverInterfaces(t *testing.T) {
 	if checked == 0 {
 		t.Fatal("no interface with an IPv4 address is up: nothing was compared")
 	}
-	for _, a := range []string{"127.0.0.1", "127.8.9.10", "255.255.255.255", "224.0.0.1"} {
+	// IPv6 addresses as netlink lists them, since a tentative one (duplicate address detection
+	// still running) is not the host's yet.
+	addrs6, err := netlink.AddrList(nil, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs6 {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || a.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+			continue
+		}
+		if link, err := netlink.LinkByIndex(a.LinkIndex); err != nil || link.Attrs().Flags&net.FlagUp == 0 {
+			continue
+		}
+		if !contains(ip) {
+			t.Errorf("the address %s is not among the host's own destinations %v", ip, own)
+		}
+	}
+	for _, a := range []string{"127.0.0.1", "127.8.9.10", "255.255.255.255", "224.0.0.1", "::1", "fe80::1", "ff02::1"} {
 		if !contains(netip.MustParseAddr(a)) {
 			t.Errorf("%s is not among the host's own destinations %v", a, own)
 		}
 	}
 	if !slices.IsSortedFunc(own, netip.Prefix.Compare) {
 		t.Errorf("not sorted: %v", own)
+	}
+}
+
+// TestOwnAddrs6 in a namespace of its own: an interface's global, unique local and link-local
+// IPv6 addresses are the host's own destinations, and so is the subnet-router anycast address a
+// forwarding host answers; ::1, link-local and multicast are covered whatever the addresses.
+func TestOwnAddrs6(t *testing.T) {
+	inNewNetns(t)
+	// No duplicate address detection, which would keep the link-local address tentative (and
+	// out of the local table) for a second.
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0); err != nil {
+		t.Fatal(err)
+	}
+	la := netlink.NewLinkAttrs()
+	la.Name = "cvpnd0"
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: "cvpnd1"}); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := netlink.LinkByName("cvpnd1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(peer); err != nil {
+		t.Fatal(err)
+	}
+	link, err := netlink.LinkByName("cvpnd0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"2001:db8:7::1/64", "fd00:7::1/64"} {
+		addr, err := netlink.ParseAddr(a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr.Flags = unix.IFA_F_NODAD
+		if err := netlink.AddrAdd(link, addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		t.Fatal(err)
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var linkLocal netip.Prefix
+	for _, a := range addrs {
+		if ip, _ := netip.AddrFromSlice(a.IP); ip.IsLinkLocalUnicast() {
+			linkLocal = netip.PrefixFrom(ip, 128)
+		}
+	}
+	if !linkLocal.IsValid() {
+		t.Fatalf("cvpnd0 has no link-local address: %v", addrs)
+	}
+	own, err := OwnAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []netip.Prefix{netip.MustParsePrefix("2001:db8:7::1/128"), netip.MustParsePrefix("fd00:7::1/128"), linkLocal,
+		netip.MustParsePrefix("2001:db8:7::/128"), netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("fe80::/10"),
+		netip.MustParsePrefix("ff00::/8"), netip.MustParsePrefix("127.0.0.1/32")} {
+		if !slices.Contains(own, want) {
+			t.Errorf("%s is not among the host's own destinations %v", want, own)
+		}
+	}
+	for _, not := range []string{"2001:db8:7::2", "fd00:7::2", "2001:db8:8::1"} {
+		if slices.ContainsFunc(own, func(p netip.Prefix) bool { return p.Contains(netip.MustParseAddr(not)) }) {
+			t.Errorf("%s, another host's, is among the host's own destinations %v", not, own)
+		}
 	}
 }

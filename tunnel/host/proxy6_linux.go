@@ -80,6 +80,7 @@ func readLink6(link netlink.Link) (*link6, error) {
 	if l.proxies, err = proxyEntries(nil, link, netlink.FAMILY_V6); err != nil {
 		return nil, err
 	}
+	slices.SortFunc(l.proxies, netip.Addr.Compare)
 	return l, nil
 }
 

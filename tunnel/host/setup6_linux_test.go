@@ -247,3 +247,236 @@ func (v *vpc6) readEcho(t *testing.T, h *Host, dst string) {
 		}
 	}
 }
+
+// TestSetup6PerClient: a pool larger than the setup bound gets no entries at setup; AddClient6
+// adds one per client address (twice is once), RemoveClient6 removes it, Close removes those
+// left, and AddClient6 after Close fails.
+func TestSetup6PerClient(t *testing.T) {
+	v := newVPC6(t)
+	h, err := Setup(Config{TUNName: "cvpnt6", MTU: 1400, Interface: target6, Client6: netip.MustParsePrefix("2001:db8:1::200/120"),
+		setupProxyMax: 16}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if got := v.proxies6(t); len(got) != 0 {
+		t.Fatalf("proxy entries at setup: %v, want none", got)
+	}
+	if mac, line := v.resolve(t, "2001:db8:1::203"); mac != "" {
+		t.Errorf("the VPC host resolved a client address no client holds: %s", line)
+	}
+	for _, a := range []string{"2001:db8:1::203", "2001:db8:1::2ff", "2001:db8:1::203", "2001:db8:1::204"} {
+		if err := h.AddClient6(netip.MustParseAddr(a)); err != nil {
+			t.Fatalf("AddClient6(%s): %v", a, err)
+		}
+	}
+	want := []netip.Addr{netip.MustParseAddr("2001:db8:1::203"), netip.MustParseAddr("2001:db8:1::204"), netip.MustParseAddr("2001:db8:1::2ff")}
+	if got := v.proxies6(t); !slices.Equal(got, want) {
+		t.Errorf("proxy entries %v, want %v", got, want)
+	}
+	if mac, line := v.resolve(t, "2001:db8:1::203"); mac != v.target.Attrs().HardwareAddr.String() {
+		t.Errorf("the VPC host resolved the client address to %q (%s), want %s", mac, line, v.target.Attrs().HardwareAddr)
+	}
+	for _, a := range []string{"2001:db8:1::204", "2001:db8:1::205"} { // the second was never added
+		if err := h.RemoveClient6(netip.MustParseAddr(a)); err != nil {
+			t.Errorf("RemoveClient6(%s): %v", a, err)
+		}
+	}
+	if got := v.proxies6(t); !slices.Equal(got, []netip.Addr{want[0], want[2]}) {
+		t.Errorf("after RemoveClient6: proxy entries %v", got)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.proxies6(t); len(got) != 0 {
+		t.Errorf("after Close: proxy entries %v", got)
+	}
+	if err := h.AddClient6(want[0]); !errors.Is(err, ErrClosed) {
+		t.Errorf("AddClient6 after Close: %v, want ErrClosed", err)
+	}
+	if got := v.proxies6(t); len(got) != 0 {
+		t.Errorf("after AddClient6 after Close: proxy entries %v", got)
+	}
+}
+
+// TestSetup6Restart: entries in the client block that a killed cvpn left (its claim file names
+// the block) are removed at the next Setup, in either mode; without the claim they are the
+// operator's, and Setup refuses the block and leaves them.
+func TestSetup6Restart(t *testing.T) {
+	v := newVPC6(t)
+	left := []string{"2001:db8:1::210", "2001:db8:1::211"}
+	for _, a := range left {
+		run6(t, "ip", "-6", "neigh", "add", "proxy", a, "dev", target6)
+	}
+	cfg := Config{TUNName: "cvpnt6", MTU: 1400, Interface: target6, Client6: netip.MustParsePrefix("2001:db8:1::200/120"), Client6Count: 256}
+
+	_, err := Setup(cfg, nil)
+	var e *Error
+	if !errors.As(err, &e) || !strings.Contains(err.Error(), "client_ipv6_cidr_block: 2001:db8:1::200/120 holds proxy neighbour entries on cvpnt0 that cvpn did not add (2001:db8:1::210, 2001:db8:1::211)") ||
+		!strings.Contains(e.Fix, "ip -6 neigh del proxy") {
+		t.Fatalf("Setup with the operator's entries in the block: %v", err)
+	}
+	if got := v.proxies6(t); len(got) != 2 {
+		t.Fatalf("the operator's entries: %v", got)
+	}
+
+	cfg.ClaimFile = filepath.Join(t.TempDir(), "claim")
+	if err := os.WriteFile(cfg.ClaimFile, []byte("proxy neighbour 10.0.1.9 dev cvpnt0\nproxy neighbours 2001:db8:1::200/120 dev cvpnt0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.setupProxyMax = 16
+	h, err := Setup(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.proxies6(t); len(got) != 0 {
+		t.Errorf("per-client mode after a kill: entries %v, want the left ones removed", got)
+	}
+	if err := h.AddClient6(netip.MustParseAddr(left[0])); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(cfg.ClaimFile); string(b) != "proxy neighbours 2001:db8:1::200/120 dev cvpnt0\n" {
+		t.Errorf("claim file %q", b)
+	}
+	// Killed again: the file still claims the block, so the next Setup (all at setup) takes
+	// the entry over and adds the rest.
+	h.proxy6.nl.Close()
+	h.undo = h.undo[:0]
+	for _, q := range h.queues {
+		q.Close()
+	}
+	cfg.setupProxyMax = 0
+	h, err = Setup(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := v.proxies6(t); !slices.Equal(got, addrRange("2001:db8:1::202", 254)) {
+		t.Errorf("setup mode after a kill: %d entries, want ::202..::2ff", len(got))
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.proxies6(t); len(got) != 0 {
+		t.Errorf("after Close: entries %v", got)
+	}
+	if _, err := os.Stat(cfg.ClaimFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("claim file after Close: %v", err)
+	}
+}
+
+// TestSetup6Refusals: a client block or SNAT6 address that does not fit the target interface is
+// refused before anything is added, with the key, the interface's subnets and a fix.
+func TestSetup6Refusals(t *testing.T) {
+	v := newVPC6(t)
+	// A host the kernel has heard from, and a /128 address whose subnet comes from an on-link
+	// route (as with DHCPv6 and router advertisements).
+	if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: v.target.Attrs().Index, Family: netlink.FAMILY_V6, State: netlink.NUD_REACHABLE,
+		IP: netip.MustParseAddr("2001:db8:1::310").AsSlice(), HardwareAddr: []byte{2, 0, 0, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	// One that never answered is no host.
+	if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: v.target.Attrs().Index, Family: netlink.FAMILY_V6, State: netlink.NUD_FAILED,
+		IP: netip.MustParseAddr("2001:db8:1::410").AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	run6(t, "ip", "addr", "add", "2001:db8:2::1/128", "dev", target6, "nodad")
+	run6(t, "ip", "-6", "route", "add", "2001:db8:2::/64", "dev", target6)
+	ip4 := readProc(t, "net/ipv4/ip_forward")
+	for _, tc := range []struct {
+		block, snat6 string
+		want         string // "" when accepted
+	}{
+		{"2001:db8:9::/120", "", "client_ipv6_cidr_block: 2001:db8:9::/120 is not inside any IPv6 subnet of target_network.interface cvpnt0 (2001:db8:1::/64, 2001:db8:2::/64): " +
+			"use a part of one of them that no host uses, or set target_network.snat_ipv6_address to source-NAT IPv6 traffic instead"},
+		{"2001:db8:1::/120", "", "client_ipv6_cidr_block: 2001:db8:1::/120 contains 2001:db8:1::1, an address of target_network.interface cvpnt0: choose a block"},
+		{"2001:db8:2::/120", "", "client_ipv6_cidr_block: 2001:db8:2::/120 contains 2001:db8:2::1, an address of target_network.interface cvpnt0"},
+		{"2001:db8:1::300/120", "", "client_ipv6_cidr_block: 2001:db8:1::300/120 contains 2001:db8:1::310, another host the kernel knows on target_network.interface cvpnt0: choose a block"},
+		{"2001:db8:1::/64", "", "client_ipv6_cidr_block: 2001:db8:1::/64 contains 2001:db8:1::1, an address of"},
+		{"2001:db8:1::400/120", "", ""}, // the failed neighbour does not count
+		{"2001:db8:2:0:1::/112", "", ""},
+		{"fd00:c::/120", "2001:db8:7::5", "target_network.snat_ipv6_address: 2001:db8:7::5 is not inside any IPv6 subnet of target_network.interface cvpnt0 (2001:db8:1::/64, 2001:db8:2::/64): use a part of one of them that no host uses"},
+		{"fd00:c::/120", "2001:db8:1::1", "target_network.snat_ipv6_address: 2001:db8:1::1 is cvpnt0's own address"},
+		{"fd00:c::/120", "2001:db8:1::310", "target_network.snat_ipv6_address: 2001:db8:1::310 is in use by another host on cvpnt0"},
+		{"fd00:c::/120", "fd00:c::5", "target_network.snat_ipv6_address: fd00:c::5 is inside client_ipv6_cidr_block fd00:c::/120"},
+	} {
+		cfg := Config{TUNName: "cvpnt6", MTU: 1400, Interface: target6, Client6: netip.MustParsePrefix(tc.block), setupProxyMax: 16}
+		if tc.snat6 != "" {
+			cfg.SNAT6 = netip.MustParseAddr(tc.snat6)
+		}
+		h, err := Setup(cfg, nil)
+		if tc.want == "" {
+			if err != nil {
+				t.Errorf("%s: %v, want accepted", tc.block, err)
+			}
+			if err := h.Close(); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		var e *Error
+		if !errors.As(err, &e) || !strings.HasPrefix(err.Error(), tc.want) || e.Fix == "" {
+			t.Errorf("%s %s: %v\nwant *Error starting %q", tc.block, tc.snat6, err, tc.want)
+		}
+		if h != nil {
+			t.Errorf("%s: a Host with an error", tc.block)
+		}
+		if _, err := netlink.LinkByName("cvpnt6"); err == nil {
+			t.Fatalf("%s: the TUN was created before the check", tc.block)
+		}
+		if got := readProc(t, "net/ipv6/conf/all/forwarding"); got != "0" {
+			t.Fatalf("%s: forwarding %s after a refusal", tc.block, got)
+		}
+	}
+	if got := readProc(t, "net/ipv4/ip_forward"); got != ip4 {
+		t.Errorf("ip_forward %s, want %s: IPv4 is off", got, ip4)
+	}
+	if got := v.proxies6(t); len(got) != 0 {
+		t.Errorf("proxy entries left: %v", got)
+	}
+}
+
+// TestSetup6NAT: with SNAT6, IPv6 is source-NATed like IPv4: a /128 route and one proxy entry
+// for each family's SNAT address, none for the client block, which need not be on the link;
+// the VPC host resolves the SNAT6 address to the target interface. Close removes them.
+func TestSetup6NAT(t *testing.T) {
+	v := newVPC6(t)
+	claim := filepath.Join(t.TempDir(), "claim")
+	h, err := Setup(Config{TUNName: "cvpnt6", MTU: 1400, Interface: target6, SNAT: netip.MustParseAddr("10.0.1.2"),
+		Client6: netip.MustParsePrefix("fd00:c::/120"), SNAT6: netip.MustParseAddr("2001:db8:1::53"), ClaimFile: claim}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if got := routes6(t, "cvpnt6"); !slices.Equal(got, []string{"2001:db8:1::53/128"}) {
+		t.Errorf("IPv6 routes through the TUN %v, want the SNAT6 address's alone", got)
+	}
+	if got := v.proxies6(t); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("2001:db8:1::53")}) {
+		t.Errorf("proxy entries %v, want the SNAT6 address", got)
+	}
+	if got4, err := proxyEntries(nil, v.target, netlink.FAMILY_V4); err != nil || !slices.Equal(got4, []netip.Addr{netip.MustParseAddr("10.0.1.2")}) {
+		t.Errorf("IPv4 proxy entries %v, %v", got4, err)
+	}
+	if err := h.AddClient6(netip.MustParseAddr("fd00:c::5")); err != nil {
+		t.Errorf("AddClient6 in NAT mode: %v, want nothing done", err)
+	}
+	if b, _ := os.ReadFile(claim); string(b) != "proxy neighbour 10.0.1.2 dev cvpnt0\nproxy neighbour 2001:db8:1::53 dev cvpnt0\n" {
+		t.Errorf("claim file %q", b)
+	}
+	for k, want := range map[string]string{"net/ipv6/conf/all/forwarding": "1", "net/ipv6/conf/cvpnt0/proxy_ndp": "1", "net/ipv4/ip_forward": "1"} {
+		if got := readProc(t, k); got != want {
+			t.Errorf("%s = %s, want %s", k, got, want)
+		}
+	}
+	if mac, line := v.resolve(t, "2001:db8:1::53"); mac != v.target.Attrs().HardwareAddr.String() {
+		t.Errorf("the VPC host resolved the SNAT6 address to %q (%s), want %s", mac, line, v.target.Attrs().HardwareAddr)
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.proxies6(t); len(got) != 0 {
+		t.Errorf("after Close: proxy entries %v", got)
+	}
+	if _, err := os.Stat(claim); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("claim file after Close: %v", err)
+	}
+}
