@@ -11,16 +11,40 @@ import (
 )
 
 // hostConfig is the part of the endpoint file that host setup needs. None of it may change on
-// reload (config.CheckReload).
+// reload (config.CheckReload). Each family's addresses are zero when its traffic is off.
 func hostConfig(cfg *config.Endpoint) host.Config {
 	return host.Config{
-		TUNName:   cfg.TUN.Name,
-		MTU:       cfg.TUN.MTU,
-		Interface: cfg.TargetNetwork.Interface,
-		SNAT:      cfg.TargetNetwork.SNATAddress,
+		TUNName:      cfg.TUN.Name,
+		MTU:          cfg.TUN.MTU,
+		Interface:    cfg.TargetNetwork.Interface,
+		SNAT:         cfg.TargetNetwork.SNATAddress,
+		Client6:      cfg.ClientIPv6CIDRBlock,
+		Client6Count: client6Count(cfg),
+		SNAT6:        cfg.TargetNetwork.SNATIPv6Address,
 		// Beside the admin socket: the runtime directory, which lives until a reboot.
 		ClaimFile: filepath.Join(filepath.Dir(cfg.Admin.Socket), "cvpn-host-"+cfg.TUN.Name),
 	}
+}
+
+// client6Count is how many addresses of the IPv6 block the address pool indexes (ippool: index
+// i is the block's base+i): its Size, capped by the block's addresses. With both families the
+// IPv4 block decides it, so a dual-stack pool of a /22 has 1,024 IPv6 addresses whatever the
+// IPv6 block. It builds the pool the endpoint builds (newPool) to ask; 0 without IPv6, and when
+// the pool cannot be built (the endpoint has refused the file then).
+func client6Count(cfg *config.Endpoint) int {
+	block := cfg.ClientIPv6CIDRBlock
+	if !block.IsValid() {
+		return 0
+	}
+	pool, err := newPool(cfg)
+	if err != nil {
+		return 0
+	}
+	n := pool.Size()
+	if bits := 128 - block.Bits(); bits < 62 && n > 1<<bits {
+		n = 1 << bits
+	}
+	return n
 }
 
 // closeHost removes the host state after a failed start. A failure to remove it joins err, so

@@ -10,8 +10,8 @@ import (
 	"github.com/cvpn/cvpn/tunnel/host"
 )
 
-// HostAddrs finds the host's own destinations (its addresses on every interface, loopback,
-// broadcast, multicast) and watches them: it returns them as they are now, then calls changed
+// HostAddrs finds the host's own destinations (its addresses of both families on every
+// interface, loopback, broadcast, multicast, IPv6 link-local) and watches them: it returns them as they are now, then calls changed
 // with the whole new list whenever they change, until stop is called. host.WatchOwnAddrs is
 // the real one.
 type HostAddrs func(changed func([]netip.Prefix), log *slog.Logger) (own []netip.Prefix, stop func(), err error)
@@ -26,12 +26,14 @@ func watchHostAddrs(changed func([]netip.Prefix), log *slog.Logger) ([]netip.Pre
 }
 
 // hostPolicy is the per-packet policy the engine runs with: the endpoint file's (which a
-// reload replaces) completed with the host's own destinations and the SNAT address (which the
-// address watch replaces), so that clients do not reach the host unless allow_host_access says
-// they may. Either change builds a new snapshot from both and hands it to the engine.
+// reload replaces) completed with the host's own destinations and the SNAT addresses of both
+// families (which the address watch replaces), so that clients do not reach the host unless
+// allow_host_access says they may. Either change builds a new snapshot from both and hands it
+// to the engine.
 type hostPolicy struct {
-	snat netip.Addr
-	log  *slog.Logger
+	snat  netip.Addr // target_network.snat_address; invalid when IPv4 traffic is off
+	snat6 netip.Addr // target_network.snat_ipv6_address; invalid unless IPv6 is source-NATed
+	log   *slog.Logger
 
 	mu      sync.Mutex // guards the fields below; held while handing the engine a policy
 	srv     *tunnel.Server
@@ -45,9 +47,21 @@ func newHostPolicy(file *tunnel.Policy, snat netip.Addr, log *slog.Logger) *host
 	return &hostPolicy{snat: snat, log: log, file: file}
 }
 
+// withSNAT6 adds target_network.snat_ipv6_address (when valid) to the host's destinations, as
+// newHostPolicy does the IPv4 SNAT address; call it before first.
+func (h *hostPolicy) withSNAT6(snat6 netip.Addr) *hostPolicy {
+	h.snat6 = snat6
+	return h
+}
+
 // compose builds cur from file and own; h.mu is held.
 func (h *hostPolicy) compose() {
-	own := append(slices.Clone(h.own), netip.PrefixFrom(h.snat, h.snat.BitLen()))
+	own := slices.Clone(h.own)
+	for _, a := range []netip.Addr{h.snat, h.snat6} {
+		if a.IsValid() {
+			own = append(own, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
 	h.cur = h.file.WithHost(own)
 	if h.srv != nil {
 		h.srv.Reload(h.cur)
@@ -90,5 +104,5 @@ func (h *hostPolicy) setOwn(own []netip.Prefix) {
 	defer h.mu.Unlock()
 	h.own, h.watched = own, true
 	h.compose()
-	h.log.Info("the host's own addresses changed", "addresses", own, "snat", h.snat, "allow_host_access", h.file.AllowHostAccess)
+	h.log.Info("the host's own addresses changed", "addresses", own, "snat", h.snat, "snat6", h.snat6, "allow_host_access", h.file.AllowHostAccess)
 }

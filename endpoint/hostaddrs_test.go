@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +13,9 @@ import (
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
 	"github.com/cvpn/cvpn/bench/client"
+	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/ippool"
+	"github.com/cvpn/cvpn/tunnel"
 	"github.com/cvpn/cvpn/tunnel/host"
 	"github.com/cvpn/cvpn/tunnel/sock/socktest"
 )
@@ -171,5 +175,58 @@ func TestStartFailsWithoutHostAddrs(t *testing.T) {
 	case <-l.host.closed:
 	default:
 		t.Error("the host state was not removed")
+	}
+}
+
+// TestHostConfigIPv6: the host gets the IPv6 block, how many of its addresses the pool indexes
+// (its size, capped by the block: a dual-stack pool follows its IPv4 block), and the SNAT6
+// address; families whose traffic is off are zero.
+func TestHostConfigIPv6(t *testing.T) {
+	for _, tc := range []struct {
+		v4, v6 string
+		snat   string
+		count  int
+	}{
+		{"10.8.0.0/22", "2001:db8:1::1:0/112", "10.0.1.2", 1024},
+		{"10.8.0.0/16", "2001:db8:1::100/120", "10.0.1.2", 256},
+		{"10.0.0.0/12", "2001:db8:1::/64", "10.0.1.2", 1 << 20},
+		{"", "2001:db8:1::/64", "", ippool.MaxSize6},
+		{"", "2001:db8:1::100/120", "", 256},
+		{"10.8.0.0/22", "", "10.0.1.2", 0},
+	} {
+		var cfg config.Endpoint
+		cfg.TUN.Name, cfg.Admin.Socket = "cvpn0", "/run/cvpn/admin.sock"
+		if tc.v4 != "" {
+			cfg.ClientCIDRBlock = netip.MustParsePrefix(tc.v4)
+			cfg.TargetNetwork.SNATAddress = netip.MustParseAddr(tc.snat)
+		}
+		if tc.v6 != "" {
+			cfg.ClientIPv6CIDRBlock = netip.MustParsePrefix(tc.v6)
+			cfg.TargetNetwork.SNATIPv6Address = netip.MustParseAddr("2001:db8:1::53")
+		}
+		h := hostConfig(&cfg)
+		if h.Client6 != cfg.ClientIPv6CIDRBlock || h.Client6Count != tc.count || h.SNAT6 != cfg.TargetNetwork.SNATIPv6Address || h.SNAT != cfg.TargetNetwork.SNATAddress {
+			t.Errorf("%s %s: Client6 %s, Client6Count %d (want %d), SNAT6 %s, SNAT %s", tc.v4, tc.v6, h.Client6, h.Client6Count, tc.count, h.SNAT6, h.SNAT)
+		}
+	}
+}
+
+// TestHostPolicySNAT6: the SNAT addresses of both families are among the host's destinations
+// the engine refuses; one whose family is off adds nothing.
+func TestHostPolicySNAT6(t *testing.T) {
+	own := []netip.Prefix{netip.MustParsePrefix("10.0.1.1/32"), netip.MustParsePrefix("2001:db8:1::1/128")}
+	snat6 := netip.MustParseAddr("2001:db8:1::53")
+	for _, tc := range []struct {
+		snat, snat6 netip.Addr
+		want        []netip.Prefix
+	}{
+		{snatAddr, snat6, append(slices.Clone(own), netip.PrefixFrom(snatAddr, 32), netip.PrefixFrom(snat6, 128))},
+		{netip.Addr{}, snat6, append(slices.Clone(own), netip.PrefixFrom(snat6, 128))},
+		{snatAddr, netip.Addr{}, append(slices.Clone(own), netip.PrefixFrom(snatAddr, 32))},
+	} {
+		pol := newHostPolicy(&tunnel.Policy{}, tc.snat, slog.New(slog.DiscardHandler)).withSNAT6(tc.snat6)
+		if got := pol.first(own).Host; !slices.Equal(got, tc.want) {
+			t.Errorf("snat %s, snat6 %s: host destinations %v, want %v", tc.snat, tc.snat6, got, tc.want)
+		}
 	}
 }

@@ -59,7 +59,8 @@ type Config struct {
 	// when IPv6 traffic is off. Client6Count is how many of its addresses the address pool
 	// indexes, base..base+Client6Count-1 (ippool: index i is base+i; it leases neither index
 	// 0, the subnet-router anycast address, nor 1, the tunnel gateway): the pool's Size()
-	// capped by the block. 0 means all of the block up to ippool.MaxSize6.
+	// capped by the block (a dual-stack pool indexes as many as its IPv4 block has). 0 means all
+	// of the block up to ippool.MaxSize6.
 	Client6      netip.Prefix
 	Client6Count int
 	// SNAT6 (target_network.snat_ipv6_address), when valid, is the endpoint's own IPv6 address

@@ -9,6 +9,9 @@ import (
 	"github.com/cvpn/cvpn/ippool"
 )
 
+// maxPeerIDs bounds an address pool's indexes: each is a P_DATA_V2 peer-id, of 24 bits.
+const maxPeerIDs = 1 << 24
+
 // checkFamilies checks the addresses of cfg that need no kernel to check, completes
 // Client6Count, and says which families flow through the tunnel.
 func checkFamilies(cfg *Config) (families, error) {
@@ -22,15 +25,17 @@ func checkFamilies(cfg *Config) (families, error) {
 		if !b.Addr().Is6() || b.Addr().Is4In6() || b.Masked() != b || b.Bits() < ippool.MinPrefixBits6 || b.Bits() > ippool.MaxPrefixBits6 {
 			return f, &Error{Op: "client_ipv6_cidr_block", Err: fmt.Errorf("%s is not an IPv6 block of /%d to /%d with no host bits set", b, ippool.MinPrefixBits6, ippool.MaxPrefixBits6)}
 		}
-		most := ippool.MaxSize6
-		if b.Bits() > 128-16 {
-			most = 1 << (128 - b.Bits())
+		// An IPv6-only pool indexes up to ippool.MaxSize6 addresses, a dual-stack one as many
+		// as its IPv4 block has, up to the 24 bits of a peer-id.
+		most, bound := ippool.MaxSize6, maxPeerIDs
+		if bits := 128 - b.Bits(); bits < 24 {
+			most, bound = min(most, 1<<bits), 1<<bits
 		}
 		switch {
 		case cfg.Client6Count == 0:
 			cfg.Client6Count = most
-		case cfg.Client6Count < 0 || cfg.Client6Count > most:
-			return f, &Error{Op: "client_ipv6_cidr_block", Err: fmt.Errorf("%d addresses of %s indexed, want 1 to %d", cfg.Client6Count, b, most)}
+		case cfg.Client6Count < 0 || cfg.Client6Count > bound:
+			return f, &Error{Op: "client_ipv6_cidr_block", Err: fmt.Errorf("%d addresses of %s indexed, want 1 to %d", cfg.Client6Count, b, bound)}
 		}
 	}
 	if cfg.SNAT6.IsValid() {

@@ -98,6 +98,7 @@ func TestCheckFamilies(t *testing.T) {
 		{Config{Client6: netip.MustParsePrefix("2001:db8::/120")}, "", 256},
 		{Config{Client6: netip.MustParsePrefix("2001:db8::/112"), Client6Count: 1024}, "", 1024},
 		{Config{Client6: netip.MustParsePrefix("2001:db8::/64")}, "", ippool.MaxSize6},
+		{Config{Client6: netip.MustParsePrefix("2001:db8::/64"), Client6Count: 1 << 20}, "", 1 << 20}, // dual stack with a /12
 		{Config{Client6: netip.MustParsePrefix("2001:db8::/120"), SNAT6: netip.MustParseAddr("2001:db8:1::5")}, "", 256},
 		{Config{}, "host setup: neither IPv4", 0},
 		{Config{SNAT: netip.MustParseAddr("fd00::2")}, "target_network.snat_address: fd00::2 is not an IPv4 address", 0},
