@@ -197,15 +197,18 @@ func TestUnitsVerify(t *testing.T) {
 
 // TestSysctlFile applies the sysctl file as the units' ExecStartPre= does (systemd-sysctl
 // 60-cvpn.conf, found by name in /usr/lib/sysctl.d) in new mount and network namespaces, whose
-// sysctl.d directory and net.ipv4 settings are their own, and reads the settings back:
-// forwarding on, and no proxy ARP delay on every interface there (lo and a veth pair). A new
-// network namespace has no net.ipv4.neigh.default (only the host's has), so that line is only
-// checked to be in the file, marked to be passed over quietly where it is missing.
+// sysctl.d directory and net settings are their own, and reads the settings back: forwarding
+// of both families on, proxy NDP on, and no proxy ARP or NDP delay on every interface there (lo
+// and a veth pair). A new network namespace has no net.ipv4.neigh.default nor
+// net.ipv6.neigh.default (only the host's has), so those lines are only checked to be in the
+// file, marked to be passed over quietly where they are missing.
 func TestSysctlFile(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to make network and mount namespaces (CI runs as root)")
 	}
-	const read = `cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/neigh/lo/proxy_delay /proc/sys/net/ipv4/neigh/cvpntest0/proxy_delay`
+	const read = `cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/neigh/lo/proxy_delay /proc/sys/net/ipv4/neigh/cvpntest0/proxy_delay ` +
+		`/proc/sys/net/ipv6/conf/all/forwarding /proc/sys/net/ipv6/conf/cvpntest0/forwarding /proc/sys/net/ipv6/conf/cvpntest0/proxy_ndp ` +
+		`/proc/sys/net/ipv6/neigh/cvpntest0/proxy_delay /proc/sys/net/ipv6/conf/default/proxy_ndp`
 	const dummy = `ip link add cvpntest0 type veth peer name cvpntest1 && `
 	unshare := need(t, "unshare")
 	need(t, "ip")
@@ -213,8 +216,8 @@ func TestSysctlFile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("unshare: %v: %s", err, before)
 	}
-	if f := strings.Fields(string(before)); len(f) != 3 || f[0] != "0" || f[2] == "0" {
-		t.Fatalf("a new namespace starts with forwarding on or no proxy delay: %q", before)
+	if got := strings.Join(strings.Fields(string(before)), " "); got != "0 80 80 0 0 0 80 0" {
+		t.Fatalf("a new namespace starts with forwarding on, proxy NDP on or no proxy delay: %q", got)
 	}
 	conf, err := os.ReadFile("sysctl/60-cvpn.conf")
 	if err != nil {
@@ -224,7 +227,8 @@ func TestSysctlFile(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "60-cvpn.conf"), conf, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range []string{"net.ipv4.ip_forward = 1", "-net.ipv4.neigh.default.proxy_delay = 0", "net.ipv4.neigh.*.proxy_delay = 0"} {
+	for _, line := range []string{"net.ipv4.ip_forward = 1", "-net.ipv4.neigh.default.proxy_delay = 0", "net.ipv4.neigh.*.proxy_delay = 0",
+		"net.ipv6.conf.all.forwarding = 1", "net.ipv6.conf.*.proxy_ndp = 1", "-net.ipv6.neigh.default.proxy_delay = 0", "net.ipv6.neigh.*.proxy_delay = 0"} {
 		if !strings.Contains(string(conf), "\n"+line+"\n") {
 			t.Errorf("60-cvpn.conf lacks %q", line)
 		}
@@ -237,8 +241,9 @@ func TestSysctlFile(t *testing.T) {
 	if err != nil || stderr.Len() > 0 {
 		t.Fatalf("systemd-sysctl 60-cvpn.conf: %v: %s%s", err, stderr.Bytes(), after)
 	}
-	if got := strings.Join(strings.Fields(string(after)), " "); got != "1 0 0" {
-		t.Errorf("after the sysctl file: ip_forward, lo's and cvpntest0's proxy_delay are %q, want 1 0 0", got)
+	if got := strings.Join(strings.Fields(string(after)), " "); got != "1 0 0 1 1 1 0 1" {
+		t.Errorf("after the sysctl file: ip_forward, lo's and cvpntest0's proxy_delay, IPv6 forwarding (all, cvpntest0), cvpntest0's proxy_ndp "+
+			"and proxy_delay, and default's proxy_ndp are %q, want 1 0 0 1 1 1 0 1", got)
 	}
 }
 
