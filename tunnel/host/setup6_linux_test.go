@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -250,8 +251,8 @@ func (v *vpc6) readEcho(t *testing.T, h *Host, dst string) {
 }
 
 // TestSetup6PerClient: a pool larger than the setup bound gets no entries at setup; AddClient6
-// adds one per client address (twice is once), RemoveClient6 removes it, Close removes those
-// left, and AddClient6 after Close fails.
+// adds one per client address (twice is once), RemoveClient6 removes it, also from many
+// sessions at once, Close removes those left, and AddClient6 after Close fails.
 func TestSetup6PerClient(t *testing.T) {
 	v := newVPC6(t)
 	h, err := Setup(Config{TUNName: "cvpnt6", MTU: 1400, Interface: target6, Client6: netip.MustParsePrefix("2001:db8:1::200/120"),
@@ -285,6 +286,30 @@ func TestSetup6PerClient(t *testing.T) {
 	}
 	if got := v.proxies6(t); !slices.Equal(got, []netip.Addr{want[0], want[2]}) {
 		t.Errorf("after RemoveClient6: proxy entries %v", got)
+	}
+	// Sessions come and go at once: each its own address.
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 32 {
+		wg.Go(func() {
+			a := netip.MustParseAddr(fmt.Sprintf("2001:db8:1::2%02x", 0x20+i))
+			if err := h.AddClient6(a); err != nil {
+				errs <- err
+			}
+			if i%2 == 0 {
+				if err := h.RemoveClient6(a); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := v.proxies6(t); len(got) != 2+16 {
+		t.Errorf("after 32 concurrent sessions, 16 gone: %d entries, want 18", len(got))
 	}
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
