@@ -50,9 +50,11 @@ func (c *claims) add(line string) {
 func (c *claims) remove(line string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if i := slices.Index(c.cur, line); i >= 0 {
-		c.cur = slices.Delete(c.cur, i, i+1)
+	i := slices.Index(c.cur, line)
+	if i < 0 {
+		return // never added: the file, perhaps a previous cvpn's, stays as it is
 	}
+	c.cur = slices.Delete(c.cur, i, i+1)
 	c.write()
 }
 

@@ -172,6 +172,12 @@ func TestClaimsFile(t *testing.T) {
 	if !c.previous("proxy neighbour 10.0.1.2 dev eth1") || c.previous("proxy neighbour 10.0.1.3 dev eth1") {
 		t.Errorf("previous claims %q", c.prev)
 	}
+	// A failed Setup undoes a claim it never made: the previous cvpn's file stays, since what
+	// it claims is still there.
+	c.remove("proxy neighbours 2001:db8::/120 dev eth1")
+	if b, _ := os.ReadFile(file); string(b) != "proxy neighbour 10.0.1.2 dev eth1\n" {
+		t.Errorf("file after removing a claim never made: %q", b)
+	}
 	c.add("a")
 	c.add("b")
 	if b, _ := os.ReadFile(file); string(b) != "a\nb\n" {

@@ -144,9 +144,9 @@ func (l *link6) notInSubnet(op, what string) error {
 	for i, p := range l.subnets {
 		subnets[i] = p.String()
 	}
-	fix := "use a part of one of them that no host uses"
+	fix := "use a free address in one of them"
 	if op == "client_ipv6_cidr_block" {
-		fix += ", or set target_network.snat_ipv6_address to source-NAT IPv6 traffic instead"
+		fix = "use a part of one of them that no host uses, or set target_network.snat_ipv6_address to source-NAT IPv6 traffic instead"
 	}
 	return &Error{Op: op, Err: fmt.Errorf("%s is not inside any IPv6 subnet of target_network.interface %s (%s)", what, l.name, strings.Join(subnets, ", ")), Fix: fix}
 }

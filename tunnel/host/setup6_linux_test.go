@@ -420,7 +420,7 @@ func TestSetup6Refusals(t *testing.T) {
 		{"2001:db8:1::/64", "", "client_ipv6_cidr_block: 2001:db8:1::/64 contains 2001:db8:1::1, an address of"},
 		{"2001:db8:1::400/120", "", ""}, // the failed neighbour does not count
 		{"2001:db8:2:0:1::/112", "", ""},
-		{"fd00:c::/120", "2001:db8:7::5", "target_network.snat_ipv6_address: 2001:db8:7::5 is not inside any IPv6 subnet of target_network.interface cvpnt0 (2001:db8:1::/64, 2001:db8:2::/64): use a part of one of them that no host uses"},
+		{"fd00:c::/120", "2001:db8:7::5", "target_network.snat_ipv6_address: 2001:db8:7::5 is not inside any IPv6 subnet of target_network.interface cvpnt0 (2001:db8:1::/64, 2001:db8:2::/64): use a free address in one of them"},
 		{"fd00:c::/120", "2001:db8:1::1", "target_network.snat_ipv6_address: 2001:db8:1::1 is cvpnt0's own address"},
 		{"fd00:c::/120", "2001:db8:1::310", "target_network.snat_ipv6_address: 2001:db8:1::310 is in use by another host on cvpnt0"},
 		{"fd00:c::/120", "fd00:c::5", "target_network.snat_ipv6_address: fd00:c::5 is inside client_ipv6_cidr_block fd00:c::/120"},
@@ -569,5 +569,24 @@ func BenchmarkProxyEntries(b *testing.B) {
 			b.ReportMetric(float64(del.Milliseconds())/float64(b.N), "remove-ms")
 			b.ReportMetric(float64(add.Nanoseconds())/float64(b.N*n)/1e3, "add-µs/entry")
 		})
+	}
+}
+
+// TestSetup6NoIPv6OnTUN: where new devices get no IPv6 (default.disable_ipv6), the route of the
+// client block into the TUN fails with the sysctl that fixes it, and nothing is left.
+func TestSetup6NoIPv6OnTUN(t *testing.T) {
+	v := newVPC6(t)
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Setup(Config{TUNName: "cvpnt6", MTU: 1400, Interface: target6, Client6: netip.MustParsePrefix("2001:db8:1::200/120")}, nil)
+	if err == nil || !strings.Contains(err.Error(), "add route 2001:db8:1::200/120 dev cvpnt6") || !strings.Contains(err.Error(), "disable_ipv6 = 0") {
+		t.Errorf("Setup = %v, want the route's failure and the fix", err)
+	}
+	if _, err := netlink.LinkByName("cvpnt6"); err == nil {
+		t.Error("the TUN is left")
+	}
+	if got := v.proxies6(t); len(got) != 0 {
+		t.Errorf("proxy entries left: %v", got)
 	}
 }
