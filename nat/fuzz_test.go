@@ -6,12 +6,15 @@ import (
 	"testing"
 )
 
-// Invariants checked by both fuzz targets, for any input:
+// Invariants checked by both fuzz targets, for any input of either family:
 //   - no panic;
 //   - on error the packet is unchanged;
-//   - on success only bytes inside the IPv4 total length change, and a
-//     checksum that verified before still verifies after (the NAT adjusts
-//     checksums, it neither breaks nor repairs them).
+//   - on success only bytes inside the IPv4 total length or the IPv6 payload
+//     length change, and a checksum that verified before still verifies
+//     after (the NAT adjusts checksums, it neither breaks nor repairs them).
+//
+// FuzzRoundTrip6 (fuzz6_test.go) checks what a translation must give for
+// well-formed IPv6 flows.
 
 func fuzzSeeds(f *testing.F) {
 	t := f
@@ -27,9 +30,27 @@ func fuzzSeeds(f *testing.F) {
 		icmpError(t, router, snatAddr, 3, 1, icmpEcho(t, snatAddr, server, icmpEchoReq, 7, 1)),
 		icmpError(t, clientA, server, 3, 3, udpPacket(t, server, 53, clientA, 4000, "a")),
 		{0x45, 0, 0, 20},
+		tcp6Packet(t, client6A, 40000, server6, 443, "S"),
+		udp6Packet(t, client6A, 4000, server6, 53, "q"),
+		icmp6Echo(t, client6A, server6, icmp6EchoRequest, 7, 1),
+		tcp6Ext(t, client6A, 40000, server6, 443, "PA"),
+		tcp6Packet(t, server6, 443, snat6, 40000, "SA"),
+		udp6Packet(t, server6, 53, snat6, 4000, "a"),
+		icmp6Echo(t, server6, snat6, icmp6EchoReply, 7, 1),
+		icmp6Error(t, router6, snat6, icmp6PacketTooBig, 0, 1280, udp6Packet(t, snat6, 4000, server6, 53, "q")),
+		icmp6Error(t, router6, snat6, icmp6TimeExceeded, 0, 0, tcp6Packet(t, snat6, 40000, server6, 443, "S")[:48]),
+		icmp6Error(t, router6, snat6, icmp6Unreach, 1, 0, icmp6Echo(t, snat6, server6, icmp6EchoRequest, 7, 1)),
+		icmp6Error(t, client6A, server6, icmp6Unreach, 4, 0, udp6Packet(t, server6, 53, client6A, 4000, "a")),
+		{0x60, 0, 0, 0, 0, 0, 0, 0},
 	} {
 		f.Add(p)
-		if len(p) < 40 {
+		if len(p) < 64 {
+			continue
+		}
+		if p[0]>>4 == 6 {
+			first, second := fragment6(p, 16, 3)
+			f.Add(first)
+			f.Add(second)
 			continue
 		}
 		first, second := fragment(p, 8)
@@ -40,11 +61,14 @@ func fuzzSeeds(f *testing.F) {
 
 // fuzzTable returns a table holding mappings the seeds match.
 func fuzzTable(t testing.TB) *Table {
-	tab, _ := newTable(t, Config{MaxEntries: 64})
+	tab, _ := newTable6(t, Config{MaxEntries: 64})
 	for _, p := range [][]byte{
 		tcpPacket(t, clientA, 40000, server, 443, "S"),
 		udpPacket(t, clientA, 4000, server, 53, "q"),
 		icmpEcho(t, clientA, server, icmpEchoReq, 7, 1),
+		tcp6Packet(t, client6A, 40000, server6, 443, "S"),
+		udp6Packet(t, client6A, 4000, server6, 53, "q"),
+		icmp6Echo(t, client6A, server6, icmp6EchoRequest, 7, 1),
 	} {
 		if err := tab.Outbound(p); err != nil {
 			t.Fatal(err)
@@ -60,11 +84,18 @@ func checkFuzzResult(t *testing.T, in, out []byte, err error) {
 		}
 		return
 	}
-	end := int(binary.BigEndian.Uint16(in[2:]))
-	if !bytes.Equal(in[end:], out[end:]) {
-		t.Fatal("bytes past the IPv4 total length changed")
+	var end int
+	var inOK, outOK [4]bool
+	if in[0]>>4 == 6 {
+		end = 40 + int(binary.BigEndian.Uint16(in[4:]))
+		inOK, outOK = checksums6OK(in[:end]), checksums6OK(out[:end])
+	} else {
+		end = int(binary.BigEndian.Uint16(in[2:]))
+		inOK, outOK = checksumsOK(in[:end]), checksumsOK(out[:end])
 	}
-	inOK, outOK := checksumsOK(in[:end]), checksumsOK(out[:end])
+	if !bytes.Equal(in[end:], out[end:]) {
+		t.Fatal("bytes past the IP packet's length changed")
+	}
 	for i := range inOK {
 		if inOK[i] && !outOK[i] {
 			t.Fatalf("checksum %d verified before translation and not after\nin  %x\nout %x", i, in, out)
@@ -105,6 +136,18 @@ func checksumsOK(p []byte) [4]bool {
 	return ok
 }
 
+// checksums6OK reports which of the checksums in the IPv6 packet p verify:
+// the upper layer's (whole unfragmented packets) and, for an ICMPv6 error
+// quoting a whole packet, the quoted upper layer's.
+func checksums6OK(p []byte) [4]bool {
+	var ok [4]bool
+	ok[1] = transport6OK(p)
+	if proto, off, frag := upper6(p); !frag && proto == protoICMPv6 && off+8 <= len(p) && p[off] >= 1 && p[off] <= 4 {
+		ok[3] = transport6OK(p[off+8:])
+	}
+	return ok
+}
+
 func FuzzOutbound(f *testing.F) {
 	fuzzSeeds(f)
 	f.Fuzz(func(t *testing.T, in []byte) {
@@ -112,7 +155,11 @@ func FuzzOutbound(f *testing.F) {
 		out := append([]byte(nil), in...)
 		err := tab.Outbound(out)
 		checkFuzzResult(t, in, out, err)
-		if err == nil && !bytes.Equal(out[12:16], snatAddr.AsSlice()) {
+		switch {
+		case err != nil:
+		case in[0]>>4 == 6 && !bytes.Equal(out[8:24], snat6.AsSlice()):
+			t.Fatalf("translated packet's source is %x", out[8:24])
+		case in[0]>>4 == 4 && !bytes.Equal(out[12:16], snatAddr.AsSlice()):
 			t.Fatalf("translated packet's source is %v", out[12:16])
 		}
 	})
@@ -125,7 +172,11 @@ func FuzzInbound(f *testing.F) {
 		out := append([]byte(nil), in...)
 		client, err := tab.Inbound(out)
 		checkFuzzResult(t, in, out, err)
-		if err == nil && (client != clientA || !bytes.Equal(out[16:20], clientA.AsSlice())) {
+		switch {
+		case err != nil:
+		case in[0]>>4 == 6 && (client != client6A || !bytes.Equal(out[24:40], client6A.AsSlice())):
+			t.Fatalf("translated to %v, destination %x", client, out[24:40])
+		case in[0]>>4 == 4 && (client != clientA || !bytes.Equal(out[16:20], clientA.AsSlice())):
 			t.Fatalf("translated to %v, destination %v", client, out[16:20])
 		}
 	})

@@ -59,7 +59,16 @@ func udp6Packet(t testing.TB, src netip.Addr, sport uint16, dst netip.Addr, dpor
 	ipl := ipv6Layer(src, dst, layers.IPProtocolUDP)
 	udp := &layers.UDP{SrcPort: layers.UDPPort(sport), DstPort: layers.UDPPort(dport)}
 	udp.SetNetworkLayerForChecksum(ipl)
-	return serialize(t, ipl, udp, gopacket.Payload(payload))
+	return fixUDPZero6(serialize(t, ipl, udp, gopacket.Payload(payload)))
+}
+
+// fixUDPZero6 writes a UDP checksum of p that gopacket computed as zero as
+// all ones, as RFC 8200 §8.1 requires and gopacket does not.
+func fixUDPZero6(p []byte) []byte {
+	if proto, off, frag := upper6(p); proto == protoUDP && !frag && off+8 <= len(p) && be16(p, off+udpChecksum) == 0 {
+		put16(p, off+udpChecksum, 0xffff)
+	}
+	return p
 }
 
 // icmp6Echo builds an ICMPv6 echo request (typ 128) or reply (129).
@@ -142,44 +151,44 @@ func checkSums6(t testing.TB, what string, p []byte) {
 // embedded packet is only payload to it: check that separately.
 func gopacketAgrees(t testing.TB, p []byte) bool {
 	t.Helper()
-	pkt := gopacket.NewPacket(p, layers.LayerTypeIPv6, gopacket.Default)
-	var ls []gopacket.SerializableLayer
-	var ipl *layers.IPv6
-	var icmpBody []byte
-	for _, l := range pkt.Layers() {
-		switch l := l.(type) {
-		case *layers.IPv6:
-			ipl = l
-			ls = append(ls, l)
-		case *layers.TCP:
-			l.SetNetworkLayerForChecksum(ipl)
-			ls = append(ls, l)
-		case *layers.UDP:
-			l.SetNetworkLayerForChecksum(ipl)
-			ls = append(ls, l)
-		case *layers.ICMPv6:
-			l.SetNetworkLayerForChecksum(ipl)
-			ls = append(ls, l)
-			icmpBody = l.LayerPayload()
-		case *layers.ICMPv6Echo:
-			// gopacket keeps no payload for it: the echo data follows
-			// the identifier and sequence number in the ICMPv6 body.
-			ls = append(ls, l, gopacket.Payload(icmpBody[4:]))
-		case *gopacket.Payload:
-			ls = append(ls, l)
-		case *layers.DNS, *gopacket.DecodeFailure:
-			// gopacket guesses DNS on port 53 and may fail at it: the
-			// bytes are the payload all the same.
-			ls = append(ls, gopacket.Payload(l.LayerContents()))
-		default:
-			t.Fatalf("gopacketAgrees: layer %v", l.LayerType())
-		}
+	// A parser of these layers alone: what follows the transport header is
+	// payload, and gopacket's guesses at it (DNS, NTP, ...) are not run.
+	var (
+		ip6     layers.IPv6
+		tcp     layers.TCP
+		udp     layers.UDP
+		icmp    layers.ICMPv6
+		decoded []gopacket.LayerType
+	)
+	parser := gopacket.NewDecodingLayerParser(layers.LayerTypeIPv6, &ip6, &tcp, &udp, &icmp)
+	parser.IgnoreUnsupported = true
+	if err := parser.DecodeLayers(p, &decoded); err != nil || len(decoded) != 2 {
+		t.Fatalf("gopacketAgrees: decoded %v: %v", decoded, err)
 	}
+	var l4 interface {
+		gopacket.SerializableLayer
+		SetNetworkLayerForChecksum(gopacket.NetworkLayer) error
+		LayerPayload() []byte
+	}
+	switch decoded[1] {
+	case layers.LayerTypeTCP:
+		l4 = &tcp
+	case layers.LayerTypeUDP:
+		l4 = &udp
+	default:
+		// gopacket's ICMPv6Echo keeps no payload: serialize the message
+		// body whole.
+		l4 = &icmp
+	}
+	if err := l4.SetNetworkLayerForChecksum(&ip6); err != nil {
+		t.Fatal(err)
+	}
+	ls := []gopacket.SerializableLayer{&ip6, l4, gopacket.Payload(l4.LayerPayload())}
 	buf := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{ComputeChecksums: true}, ls...); err != nil {
 		t.Fatal(err)
 	}
-	return bytes.Equal(buf.Bytes(), p)
+	return bytes.Equal(fixUDPZero6(buf.Bytes()), p)
 }
 
 // fields6 returns source, source port (or echo id), destination, destination
