@@ -1,16 +1,35 @@
-// Package nat is a userspace source NAT with connection tracking for IPv4.
+// Package nat is a userspace source NAT with connection tracking for IPv4
+// and IPv6.
 //
 // Clients of the tunnel send packets from their own addresses; Outbound
-// rewrites the source to one SNAT address before the packet is written to
-// the TUN toward the private network, and Inbound rewrites replies addressed
-// to the SNAT address back to the client they belong to. It translates TCP,
-// UDP and ICMP echo, the ICMP errors (destination unreachable, time exceeded,
-// parameter problem) that embed a translated packet, and fragments.
+// rewrites the source to the SNAT address of the packet's family before the
+// packet is written to the TUN toward the private network, and Inbound
+// rewrites replies addressed to that SNAT address back to the client they
+// belong to. It translates TCP, UDP and ICMP or ICMPv6 echo, the errors that
+// embed a translated packet (ICMP destination unreachable, time exceeded,
+// parameter problem; ICMPv6 destination unreachable, packet too big, time
+// exceeded, parameter problem), and fragments.
+//
+// IPv6 is translated only when Config.Addr6 is set (the endpoint's optional
+// snat_ipv6_address, for private networks that cannot route the client
+// range); otherwise IPv6 traffic keeps the clients' own addresses and never
+// reaches the NAT, which refuses it with ErrNoIPv6. Likewise IPv4 needs
+// Config.Addr (ErrNoIPv4). IPv6 headers and extension headers are read by
+// package ippkt (Outbound and Inbound refuse what it refuses, each reason a
+// drop error of its own); the NAT rewrites the addresses, the port or echo
+// identifier and the upper-layer checksum, whose pseudo-header holds both
+// addresses; an IPv6 UDP datagram without a checksum is refused (RFC 8200
+// §8.1 forbids it). IPv6 fragments follow their first fragment as IPv4 ones
+// do, by the Fragment header's identification. Packet Too Big reaches the
+// client translated, so path MTU discovery works through the NAT. Both
+// families share one table: its size, its timeouts, and, for a client whose
+// two addresses Pair ties together, one share of it.
 //
 // The package owns the mapping table, its timeouts, each client's share of
 // it and the checksum arithmetic. It does not own authorization (authz),
-// routing, TTL handling, anti-spoofing (the caller checks a client sends from
-// its own address before calling Outbound), nor when to call Expire.
+// routing, TTL or hop limit handling, anti-spoofing (the caller checks a
+// client sends from its own address before calling Outbound), parsing IP
+// headers (ippkt), nor when to call Expire.
 //
 // Mappings are endpoint-dependent: a client's source port (or echo
 // identifier) is kept unless another client already uses it toward the same
@@ -25,14 +44,15 @@
 // SYN-ACK, the client's ACK (the TCP session tracking of RFC 7857 §2, with
 // the whole handshake required, not only a SYN each way). Before that, and from the first
 // FIN or RST on, it is transitory: 4 min. UDP mappings last 5 min (RFC 4787
-// REQ-5), ICMP echo ones 60 s (RFC 5508 REQ-2). Only the client's packets
+// REQ-5), ICMP and ICMPv6 echo ones 60 s (RFC 5508 REQ-2). Only the client's packets
 // refresh a mapping (RFC 4787 REQ-6 requires outbound refresh and leaves
 // inbound refresh optional), except an established TCP connection, whose
 // replies refresh it too. So nothing the private network sends alone keeps a
 // mapping alive or moves it to a longer timeout.
 //
-// Each client may hold at most Config.MaxPerClient mappings, so that no one
-// client can take the table from the others (RFC 6888 REQ-4 asks the same of
+// Each client may hold at most Config.MaxPerClient mappings, both families
+// together when Pair made its IPv4 and IPv6 addresses one client, so that
+// no one client can take the table from the others (RFC 6888 REQ-4 asks the same of
 // carrier-grade NATs, per subscriber). A client at its quota, or in a full
 // table, gets room only from its own mappings: one that expired, or one idle
 // for Config.RecycleIdle that is not an established TCP connection, is
