@@ -819,18 +819,29 @@ func TestDifferential(t *testing.T) {
 	}
 }
 
-// TestConcurrent runs Outbound, Inbound, Expire and ForgetClient at once,
-// with clients over their quota (so mappings are recycled and refused);
-// run it with -race.
+// TestConcurrent runs Outbound, Inbound, Expire, Pair and ForgetClient at
+// once, over both families, with clients over their quota (so mappings are
+// recycled and refused); run it with -race.
 func TestConcurrent(t *testing.T) {
-	tab, clk := newTable(t, Config{MaxEntries: 500, MaxPerClient: 3, RecycleIdle: time.Second})
-	const flows = 200
+	tab, clk := newTable6(t, Config{MaxEntries: 500, MaxPerClient: 3, RecycleIdle: time.Second})
+	const flows = 400
 	outs := make([][]byte, flows)
 	ins := make([][]byte, flows)
+	v6 := func(n int) netip.Addr {
+		a := client6A.As16()
+		a[15] = byte(n)
+		return netip.AddrFrom16(a)
+	}
 	for i := range flows {
-		c := netip.AddrFrom4([4]byte{10, 2, 0, byte(i % 50)})
-		outs[i] = udpPacket(t, c, uint16(2000+i/50), server, 53, "q")
-		ins[i] = udpPacket(t, server, 53, snatAddr, uint16(2000+i/50), "a")
+		port := uint16(2000 + i/100)
+		if i%2 == 0 {
+			c := netip.AddrFrom4([4]byte{10, 2, 0, byte(i / 2 % 50)})
+			outs[i] = udpPacket(t, c, port, server, 53, "q")
+			ins[i] = udpPacket(t, server, 53, snatAddr, port, "a")
+		} else {
+			outs[i] = udp6Packet(t, v6(i/2%50), port, server6, 53, "q")
+			ins[i] = udp6Packet(t, server6, 53, snat6, port, "a")
+		}
 	}
 	var wg sync.WaitGroup
 	buf := func() []byte { return make([]byte, 0, 128) }
@@ -858,7 +869,16 @@ func TestConcurrent(t *testing.T) {
 		for i := range 2000 {
 			clk.Advance(50 * time.Millisecond)
 			tab.Expire()
-			tab.ForgetClient(netip.AddrFrom4([4]byte{10, 2, 0, byte(i % 50)}))
+			v4 := netip.AddrFrom4([4]byte{10, 2, 0, byte(i % 50)})
+			if i%3 == 0 {
+				tab.ForgetClient(v6(i % 50))
+			} else {
+				tab.ForgetClient(v4)
+			}
+			if err := tab.Pair(netip.AddrFrom4([4]byte{10, 2, 0, byte((i + 25) % 50)}), v6((i+25)%50)); err != nil {
+				t.Error(err)
+				return
+			}
 			_ = tab.Len()
 		}
 	})
@@ -871,7 +891,7 @@ func TestConcurrent(t *testing.T) {
 		}
 		n := 0
 		for m := f.head; m != nil; m = m.next {
-			if m.out.client != c || tab.out[m.out] != m || tab.in[m.inKey()] != m {
+			if tab.clientKeyLocked(m.out.client) != c || f.key != c || m.flows != f || tab.out[m.out] != m || tab.in[m.inKey()] != m {
 				t.Errorf("client %v lists a mapping the table does not hold: %+v", c.netip(), m.out)
 			}
 			n++

@@ -358,7 +358,9 @@ type quotaModel struct {
 	now        time.Duration
 	lastSweep  time.Duration
 	flows      map[outKey]*modelFlow
-	order      map[addr][]*modelFlow
+	order      map[addr][]*modelFlow // by owner
+	// pairs holds both directions of each pairing, as Table.pairs does.
+	pairs map[addr]addr
 	stats      Stats
 }
 
@@ -379,8 +381,41 @@ func (m *quotaModel) expired(f *modelFlow) bool { return m.now-f.lastSeen > m.ti
 
 func (m *quotaModel) remove(f *modelFlow) {
 	delete(m.flows, f.key)
-	c := f.key.client
+	c := m.owner(f.key.client)
 	m.order[c] = slices.DeleteFunc(m.order[c], func(g *modelFlow) bool { return g == f })
+	if len(m.order[c]) == 0 {
+		delete(m.order, c)
+	}
+}
+
+// owner is the client an address's mappings count against: the IPv4
+// address of a pair, else the address itself.
+func (m *quotaModel) owner(a addr) addr {
+	if p, ok := m.pairs[a]; ok && p.is4() {
+		return p
+	}
+	return a
+}
+
+// pair ties v4 and v6, the IPv6 address's mappings joining the back of the
+// IPv4 one's list in their order.
+func (m *quotaModel) pair(v4, v6 addr) {
+	m.pairs[v4], m.pairs[v6] = v6, v4
+	if l := m.order[v6]; len(l) > 0 {
+		m.order[v4] = append(m.order[v4], l...)
+	}
+	delete(m.order, v6)
+}
+
+// forget removes every mapping of a's client and its pairing.
+func (m *quotaModel) forget(a addr) {
+	for _, f := range slices.Clone(m.order[m.owner(a)]) {
+		m.remove(f)
+	}
+	if p, ok := m.pairs[a]; ok {
+		delete(m.pairs, a)
+		delete(m.pairs, p)
+	}
 }
 
 // recycle removes the first recyclable mapping of client among the first
@@ -420,7 +455,8 @@ func (m *quotaModel) outbound(k outKey, flags byte) error {
 		}
 		m.remove(f)
 	}
-	if len(m.order[k.client]) >= m.quota && !m.recycle(k.client) {
+	owner := m.owner(k.client)
+	if len(m.order[owner]) >= m.quota && !m.recycle(owner) {
 		m.stats.QuotaRefused++
 		return ErrClientQuota
 	}
@@ -428,7 +464,7 @@ func (m *quotaModel) outbound(k outKey, flags byte) error {
 		if m.now-m.lastSweep >= sweepInterval {
 			m.sweep()
 		}
-		if len(m.flows) >= m.max && !m.recycle(k.client) {
+		if len(m.flows) >= m.max && !m.recycle(owner) {
 			m.stats.FullRefused++
 			return ErrTableFull
 		}
@@ -438,7 +474,7 @@ func (m *quotaModel) outbound(k outKey, flags byte) error {
 		f.phase = phaseNone.next(flags, false)
 	}
 	m.flows[k] = f
-	m.order[k.client] = append(m.order[k.client], f)
+	m.order[owner] = append(m.order[owner], f)
 	return nil
 }
 
@@ -459,8 +495,9 @@ func (m *quotaModel) inbound(k outKey, flags byte) (netip.Addr, error) {
 }
 
 // TestQuotaDifferential drives a small table (so that quotas, recycling and
-// a full table all come into play) with random flows of every protocol,
-// TCP flags in both directions, time steps around every timeout, sweeps and
+// a full table all come into play) with random flows of every protocol of
+// both families, TCP flags in both directions, time steps around every
+// timeout, sweeps, clients whose two addresses are paired and unpaired, and
 // departing clients, and checks each result against quotaModel.
 func TestQuotaDifferential(t *testing.T) {
 	const (
@@ -468,10 +505,16 @@ func TestQuotaDifferential(t *testing.T) {
 		max     = 10
 		quota   = 4
 	)
-	tab, clk := newTable(t, Config{MaxEntries: max, MaxPerClient: quota})
-	m := &quotaModel{max: max, quota: quota, flows: map[outKey]*modelFlow{}, order: map[addr][]*modelFlow{}}
+	tab, clk := newTable6(t, Config{MaxEntries: max, MaxPerClient: quota})
+	m := &quotaModel{max: max, quota: quota, flows: map[outKey]*modelFlow{}, order: map[addr][]*modelFlow{}, pairs: map[addr]addr{}}
 	rng := rand.New(rand.NewPCG(11, 12))
 	remotes := []netip.Addr{server, router}
+	remotes6 := []netip.Addr{server6, router6}
+	clientAddr6 := func(n int) netip.Addr {
+		a := client6A.As16()
+		a[15] = byte(n)
+		return netip.AddrFrom16(a)
+	}
 	steps := []time.Duration{time.Second, 5 * time.Second, DefaultRecycleIdle, DefaultICMPTimeout,
 		DefaultTCPTransitoryTimeout, DefaultUDPTimeout, DefaultTCPEstablishedTimeout}
 	outFlags := []string{"S", "S", "A", "PA", "FA", "R", "SA"}
@@ -491,6 +534,12 @@ func TestQuotaDifferential(t *testing.T) {
 			clientPort: uint16(1000*c + rng.IntN(4)), // disjoint per client: the external port is the client's
 			proto:      []uint8{protoUDP, protoTCP, protoICMP}[rng.IntN(3)],
 		}
+		if rng.IntN(2) == 0 {
+			k.client, k.remote = addrOf(clientAddr6(c)), addrOf(remotes6[rng.IntN(len(remotes6))])
+			if k.proto == protoICMP {
+				k.proto = protoICMPv6
+			}
+		}
 		switch k.proto {
 		case protoUDP:
 			k.remotePort = 53
@@ -501,6 +550,21 @@ func TestQuotaDifferential(t *testing.T) {
 	}
 	packet := func(k outKey, flags string, inbound bool) []byte {
 		c, r := k.client.netip(), k.remote.netip()
+		if !k.client.is4() {
+			switch {
+			case k.proto == protoUDP && inbound:
+				return udp6Packet(t, r, k.remotePort, snat6, k.clientPort, "a")
+			case k.proto == protoUDP:
+				return udp6Packet(t, c, k.clientPort, r, k.remotePort, "q")
+			case k.proto == protoTCP && inbound:
+				return tcp6Packet(t, r, k.remotePort, snat6, k.clientPort, flags)
+			case k.proto == protoTCP:
+				return tcp6Packet(t, c, k.clientPort, r, k.remotePort, flags)
+			case inbound:
+				return icmp6Echo(t, r, snat6, icmp6EchoReply, k.clientPort, 1)
+			}
+			return icmp6Echo(t, c, r, icmp6EchoRequest, k.clientPort, 1)
+		}
 		switch {
 		case k.proto == protoUDP && inbound:
 			return udpPacket(t, r, k.remotePort, snatAddr, k.clientPort, "a")
@@ -524,7 +588,7 @@ func TestQuotaDifferential(t *testing.T) {
 		keys := slices.SortedFunc(maps.Keys(m.flows), func(a, b outKey) int { return cmp.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
 		return keys[rng.IntN(len(keys))]
 	}
-	var counts [5]int // outbound ok, quota, full, inbound ok, packets of established connections
+	var counts [6]int // outbound ok, quota, full, inbound ok, packets of established connections, pairings
 	for op := range 30000 {
 		what := fmt.Sprintf("op %d at %v", op, m.now)
 		switch r := rng.IntN(100); {
@@ -543,7 +607,13 @@ func TestQuotaDifferential(t *testing.T) {
 				if m.flows[k].phase == phaseEstablished {
 					counts[4]++
 				}
-				if _, sport, _, _ := fields(t, p); sport != k.clientPort {
+				var sport uint16
+				if k.client.is4() {
+					_, sport, _, _ = fields(t, p)
+				} else {
+					_, sport, _, _ = fields6(t, p)
+				}
+				if sport != k.clientPort {
 					t.Fatalf("%s: external port %d, want the client's %d", what, sport, k.clientPort)
 				}
 				counts[0]++
@@ -573,10 +643,23 @@ func TestQuotaDifferential(t *testing.T) {
 			tab.Expire()
 			m.sweep()
 		case r < 90:
-			c := clientAddr(1 + rng.IntN(clients))
+			n := 1 + rng.IntN(clients)
+			c := clientAddr(n)
+			if rng.IntN(2) == 0 {
+				c = clientAddr6(n)
+			}
 			tab.ForgetClient(c)
-			for _, f := range slices.Clone(m.order[addrOf(c)]) {
-				m.remove(f)
+			m.forget(addrOf(c))
+		case r < 92:
+			n := 1 + rng.IntN(clients)
+			v4, v6 := clientAddr(n), clientAddr6(n)
+			_, paired := m.pairs[addrOf(v4)]
+			if err := tab.Pair(v4, v6); err != nil {
+				t.Fatalf("%s: Pair(%v, %v): %v", what, v4, v6, err)
+			}
+			if !paired {
+				m.pair(addrOf(v4), addrOf(v6))
+				counts[5]++
 			}
 		default:
 			d := steps[rng.IntN(len(steps))]
@@ -598,15 +681,20 @@ func TestQuotaDifferential(t *testing.T) {
 				t.Fatalf("%s: the table holds %+v, the model does not", what, k)
 			}
 		}
+		// A share may stand over the quota just after Pair merged two;
+		// the model says by how much.
 		for c, f := range tab.clients {
-			if f.n != len(m.order[c]) || f.n > quota {
+			if f.n != len(m.order[c]) {
 				t.Fatalf("%s: client %v holds %d mappings, the model %d (quota %d)", what, c.netip(), f.n, len(m.order[c]), quota)
 			}
 		}
+		if len(tab.clients) != len(m.order) || len(tab.pairs) != len(m.pairs) {
+			t.Fatalf("%s: %d clients and %d paired addresses, the model %d and %d", what, len(tab.clients), len(tab.pairs), len(m.order), len(m.pairs))
+		}
 		tab.outMu.RUnlock()
 	}
-	t.Logf("outbound ok %d, refused at quota %d, refused full %d; inbound delivered %d; %d packets of established connections; recycled %d",
-		counts[0], counts[1], counts[2], counts[3], counts[4], m.stats.Recycled)
+	t.Logf("outbound ok %d, refused at quota %d, refused full %d; inbound delivered %d; %d packets of established connections; %d pairings; recycled %d",
+		counts[0], counts[1], counts[2], counts[3], counts[4], counts[5], m.stats.Recycled)
 	for i, n := range counts {
 		if n < 100 {
 			t.Errorf("outcome %d happened only %d times: the test does not exercise it", i, n)
