@@ -361,7 +361,7 @@ type quotaModel struct {
 	order      map[addr][]*modelFlow // by owner
 	// pairs holds both directions of each pairing, as Table.pairs does.
 	pairs map[addr]addr
-	stats      Stats
+	stats Stats
 }
 
 func (m *quotaModel) timeout(f *modelFlow) time.Duration {
