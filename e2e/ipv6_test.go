@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -159,6 +162,38 @@ func (s *setup) sourceSeenByVPC(c *vpnClient, dst netip.AddrPort) netip.Addr {
 	return ap.Addr()
 }
 
+// portUnreachable sends UDP datagrams from the client to a closed port of dst (of either family)
+// on a connected socket, and fails the test unless an ICMP port unreachable comes back to it
+// through the tunnel (a Read or the next Write fails with ECONNREFUSED), within 5 tries.
+func (s *setup) portUnreachable(c *vpnClient, dst netip.Addr) {
+	s.t.Helper()
+	conn, err := netlab.DialUDPIn(c.ns, &net.UDPAddr{IP: dst.AsSlice(), Port: 9}) // discard: nothing listens
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer conn.Close()
+	buf := make([]byte, 64)
+	for range 5 {
+		if _, err := conn.Write([]byte("probe")); err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				return
+			}
+			s.t.Fatalf("write to %s: %v", dst, err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+		_, err := conn.Read(buf)
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
+			return
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			continue
+		default:
+			s.t.Fatalf("read from %s: got %v, want ECONNREFUSED", dst, err)
+		}
+	}
+	s.t.Fatalf("no ICMP port unreachable from %s reached the client's socket in 5 tries", dst)
+}
+
 // connectionsByUser lists the admin API's connections by username.
 func (s *setup) connectionsByUser() map[string]map[string]any {
 	s.t.Helper()
@@ -183,6 +218,7 @@ func TestIPv6DualStackEndpoint(t *testing.T) {
 		EndpointIPAddressType: "dual-stack",
 		TrafficIPAddressType:  "dual-stack",
 		Transport:             "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]",
+		Extra:                 "dns_servers: [10.0.1.53, 'fd00:10:1::53']\n",
 	})
 	clients := []struct {
 		name  string
@@ -245,7 +281,14 @@ func TestIPv6DualStackEndpoint(t *testing.T) {
 		if got := s.sourceSeenByVPC(c.vpnClient, netip.AddrPortFrom(netlab.VPCHost, cc.port)); got != netlab.SNATAddress {
 			t.Errorf("%s: over IPv4 the VPC host saw %s, want the SNAT address %s", cc.name, got, netlab.SNATAddress)
 		}
+		// Both DNS servers are pushed, each in its family's option.
+		push := regexp.MustCompile(`PUSH_REPLY[^\n]*`).FindString(c.proc.Output())
+		if !strings.Contains(push, "dhcp-option DNS 10.0.1.53") || !strings.Contains(push, "dhcp-option DNS6 fd00:10:1::53") {
+			t.Errorf("%s: the push lacks dhcp-option DNS 10.0.1.53 or DNS6 fd00:10:1::53:\n%s", cc.name, push)
+		}
 	}
+	// An ICMPv6 error from the VPC host reaches the client it answers.
+	s.portUnreachable(up[0].vpnClient, netlab.VPCHostIPv6)
 }
 
 // TestIPv6OnlyTraffic: traffic_ip_address_type ipv6 (no client_cidr_block): a client that dials
@@ -597,5 +640,46 @@ func TestIPv6SNAT(t *testing.T) {
 	_, client := s.iperfTo(c.vpnClient, netlab.VPCHostIPv6, 5201, "8M", true)
 	if got := client.End.SumReceived.Bytes; got < 4<<20 {
 		t.Errorf("a download through the IPv6 NAT moved %d bytes, want at least 4 MiB", got)
+	}
+	// An ICMPv6 port unreachable comes back through the NAT, its embedded packet translated back
+	// to the client's address (else the client's socket would not match it).
+	s.portUnreachable(c.vpnClient, netlab.VPCHostIPv6)
+}
+
+// TestIPv6ClientToClient: a `target: local` route to exactly client_ipv6_cidr_block lets clients
+// reach each other over IPv6 with their own addresses; reloaded without it, they cannot.
+func TestIPv6ClientToClient(t *testing.T) {
+	t.Parallel()
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "dual-stack",
+		Routes: []string{
+			"{destination_cidr_block: 10.0.1.0/24}",
+			"{destination_cidr_block: fd00:10:1::/64}",
+			fmt.Sprintf("{destination_cidr_block: %s, target: local}", netlab.ClientIPv6CIDR),
+		},
+	})
+	a := s.connectDual("alice", true, netlab.ProfileOptions{Proto: "udp6"})
+	b := s.connectDual("bob", false, netlab.ProfileOptions{})
+	aa, ba := s.tunAddress6(a.vpnClient), s.tunAddress6(b.vpnClient)
+	if !aa.IsValid() || !ba.IsValid() {
+		t.Fatalf("tunnel addresses %v and %v", aa, ba)
+	}
+	s.ping(a.vpnClient, ba.Addr().String())
+	s.ping(b.vpnClient, aa.Addr().String())
+	s.ping(a.vpnClient, netlab.VPCHostIPv6.String())
+
+	// Without the local route clients cannot reach each other, although the route to the
+	// subnet around their block covers them; the private network still works.
+	local := fmt.Sprintf("  - {destination_cidr_block: %s, target: local}\n", netlab.ClientIPv6CIDR)
+	s.reload(strings.Replace(s.endpointFile(), local, "", 1))
+	if err := waitCount(s.srv, "reload applied", 1, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s.noPing(a.vpnClient, ba.Addr().String())
+	s.ping(a.vpnClient, netlab.VPCHostIPv6.String())
+	if d := s.drops(); d["no_route"] < 2 {
+		t.Fatalf("drops %v: want at least 2 no_route (the unanswered pings)", d)
 	}
 }
