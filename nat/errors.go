@@ -16,8 +16,9 @@ var (
 	// is an IPv6 UDP datagram without a checksum (RFC 8200 §8.1).
 	ErrMalformed = errors.New("nat: malformed packet")
 	// ErrUnsupported: well formed, but not something the NAT translates
-	// (another protocol, an ICMP type other than echo and the errors it
-	// translates).
+	// (another protocol, an ICMP or ICMPv6 type other than echo and the
+	// errors it translates, an IPv6 packet with a Routing header still to
+	// visit waypoints or from or to an IPv4-mapped address).
 	ErrUnsupported = errors.New("nat: unsupported packet")
 	// ErrClientQuota: a new mapping is needed, the client already holds
 	// Config.MaxPerClient and none of them may be recycled yet.
@@ -77,8 +78,13 @@ var (
 // by the reason's label; ippkt.RoutingHeader and ippkt.Jumbogram are well
 // formed, just not translated.
 var parseErrors6, embeddedErrors6 = func() (p, e [256]*dropError) {
+	unknown := &dropError{"nat: IPv6 header: unknown reason", ErrMalformed}
 	for i := range p {
 		r := ippkt.Reason(i)
+		if r != ippkt.OK && r.String() == ippkt.Reason(255).String() {
+			p[i], e[i] = unknown, unknown
+			continue
+		}
 		kind := ErrMalformed
 		if r == ippkt.RoutingHeader || r == ippkt.Jumbogram {
 			kind = ErrUnsupported
