@@ -683,3 +683,36 @@ func TestIPv6ClientToClient(t *testing.T) {
 		t.Fatalf("drops %v: want at least 2 no_route (the unanswered pings)", d)
 	}
 }
+
+// TestIPv6FloatingClient changes the source address of a client connected over UDP on IPv6
+// mid-session, as a renumbered network does: the session follows to the new address once a
+// packet from it authenticates.
+func TestIPv6FloatingClient(t *testing.T) {
+	t.Parallel()
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "dual-stack",
+	})
+	c := s.connectDual("floater", true, netlab.ProfileOptions{Proto: "udp6"})
+	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
+	// The client is unbound (nobind): its datagrams take the source the route gives them.
+	newSrc := c.link.ClientIPv6.Next()
+	for _, args := range [][]string{
+		{"ip", "-6", "addr", "add", netip.PrefixFrom(newSrc, 64).String(), "dev", "eth0", "nodad"},
+		{"ip", "-6", "route", "replace", c.remote.String(), "dev", "eth0", "src", newSrc.String()},
+	} {
+		if _, err := s.lab.Output(context.Background(), c.ns, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
+	if err := s.srv.WaitFor("client floated", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if want := "to=[" + newSrc.String() + "]:"; !strings.Contains(s.srv.Output(), want) {
+		t.Fatalf("session did not move to %s (no %q):\n%s", newSrc, want, s.srv.Output())
+	}
+	s.ping(c.vpnClient, netlab.VPCHost.String())
+	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
+}
