@@ -122,10 +122,12 @@ func routes6(t *testing.T, dev string) []string {
 	return dst
 }
 
-// resolvesTo reports the VPC host's view of addr after it sent it a packet: the MAC address it
+// resolve reports the VPC host's view of addr after it sent it a packet: the MAC address it
 // resolved addr to by neighbour discovery ("" if it found none) and the entry's line.
 func (v *vpc6) resolve(t *testing.T, addr string) (mac, line string) {
 	t.Helper()
+	// An entry left from an earlier attempt would still be waiting to retransmit: start afresh.
+	_ = exec.Command("ip", "-n", v.ns, "-6", "neigh", "del", addr, "dev", vpcIf6).Run()
 	// No reply is expected (nobody reads the TUN): the ping only makes the VPC host solicit.
 	_ = exec.Command("ip", "netns", "exec", v.ns, "ping", "-6", "-c1", "-W1", addr).Run()
 	line = strings.TrimSpace(run6(t, "ip", "-n", v.ns, "-6", "neigh", "show", addr, "dev", vpcIf6))
