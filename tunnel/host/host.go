@@ -18,8 +18,16 @@
 // are added at setup, and those of a larger one for each client as it gets its address
 // (AddClient6, RemoveClient6).
 //
-// Setup adds the state in that order; if a step fails it removes what the earlier steps added and
-// restores every sysctl it changed before it returns. Close does the same for a running endpoint.
+// Setup checks everything it can before it changes anything, then adds the TUN, the routes, the
+// neighbour entries and the sysctls in that order; if a step fails it removes what the earlier
+// steps added and restores every sysctl it changed before it returns. Close does the same for a
+// running endpoint.
+//
+// What hosts of the private network can do with it: solicit the addresses that have entries,
+// which the kernel answers, nothing more. The entries are bounded by the pool (at most one per
+// leasable address, and per client only while a session holds the address), and AddClient6
+// refuses any address outside the pool's client addresses, so neither a client nor a host of
+// the network can make the endpoint claim an address of someone else's.
 //
 // It does not own the packets that cross the TUN (package tunnel reads and writes the device),
 // NAT, the address pool, the listeners, or the endpoint file: Config carries the few values it
