@@ -716,3 +716,75 @@ func TestIPv6FloatingClient(t *testing.T) {
 	s.ping(c.vpnClient, netlab.VPCHost.String())
 	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
 }
+
+var ifconfigIPv6RE = regexp.MustCompile(`ifconfig-ipv6 [0-9a-f:]+/\d+ ([0-9a-f:]+)`)
+
+// TestIPv6HostNotADestination: the rule for the VPC's whole IPv6 block does not open the
+// endpoint host's own IPv6 addresses: a TCP service on its VPC-side address (fd00:10:1::1)
+// is out of reach while the VPC host's is not, and the SNAT6 address is refused too, each
+// drop counted as host_address and logged with its destination. The IPv6 gateway address
+// pushed with ifconfig-ipv6 answers ping.
+func TestIPv6HostNotADestination(t *testing.T) {
+	t.Parallel()
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "dual-stack",
+		SNATIPv6:              true,
+	})
+	const port = 2222
+	hostLn, err := netlab.ListenTCPIn(s.lab.Server, netip.AddrPortFrom(netlab.ServerVPCIPv6, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hostLn.Close() })
+	go func() {
+		for {
+			conn, err := hostLn.Accept()
+			if err != nil {
+				return
+			}
+			t.Errorf("the endpoint host's service accepted a connection from %s", conn.RemoteAddr())
+			conn.Close()
+		}
+	}()
+	c := s.connectDual("mallory", true, netlab.ProfileOptions{Proto: "udp6"})
+	if got := s.sourceSeenByVPC(c.vpnClient, netip.AddrPortFrom(netlab.VPCHostIPv6, port)); got != netlab.SNATIPv6Address {
+		t.Fatalf("the VPC host's service saw %s, want %s", got, netlab.SNATIPv6Address)
+	}
+	if conn, err := netlab.DialTCPInWithin(c.ns, netip.AddrPortFrom(netlab.ServerVPCIPv6, port), 3*time.Second); err == nil {
+		conn.Close()
+		t.Fatalf("a client connected to the endpoint host's service on %s", netlab.ServerVPCIPv6)
+	}
+	hostDrop := func(dst netip.Addr) {
+		t.Helper()
+		re := regexp.MustCompile(`reason=host_address[^\n]*user=mallory[^\n]* dst=` + regexp.QuoteMeta(dst.String()) + `\b`)
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if re.MatchString(s.srv.Output()) {
+				return
+			}
+		}
+		t.Errorf("no host_address drop logged for %s:\n%s", dst, netlab.Tail(s.srv.Output(), 3000))
+	}
+	hostDrop(netlab.ServerVPCIPv6)
+	s.noPing(c.vpnClient, netlab.SNATIPv6Address.String())
+	hostDrop(netlab.SNATIPv6Address)
+
+	m := ifconfigIPv6RE.FindStringSubmatch(c.proc.Output())
+	if m == nil {
+		t.Fatalf("no ifconfig-ipv6 with a gateway in the push:\n%s", c.proc.Output())
+	}
+	gw := m[1]
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := s.lab.Output(ctx, c.ns, "ping", "-c", "5", "-i", "0.2", "-W", "2", gw)
+	if err != nil {
+		t.Fatalf("ping the IPv6 gateway %s: %v", gw, err)
+	}
+	if sent, received, ok := pingTally(out); !ok || sent != 5 || received != 5 || !strings.Contains(out, "from "+gw) {
+		t.Fatalf("ping the IPv6 gateway %s: %d of %d answered:\n%s", gw, received, sent, out)
+	}
+	if d := s.drops(); d["host_address"] < 2 {
+		t.Errorf("host_address drops %d, want at least 2 (the host's address, the SNAT6 address): %v", d["host_address"], d)
+	}
+}

@@ -39,9 +39,15 @@ func DialUDPIn(ns string, raddr *net.UDPAddr) (*net.UDPConn, error) {
 
 // DialTCPIn opens a TCP connection to raddr (of either family) from inside namespace ns.
 func DialTCPIn(ns string, raddr netip.AddrPort) (net.Conn, error) {
+	return DialTCPInWithin(ns, raddr, 10*time.Second)
+}
+
+// DialTCPInWithin is DialTCPIn that gives up after timeout (a connection the path drops never
+// fails by itself).
+func DialTCPInWithin(ns string, raddr netip.AddrPort, timeout time.Duration) (net.Conn, error) {
 	var conn net.Conn
 	err := inNamespace(ns, func() (err error) {
-		conn, err = net.DialTimeout(tcpNetwork(raddr.Addr()), raddr.String(), 10*time.Second)
+		conn, err = net.DialTimeout(tcpNetwork(raddr.Addr()), raddr.String(), timeout)
 		return err
 	})
 	return conn, err
