@@ -75,8 +75,9 @@ func newDualFixture(t testing.TB, nat6 bool, mbps float64) *dualFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go p.Run()
-	t.Cleanup(func() { p.Close(); tun.TUN().Close(); p.Wait() })
+	ran := make(chan struct{})
+	go func() { defer close(ran); p.Run() }()
+	t.Cleanup(func() { p.Close(); _ = tun.TUN().Close(); <-ran; p.Wait() })
 	return &dualFixture{pathFixture: &pathFixture{p: p, l: l, s: l.shards[0], vpc: vpc6}, tun: tun}
 }
 
