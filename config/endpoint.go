@@ -35,6 +35,7 @@ const (
 	minClientPrefix = 12  // AWS Client VPN allows client CIDR blocks /12../22
 	maxClientPrefix = 22
 	minMTU          = 576 // RFC 791 minimum reassembly size
+	minMTU6         = 1280
 	maxMTU          = 9000
 	maxKeepalive    = 24 * 60 * 60 // seconds; also keeps Duration far from overflow
 	ifNameMax       = 15           // Linux IFNAMSIZ less the NUL
@@ -196,7 +197,12 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 			}
 			if n, path, ok := m.get("mtu"); ok {
 				if v, ok := d.integer(n, path, minMTU, maxMTU); ok {
-					ep.TUN.MTU = int(v)
+					if v < minMTU6 && HasIPv6(ep.TrafficIPAddressType) {
+						d.errorf(path, n.Line, "%d is below %d, the least an IPv6 link may carry (RFC 8200 §5), and traffic_ip_address_type %s carries IPv6",
+							v, minMTU6, ep.TrafficIPAddressType)
+					} else {
+						ep.TUN.MTU = int(v)
+					}
 				}
 			}
 		}

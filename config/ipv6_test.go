@@ -163,6 +163,7 @@ target_network: {interface: eth1, snat_address: 10.0.1.2}
 		{"listen_ipv6_address is IPv4", base + "endpoint_ip_address_type: dual-stack\nlisten_ipv6_address: 0.0.0.0\n", "listen_ipv6_address",
 			"0.0.0.0 is not an IPv6 address"},
 		{"listen address with a zone", base + "endpoint_ip_address_type: ipv6\nlisten_address: 'fe80::1%eth0'\n", "listen_address", "has a zone"},
+		{"IPv6 below its minimum MTU", dual + "tun: {mtu: 1200}\n", "tun.mtu", "1200 is below 1280, the least an IPv6 link may carry"},
 		{"mapped vpc block", strings.Replace(base, "vpc_cidr_blocks: [10.0.0.0/16]", "vpc_cidr_blocks: ['::ffff:10.0.0.0/112']", 1), "vpc_cidr_blocks[0]",
 			"is an IPv4-mapped IPv6 block; write the IPv4 block 10.0.0.0/16 instead"},
 	} {
