@@ -563,9 +563,19 @@ func TestListenFamilies(t *testing.T) {
 // same port side by side (IPV6_V6ONLY), UDP and TCP, single sockets and shard groups, and each
 // receives its own family's datagrams.
 func TestFamiliesShareAPort(t *testing.T) {
-	v6 := listen(t, "[::]:0")
-	port := v6.LocalAddr().Port()
-	v4 := listen(t, netip.AddrPortFrom(netip.IPv4Unspecified(), port).String())
+	var v4, v6 *udpConn
+	port := onSamePort(t, func(ap netip.AddrPort) (uint16, func(), error) {
+		c, err := Host.ListenUDP(ap)
+		if err != nil {
+			return 0, nil, err
+		}
+		if ap.Addr().Is4() {
+			v4 = c.(*udpConn)
+		} else {
+			v6 = c.(*udpConn)
+		}
+		return c.LocalAddr().Port(), func() { c.Close() }, nil
+	})
 	peer4, peer6 := listen(t, ipv4.lo0()), listen(t, ipv6.lo0())
 	if _, err := peer4.WriteBatch([]Message{{Buf: []byte("four"), Addr: netip.AddrPortFrom(ipv4.lo, port)}}); err != nil {
 		t.Fatal(err)
@@ -580,24 +590,55 @@ func TestFamiliesShareAPort(t *testing.T) {
 		t.Fatalf("IPv6 listener read %q from %v to %v", d.data, d.from, d.local)
 	}
 
-	g6 := listenShards(t, "[::]:0", 2)
-	port = g6[0].LocalAddr().Port()
-	g4 := listenShards(t, netip.AddrPortFrom(netip.IPv4Unspecified(), port).String(), 2)
-	if g4[0].LocalAddr().Port() != port || g4[0].v6 || !g6[0].v6 {
-		t.Fatalf("groups on %v and %v", g4[0].LocalAddr(), g6[0].LocalAddr())
-	}
+	onSamePort(t, func(ap netip.AddrPort) (uint16, func(), error) {
+		cs, err := Host.(ShardedNetwork).ListenUDPShards(ap, 2)
+		if err != nil {
+			return 0, nil, err
+		}
+		if v6 := cs[0].(*udpConn).v6; v6 != ap.Addr().Is6() {
+			t.Fatalf("a group on %v: v6 %v", ap, v6)
+		}
+		return cs[0].LocalAddr().Port(), func() {
+			for _, c := range cs {
+				c.Close()
+			}
+		}, nil
+	})
+	onSamePort(t, func(ap netip.AddrPort) (uint16, func(), error) {
+		ln, err := Host.ListenTCP(ap)
+		if err != nil {
+			return 0, nil, err
+		}
+		return ln.Addr().(*net.TCPAddr).AddrPort().Port(), func() { ln.Close() }, nil
+	})
+}
 
-	t6, err := Host.ListenTCP(netip.MustParseAddrPort("[::]:0"))
-	if err != nil {
-		t.Fatal(err)
+// onSamePort opens a listener on [::] with a port the kernel picks, then one on 0.0.0.0 with the
+// same port, and returns the port; the test closes both. open returns the port it bound and how
+// to close. The kernel picks the port among those free for IPv6 alone, so one that another IPv4
+// socket of the host holds is given back and another tried.
+func onSamePort(t *testing.T, open func(netip.AddrPort) (uint16, func(), error)) uint16 {
+	t.Helper()
+	for range 20 {
+		port, close6, err := open(netip.AddrPortFrom(netip.IPv6Unspecified(), 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, close4, err := open(netip.AddrPortFrom(netip.IPv4Unspecified(), port))
+		if errors.Is(err, unix.EADDRINUSE) {
+			close6()
+			continue
+		}
+		if err != nil {
+			close6()
+			t.Fatalf("IPv4 beside IPv6 on port %d: %v", port, err)
+		}
+		t.Cleanup(close6)
+		t.Cleanup(close4)
+		return port
 	}
-	defer t6.Close()
-	tport := t6.Addr().(*net.TCPAddr).AddrPort().Port()
-	t4, err := Host.ListenTCP(netip.AddrPortFrom(netip.IPv4Unspecified(), tport))
-	if err != nil {
-		t.Fatalf("TCP IPv4 beside IPv6 on port %d: %v", tport, err)
-	}
-	t4.Close()
+	t.Fatal("20 ports the kernel picked for IPv6 were all held by IPv4 sockets")
+	return 0
 }
 
 func TestListenUDPBusyPort(t *testing.T) {
