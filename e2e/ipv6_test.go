@@ -519,14 +519,17 @@ func (s *setup) upload(c *vpnClient, dst netip.AddrPort, n int) (int64, error) {
 	return got, nil
 }
 
-var routeMTURE = regexp.MustCompile(`\bmtu (\d+)`)
+var (
+	routeMTURE = regexp.MustCompile(`\bmtu (\d+)`)
+	mssRE      = regexp.MustCompile(`\bmss (\d+)`)
+)
 
 // TestIPv6PathMTU: the endpoint's link into the VPC carries at most 1400 bytes, less than the
 // client's tunnel (1500), while the VPC host's own link takes 1500 and advertises the MSS for
 // it. The client's full-size TCP segments over IPv6 (never fragmented on the way) need the
 // endpoint host's ICMPv6 Packet Too Big to come back through the tunnel: a capture on the
 // client's tun0 sees it, the client's route cache learns 1400 for the VPC host, and a 4 MiB
-// upload arrives whole.
+// upload arrives whole. The upload's SYN and SYN-ACK carry the MSS the endpoint clamps them to.
 func TestIPv6PathMTU(t *testing.T) {
 	t.Parallel()
 	const linkMTU = 1400
@@ -538,7 +541,9 @@ func TestIPv6PathMTU(t *testing.T) {
 	if err := s.lab.SetVPCLinkMTU(linkMTU); err != nil {
 		t.Fatal(err)
 	}
-	c := s.connectDual("bulky", true, netlab.ProfileOptions{Proto: "udp6"})
+	// mssfix 0: the stock client clamps the MSS of the SYNs it tunnels itself by default (to fit
+	// its own packets into 1492 bytes: 1360 over IPv6), which would hide the endpoint's clamp.
+	c := s.connectDual("bulky", true, netlab.ProfileOptions{Proto: "udp6", Extra: "mssfix 0\n"})
 	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
 
 	// ICMPv6 type 2 is Packet Too Big (RFC 4443 §3.2); the tunnel's packets carry no extension
@@ -550,6 +555,21 @@ func TestIPv6PathMTU(t *testing.T) {
 	if err := capture.WaitFor("listening on tun0", 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// The first packets of the upload's connection each way are its SYN and SYN-ACK, whose MSS
+	// options the endpoint clamps.
+	syn, err := s.lab.Start("tcpdump syn", s.lab.VPC, "tcpdump", "-l", "-n", "-v", "-c", "1", "-i", "eth0", "ip6 and tcp dst port 7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	synAck, err := s.lab.Start("tcpdump syn-ack", c.ns, "tcpdump", "-l", "-n", "-v", "-c", "1", "-i", "tun0", "ip6 and tcp src port 7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*netlab.Proc{syn, synAck} {
+		if err := p.WaitFor("listening on", 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if got, err := s.upload(c.vpnClient, netip.AddrPortFrom(netlab.VPCHostIPv6, 7000), 4<<20); err != nil || got != 4<<20 {
 		t.Fatalf("a 4 MiB upload over IPv6 delivered %d bytes: %v", got, err)
 	}
@@ -559,6 +579,16 @@ func TestIPv6PathMTU(t *testing.T) {
 		t.Logf("captured on the client's tun0: %s", strings.TrimSpace(capture.Output()))
 		if want := fmt.Sprintf("mtu %d", linkMTU); !strings.Contains(capture.Output(), want) {
 			t.Errorf("the Packet Too Big does not say %q:\n%s", want, capture.Output())
+		}
+	}
+	// Both clamped to 1380: the IPv4 clamp (1400) less the 20 bytes IPv6's header adds, so that
+	// full segments make the same 1440-byte packets in either family.
+	for _, p := range []*netlab.Proc{syn, synAck} {
+		if err := p.WaitFor("1 packet captured", 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if m := mssRE.FindStringSubmatch(p.Output()); m == nil || m[1] != "1380" {
+			t.Errorf("%s: the MSS is not clamped to 1380:\n%s", p.Name, p.Output())
 		}
 	}
 	out, err := s.lab.Output(context.Background(), c.ns, "ip", "-6", "route", "get", netlab.VPCHostIPv6.String())
