@@ -3,11 +3,15 @@ package endpoint
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"syscall"
 
 	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/tunnel"
 	"github.com/cvpn/cvpn/tunnel/host"
+	"github.com/cvpn/cvpn/tunnel/session"
 )
 
 // hostConfig is the part of the endpoint file that host setup needs. None of it may change on
@@ -45,6 +49,42 @@ func client6Count(cfg *config.Endpoint) int {
 		n = 1 << bits
 	}
 	return n
+}
+
+// clientNeighbours is the part of a Host that answers neighbour discovery for the clients' IPv6
+// addresses when IPv6 is routed (host.Host has it).
+type clientNeighbours interface {
+	AddClient6(netip.Addr) error
+	RemoveClient6(netip.Addr) error
+}
+
+// neighbourEvents gives each connected client's IPv6 address its proxy NDP entry on the target
+// interface, and takes it away when the client has gone, so that hosts of the private network
+// reach the client at its own address. The host needs that for a pool of more than
+// host.SetupProxyMax addresses; with fewer, or with IPv6 NATed or off, the calls do nothing. It
+// is one of the engine's Events: the calls run on the session's goroutine, once connected (the
+// kernel's own retries cover the moment before) and once gone; each is one netlink request.
+type neighbourEvents struct {
+	host clientNeighbours
+	log  *slog.Logger
+}
+
+func (n neighbourEvents) Connected(s tunnel.Status) {
+	if a := s.Address6; a.IsValid() {
+		if err := n.host.AddClient6(a); err != nil {
+			n.log.Error("hosts of the private network cannot reach this client over IPv6", "client", s.ConnectionID, "address6", a, "err", err)
+		}
+	}
+}
+
+func (neighbourEvents) Refused(session.Attempt) {}
+
+func (n neighbourEvents) Disconnected(s tunnel.Status, _ session.End) {
+	if a := s.Address6; a.IsValid() {
+		if err := n.host.RemoveClient6(a); err != nil {
+			n.log.Warn("the proxy neighbour entry of a client that has gone stays", "client", s.ConnectionID, "address6", a, "err", err)
+		}
+	}
 }
 
 // closeHost removes the host state after a failed start. A failure to remove it joins err, so

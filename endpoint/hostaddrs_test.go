@@ -14,9 +14,11 @@ import (
 
 	"github.com/cvpn/cvpn/bench/client"
 	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/internal/testlog"
 	"github.com/cvpn/cvpn/ippool"
 	"github.com/cvpn/cvpn/tunnel"
 	"github.com/cvpn/cvpn/tunnel/host"
+	"github.com/cvpn/cvpn/tunnel/session"
 	"github.com/cvpn/cvpn/tunnel/sock/socktest"
 )
 
@@ -229,4 +231,45 @@ func TestHostPolicySNAT6(t *testing.T) {
 			t.Errorf("snat %s, snat6 %s: host destinations %v, want %v", tc.snat, tc.snat6, got, tc.want)
 		}
 	}
+}
+
+// fakeNeighbours records the host's neighbour calls.
+type fakeNeighbours struct {
+	calls []string
+	err   error
+}
+
+func (f *fakeNeighbours) AddClient6(a netip.Addr) error {
+	f.calls = append(f.calls, "add "+a.String())
+	return f.err
+}
+
+func (f *fakeNeighbours) RemoveClient6(a netip.Addr) error {
+	f.calls = append(f.calls, "remove "+a.String())
+	return f.err
+}
+
+// TestNeighbourEvents: a client with an IPv6 address gets its proxy entry when connected and
+// loses it when gone; one without asks nothing; a failure is logged, not fatal.
+func TestNeighbourEvents(t *testing.T) {
+	f := &fakeNeighbours{}
+	var logs testlog.Buffer
+	ev := neighbourEvents{host: f, log: slog.New(slog.NewTextHandler(&logs, nil))}
+	a6 := netip.MustParseAddr("2001:db8:1::205")
+	with6 := tunnel.Status{Info: &tunnel.Info{ConnectionID: "cvpn-connection-1", Address: netip.MustParseAddr("10.8.0.2"), Address6: a6}}
+	only4 := tunnel.Status{Info: &tunnel.Info{ConnectionID: "cvpn-connection-2", Address: netip.MustParseAddr("10.8.0.3")}}
+	ev.Connected(with6)
+	ev.Connected(only4)
+	ev.Refused(session.Attempt{})
+	ev.Disconnected(only4, session.End{})
+	ev.Disconnected(with6, session.End{})
+	if want := []string{"add 2001:db8:1::205", "remove 2001:db8:1::205"}; !slices.Equal(f.calls, want) {
+		t.Errorf("calls %v, want %v", f.calls, want)
+	}
+	f.err = errors.New("netlink says no")
+	ev.Connected(with6)
+	if !strings.Contains(logs.String(), "netlink says no") || !strings.Contains(logs.String(), "cvpn-connection-1") {
+		t.Errorf("the failure is not logged: %s", logs.String())
+	}
+	var _ clientNeighbours = (*host.Host)(nil) // the real one fits
 }

@@ -184,8 +184,9 @@ func (h *Host) AddClient6(addr netip.Addr) error {
 	return h.proxy6.add(addr)
 }
 
-// RemoveClient6 removes the entry AddClient6 added for addr, when its client has gone; it does
-// nothing for an address AddClient6 did not add.
+// RemoveClient6 undoes one AddClient6 of addr, when its client has gone: the entry goes with
+// the last (an address released and leased again may see the new session's add before the old
+// one's remove). It does nothing for an address AddClient6 did not add.
 func (h *Host) RemoveClient6(addr netip.Addr) error {
 	if h == nil || h.proxy6 == nil {
 		return nil

@@ -165,9 +165,12 @@ type proxy6 struct {
 	clients clientRange6
 	atSetup bool
 
-	mu     sync.Mutex // guards the fields below and serialises the kernel requests
-	nl     *netlink.Handle
-	added  map[netip.Addr]struct{} // the entries added for clients (not atSetup)
+	mu sync.Mutex // guards the fields below and serialises the kernel requests
+	nl *netlink.Handle
+	// added counts the holders of each entry added: one at setup, or the AddClient6 calls not
+	// yet matched by RemoveClient6. Counting lets a new session's add of a reused address come
+	// before the old session's remove, in whatever order their goroutines run.
+	added  map[netip.Addr]int
 	closed bool
 }
 
@@ -183,7 +186,7 @@ func (h *Host) startProxy6(cfg Config, l *link6) error {
 		most = cfg.setupProxyMax
 	}
 	p := &proxy6{link: l.link, block: cfg.Client6, clients: newClientRange6(cfg.Client6, cfg.Client6Count),
-		nl: nl, added: make(map[netip.Addr]struct{})}
+		nl: nl, added: make(map[netip.Addr]int)}
 	p.atSetup = p.clients.n <= most
 	claim := blockClaim(cfg.Client6, l.name)
 	what := "proxy neighbours of " + cfg.Client6.String() + " dev " + l.name
@@ -234,7 +237,7 @@ func (p *proxy6) addLocked(a netip.Addr) error {
 	if err := p.nl.NeighAdd(p.neigh(a)); err != nil {
 		return err
 	}
-	p.added[a] = struct{}{}
+	p.added[a] = 1
 	return nil
 }
 
@@ -259,7 +262,8 @@ func (p *proxy6) add(a netip.Addr) error {
 	switch {
 	case p.closed:
 		return &Error{Op: "add proxy neighbour " + a.String(), Err: ErrClosed}
-	case hasKey(p.added, a):
+	case p.added[a] > 0:
+		p.added[a]++
 		return nil
 	}
 	if err := p.addLocked(a); err != nil {
@@ -268,14 +272,17 @@ func (p *proxy6) add(a netip.Addr) error {
 	return nil
 }
 
-// remove deletes the entry add gave a; others (Setup's) stay.
+// remove drops one add of a, and deletes the entry with the last; others (Setup's) stay.
 func (p *proxy6) remove(a netip.Addr) error {
 	if p.atSetup {
 		return nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || !hasKey(p.added, a) {
+	if p.closed || p.added[a] == 0 {
+		return nil
+	}
+	if p.added[a]--; p.added[a] > 0 {
 		return nil
 	}
 	delete(p.added, a)
@@ -303,9 +310,4 @@ func (p *proxy6) close() error {
 		return failed
 	}
 	return nil
-}
-
-func hasKey[K comparable, V any](m map[K]V, k K) bool {
-	_, ok := m[k]
-	return ok
 }
