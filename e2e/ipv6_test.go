@@ -320,7 +320,8 @@ func TestIPv6OnlyTraffic(t *testing.T) {
 
 // TestIPv6AuthorizationByGroup: an IPv6-only rule for group ops (fd00:10:2::/64) grants ops alone;
 // dev, allowed the rest of the VPC on both families, is refused there, and the refusal is
-// logged as unauthorized with the IPv6 destination.
+// logged as unauthorized with the IPv6 destination. The rules hold the other way too: the VPC
+// reaches a client's own address only from where the client's groups may go.
 func TestIPv6AuthorizationByGroup(t *testing.T) {
 	t.Parallel()
 	s := newDualSetup(t, netlab.EndpointOptions{
@@ -358,6 +359,44 @@ func TestIPv6AuthorizationByGroup(t *testing.T) {
 	}
 	if denial("omar").MatchString(s.srv.Output()) {
 		t.Errorf("cvpn denied omar %s:\n%s", host2, netlab.Tail(s.srv.Output(), 3000))
+	}
+
+	// Clients keep their own addresses, so the VPC can open connections to them: only from
+	// where a client's groups may go. From fd00:10:2::10, the VPC host reaches omar; nothing of
+	// it reaches dana's tun0. From fd00:10:1::10 it reaches both.
+	danaAddr, omarAddr := s.tunAddress6(dev.vpnClient).Addr(), s.tunAddress6(ops.vpnClient).Addr()
+	capture, err := s.lab.Start("tcpdump dana", dev.ns, "tcpdump", "-l", "-n", "-i", "tun0", "src "+host2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := capture.WaitFor("listening on tun0", 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	s.pingFromVPC(netlab.VPCHost2IPv6, omarAddr, true)
+	s.pingFromVPC(netlab.VPCHost2IPv6, danaAddr, false)
+	s.pingFromVPC(netlab.VPCHostIPv6, danaAddr, true)
+	s.pingFromVPC(netlab.VPCHostIPv6, omarAddr, true)
+	_ = capture.Stop()
+	if !strings.Contains(capture.Output(), "0 packets captured") {
+		t.Errorf("packets from %s reached dana's tun0:\n%s", host2, capture.Output())
+	}
+}
+
+// pingFromVPC pings to (a client's own IPv6 address) from the VPC host's address from, and
+// fails the test unless replies come (want) or none do.
+func (s *setup) pingFromVPC(from, to netip.Addr, want bool) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := s.lab.Output(ctx, s.lab.VPC, "ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", from.String(), to.String())
+	_, received, ok := pingTally(out)
+	switch {
+	case !ok:
+		s.t.Fatalf("ping %s from the VPC host's %s: %v\n%s", to, from, err, out)
+	case want && received == 0:
+		s.t.Errorf("the VPC host's %s got no reply from the client at %s:\n%s", from, to, out)
+	case !want && received > 0:
+		s.t.Errorf("the VPC host's %s reached the client at %s, whose groups may not go there:\n%s", from, to, out)
 	}
 }
 
