@@ -10,12 +10,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cvpn/cvpn/endpoint/connlog"
 	"github.com/cvpn/cvpn/internal/netlab"
 )
 
@@ -209,8 +211,10 @@ func (s *setup) connectionsByUser() map[string]map[string]any {
 // TestIPv6DualStackEndpoint: a dual-stack endpoint (IPv4 and IPv6 listeners, UDP and TCP, and
 // both families through the tunnel) takes stock clients over UDP on IPv6, TCP on IPv6 and UDP
 // on IPv4 at once. Each gets an IPv4 and an IPv6 tunnel address, which the admin API reports
-// (ClientIp, ClientIpv6Address) with the address the client dialled from (DeviceIp); each pings
-// the VPC host on both families, and the VPC host sees the client's own IPv6 address, no NAT.
+// (ClientIp, ClientIpv6Address) with the address the client dialled from (DeviceIp), as does the
+// connection log; each pings the VPC host on both families, and the VPC host sees the client's
+// own IPv6 address, no NAT. DNS servers of both families are pushed; an ICMPv6 error from the VPC
+// host reaches the client.
 func TestIPv6DualStackEndpoint(t *testing.T) {
 	t.Parallel()
 	s := newDualSetup(t, netlab.EndpointOptions{
@@ -218,7 +222,8 @@ func TestIPv6DualStackEndpoint(t *testing.T) {
 		EndpointIPAddressType: "dual-stack",
 		TrafficIPAddressType:  "dual-stack",
 		Transport:             "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]",
-		Extra:                 "dns_servers: [10.0.1.53, 'fd00:10:1::53']\n",
+		Extra: "dns_servers: [10.0.1.53, 'fd00:10:1::53']\n" +
+			"connection_log: {enabled: true, file: connections.log}\n",
 	})
 	clients := []struct {
 		name  string
@@ -289,6 +294,27 @@ func TestIPv6DualStackEndpoint(t *testing.T) {
 	}
 	// An ICMPv6 error from the VPC host reaches the client it answers.
 	s.portUnreachable(up[0].vpnClient, netlab.VPCHostIPv6)
+
+	// The connection log records each session's IPv6 address and where it dialled from.
+	logPath := filepath.Join(s.ep.Dir, "connections.log")
+	for i, cc := range clients {
+		a6, from := s.tunAddress6(up[i].vpnClient).Addr().String(), up[i].link.Client.String()
+		if cc.over6 {
+			from = up[i].link.ClientIPv6.String()
+		}
+		want := func(r connlog.Record) bool {
+			return r.CommonName == cc.name && r.AttemptStatus == connlog.StatusSuccess && r.ClientIPv6 == a6 && r.DeviceIP == from
+		}
+		var records []connlog.Record
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if records = readConnectionLog(t, logPath); hasRecord(records, want) {
+				break
+			}
+		}
+		if !hasRecord(records, want) {
+			t.Errorf("%s: no connection log record with client-ipv6 %s and device-ip %s:\n%s", cc.name, a6, from, mustReadFile(t, logPath))
+		}
+	}
 }
 
 // TestIPv6OnlyTraffic: traffic_ip_address_type ipv6 (no client_cidr_block): a client that dials
