@@ -20,6 +20,18 @@ func TestNewConfig6(t *testing.T) {
 			t.Errorf("New with Addr6 %s = %v, want ErrConfig", a, err)
 		}
 	}
+	// Neither family: every packet is refused as of a family not
+	// translated.
+	none, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := none.Outbound(udpPacket(t, clientA, 4000, server, 53, "q")); err != ErrNoIPv4 {
+		t.Errorf("Outbound IPv4 with no SNAT address: %v, want ErrNoIPv4", err)
+	}
+	if _, err := none.Inbound(udp6Packet(t, server6, 53, snat6, 4000, "a")); err != ErrNoIPv6 {
+		t.Errorf("Inbound IPv6 with no SNAT address: %v, want ErrNoIPv6", err)
+	}
 	// IPv6 alone.
 	tab, err := New(Config{Addr6: snat6})
 	if err != nil {

@@ -118,7 +118,9 @@ const (
 	fragTimeout = 30 * time.Second
 )
 
-// Config configures a Table. At least one of Addr and Addr6 must be set.
+// Config configures a Table. A Table with neither Addr nor Addr6 translates
+// nothing: it is what an endpoint whose traffic is IPv6 routed without NAT
+// hands the data plane, and refuses every packet with ErrNoIPv4 or ErrNoIPv6.
 type Config struct {
 	// Addr is the IPv4 SNAT address: the source of every translated
 	// outbound IPv4 packet and the destination of every inbound one. The
@@ -329,9 +331,6 @@ type Table struct {
 
 // New returns an empty Table.
 func New(cfg Config) (*Table, error) {
-	if !cfg.Addr.IsValid() && !cfg.Addr6.IsValid() {
-		return nil, fmt.Errorf("nat: no SNAT address of either family: %w", ErrConfig)
-	}
 	if cfg.Addr.IsValid() && !cfg.Addr.Is4() {
 		return nil, fmt.Errorf("nat: SNAT address %v is not IPv4: %w", cfg.Addr, ErrConfig)
 	}

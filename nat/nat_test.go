@@ -15,7 +15,6 @@ import (
 
 func TestNewConfig(t *testing.T) {
 	for _, cfg := range []Config{
-		{},
 		{Addr: netip.MustParseAddr("fd00::1")},
 		{Addr: snatAddr, MaxEntries: -1},
 		{Addr: snatAddr, MaxPerClient: -1},
