@@ -1024,7 +1024,7 @@ func (d *decoder) dnsServers(n *yaml.Node, path string) []netip.Addr {
 			continue
 		}
 		if perFamily[a.Is6()]++; perFamily[a.Is6()] > maxDNSServers {
-			d.errorf(ipath, item.Line, "is the %s %s server; at most %d of each family can be pushed", ordinal(perFamily[a.Is6()]), family(a), maxDNSServers)
+			d.errorf(ipath, item.Line, "%s is the %s %s server; at most %d of each family can be pushed", a, ordinal(perFamily[a.Is6()]), family(a), maxDNSServers)
 			continue
 		}
 		first[a] = ipath

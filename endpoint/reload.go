@@ -307,7 +307,7 @@ func (r *Running) reload(path string) (_ *ReloadReport, err error) {
 		// set up); then only the listeners and the log, undone here, had changed.
 		if err := r.adm.reconfigure(next); err != nil {
 			if todo&applyListeners != 0 {
-				udp, tcp := listeners(running.Config)
+				udp, tcp := Listeners(running.Config)
 				_ = r.srv.SetListeners(udp, tcp)
 			}
 			if todo&applyConnectionLog != 0 {
@@ -321,7 +321,7 @@ func (r *Running) reload(path string) (_ *ReloadReport, err error) {
 			// Load checked everything Reconfigure does, so this is a bug; undo the listeners
 			// so that the running configuration still is the old file's.
 			if todo&applyListeners != 0 {
-				udp, tcp := listeners(running.Config)
+				udp, tcp := Listeners(running.Config)
 				_ = r.srv.SetListeners(udp, tcp)
 			}
 			if todo&applyConnectionLog != 0 {

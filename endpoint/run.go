@@ -369,7 +369,7 @@ func engineConfig(ep *Endpoint) (tunnel.Config, error) {
 	if err != nil {
 		return tunnel.Config{}, err
 	}
-	udp, tcp := listeners(cfg)
+	udp, tcp := Listeners(cfg)
 	return tunnel.Config{
 		UDP:                   udp,
 		TCP:                   tcp,
@@ -389,8 +389,11 @@ func engineConfig(ep *Endpoint) (tunnel.Config, error) {
 	}, nil
 }
 
-// newPool returns the client address pool of the families the tunnel carries.
-func newPool(cfg *config.Endpoint) (*ippool.Pool, error) {
+// newPool is NewPool.
+func newPool(cfg *config.Endpoint) (*ippool.Pool, error) { return NewPool(cfg) }
+
+// NewPool returns the client address pool of the families the tunnel carries.
+func NewPool(cfg *config.Endpoint) (*ippool.Pool, error) {
 	c4, c6 := cfg.ClientCIDRBlock, cfg.ClientIPv6CIDRBlock
 	var (
 		pool *ippool.Pool
@@ -410,10 +413,10 @@ func newPool(cfg *config.Endpoint) (*ippool.Pool, error) {
 	return pool, nil
 }
 
-// listeners returns the UDP and TCP listener addresses of the file, in its order: with
+// Listeners returns the UDP and TCP listener addresses of the file, in its order: with
 // endpoint_ip_address_type dual-stack, each transport's IPv4 listener, then its IPv6 one (each
 // socket serves one family).
-func listeners(cfg *config.Endpoint) (udp, tcp []netip.AddrPort) {
+func Listeners(cfg *config.Endpoint) (udp, tcp []netip.AddrPort) {
 	addrs := []netip.Addr{cfg.ListenAddress}
 	if cfg.EndpointIPAddressType == config.DualStack {
 		addrs = append(addrs, cfg.ListenIPv6Address)

@@ -188,6 +188,28 @@ func TestGoodExample(t *testing.T) {
 	}
 }
 
+// TestDualStackExample: the dual-stack example validates with a listener per family on each
+// port and both client blocks.
+func TestDualStackExample(t *testing.T) {
+	f := filepath.Join(examplesDir, "dual-stack-endpoint.yaml")
+	code, stdout, stderr := runCmd(t, "validate", "--config", f)
+	if code != 0 {
+		t.Fatalf("exit %d, want 0\nstderr:\n%s", code, stderr)
+	}
+	for _, want := range []string{
+		"listener   0.0.0.0:443/udp",
+		"listener   [::]:443/udp",
+		"listener   [::]:443/tcp",
+		"clients    10.2.0.0/22 and fd00:10:1::1:0/112: 1021 concurrent connections",
+		"route      fd00:10:2::/64",
+		"authorize  group ops -> fd00:10:2::/64",
+	} {
+		if !strings.Contains(stdout, want+"\n") {
+			t.Errorf("summary lacks %q:\n%s", want, stdout)
+		}
+	}
+}
+
 // chmodExamplePassword makes examples/ldap-bind-password readable by its owner only, as
 // config demands of a bind_password_file: git records no read permissions, so a checkout
 // leaves it 0644. A user of the examples does the same (the examples' comments say so).

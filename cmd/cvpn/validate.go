@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
+	"strings"
 
-	"github.com/cvpn/cvpn/ippool"
+	"github.com/cvpn/cvpn/endpoint"
 )
 
 // cmdValidate loads an endpoint file and everything it names, and prints a summary. The file is
@@ -37,12 +39,26 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 		printConfigError(stderr, err)
 		return exitInvalid
 	}
-	pool, _ := ippool.New(ep.Config.ClientCIDRBlock)
-	fmt.Fprintf(stdout, "%s: valid\n", path)
-	for _, l := range ep.Config.Transport {
-		fmt.Fprintf(stdout, "listener   %s:%d/%s\n", ep.Config.ListenAddress, l.Port, l.Protocol)
+	pool, err := endpoint.NewPool(ep.Config)
+	if err != nil { // config checked the blocks: not reached
+		fmt.Fprintln(stderr, "cvpn validate:", err)
+		return exitInvalid
 	}
-	fmt.Fprintf(stdout, "clients    %s: %d concurrent connections\n", ep.Config.ClientCIDRBlock, pool.Capacity())
+	fmt.Fprintf(stdout, "%s: valid\n", path)
+	udp, tcp := endpoint.Listeners(ep.Config)
+	for _, a := range udp {
+		fmt.Fprintf(stdout, "listener   %s/udp\n", a)
+	}
+	for _, a := range tcp {
+		fmt.Fprintf(stdout, "listener   %s/tcp\n", a)
+	}
+	var blocks []string
+	for _, b := range []netip.Prefix{pool.Prefix(), pool.Prefix6()} {
+		if b.IsValid() {
+			blocks = append(blocks, b.String())
+		}
+	}
+	fmt.Fprintf(stdout, "clients    %s: %d concurrent connections\n", strings.Join(blocks, " and "), pool.Capacity())
 	for _, r := range ep.Config.Routes {
 		if r.Local {
 			fmt.Fprintf(stdout, "route      %s (local: client-to-client)\n", r.DestinationCIDRBlock)
