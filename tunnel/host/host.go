@@ -284,14 +284,25 @@ func (h *Host) setSysctls(iface string, f families) error {
 		}
 	}
 	if f.v6 && !h.checkOnly {
-		h.warnAcceptRA()
+		h.warnAcceptRA(h.tunName())
 	}
 	return nil
 }
 
+// tunName is the TUN device's name, "" before there is one.
+func (h *Host) tunName() string {
+	if d := h.Device(); d != nil {
+		if name, err := d.Name(); err == nil {
+			return name
+		}
+	}
+	return ""
+}
+
 // warnAcceptRA logs the interfaces that ignore router advertisements now that IPv6 forwarding
-// is on (accept_ra 1), if forwarding is on.
-func (h *Host) warnAcceptRA() {
+// is on (accept_ra 1), if forwarding is on; the TUN (tun), which no router advertises on, is
+// left out.
+func (h *Host) warnAcceptRA(tun string) {
 	if v, err := os.ReadFile(filepath.Join(h.procSys, forwarding6)); err != nil || strings.TrimSpace(string(v)) != "1" {
 		return
 	}
@@ -299,7 +310,7 @@ func (h *Host) warnAcceptRA() {
 	var ignoring []string
 	for _, d := range dirs {
 		switch d.Name() {
-		case "all", "default", "lo":
+		case "all", "default", "lo", tun:
 			continue
 		}
 		if v, err := os.ReadFile(filepath.Join(h.procSys, "net/ipv6/conf", d.Name(), "accept_ra")); err == nil && strings.TrimSpace(string(v)) == "1" {

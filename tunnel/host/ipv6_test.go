@@ -22,6 +22,8 @@ func sysctls6(t *testing.T) (string, map[string]string) {
 		"net/ipv6/conf/eth1/proxy_ndp":    "0\n",
 		"net/ipv6/neigh/eth1/proxy_delay": "80\n",
 		"net/ipv6/conf/eth1/accept_ra":    "1\n",
+		"net/ipv6/conf/cvpn0/accept_ra":   "1\n",
+		"net/ipv6/conf/eth2/accept_ra":    "2\n",
 	}
 	return procSys(t, files), files
 }
@@ -40,8 +42,16 @@ func TestSysctls6SetAndRestored(t *testing.T) {
 			t.Errorf("%s = %s, want %s", k, got, want)
 		}
 	}
-	if !strings.Contains(log.String(), "ignore router advertisements") || !strings.Contains(log.String(), "eth1") {
-		t.Errorf("no warning about router advertisements on eth1: %s", log.String())
+	// This host has no TUN, so cvpn0 is an interface like eth1; eth2 accepts them anyway.
+	if !strings.Contains(log.String(), "ignore router advertisements") || !strings.Contains(log.String(), `interfaces="[cvpn0 eth1]"`) {
+		t.Errorf("no warning about router advertisements on cvpn0 and eth1 alone: %s", log.String())
+	}
+	// The TUN is no interface a router advertises on.
+	var tunLog testlog.Buffer
+	tunHost := newHost(Config{procSys: root, euid: asRoot}, slog.New(slog.NewTextHandler(&tunLog, nil)))
+	tunHost.warnAcceptRA("cvpn0")
+	if !strings.Contains(tunLog.String(), "interfaces=[eth1]") {
+		t.Errorf("the TUN is among the interfaces warned about: %s", tunLog.String())
 	}
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
