@@ -24,8 +24,11 @@ import (
 // These tests are issue 17's "must show" with stock clients in dual-stack namespaces
 // (netlab.NewDual): IPv6 listeners of both transports, an IPv6 and an IPv4 tunnel address,
 // clients keeping their own IPv6 addresses into the VPC (proxy NDP) or source-NATed to the
-// endpoint's, IPv6 authorization rules by group, the bandwidth limit over IPv6 and shared by
-// both families, path MTU discovery through the tunnel, and redirect-gateway ipv6.
+// endpoint's, IPv6 authorization rules by group (both ways), the bandwidth limit over IPv6 and
+// shared by both families, path MTU discovery and MSS clamping through the tunnel, and
+// redirect-gateway ipv6; then what else takes an address of either family: DNS servers, ICMPv6
+// errors, client-to-client, floats, the host-is-not-a-destination rule, the API and the
+// connection log. The interoperability matrix's IPv6 rows are in matrix_test.go.
 
 // newDualSetup is newSetup on a dual-stack lab.
 func newDualSetup(t *testing.T, o netlab.EndpointOptions) *setup {
