@@ -82,15 +82,15 @@ func TestMetricsServed(t *testing.T) {
 	l.ping(s, 2)
 	m = scrapeMetrics(t, url)
 	for series, want := range map[string]float64{
-		"cvpn_active_connections":                                 1,
-		`cvpn_ip_pool_addresses{state="in_use"}`:                  1,
-		`cvpn_ip_pool_addresses{state="free"}`:                    1020,
-		"cvpn_nat_mappings":                                       1,
-		`cvpn_sessions{cipher="AES-256-GCM",transport="udp"}`:     1,
-		"cvpn_handshake_duration_seconds_count":                   1,
-		`cvpn_authentication_failures_total{reason="unknown_ca"}`: 0,
-		"cvpn_ingress_packets_total":                              2,
-		"cvpn_egress_packets_total":                               2,
+		"cvpn_active_connections":                                           1,
+		`cvpn_ip_pool_addresses{state="in_use"}`:                            1,
+		`cvpn_ip_pool_addresses{state="free"}`:                              1020,
+		"cvpn_nat_mappings":                                                 1,
+		`cvpn_sessions{cipher="AES-256-GCM",family="ipv4",transport="udp"}`: 1,
+		"cvpn_handshake_duration_seconds_count":                             1,
+		`cvpn_authentication_failures_total{reason="unknown_ca"}`:           0,
+		"cvpn_ingress_packets_total":                                        2,
+		"cvpn_egress_packets_total":                                         2,
 	} {
 		if got, ok := m[series]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", series, got, ok, want)

@@ -86,7 +86,8 @@ var (
 	descNAT = prometheus.NewDesc("cvpn_nat_mappings",
 		"NAT mappings in use, idle ones not yet removed included.", nil, nil)
 	descSessions = prometheus.NewDesc("cvpn_sessions",
-		"Established client sessions by transport (udp, tcp) and data cipher.", []string{"transport", "cipher"}, nil)
+		"Established client sessions by transport (udp, tcp), the address family the client reached the endpoint over (ipv4, ipv6) and data cipher.",
+		[]string{"transport", "family", "cipher"}, nil)
 	descBuild = prometheus.NewDesc("cvpn_build_info",
 		"Always 1; the labels say which cvpn build runs.", []string{"version", "revision", "goversion"}, nil)
 )
@@ -254,7 +255,7 @@ func (m *Metrics) collectSessions(ch chan<- prometheus.Metric) {
 	active, kinds, total := m.sessions()
 	ch <- prometheus.MustNewConstMetric(descActive, prometheus.GaugeValue, float64(active))
 	for k, n := range kinds {
-		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), k.transport, k.cipher)
+		ch <- prometheus.MustNewConstMetric(descSessions, prometheus.GaugeValue, float64(n), k.transport, k.family, k.cipher)
 	}
 	ch <- prometheus.MustNewConstMetric(descIngressBytes, prometheus.CounterValue, float64(total.RxBytes))
 	ch <- prometheus.MustNewConstMetric(descEgressBytes, prometheus.CounterValue, float64(total.TxBytes))
@@ -262,8 +263,17 @@ func (m *Metrics) collectSessions(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descEgressPackets, prometheus.CounterValue, float64(total.TxPackets))
 }
 
-// sessionKind is a label pair of cvpn_sessions.
-type sessionKind struct{ transport, cipher string }
+// sessionKind is the labels of cvpn_sessions.
+type sessionKind struct{ transport, family, cipher string }
+
+// endpointFamily names the family a client reached the endpoint over, as
+// endpoint_ip_address_type spells it.
+func endpointFamily(remote netip.AddrPort) string {
+	if a := remote.Addr(); a.Is6() && !a.Is4In6() {
+		return "ipv6"
+	}
+	return "ipv4"
+}
 
 // sessions lists the established sessions and sums the traffic totals, holding mu (and only
 // for that: the metrics are sent after, so that Disconnected never waits on a slow scraper).
@@ -275,7 +285,7 @@ func (m *Metrics) sessions() (active int, kinds map[sessionKind]int, total count
 	kinds = map[sessionKind]int{}
 	listed := make(map[uint64]counters.TrafficSnapshot, len(list))
 	for _, s := range list {
-		kinds[sessionKind{transportName(s.Transport), s.Cipher}]++
+		kinds[sessionKind{transportName(s.Transport), endpointFamily(s.Remote), s.Cipher}]++
 		if _, ended := m.endedIDs[s.ID]; ended {
 			continue // listed before it ended: its final counters are in ended
 		}

@@ -152,7 +152,8 @@ func TestScrapeAfterEvents(t *testing.T) {
 		CRL:         func() *pki.CRLSet { return crl },
 	})
 	a := status(1, "UDPv4", "AES-256-GCM", 1000, 10, 2000, 20)
-	b := status(2, "TCPv4_SERVER", "AES-256-GCM", 500, 5, 700, 7)
+	b := status(2, "TCPv6_SERVER", "AES-256-GCM", 500, 5, 700, 7)
+	b.Remote = netip.MustParseAddrPort("[fd31:1::2]:50000") // reached the endpoint over IPv6
 	c := status(3, "udp", "CHACHA20-POLY1305", 40, 4, 60, 6)
 	eng.set(a, b, c)
 	for _, s := range []tunnel.Status{a, b, c} {
@@ -183,8 +184,8 @@ func TestScrapeAfterEvents(t *testing.T) {
 	if _, ok := fams["cvpn_crl_days_to_expiry"]; ok {
 		t.Error("cvpn_crl_days_to_expiry is exported: it is the recording rule cvpn:crl_days_to_expiry now")
 	}
-	want(t, fams, 1, "cvpn_sessions", "transport", "udp", "cipher", "AES-256-GCM")
-	want(t, fams, 1, "cvpn_sessions", "transport", "tcp", "cipher", "AES-256-GCM")
+	want(t, fams, 1, "cvpn_sessions", "transport", "udp", "family", "ipv4", "cipher", "AES-256-GCM")
+	want(t, fams, 1, "cvpn_sessions", "transport", "tcp", "family", "ipv6", "cipher", "AES-256-GCM")
 	if _, ok := value(fams, "cvpn_sessions", "cipher", "CHACHA20-POLY1305"); ok {
 		t.Error("cvpn_sessions lists the ended session's cipher")
 	}

@@ -287,6 +287,13 @@ func (s *Session) admitUser(ctx context.Context, req *AuthRequest, user *User, m
 		_ = m.cfg.Pool.Release(lease.Key())
 		return nil, &Refusal{Message: "session ended"}
 	}
+	if lease.Addr.IsValid() && lease.Addr6.IsValid() {
+		// One client, one NAT share, whichever family its flows use; teardown's ForgetClient
+		// undoes it. A lease index always pairs the same two addresses, so this cannot clash.
+		if err := m.cfg.NAT.Pair(lease.Addr, lease.Addr6); err != nil {
+			m.log.Error("pairing the client's addresses in the NAT table", "addr", lease.Addr, "addr6", lease.Addr6, "err", err)
+		}
+	}
 	info := &Info{
 		ID:           s.id,
 		ConnectionID: s.connID,
