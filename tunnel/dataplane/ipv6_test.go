@@ -15,6 +15,7 @@ import (
 	"github.com/cvpn/cvpn/authz"
 	"github.com/cvpn/cvpn/ippool"
 	"github.com/cvpn/cvpn/nat"
+	"github.com/cvpn/cvpn/tls/packet"
 	"github.com/cvpn/cvpn/tunnel/datacrypto"
 	"github.com/cvpn/cvpn/tunnel/ippkt"
 	"github.com/cvpn/cvpn/tunnel/sock"
@@ -394,4 +395,62 @@ func TestIPv6PathNoAllocs(t *testing.T) {
 			t.Errorf("NAT66 %v: %v allocations per packet", nat6, allocs)
 		}
 	}
+}
+
+// FuzzClientPacket feeds whatever a client could put in the tunnel, of either family, through
+// the receive path of a dual-stack plane (IPv6 routed): what comes out on the TUN parses, is
+// from the client's own address (IPv4 after NAT: the SNAT address), and goes where its group
+// may go; what does not is counted under some reason, unless it was for the gateway (answered
+// or counted) or a keepalive.
+func FuzzClientPacket(f *testing.F) {
+	d := newDualFixture(f, false, 0)
+	c := d.client(f, "dave", "dev")
+	me4, me6 := c.peer.Identity().Addr, c.peer.Identity().Addr6
+	v4 := make([]byte, 128)
+	f.Add(udpPacket(v4, 0, me4, netip.MustParseAddr("10.0.1.10"), 100))
+	f.Add(udp6(f, me6, vpc6, 20))
+	f.Add(udp6(f, me6, ops6, 20))
+	f.Add(routingHeader(f, me6, vpc6))
+	f.Add(udp6(f, netip.MustParseAddr("fe80::1"), netip.MustParseAddr("ff02::2"), 8))
+	hbh := udp6(f, me6, vpc6, 8)
+	hbh = append(append(bytes.Clone(hbh[:40]), 17, 0, 1, 4, 0, 0, 0, 0), hbh[40:]...) // Hop-by-Hop, PadN
+	hbh[6], hbh[5] = 0, hbh[5]+8
+	f.Add(hbh)
+	f.Fuzz(func(t *testing.T, ip []byte) {
+		if len(ip) > 1500 {
+			return
+		}
+		before := total(d.p.drops.Snapshot())
+		out := c.sent(bytes.Clone(ip))
+		if out == nil {
+			info, r := ippkt.Parse(ip)
+			toGateway := r == ippkt.OK && (info.Dst == gateway || info.Dst == gateway6)
+			magic := bytes.Equal(ip, packet.PingMagic) || bytes.HasPrefix(ip, packet.OCCMagic)
+			if total(d.p.drops.Snapshot()) == before && !toGateway && !magic {
+				t.Fatalf("dropped without a count: %x", ip)
+			}
+			return
+		}
+		info, r := ippkt.Parse(out)
+		if r != ippkt.OK {
+			t.Fatalf("forwarded what does not parse (%v): %x", r, out)
+		}
+		switch info.Version {
+		case 4:
+			if info.Src != netip.MustParseAddr("10.0.1.2") || !netip.MustParsePrefix("10.0.1.0/24").Contains(info.Dst) {
+				t.Fatalf("forwarded IPv4 %s -> %s", info.Src, info.Dst)
+			}
+		case 6:
+			if info.Src != me6 || !netip.MustParsePrefix("fd00:10:1::/64").Contains(info.Dst) || info.Dst == hostVPC6 || client6re.Contains(info.Dst) {
+				t.Fatalf("forwarded IPv6 %s -> %s", info.Src, info.Dst)
+			}
+		}
+	})
+}
+
+func total(m map[string]uint64) (n uint64) {
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
