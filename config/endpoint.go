@@ -95,8 +95,10 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	if n, path, ok := top.get("description"); ok {
 		ep.Description, _ = d.str(n, path)
 	}
+	var remote placed
 	if n, path, ok := top.get("remote_hostname"); ok {
 		ep.RemoteHostname, _ = d.hostname(n, path)
+		remote = placed{path, n.Line}
 	}
 	if n, path, ok := top.get("endpoint_ip_address_type"); ok {
 		ep.EndpointIPAddressType, _ = d.addressType(n, path)
@@ -105,6 +107,12 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 		ep.TrafficIPAddressType, _ = d.addressType(n, path)
 	}
 	d.traffic = ep.TrafficIPAddressType
+	if a, err := netip.ParseAddr(ep.RemoteHostname); err == nil && remote.path != "" {
+		// Clients dial this address: it must be of a family the endpoint listens on.
+		if t := ep.EndpointIPAddressType; a.Unmap().Is4() && !HasIPv4(t) || a.Is6() && !a.Is4In6() && !HasIPv6(t) {
+			d.errorf(remote.path, remote.line, "%s is %s, but endpoint_ip_address_type is %s: clients could not reach it", a, family(a.Unmap()), t)
+		}
+	}
 	var client, client6 placed
 	if HasIPv4(ep.TrafficIPAddressType) {
 		if n, path, ok := d.required(top, "client_cidr_block", ""); ok {

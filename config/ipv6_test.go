@@ -164,6 +164,10 @@ target_network: {interface: eth1, snat_address: 10.0.1.2}
 			"0.0.0.0 is not an IPv6 address"},
 		{"listen address with a zone", base + "endpoint_ip_address_type: ipv6\nlisten_address: 'fe80::1%eth0'\n", "listen_address", "has a zone"},
 		{"IPv6 below its minimum MTU", dual + "tun: {mtu: 1200}\n", "tun.mtu", "1200 is below 1280, the least an IPv6 link may carry"},
+		{"IPv6 remote for an IPv4 endpoint", base + "remote_hostname: 'fd31::1'\n", "remote_hostname",
+			"fd31::1 is IPv6, but endpoint_ip_address_type is ipv4: clients could not reach it"},
+		{"IPv4 remote for an IPv6 endpoint", base + "remote_hostname: 192.0.2.1\nendpoint_ip_address_type: ipv6\n", "remote_hostname",
+			"192.0.2.1 is IPv4, but endpoint_ip_address_type is ipv6"},
 		{"mapped vpc block", strings.Replace(base, "vpc_cidr_blocks: [10.0.0.0/16]", "vpc_cidr_blocks: ['::ffff:10.0.0.0/112']", 1), "vpc_cidr_blocks[0]",
 			"is an IPv4-mapped IPv6 block; write the IPv4 block 10.0.0.0/16 instead"},
 	} {

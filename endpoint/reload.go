@@ -74,6 +74,7 @@ var keyActions = map[string]action{
 	"remote_hostname":                                  0, // profiles are rendered from the file
 	"vpc_cidr_blocks":                                  0, // checked against the SNAT address when the file loads
 	"listen_address":                                   applyListeners,
+	"listen_ipv6_address":                              applyListeners,
 	"transport":                                        applyListeners,
 	"server_certificate.cert_file":                     applySettings,
 	"server_certificate.key_file":                      applySettings,
