@@ -40,7 +40,7 @@ func client6Count(cfg *config.Endpoint) int {
 	if !block.IsValid() {
 		return 0
 	}
-	pool, err := newPool(cfg)
+	pool, err := NewPool(cfg)
 	if err != nil {
 		return 0
 	}

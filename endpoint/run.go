@@ -175,7 +175,7 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	if err != nil {
 		return nil, err
 	}
-	pool, err := newPool(cfg)
+	pool, err := NewPool(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +209,11 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	}
 	ecfg.Network, ecfg.Log, ecfg.Now = opts.Network, opts.Log, opts.Now
 	ecfg.Revoked = revocation{ep.CRL, opts.Now}
-	pol := newHostPolicy(ep.Policy, cfg.TargetNetwork.SNATAddress, opts.Log)
+	pol := newHostPolicy(ep.Policy, cfg.TargetNetwork.SNATAddress, opts.Log).withSNAT6(cfg.TargetNetwork.SNATIPv6Address)
+	if n, ok := h.(clientNeighbours); ok {
+		// Pools too large for a proxy entry per address at setup get one per connected client.
+		ecfg.Events = append(ecfg.Events, neighbourEvents{host: n, log: opts.Log})
+	}
 	own, stopHostAddrs, err := opts.HostAddrs(pol.setOwn, opts.Log)
 	if err != nil {
 		return nil, err
@@ -388,9 +392,6 @@ func engineConfig(ep *Endpoint) (tunnel.Config, error) {
 		PingRestart:           cfg.Keepalive.PingRestart,
 	}, nil
 }
-
-// newPool is NewPool.
-func newPool(cfg *config.Endpoint) (*ippool.Pool, error) { return NewPool(cfg) }
 
 // NewPool returns the client address pool of the families the tunnel carries.
 func NewPool(cfg *config.Endpoint) (*ippool.Pool, error) {
