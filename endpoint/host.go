@@ -33,7 +33,7 @@ func hostConfig(cfg *config.Endpoint) host.Config {
 // client6Count is how many addresses of the IPv6 block the address pool indexes (ippool: index
 // i is the block's base+i): its Size, capped by the block's addresses. With both families the
 // IPv4 block decides it, so a dual-stack pool of a /22 has 1,024 IPv6 addresses whatever the
-// IPv6 block. It builds the pool the endpoint builds (newPool) to ask; 0 without IPv6, and when
+// IPv6 block. It builds the pool the endpoint builds (NewPool) to ask; 0 without IPv6, and when
 // the pool cannot be built (the endpoint has refused the file then).
 func client6Count(cfg *config.Endpoint) int {
 	block := cfg.ClientIPv6CIDRBlock
