@@ -146,9 +146,15 @@ func TestIPv6Rows(t *testing.T) {
 	if strings.Join(c, "|") != strings.Join(want, "|") {
 		t.Errorf("comparison %q, want %q", c, want)
 	}
+	// Four profiled phases: the CPU per packet takes two lines of the chart.
+	for _, ph := range []string{"iperf-upload", "iperf-download", "iperf-ipv6-upload", "iperf-ipv6-download"} {
+		r.CPUCost = append(r.CPUCost, CostRow{Phase: ph, Category: "total", USPerPacket: 15})
+	}
 	svg := r.SVG()
 	for _, want := range []string{"iperf-ipv6: TCP upload", "iperf-ipv6: server CPU, download",
-		"cvpn/openvpn, iperf vs iperf-ipv6: TCP upload 2.00x over IPv4, 1.75x over IPv6; server CPU, upload"} {
+		"cvpn/openvpn, iperf vs iperf-ipv6: TCP upload 2.00x over IPv4, 1.75x over IPv6; server CPU, upload",
+		"split by category in the JSON): iperf-upload 15.00, iperf-download 15.00, iperf-ipv6-upload 15.00<",
+		"cvpn CPU per packet, continued: iperf-ipv6-download 15.00<"} {
 		if !strings.Contains(svg, want) {
 			t.Errorf("chart lacks %q", want)
 		}

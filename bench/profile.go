@@ -413,7 +413,8 @@ func (r *Results) CostText() string {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "cvpn CPU per packet, from CPU profiles of the measured phases (µs; median over rounds):\n")
-	fmt.Fprintf(&b, "%-16s %-40s %9s %7s\n", "phase", "category", "µs/pkt", "share")
+	// The phase column holds the longest phase name, iperf-ipv6-download.
+	fmt.Fprintf(&b, "%-19s %-40s %9s %7s\n", "phase", "category", "µs/pkt", "share")
 	last := ""
 	for _, row := range r.CPUCost {
 		ph := row.Phase
@@ -421,7 +422,7 @@ func (r *Results) CostText() string {
 			ph = ""
 		}
 		last = row.Phase
-		fmt.Fprintf(&b, "%-16s %-40s %9.3f %6.1f%%\n", ph, row.Category, row.USPerPacket, row.Percent)
+		fmt.Fprintf(&b, "%-19s %-40s %9.3f %6.1f%%\n", ph, row.Category, row.USPerPacket, row.Percent)
 	}
 	return b.String()
 }
