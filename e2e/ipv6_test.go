@@ -890,3 +890,35 @@ func TestIPv6HostNotADestination(t *testing.T) {
 		t.Errorf("drops %v: want host_address above the %d of the SNAT6 pings, no unauthorized or no_route", d, before)
 	}
 }
+
+// TestIPv6OnlyFullTunnel: with only IPv6 through the tunnel, split_tunnel false redirects IPv6
+// alone (redirect-gateway ipv6 !ipv4): the client's IPv6 default traffic enters the tunnel while
+// its IPv4 routes stay as they were.
+func TestIPv6OnlyFullTunnel(t *testing.T) {
+	t.Parallel()
+	other := netip.MustParsePrefix("2001:db8:ff::10/64")
+	s := newDualSetup(t, netlab.EndpointOptions{
+		TLSCrypt:              true,
+		EndpointIPAddressType: "dual-stack",
+		TrafficIPAddressType:  "ipv6",
+		FullTunnel:            true,
+		Rules:                 []string{"{target_network_cidr: '::/0', authorize_all_groups: true}"},
+	})
+	if err := s.lab.AddVPCSubnet(other); err != nil {
+		t.Fatal(err)
+	}
+	c := s.connectDual("sixroamer", true, netlab.ProfileOptions{Proto: "udp6"})
+	push := regexp.MustCompile(`PUSH_REPLY[^\n]*`).FindString(c.proc.Output())
+	if !regexp.MustCompile(`redirect-gateway[^,]*ipv6`).MatchString(push) || !strings.Contains(push, "!ipv4") {
+		t.Fatalf("want redirect-gateway ipv6 !ipv4 pushed:\n%s", push)
+	}
+	ctx := context.Background()
+	if out, err := s.lab.Output(ctx, c.ns, "ip", "-6", "route", "get", other.Addr().String()); err != nil || !strings.Contains(out, "dev tun0") {
+		t.Fatalf("the route to %s does not use the tunnel: %v\n%s", other.Addr(), err, out)
+	}
+	if out, err := s.lab.Output(ctx, c.ns, "ip", "-4", "route", "get", "10.0.9.9"); err != nil || !strings.Contains(out, "dev eth0") {
+		t.Errorf("IPv4 was redirected although only IPv6 flows: %v\n%s", err, out)
+	}
+	s.ping(c.vpnClient, other.Addr().String())
+	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
+}
