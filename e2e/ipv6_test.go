@@ -922,3 +922,107 @@ func TestIPv6OnlyFullTunnel(t *testing.T) {
 	s.ping(c.vpnClient, other.Addr().String())
 	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
 }
+
+// TestExportedProfileIPv6: a dual-stack endpoint made with the CLI (cvpn init, then the IPv6 keys
+// added to its file) exports profiles with a remote per family; a client whose resolver knows
+// only the endpoint name's IPv6 address connects with nothing but the exported file, over UDP
+// and over TCP, reaching the endpoint over IPv6.
+func TestExportedProfileIPv6(t *testing.T) {
+	t.Parallel()
+	lab, err := netlab.NewDual()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &cliSetup{setup: &setup{t: t, lab: lab}, dir: filepath.Join(t.TempDir(), "endpoint")}
+	t.Cleanup(func() {
+		lab.Close()
+		if t.Failed() && s.srv != nil {
+			t.Logf("cvpn output:\n%s", s.srv.Output())
+		}
+	})
+	const name = "server.cvpn.test"
+	cli(t, "init", "--dir", s.dir, "--remote", name, "--transport", "udp/443,tcp/443")
+	s.config = filepath.Join(s.dir, "endpoint.yaml")
+	b, err := os.ReadFile(s.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yaml := string(b)
+	for _, e := range [][2]string{
+		{"remote_hostname: " + name + "\n", "remote_hostname: " + name + "\nendpoint_ip_address_type: dual-stack\ntraffic_ip_address_type: dual-stack\n" +
+			"client_ipv6_cidr_block: " + netlab.ClientIPv6CIDR.String() + "\n"},
+		{"vpc_cidr_blocks:\n", "vpc_cidr_blocks:\n  - " + netlab.VPCCIDRIPv6.String() + "\n"},
+		{"routes:\n", "routes:\n  - destination_cidr_block: " + netlab.VPCPrefixIPv6.String() + "\n"},
+		{"authorization_rules:\n", "authorization_rules:\n  - {target_network_cidr: " + netlab.VPCCIDRIPv6.String() + ", authorize_all_groups: true}\n"},
+	} {
+		if !strings.Contains(yaml, e[0]) {
+			t.Fatalf("cvpn init's file has no %q:\n%s", e[0], yaml)
+		}
+		yaml = strings.Replace(yaml, e[0], e[1], 1)
+	}
+	yaml += "admin: {socket: admin.sock}\n"
+	if err := os.WriteFile(s.config, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cli(t, "client", "issue", "alice", "--config", s.config)
+	s.serve()
+
+	// Both clients at once: each first fails to resolve the name over IPv4 (some seconds), then
+	// takes the IPv6 remote.
+	type started struct {
+		proto string
+		link  netlab.ClientLink
+		c     *vpnClient
+	}
+	var clients []started
+	for _, proto := range []string{"udp", "tcp"} {
+		profile := cli(t, "export-client-config", "--config", s.config, "--client", "alice", "--protocol", proto)
+		v4, v6 := proto+"4", proto+"6"
+		if proto == "tcp" {
+			v4, v6 = "tcp4-client", "tcp6-client"
+		}
+		for _, want := range []string{"remote " + name + " 443 " + v4 + "\n", "remote " + name + " 443 " + v6 + "\n"} {
+			if !strings.Contains(profile, want) {
+				t.Fatalf("the %s profile lacks %q:\n%s", proto, want, profile)
+			}
+		}
+		path := filepath.Join(s.dir, "alice-"+proto+".ovpn")
+		if err := os.WriteFile(path, []byte(profile), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		link, err := lab.AddClientLink()
+		if err != nil {
+			t.Fatal(err)
+		}
+		// ip netns exec mounts /etc/netns/NS/hosts over /etc/hosts for what it runs: the name
+		// resolves to the endpoint's IPv6 address alone there.
+		etc := filepath.Join("/etc/netns", link.NS)
+		if err := os.MkdirAll(etc, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(etc) })
+		if err := os.WriteFile(filepath.Join(etc, "hosts"), []byte(link.ServerIPv6.String()+" "+name+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		p, err := lab.Start("openvpn alice "+proto, link.NS, "openvpn", "--config", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("openvpn alice %s output:\n%s", proto, p.Output())
+			}
+		})
+		clients = append(clients, started{proto, link, &vpnClient{ns: link.NS, proc: p}})
+	}
+	for _, c := range clients {
+		if err := c.c.proc.WaitFor("Initialization Sequence Completed", 60*time.Second); err != nil {
+			t.Fatalf("%s: %v", c.proto, err)
+		}
+		if want := "link remote: [AF_INET6]" + c.link.ServerIPv6.String(); !strings.Contains(c.c.proc.Output(), want) {
+			t.Errorf("%s: the client log lacks %q", c.proto, want)
+		}
+		s.ping(c.c, netlab.VPCHostIPv6.String())
+		s.ping(c.c, netlab.VPCHost.String())
+	}
+}
