@@ -28,8 +28,9 @@ import (
 // endpoint's, IPv6 authorization rules by group (both ways), the bandwidth limit over IPv6 and
 // shared by both families, path MTU discovery and MSS clamping through the tunnel, and
 // redirect-gateway ipv6; then what else takes an address of either family: DNS servers, ICMPv6
-// errors, client-to-client, floats, the host-is-not-a-destination rule, the API and the
-// connection log. The interoperability matrix's IPv6 rows are in matrix_test.go.
+// errors, client-to-client, floats, the host-is-not-a-destination rule, the API, the
+// connection log and exported profiles. The interoperability matrix's IPv6 rows are in
+// matrix_test.go.
 
 // newDualSetup is newSetup on a dual-stack lab.
 func newDualSetup(t *testing.T, o netlab.EndpointOptions) *setup {
