@@ -228,7 +228,8 @@ func TestIPv6DualStackEndpoint(t *testing.T) {
 		TrafficIPAddressType:  "dual-stack",
 		Transport:             "[{protocol: udp, port: 443}, {protocol: tcp, port: 443}]",
 		Extra: "dns_servers: [10.0.1.53, 'fd00:10:1::53']\n" +
-			"connection_log: {enabled: true, file: connections.log}\n",
+			"connection_log: {enabled: true, file: connections.log}\n" +
+			"metrics: {listen_address: \"" + adminMetricsAddr + "\"}\n",
 	})
 	clients := []struct {
 		name  string
@@ -299,6 +300,27 @@ func TestIPv6DualStackEndpoint(t *testing.T) {
 	}
 	// An ICMPv6 error from the VPC host reaches the client it answers.
 	s.portUnreachable(up[0].vpnClient, netlab.VPCHostIPv6)
+
+	// The metrics count the sessions by transport and by the family they reached the endpoint
+	// over.
+	scrape, err := s.lab.Output(context.Background(), s.lab.Server, "curl", "-sS", "http://"+adminMetricsAddr+"/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cc := range clients {
+		transport, family := "udp", "ipv4"
+		if strings.HasPrefix(cc.proto, "tcp") {
+			transport = "tcp"
+		}
+		if cc.over6 {
+			family = "ipv6"
+		}
+		re := regexp.MustCompile(`(?m)^cvpn_sessions\{(?:[^}]*,)?family="` + family + `"[^}]*transport="` + transport + `"[^}]*\} 1$|` +
+			`(?m)^cvpn_sessions\{(?:[^}]*,)?transport="` + transport + `"[^}]*family="` + family + `"[^}]*\} 1$`)
+		if !re.MatchString(scrape) {
+			t.Errorf("%s: no cvpn_sessions 1 for transport %s, family %s in the scrape:\n%s", cc.name, transport, family, grepLines(scrape, "cvpn_sessions"))
+		}
+	}
 
 	// The connection log records each session's IPv6 address and where it dialled from.
 	logPath := filepath.Join(s.ep.Dir, "connections.log")
@@ -1026,4 +1048,15 @@ func TestExportedProfileIPv6(t *testing.T) {
 		s.ping(c.c, netlab.VPCHostIPv6.String())
 		s.ping(c.c, netlab.VPCHost.String())
 	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var b strings.Builder
+	for l := range strings.Lines(s) {
+		if strings.Contains(l, sub) {
+			b.WriteString(l)
+		}
+	}
+	return b.String()
 }
