@@ -88,23 +88,11 @@ func (t *Table) inboundICMPError(pkt []byte, h header, now int64) (netip.Addr, e
 	if e.src != t.addr {
 		return netip.Addr{}, errNoEmbedded
 	}
-	k := inKey{remote: addr4(e.dst), remotePort: e.dstPort, extPort: e.srcPort, proto: e.proto}
-	portOff := l4SrcPort
-	if e.proto == protoICMP {
-		if e.icmpType != icmpEchoReq {
-			return netip.Addr{}, errEmbeddedProto
-		}
-		k.remotePort = 0
-		portOff = icmpEchoID
+	m, portOff, err := t.embeddedMapping(inKey{remote: addr4(e.dst), remotePort: e.dstPort, extPort: e.srcPort, proto: e.proto},
+		e.proto == protoICMP, e.icmpType == icmpEchoReq, now)
+	if err != nil {
+		return netip.Addr{}, err
 	}
-	t.inMu.RLock()
-	m := t.in[k]
-	if m == nil || t.expired(m, now) {
-		t.inMu.RUnlock()
-		return netip.Addr{}, errNoEmbedded
-	}
-	t.inMu.RUnlock()
-	// An error does not refresh the mapping: it is no sign the flow lives.
 	client := m.out.client.v4()
 	setAddr(pkt, ipDst, t.addr, client)
 	rewriteEmbedded(icmp, &e, ipSrc, t.addr, client, portOff, m.extPort, m.out.clientPort)
@@ -112,6 +100,30 @@ func (t *Table) inboundICMPError(pkt []byte, h header, now int64) (netip.Addr, e
 		t.frags.record(fragKey{remote: addr4(h.src), id: uint32(be16(pkt, ipID)), proto: h.proto}, m.out.client, now)
 	}
 	return addrFromUint(client), nil
+}
+
+// embeddedMapping finds the mapping of the flow an inbound ICMP or ICMPv6 error
+// is about, from the key of its embedded packet (which left through the NAT:
+// its source is ours); isEcho says the embedded packet is an ICMP or ICMPv6
+// message, which must then be an echo request (echoReq). It returns where the
+// embedded packet's port or echo identifier lies. An error does not refresh
+// the mapping: it is no sign the flow lives.
+func (t *Table) embeddedMapping(k inKey, isEcho, echoReq bool, now int64) (*mapping, int, error) {
+	portOff := l4SrcPort
+	if isEcho {
+		if !echoReq {
+			return nil, 0, errEmbeddedProto
+		}
+		k.remotePort = 0
+		portOff = icmpEchoID
+	}
+	t.inMu.RLock()
+	defer t.inMu.RUnlock()
+	m := t.in[k]
+	if m == nil || t.expired(m, now) {
+		return nil, 0, errNoEmbedded
+	}
+	return m, portOff, nil
 }
 
 // outboundICMPError translates an ICMP error a client sends about a packet

@@ -96,23 +96,11 @@ func (t *Table) inboundICMPv6Error(pkt []byte, info *ippkt.Info, now int64) (net
 	if e.info.Src != t.addr6 {
 		return netip.Addr{}, errNoEmbedded
 	}
-	k := inKey{remote: addrOf(e.info.Dst), remotePort: e.dstPort, extPort: e.srcPort, proto: e.info.Proto}
-	portOff := l4SrcPort
-	if e.info.Proto == protoICMPv6 {
-		if e.icmpType != icmp6EchoRequest {
-			return netip.Addr{}, errEmbeddedProto
-		}
-		k.remotePort = 0
-		portOff = icmpEchoID
+	m, portOff, err := t.embeddedMapping(inKey{remote: addrOf(e.info.Dst), remotePort: e.dstPort, extPort: e.srcPort, proto: e.info.Proto},
+		e.info.Proto == protoICMPv6, e.icmpType == icmp6EchoRequest, now)
+	if err != nil {
+		return netip.Addr{}, err
 	}
-	t.inMu.RLock()
-	m := t.in[k]
-	if m == nil || t.expired(m, now) {
-		t.inMu.RUnlock()
-		return netip.Addr{}, errNoEmbedded
-	}
-	t.inMu.RUnlock()
-	// An error does not refresh the mapping: it is no sign the flow lives.
 	client := m.out.client.netip()
 	rewriteEmbedded6(pkt, ip6Dst, pkt[info.Transport:info.End], &e, ip6Src, t.addr6, client, portOff, m.extPort, m.out.clientPort)
 	if info.Frag == ippkt.FirstFragment {

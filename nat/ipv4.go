@@ -125,6 +125,18 @@ func setAddr(pkt []byte, off int, old, addr uint32) {
 	put16(pkt, ipChecksum, adjust32(be16(pkt, ipChecksum), old, addr))
 }
 
+// checksumOffset is where the checksum of an upper-layer header of proto (TCP,
+// UDP, or ICMP and ICMPv6 alike) lies.
+func checksumOffset(proto uint8) int {
+	switch proto {
+	case protoTCP:
+		return tcpChecksum
+	case protoUDP:
+		return udpChecksum
+	}
+	return icmpChecksum
+}
+
 // fixTransport adjusts the transport checksum at l4[sumOff:] for an address
 // in the pseudo-header changing oldAddr→newAddr and the port or identifier
 // at l4[portOff:] changing oldPort→newPort, and stores the new port. withAddr
@@ -133,15 +145,7 @@ func setAddr(pkt []byte, off int, old, addr uint32) {
 // the outer checksum. A UDP checksum of zero means none and is left alone.
 func fixTransport(l4 []byte, proto uint8, portOff int, oldAddr, newAddr uint32, oldPort, newPort uint16) (oldSum, newSum uint16, hasSum bool) {
 	put16(l4, portOff, newPort)
-	var sumOff int
-	switch proto {
-	case protoTCP:
-		sumOff = tcpChecksum
-	case protoUDP:
-		sumOff = udpChecksum
-	default:
-		sumOff = icmpChecksum
-	}
+	sumOff := checksumOffset(proto)
 	if len(l4) < sumOff+2 {
 		// Only possible for a truncated TCP header embedded in an ICMP
 		// error, which need carry just 8 bytes of it (RFC 792).

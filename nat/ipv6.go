@@ -44,15 +44,7 @@ func putAddr6(pkt []byte, off int, a netip.Addr) {
 // right to make of it.
 func fixTransport6(l4 []byte, proto uint8, portOff int, oldAddr, newAddr netip.Addr, oldPort, newPort uint16) (oldSum, newSum uint16, hasSum bool) {
 	put16(l4, portOff, newPort)
-	var sumOff int
-	switch proto {
-	case protoTCP:
-		sumOff = tcpChecksum
-	case protoUDP:
-		sumOff = udpChecksum
-	default:
-		sumOff = icmpChecksum
-	}
+	sumOff := checksumOffset(proto)
 	if len(l4) < sumOff+2 {
 		// Only possible for a TCP header embedded in an ICMPv6 error cut
 		// short (ippkt.ParseEmbedded guarantees 8 bytes of it).
