@@ -84,17 +84,9 @@ func (t *Table) Inbound(pkt []byte) (netip.Addr, error) {
 		return netip.Addr{}, errProto
 	}
 
-	t.inMu.RLock()
-	m := t.in[k]
-	if m == nil || t.expired(m, now) {
-		t.inMu.RUnlock()
-		return netip.Addr{}, errNoInbound
-	}
-	t.inMu.RUnlock()
-	// Only an established TCP connection's replies refresh its mapping; see
-	// the package comment.
-	if h.proto == protoTCP && established(trackTCP(m, l4[tcpFlags], true)) {
-		touch(m, now)
+	m, err := t.inboundMapping(k, l4, now)
+	if err != nil {
+		return netip.Addr{}, err
 	}
 	client := m.out.client.v4()
 	setAddr(pkt, ipDst, t.addr, client)
@@ -150,15 +142,9 @@ func (t *Table) inbound6(pkt []byte) (netip.Addr, error) {
 		}
 	}
 
-	t.inMu.RLock()
-	m := t.in[k]
-	if m == nil || t.expired(m, now) {
-		t.inMu.RUnlock()
-		return netip.Addr{}, errNoInbound
-	}
-	t.inMu.RUnlock()
-	if info.Proto == protoTCP && established(trackTCP(m, l4[tcpFlags], true)) {
-		touch(m, now)
+	m, err := t.inboundMapping(k, l4, now)
+	if err != nil {
+		return netip.Addr{}, err
 	}
 	client := m.out.client.netip()
 	putAddr6(pkt, ip6Dst, client)
@@ -167,4 +153,21 @@ func (t *Table) inbound6(pkt []byte) (netip.Addr, error) {
 		t.frags.record(fragKey{remote: remote, id: info.FragID}, m.out.client, now)
 	}
 	return client, nil
+}
+
+// inboundMapping finds the live mapping of an inbound packet's flow (k), whose
+// upper-layer header is l4, and tracks its TCP state. Only an established TCP
+// connection's replies refresh the mapping; see the package comment.
+func (t *Table) inboundMapping(k inKey, l4 []byte, now int64) (*mapping, error) {
+	t.inMu.RLock()
+	m := t.in[k]
+	if m == nil || t.expired(m, now) {
+		t.inMu.RUnlock()
+		return nil, errNoInbound
+	}
+	t.inMu.RUnlock()
+	if k.proto == protoTCP && established(trackTCP(m, l4[tcpFlags], true)) {
+		touch(m, now)
+	}
+	return m, nil
 }
