@@ -168,6 +168,19 @@ type echoClient struct {
 
 func newEchoClient(t testing.TB, f *pathFixture, dataV2, sendV1 bool, framing Framing) *echoClient {
 	t.Helper()
+	addr, err := f.p.cfg.Pool.Allocate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, _ := f.p.cfg.Pool.Index(addr)
+	return newClientWith(t, f, Identity{Addr: addr, PeerID: uint32(idx), User: "erin", Groups: []string{"dev"}, DataV2: dataV2,
+		Cipher: datacrypto.AES256GCM, Framing: framing}, sendV1)
+}
+
+// newClientWith publishes a peer of identity id whose link is a UDP socket of the test's own,
+// with fresh keys.
+func newClientWith(t testing.TB, f *pathFixture, id Identity, sendV1 bool) *echoClient {
+	t.Helper()
 	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -177,14 +190,8 @@ func newEchoClient(t testing.TB, f *pathFixture, dataV2, sendV1 bool, framing Fr
 	_, _ = rand.Read(k2[:])
 	server, _ := datacrypto.NewKeys(datacrypto.AES256GCM, &k2, datacrypto.Server)
 	client, _ := datacrypto.NewKeys(datacrypto.AES256GCM, &k2, datacrypto.Client)
-	addr, err := f.p.cfg.Pool.Allocate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	idx, _ := f.p.cfg.Pool.Index(addr)
 	peer := NewPeer(&eventRecorder{}, f.l.NewLink(conn.LocalAddr().(*net.UDPAddr).AddrPort(), netip.Addr{}), time.Now())
-	peer.SetIdentity(&Identity{Addr: addr, PeerID: uint32(idx), User: "erin", Groups: []string{"dev"}, DataV2: dataV2,
-		Cipher: datacrypto.AES256GCM, Framing: framing})
+	peer.SetIdentity(&id)
 	peer.InstallKey(&DataKey{Keys: server}, true)
 	f.p.Publish(peer)
 	return &echoClient{f: f, peer: peer, keys: client, conn: conn, v1: sendV1, buf: make([]byte, 4096)}

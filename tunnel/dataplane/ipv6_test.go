@@ -2,7 +2,6 @@ package dataplane
 
 import (
 	"bytes"
-	"crypto/rand"
 	"net"
 	"net/netip"
 	"testing"
@@ -86,25 +85,12 @@ func newDualFixture(t testing.TB, nat6 bool, mbps float64) *dualFixture {
 // its own.
 func (f *dualFixture) client(t testing.TB, user, group string) *echoClient {
 	t.Helper()
-	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	var k2 datacrypto.Key2
-	_, _ = rand.Read(k2[:])
-	server, _ := datacrypto.NewKeys(datacrypto.AES256GCM, &k2, datacrypto.Server)
-	keys, _ := datacrypto.NewKeys(datacrypto.AES256GCM, &k2, datacrypto.Client)
 	lease, err := f.p.cfg.Pool.AllocateLease()
 	if err != nil {
 		t.Fatal(err)
 	}
-	peer := NewPeer(&eventRecorder{}, f.l.NewLink(conn.LocalAddr().(*net.UDPAddr).AddrPort(), netip.Addr{}), time.Now())
-	peer.SetIdentity(&Identity{Addr: lease.Addr, Addr6: lease.Addr6, PeerID: uint32(lease.Index), User: user, Groups: []string{group},
-		DataV2: true, Cipher: datacrypto.AES256GCM})
-	peer.InstallKey(&DataKey{Keys: server}, true)
-	f.p.Publish(peer)
-	return &echoClient{f: f.pathFixture, peer: peer, keys: keys, conn: conn, buf: make([]byte, 4096)}
+	return newClientWith(t, f.pathFixture, Identity{Addr: lease.Addr, Addr6: lease.Addr6, PeerID: uint32(lease.Index),
+		User: user, Groups: []string{group}, DataV2: true, Cipher: datacrypto.AES256GCM}, false)
 }
 
 // udp6 is an IPv6/UDP packet with a payload of n bytes.
