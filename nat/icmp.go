@@ -126,6 +126,31 @@ func (t *Table) embeddedMapping(k inKey, isEcho, echoReq bool, now int64) (*mapp
 	return m, portOff, nil
 }
 
+// quotedOutMapping finds the mapping of the flow an outbound ICMP or ICMPv6
+// error is about, from the key of its embedded packet (which the client
+// received through the NAT); isEcho says the embedded packet is an ICMP or
+// ICMPv6 message, which must then be an echo reply (echoReply) whose
+// identifier srcPort is the client's. It completes k and returns where the
+// embedded packet's port or echo identifier lies.
+func (t *Table) quotedOutMapping(k *outKey, isEcho, echoReply bool, srcPort uint16) (*mapping, int, error) {
+	portOff := l4DstPort
+	if isEcho {
+		if !echoReply {
+			return nil, 0, errEmbeddedProto
+		}
+		k.clientPort, k.remotePort = srcPort, 0
+		portOff = icmpEchoID
+	}
+	now := t.clock()
+	t.outMu.RLock()
+	defer t.outMu.RUnlock()
+	m := t.out[*k]
+	if m == nil || t.expired(m, now) {
+		return nil, 0, errNoEmbedded
+	}
+	return m, portOff, nil
+}
+
 // outboundICMPError translates an ICMP error a client sends about a packet
 // it received through the NAT (say, port unreachable for a late UDP reply).
 // Only the client the embedded packet was for may send it.
@@ -139,22 +164,10 @@ func (t *Table) outboundICMPError(pkt []byte, h header) error {
 		return errNoEmbedded
 	}
 	k := outKey{client: addr4(e.dst), remote: addr4(e.src), clientPort: e.dstPort, remotePort: e.srcPort, proto: e.proto}
-	portOff := l4DstPort
-	if e.proto == protoICMP {
-		if e.icmpType != icmpEchoReply {
-			return errEmbeddedProto
-		}
-		k.clientPort, k.remotePort = e.srcPort, 0
-		portOff = icmpEchoID
+	m, portOff, err := t.quotedOutMapping(&k, e.proto == protoICMP, e.icmpType == icmpEchoReply, e.srcPort)
+	if err != nil {
+		return err
 	}
-	now := t.clock()
-	t.outMu.RLock()
-	m := t.out[k]
-	if m == nil || t.expired(m, now) {
-		t.outMu.RUnlock()
-		return errNoEmbedded
-	}
-	t.outMu.RUnlock()
 	setAddr(pkt, ipSrc, h.src, t.addr)
 	rewriteEmbedded(icmp, &e, ipDst, e.dst, t.addr, portOff, k.clientPort, m.extPort)
 	return nil

@@ -121,22 +121,10 @@ func (t *Table) outboundICMPv6Error(pkt []byte, info *ippkt.Info) error {
 		return errNoEmbedded
 	}
 	k := outKey{client: addrOf(e.info.Dst), remote: addrOf(e.info.Src), clientPort: e.dstPort, remotePort: e.srcPort, proto: e.info.Proto}
-	portOff := l4DstPort
-	if e.info.Proto == protoICMPv6 {
-		if e.icmpType != icmp6EchoReply {
-			return errEmbeddedProto
-		}
-		k.clientPort, k.remotePort = e.srcPort, 0
-		portOff = icmpEchoID
+	m, portOff, err := t.quotedOutMapping(&k, e.info.Proto == protoICMPv6, e.icmpType == icmp6EchoReply, e.srcPort)
+	if err != nil {
+		return err
 	}
-	now := t.clock()
-	t.outMu.RLock()
-	m := t.out[k]
-	if m == nil || t.expired(m, now) {
-		t.outMu.RUnlock()
-		return errNoEmbedded
-	}
-	t.outMu.RUnlock()
 	rewriteEmbedded6(pkt, ip6Src, pkt[info.Transport:info.End], &e, ip6Dst, info.Src, t.addr6, portOff, k.clientPort, m.extPort)
 	return nil
 }
