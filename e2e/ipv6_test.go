@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -35,29 +34,7 @@ import (
 // newDualSetup is newSetup on a dual-stack lab.
 func newDualSetup(t *testing.T, o netlab.EndpointOptions) *setup {
 	t.Helper()
-	lab, err := netlab.NewDual()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &setup{t: t, lab: lab}
-	t.Cleanup(func() {
-		lab.Close()
-		if t.Failed() && s.srv != nil {
-			t.Logf("cvpn output:\n%s", s.srv.Output())
-		}
-	})
-	s.ep, err = netlab.WriteEndpoint(t.TempDir(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.srv, err = lab.Start("cvpn", lab.Server, cvpnBin, "serve", "--config", s.ep.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.srv.WaitFor("cvpn listening", 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return startSetup(t, netlab.NewDual, o)
 }
 
 // dualClient is a stock client in a dual-stack lab, with its link's addresses.
@@ -453,42 +430,6 @@ func (s *setup) pingFromVPC(from, to netip.Addr, want bool) {
 	}
 }
 
-// rateTo is rate (policy_test.go) to dst, of either family: a TCP iperf3 transfer for seconds
-// from c to the VPC host (reverse: the other way); it returns the goodput the receiver
-// measured, in bits per second.
-func (s *setup) rateTo(c *vpnClient, dst netip.Addr, port, seconds int, reverse bool) (float64, error) {
-	srv, err := s.lab.Start(fmt.Sprintf("iperf3 server %d", port), s.lab.VPC, "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", dst.String())
-	if err != nil {
-		return 0, err
-	}
-	time.Sleep(300 * time.Millisecond)
-	args := []string{"iperf3", "-c", dst.String(), "-p", fmt.Sprint(port), "-t", fmt.Sprint(seconds), "-J", "--connect-timeout", "5000"}
-	if reverse {
-		args = append(args, "-R")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds+20)*time.Second)
-	defer cancel()
-	out, err := s.lab.Output(ctx, c.ns, args...)
-	if err != nil {
-		return 0, fmt.Errorf("iperf3 client: %w\n%s", err, out)
-	}
-	var client, server iperfResult
-	if err := json.Unmarshal([]byte(out), &client); err != nil {
-		return 0, fmt.Errorf("iperf3 client output: %w\n%s", err, out)
-	}
-	if reverse {
-		return client.End.SumReceived.BitsPerSecond, nil
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !srv.Exited() && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := json.Unmarshal([]byte(srv.Output()), &server); err != nil || server.End.SumReceived.BitsPerSecond == 0 {
-		return client.End.SumReceived.BitsPerSecond, nil
-	}
-	return server.End.SumReceived.BitsPerSecond, nil
-}
-
 // TestIPv6BandwidthLimit: with the default 10 Mbit/s, iperf3 over IPv6 gets 10 Mbit/s each way;
 // an IPv4 and an IPv6 upload at once share the connection's one limit (AWS's quota is per
 // connection, whatever the family).
@@ -527,43 +468,6 @@ func TestIPv6BandwidthLimit(t *testing.T) {
 	}
 	t.Logf("at once: IPv4 %.2f Mbit/s, IPv6 %.2f Mbit/s", b4.bps/1e6, b6/1e6)
 	checkRate(t, "IPv4 and IPv6 uploads together", b4.bps+b6, 10)
-}
-
-// iperfTo is iperf (skeleton_test.go) to dst, of either family: one iperf3 TCP transfer of n
-// bytes from the client to the VPC host (reverse: the other way); it returns the server's and
-// the client's reports.
-func (s *setup) iperfTo(c *vpnClient, dst netip.Addr, port int, n string, reverse bool) (server, client iperfResult) {
-	s.t.Helper()
-	srv, err := s.lab.Start(fmt.Sprintf("iperf3 server %d", port), s.lab.VPC, "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", dst.String())
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond)
-	amount := []string{"-n", n}
-	if strings.HasSuffix(n, "s") {
-		amount = []string{"-t", strings.TrimSuffix(n, "s")}
-	}
-	args := append([]string{"iperf3", "-c", dst.String(), "-p", fmt.Sprint(port), "-J", "--connect-timeout", "5000"}, amount...)
-	if reverse {
-		args = append(args, "-R")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	out, err := s.lab.Output(ctx, c.ns, args...)
-	if err != nil {
-		s.t.Fatalf("iperf3 client: %v\n%s", err, out)
-	}
-	if err := json.Unmarshal([]byte(out), &client); err != nil {
-		s.t.Fatalf("iperf3 client output: %v\n%s", err, out)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !srv.Exited() && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err := json.Unmarshal([]byte(srv.Output()), &server); err != nil {
-		s.t.Fatalf("iperf3 server output: %v\n%s", err, srv.Output())
-	}
-	return server, client
 }
 
 // upload sends n bytes over one TCP connection from the client to a listener on the VPC host at

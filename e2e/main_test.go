@@ -60,7 +60,13 @@ type setup struct {
 
 func newSetup(t *testing.T, o netlab.EndpointOptions) *setup {
 	t.Helper()
-	lab, err := netlab.New()
+	return startSetup(t, netlab.New, o)
+}
+
+// startSetup builds a lab with newLab (netlab.New, netlab.NewDual) and starts cvpn in it.
+func startSetup(t *testing.T, newLab func() (*netlab.Lab, error), o netlab.EndpointOptions) *setup {
+	t.Helper()
+	lab, err := newLab()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"regexp"
 	"strings"
@@ -173,12 +174,17 @@ func TestAuthorizationByGroup(t *testing.T) {
 // rate runs a TCP iperf3 transfer for seconds from c to the VPC host (reverse: the other way) and
 // returns the goodput the receiver measured, in bits per second.
 func (s *setup) rate(c *vpnClient, port, seconds int, reverse bool) (float64, error) {
-	srv, err := s.lab.Start(fmt.Sprintf("iperf3 server %d", port), s.lab.VPC, "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", netlab.VPCHost.String())
+	return s.rateTo(c, netlab.VPCHost, port, seconds, reverse)
+}
+
+// rateTo is rate to dst, an address of the VPC host of either family.
+func (s *setup) rateTo(c *vpnClient, dst netip.Addr, port, seconds int, reverse bool) (float64, error) {
+	srv, err := s.lab.Start(fmt.Sprintf("iperf3 server %d", port), s.lab.VPC, "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", dst.String())
 	if err != nil {
 		return 0, err
 	}
 	time.Sleep(300 * time.Millisecond)
-	args := []string{"iperf3", "-c", netlab.VPCHost.String(), "-p", fmt.Sprint(port), "-t", fmt.Sprint(seconds), "-J", "--connect-timeout", "5000"}
+	args := []string{"iperf3", "-c", dst.String(), "-p", fmt.Sprint(port), "-t", fmt.Sprint(seconds), "-J", "--connect-timeout", "5000"}
 	if reverse {
 		args = append(args, "-R")
 	}

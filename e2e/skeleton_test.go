@@ -34,7 +34,13 @@ type iperfResult struct {
 // send more than the amount they require to arrive.
 func (s *setup) iperf(c *vpnClient, port int, n string, reverse bool) (server, client iperfResult) {
 	s.t.Helper()
-	srv, err := s.lab.Start(fmt.Sprintf("iperf3 server %d", port), s.lab.VPC, "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", netlab.VPCHost.String())
+	return s.iperfTo(c, netlab.VPCHost, port, n, reverse)
+}
+
+// iperfTo is iperf to dst, an address of the VPC host of either family.
+func (s *setup) iperfTo(c *vpnClient, dst netip.Addr, port int, n string, reverse bool) (server, client iperfResult) {
+	s.t.Helper()
+	srv, err := s.lab.Start(fmt.Sprintf("iperf3 server %d", port), s.lab.VPC, "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", dst.String())
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -43,7 +49,7 @@ func (s *setup) iperf(c *vpnClient, port int, n string, reverse bool) (server, c
 	if strings.HasSuffix(n, "s") { // a duration: a timed test
 		amount = []string{"-t", strings.TrimSuffix(n, "s")}
 	}
-	args := append([]string{"iperf3", "-c", netlab.VPCHost.String(), "-p", fmt.Sprint(port), "-J", "--connect-timeout", "5000"}, amount...)
+	args := append([]string{"iperf3", "-c", dst.String(), "-p", fmt.Sprint(port), "-J", "--connect-timeout", "5000"}, amount...)
 	if reverse {
 		args = append(args, "-R")
 	}

@@ -555,8 +555,9 @@ func (t *Table) ForgetClient(client netip.Addr) {
 // dual-stack session is: from then on the mappings of both count against
 // one share of MaxPerClient, a new flow of either family may recycle an idle
 // mapping of the other, and ForgetClient of either address forgets both.
-// Mappings either address already holds join the common share (which may
-// then stand over MaxPerClient until some go). The session layer calls it
+// Mappings either address already holds join the common share, and while
+// the two together stand over MaxPerClient the oldest go (the IPv4 address's
+// first), so no client is ever over its share. The session layer calls it
 // once it has both addresses, before the client's traffic flows; without it
 // each address has a share of its own.
 //
@@ -595,6 +596,13 @@ func (t *Table) Pair(v4, v6 netip.Addr) error {
 		f4.pushBack(m)
 		m.flows = f4
 	}
+	// Both families together may hold more than one client's share: the oldest
+	// go, so that the pair starts within its quota like any client.
+	var excess []*mapping
+	for m := f4.head; m != nil && f4.n-len(excess) > t.maxPerClient; m = m.next {
+		excess = append(excess, m)
+	}
+	t.removeLocked(excess)
 	return nil
 }
 

@@ -398,13 +398,17 @@ func (m *quotaModel) owner(a addr) addr {
 }
 
 // pair ties v4 and v6, the IPv6 address's mappings joining the back of the
-// IPv4 one's list in their order.
+// IPv4 one's list in their order; the first go while the two together stand
+// over the quota.
 func (m *quotaModel) pair(v4, v6 addr) {
 	m.pairs[v4], m.pairs[v6] = v6, v4
 	if l := m.order[v6]; len(l) > 0 {
 		m.order[v4] = append(m.order[v4], l...)
 	}
 	delete(m.order, v6)
+	for len(m.order[v4]) > m.quota {
+		m.remove(m.order[v4][0])
+	}
 }
 
 // forget removes every mapping of a's client and its pairing.
@@ -681,10 +685,8 @@ func TestQuotaDifferential(t *testing.T) {
 				t.Fatalf("%s: the table holds %+v, the model does not", what, k)
 			}
 		}
-		// A share may stand over the quota just after Pair merged two;
-		// the model says by how much.
 		for c, f := range tab.clients {
-			if f.n != len(m.order[c]) {
+			if f.n != len(m.order[c]) || f.n > quota {
 				t.Fatalf("%s: client %v holds %d mappings, the model %d (quota %d)", what, c.netip(), f.n, len(m.order[c]), quota)
 			}
 		}
