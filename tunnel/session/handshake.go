@@ -172,7 +172,7 @@ func (s *Session) runKey(k *channel.Key) {
 			return
 		}
 		info := s.info.Load()
-		m.log.Info("client connected", "user", info.User, "cn", info.CommonName, "groups", info.Groups, "address", info.Address, "address6", info.Address6,
+		m.log.Info("client connected", "user", info.User, "cn", info.CommonName, "groups", info.Groups, addressAttr(info),
 			"peer_id", info.PeerID, "remote", s.link.Remote(), "cipher", info.Cipher, "tls", tls.VersionName(state.Version),
 			"key_derivation", map[bool]string{true: "tls-ekm", false: "prf"}[ekm], "version", info.Version, "connection_id", info.ConnectionID)
 		if peer.Proto&keymethod.ProtoRequestPush != 0 {

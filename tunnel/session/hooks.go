@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"time"
 
@@ -128,6 +129,18 @@ type Info struct {
 	Listener netip.AddrPort
 	// Posture are the posture compliance statuses a client-connect handler returned.
 	Posture []string
+}
+
+// addressAttr is a session's tunnel addresses in a log line: address (IPv4) and address6 (IPv6),
+// each when the session has one, so IPv4-only lines read as they always did.
+func addressAttr(info *Info) slog.Attr {
+	switch {
+	case !info.Address6.IsValid():
+		return slog.Any("address", info.Address)
+	case !info.Address.IsValid():
+		return slog.Any("address6", info.Address6)
+	}
+	return slog.Group("", "address", info.Address, "address6", info.Address6) // an empty key inlines the group
 }
 
 // CertificateHooks authenticate by client certificate alone, as AWS Client VPN's mutual

@@ -341,7 +341,7 @@ func (s *Session) teardown(reason string) {
 				e.Disconnected(st, End{Time: m.cfg.Now(), Reason: reason})
 			}
 			t := s.peer.Traffic.Snapshot()
-			m.log.Info("client disconnected", "user", info.User, "remote", s.link.Remote(), "address", info.Address, "address6", info.Address6,
+			m.log.Info("client disconnected", "user", info.User, "remote", s.link.Remote(), addressAttr(info),
 				"reason", reason, "duration", m.cfg.Now().Sub(info.Since).Round(time.Second),
 				"rx_bytes", t.RxBytes, "tx_bytes", t.TxBytes, "connection_id", info.ConnectionID)
 		} else {
