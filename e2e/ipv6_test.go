@@ -31,6 +31,16 @@ import (
 // connection log and exported profiles. The interoperability matrix's IPv6 rows are in
 // matrix_test.go.
 
+// routesVia reports whether namespace ns routes dst through device dev, with what ip route get
+// said (or its error).
+func (s *setup) routesVia(ns string, dst netip.Addr, dev string) (string, bool) {
+	out, err := s.lab.Output(context.Background(), ns, "ip", "route", "get", dst.String())
+	if err != nil {
+		return fmt.Sprintf("%v\n%s", err, out), false
+	}
+	return out, strings.Contains(out, "dev "+dev)
+}
+
 // newDualSetup is newSetup on a dual-stack lab.
 func newDualSetup(t *testing.T, o netlab.EndpointOptions) *setup {
 	t.Helper()
@@ -632,14 +642,13 @@ func TestIPv6FullTunnel(t *testing.T) {
 			t.Errorf("the client has no route %s through tun0:\n%s", r, routes)
 		}
 	}
-	out, err := s.lab.Output(ctx, c.ns, "ip", "-6", "route", "get", other.Addr().String())
-	if err != nil || !strings.Contains(out, "dev tun0") {
-		t.Fatalf("the route to %s does not use the tunnel: %v\n%s", other.Addr(), err, out)
+	if out, ok := s.routesVia(c.ns, other.Addr(), "tun0"); !ok {
+		t.Fatalf("the route to %s does not use the tunnel:\n%s", other.Addr(), out)
 	}
 	s.ping(c.vpnClient, other.Addr().String())
 	// The client still reaches the endpoint it dialled, outside the tunnel.
-	if out, err := s.lab.Output(ctx, c.ns, "ip", "-6", "route", "get", c.remote.String()); err != nil || !strings.Contains(out, "dev eth0") {
-		t.Errorf("the route to the endpoint's %s goes astray: %v\n%s", c.remote, err, out)
+	if out, ok := s.routesVia(c.ns, c.remote, "eth0"); !ok {
+		t.Errorf("the route to the endpoint's %s goes astray:\n%s", c.remote, out)
 	}
 }
 
@@ -839,12 +848,11 @@ func TestIPv6OnlyFullTunnel(t *testing.T) {
 	if !regexp.MustCompile(`redirect-gateway[^,]*ipv6`).MatchString(push) || !strings.Contains(push, "!ipv4") {
 		t.Fatalf("want redirect-gateway ipv6 !ipv4 pushed:\n%s", push)
 	}
-	ctx := context.Background()
-	if out, err := s.lab.Output(ctx, c.ns, "ip", "-6", "route", "get", other.Addr().String()); err != nil || !strings.Contains(out, "dev tun0") {
-		t.Fatalf("the route to %s does not use the tunnel: %v\n%s", other.Addr(), err, out)
+	if out, ok := s.routesVia(c.ns, other.Addr(), "tun0"); !ok {
+		t.Fatalf("the route to %s does not use the tunnel:\n%s", other.Addr(), out)
 	}
-	if out, err := s.lab.Output(ctx, c.ns, "ip", "-4", "route", "get", "10.0.9.9"); err != nil || !strings.Contains(out, "dev eth0") {
-		t.Errorf("IPv4 was redirected although only IPv6 flows: %v\n%s", err, out)
+	if out, ok := s.routesVia(c.ns, netip.MustParseAddr("10.0.9.9"), "eth0"); !ok {
+		t.Errorf("IPv4 was redirected although only IPv6 flows:\n%s", out)
 	}
 	s.ping(c.vpnClient, other.Addr().String())
 	s.ping(c.vpnClient, netlab.VPCHostIPv6.String())
