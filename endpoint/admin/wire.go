@@ -94,6 +94,8 @@ type ConnectionExtensions struct {
 	Platform          string `json:"Platform"`
 	// EndReason says why an ended connection ended.
 	EndReason string `json:"EndReason,omitempty"`
+	// Node is the cluster node that holds the connection; absent on a single node.
+	Node string `json:"Node,omitempty"`
 }
 
 // TerminateClientVpnConnectionsInput is the request of TerminateClientVpnConnections: exactly
