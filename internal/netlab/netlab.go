@@ -21,6 +21,9 @@
 // the VPC host has no route for it either: it reaches clients on-link, through the neighbour
 // discovery the endpoint answers for their addresses (proxy NDP), as AWS's subnet router does.
 // Every address lives inside namespaces the lab created; nothing leaves the machine.
+//
+// A cluster lab (NewCluster, cluster.go) is another topology: several endpoint nodes on shared
+// client, VPC and management segments, with etcd members and a VPC host.
 package netlab
 
 import (

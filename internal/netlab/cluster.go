@@ -1,0 +1,341 @@
+package netlab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"sync"
+	"testing"
+)
+
+// A cluster lab (NewCluster) is the topology of a cvpn cluster: several endpoint nodes that
+// clients reach on one segment, that share one VPC segment, and that reach etcd on a third.
+// Each segment is a bridge in a hub namespace (cv<id>h), and every other namespace has one veth
+// into it per segment it sits on; nothing is created outside the lab's namespaces, so deleting
+// them removes everything.
+//
+//	clients (cv<id>cJ)          nodes (cv<id>nI)                VPC host (cv<id>v)
+//	eth0 172.30.1.J/16 --+      eth0 172.30.0.I/16  (outside) --+ br-out
+//	                     +----- eth1 10.0.1.(20+I)/24 (vpc) ----+ br-vpc -- eth0 10.0.1.10/24
+//	                            eth2 172.29.0.I/24   (mgmt) ----+ br-mgmt
+//	etcd members (cv<id>eK)                                      |
+//	eth0 172.29.0.(100+K)/24 ------------------------------------+
+//	admin host (cv<id>a): eth0 172.29.0.250/24 on br-mgmt too
+//
+// Node I source-NATs to 10.0.1.(60+I) (Node.SNAT), an address on no interface: cvpn adds the
+// proxy ARP entry and host route for it itself, so the VPC host's replies reach the node that
+// owns the address without any coordination. The VPC host has no route to any client block.
+//
+// There is one namespace per etcd member, so a test can cut one member off (or kill it) while
+// the others keep their quorum. The admin host stands for an operator's machine on the
+// management network: a test's own etcd client and `cvpn cluster push` run there, and no
+// CutEtcd touches it.
+
+// Interface names inside a node namespace. VPCDev is eth1 as in a single-node lab, so
+// WriteEndpoint's target interface fits a node as it is.
+const (
+	OutsideDev = "eth0"
+	VPCDev     = "eth1"
+	MgmtDev    = "eth2"
+)
+
+// Fixed addresses of a cluster lab; NewCluster derives each host's own from them.
+var (
+	// ClusterOutsidePrefix is the client-facing segment: node I is 172.30.0.I, client J
+	// 172.30.1.J.
+	ClusterOutsidePrefix = netip.MustParsePrefix("172.30.0.0/16")
+	// ClusterMgmtPrefix is the management segment: node I is 172.29.0.I, etcd member K
+	// 172.29.0.(100+K), the admin host ClusterAdmin.
+	ClusterMgmtPrefix = netip.MustParsePrefix("172.29.0.0/24")
+	ClusterAdmin      = netip.MustParseAddr("172.29.0.250")
+)
+
+// Cluster-lab limits, from the address plan above.
+const (
+	MaxClusterNodes   = 32
+	MaxClusterClients = 254
+	MaxClusterEtcd    = 9
+)
+
+// ClusterOptions shape a cluster lab. Zero values give the defaults.
+type ClusterOptions struct {
+	Nodes   int // endpoint nodes, default 3
+	Clients int // client namespaces, default 12
+	Etcd    int // etcd member namespaces, default 3
+}
+
+// Cluster is a cluster lab. NewCluster registers its Close with the test.
+type Cluster struct {
+	ID  string
+	Hub string // the namespace holding the three bridges
+	// Nodes, Clients and Etcd are in order: Nodes[0] is node 1, named cv<id>n1.
+	Nodes   []ClusterNode
+	Clients []ClusterClient
+	Etcd    []EtcdMember
+	// VPC is the VPC host's namespace; VPCHost (10.0.1.10) its address.
+	VPC     string
+	VPCHost netip.Addr
+	// VPCPrefix is the VPC segment, 10.0.1.0/24, which holds every node's VPC and SNAT address.
+	VPCPrefix netip.Prefix
+	// Admin is the admin host's namespace on the management segment, at AdminAddr.
+	Admin     string
+	AdminAddr netip.Addr
+
+	mu    sync.Mutex
+	procs []*Proc
+	cut   map[int]bool // nodes whose etcd traffic CutEtcd drops
+	nss   []string     // every namespace made, for Close
+}
+
+// ClusterNode is one endpoint host.
+type ClusterNode struct {
+	Name string // node name, "node1"...: the cluster section's node_name
+	NS   string
+	// Public is the address clients dial (eth0; cluster.public_address), VPC the node's own
+	// address on the VPC segment (eth1), SNAT its target_network.snat_address (configured on
+	// no interface), Mgmt its address on the management segment (eth2).
+	Public, VPC, SNAT, Mgmt netip.Addr
+}
+
+// ClusterClient is one client host: eth0 on the client-facing segment, at Addr.
+type ClusterClient struct {
+	NS   string
+	Addr netip.Addr
+}
+
+// EtcdMember is one etcd member's host: eth0 on the management segment, at Addr. Start the
+// member in NS listening on Addr (etcdlab's NetNS and Hosts).
+type EtcdMember struct {
+	Name string // "etcd1"...
+	NS   string
+	Addr netip.Addr
+}
+
+// EtcdNetNS and EtcdHosts are the etcd members' namespaces and addresses, in member order.
+func (c *Cluster) EtcdNetNS() []string {
+	var s []string
+	for _, e := range c.Etcd {
+		s = append(s, e.NS)
+	}
+	return s
+}
+
+// EtcdHosts: see EtcdNetNS.
+func (c *Cluster) EtcdHosts() []netip.Addr {
+	var s []netip.Addr
+	for _, e := range c.Etcd {
+		s = append(s, e.Addr)
+	}
+	return s
+}
+
+// NodePublic lists every node's public address in node order: the remotes of a profile.
+func (c *Cluster) NodePublic() []netip.Addr {
+	var s []netip.Addr
+	for _, n := range c.Nodes {
+		s = append(s, n.Public)
+	}
+	return s
+}
+
+// NewCluster builds a cluster lab for t, which it fails on error; t's cleanup removes the lab
+// whether or not the test passed. It needs root.
+func NewCluster(t testing.TB, o ClusterOptions) *Cluster {
+	t.Helper()
+	c, err := newCluster(o)
+	if c != nil {
+		t.Cleanup(c.Close)
+	}
+	if err != nil {
+		t.Fatalf("netlab: cluster: %v", err)
+	}
+	return c
+}
+
+func newCluster(o ClusterOptions) (*Cluster, error) {
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Clients == 0 {
+		o.Clients = 12
+	}
+	if o.Etcd == 0 {
+		o.Etcd = 3
+	}
+	if o.Nodes < 0 || o.Nodes > MaxClusterNodes || o.Clients < 0 || o.Clients > MaxClusterClients || o.Etcd < 0 || o.Etcd > MaxClusterEtcd {
+		return nil, fmt.Errorf("%d nodes, %d clients, %d etcd members: the address plan holds at most %d, %d and %d",
+			o.Nodes, o.Clients, o.Etcd, MaxClusterNodes, MaxClusterClients, MaxClusterEtcd)
+	}
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	c := &Cluster{
+		ID: id, Hub: "cv" + id + "h", VPC: "cv" + id + "v", Admin: "cv" + id + "a",
+		VPCHost: VPCHost, VPCPrefix: VPCPrefix, AdminAddr: ClusterAdmin,
+		cut: map[int]bool{},
+	}
+	// The hub first, so every later step has its bridges; each namespace is recorded before it
+	// is made, so Close removes whatever a failed step left.
+	var steps [][]string
+	ns := func(name string) {
+		c.nss = append(c.nss, name)
+		steps = append(steps,
+			[]string{"ip", "netns", "add", name},
+			[]string{"ip", "-n", name, "link", "set", "lo", "up"})
+	}
+	ns(c.Hub)
+	for _, br := range []string{"br-out", "br-vpc", "br-mgmt"} {
+		steps = append(steps,
+			[]string{"ip", "-n", c.Hub, "link", "add", br, "type", "bridge"},
+			[]string{"ip", "-n", c.Hub, "link", "set", br, "up"})
+	}
+	// link joins dev in namespace name to bridge br through a veth whose hub end is port, and
+	// gives dev the address p.
+	link := func(name, dev, port, br string, p netip.Prefix) {
+		steps = append(steps,
+			[]string{"ip", "-n", c.Hub, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", name},
+			[]string{"ip", "-n", c.Hub, "link", "set", port, "master", br},
+			[]string{"ip", "-n", c.Hub, "link", "set", port, "up"},
+			[]string{"ip", "-n", name, "addr", "add", p.String(), "dev", dev},
+			[]string{"ip", "-n", name, "link", "set", dev, "up"})
+	}
+	for i := 1; i <= o.Nodes; i++ {
+		n := ClusterNode{
+			Name:   fmt.Sprintf("node%d", i),
+			NS:     fmt.Sprintf("cv%sn%d", id, i),
+			Public: netip.AddrFrom4([4]byte{172, 30, 0, byte(i)}),
+			VPC:    netip.AddrFrom4([4]byte{10, 0, 1, byte(20 + i)}),
+			SNAT:   netip.AddrFrom4([4]byte{10, 0, 1, byte(60 + i)}),
+			Mgmt:   netip.AddrFrom4([4]byte{172, 29, 0, byte(i)}),
+		}
+		c.Nodes = append(c.Nodes, n)
+		ns(n.NS)
+		link(n.NS, OutsideDev, fmt.Sprintf("o%d", i), "br-out", netip.PrefixFrom(n.Public, ClusterOutsidePrefix.Bits()))
+		link(n.NS, VPCDev, fmt.Sprintf("v%d", i), "br-vpc", netip.PrefixFrom(n.VPC, VPCPrefix.Bits()))
+		link(n.NS, MgmtDev, fmt.Sprintf("m%d", i), "br-mgmt", netip.PrefixFrom(n.Mgmt, ClusterMgmtPrefix.Bits()))
+	}
+	ns(c.VPC)
+	link(c.VPC, "eth0", "vh", "br-vpc", netip.PrefixFrom(VPCHost, VPCPrefix.Bits()))
+	for k := 1; k <= o.Etcd; k++ {
+		e := EtcdMember{
+			Name: fmt.Sprintf("etcd%d", k),
+			NS:   fmt.Sprintf("cv%se%d", id, k),
+			Addr: netip.AddrFrom4([4]byte{172, 29, 0, byte(100 + k)}),
+		}
+		c.Etcd = append(c.Etcd, e)
+		ns(e.NS)
+		link(e.NS, "eth0", fmt.Sprintf("e%d", k), "br-mgmt", netip.PrefixFrom(e.Addr, ClusterMgmtPrefix.Bits()))
+	}
+	ns(c.Admin)
+	link(c.Admin, "eth0", "adm", "br-mgmt", netip.PrefixFrom(ClusterAdmin, ClusterMgmtPrefix.Bits()))
+	for j := 1; j <= o.Clients; j++ {
+		cl := ClusterClient{NS: fmt.Sprintf("cv%sc%d", id, j), Addr: netip.AddrFrom4([4]byte{172, 30, 1, byte(j)})}
+		c.Clients = append(c.Clients, cl)
+		ns(cl.NS)
+		link(cl.NS, "eth0", fmt.Sprintf("c%d", j), "br-out", netip.PrefixFrom(cl.Addr, ClusterOutsidePrefix.Bits()))
+	}
+	for _, s := range steps {
+		if err := run(s...); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// CutEtcd drops every packet between node i (1-based) and the etcd members' addresses, both
+// ways, with iptables in the node's namespace: the node keeps serving its clients and the VPC,
+// and sees etcd as a partition would show it (no answer, no reset). Cutting a cut node does
+// nothing.
+func (c *Cluster) CutEtcd(i int) error { return c.setEtcdCut(i, true) }
+
+// RestoreEtcd undoes CutEtcd(i); restoring a node that is not cut does nothing.
+func (c *Cluster) RestoreEtcd(i int) error { return c.setEtcdCut(i, false) }
+
+func (c *Cluster) setEtcdCut(i int, cut bool) error {
+	if i < 1 || i > len(c.Nodes) {
+		return fmt.Errorf("netlab: no node %d (the lab has %d)", i, len(c.Nodes))
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cut[i] == cut {
+		return nil
+	}
+	op := "-D"
+	if cut {
+		op = "-I"
+	}
+	ns := c.Nodes[i-1].NS
+	for _, e := range c.Etcd {
+		a := e.Addr.String()
+		for _, rule := range [][]string{{"INPUT", "-s", a}, {"OUTPUT", "-d", a}} {
+			args := append([]string{"ip", "netns", "exec", ns, "iptables", "-w", op}, rule...)
+			if err := run(append(args, "-j", "DROP")...); err != nil {
+				return fmt.Errorf("netlab: cut etcd of node %d: %w", i, err)
+			}
+		}
+	}
+	c.cut[i] = cut
+	return nil
+}
+
+// Command returns a command that runs in namespace ns.
+func (c *Cluster) Command(ctx context.Context, ns string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, args...)...)
+}
+
+// Exec runs a command in ns and returns its combined output; the error holds the output too.
+func (c *Cluster) Exec(ns string, args ...string) (string, error) {
+	out, err := c.Command(context.Background(), ns, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%v in %s: %w: %s", args, ns, err, Tail(string(out), 2000))
+	}
+	return string(out), nil
+}
+
+// Start runs a long-lived command in ns; Close stops it.
+func (c *Cluster) Start(name, ns string, args ...string) (*Proc, error) {
+	p, err := StartProc(name, ns, args...)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	return p, nil
+}
+
+// DialContextIn returns a dialer whose TCP connections start in namespace ns, for a client in
+// the test process (grpc.WithContextDialer, as an etcd client's DialOptions take it).
+func DialContextIn(ns string) func(ctx context.Context, addr string) (net.Conn, error) {
+	return func(ctx context.Context, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := inNamespace(ns, func() (err error) {
+			// The whole dial runs on the switched thread; the socket keeps ns afterwards.
+			var d net.Dialer
+			conn, err = d.DialContext(ctx, "tcp", addr)
+			return err
+		})
+		return conn, err
+	}
+}
+
+// Close stops every process started with Start (newest first) and deletes every namespace,
+// which takes the veths and bridges with it.
+func (c *Cluster) Close() {
+	c.mu.Lock()
+	procs := c.procs
+	c.procs = nil
+	nss := c.nss
+	c.nss = nil
+	c.mu.Unlock()
+	for i := len(procs) - 1; i >= 0; i-- {
+		_ = procs[i].Stop()
+	}
+	for _, ns := range nss {
+		_ = run("ip", "netns", "del", ns)
+	}
+}

@@ -1,0 +1,144 @@
+package netlab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestCluster builds a small cluster lab and checks every path the cluster tests rely on:
+// clients reach each node's public address, each node reaches the VPC host and every etcd
+// member, and CutEtcd severs a node from etcd alone until RestoreEtcd.
+func TestCluster(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("netlab: the cluster lab needs root (network namespaces); CI runs as root")
+	}
+	c := NewCluster(t, ClusterOptions{Nodes: 3, Clients: 4})
+	if len(c.Nodes) != 3 || len(c.Clients) != 4 || len(c.Etcd) != 3 {
+		t.Fatalf("lab has %d nodes, %d clients, %d etcd members; want 3, 4, 3", len(c.Nodes), len(c.Clients), len(c.Etcd))
+	}
+	ping := func(ns string, to netip.Addr) error {
+		_, err := c.Exec(ns, "ping", "-n", "-q", "-c", "1", "-W", "1", to.String())
+		return err
+	}
+	for _, cl := range c.Clients {
+		for _, n := range c.Nodes {
+			if err := ping(cl.NS, n.Public); err != nil {
+				t.Errorf("client %s to %s's public address: %v", cl.NS, n.Name, err)
+			}
+		}
+	}
+	snats := map[netip.Addr]bool{}
+	for _, n := range c.Nodes {
+		if err := ping(n.NS, c.VPCHost); err != nil {
+			t.Errorf("%s to the VPC host: %v", n.Name, err)
+		}
+		for _, e := range c.Etcd {
+			if err := ping(n.NS, e.Addr); err != nil {
+				t.Errorf("%s to %s: %v", n.Name, e.Name, err)
+			}
+		}
+		// The SNAT address is cvpn's to announce: no interface may hold it, and each node has
+		// its own inside the VPC segment.
+		if !c.VPCPrefix.Contains(n.SNAT) || snats[n.SNAT] {
+			t.Errorf("%s's SNAT address %s is outside %s or shared", n.Name, n.SNAT, c.VPCPrefix)
+		}
+		snats[n.SNAT] = true
+		out, err := c.Exec(n.NS, "ip", "-br", "addr")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, n.SNAT.String()+"/") {
+			t.Errorf("%s has its SNAT address on an interface:\n%s", n.Name, out)
+		}
+	}
+	// The test process's own clients dial from the admin host, as an etcd client would.
+	ln, err := ListenTCPIn(c.Etcd[0].NS, netip.AddrPortFrom(c.Etcd[0].Addr, 2379))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if conn, err := ln.Accept(); err == nil {
+			_, _ = conn.Write([]byte("etcd1"))
+			conn.Close()
+		}
+	}()
+	conn, err := DialContextIn(c.Admin)(context.Background(), netip.AddrPortFrom(c.Etcd[0].Addr, 2379).String())
+	if err != nil {
+		t.Fatalf("admin host to etcd1: %v", err)
+	}
+	got, err := io.ReadAll(conn)
+	conn.Close()
+	if err != nil || string(got) != "etcd1" {
+		t.Errorf("admin host read %q, %v from etcd1; want etcd1", got, err)
+	}
+
+	if err := c.CutEtcd(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CutEtcd(1); err != nil { // a second cut adds nothing for Restore to miss
+		t.Fatal(err)
+	}
+	for _, e := range c.Etcd {
+		if err := ping(c.Nodes[0].NS, e.Addr); err == nil {
+			t.Errorf("node1 reaches %s while cut off from etcd", e.Name)
+		}
+		if err := ping(c.Nodes[1].NS, e.Addr); err != nil {
+			t.Errorf("node2 lost %s when node1 was cut: %v", e.Name, err)
+		}
+	}
+	if err := ping(c.Nodes[0].NS, c.VPCHost); err != nil {
+		t.Errorf("node1 lost the VPC host with etcd cut: %v", err)
+	}
+	if err := ping(c.Clients[0].NS, c.Nodes[0].Public); err != nil {
+		t.Errorf("client lost node1 with etcd cut: %v", err)
+	}
+	if err := c.RestoreEtcd(1); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range c.Etcd {
+		if err := ping(c.Nodes[0].NS, e.Addr); err != nil {
+			t.Errorf("node1 to %s after RestoreEtcd: %v", e.Name, err)
+		}
+	}
+	if out, err := c.Exec(c.Nodes[0].NS, "iptables", "-w", "-S"); err != nil || strings.Contains(out, "DROP") {
+		t.Errorf("node1's rules after RestoreEtcd (%v):\n%s", err, out)
+	}
+}
+
+// TestClusterClose checks that Close leaves no namespace of the lab behind.
+func TestClusterClose(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("netlab: the cluster lab needs root (network namespaces); CI runs as root")
+	}
+	c, err := newCluster(ClusterOptions{Nodes: 2, Clients: 1, Etcd: 1})
+	if err != nil {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatal(err)
+	}
+	// hub, two nodes, VPC host, one etcd member, admin host, one client
+	if n := countNetNS(t, c.ID); n != 7 {
+		t.Errorf("%d namespaces of lab %s before Close, want 7", n, c.ID)
+	}
+	c.Close()
+	if n := countNetNS(t, c.ID); n != 0 {
+		t.Errorf("%d namespaces of lab %s left after Close", n, c.ID)
+	}
+}
+
+func countNetNS(t *testing.T, id string) int {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip netns list: %v: %s", err, out)
+	}
+	return strings.Count(string(out), fmt.Sprintf("cv%s", id))
+}
