@@ -35,6 +35,10 @@
 // Free addresses are handed out first in index order, then in the order
 // they were released (FIFO), so a released address is reused as late as
 // possible and state keyed by it elsewhere has time to expire.
+//
+// A cluster node's pool is in block mode (UseBlocks, blocks.go): it hands
+// out only indexes of the address blocks granted to it, in the same order
+// within them.
 package ippool
 
 import (
@@ -91,6 +95,10 @@ type Pool struct {
 	head     int // index in released of the oldest entry
 	nfree    int // entries in released
 	inUse    int
+	// blk is the block mode's state (blocks.go); in block mode fresh stays
+	// 0, leased covers the granted blocks and released holds their free
+	// offsets.
+	blk blocks
 }
 
 // Lease is what AllocateLease hands out: one index and its address in each
@@ -298,7 +306,8 @@ func (p *Pool) InUse() int {
 
 // Allocate leases a free client address: never-used addresses first, in
 // address order, then released ones, oldest release first. It returns
-// ErrExhausted when all are leased. The address is IPv4, or IPv6 in an
+// ErrExhausted when all are leased; in block mode, ErrNoBlock (also
+// ErrExhausted) when the granted blocks have none free (see blocks.go). The address is IPv4, or IPv6 in an
 // IPv6-only pool; AllocateLease returns both of a dual-stack lease.
 func (p *Pool) Allocate() (netip.Addr, error) {
 	i, err := p.allocate()
@@ -328,6 +337,9 @@ func (p *Pool) AllocateLease() (Lease, error) {
 // allocate leases a free client index.
 func (p *Pool) allocate() (int, error) {
 	p.mu.Lock()
+	if p.blk.size != 0 {
+		return p.allocateBlockMode() // unlocks p.mu
+	}
 	defer p.mu.Unlock()
 	var off int
 	switch {
@@ -359,6 +371,12 @@ func (p *Pool) Release(a netip.Addr) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.blk.size != 0 {
+		if !p.releaseInBlocks(off) {
+			return fmt.Errorf("ippool: release %v: %w", a, ErrNotAllocated)
+		}
+		return nil
+	}
 	if off >= p.fresh || p.leased[off/64]&(1<<(off%64)) == 0 {
 		return fmt.Errorf("ippool: release %v: %w", a, ErrNotAllocated)
 	}
