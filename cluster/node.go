@@ -48,9 +48,12 @@ type Member struct {
 
 // Alive is what a node keeps under alive/<node>, under its lease.
 type Alive struct {
-	Started        string `json:"started"`
-	Lease          int64  `json:"lease"`
+	Started string `json:"started"`
+	Lease   int64  `json:"lease"`
+	// ConfigRevision is the pushed file's revision the node runs (0: its own file);
+	// ConfigRefused the newest one it refused, and ConfigError why.
 	ConfigRevision int64  `json:"config_revision"`
+	ConfigRefused  int64  `json:"config_refused,omitempty"`
 	ConfigError    string `json:"config_error,omitempty"`
 	Blocks         int    `json:"blocks"`
 }
