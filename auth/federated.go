@@ -75,13 +75,13 @@ func (p *Pipeline) federated(ctx context.Context, cfg *Config, log *slog.Logger,
 		log.Info("auth-token accepted", "user", rec.Username, "login", claims.Login.UTC().Format(time.RFC3339))
 		return p.federatedUser(cfg, rec.Username, rec.Groups, claims), nil
 	case credential.Dynamic:
-		id, err := f.Broker.Take(cred.State)
+		id, err := f.Broker.Take(ctx, cred.State)
 		switch {
 		case errors.Is(err, sso.ErrPending):
 			// The user pressed Enter before signing in: the same notice again.
 			log.Info("single sign-on: login not completed yet; the link is sent again")
 			url := ""
-			if code, err := f.Broker.CodeOf(cred.State); err == nil {
+			if code, err := f.Broker.CodeOf(ctx, cred.State); err == nil {
 				url = f.LoginURL(sso.FormatCode(code))
 			}
 			return nil, p.notice(cfg, log, cred.State, cred.Username, url)
@@ -102,7 +102,7 @@ func (p *Pipeline) federated(ctx context.Context, cfg *Config, log *slog.Logger,
 	if r.Certificate != nil {
 		attempt.CommonName = r.Certificate.Subject.CommonName
 	}
-	login, err := f.Broker.Start(attempt)
+	login, err := f.Broker.Start(ctx, attempt)
 	if err != nil {
 		log.Warn("single sign-on: no login started", "reason", err)
 		return nil, refuse(CodeSSOLogin, "too many logins in progress; try again later")

@@ -67,11 +67,11 @@ func TestSSOStockClient(t *testing.T) {
 	if again != state || againText != text {
 		t.Errorf("the notice sent again is %q %q, want %q %q", again, againText, state, text)
 	}
-	login, err := f.broker.Lookup(code)
+	login, err := f.broker.Lookup(context.Background(), code)
 	if err != nil || login.Attempt.Hint != "alice" || login.Attempt.ConnectionID == "" {
 		t.Fatalf("the portal's view of the login: %+v %v", login, err)
 	}
-	if err := f.broker.Complete(code, sso.Identity{Username: "alice@example.com", Groups: []string{"dev", "ops"}}); err != nil {
+	if err := f.broker.Complete(context.Background(), code, sso.Identity{Username: "alice@example.com", Groups: []string{"dev", "ops"}}); err != nil {
 		t.Fatal(err)
 	}
 	u, err := f.p.Authenticate(ctx, answer)
@@ -134,7 +134,7 @@ func TestSSOWebAuthClient(t *testing.T) {
 		t.Fatalf("IV_SSO client: %v", err)
 	}
 	code := strings.TrimPrefix(pend.Extra, "WEB_AUTH::https://vpn.example.com/d/")
-	go func() { _ = f.broker.Complete(code, sso.Identity{Username: "carol", Groups: []string{"ops"}}) }()
+	go func() { _ = f.broker.Complete(context.Background(), code, sso.Identity{Username: "carol", Groups: []string{"ops"}}) }()
 	u, err := pend.Wait(context.Background())
 	if err != nil || u.Username != "carol" || len(u.Push) == 0 {
 		t.Fatalf("after the browser: %+v %v", u, err)

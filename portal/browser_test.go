@@ -119,7 +119,7 @@ func TestBrowser(t *testing.T) {
 	if err := chromedp.Do(ctx, chromedp.Click("#device-approve"), chromedp.WaitVisible("#message")); err != nil {
 		t.Fatalf("approving: %v", err)
 	}
-	if id, err := e.broker.Take(l.State); err != nil || id.Username != "bob" {
+	if id, err := e.broker.Take(context.Background(), l.State); err != nil || id.Username != "bob" {
 		t.Fatalf("the broker's login: %+v, %v", id, err)
 	}
 	if err := chromedp.Do(ctx, chromedp.Navigate(portalURL+"/"), chromedp.WaitVisible("#download-udp")); err != nil {

@@ -77,7 +77,7 @@ func (s *Server) lookupDevice(w http.ResponseWriter, r *http.Request) (string, s
 	var l sso.Login
 	err := sso.ErrUnknown
 	if code != "" {
-		l, err = s.cfg.Devices.Lookup(code)
+		l, err = s.cfg.Devices.Lookup(r.Context(), code)
 	}
 	switch {
 	case errors.Is(err, sso.ErrDone):
@@ -147,10 +147,10 @@ func (s *Server) deviceDecide(w http.ResponseWriter, r *http.Request) {
 	switch r.PostForm.Get("decision") {
 	case "approve":
 		id := se.id
-		err = s.cfg.Devices.Complete(code, sso.Identity{Username: id.Username, Groups: id.Groups, Subject: id.Subject, Issuer: id.Issuer})
+		err = s.cfg.Devices.Complete(r.Context(), code, sso.Identity{Username: id.Username, Groups: id.Groups, Subject: id.Subject, Issuer: id.Issuer})
 	case "deny":
 		event, text = EventDeviceDeny, "The connection is denied."
-		err = s.cfg.Devices.Fail(code, errDenied)
+		err = s.cfg.Devices.Fail(r.Context(), code, errDenied)
 	default:
 		s.fail(w, r, http.StatusBadRequest, "Choose Approve or Deny.")
 		return

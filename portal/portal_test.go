@@ -425,7 +425,7 @@ func TestSessionsListAndEndOwnOnly(t *testing.T) {
 // startDevice starts a device login as the admission pipeline does.
 func startDevice(t *testing.T, e *env) sso.Login {
 	t.Helper()
-	l, err := e.broker.Start(sso.Attempt{ConnectionID: "cvpn-endpoint-conn-77", Remote: netip.MustParseAddr("203.0.113.50"),
+	l, err := e.broker.Start(context.Background(), sso.Attempt{ConnectionID: "cvpn-endpoint-conn-77", Remote: netip.MustParseAddr("203.0.113.50"),
 		Platform: "linux", Version: "2.6.14", Hint: "<b>alice</b>"})
 	if err != nil {
 		t.Fatal(err)
@@ -466,7 +466,7 @@ func TestDeviceApprove(t *testing.T) {
 	r = b.post("/d/"+l.Code, url.Values{"decision": {"approve"}}, nil)
 	wantCode(t, r, http.StatusOK)
 	wantBody(t, r, "approved")
-	id, err := e.broker.Take(l.State)
+	id, err := e.broker.Take(context.Background(), l.State)
 	if err != nil {
 		t.Fatalf("the broker's login was not completed: %v", err)
 	}
@@ -487,7 +487,7 @@ func TestDeviceApproveFederatedKeepsSubject(t *testing.T) {
 	b.follow(b.get("/oidc/callback?" + url.Values{"state": {u.Query().Get("state")}, "user": {"carol"}}.Encode()))
 	wantCode(t, b.get("/d/"+l.Code), http.StatusOK)
 	wantCode(t, b.post("/d/"+l.Code, url.Values{"decision": {"approve"}}, nil), http.StatusOK)
-	id, err := e.broker.Take(l.State)
+	id, err := e.broker.Take(context.Background(), l.State)
 	if err != nil || id.Username != "carol" || id.Subject != "sub-carol" || id.Issuer != "https://idp.test" || id.Groups[0] != "engineers" {
 		t.Fatalf("broker identity %+v, %v", id, err)
 	}
@@ -502,7 +502,7 @@ func TestDeviceDeny(t *testing.T) {
 	r := b.post("/d/"+l.Code, url.Values{"decision": {"deny"}}, nil)
 	wantCode(t, r, http.StatusOK)
 	wantBody(t, r, "denied")
-	if _, err := e.broker.Take(l.State); !errors.Is(err, errDenied) {
+	if _, err := e.broker.Take(context.Background(), l.State); !errors.Is(err, sso.ErrFailed) || err.Error() != errDenied.Error() {
 		t.Fatalf("Take after deny: %v, want the denial", err)
 	}
 	if len(e.audited(EventDeviceDeny)) != 1 {
