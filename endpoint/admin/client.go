@@ -38,8 +38,8 @@ func (c *Client) DescribeClientVpnConnections(ctx context.Context, in DescribeCl
 
 // DescribeAllClientVpnConnections is DescribeClientVpnConnections following NextToken until
 // the last page: every connection, in pages of in.MaxResults (nil: the most, 1000), starting
-// at in.NextToken. The output has no NextToken. A server that repeats a token is an error rather
-// than a loop.
+// at in.NextToken. The output has no NextToken; its Cvpn is set when any page was partial. A
+// server that repeats a token is an error rather than a loop.
 func (c *Client) DescribeAllClientVpnConnections(ctx context.Context, in DescribeClientVpnConnectionsInput) (*DescribeClientVpnConnectionsOutput, error) {
 	if in.MaxResults == nil {
 		n := maxResults
@@ -53,6 +53,9 @@ func (c *Client) DescribeAllClientVpnConnections(ctx context.Context, in Describ
 			return nil, err
 		}
 		all.Connections = append(all.Connections, out.Connections...)
+		if out.Cvpn != nil {
+			all.Cvpn = out.Cvpn // a partial page makes the whole partial
+		}
 		if out.NextToken == "" {
 			return all, nil
 		}
@@ -86,6 +89,13 @@ func (c *Client) DescribeClientVpnRoutes(ctx context.Context, in DescribeClientV
 func (c *Client) DescribeClientVpnAuthorizationRules(ctx context.Context, in DescribeClientVpnAuthorizationRulesInput) (*DescribeClientVpnAuthorizationRulesOutput, error) {
 	var out DescribeClientVpnAuthorizationRulesOutput
 	return &out, c.call(ctx, "DescribeClientVpnAuthorizationRules", in, &out)
+}
+
+// DescribeCvpnCluster describes the cluster this endpoint's node is one of: the node's name and
+// every node's; a single node answers UnsupportedOperation.
+func (c *Client) DescribeCvpnCluster(ctx context.Context, in DescribeCvpnClusterInput) (*DescribeCvpnClusterOutput, error) {
+	var out DescribeCvpnClusterOutput
+	return &out, c.call(ctx, "DescribeCvpnCluster", in, &out)
 }
 
 // call posts in to the action and decodes the answer into out; an error answer comes back as

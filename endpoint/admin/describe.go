@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -44,6 +45,12 @@ type Source struct {
 	Now func() time.Time
 	// MFA returns the running endpoint's TOTP enrolments, or why it has none; nil: none.
 	MFA func() (Enrolments, error)
+	// Cluster is the rest of the endpoint when this node is one of a cluster's; nil on a single
+	// node. Set it before the handler serves: the API lists and terminates through it.
+	Cluster Cluster
+
+	// remote remembers the terminations asked of other nodes, until their sessions are gone.
+	remote remoteTerminations
 
 	// tokenOnce draws tokenKey, the key NextTokens are signed with (tokenSecret).
 	tokenOnce sync.Once
@@ -122,7 +129,21 @@ func (s *Source) connection(st tunnel.Status, now time.Time, status Status, end 
 		c.Cvpn.DeviceIP = st.Remote.Addr().Unmap().String()
 		c.Cvpn.DevicePort = int(st.Remote.Port())
 	}
+	if s.Cluster != nil {
+		c.Cvpn.Node = s.Cluster.Node()
+	}
 	return c
+}
+
+// Published maps a live session of this node to the Connection the cluster publishes for the
+// other nodes' DescribeClientVpnConnections: exactly what this node's own Describe lists for
+// it (status active, or terminating once told HALT), with Cvpn.Node set. Cluster must be set.
+func (s *Source) Published(st tunnel.Status) Connection {
+	status := Status{Code: StatusActive}
+	if s.History.isTerminating(st.ConnectionID) {
+		status = Status{Code: StatusTerminating, Message: terminatedByAdmin}
+	}
+	return s.connection(st, s.now(), status, notEnded)
 }
 
 func (s *Source) now() time.Time {
@@ -151,8 +172,12 @@ func newConnectionFilter(fs []Filter) (connectionFilter, error) {
 }
 
 func (f connectionFilter) match(info *tunnel.Info) bool {
-	return (len(f.ids) == 0 || slices.Contains(f.ids, info.ConnectionID)) &&
-		(len(f.users) == 0 || slices.Contains(f.users, identity(info)))
+	return f.matches(info.ConnectionID, identity(info))
+}
+
+// matches is match for a connection known by its id and Username (another node's).
+func (f connectionFilter) matches(id, user string) bool {
+	return (len(f.ids) == 0 || slices.Contains(f.ids, id)) && (len(f.users) == 0 || slices.Contains(f.users, user))
 }
 
 // listedConnection is a connection with its sort key.
@@ -161,15 +186,15 @@ type listedConnection struct {
 	c   Connection
 }
 
-// connectionKey is a connection's sort key: its establishment time to the nanosecond, then its
-// id. The time is fixed-width hex of the Unix nanoseconds with the sign bit flipped, so that the
-// keys sort as the times do.
-func connectionKey(info *tunnel.Info) string {
-	var t uint64
-	if !info.Established.IsZero() {
-		t = uint64(info.Established.UnixNano()) ^ 1<<63
-	}
-	return fmt.Sprintf("%016x.%s", t, info.ConnectionID)
+// connectionKey is a connection's sort key: its establishment time to the second, then its id.
+// The time is fixed-width hex of the Unix seconds with the sign bit flipped, so that the keys
+// sort as the times do. It is to the second, as ConnectionEstablishedTime is written, so that
+// another node's connection (known by what it published) sorts by the same key as the node's
+// own, and every node lists the cluster in one order.
+func connectionKey(info *tunnel.Info) string { return sortKey(info.Established, info.ConnectionID) }
+
+func sortKey(established time.Time, id string) string {
+	return fmt.Sprintf("%016x.%s", uint64(established.Unix())^1<<63, id)
 }
 
 // validConnectionKey reports whether k has connectionKey's shape (a NextToken's key).
@@ -186,10 +211,14 @@ func validConnectionKey(k string) bool {
 	return true
 }
 
+// terminatedByAdmin is the Status message of a connection told HALT by the API.
+const terminatedByAdmin = "terminated by the administrator"
+
 // describeConnections lists the active connections, those being terminated and those ended
 // within the last 60 minutes, oldest established first (ties by connection id), one page of
-// them.
-func (s *Source) describeConnections(in DescribeClientVpnConnectionsInput) (DescribeClientVpnConnectionsOutput, error) {
+// them. On a cluster the other nodes' published connections are listed with this node's; when
+// they cannot be had the answer is this node's alone, flagged Partial.
+func (s *Source) describeConnections(ctx context.Context, in DescribeClientVpnConnectionsInput) (DescribeClientVpnConnectionsOutput, error) {
 	if err := s.checkEndpoint(in.ClientVpnEndpointID); err != nil {
 		return DescribeClientVpnConnectionsOutput{}, err
 	}
@@ -206,49 +235,76 @@ func (s *Source) describeConnections(in DescribeClientVpnConnectionsInput) (Desc
 	add := func(st tunnel.Status, status Status, end string) {
 		all = append(all, listedConnection{key: connectionKey(st.Info), c: s.connection(st, now, status, end)})
 	}
+	// live holds the ids listed as active or terminating; local every id this node knows,
+	// whether the filters keep it or not (another node's publication of one is stale).
 	live := make(map[string]bool)
+	local := make(map[string]bool)
 	for _, st := range s.Engine.Clients() {
-		live[st.ConnectionID] = true
+		live[st.ConnectionID], local[st.ConnectionID] = true, true
 		if !f.match(st.Info) {
 			continue
 		}
 		status := Status{Code: StatusActive}
 		if s.History.isTerminating(st.ConnectionID) {
-			status = Status{Code: StatusTerminating, Message: "terminated by the administrator"}
+			status = Status{Code: StatusTerminating, Message: terminatedByAdmin}
 		}
 		add(st, status, notEnded)
 	}
 	// Those saying goodbye: the engine lists them no more, and they have not ended yet.
 	for _, st := range s.History.terminatingConnections() {
+		local[st.ConnectionID] = true
 		if live[st.ConnectionID] || !f.match(st.Info) {
 			continue
 		}
 		live[st.ConnectionID] = true
-		add(st, Status{Code: StatusTerminating, Message: "terminated by the administrator"}, notEnded)
+		add(st, Status{Code: StatusTerminating, Message: terminatedByAdmin}, notEnded)
 	}
 	for _, e := range s.History.endedConnections() {
+		local[e.status.ConnectionID] = true
 		if live[e.status.ConnectionID] || !f.match(e.status.Info) {
 			continue
 		}
 		add(e.status, Status{Code: StatusTerminated, Message: e.end.Reason}, stamp(e.end.Time))
 		all[len(all)-1].c.Cvpn.EndReason = e.end.Reason
 	}
+	var partial *PartialAnswer
+	if s.Cluster != nil {
+		var remote []listedConnection
+		remote, partial = s.clusterConnections(ctx, local)
+		for _, r := range remote {
+			if f.matches(r.c.ConnectionID, r.c.Username) {
+				all = append(all, r)
+			}
+		}
+	}
 	slices.SortFunc(all, func(a, b listedConnection) int { return strings.Compare(a.key, b.key) })
 	pg, next := page(p, all, func(l listedConnection) string { return l.key })
-	out := DescribeClientVpnConnectionsOutput{Connections: make([]Connection, 0, len(pg)), NextToken: next}
+	out := DescribeClientVpnConnectionsOutput{Connections: make([]Connection, 0, len(pg)), NextToken: next, Cvpn: partial}
 	for _, l := range pg {
 		out.Connections = append(out.Connections, l.c)
 	}
 	return out, nil
 }
 
-// terminateConnections halts the connection with the id, or the user's connections.
-func (s *Source) terminateConnections(in TerminateClientVpnConnectionsInput) (TerminateClientVpnConnectionsOutput, error) {
+// checkTerminate refuses a request for another endpoint, or one that gives not exactly one of
+// ConnectionId and Username.
+func (s *Source) checkTerminate(in TerminateClientVpnConnectionsInput) error {
 	if err := s.checkEndpoint(in.ClientVpnEndpointID); err != nil {
-		return TerminateClientVpnConnectionsOutput{}, err
+		return err
 	}
 	if (in.ConnectionID == "") == (in.Username == "") {
-		return TerminateClientVpnConnectionsOutput{}, &Error{Code: "MissingParameter", Message: "give exactly one of ConnectionId and Username"}
+		return &Error{Code: "MissingParameter", Message: "give exactly one of ConnectionId and Username"}
+	}
+	return nil
+}
+
+// TerminateLocal halts this node's connection with the id, or the user's connections on this
+// node, and records them as terminating; a connection id this node does not know is
+// InvalidClientVpnConnection.IdNotFound. On a cluster, the node that holds a session runs it for
+// a terminate request another node forwarded (Cluster.Terminate).
+func (s *Source) TerminateLocal(in TerminateClientVpnConnectionsInput) (TerminateClientVpnConnectionsOutput, error) {
+	if err := s.checkTerminate(in); err != nil {
+		return TerminateClientVpnConnectionsOutput{}, err
 	}
 	match := func(info *tunnel.Info) bool {
 		if in.ConnectionID != "" {
@@ -284,7 +340,7 @@ func (s *Source) terminateConnections(in TerminateClientVpnConnectionsInput) (Te
 				return out, nil
 			}
 		}
-		return out, &Error{Code: "InvalidClientVpnConnection.IdNotFound", Message: fmt.Sprintf("no connection %s", in.ConnectionID)}
+		return out, &Error{Code: codeConnectionNotFound, Message: fmt.Sprintf("no connection %s", in.ConnectionID)}
 	}
 	return out, nil
 }
@@ -297,8 +353,10 @@ func (s *Source) checkEndpoint(id string) error {
 	return nil
 }
 
-// describeEndpoints describes the endpoint.
-func (s *Source) describeEndpoints(in DescribeClientVpnEndpointsInput) (DescribeClientVpnEndpointsOutput, error) {
+// describeEndpoints describes the endpoint. On a cluster ActiveConnections and Traffic count
+// every node's sessions (the others' as they last published them); Pool and Drops are this
+// node's.
+func (s *Source) describeEndpoints(ctx context.Context, in DescribeClientVpnEndpointsInput) (DescribeClientVpnEndpointsOutput, error) {
 	for _, id := range in.ClientVpnEndpointIDs {
 		if err := s.checkEndpoint(id); err != nil {
 			return DescribeClientVpnEndpointsOutput{}, err
@@ -316,8 +374,25 @@ func (s *Source) describeEndpoints(in DescribeClientVpnEndpointsInput) (Describe
 	cfg := s.Endpoint()
 	clients := s.Engine.Clients()
 	var rx, tx, rxp, txp uint64
+	local := make(map[string]bool, len(clients))
 	for _, c := range clients {
+		local[c.ConnectionID] = true
 		rx, tx, rxp, txp = rx+c.Traffic.RxBytes, tx+c.Traffic.TxBytes, rxp+c.Traffic.RxPackets, txp+c.Traffic.TxPackets
+	}
+	active := len(clients)
+	var ext EndpointExtensions
+	if s.Cluster != nil {
+		remote, partial := s.clusterConnections(ctx, local)
+		for _, r := range remote {
+			// clusterConnections checked that the counters parse.
+			active++
+			rx, tx = rx+parseCount(r.c.IngressBytes), tx+parseCount(r.c.EgressBytes)
+			rxp, txp = rxp+parseCount(r.c.IngressPackets), txp+parseCount(r.c.EgressPackets)
+		}
+		ext.Node = s.Cluster.Node()
+		if partial != nil {
+			ext.PartialReason = partial.Reason
+		}
 	}
 	e := ClientVpnEndpoint{
 		ClientVpnEndpointID:   s.EndpointID,
@@ -334,10 +409,12 @@ func (s *Source) describeEndpoints(in DescribeClientVpnEndpointsInput) (Describe
 		ConnectionLogOptions:  ConnectionLogOptions{Enabled: cfg.ConnectionLog.Enabled},
 		Cvpn: EndpointExtensions{
 			Listeners:         []Listener{},
-			ActiveConnections: len(clients),
+			ActiveConnections: active,
 			Pool:              PoolUsage{Capacity: s.Pool.Capacity(), InUse: s.Pool.InUse()},
 			Traffic:           Traffic{IngressBytes: count(rx), EgressBytes: count(tx), IngressPackets: count(rxp), EgressPackets: count(txp)},
 			Drops:             s.Engine.Drops(),
+			Node:              ext.Node,
+			PartialReason:     ext.PartialReason,
 		},
 	}
 	if cfg.ClientCIDRBlock.IsValid() {
@@ -362,7 +439,7 @@ func (s *Source) describeEndpoints(in DescribeClientVpnEndpointsInput) (Describe
 }
 
 // describeRoutes lists the file's routes.
-func (s *Source) describeRoutes(in DescribeClientVpnRoutesInput) (DescribeClientVpnRoutesOutput, error) {
+func (s *Source) describeRoutes(_ context.Context, in DescribeClientVpnRoutesInput) (DescribeClientVpnRoutesOutput, error) {
 	if err := s.checkEndpoint(in.ClientVpnEndpointID); err != nil {
 		return DescribeClientVpnRoutesOutput{}, err
 	}
@@ -404,7 +481,7 @@ func pageIndexed[T any](p pager, items []T) ([]T, string) {
 }
 
 // describeAuthorizationRules lists the file's authorization rules.
-func (s *Source) describeAuthorizationRules(in DescribeClientVpnAuthorizationRulesInput) (DescribeClientVpnAuthorizationRulesOutput, error) {
+func (s *Source) describeAuthorizationRules(_ context.Context, in DescribeClientVpnAuthorizationRulesInput) (DescribeClientVpnAuthorizationRulesOutput, error) {
 	if err := s.checkEndpoint(in.ClientVpnEndpointID); err != nil {
 		return DescribeClientVpnAuthorizationRulesOutput{}, err
 	}

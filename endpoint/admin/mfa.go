@@ -64,7 +64,7 @@ func checkUsername(u string) error {
 	return nil
 }
 
-func (s *Source) enrollUserMFA(in EnrollUserMfaInput) (EnrollUserMfaOutput, error) {
+func (s *Source) enrollUserMFA(ctx context.Context, in EnrollUserMfaInput) (EnrollUserMfaOutput, error) {
 	if err := checkUsername(in.Username); err != nil {
 		return EnrollUserMfaOutput{}, err
 	}
@@ -72,7 +72,7 @@ func (s *Source) enrollUserMFA(in EnrollUserMfaInput) (EnrollUserMfaOutput, erro
 	if err != nil {
 		return EnrollUserMfaOutput{}, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), mfaTimeout)
+	ctx, cancel := context.WithTimeout(ctx, mfaTimeout)
 	defer cancel()
 	uri, err := e.Enroll(ctx, in.Username, in.Force)
 	if errors.Is(err, ErrEnrolled) {
@@ -84,7 +84,7 @@ func (s *Source) enrollUserMFA(in EnrollUserMfaInput) (EnrollUserMfaOutput, erro
 	return EnrollUserMfaOutput{Username: in.Username, OtpauthURI: uri}, nil
 }
 
-func (s *Source) resetUserMFA(in ResetUserMfaInput) (ResetUserMfaOutput, error) {
+func (s *Source) resetUserMFA(ctx context.Context, in ResetUserMfaInput) (ResetUserMfaOutput, error) {
 	if err := checkUsername(in.Username); err != nil {
 		return ResetUserMfaOutput{}, err
 	}
@@ -92,7 +92,7 @@ func (s *Source) resetUserMFA(in ResetUserMfaInput) (ResetUserMfaOutput, error) 
 	if err != nil {
 		return ResetUserMfaOutput{}, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), mfaTimeout)
+	ctx, cancel := context.WithTimeout(ctx, mfaTimeout)
 	defer cancel()
 	if err := e.Reset(ctx, in.Username); err != nil {
 		return ResetUserMfaOutput{}, err

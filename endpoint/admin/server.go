@@ -50,8 +50,8 @@ func NewHandler(src *Source, log *slog.Logger) *Handler {
 		profiling: make(chan struct{}, 1)}
 	h.mux.HandleFunc(ProfilePath, h.serveProfile)
 	handle(h, "DescribeClientVpnConnections", src.describeConnections)
-	handle(h, "TerminateClientVpnConnections", func(in TerminateClientVpnConnectionsInput) (TerminateClientVpnConnectionsOutput, error) {
-		out, err := src.terminateConnections(in)
+	handle(h, "TerminateClientVpnConnections", func(ctx context.Context, in TerminateClientVpnConnectionsInput) (TerminateClientVpnConnectionsOutput, error) {
+		out, err := src.terminateConnections(ctx, in)
 		if err == nil {
 			h.log.Info("admin: connections terminated", "connection_id", in.ConnectionID, "username", in.Username, "count", len(out.ConnectionStatuses))
 		}
@@ -60,15 +60,16 @@ func NewHandler(src *Source, log *slog.Logger) *Handler {
 	handle(h, "DescribeClientVpnEndpoints", src.describeEndpoints)
 	handle(h, "DescribeClientVpnRoutes", src.describeRoutes)
 	handle(h, "DescribeClientVpnAuthorizationRules", src.describeAuthorizationRules)
-	handle(h, "CvpnEnrollUserMfa", func(in EnrollUserMfaInput) (EnrollUserMfaOutput, error) {
-		out, err := src.enrollUserMFA(in)
+	handle(h, "DescribeCvpnCluster", src.describeCluster)
+	handle(h, "CvpnEnrollUserMfa", func(ctx context.Context, in EnrollUserMfaInput) (EnrollUserMfaOutput, error) {
+		out, err := src.enrollUserMFA(ctx, in)
 		if err == nil {
 			h.log.Info("admin: user enrolled for MFA", "username", in.Username, "replaced", in.Force)
 		}
 		return out, err
 	})
-	handle(h, "CvpnResetUserMfa", func(in ResetUserMfaInput) (ResetUserMfaOutput, error) {
-		out, err := src.resetUserMFA(in)
+	handle(h, "CvpnResetUserMfa", func(ctx context.Context, in ResetUserMfaInput) (ResetUserMfaOutput, error) {
+		out, err := src.resetUserMFA(ctx, in)
 		if err == nil {
 			h.log.Info("admin: user's MFA secret removed", "username", in.Username)
 		}
@@ -77,8 +78,9 @@ func NewHandler(src *Source, log *slog.Logger) *Handler {
 	return h
 }
 
-// handle registers one operation.
-func handle[In, Out any](h *Handler, action string, op func(In) (Out, error)) {
+// handle registers one operation; op gets the request's context, which ends when the caller
+// goes away or the server shuts down (a cluster-wide operation waits on other nodes under it).
+func handle[In, Out any](h *Handler, action string, op func(context.Context, In) (Out, error)) {
 	h.mux.HandleFunc("/"+action, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost && r.Method != http.MethodGet {
 			writeError(w, http.StatusMethodNotAllowed, &Error{Code: "InvalidAction", Message: action + " takes POST"})
@@ -98,15 +100,18 @@ func handle[In, Out any](h *Handler, action string, op func(In) (Out, error)) {
 				return
 			}
 		}
-		out, err := op(in)
+		out, err := op(r.Context(), in)
 		if err != nil {
 			var e *Error
 			if !errors.As(err, &e) {
 				e = &Error{Code: "InternalError", Message: err.Error()}
 			}
 			code := http.StatusBadRequest
-			if strings.HasSuffix(e.Code, "NotFound") {
+			switch {
+			case strings.HasSuffix(e.Code, "NotFound"):
 				code = http.StatusNotFound
+			case e.Code == codeUnavailable:
+				code = http.StatusServiceUnavailable
 			}
 			writeError(w, code, e)
 			return

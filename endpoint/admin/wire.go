@@ -1,7 +1,9 @@
 // Package admin is cvpn's administration API: HTTP and JSON on a unix socket, one operation per
 // AWS Client VPN action (DescribeClientVpnConnections, TerminateClientVpnConnections,
 // DescribeClientVpnEndpoints, DescribeClientVpnRoutes, DescribeClientVpnAuthorizationRules),
-// with the request and response field names of the EC2 API reference. It owns the wire shapes
+// with the request and response field names of the EC2 API reference, and cvpn's own actions
+// (CvpnEnrollUserMfa, CvpnResetUserMfa, DescribeCvpnCluster). On a cluster (Source.Cluster) it
+// lists and terminates connections across the nodes (cluster.go). It owns the wire shapes
 // (this file), the one mapping from the engine's state to them (describe.go), the server that
 // refuses callers other than root and the service's own user (server.go), the record of ended
 // connections (History) and the typed client the CLI uses (client.go). It does not own the
@@ -23,8 +25,10 @@ const (
 	StatusActive      = "active"
 	StatusTerminating = "terminating"
 	StatusTerminated  = "terminated"
-	// StatusFailedToTerminate is never returned today: tunnel/session's goodbye tears a halted
-	// session down unconditionally (3 s at most, HALT acknowledged or not), so none can fail.
+	// StatusFailedToTerminate is never returned for this node's sessions: tunnel/session's
+	// goodbye tears a halted session down unconditionally (3 s at most, HALT acknowledged or
+	// not), so none can fail. On a cluster it is a session of another node to which the
+	// request could not even be queued (ErrNotQueued).
 	StatusFailedToTerminate = "failed-to-terminate"
 )
 
@@ -52,10 +56,19 @@ type DescribeClientVpnConnectionsInput struct {
 }
 
 // DescribeClientVpnConnectionsOutput is its response. NextToken, when set, asks for the next
-// page.
+// page. Cvpn is set only when the answer lacks part of a cluster.
 type DescribeClientVpnConnectionsOutput struct {
-	Connections []Connection `json:"Connections"`
-	NextToken   string       `json:"NextToken,omitempty"`
+	Connections []Connection   `json:"Connections"`
+	NextToken   string         `json:"NextToken,omitempty"`
+	Cvpn        *PartialAnswer `json:"CvpnExtensions,omitempty"`
+}
+
+// PartialAnswer flags an answer of a cluster's node that lacks what some other nodes hold,
+// and says why (etcd did not answer; some published connections were malformed or over the
+// bound), so that a missing connection is never mistaken for one that does not exist.
+type PartialAnswer struct {
+	Partial bool   `json:"Partial"`
+	Reason  string `json:"Reason"`
 }
 
 // Connection is one client connection (AWS ClientVpnConnection). The counters are decimal
@@ -106,14 +119,18 @@ type TerminateClientVpnConnectionsInput struct {
 	Username            string `json:"Username,omitempty"`
 }
 
-// TerminateClientVpnConnectionsOutput is its response.
+// TerminateClientVpnConnectionsOutput is its response. Cvpn is set only when, on a cluster,
+// the other nodes' sessions of the user could not be found (etcd did not answer).
 type TerminateClientVpnConnectionsOutput struct {
 	ClientVpnEndpointID string                      `json:"ClientVpnEndpointId"`
 	Username            string                      `json:"Username,omitempty"`
 	ConnectionStatuses  []TerminateConnectionStatus `json:"ConnectionStatuses"`
+	Cvpn                *PartialAnswer              `json:"CvpnExtensions,omitempty"`
 }
 
-// TerminateConnectionStatus is one terminated connection (AWS TerminateConnectionStatus).
+// TerminateConnectionStatus is one terminated connection (AWS TerminateConnectionStatus). On
+// a cluster, CurrentStatus terminating with a Message naming a node is a request queued for
+// that node, which it carries out when it sees it.
 type TerminateConnectionStatus struct {
 	ConnectionID   string `json:"ConnectionId"`
 	PreviousStatus Status `json:"PreviousStatus"`
@@ -171,6 +188,11 @@ type EndpointExtensions struct {
 	Pool                PoolUsage         `json:"Pool"`
 	Traffic             Traffic           `json:"Traffic"`
 	Drops               map[string]uint64 `json:"Drops"`
+	// Node is this node's name on a cluster, where ActiveConnections and Traffic count every
+	// node's sessions and Pool and Drops this node's; PartialReason, when set, says why the
+	// counts are this node's alone.
+	Node          string `json:"Node,omitempty"`
+	PartialReason string `json:"PartialReason,omitempty"`
 }
 
 // Listener is a socket the endpoint listens on.
