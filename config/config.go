@@ -15,7 +15,10 @@
 // it does not touch the network or the OS (package endpoint wires the
 // result into the engine). The directory, MFA, federated login,
 // client-connect handler and portal keys are parsed and checked here;
-// packages auth/... and portal use them. The one file whose content it
+// packages auth/... and portal use them. So is the cluster section, which
+// makes the endpoint one node of several (package cluster runs it);
+// ParseWithCluster runs a file pushed to the cluster with the node's own
+// section. The one file whose content it
 // reads is the SAML IdP metadata (a cheap structural check, so that a
 // wrong file is named at validation rather than at the first login).
 //
@@ -219,9 +222,16 @@ type Endpoint struct {
 	// Required with Authentication.Federated, whose login links point at
 	// it. AWS: SelfServicePortal.
 	Portal *Portal
+	// Cluster (cluster) makes the endpoint one node of several that serve it together,
+	// coordinated through etcd; nil when absent (a single node). Its snat_address and
+	// snat_ipv6_address replace target_network's (TargetNetwork holds the node's own).
+	// None of its keys can change on reload (CheckReload). AWS: the subnet associations.
+	Cluster *Cluster
 
 	// file is the name given to Load, for KeyError and CheckReload.
 	file string
+	// clusterSrc is where Cluster was read from (nil without one), for ParseWithCluster.
+	clusterSrc *clusterSource
 	// keyLines maps each key path present in the file to its line.
 	keyLines map[string]int
 }
@@ -234,9 +244,11 @@ func (e *Endpoint) KeyLine(path string) int { return e.keyLines[path] }
 
 // KeyError reports a problem found outside this package with the value at
 // path (for example a certificate file whose content is wrong) in the same
-// form as a validation problem: with the file name and the key's line.
+// form as a validation problem: with the file name and the key's line. A
+// key of the cluster section is named with the file the section came from
+// (the node's local file, for an Endpoint from ParseWithCluster).
 func (e *Endpoint) KeyError(path string, err error) *ValidationError {
-	return &ValidationError{File: e.file, Path: path, Line: e.KeyLine(path), Msg: err.Error()}
+	return &ValidationError{File: e.fileOf(path), Path: path, Line: e.KeyLine(path), Msg: err.Error()}
 }
 
 // Listener is one transport socket.
@@ -729,12 +741,12 @@ func Load(path string) (*Endpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return parse(data, filepath.Dir(path), path)
+	return parse(data, filepath.Dir(path), path, nil)
 }
 
 // Parse parses an endpoint file's content. Relative file paths in it are
 // resolved against dir (the current directory when dir is ""), and the files
 // must exist. Problems come back joined, each a *ValidationError.
 func Parse(data []byte, dir string) (*Endpoint, error) {
-	return parse(data, dir, "")
+	return parse(data, dir, "", nil)
 }

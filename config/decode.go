@@ -27,10 +27,13 @@ import (
 
 // decoder collects problems while walking the document.
 type decoder struct {
-	file     string // for ValidationError.File
-	dir      string // relative file paths are resolved against it
-	errs     []*ValidationError
-	keyLines map[string]int // line of every key path seen, for Endpoint.KeyLine
+	file string // for ValidationError.File
+	dir  string // relative file paths are resolved against it
+	// cluster is where the cluster section comes from: its own file names its problems,
+	// and its relative paths resolve against its own directory (ParseWithCluster).
+	clusterSrc *clusterSource
+	errs       []*ValidationError
+	keyLines   map[string]int // line of every key path seen, for Endpoint.KeyLine
 	// traffic is traffic_ip_address_type, read first: the keys that take networks
 	// refuse a family that does not flow through the tunnel.
 	traffic string
@@ -50,7 +53,11 @@ func (d *decoder) trafficFamily(p netip.Prefix, path string, line int) bool {
 }
 
 func (d *decoder) errorf(path string, line int, format string, args ...any) {
-	d.errs = append(d.errs, &ValidationError{File: d.file, Path: path, Line: line, Msg: fmt.Sprintf(format, args...)})
+	file := d.file
+	if d.clusterSrc != nil && isClusterPath(path) {
+		file = d.clusterSrc.file
+	}
+	d.errs = append(d.errs, &ValidationError{File: file, Path: path, Line: line, Msg: fmt.Sprintf(format, args...)})
 }
 
 // result joins the collected problems in file order; problems without a
@@ -116,8 +123,11 @@ func (d *decoder) syntaxError(err error) {
 	d.errorf("", line, "invalid YAML: %s", msg)
 }
 
-func parse(data []byte, dir, file string) (*Endpoint, error) {
-	d := &decoder{file: file, dir: dir, keyLines: map[string]int{}}
+// parse decodes an endpoint file. With cluster set, the file's cluster section is replaced by
+// that one (ParseWithCluster); otherwise the file's own section, if any, is recorded as the
+// Endpoint's, so that it can be spliced into pushed files.
+func parse(data []byte, dir, file string, cluster *clusterSource) (*Endpoint, error) {
+	d := &decoder{file: file, dir: dir, keyLines: map[string]int{}, clusterSrc: cluster}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var doc yaml.Node
 	if err := dec.Decode(&doc); err != nil && err != io.EOF {
@@ -138,11 +148,19 @@ func parse(data []byte, dir, file string) (*Endpoint, error) {
 	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
 		root = resolve(doc.Content[0])
 	}
+	if cluster != nil {
+		root = splice(root, cluster)
+	} else if k, v := findCluster(root); k != nil {
+		d.clusterSrc = &clusterSource{key: k, value: v, file: file, dir: dir}
+	}
 	ep := d.endpoint(root)
 	if err := d.result(); err != nil {
 		return nil, err
 	}
 	ep.file, ep.keyLines = file, d.keyLines
+	if ep.Cluster != nil {
+		ep.clusterSrc = d.clusterSrc
+	}
 	return ep, nil
 }
 

@@ -26,7 +26,7 @@ var topKeys = []string{
 	"data_ciphers", "target_network", "tun", "nat", "routes", "authorization_rules",
 	"split_tunnel", "allow_host_access", "dns_servers", "session_timeout_hours", "client_login_banner",
 	"bandwidth_limit_mbps", "bandwidth_limits", "reneg_seconds", "keepalive", "max_connections_per_user",
-	"connection_log", "admin", "metrics", "state_dir", "client_connect_handler", "portal",
+	"connection_log", "admin", "metrics", "state_dir", "client_connect_handler", "portal", "cluster",
 }
 
 // Limits.
@@ -168,6 +168,12 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 	if n, path, ok := top.get("data_ciphers"); ok {
 		ep.DataCiphers = d.dataCiphers(n, path)
 	}
+	// The cluster section comes before target_network: its SNAT addresses replace that one's.
+	var nodeAt clusterPlaces
+	_, _, clustered := top.get("cluster")
+	if n, path, ok := top.get("cluster"); ok {
+		nodeAt = d.cluster(n, path, top.keyLine("cluster"), ep)
+	}
 	var snat, snat6 placed
 	var ifName string
 	if n, path, ok := d.required(top, "target_network", ""); ok {
@@ -178,8 +184,11 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 				}
 			}
 			if HasIPv4(ep.TrafficIPAddressType) {
-				if n, path, ok := d.required(m, "snat_address", " (the endpoint's own IPv4 address in the private network)"); ok {
-					if a, ok := d.addr(n, path, only4); ok {
+				// In a cluster each node's own cluster.snat_address replaces it, and may.
+				if n, path, ok := m.get("snat_address"); ok || !clustered {
+					if !ok {
+						d.errorf(path, m.keyLine("snat_address"), "required (the endpoint's own IPv4 address in the private network)")
+					} else if a, ok := d.addr(n, path, only4); ok {
 						ep.TargetNetwork.SNATAddress, snat = a, placed{path, n.Line}
 					}
 				}
@@ -194,6 +203,13 @@ func (d *decoder) endpoint(root *yaml.Node) *Endpoint {
 				}
 			}
 		}
+	}
+	// A node source-NATs to its own addresses: the rules of target_network's apply to them.
+	if nodeAt.snat.path != "" {
+		ep.TargetNetwork.SNATAddress, snat = ep.Cluster.SNATAddress, nodeAt.snat
+	}
+	if nodeAt.snat6.path != "" {
+		ep.TargetNetwork.SNATIPv6Address, snat6 = ep.Cluster.SNATIPv6Address, nodeAt.snat6
 	}
 	var tunName placed
 	if n, path, ok := top.get("tun"); ok {

@@ -3,8 +3,11 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
+	"time"
 )
 
 // What a running endpoint does when it re-reads its file (SIGHUP) is decided here, key by key:
@@ -38,6 +41,8 @@ const (
 	restartState    = "the state store is opened (and locked) there at start"
 	// restartPortal: the portal's socket, certificate and links are set up at start (for now).
 	restartPortal = "the portal listens on it from start"
+	// restartCluster: the node joins its cluster (its lease, name and address blocks) at start.
+	restartCluster = "the node joins its cluster with it at start"
 )
 
 // reloadKeys lists every key of the file in file order (the order of Endpoint's fields).
@@ -148,6 +153,47 @@ var reloadKeys = []reloadKey{
 		show: func(e *Endpoint) string { return showPortal(e, func(p Portal) string { return orNone(p.CertFile) }) }},
 	{path: "portal.key_file", restart: restartPortal, equal: same(func(e *Endpoint) string { return portalOf(e).KeyFile }),
 		show: func(e *Endpoint) string { return showPortal(e, func(p Portal) string { return orNone(p.KeyFile) }) }},
+	// The cluster section: a pushed file carries the node's own (ParseWithCluster), so these
+	// change only with the node's local file. The etcd files are not compared by content: a
+	// client certificate renewed in place is read at the next restart.
+	clusterKey("cluster.node_name", restartCluster, func(c Cluster) string { return c.NodeName }, orNone),
+	clusterKey("cluster.public_address", restartCluster, func(c Cluster) string { return c.PublicAddress }, orNone),
+	clusterKey("cluster.snat_address", restartHost, func(c Cluster) netip.Addr { return c.SNATAddress }, showAddr),
+	clusterKey("cluster.snat_ipv6_address", restartHost, func(c Cluster) netip.Addr { return c.SNATIPv6Address }, showAddr),
+	clusterKey("cluster.lease_ttl_seconds", restartCluster, func(c Cluster) time.Duration { return c.LeaseTTL },
+		func(d time.Duration) string { return strconv.Itoa(int(d / time.Second)) }),
+	clusterKey("cluster.address_block_size", restartPool, func(c Cluster) int { return c.AddressBlockSize }, strconv.Itoa),
+	{path: "cluster.etcd.endpoints", restart: restartCluster, equal: sameList(func(e *Endpoint) []any { return anys(clusterOf(e).Etcd.Endpoints) }),
+		show: func(e *Endpoint) string {
+			return showCluster(e, func(c Cluster) string { return "[" + strings.Join(c.Etcd.Endpoints, ", ") + "]" })
+		}},
+	clusterKey("cluster.etcd.ca_file", restartCluster, func(c Cluster) string { return c.Etcd.CAFile }, orNone),
+	clusterKey("cluster.etcd.cert_file", restartCluster, func(c Cluster) string { return c.Etcd.CertFile }, orNone),
+	clusterKey("cluster.etcd.key_file", restartCluster, func(c Cluster) string { return c.Etcd.KeyFile }, orNone),
+	clusterKey("cluster.etcd.prefix", restartCluster, func(c Cluster) string { return c.Etcd.Prefix }, orNone),
+}
+
+// clusterKey is the rule of a key of the cluster section, all of which need a restart.
+func clusterKey[T comparable](path, restart string, get func(Cluster) T, show func(T) string) reloadKey {
+	return reloadKey{path: path, restart: restart,
+		equal: same(func(e *Endpoint) T { return get(clusterOf(e)) }),
+		show:  func(e *Endpoint) string { return showCluster(e, func(c Cluster) string { return show(get(c)) }) }}
+}
+
+// clusterOf is the cluster section of e; the zero value when it has none.
+func clusterOf(e *Endpoint) Cluster {
+	if e.Cluster == nil {
+		return Cluster{}
+	}
+	return *e.Cluster
+}
+
+// showCluster formats a cluster key for a refusal: "no cluster" when e has none.
+func showCluster(e *Endpoint, show func(Cluster) string) string {
+	if e.Cluster == nil {
+		return "no cluster"
+	}
+	return show(*e.Cluster)
 }
 
 // Diff compares the running endpoint file with the next one key by key and returns the YAML
@@ -179,7 +225,7 @@ func Diff(running, next *Endpoint, fileChanged func(key string) bool) (changed, 
 // the host state, the address pool or the NAT table at start (client_cidr_block, tun.name,
 // tun.mtu, target_network.interface, target_network.snat_address, nat.max_mappings,
 // nat.max_mappings_per_client), listening from start (admin.socket, the portal's keys) or
-// holding the state store (state_dir) cannot change; each one that differs
+// holding the state store (state_dir), and the cluster section's keys, cannot change; each one that differs
 // is a *ValidationError naming the key, its line in next, both values and that a restart is
 // needed, and they come back joined. Every other key may change (Diff lists them).
 func CheckReload(running, next *Endpoint) error {
@@ -188,7 +234,7 @@ func CheckReload(running, next *Endpoint) error {
 		if k.restart == "" || k.equal(running, next) {
 			continue
 		}
-		errs = append(errs, &ValidationError{File: next.file, Path: k.path, Line: next.KeyLine(k.path),
+		errs = append(errs, &ValidationError{File: next.fileOf(k.path), Path: k.path, Line: next.KeyLine(k.path),
 			Msg: fmt.Sprintf("cannot change on a running endpoint (running %s, file %s): %s; restart the endpoint to change it, which disconnects every client",
 				k.show(running), k.show(next), k.restart)})
 	}

@@ -267,6 +267,9 @@ func TestDiffCoversEveryField(t *testing.T) {
 		OIDC: parseDoc(t, edit(t, goodFile(t), goodDirectory, goodOIDC)).Authentication.Federated.OIDC,
 		SAML: parseDoc(t, edit(t, goodFile(t), goodDirectory, goodSAML)).Authentication.Federated.SAML,
 	}
+	// A cluster section, with its own SNAT address, is in cluster_test.go's node file.
+	running.Cluster = parseDoc(t, base+nodeA).Cluster
+	running.Cluster.SNATIPv6Address = netip.MustParseAddr("fd00::11")
 	leaf := func(ty reflect.Type) bool {
 		switch ty {
 		case reflect.TypeFor[netip.Addr](), reflect.TypeFor[netip.Prefix](), reflect.TypeFor[netip.AddrPort](), reflect.TypeFor[time.Duration]():
@@ -432,7 +435,10 @@ func TestReloadKeys(t *testing.T) {
 	wantRestart := []string{"endpoint_ip_address_type", "traffic_ip_address_type", "client_cidr_block", "client_ipv6_cidr_block",
 		"target_network.interface", "target_network.snat_address", "target_network.snat_ipv6_address", "tun.name", "tun.mtu",
 		"nat.max_mappings", "nat.max_mappings_per_client", "admin.socket", "state_dir",
-		"portal.listen_address", "portal.public_url", "portal.cert_file", "portal.key_file"}
+		"portal.listen_address", "portal.public_url", "portal.cert_file", "portal.key_file",
+		"cluster.node_name", "cluster.public_address", "cluster.snat_address", "cluster.snat_ipv6_address",
+		"cluster.lease_ttl_seconds", "cluster.address_block_size", "cluster.etcd.endpoints", "cluster.etcd.ca_file",
+		"cluster.etcd.cert_file", "cluster.etcd.key_file", "cluster.etcd.prefix"}
 	if !slices.Equal(restart, wantRestart) {
 		t.Errorf("restart keys %q, want %q", restart, wantRestart)
 	}
