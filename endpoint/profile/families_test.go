@@ -253,6 +253,14 @@ func TestOpenVPNParsesProfiles(t *testing.T) {
 // "proto remote" of each connection entry it prints.
 func connectionEntries(t *testing.T, bin, file string) []string {
 	t.Helper()
+	entries, _ := connectionEntriesTimeouts(t, bin, file)
+	return entries
+}
+
+// connectionEntriesTimeouts is connectionEntries that also returns the connect_timeout
+// (server-poll-timeout) of each entry, as the client prints it.
+func connectionEntriesTimeouts(t *testing.T, bin, file string) (entries, timeouts []string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "--config", file, "--verb", "4", "--connect-retry-max", "1")
@@ -269,9 +277,8 @@ func connectionEntries(t *testing.T, bin, file string) []string {
 		cmd.Wait()
 	}()
 	var (
-		entries []string
-		proto   string
-		log     []string
+		proto string
+		log   []string
 	)
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
@@ -285,15 +292,17 @@ func connectionEntries(t *testing.T, bin, file string) []string {
 		rest := strings.Join(fields[3:], " ")
 		switch {
 		case strings.HasPrefix(rest, "Connection profiles END"):
-			return entries
+			return entries, timeouts
 		case strings.HasPrefix(rest, "Options error"):
 			t.Fatalf("openvpn refused the profile: %s", rest)
 		case strings.HasPrefix(rest, "proto = "):
 			proto = strings.TrimPrefix(rest, "proto = ")
 		case strings.HasPrefix(rest, "remote = "):
 			entries = append(entries, proto+" "+strings.Trim(strings.TrimPrefix(rest, "remote = "), "'"))
+		case strings.HasPrefix(rest, "connect_timeout = "):
+			timeouts = append(timeouts, strings.TrimPrefix(rest, "connect_timeout = "))
 		}
 	}
 	t.Fatalf("openvpn ended without listing its connection entries:\n%s", strings.Join(log, "\n"))
-	return nil
+	return nil, nil
 }

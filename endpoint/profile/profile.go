@@ -13,7 +13,8 @@
 // A profile lists one remote per port of the chosen transport, and for an endpoint that clients
 // reach over IPv6 too (endpoint_ip_address_type ipv6 or dual-stack) one per port and family, with
 // OpenVPN's family-specific protocol names, so that the client tries each family the endpoint
-// listens on (Profile.Families).
+// listens on (Profile.Families). An endpoint that runs on several nodes (a cluster) lists each
+// node's host in turn (Profile.SetRemotes), and the client picks them in a random order.
 //
 // It does not read the endpoint file or the client store (packages endpoint and
 // endpoint/clientstore load them), choose listeners for a protocol, or write files: cmd/cvpn
@@ -38,13 +39,17 @@ import (
 
 // Profile is what goes into a client profile.
 type Profile struct {
-	Description string   // the endpoint's description, as a comment
-	Remote      string   // the name or address clients dial (remote)
-	Proto       string   // udp or tcp (proto)
-	Ports       []uint16 // one remote line each (per family)
-	ServerName  string   // the server certificate's CN (verify-x509-name)
-	Ciphers     []string // data-ciphers, the first also as cipher
-	CAPEM       []byte   // <ca>
+	Description string // the endpoint's description, as a comment
+	Remote      string // the name or address clients dial (remote)
+	// Remotes are the hosts clients dial when the endpoint runs on several nodes, in the order
+	// listed (SetRemotes); nil lists Remote alone. Each host has the remote lines Remote would
+	// have, narrowed to its own family when it is an IP address.
+	Remotes    []string
+	Proto      string   // udp or tcp (proto)
+	Ports      []uint16 // one remote line each (per family)
+	ServerName string   // the server certificate's CN (verify-x509-name)
+	Ciphers    []string // data-ciphers, the first also as cipher
+	CAPEM      []byte   // <ca>
 	// Families are the address families clients dial (config.IPv4, config.IPv6), in the order
 	// they try them: RemoteFamilies. With IPv4 alone (or none) each port has one remote line
 	// without a protocol, as before IPv6 listeners existed; else each port has one line per
@@ -80,7 +85,15 @@ type Profile struct {
 	// StaticChallenge is the prompt for the MFA code that the client asks for together with
 	// the password (static-challenge, echoed as typed); "" for none.
 	StaticChallenge string
+
+	// addressType is the endpoint's endpoint_ip_address_type, which SetRemotes checks hosts
+	// against.
+	addressType string
 }
+
+// MaxRemotes bounds the hosts of one profile: each costs a client that finds it dead a
+// server-poll-timeout, and a profile is read by hand as well as by the client.
+const MaxRemotes = 64
 
 // New starts the profile of ep for clients dialling proto on ports: the remote, the server's
 // name, the CA clients trust at now, the data ciphers and the control-channel key every client
@@ -88,7 +101,8 @@ type Profile struct {
 // naming server_certificate.cert_file (a *config.ValidationError).
 func New(ep *endpoint.Endpoint, proto string, ports []uint16, now time.Time) (*Profile, error) {
 	cfg := ep.Config
-	p := &Profile{Remote: cfg.RemoteHostname, Proto: proto, Ports: ports, Ciphers: cfg.DataCiphers, Description: cfg.Description}
+	p := &Profile{Remote: cfg.RemoteHostname, Proto: proto, Ports: ports, Ciphers: cfg.DataCiphers, Description: cfg.Description,
+		addressType: cfg.EndpointIPAddressType}
 	var err error
 	if p.Families, err = RemoteFamilies(cfg.EndpointIPAddressType, cfg.RemoteHostname); err != nil {
 		return nil, cfg.KeyError("remote_hostname", err)
@@ -161,9 +175,74 @@ func RemoteFamilies(addressType, remote string) ([]string, error) {
 	return []string{fam}, nil
 }
 
-// perFamily says whether the remote lines name their family: when any family but IPv4 is listed.
-func (p *Profile) perFamily() bool {
-	return slices.ContainsFunc(p.Families, func(f string) bool { return f != config.IPv4 })
+// SetRemotes makes the profile list hosts, in order, instead of remote_hostname: one host per
+// node of an endpoint that runs on several (each node's cluster.public_address). Each host must
+// pass the checks remote_hostname passes (config.CheckRemoteHostname and RemoteFamilies against
+// the endpoint's endpoint_ip_address_type); hosts must differ, and there are at most MaxRemotes.
+// One host is remote_hostname by another name: the profile reads as a single node's.
+func (p *Profile) SetRemotes(hosts []string) error {
+	if len(hosts) == 0 || len(hosts) > MaxRemotes {
+		return fmt.Errorf("profile: %d remote hosts: want 1 to %d", len(hosts), MaxRemotes)
+	}
+	seen := make(map[string]bool, len(hosts))
+	var fams []string
+	for _, h := range hosts {
+		if err := config.CheckRemoteHostname(h); err != nil {
+			return fmt.Errorf("profile: remote host: %w", err)
+		}
+		f, err := RemoteFamilies(p.addressType, h)
+		if err != nil {
+			return fmt.Errorf("profile: remote host: %w", err)
+		}
+		key := strings.ToLower(strings.TrimSuffix(h, "."))
+		if a, err := netip.ParseAddr(h); err == nil {
+			key = a.Unmap().String()
+		}
+		if seen[key] {
+			return fmt.Errorf("profile: remote host %s is listed twice", h)
+		}
+		seen[key] = true
+		fams = f
+	}
+	if len(hosts) == 1 {
+		p.Remote, p.Remotes, p.Families = hosts[0], nil, fams
+		return nil
+	}
+	// Every family the endpoint listens on; each host's lines narrow it to the host's own.
+	p.Remotes = slices.Clone(hosts)
+	p.Families, _ = RemoteFamilies(p.addressType, "")
+	return nil
+}
+
+// hosts are the hosts the remote lines name, in order.
+func (p *Profile) hosts() []string {
+	if len(p.Remotes) > 1 {
+		return p.Remotes
+	}
+	return []string{p.Remote}
+}
+
+// hostFamilies are the families of host's remote lines: Families, narrowed to the host's family
+// when it is an IP address of one of them.
+func (p *Profile) hostFamilies(host string) []string {
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return p.Families
+	}
+	fam := config.IPv4
+	if !a.Unmap().Is4() {
+		fam = config.IPv6
+	}
+	if slices.Contains(p.Families, fam) {
+		return []string{fam}
+	}
+	return p.Families
+}
+
+// perFamily says whether remote lines in families fams name their family: when any family but
+// IPv4 is listed.
+func perFamily(fams []string) bool {
+	return slices.ContainsFunc(fams, func(f string) bool { return f != config.IPv4 })
 }
 
 // remoteProto is the protocol of a remote line of proto (udp or tcp) in family fam: the name
@@ -308,24 +387,48 @@ func (p *Profile) Render() []byte {
 	if multi {
 		line("# The endpoint listens on IPv4 and IPv6: the client tries each remote in turn.")
 	}
+	hosts := p.hosts()
+	nodes := len(hosts) > 1
+	if nodes {
+		line("# The endpoint runs on %d nodes: the client tries their remotes in a random order, moving on from one that does not answer.", len(hosts))
+	}
 	line("client")
 	line("dev tun")
 	line("proto %s", p.Proto)
-	for _, port := range p.Ports {
-		if !p.perFamily() {
-			line("remote %s %d", quoteOption(p.Remote), port)
-			continue
-		}
-		for _, fam := range p.Families {
-			line("remote %s %d %s", quoteOption(p.Remote), port, remoteProto(p.Proto, fam))
+	// Host by host, so that a profile reads node by node; a single host's lines are as they
+	// were before clusters.
+	for _, host := range hosts {
+		fams := p.hostFamilies(host)
+		for _, port := range p.Ports {
+			if !perFamily(fams) {
+				line("remote %s %d", quoteOption(host), port)
+				continue
+			}
+			for _, fam := range fams {
+				line("remote %s %d %s", quoteOption(host), port, remoteProto(p.Proto, fam))
+			}
 		}
 	}
+	if nodes {
+		// The client shuffles its connection entries once at start (init.c
+		// init_connection_list), so clients spread over the nodes; it keeps that order after.
+		line("remote-random")
+	}
+	// With infinite, a name that does not resolve costs one try and the client moves on to the
+	// next remote (socket.c: GETADDR_TRY_ONCE), so it never holds up the other nodes.
 	line("resolv-retry infinite")
-	if multi {
-		// A client without a working route in one family waits this long for the server's
-		// first packet before it tries the next remote, rather than the default 120 s
-		// (options.c: server-poll-timeout is connect_timeout). The server answers a first
-		// packet within a round trip.
+	if multi || nodes {
+		// A client without a working route in one family, or whose node is dead, waits this
+		// long for the server's first packet before it tries the next remote, rather than the
+		// default 120 s (options.c: server-poll-timeout is connect_timeout; forward.c
+		// check_server_poll_timeout restarts without a pause). A live node answers a first
+		// packet within a round trip, so 10 s is slack for a node busy with its share of a
+		// reconnect storm, not a wait: a lower value would send clients away from a slow live
+		// node to crowd the next. After a node dies its clients first notice by ping-restart
+		// (the keepalive the server pushes), retry the same node once (init.c no_advance after
+		// a completed connection), and then move on: ping-restart plus 10 s per dead remote they
+		// happen to try. connect-retry stays at its default of 1 s between tries, with a backoff
+		// only after five full rounds of the list (init.c socket_restart_pause).
 		line("server-poll-timeout 10")
 	}
 	line("nobind")
