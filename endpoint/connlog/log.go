@@ -40,6 +40,9 @@ type Options struct {
 	Path string
 	// EndpointID is the client-vpn-endpoint-id of every record.
 	EndpointID string
+	// Node is the cluster node name every record carries as node-name; "" on a single node,
+	// whose records then have AWS's keys alone.
+	Node string
 	// Log receives the log's own problems (a failed write, dropped records); nil discards them.
 	Log *slog.Logger
 	// Now is the clock of update records; nil means time.Now.
@@ -152,22 +155,28 @@ func (l *Log) Connected(s session.Status) {
 		if at.IsZero() {
 			at = l.opts.Now()
 		}
-		l.enqueue(ConnectionRecord(s, l.opts.EndpointID, at, nil))
+		l.enqueue(l.node(ConnectionRecord(s, l.opts.EndpointID, at, nil)))
 	}
 }
 
 // Refused records a refused attempt.
 func (l *Log) Refused(a session.Attempt) {
 	if l.on.Load() {
-		l.enqueue(AttemptRecord(a, l.opts.EndpointID))
+		l.enqueue(l.node(AttemptRecord(a, l.opts.EndpointID)))
 	}
 }
 
 // Disconnected records a connection's end with its final counters.
 func (l *Log) Disconnected(s session.Status, end session.End) {
 	if l.on.Load() {
-		l.enqueue(ConnectionRecord(s, l.opts.EndpointID, end.Time, &end))
+		l.enqueue(l.node(ConnectionRecord(s, l.opts.EndpointID, end.Time, &end)))
 	}
+}
+
+// node stamps r with the node name.
+func (l *Log) node(r Record) Record {
+	r.Node = l.opts.Node
+	return r
 }
 
 func (l *Log) enqueue(r Record) {
@@ -260,7 +269,7 @@ func (l *Log) run() {
 			if c := l.clients.Load(); c != nil && l.on.Load() {
 				now := l.opts.Now()
 				for _, s := range (*c)() {
-					r := ConnectionRecord(s, l.opts.EndpointID, now, nil)
+					r := l.node(ConnectionRecord(s, l.opts.EndpointID, now, nil))
 					buf = r.Append(buf)
 					if len(buf) >= maxBatch {
 						l.write(buf)

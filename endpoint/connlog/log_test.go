@@ -594,3 +594,55 @@ func TestIPv6Record(t *testing.T) {
 		t.Errorf("read back: %+v, %v", back, err)
 	}
 }
+
+// TestNodeRecords: a cluster node's log stamps every record (admitted, refused, updated, ended)
+// with its node-name, which reads back; a single node's records have AWS's keys alone (the
+// other tests decode them with decode, which checks that).
+func TestNodeRecords(t *testing.T) {
+	f := &fakeFile{}
+	l := openFake(t, f, Options{Node: "node-a", Update: 10 * time.Millisecond, Now: func() time.Time { return t0 }})
+	s := testStatus()
+	l.Connected(s)
+	l.Refused(session.Attempt{Time: t0, CommonName: "mallory"})
+	l.Track(func() []session.Status { return []session.Status{s} })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		f.mu.Lock()
+		n := len(f.writes)
+		f.mu.Unlock()
+		if n >= 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	l.Track(func() []session.Status { return nil })
+	l.Disconnected(s, session.End{Time: t0.Add(time.Minute)})
+	l.Close()
+	var all []byte
+	f.mu.Lock()
+	for _, w := range f.writes {
+		all = append(all, w...)
+	}
+	f.mu.Unlock()
+	recs, skipped, err := ReadRecords(bytes.NewReader(all))
+	if err != nil || skipped != 0 || len(recs) < 4 {
+		t.Fatalf("read back %d records (%d skipped, %v):\n%s", len(recs), skipped, err, all)
+	}
+	final, update := false, false
+	for i, r := range recs {
+		if r.Node != "node-a" {
+			t.Errorf("record %d has node %q:\n%s", i, r.Node, all)
+		}
+		final = final || r.Final()
+		update = update || (i >= 2 && !r.Final())
+	}
+	if !final || !update || recs[1].AttemptStatus != StatusFailed {
+		t.Errorf("want an admitted, a refused, an update and a final record:\n%s", all)
+	}
+	for line := range bytes.SplitSeq(bytes.TrimSuffix(all, []byte("\n")), []byte("\n")) {
+		var raw map[string]any
+		if err := json.Unmarshal(line, &raw); err != nil || raw["node-name"] != "node-a" || len(raw) != len(awsKeys)+1 {
+			t.Errorf("line %s: %d keys, node-name %v (%v)", line, len(raw), raw["node-name"], err)
+		}
+	}
+}

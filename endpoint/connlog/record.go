@@ -1,5 +1,6 @@
 // Package connlog writes the connection log: one JSON object per line, with exactly the keys of
-// AWS Client VPN's connection log, for every attempt to connect (admitted or refused), every
+// AWS Client VPN's connection log (and, where they apply, client-ipv6 and a cluster node's
+// node-name), for every attempt to connect (admitted or refused), every
 // five minutes for each live connection, and once more when a connection ends. It owns the
 // file (group commit, reopening for logrotate, a bounded queue) and the record schema, and
 // reads the log back for the usage report. It does not decide what is logged when: the engine
@@ -62,6 +63,10 @@ type Record struct {
 	DurationSeconds           string `json:"connection-duration-seconds"`
 	PostureComplianceStatuses string `json:"posture-compliance-statuses"`
 	Username                  string `json:"username"`
+	// Node names the cluster node that wrote the record (config.Cluster.NodeName), absent on a
+	// single node so that its records keep exactly AWS's keys: each node of a cluster keeps its
+	// own log, and a report over several nodes' logs tells their connections apart by it.
+	Node string `json:"node-name,omitempty"`
 }
 
 // Final reports whether r is the last record of its connection.
