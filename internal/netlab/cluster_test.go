@@ -142,3 +142,25 @@ func countNetNS(t *testing.T, id string) int {
 	}
 	return strings.Count(string(out), fmt.Sprintf("cv%s", id))
 }
+
+// TestClientProfileRemotes: a profile for a cluster lab lists every node in order, with the
+// options that make the stock client move on from a dead one.
+func TestClientProfileRemotes(t *testing.T) {
+	ep, err := WriteEndpoint(t.TempDir(), EndpointOptions{TLSCrypt: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []netip.Addr{netip.MustParseAddr("172.30.0.2"), netip.MustParseAddr("172.30.0.1")}
+	path, err := ep.ClientProfile("alice", netip.Addr{}, ProfileOptions{Remotes: nodes, RemoteRandom: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "client\ndev tun\nproto udp\nremote 172.30.0.2 443\nremote 172.30.0.1 443\nremote-random\nserver-poll-timeout 10\nremote-cert-tls server\n"
+	if !strings.HasPrefix(string(b), want) {
+		t.Errorf("profile starts:\n%s\nwant:\n%s", Tail(string(b[:min(len(b), 200)]), 200), want)
+	}
+}

@@ -267,6 +267,14 @@ type ProfileOptions struct {
 	Port  int
 	// Extra lines appended to the profile.
 	Extra string
+	// Remotes, when set, replace the server address: the profile lists a remote for each, in
+	// order (a cluster lab's node addresses, Cluster.NodePublic), with server-poll-timeout
+	// PollTimeout (default 10, as exported cluster profiles have) so the client moves on from a
+	// dead node; RemoteRandom adds remote-random, as exported cluster profiles have. A test
+	// that wants a client on a given node first lists that node first without RemoteRandom.
+	Remotes      []netip.Addr
+	RemoteRandom bool
+	PollTimeout  int
 }
 
 // ClientProfile issues a client certificate and writes an AWS-style .ovpn for it that dials
@@ -287,7 +295,21 @@ func (e *Endpoint) ClientProfile(name string, server netip.Addr, o ProfileOption
 	if o.Port == 0 {
 		o.Port = 443
 	}
-	fmt.Fprintf(&b, "client\ndev tun\nproto %s\nremote %s %d\nremote-cert-tls server\n", o.Proto, server, o.Port)
+	if len(o.Remotes) == 0 {
+		fmt.Fprintf(&b, "client\ndev tun\nproto %s\nremote %s %d\nremote-cert-tls server\n", o.Proto, server, o.Port)
+	} else {
+		fmt.Fprintf(&b, "client\ndev tun\nproto %s\n", o.Proto)
+		for _, r := range o.Remotes {
+			fmt.Fprintf(&b, "remote %s %d\n", r, o.Port)
+		}
+		if o.RemoteRandom {
+			b.WriteString("remote-random\n")
+		}
+		if o.PollTimeout == 0 {
+			o.PollTimeout = 10
+		}
+		fmt.Fprintf(&b, "server-poll-timeout %d\nremote-cert-tls server\n", o.PollTimeout)
+	}
 	fmt.Fprintf(&b, "cipher AES-256-GCM\nreneg-sec 0\nnobind\nresolv-retry 5\nconnect-retry 1\nverb 3\n")
 	fmt.Fprintf(&b, "<ca>\n%s</ca>\n<cert>\n%s</cert>\n<key>\n%s</key>\n", e.CA.CertPEM, id.CertPEM, id.KeyPEM)
 	if e.TLSKey != nil {
