@@ -134,7 +134,9 @@ func TestSSOWebAuthClient(t *testing.T) {
 		t.Fatalf("IV_SSO client: %v", err)
 	}
 	code := strings.TrimPrefix(pend.Extra, "WEB_AUTH::https://vpn.example.com/d/")
-	go func() { _ = f.broker.Complete(context.Background(), code, sso.Identity{Username: "carol", Groups: []string{"ops"}}) }()
+	go func() {
+		_ = f.broker.Complete(context.Background(), code, sso.Identity{Username: "carol", Groups: []string{"ops"}})
+	}()
 	u, err := pend.Wait(context.Background())
 	if err != nil || u.Username != "carol" || len(u.Push) == 0 {
 		t.Fatalf("after the browser: %+v %v", u, err)

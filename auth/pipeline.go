@@ -22,6 +22,7 @@ import (
 	"github.com/cvpn/cvpn/auth/directory"
 	"github.com/cvpn/cvpn/auth/mfa"
 	"github.com/cvpn/cvpn/auth/token"
+	"github.com/cvpn/cvpn/state"
 	"github.com/cvpn/cvpn/tunnel/session"
 )
 
@@ -81,6 +82,10 @@ type Config struct {
 	// (access_group_id): a directory group matching one (by cn, DN or SID) is given to the
 	// session under that spelling too.
 	GroupIDs []string
+	// State holds the dynamic challenges waiting for an answer and the counts of wrong
+	// codes; nodes of a cluster pass their shared store so that a client may answer on
+	// another node and a lockout holds on every node. Nil keeps them in this process.
+	State state.Store
 }
 
 // Refusal codes of the pipeline (the connection log's failure reason and a metric label),
@@ -129,6 +134,7 @@ type Pipeline struct {
 	now        func() time.Time
 	challenges *challenges
 	codes      *codeGuard
+	mem        state.Store // the store of a Config without State
 }
 
 // New returns a pipeline checking cfg; log may be nil, now nil means time.Now.
@@ -139,11 +145,19 @@ func New(cfg Config, log *slog.Logger, now func() time.Time) (*Pipeline, error) 
 	if now == nil {
 		now = time.Now
 	}
-	p := &Pipeline{log: log, now: now, challenges: newChallenges(now), codes: newCodeGuard(now)}
+	p := &Pipeline{log: log, now: now, challenges: newChallenges(now), codes: newCodeGuard(now), mem: state.NewMemory()}
 	if err := p.Reconfigure(cfg); err != nil {
 		return nil, err
 	}
 	return p, nil
+}
+
+// store is where cfg's challenges and wrong-code counts live.
+func (p *Pipeline) store(cfg *Config) state.Store {
+	if cfg.State != nil {
+		return cfg.State
+	}
+	return p.mem
 }
 
 // Reconfigure checks and installs cfg.
@@ -229,7 +243,7 @@ func (p *Pipeline) Authenticate(ctx context.Context, r *session.AuthRequest) (*s
 			log.Warn("challenge response refused", "reason", "no second factor is configured")
 			return nil, refuse(CodeChallengeUnknown, "unexpected challenge response")
 		}
-		if u, err = p.challenges.take(cred.State, cred.Username); err != nil {
+		if u, err = p.challenges.take(ctx, p.store(cfg), cred.State, cred.Username); err != nil {
 			log.Warn("challenge response refused", "reason", err)
 			return nil, refuse(CodeChallengeUnknown, "the challenge expired or is unknown: log in again")
 		}
@@ -246,7 +260,7 @@ func (p *Pipeline) Authenticate(ctx context.Context, r *session.AuthRequest) (*s
 				return nil, err
 			}
 			if cred.Kind != credential.Static || cfg.Challenge == ChallengeDynamic {
-				return nil, p.challenge(cfg, log, u)
+				return nil, p.challenge(ctx, cfg, log, u)
 			}
 			if err := p.verifyCode(ctx, cfg, log, u.Name, cred.Response); err != nil {
 				return nil, err
@@ -405,17 +419,20 @@ func (p *Pipeline) enrolled(ctx context.Context, cfg *Config, log *slog.Logger, 
 
 // verifyCode checks a one-time code.
 func (p *Pipeline) verifyCode(ctx context.Context, cfg *Config, log *slog.Logger, user, code string) error {
-	if err := p.codes.allow(user); err != nil {
+	if err := p.codes.allow(ctx, p.store(cfg), user); err != nil && !errors.Is(err, errTooManyCodes) {
+		log.Error("second factor: check failed", "err", err)
+		return refuse(CodeMFAInvalid, "the second factor cannot be checked; try again later")
+	} else if err != nil {
 		log.Warn("second factor refused", "reason", "too many wrong codes", "lockout", codeLockout)
 		return refuse(CodeMFALocked, fmt.Sprintf("too many wrong codes: try again in %v", codeLockout))
 	}
 	err := cfg.MFA.Verify(ctx, user, code)
 	if errors.Is(err, mfa.ErrInvalidCode) {
-		p.codes.failed(user)
+		p.codes.failed(ctx, p.store(cfg), user)
 	}
 	switch {
 	case err == nil:
-		p.codes.succeeded(user)
+		p.codes.succeeded(ctx, p.store(cfg), user)
 		log.Info("second factor accepted")
 		return nil
 	case errors.Is(err, mfa.ErrReplayed):
@@ -434,13 +451,13 @@ func (p *Pipeline) verifyCode(ctx context.Context, cfg *Config, log *slog.Logger
 }
 
 // challenge refuses a password-only login with a CRV1 dynamic challenge for the code.
-func (p *Pipeline) challenge(cfg *Config, log *slog.Logger, u *directory.User) error {
-	state, err := p.challenges.put(u)
+func (p *Pipeline) challenge(ctx context.Context, cfg *Config, log *slog.Logger, u *directory.User) error {
+	id, err := p.challenges.put(ctx, p.store(cfg), u)
 	if err != nil {
 		log.Warn("second factor: no challenge issued", "reason", err)
 		return refuse(CodeMFAChallenge, "too many logins in progress; try again later")
 	}
-	msg, err := credential.Challenge(true, state, u.Name, cfg.ChallengeText)
+	msg, err := credential.Challenge(true, id, u.Name, cfg.ChallengeText)
 	if err != nil {
 		log.Error("second factor: building the challenge failed", "err", err)
 		return refuse(CodeMFAChallenge, "the second factor cannot be asked for")
