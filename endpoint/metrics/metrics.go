@@ -120,9 +120,26 @@ type Metrics struct {
 	seen map[uint64]counters.TrafficSnapshot
 }
 
+// Option sets up New.
+type Option func(*options)
+
+type options struct {
+	node string
+}
+
+// WithNode labels every metric (the Go runtime's and the process's too) node="name": a cluster
+// node's (config.Cluster.NodeName), so that one Prometheus scraping every node of an endpoint
+// tells their series apart, and sum without(node) (...) gives the endpoint's. A single node's
+// metrics have no such label; "" leaves it out.
+func WithNode(name string) Option { return func(o *options) { o.node = name } }
+
 // New returns metrics reading src. Its registry holds the cvpn metrics, the Go runtime's and
 // the process's (go_*, process_*).
-func New(src Sources) *Metrics {
+func New(src Sources, opts ...Option) *Metrics {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	m := &Metrics{
 		src: src,
 		reg: prometheus.NewRegistry(),
@@ -161,7 +178,13 @@ func New(src Sources) *Metrics {
 	for _, o := range connecthandler.Outcomes() {
 		m.handlerCalls.WithLabelValues(o)
 	}
-	m.reg.MustRegister(m, m.authFailures, m.handshake, m.handlerCalls, m.handlerTime, m.downloads,
+	// The node label is a constant label of each metric, added as the registry gathers: the
+	// collectors and the hot counters stay as they are.
+	reg := prometheus.Registerer(m.reg)
+	if o.node != "" {
+		reg = prometheus.WrapRegistererWith(prometheus.Labels{"node": o.node}, m.reg)
+	}
+	reg.MustRegister(m, m.authFailures, m.handshake, m.handlerCalls, m.handlerTime, m.downloads,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

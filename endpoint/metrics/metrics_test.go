@@ -465,3 +465,44 @@ func TestPortalDownloads(t *testing.T) {
 	want(t, fams, 2, "cvpn_portal_configuration_downloads_total", "transport", "tcp")
 	want(t, fams, 1, "cvpn_portal_configuration_downloads_total", "transport", "other")
 }
+
+// TestNodeLabel: a cluster node's metrics, every one (the runtime's and the process's too),
+// carry node="name"; a single node's carry no node label.
+func TestNodeLabel(t *testing.T) {
+	src := Sources{
+		Sessions:    func() []tunnel.Status { return []tunnel.Status{status(1, "udp", "AES-256-GCM", 1, 1, 1, 1)} },
+		Drops:       func() map[string]uint64 { return map[string]uint64{"replay": 1} },
+		Pool:        func() (int, int) { return 1, 10 },
+		NATMappings: func() int { return 1 },
+	}
+	for _, node := range []string{"node-a", ""} {
+		var opts []Option
+		if node != "" {
+			opts = append(opts, WithNode(node))
+		}
+		m := New(src, opts...)
+		m.Refused(session.Attempt{Code: session.RefusedRevoked})
+		m.Observe("allowed", time.Millisecond)
+		fams := scrape(t, m.Handler())
+		if len(fams) < 20 {
+			t.Fatalf("node %q: only %d metric families", node, len(fams))
+		}
+		for name, f := range fams {
+			for _, mt := range f.Metric {
+				got, has := "", false
+				for _, l := range mt.Label {
+					if l.GetName() == "node" {
+						got, has = l.GetValue(), true
+					}
+				}
+				if has != (node != "") || got != node {
+					t.Errorf("node %q: %s has node label %q (present %v)", node, name, got, has)
+				}
+			}
+		}
+		if node != "" {
+			want(t, fams, 1, "cvpn_authentication_failures_total", "reason", "revoked", "node", node)
+			want(t, fams, 1, "cvpn_active_connections", "node", node)
+		}
+	}
+}
