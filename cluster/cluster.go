@@ -61,6 +61,9 @@ type Config struct {
 //	terminate/<node>/<req>     TerminateRequest for node (under a short lease of its own)
 //	terminated/<req>           the owner's answer (admin.TerminateClientVpnConnectionsOutput, same lease)
 //	config                     PushedConfig; its ModRevision is the config revision
+//	config-candidate           PushedConfig proposed by `cvpn cluster push`, checked by every node first
+//	seal-check                 a value sealed with the cluster's sealing key (CheckSealer)
+//	config-candidate           PushedConfig proposed by `cvpn cluster push`, checked by every node first
 //	crl                        the client CRL in PEM, as `cvpn client revoke` last wrote it
 //	state/...                  state.Store buckets (state.NewEtcd)
 type keys struct{ prefix string }
@@ -76,5 +79,6 @@ func (k keys) users() string                   { return path.Join(k.prefix, "use
 func (k keys) terminateFor(node string) string { return path.Join(k.prefix, "terminate", node) + "/" }
 func (k keys) terminated(req string) string    { return path.Join(k.prefix, "terminated", req) }
 func (k keys) config() string                  { return path.Join(k.prefix, "config") }
+func (k keys) candidate() string               { return path.Join(k.prefix, "config-candidate") }
 func (k keys) crl() string                     { return path.Join(k.prefix, "crl") }
 func (k keys) state() string                   { return path.Join(k.prefix, "state") + "/" }

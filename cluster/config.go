@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -27,43 +28,90 @@ type PushedConfig struct {
 // MaxConfigLen bounds a pushed file (etcd's requests are limited to 1.5 MiB by default).
 const MaxConfigLen = 1 << 20
 
-// Push stores pc as the cluster's endpoint file and returns its revision. It does not wait
-// for the nodes: WaitApplied does.
-func Push(ctx context.Context, cli *clientv3.Client, prefix string, pc PushedConfig) (int64, error) {
+// Push proposes pc to every live node and, when all of them accept it (each loads it with its
+// own cluster section and checks it against what it runs, as a reload would), stores it as
+// the cluster's endpoint file, which the nodes then apply. When any node refuses it, nothing
+// is stored: the cluster keeps the file it runs, and a node that restarts later runs that one
+// too. It returns the revision stored (0 when refused) and each live node's outcome, sorted
+// by name. timeout bounds each phase.
+func Push(ctx context.Context, cli *clientv3.Client, prefix string, pc PushedConfig, timeout time.Duration) (int64, []NodeOutcome, error) {
 	if len(pc.Data) > MaxConfigLen {
-		return 0, fmt.Errorf("cluster: the endpoint file is %d bytes, more than the limit of %d", len(pc.Data), MaxConfigLen)
+		return 0, nil, fmt.Errorf("cluster: the endpoint file is %d bytes, more than the limit of %d", len(pc.Data), MaxConfigLen)
 	}
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
-	b, err := json.Marshal(pc)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := cli.Put(ctx, keys{prefix}.config(), string(b))
-	if err != nil {
-		return 0, fmt.Errorf("cluster: store the endpoint file: %w", err)
-	}
-	return resp.Header.Revision, nil
-}
-
-// NodeOutcome is what one live node did with a pushed revision.
-type NodeOutcome struct {
-	Node string
-	// Applied: the node runs the revision; else Err says why it refused it (or that it has
-	// not answered).
-	Applied bool
-	Err     string
-}
-
-// WaitApplied waits until every live node applied or refused revision rev, or ctx ends, and
-// returns each live node's outcome sorted by name; a node that has not answered when ctx ends
-// is reported as such.
-func WaitApplied(ctx context.Context, cli *clientv3.Client, prefix string, rev int64) ([]NodeOutcome, error) {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
 	k := keys{prefix}
+	b, err := json.Marshal(pc)
+	if err != nil {
+		return 0, nil, err
+	}
+	put, err := cli.Put(ctx, k.candidate(), string(b))
+	if err != nil {
+		return 0, nil, fmt.Errorf("cluster: propose the endpoint file: %w", err)
+	}
+	cand := put.Header.Revision
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	checks, err := waitNodes(wctx, cli, k, func(a Alive) (bool, string) {
+		switch {
+		case a.CheckRevision >= cand && a.CheckError == "":
+			return true, ""
+		case a.CheckRevision >= cand:
+			return true, a.CheckError
+		}
+		return false, ""
+	})
+	cancel()
+	if err != nil {
+		return 0, checks, err
+	}
+	for _, o := range checks {
+		if !o.Applied {
+			_, _ = cli.Delete(ctx, k.candidate())
+			return 0, checks, nil
+		}
+	}
+	// Store it only if no other push came in between (its candidate would be newer).
+	tr, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(k.candidate()), "=", cand)).
+		Then(clientv3.OpPut(k.config(), string(b)), clientv3.OpDelete(k.candidate())).
+		Commit()
+	if err != nil {
+		return 0, checks, fmt.Errorf("cluster: store the endpoint file: %w", err)
+	}
+	if !tr.Succeeded {
+		return 0, checks, errors.New("cluster: another push came in while the nodes checked this one; push again")
+	}
+	rev := tr.Header.Revision
+	wctx, cancel = context.WithTimeout(ctx, timeout)
+	defer cancel()
+	applied, err := waitNodes(wctx, cli, k, func(a Alive) (bool, string) {
+		switch {
+		case a.ConfigRevision >= rev:
+			return true, ""
+		case a.ConfigRefused >= rev:
+			return true, a.ConfigError
+		}
+		return false, ""
+	})
+	for i := range applied {
+		applied[i].Applied = applied[i].Applied && applied[i].Err == ""
+	}
+	return rev, applied, err
+}
+
+// NodeOutcome is what one live node did with a pushed file.
+type NodeOutcome struct {
+	Node string
+	// Applied: the node accepted (checked) or runs the file; else Err says why it refused it,
+	// or that it has not answered.
+	Applied bool
+	Err     string
+}
+
+// waitNodes waits until done says every live node answered, or ctx ends, and returns each
+// live node's answer sorted by name: Applied when it answered without an error.
+func waitNodes(ctx context.Context, cli *clientv3.Client, k keys, done func(Alive) (bool, string)) ([]NodeOutcome, error) {
 	for {
 		resp, err := cli.Get(ctx, k.alives(), clientv3.WithPrefix())
 		if err != nil {
@@ -73,30 +121,33 @@ func WaitApplied(ctx context.Context, cli *clientv3.Client, prefix string, rev i
 		waiting := 0
 		for _, kv := range resp.Kvs {
 			var a Alive
-			name := string(kv.Key[len(k.alives()):])
 			if json.Unmarshal(kv.Value, &a) != nil {
 				continue
 			}
-			o := NodeOutcome{Node: name}
+			o := NodeOutcome{Node: string(kv.Key[len(k.alives()):])}
+			answered, why := done(a)
 			switch {
-			case a.ConfigRevision >= rev:
-				o.Applied = true
-			case a.ConfigRefused >= rev:
-				o.Err = a.ConfigError
-			default:
-				o.Err = "has not answered yet"
+			case !answered:
+				o.Err = "has not answered"
 				waiting++
+			case why != "":
+				o.Err = why
+			default:
+				o.Applied = true
 			}
 			out = append(out, o)
 		}
 		sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 		if waiting == 0 {
+			if len(out) == 0 {
+				return nil, errors.New("cluster: no live node")
+			}
 			return out, nil
 		}
 		select {
 		case <-ctx.Done():
 			return out, nil
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
@@ -130,36 +181,63 @@ func (n *Node) ConfigRefused(rev int64, why error) {
 	n.updateAlive(func(a *Alive) { a.ConfigRefused, a.ConfigError = rev, why.Error() })
 }
 
-// WatchConfig calls apply with each endpoint file pushed after revision after, in order, until
-// ctx ends; apply's result is published (ConfigApplied or ConfigRefused). A watch broken by
-// etcd (unreachable, compacted) is started again from the newest file.
-func (n *Node) WatchConfig(ctx context.Context, after int64, apply func(PushedConfig, int64) error) {
-	handle := func(value []byte, rev int64) {
+// WatchConfig hears pushes until ctx ends: check is asked about each proposed file (its
+// answer is published for Push), apply is given each stored one in order after revision
+// after (its outcome is published too). A watch broken by etcd (unreachable, compacted) is
+// started again after catching up with the newest stored file.
+func (n *Node) WatchConfig(ctx context.Context, after int64, check, apply func(PushedConfig, int64) error) {
+	decode := func(value []byte) (PushedConfig, error) {
 		var pc PushedConfig
-		err := json.Unmarshal(value, &pc)
+		if err := json.Unmarshal(value, &pc); err != nil {
+			return pc, fmt.Errorf("the pushed endpoint file is not readable: %w", err)
+		}
+		return pc, nil
+	}
+	stored := func(value []byte, rev int64) {
+		pc, err := decode(value)
 		if err == nil {
 			err = apply(pc, rev)
-		} else {
-			err = fmt.Errorf("the pushed endpoint file is not readable: %w", err)
 		}
+		after = rev
 		if err != nil {
 			n.ConfigRefused(rev, err)
 			return
 		}
-		after = rev
 		n.ConfigApplied(rev)
 	}
+	proposed := func(value []byte, rev int64) {
+		pc, err := decode(value)
+		if err == nil {
+			err = check(pc, rev)
+		}
+		why := ""
+		if err != nil {
+			why = err.Error()
+		}
+		n.updateAlive(func(a *Alive) { a.CheckRevision, a.CheckError = rev, why })
+	}
+	watched := after
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		ch := n.cli.Watch(wctx, n.keys.config(), clientv3.WithRev(after+1))
+		// One watch for both keys: config and config-candidate share the prefix.
+		ch := n.cli.Watch(wctx, n.keys.config(), clientv3.WithPrefix(), clientv3.WithRev(watched+1))
 		for resp := range ch {
 			if err := resp.Err(); err != nil {
 				n.log.Warn("watching the pushed endpoint file", "err", err)
 				break
 			}
 			for _, ev := range resp.Events {
-				if ev.Type == clientv3.EventTypePut && ev.Kv.ModRevision > after {
-					handle(ev.Kv.Value, ev.Kv.ModRevision)
+				watched = max(watched, ev.Kv.ModRevision)
+				if ev.Type != clientv3.EventTypePut {
+					continue
+				}
+				switch string(ev.Kv.Key) {
+				case n.keys.config():
+					if ev.Kv.ModRevision > after {
+						stored(ev.Kv.Value, ev.Kv.ModRevision)
+					}
+				case n.keys.candidate():
+					proposed(ev.Kv.Value, ev.Kv.ModRevision)
 				}
 			}
 		}
@@ -167,16 +245,40 @@ func (n *Node) WatchConfig(ctx context.Context, after int64, apply func(PushedCo
 		if ctx.Err() != nil {
 			return
 		}
-		// Catch up with the newest file (a compacted watch cannot replay), then watch again.
-		if pc, rev, ok, err := n.Config(ctx); err == nil && ok && rev > after {
-			b, _ := json.Marshal(pc)
-			handle(b, rev)
-		} else if err == nil && rev > after && !ok {
-			after = rev
+		// Catch up with the newest stored file (a compacted watch cannot replay), then watch
+		// again from now.
+		if pc, rev, ok, err := n.Config(ctx); err == nil {
+			if ok && rev > after {
+				b, _ := json.Marshal(pc)
+				stored(b, rev)
+			}
+			watched = max(watched, rev)
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// Forget removes a node that is not alive from the member list; a live node is refused.
+func Forget(ctx context.Context, cli *clientv3.Client, prefix, node string) error {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	k := keys{prefix}
+	tr, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k.alive(node)), "=", 0)).
+		Then(clientv3.OpDelete(k.member(node))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("cluster: forget %s: %w", node, err)
+	}
+	if !tr.Succeeded {
+		return fmt.Errorf("%w: %s is alive; stop it first", ErrNameInUse, node)
+	}
+	if tr.Responses[0].GetResponseDeleteRange().Deleted == 0 {
+		return fmt.Errorf("cluster: no node %s", node)
+	}
+	return nil
 }

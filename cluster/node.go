@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -55,7 +56,11 @@ type Alive struct {
 	ConfigRevision int64  `json:"config_revision"`
 	ConfigRefused  int64  `json:"config_refused,omitempty"`
 	ConfigError    string `json:"config_error,omitempty"`
-	Blocks         int    `json:"blocks"`
+	// CheckRevision is the newest proposed file the node checked, CheckError why it would
+	// refuse it ("" when it accepts it).
+	CheckRevision int64  `json:"check_revision,omitempty"`
+	CheckError    string `json:"check_error,omitempty"`
+	Blocks        int    `json:"blocks"`
 }
 
 // Health is where a node stands with its lease.
@@ -459,4 +464,37 @@ func (n *Node) Close() error {
 	}
 	_ = n.store.Close()
 	return n.cli.Close()
+}
+
+// sealCheck is sealed with the cluster's sealing key under seal-check: secrets one node seals
+// (MFA secrets, the auth-token key) must open on every other, so every node must hold the
+// same state_dir/seal.key.
+const sealCheck = "cvpn cluster sealing key check"
+
+// CheckSealer makes sure s holds the cluster's sealing key: the first node to join records a
+// value sealed with its key; every later node must open it. A node with another key is
+// refused with the fix.
+func (n *Node) CheckSealer(ctx context.Context, s *state.Sealer) error {
+	key := path.Join(n.keys.prefix, "seal-check")
+	sealed := s.Seal([]byte(sealCheck), []byte(key))
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	resp, err := n.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(sealed))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("cluster: check the sealing key: %w", err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 1 {
+		if got, err := s.Open(kvs[0].Value, []byte(key)); err == nil && string(got) == sealCheck {
+			return nil
+		}
+	}
+	return errors.New("cluster: this node's sealing key (state_dir/seal.key) is not the cluster's: copy seal.key from a running node (mode 0600, owned by the service user) and start again")
 }

@@ -34,6 +34,9 @@ type admission struct {
 	// broker ties connection attempts to browser logins (single sign-on); kept across
 	// reloads so that logins in progress survive one.
 	broker *sso.Broker
+	// cluster, on a cluster node, holds the cluster-wide state store (etcd) used instead of
+	// state_dir's.
+	cluster *clusterRun
 
 	mu      sync.Mutex
 	login   portal.FederatedLogin // the identity provider, nil without single sign-on
@@ -67,8 +70,8 @@ func OpenState(cfg *config.Endpoint) (state.Store, *state.Sealer, error) {
 }
 
 // newAdmission builds the pipeline for ep.
-func newAdmission(ep *Endpoint, log *slog.Logger, now func() time.Time, observer connecthandler.Observer) (*admission, error) {
-	a := &admission{log: log, now: now, observer: observer, broker: sso.New(sso.Options{Now: now})}
+func newAdmission(ep *Endpoint, cl *clusterRun, log *slog.Logger, now func() time.Time, observer connecthandler.Observer) (*admission, error) {
+	a := &admission{log: log, now: now, observer: observer, broker: sso.New(sso.Options{Now: now}), cluster: cl}
 	cfg, err := a.build(ep)
 	if err != nil {
 		a.close()
@@ -192,12 +195,21 @@ func (a *admission) openState(cfg *config.Endpoint) error {
 	if a.store != nil {
 		return nil
 	}
-	st, sealer, err := OpenState(cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var (
+		st     state.Store
+		sealer *state.Sealer
+		err    error
+	)
+	if a.cluster != nil {
+		st, sealer, err = a.cluster.openState(ctx, cfg)
+	} else {
+		st, sealer, err = OpenState(cfg)
+	}
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	ring, err := token.LoadOrCreateKeyring(ctx, st, sealer)
 	if err != nil {
 		_ = st.Close()

@@ -68,6 +68,12 @@ func Load(path string, now time.Time) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
+	return loadConfig(cfg, now)
+}
+
+// loadConfig loads the files a validated endpoint file names and builds what the engine is
+// made of.
+func loadConfig(cfg *config.Endpoint, now time.Time) (*Endpoint, error) {
 	ep := &Endpoint{Config: cfg}
 	if err := ep.loadFiles(now); err != nil {
 		return nil, err
@@ -79,6 +85,7 @@ func Load(path string, now time.Time) (*Endpoint, error) {
 		}
 		ep.Ciphers = append(ep.Ciphers, c)
 	}
+	var err error
 	ep.Policy, err = PolicyOf(cfg)
 	if err != nil {
 		return nil, err

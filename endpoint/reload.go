@@ -228,7 +228,13 @@ func (r *Running) Reload(path string) (*ReloadReport, error) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rep, err := r.reload(path)
+	rep, err := r.reloadPath(path)
+	r.logReload(rep, err)
+	return rep, err
+}
+
+// logReload logs a reload's outcome.
+func (r *Running) logReload(rep *ReloadReport, err error) {
 	if err != nil {
 		var re *ReloadError
 		switch {
@@ -240,24 +246,32 @@ func (r *Running) Reload(path string) (*ReloadReport, error) {
 		default:
 			r.log.Error("reload refused: "+re.Reason+"; the running configuration stays", "err", re.Err)
 		}
-		return nil, err
+		return
 	}
 	if len(rep.Changed) == 0 {
 		r.log.Info("reload: no changes")
 	} else {
 		r.log.Info("reload applied", "changed", strings.Join(rep.Changed, ", "))
 	}
-	return rep, nil
 }
 
-// reload is Reload without the log line; r.mu is held.
-func (r *Running) reload(path string) (_ *ReloadReport, err error) {
+// reloadPath loads the file at path (on a cluster node: the pushed file with the one at path's
+// cluster section) and applies it; r.mu is held.
+func (r *Running) reloadPath(path string) (*ReloadReport, error) {
 	if r.stopped {
 		return nil, ErrStopped
 	}
-	next, err := Load(path, r.opts.Now())
+	next, err := r.loadFile(path)
 	if err != nil {
 		return nil, &ReloadError{Reason: reasonInvalid, Err: err}
+	}
+	return r.apply(next)
+}
+
+// apply puts next in force, key by key, or nothing of it; r.mu is held.
+func (r *Running) apply(next *Endpoint) (_ *ReloadReport, err error) {
+	if r.stopped {
+		return nil, ErrStopped
 	}
 	running := r.current()
 	changed, refused := Diff(running, next)

@@ -99,6 +99,8 @@ type Running struct {
 	adm *admission
 	// portal serves the self-service portal from Start until Run returns (nil without one).
 	portal *portalServer
+	// cl is the node's cluster membership; nil on a single node.
+	cl *clusterRun
 
 	// workers is the number of shards per UDP listener and TUN queues; hostSockets says the
 	// listeners are the host's (whose receive loops wait in the kernel: procsFor).
@@ -170,6 +172,19 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	if opts.HostAddrs == nil {
 		opts.HostAddrs = watchHostAddrs
 	}
+	var cl *clusterRun
+	if ep.Config.Cluster != nil {
+		// A node runs the cluster's pushed file (with its own cluster section), and leaves
+		// the cluster again if it cannot start.
+		if cl, ep, err = joinCluster(ep, opts); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				cl.close()
+			}
+		}()
+	}
 	cfg := ep.Config
 	ecfg, err := engineConfig(ep)
 	if err != nil {
@@ -178,6 +193,11 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	pool, err := NewPool(cfg)
 	if err != nil {
 		return nil, err
+	}
+	if cl != nil {
+		if err := cl.node.AttachPool(pool); err != nil {
+			return nil, cfg.KeyError("cluster.address_block_size", err)
+		}
 	}
 	natTable, err := nat.New(nat.Config{
 		Addr:         cfg.TargetNetwork.SNATAddress,
@@ -235,8 +255,8 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 			connLog.Close()
 		}
 	}()
-	mx.PrepareRefusals(auth.RefusalCodes()...)
-	adm, err := newAdmission(ep, opts.Log, opts.Now, mx)
+	mx.PrepareRefusals(append(auth.RefusalCodes(), CodeClusterUnavailable)...)
+	adm, err := newAdmission(ep, cl, opts.Log, opts.Now, mx)
 	if err != nil {
 		return nil, err
 	}
@@ -246,6 +266,9 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 		}
 	}()
 	ecfg.Hooks = adm.pipeline
+	if cl != nil {
+		ecfg.Hooks = clusterGate{Hooks: adm.pipeline, node: cl.node}
+	}
 	history := admin.NewHistory(opts.Now)
 	ecfg.Events = append(ecfg.Events, connLog, history)
 	srv, err := tunnel.New(ecfg)
@@ -255,7 +278,7 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	connLog.Track(srv.Clients)
 	pol.attach(srv, ecfg.Policy)
 	r = &Running{opts: opts, log: opts.Log, host: h, srv: srv, policy: pol, stopHostAddrs: stopHostAddrs, cur: ep,
-		connLog: connLog, adm: adm, workers: workers, hostSockets: opts.Network == nil}
+		connLog: connLog, adm: adm, workers: workers, hostSockets: opts.Network == nil, cl: cl}
 	r.makeRoom(len(ecfg.UDP))
 	r.mx = mx
 	if r.metrics, err = serveMetrics(mx, cfg.Metrics.ListenAddress, opts.Log); err != nil {
@@ -278,6 +301,9 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	}
 	r.crl.Store(ep.CRL)
 	r.watchCRL(ep)
+	if cl != nil {
+		r.startCluster()
+	}
 	opts.Log.Info("cvpn listening", "udp", ecfg.UDP, "tcp", ecfg.TCP, "client_cidr", cfg.ClientCIDRBlock, "snat", cfg.TargetNetwork.SNATAddress,
 		"interface", cfg.TargetNetwork.Interface, "tun", cfg.TUN.Name,
 		"nat_max_mappings", cfg.NAT.MaxMappings, "nat_max_mappings_per_client", cfg.NAT.MaxMappingsPerClient, "admin", cfg.Admin.Socket)
@@ -328,6 +354,7 @@ func (r *Running) Run() {
 	r.closeMetrics()
 	r.mu.Unlock()
 	r.adm.close()
+	r.cl.close() // every session has ended: the lease goes, and with it the blocks
 	r.stopHostAddrs()
 	if err := r.host.Close(); err != nil {
 		r.log.Error("removing host state", "err", err)
@@ -339,6 +366,10 @@ func (r *Running) Run() {
 func (r *Running) Stop() {
 	if r.opts.Lifecycle != nil {
 		r.opts.Lifecycle.Stopping()
+	}
+	if r.cl != nil {
+		// Clients of a cluster node go to the next node of their profile at once.
+		r.srv.Evict("node shutting down")
 	}
 	r.srv.Close()
 }

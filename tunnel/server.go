@@ -386,6 +386,10 @@ func (s *Server) Terminate(match func(*Info) bool) []Status {
 	return s.TerminateBecause(match, "terminated by the administrator")
 }
 
+// Evict ends every session at once, telling established clients to reconnect to their next
+// server (session.Manager.Evict); it returns how many there were.
+func (s *Server) Evict(reason string) int { return s.sessions.Evict(reason) }
+
 // TerminateBecause is Terminate telling the clients reason (HALT,<reason>).
 func (s *Server) TerminateBecause(match func(*Info) bool, reason string) []Status {
 	return s.sessions.Terminate(match, reason)

@@ -69,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdStatus(args[1:], stdout, stderr)
 	case "user":
 		return cmdUser(args[1:], stdout, stderr)
+	case "cluster":
+		return cmdCluster(args[1:], stdout, stderr)
 	case "completion":
 		return cmdCompletion(args[1:], stdout, stderr)
 	case "version", "--version":
@@ -99,6 +101,8 @@ var commands = []struct{ name, synopsis, summary string }{
 	{"user mfa enroll", "NAME [--config FILE] [--force]", "give a directory user a TOTP secret: prints its otpauth URI and QR code"},
 	{"user mfa reset", "NAME [--config FILE]", "remove a directory user's TOTP secret"},
 	{"report usage", "[--config FILE] [--since 24h] [--json]", "per user: sessions, connected time, bytes in and out, last seen, from the connection log"},
+	{"cluster push", "--config FILE [--timeout 30s]", "propose an endpoint file to every node of a cluster; stored and applied only if every live node accepts it"},
+	{"cluster forget", "NODE --config FILE", "remove a node that will not come back from the cluster's member list (and so from profiles)"},
 	{"completion", "bash|zsh|json", "print a shell completion script, or the commands and flags as JSON lines"},
 	{"version", "", "print the cvpn version, VCS revision and Go version (also --version)"},
 	{"help", "[COMMAND]", "print this list, or one command's flags (also -h on any command)"},

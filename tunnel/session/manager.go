@@ -392,6 +392,19 @@ func (m *Manager) Terminate(match func(*Info) bool, reason string) []Status {
 	return out
 }
 
+// Evict ends every session, pending ones too, at once: each established client is told
+// RESTART,[N] (reconnect, to the next server of its list) and its session is torn down without
+// waiting for the acknowledgement, so that its address is free when Evict returns. A cluster
+// node evicts when it lost its lease: another node may get its addresses moments later.
+func (m *Manager) Evict(reason string) int {
+	n := 0
+	for _, s := range m.all() {
+		s.evict(reason)
+		n++
+	}
+	return n
+}
+
 // EndListener ends the sessions of a listener that is going away (RESTART: clients reconnect
 // to a listener that remains).
 func (m *Manager) EndListener(l dataplane.Listener) {

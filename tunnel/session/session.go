@@ -303,6 +303,24 @@ func (s *Session) goodbye(f farewell, reason string) {
 	}()
 }
 
+// evict tells the client to reconnect to its next server (RESTART,[N]) when it can be told,
+// and tears the session down at once (Manager.Evict).
+func (s *Session) evict(reason string) {
+	for {
+		st := s.state.Load()
+		if st >= stateClosing {
+			break
+		}
+		if s.state.CompareAndSwap(st, stateClosing) {
+			if conn := s.tlsConn.Load(); conn != nil && st == stateEstablished {
+				_, _ = conn.Write([]byte("RESTART,[N]\x00"))
+			}
+			break
+		}
+	}
+	s.teardown(reason)
+}
+
 // teardown ends the session once: out of every table, control channel and link closed,
 // address and NAT state released, the disconnect hook told.
 func (s *Session) teardown(reason string) {
