@@ -106,7 +106,7 @@ func clusterPush(args []string, stdout, stderr io.Writer) int {
 		case o.Applied:
 			fmt.Fprintf(stdout, "%s: accepted\n", o.Node)
 		default:
-			fmt.Fprintf(stdout, "%s: refused: %s\n", o.Node, oneLine(o.Err))
+			fmt.Fprintf(stdout, "%s: refused: %s\n", o.Node, flatten(o.Err))
 		}
 	}
 	if err != nil {
@@ -162,5 +162,5 @@ func clusterForget(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// oneLine joins a multi-line error into one line.
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+// flatten joins a multi-line error into one line.
+func flatten(s string) string { return strings.Join(strings.Fields(s), " ") }
