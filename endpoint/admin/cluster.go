@@ -255,7 +255,11 @@ func (s *Source) clusterConnections(ctx context.Context, local map[string]bool) 
 	if err != nil {
 		return nil, &PartialAnswer{Partial: true, Reason: fmt.Sprintf("only node %s's connections: the other nodes' could not be read from the cluster: %v", s.Cluster.Node(), err)}
 	}
-	out := make([]listedConnection, 0, min(len(conns), maxClusterConnections))
+	bound := s.maxRemote
+	if bound == 0 {
+		bound = maxClusterConnections
+	}
+	out := make([]listedConnection, 0, min(len(conns), bound))
 	seen := make(map[string]bool, cap(out))
 	published := make(map[string]bool, cap(out))
 	malformed, over := 0, 0
@@ -268,7 +272,7 @@ func (s *Source) clusterConnections(ctx context.Context, local map[string]bool) 
 			continue
 		case local[c.ConnectionID] || seen[c.ConnectionID]:
 			continue
-		case len(out) == maxClusterConnections:
+		case len(out) == bound:
 			over++
 			continue
 		}
@@ -288,7 +292,7 @@ func (s *Source) clusterConnections(ctx context.Context, local map[string]bool) 
 		why = append(why, fmt.Sprintf("%d malformed connections published by other nodes were skipped", malformed))
 	}
 	if over > 0 {
-		why = append(why, fmt.Sprintf("%d connections over the bound of %d from other nodes were left out", over, maxClusterConnections))
+		why = append(why, fmt.Sprintf("%d connections over the bound of %d from other nodes were left out", over, bound))
 	}
 	if len(why) == 0 {
 		return out, nil

@@ -51,6 +51,9 @@ type Source struct {
 
 	// remote remembers the terminations asked of other nodes, until their sessions are gone.
 	remote remoteTerminations
+	// maxRemote bounds the other nodes' connections one answer lists; 0 means
+	// maxClusterConnections (tests lower it).
+	maxRemote int
 
 	// tokenOnce draws tokenKey, the key NextTokens are signed with (tokenSecret).
 	tokenOnce sync.Once
