@@ -1,9 +1,27 @@
 package oidc
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/cvpn/cvpn/auth/expiry"
+	"github.com/cvpn/cvpn/state"
+)
+
+// Buckets of the store the login table uses.
+const (
+	// LoginBucket: expiry.Key("oidc state", state) -> loginRecord (JSON), kept until its login
+	// expires plus the login TTL, so that a replayed state reads as replayed.
+	LoginBucket = "oidc-login"
+	// LoginBoundBucket holds the ledger "all" of logins begun within the login TTL.
+	LoginBoundBucket = "oidc-login-bound"
+
+	sweepEvery = 30 * time.Second
+	sweepBatch = 256
 )
 
 // pendingLogin is what a login keeps between Begin and Complete.
@@ -13,79 +31,126 @@ type pendingLogin struct {
 	expires  time.Time
 }
 
-// loginTable holds the pending logins by state, and the states already used until their login
-// would have expired (to tell a replay from a forgery). Both maps are bounded by max.
+// loginRecord is a login as the store keeps it. The nonce and verifier are sealed under the
+// state (expiry.Seal): the store holds neither them nor the state in the clear.
+type loginRecord struct {
+	Sealed  []byte
+	Expires time.Time
+	Used    bool `json:",omitempty"`
+}
+
+type loginSecrets struct {
+	Nonce, Verifier string
+}
+
+// loginTable holds the pending logins in a state.Store by the SHA-256 of the state, and the
+// states already used until their login's TTL passes once more (to tell a replay from a
+// forgery). Every node of a cluster sharing the store sees the same logins, and a state is
+// taken once across them (compare-and-swap). Begin takes a place in a ledger of max places,
+// each freed when its login expires (not when it completes: a used record stays): so at most
+// max logins are begun within a TTL, and the store holds at most 2*max records.
 type loginTable struct {
+	st  state.Store
 	max int
+	ttl time.Duration
 
-	mu      sync.Mutex // guards the maps
-	pending map[string]pendingLogin
-	used    map[string]time.Time // state -> the expiry of its login
+	mu        sync.Mutex // guards lastSweep
+	lastSweep time.Time
 }
 
-func newLoginTable(max int) *loginTable {
-	return &loginTable{max: max, pending: map[string]pendingLogin{}, used: map[string]time.Time{}}
-}
-
-// add records a new login, first dropping expired ones if the table is full.
-func (t *loginTable) add(state string, pl pendingLogin, now time.Time) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.pending) >= t.max {
-		t.sweep(now)
-		if len(t.pending) >= t.max {
-			return fmt.Errorf("%w: %d logins are waiting for their callback", ErrTooManyLogins, len(t.pending))
-		}
+func newLoginTable(st state.Store, max int, ttl time.Duration) *loginTable {
+	if st == nil {
+		st = state.NewMemory()
 	}
-	t.pending[state] = pl
+	return &loginTable{st: st, max: max, ttl: ttl}
+}
+
+func loginKey(state string) string { return expiry.Key("oidc state", state) }
+
+// add records a new login.
+func (t *loginTable) add(ctx context.Context, state string, pl pendingLogin, now time.Time) error {
+	t.sweep(ctx, now)
+	if err := expiry.Reserve(ctx, t.st, LoginBoundBucket, "all", now, pl.expires, t.max); err != nil {
+		if errors.Is(err, expiry.ErrFull) {
+			return fmt.Errorf("%w: %d logins were begun in the last %s", ErrTooManyLogins, t.max, t.ttl)
+		}
+		return fmt.Errorf("oidc: record the login: %w", err)
+	}
+	secrets, err := json.Marshal(loginSecrets{Nonce: pl.nonce, Verifier: pl.verifier})
+	if err != nil {
+		return err
+	}
+	v, err := json.Marshal(loginRecord{Sealed: expiry.Seal("oidc login", state, secrets), Expires: pl.expires})
+	if err != nil {
+		return err
+	}
+	if err := expiry.Put(ctx, t.st, LoginBucket, loginKey(state), pl.expires.Add(t.ttl), v); err != nil {
+		return fmt.Errorf("oidc: record the login: %w", err)
+	}
 	return nil
 }
 
-// take removes and returns the login for state. An expired login is removed too.
-func (t *loginTable) take(state string, now time.Time) (pendingLogin, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	pl, ok := t.pending[state]
-	if !ok {
-		if _, used := t.used[state]; used {
-			return pendingLogin{}, ErrStateReplayed
+// take marks the login of state used and returns it. An expired login is used up too.
+func (t *loginTable) take(ctx context.Context, state string, now time.Time) (pendingLogin, error) {
+	var rec loginRecord
+	err := expiry.Update(ctx, t.st, LoginBucket, loginKey(state), now, func(p []byte, until time.Time, ok bool) ([]byte, time.Time, error) {
+		rec = loginRecord{}
+		if !ok {
+			return nil, time.Time{}, ErrUnknownState
 		}
-		return pendingLogin{}, ErrUnknownState
-	}
-	delete(t.pending, state)
-	if len(t.used) >= t.max {
-		t.sweep(now)
-		for s := range t.used { // still full: forget one; its replay then reads as unknown
-			if len(t.used) < t.max {
-				break
-			}
-			delete(t.used, s)
+		if err := json.Unmarshal(p, &rec); err != nil {
+			return nil, time.Time{}, err
 		}
+		if rec.Used {
+			return nil, time.Time{}, ErrStateReplayed
+		}
+		used := loginRecord{Expires: rec.Expires, Used: true} // the secrets are not kept
+		v, err := json.Marshal(used)
+		return v, until, err
+	})
+	switch {
+	case errors.Is(err, ErrUnknownState) || errors.Is(err, ErrStateReplayed):
+		return pendingLogin{}, err
+	case err != nil:
+		return pendingLogin{}, fmt.Errorf("oidc: take the login: %w", err)
 	}
-	t.used[state] = pl.expires
-	if !now.Before(pl.expires) {
-		return pendingLogin{}, fmt.Errorf("%w: it expired at %s", ErrLoginExpired, pl.expires.UTC().Format(time.RFC3339))
+	if !now.Before(rec.Expires) {
+		return pendingLogin{}, fmt.Errorf("%w: it expired at %s", ErrLoginExpired, rec.Expires.UTC().Format(time.RFC3339))
 	}
-	return pl, nil
+	p, err := expiry.Open("oidc login", state, rec.Sealed)
+	if err != nil {
+		return pendingLogin{}, fmt.Errorf("oidc: take the login: %w", err)
+	}
+	var s loginSecrets
+	if err := json.Unmarshal(p, &s); err != nil {
+		return pendingLogin{}, fmt.Errorf("oidc: take the login: %w", err)
+	}
+	return pendingLogin{nonce: s.Nonce, verifier: s.Verifier, expires: rec.Expires}, nil
 }
 
-// sweep drops expired logins and the records of used states whose login has expired.
-func (t *loginTable) sweep(now time.Time) {
-	for s, pl := range t.pending {
-		if !now.Before(pl.expires) {
-			delete(t.pending, s)
-		}
+// sweep deletes a batch of expired records, at most every sweepEvery on this node.
+func (t *loginTable) sweep(ctx context.Context, now time.Time) {
+	t.mu.Lock()
+	due := now.Sub(t.lastSweep) >= sweepEvery
+	if due {
+		t.lastSweep = now
 	}
-	for s, exp := range t.used {
-		if !now.Before(exp) {
-			delete(t.used, s)
-		}
+	t.mu.Unlock()
+	if due {
+		_, _ = expiry.Sweep(ctx, t.st, LoginBucket, now, sweepBatch)
 	}
 }
 
-// len returns the number of pending logins.
-func (t *loginTable) len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.pending)
+// len returns the number of pending logins (unused and unexpired): for tests.
+func (t *loginTable) len(ctx context.Context, now time.Time) int {
+	keys, _ := t.st.List(ctx, LoginBucket)
+	n := 0
+	for _, k := range keys {
+		p, _, err := expiry.Get(ctx, t.st, LoginBucket, k, now)
+		var rec loginRecord
+		if err == nil && json.Unmarshal(p, &rec) == nil && !rec.Used && now.Before(rec.Expires) {
+			n++
+		}
+	}
+	return n
 }

@@ -8,14 +8,21 @@
 //
 // # Login state
 //
-// A Provider keeps its pending logins itself, in a bounded in-memory table keyed by the state
-// parameter: Begin stores the nonce, the PKCE verifier and the creation time and returns only
-// public facts (Login); Complete takes the entry out before anything else, so a state completes
-// at most once whatever the outcome, and a login older than Config.LoginTTL fails with
-// ErrLoginExpired. A used state is remembered until its login would have expired, so a replay
-// fails with ErrStateReplayed rather than ErrUnknownState. Secrets never leave the Provider, and
-// the caller cannot forget to delete them; the price is that the callback must reach the same
-// process that began the login (cvpn serves the portal from the server process).
+// A Provider keeps its pending logins itself, in a state.Store (Config.Store; in this process
+// without one) keyed by the SHA-256 of the state parameter: Begin stores the nonce, the PKCE
+// verifier and the expiry, sealed under a key derived from the state, and returns only public
+// facts (Login); Complete marks the entry used (compare-and-swap) before anything else, so a
+// state completes at most once whatever the outcome and on whichever node of a cluster the
+// callback lands, and a login older than Config.LoginTTL fails with ErrLoginExpired. A used
+// state is remembered for another LoginTTL, so a replay fails with ErrStateReplayed rather than
+// ErrUnknownState. Secrets never leave the Provider (nor sit in the store in the clear), and
+// the caller cannot forget to delete them.
+//
+// Attacker's view: anyone who can open the portal's login page begins a login, costing the
+// store one record of about 250 bytes and 8 bytes of a ledger; the ledger admits
+// Config.MaxPendingLogins logins begun within a LoginTTL across every node (then
+// ErrTooManyLogins), so the store holds at most twice that many records; Begin sweeps
+// expired records in bounded batches. The portal's per-address rate limits come first.
 //
 // # What is verified
 //
@@ -56,6 +63,8 @@ import (
 	zrp "github.com/zitadel/oidc/v3/pkg/client/rp"
 	zoidc "github.com/zitadel/oidc/v3/pkg/oidc"
 	"golang.org/x/oauth2"
+
+	"github.com/cvpn/cvpn/state"
 )
 
 // Defaults and fixed limits.
@@ -117,6 +126,10 @@ type Config struct {
 	// MaxPendingLogins bounds the logins waiting for a callback (default
 	// DefaultMaxPendingLogins); Begin fails with ErrTooManyLogins beyond it.
 	MaxPendingLogins int
+	// Store holds the pending logins; nodes of a cluster pass their shared store so that a
+	// callback may reach another node than the one that began the login. Nil keeps them in
+	// this process (state.NewMemory).
+	Store state.Store
 }
 
 // Identity is a user the provider vouched for.
@@ -183,7 +196,7 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 		cfg:    cfg,
 		client: hc,
 		keys:   &keySet{url: disco.JwksURI, client: hc, now: cfg.Now, minRefetch: KeyRefetchInterval},
-		logins: newLoginTable(cfg.MaxPendingLogins),
+		logins: newLoginTable(cfg.Store, cfg.MaxPendingLogins, cfg.LoginTTL),
 		names:  defaultUsernameClaims,
 	}
 	if cfg.UsernameClaim != "" {
@@ -258,7 +271,7 @@ func (p *Provider) Begin(ctx context.Context) (authURL string, login Login, err 
 		expires:  now.Add(p.cfg.LoginTTL),
 	}
 	state := randomToken()
-	if err := p.logins.add(state, pl, now); err != nil {
+	if err := p.logins.add(ctx, state, pl, now); err != nil {
 		return "", Login{}, err
 	}
 	authURL = p.oauth.AuthCodeURL(state,
@@ -275,11 +288,11 @@ func (p *Provider) CompleteRequest(r *http.Request) (Identity, error) {
 	if iss := q.Get("iss"); iss != "" && iss != p.cfg.Issuer {
 		// RFC 9207 §2.4: a response from another provider (a mix-up attack). The login is
 		// consumed: whoever holds this state is not talking to our provider.
-		p.logins.take(state, p.cfg.Now())
+		_, _ = p.logins.take(r.Context(), state, p.cfg.Now())
 		return Identity{}, fmt.Errorf("%w: the authorization response names issuer %.200q", ErrIssuer, iss)
 	}
 	if e := q.Get("error"); e != "" {
-		if _, err := p.logins.take(state, p.cfg.Now()); err != nil {
+		if _, err := p.logins.take(r.Context(), state, p.cfg.Now()); err != nil {
 			return Identity{}, err
 		}
 		return Identity{}, fmt.Errorf("%w: %s: %s", ErrProviderDenied, sanitize(e, 64), sanitize(q.Get("error_description"), 200))
@@ -293,7 +306,7 @@ func (p *Provider) Complete(ctx context.Context, state, code string) (Identity, 
 	if state == "" || len(state) > maxStateBytes {
 		return Identity{}, fmt.Errorf("%w: state missing or longer than %d bytes", ErrBadCallback, maxStateBytes)
 	}
-	pl, err := p.logins.take(state, p.cfg.Now())
+	pl, err := p.logins.take(ctx, state, p.cfg.Now())
 	if err != nil {
 		return Identity{}, err
 	}

@@ -216,8 +216,8 @@ func TestLogin(t *testing.T) {
 	if !slices.Equal(last.Scopes, []string{"openid", "profile", "email"}) {
 		t.Errorf("scopes %q, want openid profile email", last.Scopes)
 	}
-	if r.logins.len() != 0 {
-		t.Errorf("%d logins still pending after Complete", r.logins.len())
+	if r.logins.len(context.Background(), r.clk.Now()) != 0 {
+		t.Errorf("%d logins still pending after Complete", r.logins.len(context.Background(), r.clk.Now()))
 	}
 
 	// A user without groups has none.
@@ -333,7 +333,7 @@ func TestTooManyLogins(t *testing.T) {
 	if _, _, err := r.Begin(context.Background()); err != nil {
 		t.Errorf("Begin once the others expired: %v", err)
 	}
-	if n := r.logins.len(); n != 1 {
+	if n := r.logins.len(context.Background(), r.clk.Now()); n != 1 {
 		t.Errorf("%d logins pending, want 1 after the sweep", n)
 	}
 }
