@@ -171,8 +171,10 @@ func (p *Pool) Grant(b int) error {
 }
 
 // Revoke makes block b's free indexes unallocatable and returns the leases
-// still held in it, in index order; the caller ends what is bound to them
-// and releases them. Revoking a block that is not granted returns nil.
+// still held in it, in index order (with those of an earlier grant that an
+// earlier Revoke returned and that are not released yet); the caller ends
+// what is bound to them and releases them. Revoking a block that is not
+// granted returns nil.
 func (p *Pool) Revoke(b int) []Lease {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -253,6 +255,12 @@ func (p *Pool) GrantedFree() int {
 // few seconds to lease another block and Grant it, and reports whether the
 // allocation should try once more. Concurrent allocations may call it
 // concurrently. nil removes it. Without block mode it is never called.
+//
+// Every allocation that finds the blocks full calls it, so a flood of
+// connection attempts against a full node calls it once per attempt: it
+// should serialise, and answer at once when no block is to be had (the
+// cluster knows from etcd), so attempts cost no more than on a full pool.
+// It must not allocate from this pool.
 func (p *Pool) SetGrow(fn func() bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

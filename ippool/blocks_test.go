@@ -85,7 +85,7 @@ func TestWithoutBlocks(t *testing.T) {
 	if err := p.Grant(0); !errors.Is(err, ErrBadBlock) {
 		t.Errorf("Grant without block mode = %v", err)
 	}
-	if p.NumBlocks() != 0 || p.BlockOf(2) != -1 || p.BlockCapacity(0) != 0 || p.Granted() == nil && len(p.Granted()) != 0 || p.GrantedFree() != 0 {
+	if p.NumBlocks() != 0 || p.BlockOf(2) != -1 || p.BlockCapacity(0) != 0 || len(p.Granted()) != 0 || p.GrantedFree() != 0 {
 		t.Errorf("NumBlocks, BlockOf, BlockCapacity, Granted, GrantedFree = %d, %d, %d, %v, %d",
 			p.NumBlocks(), p.BlockOf(2), p.BlockCapacity(0), p.Granted(), p.GrantedFree())
 	}
