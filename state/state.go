@@ -1,11 +1,14 @@
 // Package state owns cvpn's persistent state: MFA secrets and used codes,
 // auth-token keys and, later, portal and SSO state. It defines the small
 // Store interface every consumer uses, an embedded implementation backed by
-// bbolt (OpenBolt), an in-memory one for tests (NewMemory), and the Sealer
-// that encrypts secrets at rest.
+// bbolt (OpenBolt), one kept in etcd that every node of a cluster shares
+// (NewEtcd: it relies on etcd's linearizable reads and on a compare-and-swap
+// transaction for Update), an in-memory one for tests (NewMemory), and the
+// Sealer that encrypts secrets at rest.
 //
 // It does not interpret the values it stores, and no package outside it knows
-// which Store is in use: the scale-out work backs the same interface with etcd.
+// which Store is in use. It does not own the etcd client: whoever builds the
+// cluster's connection (cluster, cmd) opens and closes it.
 package state
 
 import (

@@ -1,5 +1,5 @@
 // Package statetest is the conformance test every state.Store implementation
-// runs: the embedded bbolt store, the in-memory one, and the etcd one to come.
+// runs: the embedded bbolt store, the in-memory one, and the etcd one.
 // It owns no implementation of its own.
 package statetest
 
@@ -31,6 +31,7 @@ func Run(t *testing.T, open func(t *testing.T) state.Store) {
 		{"UpdateErrorAborts", testUpdateError},
 		{"UpdateConcurrent", testUpdateConcurrent},
 		{"ListSorted", testList},
+		{"BucketNamesDoNotAlias", testBucketAlias},
 		{"Limits", testLimits},
 		{"CanceledContext", testCanceled},
 	}
@@ -288,6 +289,48 @@ func testList(t *testing.T, s state.Store) {
 	keys, _ = s.List(ctx, "b")
 	if slices.Contains(keys, "aa") || len(keys) != len(want)-1 {
 		t.Fatalf("List after Delete = %q", keys)
+	}
+}
+
+// testBucketAlias: a store that joins bucket and key into one path (etcd)
+// must still keep bucket "a/b" key "c" apart from bucket "a" key "b/c", and
+// escaped-looking names apart from the names they look like.
+func testBucketAlias(t *testing.T, s state.Store) {
+	ctx := context.Background()
+	entries := []struct{ bucket, key string }{
+		{"a/b", "c"},
+		{"a", "b/c"},
+		{"a%2Fb", "c"},
+		{"a%252Fb", "c"},
+		{"a/", "b/c"},
+		{"a", "/b/c"},
+	}
+	for i, e := range entries {
+		if err := s.Put(ctx, e.bucket, e.key, []byte{byte(i)}); err != nil {
+			t.Fatalf("Put(%q, %q): %v", e.bucket, e.key, err)
+		}
+	}
+	for i, e := range entries {
+		got, err := s.Get(ctx, e.bucket, e.key)
+		if err != nil || !bytes.Equal(got, []byte{byte(i)}) {
+			t.Errorf("Get(%q, %q) = %v, %v; want [%d]", e.bucket, e.key, got, err, i)
+		}
+	}
+	lists := map[string][]string{
+		"a": {"/b/c", "b/c"}, "a/b": {"c"}, "a%2Fb": {"c"}, "a%252Fb": {"c"}, "a/": {"b/c"},
+		"a%": nil, "a/b/": nil,
+	}
+	for bucket, want := range lists {
+		keys, err := s.List(ctx, bucket)
+		if err != nil || !slices.Equal(keys, want) {
+			t.Errorf("List(%q) = %q, %v; want %q", bucket, keys, err, want)
+		}
+	}
+	if err := s.Delete(ctx, "a", "b/c"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(ctx, "a/b", "c"); err != nil || !bytes.Equal(got, []byte{0}) {
+		t.Errorf("Delete(a, b/c) disturbed a/b c: %v, %v", got, err)
 	}
 }
 
