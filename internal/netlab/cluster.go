@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // A cluster lab (NewCluster) is the topology of a cvpn cluster: several endpoint nodes that
@@ -279,6 +281,77 @@ func (c *Cluster) setEtcdCut(i int, cut bool) error {
 		}
 	}
 	c.cut[i] = cut
+	return nil
+}
+
+// CutEtcdMember takes etcd member k (1-based) off the management segment, as a pulled cable
+// would: its port on the bridge goes down, so nothing reaches it or hears from it, while the
+// member's process runs on. RestoreEtcdMember plugs it back in.
+func (c *Cluster) CutEtcdMember(k int) error { return c.setMemberLink(k, "down") }
+
+// RestoreEtcdMember undoes CutEtcdMember(k).
+func (c *Cluster) RestoreEtcdMember(k int) error { return c.setMemberLink(k, "up") }
+
+func (c *Cluster) setMemberLink(k int, state string) error {
+	if k < 1 || k > len(c.Etcd) {
+		return fmt.Errorf("netlab: no etcd member %d (the lab has %d)", k, len(c.Etcd))
+	}
+	return c.setPorts(state, port{fmt.Sprintf("e%d", k), c.Etcd[k-1].NS, "eth0"})
+}
+
+// CutNode takes node i (1-based) off all three segments, as a host that lost power would look
+// from outside: its bridge ports go down, so clients, the VPC host and etcd get no answer at
+// all (no ICMP error, no reset), while its processes run on. RestoreNode plugs it back in.
+// Stopping cvpn instead (Proc.Kill) leaves a live host that refuses the client's packets.
+func (c *Cluster) CutNode(i int) error { return c.setNodeLinks(i, "down") }
+
+// RestoreNode undoes CutNode(i).
+func (c *Cluster) RestoreNode(i int) error { return c.setNodeLinks(i, "up") }
+
+func (c *Cluster) setNodeLinks(i int, state string) error {
+	if i < 1 || i > len(c.Nodes) {
+		return fmt.Errorf("netlab: no node %d (the lab has %d)", i, len(c.Nodes))
+	}
+	ns := c.Nodes[i-1].NS
+	return c.setPorts(state,
+		port{fmt.Sprintf("o%d", i), ns, OutsideDev},
+		port{fmt.Sprintf("v%d", i), ns, VPCDev},
+		port{fmt.Sprintf("m%d", i), ns, MgmtDev})
+}
+
+// port is a bridge port in the hub and the far end of its veth.
+type port struct{ name, ns, dev string }
+
+// setPorts sets the hub's bridge ports up or down. Going up, it waits until the far end has
+// its carrier and the bridge forwards through the port: the kernel applies carrier changes
+// asynchronously (linkwatch, up to a second later), and a packet sent before is lost, which
+// would make the first ping after a restore fail.
+func (c *Cluster) setPorts(state string, ports ...port) error {
+	for _, p := range ports {
+		if err := run("ip", "-n", c.Hub, "link", "set", p.name, state); err != nil {
+			return fmt.Errorf("netlab: %w", err)
+		}
+	}
+	if state != "up" {
+		return nil
+	}
+	for _, p := range ports {
+		ready := func() bool {
+			far, err := exec.Command("ip", "-n", p.ns, "-o", "link", "show", "dev", p.dev).Output()
+			if err != nil || !strings.Contains(string(far), "state UP") {
+				return false
+			}
+			br, err := exec.Command("bridge", "-n", c.Hub, "link", "show", "dev", p.name).Output()
+			return err == nil && strings.Contains(string(br), "state forwarding")
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for !ready() {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("netlab: bridge port %s (%s in %s) is not forwarding 10 s after it went up", p.name, p.dev, p.ns)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	return nil
 }
 

@@ -110,6 +110,53 @@ func TestCluster(t *testing.T) {
 	if out, err := c.Exec(c.Nodes[0].NS, "iptables", "-w", "-S"); err != nil || strings.Contains(out, "DROP") {
 		t.Errorf("node1's rules after RestoreEtcd (%v):\n%s", err, out)
 	}
+
+	// A member cut off the management segment is gone for every node; the others stay.
+	if err := c.CutEtcdMember(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(c.Nodes[2].NS, c.Etcd[1].Addr); err == nil {
+		t.Error("node3 reaches etcd2 while etcd2 is cut off")
+	}
+	if err := ping(c.Nodes[2].NS, c.Etcd[0].Addr); err != nil {
+		t.Errorf("node3 lost etcd1 when etcd2 was cut: %v", err)
+	}
+	if err := c.RestoreEtcdMember(2); err != nil {
+		t.Fatal(err)
+	}
+	if err := ping(c.Nodes[2].NS, c.Etcd[1].Addr); err != nil {
+		t.Errorf("node3 to etcd2 after RestoreEtcdMember: %v", err)
+	}
+
+	// A cut node answers nobody; the other nodes and the VPC host keep their paths.
+	if err := c.CutNode(2); err != nil {
+		t.Fatal(err)
+	}
+	for _, to := range []netip.Addr{c.Nodes[1].Public} {
+		if err := ping(c.Clients[0].NS, to); err == nil {
+			t.Errorf("a client reaches node2 (%s) while node2 is cut", to)
+		}
+	}
+	if err := ping(c.VPC, c.Nodes[1].VPC); err == nil {
+		t.Error("the VPC host reaches node2 while node2 is cut")
+	}
+	if err := ping(c.Etcd[0].NS, c.Nodes[1].Mgmt); err == nil {
+		t.Error("etcd1 reaches node2 while node2 is cut")
+	}
+	if err := ping(c.Clients[0].NS, c.Nodes[0].Public); err != nil {
+		t.Errorf("a client lost node1 when node2 was cut: %v", err)
+	}
+	if err := c.RestoreNode(2); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []struct {
+		from string
+		to   netip.Addr
+	}{{c.Clients[0].NS, c.Nodes[1].Public}, {c.VPC, c.Nodes[1].VPC}, {c.Etcd[0].NS, c.Nodes[1].Mgmt}} {
+		if err := ping(p.from, p.to); err != nil {
+			t.Errorf("%s to %s after RestoreNode: %v", p.from, p.to, err)
+		}
+	}
 }
 
 // TestClusterClose checks that Close leaves no namespace of the lab behind.
