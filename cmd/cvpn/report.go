@@ -2,8 +2,10 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -12,7 +14,9 @@ import (
 )
 
 // cmdReport runs `cvpn report usage`: per user, sessions, connected time, bytes in and out and
-// last seen, from the connection log (package endpoint/connlog) and its rotated files.
+// last seen, from the connection log (package endpoint/connlog) and its rotated files, or from
+// the logs --log names: several cluster nodes' logs together, with each user's use broken down
+// by node.
 func cmdReport(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] != "usage" {
 		switch {
@@ -31,6 +35,14 @@ func cmdReport(args []string, stdout, stderr io.Writer) int {
 	path := configFileFlag(fs)
 	since := fs.String("since", "24h", "the window: a duration back from now (24h, 7d, 90m), or a time (2006-01-02 or 2006-01-02 15:04:05, UTC)")
 	asJSON := fs.Bool("json", false, "print JSON")
+	var logs []string
+	fs.Func("log", "read the connection log `LOG` instead of connection_log.file: a file (with its rotated files), a directory of logs or a glob (quoted); repeat it for several cluster nodes' logs", func(s string) error {
+		if s == "" {
+			return errors.New("empty")
+		}
+		logs = append(logs, s)
+		return nil
+	})
 	if err := fs.Parse(args[1:]); err != nil {
 		return flagExit(err)
 	}
@@ -38,26 +50,33 @@ func cmdReport(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "cvpn report usage: unexpected arguments:", fs.Args())
 		return exitInvalid
 	}
-	file, err := resolveConfig(*path)
-	if err != nil {
-		fmt.Fprintln(stderr, "cvpn report usage:", err)
-		return exitInvalid
-	}
 	from, err := parseSince(*since, timeNow())
 	if err != nil {
 		fmt.Fprintln(stderr, "cvpn report usage: --since:", err)
 		return exitInvalid
 	}
-	ep, err := config.Load(file)
-	if err != nil {
-		printConfigError(stderr, err)
+	if *path != "" && len(logs) > 0 {
+		fmt.Fprintln(stderr, "cvpn report usage: --config or --log, not both (--log names the logs itself)")
 		return exitInvalid
 	}
-	if ep.ConnectionLog.File == "" {
-		fmt.Fprintf(stderr, "cvpn report usage: %s has no connection_log.file: nothing to report (set connection_log: {enabled: true, file: ...})\n", file)
-		return exitInvalid
+	if len(logs) == 0 {
+		file, err := resolveConfig(*path)
+		if err != nil {
+			fmt.Fprintln(stderr, "cvpn report usage:", err)
+			return exitInvalid
+		}
+		ep, err := config.Load(file)
+		if err != nil {
+			printConfigError(stderr, err)
+			return exitInvalid
+		}
+		if ep.ConnectionLog.File == "" {
+			fmt.Fprintf(stderr, "cvpn report usage: %s has no connection_log.file: nothing to report (set connection_log: {enabled: true, file: ...}, or name logs with --log)\n", file)
+			return exitInvalid
+		}
+		logs = []string{ep.ConnectionLog.File}
 	}
-	files, err := connlog.LogFiles(ep.ConnectionLog.File)
+	files, err := connlog.LogInputs(logs)
 	if err != nil {
 		fmt.Fprintln(stderr, "cvpn report usage:", err)
 		return exitRuntime
@@ -83,7 +102,7 @@ func cmdReport(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-const reportUsage = "usage: cvpn report usage [--config FILE] [--since 24h] [--json]"
+const reportUsage = "usage: cvpn report usage [--config FILE | --log LOG ...] [--since 24h] [--json]"
 
 // parseSince reads --since: a duration back from now (Go's units, and d for days), or a UTC time.
 func parseSince(s string, now time.Time) (time.Time, error) {
@@ -127,10 +146,25 @@ func printUsage(w io.Writer, rep *connlog.Report) {
 		fmt.Fprintln(w, "no connections")
 		return
 	}
+	usageTable(w, "USER", rep.Users, func(u connlog.Usage) string { return u.User })
+	if len(rep.ByNode) > 0 {
+		fmt.Fprintf(w, "\nby node (%s)\n", strings.Join(rep.Nodes, ", "))
+		usageTable(w, "USER\tNODE", rep.ByNode, func(u connlog.Usage) string {
+			node := u.Node
+			if node == "" {
+				node = "-" // a record from a single node's log, read with a cluster's
+			}
+			return u.User + "\t" + node
+		})
+	}
+}
+
+// usageTable prints rows of use under head, the columns that name each row.
+func usageTable(w io.Writer, head string, rows []connlog.Usage, name func(connlog.Usage) string) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "USER\tSESSIONS\tACTIVE\tFAILED\tCONNECTED\tBYTES IN\tBYTES OUT\tLAST SEEN (UTC)")
-	for _, u := range rep.Users {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", u.User, u.Sessions, u.Active, u.Failed,
+	fmt.Fprintln(tw, head+"\tSESSIONS\tACTIVE\tFAILED\tCONNECTED\tBYTES IN\tBYTES OUT\tLAST SEEN (UTC)")
+	for _, u := range rows {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\n", name(u), u.Sessions, u.Active, u.Failed,
 			time.Duration(u.ConnectedSeconds)*time.Second, byteSize(u.IngressBytes), byteSize(u.EgressBytes),
 			u.LastSeen.UTC().Format(connlog.TimeLayout))
 	}
