@@ -58,7 +58,11 @@ type blocks struct {
 	shift   int                 // log2(size)
 	state   map[int]*blockState // granted blocks and blocks with leases
 	granted []*blockState       // granted blocks in block order
-	grow    func() bool
+	// freshFrom is where in granted the first block with fresh indexes
+	// left may be: the blocks before it have none, so an allocation skips
+	// them (a block's fresh cursor only moves up while it is granted).
+	freshFrom int
+	grow      func() bool
 }
 
 // UseBlocks switches the pool to block mode, in which it allocates only
@@ -167,6 +171,7 @@ func (p *Pool) Grant(b int) error {
 	}
 	at, _ := slices.BinarySearchFunc(p.blk.granted, b, func(s *blockState, b int) int { return s.b - b })
 	p.blk.granted = slices.Insert(p.blk.granted, at, s)
+	p.blk.freshFrom = min(p.blk.freshFrom, at)
 	return nil
 }
 
@@ -183,7 +188,11 @@ func (p *Pool) Revoke(b int) []Lease {
 		return nil
 	}
 	s.granted = false
-	p.blk.granted = slices.DeleteFunc(p.blk.granted, func(g *blockState) bool { return g == s })
+	at := slices.Index(p.blk.granted, s)
+	p.blk.granted = slices.Delete(p.blk.granted, at, at+1)
+	if at < p.blk.freshFrom {
+		p.blk.freshFrom--
+	}
 	// Drop the block's free offsets from the released ring, keeping the
 	// others' order; revocation is rare, so a pass over the ring is fine.
 	n := 0
@@ -268,11 +277,12 @@ func (p *Pool) SetGrow(fn func() bool) {
 }
 
 // allocateInBlocks is allocate in block mode: it returns a free client
-// offset of a granted block, or false. p.mu must be held. It is O(granted
-// blocks) plus, amortised, O(1) for skipping indexes held from an earlier
-// grant.
+// offset of a granted block, or false. p.mu must be held. It is amortised
+// O(1): the fresh cursors and freshFrom only move up between grants, and
+// each index held from an earlier grant is skipped once.
 func (p *Pool) allocateInBlocks() (int, bool) {
-	for _, s := range p.blk.granted {
+	for ; p.blk.freshFrom < len(p.blk.granted); p.blk.freshFrom++ {
+		s := p.blk.granted[p.blk.freshFrom]
 		for s.fresh < s.cap {
 			off := s.first + s.fresh
 			s.fresh++

@@ -787,3 +787,38 @@ func TestBlocksConcurrent(t *testing.T) {
 		t.Errorf("GrantedFree, Granted = %d, %v after revoking all", p.GrantedFree(), p.Granted())
 	}
 }
+
+// BenchmarkAllocateReleaseBlocks is BenchmarkAllocateRelease in block mode
+// with 256 granted blocks of 256, all fresh indexes used, so allocations
+// come from the released ring after passing the blocks' exhausted fresh
+// cursors (which freshFrom skips).
+func BenchmarkAllocateReleaseBlocks(b *testing.B) {
+	p := mustPool(b, "10.16.0.0/12")
+	mustBlocks(b, p, 256)
+	for blk := 1; blk <= 256; blk++ {
+		if err := p.Grant(blk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for range 256 * 256 {
+		if _, err := p.Allocate(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := 300; i < 1300; i++ {
+		if err := p.Release(p.lease(i).Addr); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		a, err := p.Allocate()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := p.Release(a); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(p.Granted())), "granted-blocks")
+}
