@@ -37,12 +37,14 @@ func (s *SP) Complete(r *http.Request) (Identity, error) {
 		return Identity{}, err
 	}
 	now := s.cfg.Now()
-	p, ok := s.take(state, now)
-	if !ok {
-		return Identity{}, fmt.Errorf("%w: the RelayState names no pending login of this SP", ErrUnknownLogin)
+	p, err := s.take(r.Context(), state, now)
+	if err != nil {
+		return Identity{}, err
 	}
 	s.xmlParses.Add(1)
-	a, err := s.at(now).ParseXMLResponse(raw, []string{p.requestID}, s.acs)
+	sp := s.at(now)
+	sp.ReplayCache = &replayCache{ctx: r.Context(), st: s.cfg.Store, max: s.cfg.MaxPendingLogins, now: s.cfg.Now}
+	a, err := sp.ParseXMLResponse(raw, []string{p.requestID}, s.acs)
 	if err != nil {
 		return Identity{}, classify(err)
 	}

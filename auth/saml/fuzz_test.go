@@ -2,6 +2,7 @@ package saml
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/xml"
 	"errors"
@@ -61,7 +62,9 @@ func FuzzComplete(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sp.pending["s"] = pendingLogin{requestID: "r", expires: time.Now().Add(time.Minute)}
+		if err := sp.putPending(context.Background(), "s", pendingLogin{requestID: "r", expires: time.Now().Add(time.Minute)}); err != nil {
+			t.Fatal(err)
+		}
 		r := httptest.NewRequest(http.MethodPost, testACS, bytes.NewReader(body))
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		id, err := sp.Complete(r)

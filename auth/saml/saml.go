@@ -19,12 +19,19 @@
 //   - the HTTP-Artifact and HTTP-POST-SimpleSign bindings are not accepted: the portal never
 //     calls back to the IdP, and it advertises only HTTP-POST in its metadata.
 //
-// Pending logins live in a bounded in-memory store owned by the SP (Config.MaxPendingLogins,
-// Config.LoginTTL): Begin adds one, Complete removes it whatever the outcome, so each login
-// state and each AuthnRequest ID is single use, and a replayed response finds no login. Begin
-// also returns the Login so the caller can bind its own state (a waiting VPN connection, a
-// portal session) to Login.State, which Complete hands back in Identity.State. A cluster of
-// portals needs sticky routing for the ACS, or a shared store (not built yet).
+// Pending logins live in a state.Store (Config.Store; in this process without one), keyed by
+// the SHA-256 of their state: Begin adds one, Complete takes it out (compare-and-swap) whatever
+// the outcome, so each login state and each AuthnRequest ID is single use across every node
+// sharing the store, and a replayed response finds no login; accepted assertion IDs are kept
+// there too. Begin also returns the Login so the caller can bind its own state (a waiting VPN
+// connection, a portal session) to Login.State, which Complete hands back in Identity.State.
+//
+// Attacker's view: anyone who can open the portal's login page begins a login, costing the
+// store one entry of about 100 bytes and 8 bytes of a ledger; the ledger admits
+// Config.MaxPendingLogins logins begun within a LoginTTL across every node (then
+// ErrTooManyLogins); a place is freed when its login expires, not when it completes, so the
+// bound is also one on the rate of logins. Assertion IDs are recorded only for responses
+// whose signature verified. Begin sweeps expired keys in bounded batches.
 //
 // The package never logs, and its errors never quote a response or an assertion: they name
 // what was wrong and wrap one of the sentinels of errors.go. It does not know about VPN
@@ -32,6 +39,7 @@
 package saml
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -39,6 +47,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"net/url"
 	"sync"
@@ -48,6 +57,9 @@ import (
 	crewsaml "github.com/crewjam/saml"
 	"github.com/crewjam/saml/samlsp"
 	dsig "github.com/russellhaering/goxmldsig"
+
+	"github.com/cvpn/cvpn/auth/expiry"
+	"github.com/cvpn/cvpn/state"
 )
 
 // Defaults for the zero fields of Config.
@@ -86,8 +98,8 @@ type Config struct {
 	GroupsAttribute string
 	// MaxResponseBytes bounds the base64 SAMLResponse form value (DefaultMaxResponseBytes).
 	MaxResponseBytes int
-	// MaxPendingLogins bounds the logins begun and not yet completed or expired, and the
-	// remembered assertion IDs (DefaultMaxPendingLogins).
+	// MaxPendingLogins bounds the logins begun within a LoginTTL, and the remembered
+	// assertion IDs, across every node of Store (DefaultMaxPendingLogins).
 	MaxPendingLogins int
 	// MaxGroups bounds the values of the groups attribute (DefaultMaxGroups).
 	MaxGroups int
@@ -98,6 +110,10 @@ type Config struct {
 	LoginTTL time.Duration
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time
+	// Store holds the pending logins and the accepted assertion IDs; nodes of a cluster pass
+	// their shared store so that the ACS may be reached on another node than the one that
+	// began the login. Nil keeps them in this process (state.NewMemory).
+	Store state.Store
 }
 
 // Login is a begun login.
@@ -131,10 +147,8 @@ type SP struct {
 	acs  url.URL
 	base crewsaml.ServiceProvider // never mutated after New; copied per call (see at)
 
-	mu      sync.Mutex
-	pending map[string]pendingLogin // by Login.State; guarded by mu
-
-	replay *replayCache
+	mu        sync.Mutex // guards lastSweep
+	lastSweep time.Time
 
 	// xmlParses counts responses handed to the XML parser, so tests can prove a refusal
 	// happened before parsing.
@@ -168,6 +182,9 @@ func New(cfg Config) (*SP, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Store == nil {
+		cfg.Store = state.NewMemory()
 	}
 	if cfg.EntityID == "" {
 		return nil, fmt.Errorf("%w: no entity ID", ErrConfig)
@@ -222,13 +239,7 @@ func New(cfg Config) (*SP, error) {
 		base.Key = cfg.Key
 		base.Certificate = cfg.Certificate
 	}
-	s := &SP{
-		cfg:     cfg,
-		acs:     *acs,
-		pending: make(map[string]pendingLogin),
-		replay:  newReplayCache(cfg.MaxPendingLogins, cfg.Now),
-	}
-	base.ReplayCache = s.replay
+	s := &SP{cfg: cfg, acs: *acs}
 	s.base = base
 	// Probe that the metadata's signing certificates parse, so a broken file fails at load
 	// rather than at the first login.
@@ -308,8 +319,21 @@ func (s *SP) Metadata() ([]byte, error) {
 
 // Begin starts a login: it returns the URL of the IdP to redirect the browser to (an
 // HTTP-Redirect binding AuthnRequest, signed if the SP has a key, RelayState = Login.State)
-// and records the login as pending until Login.Expires.
+// and records the login as pending until Login.Expires. It is BeginContext without a deadline
+// of the caller's.
 func (s *SP) Begin() (string, Login, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	return s.BeginContext(ctx)
+}
+
+var errNoLogin = errors.New("saml: no pending login")
+
+// storeTimeout bounds the store calls of Begin, which has no context of its caller.
+const storeTimeout = 10 * time.Second
+
+// BeginContext is Begin with the caller's context for the store.
+func (s *SP) BeginContext(ctx context.Context) (string, Login, error) {
 	now := s.cfg.Now()
 	var b [32]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -327,40 +351,74 @@ func (s *SP) Begin() (string, Login, error) {
 		return "", Login{}, fmt.Errorf("saml: AuthnRequest redirect: %w", err)
 	}
 	login := Login{State: state, RequestID: req.ID, Expires: now.Add(s.cfg.LoginTTL)}
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.pending) >= s.cfg.MaxPendingLogins {
-		for k, p := range s.pending {
-			if !now.Before(p.expires) {
-				delete(s.pending, k)
-			}
+	s.sweep(ctx, now)
+	if err := expiry.Reserve(ctx, s.cfg.Store, BoundBucket, "login", now, login.Expires, s.cfg.MaxPendingLogins); err != nil {
+		if errors.Is(err, expiry.ErrFull) {
+			return "", Login{}, fmt.Errorf("%w: %d logins were begun in the last %s",
+				ErrTooManyLogins, s.cfg.MaxPendingLogins, s.cfg.LoginTTL)
 		}
-		if len(s.pending) >= s.cfg.MaxPendingLogins {
-			return "", Login{}, fmt.Errorf("%w: %d logins begun in the last %s are still pending",
-				ErrTooManyLogins, len(s.pending), s.cfg.LoginTTL)
-		}
+		return "", Login{}, fmt.Errorf("saml: record the login: %w", err)
 	}
-	s.pending[state] = pendingLogin{requestID: req.ID, expires: login.Expires}
+	if err := s.putPending(ctx, state, pendingLogin{requestID: req.ID, expires: login.Expires}); err != nil {
+		return "", Login{}, err
+	}
 	return u.String(), login, nil
 }
 
-// take removes the pending login of state and returns it if it has not expired.
-func (s *SP) take(state string, now time.Time) (pendingLogin, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p, ok := s.pending[state]
-	if !ok {
-		return pendingLogin{}, false
+// putPending records a pending login.
+func (s *SP) putPending(ctx context.Context, state string, p pendingLogin) error {
+	if err := expiry.Put(ctx, s.cfg.Store, LoginBucket, expiry.Key("saml state", state), p.expires, []byte(p.requestID)); err != nil {
+		return fmt.Errorf("saml: record the login: %w", err)
 	}
-	delete(s.pending, state)
-	return p, now.Before(p.expires)
+	return nil
 }
 
-// Pending returns how many logins are begun and not yet completed (expired ones included
-// until they are swept).
-func (s *SP) Pending() int {
+// take removes the pending login of state and returns it if it has not expired.
+func (s *SP) take(ctx context.Context, state string, now time.Time) (pendingLogin, error) {
+	var p pendingLogin
+	err := expiry.Update(ctx, s.cfg.Store, LoginBucket, expiry.Key("saml state", state), now,
+		func(v []byte, until time.Time, ok bool) ([]byte, time.Time, error) {
+			if !ok {
+				return nil, time.Time{}, errNoLogin
+			}
+			p = pendingLogin{requestID: string(v), expires: until}
+			return nil, time.Time{}, nil
+		})
+	if errors.Is(err, errNoLogin) {
+		return pendingLogin{}, fmt.Errorf("%w: the RelayState names no pending login of this SP", ErrUnknownLogin)
+	}
+	if err != nil {
+		return pendingLogin{}, fmt.Errorf("saml: take the login: %w", err)
+	}
+	return p, nil
+}
+
+// sweep deletes a batch of expired keys, at most every sweepEvery on this node.
+func (s *SP) sweep(ctx context.Context, now time.Time) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.pending)
+	due := now.Sub(s.lastSweep) >= sweepEvery
+	if due {
+		s.lastSweep = now
+	}
+	s.mu.Unlock()
+	if due {
+		for _, b := range []string{LoginBucket, AssertionBucket, BoundBucket} {
+			_, _ = expiry.Sweep(ctx, s.cfg.Store, b, now, sweepBatch)
+		}
+	}
+}
+
+// Pending returns how many logins are begun and not yet completed or expired, across every
+// node of the store. It reads every pending key: for tests and diagnostics.
+func (s *SP) Pending() int {
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+	defer cancel()
+	keys, _ := s.cfg.Store.List(ctx, LoginBucket)
+	n := 0
+	for _, k := range keys {
+		if _, _, err := expiry.Get(ctx, s.cfg.Store, LoginBucket, k, s.cfg.Now()); err == nil {
+			n++
+		}
+	}
+	return n
 }

@@ -1,6 +1,7 @@
 package saml
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -324,9 +325,9 @@ func TestOtherIdPRefused(t *testing.T) {
 
 	redirect, login := begin(t, twin)
 	form := other.Login(t, redirect, "alice", "pw")
-	sp.mu.Lock()
-	sp.pending[login.State] = pendingLogin{requestID: login.RequestID, expires: clk.Now().Add(time.Minute)}
-	sp.mu.Unlock()
+	if err := sp.putPending(context.Background(), login.State, pendingLogin{requestID: login.RequestID, expires: clk.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
 	_, err := sp.Complete(acsRequest(form))
 	if !errors.Is(err, ErrSignature) && !errors.Is(err, ErrIssuer) {
 		t.Fatalf("error %v, want a signature or issuer refusal", err)
@@ -345,9 +346,9 @@ func TestOtherAudienceRefused(t *testing.T) {
 	redirect, login := begin(t, otherSP)
 	form := lab.Login(t, redirect, "alice", "pw")
 	// Make sp expect exactly this request, so only the audience is wrong.
-	sp.mu.Lock()
-	sp.pending[login.State] = pendingLogin{requestID: login.RequestID, expires: clk.Now().Add(time.Minute)}
-	sp.mu.Unlock()
+	if err := sp.putPending(context.Background(), login.State, pendingLogin{requestID: login.RequestID, expires: clk.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
 	_, err := sp.Complete(acsRequest(form))
 	wantErr(t, err, ErrAudience)
 }
@@ -398,9 +399,9 @@ func TestReplayRefused(t *testing.T) {
 	wantErr(t, err, ErrRequestID)
 
 	// Were the pending login somehow restored, the assertion ID is still spent.
-	sp.mu.Lock()
-	sp.pending[login.State] = pendingLogin{requestID: login.RequestID, expires: clk.Now().Add(time.Minute)}
-	sp.mu.Unlock()
+	if err := sp.putPending(context.Background(), login.State, pendingLogin{requestID: login.RequestID, expires: clk.Now().Add(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
 	_, err = sp.Complete(acsRequest(form))
 	wantErr(t, err, ErrReplayed)
 }
