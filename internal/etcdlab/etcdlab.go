@@ -40,6 +40,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Raft timings for tests: a leader is elected within about a second of losing one, instead of
@@ -72,6 +73,10 @@ type Options struct {
 	TLS bool
 	// Dir holds the members' data directories, logs and certificates; default a t.TempDir.
 	Dir string
+	// Dial, when set, makes the TCP connections of the lab's own clients (Client, and the
+	// health checks Start and WaitHealthy make), for members the test's namespace cannot
+	// route to: netlab.DialContextIn(ns) dials from namespace ns.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // Cluster is a running etcd cluster. Its methods and those of its members call t.Fatal on
@@ -83,6 +88,7 @@ type Cluster struct {
 	dir     string
 	token   string
 	tls     bool
+	dial    func(ctx context.Context, addr string) (net.Conn, error)
 	members []*Member
 
 	caFile, certFile, keyFile     string // client-side files when tls
@@ -129,7 +135,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	c := &Cluster{t: t, bin: bin, dir: dir, tls: o.TLS, token: "etcdlab-" + randomHex(6)}
+	c := &Cluster{t: t, bin: bin, dir: dir, tls: o.TLS, dial: o.Dial, token: "etcdlab-" + randomHex(6)}
 	for i := range n {
 		m := &Member{c: c, name: fmt.Sprintf("m%d", i), host: netip.AddrFrom4([4]byte{127, 0, 0, 1})}
 		if len(o.Hosts) != 0 {
@@ -211,7 +217,7 @@ func (c *Cluster) TLSConfig() *tls.Config {
 }
 
 // Client returns a client of the given endpoints (default: every member's), closed when the
-// test ends.
+// test ends. It dials through Options.Dial when set.
 func (c *Cluster) Client(t testing.TB, endpoints ...string) *clientv3.Client {
 	t.Helper()
 	if len(endpoints) == 0 {
@@ -226,7 +232,12 @@ func (c *Cluster) Client(t testing.TB, endpoints ...string) *clientv3.Client {
 }
 
 func (c *Cluster) newClient(endpoints []string) (*clientv3.Client, error) {
+	var dialOpts []grpc.DialOption
+	if c.dial != nil {
+		dialOpts = append(dialOpts, grpc.WithContextDialer(c.dial))
+	}
 	return clientv3.New(clientv3.Config{
+		DialOptions: dialOpts,
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		TLS:         c.TLSConfig(),
