@@ -6,39 +6,17 @@ import (
 	"slices"
 )
 
-// Address blocks: a node of a cluster leases blocks of the index space from
-// etcd and hands out only indexes inside the blocks it holds (UseBlocks,
-// Grant, Revoke). Which node holds which block is the cluster's business;
-// the pool only enforces that it allocates from granted blocks.
+// Block mode (its rules are in the package comment). The bitmap of leased
+// offsets (p.leased) covers every block granted so far; the released ring
+// (p.released) holds exactly the free offsets of granted blocks below their
+// block's fresh cursor, in release order, so it never holds more than
+// Capacity() entries and an offset is never both in it and ahead of a
+// cursor.
 //
-// Block b of size s covers indexes [b*s, (b+1)*s) that are client indexes
-// (2..Capacity()+1): block 0 loses indexes 0 and 1, the last block with
-// IPv4 loses the broadcast, and at the top of a dual-stack pool whose IPv6
-// block is smaller than its IPv4 prefix whole blocks have no client index
-// (BlockCapacity 0; Grant refuses them).
-//
-// Rules, in the order a block lives through them:
-//
-//   - Grant(b) makes b's free indexes allocatable. Indexes of b still
-//     leased from an earlier grant (revoked, not yet released) stay leased
-//     and are skipped, so an index is never held twice; once released they
-//     become free like any other.
-//   - Allocation order: never-used indexes first (since the block's last
-//     grant), lowest granted block first and index order within it, which
-//     packs new sessions into few blocks; then released indexes, oldest
-//     release first across all granted blocks, so a released address is
-//     reused as late as possible, as without blocks.
-//   - Revoke(b) makes b's free indexes unallocatable at once and returns the
-//     leases still held in it. They stay counted (InUse, BlockInUse) until
-//     the caller releases them; Release of an index in a block that is not
-//     granted forgets the lease (the index becomes free nowhere).
-//   - With no free index in any granted block, allocation calls the grow
-//     function (SetGrow) without the lock and, if it reports true, tries once
-//     more; then it fails with ErrNoBlock, which is also ErrExhausted.
-//
-// The bitmap of leased offsets (p.leased) covers every granted block; the
-// released ring (p.released) holds free offsets of granted blocks below
-// their block's fresh cursor, in release order.
+// Block numbers come from the cluster's own etcd state, never from a
+// client, and Grant checks their range. Memory is bounded by the pool's
+// size whatever the caller does: a blockState per granted or draining
+// block, the bitmap up to Size()/8 bytes, the ring up to Capacity() entries.
 
 // blockState is a block that is granted or still has leases from a grant.
 type blockState struct {
