@@ -32,6 +32,17 @@ import (
 // proxy ARP entry and host route for it itself, so the VPC host's replies reach the node that
 // owns the address without any coordination. The VPC host has no route to any client block.
 //
+// With ClusterOptions.IPv6 the client-facing and VPC segments carry IPv6 as well (the
+// management segment stays IPv4), every address without duplicate address detection:
+//
+//	clients eth0 fd30::1:J/64     nodes eth0 fd30::I/64, eth1 fd00:10:1::(20+I)/64
+//	VPC host eth0 fd00:10:1::10/64 (VPCHostIPv6)
+//
+// (20+I and 60+I written in decimal digits, so fd00:10:1::21 is node 1's, like 10.0.1.21.) Node
+// I's snat_ipv6_address is fd00:10:1::(60+I); clients keep their own addresses in
+// ClientIPv6CIDR (fd00:10:1::1:0/112, inside the VPC host's /64), which the VPC host reaches
+// on-link through the proxy NDP of the node that leased each one.
+//
 // There is one namespace per etcd member, so a test can cut one member off (or kill it) while
 // the others keep their quorum. The admin host stands for an operator's machine on the
 // management network: a test's own etcd client and `cvpn cluster push` run there, and no
@@ -68,7 +79,13 @@ type ClusterOptions struct {
 	Nodes   int // endpoint nodes, default 3
 	Clients int // client namespaces, default 12
 	Etcd    int // etcd member namespaces, default 3
+	// IPv6 adds IPv6 to the client-facing and VPC segments (the comment above draws it).
+	IPv6 bool
 }
+
+// ClusterOutsidePrefixIPv6 is the client-facing segment's IPv6 prefix in a dual-stack cluster
+// lab: node I is fd30::I, client J fd30::1:J.
+var ClusterOutsidePrefixIPv6 = netip.MustParsePrefix("fd30::/64")
 
 // Cluster is a cluster lab. NewCluster registers its Close with the test.
 type Cluster struct {
@@ -83,6 +100,9 @@ type Cluster struct {
 	VPCHost netip.Addr
 	// VPCPrefix is the VPC segment, 10.0.1.0/24, which holds every node's VPC and SNAT address.
 	VPCPrefix netip.Prefix
+	// IPv6 is set in a dual-stack lab; then VPCHostIPv6 is fd00:10:1::10 (VPCPrefixIPv6).
+	IPv6        bool
+	VPCHostIPv6 netip.Addr
 	// Admin is the admin host's namespace on the management segment, at AdminAddr.
 	Admin     string
 	AdminAddr netip.Addr
@@ -101,12 +121,17 @@ type ClusterNode struct {
 	// address on the VPC segment (eth1), SNAT its target_network.snat_address (configured on
 	// no interface), Mgmt its address on the management segment (eth2).
 	Public, VPC, SNAT, Mgmt netip.Addr
+	// PublicIPv6, VPCIPv6 and SNATIPv6 (target_network.snat_ipv6_address, on no interface)
+	// are set in a dual-stack lab.
+	PublicIPv6, VPCIPv6, SNATIPv6 netip.Addr
 }
 
 // ClusterClient is one client host: eth0 on the client-facing segment, at Addr.
 type ClusterClient struct {
 	NS   string
 	Addr netip.Addr
+	// AddrIPv6 is set in a dual-stack lab.
+	AddrIPv6 netip.Addr
 }
 
 // EtcdMember is one etcd member's host: eth0 on the management segment, at Addr. Start the
@@ -178,18 +203,29 @@ func newCluster(o ClusterOptions) (*Cluster, error) {
 	c := &Cluster{
 		ID: id, Hub: "cv" + id + "h", VPC: "cv" + id + "v", Admin: "cv" + id + "a",
 		VPCHost: VPCHost, VPCPrefix: VPCPrefix, AdminAddr: ClusterAdmin,
-		cut: map[int]bool{},
+		IPv6: o.IPv6, cut: map[int]bool{},
 	}
 	// The hub first, so every later step has its bridges; each namespace is recorded before it
 	// is made, so Close removes whatever a failed step left.
 	var steps [][]string
-	ns := func(name string) {
+	ns := func(name string, ipv6 bool) {
 		c.nss = append(c.nss, name)
-		steps = append(steps,
-			[]string{"ip", "netns", "add", name},
-			[]string{"ip", "-n", name, "link", "set", "lo", "up"})
+		steps = append(steps, []string{"ip", "netns", "add", name})
+		if ipv6 {
+			steps = append(steps, enableIPv6(name)...)
+		}
+		steps = append(steps, []string{"ip", "-n", name, "link", "set", "lo", "up"})
 	}
-	ns(c.Hub)
+	// dual is the IPv6 address (dual-stack lab only) format, with n, on dev in namespace name.
+	dual := func(name, dev, format string, n int, bits int) netip.Addr {
+		if !o.IPv6 {
+			return netip.Addr{}
+		}
+		a := netip.MustParseAddr(fmt.Sprintf(format, n))
+		steps = append(steps, addr6(name, netip.PrefixFrom(a, bits), dev))
+		return a
+	}
+	ns(c.Hub, false) // a switch: it needs no addresses of its own
 	for _, br := range []string{"br-out", "br-vpc", "br-mgmt"} {
 		steps = append(steps,
 			[]string{"ip", "-n", c.Hub, "link", "add", br, "type", "bridge"},
@@ -214,14 +250,22 @@ func newCluster(o ClusterOptions) (*Cluster, error) {
 			SNAT:   netip.AddrFrom4([4]byte{10, 0, 1, byte(60 + i)}),
 			Mgmt:   netip.AddrFrom4([4]byte{172, 29, 0, byte(i)}),
 		}
-		c.Nodes = append(c.Nodes, n)
-		ns(n.NS)
+		ns(n.NS, o.IPv6)
 		link(n.NS, OutsideDev, fmt.Sprintf("o%d", i), "br-out", netip.PrefixFrom(n.Public, ClusterOutsidePrefix.Bits()))
 		link(n.NS, VPCDev, fmt.Sprintf("v%d", i), "br-vpc", netip.PrefixFrom(n.VPC, VPCPrefix.Bits()))
 		link(n.NS, MgmtDev, fmt.Sprintf("m%d", i), "br-mgmt", netip.PrefixFrom(n.Mgmt, ClusterMgmtPrefix.Bits()))
+		n.PublicIPv6 = dual(n.NS, OutsideDev, "fd30::%x", i, ClusterOutsidePrefixIPv6.Bits())
+		n.VPCIPv6 = dual(n.NS, VPCDev, "fd00:10:1::%d", 20+i, VPCPrefixIPv6.Bits())
+		if o.IPv6 {
+			n.SNATIPv6 = netip.MustParseAddr(fmt.Sprintf("fd00:10:1::%d", 60+i))
+		}
+		c.Nodes = append(c.Nodes, n)
 	}
-	ns(c.VPC)
+	ns(c.VPC, o.IPv6)
 	link(c.VPC, "eth0", "vh", "br-vpc", netip.PrefixFrom(VPCHost, VPCPrefix.Bits()))
+	if o.IPv6 {
+		c.VPCHostIPv6 = dual(c.VPC, "eth0", "fd00:10:1::%d", 10, VPCPrefixIPv6.Bits())
+	}
 	for k := 1; k <= o.Etcd; k++ {
 		e := EtcdMember{
 			Name: fmt.Sprintf("etcd%d", k),
@@ -229,16 +273,17 @@ func newCluster(o ClusterOptions) (*Cluster, error) {
 			Addr: netip.AddrFrom4([4]byte{172, 29, 0, byte(100 + k)}),
 		}
 		c.Etcd = append(c.Etcd, e)
-		ns(e.NS)
+		ns(e.NS, false)
 		link(e.NS, "eth0", fmt.Sprintf("e%d", k), "br-mgmt", netip.PrefixFrom(e.Addr, ClusterMgmtPrefix.Bits()))
 	}
-	ns(c.Admin)
+	ns(c.Admin, false)
 	link(c.Admin, "eth0", "adm", "br-mgmt", netip.PrefixFrom(ClusterAdmin, ClusterMgmtPrefix.Bits()))
 	for j := 1; j <= o.Clients; j++ {
 		cl := ClusterClient{NS: fmt.Sprintf("cv%sc%d", id, j), Addr: netip.AddrFrom4([4]byte{172, 30, 1, byte(j)})}
-		c.Clients = append(c.Clients, cl)
-		ns(cl.NS)
+		ns(cl.NS, o.IPv6)
 		link(cl.NS, "eth0", fmt.Sprintf("c%d", j), "br-out", netip.PrefixFrom(cl.Addr, ClusterOutsidePrefix.Bits()))
+		cl.AddrIPv6 = dual(cl.NS, "eth0", "fd30::1:%x", j, ClusterOutsidePrefixIPv6.Bits())
+		c.Clients = append(c.Clients, cl)
 	}
 	for _, s := range steps {
 		if err := run(s...); err != nil {

@@ -211,3 +211,50 @@ func TestClientProfileRemotes(t *testing.T) {
 		t.Errorf("profile starts:\n%s\nwant:\n%s", Tail(string(b[:min(len(b), 200)]), 200), want)
 	}
 }
+
+// TestClusterDual: in a dual-stack cluster lab clients reach every node over IPv6 too, and
+// each node reaches the VPC host over IPv6; SNAT addresses stay off the interfaces.
+func TestClusterDual(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("netlab: the cluster lab needs root (network namespaces); CI runs as root")
+	}
+	c := NewCluster(t, ClusterOptions{Nodes: 2, Clients: 2, Etcd: 1, IPv6: true})
+	ping := func(ns string, to netip.Addr) error {
+		_, err := c.Exec(ns, "ping", "-n", "-q", "-c", "1", "-W", "1", to.String())
+		return err
+	}
+	if !c.IPv6 || c.VPCHostIPv6 != VPCHostIPv6 {
+		t.Fatalf("lab IPv6 %v, VPC host %s; want true, %s", c.IPv6, c.VPCHostIPv6, VPCHostIPv6)
+	}
+	for _, cl := range c.Clients {
+		if !ClusterOutsidePrefixIPv6.Contains(cl.AddrIPv6) {
+			t.Errorf("client %s has IPv6 address %s", cl.NS, cl.AddrIPv6)
+		}
+		for _, n := range c.Nodes {
+			if err := ping(cl.NS, n.PublicIPv6); err != nil {
+				t.Errorf("client %s to %s's public IPv6 address: %v", cl.NS, n.Name, err)
+			}
+		}
+	}
+	for _, n := range c.Nodes {
+		if err := ping(n.NS, c.VPCHostIPv6); err != nil {
+			t.Errorf("%s to the VPC host over IPv6: %v", n.Name, err)
+		}
+		if err := ping(n.NS, c.Etcd[0].Addr); err != nil {
+			t.Errorf("%s to etcd1: %v", n.Name, err)
+		}
+		if !VPCPrefixIPv6.Contains(n.SNATIPv6) || !VPCPrefixIPv6.Contains(n.VPCIPv6) {
+			t.Errorf("%s: SNAT %s, VPC %s outside %s", n.Name, n.SNATIPv6, n.VPCIPv6, VPCPrefixIPv6)
+		}
+		out, err := c.Exec(n.NS, "ip", "-br", "addr")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, n.SNATIPv6.String()+"/") {
+			t.Errorf("%s has its SNAT address on an interface:\n%s", n.Name, out)
+		}
+	}
+	if got, want := c.Nodes[1].VPCIPv6, netip.MustParseAddr("fd00:10:1::22"); got != want {
+		t.Errorf("node2's VPC IPv6 address is %s, want %s (like 10.0.1.22)", got, want)
+	}
+}
