@@ -38,7 +38,9 @@ const (
 // watches, no auth beyond what the client was built with.
 //
 // Every call takes as long as etcd does, which without a quorum is until ctx
-// ends: callers give a deadline.
+// ends: callers give a deadline. A write that fails that way (or with a lost
+// leader) may still have been applied, as with any remote store: the error
+// says the outcome is unknown, not that nothing happened.
 type Etcd struct {
 	cli    *clientv3.Client
 	prefix string
