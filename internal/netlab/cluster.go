@@ -20,15 +20,16 @@ import (
 // into it per segment it sits on; nothing is created outside the lab's namespaces, so deleting
 // them removes everything.
 //
-//	clients (cv<id>cJ)          nodes (cv<id>nI)                VPC host (cv<id>v)
-//	eth0 172.30.1.J/16 --+      eth0 172.30.0.I/16  (outside) --+ br-out
-//	                     +----- eth1 10.0.1.(20+I)/24 (vpc) ----+ br-vpc -- eth0 10.0.1.10/24
-//	                            eth2 172.29.0.I/24   (mgmt) ----+ br-mgmt
-//	etcd members (cv<id>eK)                                      |
-//	eth0 172.29.0.(100+K)/24 ------------------------------------+
-//	admin host (cv<id>a): eth0 172.29.0.250/24 on br-mgmt too
+//	namespace            interface and address                 bridge in the hub (cv<id>h)
+//	client J  (cv<id>cJ) eth0 172.30.1.J/16                    br-out
+//	node I    (cv<id>nI) eth0 172.30.0.I/16        (outside)   br-out
+//	                     eth1 10.0.1.(20+I)/24     (vpc)       br-vpc
+//	                     eth2 172.29.0.I/24        (mgmt)      br-mgmt
+//	VPC host  (cv<id>v)  eth0 10.0.1.10/24                     br-vpc
+//	etcd K    (cv<id>eK) eth0 172.29.0.(100+K)/24              br-mgmt
+//	admin     (cv<id>a)  eth0 172.29.0.250/24                  br-mgmt
 //
-// Node I source-NATs to 10.0.1.(60+I) (Node.SNAT), an address on no interface: cvpn adds the
+// Node I source-NATs to 10.0.1.(60+I) (ClusterNode.SNAT), an address on no interface: cvpn adds the
 // proxy ARP entry and host route for it itself, so the VPC host's replies reach the node that
 // owns the address without any coordination. The VPC host has no route to any client block.
 //
