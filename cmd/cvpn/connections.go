@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -73,7 +74,9 @@ func cmdConnections(args []string, stdout, stderr io.Writer) int {
 }
 
 // cmdConnectionsList prints the connections (DescribeClientVpnConnections, every page of it):
-// a table, or with --json the API's response as AWS shapes it, all pages in one.
+// a table, or with --json the API's response as AWS shapes it, all pages in one. On a cluster
+// the table has a NODE column, and an answer that lacks some nodes' connections is said so on
+// stderr (the exit status stays 0: what is listed is true).
 func cmdConnectionsList(args []string, stdout, stderr io.Writer) int {
 	const name = "connections list"
 	fs, path := adminFlagSet(name, stderr)
@@ -102,6 +105,9 @@ func cmdConnectionsList(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cvpn %s: %v\n", name, err)
 		return exitRuntime
 	}
+	if out.Cvpn != nil && out.Cvpn.Partial {
+		fmt.Fprintf(stderr, "cvpn %s: partial list: %s\n", name, out.Cvpn.Reason)
+	}
 	if *asJSON {
 		return printJSON(stdout, stderr, name, out)
 	}
@@ -109,9 +115,16 @@ func cmdConnectionsList(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "no connections")
 		return 0
 	}
+	clustered := slices.ContainsFunc(out.Connections, func(x admin.Connection) bool { return x.Cvpn.Node != "" })
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	if clustered {
+		fmt.Fprint(tw, "NODE\t")
+	}
 	fmt.Fprintln(tw, "CONNECTION ID\tUSERNAME\tCLIENT IP\tDEVICE\tTRANSPORT\tSTATUS\tESTABLISHED (UTC)\tENDED (UTC)\tINGRESS\tEGRESS")
 	for _, x := range out.Connections {
+		if clustered {
+			fmt.Fprintf(tw, "%s\t", x.Cvpn.Node)
+		}
 		device := x.Cvpn.DeviceIP
 		if device != "" {
 			device = net.JoinHostPort(device, strconv.Itoa(x.Cvpn.DevicePort))
@@ -131,7 +144,10 @@ func cmdConnectionsList(args []string, stdout, stderr io.Writer) int {
 }
 
 // cmdConnectionsTerminate halts a connection or a user's connections
-// (TerminateClientVpnConnections).
+// (TerminateClientVpnConnections), on a cluster on whichever nodes hold them, and prints how
+// each went: a line per connection, with the status's message when there is one (a request
+// queued for a node that did not answer says so); it fails when one could not be asked at all
+// (failed-to-terminate).
 func cmdConnectionsTerminate(args []string, stdout, stderr io.Writer) int {
 	const name = "connections terminate"
 	fs, path := adminFlagSet(name, stderr)
@@ -157,6 +173,9 @@ func cmdConnectionsTerminate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cvpn %s: %v\n", name, err)
 		return exitRuntime
 	}
+	if out.Cvpn != nil && out.Cvpn.Partial {
+		fmt.Fprintf(stderr, "cvpn %s: partial: %s\n", name, out.Cvpn.Reason)
+	}
 	if *asJSON {
 		return printJSON(stdout, stderr, name, out)
 	}
@@ -164,8 +183,17 @@ func cmdConnectionsTerminate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cvpn %s: user %s has no active connection\n", name, *user)
 		return exitRuntime
 	}
+	failed := false
 	for _, s := range out.ConnectionStatuses {
-		fmt.Fprintf(stdout, "%s: %s -> %s\n", s.ConnectionID, s.PreviousStatus.Code, s.CurrentStatus.Code)
+		line := fmt.Sprintf("%s: %s -> %s", s.ConnectionID, s.PreviousStatus.Code, s.CurrentStatus.Code)
+		if s.CurrentStatus.Message != "" {
+			line += " (" + s.CurrentStatus.Message + ")"
+		}
+		fmt.Fprintln(stdout, line)
+		failed = failed || s.CurrentStatus.Code == admin.StatusFailedToTerminate
+	}
+	if failed {
+		return exitRuntime
 	}
 	return 0
 }

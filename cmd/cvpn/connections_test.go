@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -62,6 +63,12 @@ func (cliPool) InUse() int    { return 2 }
 // a fake engine of alice's and bob's sessions.
 func adminEndpoint(t *testing.T) (path string, engine *cliEngine) {
 	t.Helper()
+	return adminEndpointOf(t, nil)
+}
+
+// adminEndpointOf is adminEndpoint for a node of cluster (nil: a single node).
+func adminEndpointOf(t *testing.T, cluster admin.Cluster) (path string, engine *cliEngine) {
+	t.Helper()
 	path = newEndpoint(t)
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
@@ -86,7 +93,7 @@ func adminEndpoint(t *testing.T) (path string, engine *cliEngine) {
 		session("cvpn-connection-bbbbbbbbbbbbbbbbb", "bob", "10.2.0.3", 100),
 	}}
 	src := &admin.Source{EndpointID: "cvpn-endpoint-00000000000000000", Engine: engine, Pool: cliPool{},
-		Endpoint: func() *config.Endpoint { return cfg }, History: admin.NewHistory(nil), Started: since}
+		Endpoint: func() *config.Endpoint { return cfg }, History: admin.NewHistory(nil), Started: since, Cluster: cluster}
 	srv, err := admin.Listen(cfg.Admin.Socket, admin.NewHandler(src, nil))
 	if err != nil {
 		t.Fatal(err)
@@ -239,4 +246,132 @@ func mustRead(b []byte, err error) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// cliCluster is an admin.Cluster seen from node a: node b published carol's session and
+// answers terminate requests; node c published carol's other session and never answers.
+type cliCluster struct {
+	mu        sync.Mutex
+	published []admin.Connection
+	listErr   error
+}
+
+func newCLICluster() *cliCluster {
+	conn := func(node, id string, rx string) admin.Connection {
+		return admin.Connection{ConnectionID: id, Username: "carol", CommonName: "carol", ConnectionEstablishedTime: "2026-11-29 12:00:05",
+			Timestamp: "2026-11-29 12:01:00", ClientIP: "10.2.4.2", IngressBytes: rx, EgressBytes: rx, IngressPackets: "1", EgressPackets: "1",
+			Status: admin.Status{Code: admin.StatusActive}, ConnectionEndTime: "-", PostureComplianceStatuses: []string{},
+			Cvpn: admin.ConnectionExtensions{DeviceIP: "192.0.2.9", DevicePort: 1194, TransportProtocol: "udp", Node: node}}
+	}
+	return &cliCluster{published: []admin.Connection{
+		conn("b", "cvpn-connection-ccccccccccccccccb", "4096"),
+		conn("c", "cvpn-connection-cccccccccccccccc0", "1024"),
+	}}
+}
+
+func (c *cliCluster) Node() string { return "a" }
+
+func (c *cliCluster) Connections(context.Context) ([]admin.Connection, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.published), c.listErr
+}
+
+func (c *cliCluster) Terminate(_ context.Context, node string, in admin.TerminateClientVpnConnectionsInput) (admin.TerminateClientVpnConnectionsOutput, error) {
+	if node == "c" {
+		return admin.TerminateClientVpnConnectionsOutput{}, fmt.Errorf("node c did not answer: %w", context.DeadlineExceeded)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := admin.TerminateClientVpnConnectionsOutput{Username: in.Username}
+	c.published = slices.DeleteFunc(c.published, func(x admin.Connection) bool {
+		if x.Cvpn.Node == node && (x.ConnectionID == in.ConnectionID || x.Username == in.Username) {
+			out.ConnectionStatuses = append(out.ConnectionStatuses, admin.TerminateConnectionStatus{ConnectionID: x.ConnectionID,
+				PreviousStatus: admin.Status{Code: admin.StatusActive}, CurrentStatus: admin.Status{Code: admin.StatusTerminating}})
+			return true
+		}
+		return false
+	})
+	return out, nil
+}
+
+func (c *cliCluster) Nodes(context.Context) ([]admin.ClusterNode, error) {
+	return []admin.ClusterNode{
+		{Name: "a", PublicAddress: "vpn-a.example.com", Alive: true, ConfigRevision: 42, Connections: 2, Blocks: 1},
+		{Name: "b", PublicAddress: "vpn-b.example.com", Alive: true, ConfigRevision: 42, Connections: 1, Blocks: 1},
+		{Name: "c", PublicAddress: "vpn-c.example.com", Alive: false, ConfigRevision: 41, ConfigError: "nat.max_mappings: out of range", Connections: 1, Blocks: 2},
+	}, nil
+}
+
+// TestConnectionsListCluster: on a cluster the table has a NODE column with each connection's
+// node, the other nodes' connections among this node's; a list that lacks some nodes' says so
+// on stderr.
+func TestConnectionsListCluster(t *testing.T) {
+	cl := newCLICluster()
+	path, _ := adminEndpointOf(t, cl)
+	code, stdout, stderr := runCmd(t, "connections", "list", "--config", path)
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	if code != 0 || stderr != "" || len(lines) != 5 || !strings.HasPrefix(lines[0], "NODE") || !strings.Contains(lines[0], "CONNECTION ID") {
+		t.Fatalf("exit %d:\n%s%s", code, stdout, stderr)
+	}
+	for i, want := range []string{"a alice", "a bob", "c carol", "b carol"} {
+		node, user, _ := strings.Cut(want, " ")
+		if f := strings.Fields(lines[i+1]); f[0] != node || f[2] != user {
+			t.Errorf("row %d: %q, want node %s and %s", i+1, lines[i+1], node, user)
+		}
+	}
+	cl.mu.Lock()
+	cl.listErr = fmt.Errorf("etcd: no leader")
+	cl.mu.Unlock()
+	code, stdout, stderr = runCmd(t, "connections", "list", "--config", path)
+	if code != 0 || !strings.Contains(stderr, "partial list") || !strings.Contains(stderr, "etcd: no leader") || strings.Contains(stdout, "carol") {
+		t.Errorf("partial (exit %d):\n%s%s", code, stdout, stderr)
+	}
+}
+
+// TestConnectionsTerminateCluster: a user's sessions on other nodes are terminated there; one
+// on a node that does not answer is printed as queued for that node.
+func TestConnectionsTerminateCluster(t *testing.T) {
+	path, _ := adminEndpointOf(t, newCLICluster())
+	code, stdout, stderr := runCmd(t, "connections", "terminate", "--config", path, "--username", "carol")
+	want := "cvpn-connection-ccccccccccccccccb: active -> terminating\n" +
+		"cvpn-connection-cccccccccccccccc0: active -> terminating (the request is queued for node c, which carries it out when it sees it)\n"
+	if code != 0 || stdout != want {
+		t.Errorf("exit %d\n%s%s\nwant\n%s", code, stdout, stderr, want)
+	}
+}
+
+// TestStatusCluster: on a cluster status names the answering node, counts the cluster's
+// sessions, and shows the nodes with their address, liveness, config revision (and refusal),
+// connections and blocks.
+func TestStatusCluster(t *testing.T) {
+	path, _ := adminEndpointOf(t, newCLICluster())
+	code, stdout, stderr := runCmd(t, "status", "--config", path)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"a, one of a cluster", "4 active (3 users)", "2 of 1021 addresses in use"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("status lacks %q:\n%s", want, stdout)
+		}
+	}
+	_, table, ok := strings.Cut(stdout, "\n\n")
+	rows := strings.Split(strings.TrimSpace(table), "\n")
+	if !ok || len(rows) != 4 || strings.Join(strings.Fields(rows[0]), " ") != "NODE PUBLIC ADDRESS ALIVE CONFIG REVISION CONNECTIONS BLOCKS" {
+		t.Fatalf("nodes table:\n%s", table)
+	}
+	for i, want := range []string{
+		"a * vpn-a.example.com yes 42 2 1",
+		"b vpn-b.example.com yes 42 1 1",
+		"c vpn-c.example.com no 41 (refused a newer one: nat.max_mappings: out of range) 1 2",
+	} {
+		if got := strings.Join(strings.Fields(rows[i+1]), " "); got != want {
+			t.Errorf("row %d: %q, want %q", i+1, got, want)
+		}
+	}
+	// A single node has no nodes table.
+	single, _ := adminEndpoint(t)
+	if _, stdout, _ := runCmd(t, "status", "--config", single); strings.Contains(stdout, "NODE") || strings.Contains(stdout, "node ") {
+		t.Errorf("single node:\n%s", stdout)
+	}
 }
