@@ -68,8 +68,8 @@
 //     function (SetGrow) without the lock and, if it reports true, tries once
 //     more; then it fails with ErrNoBlock, which is also ErrExhausted.
 //
-// A pool never switched to block mode behaves as if it had one block,
-// always granted.
+// Without UseBlocks none of this applies: the whole pool is allocatable,
+// NumBlocks is 0 and no grow function is called.
 package ippool
 
 import (
