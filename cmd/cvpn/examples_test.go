@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/pki"
 	"github.com/cvpn/cvpn/tls/tlscrypt"
 )
@@ -207,6 +208,28 @@ func TestDualStackExample(t *testing.T) {
 		if !strings.Contains(stdout, want+"\n") {
 			t.Errorf("summary lacks %q:\n%s", want, stdout)
 		}
+	}
+}
+
+// TestClusterExample: the cluster node example validates, and a pushed endpoint.yaml runs on
+// it with its cluster section (its own SNAT address, its own etcd).
+func TestClusterExample(t *testing.T) {
+	f := filepath.Join(examplesDir, "cluster-node.yaml")
+	code, stdout, stderr := runCmd(t, "validate", "--config", f)
+	if code != 0 || stderr != "" || !strings.Contains(stdout, f+": valid\n") {
+		t.Fatalf("validate: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	local, err := config.Load(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushed := readFile(t, filepath.Join(examplesDir, "endpoint.yaml"))
+	ep, err := config.ParseWithCluster([]byte(pushed), "etcd revision 1", examplesDir, local)
+	if err != nil {
+		t.Fatalf("endpoint.yaml pushed to node-a: %v", err)
+	}
+	if ep.Cluster.NodeName != "node-a" || ep.TargetNetwork.SNATAddress != local.Cluster.SNATAddress || len(ep.Cluster.Etcd.Endpoints) != 3 {
+		t.Errorf("pushed endpoint.yaml on node-a: cluster %+v, SNAT %s", ep.Cluster, ep.TargetNetwork.SNATAddress)
 	}
 }
 
