@@ -265,6 +265,11 @@ func (s *Source) clusterConnections(ctx context.Context, local map[string]bool) 
 	malformed, over := 0, 0
 	for i := range conns {
 		c := conns[i]
+		if c.Cvpn.Node == s.Cluster.Node() {
+			// This node's own, published before it restarted under the same name and not yet
+			// expired: stale, not malformed.
+			continue
+		}
 		key, ok := s.remoteKey(&c)
 		switch {
 		case !ok:
@@ -305,10 +310,10 @@ func (s *Source) clusterConnections(ctx context.Context, local map[string]bool) 
 // the other nodes that published them, each node asked in parallel and given remoteTimeout.
 // A node that did not answer has its connections reported terminating, queued for it.
 func (s *Source) terminateConnections(ctx context.Context, in TerminateClientVpnConnectionsInput) (TerminateClientVpnConnectionsOutput, error) {
-	if err := s.checkTerminate(in); err != nil || s.Cluster == nil {
-		if err != nil {
-			return TerminateClientVpnConnectionsOutput{}, err
-		}
+	if err := s.checkTerminate(in); err != nil {
+		return TerminateClientVpnConnectionsOutput{}, err
+	}
+	if s.Cluster == nil {
 		return s.TerminateLocal(in)
 	}
 	// Checked here: the other nodes answer for this endpoint whatever id they give it.
