@@ -58,6 +58,49 @@ func TestEtcdLayout(t *testing.T) {
 	}
 }
 
+// TestEtcdUpdateConflict writes the key from another client while fn runs:
+// the compare-and-swap fails, and fn runs again on the value the other writer
+// left, for a present key (ModRevision changed) and an absent one (created
+// meanwhile) alike.
+func TestEtcdUpdateConflict(t *testing.T) {
+	c := etcdlab.Start(t, etcdlab.Options{})
+	s := state.NewEtcd(c.Client(t), "conflict")
+	other := state.NewEtcd(c.Client(t), "conflict")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, present := range []bool{true, false} {
+		key := fmt.Sprint("present-", present)
+		if present {
+			if err := s.Put(ctx, "b", key, []byte("first")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var seen []string
+		err := s.Update(ctx, "b", key, func(old []byte, ok bool) ([]byte, error) {
+			seen = append(seen, fmt.Sprintf("%s/%v", old, ok))
+			if len(seen) == 1 {
+				if err := other.Put(ctx, "b", key, []byte("other")); err != nil {
+					return nil, err
+				}
+			}
+			return append(old, '!'), nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"first/true", "other/true"}
+		if !present {
+			want[0] = "/false"
+		}
+		if fmt.Sprint(seen) != fmt.Sprint(want) {
+			t.Errorf("present=%v: fn saw %q, want %q", present, seen, want)
+		}
+		if got, err := s.Get(ctx, "b", key); err != nil || string(got) != "other!" {
+			t.Errorf("present=%v: Get = %q, %v; want other! (the other write kept)", present, got, err)
+		}
+	}
+}
+
 // TestEtcdUpdateThroughTwoMembers increments one counter from two clients,
 // each talking to a different member of a three-member cluster: no increment
 // is lost, whichever member leads.

@@ -304,6 +304,7 @@ func testBucketAlias(t *testing.T, s state.Store) {
 		{"a%252Fb", "c"},
 		{"a/", "b/c"},
 		{"a", "/b/c"},
+		{"ab", "c"},
 	}
 	for i, e := range entries {
 		if err := s.Put(ctx, e.bucket, e.key, []byte{byte(i)}); err != nil {
@@ -318,7 +319,7 @@ func testBucketAlias(t *testing.T, s state.Store) {
 	}
 	lists := map[string][]string{
 		"a": {"/b/c", "b/c"}, "a/b": {"c"}, "a%2Fb": {"c"}, "a%252Fb": {"c"}, "a/": {"b/c"},
-		"a%": nil, "a/b/": nil,
+		"ab": {"c"}, "a%": nil, "a/b/": nil,
 	}
 	for bucket, want := range lists {
 		keys, err := s.List(ctx, bucket)
