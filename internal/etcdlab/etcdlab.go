@@ -71,7 +71,8 @@ type Options struct {
 	// 127.0.0.1, ::1, localhost) and a client certificate the members require
 	// (--client-cert-auth). ClientTLS names the files.
 	TLS bool
-	// Dir holds the members' data directories, logs and certificates; default a t.TempDir.
+	// Dir holds the members' data directories (m0.data, ...), logs (m0.log, ...) and
+	// certificates (tls/); default a t.TempDir. Start removes data and logs left there.
 	Dir string
 	// Dial, when set, makes the TCP connections of the lab's own clients (Client, and the
 	// health checks Start and WaitHealthy make), for members the test's namespace cannot
@@ -146,6 +147,7 @@ func Start(t testing.TB, o Options) *Cluster {
 		}
 		m.dataDir = filepath.Join(dir, m.name+".data")
 		m.logFile = filepath.Join(dir, m.name+".log")
+		m.reset() // a Dir used before must not hand a new cluster old members' data
 		c.members = append(c.members, m)
 	}
 	if o.TLS {
