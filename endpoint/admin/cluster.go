@@ -91,7 +91,7 @@ const (
 	remoteTimeout = 5 * time.Second
 	// maxClusterConnections is above AWS's 126,000 connections of one endpoint.
 	maxClusterConnections = 1 << 17
-	// maxClusterNodes bounds DescribeCvpnCluster's list.
+	// maxClusterNodes bounds DescribeCvpnCluster's list and the nodes one terminate asks.
 	maxClusterNodes = 1024
 	// maxRemoteField bounds each string of another node's connection; maxRemotePosture its
 	// PostureComplianceStatuses.
@@ -354,6 +354,11 @@ func (s *Source) terminateConnections(ctx context.Context, in TerminateClientVpn
 		return out, err // unknown anywhere
 	}
 	nodes := slices.Sorted(maps.Keys(byNode))
+	if len(nodes) > maxClusterNodes {
+		// One goroutine per node asked: the published data names the nodes, so bound them.
+		out.Cvpn = &PartialAnswer{Partial: true, Reason: fmt.Sprintf("%d nodes published matching connections; the first %d by name were asked", len(nodes), maxClusterNodes)}
+		nodes = nodes[:maxClusterNodes]
+	}
 	type answer struct {
 		statuses []TerminateConnectionStatus
 		refused  *Error
