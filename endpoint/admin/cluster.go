@@ -371,9 +371,18 @@ func (s *Source) terminateConnections(ctx context.Context, in TerminateClientVpn
 		})
 	}
 	wg.Wait()
-	for _, a := range answers {
+	for i, a := range answers {
 		if a.refused != nil && notHere {
 			return TerminateClientVpnConnectionsOutput{}, a.refused // the owner's word on its connection
+		}
+		if a.refused != nil {
+			// One node's refusal fails its own connections, not the user's others.
+			failed := Status{Code: StatusFailedToTerminate, Message: fmt.Sprintf("node %s refused: %s: %s", nodes[i], a.refused.Code, a.refused.Message)}
+			for _, c := range byNode[nodes[i]] {
+				out.ConnectionStatuses = append(out.ConnectionStatuses, TerminateConnectionStatus{ConnectionID: c.ConnectionID,
+					PreviousStatus: Status{Code: c.Status.Code}, CurrentStatus: failed})
+			}
+			continue
 		}
 		out.ConnectionStatuses = append(out.ConnectionStatuses, a.statuses...)
 	}
@@ -389,6 +398,9 @@ func (s *Source) terminateOn(ctx context.Context, node string, in TerminateClien
 	ans, err := s.Cluster.Terminate(ctx, node, in)
 	var refused *Error
 	if errors.As(err, &refused) {
+		if !clean(refused.Code) || !clean(refused.Message) {
+			return nil, &Error{Code: "InternalError", Message: fmt.Sprintf("node %s refused with a malformed error", node)}
+		}
 		return nil, refused
 	}
 	now := s.now()

@@ -307,8 +307,8 @@ func TestClusterTerminateByID(t *testing.T) {
 
 // TestClusterTerminateByUsername: a user's sessions go on this node and on every other node
 // that published one, the statuses merged; a node that does not answer has its sessions
-// reported (and listed) terminating, queued for it; one that cannot be asked has them
-// failed-to-terminate; without the cluster's list only this node's go, flagged.
+// reported (and listed) terminating, queued for it; one that cannot be asked, or refuses, has
+// them failed-to-terminate; without the cluster's list only this node's go, flagged.
 func TestClusterTerminateByUsername(t *testing.T) {
 	l, fc, b, c := clusterLab(t)
 	ctx := context.Background()
@@ -353,6 +353,12 @@ func TestClusterTerminateByUsername(t *testing.T) {
 	if err != nil || len(out.ConnectionStatuses) != 1 || out.ConnectionStatuses[0].CurrentStatus.Code != StatusFailedToTerminate ||
 		!strings.Contains(out.ConnectionStatuses[0].CurrentStatus.Message, "node b was not asked") {
 		t.Errorf("b unreachable: %+v %v", out, err)
+	}
+	b2.lost, b2.refuse = false, &Error{Code: "IncorrectState", Message: "stopping"}
+	out, err = l2.client.TerminateClientVpnConnections(ctx, TerminateClientVpnConnectionsInput{Username: "carol"})
+	if err != nil || len(out.ConnectionStatuses) != 1 || out.ConnectionStatuses[0].CurrentStatus.Code != StatusFailedToTerminate ||
+		out.ConnectionStatuses[0].CurrentStatus.Message != "node b refused: IncorrectState: stopping" {
+		t.Errorf("b refuses: %+v %v", out, err)
 	}
 
 	l3, fc3, _, _ := clusterLab(t)

@@ -28,7 +28,7 @@ const (
 	// StatusFailedToTerminate is never returned for this node's sessions: tunnel/session's
 	// goodbye tears a halted session down unconditionally (3 s at most, HALT acknowledged or
 	// not), so none can fail. On a cluster it is a session of another node to which the
-	// request could not even be queued (ErrNotQueued).
+	// request could not even be queued (ErrNotQueued), or whose node refused it.
 	StatusFailedToTerminate = "failed-to-terminate"
 )
 
