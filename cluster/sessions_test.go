@@ -234,6 +234,17 @@ func TestPublishListAndLeave(t *testing.T) {
 		}
 	}
 
+	// What cannot be decoded is skipped and counted.
+	if _, err := a.cli.Put(ctx, a.keys.session("z", "cvpn-connection-0000000000000bad1"), "{not json"); err != nil {
+		t.Fatal(err)
+	}
+	if got := listed(t, b); !slices.Equal(got, want) || b.MalformedSessions() != 1 {
+		t.Errorf("with a malformed entry b lists %v and counts %d malformed; want %v and 1", got, b.MalformedSessions(), want)
+	}
+	if _, err := a.cli.Delete(ctx, a.keys.session("z", "cvpn-connection-0000000000000bad1")); err != nil {
+		t.Fatal(err)
+	}
+
 	ea.disconnect("cvpn-connection-000000000000000a2")
 	eventually(t, "a disconnected session leaves b's list", func() bool {
 		return slices.Equal(listed(t, b), []string{want[0], want[2]})

@@ -23,8 +23,9 @@ import (
 // terminated/<req>; the owner watches terminate/<itself>/, carries the request out, puts the
 // answer under the request's lease and deletes the request in one transaction. A request
 // nobody answers (its node is down) goes with its lease; one the owner finds past its deadline
-// (the owner was away longer than the requester waits) is deleted without running, so an
-// administrator's terminate never takes effect long after it was reported as failed.
+// (the end of that lease: the owner was away longer than terminateTTL) is deleted without
+// running, so a terminate that Terminate reported as unanswered takes effect within
+// terminateTTL or never.
 const (
 	// TerminateTimeout is how long Terminate waits for an answer when ctx has no deadline.
 	TerminateTimeout = 5 * time.Second
@@ -50,8 +51,8 @@ type TerminateRequest struct {
 	// connection limit); the client is told it.
 	Reason    string `json:"reason,omitempty"`
 	Requester string `json:"requester"`
-	// Deadline (RFC 3339, UTC) is when the requester stops waiting; the owner deletes the
-	// request unrun after it (with the nodes' clocks in step to within the request's TTL).
+	// Deadline (RFC 3339, UTC) is when the request lapses (its lease's end, by the requester's
+	// clock); the owner deletes it unrun after that, by its own clock.
 	Deadline string `json:"deadline"`
 }
 

@@ -225,3 +225,35 @@ func TestUserLimitAcrossNodes(t *testing.T) {
 		t.Errorf("a holds %v; want alice's newer session and carol's kept", got)
 	}
 }
+
+// After etcd went away and came back, the nodes hold new leases: the publisher republishes
+// what the engine still holds, and the terminate watcher, re-established, answers again.
+func TestAfterEtcdRestart(t *testing.T) {
+	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
+	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
+	ea := newFakeEngine(a, 0)
+	newFakeEngine(b, 0)
+	a.Start()
+	b.Start()
+	ea.connect("cvpn-connection-000000000000000a1", "alice", "alice", time.Now())
+	eventually(t, "b lists a's session", func() bool { return len(listed(t, b)) == 1 })
+	lease := a.leaseID()
+	lab.Member(0).Stop()
+	eventually(t, "a loses its lease", func() bool { return a.leaseID() != lease })
+	lab.Member(0).Start()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := lab.WaitHealthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a holds a new lease", func() bool { id := a.leaseID(); return id != 0 && id != lease })
+	eventually(t, "b lists a's session again, under a's new lease", func() bool {
+		r, err := b.cli.Get(ctx, b.keys.session("a", "cvpn-connection-000000000000000a1"))
+		return err == nil && len(r.Kvs) == 1 && r.Kvs[0].Lease == int64(a.leaseID())
+	})
+	out, err := b.Terminate(ctx, "a", admin.TerminateClientVpnConnectionsInput{Username: "alice"})
+	if err != nil || len(out.ConnectionStatuses) != 1 {
+		t.Fatalf("terminate after the restart: %+v, %v", out, err)
+	}
+	eventually(t, "the terminated session leaves the list", func() bool { return len(listed(t, b)) == 0 })
+}
