@@ -155,9 +155,18 @@ func waitNodes(ctx context.Context, cli *clientv3.Client, k keys, done func(Aliv
 // Config returns the pushed endpoint file and its revision; ok is false when nothing was
 // pushed yet.
 func (n *Node) Config(ctx context.Context) (pc PushedConfig, rev int64, ok bool, err error) {
+	return PushedFile(ctx, n.cli, n.cfg.Prefix)
+}
+
+// PushedFile returns the cluster's pushed endpoint file and its revision; ok is false when
+// nothing was pushed yet.
+func PushedFile(ctx context.Context, cli *clientv3.Client, prefix string) (pc PushedConfig, rev int64, ok bool, err error) {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
 	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	defer cancel()
-	resp, err := n.cli.Get(ctx, n.keys.config())
+	resp, err := cli.Get(ctx, keys{prefix}.config())
 	if err != nil {
 		return pc, 0, false, fmt.Errorf("cluster: read the pushed endpoint file: %w", err)
 	}
@@ -281,4 +290,27 @@ func Forget(ctx context.Context, cli *clientv3.Client, prefix, node string) erro
 		return fmt.Errorf("cluster: no node %s", node)
 	}
 	return nil
+}
+
+// Members lists every node that joined the cluster and was not forgotten, sorted by name:
+// the nodes a client profile lists.
+func Members(ctx context.Context, cli *clientv3.Client, prefix string) ([]Member, error) {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	k := keys{prefix}
+	resp, err := cli.Get(ctx, k.members(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("cluster: list the nodes: %w", err)
+	}
+	var out []Member
+	for _, kv := range resp.Kvs {
+		var m Member
+		if json.Unmarshal(kv.Value, &m) != nil || m.Name == "" {
+			continue
+		}
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
 }

@@ -258,3 +258,35 @@ func (cr *clusterRun) openState(ctx context.Context, cfg *config.Endpoint) (stat
 	}
 	return cr.node.Store(), sealer, nil
 }
+
+// LoadForCluster loads the node file at path the way a node would run it: on a cluster node,
+// the pushed endpoint file (if any) with path's cluster section; it also returns the
+// cluster's members (every node that joined), which profiles list. Without a cluster section
+// it is Load, with no members.
+func LoadForCluster(ctx context.Context, path string, now time.Time) (*Endpoint, []cluster.Member, error) {
+	local, err := Load(path, now)
+	if err != nil || local.Config.Cluster == nil {
+		return local, nil, err
+	}
+	ccfg, err := ClusterConfig(local.Config, Options{})
+	if err != nil {
+		return nil, nil, err
+	}
+	cli, err := cluster.Dial(ccfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	members, err := cluster.Members(ctx, cli, ccfg.Prefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	pc, rev, ok, err := cluster.PushedFile(ctx, cli, ccfg.Prefix)
+	if err != nil || !ok {
+		return local, members, err
+	}
+	ep, err := loadPushed(pc, rev, local.Config, now)
+	return ep, members, err
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/cvpn/cvpn/config"
+	"github.com/cvpn/cvpn/endpoint"
 	"github.com/cvpn/cvpn/endpoint/clientstore"
 	"github.com/cvpn/cvpn/endpoint/profile"
 )
@@ -55,7 +57,7 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 			return exitRuntime
 		}
 	}
-	ep, err := loadEndpoint(file)
+	ep, members, err := endpoint.LoadForCluster(context.Background(), file, timeNow())
 	if err != nil {
 		printConfigError(stderr, err)
 		return exitInvalid
@@ -72,7 +74,15 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 			"leave out --client\n", *client, how)
 		return exitInvalid
 	}
-	if cfg.RemoteHostname == "" {
+	var remotes []string
+	for _, m := range members {
+		remotes = append(remotes, m.PublicAddress)
+	}
+	if cfg.Cluster != nil && len(remotes) == 0 {
+		fmt.Fprintln(stderr, "cvpn export-client-config: no node of the cluster has joined yet: start one, then export")
+		return exitRuntime
+	}
+	if cfg.RemoteHostname == "" && cfg.Cluster == nil {
 		fmt.Fprintln(stderr, cfg.KeyError("remote_hostname", errors.New(
 			"not set: a profile needs the public DNS name or IP address clients dial")))
 		return exitInvalid
@@ -104,6 +114,13 @@ func cmdExport(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return exitRuntime
+	}
+	if len(remotes) > 0 {
+		// A cluster's profile lists every node that joined (cluster.public_address).
+		if err := p.SetRemotes(remotes); err != nil {
+			fmt.Fprintln(stderr, "cvpn export-client-config:", err)
+			return exitRuntime
+		}
 	}
 	var store clientstore.Store
 	if certAuth {
