@@ -580,13 +580,17 @@ type TargetNetwork struct {
 	// SNATAddress (snat_address) is the endpoint's own IPv4 address
 	// there, which client traffic is source-NATed to; it must lie inside
 	// one of VPCCIDRBlocks. Required unless IPv4 traffic is off
-	// (traffic_ip_address_type: ipv6), and refused then.
+	// (traffic_ip_address_type: ipv6), and refused then. On a cluster
+	// node it is the node's own cluster.snat_address (Cluster.SNATAddress),
+	// whatever the file sets here, and the file may leave it out.
 	SNATAddress netip.Addr
 	// SNATIPv6Address (snat_ipv6_address) is optional: when set, IPv6
 	// client traffic is source-NATed to it (for networks that cannot route
 	// the client block) instead of leaving with the clients' own
 	// addresses. It must lie inside an IPv6 entry of VPCCIDRBlocks and
-	// outside ClientIPv6CIDRBlock. AWS: none (AWS routes IPv6).
+	// outside ClientIPv6CIDRBlock. On a cluster node it is the node's own
+	// cluster.snat_ipv6_address, which IPv6 traffic requires there. AWS:
+	// none (AWS routes IPv6).
 	SNATIPv6Address netip.Addr
 }
 
