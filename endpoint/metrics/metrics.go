@@ -8,6 +8,7 @@
 // session events (Metrics is a tunnel.Events) record only what ends with a session or never
 // reaches the engine's tables: refusals, handshake durations, the final counters of ended
 // sessions. It does not own the engine, the pool, the NAT table or the CRL; Sources reads them.
+// On a cluster node every metric carries the node's name as a constant label (WithNode).
 package metrics
 
 import (
