@@ -128,7 +128,11 @@ func Start(t testing.TB, o Options) *Cluster {
 	if n < 0 || (len(o.Hosts) != 0 && len(o.Hosts) != n) || (len(o.NetNS) != 0 && len(o.NetNS) != n) {
 		t.Fatalf("etcdlab: %d members with %d hosts and %d namespaces: give one per member or none", n, len(o.Hosts), len(o.NetNS))
 	}
+	built := time.Now()
 	bin, err := binary()
+	if d := time.Since(built); d > time.Second {
+		t.Logf("etcdlab: built etcd in %v", d.Round(time.Millisecond))
+	}
 	if err != nil {
 		t.Fatalf("etcdlab: %v", err)
 	}
@@ -288,6 +292,14 @@ func (m *Member) waitHealthy(ctx context.Context) error {
 		default:
 		}
 		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		go func() {
+			// A member that exits ends its health check at once.
+			select {
+			case <-done:
+				cancel()
+			case <-rctx.Done():
+			}
+		}()
 		_, err := cli.Get(rctx, "etcdlab/health")
 		cancel()
 		if err == nil {

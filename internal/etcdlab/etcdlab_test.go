@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -143,4 +145,32 @@ func get(t *testing.T, cli *clientv3.Client, k string) string {
 		t.Fatalf("Get %s: %d keys", k, len(resp.Kvs))
 	}
 	return string(resp.Kvs[0].Value)
+}
+
+// TestMemberExitReported: a member that exits on its own (here its data directory became a
+// file) ends WaitHealthy at once with an error carrying its log, instead of a wait until the
+// deadline.
+func TestMemberExitReported(t *testing.T) {
+	c := Start(t, Options{})
+	m := c.Member(0)
+	m.Kill()
+	if err := os.RemoveAll(m.dataDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(m.dataDir, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m.Start()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := c.WaitHealthy(ctx)
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitHealthy = %v, want the member's exit", err)
+	}
+	if !strings.Contains(err.Error(), "exited") || !strings.Contains(err.Error(), "=== etcdlab: m0 start (existing)") {
+		t.Fatalf("WaitHealthy error does not say the member exited or carry its log:\n%v", err)
+	}
+	if m.Running() {
+		t.Fatal("Running after the member exited")
+	}
 }
