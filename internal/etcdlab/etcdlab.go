@@ -12,7 +12,8 @@
 //
 // In end-to-end tests a member can run in a network namespace (Options.NetNS, `ip netns exec`)
 // listening on an address of that namespace (Options.Hosts); the client URLs then name that
-// address, and only processes that can route to it reach the member.
+// address, and only processes that can route to it reach the member. The lab's own clients
+// (its health checks, Client) dial through Options.Dial, e.g. netlab.DialContextIn(adminNS).
 //
 // It does not fake anything and skips nothing: a failure to build or start etcd fails the test.
 // Peer traffic is plain HTTP even when Options.TLS asks for TLS on the client side, which is the
