@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/cvpn/cvpn/state"
 )
@@ -25,6 +26,9 @@ const (
 	DefaultBlockSize = 64
 	// requestTimeout bounds one etcd request the node makes on its own behalf.
 	requestTimeout = 5 * time.Second
+	// unreachableAfter is how long the client's connection to etcd may be down (a member
+	// failing over to another takes a moment) before the node stops admitting.
+	unreachableAfter = time.Second
 )
 
 // Errors a node reports.
@@ -246,6 +250,7 @@ func (n *Node) run() {
 	go n.renew()
 	check := time.NewTicker(max(n.cfg.TTL/20, 50*time.Millisecond))
 	defer check.Stop()
+	var unreachable time.Time // since when the connection to etcd is not ready; zero while it is
 	for {
 		select {
 		case <-n.ctx.Done():
@@ -260,12 +265,22 @@ func (n *Node) run() {
 			continue
 		}
 		since := time.Since(renewed)
+		conn := n.cli.ActiveConnection().GetState()
+		if conn == connectivity.Ready || conn == connectivity.Idle {
+			unreachable = time.Time{}
+		} else if unreachable.IsZero() {
+			unreachable = time.Now()
+		}
 		switch {
 		case since >= n.cfg.TTL-n.margin():
 			n.lose(fmt.Sprintf("etcd confirmed no lease renewal for %v", since.Round(time.Millisecond)))
 		case since >= n.cfg.TTL/2 && health == Healthy:
 			n.setHealth(Degraded, fmt.Sprintf("etcd has not confirmed a lease renewal for %v", since.Round(time.Millisecond)))
-		case since < n.cfg.TTL/2 && health == Degraded:
+		case !unreachable.IsZero() && time.Since(unreachable) >= unreachableAfter && health == Healthy:
+			// Every logon needs etcd (state, address blocks, the user limit): turn them away
+			// at once rather than when the lease is half gone.
+			n.setHealth(Degraded, fmt.Sprintf("cannot reach etcd (connection %s)", strings.ToLower(conn.String())))
+		case since < n.cfg.TTL/2 && unreachable.IsZero() && health == Degraded:
 			n.setHealth(Healthy, "")
 		}
 	}
