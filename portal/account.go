@@ -1,6 +1,7 @@
 package portal
 
 import (
+	"context"
 	"html/template"
 	"mime"
 	"net/http"
@@ -49,15 +50,15 @@ func (s *Server) userPost(w http.ResponseWriter, r *http.Request, enrolling bool
 }
 
 // takeFlash returns and clears the session's one-shot message.
-func (s *Server) takeFlash(se session) string {
+func (s *Server) takeFlash(ctx context.Context, se session) string {
 	if se.flash != "" {
-		s.sessions.update(se.key, func(n *session) { n.flash = "" })
+		s.sessions.update(ctx, se.key, func(n *session) { n.flash = "" })
 	}
 	return se.flash
 }
 
-func (s *Server) setFlash(se session, msg string) {
-	s.sessions.update(se.key, func(n *session) { n.flash = msg })
+func (s *Server) setFlash(ctx context.Context, se session, msg string) {
+	s.sessions.update(ctx, se.key, func(n *session) { n.flash = msg })
 }
 
 // homeData is the data of the home page.
@@ -95,7 +96,7 @@ func (s *Server) home(w http.ResponseWriter, r *http.Request) {
 	if d.ShowSessions {
 		d.Sessions = s.cfg.Sessions.List(se.id.Username)
 	}
-	s.render(w, http.StatusOK, "home", view{Heading: "Your VPN", CSRF: se.csrf, User: se.id, Flash: s.takeFlash(se), Data: d})
+	s.render(w, http.StatusOK, "home", view{Heading: "Your VPN", CSRF: se.csrf, User: se.id, Flash: s.takeFlash(r.Context(), se), Data: d})
 }
 
 // download sends the user's profile. It is a POST: for certificate endpoints it issues a
@@ -184,10 +185,10 @@ func (s *Server) mfaPage(w http.ResponseWriter, r *http.Request) {
 		s.notFound(w, r)
 		return
 	}
-	s.enrolView(w, se, http.StatusOK, "")
+	s.enrolView(w, r, se, http.StatusOK, "")
 }
 
-func (s *Server) enrolView(w http.ResponseWriter, se session, status int, errText string) {
+func (s *Server) enrolView(w http.ResponseWriter, r *http.Request, se session, status int, errText string) {
 	d := enrolData{Required: se.needsEnrol}
 	if se.enrolURI != "" {
 		d.URI = template.URL(se.enrolURI)
@@ -195,7 +196,7 @@ func (s *Server) enrolView(w http.ResponseWriter, se session, status int, errTex
 			d.Secret = u.Query().Get("secret")
 		}
 	}
-	s.render(w, status, "enrol", view{Heading: "Authenticator", CSRF: se.csrf, User: se.id, Error: errText, Flash: s.takeFlash(se), Data: d})
+	s.render(w, status, "enrol", view{Heading: "Authenticator", CSRF: se.csrf, User: se.id, Error: errText, Flash: s.takeFlash(r.Context(), se), Data: d})
 }
 
 func (s *Server) mfaEnrol(w http.ResponseWriter, r *http.Request) {
@@ -216,7 +217,7 @@ func (s *Server) mfaEnrol(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadGateway, "The authenticator could not be enrolled. Try again later.")
 		return
 	}
-	s.sessions.update(se.key, func(n *session) { n.enrolURI = uri })
+	s.sessions.update(r.Context(), se.key, func(n *session) { n.enrolURI = uri })
 	s.audit(r, EventMFAEnrol, "user", se.id.Username)
 	http.Redirect(w, r, "/mfa", http.StatusSeeOther)
 }
@@ -265,18 +266,18 @@ func (s *Server) mfaConfirm(w http.ResponseWriter, r *http.Request) {
 	if err := s.cfg.MFA.Verify(r.Context(), se.id.Username, code); err != nil {
 		s.log.Warn("portal: confirming an authenticator refused", "user", se.id.Username, "err", err)
 		s.failed(r, se.id.Username, MethodDirectory, "wrong code confirming an authenticator")
-		s.enrolView(w, se, http.StatusUnauthorized, msgBadCode)
+		s.enrolView(w, r, se, http.StatusUnauthorized, msgBadCode)
 		return
 	}
 	s.audit(r, EventMFAConfirm, "user", se.id.Username)
 	if !se.needsEnrol {
-		s.sessions.update(se.key, func(n *session) { n.enrolURI, n.flash = "", "Your authenticator is enrolled." })
+		s.sessions.update(r.Context(), se.key, func(n *session) { n.enrolURI, n.flash = "", "Your authenticator is enrolled." })
 		http.Redirect(w, r, "/", http.StatusSeeOther)
 		return
 	}
 	id := *se.id
 	var returnTo string
-	newID, _, err := s.sessions.rotate(se.key, s.now(), func(n *session) {
+	newID, _, err := s.sessions.rotate(r.Context(), se.key, s.now(), func(n *session) {
 		n.id, returnTo, n.returnTo = &id, n.returnTo, ""
 		n.flash = "Your authenticator is enrolled."
 	})
@@ -305,7 +306,7 @@ func (s *Server) mfaReset(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadGateway, "The authenticator could not be removed. Try again later.")
 		return
 	}
-	s.sessions.update(se.key, func(n *session) { n.enrolURI, n.flash = "", "Your authenticator was removed." })
+	s.sessions.update(r.Context(), se.key, func(n *session) { n.enrolURI, n.flash = "", "Your authenticator was removed." })
 	s.audit(r, EventMFAReset, "user", se.id.Username)
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
@@ -332,7 +333,7 @@ func (s *Server) endSession(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusNotFound, "That connection is not one of yours, or it has ended already.")
 		return
 	}
-	s.setFlash(se, "The connection was ended.")
+	s.setFlash(r.Context(), se, "The connection was ended.")
 	s.audit(r, EventSessionEnded, "user", se.id.Username, "connection", conn)
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }

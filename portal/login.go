@@ -63,7 +63,7 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !ok {
-		id, fresh, err := s.sessions.create(now, func(n *session) { n.returnTo = next })
+		id, fresh, err := s.sessions.create(r.Context(), clientAddr(r), now, func(n *session) { n.returnTo = next })
 		if err != nil {
 			s.fail(w, r, http.StatusServiceUnavailable, "The portal is busy. Try again in a minute.")
 			return
@@ -71,7 +71,7 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 		setCookie(w, id)
 		se = fresh
 	} else if next != "" {
-		s.sessions.update(se.key, func(n *session) { n.returnTo = next })
+		s.sessions.update(r.Context(), se.key, func(n *session) { n.returnTo = next })
 		se.returnTo = next
 	}
 	if se.codeFor != nil && now.Before(se.codeTill) {
@@ -173,7 +173,7 @@ func (s *Server) passwordLogin(w http.ResponseWriter, r *http.Request) {
 		s.signedIn(w, r, se.key, id, true)
 		return
 	}
-	newID, _, err := s.sessions.rotate(se.key, now, func(n *session) {
+	newID, _, err := s.sessions.rotate(r.Context(), se.key, now, func(n *session) {
 		n.codeFor, n.codeTill = &id, now.Add(codeStepTTL)
 	})
 	if err != nil {
@@ -216,7 +216,7 @@ func (s *Server) cancelLogin(w http.ResponseWriter, r *http.Request) {
 	if !s.checkPost(w, r, se, ok) {
 		return
 	}
-	s.sessions.update(se.key, func(n *session) { n.codeFor = nil })
+	s.sessions.update(r.Context(), se.key, func(n *session) { n.codeFor = nil })
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
 
@@ -225,7 +225,7 @@ func (s *Server) cancelLogin(w http.ResponseWriter, r *http.Request) {
 func (s *Server) signedIn(w http.ResponseWriter, r *http.Request, old sessionKey, id Identity, needsEnrol bool) {
 	now := s.now()
 	var returnTo string
-	newID, _, err := s.sessions.rotate(old, now, func(n *session) {
+	newID, _, err := s.sessions.rotate(r.Context(), old, now, func(n *session) {
 		n.id, n.needsEnrol = &id, needsEnrol
 		returnTo = n.returnTo
 		if !needsEnrol {
@@ -280,7 +280,7 @@ func (s *Server) beginFederated(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, http.StatusBadGateway, "The identity provider cannot be reached now. Try again later.")
 		return
 	}
-	if err := s.pending.begin(state, f.Name(), se.key, now); err != nil {
+	if err := s.pending.begin(r.Context(), state, f.Name(), se.key.hash, now); err != nil {
 		s.fail(w, r, http.StatusServiceUnavailable, "Too many sign-ins are in progress. Try again in a minute.")
 		return
 	}
@@ -311,8 +311,8 @@ func (s *Server) callback(name string) http.HandlerFunc {
 		var l federatedLogin
 		found, live := false, false
 		if state != "" {
-			l, live = s.pending.take(state, now)
-			found = l.provider != ""
+			l, live = s.pending.take(r.Context(), state, now)
+			found = l.Provider != ""
 		}
 		if err == nil {
 			err = validIdentity(id)
@@ -323,15 +323,20 @@ func (s *Server) callback(name string) http.HandlerFunc {
 			s.failed(r, "", name, "the identity provider's answer was refused")
 			s.fail(w, r, http.StatusUnauthorized, msgFederated)
 			return
-		case !found || !live || l.provider != name:
+		case !found || !live || l.Provider != name:
 			s.log.Warn("portal: federated answer for no login in progress", "provider", name, "found", found, "live", live)
 			s.failed(r, "", name, "no such login in progress")
 			s.fail(w, r, http.StatusBadRequest, msgExpired)
 			return
 		}
 		id.Method = name
-		l.id = id
-		tok := s.pending.answered(l, now)
+		l.ID = &id
+		tok, err := s.pending.answered(r.Context(), l, now)
+		if err != nil {
+			s.log.Error("portal: federated login not kept", "provider", name, "err", err)
+			s.fail(w, r, http.StatusServiceUnavailable, "The portal is busy. Try again in a minute.")
+			return
+		}
 		http.Redirect(w, r, "/login/finish?t="+url.QueryEscape(tok), http.StatusSeeOther)
 	}
 }
@@ -339,14 +344,14 @@ func (s *Server) callback(name string) http.HandlerFunc {
 // finishFederated signs in the browser that began a federated login, and only it.
 func (s *Server) finishFederated(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
-	l, live := s.pending.finish(r.URL.Query().Get("t"), now)
+	l, live := s.pending.finish(r.Context(), r.URL.Query().Get("t"), now)
 	se, ok := s.sessions.lookup(r, now)
-	if !live || !ok || se.key != l.session {
-		s.failed(r, "", l.provider, "finished in another browser, or expired")
+	if !live || !ok || se.key.hash != l.Session || l.ID == nil {
+		s.failed(r, "", l.Provider, "finished in another browser, or expired")
 		s.fail(w, r, http.StatusForbidden, "This sign-in was started in another browser, or it has expired. Start again.")
 		return
 	}
-	s.signedIn(w, r, se.key, l.id, false)
+	s.signedIn(w, r, se.key, *l.ID, false)
 }
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
@@ -354,7 +359,7 @@ func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 	if !s.checkPost(w, r, se, ok) {
 		return
 	}
-	s.sessions.drop(se.key)
+	s.sessions.drop(r.Context(), se.key, true)
 	clearCookie(w)
 	if se.id != nil {
 		s.audit(r, EventLogout, "user", se.id.Username, "method", se.id.Method)

@@ -18,6 +18,17 @@
 //     the id's SHA-256. A new id is issued at every change of privilege (password accepted,
 //     second factor accepted, federated login finished), so a planted id is worthless.
 //     Sessions expire after IdleTimeout without a request and AbsoluteTimeout after login.
+//   - Sessions and federated logins in progress live in a state.Store (Config.State): nodes
+//     of a cluster sharing it serve a browser alike, whichever node each request reaches.
+//     The store holds the id's SHA-256 as the key and the session sealed under another hash
+//     of the id, so neither the cookie nor a pending authenticator secret can be read from
+//     it. Anyone can make a session not signed in (GET /login): it costs the store one
+//     record (under 1 KiB) and two ledger places, lives 15 minutes from its creation
+//     whatever its browser does, and is bounded per client address (/64 for IPv6) and in
+//     all (MaxSessions): when a bound is full the portal answers busy until places expire,
+//     never ending signed-in sessions, which are bounded per user (MaxSessionsPerUser).
+//     Federated logins are bounded in all (4096 begun within their 10 minutes) and per
+//     session (4, the oldest dropped).
 //   - Every POST but the SAML ACS carries the session's CSRF token (compared in constant time)
 //     and, when the browser sends Origin or Referer, must come from PublicURL's origin
 //     (Referrer-Policy same-origin makes browsers send the real Origin; "null" is refused). The
@@ -46,6 +57,7 @@ import (
 	"time"
 
 	"github.com/cvpn/cvpn/auth/sso"
+	"github.com/cvpn/cvpn/state"
 )
 
 // Identity is who signed in to the portal.
@@ -162,8 +174,13 @@ type Config struct {
 
 	// IdleTimeout and AbsoluteTimeout bound a browser session (30 min and 12 h when zero).
 	IdleTimeout, AbsoluteTimeout time.Duration
-	// MaxSessions bounds the browser sessions kept, signed in or not (10000 when zero).
+	// MaxSessions bounds the browser sessions not signed in (10000 when zero), across every
+	// node of State; signed-in sessions are bounded per user (MaxSessionsPerUser).
 	MaxSessions int
+	// State holds the browser sessions and the federated logins in progress; nodes of a
+	// cluster pass their shared store so that a browser is served alike by every node. Nil
+	// keeps them in this process (state.NewMemory).
+	State state.Store
 }
 
 // Audit events.
@@ -282,8 +299,12 @@ func New(cfg Config) (*Server, error) {
 	if max <= 0 {
 		max = DefaultMaxSessions
 	}
-	s.sessions = newStore(max, idle, abs)
-	s.pending = newFederatedTable(maxFederated)
+	st := cfg.State
+	if st == nil {
+		st = state.NewMemory()
+	}
+	s.sessions = newStore(st, s.log, s.now, max, idle, abs)
+	s.pending = newFederatedTable(st, s.log, maxFederated)
 	s.users = newLimiter(MaxFailuresPerUser, FailureWindow, limiterEntries)
 	s.addrs = newLimiter(MaxFailuresPerAddress, FailureWindow, limiterEntries)
 	s.limitAudits = newLimiter(1, time.Minute, limiterEntries)

@@ -1,6 +1,7 @@
 package portal
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -368,34 +369,57 @@ func TestSessionStoreBounded(t *testing.T) {
 	for i := range 500 {
 		e.browser(fmt.Sprintf("198.51.100.%d:1", i%250)).get("/login")
 	}
-	if n := e.srv.sessions.len(); n > 50 {
-		t.Fatalf("%d sessions kept, more than 50", n)
+	// MaxSessions bounds the sessions not signed in; alice's is bounded as hers.
+	if n := e.srv.sessions.len(); n > 50+1 {
+		t.Fatalf("%d sessions kept, more than 50 anonymous and alice's", n)
 	}
-	// The flood of anonymous sessions evicted anonymous ones, not the signed-in user.
+	// The flood of anonymous sessions did not end the signed-in user's.
 	wantCode(t, alice.get("/"), http.StatusOK)
+	// Anonymous sessions expire on their own, whatever their browser does: then there is
+	// room again.
+	e.clk.advance(anonTTL)
+	wantCode(t, e.browser("203.0.113.9:1").get("/login"), http.StatusOK)
+}
+
+// TestSessionsPerAddressBounded: one address gets anonPerAddress sessions not signed in.
+func TestSessionsPerAddressBounded(t *testing.T) {
+	e := newEnv(t, nil)
+	for range anonPerAddress {
+		wantCode(t, e.browser("198.51.100.7:1").get("/login"), http.StatusOK)
+	}
+	wantCode(t, e.browser("198.51.100.7:2").get("/login"), http.StatusServiceUnavailable)
+	wantCode(t, e.browser("198.51.100.8:1").get("/login"), http.StatusOK)
 }
 
 func TestFederatedTableBounded(t *testing.T) {
-	tbl := newFederatedTable(10)
+	ctx := context.Background()
+	tbl := newFederatedTable(nil, nil, 10)
 	now := time.Unix(1e9, 0)
-	var k sessionKey
+	var k [32]byte
 	for i := range 20 {
 		k[0] = byte(i)
-		_ = tbl.begin(fmt.Sprint("s", i), "oidc", k, now)
+		_ = tbl.begin(ctx, fmt.Sprint("s", i), "oidc", k, now)
 	}
 	if tbl.len() > 10 {
 		t.Fatalf("table holds %d logins, more than 10", tbl.len())
 	}
 	// One session keeps at most perSession logins.
 	k[0] = 200
-	tbl = newFederatedTable(100)
+	tbl = newFederatedTable(nil, nil, 100)
 	for i := range 20 {
-		if err := tbl.begin(fmt.Sprint("t", i), "oidc", k, now.Add(time.Duration(i))); err != nil {
+		if err := tbl.begin(ctx, fmt.Sprint("t", i), "oidc", k, now.Add(time.Duration(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if tbl.len() != perSession {
 		t.Fatalf("one session holds %d logins, want %d", tbl.len(), perSession)
+	}
+	// The ones kept are the newest.
+	if _, live := tbl.take(ctx, "t19", now); !live {
+		t.Fatal("the newest login was dropped")
+	}
+	if l, _ := tbl.take(ctx, "t0", now); l.Provider != "" {
+		t.Fatal("the oldest login was kept")
 	}
 }
 
