@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"strings"
@@ -136,7 +137,10 @@ type Publisher struct {
 	// The writer's own state (only the writer goroutine touches it).
 	lease clientv3.LeaseID
 	// published maps each connection this node published under lease to its user key.
-	published  map[string]string
+	published map[string]string
+	// unchecked are sessions (id → identity) whose limit check waits for a publication that
+	// succeeds: a failed write leaves it to the resync.
+	unchecked  map[string]string
 	lastResync time.Time
 }
 
@@ -193,8 +197,18 @@ func (p *Publisher) nudge() {
 	}
 }
 
-// Dropped returns how many session events the full queue dropped (each repaired by a resync).
-func (p *Publisher) Dropped() uint64 { return p.dropped.Load() }
+// PublisherStats counts what the publisher could not do at once.
+type PublisherStats struct {
+	// Dropped are session events the full queue refused (a resync repaired each);
+	// DroppedChecks connection-limit checks the full check queue refused; Failed transactions
+	// etcd refused (a resync retried them).
+	Dropped, DroppedChecks, Failed uint64
+}
+
+// Stats returns the publisher's counters (for metrics).
+func (p *Publisher) Stats() PublisherStats {
+	return PublisherStats{Dropped: p.dropped.Load(), DroppedChecks: p.droppedChecks.Load(), Failed: p.failed.Load()}
+}
 
 // write is the writer goroutine: batches of events, resyncs, until the node closes.
 func (p *Publisher) write() {
@@ -238,18 +252,19 @@ func (p *Publisher) writeEvents(first publishEvent) {
 		return
 	}
 	var b opBatch
-	var connected []string
+	connected := make(map[string]string)
 	for _, ev := range batch {
 		id, user := ev.st.ConnectionID, userKey(identityOf(ev.st.Info))
 		if ev.connected {
 			p.putOps(&b, ev.st)
-			connected = append(connected, identityOf(ev.st.Info))
+			connected[id] = identityOf(ev.st.Info)
 		} else {
 			b.add(p.n.keys.session(p.n.cfg.Node, id), clientv3.OpDelete(p.n.keys.session(p.n.cfg.Node, id)))
 			b.add(p.n.keys.userSession(user, id), clientv3.OpDelete(p.n.keys.userSession(user, id)))
 		}
 	}
 	if !p.commit(b.ops()) {
+		maps.Copy(p.unchecked, connected)
 		return
 	}
 	for _, ev := range batch {
@@ -257,8 +272,10 @@ func (p *Publisher) writeEvents(first publishEvent) {
 			delete(p.published, ev.st.ConnectionID)
 		}
 	}
-	for _, who := range connected {
-		p.checkLimit(who)
+	for id, who := range connected {
+		if p.published[id] != "" { // not disconnected in the same batch
+			p.checkLimit(who)
+		}
 	}
 }
 
@@ -269,7 +286,7 @@ func (p *Publisher) current() bool {
 	if id == p.lease && p.published != nil {
 		return true
 	}
-	p.lease, p.published = id, make(map[string]string)
+	p.lease, p.published, p.unchecked = id, make(map[string]string), make(map[string]string)
 	return false
 }
 
@@ -301,10 +318,11 @@ func (p *Publisher) resyncNow() {
 	live := p.clients()
 	seen := make(map[string]bool, len(live))
 	var b opBatch
-	var fresh []string
+	fresh := make(map[string]string)
+	ok := true
 	flush := func() {
 		if !p.commit(b.ops()) {
-			p.dirty.Store(true)
+			ok = false
 		}
 		b = opBatch{}
 	}
@@ -313,8 +331,8 @@ func (p *Publisher) resyncNow() {
 			continue
 		}
 		seen[st.ConnectionID] = true
-		if _, ok := p.published[st.ConnectionID]; !ok {
-			fresh = append(fresh, identityOf(st.Info))
+		if _, was := p.published[st.ConnectionID]; !was || p.unchecked[st.ConnectionID] != "" {
+			fresh[st.ConnectionID] = identityOf(st.Info)
 		}
 		p.putOps(&b, st)
 		if b.len() >= txnOps-1 {
@@ -335,8 +353,14 @@ func (p *Publisher) resyncNow() {
 	if b.len() > 0 {
 		flush()
 	}
-	// Sessions this node had not published yet (their event was dropped) may put their user
-	// over the limit.
+	// Sessions this node had not published yet (their event was dropped or their write
+	// failed) may put their user over the limit.
+	p.unchecked = make(map[string]string)
+	if !ok {
+		p.dirty.Store(true)
+		p.unchecked = fresh
+		return
+	}
 	for _, who := range fresh {
 		p.checkLimit(who)
 	}
