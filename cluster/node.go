@@ -376,6 +376,7 @@ func (n *Node) rejoin() {
 		n.mu.Unlock()
 		return
 	}
+	n.log.Info("rejoined the cluster after losing its lease")
 	n.mu.Lock()
 	id := n.lease
 	cbs := append([]func(context.Context, clientv3.LeaseID){}, n.onLease...)

@@ -14,7 +14,7 @@ import (
 // openConnectionLog opens the connection log of ep.
 func openConnectionLog(ep *Endpoint, opts Options) (*connlog.Log, error) {
 	l, err := connlog.Open(connlog.Options{Path: connectionLogPath(ep.Config), EndpointID: endpointID(ep.Config),
-		Log: opts.Log, Now: opts.Now})
+		Node: nodeName(ep.Config), Log: opts.Log, Now: opts.Now})
 	if err != nil {
 		return nil, ep.Config.KeyError("connection_log.file", err)
 	}
@@ -30,9 +30,21 @@ func connectionLogPath(cfg *config.Endpoint) string {
 }
 
 // endpointID is the endpoint's client-vpn-endpoint-id, derived from its client CIDR and SNAT
-// address, which cannot change while it runs.
+// address, which cannot change while it runs; a cluster's, from its client CIDR and its
+// prefix in etcd, the same on every node.
 func endpointID(cfg *config.Endpoint) string {
+	if c := cfg.Cluster; c != nil {
+		return connlog.EndpointID("cluster " + c.Etcd.Prefix + " " + cfg.ClientCIDRBlock.String() + " " + cfg.ClientIPv6CIDRBlock.String())
+	}
 	return connlog.EndpointID(cfg.ClientCIDRBlock.String() + " " + cfg.TargetNetwork.SNATAddress.String())
+}
+
+// nodeName is the cluster node's name, "" on a single node.
+func nodeName(cfg *config.Endpoint) string {
+	if cfg.Cluster == nil {
+		return ""
+	}
+	return cfg.Cluster.NodeName
 }
 
 // ReopenConnectionLog closes the connection log's file and opens its path again, after

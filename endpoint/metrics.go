@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"time"
 
 	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/endpoint/metrics"
@@ -20,14 +19,14 @@ import (
 // force of *r, which Start sets before the metrics server listens (no scrape comes earlier),
 // and the pool and NAT table built at start. They need no clock (the CRL's expiry is exported
 // as an instant), so the last argument is unused.
-func newMetrics(r **Running, pool *ippool.Pool, natTable *nat.Table, _ func() time.Time) *metrics.Metrics {
+func newMetrics(r **Running, pool *ippool.Pool, natTable *nat.Table, node string) *metrics.Metrics {
 	return metrics.New(metrics.Sources{
 		Sessions:    func() []tunnel.Status { return (*r).srv.Clients() },
 		Drops:       func() map[string]uint64 { return (*r).srv.Drops() },
 		Pool:        func() (int, int) { return pool.InUse(), pool.Capacity() },
 		NATMappings: func() int { return natTable.Stats().Mappings },
 		CRL:         func() *pki.CRLSet { return (*r).crl.Load() },
-	})
+	}, metrics.WithNode(node))
 }
 
 // serveMetrics serves m on addr; nothing (nil) when addr is the zero AddrPort (metrics off).

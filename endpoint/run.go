@@ -244,7 +244,7 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 		}
 	}()
 	ecfg.Policy = pol.first(own)
-	mx := newMetrics(&r, pool, natTable, opts.Now)
+	mx := newMetrics(&r, pool, natTable, nodeName(cfg))
 	ecfg.Events = append(ecfg.Events, mx)
 	connLog, err := openConnectionLog(ep, opts)
 	if err != nil {
@@ -271,6 +271,28 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	}
 	history := admin.NewHistory(opts.Now)
 	ecfg.Events = append(ecfg.Events, connLog, history)
+	// The admin API's source is made once the engine is; the cluster publisher, which maps
+	// sessions with it, hears of sessions from the start.
+	var (
+		src     *admin.Source
+		started atomic.Pointer[Running] // r, once Start made it: the publisher's goroutines run before
+	)
+	if cl != nil {
+		ecfg.Events = append(ecfg.Events, cl.node.Publisher(
+			func(st tunnel.Status) admin.Connection { return src.Published(st) },
+			func() []tunnel.Status {
+				if r := started.Load(); r != nil {
+					return r.srv.Clients()
+				}
+				return nil // nothing runs yet
+			},
+			func() int {
+				if r := started.Load(); r != nil {
+					return r.Endpoint().Config.MaxConnectionsPerUser
+				}
+				return cfg.MaxConnectionsPerUser
+			}))
+	}
 	srv, err := tunnel.New(ecfg)
 	if err != nil {
 		return nil, engineError(err, cfg)
@@ -281,6 +303,7 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 		connLog: connLog, adm: adm, workers: workers, hostSockets: opts.Network == nil, cl: cl}
 	r.makeRoom(len(ecfg.UDP))
 	r.mx = mx
+	started.Store(r)
 	if r.metrics, err = serveMetrics(mx, cfg.Metrics.ListenAddress, opts.Log); err != nil {
 		srv.Close()
 		return nil, err
@@ -290,7 +313,8 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 			_ = m.Close()
 		}
 	}(r.metrics)
-	if r.admin, err = startAdmin(r, ep, pool, history); err != nil {
+	src = adminSource(r, ep, pool, history)
+	if r.admin, err = admin.Listen(ep.Config.Admin.Socket, admin.NewHandler(src, r.log)); err != nil {
 		srv.Close()
 		return nil, err
 	}
@@ -313,8 +337,9 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	return r, nil
 }
 
-// startAdmin serves the admin API of r on admin.socket.
-func startAdmin(r *Running, ep *Endpoint, pool *ippool.Pool, history *admin.History) (*admin.Server, error) {
+// adminSource is what the admin API of r reads; on a cluster node it lists and terminates
+// across the cluster, and carries out the other nodes' terminate requests.
+func adminSource(r *Running, ep *Endpoint, pool *ippool.Pool, history *admin.History) *admin.Source {
 	src := &admin.Source{
 		EndpointID: endpointID(ep.Config),
 		Engine:     r.srv,
@@ -325,7 +350,15 @@ func startAdmin(r *Running, ep *Endpoint, pool *ippool.Pool, history *admin.Hist
 		Now:        r.opts.Now,
 		MFA:        r.enrolments,
 	}
-	return admin.Listen(ep.Config.Admin.Socket, admin.NewHandler(src, r.log))
+	if r.cl != nil {
+		node := r.cl.node
+		src.Cluster = node
+		node.SetTerminator(src.TerminateLocal)
+		node.SetReplacer(func(id, reason string) bool {
+			return len(r.srv.TerminateBecause(func(info *tunnel.Info) bool { return info.ConnectionID == id }, reason)) > 0
+		})
+	}
+	return src
 }
 
 // setupHost is host.Setup as a HostSetup.
