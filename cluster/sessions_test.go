@@ -3,7 +3,9 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -348,4 +350,32 @@ func TestNodeOfSession(t *testing.T) {
 			t.Errorf("nodeOfSession(%q) = %q; want %q", key, got, want)
 		}
 	}
+}
+
+// Closing the node ends the publisher's, the limit checker's and the terminate watcher's
+// goroutines.
+func TestCloseEndsGoroutines(t *testing.T) {
+	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
+	a := joinNode(t, lab, "a")
+	ea := newFakeEngine(a, 1)
+	a.Start()
+	ea.connect("cvpn-connection-000000000000000a1", "alice", "alice", time.Now())
+	ours := func() []string {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		var found []string
+		for _, fn := range []string{"cluster.(*Publisher).write", "cluster.(*Publisher).enforce", "cluster.(*Node).watchTerminate"} {
+			if strings.Contains(string(buf), fn) {
+				found = append(found, fn)
+			}
+		}
+		return found
+	}
+	if got := ours(); len(got) != 3 {
+		t.Fatalf("running: %v; want the writer, the limit checker and the watcher", got)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the node's goroutines end", func() bool { return len(ours()) == 0 })
 }
