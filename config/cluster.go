@@ -111,7 +111,9 @@ type clusterSource struct {
 // ParseWithCluster parses data, an endpoint file pushed to the cluster (file is the name its
 // problems carry, such as "etcd revision 12"; relative paths in it resolve against dir), as
 // Parse does, except that its cluster section, if it has one, is replaced by local's: the
-// node runs the pushed file as itself. local must have a cluster section (ErrNoCluster
+// node runs the pushed file as itself, and whoever can write the pushed file (anyone with
+// write access to the cluster's etcd prefix) cannot rename a node, point it at another etcd
+// or change its SNAT addresses. local must have a cluster section (ErrNoCluster
 // otherwise); it is the endpoint parsed from the node's local file, or an earlier result of
 // ParseWithCluster, which carries the same section.
 //
