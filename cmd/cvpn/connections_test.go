@@ -253,7 +253,8 @@ func mustRead(b []byte, err error) []byte {
 type cliCluster struct {
 	mu        sync.Mutex
 	published []admin.Connection
-	listErr   error
+	// listErr fails Connections, nodesErr Nodes (etcd unreachable).
+	listErr, nodesErr error
 }
 
 func newCLICluster() *cliCluster {
@@ -296,6 +297,11 @@ func (c *cliCluster) Terminate(_ context.Context, node string, in admin.Terminat
 }
 
 func (c *cliCluster) Nodes(context.Context) ([]admin.ClusterNode, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.nodesErr != nil {
+		return nil, c.nodesErr
+	}
 	return []admin.ClusterNode{
 		{Name: "a", PublicAddress: "vpn-a.example.com", Alive: true, ConfigRevision: 42, Connections: 2, Blocks: 1},
 		{Name: "b", PublicAddress: "vpn-b.example.com", Alive: true, ConfigRevision: 42, Connections: 1, Blocks: 1},
@@ -345,7 +351,8 @@ func TestConnectionsTerminateCluster(t *testing.T) {
 // sessions, and shows the nodes with their address, liveness, config revision (and refusal),
 // connections and blocks.
 func TestStatusCluster(t *testing.T) {
-	path, _ := adminEndpointOf(t, newCLICluster())
+	cl := newCLICluster()
+	path, _ := adminEndpointOf(t, cl)
 	code, stdout, stderr := runCmd(t, "status", "--config", path)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
@@ -368,6 +375,15 @@ func TestStatusCluster(t *testing.T) {
 		if got := strings.Join(strings.Fields(rows[i+1]), " "); got != want {
 			t.Errorf("row %d: %q, want %q", i+1, got, want)
 		}
+	}
+	// Without etcd: the sessions this node's alone, and no table, each said.
+	cl.mu.Lock()
+	cl.listErr, cl.nodesErr = fmt.Errorf("etcd: no leader"), fmt.Errorf("etcd: no leader")
+	cl.mu.Unlock()
+	code, stdout, _ = runCmd(t, "status", "--config", path)
+	if code != 0 || !strings.Contains(stdout, "2 active (2 users)") || !strings.Contains(stdout, "partial: only node a's connections") ||
+		!strings.Contains(stdout, "nodes: admin: ServiceUnavailable: the cluster's nodes could not be read: etcd: no leader") {
+		t.Errorf("without etcd (exit %d):\n%s", code, stdout)
 	}
 	// A single node has no nodes table.
 	single, _ := adminEndpoint(t)
