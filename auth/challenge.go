@@ -33,7 +33,7 @@ const (
 const (
 	// ChallengeBucket: expiry.Key("crv1 challenge", state id) -> the user (JSON).
 	ChallengeBucket = "auth-challenge"
-	// ChallengeBoundBucket: ledgers "all" and "user/<Key of the name>".
+	// ChallengeBoundBucket: ledgers "all" (sharded: expiry.Shard) and "user/<Key of the name>".
 	ChallengeBoundBucket = "auth-challenge-bound"
 	// CodeFailureBucket: expiry.Key("mfa failures", user) -> wrong codes (8 bytes).
 	CodeFailureBucket = "auth-code-failures"
@@ -76,20 +76,22 @@ func (c *challenges) put(ctx context.Context, st state.Store, u *directory.User)
 	until := now.Add(challengeTTL)
 	// As in sso.Broker.Start: between the two reservations a user's place may be held and
 	// given back, refusing a concurrent challenge early, never admitting one over a bound.
+	key := expiry.Key("crv1 challenge", id)
+	all, allPlaces := expiry.Shard("all", key, maxChallenges)
 	mine := challengeUserLedger(u.Name)
 	if err := expiry.Reserve(ctx, st, ChallengeBoundBucket, mine, now, until, maxUserChallenge); err != nil {
 		return "", challengeFull(err)
 	}
-	if err := expiry.Reserve(ctx, st, ChallengeBoundBucket, "all", now, until, maxChallenges); err != nil {
+	if err := expiry.Reserve(ctx, st, ChallengeBoundBucket, all, now, until, allPlaces); err != nil {
 		_ = expiry.Release(ctx, st, ChallengeBoundBucket, mine, now, until)
 		return "", challengeFull(err)
 	}
 	v, err := json.Marshal(u)
 	if err == nil {
-		err = expiry.Put(ctx, st, ChallengeBucket, expiry.Key("crv1 challenge", id), until, v)
+		err = expiry.Put(ctx, st, ChallengeBucket, key, until, v)
 	}
 	if err != nil {
-		c.release(ctx, st, u.Name, now, until)
+		c.release(ctx, st, key, u.Name, now, until)
 		return "", fmt.Errorf("record the challenge: %w", err)
 	}
 	return id, nil
@@ -102,9 +104,10 @@ func challengeFull(err error) error {
 	return fmt.Errorf("record the challenge: %w", err)
 }
 
-func (c *challenges) release(ctx context.Context, st state.Store, user string, now, until time.Time) {
+func (c *challenges) release(ctx context.Context, st state.Store, key, user string, now, until time.Time) {
+	all, _ := expiry.Shard("all", key, maxChallenges)
 	_ = expiry.Release(ctx, st, ChallengeBoundBucket, challengeUserLedger(user), now, until)
-	_ = expiry.Release(ctx, st, ChallengeBoundBucket, "all", now, until)
+	_ = expiry.Release(ctx, st, ChallengeBoundBucket, all, now, until)
 }
 
 // take removes and returns the user a live challenge was issued to; user must be that user
@@ -115,7 +118,8 @@ func (c *challenges) take(ctx context.Context, st state.Store, id, user string) 
 		u     *directory.User
 		until time.Time
 	)
-	err := expiry.Update(ctx, st, ChallengeBucket, expiry.Key("crv1 challenge", id), now,
+	key := expiry.Key("crv1 challenge", id)
+	err := expiry.Update(ctx, st, ChallengeBucket, key, now,
 		func(p []byte, t time.Time, ok bool) ([]byte, time.Time, error) {
 			u, until = nil, t
 			if !ok {
@@ -134,7 +138,7 @@ func (c *challenges) take(ctx context.Context, st state.Store, id, user string) 
 	if err != nil {
 		return nil, err
 	}
-	c.release(ctx, st, u.Name, now, until)
+	c.release(ctx, st, key, u.Name, now, until)
 	return u, nil
 }
 

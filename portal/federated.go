@@ -19,8 +19,8 @@ const (
 	// FederatedBucket: "s/" + hash of the provider's state, or "f/" + hash of the finish
 	// token -> federatedLogin (JSON).
 	FederatedBucket = "portal-federated"
-	// FederatedBoundBucket holds the ledger "all" and, for each session, "sess/<hash>": the
-	// states it began (JSON, with their expiry).
+	// FederatedBoundBucket holds the ledger "all" (sharded: expiry.Shard) and, for each
+	// session, "sess/<hash>": the states it began (JSON, with their expiry).
 	FederatedBoundBucket = "portal-federated-bound"
 )
 
@@ -75,13 +75,14 @@ type sessionStates []struct {
 func (t *federatedTable) begin(ctx context.Context, state, provider string, sess [32]byte, now time.Time) error {
 	t.sweep(ctx, now)
 	expires := now.Add(federatedTTL)
-	if err := expiry.Reserve(ctx, t.st, FederatedBoundBucket, "all", now, expires, t.max); err != nil {
+	key := stateKey(state)
+	all, places := expiry.Shard("all", key, t.max)
+	if err := expiry.Reserve(ctx, t.st, FederatedBoundBucket, all, now, expires, places); err != nil {
 		if !errors.Is(err, expiry.ErrFull) {
 			t.log.Error("portal: recording a federated login failed", "err", err)
 		}
 		return ErrBusy
 	}
-	key := stateKey(state)
 	var evict []string
 	err := expiry.Update(ctx, t.st, FederatedBoundBucket, "sess/"+hex.EncodeToString(sess[:]), now,
 		func(p []byte, until time.Time, ok bool) ([]byte, time.Time, error) {

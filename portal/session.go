@@ -26,8 +26,8 @@ const (
 	// SessionBucket: hex SHA-256 of a session id -> the session, sealed under another hash
 	// of the id.
 	SessionBucket = "portal-session"
-	// SessionBoundBucket holds the ledgers of sessions: "anon", "anon/<address>" and
-	// "user/<hash of the username>".
+	// SessionBoundBucket holds the ledgers of sessions: "anon" (sharded: expiry.Shard),
+	// "anon/<address>" and "user/<hash of the username>".
 	SessionBoundBucket = "portal-session-bound"
 )
 
@@ -241,7 +241,8 @@ func (st *store) reserve(ctx context.Context, se *session, addr string, now time
 	var ledgers []ledger
 	if se.id == nil {
 		se.placeUntil = now.Add(min(anonTTL, st.idle))
-		ledgers = []ledger{{"anon/" + addr, anonPerAddress}, {"anon", st.max}}
+		all, places := expiry.Shard("anon", se.key.storeKey(), st.max)
+		ledgers = []ledger{{"anon/" + addr, anonPerAddress}, {all, places}}
 	} else {
 		se.placeUntil = se.created.Add(st.abs)
 		ledgers = []ledger{{"user/" + expiry.Key("portal user", se.id.Username), MaxSessionsPerUser}}

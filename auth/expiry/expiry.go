@@ -151,7 +151,12 @@ func Sweep(ctx context.Context, st state.Store, bucket string, now time.Time, li
 		return 0, err
 	}
 	if limit > 0 && len(keys) > limit {
-		keys = keys[:limit]
+		// Start at a random key, so that live keys at the front of the order do not hide
+		// expired ones behind them from every sweep.
+		var r [4]byte
+		_, _ = rand.Read(r[:])
+		start := int(binary.BigEndian.Uint32(r[:]) % uint32(len(keys)))
+		keys = append(keys[start:], keys[:start]...)[:limit]
 	}
 	n := 0
 	for _, k := range keys {
@@ -224,6 +229,42 @@ func Release(ctx context.Context, st state.Store, bucket, key string, now, until
 		}
 		return places, last, nil
 	})
+}
+
+// shardPlaces is the most places one shard of a ledger holds: 4 KiB, so that a reservation
+// reads and writes a few KiB whatever the bound.
+const shardPlaces = 512
+
+// Shard spreads a large ledger over keys of at most shardPlaces places: it returns the key of
+// the shard of name that the entry id (any string that names the entry, such as its store
+// key) falls in, and the places of each shard. The shards' places add up to at least max and
+// less than max plus the number of shards; an entry may be refused while another shard has
+// room, which under load near the bound refuses a little early, never late. Release with
+// the same key.
+func Shard(name, id string, max int) (key string, places int) {
+	n := (max + shardPlaces - 1) / shardPlaces
+	if n <= 1 {
+		return name, max
+	}
+	h := sha256.Sum256([]byte(id))
+	return fmt.Sprintf("%s#%d", name, binary.BigEndian.Uint32(h[:4])%uint32(n)), (max + n - 1) / n
+}
+
+// ShardedPlaces returns how many places of every shard of the ledger name are live.
+func ShardedPlaces(ctx context.Context, st state.Store, bucket, name string, max int, now time.Time) (int, error) {
+	n := (max + shardPlaces - 1) / shardPlaces
+	if n <= 1 {
+		return Places(ctx, st, bucket, name, now)
+	}
+	total := 0
+	for i := 0; i < n; i++ {
+		c, err := Places(ctx, st, bucket, fmt.Sprintf("%s#%d", name, i), now)
+		if err != nil {
+			return 0, err
+		}
+		total += c
+	}
+	return total, nil
 }
 
 // Places returns how many places of the ledger of key are live.

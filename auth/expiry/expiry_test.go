@@ -90,3 +90,29 @@ func TestSealOpensOnlyWithTheSecret(t *testing.T) {
 		t.Fatal("Key ignores the purpose")
 	}
 }
+
+func TestShardedLedgerBound(t *testing.T) {
+	ctx := context.Background()
+	st := state.NewMemory()
+	const max = 2000
+	admitted := 0
+	for i := range 3 * max {
+		key, places := Shard("all", string(rune(i))+"x", max)
+		if places*((max+shardPlaces-1)/shardPlaces) < max {
+			t.Fatalf("shards hold %d places each, fewer than %d in all", places, max)
+		}
+		if Reserve(ctx, st, "l", key, t0, t0.Add(time.Minute), places) == nil {
+			admitted++
+		}
+	}
+	n, err := ShardedPlaces(ctx, st, "l", "all", max, t0)
+	if err != nil || n != admitted {
+		t.Fatalf("ShardedPlaces = %d, %v; admitted %d", n, err, admitted)
+	}
+	if admitted < max || admitted >= max+(max+shardPlaces-1)/shardPlaces {
+		t.Fatalf("admitted %d, want from %d to under %d plus the number of shards", admitted, max, max)
+	}
+	if key, places := Shard("small", "x", 100); key != "small" || places != 100 {
+		t.Fatalf("a small ledger is sharded: %q %d", key, places)
+	}
+}

@@ -17,7 +17,8 @@ const (
 	// LoginBucket: expiry.Key("oidc state", state) -> loginRecord (JSON), kept until its login
 	// expires plus the login TTL, so that a replayed state reads as replayed.
 	LoginBucket = "oidc-login"
-	// LoginBoundBucket holds the ledger "all" of logins begun within the login TTL.
+	// LoginBoundBucket holds the ledger "all" (sharded: expiry.Shard) of logins begun within
+	// the login TTL.
 	LoginBoundBucket = "oidc-login-bound"
 
 	sweepEvery = 30 * time.Second
@@ -70,7 +71,8 @@ func loginKey(state string) string { return expiry.Key("oidc state", state) }
 // add records a new login.
 func (t *loginTable) add(ctx context.Context, state string, pl pendingLogin, now time.Time) error {
 	t.sweep(ctx, now)
-	if err := expiry.Reserve(ctx, t.st, LoginBoundBucket, "all", now, pl.expires, t.max); err != nil {
+	all, places := expiry.Shard("all", loginKey(state), t.max)
+	if err := expiry.Reserve(ctx, t.st, LoginBoundBucket, all, now, pl.expires, places); err != nil {
 		if errors.Is(err, expiry.ErrFull) {
 			return fmt.Errorf("%w: %d logins were begun in the last %s", ErrTooManyLogins, t.max, t.ttl)
 		}

@@ -20,7 +20,7 @@ const (
 	// AssertionBucket: expiry.Key("saml assertion", ID) -> nothing, until the assertion
 	// could no longer be accepted anyway.
 	AssertionBucket = "saml-assertion"
-	// BoundBucket holds the ledgers "login" and "assertion".
+	// BoundBucket holds the ledgers "login" and "assertion" (sharded: expiry.Shard).
 	BoundBucket = "saml-bound"
 
 	sweepEvery = 30 * time.Second
@@ -54,7 +54,8 @@ func (c *replayCache) Consume(id string, until time.Time) error {
 	} else if !errors.Is(err, state.ErrNotFound) {
 		return fmt.Errorf("replay cache: %v", err)
 	}
-	if err := expiry.Reserve(c.ctx, c.st, BoundBucket, "assertion", now, until, c.max); err != nil {
+	ledger, places := expiry.Shard("assertion", key, c.max)
+	if err := expiry.Reserve(c.ctx, c.st, BoundBucket, ledger, now, until, places); err != nil {
 		if errors.Is(err, expiry.ErrFull) {
 			return fmt.Errorf("replay cache holds %d unexpired assertion IDs", c.max)
 		}
@@ -68,7 +69,7 @@ func (c *replayCache) Consume(id string, until time.Time) error {
 	})
 	switch {
 	case errors.Is(err, errAssertionSeen):
-		_ = expiry.Release(c.ctx, c.st, BoundBucket, "assertion", now, until)
+		_ = expiry.Release(c.ctx, c.st, BoundBucket, ledger, now, until)
 		return crewsaml.ErrAssertionReplayed
 	case err != nil:
 		return fmt.Errorf("replay cache: %v", err)

@@ -352,7 +352,8 @@ func (s *SP) BeginContext(ctx context.Context) (string, Login, error) {
 	}
 	login := Login{State: state, RequestID: req.ID, Expires: now.Add(s.cfg.LoginTTL)}
 	s.sweep(ctx, now)
-	if err := expiry.Reserve(ctx, s.cfg.Store, BoundBucket, "login", now, login.Expires, s.cfg.MaxPendingLogins); err != nil {
+	ledger, places := expiry.Shard("login", expiry.Key("saml state", state), s.cfg.MaxPendingLogins)
+	if err := expiry.Reserve(ctx, s.cfg.Store, BoundBucket, ledger, now, login.Expires, places); err != nil {
 		if errors.Is(err, expiry.ErrFull) {
 			return "", Login{}, fmt.Errorf("%w: %d logins were begun in the last %s",
 				ErrTooManyLogins, s.cfg.MaxPendingLogins, s.cfg.LoginTTL)

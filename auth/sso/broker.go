@@ -77,7 +77,7 @@ const (
 const (
 	LoginBucket = "sso-login" // Key("sso state", State) -> record
 	CodeBucket  = "sso-code"  // Key("sso code", Code) -> the login's key
-	BoundBucket = "sso-bound" // ledgers: "all" and "src/<address>"
+	BoundBucket = "sso-bound" // ledgers: "all" (sharded: expiry.Shard) and "src/<address>"
 )
 
 // Attempt is what is known of the connection attempt a login is for, shown to the user before
@@ -200,15 +200,16 @@ func (b *Broker) Start(ctx context.Context, a Attempt) (Login, error) {
 	// back, which can refuse a concurrent login of the same source early, never admit one
 	// over a bound. A node dying between a reservation and the login leaves a place taken
 	// until it expires.
+	key := stateKey(st)
+	all, allPlaces := expiry.Shard(allLedger, key, b.max)
 	src := sourceLedger(a.Remote)
 	if err := expiry.Reserve(ctx, b.st, BoundBucket, src, now, l.Expires, b.perSource); err != nil {
 		return Login{}, b.full(err)
 	}
-	if err := expiry.Reserve(ctx, b.st, BoundBucket, allLedger, now, l.Expires, b.max); err != nil {
+	if err := expiry.Reserve(ctx, b.st, BoundBucket, all, now, l.Expires, allPlaces); err != nil {
 		_ = expiry.Release(ctx, b.st, BoundBucket, src, now, l.Expires)
 		return Login{}, b.full(err)
 	}
-	key := stateKey(st)
 	for {
 		if l.Code, err = randomCode(); err != nil {
 			break
@@ -231,7 +232,7 @@ func (b *Broker) Start(ctx context.Context, a Attempt) (Login, error) {
 		}
 	}
 	if err != nil {
-		b.release(ctx, a.Remote, l.Expires, now)
+		b.release(ctx, key, a.Remote, l.Expires, now)
 		return Login{}, fmt.Errorf("sso: start a login: %w", err)
 	}
 	return l, nil
@@ -247,9 +248,10 @@ func (b *Broker) full(err error) error {
 }
 
 // release gives back the places of a login in the ledgers.
-func (b *Broker) release(ctx context.Context, remote netip.Addr, expires, now time.Time) {
+func (b *Broker) release(ctx context.Context, key string, remote netip.Addr, expires, now time.Time) {
+	all, _ := expiry.Shard(allLedger, key, b.max)
 	_ = expiry.Release(ctx, b.st, BoundBucket, sourceLedger(remote), now, expires)
-	_ = expiry.Release(ctx, b.st, BoundBucket, allLedger, now, expires)
+	_ = expiry.Release(ctx, b.st, BoundBucket, all, now, expires)
 }
 
 // sweep deletes a batch of expired keys, at most every sweepEvery on this node.
@@ -414,7 +416,7 @@ func (b *Broker) forget(ctx context.Context, state string, r record, now time.Ti
 	if code, err := expiry.Open("sso code", state, r.SealedCode); err == nil {
 		_ = b.st.Delete(ctx, CodeBucket, codeKey(string(code)))
 	}
-	b.release(ctx, r.Attempt.Remote, r.Expires, now)
+	b.release(ctx, stateKey(state), r.Attempt.Remote, r.Expires, now)
 }
 
 // Await waits until the login of state completes, fails or expires, or ctx ends, then takes
@@ -467,7 +469,7 @@ func (b *Broker) Await(ctx context.Context, state string) (Identity, error) {
 
 // Len is the number of logins in progress, across every node of the store.
 func (b *Broker) Len(ctx context.Context) (int, error) {
-	return expiry.Places(ctx, b.st, BoundBucket, allLedger, b.now())
+	return expiry.ShardedPlaces(ctx, b.st, BoundBucket, allLedger, b.max, b.now())
 }
 
 // NormalizeCode is a typed code as the broker keys it: upper case, without dashes or spaces.
