@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strconv"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,8 +22,8 @@ import (
 // Cluster is this node's part in an endpoint served by several cvpn nodes that coordinate
 // through etcd (cluster). Every node runs the same endpoint file, pushed to etcd with `cvpn
 // cluster push`, with its own cluster section spliced in (ParseWithCluster); so the section is
-// what differs between nodes, and the only part of a node's local file a push does not
-// replace. Every key needs a restart to change (CheckReload). AWS: the endpoint's subnet
+// what differs between nodes, and with the node's other own sections (NodeKeys: state_dir,
+// admin, connection_log, metrics) the part of a node's local file a push does not replace. Every key needs a restart to change (CheckReload). AWS: the endpoint's subnet
 // associations, each of which is a node here.
 type Cluster struct {
 	// NodeName (node_name, required) names this node among the cluster's: 1 to 63 of a-z, 0-9
@@ -106,7 +107,16 @@ var ErrNoCluster = errors.New("config: the local endpoint file has no cluster se
 type clusterSource struct {
 	key, value *yaml.Node
 	file, dir  string
+	// own are the key and value nodes, in pairs, of the other node-local sections (NodeKeys)
+	// the local file has.
+	own []*yaml.Node
 }
+
+// NodeKeys are the top-level sections a cluster node keeps from its own file whatever a push
+// holds: its cluster section, and where it keeps its own state, its admin socket, its
+// connection log and its metrics listener (paths and addresses of its host). A section the
+// node's file leaves out takes its defaults, not the pushed file's.
+var NodeKeys = []string{"cluster", "state_dir", "admin", "connection_log", "metrics"}
 
 // ParseWithCluster parses data, an endpoint file pushed to the cluster (file is the name its
 // problems carry, such as "etcd revision 12"; relative paths in it resolve against dir), as
@@ -130,22 +140,38 @@ func ParseWithCluster(data []byte, file, dir string, local *Endpoint) (*Endpoint
 	return parse(data, dir, file, local.clusterSrc)
 }
 
-// splice replaces root's cluster keys (all of them: a duplicate is nobody's) with src's.
-// root's own slice is not written: the result is a copy.
+// splice replaces root's node-local sections (NodeKeys; all of them: a duplicate is nobody's)
+// with src's. root's own slice is not written: the result is a copy.
 func splice(root *yaml.Node, src *clusterSource) *yaml.Node {
 	if root == nil || root.Kind != yaml.MappingNode {
 		return root
 	}
 	out := *root
-	out.Content = make([]*yaml.Node, 0, len(root.Content)+2)
+	out.Content = make([]*yaml.Node, 0, len(root.Content)+2+len(src.own))
 	for i := 0; i+1 < len(root.Content); i += 2 {
-		if k := root.Content[i]; k.Kind == yaml.ScalarNode && k.Value == "cluster" {
+		if k := root.Content[i]; k.Kind == yaml.ScalarNode && slices.Contains(NodeKeys, k.Value) {
 			continue
 		}
 		out.Content = append(out.Content, root.Content[i], root.Content[i+1])
 	}
+	out.Content = append(out.Content, src.own...)
 	out.Content = append(out.Content, src.key, src.value)
 	return &out
+}
+
+// ownSections returns the key and value nodes of root's node-local sections other than
+// cluster, in pairs.
+func ownSections(root *yaml.Node) []*yaml.Node {
+	var own []*yaml.Node
+	if root == nil || root.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if k := root.Content[i]; k.Kind == yaml.ScalarNode && k.Value != "cluster" && slices.Contains(NodeKeys, k.Value) {
+			own = append(own, root.Content[i], root.Content[i+1])
+		}
+	}
+	return own
 }
 
 // findCluster returns the key and value nodes of root's cluster section; nil when it has none.
@@ -161,8 +187,13 @@ func findCluster(root *yaml.Node) (key, value *yaml.Node) {
 	return nil, nil
 }
 
-// isClusterPath reports whether a key path is in the cluster section.
-func isClusterPath(path string) bool { return path == "cluster" || strings.HasPrefix(path, "cluster.") }
+// isClusterPath reports whether a key path is in a node-local section (NodeKeys): the cluster
+// section or another the node keeps from its own file.
+func isClusterPath(path string) bool {
+	top, _, _ := strings.Cut(path, ".")
+	top, _, _ = strings.Cut(top, "[")
+	return slices.Contains(NodeKeys, top)
+}
 
 // fileOf is the file a key's problems name: the cluster section's own for its keys.
 func (e *Endpoint) fileOf(path string) string {

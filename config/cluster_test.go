@@ -300,3 +300,33 @@ func TestClusterReload(t *testing.T) {
 		t.Errorf("CheckReload into a cluster: %v", errs)
 	}
 }
+
+// TestParseWithClusterNodeSections: the sections a node keeps from its own file (NodeKeys)
+// replace a pushed file's, resolved against the node's directory; one the node's file leaves
+// out takes its default, not the pushed file's value.
+func TestParseWithClusterNodeSections(t *testing.T) {
+	localPath := writeNode(t, base+nodeA+"admin: {socket: node-a.sock}\nconnection_log: {enabled: true, file: node-a.log}\n")
+	local, err := Load(localPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	localDir := filepath.Dir(localPath)
+	pushed := base + nodeB + "admin: {socket: node-b.sock}\nconnection_log: {enabled: true, file: node-b.log}\n" +
+		"metrics: {listen_address: 127.0.0.1:9999}\n"
+	ep, err := ParseWithCluster([]byte(pushed), "etcd revision 7", "testdata", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(localDir, "node-a.sock"); ep.Admin.Socket != want {
+		t.Errorf("admin.socket %s, want the node's own %s", ep.Admin.Socket, want)
+	}
+	if want := filepath.Join(localDir, "node-a.log"); ep.ConnectionLog.File != want || !ep.ConnectionLog.Enabled {
+		t.Errorf("connection_log %+v, want the node's own %s", ep.ConnectionLog, want)
+	}
+	if ep.Metrics.ListenAddress == netip.MustParseAddrPort("127.0.0.1:9999") {
+		t.Errorf("metrics.listen_address %v came from the pushed file; the node's file has none", ep.Metrics.ListenAddress)
+	}
+	if e := ep.KeyError("admin.socket", errors.New("bad")); e.File != localPath {
+		t.Errorf("KeyError of admin.socket names %s, want the node's file", e.File)
+	}
+}

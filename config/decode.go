@@ -151,7 +151,7 @@ func parse(data []byte, dir, file string, cluster *clusterSource) (*Endpoint, er
 	if cluster != nil {
 		root = splice(root, cluster)
 	} else if k, v := findCluster(root); k != nil {
-		d.clusterSrc = &clusterSource{key: k, value: v, file: file, dir: dir}
+		d.clusterSrc = &clusterSource{key: k, value: v, file: file, dir: dir, own: ownSections(root)}
 	}
 	ep := d.endpoint(root)
 	if err := d.result(); err != nil {
@@ -447,7 +447,11 @@ func (d *decoder) resolve(n *yaml.Node, path string) (abs, name string, ok bool)
 	}
 	p := s
 	if !filepath.IsAbs(p) {
-		p = filepath.Join(d.dir, p)
+		dir := d.dir
+		if d.clusterSrc != nil && isClusterPath(path) {
+			dir = d.clusterSrc.dir // a node-local section: against the node's own file
+		}
+		p = filepath.Join(dir, p)
 	}
 	abs, err := filepath.Abs(p)
 	if err != nil {
