@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"net/url"
-	"strconv"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
