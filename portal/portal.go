@@ -41,7 +41,9 @@
 //   - Return paths after login are local paths only ("/x", never "//x", "/\x" or a URL).
 //   - Failed logins (passwords, codes, federated answers) and unknown device codes are counted
 //     per client address and per username in fixed-size tables; over the limit the portal
-//     answers 429 without asking the directory.
+//     answers 429 without asking the directory. The tables are each node's own: in a cluster
+//     of N nodes a guesser gets up to N times the attempts (second-factor codes are also
+//     counted by the admission pipeline's store-backed lockout only for VPN logins).
 //   - Every response carries the security headers (CSP without scripts, no framing,
 //     nosniff, no referrer to other sites, HSTS); pages with user data are not cached.
 package portal

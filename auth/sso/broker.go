@@ -24,7 +24,9 @@
 // ledgers; logins are bounded per source address (Options.PerSource) and in all
 // (Options.Max) by ledgers changed with compare-and-swap, so the bounds hold across nodes;
 // entries expire after Options.TTL and Start sweeps expired keys (a bounded batch, at most
-// every sweepEvery). Guessing a Code is bounded by the portal's rate limits.
+// every sweepEvery). Guessing a Code is bounded by the portal's rate limits. A client waiting
+// in AUTH_PENDING costs one store read per PollInterval until its login ends: at the bounds'
+// worst, Max reads per PollInterval across the cluster.
 //
 // The package knows no protocol: the portal speaks OIDC or SAML, the admission pipeline speaks
 // to the client.
