@@ -42,8 +42,8 @@
 //   - Failed logins (passwords, codes, federated answers) and unknown device codes are counted
 //     per client address and per username in fixed-size tables; over the limit the portal
 //     answers 429 without asking the directory. The tables are each node's own: in a cluster
-//     of N nodes a guesser gets up to N times the attempts (second-factor codes are also
-//     counted by the admission pipeline's store-backed lockout only for VPN logins).
+//     of N nodes a guesser gets up to N times the attempts (the VPN login's wrong-code
+//     lockout, by contrast, is kept in the shared store and holds on every node).
 //   - Every response carries the security headers (CSP without scripts, no framing,
 //     nosniff, no referrer to other sites, HSTS); pages with user data are not cached.
 package portal
