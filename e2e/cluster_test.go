@@ -250,6 +250,23 @@ func (c *clusterLab) blocks() map[string][]int {
 	return out
 }
 
+// leaseLeft is how long the lease of node's liveness key has left in etcd (to the second, as
+// etcd reports it).
+func (c *clusterLab) leaseLeft(node string) time.Duration {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.kv.Get(ctx, c.prefix+"/alive/"+node)
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+		c.t.Fatalf("etcd: %s's liveness key: %v %v", node, err, resp)
+	}
+	ttl, err := c.kv.TimeToLive(ctx, clientv3.LeaseID(resp.Kvs[0].Lease))
+	if err != nil {
+		c.t.Fatalf("etcd: %s's lease: %v", node, err)
+	}
+	return time.Duration(ttl.TTL) * time.Second
+}
+
 // push runs `cvpn cluster push` with file from the admin host (on the management network),
 // returning its output and exit error.
 func (c *clusterLab) push(file string) (string, error) {
@@ -642,7 +659,8 @@ func TestClusterFailover(t *testing.T) {
 		t.Fatalf("node2 leases no address block: %v", c.blocks())
 	}
 
-	// kill -9 node2.
+	// kill -9 node2, reading first how long its lease has left in etcd.
+	left2 := c.leaseLeft(c.nodes[1].name)
 	killedAt := time.Now()
 	c.nodes[1].proc.Kill()
 	for _, cl := range on2 {
@@ -666,18 +684,22 @@ func TestClusterFailover(t *testing.T) {
 			t.Errorf("%s, on a node that stayed up, was disturbed: %d connects\n%s", cl.name, n, netlab.Tail(cl.proc.Output(), 10))
 		}
 	}
-	// node2's blocks stay its own until its lease expires, then return.
-	if left := time.Until(killedAt.Add(ttl*time.Second - 2*time.Second)); left > 0 {
+	// node2's blocks stay its own until its lease expires (what it had left at the kill: the
+	// TTL since its last renewal), then return.
+	if time.Until(killedAt.Add(left2-time.Second)) > 0 {
 		if got := c.blocks()[c.nodes[1].name]; len(got) != len(blocks2) {
-			t.Errorf("%v after the kill (TTL %ds) node2's blocks are %v, want still %v", time.Since(killedAt).Round(time.Millisecond), ttl, got, blocks2)
+			t.Errorf("%v after the kill (its lease had %v left) node2's blocks are %v, want still %v",
+				time.Since(killedAt).Round(time.Millisecond), left2, got, blocks2)
 		}
 	} else {
-		t.Logf("the reconnects took longer than the TTL; the blocks' early return is not checked")
+		t.Logf("the reconnects took longer than the lease had left; the blocks' early return is not checked")
 	}
 	c.waitFor("node2's blocks to return", ttl*time.Second+15*time.Second, func() bool { return len(c.blocks()[c.nodes[1].name]) == 0 })
-	if returned := time.Since(killedAt); returned < ttl*time.Second {
-		t.Errorf("node2's blocks returned %v after the kill, before its lease TTL of %ds", returned, ttl)
+	returned := time.Since(killedAt)
+	if returned < left2-time.Second {
+		t.Errorf("node2's blocks returned %v after the kill, before its lease (%v left at the kill) expired", returned, left2)
 	}
+	t.Logf("node2's blocks returned %v after the kill; its lease had %v left (TTL %ds)", returned.Round(100*time.Millisecond), left2, ttl)
 
 	// One etcd member down: a new login works, sessions flow.
 	c.etcd.Member(0).Kill()
