@@ -109,11 +109,13 @@ func TestBashCompletion(t *testing.T) {
 		line string // the words; the last is completed
 		want string
 	}{
-		{"cvpn cl", "client"},
+		{"cvpn cli", "client"},
+		{"cvpn clu", "cluster"},
+		{"cvpn cluster ", "push forget"},
 		{"cvpn co", strings.Join(withPrefix(newCompletionTree(commandDocs()).children["cvpn"], "co"), " ")},
 		{"cvpn client ", "issue revoke list refresh-crl"},
 		{"cvpn client issue alice --g", "--group"},
-		{"cvpn --config x.yaml cl", "client"},
+		{"cvpn --config x.yaml cli", "client"},
 		{"cvpn user mfa e", "enroll"},
 		{"cvpn help exp", "export-client-config"},
 		{"cvpn serve --config end", "endpoint.yaml"},        // a flag's value is a file

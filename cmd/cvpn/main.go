@@ -100,7 +100,7 @@ var commands = []struct{ name, synopsis, summary string }{
 	{"status", "--config FILE", "one screen: endpoint, listeners, sessions, pool, traffic, drops (admin API)"},
 	{"user mfa enroll", "NAME [--config FILE] [--force]", "give a directory user a TOTP secret: prints its otpauth URI and QR code"},
 	{"user mfa reset", "NAME [--config FILE]", "remove a directory user's TOTP secret"},
-	{"report usage", "[--config FILE] [--since 24h] [--json]", "per user: sessions, connected time, bytes in and out, last seen, from the connection log"},
+	{"report usage", "[--config FILE | --log LOG ...] [--since 24h] [--json]", "per user (and per node of a cluster): sessions, connected time, bytes in and out, last seen, from connection logs"},
 	{"cluster push", "--config FILE [--timeout 30s]", "propose an endpoint file to every node of a cluster; stored and applied only if every live node accepts it"},
 	{"cluster forget", "NODE --config FILE", "remove a node that will not come back from the cluster's member list (and so from profiles)"},
 	{"completion", "bash|zsh|json", "print a shell completion script, or the commands and flags as JSON lines"},
