@@ -100,13 +100,13 @@ func (n *Node) terminate(ctx context.Context, node string, in admin.TerminateCli
 	id := newRequestID()
 	g, err := n.cli.Grant(ctx, int64(terminateTTL/time.Second))
 	if err != nil {
-		return none, fmt.Errorf("cluster: terminate on %s: grant a lease: %w", node, err)
+		return none, fmt.Errorf("cluster: terminate on %s: grant a lease: %w: %w", node, admin.ErrNotQueued, err)
 	}
 	deadline := n.cfg.Now().Add(terminateTTL).UTC()
 	b, _ := json.Marshal(TerminateRequest{Input: in, Reason: reason, Requester: n.cfg.Node, Deadline: deadline.Format(time.RFC3339Nano)})
 	put, err := n.cli.Put(ctx, n.keys.terminateFor(node)+id, string(b), clientv3.WithLease(g.ID))
 	if err != nil {
-		return none, fmt.Errorf("cluster: terminate on %s: queue request %s: %w", node, id, err)
+		return none, fmt.Errorf("cluster: terminate on %s: queue request %s: %w: %w", node, id, admin.ErrNotQueued, err)
 	}
 	ans, err := n.awaitAnswer(ctx, id, put.Header.Revision+1)
 	if err != nil {
@@ -121,7 +121,8 @@ func (n *Node) terminate(ctx context.Context, node string, in admin.TerminateCli
 	case ans.Error != nil:
 		return ans.Output, ans.Error
 	case ans.Failure != "":
-		return ans.Output, fmt.Errorf("cluster: node %s: %s", node, ans.Failure)
+		// The node answered: its failure is its refusal, not a request still queued.
+		return ans.Output, &admin.Error{Code: "InternalError", Message: fmt.Sprintf("node %s: %s", node, ans.Failure)}
 	}
 	return ans.Output, nil
 }

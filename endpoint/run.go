@@ -274,12 +274,19 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 	// The admin API's source is made once the engine is; the cluster publisher, which maps
 	// sessions with it, hears of sessions from the start.
 	var (
-		src     *admin.Source
-		started atomic.Pointer[Running] // r, once Start made it: the publisher's goroutines run before
+		// src and r, once Start made them: the publisher's goroutines run before (no session is
+		// admitted before Run, but a resync may come).
+		src     atomic.Pointer[admin.Source]
+		started atomic.Pointer[Running]
 	)
 	if cl != nil {
 		ecfg.Events = append(ecfg.Events, cl.node.Publisher(
-			func(st tunnel.Status) admin.Connection { return src.Published(st) },
+			func(st tunnel.Status) admin.Connection {
+				if s := src.Load(); s != nil {
+					return s.Published(st)
+				}
+				return admin.Connection{ConnectionID: st.ConnectionID, Username: st.User, Cvpn: admin.ConnectionExtensions{Node: cl.node.Name()}}
+			},
 			func() []tunnel.Status {
 				if r := started.Load(); r != nil {
 					return r.srv.Clients()
@@ -313,8 +320,9 @@ func Start(ep *Endpoint, opts Options) (r *Running, err error) {
 			_ = m.Close()
 		}
 	}(r.metrics)
-	src = adminSource(r, ep, pool, history)
-	if r.admin, err = admin.Listen(ep.Config.Admin.Socket, admin.NewHandler(src, r.log)); err != nil {
+	s := adminSource(r, ep, pool, history)
+	src.Store(s)
+	if r.admin, err = admin.Listen(ep.Config.Admin.Socket, admin.NewHandler(s, r.log)); err != nil {
 		srv.Close()
 		return nil, err
 	}
