@@ -3,8 +3,10 @@ package portal
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -107,5 +109,23 @@ func TestClusterAnonymousBoundAcrossNodes(t *testing.T) {
 	for _, s := range []*Server{a, b} {
 		on(s)
 		wantCode(t, e.browser("198.51.100.7:1").get("/login"), http.StatusServiceUnavailable)
+	}
+}
+
+// TestClusterLoginLimitAcrossNodes: wrong passwords spread over two nodes count against the
+// username on both.
+func TestClusterLoginLimitAcrossNodes(t *testing.T) {
+	e, _, on, a, b := twoNodes(t)
+	for i := range MaxFailuresPerUser {
+		on([]*Server{a, b}[i%2])
+		br := e.browser(fmt.Sprintf("198.51.100.%d:1", i+1))
+		br.get("/login")
+		wantCode(t, br.post("/login", url.Values{"username": {"alice"}, "password": {"guess" + strconv.Itoa(i)}}, nil), http.StatusUnauthorized)
+	}
+	for _, s := range []*Server{a, b} {
+		on(s)
+		br := e.browser("203.0.113.1:1")
+		br.get("/login")
+		wantCode(t, br.post("/login", url.Values{"username": {"alice"}, "password": {"correct horse"}}, nil), http.StatusTooManyRequests)
 	}
 }

@@ -84,7 +84,7 @@ func (s *Server) lookupDevice(w http.ResponseWriter, r *http.Request) (string, s
 		s.fail(w, r, http.StatusGone, msgDeviceDone)
 		return "", sso.Login{}, false
 	case err != nil:
-		s.addrs.fail(clientAddr(r), s.now())
+		s.addrs.fail(r.Context(), clientAddr(r), s.now())
 		s.log.Warn("portal: unknown device-login code", "client_ip", clientAddr(r))
 		s.fail(w, r, http.StatusNotFound, msgDeviceUnknown)
 		return "", sso.Login{}, false

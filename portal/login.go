@@ -86,9 +86,9 @@ func (s *Server) loginPage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) limited(w http.ResponseWriter, r *http.Request, user string) bool {
 	now := s.now()
 	addr := clientAddr(r)
-	over, wait := s.addrs.limited(addr, now)
+	over, wait := s.addrs.limited(r.Context(), addr, now)
 	if !over && user != "" {
-		over, wait = s.users.limited(userKey(user), now)
+		over, wait = s.users.limited(r.Context(), userKey(user), now)
 	}
 	if !over {
 		return false
@@ -96,7 +96,7 @@ func (s *Server) limited(w http.ResponseWriter, r *http.Request, user string) bo
 	mins := int((wait + time.Minute - 1) / time.Minute)
 	// One record a minute per address and user: a flood of refused attempts is not a
 	// flood of audit records.
-	if k := addr + "\x00" + userKey(user); !s.limitAudits.throttled(k, now) {
+	if k := addr + "\x00" + userKey(user); !s.limitAudits.throttled(r.Context(), k, now) {
 		s.audit(r, EventLoginLimited, "user", logName(user))
 	}
 	w.Header().Set("Retry-After", strconv.Itoa(int(wait/time.Second)+1))
@@ -107,9 +107,9 @@ func (s *Server) limited(w http.ResponseWriter, r *http.Request, user string) bo
 // failed counts a failed login of user (may be empty) from the request's address.
 func (s *Server) failed(r *http.Request, user, method, reason string) {
 	now := s.now()
-	s.addrs.fail(clientAddr(r), now)
+	s.addrs.fail(r.Context(), clientAddr(r), now)
 	if user != "" {
-		s.users.fail(userKey(user), now)
+		s.users.fail(r.Context(), userKey(user), now)
 	}
 	s.audit(r, EventLoginFailed, "user", logName(user), "method", method, "reason", reason)
 }
@@ -236,7 +236,7 @@ func (s *Server) signedIn(w http.ResponseWriter, r *http.Request, old sessionKey
 		s.fail(w, r, http.StatusServiceUnavailable, "The portal is busy. Try again in a minute.")
 		return
 	}
-	s.users.forget(userKey(id.Username))
+	s.users.forget(r.Context(), userKey(id.Username))
 	setCookie(w, newID)
 	s.audit(r, EventLogin, "user", id.Username, "method", id.Method, "mfa_enrolment_needed", needsEnrol)
 	switch {

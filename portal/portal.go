@@ -40,10 +40,9 @@
 //     and device approvals wait until then.
 //   - Return paths after login are local paths only ("/x", never "//x", "/\x" or a URL).
 //   - Failed logins (passwords, codes, federated answers) and unknown device codes are counted
-//     per client address and per username in fixed-size tables; over the limit the portal
-//     answers 429 without asking the directory. The tables are each node's own: in a cluster
-//     of N nodes a guesser gets up to N times the attempts (the VPN login's wrong-code
-//     lockout, by contrast, is kept in the shared store and holds on every node).
+//     per client address and per username in bounded tables in Config.State, so every node
+//     of a cluster counts them alike; over the limit the portal answers 429 without asking
+//     the directory.
 //   - Every response carries the security headers (CSP without scripts, no framing,
 //     nosniff, no referrer to other sites, HSTS); pages with user data are not cached.
 package portal
@@ -200,6 +199,12 @@ const (
 	EventDeviceDeny    = "portal_device_denied"
 )
 
+// Buckets of the sign-in failure counts in Config.State.
+const (
+	FailureUserBucket    = "portal-failures-user"
+	FailureAddressBucket = "portal-failures-address"
+)
+
 // Defaults and bounds.
 const (
 	DefaultIdleTimeout     = 30 * time.Minute
@@ -307,9 +312,10 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.sessions = newStore(st, s.log, s.now, max, idle, abs)
 	s.pending = newFederatedTable(st, s.log, maxFederated)
-	s.users = newLimiter(MaxFailuresPerUser, FailureWindow, limiterEntries)
-	s.addrs = newLimiter(MaxFailuresPerAddress, FailureWindow, limiterEntries)
-	s.limitAudits = newLimiter(1, time.Minute, limiterEntries)
+	s.users = newLimiter(st, FailureUserBucket, MaxFailuresPerUser, FailureWindow, limiterEntries)
+	s.addrs = newLimiter(st, FailureAddressBucket, MaxFailuresPerAddress, FailureWindow, limiterEntries)
+	// The audit damping is this node's own: it saves log lines, not attempts.
+	s.limitAudits = newLimiter(state.NewMemory(), "portal-audit-damping", 1, time.Minute, limiterEntries)
 	if s.pages, err = parsePages(); err != nil {
 		return nil, err
 	}

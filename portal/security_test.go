@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"golang.org/x/net/html"
+
+	"github.com/cvpn/cvpn/auth/expiry"
+	"github.com/cvpn/cvpn/state"
 )
 
 func TestCookieAttributes(t *testing.T) {
@@ -336,28 +339,28 @@ func TestTOTPGuessingLimited(t *testing.T) {
 }
 
 func TestLimiterBounded(t *testing.T) {
-	l := newLimiter(5, time.Minute, 100)
+	ctx := context.Background()
+	l := newLimiter(state.NewMemory(), "failures", 5, time.Minute, 100)
 	now := time.Unix(1e9, 0)
 	for i := range 10000 {
-		l.fail(fmt.Sprintf("user%d", i), now)
+		l.fail(ctx, fmt.Sprintf("user%d", i), now)
 	}
 	if n := l.len(); n > 100 {
 		t.Fatalf("limiter holds %d keys, more than 100", n)
 	}
 	// One key keeps at most max failures however many it gets.
 	for range 1000 {
-		l.fail("target", now)
+		l.fail(ctx, "target", now)
 	}
-	l.mu.Lock()
-	got := len(l.m["target"])
-	l.mu.Unlock()
-	if got != 5 {
-		t.Fatalf("a key keeps %d failures, want 5", got)
+	k, _ := l.recordKey("target")
+	p, _, err := expiry.Get(ctx, l.st, l.bucket, k, now)
+	if err != nil || len(p) != 5*8 {
+		t.Fatalf("a key keeps %d failures (%v), want 5", len(p)/8, err)
 	}
-	if over, _ := l.limited("target", now); !over {
+	if over, _ := l.limited(ctx, "target", now); !over {
 		t.Fatal("a key over its failures is not limited")
 	}
-	if over, _ := l.limited("target", now.Add(time.Minute)); over {
+	if over, _ := l.limited(ctx, "target", now.Add(time.Minute)); over {
 		t.Fatal("a key is still limited after the window")
 	}
 }
