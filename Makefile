@@ -6,7 +6,7 @@ BIN     := bin/cvpn
 PKGS     = $(shell $(GO) list ./... | grep -v /e2e)
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: help build deps test unit e2e fuzz bench-once lint demo bench soak clean
+.PHONY: help build deps test unit e2e fuzz bench-once lint demo bench soak chaos clean
 
 # Debian packages the tests, the demo and the benchmark run: the stock client and server (openvpn),
 # iperf3, ip (iproute2), ping (iputils-ping), the stock server's MASQUERADE (iptables), packet
@@ -52,7 +52,7 @@ bench-once: ## run every Go benchmark once so none rots
 
 lint: ## gofmt, go vet, staticcheck
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
-	$(GO) vet ./...
+	$(GO) vet -tags chaos ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 bench: deps build ## as root: cvpn vs the stock openvpn server side by side, then 100,000 cvpn sessions (15-25 min: the scale ramp is bounded at 10); ratio and CPU-per-packet tables, JSON, SVG and CPU profiles in bench/results (BENCHFLAGS adds flags)
@@ -64,6 +64,11 @@ SOAK ?= 10m
 
 soak: deps ## as root: SOAK (10m) of churn and floods against a race-detector build; fails on a race or growth of RSS, threads, descriptors, goroutines (not in test)
 	CVPN_E2E_RACE=1 GOTRACEBACK=all SOAK=$(SOAK) $(GO) test -tags soak -count=1 -timeout 0 -run '^TestSoak$$' -v ./e2e
+
+# CVPN_CHAOS_DURATION (a Go duration, default 3m) is how long `make chaos` draws faults;
+# CVPN_CHAOS_SEED replays a schedule that the test logged.
+chaos: deps ## as root: a three-node cluster with stock clients under random faults (kill -9, partitions, etcd restarts) for 3m; checks no address twice, no lost termination, every session listed (not in test)
+	$(GO) test -tags chaos -count=1 -timeout 40m -run '^TestChaos$$' -v ./e2e
 
 demo: deps build ## as root: namespaces, throwaway PKI, cvpn, the stock client, ping and iperf3, then teardown
 	$(GO) run ./internal/demo --cvpn $(BIN)
