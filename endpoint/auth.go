@@ -71,7 +71,8 @@ func OpenState(cfg *config.Endpoint) (state.Store, *state.Sealer, error) {
 
 // newAdmission builds the pipeline for ep.
 func newAdmission(ep *Endpoint, cl *clusterRun, log *slog.Logger, now func() time.Time, observer connecthandler.Observer) (*admission, error) {
-	a := &admission{log: log, now: now, observer: observer, broker: sso.New(sso.Options{Now: now}), cluster: cl}
+	a := &admission{log: log, now: now, observer: observer, cluster: cl}
+	a.broker = sso.New(sso.Options{Now: now, Store: a.shared()})
 	cfg, err := a.build(ep)
 	if err != nil {
 		a.close()
@@ -116,6 +117,7 @@ func (a *admission) reconfigure(ep *Endpoint) error {
 func (a *admission) build(ep *Endpoint) (auth.Config, error) {
 	cfg := ep.Config
 	out := auth.Config{
+		State:         a.shared(),
 		Certificate:   cfg.Authentication.Certificate != nil,
 		EndpointID:    endpointID(cfg),
 		TokenLifetime: cfg.SessionTimeout,
@@ -154,7 +156,7 @@ func (a *admission) build(ep *Endpoint) (auth.Config, error) {
 			return out, err
 		}
 		var err error
-		if login, err = federatedLogin(ep, a.log.With("component", "sso"), a.now); err != nil {
+		if login, err = federatedLogin(ep, a.log.With("component", "sso"), a.now, a.shared()); err != nil {
 			if dir != nil {
 				_ = dir.Close()
 			}
@@ -186,6 +188,16 @@ func (a *admission) build(ep *Endpoint) (auth.Config, error) {
 	a.dir, a.handler, a.login = dir, handler, login
 	a.mu.Unlock()
 	return out, nil
+}
+
+// shared is the cluster-wide store of a cluster node, for the login state every node must see
+// (device logins, challenges, federated logins, portal sessions); nil on a single node, where
+// each keeps it in memory.
+func (a *admission) shared() state.Store {
+	if a.cluster == nil {
+		return nil
+	}
+	return a.cluster.node.Store()
 }
 
 // openState opens the store, the sealing key and the token keyring once.

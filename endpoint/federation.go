@@ -15,6 +15,7 @@ import (
 	"github.com/cvpn/cvpn/auth/saml"
 	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/portal"
+	"github.com/cvpn/cvpn/state"
 )
 
 // The identity provider behind an endpoint's single sign-on, as the portal uses it: OIDC or
@@ -48,7 +49,7 @@ type oidcLogin struct {
 
 const retryEvery = 10 * time.Second
 
-func newOIDCLogin(ep *Endpoint, log *slog.Logger, now func() time.Time) *oidcLogin {
+func newOIDCLogin(ep *Endpoint, log *slog.Logger, now func() time.Time, shared state.Store) *oidcLogin {
 	o := ep.Config.Authentication.Federated.OIDC
 	client := &http.Client{Timeout: 10 * time.Second}
 	if ep.OIDCRoots != nil {
@@ -57,7 +58,7 @@ func newOIDCLogin(ep *Endpoint, log *slog.Logger, now func() time.Time) *oidcLog
 	return &oidcLogin{log: log, cfg: oidc.Config{
 		Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: ep.OIDCClientSecret, Scopes: o.Scopes,
 		RedirectURL: publicURL(ep.Config, oidcCallbackPath), UsernameClaim: o.UsernameClaim, GroupsClaim: o.GroupsClaim,
-		HTTPClient: client, Now: now,
+		HTTPClient: client, Now: now, Store: shared,
 	}}
 }
 
@@ -108,11 +109,11 @@ func (l *oidcLogin) Complete(ctx context.Context, r *http.Request) (string, port
 // samlLogin is a SAML service provider as a portal login.
 type samlLogin struct{ sp *saml.SP }
 
-func newSAMLLogin(ep *Endpoint, now func() time.Time) (*samlLogin, error) {
+func newSAMLLogin(ep *Endpoint, now func() time.Time, shared state.Store) (*samlLogin, error) {
 	s := ep.Config.Authentication.Federated.SAML
 	sp, err := saml.New(saml.Config{
 		IdPMetadata: ep.SAMLMetadata, EntityID: publicURL(ep.Config, samlMetadataPath), ACSURL: publicURL(ep.Config, samlACSPath),
-		GroupsAttribute: s.GroupsAttribute, Now: now,
+		GroupsAttribute: s.GroupsAttribute, Now: now, Store: shared,
 	})
 	if err != nil {
 		return nil, ep.Config.KeyError("authentication.federated.saml.idp_metadata_file", err)
@@ -139,15 +140,16 @@ func (l *samlLogin) Complete(_ context.Context, r *http.Request) (string, portal
 }
 
 // federatedLogin builds the endpoint's identity provider login, or nil when it has none.
-func federatedLogin(ep *Endpoint, log *slog.Logger, now func() time.Time) (portal.FederatedLogin, error) {
+// shared, on a cluster node, keeps the logins in progress where every node sees them.
+func federatedLogin(ep *Endpoint, log *slog.Logger, now func() time.Time, shared state.Store) (portal.FederatedLogin, error) {
 	f := ep.Config.Authentication.Federated
 	switch {
 	case f == nil:
 		return nil, nil
 	case f.OIDC != nil:
-		return newOIDCLogin(ep, log, now), nil
+		return newOIDCLogin(ep, log, now, shared), nil
 	case f.SAML != nil:
-		return newSAMLLogin(ep, now)
+		return newSAMLLogin(ep, now, shared)
 	}
 	return nil, errors.New("authentication.federated names no identity provider")
 }

@@ -46,6 +46,7 @@ func startPortal(r *Running, ep *Endpoint) (*portalServer, error) {
 		Profiles:  r.opts.PortalProfiles(r.Endpoint),
 		Protocols: func() []string { return transportProtocols(r.Endpoint().Config) },
 		Sessions:  portalSessions{r.srv},
+		State:     r.adm.shared(),
 		OnDownload: func(proto string) {
 			r.mx.PortalDownload(proto)
 		},
