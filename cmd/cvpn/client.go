@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +13,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cvpn/cvpn/cluster"
 	"github.com/cvpn/cvpn/config"
 	"github.com/cvpn/cvpn/endpoint"
 	"github.com/cvpn/cvpn/endpoint/clientstore"
@@ -224,7 +229,19 @@ func clientRevoke(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "cvpn client revoke:", err)
 		return exitRuntime
 	}
+	// A node file's cluster: the revocation builds on the cluster's CRL and goes back to it.
+	if cfg.Cluster != nil {
+		if err := pullClusterCRL(cfg, store, crlFile); err != nil {
+			fmt.Fprintln(stderr, "cvpn client revoke: reading the cluster's CRL:", err)
+			return exitRuntime
+		}
+	}
 	crl, err := store.Revoke(ca, cert, time.Duration(*crlDays)*day, timeNow())
+	if cfg.Cluster != nil && errors.Is(err, pki.ErrAlreadyRevoked) {
+		// Revoked here before: store it in the cluster again, in case that failed then.
+		fmt.Fprintf(stdout, "client %s (serial %X) is revoked already\n", name, cert.SerialNumber)
+		return pushClusterCRL(cfg, store, crlFile, cert, stdout, stderr)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "cvpn client revoke:", err)
 		return exitRuntime
@@ -232,6 +249,79 @@ func clientRevoke(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "revoked client %s (serial %X)\n", name, cert.SerialNumber)
 	fmt.Fprintf(stdout, "wrote CRL number %v to %s: %d revoked, next update %s\n", crl.List.Number, crlFile,
 		crl.Len(), crl.List.NextUpdate.UTC().Format(time.RFC3339))
+	if cfg.Cluster != nil {
+		return pushClusterCRL(cfg, store, crlFile, cert, stdout, stderr)
+	}
+	return 0
+}
+
+// dialClusterCRL dials the etcd of cfg's cluster section and loads the client root CAs the
+// cluster's CRL is checked against.
+func dialClusterCRL(cfg *config.Endpoint, store clientstore.Store) (*clientv3.Client, string, []*x509.Certificate, error) {
+	cas, err := store.LoadCAs()
+	if err != nil {
+		return nil, "", nil, err
+	}
+	ccfg, err := endpoint.ClusterConfig(cfg, endpoint.Options{})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	cli, err := cluster.Dial(ccfg)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return cli, ccfg.Prefix, cas, nil
+}
+
+// pullClusterCRL writes the cluster's CRL to crlFile when it is newer, so that a revocation
+// made on another host is not lost by this one.
+func pullClusterCRL(cfg *config.Endpoint, store clientstore.Store, crlFile string) error {
+	cli, prefix, cas, err := dialClusterCRL(cfg, store)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	pem, _, ok, err := cluster.CRL(ctx, cli, prefix)
+	if err != nil || !ok {
+		return err
+	}
+	if err := endpoint.InstallCRL(crlFile, cas, pem, timeNow()); err != nil && !errors.Is(err, endpoint.ErrCRLNotNewer) {
+		return fmt.Errorf("the cluster's CRL is refused: %w", err)
+	}
+	return nil
+}
+
+// pushClusterCRL stores crlFile's CRLs, which revoke cert, as the cluster's, from which every
+// node writes them to its own CRL file within seconds.
+func pushClusterCRL(cfg *config.Endpoint, store clientstore.Store, crlFile string, cert *x509.Certificate, stdout, stderr io.Writer) int {
+	cli, prefix, cas, err := dialClusterCRL(cfg, store)
+	if err != nil {
+		fmt.Fprintln(stderr, "cvpn client revoke: the revocation is in", crlFile, "only; run the command again when etcd is reachable:", err)
+		return exitRuntime
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rev, err := endpoint.PublishCRL(ctx, cli, prefix, crlFile, cas)
+	switch {
+	case errors.Is(err, endpoint.ErrCRLNotNewer):
+		pem, _, _, rerr := cluster.CRL(ctx, cli, prefix)
+		crls, perr := pki.ParseCRLs(pem)
+		set, serr := pki.NewCRLSet(crls, cas, timeNow())
+		if rerr != nil || perr != nil || serr != nil || !set.IsRevoked(cert) {
+			// Another host stored a newer list at the same time: this one pulls it first.
+			fmt.Fprintln(stderr, "cvpn client revoke: the cluster's CRL does not list the client, and the revocation here is not newer; run the command again:", err)
+			return exitRuntime
+		}
+		fmt.Fprintln(stdout, "the cluster's CRL revokes the client already")
+	case err != nil:
+		fmt.Fprintln(stderr, "cvpn client revoke: the revocation is in", crlFile, "only; run the command again when etcd is reachable:", err)
+		return exitRuntime
+	default:
+		fmt.Fprintf(stdout, "stored the CRL in the cluster (etcd revision %d): every node puts it in force within seconds\n", rev)
+	}
 	return 0
 }
 
