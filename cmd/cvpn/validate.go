@@ -81,6 +81,10 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "login      single sign-on: SAML IdP metadata %s\n", f.SAML.IdPMetadataFile)
 		}
 	}
+	if c := ep.Config.Cluster; c != nil {
+		fmt.Fprintf(stdout, "cluster    node %s (%s), SNAT %s, etcd %s under %s, lease %v, blocks of %d addresses\n",
+			c.NodeName, c.PublicAddress, ep.Config.TargetNetwork.SNATAddress, strings.Join(c.Etcd.Endpoints, ","), c.Etcd.Prefix, c.LeaseTTL, c.AddressBlockSize)
+	}
 	if p := ep.Config.Portal; p != nil {
 		cert := "the server certificate"
 		if p.CertFile != "" {
