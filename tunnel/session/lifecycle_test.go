@@ -656,3 +656,28 @@ func TestLameDuckControlKeyRetired(t *testing.T) {
 	alice.Close()
 	waitFor(t, "alice's EXIT ends her session", func() bool { return s.state.Load() == stateClosed })
 }
+
+// TestEvictEndsAtOnce: Evict (a cluster node that lost its lease) tells each client RESTART,[N]
+// and has every address back in the pool when it returns, not after the clients acknowledge.
+func TestEvictEndsAtOnce(t *testing.T) {
+	e := newTestEngine(t, engineOptions{})
+	a := connect(t, e.clientConfig(t, "alice", netip.MustParseAddrPort("203.0.113.60:40000"), port443))
+	b := connect(t, e.clientConfig(t, "bob", netip.MustParseAddrPort("203.0.113.61:40000"), port1194))
+	e.ping(t, a, 1)
+	if n := e.m.Evict("the node lost its cluster lease"); n != 2 {
+		t.Fatalf("Evict ended %d sessions, want 2", n)
+	}
+	if used, est := e.m.cfg.Pool.InUse(), len(e.m.Established()); used != 0 || est != 0 {
+		t.Fatalf("after Evict: %d addresses in use, %d sessions established; want none", used, est)
+	}
+	for _, c := range []*client.Session{a, b} {
+		select {
+		case <-c.Done():
+			if err := c.Err(); !errors.Is(err, client.ErrRestart) || !strings.Contains(err.Error(), "[N]") {
+				t.Errorf("client ended with %v, want RESTART,[N]", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("a client was not told to reconnect")
+		}
+	}
+}
