@@ -59,8 +59,8 @@ type clusterClient struct {
 }
 
 type clusterOptions struct {
-	// TTL is cluster.lease_ttl_seconds.
-	TTL int
+	// TTL is cluster.lease_ttl_seconds; BlockSize cluster.address_block_size.
+	TTL, BlockSize int
 	// Clients is how many client namespaces the lab has.
 	Clients int
 	// Endpoint shapes the shared endpoint file.
@@ -71,7 +71,12 @@ type clusterOptions struct {
 func newClusterLab(t *testing.T, o clusterOptions) *clusterLab {
 	t.Helper()
 	if o.TTL == 0 {
-		o.TTL = 6
+		o.TTL = 10 // the product default: short enough for the tests, long enough for a loaded machine
+	}
+	if o.BlockSize == 0 {
+		// The least: nodes lease many blocks and take over expired ones, so addresses change
+		// hands between nodes and the connection logs' check has handovers to check.
+		o.BlockSize = 4
 	}
 	lab := netlab.NewCluster(t, netlab.ClusterOptions{Nodes: 3, Clients: o.Clients, Etcd: 3})
 	etcd := etcdlab.Start(t, etcdlab.Options{Members: 3, Hosts: lab.EtcdHosts(), NetNS: lab.EtcdNetNS(), TLS: true,
@@ -105,14 +110,14 @@ func newClusterLab(t *testing.T, o clusterOptions) *clusterLab {
   public_address: %s
   snat_address: %s
   lease_ttl_seconds: %d
-  address_block_size: 16
+  address_block_size: %d
   etcd:
     endpoints: [%s]
     ca_file: %s
     cert_file: %s
     key_file: %s
     prefix: %s
-`, h.Name, h.Public, h.SNAT, o.TTL, strings.Join(etcd.Endpoints(), ", "), ca, cert, key, c.prefix)
+`, h.Name, h.Public, h.SNAT, o.TTL, o.BlockSize, strings.Join(etcd.Endpoints(), ", "), ca, cert, key, c.prefix)
 		if err := os.WriteFile(n.file, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -373,6 +378,22 @@ func TestClusterSpreadListTerminatePush(t *testing.T) {
 	c := newClusterLab(t, clusterOptions{Clients: 13})
 	c.startAll()
 
+	// An exported profile lists every node.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	profile, err := c.lab.Command(ctx, c.lab.Admin, cvpnBin, "export-client-config", "--config", c.nodes[0].file).Output()
+	cancel()
+	if err != nil {
+		t.Fatalf("export-client-config: %v", err)
+	}
+	for _, n := range c.nodes {
+		if !regexpMatch(`(?m)^remote `+regexp.QuoteMeta(n.host.Public.String())+` 443`, string(profile)) {
+			t.Errorf("the exported profile has no remote line for %s (%s):\n%s", n.name, n.host.Public, profile)
+		}
+	}
+	if !regexpMatch(`(?m)^remote-random$`, string(profile)) || !regexpMatch(`(?m)^server-poll-timeout \d+$`, string(profile)) {
+		t.Errorf("the exported profile lacks remote-random or server-poll-timeout:\n%s", profile)
+	}
+
 	// Twelve clients, four first on each node.
 	for j := 0; j < 12; j++ {
 		c.connect(fmt.Sprintf("user%02d", j), j, j%3, netlab.ProfileOptions{})
@@ -423,7 +444,7 @@ func TestClusterSpreadListTerminatePush(t *testing.T) {
 			break
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
 	out, err := c.adminOf(0).TerminateClientVpnConnections(ctx, admin.TerminateClientVpnConnectionsInput{Username: victim})
 	cancel()
 	if err != nil {
@@ -467,6 +488,14 @@ func TestClusterSpreadListTerminatePush(t *testing.T) {
 			t.Errorf("%s did not log the banner change: %v", n.name, err)
 		}
 	}
+	// cvpn status on any node shows every node's revision.
+	st := cli(t, "status", "--config", c.nodes[1].file)
+	for _, n := range c.nodes {
+		if !regexpMatch(`(?m)^`+n.name+`( \*)?\s+`+n.host.Public.String()+`\s+yes\s+`+strconv.FormatInt(rev, 10)+`\b`, st) {
+			t.Errorf("cvpn status does not show %s alive at revision %d:\n%s", n.name, rev, st)
+		}
+	}
+
 	// A push every node refuses: the client block cannot change on a running endpoint.
 	bad := filepath.Join(filepath.Dir(c.nodes[0].file), "bad.yaml")
 	badText := strings.Replace(string(text), "client_cidr_block: 10.2.0.0/22", "client_cidr_block: 10.3.0.0/22", 1)
@@ -509,6 +538,7 @@ func TestClusterSpreadListTerminatePush(t *testing.T) {
 	if err := c.lab.CutEtcd(3); err != nil {
 		t.Fatal(err)
 	}
+	cutDone := time.Since(cutAt)
 	if err := c.nodes[2].proc.WaitFor("not admitting new sessions", 15*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -533,7 +563,8 @@ func TestClusterSpreadListTerminatePush(t *testing.T) {
 		}
 		return n == 12 // eleven, and the late one
 	})
-	t.Logf("node3 held %d sessions; it gave them up %v after the cut (lease TTL %v)", on3, lostAfter.Round(time.Millisecond), c.ttl)
+	t.Logf("node3 held %d sessions; it gave them up %v after the cut began (the cut took %v; lease TTL %v)",
+		on3, lostAfter.Round(time.Millisecond), cutDone.Round(time.Millisecond), c.ttl)
 	for _, cl := range c.clients {
 		if cl == victimClient {
 			continue
