@@ -65,6 +65,8 @@ type clusterOptions struct {
 	Clients int
 	// Endpoint shapes the shared endpoint file.
 	Endpoint netlab.EndpointOptions
+	// IPv6: a dual-stack lab and tunnel, each node source-NATing IPv6 to its own address too.
+	IPv6 bool
 }
 
 // newClusterLab builds the lab, starts etcd and writes the node files; startNodes runs them.
@@ -78,13 +80,16 @@ func newClusterLab(t *testing.T, o clusterOptions) *clusterLab {
 		// hands between nodes and the connection logs' check has handovers to check.
 		o.BlockSize = 4
 	}
-	lab := netlab.NewCluster(t, netlab.ClusterOptions{Nodes: 3, Clients: o.Clients, Etcd: 3})
+	lab := netlab.NewCluster(t, netlab.ClusterOptions{Nodes: 3, Clients: o.Clients, Etcd: 3, IPv6: o.IPv6})
 	etcd := etcdlab.Start(t, etcdlab.Options{Members: 3, Hosts: lab.EtcdHosts(), NetNS: lab.EtcdNetNS(), TLS: true,
 		Dial: netlab.DialContextIn(lab.Admin)})
 	c := &clusterLab{t: t, lab: lab, etcd: etcd, kv: etcd.Client(t), prefix: "/cvpn-e2e", ttl: time.Duration(o.TTL) * time.Second}
 	dir := t.TempDir()
 	eo := o.Endpoint
 	eo.TLSCrypt = true
+	if o.IPv6 {
+		eo.TrafficIPAddressType, eo.SNATIPv6 = "dual-stack", true
+	}
 	if eo.Keepalive == "" {
 		eo.Keepalive = "{ping_seconds: 1, ping_restart_seconds: 5}"
 	}
@@ -105,11 +110,15 @@ func newClusterLab(t *testing.T, o clusterOptions) *clusterLab {
 		// replace); everything else is the shared endpoint file.
 		text := strings.Replace(string(base), "admin: {socket: admin.sock}\n", "", 1)
 		text += fmt.Sprintf("admin: {socket: %s}\nconnection_log: {enabled: true, file: %s}\n", n.admin, n.connLog)
+		snat6 := ""
+		if o.IPv6 {
+			snat6 = "  snat_ipv6_address: " + h.SNATIPv6.String() + "\n"
+		}
 		text += fmt.Sprintf(`cluster:
   node_name: %s
   public_address: %s
   snat_address: %s
-  lease_ttl_seconds: %d
+%s  lease_ttl_seconds: %d
   address_block_size: %d
   etcd:
     endpoints: [%s]
@@ -117,7 +126,7 @@ func newClusterLab(t *testing.T, o clusterOptions) *clusterLab {
     cert_file: %s
     key_file: %s
     prefix: %s
-`, h.Name, h.Public, h.SNAT, o.TTL, o.BlockSize, strings.Join(etcd.Endpoints(), ", "), ca, cert, key, c.prefix)
+`, h.Name, h.Public, h.SNAT, snat6, o.TTL, o.BlockSize, strings.Join(etcd.Endpoints(), ", "), ca, cert, key, c.prefix)
 		if err := os.WriteFile(n.file, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -777,4 +786,47 @@ func TestClusterFailover(t *testing.T) {
 		}
 	}
 	c.checkNoAddressTwice(map[string]time.Time{c.nodes[1].name: killedAt.UTC()})
+}
+
+// TestClusterDualStack: a dual-stack tunnel on three nodes: each client gets an IPv4 and an IPv6
+// address from its node's block (one index, both families), reaches the VPC host over both, and
+// the VPC host sees each node's own IPv6 SNAT address.
+func TestClusterDualStack(t *testing.T) {
+	t.Parallel()
+	c := newClusterLab(t, clusterOptions{Clients: 3, IPv6: true})
+	c.startAll()
+	for j := 0; j < 3; j++ {
+		cl := c.connect(fmt.Sprintf("dual%d", j), j, j, netlab.ProfileOptions{})
+		if err := c.ping(cl); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		out, err := c.lab.Command(ctx, cl.ns, "ping", "-6", "-c", "2", "-i", "0.2", "-W", "3", c.lab.VPCHostIPv6.String()).CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("ping -6 %s from %s: %v\n%s", c.lab.VPCHostIPv6, cl.name, err, out)
+		}
+	}
+	var conns []admin.Connection
+	c.waitFor("three dual-stack sessions listed", 15*time.Second, func() bool { conns = c.connections(1); return len(conns) == 3 })
+	seen := map[string]bool{}
+	for _, conn := range conns {
+		a4, err4 := netip.ParseAddr(conn.ClientIP)
+		a6, err6 := netip.ParseAddr(conn.ClientIPv6Address)
+		if err4 != nil || err6 != nil || seen[conn.ClientIPv6Address] {
+			t.Fatalf("connection %s on %s: addresses %q and %q", conn.ConnectionID, conn.Cvpn.Node, conn.ClientIP, conn.ClientIPv6Address)
+		}
+		seen[conn.ClientIPv6Address] = true
+		// One pool index: the IPv6 address's low bits are the IPv4 address's offset in the /22.
+		b4, b6 := a4.As4(), a6.As16()
+		if idx4, idx6 := int(b4[2]&3)<<8|int(b4[3]), int(b6[14])<<8|int(b6[15]); idx4 != idx6 {
+			t.Errorf("%s has index %d in IPv4 (%s) but %d in IPv6 (%s)", conn.Username, idx4, a4, idx6, a6)
+		}
+	}
+	for _, n := range c.nodes {
+		out, err := c.lab.Exec(c.lab.VPC, "ip", "-6", "neigh", "show", n.host.SNATIPv6.String())
+		if err != nil || !strings.Contains(out, "lladdr") {
+			t.Errorf("the VPC host has no neighbour entry for %s's SNAT6 address %s: %v %s", n.name, n.host.SNATIPv6, err, out)
+		}
+	}
 }
