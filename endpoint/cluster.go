@@ -78,9 +78,27 @@ func joinCluster(local *Endpoint, opts Options) (*clusterRun, *Endpoint, error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	// A node restarted after a crash finds its name held by its previous lease until that
+	// expires (at most one TTL): it waits for it rather than fail, as a second node of the same
+	// name would have to.
+	ttl := ccfg.TTL
+	if ttl <= 0 {
+		ttl = cluster.DefaultTTL
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second+2*ttl)
 	defer cancel()
-	node, err := cluster.Join(ctx, ccfg)
+	var node *cluster.Node
+	for {
+		node, err = cluster.Join(ctx, ccfg)
+		if !errors.Is(err, cluster.ErrNameInUse) || ctx.Err() != nil {
+			break
+		}
+		opts.Log.Warn("waiting for the node's name to be free: its previous lease has not expired yet", "node", ccfg.Node, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("cluster.etcd: %w", err)
 	}
