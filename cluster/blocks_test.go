@@ -333,3 +333,46 @@ func TestPartitionNeverSharesABlock(t *testing.T) {
 		t.Errorf("after rejoining a holds blocks %v; want one", poolA.Granted())
 	}
 }
+
+// TestRejoinStuckOnEtcdStillGivesUp cuts a node off etcd while it runs its OnLease callbacks
+// after a rejoin, once the block for the new lease is granted: the callbacks run on the loop
+// that watches the lease's deadline, so they must not hold the block granted past it.
+func TestRejoinStuckOnEtcdStillGivesUp(t *testing.T) {
+	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
+	cli := lab.Client(t)
+	proxy := startProxy(t, lab.Member(0).Endpoint())
+	a, pool := poolNode(t, lab, "a", proxy.endpoint())
+	var calls atomic.Int64
+	// Registered after AttachPool: runs once the new lease's block is granted.
+	a.OnLease(func(ctx context.Context, _ clientv3.LeaseID) {
+		if calls.Add(1) == 2 {
+			proxy.partition()
+			<-ctx.Done() // as an etcd request without its own timeout would
+		}
+	})
+	losses := recordLosses(a)
+	a.Start()
+	first := a.leaseID()
+	// etcd ends the first lease: the node finds out at its next renewal and rejoins.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Revoke(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a rejoins and is cut off in its callbacks", func() bool { return calls.Load() == 2 })
+	second := a.leaseID()
+	if second == 0 || second == first || len(pool.Granted()) != 1 {
+		t.Fatalf("in the rejoin's callbacks a holds lease %x and blocks %v; want a new lease and one block", second, pool.Granted())
+	}
+	if err := a.Admit(); err == nil {
+		t.Error("a admits before its OnLease callbacks returned")
+	}
+	eventually(t, "a gives up its second lease", func() bool { return len(losses()) == 2 })
+	ls := losses()[1]
+	if !ls.at.Before(ls.renewed.Add(testTTL)) {
+		t.Errorf("a gave up its second lease %v after its last confirmed renewal; etcd may expire it after %v", ls.at.Sub(ls.renewed), testTTL)
+	}
+	if got := pool.Granted(); len(got) != 0 {
+		t.Errorf("after losing its second lease a still has blocks %v granted", got)
+	}
+}

@@ -181,21 +181,42 @@ func Dial(cfg Config) (*clientv3.Client, error) {
 
 // Start runs the lease loop; callbacks registered before it see the first lease.
 func (n *Node) Start() {
-	n.mu.Lock()
-	id := n.lease
-	cbs := append([]func(context.Context, clientv3.LeaseID){}, n.onLease...)
-	n.mu.Unlock()
-	for _, f := range cbs {
-		f(n.ctx, id)
-	}
-	n.mu.Lock()
-	if n.lease == id && id != 0 {
-		n.health = Healthy
-		n.lostReason = ""
-	}
-	n.mu.Unlock()
+	n.leaseTaken(n.leaseID())
 	n.started = true
 	go n.run()
+}
+
+// leaseTaken runs the OnLease callbacks for lease id, then admits if id is still held and was
+// renewed recently; it reports whether it admits. The callbacks' context ends at the moment
+// the node must give the lease up (renewed+TTL-margin): they run on the loop that checks that
+// deadline (or before it starts), and a callback stuck on an unreachable etcd must not keep
+// the blocks it leased granted past it.
+func (n *Node) leaseTaken(id clientv3.LeaseID) bool {
+	if id == 0 {
+		return false
+	}
+	n.mu.Lock()
+	deadline := n.renewed.Add(n.cfg.TTL - n.margin())
+	cbs := append([]func(context.Context, clientv3.LeaseID){}, n.onLease...)
+	n.mu.Unlock()
+	ctx, cancel := context.WithDeadline(n.ctx, deadline)
+	defer cancel()
+	for _, f := range cbs {
+		f(ctx, id)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.lease != id {
+		return false
+	}
+	// As run would: a lease whose last confirmed renewal is half a TTL old admits no one;
+	// run moves the node on (back to Healthy on a renewal, or to Lost at the deadline).
+	if since := time.Since(n.renewed); since >= n.cfg.TTL/2 {
+		n.health, n.lostReason = Degraded, fmt.Sprintf("etcd has not confirmed a lease renewal for %v", since.Round(time.Millisecond))
+		return false
+	}
+	n.health, n.lostReason = Healthy, ""
+	return true
 }
 
 // join takes a new lease and registers the node under it.
@@ -273,7 +294,7 @@ func (n *Node) run() {
 		}
 		switch {
 		case since >= n.cfg.TTL-n.margin():
-			n.lose(fmt.Sprintf("etcd confirmed no lease renewal for %v", since.Round(time.Millisecond)))
+			n.lose(id, fmt.Sprintf("etcd confirmed no lease renewal for %v", since.Round(time.Millisecond)))
 		case since >= n.cfg.TTL/2 && health == Healthy:
 			n.setHealth(Degraded, fmt.Sprintf("etcd has not confirmed a lease renewal for %v", since.Round(time.Millisecond)))
 		case !unreachable.IsZero() && time.Since(unreachable) >= unreachableAfter && health == Healthy:
@@ -309,12 +330,7 @@ func (n *Node) renew() {
 			case n.ctx.Err() != nil:
 				return
 			case isLeaseNotFound(err):
-				n.mu.Lock()
-				current := n.lease == id
-				n.mu.Unlock()
-				if current {
-					n.lose("etcd says the node's lease expired")
-				}
+				n.lose(id, "etcd says the node's lease expired")
 			default:
 				n.log.Warn("lease renewal failed", "err", err)
 			}
@@ -345,11 +361,16 @@ func (n *Node) setHealth(h Health, reason string) {
 	}
 }
 
-// lose gives the lease up: from now on the node admits no one; its blocks and published
-// sessions may be etcd's to hand out again, so the onLost callbacks end its sessions.
-func (n *Node) lose(reason string) {
+// lose gives lease id up, if the node still holds it: from now on the node admits no one; its
+// blocks and published sessions may be etcd's to hand out again, so the onLost callbacks end
+// its sessions. run and renew may both find the lease gone at once; the check of id under mu
+// makes one of them act, and keeps a late one from giving up a lease taken since.
+func (n *Node) lose(id clientv3.LeaseID, reason string) {
 	n.mu.Lock()
-	id := n.lease
+	if id == 0 || n.lease != id {
+		n.mu.Unlock()
+		return
+	}
 	n.lease, n.health, n.lostReason = 0, Lost, reason
 	cbs := append([]func(){}, n.onLost...)
 	n.mu.Unlock()
@@ -357,14 +378,12 @@ func (n *Node) lose(reason string) {
 	for _, f := range cbs {
 		f()
 	}
-	if id != 0 {
-		// Best effort: if etcd is reachable after all, free the lease's keys at once.
-		go func() {
-			ctx, cancel := context.WithTimeout(n.ctx, requestTimeout)
-			defer cancel()
-			_, _ = n.cli.Revoke(ctx, id)
-		}()
-	}
+	// Best effort: if etcd is reachable after all, free the lease's keys at once.
+	go func() {
+		ctx, cancel := context.WithTimeout(n.ctx, requestTimeout)
+		defer cancel()
+		_, _ = n.cli.Revoke(ctx, id)
+	}()
 }
 
 // rejoin tries to take a new lease after losing one; the callbacks of onLease run before the
@@ -377,14 +396,9 @@ func (n *Node) rejoin() {
 		return
 	}
 	n.log.Info("rejoined the cluster after losing its lease")
-	n.mu.Lock()
-	id := n.lease
-	cbs := append([]func(context.Context, clientv3.LeaseID){}, n.onLease...)
-	n.mu.Unlock()
-	for _, f := range cbs {
-		f(n.ctx, id)
+	if n.leaseTaken(n.leaseID()) {
+		n.log.Info("etcd reachable again: admitting")
 	}
-	n.setHealth(Healthy, "")
 }
 
 func isLeaseNotFound(err error) bool {
@@ -413,7 +427,8 @@ func (n *Node) Health() (Health, string) {
 }
 
 // OnLease registers f to run each time the node holds a new lease, before it admits; f runs
-// with the node's context and must return within a few seconds.
+// with a context that ends with the node or at the lease's deadline (when the node must give
+// the lease up unless etcd confirmed a renewal), and must return within a few seconds.
 func (n *Node) OnLease(f func(ctx context.Context, id clientv3.LeaseID)) {
 	n.mu.Lock()
 	n.onLease = append(n.onLease, f)
@@ -465,14 +480,15 @@ func (n *Node) updateAlive(f func(*Alive)) {
 // Close leaves the cluster: the lease is revoked (so the node's blocks and sessions are free
 // at once, not a TTL later) and the client closed. The engine must have stopped first.
 func (n *Node) Close() error {
-	n.mu.Lock()
-	id := n.lease
-	n.lease = 0
-	n.mu.Unlock()
 	n.cancel()
 	if n.started {
 		<-n.done
 	}
+	// Read after the loop returned: a rejoin it was making may have taken a new lease.
+	n.mu.Lock()
+	id := n.lease
+	n.lease = 0
+	n.mu.Unlock()
 	if id != 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		_, _ = n.cli.Revoke(ctx, id)
