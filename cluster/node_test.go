@@ -349,9 +349,14 @@ func (p *tcpProxy) partition() {
 	p.ups = nil
 }
 
-// heal forwards new connections again.
+// heal forwards new connections again, and closes those held during the cut so that the
+// client dials again at once rather than when its handshake on them times out.
 func (p *tcpProxy) heal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = false
+	for _, c := range p.conns {
+		_ = c.Close()
+	}
+	p.conns, p.ups = nil, nil
 }
