@@ -232,8 +232,9 @@ func clientRevoke(args []string, stdout, stderr io.Writer) int {
 	// A node file's cluster: the revocation builds on the cluster's CRL and goes back to it.
 	if cfg.Cluster != nil {
 		if err := pullClusterCRL(cfg, store, crlFile); err != nil {
-			fmt.Fprintln(stderr, "cvpn client revoke: reading the cluster's CRL:", err)
-			return exitRuntime
+			// Revoke here all the same: storing the result below says whether the cluster
+			// took it.
+			fmt.Fprintln(stderr, "cvpn client revoke: warning: the cluster's CRL is not used:", err)
 		}
 	}
 	crl, err := store.Revoke(ca, cert, time.Duration(*crlDays)*day, timeNow())
@@ -288,7 +289,7 @@ func pullClusterCRL(cfg *config.Endpoint, store clientstore.Store, crlFile strin
 		return err
 	}
 	if err := endpoint.InstallCRL(crlFile, cas, pem, timeNow()); err != nil && !errors.Is(err, endpoint.ErrCRLNotNewer) {
-		return fmt.Errorf("the cluster's CRL is refused: %w", err)
+		return err
 	}
 	return nil
 }
