@@ -312,8 +312,9 @@ type crlSync struct {
 func (r *Running) watchClusterCRL(ctx context.Context) (wait func()) {
 	s := &crlSync{r: r, log: r.log.With("component", "cluster-crl")}
 	stored := make(chan storedCRL)
-	done := make(chan struct{})
+	done, watched := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(watched)
 		r.cl.node.WatchCRL(ctx, 0, func(pem []byte, rev int64) {
 			select {
 			case stored <- storedCRL{pem, rev}:
@@ -336,7 +337,7 @@ func (r *Running) watchClusterCRL(ctx context.Context) (wait func()) {
 			}
 		}
 	}()
-	return func() { <-done }
+	return func() { <-done; <-watched }
 }
 
 type storedCRL struct {
