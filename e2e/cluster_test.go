@@ -250,18 +250,27 @@ func (c *clusterLab) waitFor(what string, timeout time.Duration, cond func() boo
 // blocks returns the address blocks each node leases now, from etcd.
 func (c *clusterLab) blocks() map[string][]int {
 	c.t.Helper()
+	out, err := c.readBlocks()
+	if err != nil {
+		c.t.Fatalf("etcd: %v", err)
+	}
+	return out
+}
+
+// readBlocks is blocks for any goroutine.
+func (c *clusterLab) readBlocks() (map[string][]int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := c.kv.Get(ctx, c.prefix+"/blocks/", clientv3.WithPrefix())
 	if err != nil {
-		c.t.Fatalf("etcd: %v", err)
+		return nil, err
 	}
 	out := map[string][]int{}
 	for _, kv := range resp.Kvs {
 		b, _ := strconv.Atoi(strings.TrimPrefix(string(kv.Key), c.prefix+"/blocks/"))
 		out[string(kv.Value)] = append(out[string(kv.Value)], b)
 	}
-	return out
+	return out, nil
 }
 
 // leaseLeft is how long the lease of node's liveness key has left in etcd (to the second, as
@@ -347,8 +356,8 @@ func (c *clusterLab) checkNoAddressTwice(died map[string]time.Time) {
 		s := conns[r.id]
 		if s == nil {
 			s = &span{node: r.node, id: r.id, start: r.start, end: time.Now().UTC().Add(time.Hour)}
-			if d, ok := died[r.node]; ok {
-				s.end = d
+			if d, ok := died[r.node]; ok && !r.start.After(d) {
+				s.end = d // a session of the node's life before it was killed
 			}
 			conns[r.id] = s
 		}
@@ -623,7 +632,7 @@ func TestClusterFailover(t *testing.T) {
 	const ttl = 15
 	// The directory runs on the admin host, which every node reaches over the management
 	// network.
-	c := newClusterLab(t, clusterOptions{TTL: ttl, Clients: 9})
+	c := newClusterLab(t, clusterOptions{TTL: ttl, Clients: 10})
 	ldap := slapdlab.StartIn(t, c.lab.Admin, c.lab.AdminAddr.String())
 	dir := filepath.Dir(c.nodes[0].file)
 	if err := os.WriteFile(filepath.Join(dir, "ldap-ca.pem"), ldap.CAPEM, 0o644); err != nil {
@@ -703,6 +712,26 @@ func TestClusterFailover(t *testing.T) {
 	left2 := c.leaseLeft(c.nodes[1].name)
 	killedAt := time.Now()
 	c.nodes[1].proc.Kill()
+	// Watch node2's blocks from the kill on: the last time they were all there, and the first
+	// time none was.
+	type blockWatch struct{ held, gone time.Time }
+	watched := make(chan blockWatch, 1)
+	go func() {
+		var w blockWatch
+		for time.Since(killedAt) < ttl*time.Second+20*time.Second {
+			got, err := c.readBlocks()
+			now := time.Now()
+			if err == nil && len(got[c.nodes[1].name]) == len(blocks2) {
+				w.held = now
+			}
+			if err == nil && len(got[c.nodes[1].name]) == 0 {
+				w.gone = now
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		watched <- w
+	}()
 	for _, cl := range on2 {
 		c.waitCount(cl.proc, "Initialization Sequence Completed", 2, 5*time.Second+2*5*time.Second+30*time.Second)
 		t.Logf("%s reconnected %v after the kill", cl.name, time.Since(killedAt).Round(100*time.Millisecond))
@@ -725,21 +754,26 @@ func TestClusterFailover(t *testing.T) {
 		}
 	}
 	// node2's blocks stay its own until its lease expires (what it had left at the kill: the
-	// TTL since its last renewal), then return.
-	if time.Until(killedAt.Add(left2-time.Second)) > 0 {
-		if got := c.blocks()[c.nodes[1].name]; len(got) != len(blocks2) {
-			t.Errorf("%v after the kill (its lease had %v left) node2's blocks are %v, want still %v",
-				time.Since(killedAt).Round(time.Millisecond), left2, got, blocks2)
-		}
-	} else {
-		t.Logf("the reconnects took longer than the lease had left; the blocks' early return is not checked")
+	// TTL since its last renewal, to the second), then return.
+	w := <-watched
+	if w.gone.IsZero() {
+		t.Fatalf("node2's blocks %v never returned", blocks2)
 	}
-	c.waitFor("node2's blocks to return", ttl*time.Second+15*time.Second, func() bool { return len(c.blocks()[c.nodes[1].name]) == 0 })
-	returned := time.Since(killedAt)
-	if returned < left2-time.Second {
-		t.Errorf("node2's blocks returned %v after the kill, before its lease (%v left at the kill) expired", returned, left2)
+	held, returned := w.held.Sub(killedAt), w.gone.Sub(killedAt)
+	if returned < left2-time.Second || held < left2-2*time.Second {
+		t.Errorf("node2's blocks were held until %v and gone at %v after the kill, but its lease had %v left",
+			held.Round(100*time.Millisecond), returned.Round(100*time.Millisecond), left2)
 	}
-	t.Logf("node2's blocks returned %v after the kill; its lease had %v left (TTL %ds)", returned.Round(100*time.Millisecond), left2, ttl)
+	t.Logf("node2's blocks: held until %v, returned %v after the kill; its lease had %v left (TTL %ds)",
+		held.Round(100*time.Millisecond), returned.Round(100*time.Millisecond), left2, ttl)
+
+	// node2 comes back, and takes clients again.
+	c.start(1)
+	back := login(8, 1)
+	c.waitCount(back.proc, "Initialization Sequence Completed", 1, 60*time.Second)
+	if !regexpMatch(`Peer Connection Initiated with \[AF_INET\]`+regexp.QuoteMeta(c.nodes[1].host.Public.String())+`:`, back.proc.Output()) {
+		t.Errorf("a client whose first node is the restarted node2 did not connect to it:\n%s", netlab.Tail(back.proc.Output(), 20))
+	}
 
 	// One etcd member down: a new login works, sessions flow.
 	c.etcd.Member(0).Kill()
