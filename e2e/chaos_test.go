@@ -99,6 +99,14 @@ func TestChaos(t *testing.T) {
 		c.waitCount(cl.cl.proc, "Initialization Sequence Completed", 1, 60*time.Second)
 	}
 	ch.calmSince = time.Now()
+	t.Cleanup(func() {
+		// The lab's own dump keeps too little of a node's output to follow a chaos run.
+		if t.Failed() {
+			for _, n := range c.nodes {
+				t.Logf("chaos: cvpn %s output, the end:\n%s", n.name, netlab.Tail(n.proc.Output(), 12000))
+			}
+		}
+	})
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -122,6 +130,13 @@ func TestChaos(t *testing.T) {
 			break
 		}
 		time.Sleep(time.Second)
+	}
+	// And every one of them reaches the VPC.
+	for _, s := range ch.liveClients() {
+		if err := c.ping(s.cl); err != nil {
+			t.Errorf("after the faults, %s (on %s): %v\nits output:\n%s\nits ping loop: %s", s.cl.name, server(s.cl.proc.Output()), err,
+				netlab.Tail(s.cl.proc.Output(), 1500), strings.ReplaceAll(netlab.Tail(s.pinger.Output(), 150), "\n", " "))
+		}
 	}
 	// Let every termination's bound pass, so each is checked against the list.
 	if last := ch.lastTerminate(); !last.IsZero() {
@@ -433,7 +448,7 @@ func (ch *chaos) terminate(i, pick int) {
 	if !up {
 		return
 	}
-	conns, err := ch.list(i)
+	conns, _, err := ch.list(i)
 	if err != nil || len(conns) == 0 {
 		ch.logf("fault: terminate: nothing to terminate (%v)", err)
 		return
@@ -466,24 +481,21 @@ func (ch *chaos) terminate(i, pick int) {
 }
 
 // list is node i's cluster-wide list of the connections that hold an address: active ones and
-// those saying goodbye.
-func (ch *chaos) list(i int) ([]admin.Connection, error) {
+// those saying goodbye. partial is set when the node could not read the other nodes' (it is
+// off etcd, or etcd is down).
+func (ch *chaos) list(i int) (conns []admin.Connection, partial bool, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := ch.c.adminOf(i).DescribeAllClientVpnConnections(ctx, admin.DescribeClientVpnConnectionsInput{})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	if out.Cvpn != nil && out.Cvpn.Partial {
-		return nil, fmt.Errorf("partial answer: %s", out.Cvpn.Reason)
-	}
-	var live []admin.Connection
 	for _, conn := range out.Connections {
 		if conn.Status.Code == admin.StatusActive || conn.Status.Code == admin.StatusTerminating {
-			live = append(live, conn)
+			conns = append(conns, conn)
 		}
 	}
-	return live, nil
+	return conns, out.Cvpn != nil && out.Cvpn.Partial, nil
 }
 
 // checkLoop samples the cluster every few seconds until stop.
@@ -514,6 +526,17 @@ func tunnel(out string) (up bool, key int, addr string) {
 	return true, done, addr
 }
 
+// server is the node address a client's output says its tunnel runs to.
+func server(out string) string {
+	const marker = "Peer Connection Initiated with [AF_INET]"
+	i := strings.LastIndex(out, marker)
+	if i < 0 {
+		return "no server"
+	}
+	addr, _, _ := strings.Cut(out[i+len(marker):], " ")
+	return addr
+}
+
 // observe updates every live client's tunnel state and returns those whose tunnel has been up
 // for chaosGrace, by address.
 func (ch *chaos) observe(now time.Time) map[string]*chaosClient {
@@ -533,34 +556,44 @@ func (ch *chaos) observe(now time.Time) map[string]*chaosClient {
 			s.upKey, s.upSince = key, now
 		}
 		if now.Sub(s.upSince) >= chaosGrace {
+			// Two tunnels up this long with one address: the nodes gave it out twice.
+			if other, ok := old[addr]; ok {
+				ch.t.Errorf("%s: %s and %s both have tunnel address %s, up since %s and %s", now.UTC().Format("15:04:05"),
+					other.cl.name, s.cl.name, addr, other.upSince.UTC().Format("15:04:05"), s.upSince.UTC().Format("15:04:05"))
+			}
 			old[addr] = s
 		}
 	}
 	return old
 }
 
-// checkOnce takes one sample: a cluster-wide list from a node, checked for an address listed
-// twice, for live sessions missing (when the cluster is calm), and for terminated connections
-// still listed after their bound. At the end (final) every node is asked.
+// checkOnce takes one sample: a cluster-wide list from a live node (one whose process runs,
+// wherever it is cut off), checked for an address listed twice; when the node is healthy and
+// its list whole, also for terminated connections still listed after their bound, and when the
+// cluster is calm, for live sessions missing. At the end (final) every node is asked.
 func (ch *chaos) checkOnce(now time.Time, final bool) {
 	settled := ch.observe(now)
 	ch.mu.Lock()
 	calm := !ch.disturbed && ch.etcdDown == 0 && now.Sub(ch.calmSince) >= chaosGrace
-	var healthy []int
+	var live []int
+	healthy := map[int]bool{}
 	for i, up := range ch.nodeUp {
-		if up && ch.cutNode != i+1 && ch.cutEtcd != i+1 {
-			healthy = append(healthy, i)
+		if up {
+			live = append(live, i)
+			healthy[i] = ch.cutNode != i+1 && ch.cutEtcd != i+1
 		}
 	}
 	ch.mu.Unlock()
-	if !final && len(healthy) > 0 {
-		healthy = []int{healthy[now.Nanosecond()%len(healthy)]}
+	if !final && len(live) > 0 {
+		live = []int{live[now.Nanosecond()%len(live)]}
 	}
-	for _, i := range healthy {
-		conns, err := ch.list(i)
+	stamp := now.UTC().Format("15:04:05")
+	for _, i := range live {
+		name := ch.c.nodes[i].name
+		conns, partial, err := ch.list(i)
 		if err != nil {
 			if calm {
-				ch.t.Errorf("%s: with the cluster calm, %s's cluster-wide list failed: %v", now.UTC().Format("15:04:05"), ch.c.nodes[i].name, err)
+				ch.t.Errorf("%s: with the cluster calm, %s's cluster-wide list failed: %v", stamp, name, err)
 			}
 			continue
 		}
@@ -571,7 +604,7 @@ func (ch *chaos) checkOnce(now time.Time, final bool) {
 		byIP := map[string]admin.Connection{}
 		for _, conn := range conns {
 			if other, ok := byIP[conn.ClientIP]; ok {
-				ch.t.Errorf("%s: %s lists address %s twice: %s (%s on %s) and %s (%s on %s)", now.UTC().Format("15:04:05"), ch.c.nodes[i].name,
+				ch.t.Errorf("%s: %s lists address %s twice: %s (%s on %s) and %s (%s on %s)", stamp, name,
 					conn.ClientIP, other.ConnectionID, other.Username, other.Cvpn.Node, conn.ConnectionID, conn.Username, conn.Cvpn.Node)
 			}
 			byIP[conn.ClientIP] = conn
@@ -579,6 +612,12 @@ func (ch *chaos) checkOnce(now time.Time, final bool) {
 		ch.mu.Lock()
 		ch.dupChecks++
 		ch.mu.Unlock()
+		if !healthy[i] || partial {
+			if calm {
+				ch.t.Errorf("%s: with the cluster calm, %s's cluster-wide list is partial", stamp, name)
+			}
+			continue
+		}
 		if calm {
 			for addr, s := range settled {
 				conn, ok := byIP[addr]
@@ -593,8 +632,8 @@ func (ch *chaos) checkOnce(now time.Time, final bool) {
 				if up, key, _ := tunnel(s.cl.proc.Output()); !up || key != s.upKey {
 					continue
 				}
-				ch.t.Errorf("%s: %s's tunnel (address %s) has been up since %s, but %s's cluster-wide list does not show it (it shows %+v)",
-					now.UTC().Format("15:04:05"), s.cl.name, addr, s.upSince.UTC().Format("15:04:05"), ch.c.nodes[i].name, conn.Username)
+				ch.t.Errorf("%s: %s's tunnel (address %s) has been up since %s, but %s's cluster-wide list does not show it (it shows %q there)",
+					stamp, s.cl.name, addr, s.upSince.UTC().Format("15:04:05"), name, conn.Username)
 			}
 		}
 		ch.checkTerminationsListed(now, conns)
@@ -722,6 +761,19 @@ func (ch *chaos) checkAddressesOnce() (int, int) {
 	return len(conns), checked
 }
 
+// liveClients are the clients started and not stopped whose openvpn still runs.
+func (ch *chaos) liveClients() []*chaosClient {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	var live []*chaosClient
+	for _, s := range ch.slots {
+		if s != nil && !s.stopped && !s.cl.proc.Exited() {
+			live = append(live, s)
+		}
+	}
+	return live
+}
+
 // unlisted names the live clients whose tunnel is down or that the cluster list does not show.
 func (ch *chaos) unlisted() []string {
 	ch.mu.Lock()
@@ -731,19 +783,17 @@ func (ch *chaos) unlisted() []string {
 			healthy = append(healthy, i)
 		}
 	}
-	var live []*chaosClient
-	for _, s := range ch.slots {
-		if s != nil && !s.stopped && !s.cl.proc.Exited() {
-			live = append(live, s)
-		}
-	}
 	ch.mu.Unlock()
+	live := ch.liveClients()
 	if len(healthy) == 0 {
 		return []string{"(no healthy node)"}
 	}
-	conns, err := ch.list(healthy[0])
+	conns, partial, err := ch.list(healthy[0])
 	if err != nil {
 		return []string{err.Error()}
+	}
+	if partial {
+		return []string{"(a partial list)"}
 	}
 	byIP := map[string]string{}
 	for _, conn := range conns {
@@ -793,5 +843,14 @@ func (ch *chaos) report(conns, handovers int) {
 	ch.t.Logf("chaos report: faults: %s", strings.Join(kinds, ", "))
 	ch.t.Logf("chaos report: %d clients started; %d connections in the logs, %d handovers of an address checked; %d samples listing %d sessions, %d duplicate checks, %d session-visible checks; %d terminate requests, %d connections terminated and checked",
 		ch.clientsStarted, conns, handovers, ch.samples, ch.listed, ch.dupChecks, ch.sessionChecks, len(ch.terms), terminated)
+	reconnects, halted := 0, 0
+	for _, cl := range ch.c.clients {
+		out := cl.proc.Output()
+		reconnects += max(strings.Count(out, "Initialization Sequence Completed")-1, 0)
+		if strings.Contains(out, "server-pushed-halt") {
+			halted++
+		}
+	}
+	ch.t.Logf("chaos report: the clients came up again %d times after a fault; %d were halted by a terminate", reconnects, halted)
 	ch.t.Logf("chaos report: pings through the tunnels (current clients only): %d answered, %d lost", ok, lost)
 }
