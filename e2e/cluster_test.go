@@ -863,4 +863,23 @@ func TestClusterDualStack(t *testing.T) {
 			t.Errorf("the VPC host has no neighbour entry for %s's SNAT6 address %s: %v %s", n.name, n.host.SNATIPv6, err, out)
 		}
 	}
+
+	// A node stopped cleanly tells its clients to go to the next node at once (RESTART,[N]),
+	// without waiting for ping-restart, and frees its blocks at once.
+	first := c.clients[0]
+	stopAt := time.Now()
+	if err := c.nodes[0].proc.Stop(); err != nil {
+		t.Fatalf("stopping node1: %v", err)
+	}
+	if got := c.blocks()[c.nodes[0].name]; len(got) != 0 {
+		t.Errorf("node1 stopped, but its blocks %v are still leased", got)
+	}
+	c.waitCount(first.proc, "Initialization Sequence Completed", 2, 30*time.Second)
+	t.Logf("%s reconnected %v after node1 was stopped", first.name, time.Since(stopAt).Round(100*time.Millisecond))
+	if !strings.Contains(first.proc.Output(), "server-pushed-connection-reset") {
+		t.Errorf("%s was not told to reconnect:\n%s", first.name, netlab.Tail(first.proc.Output(), 20))
+	}
+	if err := c.ping(first); err != nil {
+		t.Error(err)
+	}
 }
