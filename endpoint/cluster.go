@@ -216,6 +216,7 @@ func (r *Running) startCluster() {
 	cr.node.ConfigApplied(rev)
 	go func() {
 		defer close(cr.watched)
+		defer r.watchClusterCRL(ctx)() // started now; waited for before watched closes
 		cr.node.WatchConfig(ctx, rev, r.checkPushed, r.applyPushed)
 	}()
 }
