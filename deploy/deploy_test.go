@@ -382,9 +382,9 @@ func TestDebContents(t *testing.T) {
 	if out, err := exec.Command("bash", "-n", bashFile).CombinedOutput(); err != nil {
 		t.Errorf("bash -n %s: %v: %s", bashFile, err, out)
 	}
-	out, err := exec.Command("bash", "-c", `source "$1"; COMP_WORDS=(cvpn cl); COMP_CWORD=1; _cvpn; echo "${COMPREPLY[@]}"`, "bash", bashFile).CombinedOutput()
+	out, err := exec.Command("bash", "-c", `source "$1"; COMP_WORDS=(cvpn cli); COMP_CWORD=1; _cvpn; echo "${COMPREPLY[@]}"`, "bash", bashFile).CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "client" {
-		t.Errorf("bash completion of 'cvpn cl': %v: %q, want client", err, out)
+		t.Errorf("bash completion of 'cvpn cli': %v: %q, want client", err, out)
 	}
 	if out, err := exec.Command(need(t, "zsh"), "-n", in("usr/share/zsh/vendor-completions/_cvpn")).CombinedOutput(); err != nil {
 		t.Errorf("zsh -n _cvpn: %v: %s", err, out)
