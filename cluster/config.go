@@ -62,12 +62,20 @@ func Push(ctx context.Context, cli *clientv3.Client, prefix string, pc PushedCon
 		return false, ""
 	})
 	cancel()
+	// withdraw deletes our candidate, not a newer push's.
+	withdraw := func() {
+		_, _ = cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(k.candidate()), "=", cand)).
+			Then(clientv3.OpDelete(k.candidate())).
+			Commit()
+	}
 	if err != nil {
+		withdraw()
 		return 0, checks, err
 	}
 	for _, o := range checks {
 		if !o.Applied {
-			_, _ = cli.Delete(ctx, k.candidate())
+			withdraw()
 			return 0, checks, nil
 		}
 	}
@@ -254,14 +262,26 @@ func (n *Node) WatchConfig(ctx context.Context, after int64, check, apply func(P
 		if ctx.Err() != nil {
 			return
 		}
-		// Catch up with the newest stored file (a compacted watch cannot replay), then watch
-		// again from now.
-		if pc, rev, ok, err := n.Config(ctx); err == nil {
-			if ok && rev > after {
-				b, _ := json.Marshal(pc)
-				stored(b, rev)
+		// Catch up with the newest stored and proposed files (a compacted watch cannot
+		// replay), then watch again from the revision read: not from the stored file's,
+		// which etcd may have compacted away too, so that the watch would fail again.
+		gctx, gcancel := context.WithTimeout(ctx, requestTimeout)
+		resp, err := n.cli.Get(gctx, n.keys.config(), clientv3.WithPrefix())
+		gcancel()
+		if err == nil {
+			for _, kv := range resp.Kvs {
+				switch string(kv.Key) {
+				case n.keys.config():
+					if kv.ModRevision > after {
+						stored(kv.Value, kv.ModRevision)
+					}
+				case n.keys.candidate():
+					if kv.ModRevision > watched {
+						proposed(kv.Value, kv.ModRevision)
+					}
+				}
 			}
-			watched = max(watched, rev)
+			watched = max(watched, resp.Header.Revision)
 		}
 		select {
 		case <-ctx.Done():

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/cvpn/cvpn/internal/etcdlab"
 )
 
@@ -256,5 +258,58 @@ func TestPushTooLarge(t *testing.T) {
 	_, _, err := Push(context.Background(), nil, "", PushedConfig{Data: make([]byte, MaxConfigLen+1)}, time.Second)
 	if err == nil || !strings.Contains(err.Error(), "limit") {
 		t.Errorf("an oversized file: %v; want a refusal naming the limit", err)
+	}
+}
+
+// TestWatchConfigAfterCompaction starts a node's watch from a revision etcd compacted away
+// (as after a long outage, or with etcd's auto-compaction): the node must still hear pushes.
+func TestWatchConfigAfterCompaction(t *testing.T) {
+	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
+	cli := lab.Client(t)
+	ctx := context.Background()
+	b := watchConfig(t, joinNode(t, lab, "b"))
+	eventually(t, "b runs", func() bool { _, _, ok := aliveOf(t, cli, "b"); return ok })
+	first, _, err := Push(ctx, cli, "", PushedConfig{Data: []byte("file one")}, 10*time.Second)
+	if err != nil || first == 0 {
+		t.Fatalf("push: %d, %v", first, err)
+	}
+	b.close()
+	if err := b.n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var last int64
+	for i := range 10 {
+		put, err := cli.Put(ctx, fmt.Sprintf("other/%d", i), "x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = put.Header.Revision
+	}
+	if _, err := cli.Compact(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	// a watches from revision 1, long compacted: it catches up with the stored file, and
+	// must then watch from a revision etcd still has.
+	a := watchConfig(t, joinNode(t, lab, "a"))
+	eventually(t, "a applies the stored file", func() bool { _, applied, _ := a.state(); return slices.Equal(applied, []int64{first}) })
+	rev, outs, err := Push(ctx, cli, "", PushedConfig{Data: []byte("file two")}, 10*time.Second)
+	if err != nil || rev == 0 || outcomeString(outs) != `a:true:"" ` {
+		t.Fatalf("push after a compaction: %d %s %v; want it checked and applied by a", rev, outcomeString(outs), err)
+	}
+	if _, applied, running := a.state(); !slices.Equal(applied, []int64{first, rev}) || running != "file two" {
+		t.Errorf("a applied %v and runs %q; want %d then %d", applied, running, first, rev)
+	}
+}
+
+func TestPushWithoutNodesLeavesNothing(t *testing.T) {
+	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
+	cli := lab.Client(t)
+	ctx := context.Background()
+	rev, _, err := Push(ctx, cli, "", PushedConfig{Data: []byte("file one")}, time.Second)
+	if err == nil || !strings.Contains(err.Error(), "no live node") || rev != 0 {
+		t.Fatalf("a push without nodes: %d, %v; want refused for want of a live node", rev, err)
+	}
+	if r, err := cli.Get(ctx, keys{DefaultPrefix}.config(), clientv3.WithPrefix()); err != nil || len(r.Kvs) != 0 {
+		t.Errorf("a push without nodes left %d keys (config, candidate) in etcd (%v)", len(r.Kvs), err)
 	}
 }
