@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cvpn/cvpn/cluster"
+	"github.com/cvpn/cvpn/endpoint/clientstore"
 	"github.com/cvpn/cvpn/pki"
 )
 
@@ -159,7 +160,7 @@ func installCRL(file string, cas []*x509.Certificate, pem []byte, now time.Time)
 	if err != nil {
 		return 0, err
 	}
-	unlock, err := lockCRLDir(filepath.Dir(file))
+	unlock, err := clientstore.LockDir(filepath.Dir(file))
 	if err != nil {
 		return 0, err
 	}
@@ -217,20 +218,6 @@ func replaceFile(file string, data []byte) (err error) {
 		return err
 	}
 	return os.Rename(tmp, file)
-}
-
-// lockCRLDir takes the exclusive lock on dir that package clientstore takes while it rewrites
-// the CRL file (flock on the directory), and returns the unlock function.
-func lockCRLDir(dir string) (func(), error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
-	}
-	return func() { f.Close() }, nil // closing drops the lock
 }
 
 // PublishCRL stores file's CRLs as the cluster's CRL when they are newer than the one stored

@@ -50,7 +50,7 @@ func (s Store) rewriteCRL(ca *pki.Identity, next func(prev *pki.CRL) (*pki.CRL, 
 	if ca == nil || ca.Cert == nil {
 		return nil, errors.New("clientstore: no issuing CA")
 	}
-	unlock, err := lockDir(filepath.Dir(s.CRLFile))
+	unlock, err := LockDir(filepath.Dir(s.CRLFile))
 	if err != nil {
 		return nil, err
 	}
@@ -98,9 +98,11 @@ func CreateCRL(ca *pki.Identity, file string, validity time.Duration, now time.T
 	return crl, nil
 }
 
-// lockDir takes an exclusive lock on dir, so two revocations at once cannot both read the old
-// CRL and the second write lose the first's entry. It returns the unlock function.
-func lockDir(dir string) (func(), error) {
+// LockDir takes an exclusive lock on dir (flock on the directory), so two revocations at once
+// cannot both read the old CRL and the second write lose the first's entry; whoever else
+// rewrites the CRL file (a cluster node installing the cluster's) takes it too. It returns the
+// unlock function.
+func LockDir(dir string) (func(), error) {
 	f, err := os.Open(dir)
 	if err != nil {
 		return nil, err
