@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/cvpn/cvpn/internal/etcdlab"
+	"github.com/cvpn/cvpn/ippool"
 	"github.com/cvpn/cvpn/state"
 )
 
@@ -359,4 +360,48 @@ func (p *tcpProxy) heal() {
 		_ = c.Close()
 	}
 	p.conns, p.ups = nil, nil
+}
+
+// TestOneEtcdMemberDownKeepsTheLease kills the leader of a three-member etcd: the quorum
+// stays, so the node must keep its lease (losing it ends every session) and go on leasing
+// blocks through the other members.
+func TestOneEtcdMemberDownKeepsTheLease(t *testing.T) {
+	lab := etcdlab.Start(t, etcdlab.Options{Members: 3})
+	cli := lab.Client(t)
+	a, pool := poolNode(t, lab, "a", "")
+	losses := recordLosses(a)
+	a.Start()
+	lease := a.leaseID()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	leader := -1
+	for i := range lab.Len() {
+		st, err := cli.Status(ctx, lab.Member(i).Endpoint())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Leader == st.Header.MemberId {
+			leader = i
+		}
+	}
+	if leader < 0 {
+		t.Fatal("no leader")
+	}
+	lab.Member(leader).Kill()
+	killed := time.Now()
+	eventually(t, "etcd confirms a renewal sent after the leader died, and a admits", func() bool {
+		a.mu.Lock()
+		renewed := a.renewed
+		a.mu.Unlock()
+		return renewed.After(killed) && a.Admit() == nil
+	})
+	if n := len(losses()); n != 0 || a.leaseID() != lease {
+		t.Fatalf("with one member of three down a lost its lease %d times (lease %x, was %x)", n, a.leaseID(), lease)
+	}
+	// Leasing goes on through the other members.
+	allocate(t, pool, pool.GrantedFree()+1)
+	if got := pool.Granted(); len(got) != 2 {
+		t.Errorf("a holds blocks %v; want a second one leased with a member down", got)
+	}
+	checkBlocks(t, cli, map[string]*ippool.Pool{"a": pool})
 }
