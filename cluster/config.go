@@ -200,8 +200,10 @@ func (n *Node) ConfigRefused(rev int64, why error) {
 
 // WatchConfig hears pushes until ctx ends: check is asked about each proposed file (its
 // answer is published for Push), apply is given each stored one in order after revision
-// after (its outcome is published too). A watch broken by etcd (unreachable, compacted) is
-// started again after catching up with the newest stored file.
+// after (its outcome is published too). It starts by catching up with the newest stored and
+// proposed files, and so does a watch broken by etcd (unreachable, compacted) before it is
+// started again: a file stored or proposed meanwhile is applied or checked, one replaced
+// meanwhile is not.
 func (n *Node) WatchConfig(ctx context.Context, after int64, check, apply func(PushedConfig, int64) error) {
 	decode := func(value []byte) (PushedConfig, error) {
 		var pc PushedConfig
@@ -234,6 +236,30 @@ func (n *Node) WatchConfig(ctx context.Context, after int64, check, apply func(P
 		n.updateAlive(func(a *Alive) { a.CheckRevision, a.CheckError = rev, why })
 	}
 	watched := after
+	// catchUp applies the newest stored file and checks the proposed one, if not seen yet,
+	// and moves watched to the revision it read: a watch started at a compacted revision
+	// fails, and one started far back replays every push since, each candidate checked again.
+	catchUp := func() {
+		gctx, gcancel := context.WithTimeout(ctx, requestTimeout)
+		resp, err := n.cli.Get(gctx, n.keys.config(), clientv3.WithPrefix())
+		gcancel()
+		if err == nil {
+			for _, kv := range resp.Kvs {
+				switch string(kv.Key) {
+				case n.keys.config():
+					if kv.ModRevision > after {
+						stored(kv.Value, kv.ModRevision)
+					}
+				case n.keys.candidate():
+					if kv.ModRevision > watched {
+						proposed(kv.Value, kv.ModRevision)
+					}
+				}
+			}
+			watched = max(watched, resp.Header.Revision)
+		}
+	}
+	catchUp()
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 		// One watch for both keys: config and config-candidate share the prefix.
@@ -262,27 +288,7 @@ func (n *Node) WatchConfig(ctx context.Context, after int64, check, apply func(P
 		if ctx.Err() != nil {
 			return
 		}
-		// Catch up with the newest stored and proposed files (a compacted watch cannot
-		// replay), then watch again from the revision read: not from the stored file's,
-		// which etcd may have compacted away too, so that the watch would fail again.
-		gctx, gcancel := context.WithTimeout(ctx, requestTimeout)
-		resp, err := n.cli.Get(gctx, n.keys.config(), clientv3.WithPrefix())
-		gcancel()
-		if err == nil {
-			for _, kv := range resp.Kvs {
-				switch string(kv.Key) {
-				case n.keys.config():
-					if kv.ModRevision > after {
-						stored(kv.Value, kv.ModRevision)
-					}
-				case n.keys.candidate():
-					if kv.ModRevision > watched {
-						proposed(kv.Value, kv.ModRevision)
-					}
-				}
-			}
-			watched = max(watched, resp.Header.Revision)
-		}
+		catchUp()
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):

@@ -313,3 +313,50 @@ func TestPushWithoutNodesLeavesNothing(t *testing.T) {
 		t.Errorf("a push without nodes left %d keys (config, candidate) in etcd (%v)", len(r.Kvs), err)
 	}
 }
+
+// TestWatchConfigSkipsWithdrawnCandidates starts a node after a refused push: it must not
+// check the withdrawn candidate again (replaying history), only the pushes that come.
+func TestWatchConfigSkipsWithdrawnCandidates(t *testing.T) {
+	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
+	cli := lab.Client(t)
+	ctx := context.Background()
+	watchConfig(t, joinNode(t, lab, "b"))
+	eventually(t, "b runs", func() bool { _, _, ok := aliveOf(t, cli, "b"); return ok })
+	first, _, err := Push(ctx, cli, "", PushedConfig{Data: []byte("file one")}, 10*time.Second)
+	if err != nil || first == 0 {
+		t.Fatalf("push: %d, %v", first, err)
+	}
+	if rev, _, err := Push(ctx, cli, "", PushedConfig{Data: []byte("refuse:b")}, 10*time.Second); err != nil || rev != 0 {
+		t.Fatalf("a push b refuses: %d, %v", rev, err)
+	}
+	// a starts as an endpoint does: running the stored file, watching from its revision.
+	an := joinNode(t, lab, "a")
+	ac := &configNode{n: an, done: make(chan struct{})}
+	wctx, cancel := context.WithCancel(ctx)
+	ac.stop = cancel
+	an.Start()
+	go func() {
+		defer close(ac.done)
+		an.WatchConfig(wctx, first, func(_ PushedConfig, rev int64) error {
+			ac.mu.Lock()
+			ac.checked = append(ac.checked, rev)
+			ac.mu.Unlock()
+			return nil
+		}, func(_ PushedConfig, rev int64) error {
+			ac.mu.Lock()
+			ac.applied = append(ac.applied, rev)
+			ac.mu.Unlock()
+			return nil
+		})
+	}()
+	defer ac.close()
+	eventually(t, "a runs", func() bool { _, _, ok := aliveOf(t, cli, "a"); return ok })
+	third, outs, err := Push(ctx, cli, "", PushedConfig{Data: []byte("file three")}, 10*time.Second)
+	if err != nil || third == 0 || outcomeString(outs) != `a:true:"" b:true:"" ` {
+		t.Fatalf("push: %d %s %v", third, outcomeString(outs), err)
+	}
+	checked, applied, _ := ac.state()
+	if len(checked) != 1 || checked[0] >= third || !slices.Equal(applied, []int64{third}) {
+		t.Errorf("a checked %v and applied %v; want only the third push checked and applied (%d)", checked, applied, third)
+	}
+}
