@@ -296,13 +296,13 @@ func (n *Node) run() {
 		case since >= n.cfg.TTL-n.margin():
 			n.lose(id, fmt.Sprintf("etcd confirmed no lease renewal for %v", since.Round(time.Millisecond)))
 		case since >= n.cfg.TTL/2 && health == Healthy:
-			n.setHealth(Degraded, fmt.Sprintf("etcd has not confirmed a lease renewal for %v", since.Round(time.Millisecond)))
+			n.setHealth(id, Degraded, fmt.Sprintf("etcd has not confirmed a lease renewal for %v", since.Round(time.Millisecond)))
 		case !unreachable.IsZero() && time.Since(unreachable) >= unreachableAfter && health == Healthy:
 			// Every logon needs etcd (state, address blocks, the user limit): turn them away
 			// at once rather than when the lease is half gone.
-			n.setHealth(Degraded, fmt.Sprintf("cannot reach etcd (connection %s)", strings.ToLower(conn.String())))
+			n.setHealth(id, Degraded, fmt.Sprintf("cannot reach etcd (connection %s)", strings.ToLower(conn.String())))
 		case since < n.cfg.TTL/2 && unreachable.IsZero() && health == Degraded:
-			n.setHealth(Healthy, "")
+			n.setHealth(id, Healthy, "")
 		}
 	}
 }
@@ -347,8 +347,14 @@ func (n *Node) renew() {
 // its blocks: the sessions it then ends need a moment to be torn down.
 func (n *Node) margin() time.Duration { return min(max(time.Second, n.cfg.TTL/4), n.cfg.TTL/2) }
 
-func (n *Node) setHealth(h Health, reason string) {
+// setHealth moves the node to h if it still holds lease id: renew may have given it up since
+// run read it, and a lost node must not be reported (or admit) as healthy.
+func (n *Node) setHealth(id clientv3.LeaseID, h Health, reason string) {
 	n.mu.Lock()
+	if n.lease != id {
+		n.mu.Unlock()
+		return
+	}
 	old := n.health
 	n.health, n.lostReason = h, reason
 	n.mu.Unlock()
