@@ -131,7 +131,13 @@ func TestChaos(t *testing.T) {
 		}
 		time.Sleep(time.Second)
 	}
-	// And every one of them reaches the VPC.
+	// And every one of them reaches the VPC, even once the VPC host has forgotten the nodes'
+	// link-layer addresses (its neighbour entries age out on their own within a minute or so;
+	// flushing them makes the check not depend on how long the run was): each node must still
+	// answer for its SNAT address.
+	if out, err := c.lab.Exec(c.lab.VPC, "ip", "neigh", "flush", "all"); err != nil {
+		t.Fatalf("flush the VPC host's neighbours: %v %s", err, out)
+	}
 	for _, s := range ch.liveClients() {
 		if err := c.ping(s.cl); err != nil {
 			t.Errorf("after the faults, %s (on %s): %v\nits output:\n%s\nits ping loop: %s", s.cl.name, server(s.cl.proc.Output()), err,
