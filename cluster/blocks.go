@@ -123,8 +123,7 @@ func (b *blocks) leaseOne(ctx context.Context, id clientv3.LeaseID) error {
 		}
 		if err := b.pool.Grant(i); err != nil {
 			b.mu.Unlock()
-			// Sessions of this block from before a lost lease are still being torn down:
-			// give it back and try another.
+			// The pool refuses it (already granted here): give it back and try another.
 			_, _ = b.n.cli.Delete(ctx, key)
 			b.n.log.Warn("address block still in use here; trying another", "block", i, "err", err)
 			continue

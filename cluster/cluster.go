@@ -63,7 +63,6 @@ type Config struct {
 //	config                     PushedConfig; its ModRevision is the config revision
 //	config-candidate           PushedConfig proposed by `cvpn cluster push`, checked by every node first
 //	seal-check                 a value sealed with the cluster's sealing key (CheckSealer)
-//	config-candidate           PushedConfig proposed by `cvpn cluster push`, checked by every node first
 //	crl                        the client CRL in PEM, as `cvpn client revoke` or a node whose CRL file got a newer list last stored it
 //	state/...                  state.Store buckets (state.NewEtcd)
 type keys struct{ prefix string }

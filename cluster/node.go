@@ -119,6 +119,9 @@ type Node struct {
 	// before it admits anyone; onLost run when it lost one. Neither runs with mu held.
 	onLease []func(ctx context.Context, id clientv3.LeaseID)
 	onLost  []func()
+	// prevLease is the lease the node lost, until it is known to be revoked: rejoin revokes it
+	// first, since etcd may have kept it alive through an outage.
+	prevLease clientv3.LeaseID
 	// lostReason says why the node admits no one, for refusals and logs.
 	lostReason string
 }
@@ -378,6 +381,7 @@ func (n *Node) lose(id clientv3.LeaseID, reason string) {
 		return
 	}
 	n.lease, n.health, n.lostReason = 0, Lost, reason
+	n.prevLease = id
 	cbs := append([]func(){}, n.onLost...)
 	n.mu.Unlock()
 	n.log.Error("lost the cluster lease: ending every session and giving up every address block", "reason", reason)
@@ -395,6 +399,22 @@ func (n *Node) lose(id clientv3.LeaseID, reason string) {
 // rejoin tries to take a new lease after losing one; the callbacks of onLease run before the
 // node admits again.
 func (n *Node) rejoin() {
+	n.mu.Lock()
+	prev := n.prevLease
+	n.mu.Unlock()
+	if prev != 0 {
+		// After an etcd outage, etcd's new leader extended every lease, ours too, and our
+		// liveness key under it holds our name for a TTL more. The node gave up everything
+		// under it when it lost it: revoke it, so that the name is free at once.
+		ctx, cancel := context.WithTimeout(n.ctx, requestTimeout)
+		_, err := n.cli.Revoke(ctx, prev)
+		cancel()
+		if err == nil || isLeaseNotFound(err) {
+			n.mu.Lock()
+			n.prevLease = 0
+			n.mu.Unlock()
+		}
+	}
 	if err := n.join(n.ctx); err != nil {
 		n.mu.Lock()
 		n.lostReason = "cannot rejoin: " + err.Error()
