@@ -99,6 +99,7 @@ func allocate(t *testing.T, p *ippool.Pool, n int) []ippool.Lease {
 }
 
 func TestBlocksGrowOneAtATime(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	a, pool := poolNode(t, lab, "a", "")
@@ -142,6 +143,7 @@ func TestBlocksGrowOneAtATime(t *testing.T) {
 }
 
 func TestBlocksNeverSharedAndFreedAtClose(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	a, poolA := poolNode(t, lab, "a", "")
@@ -208,6 +210,7 @@ func TestBlocksNeverSharedAndFreedAtClose(t *testing.T) {
 // take a's blocks once etcd lets it: a must have revoked every block before etcd could expire
 // its lease, so no block is ever granted in both pools.
 func TestPartitionNeverSharesABlock(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	proxy := startProxy(t, lab.Member(0).Endpoint())
@@ -349,6 +352,7 @@ func TestPartitionNeverSharesABlock(t *testing.T) {
 // after a rejoin, once the block for the new lease is granted: the callbacks run on the loop
 // that watches the lease's deadline, so they must not hold the block granted past it.
 func TestRejoinStuckOnEtcdStillGivesUp(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	proxy := startProxy(t, lab.Member(0).Endpoint())

@@ -85,6 +85,7 @@ func outcomeString(os []NodeOutcome) string {
 }
 
 func TestPushAcceptedRefusedAndDeadNodes(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	ctx := context.Background()
@@ -208,6 +209,7 @@ func TestPushAcceptedRefusedAndDeadNodes(t *testing.T) {
 }
 
 func TestPushRefusedWhenApplyFails(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	ctx := context.Background()
@@ -255,6 +257,7 @@ func TestPushRefusedWhenApplyFails(t *testing.T) {
 }
 
 func TestPushTooLarge(t *testing.T) {
+	t.Parallel()
 	_, _, err := Push(context.Background(), nil, "", PushedConfig{Data: make([]byte, MaxConfigLen+1)}, time.Second)
 	if err == nil || !strings.Contains(err.Error(), "limit") {
 		t.Errorf("an oversized file: %v; want a refusal naming the limit", err)
@@ -264,6 +267,7 @@ func TestPushTooLarge(t *testing.T) {
 // TestWatchConfigAfterCompaction starts a node's watch from a revision etcd compacted away
 // (as after a long outage, or with etcd's auto-compaction): the node must still hear pushes.
 func TestWatchConfigAfterCompaction(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	ctx := context.Background()
@@ -302,6 +306,7 @@ func TestWatchConfigAfterCompaction(t *testing.T) {
 }
 
 func TestPushWithoutNodesLeavesNothing(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	ctx := context.Background()
@@ -317,6 +322,7 @@ func TestPushWithoutNodesLeavesNothing(t *testing.T) {
 // TestWatchConfigSkipsWithdrawnCandidates starts a node after a refused push: it must not
 // check the withdrawn candidate again (replaying history), only the pushes that come.
 func TestWatchConfigSkipsWithdrawnCandidates(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	ctx := context.Background()

@@ -53,6 +53,7 @@ func watchCRL(t *testing.T, n *Node, after int64) *crlSeen {
 }
 
 func TestCRLPutReadWatch(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	ctx := context.Background()
@@ -109,6 +110,7 @@ func TestCRLPutReadWatch(t *testing.T) {
 }
 
 func TestCRLPutIf(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	ctx := context.Background()
@@ -133,6 +135,7 @@ func TestCRLPutIf(t *testing.T) {
 }
 
 func TestCRLSizeBound(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	ctx := context.Background()
@@ -177,6 +180,7 @@ func TestCRLSizeBound(t *testing.T) {
 // TestCRLWatchSurvivesRestart: a watch broken by etcd going away is started again, and hands
 // over what was stored meanwhile (here: after a restart, and after a compaction).
 func TestCRLWatchSurvivesRestart(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	n := joinNode(t, lab, "a")
 	seen := watchCRL(t, n, 0)

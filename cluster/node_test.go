@@ -76,6 +76,7 @@ func goroutinesRunning(fns ...string) []string {
 }
 
 func TestJoinNameAndClose(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	cli := lab.Client(t)
 	a := joinNode(t, lab, "a")
@@ -138,6 +139,7 @@ func TestJoinNameAndClose(t *testing.T) {
 }
 
 func TestJoinNeedsNameAndEndpoints(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	if _, err := Join(ctx, Config{Endpoints: []string{"http://127.0.0.1:1"}}); err == nil {
 		t.Error("a node without a name joined")
@@ -175,6 +177,7 @@ func recordLosses(n *Node) func() []lossRecord {
 }
 
 func TestLeaseLostAndRejoined(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a := joinNode(t, lab, "a")
 	var mu sync.Mutex
@@ -247,6 +250,7 @@ func TestLeaseLostAndRejoined(t *testing.T) {
 }
 
 func TestCheckSealer(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a, b, c := joinNode(t, lab, "a"), joinNode(t, lab, "b"), joinNode(t, lab, "c")
 	sealer := func(fill byte) *state.Sealer {
@@ -366,6 +370,7 @@ func (p *tcpProxy) heal() {
 // stays, so the node must keep its lease (losing it ends every session) and go on leasing
 // blocks through the other members.
 func TestOneEtcdMemberDownKeepsTheLease(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 3})
 	cli := lab.Client(t)
 	a, pool := poolNode(t, lab, "a", "")

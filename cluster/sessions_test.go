@@ -209,6 +209,7 @@ func cmpString(a, b string) int {
 }
 
 func TestPublishListAndLeave(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
 	ea, eb := newFakeEngine(a, 0), newFakeEngine(b, 0)
@@ -276,6 +277,7 @@ func TestPublishListAndLeave(t *testing.T) {
 }
 
 func TestKilledNodeSessionsExpire(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
 	ea := newFakeEngine(a, 0)
@@ -296,6 +298,7 @@ func TestKilledNodeSessionsExpire(t *testing.T) {
 }
 
 func TestResyncRepairsDroppedEvents(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
 	ea := newFakeEngine(a, 0)
@@ -329,6 +332,7 @@ func TestResyncRepairsDroppedEvents(t *testing.T) {
 }
 
 func TestOpBatchOneOperationPerKey(t *testing.T) {
+	t.Parallel()
 	var b opBatch
 	b.add("k1", clientv3.OpPut("k1", "v"))
 	b.add("k2", clientv3.OpPut("k2", "v"))
@@ -339,6 +343,7 @@ func TestOpBatchOneOperationPerKey(t *testing.T) {
 }
 
 func TestNodeOfSession(t *testing.T) {
+	t.Parallel()
 	for key, want := range map[string]string{
 		"/cvpn/sessions/a/cvpn-connection-1": "a",
 		"/cvpn/sessions/a/":                  "",
@@ -355,6 +360,7 @@ func TestNodeOfSession(t *testing.T) {
 // Closing the node ends the publisher's, the limit checker's and the terminate watcher's
 // goroutines.
 func TestCloseEndsGoroutines(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a := joinNode(t, lab, "a")
 	ea := newFakeEngine(a, 1)

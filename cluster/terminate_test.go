@@ -18,6 +18,7 @@ import (
 )
 
 func TestTerminateOnAnotherNode(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
 	ea := newFakeEngine(a, 0)
@@ -69,6 +70,7 @@ func TestTerminateOnAnotherNode(t *testing.T) {
 func path0(key string) string { return key[:strings.LastIndex(key, "/")+1] }
 
 func TestTerminateUnansweredStaysQueued(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	b := joinNode(t, lab, "b")
 	b.Start()
@@ -89,6 +91,7 @@ func TestTerminateUnansweredStaysQueued(t *testing.T) {
 }
 
 func TestTerminatePendingBeforeTheWatcher(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
 	a.Start()
@@ -121,6 +124,7 @@ func TestTerminatePendingBeforeTheWatcher(t *testing.T) {
 }
 
 func TestTerminateRunsOnceAndNotLate(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a := joinNode(t, lab, "a")
 	a.Start()
@@ -185,6 +189,7 @@ func TestTerminateRunsOnceAndNotLate(t *testing.T) {
 func ptr[T any](v T) *T { return &v }
 
 func TestUserLimitAcrossNodes(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
 	ea, eb := newFakeEngine(a, 2), newFakeEngine(b, 2)
@@ -229,6 +234,7 @@ func TestUserLimitAcrossNodes(t *testing.T) {
 // After etcd went away and came back, the nodes hold new leases: the publisher republishes
 // what the engine still holds, and the terminate watcher, re-established, answers again.
 func TestAfterEtcdRestart(t *testing.T) {
+	t.Parallel()
 	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
 	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
 	ea := newFakeEngine(a, 0)
