@@ -66,7 +66,7 @@ soak: deps ## as root: SOAK (10m) of churn and floods against a race-detector bu
 	CVPN_E2E_RACE=1 GOTRACEBACK=all SOAK=$(SOAK) $(GO) test -tags soak -count=1 -timeout 0 -run '^TestSoak$$' -v ./e2e
 
 # CVPN_CHAOS_DURATION (a Go duration, default 3m) is how long `make chaos` draws faults;
-# CVPN_CHAOS_SEED replays a schedule that the test logged.
+# CVPN_CHAOS_SEED replays a schedule that the test logged; CVPN_CHAOS_FAULTS=kind,... draws only those kinds.
 chaos: deps ## as root: a three-node cluster with stock clients under random faults (kill -9, partitions, etcd restarts) for 3m; checks no address twice, no lost termination, every session listed (not in test)
 	$(GO) test -tags chaos -count=1 -timeout 40m -run '^TestChaos$$' -v ./e2e
 

@@ -65,7 +65,8 @@ var chaosFaults = []struct {
 // session is missing from the cluster-wide list.
 //
 // CVPN_CHAOS_DURATION (a Go duration, default 3m) is how long faults are drawn;
-// CVPN_CHAOS_SEED replays a schedule (the seed is logged first).
+// CVPN_CHAOS_SEED replays a schedule (the seed is logged first); CVPN_CHAOS_FAULTS (kinds from
+// chaosFaults, separated by commas) draws only those.
 func TestChaos(t *testing.T) {
 	duration := 3 * time.Minute
 	if s := os.Getenv("CVPN_CHAOS_DURATION"); s != "" {
@@ -83,11 +84,28 @@ func TestChaos(t *testing.T) {
 		}
 		seed = v
 	}
+	// CVPN_CHAOS_FAULTS (kinds separated by commas) draws only those kinds: to replay one kind
+	// of trouble, or to chase a finding.
+	weights := map[string]int{}
+	for _, f := range chaosFaults {
+		weights[f.kind] = f.weight
+	}
+	if s := os.Getenv("CVPN_CHAOS_FAULTS"); s != "" {
+		only := map[string]int{}
+		for _, kind := range strings.Split(s, ",") {
+			w, ok := weights[strings.TrimSpace(kind)]
+			if !ok {
+				t.Fatalf("CVPN_CHAOS_FAULTS=%q: no fault %q", s, kind)
+			}
+			only[strings.TrimSpace(kind)] = w
+		}
+		weights = only
+	}
 	t.Logf("chaos: seed %d, %v of faults (replay: CVPN_CHAOS_SEED=%d CVPN_CHAOS_DURATION=%v)", seed, duration, seed, duration)
 
 	c := newClusterLab(t, clusterOptions{TTL: chaosTTL, Clients: chaosSlots})
 	c.startAll()
-	ch := &chaos{c: c, t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), faults: map[string]int{},
+	ch := &chaos{c: c, t: t, weights: weights, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), faults: map[string]int{},
 		nodeUp: make([]bool, len(c.nodes)), slots: make([]*chaosClient, chaosSlots), calmSince: time.Now()}
 	for i := range ch.nodeUp {
 		ch.nodeUp[i] = true
@@ -164,6 +182,8 @@ type chaos struct {
 	c   *clusterLab
 	t   *testing.T
 	rng *rand.Rand // the schedule's; only the test's goroutine draws from it
+	// weights are the fault kinds drawn, with their weights.
+	weights map[string]int
 
 	mu sync.Mutex
 	// nodeUp: node i's process runs; cutNode, cutEtcd: node i is off the network, off etcd.
@@ -238,12 +258,12 @@ func (ch *chaos) startClient(j, first int) {
 func (ch *chaos) fault() {
 	total := 0
 	for _, f := range chaosFaults {
-		total += f.weight
+		total += ch.weights[f.kind]
 	}
 	r := ch.rng.IntN(total)
 	kind := ""
 	for _, f := range chaosFaults {
-		if r -= f.weight; r < 0 {
+		if r -= ch.weights[f.kind]; r < 0 {
 			kind = f.kind
 			break
 		}
@@ -886,5 +906,5 @@ func (ch *chaos) report(conns, handovers int) {
 		}
 	}
 	ch.t.Logf("chaos report: the clients came up again %d times after a fault; %d were halted by a terminate", reconnects, halted)
-	ch.t.Logf("chaos report: pings through the tunnels (current clients only): %d answered, %d lost; %d samples found a settled client's last ping lost with the cluster calm", ok, lost, ch.calmLost)
+	ch.t.Logf("chaos report: pings from the client namespaces (a halted client's loop pings on without a tunnel): %d answered, %d lost; %d samples found a settled client's last ping lost with the cluster calm", ok, lost, ch.calmLost)
 }
