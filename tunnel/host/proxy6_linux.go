@@ -229,7 +229,8 @@ func (h *Host) startProxy6(cfg Config, l *link6) error {
 }
 
 func (p *proxy6) neigh(a netip.Addr) *netlink.Neigh {
-	return &netlink.Neigh{LinkIndex: p.link.Attrs().Index, Family: netlink.FAMILY_V6, Flags: netlink.NTF_PROXY, IP: a.AsSlice()}
+	// Permanent, so that a link flap does not remove it (addProxyNeighbour).
+	return &netlink.Neigh{LinkIndex: p.link.Attrs().Index, Family: netlink.FAMILY_V6, Flags: netlink.NTF_PROXY, State: netlink.NUD_PERMANENT, IP: a.AsSlice()}
 }
 
 // addLocked adds a's entry; p.mu is held.

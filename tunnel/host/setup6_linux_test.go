@@ -594,3 +594,26 @@ func TestSetup6NoIPv6OnTUN(t *testing.T) {
 		t.Errorf("proxy entries left: %v", got)
 	}
 }
+
+// TestProxyEntriesSurviveCarrierLoss: the proxy entries of the SNAT addresses (and of routed
+// IPv6 clients) outlive a link flap of the target interface: the kernel flushes proxy entries
+// that are not permanent when the carrier goes, and the private network then no longer
+// reaches the endpoint (make chaos found it, taking a cluster node's links down and up).
+func TestProxyEntriesSurviveCarrierLoss(t *testing.T) {
+	v := newVPC6(t)
+	h, err := Setup(Config{TUNName: "cvpnt6", MTU: 1400, Interface: target6, SNAT: netip.MustParseAddr("10.0.1.2"),
+		Client6: netip.MustParsePrefix("fd00:c::/120"), SNAT6: netip.MustParseAddr("2001:db8:1::53")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	// The peer's end going down drops the target's carrier, as a pulled cable does.
+	run6(t, "ip", "-n", v.ns, "link", "set", vpcIf6, "down")
+	run6(t, "ip", "-n", v.ns, "link", "set", vpcIf6, "up")
+	if got4, err := proxyEntries(nil, v.target, netlink.FAMILY_V4); err != nil || !slices.Equal(got4, []netip.Addr{netip.MustParseAddr("10.0.1.2")}) {
+		t.Errorf("after a link flap, IPv4 proxy entries %v (%v), want the SNAT address", got4, err)
+	}
+	if got := v.proxies6(t); !slices.Equal(got, []netip.Addr{netip.MustParseAddr("2001:db8:1::53")}) {
+		t.Errorf("after a link flap, IPv6 proxy entries %v, want the SNAT6 address", got)
+	}
+}

@@ -289,7 +289,10 @@ func (h *Host) addProxyNeighbour(target netlink.Link, addr netip.Addr) error {
 	if addr.Is6() {
 		family = netlink.FAMILY_V6
 	}
-	neigh := &netlink.Neigh{LinkIndex: target.Attrs().Index, Family: family, Flags: netlink.NTF_PROXY, IP: addr.AsSlice()}
+	// Permanent, as `ip neigh add proxy` makes it: the kernel removes a proxy entry of any
+	// other state when the link's carrier goes down, and after a link flap the private network
+	// would no longer reach the SNAT address (found by make chaos, cutting a node's links).
+	neigh := &netlink.Neigh{LinkIndex: target.Attrs().Index, Family: family, Flags: netlink.NTF_PROXY, State: netlink.NUD_PERMANENT, IP: addr.AsSlice()}
 	what := fmt.Sprintf("proxy neighbour %s dev %s", addr, iface)
 	// The kernel adds a proxy entry that exists already without complaint, so look first: an
 	// entry that was there before (the operator's, or one a killed cvpn left) is used as it is
