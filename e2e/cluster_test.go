@@ -39,8 +39,6 @@ type clusterLab struct {
 	nodes  []*clusterNode
 	// clients are the stock clients started so far.
 	clients []*clusterClient
-	// extra is appended to every node file (the endpoint part every node shares).
-	extra string
 }
 
 // clusterNode is one cvpn node: its own file (the shared endpoint with its cluster section,
