@@ -57,6 +57,18 @@ type fakeEngine struct {
 	silent bool
 }
 
+// twoNodes starts a one-member etcd with nodes a and b joined to it, each with a fake engine
+// (max_connections_per_user limit), and starts both.
+func twoNodes(t *testing.T, limit int) (lab *etcdlab.Cluster, a, b *Node, ea, eb *fakeEngine) {
+	t.Helper()
+	lab = etcdlab.Start(t, etcdlab.Options{Members: 1})
+	a, b = joinNode(t, lab, "a"), joinNode(t, lab, "b")
+	ea, eb = newFakeEngine(a, limit), newFakeEngine(b, limit)
+	a.Start()
+	b.Start()
+	return lab, a, b, ea, eb
+}
+
 func newFakeEngine(n *Node, limit int) *fakeEngine {
 	e := &fakeEngine{ended: make(map[string]string)}
 	e.pub = n.Publisher(toConn, e.clients, func() int { return limit })
@@ -210,11 +222,7 @@ func cmpString(a, b string) int {
 
 func TestPublishListAndLeave(t *testing.T) {
 	t.Parallel()
-	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
-	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
-	ea, eb := newFakeEngine(a, 0), newFakeEngine(b, 0)
-	a.Start()
-	b.Start()
+	_, a, b, ea, eb := twoNodes(t, 0)
 	now := time.Now()
 	ea.connect("cvpn-connection-000000000000000a1", "alice", "alice", now)
 	ea.connect("cvpn-connection-000000000000000a2", "", "device-7", now)
@@ -278,12 +286,7 @@ func TestPublishListAndLeave(t *testing.T) {
 
 func TestKilledNodeSessionsExpire(t *testing.T) {
 	t.Parallel()
-	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
-	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
-	ea := newFakeEngine(a, 0)
-	newFakeEngine(b, 0)
-	a.Start()
-	b.Start()
+	_, a, b, ea, _ := twoNodes(t, 0)
 	ea.connect("cvpn-connection-000000000000000a1", "alice", "alice", time.Now())
 	eventually(t, "b lists a's session", func() bool { return len(listed(t, b)) == 1 })
 	kill(a)

@@ -19,12 +19,7 @@ import (
 
 func TestTerminateOnAnotherNode(t *testing.T) {
 	t.Parallel()
-	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
-	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
-	ea := newFakeEngine(a, 0)
-	newFakeEngine(b, 0)
-	a.Start()
-	b.Start()
+	_, a, b, ea, _ := twoNodes(t, 0)
 	now := time.Now()
 	ea.connect("cvpn-connection-000000000000000a1", "alice", "alice", now)
 	ea.connect("cvpn-connection-000000000000000a2", "bob", "bob", now)
@@ -190,11 +185,7 @@ func ptr[T any](v T) *T { return &v }
 
 func TestUserLimitAcrossNodes(t *testing.T) {
 	t.Parallel()
-	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
-	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
-	ea, eb := newFakeEngine(a, 2), newFakeEngine(b, 2)
-	a.Start()
-	b.Start()
+	_, _, b, ea, eb := twoNodes(t, 2)
 	t0 := time.Now().Add(-time.Hour)
 	ea.connect("cvpn-connection-000000000000000a1", "alice", "alice", t0)
 	ea.connect("cvpn-connection-000000000000000a2", "alice", "alice", t0.Add(time.Minute))
@@ -235,12 +226,7 @@ func TestUserLimitAcrossNodes(t *testing.T) {
 // what the engine still holds, and the terminate watcher, re-established, answers again.
 func TestAfterEtcdRestart(t *testing.T) {
 	t.Parallel()
-	lab := etcdlab.Start(t, etcdlab.Options{Members: 1})
-	a, b := joinNode(t, lab, "a"), joinNode(t, lab, "b")
-	ea := newFakeEngine(a, 0)
-	newFakeEngine(b, 0)
-	a.Start()
-	b.Start()
+	lab, a, b, ea, _ := twoNodes(t, 0)
 	ea.connect("cvpn-connection-000000000000000a1", "alice", "alice", time.Now())
 	eventually(t, "b lists a's session", func() bool { return len(listed(t, b)) == 1 })
 	lease := a.leaseID()
