@@ -16,7 +16,7 @@
 // shapes (endpoint/admin) or the endpoint file's schema (config); it reaches etcd through the
 // official client (go.etcd.io/etcd/client/v3). Cluster-wide state that is not a node's (MFA
 // secrets, used codes, auth-token keys, single sign-on logins) goes through state.Store, whose
-// etcd implementation (state.NewEtcd) lives under the same prefix.
+// etcd implementation (package state/etcdstate) lives under the same prefix.
 package cluster
 
 import (
@@ -64,7 +64,7 @@ type Config struct {
 //	config-candidate           PushedConfig proposed by `cvpn cluster push`, checked by every node first
 //	seal-check                 a value sealed with the cluster's sealing key (CheckSealer)
 //	crl                        the client CRL in PEM, as `cvpn client revoke` or a node whose CRL file got a newer list last stored it
-//	state/...                  state.Store buckets (state.NewEtcd)
+//	state/...                  state.Store buckets (state/etcdstate)
 type keys struct{ prefix string }
 
 func (k keys) member(node string) string       { return path.Join(k.prefix, "members", node) }

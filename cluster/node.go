@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/cvpn/cvpn/state"
+	"github.com/cvpn/cvpn/state/etcdstate"
 )
 
 // Defaults of Config.
@@ -97,7 +98,7 @@ type Node struct {
 	cli  *clientv3.Client
 	keys keys
 	log  *slog.Logger
-	// store is the cluster-wide state store (state.NewEtcd under keys.state()).
+	// store is the cluster-wide state store (etcdstate.New under keys.state()).
 	store state.Store
 
 	ctx    context.Context // ends with Close
@@ -154,7 +155,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	nctx, cancel := context.WithCancel(context.Background())
 	k := keys{cfg.Prefix}
 	n := &Node{cfg: cfg, cli: cli, keys: k, log: cfg.Log.With("component", "cluster", "node", cfg.Node),
-		store: state.NewEtcd(cli, k.state()[:len(k.state())-1]), ctx: nctx, cancel: cancel,
+		store: etcdstate.New(cli, k.state()[:len(k.state())-1]), ctx: nctx, cancel: cancel,
 		done: make(chan struct{}), health: Lost, lostReason: "not joined yet"}
 	n.alive.Started = cfg.Now().UTC().Format(time.RFC3339)
 	if err := n.join(ctx); err != nil {

@@ -1,14 +1,14 @@
 // Package state owns cvpn's persistent state: MFA secrets and used codes,
-// auth-token keys and, later, portal and SSO state. It defines the small
+// auth-token keys, portal and single sign-on state. It defines the small
 // Store interface every consumer uses, an embedded implementation backed by
-// bbolt (OpenBolt), one kept in etcd that every node of a cluster shares
-// (NewEtcd: it relies on etcd's linearizable reads and on a compare-and-swap
-// transaction for Update), an in-memory one for tests (NewMemory), and the
-// Sealer that encrypts secrets at rest.
+// bbolt (OpenBolt), an in-memory one (NewMemory), the checks every
+// implementation makes (CheckKey, CheckBucket, CheckValue), and the Sealer
+// that encrypts secrets at rest. The Store every node of a cluster shares,
+// kept in etcd, is package state/etcdstate: a package of its own, so that the
+// users of Store do not link the etcd client.
 //
 // It does not interpret the values it stores, and no package outside it knows
-// which Store is in use. It does not own the etcd client: whoever builds the
-// cluster's connection (cluster, cmd) opens and closes it.
+// which Store is in use.
 package state
 
 import (
@@ -68,6 +68,16 @@ func checkName(what, s string, max int) error {
 	}
 	return nil
 }
+
+// CheckKey, CheckBucket and CheckValue are the checks every Store makes of its arguments, for
+// implementations outside this package (state/etcdstate).
+func CheckKey(bucket, key string) error { return checkKey(bucket, key) }
+
+// CheckBucket checks a bucket name alone (List).
+func CheckBucket(bucket string) error { return checkName("bucket name", bucket, MaxBucketLen) }
+
+// CheckValue checks a value's size.
+func CheckValue(bucket, key string, value []byte) error { return checkValue(bucket, key, value) }
 
 func checkKey(bucket, key string) error {
 	if err := checkName("bucket name", bucket, MaxBucketLen); err != nil {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/cvpn/cvpn/internal/etcdlab"
-	"github.com/cvpn/cvpn/state"
+	"github.com/cvpn/cvpn/state/etcdstate"
 )
 
 // TestEtcdTwoNodes: two brokers, each with its own etcd client, as two nodes of a cluster:
@@ -17,9 +17,9 @@ import (
 func TestEtcdTwoNodes(t *testing.T) {
 	c := etcdlab.Start(t, etcdlab.Options{})
 	o := Options{PerSource: 3, PollInterval: 20 * time.Millisecond}
-	o.Store = state.NewEtcd(c.Client(t), "/cvpn/state/")
+	o.Store = etcdstate.New(c.Client(t), "/cvpn/state/")
 	a := New(o)
-	o.Store = state.NewEtcd(c.Client(t), "/cvpn/state/")
+	o.Store = etcdstate.New(c.Client(t), "/cvpn/state/")
 	b := New(o)
 
 	l, err := a.Start(ctx, Attempt{ConnectionID: "c1", Remote: from})

@@ -1,4 +1,7 @@
-package state
+// Package etcdstate is the state.Store of a cluster, kept in etcd. It is a package of its own
+// so that what uses state.Store (the auth packages, the portal) does not link the etcd client;
+// only the cluster node, which opens it, does.
+package etcdstate
 
 import (
 	"context"
@@ -10,6 +13,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/cvpn/cvpn/state"
 )
 
 // Update's retries on a conflicting write: each waits a random time up to a
@@ -21,7 +26,7 @@ const (
 	updateBackoffMax = 100 * time.Millisecond
 )
 
-// Etcd is the Store of a cluster: every bucket and key is one etcd key,
+// Store is the state.Store of a cluster: every bucket and key is one etcd key,
 //
 //	<prefix>/<bucket>/<key>
 //
@@ -41,23 +46,23 @@ const (
 // ends: callers give a deadline. A write that fails that way (or with a lost
 // leader) may still have been applied, as with any remote store: the error
 // says the outcome is unknown, not that nothing happened.
-type Etcd struct {
+type Store struct {
 	cli    *clientv3.Client
 	prefix string
 	closed atomic.Bool
 }
 
-var _ Store = (*Etcd)(nil)
+var _ state.Store = (*Store)(nil)
 
-// NewEtcd returns the Store kept in etcd under prefix (a trailing '/' is
+// New returns the Store kept in etcd under prefix (a trailing '/' is
 // dropped). The caller owns cli: it stays open after Close, which only marks
 // the store closed, and the caller closes it when done with it.
-func NewEtcd(cli *clientv3.Client, prefix string) *Etcd {
-	return &Etcd{cli: cli, prefix: strings.TrimRight(prefix, "/")}
+func New(cli *clientv3.Client, prefix string) *Store {
+	return &Store{cli: cli, prefix: strings.TrimRight(prefix, "/")}
 }
 
 // bucketPrefix returns "<prefix>/<escaped bucket>/".
-func (e *Etcd) bucketPrefix(bucket string) string {
+func (e *Store) bucketPrefix(bucket string) string {
 	var b strings.Builder
 	b.Grow(len(e.prefix) + len(bucket) + 2)
 	b.WriteString(e.prefix)
@@ -76,18 +81,18 @@ func (e *Etcd) bucketPrefix(bucket string) string {
 	return b.String()
 }
 
-func (e *Etcd) key(bucket, key string) string { return e.bucketPrefix(bucket) + key }
+func (e *Store) key(bucket, key string) string { return e.bucketPrefix(bucket) + key }
 
 // begin checks what every call on a key checks first: ctx, the store, the
 // names.
-func (e *Etcd) begin(ctx context.Context, bucket, key string) error {
+func (e *Store) begin(ctx context.Context, bucket, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if e.closed.Load() {
-		return ErrClosed
+		return state.ErrClosed
 	}
-	return checkKey(bucket, key)
+	return state.CheckKey(bucket, key)
 }
 
 // wrap names the operation in err; a call cut short by ctx wraps ctx's error,
@@ -103,7 +108,7 @@ func wrap(ctx context.Context, op, bucket, key string, err error) error {
 }
 
 // Get implements Store.
-func (e *Etcd) Get(ctx context.Context, bucket, key string) ([]byte, error) {
+func (e *Store) Get(ctx context.Context, bucket, key string) ([]byte, error) {
 	if err := e.begin(ctx, bucket, key); err != nil {
 		return nil, err
 	}
@@ -112,17 +117,17 @@ func (e *Etcd) Get(ctx context.Context, bucket, key string) ([]byte, error) {
 		return nil, wrap(ctx, "get", bucket, key, err)
 	}
 	if len(resp.Kvs) == 0 {
-		return nil, ErrNotFound
+		return nil, state.ErrNotFound
 	}
 	return clone(resp.Kvs[0].Value), nil
 }
 
 // Put implements Store.
-func (e *Etcd) Put(ctx context.Context, bucket, key string, value []byte) error {
+func (e *Store) Put(ctx context.Context, bucket, key string, value []byte) error {
 	if err := e.begin(ctx, bucket, key); err != nil {
 		return err
 	}
-	if err := checkValue(bucket, key, value); err != nil {
+	if err := state.CheckValue(bucket, key, value); err != nil {
 		return err
 	}
 	if _, err := e.cli.Put(ctx, e.key(bucket, key), string(value)); err != nil {
@@ -132,7 +137,7 @@ func (e *Etcd) Put(ctx context.Context, bucket, key string, value []byte) error 
 }
 
 // Delete implements Store.
-func (e *Etcd) Delete(ctx context.Context, bucket, key string) error {
+func (e *Store) Delete(ctx context.Context, bucket, key string) error {
 	if err := e.begin(ctx, bucket, key); err != nil {
 		return err
 	}
@@ -147,7 +152,7 @@ func (e *Etcd) Delete(ctx context.Context, bucket, key string) error {
 // key has not changed since. On a conflict the transaction's other branch
 // returns the key as it is now, and fn runs again on that, after a short
 // random wait, at most updateAttempts times in all.
-func (e *Etcd) Update(ctx context.Context, bucket, key string, fn func(old []byte, ok bool) ([]byte, error)) error {
+func (e *Store) Update(ctx context.Context, bucket, key string, fn func(old []byte, ok bool) ([]byte, error)) error {
 	if err := e.begin(ctx, bucket, key); err != nil {
 		return err
 	}
@@ -181,7 +186,7 @@ func (e *Etcd) Update(ctx context.Context, bucket, key string, fn func(old []byt
 		case v == nil:
 			op = clientv3.OpDelete(k)
 		default:
-			if err := checkValue(bucket, key, v); err != nil {
+			if err := state.CheckValue(bucket, key, v); err != nil {
 				return err
 			}
 			op = clientv3.OpPut(k, string(v))
@@ -206,21 +211,21 @@ func (e *Etcd) Update(ctx context.Context, bucket, key string, fn func(old []byt
 		}
 		backoff = min(2*backoff, updateBackoffMax)
 		if e.closed.Load() {
-			return ErrClosed
+			return state.ErrClosed
 		}
 	}
 }
 
 // List implements Store. etcd returns a range in ascending byte order of the
 // whole key, which under one bucket prefix is the order of the keys.
-func (e *Etcd) List(ctx context.Context, bucket string) ([]string, error) {
+func (e *Store) List(ctx context.Context, bucket string) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	if e.closed.Load() {
-		return nil, ErrClosed
+		return nil, state.ErrClosed
 	}
-	if err := checkName("bucket name", bucket, MaxBucketLen); err != nil {
+	if err := state.CheckBucket(bucket); err != nil {
 		return nil, err
 	}
 	p := e.bucketPrefix(bucket)
@@ -235,9 +240,12 @@ func (e *Etcd) List(ctx context.Context, bucket string) ([]string, error) {
 	return keys, nil
 }
 
-// Close implements Store: later calls return ErrClosed. It does not close the
+// Close implements Store: later calls return state.ErrClosed. It does not close the
 // client, which the caller owns; calls already under way finish.
-func (e *Etcd) Close() error {
+func (e *Store) Close() error {
 	e.closed.Store(true)
 	return nil
 }
+
+// clone copies b, returning a non-nil slice even when b is empty, as every Store's values are.
+func clone(b []byte) []byte { return append([]byte{}, b...) }

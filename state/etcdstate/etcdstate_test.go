@@ -1,4 +1,4 @@
-package state_test
+package etcdstate_test
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/cvpn/cvpn/internal/etcdlab"
 	"github.com/cvpn/cvpn/state"
+	"github.com/cvpn/cvpn/state/etcdstate"
 	"github.com/cvpn/cvpn/state/statetest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -23,7 +24,7 @@ func TestEtcdConformance(t *testing.T) {
 	cli := c.Client(t)
 	var n atomic.Int64
 	statetest.Run(t, func(t *testing.T) state.Store {
-		return state.NewEtcd(cli, fmt.Sprintf("/conformance/%d/", n.Add(1)))
+		return etcdstate.New(cli, fmt.Sprintf("/conformance/%d/", n.Add(1)))
 	})
 }
 
@@ -32,7 +33,7 @@ func TestEtcdConformance(t *testing.T) {
 func TestEtcdLayout(t *testing.T) {
 	c := etcdlab.Start(t, etcdlab.Options{})
 	cli := c.Client(t)
-	s := state.NewEtcd(cli, "/cvpn/state/")
+	s := etcdstate.New(cli, "/cvpn/state/")
 	ctx := context.Background()
 	for _, e := range []struct{ bucket, key string }{{"mfa", "alice"}, {"a/b", "c"}, {"a", "b/c"}, {"50%", "x"}} {
 		if err := s.Put(ctx, e.bucket, e.key, []byte(e.bucket+" "+e.key)); err != nil {
@@ -64,8 +65,8 @@ func TestEtcdLayout(t *testing.T) {
 // meanwhile) alike.
 func TestEtcdUpdateConflict(t *testing.T) {
 	c := etcdlab.Start(t, etcdlab.Options{})
-	s := state.NewEtcd(c.Client(t), "conflict")
-	other := state.NewEtcd(c.Client(t), "conflict")
+	s := etcdstate.New(c.Client(t), "conflict")
+	other := etcdstate.New(c.Client(t), "conflict")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, present := range []bool{true, false} {
@@ -107,8 +108,8 @@ func TestEtcdUpdateConflict(t *testing.T) {
 func TestEtcdUpdateThroughTwoMembers(t *testing.T) {
 	c := etcdlab.Start(t, etcdlab.Options{Members: 3})
 	stores := []state.Store{
-		state.NewEtcd(c.Client(t, c.Member(0).Endpoint()), "ctr"),
-		state.NewEtcd(c.Client(t, c.Member(1).Endpoint()), "ctr"),
+		etcdstate.New(c.Client(t, c.Member(0).Endpoint()), "ctr"),
+		etcdstate.New(c.Client(t, c.Member(1).Endpoint()), "ctr"),
 	}
 	const each = 100
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -155,7 +156,7 @@ func TestEtcdUpdateThroughTwoMembers(t *testing.T) {
 // etcd to come back.
 func TestEtcdMembersDown(t *testing.T) {
 	c := etcdlab.Start(t, etcdlab.Options{})
-	s := state.NewEtcd(c.Client(t), "down")
+	s := etcdstate.New(c.Client(t), "down")
 	if err := s.Put(context.Background(), "b", "k", []byte("v")); err != nil {
 		t.Fatal(err)
 	}
