@@ -299,38 +299,12 @@ func (ch *chaos) fault() {
 	case "cut-etcd":
 		ch.disturb()
 		ch.logf("fault: cut %s off etcd for %v", node.name, hold)
-		lost := count(node.proc, "lost the cluster lease")
-		rejoined := count(node.proc, "rejoined the cluster")
-		if err := c.lab.CutEtcd(i + 1); err != nil {
-			ch.t.Fatal(err)
-		}
-		ch.setCut(&ch.cutEtcd, i+1)
-		time.Sleep(hold)
-		if err := c.lab.RestoreEtcd(i + 1); err != nil {
-			ch.t.Fatal(err)
-		}
-		if count(node.proc, "lost the cluster lease") > lost {
-			c.waitCount(node.proc, "rejoined the cluster", rejoined+1, 30*time.Second)
-		}
-		ch.setCut(&ch.cutEtcd, 0)
+		ch.cutFor(node, i, hold, &ch.cutEtcd, c.lab.CutEtcd, c.lab.RestoreEtcd)
 		ch.logf("recovered: %s reaches etcd", node.name)
 	case "cut-node":
 		ch.disturb()
 		ch.logf("fault: %s's host off the network for %v", node.name, hold)
-		lost := count(node.proc, "lost the cluster lease")
-		rejoined := count(node.proc, "rejoined the cluster")
-		if err := c.lab.CutNode(i + 1); err != nil {
-			ch.t.Fatal(err)
-		}
-		ch.setCut(&ch.cutNode, i+1)
-		time.Sleep(hold)
-		if err := c.lab.RestoreNode(i + 1); err != nil {
-			ch.t.Fatal(err)
-		}
-		if count(node.proc, "lost the cluster lease") > lost {
-			c.waitCount(node.proc, "rejoined the cluster", rejoined+1, 30*time.Second)
-		}
-		ch.setCut(&ch.cutNode, 0)
+		ch.cutFor(node, i, hold, &ch.cutNode, c.lab.CutNode, c.lab.RestoreNode)
 		ch.logf("recovered: %s back on the network", node.name)
 	case "etcd-member":
 		m := c.etcd.Member(k)
@@ -432,6 +406,25 @@ func (ch *chaos) disturb() {
 	ch.mu.Lock()
 	defer ch.mu.Unlock()
 	ch.disturbed = true
+}
+
+// cutFor cuts node i (from 0) off with cut for hold, marking it in field, restores it, and
+// waits until it rejoined the cluster if it lost its lease meanwhile.
+func (ch *chaos) cutFor(node *clusterNode, i int, hold time.Duration, field *int, cut, restore func(int) error) {
+	lost := count(node.proc, "lost the cluster lease")
+	rejoined := count(node.proc, "rejoined the cluster")
+	if err := cut(i + 1); err != nil {
+		ch.t.Fatal(err)
+	}
+	ch.setCut(field, i+1)
+	time.Sleep(hold)
+	if err := restore(i + 1); err != nil {
+		ch.t.Fatal(err)
+	}
+	if count(node.proc, "lost the cluster lease") > lost {
+		ch.c.waitCount(node.proc, "rejoined the cluster", rejoined+1, 30*time.Second)
+	}
+	ch.setCut(field, 0)
 }
 
 func (ch *chaos) setCut(field *int, v int) {
