@@ -41,8 +41,12 @@ test: deps unit e2e fuzz bench-once ## everything CI runs: unit tests (race), en
 unit: ## unit tests with the race detector
 	$(GO) test -race -count=1 $(PKGS)
 
+# E2E_PARALLEL is how many end-to-end tests run at once. They mostly wait (handshakes, timeouts,
+# reconnects), so more than the cores (go test's default) is faster; each has its own namespaces.
+E2E_PARALLEL ?= 4
+
 e2e: ## end-to-end tests: the stock openvpn client against cvpn in network namespaces (root)
-	$(GO) test -count=1 -timeout 15m ./e2e
+	$(GO) test -count=1 -timeout 15m -parallel $(E2E_PARALLEL) ./e2e
 
 fuzz: ## run every fuzz target briefly (FUZZTIME=50000x inputs each)
 	./scripts/fuzz-smoke.sh

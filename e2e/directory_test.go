@@ -363,6 +363,10 @@ func TestDirectoryUnavailable(t *testing.T) {
 	bob.login(t, "bob", pw)
 	bob.expect(t, `AUTH: Received control message: AUTH_FAILED,the directory cannot be reached; try again later\r\n`, 30*time.Second)
 	bob.expect(t, `SIGUSR1\[soft,auth-failure\] received, process restarting`, 15*time.Second)
+	// The client can read AUTH_FAILED before cvpn's log line reaches the test through its pipe.
+	if err := d.srv.WaitFor("directory login failed: no directory server answered", 10*time.Second); err != nil {
+		t.Error(err)
+	}
 	if !regexp.MustCompile(`level=ERROR msg="directory login failed: no directory server answered".*user=bob`).MatchString(d.srv.Output()) {
 		t.Errorf("cvpn logged no error naming the unreachable directory")
 	}
