@@ -15,6 +15,7 @@ import (
 
 	"github.com/cvpn/cvpn/endpoint"
 	"github.com/cvpn/cvpn/endpoint/profile"
+	"github.com/cvpn/cvpn/internal/memquiet"
 	"github.com/cvpn/cvpn/portal"
 )
 
@@ -90,6 +91,10 @@ func serveFile(serve serveFunc, path, memProfile string, log *slog.Logger, stder
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	// While no one connects, the heap's free memory goes back to the system (internal/memquiet).
+	go memquiet.Watch(ctx, memquiet.Default, nil, nil, func(free uint64) {
+		log.Info("returned the free heap to the system while quiet", "mib", free>>20)
+	})
 	reload := make(chan struct{}, 1)
 	reopenLog := make(chan struct{}, 1)
 	go func() {
