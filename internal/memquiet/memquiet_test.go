@@ -32,14 +32,16 @@ func (h *fakeHeap) set(alloc, free uint64) {
 }
 
 func TestDue(t *testing.T) {
-	q := Quiet{Every: time.Second, Alloc: 100, Free: 1000}
+	q := Quiet{Every: time.Second, Periods: 4, Free: 1000}
 	for _, tc := range []struct {
 		name        string
 		alloc, free uint64
 		want        bool
 	}{
-		{"quiet with much free", 99, 1000, true},
-		{"busy", 100, 5000, false},
+		{"quiet with much free", 0, 1000, true},
+		{"allocating, free outlasts the periods", 249, 1000, true},
+		{"allocating, free would be needed within the periods", 250, 1000, false},
+		{"busy", 100_000, 5000, false},
 		{"quiet with little free", 0, 999, false},
 	} {
 		last := Stats{Allocated: 7}
@@ -60,7 +62,7 @@ func TestWatchReleasesOncePerQuietSpell(t *testing.T) {
 	reads := make(chan struct{}, 1000)
 	read := func() Stats {
 		if busy.Load() {
-			h.set(1_000, 10_000) // far more than Alloc between any two reads
+			h.set(10_000, 10_000) // the free memory would last one period
 		}
 		select {
 		case reads <- struct{}{}:
@@ -68,7 +70,7 @@ func TestWatchReleasesOncePerQuietSpell(t *testing.T) {
 		}
 		return h.read()
 	}
-	q := Quiet{Every: time.Millisecond, Alloc: 100, Free: 1000}
+	q := Quiet{Every: time.Millisecond, Periods: 8, Free: 1000}
 	ctx, cancel := context.WithCancel(context.Background())
 	var released []uint64
 	var mu sync.Mutex
