@@ -93,7 +93,7 @@ func serveFile(serve serveFunc, path, memProfile string, log *slog.Logger, stder
 	defer cancel()
 	// While no one connects, the heap's free memory goes back to the system (internal/memquiet).
 	go memquiet.Watch(ctx, memquiet.Default, nil, nil, func(free uint64) {
-		log.Info("returned the free heap to the system while quiet", "mib", free>>20)
+		log.Debug("returned the free heap to the system", "mib", free>>20)
 	})
 	reload := make(chan struct{}, 1)
 	reopenLog := make(chan struct{}, 1)
