@@ -91,7 +91,8 @@ func serveFile(serve serveFunc, path, memProfile string, log *slog.Logger, stder
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// While no one connects, the heap's free memory goes back to the system (internal/memquiet).
+	// Free heap memory that would outlast the next 80 s of allocation goes back to the system
+	// (internal/memquiet).
 	go memquiet.Watch(ctx, memquiet.Default, nil, nil, func(free uint64) {
 		log.Debug("returned the free heap to the system", "mib", free>>20)
 	})

@@ -12,8 +12,8 @@
 // a quiet process does this once per spell, and a process that allocates steadily about once
 // per natural GC cycle; when clients come in numbers the heap grows back as it would have.
 //
-// The price is one extra collection per release: while it marks the live heap (about a second
-// of one core at 100,000 sessions) it takes CPU from the packet path.
+// The price is one extra collection per release: while it marks the whole live heap (about
+// 1.3 GB at 100,000 sessions) it takes CPU from the packet path.
 package memquiet
 
 import (
