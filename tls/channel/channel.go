@@ -55,10 +55,15 @@ const (
 	// bucket of 100 packets refilled at 10 a second. Measured over UDP with tls-crypt and a
 	// renegotiation every 4 s for 20 s, the stock 2.6 client sent 31 control packets for its
 	// handshake and five renegotiations, at most 6 in any second; the Go client of bench/client
-	// sends 10 for a handshake and 8 for each renegotiation, at most 10 in any second. A lossy
-	// link adds retransmissions of at most a send window (6) per round.
+	// sent 10 for a handshake and 8 for each renegotiation, at most 10 in any second, before
+	// its acks rode on its answers (AckDelay), and fewer since. A lossy link adds
+	// retransmissions of at most a send window (6) per round.
 	DefaultRateBurst = 100
 	DefaultRateLimit = 10.0
+
+	// DefaultAckDelay bounds how long the ack of a message handed to the TLS stream waits for
+	// a packet of ours to ride on (Config.AckDelay).
+	DefaultAckDelay = 100 * time.Millisecond
 )
 
 // Errors.
@@ -121,6 +126,16 @@ type Config struct {
 	// turns the limit off.
 	RateBurst int
 	RateLimit float64
+	// AckDelay is how long the ack of a new in-order message, handed to the TLS stream, may wait
+	// to ride on the answer the stream's reader writes. OpenVPN runs TLS in the loop that reads
+	// the packet, so its answer carries the ack (ssl.c, tls_process sends a bare P_ACK_V1 only
+	// when it has nothing else to send); here TLS runs on another goroutine, and acking at once
+	// sent a bare ack ahead of nearly every answer: about six extra packets each way per
+	// handshake. The ack goes out bare as soon as the reader has read everything and waits for
+	// more (no answer is coming), or after AckDelay when the reader is slow to run. Duplicates,
+	// messages out of order and messages without payload are acked at once. Zero means
+	// DefaultAckDelay; a negative value acks everything at once.
+	AckDelay time.Duration
 }
 
 // Channel is one session's control channel.
@@ -165,6 +180,9 @@ type Key struct {
 	recent []uint32
 	// lameDuck is the key this one took over from, until RetirePrevious lets it go.
 	lameDuck *Key
+	// ackBy is when the acks owed on this key must leave, bare if nothing else goes first;
+	// zero while no ack waits (Config.AckDelay).
+	ackBy time.Time
 }
 
 // recentAcksMax is the size of the re-ack list (OpenVPN's RELIABLE_ACK_SIZE).
@@ -193,6 +211,9 @@ func New(cfg Config, established bool) *Channel {
 	}
 	if cfg.RateLimit == 0 {
 		cfg.RateLimit = DefaultRateLimit
+	}
+	if cfg.AckDelay == 0 {
+		cfg.AckDelay = DefaultAckDelay
 	}
 	c := &Channel{cfg: cfg, sendPID: cfg.SendPID, bucket: packetBucket{rate: cfg.RateLimit, burst: float64(cfg.RateBurst)}}
 	var first uint32
@@ -372,6 +393,8 @@ func (c *Channel) Input(p *packet.Control, pid, ts uint32) error {
 		k.ready = true
 	}
 	if p.Opcode.IsReliable() {
+		// The ack waits for the reader's answer only when this packet hands it new bytes.
+		delay := len(p.Payload) > 0 && p.PacketID == k.rel.NextRecvID() && c.cfg.AckDelay > 0
 		// The next message in order is read into the stream below, before Input returns, so it
 		// may keep referring to the caller's buffer; one that arrived early waits in the
 		// receive window and needs its own copy.
@@ -385,6 +408,11 @@ func (c *Channel) Input(p *packet.Control, pid, ts uint32) error {
 			if p.Opcode == packet.HardResetClientV2 || p.Opcode == packet.HardResetServerV2 || p.Opcode == packet.SoftResetV1 {
 				k.rel.ResendNow(now)
 			}
+		}
+		if !delay {
+			k.ackBy = now
+		} else if k.ackBy.IsZero() {
+			k.ackBy = now.Add(c.cfg.AckDelay)
 		}
 		for m, ok := k.rel.Next(); ok; m, ok = k.rel.Next() {
 			if len(m.Payload) == 0 {
@@ -495,9 +523,13 @@ func (c *Channel) flushLocked() {
 			c.sendLocked(k, m.Opcode, m.ID, m.Payload)
 		}
 		clear(c.due) // keep no payload alive past its ack
-		for k.rel.PendingAcks() > 0 {
-			c.acks = k.rel.TakeAcks(c.acks[:0], packet.MaxAcks)
-			c.sendLocked(k, packet.AckV1, 0, nil)
+		if k.rel.PendingAcks() > 0 && now.Before(k.ackBy) {
+			// Owed acks wait for an answer to ride on (Config.AckDelay).
+			if next.IsZero() || k.ackBy.Before(next) {
+				next = k.ackBy
+			}
+		} else {
+			c.sendAcksLocked(k)
 		}
 		if d := k.rel.NextDeadline(now); !d.IsZero() && (next.IsZero() || d.Before(next)) {
 			next = d
@@ -529,6 +561,15 @@ func (c *Channel) flushLocked() {
 	} else {
 		c.timer.Reset(wait)
 	}
+}
+
+// sendAcksLocked sends the acks owed on key k in bare P_ACK_V1 packets.
+func (c *Channel) sendAcksLocked(k *Key) {
+	for k.rel.PendingAcks() > 0 {
+		c.acks = k.rel.TakeAcks(c.acks[:0], packet.MaxAcks)
+		c.sendLocked(k, packet.AckV1, 0, nil)
+	}
+	k.ackBy = time.Time{}
 }
 
 // sendLocked builds, wraps and sends one control packet carrying c.acks.
@@ -576,6 +617,13 @@ func (c *Channel) Close() {
 	defer c.mu.Unlock()
 	if c.closed {
 		return
+	}
+	// What was received is acknowledged before the channel goes, so the peer does not resend
+	// a message (an EXIT, say) that was read and acted on (Config.AckDelay).
+	for _, k := range c.keys {
+		if k != nil {
+			c.sendAcksLocked(k)
+		}
 	}
 	c.closed = true
 	if c.timer != nil {

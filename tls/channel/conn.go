@@ -27,10 +27,16 @@ var _ net.Conn = (*Conn)(nil)
 func (c *Conn) Read(p []byte) (int, error) {
 	ch := c.key.ch
 	ch.mu.Lock()
-	defer ch.mu.Unlock()
+	defer ch.unlock() // the flush of owed acks below may find the channel failed
 	for len(c.in) == 0 {
 		if c.closed {
 			return 0, io.EOF
+		}
+		if k := c.key; !k.ackBy.IsZero() {
+			// Everything that arrived was read and no answer carried its acks: none is
+			// coming before more arrives, so they leave now (Config.AckDelay).
+			k.ackBy = time.Time{}
+			ch.flushLocked()
 		}
 		if !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
 			return 0, timeoutError{}
