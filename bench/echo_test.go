@@ -5,8 +5,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -79,5 +82,37 @@ func TestRampTimeout(t *testing.T) {
 	}
 	if rep.ConnectFailures != 3 || rep.FailureReasons[errRampTimeout.Error()] != 3 || dialled != 0 {
 		t.Errorf("%d failures %v, %d sessions started; want 3 ramp timeouts and none started", rep.ConnectFailures, rep.FailureReasons, dialled)
+	}
+}
+
+// TestProfileRamp: the ramp's profile starts a second in, and the report keeps it with the
+// handshakes that completed while it ran; a profile that fails leaves its error instead.
+func TestProfileRamp(t *testing.T) {
+	var connected atomic.Int64
+	var calls atomic.Int32
+	l := &load{cfg: LoadConfig{ProfileRamp: 2, Profile: func(ctx context.Context, seconds int) ([]byte, error) {
+		calls.Add(1)
+		if seconds != 2 {
+			return nil, fmt.Errorf("asked for %d seconds, want 2", seconds)
+		}
+		connected.Add(7) // handshakes that complete during the profile
+		return []byte("profile"), nil
+	}}}
+	connected.Store(100) // before the profile starts
+	rep := &LoadReport{}
+	start := time.Now()
+	l.profileRamp(context.Background(), rep, &connected)
+	if since := time.Since(start); since < time.Second {
+		t.Errorf("profile started %v into the ramp, want after a second", since)
+	}
+	if calls.Load() != 1 || string(rep.RampProfile) != "profile" || rep.RampProfileHandshakes != 7 || rep.RampProfileSeconds != 2 || rep.RampProfileError != "" {
+		t.Fatalf("report %+v after %d calls: want the profile, 7 handshakes over 2 s", rep, calls.Load())
+	}
+
+	l.cfg.Profile = func(context.Context, int) ([]byte, error) { return nil, errors.New("admin socket gone") }
+	rep = &LoadReport{}
+	l.profileRamp(context.Background(), rep, &connected)
+	if rep.RampProfile != nil || rep.RampProfileError != "admin socket gone" {
+		t.Fatalf("failed profile: report %+v, want its error and no profile", rep)
 	}
 }

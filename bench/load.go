@@ -103,6 +103,10 @@ type LoadConfig struct {
 	// admin API: FetchProfile); the measured phase calls it once, after its warm-up, and the
 	// report keeps the profile (LoadReport.Profile) and the packets delivered in its window.
 	Profile func(ctx context.Context, seconds int) ([]byte, error)
+	// ProfileRamp, with Profile, also profiles the server over this many whole seconds of the
+	// ramp, from one second after its start, and counts the handshakes that completed in that
+	// window (LoadReport.RampProfile...); 0 does not.
+	ProfileRamp int
 	// Log receives progress lines; nil discards.
 	Log *slog.Logger
 }
@@ -154,6 +158,15 @@ type LoadReport struct {
 	// Profile is the server's CPU profile of the measured phase (LoadConfig.Profile), written
 	// apart from the report.
 	Profile []byte `json:"-"`
+	// RampProfile is the server's CPU profile of the ramp (LoadConfig.ProfileRamp), written
+	// apart from the report; RampProfileHandshakes the handshakes that completed while it ran,
+	// RampProfileServerCPU the server's CPU seconds over it by /proc, RampProfileError why
+	// there is none.
+	RampProfile           []byte  `json:"-"`
+	RampProfileSeconds    float64 `json:"ramp_profile_seconds,omitempty"`
+	RampProfileHandshakes int64   `json:"ramp_profile_handshakes,omitempty"`
+	RampProfileServerCPU  float64 `json:"ramp_profile_server_cpu_seconds,omitempty"`
+	RampProfileError      string  `json:"ramp_profile_error,omitempty"`
 }
 
 // ServerProc is the server process's memory and CPU over the run.
@@ -242,6 +255,9 @@ type load struct {
 	seq         atomic.Uint64
 	selfRSS0    int64  // own RSS before the ramp
 	profile     []byte // the server's CPU profile of the measured phase
+	// rampProfile is the profile of the ramp in progress (LoadConfig.ProfileRamp); its
+	// results go into the report once it is waited for.
+	rampProfile sync.WaitGroup
 }
 
 // RunLoad connects cfg.Sessions sessions, optionally holds them and runs traffic, then closes
@@ -268,12 +284,14 @@ func RunLoad(ctx context.Context, cfg LoadConfig) (*LoadReport, error) {
 		rep.ServerProc = &ServerProc{PID: cfg.ServerPID, Name: ProcName(cfg.ServerPID), RSSBeforeKiB: before.RSSKiB}
 	}
 
-	if err := l.ramp(ctx, rep); err != nil {
-		return rep, err
-	}
+	err := l.ramp(ctx, rep)
 	var rampEnd ProcSample
 	if cfg.ServerPID > 0 {
 		rampEnd, _ = SampleProc(cfg.ServerPID)
+	}
+	l.rampProfile.Wait()
+	if err != nil {
+		return rep, err
 	}
 	if cfg.Barrier != nil {
 		if err := cfg.Barrier(ctx); err != nil {
@@ -398,6 +416,10 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 	results := make(chan result, cfg.Concurrency)
 	sem := make(chan struct{}, cfg.Concurrency)
 	start := time.Now()
+	var connected atomic.Int64
+	if cfg.Profile != nil && cfg.ProfileRamp > 0 {
+		l.rampProfile.Go(func() { l.profileRamp(ctx, rep, &connected) })
+	}
 	var lastOK time.Time
 	var lat []float64
 	reasons := map[string]int{}
@@ -471,6 +493,7 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 				continue
 			}
 			got[r.i] = r.s
+			connected.Add(1)
 			lastOK = time.Now()
 			lat = append(lat, float64(r.d)/1e6)
 		case <-progress.C:
@@ -502,6 +525,33 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 		return fmt.Errorf("bench: no session connected to %s: %s", cfg.Server, firstReason(reasons))
 	}
 	return nil
+}
+
+// profileRamp profiles the server over cfg.ProfileRamp seconds from one second into the ramp
+// and records it in rep with the handshakes that completed meanwhile (connected counts them).
+func (l *load) profileRamp(ctx context.Context, rep *LoadReport, connected *atomic.Int64) {
+	cfg := &l.cfg
+	if sleepCtx(ctx, time.Second) != nil {
+		return
+	}
+	var s0, s1 ProcSample
+	if cfg.ServerPID > 0 {
+		s0, _ = SampleProc(cfg.ServerPID)
+	}
+	n0 := connected.Load()
+	b, err := cfg.Profile(ctx, cfg.ProfileRamp)
+	n1 := connected.Load()
+	if err != nil {
+		rep.RampProfileError = err.Error()
+		return
+	}
+	if cfg.ServerPID > 0 {
+		s1, _ = SampleProc(cfg.ServerPID)
+		rep.RampProfileServerCPU = (s1.CPU - s0.CPU).Seconds()
+	}
+	rep.RampProfile = b
+	rep.RampProfileSeconds = float64(cfg.ProfileRamp)
+	rep.RampProfileHandshakes = n1 - n0
 }
 
 // dialers returns session i's dial functions: the configured ones, or from Sources[i % len].

@@ -85,6 +85,7 @@ type CostPart struct {
 // Cost categories, in the order of the table.
 const (
 	CostAEAD      = "AEAD (AES-GCM, ChaCha20-Poly1305)"
+	CostPublicKey = "public-key (ECDSA, EdDSA, RSA, ECDH)"
 	CostCrypto    = "other crypto (TLS, HMAC, keys)"
 	CostUDP       = "UDP syscalls (recvmmsg/sendmmsg/ppoll)"
 	CostTUN       = "TUN read/write syscalls"
@@ -100,7 +101,7 @@ const (
 	CostUnsampled = "not in the profile's samples"
 )
 
-var costOrder = []string{CostAEAD, CostCrypto, CostUDP, CostTUN, CostOffload, CostNAT, CostCVPN, CostScheduler, CostGC, CostAlloc, CostOther, CostUnsampled}
+var costOrder = []string{CostAEAD, CostPublicKey, CostCrypto, CostUDP, CostTUN, CostOffload, CostNAT, CostCVPN, CostScheduler, CostGC, CostAlloc, CostOther, CostUnsampled}
 
 // frameCategory names the category a stack frame (a function name as pprof prints it) belongs
 // to, or "" when the frame names none and the caller decides. Syscall wrappers and the
@@ -124,6 +125,8 @@ func frameCategory(fn string) string {
 	case strings.Contains(full, "crypto/") && (strings.Contains(full, "/aes") || strings.Contains(full, "/cipher") ||
 		strings.Contains(full, "gcm") || strings.Contains(full, "chacha20") || strings.Contains(full, "poly1305")):
 		return CostAEAD
+	case publicKeyPackage(full):
+		return CostPublicKey
 	case strings.HasPrefix(fn, "crypto/") || strings.HasPrefix(fn, "golang.org/x/crypto/"):
 		return CostCrypto
 	case strings.Contains(lower, "mmsg") || strings.Contains(lower, "recvmsg") || strings.Contains(lower, "sendmsg") ||
@@ -146,6 +149,22 @@ func frameCategory(fn string) string {
 		return CostCVPN
 	}
 	return ""
+}
+
+// publicKeyPackage reports whether pkg (a function's full package path) implements public-key
+// signatures or key agreement: the handshake's signatures, certificate checks and key shares.
+// The curves' assembly (p256MulInternal) names no package and goes to its caller.
+func publicKeyPackage(pkg string) bool {
+	for _, p := range []string{"crypto/ecdsa", "crypto/ecdh", "crypto/ed25519", "crypto/rsa", "crypto/elliptic",
+		"crypto/internal/fips140/ecdsa", "crypto/internal/fips140/ecdh", "crypto/internal/fips140/ed25519",
+		"crypto/internal/fips140/rsa", "crypto/internal/fips140/nistec", "crypto/internal/fips140/edwards25519",
+		"crypto/internal/fips140/bigmod", "crypto/internal/fips140/mlkem", "golang.org/x/crypto/curve25519",
+		"golang.org/x/crypto/ed25519"} {
+		if pkg == p || strings.HasPrefix(pkg, p+"/") || strings.HasPrefix(pkg, p+".") {
+			return true
+		}
+	}
+	return false
 }
 
 // offloadName reports whether a function name speaks of GSO or GRO as a word: handleGRO,
@@ -176,13 +195,20 @@ func offloadName(name string) bool {
 // runtimeCategory files a runtime function: the collector, the allocator, or the scheduler
 // and its locks; memmove, memclr and the syscall entry and exit name none (the caller decides).
 func runtimeCategory(name string) string {
+	lower := strings.ToLower(name)
 	switch {
-	case strings.HasPrefix(name, "gc") || strings.HasPrefix(name, "(*gc") || strings.Contains(name, "scanobject") ||
+	case strings.HasPrefix(name, "gc") || strings.HasPrefix(name, "(*gc") || strings.Contains(lower, "scanobject") ||
 		strings.Contains(name, "markroot") || strings.Contains(name, "greyobject") || strings.Contains(name, "sweep") ||
 		strings.Contains(name, "scaveng") || strings.Contains(name, "wbBuf") || strings.Contains(name, "findObject") ||
 		strings.Contains(name, "scanblock") || strings.Contains(name, "scanstack") || strings.Contains(name, "scanframe") ||
-		strings.Contains(name, "bulkBarrier") || strings.Contains(name, "gcWriteBarrier"):
+		strings.Contains(name, "bulkBarrier") || strings.Contains(name, "gcWriteBarrier") ||
+		// The span-wise marking of Go 1.25's collector: scanSpan, tryDeferToSpanScan,
+		// (*spanInlineMarkBits).init, (*spanQueue).get.
+		strings.Contains(lower, "spanscan") || strings.Contains(lower, "scanspan") || strings.Contains(lower, "markbits") ||
+		strings.Contains(lower, "spanqueue"):
 		return CostGC
+	case strings.HasPrefix(name, "spanClass."):
+		return "" // shared by the allocator and the collector: the caller decides
 	case strings.HasPrefix(name, "malloc") || strings.HasPrefix(name, "newobject") || strings.HasPrefix(name, "makeslice") ||
 		strings.HasPrefix(name, "growslice") || strings.HasPrefix(name, "(*mcache)") || strings.HasPrefix(name, "(*mcentral)") ||
 		strings.HasPrefix(name, "(*mheap)") || strings.HasPrefix(name, "nextFreeFast") || strings.HasPrefix(name, "(*mspan)"):
@@ -412,9 +438,9 @@ func (r *Results) CostText() string {
 		return ""
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "cvpn CPU per packet, from CPU profiles of the measured phases (µs; median over rounds):\n")
+	fmt.Fprintf(&b, "cvpn CPU per packet (per handshake in the -ramp phases), from CPU profiles of the measured phases (µs; median over rounds):\n")
 	// The phase column holds the longest phase name, iperf-ipv6-download.
-	fmt.Fprintf(&b, "%-19s %-40s %9s %7s\n", "phase", "category", "µs/pkt", "share")
+	fmt.Fprintf(&b, "%-19s %-40s %9s %7s\n", "phase", "category", "µs", "share")
 	last := ""
 	for _, row := range r.CPUCost {
 		ph := row.Phase

@@ -140,9 +140,13 @@ func (r *Results) svgExtra() []string {
 			out = append(out, "cvpn/openvpn, iperf vs iperf-ipv6: "+strings.Join(c[i:min(i+2, len(c))], "; "))
 		}
 	}
-	var phase []string
+	var phase, ramps []string
 	for _, c := range r.CPUCost {
-		if c.Category == "total" {
+		switch {
+		case c.Category != "total":
+		case strings.HasSuffix(c.Phase, "-ramp"): // its unit is a handshake
+			ramps = append(ramps, fmt.Sprintf("%s %.0f", c.Phase, c.USPerPacket))
+		default:
 			phase = append(phase, fmt.Sprintf("%s %.2f", c.Phase, c.USPerPacket))
 		}
 	}
@@ -153,6 +157,9 @@ func (r *Results) svgExtra() []string {
 			head = "cvpn CPU per packet, continued: "
 		}
 		out = append(out, head+strings.Join(phase[i:min(i+3, len(phase))], ", "))
+	}
+	if len(ramps) > 0 {
+		out = append(out, "cvpn CPU per handshake (µs, from CPU profiles of the ramp): "+strings.Join(ramps, ", "))
 	}
 	return out
 }

@@ -21,7 +21,9 @@ func TestScaleRowsAndChart(t *testing.T) {
 		t.Fatal(err)
 	}
 	prof := costOf("sessions-1000", 0, traces, 1000, "given")
-	r := &Results{Measurements: []Measurement{m, {Scenario: "sessions-1000", Server: CVPN, Round: 1, Profiles: []CPUProfile{*prof}}}}
+	ramp := costOf("big-5-ramp", 0, traces, 2, "handshakes")
+	r := &Results{Measurements: []Measurement{m, {Scenario: "sessions-1000", Server: CVPN, Round: 1, Profiles: []CPUProfile{*prof}},
+		{Scenario: "big-5", Server: CVPN, Round: 1, Profiles: []CPUProfile{*ramp}}}}
 	r.Retable()
 	txt := r.TableText()
 	for _, want := range []string{"connect time p99 (ms)", "gateway echo RTT while holding p99 (µs)", "server RSS per session (after hold) (KiB)", "15.5"} {
@@ -30,7 +32,8 @@ func TestScaleRowsAndChart(t *testing.T) {
 		}
 	}
 	svg := r.SVG()
-	for _, want := range []string{"cvpn scale-5: 5 sessions held, connect p50 10 ms p99 30 ms", "p99 900 µs", "15.5 KiB/session", "sessions-1000 100.00"} {
+	for _, want := range []string{"cvpn scale-5: 5 sessions held, connect p50 10 ms p99 30 ms", "p99 900 µs", "15.5 KiB/session", "sessions-1000 100.00",
+		"cvpn CPU per handshake (µs, from CPU profiles of the ramp): big-5-ramp 50000"} {
 		if !strings.Contains(svg, want) {
 			t.Errorf("chart lacks %q", want)
 		}

@@ -163,18 +163,26 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	holdEchoRate := fs.Float64("hold-echo-rate", 0, "ICMP echoes per second to the sessions' gateway while holding (round trip of idle tunnels)")
 	profSocket := fs.String("profile-socket", "", "cvpn admin API `socket`: take a CPU profile of the server during the measured phase")
 	profOut := fs.String("profile-out", "", "write that profile to `file` (with --profile-socket)")
+	profRamp := fs.Int("profile-ramp", 0, "also profile the server over this many `seconds` of the ramp, from one second in (with --profile-socket and --profile-ramp-out)")
+	profRampOut := fs.String("profile-ramp-out", "", "write the ramp's profile to `file`")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if (*profSocket == "") != (*profOut == "") {
-		return usageError{errors.New("give --profile-socket and --profile-out together")}
+	if *profSocket != "" && *profOut == "" && *profRampOut == "" {
+		return usageError{errors.New("--profile-socket needs --profile-out or --profile-ramp-out")}
+	}
+	if (*profOut != "" || *profRampOut != "") && *profSocket == "" {
+		return usageError{errors.New("--profile-out and --profile-ramp-out need --profile-socket")}
+	}
+	if (*profRamp > 0) != (*profRampOut != "") {
+		return usageError{errors.New("give --profile-ramp and --profile-ramp-out together")}
 	}
 	cfg := bench.LoadConfig{
 		Sessions: *sessions, RampRate: *ramp, Concurrency: *concurrency, HandshakeTimeout: *hsTimeout, RampTimeout: *rampTimeout,
 		Settle: *settle, Hold: *hold, Duration: *duration, IdleProbe: *idle, PacketSize: *size,
 		RateMbps: *rate, Senders: *senders, ProbeRate: *probeRate, ServerPID: *pid,
 		PacedMbps: *pacedMbps, PacedDuration: *pacedDur, Warmup: *warmup, HoldProbeRate: *holdEchoRate,
-		First: *first, RawSamples: *rawSamples,
+		First: *first, RawSamples: *rawSamples, ProfileRamp: *profRamp,
 	}
 	if (*barrierDir == "") != (*barrierParties <= 0) {
 		return usageError{errors.New("give --barrier-dir and --barrier-parties together")}
@@ -272,8 +280,13 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 	}
 	rep, err := bench.RunLoad(ctx, cfg)
-	if rep != nil && len(rep.Profile) > 0 {
+	if rep != nil && len(rep.Profile) > 0 && *profOut != "" {
 		if werr := os.WriteFile(*profOut, rep.Profile, 0o644); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	if rep != nil && len(rep.RampProfile) > 0 {
+		if werr := os.WriteFile(*profRampOut, rep.RampProfile, 0o644); werr != nil && err == nil {
 			err = werr
 		}
 	}

@@ -27,7 +27,9 @@ func TestLoadFlagErrors(t *testing.T) {
 		{[]string{"--proto", "sctp"}, `--proto "sctp": want udp or tcp`},
 		{[]string{"--tls-auth", fx.TLSCryptFile, "--tls-auth-digest", "MD5"}, `--tls-auth-digest "MD5"`},
 		{[]string{"--tls-auth", fx.TLSCryptFile, "--tls-crypt", fx.TLSCryptFile}, "--tls-crypt or --tls-auth, not both"},
-		{[]string{"--profile-socket", "/run/cvpn/admin.sock"}, "--profile-socket and --profile-out together"},
+		{[]string{"--profile-socket", "/run/cvpn/admin.sock"}, "--profile-socket needs --profile-out or --profile-ramp-out"},
+		{[]string{"--profile-out", "cpu.pprof"}, "--profile-out and --profile-ramp-out need --profile-socket"},
+		{[]string{"--profile-socket", "/run/cvpn/admin.sock", "--profile-ramp-out", "ramp.pprof"}, "--profile-ramp and --profile-ramp-out together"},
 		{[]string{"--barrier-dir", t.TempDir()}, "--barrier-dir and --barrier-parties together"},
 		{[]string{"--barrier-parties", "3"}, "--barrier-dir and --barrier-parties together"},
 	} {
