@@ -90,7 +90,7 @@ func TestRampTimeout(t *testing.T) {
 func TestProfileRamp(t *testing.T) {
 	var connected atomic.Int64
 	var calls atomic.Int32
-	l := &load{cfg: LoadConfig{ProfileRamp: 2, Profile: func(ctx context.Context, seconds int) ([]byte, error) {
+	l := &load{cfg: LoadConfig{ProfileRamp: 2, RampProfile: func(ctx context.Context, seconds int) ([]byte, error) {
 		calls.Add(1)
 		if seconds != 2 {
 			return nil, fmt.Errorf("asked for %d seconds, want 2", seconds)
@@ -109,7 +109,7 @@ func TestProfileRamp(t *testing.T) {
 		t.Fatalf("report %+v after %d calls: want the profile, 7 handshakes over 2 s", rep, calls.Load())
 	}
 
-	l.cfg.Profile = func(context.Context, int) ([]byte, error) { return nil, errors.New("admin socket gone") }
+	l.cfg.RampProfile = func(context.Context, int) ([]byte, error) { return nil, errors.New("admin socket gone") }
 	rep = &LoadReport{}
 	l.profileRamp(context.Background(), rep, &connected)
 	if rep.RampProfile != nil || rep.RampProfileError != "admin socket gone" {

@@ -103,9 +103,10 @@ type LoadConfig struct {
 	// admin API: FetchProfile); the measured phase calls it once, after its warm-up, and the
 	// report keeps the profile (LoadReport.Profile) and the packets delivered in its window.
 	Profile func(ctx context.Context, seconds int) ([]byte, error)
-	// ProfileRamp, with Profile, also profiles the server over this many whole seconds of the
-	// ramp, from one second after its start, and counts the handshakes that completed in that
-	// window (LoadReport.RampProfile...); 0 does not.
+	// RampProfile, when set, takes a CPU profile of the server (as Profile does) over
+	// ProfileRamp whole seconds of the ramp, from one second after its start; the report keeps
+	// it with the handshakes that completed in that window (LoadReport.RampProfile...).
+	RampProfile func(ctx context.Context, seconds int) ([]byte, error)
 	ProfileRamp int
 	// Log receives progress lines; nil discards.
 	Log *slog.Logger
@@ -417,7 +418,7 @@ func (l *load) ramp(ctx context.Context, rep *LoadReport) error {
 	sem := make(chan struct{}, cfg.Concurrency)
 	start := time.Now()
 	var connected atomic.Int64
-	if cfg.Profile != nil && cfg.ProfileRamp > 0 {
+	if cfg.RampProfile != nil && cfg.ProfileRamp > 0 {
 		l.rampProfile.Go(func() { l.profileRamp(ctx, rep, &connected) })
 	}
 	var lastOK time.Time
@@ -539,7 +540,7 @@ func (l *load) profileRamp(ctx context.Context, rep *LoadReport, connected *atom
 		s0, _ = SampleProc(cfg.ServerPID)
 	}
 	n0 := connected.Load()
-	b, err := cfg.Profile(ctx, cfg.ProfileRamp)
+	b, err := cfg.RampProfile(ctx, cfg.ProfileRamp)
 	n1 := connected.Load()
 	if err != nil {
 		rep.RampProfileError = err.Error()

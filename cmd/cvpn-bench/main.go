@@ -274,13 +274,18 @@ func cmdLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		ctx, cancel = context.WithTimeout(ctx, *timeout)
 		defer cancel()
 	}
-	if *profSocket != "" {
-		cfg.Profile = func(ctx context.Context, seconds int) ([]byte, error) {
-			return bench.FetchProfile(ctx, *profSocket, seconds)
-		}
+	// Each phase is profiled only when its profile is kept: the admin API takes one at a time.
+	fetch := func(ctx context.Context, seconds int) ([]byte, error) {
+		return bench.FetchProfile(ctx, *profSocket, seconds)
+	}
+	if *profOut != "" {
+		cfg.Profile = fetch
+	}
+	if *profRampOut != "" {
+		cfg.RampProfile = fetch
 	}
 	rep, err := bench.RunLoad(ctx, cfg)
-	if rep != nil && len(rep.Profile) > 0 && *profOut != "" {
+	if rep != nil && len(rep.Profile) > 0 {
 		if werr := os.WriteFile(*profOut, rep.Profile, 0o644); werr != nil && err == nil {
 			err = werr
 		}
